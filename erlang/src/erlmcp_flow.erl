@@ -1,0 +1,121 @@
+%% @doc erlmcp_flow: routes every task of an erlmcp node to the right agent.
+%%
+%% This module is the public API. Agents (processes speaking the agent
+%% protocol, usually written with the `erlmcp_flow_agent' behaviour) and
+%% swarms (a coordinator answering for its members, e.g. `erlmcp_flow_swarm')
+%% are registered with their capabilities; `execute/2,3' then sends a task to
+%% one that holds every required capability, chosen by the configured
+%% strategy, and returns its one answer. The decision is made by the Rust core
+%% in the caller's process: no server sits between a caller and its agent.
+%%
+%% The agent protocol: the agent receives
+%% `{execute_task, Task, TraceCtx, From, Ref}' and answers
+%% `From ! {task_result, Ref, {ok, Result} | {error, Reason}}'; it may receive
+%% `{cancel_task, Ref}' when the caller stops waiting.
+-module(erlmcp_flow).
+
+%% API
+-export([execute/2]).
+-export([execute/3]).
+-export([route_task/2]).
+-export([register_agent/3]).
+-export([register_swarm/3]).
+-export([unregister_agent/1]).
+-export([find_agent/1]).
+-export([find_agents_by_capability/1]).
+-export([query_agents/1]).
+-export([get_agent_load/1]).
+-export([agent_stats/1]).
+
+-export_type([agent_id/0, capability/0, task/0, requirements/0, execute_opts/0,
+              strategy/0, meta/0, trace_context/0]).
+
+-type agent_id() :: binary().
+-type capability() :: binary().
+-type task() :: map().
+-type strategy() :: round_robin.
+-type requirements() :: #{capabilities => [capability()],
+                          timeout => timeout(),
+                          strategy => strategy(),
+                          reply_to => pid()}.
+-type execute_opts() :: #{timeout => timeout()}.
+-type meta() :: #{agent_id := agent_id(),
+                  trace_id := binary(),
+                  latency_us := non_neg_integer(),
+                  attempts := pos_integer()}.
+-type trace_context() :: erlmcp_flow_trace:context().
+
+%% @equiv execute(Task, Requirements, #{})
+-spec execute(task(), requirements()) -> {ok, term(), meta()} | {error, term()}.
+execute(Task, Requirements) ->
+    execute(Task, Requirements, #{}).
+
+%% @doc Sends `Task' to an agent holding every capability in `Requirements'
+%% and waits for its answer, in the calling process.
+%%
+%% Requirements: `capabilities' (all must be held; default `[]', any agent),
+%% `timeout' (ms or `infinity'; default the `timeouts.execution' setting),
+%% `strategy' (default the `load_balancer.strategy' setting). Opts:
+%% `timeout' overrides the requirement's.
+%%
+%% Errors: `no_agents_available', `execution_timeout',
+%% `{agent_down, Reason}', `{agent_error, Reason}' (the agent answered
+%% `{error, Reason}'), `{bad_agent_reply, Term}', `{badarg, What}'.
+-spec execute(task(), requirements(), execute_opts()) -> {ok, term(), meta()} | {error, term()}.
+execute(Task, Requirements, Opts) ->
+    erlmcp_flow_router:execute(Task, Requirements, Opts).
+
+%% @doc Routes `Task' and returns as soon as it is dispatched. The answer
+%% still settles the decision; with `reply_to => Pid' in the requirements,
+%% `Pid' receives `{erlmcp_flow_result, TraceId, Answer}' where `Answer' is
+%% what `execute/3' would have returned.
+-spec route_task(task(), requirements()) ->
+          {ok, agent_id(), trace_context()} | {error, term()}.
+route_task(Task, Requirements) ->
+    erlmcp_flow_router:route_task(Task, Requirements).
+
+%% @doc Registers `Pid' as the agent `AgentId' with its capabilities. The
+%% registration lasts until `unregister_agent/1' or the process's death.
+-spec register_agent(agent_id(), pid(), [capability(), ...]) ->
+          ok | {error, already_registered | {badarg, atom()}}.
+register_agent(AgentId, Pid, Capabilities) ->
+    erlmcp_flow_registry:register_agent(AgentId, Pid, Capabilities).
+
+%% @doc Registers a swarm: `CoordinatorPid' answers the agent protocol on
+%% behalf of its members (see `erlmcp_flow_swarm').
+-spec register_swarm(agent_id(), pid(), [capability(), ...]) ->
+          ok | {error, already_registered | {badarg, atom()}}.
+register_swarm(SwarmId, CoordinatorPid, Capabilities) ->
+    erlmcp_flow_registry:register_swarm(SwarmId, CoordinatorPid, Capabilities).
+
+%% @doc Removes an agent or swarm. Unknown ids are ignored.
+-spec unregister_agent(agent_id()) -> ok | {error, {badarg, agent_id}}.
+unregister_agent(AgentId) ->
+    erlmcp_flow_registry:unregister_agent(AgentId).
+
+%% @doc The pid of a registered agent or swarm.
+-spec find_agent(agent_id()) -> {ok, pid()} | {error, not_found | {badarg, agent_id}}.
+find_agent(AgentId) ->
+    erlmcp_flow_registry:find_agent(AgentId).
+
+%% @doc The pids of the agents and swarms holding `Capability'.
+-spec find_agents_by_capability(capability()) -> [pid()].
+find_agents_by_capability(Capability) ->
+    erlmcp_flow_registry:find_agents_by_capability(Capability).
+
+%% @doc The ids, sorted, of the agents and swarms holding all of `Capabilities'.
+-spec query_agents([capability()]) -> [agent_id()].
+query_agents(Capabilities) ->
+    erlmcp_flow_registry:query_agents(Capabilities).
+
+%% @doc The number of tasks in flight on an agent; 0 for an unknown id.
+-spec get_agent_load(agent_id()) -> non_neg_integer().
+get_agent_load(AgentId) ->
+    erlmcp_flow_registry:get_agent_load(AgentId).
+
+%% @doc The live counters of an agent: `in_flight', `dispatched',
+%% `succeeded', `failed', `timed_out', `down', `abandoned' and
+%% `ewma_latency_us'.
+-spec agent_stats(agent_id()) -> {ok, map()} | {error, not_found | {badarg, agent_id}}.
+agent_stats(AgentId) ->
+    erlmcp_flow_registry:agent_stats(AgentId).

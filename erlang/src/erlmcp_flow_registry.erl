@@ -1,0 +1,272 @@
+%% @doc The registry of agents and swarms: who exists, with which
+%% capabilities, and how to reach them.
+%%
+%% The registry server owns two ETS tables that any process reads directly
+%% (`read_concurrency'), monitors every registered process, and mirrors each
+%% change into the Rust agent table that routing decisions read. It also
+%% creates that table's router resource and publishes it in `persistent_term',
+%% so callers reach it without a message to this server. Writes go through the
+%% server; lookups never do.
+%%
+%% An agent that dies is removed from every table, from the backend and from
+%% the router as soon as its `DOWN' message is processed.
+-module(erlmcp_flow_registry).
+-behaviour(gen_server).
+
+%% API
+-export([start_link/0]).
+-export([register_agent/3]).
+-export([register_swarm/3]).
+-export([unregister_agent/1]).
+-export([find_agent/1]).
+-export([find_agents_by_capability/1]).
+-export([query_agents/1]).
+-export([get_agent_load/1]).
+-export([agent_stats/1]).
+-export([list_agents/0]).
+-export([router/0]).
+-export([backend/0]).
+-export([agents_table/0]).
+-export([lookup_pid/1]).
+
+%% gen_server callbacks
+-export([init/1]).
+-export([handle_call/3]).
+-export([handle_cast/2]).
+-export([handle_info/2]).
+-export([terminate/2]).
+
+-define(AGENTS, erlmcp_flow_agents).
+-define(CAPS, erlmcp_flow_capabilities).
+-define(ROUTER_KEY, {?MODULE, router}).
+-define(BACKEND_KEY, {?MODULE, backend}).
+
+-type kind() :: agent | swarm.
+
+-record(state, {
+    router :: erlmcp_flow_nif:router(),
+    backend :: module(),
+    monitors = #{} :: #{reference() => erlmcp_flow:agent_id()}
+}).
+
+%%====================================================================
+%% API
+%%====================================================================
+
+-spec start_link() -> {ok, pid()} | {error, term()}.
+start_link() ->
+    gen_server:start_link({local, ?MODULE}, ?MODULE, [], []).
+
+%% @doc Registers `Pid' as the agent `AgentId' holding `Capabilities'.
+-spec register_agent(erlmcp_flow:agent_id(), pid(), [erlmcp_flow:capability()]) ->
+          ok | {error, already_registered | {badarg, atom()}}.
+register_agent(AgentId, Pid, Capabilities) ->
+    request_registration(AgentId, Pid, Capabilities, agent).
+
+%% @doc Registers `CoordinatorPid' as the swarm `SwarmId'; the coordinator
+%% answers the agent protocol for the swarm's members.
+-spec register_swarm(erlmcp_flow:agent_id(), pid(), [erlmcp_flow:capability()]) ->
+          ok | {error, already_registered | {badarg, atom()}}.
+register_swarm(SwarmId, CoordinatorPid, Capabilities) ->
+    request_registration(SwarmId, CoordinatorPid, Capabilities, swarm).
+
+%% @doc Removes an agent or swarm; unknown ids are ignored.
+-spec unregister_agent(erlmcp_flow:agent_id()) -> ok | {error, {badarg, agent_id}}.
+unregister_agent(AgentId) when is_binary(AgentId) ->
+    gen_server:call(?MODULE, {unregister, AgentId});
+unregister_agent(_) ->
+    {error, {badarg, agent_id}}.
+
+%% @doc The pid registered under `AgentId'.
+-spec find_agent(erlmcp_flow:agent_id()) -> {ok, pid()} | {error, not_found | {badarg, agent_id}}.
+find_agent(AgentId) when is_binary(AgentId) ->
+    case (backend()):whereis_name(AgentId) of
+        undefined -> {error, not_found};
+        Pid -> {ok, Pid}
+    end;
+find_agent(_) ->
+    {error, {badarg, agent_id}}.
+
+%% @doc The pids of every agent and swarm holding `Capability'.
+-spec find_agents_by_capability(erlmcp_flow:capability()) -> [pid()].
+find_agents_by_capability(Capability) when is_binary(Capability) ->
+    [Pid || {_, _, Pid} <- ets:lookup(?CAPS, Capability)];
+find_agents_by_capability(_) ->
+    [].
+
+%% @doc The ids of every agent and swarm holding all of `Capabilities'.
+-spec query_agents([erlmcp_flow:capability()]) -> [erlmcp_flow:agent_id()].
+query_agents([First | Rest] = Capabilities) ->
+    case lists:all(fun is_binary/1, Capabilities) of
+        true ->
+            lists:sort(
+              [Id || {_, Id, _} <- ets:lookup(?CAPS, First),
+                     holds_all(Id, Rest)]);
+        false ->
+            []
+    end;
+query_agents(_) ->
+    [].
+
+%% @doc Tasks in flight on the agent right now; 0 for an unknown id.
+-spec get_agent_load(erlmcp_flow:agent_id()) -> non_neg_integer().
+get_agent_load(AgentId) ->
+    case agent_stats(AgentId) of
+        {ok, #{in_flight := N}} -> N;
+        {error, _} -> 0
+    end.
+
+%% @doc The live counters of one agent, from the Rust core.
+-spec agent_stats(erlmcp_flow:agent_id()) -> {ok, map()} | {error, not_found | {badarg, agent_id}}.
+agent_stats(AgentId) when is_binary(AgentId) ->
+    erlmcp_flow_nif:agent_stats(router(), AgentId);
+agent_stats(_) ->
+    {error, {badarg, agent_id}}.
+
+%% @doc Every registration: `{Id, Pid, Kind, Capabilities}', sorted by id.
+-spec list_agents() -> [{erlmcp_flow:agent_id(), pid(), kind(), [erlmcp_flow:capability()]}].
+list_agents() ->
+    lists:sort([{Id, Pid, Kind, Caps} || {Id, Pid, Kind, Caps, _} <- ets:tab2list(?AGENTS)]).
+
+%% @doc The router resource of the running registry.
+-spec router() -> erlmcp_flow_nif:router().
+router() ->
+    persistent_term:get(?ROUTER_KEY).
+
+%% @doc The name backend of the running registry.
+-spec backend() -> module().
+backend() ->
+    persistent_term:get(?BACKEND_KEY, erlmcp_flow_registry_native).
+
+%% @private
+-spec agents_table() -> atom().
+agents_table() ->
+    ?AGENTS.
+
+%% @private The pid of `AgentId' from the registry's own table.
+-spec lookup_pid(erlmcp_flow:agent_id()) -> pid() | undefined.
+lookup_pid(AgentId) ->
+    try ets:lookup_element(?AGENTS, AgentId, 2)
+    catch error:badarg -> undefined
+    end.
+
+%%====================================================================
+%% gen_server callbacks
+%%====================================================================
+
+%% @private
+-spec init([]) -> {ok, #state{}}.
+init([]) ->
+    _ = ets:new(?AGENTS, [named_table, protected, set, {read_concurrency, true}]),
+    _ = ets:new(?CAPS, [named_table, protected, bag, {read_concurrency, true}]),
+    {ok, Router} = erlmcp_flow_nif:router_new(#{clock => system}),
+    Backend = erlmcp_flow_registry_backend:select(),
+    persistent_term:put(?ROUTER_KEY, Router),
+    persistent_term:put(?BACKEND_KEY, Backend),
+    {ok, #state{router = Router, backend = Backend}}.
+
+%% @private
+-spec handle_call(term(), gen_server:from(), #state{}) -> {reply, term(), #state{}}.
+handle_call({register, Id, Pid, Caps, Kind}, _From, State) ->
+    {Reply, State1} = do_register(Id, Pid, Caps, Kind, State),
+    {reply, Reply, State1};
+handle_call({unregister, Id}, _From, State) ->
+    {reply, ok, do_unregister(Id, State)};
+handle_call(_Request, _From, State) ->
+    {reply, {error, unknown_call}, State}.
+
+%% @private
+-spec handle_cast(term(), #state{}) -> {noreply, #state{}}.
+handle_cast(_Msg, State) ->
+    {noreply, State}.
+
+%% @private
+-spec handle_info(term(), #state{}) -> {noreply, #state{}}.
+handle_info({'DOWN', MRef, process, _Pid, _Reason}, #state{monitors = Mons} = State) ->
+    case maps:take(MRef, Mons) of
+        {Id, Mons1} -> {noreply, remove(Id, State#state{monitors = Mons1})};
+        error -> {noreply, State}
+    end;
+handle_info(_Info, State) ->
+    {noreply, State}.
+
+%% @private
+-spec terminate(term(), #state{}) -> ok.
+terminate(_Reason, _State) ->
+    ok.
+
+%%====================================================================
+%% Internal functions
+%%====================================================================
+
+request_registration(Id, Pid, Caps, Kind) ->
+    case validate(Id, Pid, Caps) of
+        ok -> gen_server:call(?MODULE, {register, Id, Pid, lists:usort(Caps), Kind});
+        {error, _} = E -> E
+    end.
+
+validate(Id, _Pid, _Caps) when not is_binary(Id); Id =:= <<>> ->
+    {error, {badarg, agent_id}};
+validate(_Id, Pid, _Caps) when not is_pid(Pid) ->
+    {error, {badarg, pid}};
+validate(_Id, Pid, _Caps) when node(Pid) =/= node() ->
+    {error, {badarg, pid}};
+validate(_Id, _Pid, Caps) when not is_list(Caps); Caps =:= [] ->
+    {error, {badarg, capabilities}};
+validate(_Id, _Pid, Caps) ->
+    case lists:all(fun(C) -> is_binary(C) andalso C =/= <<>> end, Caps) of
+        true -> ok;
+        false -> {error, {badarg, capabilities}}
+    end.
+
+do_register(Id, Pid, Caps, Kind, #state{router = Router, backend = Backend} = State) ->
+    case ets:member(?AGENTS, Id) of
+        true ->
+            {{error, already_registered}, State};
+        false ->
+            case Backend:register_name(Id, Pid) of
+                ok ->
+                    case erlmcp_flow_nif:agent_insert(Router, Id, Pid, Caps, Kind) of
+                        ok ->
+                            MRef = erlang:monitor(process, Pid),
+                            ets:insert(?CAPS, [{Cap, Id, Pid} || Cap <- Caps]),
+                            ets:insert(?AGENTS, {Id, Pid, Kind, Caps, MRef}),
+                            Mons = (State#state.monitors)#{MRef => Id},
+                            {ok, State#state{monitors = Mons}};
+                        {error, _} = E ->
+                            ok = Backend:unregister_name(Id, Pid),
+                            {E, State}
+                    end;
+                {error, _} = E ->
+                    {E, State}
+            end
+    end.
+
+do_unregister(Id, #state{monitors = Mons} = State) ->
+    case ets:lookup(?AGENTS, Id) of
+        [{Id, _Pid, _Kind, _Caps, MRef}] ->
+            erlang:demonitor(MRef, [flush]),
+            remove(Id, State#state{monitors = maps:remove(MRef, Mons)});
+        [] ->
+            State
+    end.
+
+%% Drops `Id' from the router first, so no new decision picks it, then from
+%% the lookup tables and the backend.
+remove(Id, #state{router = Router, backend = Backend} = State) ->
+    case ets:lookup(?AGENTS, Id) of
+        [{Id, Pid, _Kind, Caps, _MRef}] ->
+            _ = erlmcp_flow_nif:agent_remove(Router, Id),
+            ets:delete(?AGENTS, Id),
+            lists:foreach(fun(Cap) -> ets:delete_object(?CAPS, {Cap, Id, Pid}) end, Caps),
+            ok = Backend:unregister_name(Id, Pid);
+        [] ->
+            ok
+    end,
+    State.
+
+holds_all(Id, Required) ->
+    case ets:lookup(?AGENTS, Id) of
+        [{Id, _Pid, _Kind, Caps, _MRef}] -> lists:all(fun(C) -> lists:member(C, Caps) end, Required);
+        [] -> false
+    end.

@@ -1,0 +1,27 @@
+%% @private
+%% @doc The top supervisor. `one_for_all': the registry owns the router
+%% resource that every other part uses, so when it restarts everything that
+%% holds a reference into the old one restarts with it.
+-module(erlmcp_flow_sup).
+-behaviour(supervisor).
+
+%% API
+-export([start_link/0]).
+
+%% supervisor callbacks
+-export([init/1]).
+
+-spec start_link() -> {ok, pid()} | {error, term()}.
+start_link() ->
+    supervisor:start_link({local, ?MODULE}, ?MODULE, []).
+
+%% @private
+-spec init([]) -> {ok, {supervisor:sup_flags(), [supervisor:child_spec()]}}.
+init([]) ->
+    SupFlags = #{strategy => one_for_all, intensity => 5, period => 10},
+    Children = [#{id => erlmcp_flow_registry,
+                  start => {erlmcp_flow_registry, start_link, []}},
+                #{id => erlmcp_flow_task_sup,
+                  start => {erlmcp_flow_task_sup, start_link, []},
+                  type => supervisor}],
+    {ok, {SupFlags, Children}}.

@@ -1,0 +1,32 @@
+%% @private
+%% @doc Supervisor of the processes that wait for the answers of tasks routed
+%% with `erlmcp_flow:route_task/2'. Each child is temporary: it lives for one
+%% task.
+-module(erlmcp_flow_task_sup).
+-behaviour(supervisor).
+
+%% API
+-export([start_link/0]).
+-export([start_task/1]).
+
+%% supervisor callbacks
+-export([init/1]).
+
+-spec start_link() -> {ok, pid()} | {error, term()}.
+start_link() ->
+    supervisor:start_link({local, ?MODULE}, ?MODULE, []).
+
+%% @doc Starts the waiter of one dispatched-to-be task.
+-spec start_task(erlmcp_flow_task:job()) -> {ok, pid()} | {error, term()}.
+start_task(Job) ->
+    supervisor:start_child(?MODULE, [Job]).
+
+%% @private
+-spec init([]) -> {ok, {supervisor:sup_flags(), [supervisor:child_spec()]}}.
+init([]) ->
+    SupFlags = #{strategy => simple_one_for_one, intensity => 0},
+    Child = #{id => erlmcp_flow_task,
+              start => {erlmcp_flow_task, start_link, []},
+              restart => temporary,
+              shutdown => brutal_kill},
+    {ok, {SupFlags, [Child]}}.

@@ -1,0 +1,371 @@
+//! The agent table: who can be routed to, and with which capabilities.
+//!
+//! The Erlang registry is the source of truth for membership and mirrors every
+//! change here. Readers (every routing decision) load the current [`Snapshot`]
+//! without a lock; a writer builds a new snapshot from the old one and swaps it
+//! in, so a reader keeps a consistent view for as long as it holds its guard.
+//! An [`Agent`] is shared between successive snapshots, so its live stats
+//! survive unrelated membership changes.
+
+use std::sync::{Arc, Mutex};
+
+use arc_swap::{ArcSwap, Guard};
+use rustc_hash::FxHashMap;
+
+use crate::error::FlowError;
+use crate::stats::AgentStats;
+
+/// Whether an entry is a single agent or a swarm coordinator answering for its members.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgentKind {
+    Agent,
+    Swarm,
+}
+
+/// What a registration carries into the table. `P` is the caller's handle for
+/// the agent (the NIF stores the Erlang pid).
+#[derive(Debug, Clone)]
+pub struct AgentSpec<P> {
+    pub id: Vec<u8>,
+    pub payload: P,
+    pub capabilities: Vec<Vec<u8>>,
+    pub kind: AgentKind,
+}
+
+/// One routable agent or swarm.
+#[derive(Debug)]
+pub struct Agent<P> {
+    id: Box<[u8]>,
+    payload: P,
+    capabilities: Box<[Box<[u8]>]>,
+    kind: AgentKind,
+    stats: AgentStats,
+}
+
+impl<P> Agent<P> {
+    pub fn id(&self) -> &[u8] {
+        &self.id
+    }
+
+    pub fn payload(&self) -> &P {
+        &self.payload
+    }
+
+    /// Sorted and without duplicates.
+    pub fn capabilities(&self) -> &[Box<[u8]>] {
+        &self.capabilities
+    }
+
+    pub fn kind(&self) -> AgentKind {
+        self.kind
+    }
+
+    pub fn stats(&self) -> &AgentStats {
+        &self.stats
+    }
+}
+
+/// A capability's posting list in one snapshot.
+#[derive(Debug)]
+struct Posting {
+    cap_id: u32,
+    /// Slots holding the capability, ascending.
+    slots: Box<[u32]>,
+}
+
+/// An immutable view of the table. Slots are indices into `agents`; they are
+/// only meaningful within one snapshot.
+#[derive(Debug)]
+pub struct Snapshot<P> {
+    agents: Vec<Arc<Agent<P>>>,
+    by_id: FxHashMap<Box<[u8]>, u32>,
+    postings: FxHashMap<Box<[u8]>, Posting>,
+    /// Per slot, the snapshot-local ids of its capabilities, ascending.
+    slot_caps: Vec<Box<[u32]>>,
+}
+
+impl<P> Snapshot<P> {
+    fn empty() -> Self {
+        Snapshot {
+            agents: Vec::new(),
+            by_id: FxHashMap::default(),
+            postings: FxHashMap::default(),
+            slot_caps: Vec::new(),
+        }
+    }
+
+    fn build(agents: Vec<Arc<Agent<P>>>) -> Self {
+        let mut by_id = FxHashMap::default();
+        let mut postings: FxHashMap<Box<[u8]>, (u32, Vec<u32>)> = FxHashMap::default();
+        let mut slot_caps = Vec::with_capacity(agents.len());
+        for (slot, agent) in agents.iter().enumerate() {
+            let slot = slot as u32;
+            by_id.insert(agent.id.clone(), slot);
+            let mut ids = Vec::with_capacity(agent.capabilities.len());
+            for cap in agent.capabilities.iter() {
+                let next_id = postings.len() as u32;
+                let entry = postings
+                    .entry(cap.clone())
+                    .or_insert_with(|| (next_id, Vec::new()));
+                entry.1.push(slot);
+                ids.push(entry.0);
+            }
+            ids.sort_unstable();
+            slot_caps.push(ids.into_boxed_slice());
+        }
+        let postings = postings
+            .into_iter()
+            .map(|(cap, (cap_id, slots))| {
+                (
+                    cap,
+                    Posting {
+                        cap_id,
+                        slots: slots.into_boxed_slice(),
+                    },
+                )
+            })
+            .collect();
+        Snapshot {
+            agents,
+            by_id,
+            postings,
+            slot_caps,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.agents.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.agents.is_empty()
+    }
+
+    /// The agent in `slot`. Panics on a slot that did not come from this snapshot.
+    pub fn agent(&self, slot: u32) -> &Arc<Agent<P>> {
+        &self.agents[slot as usize]
+    }
+
+    pub fn agents(&self) -> &[Arc<Agent<P>>] {
+        &self.agents
+    }
+
+    pub fn find(&self, id: &[u8]) -> Option<&Arc<Agent<P>>> {
+        self.by_id.get(id).map(|&slot| &self.agents[slot as usize])
+    }
+
+    /// Writes into `out` the slots, ascending, of every agent holding all of
+    /// `required` (every agent when `required` is empty). Starts from the
+    /// shortest posting list and checks the other capabilities per agent, so the
+    /// cost follows the rarest capability rather than the table size.
+    pub fn candidates_into(&self, required: &[&[u8]], out: &mut Vec<u32>) {
+        out.clear();
+        if required.is_empty() {
+            out.extend(0..self.agents.len() as u32);
+            return;
+        }
+        let mut rarest: Option<&Posting> = None;
+        for cap in required {
+            match self.postings.get(*cap) {
+                None => return,
+                Some(p) if rarest.is_none_or(|r| p.slots.len() < r.slots.len()) => rarest = Some(p),
+                Some(_) => {}
+            }
+        }
+        let Some(rarest) = rarest else { return };
+        if required.len() == 1 {
+            out.extend_from_slice(&rarest.slots);
+            return;
+        }
+        // Every lookup succeeded above, so each required capability has an id.
+        let others: Vec<u32> = required
+            .iter()
+            .filter_map(|cap| self.postings.get(*cap))
+            .map(|p| p.cap_id)
+            .filter(|&id| id != rarest.cap_id)
+            .collect();
+        out.extend(rarest.slots.iter().copied().filter(|&slot| {
+            let held = &self.slot_caps[slot as usize];
+            others.iter().all(|id| held.binary_search(id).is_ok())
+        }));
+    }
+}
+
+/// The live table: the current snapshot plus the writer side.
+#[derive(Debug)]
+pub struct AgentTable<P> {
+    current: ArcSwap<Snapshot<P>>,
+    /// Serializes writers; readers never touch it.
+    writer: Mutex<()>,
+}
+
+impl<P> Default for AgentTable<P> {
+    fn default() -> Self {
+        AgentTable {
+            current: ArcSwap::from_pointee(Snapshot::empty()),
+            writer: Mutex::new(()),
+        }
+    }
+}
+
+impl<P> AgentTable<P> {
+    /// The current snapshot; cheap, lock-free, and stable while held.
+    #[inline]
+    pub fn load(&self) -> Guard<Arc<Snapshot<P>>> {
+        self.current.load()
+    }
+
+    /// A snapshot that may be kept indefinitely.
+    pub fn load_full(&self) -> Arc<Snapshot<P>> {
+        self.current.load_full()
+    }
+
+    /// Adds an agent. Fails with `AlreadyRegistered` if the id is taken and with
+    /// `BadArg` for an empty id, an empty capability list or an empty capability.
+    pub fn insert(&self, spec: AgentSpec<P>) -> Result<Arc<Agent<P>>, FlowError> {
+        if spec.id.is_empty() {
+            return Err(FlowError::BadArg("agent_id"));
+        }
+        if spec.capabilities.is_empty() || spec.capabilities.iter().any(|c| c.is_empty()) {
+            return Err(FlowError::BadArg("capabilities"));
+        }
+        let mut capabilities: Vec<Box<[u8]>> = spec
+            .capabilities
+            .into_iter()
+            .map(Vec::into_boxed_slice)
+            .collect();
+        capabilities.sort_unstable();
+        capabilities.dedup();
+        let agent = Arc::new(Agent {
+            id: spec.id.into_boxed_slice(),
+            payload: spec.payload,
+            capabilities: capabilities.into_boxed_slice(),
+            kind: spec.kind,
+            stats: AgentStats::default(),
+        });
+        let _w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let old = self.current.load();
+        if old.by_id.contains_key(agent.id()) {
+            return Err(FlowError::AlreadyRegistered);
+        }
+        let mut agents = Vec::with_capacity(old.agents.len() + 1);
+        agents.extend(old.agents.iter().cloned());
+        agents.push(agent.clone());
+        self.current.store(Arc::new(Snapshot::build(agents)));
+        Ok(agent)
+    }
+
+    /// Removes an agent by id and returns it. In-flight leases keep their own
+    /// reference, so their completion still settles the removed agent's stats.
+    pub fn remove(&self, id: &[u8]) -> Result<Arc<Agent<P>>, FlowError> {
+        let _w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let old = self.current.load();
+        let Some(&slot) = old.by_id.get(id) else {
+            return Err(FlowError::NotFound);
+        };
+        let removed = old.agents[slot as usize].clone();
+        let agents = old
+            .agents
+            .iter()
+            .enumerate()
+            .filter(|&(i, _)| i != slot as usize)
+            .map(|(_, a)| a.clone())
+            .collect();
+        self.current.store(Arc::new(Snapshot::build(agents)));
+        Ok(removed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(id: &str, caps: &[&str]) -> AgentSpec<u32> {
+        AgentSpec {
+            id: id.as_bytes().to_vec(),
+            payload: 0,
+            capabilities: caps.iter().map(|c| c.as_bytes().to_vec()).collect(),
+            kind: AgentKind::Agent,
+        }
+    }
+
+    fn ids(table: &AgentTable<u32>, required: &[&str]) -> Vec<String> {
+        let snap = table.load();
+        let req: Vec<&[u8]> = required.iter().map(|c| c.as_bytes()).collect();
+        let mut out = Vec::new();
+        snap.candidates_into(&req, &mut out);
+        let mut v: Vec<String> = out
+            .iter()
+            .map(|&s| String::from_utf8(snap.agent(s).id().to_vec()).unwrap())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn filters_by_every_required_capability() {
+        let t = AgentTable::default();
+        t.insert(spec("a", &["code", "review"])).unwrap();
+        t.insert(spec("b", &["code"])).unwrap();
+        t.insert(spec("c", &["review", "test", "code"])).unwrap();
+        assert_eq!(ids(&t, &["code"]), ["a", "b", "c"]);
+        assert_eq!(ids(&t, &["code", "review"]), ["a", "c"]);
+        assert_eq!(ids(&t, &["test", "code", "review"]), ["c"]);
+        assert!(ids(&t, &["code", "deploy"]).is_empty());
+        assert_eq!(ids(&t, &[]), ["a", "b", "c"]);
+    }
+
+    #[test]
+    fn duplicate_ids_and_empty_input_are_refused() {
+        let t = AgentTable::default();
+        t.insert(spec("a", &["x"])).unwrap();
+        assert_eq!(
+            t.insert(spec("a", &["y"])).unwrap_err(),
+            FlowError::AlreadyRegistered
+        );
+        assert_eq!(
+            t.insert(spec("", &["y"])).unwrap_err(),
+            FlowError::BadArg("agent_id")
+        );
+        assert_eq!(
+            t.insert(spec("b", &[])).unwrap_err(),
+            FlowError::BadArg("capabilities")
+        );
+        assert_eq!(
+            t.insert(spec("b", &[""])).unwrap_err(),
+            FlowError::BadArg("capabilities")
+        );
+        assert_eq!(t.load().len(), 1);
+    }
+
+    #[test]
+    fn removal_rebuilds_indexes_and_keeps_other_agents_stats() {
+        let t = AgentTable::default();
+        let a = t.insert(spec("a", &["x"])).unwrap();
+        t.insert(spec("b", &["x", "y"])).unwrap();
+        a.stats().acquire();
+        t.remove(b"b").unwrap();
+        assert_eq!(ids(&t, &["x"]), ["a"]);
+        assert!(ids(&t, &["y"]).is_empty());
+        assert_eq!(t.load().find(b"a").unwrap().stats().in_flight(), 1);
+        assert_eq!(t.remove(b"b").unwrap_err(), FlowError::NotFound);
+    }
+
+    #[test]
+    fn readers_keep_their_snapshot_across_a_swap() {
+        let t = AgentTable::default();
+        t.insert(spec("a", &["x"])).unwrap();
+        let before = t.load_full();
+        t.remove(b"a").unwrap();
+        assert_eq!(before.len(), 1);
+        assert!(t.load().is_empty());
+    }
+
+    #[test]
+    fn duplicate_capabilities_are_merged() {
+        let t = AgentTable::default();
+        let a = t.insert(spec("a", &["x", "x", "w"])).unwrap();
+        assert_eq!(a.capabilities().len(), 2);
+        assert_eq!(ids(&t, &["x", "w", "x"]), ["a"]);
+    }
+}

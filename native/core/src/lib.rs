@@ -1,0 +1,27 @@
+//! The routing core of erlmcp_flow.
+//!
+//! Everything here is plain Rust and knows nothing of Erlang: the NIF crate
+//! (`native/nif`) converts terms into these types and back. The pieces:
+//!
+//! - [`agents`]: the agent table, an immutable snapshot swapped on every
+//!   membership change so readers never take a lock;
+//! - [`stats`]: per-agent live counters (in-flight load, outcomes, EWMA latency);
+//! - [`strategy`]: the load-balancing strategies that pick one candidate;
+//! - [`router`]: one routing decision (filter, pick, take a lease) and its completion;
+//! - [`clock`]: the time seam, real or driven by tests;
+//! - [`trace`]: trace and span identifiers.
+
+pub mod agents;
+pub mod clock;
+pub mod error;
+pub mod router;
+pub mod stats;
+pub mod strategy;
+pub mod trace;
+
+pub use agents::{Agent, AgentKind, AgentSpec, AgentTable, Snapshot};
+pub use clock::Clock;
+pub use error::FlowError;
+pub use router::{Lease, Outcome, Router};
+pub use stats::{AgentStats, StatsView};
+pub use strategy::Strategy;

@@ -1,0 +1,231 @@
+//! One routing decision and its completion.
+//!
+//! [`Router::decide`] filters the candidates by capability, lets the strategy
+//! pick one and takes a [`Lease`] on it (its in-flight load goes up) in one
+//! call. The lease is settled exactly once: by [`Lease::complete`] with the
+//! task's outcome, or, if the caller vanished first, by its `Drop`, so no
+//! load can leak.
+
+use std::cell::RefCell;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::agents::{Agent, AgentTable};
+use crate::clock::Clock;
+use crate::error::FlowError;
+use crate::strategy::{Strategy, StrategyState};
+
+/// How a dispatched task ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The agent answered `{ok, _}`.
+    Success,
+    /// The agent answered `{error, _}` or something malformed.
+    Failure,
+    /// No answer within the execution timeout.
+    Timeout,
+    /// The agent died before answering.
+    AgentDown,
+    /// Nobody settled the lease: the caller died or dropped it.
+    Abandoned,
+}
+
+impl Outcome {
+    pub fn name(self) -> &'static str {
+        match self {
+            Outcome::Success => "ok",
+            Outcome::Failure => "error",
+            Outcome::Timeout => "timeout",
+            Outcome::AgentDown => "down",
+            Outcome::Abandoned => "abandoned",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Outcome> {
+        [
+            Outcome::Success,
+            Outcome::Failure,
+            Outcome::Timeout,
+            Outcome::AgentDown,
+            Outcome::Abandoned,
+        ]
+        .into_iter()
+        .find(|o| o.name() == name)
+    }
+}
+
+/// The right to have one task in flight on one agent.
+#[derive(Debug)]
+pub struct Lease<P> {
+    agent: Arc<Agent<P>>,
+    clock: Arc<Clock>,
+    started_us: u64,
+    settled: AtomicBool,
+}
+
+impl<P> Lease<P> {
+    pub fn agent(&self) -> &Arc<Agent<P>> {
+        &self.agent
+    }
+
+    pub fn started_us(&self) -> u64 {
+        self.started_us
+    }
+
+    pub fn is_settled(&self) -> bool {
+        self.settled.load(Ordering::Acquire)
+    }
+
+    /// Settles the lease with `outcome` and returns the task's latency in
+    /// microseconds, or `None` when it was already settled (nothing changes).
+    pub fn complete(&self, outcome: Outcome) -> Option<u64> {
+        if self.settled.swap(true, Ordering::AcqRel) {
+            return None;
+        }
+        let latency = self.clock.now_us().saturating_sub(self.started_us);
+        self.agent.stats().release(outcome, latency);
+        Some(latency)
+    }
+}
+
+impl<P> Drop for Lease<P> {
+    fn drop(&mut self) {
+        if !self.settled.swap(true, Ordering::AcqRel) {
+            self.agent.stats().release(Outcome::Abandoned, 0);
+        }
+    }
+}
+
+thread_local! {
+    /// Candidate slots of the decision running on this thread.
+    static CANDIDATES: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The agent table plus the strategies' shared state and the clock.
+#[derive(Debug)]
+pub struct Router<P> {
+    agents: AgentTable<P>,
+    clock: Arc<Clock>,
+    strategies: StrategyState,
+}
+
+impl<P> Router<P> {
+    pub fn new(clock: Clock) -> Self {
+        Router {
+            agents: AgentTable::default(),
+            clock: Arc::new(clock),
+            strategies: StrategyState::default(),
+        }
+    }
+
+    pub fn agents(&self) -> &AgentTable<P> {
+        &self.agents
+    }
+
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    /// Picks an agent holding every capability in `required` with `strategy`
+    /// and takes a lease on it.
+    pub fn decide(&self, required: &[&[u8]], strategy: Strategy) -> Result<Lease<P>, FlowError> {
+        let snapshot = self.agents.load();
+        let agent = CANDIDATES.with(|cell| {
+            let mut candidates = cell.borrow_mut();
+            snapshot.candidates_into(required, &mut candidates);
+            if candidates.is_empty() {
+                return Err(FlowError::NoAgentsAvailable);
+            }
+            let chosen = self.strategies.pick(strategy, &candidates);
+            Ok(snapshot.agent(candidates[chosen]).clone())
+        })?;
+        agent.stats().acquire();
+        Ok(Lease {
+            agent,
+            clock: self.clock.clone(),
+            started_us: self.clock.now_us(),
+            settled: AtomicBool::new(false),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agents::{AgentKind, AgentSpec};
+
+    fn router(n: usize) -> Router<usize> {
+        let r = Router::new(Clock::manual(0));
+        for i in 0..n {
+            r.agents()
+                .insert(AgentSpec {
+                    id: format!("agent-{i}").into_bytes(),
+                    payload: i,
+                    capabilities: vec![b"work".to_vec()],
+                    kind: AgentKind::Agent,
+                })
+                .unwrap();
+        }
+        r
+    }
+
+    #[test]
+    fn a_lease_is_settled_exactly_once() {
+        let r = router(1);
+        let lease = r.decide(&[b"work"], Strategy::RoundRobin).unwrap();
+        r.clock().advance(250);
+        assert_eq!(lease.agent().stats().in_flight(), 1);
+        assert_eq!(lease.complete(Outcome::Success), Some(250));
+        assert_eq!(lease.complete(Outcome::Failure), None);
+        let v = lease.agent().stats().view();
+        assert_eq!((v.in_flight, v.succeeded, v.failed), (0, 1, 0));
+    }
+
+    #[test]
+    fn dropping_an_unsettled_lease_releases_it_as_abandoned() {
+        let r = router(1);
+        let agent = {
+            let lease = r.decide(&[], Strategy::RoundRobin).unwrap();
+            lease.agent().clone()
+        };
+        let v = agent.stats().view();
+        assert_eq!((v.in_flight, v.abandoned), (0, 1));
+    }
+
+    #[test]
+    fn no_candidates_is_an_error() {
+        let r = router(2);
+        assert_eq!(
+            r.decide(&[b"other"], Strategy::RoundRobin).unwrap_err(),
+            FlowError::NoAgentsAvailable
+        );
+        let empty: Router<usize> = Router::new(Clock::system());
+        assert_eq!(
+            empty.decide(&[], Strategy::RoundRobin).unwrap_err(),
+            FlowError::NoAgentsAvailable
+        );
+    }
+
+    #[test]
+    fn round_robin_spreads_evenly() {
+        let r = router(5);
+        let mut counts = [0usize; 5];
+        for _ in 0..23 {
+            let lease = r.decide(&[b"work"], Strategy::RoundRobin).unwrap();
+            counts[*lease.agent().payload()] += 1;
+            lease.complete(Outcome::Success);
+        }
+        let (min, max) = (counts.iter().min().unwrap(), counts.iter().max().unwrap());
+        assert!(max - min <= 1, "{counts:?}");
+    }
+
+    #[test]
+    fn a_removed_agent_still_settles_its_leases() {
+        let r = router(1);
+        let lease = r.decide(&[], Strategy::RoundRobin).unwrap();
+        r.agents().remove(b"agent-0").unwrap();
+        assert!(r.decide(&[], Strategy::RoundRobin).is_err());
+        lease.complete(Outcome::AgentDown);
+        assert_eq!(lease.agent().stats().in_flight(), 0);
+    }
+}

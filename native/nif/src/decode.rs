@@ -1,0 +1,33 @@
+//! Decoding of NIF arguments, each failure naming the argument it refused.
+
+use rustler::{Atom, Binary, ListIterator, Term};
+
+use crate::error::{NifOutcome, badarg};
+
+/// The bytes of a non-empty binary argument.
+pub fn nonempty_binary<'a>(term: Term<'a>, what: &'static str) -> NifOutcome<&'a [u8]> {
+    match Binary::from_term(term) {
+        Ok(bin) if !bin.is_empty() => Ok(bin.as_slice()),
+        _ => Err(badarg(what)),
+    }
+}
+
+/// A proper list of non-empty binaries (the list may be empty).
+pub fn binaries<'a>(term: Term<'a>, what: &'static str) -> NifOutcome<Vec<&'a [u8]>> {
+    let iter: ListIterator<'a> = term.decode().map_err(|_| badarg(what))?;
+    iter.map(|item| nonempty_binary(item, what)).collect()
+}
+
+/// An atom argument, matched against `choices`.
+pub fn choice<T: Copy>(
+    term: Term<'_>,
+    choices: &[(fn() -> Atom, T)],
+    what: &'static str,
+) -> NifOutcome<T> {
+    let atom = Atom::from_term(term).map_err(|_| badarg(what))?;
+    choices
+        .iter()
+        .find(|(name, _)| name() == atom)
+        .map(|&(_, value)| value)
+        .ok_or_else(|| badarg(what))
+}
