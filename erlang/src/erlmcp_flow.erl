@@ -26,6 +26,7 @@
 -export([query_agents/1]).
 -export([get_agent_load/1]).
 -export([agent_stats/1]).
+-export([stats/0]).
 
 -export_type([agent_id/0, capability/0, task/0, requirements/0, execute_opts/0,
               strategy/0, meta/0, trace_context/0]).
@@ -119,3 +120,10 @@ get_agent_load(AgentId) ->
 -spec agent_stats(agent_id()) -> {ok, map()} | {error, not_found | {badarg, agent_id}}.
 agent_stats(AgentId) ->
     erlmcp_flow_registry:agent_stats(AgentId).
+
+%% @doc Node-wide counters: registered `agents', tasks `in_flight' and
+%% routing `decisions' made since the application started.
+-spec stats() -> #{agents := non_neg_integer(), in_flight := non_neg_integer(),
+                   decisions := non_neg_integer()}.
+stats() ->
+    erlmcp_flow_registry:router_stats().

@@ -13,7 +13,7 @@
 -export([clock_advance/2]).
 -export([agent_insert/5]).
 -export([agent_remove/2]).
--export([agent_count/1]).
+-export([router_stats/1]).
 -export([agent_stats/2]).
 -export([decide/3]).
 -export([complete/2]).
@@ -22,7 +22,7 @@
 
 -export_type([router/0, lease/0, outcome/0]).
 
--nifs([router_new/1, clock_advance/2, agent_insert/5, agent_remove/2, agent_count/1,
+-nifs([router_new/1, clock_advance/2, agent_insert/5, agent_remove/2, router_stats/1,
        agent_stats/2, decide/3, complete/2, generate_trace_id/0, generate_span_id/0]).
 
 -type router() :: reference().
@@ -58,8 +58,10 @@ agent_insert(_Router, _Id, _Pid, _Caps, _Kind) -> erlang:nif_error(nif_not_loade
 -spec agent_remove(router(), binary()) -> ok | {error, not_found} | badarg().
 agent_remove(_Router, _Id) -> erlang:nif_error(nif_not_loaded).
 
--spec agent_count(router()) -> {ok, non_neg_integer()} | badarg().
-agent_count(_Router) -> erlang:nif_error(nif_not_loaded).
+-spec router_stats(router()) ->
+          {ok, #{agents := non_neg_integer(), in_flight := non_neg_integer(),
+                 decisions := non_neg_integer()}} | badarg().
+router_stats(_Router) -> erlang:nif_error(nif_not_loaded).
 
 -spec agent_stats(router(), binary()) -> {ok, map()} | {error, not_found} | badarg().
 agent_stats(_Router, _Id) -> erlang:nif_error(nif_not_loaded).

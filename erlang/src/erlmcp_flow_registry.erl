@@ -23,6 +23,7 @@
 -export([query_agents/1]).
 -export([get_agent_load/1]).
 -export([agent_stats/1]).
+-export([router_stats/0]).
 -export([list_agents/0]).
 -export([router/0]).
 -export([backend/0]).
@@ -122,6 +123,14 @@ agent_stats(AgentId) when is_binary(AgentId) ->
     erlmcp_flow_nif:agent_stats(router(), AgentId);
 agent_stats(_) ->
     {error, {badarg, agent_id}}.
+
+%% @doc Router-wide counters: registered `agents', leases `in_flight' over
+%% every agent (removed ones included) and `decisions' made.
+-spec router_stats() -> #{agents := non_neg_integer(), in_flight := non_neg_integer(),
+                          decisions := non_neg_integer()}.
+router_stats() ->
+    {ok, Stats} = erlmcp_flow_nif:router_stats(router()),
+    Stats.
 
 %% @doc Every registration: `{Id, Pid, Kind, Capabilities}', sorted by id.
 -spec list_agents() -> [{erlmcp_flow:agent_id(), pid(), kind(), [erlmcp_flow:capability()]}].

@@ -8,7 +8,7 @@
 
 use std::cell::RefCell;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crate::agents::{Agent, AgentTable};
 use crate::clock::Clock;
@@ -54,11 +54,28 @@ impl Outcome {
     }
 }
 
+/// What a router shares with its leases, which may outlive any one snapshot.
+#[derive(Debug)]
+struct Shared {
+    clock: Clock,
+    /// Leases taken and not yet settled, over every agent, removed ones included.
+    in_flight: AtomicU64,
+    decisions: AtomicU64,
+}
+
+/// Router-wide counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouterStats {
+    pub agents: usize,
+    pub in_flight: u64,
+    pub decisions: u64,
+}
+
 /// The right to have one task in flight on one agent.
 #[derive(Debug)]
 pub struct Lease<P> {
     agent: Arc<Agent<P>>,
-    clock: Arc<Clock>,
+    shared: Arc<Shared>,
     started_us: u64,
     settled: AtomicBool,
 }
@@ -82,16 +99,21 @@ impl<P> Lease<P> {
         if self.settled.swap(true, Ordering::AcqRel) {
             return None;
         }
-        let latency = self.clock.now_us().saturating_sub(self.started_us);
-        self.agent.stats().release(outcome, latency);
+        let latency = self.shared.clock.now_us().saturating_sub(self.started_us);
+        self.release(outcome, latency);
         Some(latency)
+    }
+
+    fn release(&self, outcome: Outcome, latency_us: u64) {
+        self.agent.stats().release(outcome, latency_us);
+        self.shared.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
 impl<P> Drop for Lease<P> {
     fn drop(&mut self) {
         if !self.settled.swap(true, Ordering::AcqRel) {
-            self.agent.stats().release(Outcome::Abandoned, 0);
+            self.release(Outcome::Abandoned, 0);
         }
     }
 }
@@ -105,7 +127,7 @@ thread_local! {
 #[derive(Debug)]
 pub struct Router<P> {
     agents: AgentTable<P>,
-    clock: Arc<Clock>,
+    shared: Arc<Shared>,
     strategies: StrategyState,
 }
 
@@ -113,7 +135,11 @@ impl<P> Router<P> {
     pub fn new(clock: Clock) -> Self {
         Router {
             agents: AgentTable::default(),
-            clock: Arc::new(clock),
+            shared: Arc::new(Shared {
+                clock,
+                in_flight: AtomicU64::new(0),
+                decisions: AtomicU64::new(0),
+            }),
             strategies: StrategyState::default(),
         }
     }
@@ -123,7 +149,15 @@ impl<P> Router<P> {
     }
 
     pub fn clock(&self) -> &Clock {
-        &self.clock
+        &self.shared.clock
+    }
+
+    pub fn stats(&self) -> RouterStats {
+        RouterStats {
+            agents: self.agents.load().len(),
+            in_flight: self.shared.in_flight.load(Ordering::Acquire),
+            decisions: self.shared.decisions.load(Ordering::Relaxed),
+        }
     }
 
     /// Picks an agent holding every capability in `required` with `strategy`
@@ -140,10 +174,12 @@ impl<P> Router<P> {
             Ok(snapshot.agent(candidates[chosen]).clone())
         })?;
         agent.stats().acquire();
+        self.shared.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.shared.decisions.fetch_add(1, Ordering::Relaxed);
         Ok(Lease {
             agent,
-            clock: self.clock.clone(),
-            started_us: self.clock.now_us(),
+            shared: self.shared.clone(),
+            started_us: self.shared.clock.now_us(),
             settled: AtomicBool::new(false),
         })
     }
@@ -225,7 +261,10 @@ mod tests {
         let lease = r.decide(&[], Strategy::RoundRobin).unwrap();
         r.agents().remove(b"agent-0").unwrap();
         assert!(r.decide(&[], Strategy::RoundRobin).is_err());
+        assert_eq!(r.stats().in_flight, 1);
         lease.complete(Outcome::AgentDown);
         assert_eq!(lease.agent().stats().in_flight(), 0);
+        assert_eq!(r.stats().in_flight, 0);
+        assert_eq!(r.stats().decisions, 1);
     }
 }

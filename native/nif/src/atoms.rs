@@ -20,6 +20,8 @@ rustler::atoms! {
     down,
     abandoned,
     // stats keys
+    agents,
+    decisions,
     in_flight,
     dispatched,
     succeeded,

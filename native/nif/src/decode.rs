@@ -18,12 +18,11 @@ pub fn binaries<'a>(term: Term<'a>, what: &'static str) -> NifOutcome<Vec<&'a [u
     iter.map(|item| nonempty_binary(item, what)).collect()
 }
 
+/// An atom-named choice: the atom's constructor and the value it stands for.
+pub type Choice<T> = (fn() -> Atom, T);
+
 /// An atom argument, matched against `choices`.
-pub fn choice<T: Copy>(
-    term: Term<'_>,
-    choices: &[(fn() -> Atom, T)],
-    what: &'static str,
-) -> NifOutcome<T> {
+pub fn choice<T: Copy>(term: Term<'_>, choices: &[Choice<T>], what: &'static str) -> NifOutcome<T> {
     let atom = Atom::from_term(term).map_err(|_| badarg(what))?;
     choices
         .iter()

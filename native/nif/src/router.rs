@@ -5,7 +5,7 @@ use rustler::types::tuple::make_tuple;
 use rustler::{Atom, Encoder, Env, LocalPid, MapIterator, NewBinary, Resource, ResourceArc, Term};
 
 use crate::atoms;
-use crate::decode::{binaries, choice, nonempty_binary};
+use crate::decode::{Choice, binaries, choice, nonempty_binary};
 use crate::error::{NifError, NifOutcome, badarg};
 
 /// One router per running application, owned by the registry process.
@@ -25,14 +25,14 @@ pub struct LeaseResource {
 #[rustler::resource_impl]
 impl Resource for LeaseResource {}
 
-const STRATEGIES: &[(fn() -> Atom, Strategy)] = &[(atoms::round_robin, Strategy::RoundRobin)];
+const STRATEGIES: &[Choice<Strategy>] = &[(atoms::round_robin, Strategy::RoundRobin)];
 
-const KINDS: &[(fn() -> Atom, AgentKind)] = &[
+const KINDS: &[Choice<AgentKind>] = &[
     (atoms::agent, AgentKind::Agent),
     (atoms::swarm, AgentKind::Swarm),
 ];
 
-const OUTCOMES: &[(fn() -> Atom, Outcome)] = &[
+const OUTCOMES: &[Choice<Outcome>] = &[
     (atoms::ok, Outcome::Success),
     (atoms::error, Outcome::Failure),
     (atoms::timeout, Outcome::Timeout),
@@ -137,12 +137,24 @@ fn agent_remove<'a>(env: Env<'a>, router: Term<'a>, id: Term<'a>) -> Term<'a> {
     reply(env, run())
 }
 
-/// `agent_count(Router) -> {ok, N}`.
+/// `router_stats(Router) -> {ok, #{agents, in_flight, decisions}}`.
 #[rustler::nif]
-fn agent_count<'a>(env: Env<'a>, router: Term<'a>) -> Term<'a> {
+fn router_stats<'a>(env: Env<'a>, router: Term<'a>) -> Term<'a> {
     let run = || -> NifOutcome<Term<'a>> {
         let r = router_arg(router)?;
-        Ok((atoms::ok(), r.router.agents().load().len()).encode(env))
+        let st = r.router.stats();
+        let keys = [
+            atoms::agents().encode(env),
+            atoms::in_flight().encode(env),
+            atoms::decisions().encode(env),
+        ];
+        let values = [
+            st.agents.encode(env),
+            st.in_flight.encode(env),
+            st.decisions.encode(env),
+        ];
+        let map = Term::map_from_term_arrays(env, &keys, &values).map_err(|_| badarg("router"))?;
+        Ok((atoms::ok(), map).encode(env))
     };
     reply(env, run())
 }

@@ -32,10 +32,10 @@ fn binary<'a>(env: Env<'a>, bytes: &[u8]) -> Term<'a> {
 
 #[rustler::nif]
 fn generate_trace_id(env: Env<'_>) -> Term<'_> {
-    binary(env, &with_rng(|r| trace::generate_trace_id(r)))
+    binary(env, &with_rng(trace::generate_trace_id))
 }
 
 #[rustler::nif]
 fn generate_span_id(env: Env<'_>) -> Term<'_> {
-    binary(env, &with_rng(|r| trace::generate_span_id(r)))
+    binary(env, &with_rng(trace::generate_span_id))
 }

@@ -1,0 +1,50 @@
+# erlmcp_flow: the two commands of the README are `make demo` and `make test`;
+# each installs what is missing first (.ci/setup).
+SHELL := /bin/bash
+export PATH := $(HOME)/.cargo/bin:$(PATH)
+
+ERL_PATHS = -pa _build/default/lib/*/ebin
+BENCH_EBIN = _build/bench/ebin
+
+.PHONY: all setup build demo test test-rust test-erlang dialyzer bench bench-rust bench-erlang clean
+
+all: build
+
+setup:
+	@.ci/setup
+
+build: setup
+	rebar3 compile
+
+## The main job: 60 agents and 5 swarms, one row per strategy.
+demo: build
+	erl -noshell $(ERL_PATHS) -eval 'erlmcp_flow_demo:main()'
+
+## Every test: Rust (fmt, clippy, cargo test), then Erlang (xref, EUnit,
+## Common Test, dialyzer).
+test: setup test-rust test-erlang
+
+test-rust:
+	cargo fmt --all --check
+	cargo clippy --locked --all-targets -- -D warnings
+	cargo test --locked
+
+test-erlang:
+	rebar3 do compile, xref
+	rebar3 eunit
+	rebar3 ct
+	rebar3 dialyzer
+
+## Figures: criterion benches of the core, then the Erlang bench driver.
+bench: bench-rust bench-erlang
+
+bench-rust: setup
+	cargo bench --locked --bench routing
+
+bench-erlang: build
+	mkdir -p $(BENCH_EBIN)
+	erlc -o $(BENCH_EBIN) benches/erlang/*.erl
+	erl -noshell $(ERL_PATHS) -pa $(BENCH_EBIN) -eval 'erlmcp_flow_bench:main()'
+
+clean:
+	rm -rf _build target erlang/priv/*.so
