@@ -29,6 +29,7 @@
 -export([backend/0]).
 -export([agents_table/0]).
 -export([lookup_pid/1]).
+-export([is_capability_list/1]).
 
 %% gen_server callbacks
 -export([init/1]).
@@ -98,7 +99,7 @@ find_agents_by_capability(_) ->
 %% @doc The ids of every agent and swarm holding all of `Capabilities'.
 -spec query_agents([erlmcp_flow:capability()]) -> [erlmcp_flow:agent_id()].
 query_agents([First | Rest] = Capabilities) ->
-    case lists:all(fun is_binary/1, Capabilities) of
+    case is_capability_list(Capabilities) of
         true ->
             lists:sort(
               [Id || {_, Id, _} <- ets:lookup(?CAPS, First),
@@ -158,6 +159,12 @@ lookup_pid(AgentId) ->
     try ets:lookup_element(?AGENTS, AgentId, 2)
     catch error:badarg -> undefined
     end.
+
+%% @private A proper list of non-empty binaries (possibly empty).
+-spec is_capability_list(term()) -> boolean().
+is_capability_list([]) -> true;
+is_capability_list([C | Rest]) when is_binary(C), C =/= <<>> -> is_capability_list(Rest);
+is_capability_list(_) -> false.
 
 %%====================================================================
 %% gen_server callbacks
@@ -220,10 +227,8 @@ validate(_Id, Pid, _Caps) when not is_pid(Pid) ->
     {error, {badarg, pid}};
 validate(_Id, Pid, _Caps) when node(Pid) =/= node() ->
     {error, {badarg, pid}};
-validate(_Id, _Pid, Caps) when not is_list(Caps); Caps =:= [] ->
-    {error, {badarg, capabilities}};
 validate(_Id, _Pid, Caps) ->
-    case lists:all(fun(C) -> is_binary(C) andalso C =/= <<>> end, Caps) of
+    case Caps =/= [] andalso is_capability_list(Caps) of
         true -> ok;
         false -> {error, {badarg, capabilities}}
     end.

@@ -152,8 +152,7 @@ check_values(Pairs) ->
         [Bad | _] -> {error, {badarg, Bad}}
     end.
 
-valid(capabilities, Caps) ->
-    is_list(Caps) andalso lists:all(fun(C) -> is_binary(C) andalso C =/= <<>> end, Caps);
+valid(capabilities, Caps) -> erlmcp_flow_registry:is_capability_list(Caps);
 valid(strategy, S) -> lists:member(S, strategies());
 valid(timeout, infinity) -> true;
 valid(timeout, T) -> is_integer(T) andalso T > 0;

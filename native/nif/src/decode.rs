@@ -14,8 +14,15 @@ pub fn nonempty_binary<'a>(term: Term<'a>, what: &'static str) -> NifOutcome<&'a
 
 /// A proper list of non-empty binaries (the list may be empty).
 pub fn binaries<'a>(term: Term<'a>, what: &'static str) -> NifOutcome<Vec<&'a [u8]>> {
+    // rustler's list iterator panics at an improper tail; the length query
+    // refuses improper lists up front, so the walk below never meets one.
+    let len = term.list_length().map_err(|_| badarg(what))?;
     let iter: ListIterator<'a> = term.decode().map_err(|_| badarg(what))?;
-    iter.map(|item| nonempty_binary(item, what)).collect()
+    let mut out = Vec::with_capacity(len);
+    for item in iter {
+        out.push(nonempty_binary(item, what)?);
+    }
+    Ok(out)
 }
 
 /// An atom-named choice: the atom's constructor and the value it stands for.

@@ -1,0 +1,132 @@
+-module(erlmcp_flow_registry_tests).
+
+-include_lib("eunit/include/eunit.hrl").
+
+-import(erlmcp_flow_test_util, [echo_agent/0, sync_registry/0, wait_until/1]).
+
+registry_test_() ->
+    {foreach,
+     fun erlmcp_flow_test_util:start/0,
+     fun(Apps) -> erlmcp_flow_test_util:assert_clean(), erlmcp_flow_test_util:stop(Apps) end,
+     [{"register, find and query", fun register_find_query/0},
+      {"duplicate ids are refused", fun duplicates/0},
+      {"bad input gets a named error", fun bad_input/0},
+      {"unregister removes from every lookup and routing", fun unregister/0},
+      {"a dead agent is gone everywhere", fun death/0},
+      {"swarms are registered like agents", fun swarm/0},
+      {"one pid may hold several ids", fun several_ids/0},
+      {"the native backend is selected without gproc", fun backend/0},
+      {"registrations are mirrored into the router", fun mirror/0}]}.
+
+kill(Pid) ->
+    MRef = erlang:monitor(process, Pid),
+    exit(Pid, kill),
+    receive {'DOWN', MRef, process, Pid, _} -> ok end,
+    sync_registry().
+
+register_find_query() ->
+    A = echo_agent(), B = echo_agent(),
+    ok = erlmcp_flow:register_agent(<<"a">>, A, [<<"code">>, <<"review">>]),
+    ok = erlmcp_flow:register_agent(<<"b">>, B, [<<"code">>]),
+    ?assertEqual({ok, A}, erlmcp_flow:find_agent(<<"a">>)),
+    ?assertEqual({error, not_found}, erlmcp_flow:find_agent(<<"zz">>)),
+    ?assertEqual(lists:sort([A, B]), lists:sort(erlmcp_flow:find_agents_by_capability(<<"code">>))),
+    ?assertEqual([A], erlmcp_flow:find_agents_by_capability(<<"review">>)),
+    ?assertEqual([], erlmcp_flow:find_agents_by_capability(<<"deploy">>)),
+    ?assertEqual([<<"a">>, <<"b">>], erlmcp_flow:query_agents([<<"code">>])),
+    ?assertEqual([<<"a">>], erlmcp_flow:query_agents([<<"review">>, <<"code">>])),
+    ?assertEqual([], erlmcp_flow:query_agents([<<"code">>, <<"deploy">>])),
+    ?assertEqual([], erlmcp_flow:query_agents([])),
+    ?assertEqual(0, erlmcp_flow:get_agent_load(<<"a">>)),
+    ?assertEqual(0, erlmcp_flow:get_agent_load(<<"unknown">>)),
+    ok = erlmcp_flow:unregister_agent(<<"a">>),
+    ok = erlmcp_flow:unregister_agent(<<"b">>).
+
+duplicates() ->
+    A = echo_agent(),
+    ok = erlmcp_flow:register_agent(<<"a">>, A, [<<"x">>]),
+    ?assertEqual({error, already_registered}, erlmcp_flow:register_agent(<<"a">>, echo_agent(), [<<"y">>])),
+    ?assertEqual({error, already_registered}, erlmcp_flow:register_swarm(<<"a">>, A, [<<"y">>])),
+    ?assertEqual([<<"a">>], erlmcp_flow:query_agents([<<"x">>])),
+    ?assertEqual([], erlmcp_flow:query_agents([<<"y">>])),
+    ok = erlmcp_flow:unregister_agent(<<"a">>).
+
+bad_input() ->
+    P = echo_agent(),
+    Cases = [{{badarg, agent_id}, [a, P, [<<"x">>]]},
+             {{badarg, agent_id}, ["a", P, [<<"x">>]]},
+             {{badarg, agent_id}, [<<>>, P, [<<"x">>]]},
+             {{badarg, pid}, [<<"a">>, not_a_pid, [<<"x">>]]},
+             {{badarg, pid}, [<<"a">>, erlmcp_flow_test_util:remote_pid(), [<<"x">>]]},
+             {{badarg, capabilities}, [<<"a">>, P, []]},
+             {{badarg, capabilities}, [<<"a">>, P, <<"x">>]},
+             {{badarg, capabilities}, [<<"a">>, P, [x]]},
+             {{badarg, capabilities}, [<<"a">>, P, [<<>>]]},
+             {{badarg, capabilities}, [<<"a">>, P, [<<"x">> | y]]}],
+    [?assertEqual({error, Reason}, apply(erlmcp_flow, F, Args))
+     || {Reason, Args} <- Cases, F <- [register_agent, register_swarm]],
+    ?assertEqual({error, {badarg, agent_id}}, erlmcp_flow:find_agent(42)),
+    ?assertEqual({error, {badarg, agent_id}}, erlmcp_flow:unregister_agent(42)),
+    ?assertEqual([], erlmcp_flow:find_agents_by_capability(x)),
+    ?assertEqual([], erlmcp_flow:query_agents(not_a_list)),
+    ?assertEqual([], erlmcp_flow:query_agents([<<"x">>, 1])),
+    ?assertEqual(0, erlmcp_flow:get_agent_load(42)),
+    ?assert(is_process_alive(whereis(erlmcp_flow_registry))).
+
+unregister() ->
+    A = echo_agent(),
+    ok = erlmcp_flow:register_agent(<<"a">>, A, [<<"x">>]),
+    ok = erlmcp_flow:unregister_agent(<<"a">>),
+    ok = erlmcp_flow:unregister_agent(<<"a">>),
+    ?assertEqual({error, not_found}, erlmcp_flow:find_agent(<<"a">>)),
+    ?assertEqual([], erlmcp_flow:find_agents_by_capability(<<"x">>)),
+    ?assertEqual({error, no_agents_available}, erlmcp_flow:execute(#{}, #{capabilities => [<<"x">>]})),
+    %% the id is free again
+    ok = erlmcp_flow:register_agent(<<"a">>, A, [<<"x">>]),
+    ok = erlmcp_flow:unregister_agent(<<"a">>).
+
+death() ->
+    A = echo_agent(), B = echo_agent(),
+    ok = erlmcp_flow:register_agent(<<"a">>, A, [<<"x">>]),
+    ok = erlmcp_flow:register_agent(<<"b">>, B, [<<"x">>, <<"y">>]),
+    kill(A),
+    ?assertEqual({error, not_found}, erlmcp_flow:find_agent(<<"a">>)),
+    ?assertEqual([B], erlmcp_flow:find_agents_by_capability(<<"x">>)),
+    ?assertEqual([<<"b">>], erlmcp_flow:query_agents([<<"x">>])),
+    [?assertMatch({ok, _, #{agent_id := <<"b">>}}, erlmcp_flow:execute(#{}, #{capabilities => [<<"x">>]}))
+     || _ <- lists:seq(1, 5)],
+    kill(B),
+    ?assertEqual({error, no_agents_available}, erlmcp_flow:execute(#{}, #{capabilities => [<<"x">>]})),
+    ?assertEqual([], erlmcp_flow_registry:list_agents()).
+
+swarm() ->
+    C = echo_agent(),
+    ok = erlmcp_flow:register_swarm(<<"s">>, C, [<<"x">>]),
+    ?assertEqual([{<<"s">>, C, swarm, [<<"x">>]}], erlmcp_flow_registry:list_agents()),
+    ?assertEqual({ok, C}, erlmcp_flow:find_agent(<<"s">>)),
+    ok = erlmcp_flow:unregister_agent(<<"s">>).
+
+several_ids() ->
+    A = echo_agent(),
+    ok = erlmcp_flow:register_agent(<<"a1">>, A, [<<"x">>]),
+    ok = erlmcp_flow:register_agent(<<"a2">>, A, [<<"y">>]),
+    ok = erlmcp_flow:unregister_agent(<<"a1">>),
+    ?assertEqual({ok, A}, erlmcp_flow:find_agent(<<"a2">>)),
+    kill(A),
+    ?assertEqual({error, not_found}, erlmcp_flow:find_agent(<<"a2">>)).
+
+backend() ->
+    ?assertEqual(erlmcp_flow_registry_native, erlmcp_flow_registry:backend()),
+    ?assertEqual(erlmcp_flow_registry_native, erlmcp_flow_registry_backend:select()).
+
+mirror() ->
+    A = echo_agent(), B = echo_agent(),
+    ok = erlmcp_flow:register_agent(<<"a">>, A, [<<"x">>, <<"y">>]),
+    ok = erlmcp_flow:register_agent(<<"b">>, B, [<<"x">>]),
+    ?assertMatch(#{agents := 2}, erlmcp_flow:stats()),
+    ?assertMatch({ok, _, #{agent_id := <<"a">>}},
+                 erlmcp_flow:execute(#{}, #{capabilities => [<<"y">>, <<"x">>]})),
+    ok = erlmcp_flow:unregister_agent(<<"a">>),
+    ?assertMatch(#{agents := 1}, erlmcp_flow:stats()),
+    ?assertEqual({error, no_agents_available}, erlmcp_flow:execute(#{}, #{capabilities => [<<"y">>]})),
+    ok = erlmcp_flow:unregister_agent(<<"b">>).

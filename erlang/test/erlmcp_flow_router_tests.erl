@@ -1,0 +1,183 @@
+%% execute/2,3 and route_task/2: the path of one task, with real agent processes.
+-module(erlmcp_flow_router_tests).
+
+-include_lib("eunit/include/eunit.hrl").
+
+-import(erlmcp_flow_test_util, [echo_agent/0, raw_agent/1, sync_registry/0, wait_until/1]).
+
+router_test_() ->
+    {foreach,
+     fun erlmcp_flow_test_util:start/0,
+     fun(Apps) ->
+             [ok = erlmcp_flow:unregister_agent(Id) || {Id, _, _, _} <- erlmcp_flow_registry:list_agents()],
+             erlmcp_flow_test_util:assert_clean(),
+             erlmcp_flow_test_util:stop(Apps)
+     end,
+     [{"a task is answered with its meta", fun answered/0},
+      {"no agent holds the capabilities", fun no_agents/0},
+      {"an agent's error is returned as agent_error", fun agent_error/0},
+      {"a malformed answer is refused", fun bad_reply/0},
+      {"a timeout cancels the task and drops the late answer", fun timeout/0},
+      {"an agent dying mid-task answers agent_down", fun agent_down/0},
+      {"malformed tasks, requirements and options", fun badargs/0},
+      {"round robin spreads tasks evenly", fun round_robin/0},
+      {"the agent gets the task's trace context", fun trace_context/0},
+      {"route_task dispatches and reports to reply_to", fun route_task/0},
+      {"route_task without reply_to still completes", fun route_task_silent/0},
+      {"route_task times out like execute", fun route_task_timeout/0},
+      {"a caller killed mid-task leaks no load", fun caller_killed/0},
+      {"concurrent callers each get one answer", fun concurrent/0}]}.
+
+register(Id, Pid, Caps) ->
+    ok = erlmcp_flow:register_agent(Id, Pid, Caps).
+
+load_is_zero(Id) ->
+    fun() -> erlmcp_flow:get_agent_load(Id) =:= 0 end.
+
+answered() ->
+    register(<<"a">>, echo_agent(), [<<"echo">>]),
+    {ok, Result, Meta} = erlmcp_flow:execute(#{n => 1}, #{capabilities => [<<"echo">>]}),
+    ?assertEqual(#{n => 1}, Result),
+    ?assertMatch(#{agent_id := <<"a">>, attempts := 1}, Meta),
+    #{trace_id := TraceId, latency_us := Lat} = Meta,
+    ?assertEqual(32, byte_size(TraceId)),
+    ?assert(is_integer(Lat) andalso Lat >= 0),
+    ?assertMatch({ok, #{succeeded := 1, in_flight := 0}}, erlmcp_flow:agent_stats(<<"a">>)),
+    %% no requirements at all: any agent
+    ?assertMatch({ok, _, _}, erlmcp_flow:execute(#{}, #{})),
+    ?assertMatch({ok, _, _}, erlmcp_flow:execute(#{}, #{}, #{timeout => 1000})),
+    ?assertEqual([], stray()).
+
+no_agents() ->
+    ?assertEqual({error, no_agents_available}, erlmcp_flow:execute(#{}, #{})),
+    register(<<"a">>, echo_agent(), [<<"x">>]),
+    ?assertEqual({error, no_agents_available},
+                 erlmcp_flow:execute(#{}, #{capabilities => [<<"x">>, <<"y">>]})).
+
+agent_error() ->
+    register(<<"a">>, raw_agent(fun(_) -> {error, busy} end), [<<"x">>]),
+    ?assertEqual({error, {agent_error, busy}}, erlmcp_flow:execute(#{}, #{})),
+    ?assertMatch({ok, #{failed := 1, in_flight := 0}}, erlmcp_flow:agent_stats(<<"a">>)).
+
+bad_reply() ->
+    register(<<"a">>, raw_agent(fun(_) -> what end), [<<"x">>]),
+    ?assertEqual({error, {bad_agent_reply, what}}, erlmcp_flow:execute(#{}, #{})),
+    ?assertMatch({ok, #{failed := 1, in_flight := 0}}, erlmcp_flow:agent_stats(<<"a">>)).
+
+timeout() ->
+    Self = self(),
+    Agent = raw_agent(fun(_) -> noreply end),
+    register(<<"a">>, Agent, [<<"x">>]),
+    ?assertEqual({error, execution_timeout}, erlmcp_flow:execute(#{}, #{timeout => 20})),
+    Ref = receive {task_seen, Agent, _, _} -> receive {cancelled, Agent, R} -> R end end,
+    ?assertMatch({ok, #{timed_out := 1, in_flight := 0}}, erlmcp_flow:agent_stats(<<"a">>)),
+    %% an answer after the timeout goes to an inactive alias and is dropped
+    Ref ! {task_result, Ref, {ok, late}},
+    Self ! marker,
+    ?assertEqual([marker], flush()).
+
+agent_down() ->
+    Agent = raw_agent(fun(_) -> exit(self(), kill) end),
+    register(<<"a">>, Agent, [<<"x">>]),
+    ?assertEqual({error, {agent_down, killed}}, erlmcp_flow:execute(#{}, #{})),
+    sync_registry(),
+    ?assertEqual({error, not_found}, erlmcp_flow:find_agent(<<"a">>)),
+    ?assertMatch(#{in_flight := 0}, erlmcp_flow:stats()).
+
+badargs() ->
+    register(<<"a">>, echo_agent(), [<<"x">>]),
+    Cases = [{{badarg, task}, [[not_a_map], #{}, #{}]},
+             {{badarg, requirements}, [#{}, [{capabilities, []}], #{}]},
+             {{badarg, opts}, [#{}, #{}, []]},
+             {{badarg, {unknown_requirement, capabilites}}, [#{}, #{capabilites => []}, #{}]},
+             {{badarg, {unknown_requirement, reply_to}}, [#{}, #{reply_to => self()}, #{}]},
+             {{badarg, {unknown_option, retries}}, [#{}, #{}, #{retries => 3}]},
+             {{badarg, {capabilities, <<"x">>}}, [#{}, #{capabilities => <<"x">>}, #{}]},
+             {{badarg, {capabilities, [x]}}, [#{}, #{capabilities => [x]}, #{}]},
+             {{badarg, {capabilities, [<<"x">> | y]}}, [#{}, #{capabilities => [<<"x">> | y]}, #{}]},
+             {{badarg, {strategy, fastest}}, [#{}, #{strategy => fastest}, #{}]},
+             {{badarg, {timeout, 0}}, [#{}, #{timeout => 0}, #{}]},
+             {{badarg, {timeout, -5}}, [#{}, #{}, #{timeout => -5}]},
+             {{badarg, {timeout, soon}}, [#{}, #{timeout => soon}, #{}]}],
+    [?assertEqual({error, Reason}, apply(erlmcp_flow, execute, Args)) || {Reason, Args} <- Cases],
+    ?assertEqual({error, {badarg, task}}, erlmcp_flow:route_task(task, #{})),
+    ?assertEqual({error, {badarg, {reply_to, me}}}, erlmcp_flow:route_task(#{}, #{reply_to => me})),
+    ?assertMatch({ok, #{dispatched := 0}}, erlmcp_flow:agent_stats(<<"a">>)).
+
+round_robin() ->
+    Ids = [<<"a">>, <<"b">>, <<"c">>, <<"d">>, <<"e">>],
+    [register(Id, echo_agent(), [<<"x">>]) || Id <- Ids],
+    Picks = [begin
+                 {ok, _, #{agent_id := Id}} = erlmcp_flow:execute(#{}, #{strategy => round_robin}),
+                 Id
+             end || _ <- lists:seq(1, 52)],
+    Counts = [length([P || P <- Picks, P =:= Id]) || Id <- Ids],
+    ?assert(lists:max(Counts) - lists:min(Counts) =< 1).
+
+trace_context() ->
+    Agent = raw_agent(fun(_) -> {ok, done} end),
+    register(<<"a">>, Agent, [<<"x">>]),
+    {ok, done, #{trace_id := TraceId}} = erlmcp_flow:execute(#{}, #{}),
+    receive
+        {task_seen, Agent, _, Ctx} ->
+            ?assertMatch(#{trace_id := TraceId, span_id := <<_:16/binary>>, trace_flags := 1}, Ctx)
+    end.
+
+route_task() ->
+    register(<<"a">>, echo_agent(), [<<"x">>]),
+    {ok, <<"a">>, #{trace_id := TraceId}} =
+        erlmcp_flow:route_task(#{n => 2}, #{capabilities => [<<"x">>], reply_to => self()}),
+    receive
+        {erlmcp_flow_result, TraceId, Answer} ->
+            ?assertMatch({ok, #{n := 2}, #{agent_id := <<"a">>, trace_id := TraceId}}, Answer)
+    end,
+    wait_until(load_is_zero(<<"a">>)),
+    ?assertMatch({ok, #{succeeded := 1}}, erlmcp_flow:agent_stats(<<"a">>)),
+    ?assertEqual({error, no_agents_available}, erlmcp_flow:route_task(#{}, #{capabilities => [<<"q">>]})).
+
+route_task_silent() ->
+    register(<<"a">>, raw_agent(fun(_) -> {error, nope} end), [<<"x">>]),
+    {ok, <<"a">>, _} = erlmcp_flow:route_task(#{}, #{}),
+    wait_until(fun() ->
+                       {ok, #{failed := F, in_flight := N}} = erlmcp_flow:agent_stats(<<"a">>),
+                       F =:= 1 andalso N =:= 0
+               end),
+    ?assertEqual([], stray()).
+
+route_task_timeout() ->
+    Agent = raw_agent(fun(_) -> noreply end),
+    register(<<"a">>, Agent, [<<"x">>]),
+    {ok, <<"a">>, #{trace_id := T}} = erlmcp_flow:route_task(#{}, #{timeout => 10, reply_to => self()}),
+    receive {erlmcp_flow_result, T, Answer} -> ?assertEqual({error, execution_timeout}, Answer) end,
+    receive {cancelled, Agent, _} -> ok end,
+    wait_until(load_is_zero(<<"a">>)).
+
+caller_killed() ->
+    Agent = raw_agent(fun(_) -> noreply end),
+    register(<<"a">>, Agent, [<<"x">>]),
+    {Caller, MRef} = spawn_monitor(fun() -> erlmcp_flow:execute(#{}, #{timeout => infinity}) end),
+    receive {task_seen, Agent, _, _} -> ok end,
+    ?assertEqual(1, erlmcp_flow:get_agent_load(<<"a">>)),
+    exit(Caller, kill),
+    receive {'DOWN', MRef, process, Caller, killed} -> ok end,
+    wait_until(load_is_zero(<<"a">>)),
+    ?assertMatch({ok, #{abandoned := 1}}, erlmcp_flow:agent_stats(<<"a">>)).
+
+concurrent() ->
+    [register(<<"a", (integer_to_binary(I))/binary>>, echo_agent(), [<<"x">>]) || I <- lists:seq(1, 4)],
+    Self = self(),
+    Callers = [spawn_link(fun() ->
+                                  Answers = [erlmcp_flow:execute(#{c => C, i => I}, #{})
+                                             || I <- lists:seq(1, 100)],
+                                  Self ! {answers, self(), Answers, flush()}
+                          end) || C <- lists:seq(1, 8)],
+    All = [receive {answers, C, A, Stray} -> ?assertEqual([], Stray), A end || C <- Callers],
+    ?assertEqual(800, length([ok || {ok, _, _} <- lists:append(All)])),
+    ?assertMatch(#{in_flight := 0}, erlmcp_flow:stats()).
+
+flush() ->
+    receive M -> [M | flush()] after 0 -> [] end.
+
+%% Messages other than the test agents' reports: a second answer would be one.
+stray() ->
+    [M || M <- flush(), element(1, M) =/= task_seen].

@@ -1,0 +1,33 @@
+%% An erlmcp_flow_agent callback module whose answers tests choose per task:
+%% #{op => echo, value => V}, #{op => fail}, #{op => crash}, #{op => hang},
+%% #{op => later, value => V} (answers through reply/2 when told `release').
+%% Every cancel is reported to the owner given at start.
+-module(erlmcp_flow_test_agent).
+-behaviour(erlmcp_flow_agent).
+
+-export([init/1, handle_task/3, handle_cancel/2, handle_info/2, terminate/2]).
+
+init(#{owner := _} = S) -> {ok, S#{held => []}};
+init(bad) -> {stop, bad_args}.
+
+handle_task(#{op := echo, value := V}, _Ctx, S) -> {ok, V, S};
+handle_task(#{op := fail}, _Ctx, S) -> {error, failed, S};
+handle_task(#{op := crash}, _Ctx, _S) -> exit(crashed_on_purpose);
+handle_task(#{op := hang}, _Ctx, S) -> {noreply, S};
+handle_task(#{op := later, value := V}, Ctx, #{held := H} = S) ->
+    {noreply, S#{held := [{Ctx, V} | H]}};
+handle_task(#{op := trace}, #{trace := Trace}, S) -> {ok, Trace, S}.
+
+handle_cancel(Ref, #{owner := Owner} = S) ->
+    Owner ! {agent_cancelled, self(), Ref},
+    {ok, S}.
+
+handle_info(release, #{held := H} = S) ->
+    [erlmcp_flow_agent:reply(Ctx, {ok, V}) || {Ctx, V} <- H],
+    {ok, S#{held := []}};
+handle_info({ping, From}, S) ->
+    From ! {pong, self()},
+    {ok, S}.
+
+terminate(_Reason, #{owner := Owner}) ->
+    Owner ! {terminated, self()}.

@@ -1,0 +1,85 @@
+%% Helpers shared by the EUnit and Common Test suites: start and stop the
+%% application, wait for the registry to catch up without sleeping, and check
+%% that a test left nothing behind.
+-module(erlmcp_flow_test_util).
+
+-include_lib("eunit/include/eunit.hrl").
+
+-export([start/0, stop/1, sync_registry/0, wait_until/1, assert_clean/0,
+         echo_agent/0, raw_agent/1, remote_pid/0]).
+
+start() ->
+    %% Tests crash agents on purpose; their crash reports are expected noise.
+    logger:set_primary_config(level, critical),
+    _ = application:stop(erlmcp_flow),
+    {ok, Apps} = application:ensure_all_started(erlmcp_flow),
+    Apps.
+
+stop(_) ->
+    ok = application:stop(erlmcp_flow).
+
+%% A synchronous call to the registry: every message it had before this one
+%% (e.g. the 'DOWN' of a killed agent) has been handled when it returns.
+sync_registry() ->
+    case whereis(erlmcp_flow_registry) of
+        undefined -> ok;
+        Pid ->
+            try sys:get_state(Pid) of _ -> ok
+            catch exit:_ -> ok %% it died meanwhile (tests that restart it)
+            end
+    end.
+
+%% Polls `Fun' until it returns true, letting the registry and the scheduler
+%% run in between; fails after a bounded number of rounds instead of sleeping.
+wait_until(Fun) ->
+    wait_until(Fun, 2000).
+
+wait_until(Fun, 0) ->
+    ?assert(Fun());
+wait_until(Fun, N) ->
+    case Fun() of
+        true -> ok;
+        false ->
+            sync_registry(),
+            erlang:yield(),
+            receive after 1 -> ok end,
+            wait_until(Fun, N - 1)
+    end.
+
+%% Nothing registered, nothing in flight.
+assert_clean() ->
+    ?assertEqual([], erlmcp_flow_registry:list_agents()),
+    ?assertMatch(#{agents := 0, in_flight := 0}, erlmcp_flow:stats()).
+
+%% A raw-protocol agent answering `{ok, Task}' to every task.
+echo_agent() ->
+    raw_agent(fun(Task) -> {ok, Task} end).
+
+%% A raw-protocol agent answering `Answer(Task)'; `noreply' sends nothing.
+%% It tells its spawner about every cancel it receives.
+raw_agent(Answer) ->
+    Owner = self(),
+    spawn(fun() -> raw_loop(Owner, Answer) end).
+
+raw_loop(Owner, Answer) ->
+    receive
+        {execute_task, Task, Ctx, From, Ref} ->
+            Owner ! {task_seen, self(), Task, Ctx},
+            case Answer(Task) of
+                noreply -> ok;
+                Reply -> From ! {task_result, Ref, Reply}
+            end,
+            raw_loop(Owner, Answer);
+        {cancel_task, Ref} ->
+            Owner ! {cancelled, self(), Ref},
+            raw_loop(Owner, Answer);
+        stop ->
+            ok
+    end.
+
+%% A pid of another node, decoded from the external term format
+%% (NEW_PID_EXT with the node name 'other@host').
+remote_pid() ->
+    Node = <<"other@host">>,
+    binary_to_term(<<131, 88, 119, (byte_size(Node)), Node/binary,
+                     0:32, 0:32, 1:32>>).
