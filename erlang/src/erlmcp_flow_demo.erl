@@ -35,7 +35,7 @@ groups() ->
 -spec main() -> no_return().
 main() ->
     Status = try
-                 run(#{tasks => 4000, concurrency => 40, timeout => 1000}),
+                 _ = run(#{tasks => 4000, concurrency => 40, timeout => 1000}),
                  0
              catch
                  Class:Reason:Stack ->

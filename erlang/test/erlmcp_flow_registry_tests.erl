@@ -2,7 +2,7 @@
 
 -include_lib("eunit/include/eunit.hrl").
 
--import(erlmcp_flow_test_util, [echo_agent/0, sync_registry/0, wait_until/1]).
+-import(erlmcp_flow_test_util, [echo_agent/0, sync_registry/0]).
 
 registry_test_() ->
     {foreach,

@@ -1,0 +1,34 @@
+-module(erlmcp_flow_demo_tests).
+
+-include_lib("eunit/include/eunit.hrl").
+
+demo_test_() ->
+    {setup,
+     fun erlmcp_flow_test_util:start/0,
+     fun erlmcp_flow_test_util:stop/1,
+     {timeout, 60, fun small_run/0}}.
+
+small_run() ->
+    Parent = self(),
+    %% run/1 links its agents to the calling process; a helper keeps them off the test process
+    {Pid, MRef} = spawn_monitor(fun() ->
+                                        Rows = run_quietly(#{tasks => 200, concurrency => 10,
+                                                             timeout => 1000}),
+                                        Parent ! {rows, self(), Rows}
+                                end),
+    Rows = receive {rows, Pid, R} -> R; {'DOWN', MRef, process, Pid, Why} -> error(Why) end,
+    ?assertEqual(erlmcp_flow_router:strategies(), [S || #{strategy := S} <- Rows]),
+    [begin
+         ?assertEqual(200, N),
+         ?assert(Ok =< N andalso Ok > N div 2),
+         ?assert(P50 =< P99),
+         ?assert(Mean > 0 andalso Tput > 0)
+     end || #{tasks := N, ok := Ok, p50_ms := P50, p99_ms := P99, mean_ms := Mean,
+              throughput := Tput} <- Rows],
+    Table = iolist_to_binary(erlmcp_flow_demo:format_table(Rows)),
+    ?assertMatch({match, _}, re:run(Table, "round_robin\\s+200\\s")).
+
+run_quietly(Opts) ->
+    {ok, Dev} = file:open("/dev/null", [write]),
+    group_leader(Dev, self()),
+    erlmcp_flow_demo:run(Opts).
