@@ -121,9 +121,8 @@ get_agent_load(AgentId) ->
 agent_stats(AgentId) ->
     erlmcp_flow_registry:agent_stats(AgentId).
 
-%% @doc Node-wide counters: registered `agents', tasks `in_flight' and
-%% routing `decisions' made since the application started.
--spec stats() -> #{agents := non_neg_integer(), in_flight := non_neg_integer(),
-                   decisions := non_neg_integer()}.
+%% @doc Node-wide counters: registered `agents' and tasks `in_flight'
+%% (on every agent, including agents removed since their tasks started).
+-spec stats() -> #{agents := non_neg_integer(), in_flight := non_neg_integer()}.
 stats() ->
     erlmcp_flow_registry:router_stats().

@@ -45,14 +45,14 @@ main() ->
     erlang:halt(Status).
 
 %% @doc Starts the application and the agents, runs the workload once per
-%% strategy and prints the table; returns its rows.
+%% strategy, prints the table, stops the agents it started and returns the rows.
 -spec run(#{tasks := pos_integer(), concurrency := pos_integer(), timeout := pos_integer()}) ->
           [row()].
 run(#{tasks := Tasks, concurrency := Conc, timeout := Timeout}) ->
     {ok, _} = application:ensure_all_started(erlmcp_flow),
     process_flag(trap_exit, true),
     Agents = start_agents(),
-    Swarms = start_swarms(),
+    {Swarms, Members} = lists:unzip(start_swarms()),
     io:format("erlmcp_flow demo: ~b agents (~ts) and ~b swarms of ~b members; "
               "~b tasks, ~b concurrent callers, ~b ms timeout~n~n",
               [length(Agents), describe_groups(), length(Swarms), ?SWARM_MEMBERS,
@@ -61,6 +61,8 @@ run(#{tasks := Tasks, concurrency := Conc, timeout := Timeout}) ->
     io:put_chars(format_table(Rows)),
     #{in_flight := InFlight} = erlmcp_flow:stats(),
     io:format("~nin flight after the runs: ~b~n", [InFlight]),
+    [ok = erlmcp_flow_swarm:stop(S) || S <- Swarms],
+    [ok = erlmcp_flow_agent:stop(A) || A <- Agents ++ lists:append(Members)],
     Rows.
 
 %% @doc The rows as an aligned text table.
@@ -98,7 +100,7 @@ start_swarms() ->
                     || M <- lists:seq(1, ?SWARM_MEMBERS)],
          Id = iolist_to_binary(io_lib:format("swarm-~b", [S])),
          {ok, Pid} = erlmcp_flow_swarm:start_link(Id, [?CAP, <<"swarm">>], Members),
-         Pid
+         {Pid, Members}
      end || S <- lists:seq(1, ?SWARMS)].
 
 run_strategy(Strategy, Tasks, Conc, Timeout) ->

@@ -59,8 +59,7 @@ agent_insert(_Router, _Id, _Pid, _Caps, _Kind) -> erlang:nif_error(nif_not_loade
 agent_remove(_Router, _Id) -> erlang:nif_error(nif_not_loaded).
 
 -spec router_stats(router()) ->
-          {ok, #{agents := non_neg_integer(), in_flight := non_neg_integer(),
-                 decisions := non_neg_integer()}} | badarg().
+          {ok, #{agents := non_neg_integer(), in_flight := non_neg_integer()}} | badarg().
 router_stats(_Router) -> erlang:nif_error(nif_not_loaded).
 
 -spec agent_stats(router(), binary()) -> {ok, map()} | {error, not_found} | badarg().

@@ -125,10 +125,9 @@ agent_stats(AgentId) when is_binary(AgentId) ->
 agent_stats(_) ->
     {error, {badarg, agent_id}}.
 
-%% @doc Router-wide counters: registered `agents', leases `in_flight' over
-%% every agent (removed ones included) and `decisions' made.
--spec router_stats() -> #{agents := non_neg_integer(), in_flight := non_neg_integer(),
-                          decisions := non_neg_integer()}.
+%% @doc Router-wide counters: registered `agents' and leases `in_flight'
+%% over every agent, removed ones included.
+-spec router_stats() -> #{agents := non_neg_integer(), in_flight := non_neg_integer()}.
 router_stats() ->
     {ok, Stats} = erlmcp_flow_nif:router_stats(router()),
     Stats.

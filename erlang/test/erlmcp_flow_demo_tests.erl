@@ -26,7 +26,10 @@ small_run() ->
      end || #{tasks := N, ok := Ok, p50_ms := P50, p99_ms := P99, mean_ms := Mean,
               throughput := Tput} <- Rows],
     Table = iolist_to_binary(erlmcp_flow_demo:format_table(Rows)),
-    ?assertMatch({match, _}, re:run(Table, "round_robin\\s+200\\s")).
+    ?assertMatch({match, _}, re:run(Table, "round_robin\\s+200\\s")),
+    %% the demo stops what it started
+    erlmcp_flow_test_util:sync_registry(),
+    erlmcp_flow_test_util:assert_clean().
 
 run_quietly(Opts) ->
     {ok, Dev} = file:open("/dev/null", [write]),

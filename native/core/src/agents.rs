@@ -13,6 +13,7 @@ use arc_swap::{ArcSwap, Guard};
 use rustc_hash::FxHashMap;
 
 use crate::error::FlowError;
+use crate::router::Ledger;
 use crate::stats::AgentStats;
 
 /// Whether an entry is a single agent or a swarm coordinator answering for its members.
@@ -40,6 +41,7 @@ pub struct Agent<P> {
     capabilities: Box<[Box<[u8]>]>,
     kind: AgentKind,
     stats: AgentStats,
+    ledger: Arc<Ledger>,
 }
 
 impl<P> Agent<P> {
@@ -63,6 +65,10 @@ impl<P> Agent<P> {
     pub fn stats(&self) -> &AgentStats {
         &self.stats
     }
+
+    pub(crate) fn ledger(&self) -> &Ledger {
+        &self.ledger
+    }
 }
 
 /// A capability's posting list in one snapshot.
@@ -82,6 +88,8 @@ pub struct Snapshot<P> {
     postings: FxHashMap<Box<[u8]>, Posting>,
     /// Per slot, the snapshot-local ids of its capabilities, ascending.
     slot_caps: Vec<Box<[u32]>>,
+    /// 0..len, so "no requirement" borrows a list like any other.
+    all_slots: Box<[u32]>,
 }
 
 impl<P> Snapshot<P> {
@@ -91,6 +99,7 @@ impl<P> Snapshot<P> {
             by_id: FxHashMap::default(),
             postings: FxHashMap::default(),
             slot_caps: Vec::new(),
+            all_slots: Box::new([]),
         }
     }
 
@@ -125,11 +134,13 @@ impl<P> Snapshot<P> {
                 )
             })
             .collect();
+        let all_slots = (0..agents.len() as u32).collect();
         Snapshot {
             agents,
             by_id,
             postings,
             slot_caps,
+            all_slots,
         }
     }
 
@@ -154,14 +165,28 @@ impl<P> Snapshot<P> {
         self.by_id.get(id).map(|&slot| &self.agents[slot as usize])
     }
 
-    /// Writes into `out` the slots, ascending, of every agent holding all of
-    /// `required` (every agent when `required` is empty). Starts from the
-    /// shortest posting list and checks the other capabilities per agent, so the
-    /// cost follows the rarest capability rather than the table size.
+    /// The slots, ascending, of every agent holding all of `required` (every
+    /// agent when `required` is empty). With at most one capability required
+    /// this borrows a list the snapshot already has; otherwise the slots are
+    /// written into `scratch`, starting from the shortest posting list and
+    /// checking the other capabilities per agent, so the cost follows the rarest
+    /// capability rather than the table size.
+    pub fn candidates<'s>(&'s self, required: &[&[u8]], scratch: &'s mut Vec<u32>) -> &'s [u32] {
+        match required {
+            [] => &self.all_slots,
+            [cap] => self.postings.get(*cap).map_or(&[], |p| &p.slots),
+            _ => {
+                self.candidates_into(required, scratch);
+                scratch
+            }
+        }
+    }
+
+    /// As [`Snapshot::candidates`], always written into `out`.
     pub fn candidates_into(&self, required: &[&[u8]], out: &mut Vec<u32>) {
         out.clear();
         if required.is_empty() {
-            out.extend(0..self.agents.len() as u32);
+            out.extend_from_slice(&self.all_slots);
             return;
         }
         let mut rarest: Option<&Posting> = None;
@@ -197,18 +222,23 @@ pub struct AgentTable<P> {
     current: ArcSwap<Snapshot<P>>,
     /// Serializes writers; readers never touch it.
     writer: Mutex<()>,
-}
-
-impl<P> Default for AgentTable<P> {
-    fn default() -> Self {
-        AgentTable {
-            current: ArcSwap::from_pointee(Snapshot::empty()),
-            writer: Mutex::new(()),
-        }
-    }
+    ledger: Arc<Ledger>,
 }
 
 impl<P> AgentTable<P> {
+    /// An empty table whose agents account their leases in `ledger`.
+    pub fn new(ledger: Arc<Ledger>) -> Self {
+        AgentTable {
+            current: ArcSwap::from_pointee(Snapshot::empty()),
+            writer: Mutex::new(()),
+            ledger,
+        }
+    }
+
+    pub fn ledger(&self) -> &Ledger {
+        &self.ledger
+    }
+
     /// The current snapshot; cheap, lock-free, and stable while held.
     #[inline]
     pub fn load(&self) -> Guard<Arc<Snapshot<P>>> {
@@ -242,6 +272,7 @@ impl<P> AgentTable<P> {
             capabilities: capabilities.into_boxed_slice(),
             kind: spec.kind,
             stats: AgentStats::default(),
+            ledger: self.ledger.clone(),
         });
         let _w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         let old = self.current.load();
@@ -279,6 +310,11 @@ impl<P> AgentTable<P> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::Clock;
+
+    fn table() -> AgentTable<u32> {
+        AgentTable::new(Arc::new(Ledger::new(Clock::manual(0))))
+    }
 
     fn spec(id: &str, caps: &[&str]) -> AgentSpec<u32> {
         AgentSpec {
@@ -294,6 +330,8 @@ mod tests {
         let req: Vec<&[u8]> = required.iter().map(|c| c.as_bytes()).collect();
         let mut out = Vec::new();
         snap.candidates_into(&req, &mut out);
+        let mut scratch = Vec::new();
+        assert_eq!(snap.candidates(&req, &mut scratch), out.as_slice());
         let mut v: Vec<String> = out
             .iter()
             .map(|&s| String::from_utf8(snap.agent(s).id().to_vec()).unwrap())
@@ -304,7 +342,7 @@ mod tests {
 
     #[test]
     fn filters_by_every_required_capability() {
-        let t = AgentTable::default();
+        let t = table();
         t.insert(spec("a", &["code", "review"])).unwrap();
         t.insert(spec("b", &["code"])).unwrap();
         t.insert(spec("c", &["review", "test", "code"])).unwrap();
@@ -317,7 +355,7 @@ mod tests {
 
     #[test]
     fn duplicate_ids_and_empty_input_are_refused() {
-        let t = AgentTable::default();
+        let t = table();
         t.insert(spec("a", &["x"])).unwrap();
         assert_eq!(
             t.insert(spec("a", &["y"])).unwrap_err(),
@@ -340,7 +378,7 @@ mod tests {
 
     #[test]
     fn removal_rebuilds_indexes_and_keeps_other_agents_stats() {
-        let t = AgentTable::default();
+        let t = table();
         let a = t.insert(spec("a", &["x"])).unwrap();
         t.insert(spec("b", &["x", "y"])).unwrap();
         a.stats().acquire();
@@ -353,7 +391,7 @@ mod tests {
 
     #[test]
     fn readers_keep_their_snapshot_across_a_swap() {
-        let t = AgentTable::default();
+        let t = table();
         t.insert(spec("a", &["x"])).unwrap();
         let before = t.load_full();
         t.remove(b"a").unwrap();
@@ -363,7 +401,7 @@ mod tests {
 
     #[test]
     fn duplicate_capabilities_are_merged() {
-        let t = AgentTable::default();
+        let t = table();
         let a = t.insert(spec("a", &["x", "x", "w"])).unwrap();
         assert_eq!(a.capabilities().len(), 2);
         assert_eq!(ids(&t, &["x", "w", "x"]), ["a"]);

@@ -22,6 +22,6 @@ pub mod trace;
 pub use agents::{Agent, AgentKind, AgentSpec, AgentTable, Snapshot};
 pub use clock::Clock;
 pub use error::FlowError;
-pub use router::{Lease, Outcome, Router, RouterStats};
+pub use router::{Lease, Ledger, Outcome, Router, RouterStats};
 pub use stats::{AgentStats, StatsView};
 pub use strategy::Strategy;

@@ -54,13 +54,31 @@ impl Outcome {
     }
 }
 
-/// What a router shares with its leases, which may outlive any one snapshot.
+/// What every agent of a router shares: the clock its leases are timed by
+/// and the router-wide count of leases in flight. Each agent holds it, so a
+/// lease reaches it through its agent without a reference of its own.
 #[derive(Debug)]
-struct Shared {
+pub struct Ledger {
     clock: Clock,
     /// Leases taken and not yet settled, over every agent, removed ones included.
     in_flight: AtomicU64,
-    decisions: AtomicU64,
+}
+
+impl Ledger {
+    pub fn new(clock: Clock) -> Self {
+        Ledger {
+            clock,
+            in_flight: AtomicU64::new(0),
+        }
+    }
+
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::Acquire)
+    }
 }
 
 /// Router-wide counters.
@@ -68,14 +86,12 @@ struct Shared {
 pub struct RouterStats {
     pub agents: usize,
     pub in_flight: u64,
-    pub decisions: u64,
 }
 
 /// The right to have one task in flight on one agent.
 #[derive(Debug)]
 pub struct Lease<P> {
     agent: Arc<Agent<P>>,
-    shared: Arc<Shared>,
     started_us: u64,
     settled: AtomicBool,
 }
@@ -99,20 +115,26 @@ impl<P> Lease<P> {
         if self.settled.swap(true, Ordering::AcqRel) {
             return None;
         }
-        let latency = self.shared.clock.now_us().saturating_sub(self.started_us);
+        let latency = self
+            .agent
+            .ledger()
+            .clock
+            .now_us()
+            .saturating_sub(self.started_us);
         self.release(outcome, latency);
         Some(latency)
     }
 
     fn release(&self, outcome: Outcome, latency_us: u64) {
         self.agent.stats().release(outcome, latency_us);
-        self.shared.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.agent.ledger().in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
 impl<P> Drop for Lease<P> {
     fn drop(&mut self) {
-        if !self.settled.swap(true, Ordering::AcqRel) {
+        // `&mut self`: no `complete` can run concurrently, so no atomic is needed.
+        if !*self.settled.get_mut() {
             self.release(Outcome::Abandoned, 0);
         }
     }
@@ -127,19 +149,13 @@ thread_local! {
 #[derive(Debug)]
 pub struct Router<P> {
     agents: AgentTable<P>,
-    shared: Arc<Shared>,
     strategies: StrategyState,
 }
 
 impl<P> Router<P> {
     pub fn new(clock: Clock) -> Self {
         Router {
-            agents: AgentTable::default(),
-            shared: Arc::new(Shared {
-                clock,
-                in_flight: AtomicU64::new(0),
-                decisions: AtomicU64::new(0),
-            }),
+            agents: AgentTable::new(Arc::new(Ledger::new(clock))),
             strategies: StrategyState::default(),
         }
     }
@@ -149,14 +165,13 @@ impl<P> Router<P> {
     }
 
     pub fn clock(&self) -> &Clock {
-        &self.shared.clock
+        self.agents.ledger().clock()
     }
 
     pub fn stats(&self) -> RouterStats {
         RouterStats {
             agents: self.agents.load().len(),
-            in_flight: self.shared.in_flight.load(Ordering::Acquire),
-            decisions: self.shared.decisions.load(Ordering::Relaxed),
+            in_flight: self.agents.ledger().in_flight(),
         }
     }
 
@@ -165,21 +180,21 @@ impl<P> Router<P> {
     pub fn decide(&self, required: &[&[u8]], strategy: Strategy) -> Result<Lease<P>, FlowError> {
         let snapshot = self.agents.load();
         let agent = CANDIDATES.with(|cell| {
-            let mut candidates = cell.borrow_mut();
-            snapshot.candidates_into(required, &mut candidates);
+            let mut scratch = cell.borrow_mut();
+            let candidates = snapshot.candidates(required, &mut scratch);
             if candidates.is_empty() {
                 return Err(FlowError::NoAgentsAvailable);
             }
-            let chosen = self.strategies.pick(strategy, &candidates);
+            let chosen = self.strategies.pick(strategy, candidates);
             Ok(snapshot.agent(candidates[chosen]).clone())
         })?;
         agent.stats().acquire();
-        self.shared.in_flight.fetch_add(1, Ordering::AcqRel);
-        self.shared.decisions.fetch_add(1, Ordering::Relaxed);
+        let ledger = agent.ledger();
+        ledger.in_flight.fetch_add(1, Ordering::AcqRel);
+        let started_us = ledger.clock.now_us();
         Ok(Lease {
             agent,
-            shared: self.shared.clone(),
-            started_us: self.shared.clock.now_us(),
+            started_us,
             settled: AtomicBool::new(false),
         })
     }
@@ -265,6 +280,5 @@ mod tests {
         lease.complete(Outcome::AgentDown);
         assert_eq!(lease.agent().stats().in_flight(), 0);
         assert_eq!(r.stats().in_flight, 0);
-        assert_eq!(r.stats().decisions, 1);
     }
 }

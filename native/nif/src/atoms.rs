@@ -21,7 +21,6 @@ rustler::atoms! {
     abandoned,
     // stats keys
     agents,
-    decisions,
     in_flight,
     dispatched,
     succeeded,

@@ -137,22 +137,14 @@ fn agent_remove<'a>(env: Env<'a>, router: Term<'a>, id: Term<'a>) -> Term<'a> {
     reply(env, run())
 }
 
-/// `router_stats(Router) -> {ok, #{agents, in_flight, decisions}}`.
+/// `router_stats(Router) -> {ok, #{agents, in_flight}}`.
 #[rustler::nif]
 fn router_stats<'a>(env: Env<'a>, router: Term<'a>) -> Term<'a> {
     let run = || -> NifOutcome<Term<'a>> {
         let r = router_arg(router)?;
         let st = r.router.stats();
-        let keys = [
-            atoms::agents().encode(env),
-            atoms::in_flight().encode(env),
-            atoms::decisions().encode(env),
-        ];
-        let values = [
-            st.agents.encode(env),
-            st.in_flight.encode(env),
-            st.decisions.encode(env),
-        ];
+        let keys = [atoms::agents().encode(env), atoms::in_flight().encode(env)];
+        let values = [st.agents.encode(env), st.in_flight.encode(env)];
         let map = Term::map_from_term_arrays(env, &keys, &values).map_err(|_| badarg("router"))?;
         Ok((atoms::ok(), map).encode(env))
     };

@@ -1,0 +1,117 @@
+%% The Erlang bench driver: figures as seen from Erlang callers.
+%%
+%%   make bench-erlang
+%%
+%% prints, at 60 registered agents:
+%% - routing decisions per second (decide + complete, the two NIF calls of a
+%%   task) with 1 and 2 calling processes, and the latency of one decision;
+%% - whole tasks per second through erlmcp_flow:execute/2 to echo agents;
+%% - registry lookups per second (erlmcp_flow:find_agent/1) beside a plain
+%%   ets:lookup/2 on a table of the same size, in the same run.
+%% Each throughput is the median of 3 runs of 1 s.
+-module(erlmcp_flow_bench).
+
+-export([main/0, run/0]).
+
+-define(AGENTS, 60).
+-define(RUN_MS, 1000).
+-define(REPEATS, 3).
+-define(CAP, <<"bench">>).
+
+main() ->
+    Status = try run(), 0
+             catch C:R:S -> io:format(standard_error, "bench failed: ~p:~p~n~p~n", [C, R, S]), 1
+             end,
+    erlang:halt(Status).
+
+run() ->
+    logger:set_primary_config(level, warning),
+    {ok, _} = application:ensure_all_started(erlmcp_flow),
+    Agents = [begin
+                  Pid = spawn_link(fun echo/0),
+                  Id = iolist_to_binary(io_lib:format("bench-~2..0b", [I])),
+                  ok = erlmcp_flow:register_agent(Id, Pid, [?CAP, <<"other">>]),
+                  Id
+              end || I <- lists:seq(1, ?AGENTS)],
+    Router = erlmcp_flow_registry:router(),
+    Caps = [?CAP],
+    io:format("erlmcp_flow Erlang bench: OTP ~s, ~b schedulers, ~b agents "
+              "(make bench-erlang)~n~n", [erlang:system_info(otp_release),
+                                          erlang:system_info(schedulers_online), ?AGENTS]),
+    Decide = fun() ->
+                     {ok, _, _, Lease} = erlmcp_flow_nif:decide(Router, Caps, round_robin),
+                     {ok, _} = erlmcp_flow_nif:complete(Lease, ok)
+             end,
+    Execute = fun() -> {ok, _, _} = erlmcp_flow:execute(#{}, #{capabilities => Caps}) end,
+    Tab = ets:new(bench_plain, [set, public, {read_concurrency, true}]),
+    ets:insert(Tab, [{Id, self()} || Id <- Agents]),
+    Ids = list_to_tuple(Agents),
+    Find = fun(I) -> {ok, _} = erlmcp_flow:find_agent(element(I rem ?AGENTS + 1, Ids)) end,
+    Plain = fun(I) -> [_] = ets:lookup(Tab, element(I rem ?AGENTS + 1, Ids)) end,
+    Rows = [{"routing decision (decide + complete)", 1, throughput(1, Decide)},
+            {"routing decision (decide + complete)", 2, throughput(2, Decide)},
+            {"execute/2 round trip to an echo agent", 1, throughput(1, Execute)},
+            {"execute/2 round trip to an echo agent", 2, throughput(2, Execute)},
+            {"registry lookup erlmcp_flow:find_agent/1", 1, indexed_throughput(1, Find)},
+            {"registry lookup erlmcp_flow:find_agent/1", 2, indexed_throughput(2, Find)},
+            {"plain ets:lookup/2, same size", 1, indexed_throughput(1, Plain)},
+            {"plain ets:lookup/2, same size", 2, indexed_throughput(2, Plain)}],
+    io:format("~-44s ~9s ~14s~n", ["operation", "processes", "ops/s"]),
+    [io:format("~-44s ~9b ~14s~n", [Name, P, thousands(round(Ops))]) || {Name, P, Ops} <- Rows],
+    {P50, P99, P999} = decision_latency(Router, Caps, 200000),
+    io:format("~none routing decision (decide + complete), 200 000 samples, 1 process:~n"
+              "  p50 ~.2f us   p99 ~.2f us   p99.9 ~.2f us~n", [P50, P99, P999]),
+    Ratio = element(3, lists:nth(5, Rows)) / element(3, lists:nth(7, Rows)),
+    io:format("~nfind_agent/1 runs at ~.2f of a plain ets:lookup/2 (1 process)~n", [Ratio]),
+    ok.
+
+echo() ->
+    receive
+        {execute_task, _Task, _Ctx, From, Ref} -> From ! {task_result, Ref, {ok, done}}, echo()
+    end.
+
+throughput(Procs, Fun) ->
+    indexed_throughput(Procs, fun(_) -> Fun() end).
+
+%% Median over ?REPEATS runs of the total operations per second of `Procs'
+%% processes calling `Fun(I)' in a loop for ?RUN_MS.
+indexed_throughput(Procs, Fun) ->
+    Runs = lists:sort([one_run(Procs, Fun) || _ <- lists:seq(1, ?REPEATS)]),
+    lists:nth((?REPEATS + 1) div 2, Runs).
+
+one_run(Procs, Fun) ->
+    Self = self(),
+    Deadline = erlang:monotonic_time(millisecond) + ?RUN_MS,
+    Pids = [spawn_link(fun() -> Self ! {count, self(), loop(Fun, Deadline, 0)} end)
+            || _ <- lists:seq(1, Procs)],
+    Total = lists:sum([receive {count, P, N} -> N end || P <- Pids]),
+    Total * 1000 / ?RUN_MS.
+
+loop(Fun, Deadline, N) ->
+    batch(Fun, N, 1000),
+    case erlang:monotonic_time(millisecond) >= Deadline of
+        true -> N + 1000;
+        false -> loop(Fun, Deadline, N + 1000)
+    end.
+
+batch(_Fun, _I, 0) -> ok;
+batch(Fun, I, K) -> Fun(I), batch(Fun, I + 1, K - 1).
+
+decision_latency(Router, Caps, N) ->
+    Samples = lists:sort(
+                [begin
+                     T0 = erlang:monotonic_time(nanosecond),
+                     {ok, _, _, Lease} = erlmcp_flow_nif:decide(Router, Caps, round_robin),
+                     {ok, _} = erlmcp_flow_nif:complete(Lease, ok),
+                     erlang:monotonic_time(nanosecond) - T0
+                 end || _ <- lists:seq(1, N)]),
+    T = list_to_tuple(Samples),
+    At = fun(P) -> element(max(1, round(P * N)), T) / 1000 end,
+    {At(0.50), At(0.99), At(0.999)}.
+
+thousands(N) ->
+    S = integer_to_list(N),
+    lists:reverse(string:join(split3(lists:reverse(S)), " ")).
+
+split3(S) when length(S) =< 3 -> [S];
+split3(S) -> {A, B} = lists:split(3, S), [A | split3(B)].
