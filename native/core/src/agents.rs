@@ -13,7 +13,9 @@ use arc_swap::{ArcSwap, Guard};
 use rustc_hash::FxHashMap;
 
 use crate::error::FlowError;
-use crate::router::Ledger;
+use crate::learning::{QConfig, QRow, State};
+use crate::ring::Ring;
+use crate::router::Shared;
 use crate::stats::AgentStats;
 
 /// Whether an entry is a single agent or a swarm coordinator answering for its members.
@@ -31,6 +33,21 @@ pub struct AgentSpec<P> {
     pub payload: P,
     pub capabilities: Vec<Vec<u8>>,
     pub kind: AgentKind,
+    /// Static weight for the `weighted` strategy; positive and finite.
+    pub weight: f64,
+}
+
+impl<P> AgentSpec<P> {
+    /// A spec of weight 1.
+    pub fn new(id: impl Into<Vec<u8>>, payload: P, capabilities: Vec<Vec<u8>>) -> Self {
+        AgentSpec {
+            id: id.into(),
+            payload,
+            capabilities,
+            kind: AgentKind::Agent,
+            weight: 1.0,
+        }
+    }
 }
 
 /// One routable agent or swarm.
@@ -40,8 +57,13 @@ pub struct Agent<P> {
     payload: P,
     capabilities: Box<[Box<[u8]>]>,
     kind: AgentKind,
+    weight: f64,
+    /// Unique per router, never reused: names the agent where an id would be
+    /// too big (the learner's per-state maxima).
+    uid: u32,
     stats: AgentStats,
-    ledger: Arc<Ledger>,
+    q: Arc<QRow>,
+    shared: Arc<Shared>,
 }
 
 impl<P> Agent<P> {
@@ -66,8 +88,32 @@ impl<P> Agent<P> {
         &self.stats
     }
 
-    pub(crate) fn ledger(&self) -> &Ledger {
-        &self.ledger
+    pub fn weight(&self) -> f64 {
+        self.weight
+    }
+
+    pub fn uid(&self) -> u32 {
+        self.uid
+    }
+
+    /// This agent's row of the Q-table.
+    pub fn q_row(&self) -> &QRow {
+        &self.q
+    }
+
+    pub(crate) fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
+    /// The agent's learning state right now, for task class `class`.
+    #[inline]
+    pub fn state(&self, config: &QConfig, class: u32) -> State {
+        config.state(
+            self.stats.in_flight(),
+            self.stats.success_rate(),
+            self.stats.ewma_latency_us(),
+            class,
+        )
     }
 }
 
@@ -90,20 +136,22 @@ pub struct Snapshot<P> {
     slot_caps: Vec<Box<[u32]>>,
     /// 0..len, so "no requirement" borrows a list like any other.
     all_slots: Box<[u32]>,
+    ring: Ring,
 }
 
 impl<P> Snapshot<P> {
-    fn empty() -> Self {
+    fn empty(vnodes: u32) -> Self {
         Snapshot {
             agents: Vec::new(),
             by_id: FxHashMap::default(),
             postings: FxHashMap::default(),
             slot_caps: Vec::new(),
             all_slots: Box::new([]),
+            ring: Ring::empty(vnodes),
         }
     }
 
-    fn build(agents: Vec<Arc<Agent<P>>>) -> Self {
+    fn build(agents: Vec<Arc<Agent<P>>>, ring: Ring) -> Self {
         let mut by_id = FxHashMap::default();
         let mut postings: FxHashMap<Box<[u8]>, (u32, Vec<u32>)> = FxHashMap::default();
         let mut slot_caps = Vec::with_capacity(agents.len());
@@ -141,7 +189,13 @@ impl<P> Snapshot<P> {
             postings,
             slot_caps,
             all_slots,
+            ring,
         }
+    }
+
+    /// The consistent-hash ring of this snapshot's agents.
+    pub fn ring(&self) -> &Ring {
+        &self.ring
     }
 
     pub fn len(&self) -> usize {
@@ -150,6 +204,11 @@ impl<P> Snapshot<P> {
 
     pub fn is_empty(&self) -> bool {
         self.agents.is_empty()
+    }
+
+    /// The slot of the agent `id`.
+    pub fn slot_of(&self, id: &[u8]) -> Option<u32> {
+        self.by_id.get(id).copied()
     }
 
     /// The agent in `slot`. Panics on a slot that did not come from this snapshot.
@@ -222,21 +281,21 @@ pub struct AgentTable<P> {
     current: ArcSwap<Snapshot<P>>,
     /// Serializes writers; readers never touch it.
     writer: Mutex<()>,
-    ledger: Arc<Ledger>,
+    shared: Arc<Shared>,
 }
 
 impl<P> AgentTable<P> {
-    /// An empty table whose agents account their leases in `ledger`.
-    pub fn new(ledger: Arc<Ledger>) -> Self {
+    /// An empty table whose agents share `shared` (clock, learner, counters).
+    pub fn new(shared: Arc<Shared>) -> Self {
         AgentTable {
-            current: ArcSwap::from_pointee(Snapshot::empty()),
+            current: ArcSwap::from_pointee(Snapshot::empty(shared.config().vnodes)),
             writer: Mutex::new(()),
-            ledger,
+            shared,
         }
     }
 
-    pub fn ledger(&self) -> &Ledger {
-        &self.ledger
+    pub fn shared(&self) -> &Shared {
+        &self.shared
     }
 
     /// The current snapshot; cheap, lock-free, and stable while held.
@@ -251,13 +310,17 @@ impl<P> AgentTable<P> {
     }
 
     /// Adds an agent. Fails with `AlreadyRegistered` if the id is taken and with
-    /// `BadArg` for an empty id, an empty capability list or an empty capability.
+    /// `BadArg` for an empty id, an empty capability list, an empty capability
+    /// or a weight that is not positive and finite.
     pub fn insert(&self, spec: AgentSpec<P>) -> Result<Arc<Agent<P>>, FlowError> {
         if spec.id.is_empty() {
             return Err(FlowError::BadArg("agent_id"));
         }
         if spec.capabilities.is_empty() || spec.capabilities.iter().any(|c| c.is_empty()) {
             return Err(FlowError::BadArg("capabilities"));
+        }
+        if !(spec.weight > 0.0 && spec.weight.is_finite()) {
+            return Err(FlowError::BadArg("weight"));
         }
         let mut capabilities: Vec<Box<[u8]>> = spec
             .capabilities
@@ -266,23 +329,30 @@ impl<P> AgentTable<P> {
             .collect();
         capabilities.sort_unstable();
         capabilities.dedup();
+        let _w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let old = self.current.load();
+        if old.by_id.contains_key(spec.id.as_slice()) {
+            return Err(FlowError::AlreadyRegistered);
+        }
+        let shared = &self.shared;
         let agent = Arc::new(Agent {
+            q: shared
+                .q_store()
+                .checkout(&spec.id, shared.learner().config()),
+            uid: shared.next_uid(),
             id: spec.id.into_boxed_slice(),
             payload: spec.payload,
             capabilities: capabilities.into_boxed_slice(),
             kind: spec.kind,
+            weight: spec.weight,
             stats: AgentStats::default(),
-            ledger: self.ledger.clone(),
+            shared: shared.clone(),
         });
-        let _w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        let old = self.current.load();
-        if old.by_id.contains_key(agent.id()) {
-            return Err(FlowError::AlreadyRegistered);
-        }
         let mut agents = Vec::with_capacity(old.agents.len() + 1);
         agents.extend(old.agents.iter().cloned());
         agents.push(agent.clone());
-        self.current.store(Arc::new(Snapshot::build(agents)));
+        let ring = old.ring.with_agent(agent.id(), (agents.len() - 1) as u32);
+        self.current.store(Arc::new(Snapshot::build(agents, ring)));
         Ok(agent)
     }
 
@@ -302,7 +372,9 @@ impl<P> AgentTable<P> {
             .filter(|&(i, _)| i != slot as usize)
             .map(|(_, a)| a.clone())
             .collect();
-        self.current.store(Arc::new(Snapshot::build(agents)));
+        let ring = old.ring.without_slot(slot);
+        self.current.store(Arc::new(Snapshot::build(agents, ring)));
+        self.shared.q_store().release(id);
         Ok(removed)
     }
 }
@@ -311,18 +383,17 @@ impl<P> AgentTable<P> {
 mod tests {
     use super::*;
     use crate::clock::Clock;
+    use crate::router::RouterConfig;
 
     fn table() -> AgentTable<u32> {
-        AgentTable::new(Arc::new(Ledger::new(Clock::manual(0))))
+        AgentTable::new(Arc::new(Shared::new(
+            RouterConfig::default(),
+            Clock::manual(0),
+        )))
     }
 
     fn spec(id: &str, caps: &[&str]) -> AgentSpec<u32> {
-        AgentSpec {
-            id: id.as_bytes().to_vec(),
-            payload: 0,
-            capabilities: caps.iter().map(|c| c.as_bytes().to_vec()).collect(),
-            kind: AgentKind::Agent,
-        }
+        AgentSpec::new(id, 0, caps.iter().map(|c| c.as_bytes().to_vec()).collect())
     }
 
     fn ids(table: &AgentTable<u32>, required: &[&str]) -> Vec<String> {
@@ -373,6 +444,11 @@ mod tests {
             t.insert(spec("b", &[""])).unwrap_err(),
             FlowError::BadArg("capabilities")
         );
+        for w in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+            let mut s = spec("b", &["y"]);
+            s.weight = w;
+            assert_eq!(t.insert(s).unwrap_err(), FlowError::BadArg("weight"));
+        }
         assert_eq!(t.load().len(), 1);
     }
 
@@ -381,7 +457,7 @@ mod tests {
         let t = table();
         let a = t.insert(spec("a", &["x"])).unwrap();
         t.insert(spec("b", &["x", "y"])).unwrap();
-        a.stats().acquire();
+        a.stats().acquire(0);
         t.remove(b"b").unwrap();
         assert_eq!(ids(&t, &["x"]), ["a"]);
         assert!(ids(&t, &["y"]).is_empty());
@@ -397,6 +473,39 @@ mod tests {
         t.remove(b"a").unwrap();
         assert_eq!(before.len(), 1);
         assert!(t.load().is_empty());
+    }
+
+    #[test]
+    fn the_ring_follows_membership() {
+        let t = table();
+        for i in 0..5 {
+            t.insert(spec(&format!("a{i}"), &["x"])).unwrap();
+        }
+        let ids: Vec<Vec<u8>> = t.load().agents().iter().map(|a| a.id().to_vec()).collect();
+        let full = Ring::build(ids.iter().map(|v| v.as_slice()), t.shared().config().vnodes);
+        let snap = t.load();
+        for k in 0..200u64 {
+            assert_eq!(snap.ring().lookup(k << 54), full.lookup(k << 54));
+        }
+        drop(snap);
+        t.remove(b"a2").unwrap();
+        let snap = t.load();
+        assert_eq!(snap.ring().len(), 4 * t.shared().config().vnodes as usize);
+        for k in 0..200u64 {
+            let slot = snap.ring().lookup(k << 54).unwrap();
+            assert_ne!(snap.agent(slot).id(), b"a2");
+        }
+    }
+
+    #[test]
+    fn an_agent_that_comes_back_keeps_its_q_row() {
+        let t = table();
+        let a = t.insert(spec("a", &["x"])).unwrap();
+        a.q_row().set(3, 7.5, 2);
+        t.remove(b"a").unwrap();
+        let again = t.insert(spec("a", &["x"])).unwrap();
+        assert_eq!(again.q_row().value(3), 7.5);
+        assert_ne!(again.uid(), a.uid());
     }
 
     #[test]

@@ -7,6 +7,8 @@
 //!   membership change so readers never take a lock;
 //! - [`stats`]: per-agent live counters (in-flight load, outcomes, EWMA latency);
 //! - [`strategy`]: the load-balancing strategies that pick one candidate;
+//! - [`learning`]: the Q-learning table, its update and its persistence;
+//! - [`ring`]: the consistent-hash ring;
 //! - [`router`]: one routing decision (filter, pick, take a lease) and its completion;
 //! - [`clock`]: the time seam, real or driven by tests;
 //! - [`trace`]: trace and span identifiers.
@@ -14,7 +16,11 @@
 pub mod agents;
 pub mod clock;
 pub mod error;
+pub mod learning;
+pub mod model;
+pub mod ring;
 pub mod router;
+pub mod sim;
 pub mod stats;
 pub mod strategy;
 pub mod trace;
@@ -22,6 +28,7 @@ pub mod trace;
 pub use agents::{Agent, AgentKind, AgentSpec, AgentTable, Snapshot};
 pub use clock::Clock;
 pub use error::FlowError;
-pub use router::{Lease, Ledger, Outcome, Router, RouterStats};
+pub use learning::{EpsilonSchedule, QConfig, State};
+pub use router::{Explained, Lease, Outcome, Request, Router, RouterConfig, RouterStats, Shared};
 pub use stats::{AgentStats, StatsView};
 pub use strategy::Strategy;

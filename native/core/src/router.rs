@@ -3,17 +3,20 @@
 //! [`Router::decide`] filters the candidates by capability, lets the strategy
 //! pick one and takes a [`Lease`] on it (its in-flight load goes up) in one
 //! call. The lease is settled exactly once: by [`Lease::complete`] with the
-//! task's outcome, or, if the caller vanished first, by its `Drop`, so no
-//! load can leak.
+//! task's outcome, which also teaches the learner, or, if the caller vanished
+//! first, by its `Drop`, so no load can leak.
 
 use std::cell::RefCell;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+
+use rand::Rng;
 
 use crate::agents::{Agent, AgentTable};
 use crate::clock::Clock;
 use crate::error::FlowError;
-use crate::strategy::{Strategy, StrategyState};
+use crate::learning::{Learner, QConfig, QStore, State};
+use crate::strategy::{PickContext, PickError, Strategy, StrategyState, softmax_weights};
 
 /// How a dispatched task ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,22 +57,60 @@ impl Outcome {
     }
 }
 
-/// What every agent of a router shares: the clock its leases are timed by
-/// and the router-wide count of leases in flight. Each agent holds it, so a
-/// lease reaches it through its agent without a reference of its own.
+/// Router settings (the `load_balancer` and `q_learning` configuration sections).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouterConfig {
+    pub q: QConfig,
+    /// Points per agent on the consistent-hash ring.
+    pub vnodes: u32,
+    /// Bounded-load factor for consistent hashing (`None`: unbounded).
+    pub hash_balance_factor: Option<f64>,
+    /// Time constant of the peak-EWMA latency, microseconds.
+    pub ewma_decay_us: f64,
+    /// Rows of agents that left kept for their return.
+    pub max_dormant_rows: usize,
+}
+
+impl Default for RouterConfig {
+    fn default() -> Self {
+        RouterConfig {
+            q: QConfig::default(),
+            vnodes: 150,
+            hash_balance_factor: None,
+            ewma_decay_us: 10e6,
+            max_dormant_rows: 10_000,
+        }
+    }
+}
+
+/// What every agent of a router shares: the clock its leases are timed by, the
+/// router-wide count of leases in flight, the learner and its rows. Each agent
+/// holds it, so a lease reaches it through its agent.
 #[derive(Debug)]
-pub struct Ledger {
+pub struct Shared {
+    config: RouterConfig,
     clock: Clock,
     /// Leases taken and not yet settled, over every agent, removed ones included.
     in_flight: AtomicU64,
+    learner: Learner,
+    q_store: QStore,
+    next_uid: AtomicU32,
 }
 
-impl Ledger {
-    pub fn new(clock: Clock) -> Self {
-        Ledger {
+impl Shared {
+    pub fn new(config: RouterConfig, clock: Clock) -> Self {
+        Shared {
+            learner: Learner::new(config.q.clone()),
+            q_store: QStore::new(config.max_dormant_rows),
+            config,
             clock,
             in_flight: AtomicU64::new(0),
+            next_uid: AtomicU32::new(0),
         }
+    }
+
+    pub fn config(&self) -> &RouterConfig {
+        &self.config
     }
 
     pub fn clock(&self) -> &Clock {
@@ -79,6 +120,18 @@ impl Ledger {
     pub fn in_flight(&self) -> u64 {
         self.in_flight.load(Ordering::Acquire)
     }
+
+    pub fn learner(&self) -> &Learner {
+        &self.learner
+    }
+
+    pub fn q_store(&self) -> &QStore {
+        &self.q_store
+    }
+
+    pub(crate) fn next_uid(&self) -> u32 {
+        self.next_uid.fetch_add(1, Ordering::Relaxed)
+    }
 }
 
 /// Router-wide counters.
@@ -86,6 +139,7 @@ impl Ledger {
 pub struct RouterStats {
     pub agents: usize,
     pub in_flight: u64,
+    pub episodes: u64,
 }
 
 /// The right to have one task in flight on one agent.
@@ -93,6 +147,8 @@ pub struct RouterStats {
 pub struct Lease<P> {
     agent: Arc<Agent<P>>,
     started_us: u64,
+    /// The agent's learning state when it was chosen.
+    state: u32,
     settled: AtomicBool,
 }
 
@@ -105,29 +161,41 @@ impl<P> Lease<P> {
         self.started_us
     }
 
+    /// The state the agent was chosen in.
+    pub fn state(&self) -> State {
+        State::from_index(self.state as usize)
+    }
+
     pub fn is_settled(&self) -> bool {
         self.settled.load(Ordering::Acquire)
     }
 
     /// Settles the lease with `outcome` and returns the task's latency in
     /// microseconds, or `None` when it was already settled (nothing changes).
+    /// Every outcome but `Abandoned` is one learning episode.
     pub fn complete(&self, outcome: Outcome) -> Option<u64> {
         if self.settled.swap(true, Ordering::AcqRel) {
             return None;
         }
-        let latency = self
-            .agent
-            .ledger()
-            .clock
-            .now_us()
-            .saturating_sub(self.started_us);
-        self.release(outcome, latency);
+        let shared = self.agent.shared();
+        let now = shared.clock.now_us();
+        let latency = now.saturating_sub(self.started_us);
+        self.release(outcome, latency, now);
+        if outcome != Outcome::Abandoned {
+            let learner = &shared.learner;
+            let config = learner.config();
+            let r = config.reward(latency as f64, outcome == Outcome::Success);
+            learner.learn(self.agent.q_row(), self.state as usize, r);
+        }
         Some(latency)
     }
 
-    fn release(&self, outcome: Outcome, latency_us: u64) {
-        self.agent.stats().release(outcome, latency_us);
-        self.agent.ledger().in_flight.fetch_sub(1, Ordering::AcqRel);
+    fn release(&self, outcome: Outcome, latency_us: u64, now_us: u64) {
+        let shared = self.agent.shared();
+        self.agent
+            .stats()
+            .release(outcome, latency_us, now_us, shared.config.ewma_decay_us);
+        shared.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -135,9 +203,48 @@ impl<P> Drop for Lease<P> {
     fn drop(&mut self) {
         // `&mut self`: no `complete` can run concurrently, so no atomic is needed.
         if !*self.settled.get_mut() {
-            self.release(Outcome::Abandoned, 0);
+            let now = self.agent.shared().clock.now_us();
+            self.release(Outcome::Abandoned, 0, now);
         }
     }
+}
+
+/// What one decision asks for.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    /// Every one must be held.
+    pub capabilities: &'a [&'a [u8]],
+    pub strategy: Strategy,
+    /// Hash of the sticky key, for consistent hashing ([`crate::ring::key_hash`]).
+    pub key: Option<u64>,
+    /// Task class in `0..task_classes` ([`Router::task_class`]).
+    pub class: u32,
+}
+
+impl<'a> Request<'a> {
+    pub fn new(capabilities: &'a [&'a [u8]], strategy: Strategy) -> Self {
+        Request {
+            capabilities,
+            strategy,
+            key: None,
+            class: 0,
+        }
+    }
+}
+
+/// One candidate as [`Router::explain`] sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Explained {
+    pub id: Vec<u8>,
+    pub state: State,
+    pub q_value: f64,
+    pub visits: u32,
+    pub in_flight: u32,
+    pub ewma_latency_us: f64,
+    pub success_rate: f64,
+    pub weight: f64,
+    /// Probability under the softmax of the `weighted` strategy.
+    pub softmax: f64,
 }
 
 thread_local! {
@@ -145,7 +252,7 @@ thread_local! {
     static CANDIDATES: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
 }
 
-/// The agent table plus the strategies' shared state and the clock.
+/// The agent table plus the strategies' shared state.
 #[derive(Debug)]
 pub struct Router<P> {
     agents: AgentTable<P>,
@@ -153,9 +260,9 @@ pub struct Router<P> {
 }
 
 impl<P> Router<P> {
-    pub fn new(clock: Clock) -> Self {
+    pub fn new(config: RouterConfig, clock: Clock) -> Self {
         Router {
-            agents: AgentTable::new(Arc::new(Ledger::new(clock))),
+            agents: AgentTable::new(Arc::new(Shared::new(config, clock))),
             strategies: StrategyState::default(),
         }
     }
@@ -164,96 +271,240 @@ impl<P> Router<P> {
         &self.agents
     }
 
+    pub fn shared(&self) -> &Shared {
+        self.agents.shared()
+    }
+
     pub fn clock(&self) -> &Clock {
-        self.agents.ledger().clock()
+        &self.shared().clock
     }
 
     pub fn stats(&self) -> RouterStats {
         RouterStats {
             agents: self.agents.load().len(),
-            in_flight: self.agents.ledger().in_flight(),
+            in_flight: self.shared().in_flight(),
+            episodes: self.shared().learner.episodes(),
         }
     }
 
-    /// Picks an agent holding every capability in `required` with `strategy`
-    /// and takes a lease on it.
-    pub fn decide(&self, required: &[&[u8]], strategy: Strategy) -> Result<Lease<P>, FlowError> {
+    /// The class (in `0..task_classes`) of a task class name.
+    pub fn task_class(&self, name: &[u8]) -> u32 {
+        let k = u64::from(self.shared().learner.config().task_classes.max(1));
+        (xxhash_rust::xxh3::xxh3_64(name) % k) as u32
+    }
+
+    /// Picks an agent for `req` and takes a lease on it.
+    pub fn decide<R: Rng + ?Sized>(
+        &self,
+        req: &Request<'_>,
+        rng: &mut R,
+    ) -> Result<Lease<P>, FlowError> {
         let snapshot = self.agents.load();
+        let shared = self.shared();
+        let cx = PickContext {
+            snapshot: &snapshot,
+            shared,
+            key: req.key,
+            class: req.class,
+            now_us: shared.clock.now_us(),
+        };
         let agent = CANDIDATES.with(|cell| {
             let mut scratch = cell.borrow_mut();
-            let candidates = snapshot.candidates(required, &mut scratch);
+            let candidates = snapshot.candidates(req.capabilities, &mut scratch);
             if candidates.is_empty() {
                 return Err(FlowError::NoAgentsAvailable);
             }
-            let chosen = self.strategies.pick(strategy, candidates);
+            let chosen = self
+                .strategies
+                .pick(req.strategy, candidates, &cx, rng)
+                .map_err(|e| match e {
+                    PickError::MissingKey => FlowError::BadArg("sticky_key"),
+                })?;
             Ok(snapshot.agent(candidates[chosen]).clone())
         })?;
-        agent.stats().acquire();
-        let ledger = agent.ledger();
-        ledger.in_flight.fetch_add(1, Ordering::AcqRel);
-        let started_us = ledger.clock.now_us();
+        let state = agent.state(shared.learner.config(), req.class).index() as u32;
+        agent.stats().acquire(cx.now_us);
+        shared.in_flight.fetch_add(1, Ordering::AcqRel);
         Ok(Lease {
             agent,
-            started_us,
+            started_us: cx.now_us,
+            state,
             settled: AtomicBool::new(false),
         })
+    }
+
+    /// Why the current candidates for `capabilities` would be chosen: each
+    /// with its state, learned value and softmax probability, best value first.
+    pub fn explain(&self, capabilities: &[&[u8]], class: u32) -> Vec<Explained> {
+        let snapshot = self.agents.load();
+        let shared = self.shared();
+        let config = shared.learner.config();
+        let cx = PickContext {
+            snapshot: &snapshot,
+            shared,
+            key: None,
+            class,
+            now_us: shared.clock.now_us(),
+        };
+        let mut scratch = Vec::new();
+        let candidates = snapshot.candidates(capabilities, &mut scratch).to_vec();
+        let mut weights = Vec::new();
+        softmax_weights(&candidates, &cx, &mut weights);
+        let total: f64 = weights.iter().sum();
+        let mut out: Vec<Explained> = candidates
+            .iter()
+            .zip(&weights)
+            .map(|(&slot, &w)| {
+                let agent = snapshot.agent(slot);
+                let state = agent.state(config, class);
+                let stats = agent.stats();
+                Explained {
+                    id: agent.id().to_vec(),
+                    state,
+                    q_value: agent.q_row().value(state.index()),
+                    visits: agent.q_row().visits(state.index()),
+                    in_flight: stats.in_flight(),
+                    ewma_latency_us: stats.ewma_latency_us(),
+                    success_rate: stats.success_rate(),
+                    weight: agent.weight(),
+                    softmax: if total > 0.0 { w / total } else { 0.0 },
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| b.q_value.total_cmp(&a.q_value).then(a.id.cmp(&b.id)));
+        out
+    }
+
+    /// The Q-table in the model file format ([`crate::model`]).
+    pub fn encode_model(&self) -> Vec<u8> {
+        let shared = self.shared();
+        crate::model::encode(
+            shared.learner.config(),
+            &shared.q_store.rows(),
+            shared.learner.episodes(),
+        )
+    }
+
+    /// Puts a decoded model's values into the rows of its agents (registered
+    /// or not) and resumes its episode count.
+    pub fn apply_model(&self, model: crate::model::Model) {
+        let shared = self.shared();
+        let config = shared.learner.config();
+        shared.q_store.load(model.rows, config);
+        shared.learner.resume(model.episodes);
+    }
+
+    /// Forgets everything learned.
+    pub fn reset_learning(&self) {
+        let rows = self.shared().q_store.rows();
+        self.shared().learner.reset(rows.iter().map(|(_, r)| &**r));
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::agents::{AgentKind, AgentSpec};
+    use crate::agents::AgentSpec;
+    use rand::SeedableRng;
+    use rand::rngs::SmallRng;
 
     fn router(n: usize) -> Router<usize> {
-        let r = Router::new(Clock::manual(0));
+        let r = Router::new(RouterConfig::default(), Clock::manual(0));
         for i in 0..n {
             r.agents()
-                .insert(AgentSpec {
-                    id: format!("agent-{i}").into_bytes(),
-                    payload: i,
-                    capabilities: vec![b"work".to_vec()],
-                    kind: AgentKind::Agent,
-                })
+                .insert(AgentSpec::new(
+                    format!("agent-{i}"),
+                    i,
+                    vec![b"work".to_vec()],
+                ))
                 .unwrap();
         }
         r
     }
 
+    fn rng() -> SmallRng {
+        SmallRng::seed_from_u64(7)
+    }
+
+    const WORK: &[&[u8]] = &[b"work"];
+
     #[test]
-    fn a_lease_is_settled_exactly_once() {
+    fn a_lease_is_settled_exactly_once_and_teaches() {
         let r = router(1);
-        let lease = r.decide(&[b"work"], Strategy::RoundRobin).unwrap();
+        let lease = r
+            .decide(&Request::new(WORK, Strategy::RoundRobin), &mut rng())
+            .unwrap();
         r.clock().advance(250);
         assert_eq!(lease.agent().stats().in_flight(), 1);
+        let s = lease.state().index();
+        let before = lease.agent().q_row().value(s);
         assert_eq!(lease.complete(Outcome::Success), Some(250));
         assert_eq!(lease.complete(Outcome::Failure), None);
         let v = lease.agent().stats().view();
         assert_eq!((v.in_flight, v.succeeded, v.failed), (0, 1, 0));
+        assert_eq!(r.stats().episodes, 1);
+        assert_eq!(lease.agent().q_row().visits(s), 1);
+        assert_ne!(lease.agent().q_row().value(s), before);
     }
 
     #[test]
-    fn dropping_an_unsettled_lease_releases_it_as_abandoned() {
+    fn dropping_an_unsettled_lease_releases_it_as_abandoned_without_learning() {
         let r = router(1);
         let agent = {
-            let lease = r.decide(&[], Strategy::RoundRobin).unwrap();
+            let lease = r
+                .decide(&Request::new(&[], Strategy::RoundRobin), &mut rng())
+                .unwrap();
             lease.agent().clone()
         };
         let v = agent.stats().view();
         assert_eq!((v.in_flight, v.abandoned), (0, 1));
+        assert_eq!(r.stats().episodes, 0);
     }
 
     #[test]
     fn no_candidates_is_an_error() {
         let r = router(2);
         assert_eq!(
-            r.decide(&[b"other"], Strategy::RoundRobin).unwrap_err(),
+            r.decide(&Request::new(&[b"other"], Strategy::RoundRobin), &mut rng())
+                .unwrap_err(),
             FlowError::NoAgentsAvailable
         );
-        let empty: Router<usize> = Router::new(Clock::system());
+        for s in Strategy::ALL {
+            let empty: Router<usize> = Router::new(RouterConfig::default(), Clock::system());
+            assert_eq!(
+                empty
+                    .decide(&Request::new(&[], *s), &mut rng())
+                    .unwrap_err(),
+                FlowError::NoAgentsAvailable
+            );
+        }
+    }
+
+    #[test]
+    fn every_strategy_picks_a_candidate() {
+        let r = router(5);
+        let mut rng = rng();
+        for s in Strategy::ALL {
+            let req = Request {
+                key: Some(42),
+                ..Request::new(WORK, *s)
+            };
+            for _ in 0..20 {
+                let lease = r.decide(&req, &mut rng).unwrap();
+                assert!(*lease.agent().payload() < 5);
+                lease.complete(Outcome::Success);
+            }
+        }
+        assert_eq!(r.stats().in_flight, 0);
+    }
+
+    #[test]
+    fn consistent_hash_needs_a_key() {
+        let r = router(3);
         assert_eq!(
-            empty.decide(&[], Strategy::RoundRobin).unwrap_err(),
-            FlowError::NoAgentsAvailable
+            r.decide(&Request::new(WORK, Strategy::ConsistentHash), &mut rng())
+                .unwrap_err(),
+            FlowError::BadArg("sticky_key")
         );
     }
 
@@ -262,7 +513,9 @@ mod tests {
         let r = router(5);
         let mut counts = [0usize; 5];
         for _ in 0..23 {
-            let lease = r.decide(&[b"work"], Strategy::RoundRobin).unwrap();
+            let lease = r
+                .decide(&Request::new(WORK, Strategy::RoundRobin), &mut rng())
+                .unwrap();
             counts[*lease.agent().payload()] += 1;
             lease.complete(Outcome::Success);
         }
@@ -271,14 +524,66 @@ mod tests {
     }
 
     #[test]
+    fn least_connections_takes_the_idle_agent() {
+        let r = router(3);
+        let mut rng = rng();
+        let held: Vec<_> = (0..2)
+            .map(|_| {
+                r.decide(&Request::new(WORK, Strategy::LeastConnections), &mut rng)
+                    .unwrap()
+            })
+            .collect();
+        let third = r
+            .decide(&Request::new(WORK, Strategy::LeastConnections), &mut rng)
+            .unwrap();
+        let busy: Vec<usize> = held.iter().map(|l| *l.agent().payload()).collect();
+        assert!(!busy.contains(third.agent().payload()));
+    }
+
+    #[test]
     fn a_removed_agent_still_settles_its_leases() {
         let r = router(1);
-        let lease = r.decide(&[], Strategy::RoundRobin).unwrap();
+        let lease = r
+            .decide(&Request::new(&[], Strategy::RoundRobin), &mut rng())
+            .unwrap();
         r.agents().remove(b"agent-0").unwrap();
-        assert!(r.decide(&[], Strategy::RoundRobin).is_err());
+        assert!(
+            r.decide(&Request::new(&[], Strategy::RoundRobin), &mut rng())
+                .is_err()
+        );
         assert_eq!(r.stats().in_flight, 1);
         lease.complete(Outcome::AgentDown);
         assert_eq!(lease.agent().stats().in_flight(), 0);
         assert_eq!(r.stats().in_flight, 0);
+    }
+
+    #[test]
+    fn explain_ranks_by_value_and_softmax_sums_to_one() {
+        let r = router(3);
+        let a = r.agents().load().find(b"agent-1").unwrap().clone();
+        let s = a.state(r.shared().learner().config(), 0).index();
+        a.q_row().set(s, 100.0, 1);
+        let e = r.explain(WORK, 0);
+        assert_eq!(e.len(), 3);
+        assert_eq!(e[0].id, b"agent-1");
+        let total: f64 = e.iter().map(|x| x.softmax).sum();
+        assert!((total - 1.0).abs() < 1e-9);
+        assert!(e[0].softmax > 0.99);
+    }
+
+    #[test]
+    fn reset_forgets_what_was_learned() {
+        let r = router(1);
+        let mut rng = rng();
+        for _ in 0..10 {
+            r.decide(&Request::new(WORK, Strategy::QLearning), &mut rng)
+                .unwrap()
+                .complete(Outcome::Failure);
+        }
+        assert_eq!(r.stats().episodes, 10);
+        r.reset_learning();
+        assert_eq!(r.stats().episodes, 0);
+        let a = r.agents().load().find(b"agent-0").unwrap().clone();
+        assert!((0..a.q_row().len()).all(|i| a.q_row().visits(i) == 0));
     }
 }

@@ -1,17 +1,22 @@
 //! Per-agent live statistics, read on every routing decision.
 //!
 //! All counters are atomics so that any number of scheduler threads can take and
-//! release load on one agent without a lock.
+//! release load on one agent without a lock. Averages are `f64` bits updated
+//! with a compare-and-swap loop, so no sample is lost.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use crate::router::Outcome;
 
-/// Weight of the newest sample in the latency moving average.
-const EWMA_WEIGHT: f64 = 0.2;
+/// Weight of the newest sample in the latency moving average. High, because
+/// the average places the agent in a latency bucket for Q-learning: one
+/// sample should be enough to see that an agent changed speed.
+const EWMA_WEIGHT: f64 = 0.5;
+/// Weight of the newest outcome in the success-rate moving average.
+const SUCCESS_WEIGHT: f64 = 0.1;
 
 /// Live counters of one agent.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct AgentStats {
     in_flight: AtomicU32,
     succeeded: AtomicU64,
@@ -21,6 +26,32 @@ pub struct AgentStats {
     abandoned: AtomicU64,
     /// `f64` bits of the latency EWMA in microseconds; 0 until the first sample.
     ewma_latency_us: AtomicU64,
+    /// `f64` bits of the success-rate EWMA, 1.0 until the first outcome.
+    success_rate: AtomicU64,
+    /// `f64` bits of the peak-EWMA latency (Finagle's), with the time it was
+    /// last moved; 0 until the first sample.
+    peak_latency_us: AtomicU64,
+    peak_stamp_us: AtomicU64,
+    /// When a task was last handed to the agent (0: never).
+    last_pick_us: AtomicU64,
+}
+
+impl Default for AgentStats {
+    fn default() -> Self {
+        AgentStats {
+            in_flight: AtomicU32::new(0),
+            succeeded: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            timed_out: AtomicU64::new(0),
+            down: AtomicU64::new(0),
+            abandoned: AtomicU64::new(0),
+            ewma_latency_us: AtomicU64::new(0),
+            success_rate: AtomicU64::new(1f64.to_bits()),
+            peak_latency_us: AtomicU64::new(0),
+            peak_stamp_us: AtomicU64::new(0),
+            last_pick_us: AtomicU64::new(0),
+        }
+    }
 }
 
 /// A point-in-time copy of an agent's counters.
@@ -34,6 +65,25 @@ pub struct StatsView {
     pub down: u64,
     pub abandoned: u64,
     pub ewma_latency_us: f64,
+    pub success_rate: f64,
+}
+
+fn ewma_update(cell: &AtomicU64, sample: f64, weight: f64, empty_is_zero: bool) {
+    let _ = cell.fetch_update(Ordering::AcqRel, Ordering::Acquire, |bits| {
+        let new = if empty_is_zero && bits == 0 {
+            sample
+        } else {
+            let old = f64::from_bits(bits);
+            old + weight * (sample - old)
+        };
+        // Keep a latency average off the "no sample" marker 0.
+        let new = if empty_is_zero {
+            new.max(f64::MIN_POSITIVE)
+        } else {
+            new
+        };
+        Some(new.to_bits())
+    });
 }
 
 impl AgentStats {
@@ -43,15 +93,53 @@ impl AgentStats {
         self.in_flight.load(Ordering::Relaxed)
     }
 
-    /// Counts a task handed to the agent.
+    /// The latency EWMA in microseconds; 0 before the first sample.
     #[inline]
-    pub(crate) fn acquire(&self) {
+    pub fn ewma_latency_us(&self) -> f64 {
+        match self.ewma_latency_us.load(Ordering::Relaxed) {
+            0 => 0.0,
+            bits => f64::from_bits(bits),
+        }
+    }
+
+    /// The success-rate EWMA; 1.0 before the first outcome.
+    #[inline]
+    pub fn success_rate(&self) -> f64 {
+        f64::from_bits(self.success_rate.load(Ordering::Relaxed))
+    }
+
+    /// The peak-EWMA latency decayed to `now_us` with time constant `tau_us`,
+    /// or `None` before the first sample. Reading does not write: the decay is
+    /// applied to the copy.
+    #[inline]
+    pub fn peak_latency_us(&self, now_us: u64, tau_us: f64) -> Option<f64> {
+        match self.peak_latency_us.load(Ordering::Relaxed) {
+            0 => None,
+            bits => {
+                let stamp = self.peak_stamp_us.load(Ordering::Relaxed);
+                let dt = now_us.saturating_sub(stamp) as f64;
+                Some(f64::from_bits(bits) * (-dt / tau_us).exp())
+            }
+        }
+    }
+
+    /// When a task was last handed to the agent, microseconds (0: never).
+    #[inline]
+    pub fn last_pick_us(&self) -> u64 {
+        self.last_pick_us.load(Ordering::Relaxed)
+    }
+
+    /// Counts a task handed to the agent at `now_us`.
+    #[inline]
+    pub(crate) fn acquire(&self, now_us: u64) {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
+        // A plain store: the newest of racing picks wins, which is the point.
+        self.last_pick_us.store(now_us.max(1), Ordering::Relaxed);
     }
 
     /// Settles one task taken with [`AgentStats::acquire`]. Called exactly once
     /// per acquire (the lease guarantees it), so `in_flight` cannot underflow.
-    pub(crate) fn release(&self, outcome: Outcome, latency_us: u64) {
+    pub(crate) fn release(&self, outcome: Outcome, latency_us: u64, now_us: u64, tau_us: f64) {
         self.in_flight.fetch_sub(1, Ordering::AcqRel);
         let counter = match outcome {
             Outcome::Success => &self.succeeded,
@@ -67,25 +155,40 @@ impl AgentStats {
             outcome,
             Outcome::Success | Outcome::Failure | Outcome::Timeout
         ) {
-            self.record_latency(latency_us as f64);
+            let sample = latency_us as f64;
+            ewma_update(&self.ewma_latency_us, sample, EWMA_WEIGHT, true);
+            self.observe_peak(sample, now_us, tau_us);
+        }
+        if outcome != Outcome::Abandoned {
+            let ok = if outcome == Outcome::Success {
+                1.0
+            } else {
+                0.0
+            };
+            ewma_update(&self.success_rate, ok, SUCCESS_WEIGHT, false);
         }
     }
 
-    fn record_latency(&self, sample_us: f64) {
-        // A lost race between two updates drops one sample's share of the
-        // average; the next sample corrects it, so no retry loop is needed for
-        // correctness, but a CAS loop keeps every sample at no real cost.
+    /// Finagle's peak EWMA: a sample above the average replaces it at once;
+    /// a lower one is averaged in with weight `1 - exp(-dt / tau)`, `dt` being
+    /// the time since the last sample. The stamp and the value are two stores:
+    /// a concurrent sample can pair one value with the other's stamp, which
+    /// shifts the decay by the gap between the two samples, microseconds.
+    fn observe_peak(&self, sample: f64, now_us: u64, tau_us: f64) {
+        let stamp = self.peak_stamp_us.load(Ordering::Relaxed);
+        let w = (-(now_us.saturating_sub(stamp) as f64) / tau_us).exp();
         let _ = self
-            .ewma_latency_us
+            .peak_latency_us
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |bits| {
                 let old = f64::from_bits(bits);
-                let new = if bits == 0 {
-                    sample_us
+                let new = if bits == 0 || sample > old {
+                    sample
                 } else {
-                    old + EWMA_WEIGHT * (sample_us - old)
+                    old * w + sample * (1.0 - w)
                 };
                 Some(new.max(f64::MIN_POSITIVE).to_bits())
             });
+        self.peak_stamp_us.store(now_us, Ordering::Relaxed);
     }
 
     /// Copies every counter. The copy is not one atomic snapshot: a task
@@ -106,10 +209,8 @@ impl AgentStats {
             timed_out,
             down,
             abandoned,
-            ewma_latency_us: match self.ewma_latency_us.load(Ordering::Relaxed) {
-                0 => 0.0,
-                bits => f64::from_bits(bits),
-            },
+            ewma_latency_us: self.ewma_latency_us(),
+            success_rate: self.success_rate(),
         }
     }
 }
@@ -118,37 +219,64 @@ impl AgentStats {
 mod tests {
     use super::*;
 
+    const TAU: f64 = 10e6;
+
     #[test]
     fn acquire_release_balances_and_counts_outcomes() {
         let s = AgentStats::default();
-        s.acquire();
-        s.acquire();
+        s.acquire(0);
+        s.acquire(0);
         assert_eq!(s.in_flight(), 2);
-        s.release(Outcome::Success, 100);
-        s.release(Outcome::AgentDown, 0);
+        s.release(Outcome::Success, 100, 0, TAU);
+        s.release(Outcome::AgentDown, 0, 0, TAU);
         let v = s.view();
         assert_eq!(v.in_flight, 0);
         assert_eq!(v.dispatched, 2);
         assert_eq!(v.succeeded, 1);
         assert_eq!(v.down, 1);
         assert_eq!(v.ewma_latency_us, 100.0);
+        assert!((v.success_rate - 0.9).abs() < 1e-12);
     }
 
     #[test]
     fn ewma_moves_toward_new_samples() {
         let s = AgentStats::default();
         for lat in [100, 200] {
-            s.acquire();
-            s.release(Outcome::Success, lat);
+            s.acquire(0);
+            s.release(Outcome::Success, lat, 0, TAU);
         }
-        assert!((s.view().ewma_latency_us - 120.0).abs() < 1e-9);
+        assert!((s.view().ewma_latency_us - 150.0).abs() < 1e-9);
+        assert_eq!(s.view().success_rate, 1.0);
     }
 
     #[test]
-    fn crashes_do_not_move_latency() {
+    fn crashes_do_not_move_latency_and_abandons_move_nothing() {
         let s = AgentStats::default();
-        s.acquire();
-        s.release(Outcome::AgentDown, 5_000);
+        s.acquire(0);
+        s.release(Outcome::AgentDown, 5_000, 0, TAU);
         assert_eq!(s.view().ewma_latency_us, 0.0);
+        s.acquire(0);
+        s.release(Outcome::Abandoned, 5_000, 0, TAU);
+        assert!((s.success_rate() - 0.9).abs() < 1e-12);
+    }
+
+    #[test]
+    fn peak_ewma_jumps_up_and_decays_down() {
+        let s = AgentStats::default();
+        assert_eq!(s.peak_latency_us(0, TAU), None);
+        s.acquire(0);
+        s.release(Outcome::Success, 1_000, 0, TAU);
+        s.acquire(0);
+        s.release(Outcome::Timeout, 50_000, 1_000, TAU);
+        let peak = s.peak_latency_us(1_000, TAU).unwrap();
+        assert!((peak - 50_000.0).abs() < 1e-6, "{peak}");
+        // one time constant later it has fallen to 1/e, without any sample
+        let later = s.peak_latency_us(1_000 + TAU as u64, TAU).unwrap();
+        assert!((later - 50_000.0 / std::f64::consts::E).abs() < 1e-6);
+        // a low sample long after is averaged in with most of the weight
+        s.acquire(0);
+        s.release(Outcome::Success, 1_000, 1_000 + 5 * TAU as u64, TAU);
+        let after = s.peak_latency_us(1_000 + 5 * TAU as u64, TAU).unwrap();
+        assert!(after < 1_500.0 && after > 1_000.0, "{after}");
     }
 }

@@ -1,21 +1,57 @@
 //! Load-balancing strategies: given the candidates of one decision, pick one.
+//!
+//! Every strategy sees the same candidate list (the agents holding the
+//! required capabilities, in slot order) and returns an index into it. None of
+//! them locks: they read the agents' atomics and the snapshot.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-/// The strategies a decision can use. More arrive with their issues; each is
-/// named in configuration and requests by [`Strategy::name`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+use rand::{Rng, RngExt};
+
+use crate::agents::{Agent, Snapshot};
+use crate::router::Shared;
+
+/// The strategies a decision can use, named in configuration and requests by
+/// [`Strategy::name`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Strategy {
     /// Cycles through the candidates in slot order.
     RoundRobin,
+    /// Fewest tasks in flight; ties broken at random.
+    LeastConnections,
+    /// At random, with probability proportional to the agent's static weight
+    /// times `exp(Q / temperature)` (softmax over the learned values; with no
+    /// learning yet, plain static weights).
+    Weighted,
+    /// The agent owning the request's key on the hash ring, optionally
+    /// skipping agents above the bounded-load cap.
+    ConsistentHash,
+    /// Power of two choices: two random candidates, the one with the lower
+    /// peak-EWMA latency times (in flight + 1).
+    P2cEwma,
+    /// Epsilon-greedy over the learned values of each candidate's state.
+    QLearning,
 }
 
 impl Strategy {
-    pub const ALL: &'static [Strategy] = &[Strategy::RoundRobin];
+    pub const ALL: &'static [Strategy] = &[
+        Strategy::RoundRobin,
+        Strategy::LeastConnections,
+        Strategy::Weighted,
+        Strategy::ConsistentHash,
+        Strategy::P2cEwma,
+        Strategy::QLearning,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Strategy::RoundRobin => "round_robin",
+            Strategy::LeastConnections => "least_connections",
+            Strategy::Weighted => "weighted",
+            Strategy::ConsistentHash => "consistent_hash",
+            Strategy::P2cEwma => "p2c_ewma",
+            Strategy::QLearning => "q_learning",
         }
     }
 
@@ -24,30 +60,221 @@ impl Strategy {
     }
 }
 
+/// Cost of a p2c candidate with no latency sample yet, per task in flight:
+/// an idle new agent is tried at once, a busy one waits for its first sample.
+const P2C_UNMEASURED_PENALTY_US: f64 = 1e9;
+
+/// What a pick needs to know about the decision besides the candidates.
+#[derive(Debug, Clone, Copy)]
+pub struct PickContext<'a, P> {
+    pub snapshot: &'a Snapshot<P>,
+    pub shared: &'a Shared,
+    /// Hash of the sticky key (consistent hashing).
+    pub key: Option<u64>,
+    pub class: u32,
+    pub now_us: u64,
+}
+
+impl<P> PickContext<'_, P> {
+    #[inline]
+    fn agent(&self, slot: u32) -> &Agent<P> {
+        self.snapshot.agent(slot)
+    }
+
+    /// The learned value of `agent` in its current state.
+    #[inline]
+    pub fn q_value(&self, agent: &Agent<P>) -> f64 {
+        let st = agent.state(self.shared.learner().config(), self.class);
+        agent.q_row().value(st.index())
+    }
+}
+
 /// Per-router state the strategies share across decisions.
 #[derive(Debug, Default)]
 pub(crate) struct StrategyState {
     round_robin: AtomicUsize,
+    /// Where Q-learning's next exploring pick goes.
+    explore: AtomicUsize,
+}
+
+/// Why a strategy could not pick.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PickError {
+    /// Consistent hashing needs a key.
+    MissingKey,
 }
 
 impl StrategyState {
     /// Index into `candidates` (never empty) of the chosen one.
     #[inline]
-    pub(crate) fn pick(&self, strategy: Strategy, candidates: &[u32]) -> usize {
+    pub(crate) fn pick<P, R: Rng + ?Sized>(
+        &self,
+        strategy: Strategy,
+        candidates: &[u32],
+        cx: &PickContext<'_, P>,
+        rng: &mut R,
+    ) -> Result<usize, PickError> {
         debug_assert!(!candidates.is_empty());
-        match strategy {
+        Ok(match strategy {
             // One cursor for the whole router: over a fixed candidate set it
             // visits every candidate once per cycle, so loads differ by at most one.
             Strategy::RoundRobin => {
                 self.round_robin.fetch_add(1, Ordering::Relaxed) % candidates.len()
             }
+            Strategy::LeastConnections => argmin_random_ties(candidates, rng, |s| {
+                f64::from(cx.agent(s).stats().in_flight())
+            }),
+            Strategy::Weighted => softmax_pick(candidates, cx, rng),
+            Strategy::ConsistentHash => consistent_hash(candidates, cx)?,
+            Strategy::P2cEwma => p2c(candidates, cx, rng),
+            Strategy::QLearning => {
+                let learner = cx.shared.learner();
+                if rng.random::<f64>() < learner.epsilon() {
+                    // Exploring picks walk the candidates in turn instead of
+                    // drawing them: every candidate gets the same share as
+                    // with a uniform draw, but all of them are measured again
+                    // within one round, where draws would leave some waiting
+                    // for several rounds (the coupon collector's problem).
+                    self.explore.fetch_add(1, Ordering::Relaxed) % candidates.len()
+                } else {
+                    let mut best = f64::NEG_INFINITY;
+                    let i = argmin_random_ties(candidates, rng, |s| {
+                        let q = cx.q_value(cx.agent(s));
+                        best = best.max(q);
+                        -q
+                    });
+                    learner.observe_best(cx.class, best);
+                    i
+                }
+            }
+        })
+    }
+}
+
+/// The index of the lowest `cost`, ties broken uniformly at random (reservoir
+/// sampling over the tied, so one pass and no allocation).
+#[inline]
+pub fn argmin_random_ties<R: Rng + ?Sized>(
+    candidates: &[u32],
+    rng: &mut R,
+    mut cost: impl FnMut(u32) -> f64,
+) -> usize {
+    let mut best = 0;
+    let mut best_cost = f64::INFINITY;
+    let mut ties = 0u32;
+    for (i, &slot) in candidates.iter().enumerate() {
+        let c = cost(slot);
+        if c < best_cost {
+            best = i;
+            best_cost = c;
+            ties = 1;
+        } else if c == best_cost {
+            ties += 1;
+            if rng.random_range(0..ties) == 0 {
+                best = i;
+            }
         }
+    }
+    best
+}
+
+/// Softmax weights `w * exp((q - q_max) / T)` of the candidates (shifted by
+/// the maximum so that no exponential overflows); the probabilities are these
+/// over their sum.
+pub fn softmax_weights<P>(candidates: &[u32], cx: &PickContext<'_, P>, out: &mut Vec<f64>) {
+    let t = cx.shared.learner().config().temperature;
+    out.clear();
+    out.extend(candidates.iter().map(|&s| cx.q_value(cx.agent(s))));
+    let max = out.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    for (w, &s) in out.iter_mut().zip(candidates) {
+        *w = cx.agent(s).weight() * ((*w - max) / t).exp();
+    }
+}
+
+fn softmax_pick<P, R: Rng + ?Sized>(
+    candidates: &[u32],
+    cx: &PickContext<'_, P>,
+    rng: &mut R,
+) -> usize {
+    thread_local! {
+        static WEIGHTS: std::cell::RefCell<Vec<f64>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    WEIGHTS.with(|cell| {
+        let mut weights = cell.borrow_mut();
+        softmax_weights(candidates, cx, &mut weights);
+        let total: f64 = weights.iter().sum();
+        if !(total > 0.0 && total.is_finite()) {
+            return rng.random_range(0..candidates.len());
+        }
+        let mut target = rng.random::<f64>() * total;
+        for (i, w) in weights.iter().enumerate() {
+            if target < *w {
+                return i;
+            }
+            target -= w;
+        }
+        candidates.len() - 1
+    })
+}
+
+fn consistent_hash<P>(candidates: &[u32], cx: &PickContext<'_, P>) -> Result<usize, PickError> {
+    let key = cx.key.ok_or(PickError::MissingKey)?;
+    let ring = cx.snapshot.ring();
+    let all = candidates.len() == cx.snapshot.len();
+    let is_candidate = |slot: u32| all || candidates.binary_search(&slot).is_ok();
+    let cap = cx.shared.config().hash_balance_factor.map(|factor| {
+        let total: u64 = candidates
+            .iter()
+            .map(|&s| u64::from(cx.agent(s).stats().in_flight()))
+            .sum();
+        // Enough room for one more task at the mean, times the factor; some
+        // candidate is always under it (their loads sum to less).
+        (factor * (total + 1) as f64 / candidates.len() as f64).ceil() as u32
+    });
+    let slot = ring
+        .walk(key, |slot| {
+            is_candidate(slot) && cap.is_none_or(|c| cx.agent(slot).stats().in_flight() < c)
+        })
+        .ok_or(PickError::MissingKey)?;
+    Ok(if all {
+        slot as usize
+    } else {
+        candidates.binary_search(&slot).unwrap_or(0)
+    })
+}
+
+fn p2c<P, R: Rng + ?Sized>(candidates: &[u32], cx: &PickContext<'_, P>, rng: &mut R) -> usize {
+    let n = candidates.len();
+    if n == 1 {
+        return 0;
+    }
+    let a = rng.random_range(0..n);
+    let mut b = rng.random_range(0..n - 1);
+    if b >= a {
+        b += 1;
+    }
+    let tau = cx.shared.config().ewma_decay_us;
+    let cost = |i: usize| {
+        let agent = cx.agent(candidates[i]);
+        let pending = f64::from(agent.stats().in_flight());
+        match agent.stats().peak_latency_us(cx.now_us, tau) {
+            Some(lat) => lat * (pending + 1.0),
+            None => pending * P2C_UNMEASURED_PENALTY_US,
+        }
+    };
+    let (ca, cb) = (cost(a), cost(b));
+    if ca < cb || ca == cb && rng.random::<bool>() {
+        a
+    } else {
+        b
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rand::SeedableRng;
+    use rand::rngs::SmallRng;
 
     #[test]
     fn names_round_trip() {
@@ -58,10 +285,16 @@ mod tests {
     }
 
     #[test]
-    fn round_robin_cycles() {
-        let st = StrategyState::default();
-        let c = [7, 8, 9];
-        let picks: Vec<usize> = (0..6).map(|_| st.pick(Strategy::RoundRobin, &c)).collect();
-        assert_eq!(picks, [0, 1, 2, 0, 1, 2]);
+    fn ties_are_broken_at_random() {
+        let mut rng = SmallRng::seed_from_u64(3);
+        let c = [0, 1, 2, 3];
+        let mut seen = [0; 4];
+        for _ in 0..4000 {
+            seen[argmin_random_ties(&c, &mut rng, |s| if s == 0 { 1.0 } else { 0.0 })] += 1;
+        }
+        assert_eq!(seen[0], 0);
+        for n in &seen[1..] {
+            assert!((1100..1600).contains(n), "{seen:?}");
+        }
     }
 }

@@ -1,0 +1,137 @@
+//! The strategy simulator.
+//!
+//! cargo run --release --example simulate -- --workload heterogeneous --seed 1
+//! cargo run --release --example simulate -- --workload my_traffic.json --json
+//! cargo run --release --example simulate -- --print-workload shift
+//!
+//! Options: --workload NAME|FILE (default: every built-in), --seed N (1),
+//! --tasks N (override), --strategies a,b,... (default: all and the oracle),
+//! --json (machine-readable results), --print-workload NAME.
+
+use std::process::ExitCode;
+
+use erlmcp_flow_core::RouterConfig;
+use erlmcp_flow_core::sim::{self, Contender, Window, Workload};
+
+struct Args {
+    workloads: Vec<String>,
+    seed: u64,
+    tasks: Option<usize>,
+    contenders: Vec<Contender>,
+    json: bool,
+    print: Option<String>,
+}
+
+fn parse() -> Result<Args, String> {
+    let mut args = Args {
+        workloads: Vec::new(),
+        seed: 1,
+        tasks: None,
+        contenders: Contender::all(),
+        json: false,
+        print: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        let mut value = |name: &str| it.next().ok_or(format!("{name} needs a value"));
+        match a.as_str() {
+            "--workload" => args.workloads.push(value("--workload")?),
+            "--seed" => {
+                args.seed = value("--seed")?
+                    .parse()
+                    .map_err(|e| format!("--seed: {e}"))?
+            }
+            "--tasks" => {
+                args.tasks = Some(
+                    value("--tasks")?
+                        .parse()
+                        .map_err(|e| format!("--tasks: {e}"))?,
+                )
+            }
+            "--strategies" => {
+                args.contenders = value("--strategies")?
+                    .split(',')
+                    .map(|s| Contender::from_name(s).ok_or(format!("unknown strategy {s}")))
+                    .collect::<Result<_, _>>()?
+            }
+            "--json" => args.json = true,
+            "--print-workload" => args.print = Some(value("--print-workload")?),
+            "--help" | "-h" => {
+                return Err(
+                    "usage: simulate [--workload NAME|FILE]... [--seed N] [--tasks N] \
+                            [--strategies a,b] [--json] [--print-workload NAME]"
+                        .into(),
+                );
+            }
+            other => return Err(format!("unknown argument {other}")),
+        }
+    }
+    if args.workloads.is_empty() {
+        args.workloads = Workload::BUILTIN.iter().map(|s| s.to_string()).collect();
+    }
+    Ok(args)
+}
+
+fn load(name: &str) -> Result<Workload, String> {
+    if let Some(w) = Workload::builtin(name) {
+        return Ok(w);
+    }
+    let text = std::fs::read_to_string(name).map_err(|e| {
+        format!(
+            "{name}: not a built-in workload ({}) and not readable: {e}",
+            Workload::BUILTIN.join(", ")
+        )
+    })?;
+    Workload::from_json(&text).map_err(|e| format!("{name}: {e}"))
+}
+
+fn main() -> ExitCode {
+    let args = match parse() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(name) = args.print {
+        return match load(&name) {
+            Ok(w) => {
+                println!("{}", w.to_json());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(2)
+            }
+        };
+    }
+    let config = RouterConfig::default();
+    let mut json = Vec::new();
+    for name in &args.workloads {
+        let mut w = match load(name) {
+            Ok(w) => w,
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::from(2);
+            }
+        };
+        if let Some(n) = args.tasks {
+            w.tasks = n;
+        }
+        let results = sim::compare(&w, &args.contenders, args.seed, &config, Window::default());
+        if args.json {
+            json.push(serde_json::json!({
+                "workload": w.name, "seed": args.seed, "tasks": w.tasks, "results": results
+            }));
+        } else {
+            println!("{}", sim::format_table(&w, args.seed, &results));
+        }
+    }
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json).unwrap_or_default()
+        );
+    }
+    ExitCode::SUCCESS
+}

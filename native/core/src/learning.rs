@@ -1,0 +1,670 @@
+//! Q-learning: which agent to prefer, learned from every outcome.
+//!
+//! # The table
+//!
+//! A *state* is the condition of one candidate agent at decision time: its
+//! load level (0..=10, in-flight tasks scaled by the bulkhead size), its
+//! success-rate bucket (low < 0.8 <= medium < 0.95 <= high, over an EWMA of
+//! outcomes) and its latency bucket (fast < `fast_threshold` <= normal <=
+//! `slow_threshold` < slow, over the EWMA latency): 11 x 3 x 3 = 99 states,
+//! crossed with `task_classes` task classes. *Actions* are the agents; each
+//! agent carries its own row of the table ([`QRow`], one value per state),
+//! kept under its id in the [`QStore`] so that an agent that leaves and comes
+//! back, or a node that restarts with a saved model, finds its values again.
+//!
+//! # The update
+//!
+//! After task completion, with reward `r` ([`reward`]):
+//! `Q(s,a) += alpha * (r + gamma * max_a' Q(s',a') - Q(s,a))` ([`td_update`]).
+//! `s` is the state the chosen agent was in when it was chosen. `s'` is the
+//! situation the outcome hands on: the next routing decision, where every
+//! candidate is in its own state and `max_a' Q(s',a')` is the best value among
+//! them. Why: a routing decision does not change what the next task will be;
+//! what follows an outcome is simply the next decision, and its worth is the
+//! best candidate it has.
+//!
+//! That maximum is what every greedy decision computes anyway while it scans
+//! its candidates, so each one leaves it behind ([`Learner::observe_best`], one
+//! store per task class) and each update reads it (one load): the update costs
+//! O(1) whatever the number of agents. Decisions for different capability
+//! sets share it; the value it adds to every target of a class is the same,
+//! which leaves the ranking of the candidates to the rewards.
+//!
+//! Every value starts at the best reward its state's buckets allow
+//! ([`QConfig::prior`]), scaled by `1 / (1 - gamma)` to match what learned
+//! values converge to: optimistic, so that a state not yet seen gets tried and
+//! corrected instead of ignored.
+//!
+//! # Concurrency
+//!
+//! Values are `f64` bits in atomics. Selection reads without locks; an update
+//! is a load, a computation and a store. Two completions updating the same
+//! (state, agent) at the same instant can lose one of the two updates (the
+//! later store wins). That is harmless: a lost update is one sample with a
+//! learning rate of zero, the next sample for that cell corrects it, and no
+//! value can leave the range the two stores spanned. Visit counts are advisory
+//! and can lose increments the same way.
+
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use rustc_hash::FxHashMap;
+use std::collections::VecDeque;
+
+/// Load levels 0..=10.
+pub const LOAD_LEVELS: usize = 11;
+/// Success-rate buckets: low, medium, high.
+pub const SUCCESS_BUCKETS: usize = 3;
+/// Latency buckets: fast, normal, slow.
+pub const LATENCY_BUCKETS: usize = 3;
+/// States per task class.
+pub const STATES: usize = LOAD_LEVELS * SUCCESS_BUCKETS * LATENCY_BUCKETS;
+
+/// Success-rate bucket edges.
+pub const SUCCESS_LOW_BELOW: f64 = 0.8;
+pub const SUCCESS_HIGH_FROM: f64 = 0.95;
+
+/// Reward of a task that failed, timed out or lost its agent.
+pub const ERROR_REWARD: f64 = -10.0;
+
+/// Reward the prior takes off per load level (see [`QConfig::prior`]).
+pub const LOAD_PRIOR_PENALTY: f64 = 0.1;
+
+/// How epsilon falls from `epsilon` to `epsilon_min`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EpsilonSchedule {
+    /// `epsilon * decay^n`.
+    Exponential,
+    /// A straight line reaching the floor when the exponential schedule would.
+    Linear,
+    /// Half a cosine wave over the same horizon.
+    Cosine,
+}
+
+impl EpsilonSchedule {
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "exponential" => Some(Self::Exponential),
+            "linear" => Some(Self::Linear),
+            "cosine" => Some(Self::Cosine),
+            _ => None,
+        }
+    }
+}
+
+/// Learning parameters (the `q_learning` configuration section).
+#[derive(Debug, Clone, PartialEq)]
+pub struct QConfig {
+    pub alpha: f64,
+    pub gamma: f64,
+    pub epsilon: f64,
+    pub epsilon_min: f64,
+    pub epsilon_decay: f64,
+    pub schedule: EpsilonSchedule,
+    pub temperature: f64,
+    pub fast_us: f64,
+    pub slow_us: f64,
+    pub task_classes: u32,
+    /// Tasks in flight that make load level 10 (the bulkhead size).
+    pub max_concurrent: u32,
+}
+
+impl Default for QConfig {
+    fn default() -> Self {
+        QConfig {
+            alpha: 0.1,
+            gamma: 0.9,
+            epsilon: 0.1,
+            epsilon_min: 0.01,
+            epsilon_decay: 0.995,
+            schedule: EpsilonSchedule::Exponential,
+            temperature: 1.0,
+            fast_us: 50_000.0,
+            slow_us: 200_000.0,
+            task_classes: 1,
+            max_concurrent: 10,
+        }
+    }
+}
+
+/// The condition of one agent, the pieces of a state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct State {
+    pub load_level: u8,
+    /// 0 low, 1 medium, 2 high.
+    pub success: u8,
+    /// 0 fast, 1 normal, 2 slow.
+    pub latency: u8,
+    pub class: u32,
+}
+
+impl State {
+    /// Index into a [`QRow`].
+    #[inline]
+    pub fn index(self) -> usize {
+        self.class as usize * STATES
+            + (self.load_level as usize * SUCCESS_BUCKETS + self.success as usize) * LATENCY_BUCKETS
+            + self.latency as usize
+    }
+
+    /// The inverse of [`State::index`].
+    pub fn from_index(index: usize) -> State {
+        let class = (index / STATES) as u32;
+        let s = index % STATES;
+        State {
+            load_level: (s / (SUCCESS_BUCKETS * LATENCY_BUCKETS)) as u8,
+            success: ((s / LATENCY_BUCKETS) % SUCCESS_BUCKETS) as u8,
+            latency: (s % LATENCY_BUCKETS) as u8,
+            class,
+        }
+    }
+
+    pub fn success_name(self) -> &'static str {
+        ["low", "medium", "high"][self.success as usize]
+    }
+
+    pub fn latency_name(self) -> &'static str {
+        ["fast", "normal", "slow"][self.latency as usize]
+    }
+}
+
+impl QConfig {
+    /// The state of an agent with `in_flight` tasks, a success-rate average
+    /// `success_rate` and an EWMA latency `latency_us` (0: no sample yet,
+    /// counted as fast so that new agents get tried).
+    #[inline]
+    pub fn state(&self, in_flight: u32, success_rate: f64, latency_us: f64, class: u32) -> State {
+        let level = (u64::from(in_flight) * 10 / u64::from(self.max_concurrent.max(1))).min(10);
+        let success = if success_rate < SUCCESS_LOW_BELOW {
+            0
+        } else if success_rate < SUCCESS_HIGH_FROM {
+            1
+        } else {
+            2
+        };
+        let latency = if latency_us < self.fast_us {
+            0
+        } else if latency_us <= self.slow_us {
+            1
+        } else {
+            2
+        };
+        State {
+            load_level: level as u8,
+            success,
+            latency,
+            class,
+        }
+    }
+
+    /// The reward of one outcome ([`reward`] with this configuration's thresholds).
+    #[inline]
+    pub fn reward(&self, latency_us: f64, ok: bool) -> f64 {
+        reward(latency_us, ok, self.fast_us, self.slow_us)
+    }
+
+    /// The starting value of a state: the reward its buckets allow at best
+    /// (the lower edge of its latency bucket, the upper edge of its success
+    /// bucket), less [`LOAD_PRIOR_PENALTY`] per load level, over `1 - gamma`
+    /// as learned values converge to.
+    ///
+    /// Optimistic for an idle agent, so that an agent or a state not yet seen
+    /// gets tried and corrected instead of ignored. Pessimistic per task in
+    /// flight, because answers arrive late: without it, an agent nobody has
+    /// measured yet would take task after task while its first ones run, and
+    /// an agent the table only knows idle would be piled on before its loaded
+    /// states are learned. Learned values replace the prior at `alpha` per visit.
+    pub fn prior(&self, state: State) -> f64 {
+        let latency = match state.latency {
+            0 => 0.0,
+            1 => self.fast_us,
+            _ => self.slow_us,
+        };
+        let p = [SUCCESS_LOW_BELOW, SUCCESS_HIGH_FROM, 1.0][state.success as usize];
+        let r = p * self.reward(latency, true) + (1.0 - p) * ERROR_REWARD
+            - LOAD_PRIOR_PENALTY * f64::from(state.load_level);
+        r / (1.0 - self.gamma)
+    }
+
+    /// The highest prior of any state: the starting `max_a' Q(s', a')`.
+    pub fn best_prior(&self) -> f64 {
+        self.prior(State {
+            load_level: 0,
+            success: 2,
+            latency: 0,
+            class: 0,
+        })
+    }
+
+    /// States per agent row.
+    pub fn row_len(&self) -> usize {
+        STATES * self.task_classes.max(1) as usize
+    }
+
+    /// The episode count at which the exponential schedule reaches the floor;
+    /// the linear and cosine schedules reach it at the same episode.
+    fn horizon(&self) -> f64 {
+        if self.epsilon_decay >= 1.0 || self.epsilon <= self.epsilon_min {
+            return f64::INFINITY;
+        }
+        // A zero floor is never reached; stop where the exponential is at 1e-6.
+        let floor = self.epsilon_min.max(1e-6);
+        (floor / self.epsilon).ln() / self.epsilon_decay.ln()
+    }
+
+    /// Epsilon after `episodes` completed tasks.
+    pub fn epsilon_at(&self, episodes: u64) -> f64 {
+        let n = episodes as f64;
+        let e0 = self.epsilon;
+        let floor = self.epsilon_min.min(e0);
+        let value = match self.schedule {
+            EpsilonSchedule::Exponential => e0 * self.epsilon_decay.powf(n),
+            EpsilonSchedule::Linear => {
+                let h = self.horizon();
+                if h.is_finite() {
+                    e0 - (e0 - floor) * (n / h).min(1.0)
+                } else {
+                    e0
+                }
+            }
+            EpsilonSchedule::Cosine => {
+                let h = self.horizon();
+                if h.is_finite() {
+                    floor
+                        + (e0 - floor) * (1.0 + (std::f64::consts::PI * (n / h).min(1.0)).cos())
+                            / 2.0
+                } else {
+                    e0
+                }
+            }
+        };
+        value.max(floor)
+    }
+}
+
+/// The reward of one outcome: minus the latency in seconds, +1 under the fast
+/// threshold, -1 over the slow one; [`ERROR_REWARD`] for any failure.
+#[inline]
+pub fn reward(latency_us: f64, ok: bool, fast_us: f64, slow_us: f64) -> f64 {
+    if !ok {
+        return ERROR_REWARD;
+    }
+    let bonus = if latency_us < fast_us {
+        1.0
+    } else if latency_us > slow_us {
+        -1.0
+    } else {
+        0.0
+    };
+    bonus - latency_us / 1e6
+}
+
+/// One temporal-difference step: `q + alpha * (r + gamma * max_next - q)`.
+#[inline]
+pub fn td_update(q: f64, r: f64, max_next: f64, alpha: f64, gamma: f64) -> f64 {
+    q + alpha * (r + gamma * max_next - q)
+}
+
+#[inline]
+fn load_f64(a: &AtomicU64) -> f64 {
+    f64::from_bits(a.load(Ordering::Relaxed))
+}
+
+#[inline]
+fn store_f64(a: &AtomicU64, v: f64) {
+    a.store(v.to_bits(), Ordering::Relaxed)
+}
+
+/// One agent's values, one per state, and how often each was updated.
+#[derive(Debug)]
+pub struct QRow {
+    values: Box<[AtomicU64]>,
+    visits: Box<[AtomicU32]>,
+}
+
+impl QRow {
+    /// A row at the configuration's priors.
+    pub fn new(config: &QConfig) -> QRow {
+        let n = config.row_len();
+        QRow {
+            values: (0..n)
+                .map(|i| AtomicU64::new(config.prior(State::from_index(i)).to_bits()))
+                .collect(),
+            visits: (0..n).map(|_| AtomicU32::new(0)).collect(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.values.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+
+    #[inline]
+    pub fn value(&self, index: usize) -> f64 {
+        load_f64(&self.values[index])
+    }
+
+    #[inline]
+    pub fn visits(&self, index: usize) -> u32 {
+        self.visits[index].load(Ordering::Relaxed)
+    }
+
+    /// Overwrites one cell (loading a model, tests).
+    pub fn set(&self, index: usize, value: f64, visits: u32) {
+        store_f64(&self.values[index], value);
+        self.visits[index].store(visits, Ordering::Relaxed);
+    }
+
+    /// Applies one TD step to `index` and returns the new value.
+    #[inline]
+    fn learn(&self, index: usize, r: f64, max_next: f64, alpha: f64, gamma: f64) -> f64 {
+        let cell = &self.values[index];
+        let new = td_update(load_f64(cell), r, max_next, alpha, gamma);
+        store_f64(cell, new);
+        let v = &self.visits[index];
+        v.store(
+            v.load(Ordering::Relaxed).saturating_add(1),
+            Ordering::Relaxed,
+        );
+        new
+    }
+
+    /// Resets every cell to its prior.
+    pub fn reset(&self, config: &QConfig) {
+        for i in 0..self.values.len() {
+            self.set(i, config.prior(State::from_index(i)), 0);
+        }
+    }
+}
+
+/// The learning state shared by every agent of a router.
+#[derive(Debug)]
+pub struct Learner {
+    config: QConfig,
+    /// Per task class, `f64` bits of the best value seen by the latest greedy
+    /// decision: `max_a' Q(s', a')` for the next update.
+    best_next: Box<[AtomicU64]>,
+    episodes: AtomicU64,
+    /// `f64` bits of the current epsilon.
+    epsilon: AtomicU64,
+}
+
+impl Learner {
+    pub fn new(config: QConfig) -> Learner {
+        Learner {
+            best_next: (0..config.task_classes.max(1))
+                .map(|_| AtomicU64::new(config.best_prior().to_bits()))
+                .collect(),
+            episodes: AtomicU64::new(0),
+            epsilon: AtomicU64::new(config.epsilon_at(0).to_bits()),
+            config,
+        }
+    }
+
+    pub fn config(&self) -> &QConfig {
+        &self.config
+    }
+
+    pub fn episodes(&self) -> u64 {
+        self.episodes.load(Ordering::Relaxed)
+    }
+
+    #[inline]
+    pub fn epsilon(&self) -> f64 {
+        load_f64(&self.epsilon)
+    }
+
+    /// `max_a' Q(s', a')` for class `class`: the best candidate value the
+    /// latest greedy decision saw.
+    #[inline]
+    pub fn best_next(&self, class: u32) -> f64 {
+        load_f64(&self.best_next[class as usize % self.best_next.len()])
+    }
+
+    /// Left behind by a greedy decision: the best value among its candidates.
+    #[inline]
+    pub fn observe_best(&self, class: u32, value: f64) {
+        store_f64(
+            &self.best_next[class as usize % self.best_next.len()],
+            value,
+        );
+    }
+
+    /// One episode: the TD step for cell `s` of `row` with reward `r`;
+    /// advances the epsilon schedule. Returns the new value.
+    pub fn learn(&self, row: &QRow, s: usize, r: f64) -> f64 {
+        let c = &self.config;
+        let class = (s / STATES) as u32;
+        let new = row.learn(s, r, self.best_next(class), c.alpha, c.gamma);
+        let n = self.episodes.fetch_add(1, Ordering::Relaxed) + 1;
+        store_f64(&self.epsilon, c.epsilon_at(n));
+        new
+    }
+
+    /// Continues the epsilon schedule from `episodes` (a loaded model).
+    pub fn resume(&self, episodes: u64) {
+        self.episodes.store(episodes, Ordering::Relaxed);
+        store_f64(&self.epsilon, self.config.epsilon_at(episodes));
+    }
+
+    /// Forgets everything learned: every row given, and the schedule.
+    pub fn reset<'a>(&self, rows: impl Iterator<Item = &'a QRow>) {
+        for row in rows {
+            row.reset(&self.config);
+        }
+        for b in self.best_next.iter() {
+            store_f64(b, self.config.best_prior());
+        }
+        self.episodes.store(0, Ordering::Relaxed);
+        store_f64(&self.epsilon, self.config.epsilon_at(0));
+    }
+}
+
+/// Rows by agent id: those of registered agents and, up to a bound, of agents
+/// that left, so that an agent coming back finds what it learned.
+#[derive(Debug)]
+pub struct QStore {
+    rows: Mutex<StoreInner>,
+    max_dormant: usize,
+}
+
+#[derive(Debug, Default)]
+struct StoreInner {
+    rows: FxHashMap<Box<[u8]>, Arc<QRow>>,
+    /// Ids of rows whose agent left, oldest first.
+    dormant: VecDeque<Box<[u8]>>,
+}
+
+impl QStore {
+    pub fn new(max_dormant: usize) -> QStore {
+        QStore {
+            rows: Mutex::new(StoreInner::default()),
+            max_dormant,
+        }
+    }
+
+    fn inner(&self) -> std::sync::MutexGuard<'_, StoreInner> {
+        self.rows.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The row of `id`, made at the priors if there is none.
+    pub fn checkout(&self, id: &[u8], config: &QConfig) -> Arc<QRow> {
+        let mut inner = self.inner();
+        if let Some(pos) = inner.dormant.iter().position(|d| &**d == id) {
+            inner.dormant.remove(pos);
+        }
+        inner
+            .rows
+            .entry(id.into())
+            .or_insert_with(|| Arc::new(QRow::new(config)))
+            .clone()
+    }
+
+    /// Marks the row of `id` as belonging to an agent that left.
+    pub fn release(&self, id: &[u8]) {
+        let mut inner = self.inner();
+        if inner.rows.contains_key(id) {
+            inner.dormant.push_back(id.into());
+        }
+        while inner.dormant.len() > self.max_dormant {
+            if let Some(old) = inner.dormant.pop_front() {
+                inner.rows.remove(&old);
+            }
+        }
+    }
+
+    /// Every row with its id, sorted by id.
+    pub fn rows(&self) -> Vec<(Box<[u8]>, Arc<QRow>)> {
+        let inner = self.inner();
+        let mut v: Vec<_> = inner
+            .rows
+            .iter()
+            .map(|(k, r)| (k.clone(), r.clone()))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    /// Copies `values` (row-major, `row_len` per id) into the rows of `ids`,
+    /// creating dormant rows for ids not registered.
+    pub fn load(&self, entries: Vec<(Vec<u8>, Vec<(f64, u32)>)>, config: &QConfig) {
+        let mut inner = self.inner();
+        for (id, cells) in entries {
+            let id: Box<[u8]> = id.into_boxed_slice();
+            let row = match inner.rows.get(&id) {
+                Some(r) => r.clone(),
+                None => {
+                    let r = Arc::new(QRow::new(config));
+                    inner.rows.insert(id.clone(), r.clone());
+                    inner.dormant.push_back(id);
+                    r
+                }
+            };
+            for (i, (v, n)) in cells.into_iter().enumerate().take(row.len()) {
+                row.set(i, v, n);
+            }
+        }
+        while inner.dormant.len() > self.max_dormant {
+            if let Some(old) = inner.dormant.pop_front() {
+                inner.rows.remove(&old);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_index_round_trips_and_covers_99_states() {
+        let mut seen = std::collections::HashSet::new();
+        for class in 0..2 {
+            for l in 0..11u8 {
+                for s in 0..3u8 {
+                    for t in 0..3u8 {
+                        let st = State {
+                            load_level: l,
+                            success: s,
+                            latency: t,
+                            class,
+                        };
+                        assert_eq!(State::from_index(st.index()), st);
+                        seen.insert(st.index());
+                    }
+                }
+            }
+        }
+        assert_eq!(seen.len(), 2 * STATES);
+        assert_eq!(STATES, 99);
+    }
+
+    #[test]
+    fn buckets_follow_the_thresholds() {
+        let c = QConfig::default();
+        let st = c.state(0, 1.0, 0.0, 0);
+        assert_eq!((st.load_level, st.success, st.latency), (0, 2, 0));
+        let st = c.state(3, 0.9, 50_000.0, 0);
+        assert_eq!((st.load_level, st.success, st.latency), (3, 1, 1));
+        let st = c.state(25, 0.5, 200_001.0, 0);
+        assert_eq!((st.load_level, st.success, st.latency), (10, 0, 2));
+        let c20 = QConfig {
+            max_concurrent: 20,
+            ..QConfig::default()
+        };
+        assert_eq!(c20.state(5, 1.0, 0.0, 0).load_level, 2);
+    }
+
+    #[test]
+    fn reward_follows_the_design() {
+        assert!((reward(10_000.0, true, 50_000.0, 200_000.0) - 0.99).abs() < 1e-12);
+        assert!((reward(100_000.0, true, 50_000.0, 200_000.0) + 0.1).abs() < 1e-12);
+        assert!((reward(300_000.0, true, 50_000.0, 200_000.0) + 1.3).abs() < 1e-12);
+        assert_eq!(reward(1.0, false, 50_000.0, 200_000.0), ERROR_REWARD);
+    }
+
+    #[test]
+    fn priors_order_states_sensibly() {
+        let c = QConfig::default();
+        let at = |l, s, t| {
+            c.prior(State {
+                load_level: l,
+                success: s,
+                latency: t,
+                class: 0,
+            })
+        };
+        assert!(at(0, 2, 0) > at(0, 2, 1));
+        assert!(at(0, 2, 1) > at(0, 2, 2));
+        assert!(at(0, 2, 0) > at(5, 2, 0));
+        assert!(at(0, 2, 0) > at(0, 0, 0));
+    }
+
+    #[test]
+    fn epsilon_schedules_start_at_epsilon_and_reach_the_floor() {
+        for schedule in [
+            EpsilonSchedule::Exponential,
+            EpsilonSchedule::Linear,
+            EpsilonSchedule::Cosine,
+        ] {
+            let c = QConfig {
+                schedule,
+                ..QConfig::default()
+            };
+            assert!((c.epsilon_at(0) - 0.1).abs() < 1e-12);
+            let mut prev = 1.0;
+            for n in (0..2000).step_by(50) {
+                let e = c.epsilon_at(n);
+                assert!(e <= prev + 1e-12, "{schedule:?} rises at {n}");
+                prev = e;
+            }
+            assert!((c.epsilon_at(100_000) - 0.01).abs() < 1e-9, "{schedule:?}");
+        }
+        let flat = QConfig {
+            epsilon_decay: 1.0,
+            ..QConfig::default()
+        };
+        assert_eq!(flat.epsilon_at(10_000), 0.1);
+    }
+
+    #[test]
+    fn store_keeps_rows_of_agents_that_left_up_to_a_bound() {
+        let c = QConfig::default();
+        let store = QStore::new(2);
+        let a = store.checkout(b"a", &c);
+        a.set(0, 42.0, 1);
+        store.release(b"a");
+        assert_eq!(store.checkout(b"a", &c).value(0), 42.0);
+        for id in [b"a", b"b", b"c"] {
+            store.checkout(id, &c);
+            store.release(id);
+        }
+        // a was released first and the bound is 2: gone
+        assert_ne!(store.checkout(b"a", &c).value(0), 42.0);
+    }
+}

@@ -1,0 +1,326 @@
+//! The saved Q-table: a versioned binary file, written so that a crash at any
+//! moment leaves either the old file or the new one, never a mix.
+//!
+//! Layout, little-endian:
+//!
+//! ```text
+//! offset  size  field
+//! 0       4     magic "EMFQ"
+//! 4       2     format version (1)
+//! 6       2     reserved, 0
+//! 8       4     states per task class (99)
+//! 12      4     task classes
+//! 16      8     episodes learned
+//! 24      4     number of agents N
+//! 28      ...   N times: id length (u16), id bytes, then for every state
+//!               (states x classes of them): value (f64), visits (u32)
+//! end-4   4     CRC-32 (IEEE) of every byte before it
+//! ```
+//!
+//! Writing goes to `<path>.tmp`, which is fsynced, renamed over `<path>`, and
+//! the directory fsynced.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::Path;
+use std::sync::Arc;
+
+use thiserror::Error;
+
+use crate::learning::{QConfig, QRow, STATES};
+
+pub const MAGIC: &[u8; 4] = b"EMFQ";
+pub const VERSION: u16 = 1;
+const HEADER: usize = 28;
+const CELL: usize = 12;
+
+/// Why a model file cannot be used.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ModelError {
+    #[error("the file ends before its content does")]
+    Truncated,
+    #[error("not a model file (bad magic)")]
+    BadMagic,
+    #[error("format version {0} is not supported")]
+    UnsupportedVersion(u16),
+    #[error(
+        "the file has {file_states} states x {file_classes} classes, this node {states} x {classes}"
+    )]
+    Incompatible {
+        file_states: u32,
+        file_classes: u32,
+        states: u32,
+        classes: u32,
+    },
+    #[error("checksum mismatch: the file is corrupt")]
+    Checksum,
+    #[error("bytes after the content")]
+    TrailingBytes,
+    #[error("i/o: {0}")]
+    Io(String),
+}
+
+impl ModelError {
+    /// A short name for Erlang (`truncated`, `bad_magic`, ...).
+    pub fn name(&self) -> &'static str {
+        match self {
+            ModelError::Truncated => "truncated",
+            ModelError::BadMagic => "bad_magic",
+            ModelError::UnsupportedVersion(_) => "unsupported_version",
+            ModelError::Incompatible { .. } => "incompatible",
+            ModelError::Checksum => "checksum",
+            ModelError::TrailingBytes => "trailing_bytes",
+            ModelError::Io(_) => "io",
+        }
+    }
+}
+
+/// A decoded model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Model {
+    pub episodes: u64,
+    /// Per agent id, (value, visits) for every state.
+    pub rows: Vec<(Vec<u8>, Vec<(f64, u32)>)>,
+}
+
+/// Encodes `rows` (ids up to 65 535 bytes; longer ones are skipped).
+pub fn encode(config: &QConfig, rows: &[(Box<[u8]>, Arc<QRow>)], episodes: u64) -> Vec<u8> {
+    let rows: Vec<_> = rows
+        .iter()
+        .filter(|(id, _)| id.len() <= usize::from(u16::MAX))
+        .collect();
+    let row_len = config.row_len();
+    let size = HEADER
+        + rows
+            .iter()
+            .map(|(id, _)| 2 + id.len() + row_len * CELL)
+            .sum::<usize>()
+        + 4;
+    let mut out = Vec::with_capacity(size);
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&VERSION.to_le_bytes());
+    out.extend_from_slice(&0u16.to_le_bytes());
+    out.extend_from_slice(&(STATES as u32).to_le_bytes());
+    out.extend_from_slice(&config.task_classes.max(1).to_le_bytes());
+    out.extend_from_slice(&episodes.to_le_bytes());
+    out.extend_from_slice(&(rows.len() as u32).to_le_bytes());
+    for (id, row) in rows {
+        out.extend_from_slice(&(id.len() as u16).to_le_bytes());
+        out.extend_from_slice(id);
+        for i in 0..row_len {
+            out.extend_from_slice(&row.value(i).to_le_bytes());
+            out.extend_from_slice(&row.visits(i).to_le_bytes());
+        }
+    }
+    let crc = crc32fast::hash(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], ModelError> {
+        let end = self.pos.checked_add(n).ok_or(ModelError::Truncated)?;
+        let s = self.bytes.get(self.pos..end).ok_or(ModelError::Truncated)?;
+        self.pos = end;
+        Ok(s)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], ModelError> {
+        let mut a = [0u8; N];
+        a.copy_from_slice(self.take(N)?);
+        Ok(a)
+    }
+}
+
+/// Decodes a model and checks it fits `config`.
+pub fn decode(bytes: &[u8], config: &QConfig) -> Result<Model, ModelError> {
+    if bytes.len() < 4 {
+        return Err(ModelError::Truncated);
+    }
+    if bytes.len() >= 4 && &bytes[..4] != MAGIC {
+        return Err(ModelError::BadMagic);
+    }
+    if bytes.len() < HEADER + 4 {
+        return Err(ModelError::Truncated);
+    }
+    let (body, crc) = bytes.split_at(bytes.len() - 4);
+    // The checksum first, so that a damaged header reads as damage rather
+    // than as another version or other dimensions.
+    if crc32fast::hash(body) != u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]) {
+        return Err(ModelError::Checksum);
+    }
+    let mut r = Reader {
+        bytes: body,
+        pos: 4,
+    };
+    let version = u16::from_le_bytes(r.array()?);
+    if version != VERSION {
+        return Err(ModelError::UnsupportedVersion(version));
+    }
+    let _reserved = r.array::<2>()?;
+    let file_states = u32::from_le_bytes(r.array()?);
+    let file_classes = u32::from_le_bytes(r.array()?);
+    let classes = config.task_classes.max(1);
+    if file_states != STATES as u32 || file_classes != classes {
+        return Err(ModelError::Incompatible {
+            file_states,
+            file_classes,
+            states: STATES as u32,
+            classes,
+        });
+    }
+    let episodes = u64::from_le_bytes(r.array()?);
+    let n = u32::from_le_bytes(r.array()?) as usize;
+    let row_len = config.row_len();
+    let mut rows = Vec::with_capacity(n.min(body.len() / (2 + row_len * CELL) + 1));
+    for _ in 0..n {
+        let len = u16::from_le_bytes(r.array()?) as usize;
+        let id = r.take(len)?.to_vec();
+        let cells = r.take(row_len * CELL)?;
+        let row = cells
+            .chunks_exact(CELL)
+            .map(|c| {
+                let mut v = [0u8; 8];
+                v.copy_from_slice(&c[..8]);
+                let mut k = [0u8; 4];
+                k.copy_from_slice(&c[8..]);
+                (f64::from_le_bytes(v), u32::from_le_bytes(k))
+            })
+            .collect();
+        rows.push((id, row));
+    }
+    if r.pos != body.len() {
+        return Err(ModelError::TrailingBytes);
+    }
+    Ok(Model { episodes, rows })
+}
+
+fn io_error(e: io::Error) -> ModelError {
+    ModelError::Io(e.to_string())
+}
+
+/// Writes `bytes` to `path` atomically: temporary file, fsync, rename, fsync
+/// of the directory.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ModelError> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = Path::new(&tmp);
+    {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(tmp)
+            .map_err(io_error)?;
+        f.write_all(bytes).map_err(io_error)?;
+        f.sync_all().map_err(io_error)?;
+    }
+    fs::rename(tmp, path).map_err(io_error)?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    // Make the rename itself durable; some filesystems refuse to open a
+    // directory for this, which loses nothing but that guarantee.
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// Reads a model file: `Ok(None)` when there is none.
+pub fn read(path: &Path, config: &QConfig) -> Result<Option<Model>, ModelError> {
+    match fs::read(path) {
+        Ok(bytes) => decode(&bytes, config).map(Some),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_error(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::learning::QStore;
+
+    fn sample() -> (QConfig, Vec<(Box<[u8]>, Arc<QRow>)>) {
+        let c = QConfig::default();
+        let store = QStore::new(10);
+        let a = store.checkout(b"a", &c);
+        a.set(5, -1.25, 3);
+        let b = store.checkout(b"bee", &c);
+        b.set(98, 2.5, 1);
+        (c, store.rows())
+    }
+
+    #[test]
+    fn round_trip() {
+        let (c, rows) = sample();
+        let bytes = encode(&c, &rows, 1234);
+        let m = decode(&bytes, &c).unwrap();
+        assert_eq!(m.episodes, 1234);
+        assert_eq!(m.rows.len(), 2);
+        assert_eq!(m.rows[0].0, b"a");
+        assert_eq!(m.rows[0].1[5], (-1.25, 3));
+        assert_eq!(m.rows[1].1[98], (2.5, 1));
+    }
+
+    #[test]
+    fn every_truncation_is_refused() {
+        let (c, rows) = sample();
+        let bytes = encode(&c, &rows, 1);
+        for n in 0..bytes.len() {
+            assert!(decode(&bytes[..n], &c).is_err(), "accepted {n} bytes");
+        }
+    }
+
+    #[test]
+    fn every_flipped_byte_is_refused() {
+        let (c, rows) = sample();
+        let bytes = encode(&c, &rows, 1);
+        for i in (0..bytes.len()).step_by(7) {
+            let mut bad = bytes.clone();
+            bad[i] ^= 0x5a;
+            assert!(decode(&bad, &c).is_err(), "accepted a flip at {i}");
+        }
+    }
+
+    #[test]
+    fn other_dimensions_and_versions_are_refused() {
+        let (c, rows) = sample();
+        let bytes = encode(&c, &rows, 1);
+        let two = QConfig {
+            task_classes: 2,
+            ..QConfig::default()
+        };
+        assert!(matches!(
+            decode(&bytes, &two),
+            Err(ModelError::Incompatible { .. })
+        ));
+        let mut v2 = bytes.clone();
+        v2[4] = 2;
+        let n = v2.len() - 4;
+        let crc = crc32fast::hash(&v2[..n]).to_le_bytes();
+        v2[n..].copy_from_slice(&crc);
+        assert_eq!(decode(&v2, &c), Err(ModelError::UnsupportedVersion(2)));
+        assert_eq!(
+            decode(b"nope-not-a-model-file-at-all-really", &c),
+            Err(ModelError::BadMagic)
+        );
+    }
+
+    #[test]
+    fn atomic_write_and_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q.model");
+        let (c, rows) = sample();
+        assert_eq!(read(&path, &c), Ok(None));
+        write_atomic(&path, &encode(&c, &rows, 9)).unwrap();
+        assert_eq!(read(&path, &c).unwrap().unwrap().episodes, 9);
+        assert!(!dir.path().join("q.model.tmp").exists());
+    }
+}

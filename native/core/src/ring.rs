@@ -1,0 +1,176 @@
+//! The consistent-hash ring: `vnodes` points per agent on a 64-bit circle.
+//!
+//! A key goes to the first point at or after its hash, walking clockwise.
+//! Adding an agent only takes keys onto its own points and removing one only
+//! hands its keys to the next points, so no key moves between two agents that
+//! stayed. The ring is part of a table snapshot, built on the writer side and
+//! swapped in with it; readers never wait for a rebuild.
+
+use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
+
+/// Sorted points: (position, slot of the agent in its snapshot).
+#[derive(Debug, Clone, Default)]
+pub struct Ring {
+    points: Vec<(u64, u32)>,
+    vnodes: u32,
+}
+
+/// The position of a key on the ring.
+#[inline]
+pub fn key_hash(key: &[u8]) -> u64 {
+    xxh3_64(key)
+}
+
+fn agent_points(id: &[u8], slot: u32, vnodes: u32) -> impl Iterator<Item = (u64, u32)> + '_ {
+    (0..vnodes).map(move |v| (xxh3_64_with_seed(id, u64::from(v)), slot))
+}
+
+impl Ring {
+    pub fn empty(vnodes: u32) -> Ring {
+        Ring {
+            points: Vec::new(),
+            vnodes,
+        }
+    }
+
+    /// A ring of `ids`, the agent in slot `i` being `ids[i]`.
+    pub fn build<'a>(ids: impl Iterator<Item = &'a [u8]>, vnodes: u32) -> Ring {
+        let mut points: Vec<(u64, u32)> = ids
+            .enumerate()
+            .flat_map(|(slot, id)| agent_points(id, slot as u32, vnodes))
+            .collect();
+        points.sort_unstable();
+        Ring { points, vnodes }
+    }
+
+    pub fn len(&self) -> usize {
+        self.points.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.points.is_empty()
+    }
+
+    pub fn vnodes(&self) -> u32 {
+        self.vnodes
+    }
+
+    /// This ring plus the points of agent `id` in `slot`: one merge, linear in
+    /// the ring's size.
+    pub fn with_agent(&self, id: &[u8], slot: u32) -> Ring {
+        let mut new: Vec<(u64, u32)> = agent_points(id, slot, self.vnodes).collect();
+        new.sort_unstable();
+        let mut points = Vec::with_capacity(self.points.len() + new.len());
+        let (mut a, mut b) = (self.points.iter().peekable(), new.into_iter().peekable());
+        loop {
+            match (a.peek(), b.peek()) {
+                (Some(&&x), Some(&y)) => {
+                    if x <= y {
+                        points.push(x);
+                        a.next();
+                    } else {
+                        points.push(y);
+                        b.next();
+                    }
+                }
+                (Some(&&x), None) => {
+                    points.push(x);
+                    a.next();
+                }
+                (None, Some(&y)) => {
+                    points.push(y);
+                    b.next();
+                }
+                (None, None) => break,
+            }
+        }
+        Ring {
+            points,
+            vnodes: self.vnodes,
+        }
+    }
+
+    /// This ring without the points of `slot`; slots above it move down by
+    /// one, as they do in the snapshot.
+    pub fn without_slot(&self, slot: u32) -> Ring {
+        let points = self
+            .points
+            .iter()
+            .filter(|&&(_, s)| s != slot)
+            .map(|&(h, s)| (h, if s > slot { s - 1 } else { s }))
+            .collect();
+        Ring {
+            points,
+            vnodes: self.vnodes,
+        }
+    }
+
+    /// The index of the first point at or after `hash` (wrapping to 0).
+    #[inline]
+    fn start(&self, hash: u64) -> usize {
+        let i = self.points.partition_point(|&(h, _)| h < hash);
+        if i == self.points.len() { 0 } else { i }
+    }
+
+    /// The slot owning `hash`, or `None` on an empty ring.
+    #[inline]
+    pub fn lookup(&self, hash: u64) -> Option<u32> {
+        if self.points.is_empty() {
+            return None;
+        }
+        Some(self.points[self.start(hash)].1)
+    }
+
+    /// Walks clockwise from `hash` and returns the first slot `accept` takes.
+    /// Each point is visited at most once.
+    #[inline]
+    pub fn walk(&self, hash: u64, mut accept: impl FnMut(u32) -> bool) -> Option<u32> {
+        let n = self.points.len();
+        if n == 0 {
+            return None;
+        }
+        let start = self.start(hash);
+        (0..n)
+            .map(|k| self.points[(start + k) % n].1)
+            .find(|&slot| accept(slot))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(n: usize) -> Vec<Vec<u8>> {
+        (0..n).map(|i| format!("agent-{i}").into_bytes()).collect()
+    }
+
+    #[test]
+    fn incremental_changes_equal_a_rebuild() {
+        let ids = ids(20);
+        let full = Ring::build(ids.iter().map(|v| v.as_slice()), 50);
+        let mut inc = Ring::empty(50);
+        for (slot, id) in ids.iter().enumerate() {
+            inc = inc.with_agent(id, slot as u32);
+        }
+        assert_eq!(full.points, inc.points);
+        let removed = full.without_slot(7);
+        let rest: Vec<&[u8]> = ids
+            .iter()
+            .enumerate()
+            .filter(|&(i, _)| i != 7)
+            .map(|(_, v)| v.as_slice())
+            .collect();
+        assert_eq!(removed.points, Ring::build(rest.into_iter(), 50).points);
+    }
+
+    #[test]
+    fn walk_skips_refused_slots_and_wraps() {
+        let ids = ids(3);
+        let r = Ring::build(ids.iter().map(|v| v.as_slice()), 10);
+        let first = r.lookup(u64::MAX).unwrap();
+        let other = r.walk(u64::MAX, |s| s != first).unwrap();
+        assert_ne!(first, other);
+        assert_eq!(r.walk(0, |_| false), None);
+        assert_eq!(Ring::empty(10).lookup(1), None);
+    }
+}

@@ -1,0 +1,244 @@
+//! Workloads of the simulator: agents, arrivals, timeouts, and phases that
+//! change agents while the run goes on. Built-in ones by name, others from
+//! JSON (the same shape `--print-workload` shows).
+
+use serde::{Deserialize, Serialize};
+
+fn default_spread() -> f64 {
+    0.3
+}
+
+/// A group of identical agents.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentGroup {
+    pub name: String,
+    pub count: usize,
+    /// Mean latency with nothing else in flight, ms.
+    pub mean_ms: f64,
+    /// Sigma of the log-normal noise around the mean (0: none).
+    #[serde(default = "default_spread")]
+    pub spread: f64,
+    /// Share of tasks answered with an error.
+    #[serde(default)]
+    pub failure_rate: f64,
+    /// Latency grows by this share of the mean per task already in flight.
+    #[serde(default)]
+    pub load_sensitivity: f64,
+}
+
+/// A change to some agents of a group from `at_s` until `until_s` (or the end).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Phase {
+    pub at_s: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until_s: Option<f64>,
+    pub group: String,
+    /// How many agents of the group, from its first (default: all).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agents: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mean_ms: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_rate: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spread: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_sensitivity: Option<f64>,
+}
+
+/// A whole simulated run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Workload {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    /// Tasks arriving in the run.
+    pub tasks: usize,
+    /// Mean arrivals per second (a Poisson process).
+    pub arrival_rate: f64,
+    /// A task not answered within this is a timeout.
+    pub task_timeout_ms: f64,
+    pub agents: Vec<AgentGroup>,
+    #[serde(default)]
+    pub phases: Vec<Phase>,
+}
+
+/// Why a workload cannot run.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WorkloadError {
+    #[error("workload JSON: {0}")]
+    Json(String),
+    #[error("workload: {0}")]
+    Invalid(String),
+}
+
+impl Workload {
+    pub fn from_json(text: &str) -> Result<Workload, WorkloadError> {
+        let w: Workload =
+            serde_json::from_str(text).map_err(|e| WorkloadError::Json(e.to_string()))?;
+        w.validate()?;
+        Ok(w)
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).unwrap_or_default()
+    }
+
+    /// Refuses what would make the run meaningless or loop forever.
+    pub fn validate(&self) -> Result<(), WorkloadError> {
+        let bad = |m: String| Err(WorkloadError::Invalid(m));
+        if self.tasks == 0 {
+            return bad("tasks must be positive".into());
+        }
+        if !(self.arrival_rate > 0.0 && self.arrival_rate.is_finite()) {
+            return bad("arrival_rate must be positive".into());
+        }
+        if !(self.task_timeout_ms > 0.0 && self.task_timeout_ms.is_finite()) {
+            return bad("task_timeout_ms must be positive".into());
+        }
+        if self.agents.iter().map(|g| g.count).sum::<usize>() == 0 {
+            return bad("at least one agent is needed".into());
+        }
+        for g in &self.agents {
+            if !(g.mean_ms >= 0.0 && g.mean_ms.is_finite()) {
+                return bad(format!("group {}: mean_ms must be >= 0", g.name));
+            }
+            if !(0.0..=1.0).contains(&g.failure_rate) {
+                return bad(format!("group {}: failure_rate must be in [0, 1]", g.name));
+            }
+            if !(g.spread >= 0.0 && g.spread < 5.0) || !(g.load_sensitivity >= 0.0) {
+                return bad(format!(
+                    "group {}: spread and load_sensitivity must be >= 0",
+                    g.name
+                ));
+            }
+        }
+        for p in &self.phases {
+            if !self.agents.iter().any(|g| g.name == p.group) {
+                return bad(format!("phase names unknown group {}", p.group));
+            }
+            if p.until_s.is_some_and(|u| u <= p.at_s) {
+                return bad(format!("phase of {}: until_s must be after at_s", p.group));
+            }
+        }
+        Ok(())
+    }
+
+    /// The built-in workloads, by name.
+    pub fn builtin(name: &str) -> Option<Workload> {
+        let group =
+            |name: &str, count, mean_ms, spread, failure_rate, load_sensitivity| AgentGroup {
+                name: name.into(),
+                count,
+                mean_ms,
+                spread,
+                failure_rate,
+                load_sensitivity,
+            };
+        match name {
+            "heterogeneous" => Some(Workload {
+                name: name.into(),
+                description: "60 agents: 15 fast, 20 normal, 15 slow, 10 fast but flaky; \
+                              latency grows with load"
+                    .into(),
+                tasks: 30_000,
+                arrival_rate: 800.0,
+                task_timeout_ms: 1000.0,
+                agents: vec![
+                    group("fast", 15, 8.0, 0.3, 0.0, 0.25),
+                    group("normal", 20, 40.0, 0.3, 0.0, 0.25),
+                    group("slow", 15, 150.0, 0.3, 0.0, 0.25),
+                    group("flaky", 10, 15.0, 0.5, 0.15, 0.25),
+                ],
+                phases: vec![],
+            }),
+            "degradation" => Some(Workload {
+                name: name.into(),
+                description: "11 equal agents; one turns 2 s slow from 15 s to 45 s; \
+                              tasks time out at 1 s"
+                    .into(),
+                tasks: 12_000,
+                arrival_rate: 200.0,
+                task_timeout_ms: 1000.0,
+                agents: vec![group("normal", 11, 20.0, 0.3, 0.0, 0.2)],
+                phases: vec![Phase {
+                    at_s: 15.0,
+                    until_s: Some(45.0),
+                    group: "normal".into(),
+                    agents: Some(1),
+                    mean_ms: Some(2000.0),
+                    failure_rate: None,
+                    spread: None,
+                    load_sensitivity: None,
+                }],
+            }),
+            "shift" => Some(Workload {
+                name: name.into(),
+                description: "20 agents; the 10 fast and the 10 slow swap speeds half way".into(),
+                tasks: 20_000,
+                arrival_rate: 500.0,
+                task_timeout_ms: 1000.0,
+                agents: vec![
+                    group("a", 10, 10.0, 0.3, 0.0, 0.2),
+                    group("b", 10, 80.0, 0.3, 0.0, 0.2),
+                ],
+                phases: vec![
+                    Phase {
+                        at_s: 20.0,
+                        until_s: None,
+                        group: "a".into(),
+                        agents: None,
+                        mean_ms: Some(80.0),
+                        failure_rate: None,
+                        spread: None,
+                        load_sensitivity: None,
+                    },
+                    Phase {
+                        at_s: 20.0,
+                        until_s: None,
+                        group: "b".into(),
+                        agents: None,
+                        mean_ms: Some(10.0),
+                        failure_rate: None,
+                        spread: None,
+                        load_sensitivity: None,
+                    },
+                ],
+            }),
+            _ => None,
+        }
+    }
+
+    pub const BUILTIN: &'static [&'static str] = &["heterogeneous", "degradation", "shift"];
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtins_are_valid_and_round_trip_through_json() {
+        for name in Workload::BUILTIN {
+            let w = Workload::builtin(name).unwrap();
+            w.validate().unwrap();
+            assert_eq!(Workload::from_json(&w.to_json()).unwrap(), w);
+        }
+    }
+
+    #[test]
+    fn bad_workloads_are_refused_with_a_reason() {
+        let mut w = Workload::builtin("shift").unwrap();
+        w.phases[0].group = "zzz".into();
+        assert!(matches!(w.validate(), Err(WorkloadError::Invalid(m)) if m.contains("zzz")));
+        assert!(matches!(
+            Workload::from_json("{\"name\": 1}"),
+            Err(WorkloadError::Json(_))
+        ));
+        let mut w = Workload::builtin("shift").unwrap();
+        w.agents[0].failure_rate = 2.0;
+        assert!(w.validate().is_err());
+    }
+}
