@@ -1,0 +1,107 @@
+//! The learning claims, measured by the deterministic simulator on its
+//! built-in workloads with the default configuration, for several seeds.
+
+use erlmcp_flow_core::sim::{Contender, RunResult, Window, Workload, compare};
+use erlmcp_flow_core::{RouterConfig, Strategy};
+
+fn results(name: &str, seed: u64, contenders: &[Contender]) -> Vec<RunResult> {
+    let w = Workload::builtin(name).unwrap();
+    compare(
+        &w,
+        contenders,
+        seed,
+        &RouterConfig::default(),
+        Window::default(),
+    )
+}
+
+fn get<'a>(rs: &'a [RunResult], name: &str) -> &'a RunResult {
+    rs.iter().find(|r| r.contender == name).unwrap()
+}
+
+const Q: Contender = Contender::Strategy(Strategy::QLearning);
+const RR: Contender = Contender::Strategy(Strategy::RoundRobin);
+const P2C: Contender = Contender::Strategy(Strategy::P2cEwma);
+
+#[test]
+fn heterogeneous_q_learning_beats_round_robin_and_nears_the_oracle() {
+    for seed in 1..=3 {
+        let rs = results("heterogeneous", seed, &[RR, Q, Contender::Oracle]);
+        let (rr, q, o) = (
+            get(&rs, "round_robin"),
+            get(&rs, "q_learning"),
+            get(&rs, "oracle"),
+        );
+        assert!(
+            q.all.mean_ms <= 0.7 * rr.all.mean_ms,
+            "seed {seed}: {} vs rr {}",
+            q.all.mean_ms,
+            rr.all.mean_ms
+        );
+        assert!(
+            q.all.mean_ms <= 1.15 * o.all.mean_ms,
+            "seed {seed}: {} vs oracle {}",
+            q.all.mean_ms,
+            o.all.mean_ms
+        );
+    }
+}
+
+#[test]
+fn degradation_q_learning_and_p2c_keep_their_success_rate() {
+    for seed in 1..=3 {
+        let rs = results("degradation", seed, &[RR, Q, P2C]);
+        assert!(
+            get(&rs, "q_learning").all.success_rate >= 0.995,
+            "seed {seed}"
+        );
+        assert!(
+            get(&rs, "p2c_ewma").all.success_rate >= 0.995,
+            "seed {seed}"
+        );
+        assert!(
+            get(&rs, "round_robin").all.success_rate < 0.96,
+            "seed {seed}"
+        );
+    }
+}
+
+#[test]
+fn shift_q_learning_recovers_within_2000_tasks() {
+    for seed in 1..=3 {
+        let rs = results("shift", seed, &[Q, Contender::Oracle]);
+        let q = get(&rs, "q_learning").after_change.clone().unwrap();
+        let o = get(&rs, "oracle").after_change.clone().unwrap();
+        assert!(
+            q.mean_ms <= 1.15 * o.mean_ms,
+            "seed {seed}: {} vs oracle {}",
+            q.mean_ms,
+            o.mean_ms
+        );
+    }
+}
+
+#[test]
+fn a_json_workload_runs() {
+    let json = r#"{
+        "name": "two", "tasks": 2000, "arrival_rate": 100, "task_timeout_ms": 500,
+        "agents": [
+            {"name": "quick", "count": 2, "mean_ms": 5},
+            {"name": "lazy", "count": 2, "mean_ms": 50, "failure_rate": 0.1}
+        ],
+        "phases": [{"at_s": 10, "group": "quick", "mean_ms": 100}]
+    }"#;
+    let w = Workload::from_json(json).unwrap();
+    let rs = compare(
+        &w,
+        &Contender::all(),
+        1,
+        &RouterConfig::default(),
+        Window::default(),
+    );
+    assert_eq!(rs.len(), Strategy::ALL.len() + 1);
+    assert!(
+        rs.iter()
+            .all(|r| r.all.tasks == 2000 && r.after_change.is_some())
+    );
+}
