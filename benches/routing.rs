@@ -1,56 +1,135 @@
-//! Criterion benches of the routing hot path: one decision (filter, pick,
-//! lease) plus its completion, at the table sizes users run.
+//! Criterion benches of the routing hot path, at the table sizes users run.
 //!
 //! cargo bench --bench routing
+//!
+//! - `select/<strategy>/<agents>`: choosing one candidate (filter + strategy),
+//!   no lease taken;
+//! - `decide_complete/<strategy>/<agents>`: a whole decision with its lease and
+//!   its completion (stats, learning), as one task costs;
+//! - `learn/td_update`: one Q-learning episode's update;
+//! - `ring/...`: lookup on our ring beside the `jumphash` crate, and a ring
+//!   rebuild for 1000 agents x 150 points;
+//! - `trace/...`: id generation.
 
 use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use erlmcp_flow_core::{AgentKind, AgentSpec, Clock, Outcome, Router, Strategy, trace};
-use rand::SeedableRng;
+use erlmcp_flow_core::learning::{Learner, QConfig, QRow};
+use erlmcp_flow_core::ring::{Ring, key_hash};
+use erlmcp_flow_core::{AgentSpec, Clock, Outcome, Request, Router, RouterConfig, Strategy, trace};
 use rand::rngs::SmallRng;
+use rand::{RngExt, SeedableRng};
 
-/// `n` agents; every agent has `work`, every fourth also `review`.
+/// `n` agents holding `work`, with some learning and some load behind them
+/// so that every strategy has real figures to read.
 fn router(n: usize) -> Router<usize> {
-    let r = Router::new(Clock::system());
-    for i in 0..n {
-        let mut caps = vec![b"work".to_vec()];
-        if i % 4 == 0 {
-            caps.push(b"review".to_vec());
-        }
-        r.agents()
-            .insert(AgentSpec {
-                id: format!("agent-{i}").into_bytes(),
-                payload: i,
-                capabilities: caps,
-                kind: AgentKind::Agent,
-            })
-            .expect("fresh ids");
+    let r = Router::new(RouterConfig::default(), Clock::manual(1));
+    let specs = (0..n)
+        .map(|i| AgentSpec::new(format!("agent-{i}"), i, vec![b"work".to_vec()]))
+        .collect();
+    r.agents().insert_many(specs).expect("fresh ids");
+    let mut rng = SmallRng::seed_from_u64(1);
+    for _ in 0..(4 * n).min(20_000) {
+        let lease = r
+            .decide(&Request::new(&[], Strategy::RoundRobin), &mut rng)
+            .expect("agents");
+        r.clock().advance(rng.random_range(1_000..40_000));
+        lease.complete(Outcome::Success);
+    }
+    // a few tasks left in flight
+    for _ in 0..n / 4 {
+        std::mem::forget(
+            r.decide(&Request::new(&[], Strategy::RoundRobin), &mut rng)
+                .expect("agents"),
+        );
     }
     r
 }
 
-fn decide_complete(c: &mut Criterion) {
-    let mut g = c.benchmark_group("decide_complete");
-    for n in [60usize, 1000, 10_000] {
+const WORK: &[&[u8]] = &[b"work"];
+
+fn select(c: &mut Criterion) {
+    let mut g = c.benchmark_group("select");
+    for n in [60usize, 65, 1000, 10_000] {
         let r = router(n);
-        for (label, req) in [
-            ("one_cap", &[b"work".as_slice()][..]),
-            ("two_caps", &[b"work".as_slice(), b"review".as_slice()][..]),
-        ] {
-            let strategy = Strategy::RoundRobin;
-            g.bench_with_input(
-                BenchmarkId::new(format!("{}/{label}", strategy.name()), n),
-                &n,
-                |b, _| {
-                    b.iter(|| {
-                        let lease = r.decide(black_box(req), strategy).expect("candidates");
-                        lease.complete(Outcome::Success)
-                    })
-                },
-            );
+        let mut rng = SmallRng::seed_from_u64(2);
+        for s in Strategy::ALL {
+            if n == 65 && *s != Strategy::QLearning {
+                continue;
+            }
+            let mut key = 0u64;
+            g.bench_with_input(BenchmarkId::new(s.name(), n), &n, |b, _| {
+                b.iter(|| {
+                    key = key.wrapping_add(0x9e37_79b9_7f4a_7c15);
+                    let req = Request {
+                        key: Some(key),
+                        ..Request::new(WORK, *s)
+                    };
+                    r.pick(black_box(&req), &mut rng).expect("agent")
+                })
+            });
         }
     }
+    g.finish();
+}
+
+fn decide_complete(c: &mut Criterion) {
+    let mut g = c.benchmark_group("decide_complete");
+    let r = router(60);
+    let mut rng = SmallRng::seed_from_u64(3);
+    for s in Strategy::ALL {
+        let mut key = 0u64;
+        g.bench_function(BenchmarkId::new(s.name(), 60), |b| {
+            b.iter(|| {
+                key = key.wrapping_add(0x9e37_79b9_7f4a_7c15);
+                let req = Request {
+                    key: Some(key),
+                    ..Request::new(WORK, *s)
+                };
+                let lease = r.decide(black_box(&req), &mut rng).expect("agent");
+                lease.complete(Outcome::Success)
+            })
+        });
+    }
+    g.finish();
+}
+
+fn learn(c: &mut Criterion) {
+    let config = QConfig::default();
+    let learner = Learner::new(config.clone());
+    let row = QRow::new(&config);
+    let mut i = 0usize;
+    c.bench_function("learn/td_update", |b| {
+        b.iter(|| {
+            i = (i + 7) % row.len();
+            learner.learn(black_box(&row), i, black_box(0.97))
+        })
+    });
+}
+
+fn ring(c: &mut Criterion) {
+    let ids: Vec<Vec<u8>> = (0..1000)
+        .map(|i| format!("agent-{i}").into_bytes())
+        .collect();
+    let mut g = c.benchmark_group("ring");
+    g.bench_function("rebuild/1000x150", |b| {
+        b.iter(|| Ring::build(ids.iter().map(|v| v.as_slice()), 150))
+    });
+    let ring = Ring::build(ids.iter().map(|v| v.as_slice()), 150);
+    let jump = jumphash::JumpHasher::new();
+    let mut k = 0u64;
+    g.bench_function("lookup/erlmcp_flow/1000", |b| {
+        b.iter(|| {
+            k = k.wrapping_add(1);
+            ring.lookup(key_hash(&k.to_le_bytes()))
+        })
+    });
+    g.bench_function("lookup/jumphash/1000", |b| {
+        b.iter(|| {
+            k = k.wrapping_add(1);
+            jump.slot(&k.to_le_bytes(), 1000)
+        })
+    });
     g.finish();
 }
 
@@ -64,5 +143,5 @@ fn trace_ids(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, decide_complete, trace_ids);
+criterion_group!(benches, select, decide_complete, learn, ring, trace_ids);
 criterion_main!(benches);

@@ -19,6 +19,7 @@
 -export([execute/3]).
 -export([route_task/2]).
 -export([register_agent/3]).
+-export([register_agent/4]).
 -export([register_swarm/3]).
 -export([unregister_agent/1]).
 -export([find_agent/1]).
@@ -27,6 +28,7 @@
 -export([get_agent_load/1]).
 -export([agent_stats/1]).
 -export([stats/0]).
+-export([explain/1]).
 
 -export_type([agent_id/0, capability/0, task/0, requirements/0, execute_opts/0,
               strategy/0, meta/0, trace_context/0]).
@@ -34,10 +36,13 @@
 -type agent_id() :: binary().
 -type capability() :: binary().
 -type task() :: map().
--type strategy() :: round_robin.
+-type strategy() :: round_robin | least_connections | weighted | consistent_hash
+                  | p2c_ewma | q_learning.
 -type requirements() :: #{capabilities => [capability()],
                           timeout => timeout(),
                           strategy => strategy(),
+                          sticky_key => binary(),
+                          task_class => term(),
                           reply_to => pid()}.
 -type execute_opts() :: #{timeout => timeout()}.
 -type meta() :: #{agent_id := agent_id(),
@@ -56,8 +61,11 @@ execute(Task, Requirements) ->
 %%
 %% Requirements: `capabilities' (all must be held; default `[]', any agent),
 %% `timeout' (ms or `infinity'; default the `timeouts.execution' setting),
-%% `strategy' (default the `load_balancer.strategy' setting). Opts:
-%% `timeout' overrides the requirement's.
+%% `strategy' (default the `load_balancer.strategy' setting), `sticky_key'
+%% (a binary: consistent hashing routes equal keys to the same agent; default
+%% the task's `id'), `task_class' (any term: Q-learning keeps separate values
+%% per class, hashed into `q_learning.task_classes' classes). Opts: `timeout'
+%% overrides the requirement's.
 %%
 %% Errors: `no_agents_available', `execution_timeout',
 %% `{agent_down, Reason}', `{agent_error, Reason}' (the agent answered
@@ -81,6 +89,13 @@ route_task(Task, Requirements) ->
           ok | {error, already_registered | {badarg, atom()}}.
 register_agent(AgentId, Pid, Capabilities) ->
     erlmcp_flow_registry:register_agent(AgentId, Pid, Capabilities).
+
+%% @doc As `register_agent/3' with options: `#{weight => W}', a positive
+%% number the `weighted' strategy multiplies the agent's share by (default 1).
+-spec register_agent(agent_id(), pid(), [capability(), ...], erlmcp_flow_registry:agent_opts()) ->
+          ok | {error, already_registered | {badarg, atom()}}.
+register_agent(AgentId, Pid, Capabilities, Opts) ->
+    erlmcp_flow_registry:register_agent(AgentId, Pid, Capabilities, Opts).
 
 %% @doc Registers a swarm: `CoordinatorPid' answers the agent protocol on
 %% behalf of its members (see `erlmcp_flow_swarm').
@@ -121,8 +136,20 @@ get_agent_load(AgentId) ->
 agent_stats(AgentId) ->
     erlmcp_flow_registry:agent_stats(AgentId).
 
-%% @doc Node-wide counters: registered `agents' and tasks `in_flight'
-%% (on every agent, including agents removed since their tasks started).
--spec stats() -> #{agents := non_neg_integer(), in_flight := non_neg_integer()}.
+%% @doc Node-wide counters: registered `agents', tasks `in_flight' (on every
+%% agent, including agents removed since their tasks started), Q-learning
+%% `episodes' (completed tasks learned from) and the exploration rate `epsilon'.
+-spec stats() -> #{agents := non_neg_integer(), in_flight := non_neg_integer(),
+                   episodes := non_neg_integer(), epsilon := float()}.
 stats() ->
     erlmcp_flow_registry:router_stats().
+
+%% @doc Why an agent would be chosen for `Requirements' (its `capabilities'
+%% and `task_class'): every candidate with its Q-learning state
+%% `{LoadLevel, SuccessBucket, LatencyBucket, Class}', learned `q_value' and
+%% `visits', live figures and `softmax' probability, best value first; and
+%% the top three with their softmax confidence.
+-spec explain(requirements()) ->
+          {ok, #{candidates := [map()], top := [{agent_id(), float()}]}} | {error, term()}.
+explain(Requirements) ->
+    erlmcp_flow_q_learning:explain(Requirements).

@@ -2,6 +2,8 @@
 %% speed and reliability (fast, normal, slow, flaky; latency growing with
 %% load) routes the same closed-loop workload through `erlmcp_flow:execute/2'
 %% with every strategy this build has, and prints one row per strategy.
+%% The Q-table is reset before each strategy, so q_learning starts from
+%% nothing like the others.
 %%
 %% `make demo' runs `erlmcp_flow_demo:main()'.
 -module(erlmcp_flow_demo).
@@ -104,6 +106,10 @@ start_swarms() ->
      end || S <- lists:seq(1, ?SWARMS)].
 
 run_strategy(Strategy, Tasks, Conc, Timeout) ->
+    %% Every strategy starts from the same blank table: the learner learns
+    %% from every outcome, so q_learning would otherwise profit from the runs
+    %% before it.
+    ok = erlmcp_flow_q_learning:reset(),
     Parent = self(),
     Per = Tasks div Conc,
     T0 = erlang:monotonic_time(microsecond),

@@ -11,24 +11,43 @@
 %% API
 -export([router_new/1]).
 -export([clock_advance/2]).
--export([agent_insert/5]).
+-export([agent_insert/6]).
 -export([agent_remove/2]).
 -export([router_stats/1]).
 -export([agent_stats/2]).
--export([decide/3]).
+-export([decide/5]).
 -export([complete/2]).
+-export([explain/3]).
+-export([q_table/1]).
+-export([q_save/2]).
+-export([q_load/2]).
+-export([q_reset/1]).
+-export([td_update/5]).
+-export([reward/4]).
 -export([generate_trace_id/0]).
 -export([generate_span_id/0]).
 
--export_type([router/0, lease/0, outcome/0]).
+-export_type([router/0, lease/0, outcome/0, router_opts/0, state/0]).
 
--nifs([router_new/1, clock_advance/2, agent_insert/5, agent_remove/2, router_stats/1,
-       agent_stats/2, decide/3, complete/2, generate_trace_id/0, generate_span_id/0]).
+-nifs([router_new/1, clock_advance/2, agent_insert/6, agent_remove/2, router_stats/1,
+       agent_stats/2, decide/5, complete/2, explain/3, q_table/1, q_save/2, q_load/2,
+       q_reset/1, td_update/5, reward/4, generate_trace_id/0, generate_span_id/0]).
 
 -type router() :: reference().
 -type lease() :: reference().
 -type outcome() :: ok | error | timeout | down | abandoned.
 -type badarg() :: {error, {badarg, atom()}}.
+-type router_opts() :: #{clock => system | manual,
+                         alpha => number(), gamma => number(), epsilon => number(),
+                         epsilon_min => number(), epsilon_decay => number(),
+                         epsilon_schedule => exponential | linear | cosine,
+                         softmax_temperature => number(), fast_threshold_ms => number(),
+                         slow_threshold_ms => number(), task_classes => pos_integer(),
+                         max_concurrent => pos_integer(), consistent_hash_vnodes => pos_integer(),
+                         hash_balance_factor => number() | infinity, ewma_decay_ms => number()}.
+-type state() :: {0..10, low | medium | high, fast | normal | slow, non_neg_integer()}.
+-type model_error() :: {error, {truncated | bad_magic | unsupported_version | incompatible
+                                | checksum | trailing_bytes | io, string()}}.
 
 -spec init() -> ok | {error, term()}.
 init() ->
@@ -44,34 +63,57 @@ priv_dir() ->
             Dir
     end.
 
--spec router_new(#{clock => system | manual}) -> {ok, router()} | badarg().
+-spec router_new(router_opts()) -> {ok, router()} | badarg().
 router_new(_Opts) -> erlang:nif_error(nif_not_loaded).
 
 -spec clock_advance(router(), non_neg_integer()) ->
           {ok, non_neg_integer()} | {error, system_clock} | badarg().
 clock_advance(_Router, _Us) -> erlang:nif_error(nif_not_loaded).
 
--spec agent_insert(router(), binary(), pid(), [binary()], agent | swarm) ->
+-spec agent_insert(router(), binary(), pid(), [binary()], agent | swarm, number()) ->
           ok | {error, already_registered} | badarg().
-agent_insert(_Router, _Id, _Pid, _Caps, _Kind) -> erlang:nif_error(nif_not_loaded).
+agent_insert(_Router, _Id, _Pid, _Caps, _Kind, _Weight) -> erlang:nif_error(nif_not_loaded).
 
 -spec agent_remove(router(), binary()) -> ok | {error, not_found} | badarg().
 agent_remove(_Router, _Id) -> erlang:nif_error(nif_not_loaded).
 
 -spec router_stats(router()) ->
-          {ok, #{agents := non_neg_integer(), in_flight := non_neg_integer()}} | badarg().
+          {ok, #{agents := non_neg_integer(), in_flight := non_neg_integer(),
+                 episodes := non_neg_integer(), epsilon := float()}} | badarg().
 router_stats(_Router) -> erlang:nif_error(nif_not_loaded).
 
 -spec agent_stats(router(), binary()) -> {ok, map()} | {error, not_found} | badarg().
 agent_stats(_Router, _Id) -> erlang:nif_error(nif_not_loaded).
 
--spec decide(router(), [binary()], atom()) ->
+-spec decide(router(), [binary()], atom(), binary() | undefined, binary() | undefined) ->
           {ok, binary(), pid(), lease()} | {error, no_agents_available} | badarg().
-decide(_Router, _Caps, _Strategy) -> erlang:nif_error(nif_not_loaded).
+decide(_Router, _Caps, _Strategy, _StickyKey, _TaskClass) -> erlang:nif_error(nif_not_loaded).
 
 -spec complete(lease(), outcome()) ->
           {ok, non_neg_integer()} | {error, already_settled} | badarg().
 complete(_Lease, _Outcome) -> erlang:nif_error(nif_not_loaded).
+
+-spec explain(router(), [binary()], binary() | undefined) -> [map()] | badarg().
+explain(_Router, _Caps, _TaskClass) -> erlang:nif_error(nif_not_loaded).
+
+-spec q_table(router()) -> #{binary() => #{state() => {float(), non_neg_integer()}}} | badarg().
+q_table(_Router) -> erlang:nif_error(nif_not_loaded).
+
+-spec q_save(router(), binary()) -> {ok, non_neg_integer()} | model_error() | badarg().
+q_save(_Router, _Path) -> erlang:nif_error(nif_not_loaded).
+
+-spec q_load(router(), binary()) ->
+          {ok, none | {loaded, non_neg_integer(), non_neg_integer()}} | model_error() | badarg().
+q_load(_Router, _Path) -> erlang:nif_error(nif_not_loaded).
+
+-spec q_reset(router()) -> ok | badarg().
+q_reset(_Router) -> erlang:nif_error(nif_not_loaded).
+
+-spec td_update(number(), number(), number(), number(), number()) -> float() | badarg().
+td_update(_Q, _Reward, _MaxNext, _Alpha, _Gamma) -> erlang:nif_error(nif_not_loaded).
+
+-spec reward(number(), boolean(), number(), number()) -> float() | badarg().
+reward(_LatencyUs, _Ok, _FastUs, _SlowUs) -> erlang:nif_error(nif_not_loaded).
 
 -spec generate_trace_id() -> binary().
 generate_trace_id() -> erlang:nif_error(nif_not_loaded).

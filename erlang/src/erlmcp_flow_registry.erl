@@ -16,6 +16,7 @@
 %% API
 -export([start_link/0]).
 -export([register_agent/3]).
+-export([register_agent/4]).
 -export([register_swarm/3]).
 -export([unregister_agent/1]).
 -export([find_agent/1]).
@@ -44,6 +45,9 @@
 -define(BACKEND_KEY, {?MODULE, backend}).
 
 -type kind() :: agent | swarm.
+-type agent_opts() :: #{weight => number()}.
+
+-export_type([agent_opts/0]).
 
 -record(state, {
     router :: erlmcp_flow_nif:router(),
@@ -63,14 +67,21 @@ start_link() ->
 -spec register_agent(erlmcp_flow:agent_id(), pid(), [erlmcp_flow:capability()]) ->
           ok | {error, already_registered | {badarg, atom()}}.
 register_agent(AgentId, Pid, Capabilities) ->
-    request_registration(AgentId, Pid, Capabilities, agent).
+    register_agent(AgentId, Pid, Capabilities, #{}).
+
+%% @doc As `register_agent/3', with options: `weight' (a positive number,
+%% default 1) for the `weighted' strategy.
+-spec register_agent(erlmcp_flow:agent_id(), pid(), [erlmcp_flow:capability()], agent_opts()) ->
+          ok | {error, already_registered | {badarg, atom()}}.
+register_agent(AgentId, Pid, Capabilities, Opts) ->
+    request_registration(AgentId, Pid, Capabilities, agent, Opts).
 
 %% @doc Registers `CoordinatorPid' as the swarm `SwarmId'; the coordinator
 %% answers the agent protocol for the swarm's members.
 -spec register_swarm(erlmcp_flow:agent_id(), pid(), [erlmcp_flow:capability()]) ->
           ok | {error, already_registered | {badarg, atom()}}.
 register_swarm(SwarmId, CoordinatorPid, Capabilities) ->
-    request_registration(SwarmId, CoordinatorPid, Capabilities, swarm).
+    request_registration(SwarmId, CoordinatorPid, Capabilities, swarm, #{}).
 
 %% @doc Removes an agent or swarm; unknown ids are ignored.
 -spec unregister_agent(erlmcp_flow:agent_id()) -> ok | {error, {badarg, agent_id}}.
@@ -125,9 +136,11 @@ agent_stats(AgentId) when is_binary(AgentId) ->
 agent_stats(_) ->
     {error, {badarg, agent_id}}.
 
-%% @doc Router-wide counters: registered `agents' and leases `in_flight'
-%% over every agent, removed ones included.
--spec router_stats() -> #{agents := non_neg_integer(), in_flight := non_neg_integer()}.
+%% @doc Router-wide counters: registered `agents', leases `in_flight' over
+%% every agent (removed ones included), learning `episodes' and the current
+%% exploration rate `epsilon'.
+-spec router_stats() -> #{agents := non_neg_integer(), in_flight := non_neg_integer(),
+                          episodes := non_neg_integer(), epsilon := float()}.
 router_stats() ->
     {ok, Stats} = erlmcp_flow_nif:router_stats(router()),
     Stats.
@@ -174,7 +187,7 @@ is_capability_list(_) -> false.
 init([]) ->
     _ = ets:new(?AGENTS, [named_table, protected, set, {read_concurrency, true}]),
     _ = ets:new(?CAPS, [named_table, protected, bag, {read_concurrency, true}]),
-    {ok, Router} = erlmcp_flow_nif:router_new(#{clock => system}),
+    {ok, Router} = erlmcp_flow_nif:router_new(router_options()),
     Backend = erlmcp_flow_registry_backend:select(),
     persistent_term:put(?ROUTER_KEY, Router),
     persistent_term:put(?BACKEND_KEY, Backend),
@@ -182,8 +195,8 @@ init([]) ->
 
 %% @private
 -spec handle_call(term(), gen_server:from(), #state{}) -> {reply, term(), #state{}}.
-handle_call({register, Id, Pid, Caps, Kind}, _From, State) ->
-    {Reply, State1} = do_register(Id, Pid, Caps, Kind, State),
+handle_call({register, Id, Pid, Caps, Kind, Weight}, _From, State) ->
+    {Reply, State1} = do_register(Id, Pid, Caps, Kind, Weight, State),
     {reply, Reply, State1};
 handle_call({unregister, Id}, _From, State) ->
     {reply, ok, do_unregister(Id, State)};
@@ -214,11 +227,40 @@ terminate(_Reason, _State) ->
 %% Internal functions
 %%====================================================================
 
-request_registration(Id, Pid, Caps, Kind) ->
+request_registration(Id, Pid, Caps, Kind, Opts) ->
     case validate(Id, Pid, Caps) of
-        ok -> gen_server:call(?MODULE, {register, Id, Pid, lists:usort(Caps), Kind});
-        {error, _} = E -> E
+        ok ->
+            case weight(Opts) of
+                {ok, W} -> gen_server:call(?MODULE, {register, Id, Pid, lists:usort(Caps), Kind, W});
+                {error, _} = E -> E
+            end;
+        {error, _} = E ->
+            E
     end.
+
+weight(Opts) when not is_map(Opts) ->
+    {error, {badarg, opts}};
+weight(Opts) ->
+    case maps:size(maps:remove(weight, Opts)) of
+        0 ->
+            case maps:get(weight, Opts, 1) of
+                W when is_number(W), W > 0 -> {ok, W};
+                _ -> {error, {badarg, weight}}
+            end;
+        _ ->
+            {error, {badarg, opts}}
+    end.
+
+%% The router's settings, from the application's configuration.
+router_options() ->
+    Q = erlmcp_flow_config:get(q_learning),
+    LB = erlmcp_flow_config:get(load_balancer),
+    QKeys = [alpha, gamma, epsilon, epsilon_min, epsilon_decay, epsilon_schedule,
+             softmax_temperature, fast_threshold_ms, slow_threshold_ms, task_classes],
+    LBKeys = [consistent_hash_vnodes, hash_balance_factor, ewma_decay_ms],
+    (maps:merge(maps:with(QKeys, Q), maps:with(LBKeys, LB)))#{
+        clock => system,
+        max_concurrent => erlmcp_flow_config:get(circuit_breaker, max_concurrent)}.
 
 validate(Id, _Pid, _Caps) when not is_binary(Id); Id =:= <<>> ->
     {error, {badarg, agent_id}};
@@ -232,14 +274,14 @@ validate(_Id, _Pid, Caps) ->
         false -> {error, {badarg, capabilities}}
     end.
 
-do_register(Id, Pid, Caps, Kind, #state{router = Router, backend = Backend} = State) ->
+do_register(Id, Pid, Caps, Kind, Weight, #state{router = Router, backend = Backend} = State) ->
     case ets:member(?AGENTS, Id) of
         true ->
             {{error, already_registered}, State};
         false ->
             case Backend:register_name(Id, Pid) of
                 ok ->
-                    case erlmcp_flow_nif:agent_insert(Router, Id, Pid, Caps, Kind) of
+                    case erlmcp_flow_nif:agent_insert(Router, Id, Pid, Caps, Kind, Weight) of
                         ok ->
                             MRef = erlang:monitor(process, Pid),
                             ets:insert(?CAPS, [{Cap, Id, Pid} || Cap <- Caps]),

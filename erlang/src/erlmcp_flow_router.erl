@@ -23,16 +23,18 @@
 -type plan() :: #{capabilities := [erlmcp_flow:capability()],
                   strategy := erlmcp_flow:strategy(),
                   timeout := timeout(),
+                  sticky_key => binary(),
+                  task_class => term(),
                   reply_to => pid()}.
 -type answer() :: {ok, term(), erlmcp_flow:meta()} | {error, term()}.
 
--define(EXECUTE_KEYS, [capabilities, timeout, strategy]).
+-define(EXECUTE_KEYS, [capabilities, timeout, strategy, sticky_key, task_class]).
 -define(ROUTE_KEYS, [reply_to | ?EXECUTE_KEYS]).
 
 %% @doc The strategies this build implements.
 -spec strategies() -> [erlmcp_flow:strategy(), ...].
 strategies() ->
-    [round_robin].
+    [round_robin, least_connections, weighted, consistent_hash, p2c_ewma, q_learning].
 
 %% @doc Routes `Task' to an agent meeting `Requirements' and waits for its answer.
 -spec execute(erlmcp_flow:task(), erlmcp_flow:requirements(), erlmcp_flow:execute_opts()) ->
@@ -52,7 +54,7 @@ route_task(Task, Requirements) ->
     case plan(Task, Requirements, ?ROUTE_KEYS, #{}) of
         {ok, Plan} ->
             Ctx = erlmcp_flow_trace:new_context(),
-            case decide(Plan) of
+            case decide(Task, Plan) of
                 {ok, AgentId, Pid, Lease} ->
                     Job = #{task => Task, plan => Plan, context => Ctx, agent_id => AgentId,
                             pid => Pid, lease => Lease},
@@ -99,7 +101,7 @@ await(Ref, Pid, Lease, Timeout, Meta) ->
 
 run(Task, #{timeout := Timeout} = Plan) ->
     Ctx = erlmcp_flow_trace:new_context(),
-    case decide(Plan) of
+    case decide(Task, Plan) of
         {ok, AgentId, Pid, Lease} ->
             Ref = dispatch(Pid, Task, Ctx),
             await(Ref, Pid, Lease, Timeout,
@@ -108,8 +110,21 @@ run(Task, #{timeout := Timeout} = Plan) ->
             E
     end.
 
-decide(#{capabilities := Caps, strategy := Strategy}) ->
-    erlmcp_flow_nif:decide(erlmcp_flow_registry:router(), Caps, Strategy).
+decide(Task, #{capabilities := Caps, strategy := Strategy} = Plan) ->
+    Class = case Plan of
+                #{task_class := C} when is_binary(C) -> C;
+                #{task_class := C} -> term_to_binary(C);
+                #{} -> undefined
+            end,
+    erlmcp_flow_nif:decide(erlmcp_flow_registry:router(), Caps, Strategy,
+                           sticky_key(Strategy, Task, Plan), Class).
+
+%% The key of consistent hashing: the requirement's, else the task's id.
+%% Other strategies do not hash, so they are spared the encoding.
+sticky_key(consistent_hash, _Task, #{sticky_key := Key}) -> Key;
+sticky_key(consistent_hash, #{id := Id}, _Plan) when is_binary(Id) -> Id;
+sticky_key(consistent_hash, #{id := Id}, _Plan) -> term_to_binary(Id);
+sticky_key(_Strategy, _Task, _Plan) -> undefined.
 
 settle({ok, Result}, Lease, Meta) ->
     {ok, Latency} = erlmcp_flow_nif:complete(Lease, ok),
@@ -156,4 +171,6 @@ valid(capabilities, Caps) -> erlmcp_flow_registry:is_capability_list(Caps);
 valid(strategy, S) -> lists:member(S, strategies());
 valid(timeout, infinity) -> true;
 valid(timeout, T) -> is_integer(T) andalso T > 0;
-valid(reply_to, P) -> is_pid(P).
+valid(reply_to, P) -> is_pid(P);
+valid(sticky_key, K) -> is_binary(K);
+valid(task_class, _) -> true.

@@ -1,7 +1,9 @@
 %% @private
 %% @doc The top supervisor. `one_for_all': the registry owns the router
 %% resource that every other part uses, so when it restarts everything that
-%% holds a reference into the old one restarts with it.
+%% holds a reference into the old one restarts with it. The Q-learning server
+%% starts after the registry (it loads the model into the registry's router)
+%% and stops before it (it saves the model on the way out).
 -module(erlmcp_flow_sup).
 -behaviour(supervisor).
 
@@ -21,6 +23,8 @@ init([]) ->
     SupFlags = #{strategy => one_for_all, intensity => 5, period => 10},
     Children = [#{id => erlmcp_flow_registry,
                   start => {erlmcp_flow_registry, start_link, []}},
+                #{id => erlmcp_flow_q_learning,
+                  start => {erlmcp_flow_q_learning, start_link, []}},
                 #{id => erlmcp_flow_task_sup,
                   start => {erlmcp_flow_task_sup, start_link, []},
                   type => supervisor}],

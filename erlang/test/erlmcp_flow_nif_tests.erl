@@ -13,36 +13,61 @@ manual_router() ->
 
 garbage_gets_a_named_error_test_() ->
     R = router(),
-    ok = erlmcp_flow_nif:agent_insert(R, <<"a">>, self(), [<<"c">>], agent),
-    {ok, _, _, Lease} = erlmcp_flow_nif:decide(R, [<<"c">>], round_robin),
+    ok = erlmcp_flow_nif:agent_insert(R, <<"a">>, self(), [<<"c">>], agent, 1),
+    {ok, _, _, Lease} = erlmcp_flow_nif:decide(R, [<<"c">>], round_robin, undefined, undefined),
     Cases =
         [{router, fun() -> erlmcp_flow_nif:router_new(not_a_map) end, opts},
          {router, fun() -> erlmcp_flow_nif:router_new(#{clock => sundial}) end, opts},
          {router, fun() -> erlmcp_flow_nif:router_new(#{colour => red}) end, opts},
          {advance, fun() -> erlmcp_flow_nif:clock_advance(make_ref(), 1) end, router},
          {advance, fun() -> erlmcp_flow_nif:clock_advance(R, -1) end, microseconds},
-         {insert, fun() -> erlmcp_flow_nif:agent_insert(self(), <<"b">>, self(), [<<"c">>], agent) end, router},
-         {insert, fun() -> erlmcp_flow_nif:agent_insert(R, b, self(), [<<"c">>], agent) end, agent_id},
-         {insert, fun() -> erlmcp_flow_nif:agent_insert(R, <<>>, self(), [<<"c">>], agent) end, agent_id},
-         {insert, fun() -> erlmcp_flow_nif:agent_insert(R, <<"b">>, not_a_pid, [<<"c">>], agent) end, pid},
-         {insert, fun() -> erlmcp_flow_nif:agent_insert(R, <<"b">>, erlmcp_flow_test_util:remote_pid(), [<<"c">>], agent) end, pid},
-         {insert, fun() -> erlmcp_flow_nif:agent_insert(R, <<"b">>, self(), [], agent) end, capabilities},
-         {insert, fun() -> erlmcp_flow_nif:agent_insert(R, <<"b">>, self(), [c], agent) end, capabilities},
-         {insert, fun() -> erlmcp_flow_nif:agent_insert(R, <<"b">>, self(), [<<>>], agent) end, capabilities},
-         {insert, fun() -> erlmcp_flow_nif:agent_insert(R, <<"b">>, self(), [<<"c">> | improper], agent) end, capabilities},
-         {insert, fun() -> erlmcp_flow_nif:agent_insert(R, <<"b">>, self(), <<"c">>, agent) end, capabilities},
-         {insert, fun() -> erlmcp_flow_nif:agent_insert(R, <<"b">>, self(), [<<"c">>], robot) end, kind},
-         {insert, fun() -> erlmcp_flow_nif:agent_insert(R, <<"b">>, self(), [<<"c">>], "agent") end, kind},
-         {insert, fun() -> erlmcp_flow_nif:agent_insert(R, <<1:3>>, self(), [<<"c">>], agent) end, agent_id},
+         {insert, fun() -> erlmcp_flow_nif:agent_insert(self(), <<"b">>, self(), [<<"c">>], agent, 1) end, router},
+         {insert, fun() -> erlmcp_flow_nif:agent_insert(R, <<"b">>, self(), [<<"c">>], agent, 0) end, weight},
+         {insert, fun() -> erlmcp_flow_nif:agent_insert(R, <<"b">>, self(), [<<"c">>], agent, -2.5) end, weight},
+         {insert, fun() -> erlmcp_flow_nif:agent_insert(R, <<"b">>, self(), [<<"c">>], agent, heavy) end, weight},
+         {insert, fun() -> erlmcp_flow_nif:agent_insert(R, b, self(), [<<"c">>], agent, 1) end, agent_id},
+         {insert, fun() -> erlmcp_flow_nif:agent_insert(R, <<>>, self(), [<<"c">>], agent, 1) end, agent_id},
+         {insert, fun() -> erlmcp_flow_nif:agent_insert(R, <<"b">>, not_a_pid, [<<"c">>], agent, 1) end, pid},
+         {insert, fun() -> erlmcp_flow_nif:agent_insert(R, <<"b">>, erlmcp_flow_test_util:remote_pid(), [<<"c">>], agent, 1) end, pid},
+         {insert, fun() -> erlmcp_flow_nif:agent_insert(R, <<"b">>, self(), [], agent, 1) end, capabilities},
+         {insert, fun() -> erlmcp_flow_nif:agent_insert(R, <<"b">>, self(), [c], agent, 1) end, capabilities},
+         {insert, fun() -> erlmcp_flow_nif:agent_insert(R, <<"b">>, self(), [<<>>], agent, 1) end, capabilities},
+         {insert, fun() -> erlmcp_flow_nif:agent_insert(R, <<"b">>, self(), [<<"c">> | improper], agent, 1) end, capabilities},
+         {insert, fun() -> erlmcp_flow_nif:agent_insert(R, <<"b">>, self(), <<"c">>, agent, 1) end, capabilities},
+         {insert, fun() -> erlmcp_flow_nif:agent_insert(R, <<"b">>, self(), [<<"c">>], robot, 1) end, kind},
+         {insert, fun() -> erlmcp_flow_nif:agent_insert(R, <<"b">>, self(), [<<"c">>], "agent", 1) end, kind},
+         {insert, fun() -> erlmcp_flow_nif:agent_insert(R, <<1:3>>, self(), [<<"c">>], agent, 1) end, agent_id},
          {remove, fun() -> erlmcp_flow_nif:agent_remove(R, 42) end, agent_id},
          {remove, fun() -> erlmcp_flow_nif:agent_remove(Lease, <<"a">>) end, router},
          {stats, fun() -> erlmcp_flow_nif:router_stats([]) end, router},
          {stats, fun() -> erlmcp_flow_nif:agent_stats(R, #{}) end, agent_id},
-         {decide, fun() -> erlmcp_flow_nif:decide(R, [<<"c">>], fastest) end, strategy},
-         {decide, fun() -> erlmcp_flow_nif:decide(R, [<<"c">>], <<"round_robin">>) end, strategy},
-         {decide, fun() -> erlmcp_flow_nif:decide(R, <<"c">>, round_robin) end, capabilities},
-         {decide, fun() -> erlmcp_flow_nif:decide(R, [1.5], round_robin) end, capabilities},
-         {decide, fun() -> erlmcp_flow_nif:decide(Lease, [<<"c">>], round_robin) end, router},
+         {decide, fun() -> erlmcp_flow_nif:decide(R, [<<"c">>], fastest, undefined, undefined) end, strategy},
+         {decide, fun() -> erlmcp_flow_nif:decide(R, [<<"c">>], <<"round_robin">>, undefined, undefined) end, strategy},
+         {decide, fun() -> erlmcp_flow_nif:decide(R, <<"c">>, round_robin, undefined, undefined) end, capabilities},
+         {decide, fun() -> erlmcp_flow_nif:decide(R, [1.5], round_robin, undefined, undefined) end, capabilities},
+         {decide, fun() -> erlmcp_flow_nif:decide(Lease, [<<"c">>], round_robin, undefined, undefined) end, router},
+         {decide, fun() -> erlmcp_flow_nif:decide(R, [<<"c">>], consistent_hash, 42, undefined) end, sticky_key},
+         {decide, fun() -> erlmcp_flow_nif:decide(R, [<<"c">>], consistent_hash, undefined, undefined) end, sticky_key},
+         {decide, fun() -> erlmcp_flow_nif:decide(R, [<<"c">>], q_learning, undefined, {class}) end, task_class},
+         {router, fun() -> erlmcp_flow_nif:router_new(#{alpha => 0}) end, opts},
+         {router, fun() -> erlmcp_flow_nif:router_new(#{gamma => 1.0}) end, opts},
+         {router, fun() -> erlmcp_flow_nif:router_new(#{epsilon_schedule => step}) end, opts},
+         {router, fun() -> erlmcp_flow_nif:router_new(#{task_classes => 0}) end, opts},
+         {router, fun() -> erlmcp_flow_nif:router_new(#{hash_balance_factor => 0.5}) end, opts},
+         {router, fun() -> erlmcp_flow_nif:router_new(#{fast_threshold_ms => 300}) end, opts},
+         {router, fun() -> erlmcp_flow_nif:router_new(#{"alpha" => 0.1}) end, opts},
+         {explain, fun() -> erlmcp_flow_nif:explain(R, [x], undefined) end, capabilities},
+         {explain, fun() -> erlmcp_flow_nif:explain(Lease, [], undefined) end, router},
+         {table, fun() -> erlmcp_flow_nif:q_table(Lease) end, router},
+         {save, fun() -> erlmcp_flow_nif:q_save(R, "/tmp/x") end, path},
+         {save, fun() -> erlmcp_flow_nif:q_save(R, <<>>) end, path},
+         {load, fun() -> erlmcp_flow_nif:q_load(R, <<255, 254>>) end, path},
+         {load, fun() -> erlmcp_flow_nif:q_load(make_ref(), <<"/tmp/x">>) end, router},
+         {reset, fun() -> erlmcp_flow_nif:q_reset(1) end, router},
+         {td, fun() -> erlmcp_flow_nif:td_update(q, 1, 1, 0.1, 0.9) end, q},
+         {td, fun() -> erlmcp_flow_nif:td_update(1, 1, 1, 0.1, "0.9") end, gamma},
+         {reward, fun() -> erlmcp_flow_nif:reward(10, yes, 50, 200) end, ok},
+         {reward, fun() -> erlmcp_flow_nif:reward(10, true, fast, 200) end, fast_us},
          {complete, fun() -> erlmcp_flow_nif:complete(R, ok) end, lease},
          {complete, fun() -> erlmcp_flow_nif:complete(Lease, maybe) end, outcome},
          {complete, fun() -> erlmcp_flow_nif:complete(Lease, "ok") end, outcome}],
@@ -55,33 +80,35 @@ wrong_arity_raises_undef_not_a_crash_test() ->
 
 insert_decide_complete_test() ->
     R = manual_router(),
-    ok = erlmcp_flow_nif:agent_insert(R, <<"a">>, self(), [<<"x">>, <<"y">>], agent),
+    ok = erlmcp_flow_nif:agent_insert(R, <<"a">>, self(), [<<"x">>, <<"y">>], agent, 1),
     ?assertEqual({error, already_registered},
-                 erlmcp_flow_nif:agent_insert(R, <<"a">>, self(), [<<"x">>], agent)),
+                 erlmcp_flow_nif:agent_insert(R, <<"a">>, self(), [<<"x">>], agent, 1)),
     Self = self(),
-    {ok, <<"a">>, Self, Lease} = erlmcp_flow_nif:decide(R, [<<"y">>, <<"x">>], round_robin),
+    {ok, <<"a">>, Self, Lease} = erlmcp_flow_nif:decide(R, [<<"y">>, <<"x">>], round_robin, undefined, undefined),
     ?assertMatch({ok, #{in_flight := 1, dispatched := 1}}, erlmcp_flow_nif:agent_stats(R, <<"a">>)),
-    ?assertMatch({ok, #{agents := 1, in_flight := 1}},
+    ?assertMatch({ok, #{agents := 1, in_flight := 1, episodes := 0}},
                  erlmcp_flow_nif:router_stats(R)),
     ?assertEqual({ok, 1500}, erlmcp_flow_nif:clock_advance(R, 1500)),
     ?assertEqual({ok, 1500}, erlmcp_flow_nif:complete(Lease, ok)),
     ?assertEqual({error, already_settled}, erlmcp_flow_nif:complete(Lease, error)),
-    ?assertMatch({ok, #{in_flight := 0, succeeded := 1, failed := 0, ewma_latency_us := 1500.0}},
+    ?assertMatch({ok, #{in_flight := 0, succeeded := 1, failed := 0, ewma_latency_us := 1500.0,
+                        success_rate := 1.0, weight := 1.0}},
                  erlmcp_flow_nif:agent_stats(R, <<"a">>)),
-    ?assertEqual({error, no_agents_available}, erlmcp_flow_nif:decide(R, [<<"z">>], round_robin)),
+    ?assertMatch({ok, #{episodes := 1}}, erlmcp_flow_nif:router_stats(R)),
+    ?assertEqual({error, no_agents_available}, erlmcp_flow_nif:decide(R, [<<"z">>], round_robin, undefined, undefined)),
     ?assertEqual(ok, erlmcp_flow_nif:agent_remove(R, <<"a">>)),
     ?assertEqual({error, not_found}, erlmcp_flow_nif:agent_remove(R, <<"a">>)),
     ?assertEqual({error, not_found}, erlmcp_flow_nif:agent_stats(R, <<"a">>)),
-    ?assertEqual({error, no_agents_available}, erlmcp_flow_nif:decide(R, [], round_robin)).
+    ?assertEqual({error, no_agents_available}, erlmcp_flow_nif:decide(R, [], round_robin, undefined, undefined)).
 
 system_clock_cannot_be_advanced_test() ->
     ?assertEqual({error, system_clock}, erlmcp_flow_nif:clock_advance(router(), 1)).
 
 every_outcome_is_counted_test() ->
     R = router(),
-    ok = erlmcp_flow_nif:agent_insert(R, <<"a">>, self(), [<<"x">>], agent),
+    ok = erlmcp_flow_nif:agent_insert(R, <<"a">>, self(), [<<"x">>], agent, 1),
     [begin
-         {ok, _, _, L} = erlmcp_flow_nif:decide(R, [], round_robin),
+         {ok, _, _, L} = erlmcp_flow_nif:decide(R, [], round_robin, undefined, undefined),
          {ok, _} = erlmcp_flow_nif:complete(L, O)
      end || O <- [ok, error, timeout, down, abandoned]],
     ?assertMatch({ok, #{dispatched := 5, in_flight := 0, succeeded := 1, failed := 1,
@@ -90,9 +117,9 @@ every_outcome_is_counted_test() ->
 
 a_dead_holder_releases_its_lease_test() ->
     R = router(),
-    ok = erlmcp_flow_nif:agent_insert(R, <<"a">>, self(), [<<"x">>], agent),
+    ok = erlmcp_flow_nif:agent_insert(R, <<"a">>, self(), [<<"x">>], agent, 1),
     {Pid, MRef} = spawn_monitor(fun() ->
-                                        {ok, _, _, _Lease} = erlmcp_flow_nif:decide(R, [], round_robin),
+                                        {ok, _, _, _Lease} = erlmcp_flow_nif:decide(R, [], round_robin, undefined, undefined),
                                         receive never -> ok end
                                 end),
     erlmcp_flow_test_util:wait_until(
@@ -106,8 +133,8 @@ a_dead_holder_releases_its_lease_test() ->
 
 a_removed_agent_still_settles_test() ->
     R = router(),
-    ok = erlmcp_flow_nif:agent_insert(R, <<"a">>, self(), [<<"x">>], agent),
-    {ok, _, _, L} = erlmcp_flow_nif:decide(R, [], round_robin),
+    ok = erlmcp_flow_nif:agent_insert(R, <<"a">>, self(), [<<"x">>], agent, 1),
+    {ok, _, _, L} = erlmcp_flow_nif:decide(R, [], round_robin, undefined, undefined),
     ok = erlmcp_flow_nif:agent_remove(R, <<"a">>),
     ?assertMatch({ok, #{agents := 0, in_flight := 1}}, erlmcp_flow_nif:router_stats(R)),
     {ok, _} = erlmcp_flow_nif:complete(L, down),
@@ -116,10 +143,10 @@ a_removed_agent_still_settles_test() ->
 round_robin_over_the_candidates_test() ->
     R = router(),
     Ids = [<<"a">>, <<"b">>, <<"c">>],
-    [ok = erlmcp_flow_nif:agent_insert(R, Id, self(), [<<"x">>], agent) || Id <- Ids],
-    ok = erlmcp_flow_nif:agent_insert(R, <<"other">>, self(), [<<"y">>], swarm),
+    [ok = erlmcp_flow_nif:agent_insert(R, Id, self(), [<<"x">>], agent, 1) || Id <- Ids],
+    ok = erlmcp_flow_nif:agent_insert(R, <<"other">>, self(), [<<"y">>], swarm, 1),
     Picks = [begin
-                 {ok, Id, _, L} = erlmcp_flow_nif:decide(R, [<<"x">>], round_robin),
+                 {ok, Id, _, L} = erlmcp_flow_nif:decide(R, [<<"x">>], round_robin, undefined, undefined),
                  {ok, _} = erlmcp_flow_nif:complete(L, ok),
                  Id
              end || _ <- lists:seq(1, 30)],
@@ -135,3 +162,38 @@ trace_ids_are_w3c_hex_test() ->
          ?assertNotEqual(<<"0000000000000000">>, S)
      end || _ <- lists:seq(1, 200)],
     ?assertNotEqual(erlmcp_flow_nif:generate_trace_id(), erlmcp_flow_nif:generate_trace_id()).
+
+every_strategy_decides_test() ->
+    R = router(),
+    [ok = erlmcp_flow_nif:agent_insert(R, <<"a", I>>, self(), [<<"x">>], agent, I) || I <- [1, 2, 3]],
+    [begin
+         {ok, <<"a", _>>, _, L} = erlmcp_flow_nif:decide(R, [<<"x">>], S, <<"key">>, <<"class">>),
+         {ok, _} = erlmcp_flow_nif:complete(L, ok)
+     end || S <- erlmcp_flow_router:strategies(), _ <- lists:seq(1, 10)],
+    %% one sticky key, one agent
+    Picks = lists:usort(
+              [begin
+                   {ok, Id, _, L} = erlmcp_flow_nif:decide(R, [], consistent_hash, <<"k">>, undefined),
+                   {ok, _} = erlmcp_flow_nif:complete(L, ok),
+                   Id
+               end || _ <- lists:seq(1, 20)]),
+    ?assertMatch([_], Picks).
+
+explain_and_table_test() ->
+    R = manual_router(),
+    ok = erlmcp_flow_nif:agent_insert(R, <<"a">>, self(), [<<"x">>], agent, 1),
+    ok = erlmcp_flow_nif:agent_insert(R, <<"b">>, self(), [<<"x">>], agent, 1),
+    ?assertEqual(#{<<"a">> => #{}, <<"b">> => #{}}, erlmcp_flow_nif:q_table(R)),
+    {ok, Id, _, L} = erlmcp_flow_nif:decide(R, [<<"x">>], q_learning, undefined, undefined),
+    {ok, _} = erlmcp_flow_nif:clock_advance(R, 5000),
+    {ok, 5000} = erlmcp_flow_nif:complete(L, ok),
+    Table = erlmcp_flow_nif:q_table(R),
+    ?assertMatch(#{Id := #{{0, high, fast, 0} := {_, 1}}}, Table),
+    [First, Second] = erlmcp_flow_nif:explain(R, [<<"x">>], undefined),
+    ?assertMatch(#{id := _, state := {0, high, fast, 0}, q_value := _, visits := _,
+                   softmax := _, in_flight := 0, weight := 1.0}, First),
+    ?assert(maps:get(q_value, First) >= maps:get(q_value, Second)),
+    ?assert(abs(maps:get(softmax, First) + maps:get(softmax, Second) - 1.0) < 1.0e-9),
+    ?assertEqual([], erlmcp_flow_nif:explain(R, [<<"none">>], undefined)),
+    ok = erlmcp_flow_nif:q_reset(R),
+    ?assertMatch(#{Id := #{}}, erlmcp_flow_nif:q_table(R)).

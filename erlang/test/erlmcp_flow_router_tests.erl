@@ -26,7 +26,10 @@ router_test_() ->
       {"route_task without reply_to still completes", fun route_task_silent/0},
       {"route_task times out like execute", fun route_task_timeout/0},
       {"a caller killed mid-task leaks no load", fun caller_killed/0},
-      {"concurrent callers each get one answer", fun concurrent/0}]}.
+      {"concurrent callers each get one answer", fun concurrent/0},
+      {"every strategy routes through execute", fun every_strategy/0},
+      {"consistent hashing sticks to the key or the task id", fun sticky/0},
+      {"weights given at registration steer weighted", fun weights/0}]}.
 
 register(Id, Pid, Caps) ->
     ok = erlmcp_flow:register_agent(Id, Pid, Caps).
@@ -96,6 +99,8 @@ badargs() ->
              {{badarg, {capabilities, [x]}}, [#{}, #{capabilities => [x]}, #{}]},
              {{badarg, {capabilities, [<<"x">> | y]}}, [#{}, #{capabilities => [<<"x">> | y]}, #{}]},
              {{badarg, {strategy, fastest}}, [#{}, #{strategy => fastest}, #{}]},
+             {{badarg, {sticky_key, 42}}, [#{}, #{sticky_key => 42}, #{}]},
+             {{badarg, sticky_key}, [#{}, #{strategy => consistent_hash}, #{}]},
              {{badarg, {timeout, 0}}, [#{}, #{timeout => 0}, #{}]},
              {{badarg, {timeout, -5}}, [#{}, #{}, #{timeout => -5}]},
              {{badarg, {timeout, soon}}, [#{}, #{timeout => soon}, #{}]}],
@@ -174,6 +179,41 @@ concurrent() ->
     All = [receive {answers, C, A, Stray} -> ?assertEqual([], Stray), A end || C <- Callers],
     ?assertEqual(800, length([ok || {ok, _, _} <- lists:append(All)])),
     ?assertMatch(#{in_flight := 0}, erlmcp_flow:stats()).
+
+every_strategy() ->
+    [register(<<"a", (integer_to_binary(I))/binary>>, echo_agent(), [<<"x">>]) || I <- lists:seq(1, 3)],
+    [?assertMatch({ok, #{n := 1}, #{agent_id := <<"a", _/binary>>}},
+                  erlmcp_flow:execute(#{n => 1, id => 7}, #{strategy => S, task_class => reviews}))
+     || S <- erlmcp_flow_router:strategies(), _ <- lists:seq(1, 5)],
+    ?assertMatch(#{episodes := 30, in_flight := 0}, erlmcp_flow:stats()).
+
+sticky() ->
+    [register(<<"a", (integer_to_binary(I))/binary>>, echo_agent(), [<<"x">>]) || I <- lists:seq(1, 8)],
+    Owner = fun(Task, Req) ->
+                    {ok, _, #{agent_id := Id}} = erlmcp_flow:execute(Task, Req#{strategy => consistent_hash}),
+                    Id
+            end,
+    ByKey = lists:usort([Owner(#{}, #{sticky_key => <<"user-42">>}) || _ <- lists:seq(1, 10)]),
+    ByTaskId = lists:usort([Owner(#{id => {order, 7}}, #{}) || _ <- lists:seq(1, 10)]),
+    ?assertMatch([_], ByKey),
+    ?assertMatch([_], ByTaskId),
+    %% many keys spread over the agents
+    Spread = lists:usort([Owner(#{}, #{sticky_key => integer_to_binary(K)}) || K <- lists:seq(1, 200)]),
+    ?assert(length(Spread) >= 6).
+
+weights() ->
+    ok = erlmcp_flow:register_agent(<<"light">>, echo_agent(), [<<"x">>], #{weight => 1}),
+    ok = erlmcp_flow:register_agent(<<"heavy">>, echo_agent(), [<<"x">>], #{weight => 9.0}),
+    ?assertEqual({error, {badarg, weight}}, erlmcp_flow:register_agent(<<"w">>, echo_agent(), [<<"x">>], #{weight => 0})),
+    ?assertEqual({error, {badarg, opts}}, erlmcp_flow:register_agent(<<"w">>, echo_agent(), [<<"x">>], #{colour => red})),
+    ?assertEqual({error, {badarg, opts}}, erlmcp_flow:register_agent(<<"w">>, echo_agent(), [<<"x">>], [])),
+    ?assertMatch({ok, #{weight := 9.0}}, erlmcp_flow:agent_stats(<<"heavy">>)),
+    ok = erlmcp_flow_q_learning:reset(),
+    %% leases settle with learning on, so compare shares loosely
+    Picks = [begin {ok, _, #{agent_id := Id}} = erlmcp_flow:execute(#{}, #{strategy => weighted}), Id end
+             || _ <- lists:seq(1, 400)],
+    Heavy = length([P || P <- Picks, P =:= <<"heavy">>]),
+    ?assert(Heavy > 280).
 
 flush() ->
     receive M -> [M | flush()] after 0 -> [] end.

@@ -275,6 +275,19 @@ impl<P> Snapshot<P> {
     }
 }
 
+fn check<P>(spec: &AgentSpec<P>) -> Result<(), FlowError> {
+    if spec.id.is_empty() {
+        return Err(FlowError::BadArg("agent_id"));
+    }
+    if spec.capabilities.is_empty() || spec.capabilities.iter().any(|c| c.is_empty()) {
+        return Err(FlowError::BadArg("capabilities"));
+    }
+    if !(spec.weight > 0.0 && spec.weight.is_finite()) {
+        return Err(FlowError::BadArg("weight"));
+    }
+    Ok(())
+}
+
 /// The live table: the current snapshot plus the writer side.
 #[derive(Debug)]
 pub struct AgentTable<P> {
@@ -313,47 +326,62 @@ impl<P> AgentTable<P> {
     /// `BadArg` for an empty id, an empty capability list, an empty capability
     /// or a weight that is not positive and finite.
     pub fn insert(&self, spec: AgentSpec<P>) -> Result<Arc<Agent<P>>, FlowError> {
-        if spec.id.is_empty() {
-            return Err(FlowError::BadArg("agent_id"));
+        let mut added = self.insert_many(vec![spec])?;
+        Ok(added.remove(0))
+    }
+
+    /// Adds several agents with one snapshot swap (and one ring merge per
+    /// agent, but one copy of the table): all of them or, on the first bad
+    /// spec or taken id, none.
+    pub fn insert_many(&self, specs: Vec<AgentSpec<P>>) -> Result<Vec<Arc<Agent<P>>>, FlowError> {
+        for spec in &specs {
+            check(spec)?;
         }
-        if spec.capabilities.is_empty() || spec.capabilities.iter().any(|c| c.is_empty()) {
-            return Err(FlowError::BadArg("capabilities"));
-        }
-        if !(spec.weight > 0.0 && spec.weight.is_finite()) {
-            return Err(FlowError::BadArg("weight"));
-        }
-        let mut capabilities: Vec<Box<[u8]>> = spec
-            .capabilities
-            .into_iter()
-            .map(Vec::into_boxed_slice)
-            .collect();
-        capabilities.sort_unstable();
-        capabilities.dedup();
         let _w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         let old = self.current.load();
-        if old.by_id.contains_key(spec.id.as_slice()) {
-            return Err(FlowError::AlreadyRegistered);
+        let mut seen = rustc_hash::FxHashSet::default();
+        for spec in &specs {
+            if old.by_id.contains_key(spec.id.as_slice()) || !seen.insert(spec.id.as_slice()) {
+                return Err(FlowError::AlreadyRegistered);
+            }
         }
         let shared = &self.shared;
-        let agent = Arc::new(Agent {
-            q: shared
-                .q_store()
-                .checkout(&spec.id, shared.learner().config()),
-            uid: shared.next_uid(),
-            id: spec.id.into_boxed_slice(),
-            payload: spec.payload,
-            capabilities: capabilities.into_boxed_slice(),
-            kind: spec.kind,
-            weight: spec.weight,
-            stats: AgentStats::default(),
-            shared: shared.clone(),
-        });
-        let mut agents = Vec::with_capacity(old.agents.len() + 1);
+        let added: Vec<Arc<Agent<P>>> = specs
+            .into_iter()
+            .map(|spec| {
+                let mut capabilities: Vec<Box<[u8]>> = spec
+                    .capabilities
+                    .into_iter()
+                    .map(Vec::into_boxed_slice)
+                    .collect();
+                capabilities.sort_unstable();
+                capabilities.dedup();
+                Arc::new(Agent {
+                    q: shared
+                        .q_store()
+                        .checkout(&spec.id, shared.learner().config()),
+                    uid: shared.next_uid(),
+                    id: spec.id.into_boxed_slice(),
+                    payload: spec.payload,
+                    capabilities: capabilities.into_boxed_slice(),
+                    kind: spec.kind,
+                    weight: spec.weight,
+                    stats: AgentStats::default(),
+                    shared: shared.clone(),
+                })
+            })
+            .collect();
+        let mut agents = Vec::with_capacity(old.agents.len() + added.len());
         agents.extend(old.agents.iter().cloned());
-        agents.push(agent.clone());
-        let ring = old.ring.with_agent(agent.id(), (agents.len() - 1) as u32);
+        let first = agents.len();
+        agents.extend(added.iter().cloned());
+        let ring = if added.len() == 1 {
+            old.ring.with_agent(added[0].id(), first as u32)
+        } else {
+            Ring::build(agents.iter().map(|a| a.id()), old.ring.vnodes())
+        };
         self.current.store(Arc::new(Snapshot::build(agents, ring)));
-        Ok(agent)
+        Ok(added)
     }
 
     /// Removes an agent by id and returns it. In-flight leases keep their own
@@ -506,6 +534,28 @@ mod tests {
         let again = t.insert(spec("a", &["x"])).unwrap();
         assert_eq!(again.q_row().value(3), 7.5);
         assert_ne!(again.uid(), a.uid());
+    }
+
+    #[test]
+    fn insert_many_is_all_or_nothing() {
+        let t = table();
+        t.insert(spec("a", &["x"])).unwrap();
+        assert_eq!(
+            t.insert_many(vec![spec("b", &["x"]), spec("a", &["x"])])
+                .unwrap_err(),
+            FlowError::AlreadyRegistered
+        );
+        assert_eq!(
+            t.insert_many(vec![spec("b", &["x"]), spec("b", &["y"])])
+                .unwrap_err(),
+            FlowError::AlreadyRegistered
+        );
+        assert_eq!(t.load().len(), 1);
+        t.insert_many(vec![spec("b", &["x"]), spec("c", &["x"])])
+            .unwrap();
+        assert_eq!(ids(&t, &["x"]), ["a", "b", "c"]);
+        let snap = t.load();
+        assert_eq!(snap.ring().len(), 3 * t.shared().config().vnodes as usize);
     }
 
     #[test]

@@ -465,6 +465,12 @@ impl Learner {
     }
 }
 
+/// One saved row: the agent id and, per state, (value, visits).
+pub type SavedRow = (Vec<u8>, Vec<(f64, u32)>);
+
+/// A live row with its agent id.
+pub type IdRow = (Box<[u8]>, Arc<QRow>);
+
 /// Rows by agent id: those of registered agents and, up to a bound, of agents
 /// that left, so that an agent coming back finds what it learned.
 #[derive(Debug)]
@@ -519,7 +525,7 @@ impl QStore {
     }
 
     /// Every row with its id, sorted by id.
-    pub fn rows(&self) -> Vec<(Box<[u8]>, Arc<QRow>)> {
+    pub fn rows(&self) -> Vec<IdRow> {
         let inner = self.inner();
         let mut v: Vec<_> = inner
             .rows
@@ -532,7 +538,7 @@ impl QStore {
 
     /// Copies `values` (row-major, `row_len` per id) into the rows of `ids`,
     /// creating dormant rows for ids not registered.
-    pub fn load(&self, entries: Vec<(Vec<u8>, Vec<(f64, u32)>)>, config: &QConfig) {
+    pub fn load(&self, entries: Vec<SavedRow>, config: &QConfig) {
         let mut inner = self.inner();
         for (id, cells) in entries {
             let id: Box<[u8]> = id.into_boxed_slice();

@@ -23,11 +23,10 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::Path;
-use std::sync::Arc;
 
 use thiserror::Error;
 
-use crate::learning::{QConfig, QRow, STATES};
+use crate::learning::{IdRow, QConfig, STATES, SavedRow};
 
 pub const MAGIC: &[u8; 4] = b"EMFQ";
 pub const VERSION: u16 = 1;
@@ -80,11 +79,11 @@ impl ModelError {
 pub struct Model {
     pub episodes: u64,
     /// Per agent id, (value, visits) for every state.
-    pub rows: Vec<(Vec<u8>, Vec<(f64, u32)>)>,
+    pub rows: Vec<SavedRow>,
 }
 
 /// Encodes `rows` (ids up to 65 535 bytes; longer ones are skipped).
-pub fn encode(config: &QConfig, rows: &[(Box<[u8]>, Arc<QRow>)], episodes: u64) -> Vec<u8> {
+pub fn encode(config: &QConfig, rows: &[IdRow], episodes: u64) -> Vec<u8> {
     let rows: Vec<_> = rows
         .iter()
         .filter(|(id, _)| id.len() <= usize::from(u16::MAX))
@@ -247,7 +246,7 @@ mod tests {
     use super::*;
     use crate::learning::QStore;
 
-    fn sample() -> (QConfig, Vec<(Box<[u8]>, Arc<QRow>)>) {
+    fn sample() -> (QConfig, Vec<IdRow>) {
         let c = QConfig::default();
         let store = QStore::new(10);
         let a = store.checkout(b"a", &c);

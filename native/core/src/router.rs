@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use rand::Rng;
 
-use crate::agents::{Agent, AgentTable};
+use crate::agents::{Agent, AgentTable, Snapshot};
 use crate::clock::Clock;
 use crate::error::FlowError;
 use crate::learning::{Learner, QConfig, QStore, State};
@@ -300,15 +300,47 @@ impl<P> Router<P> {
         rng: &mut R,
     ) -> Result<Lease<P>, FlowError> {
         let snapshot = self.agents.load();
+        let now_us = self.shared().clock.now_us();
+        let agent = self.select(&snapshot, req, now_us, rng)?.clone();
         let shared = self.shared();
+        let state = agent.state(shared.learner.config(), req.class).index() as u32;
+        agent.stats().acquire(now_us);
+        shared.in_flight.fetch_add(1, Ordering::AcqRel);
+        Ok(Lease {
+            agent,
+            started_us: now_us,
+            state,
+            settled: AtomicBool::new(false),
+        })
+    }
+
+    /// The agent `req` would go to, without taking a lease: the selection
+    /// half of [`Router::decide`].
+    pub fn pick<R: Rng + ?Sized>(
+        &self,
+        req: &Request<'_>,
+        rng: &mut R,
+    ) -> Result<Arc<Agent<P>>, FlowError> {
+        let snapshot = self.agents.load();
+        let now_us = self.shared().clock.now_us();
+        self.select(&snapshot, req, now_us, rng).cloned()
+    }
+
+    fn select<'s, R: Rng + ?Sized>(
+        &self,
+        snapshot: &'s Snapshot<P>,
+        req: &Request<'_>,
+        now_us: u64,
+        rng: &mut R,
+    ) -> Result<&'s Arc<Agent<P>>, FlowError> {
         let cx = PickContext {
-            snapshot: &snapshot,
-            shared,
+            snapshot,
+            shared: self.shared(),
             key: req.key,
             class: req.class,
-            now_us: shared.clock.now_us(),
+            now_us,
         };
-        let agent = CANDIDATES.with(|cell| {
+        CANDIDATES.with(|cell| {
             let mut scratch = cell.borrow_mut();
             let candidates = snapshot.candidates(req.capabilities, &mut scratch);
             if candidates.is_empty() {
@@ -320,16 +352,7 @@ impl<P> Router<P> {
                 .map_err(|e| match e {
                     PickError::MissingKey => FlowError::BadArg("sticky_key"),
                 })?;
-            Ok(snapshot.agent(candidates[chosen]).clone())
-        })?;
-        let state = agent.state(shared.learner.config(), req.class).index() as u32;
-        agent.stats().acquire(cx.now_us);
-        shared.in_flight.fetch_add(1, Ordering::AcqRel);
-        Ok(Lease {
-            agent,
-            started_us: cx.now_us,
-            state,
-            settled: AtomicBool::new(false),
+            Ok(snapshot.agent(candidates[chosen]))
         })
     }
 

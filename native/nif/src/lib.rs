@@ -9,6 +9,7 @@
 mod atoms;
 mod decode;
 mod error;
+mod learning;
 mod router;
 mod trace;
 

@@ -1,16 +1,23 @@
 //! The router resource: the agent table mirror, decisions and leases.
 
-use erlmcp_flow_core::{AgentKind, AgentSpec, Clock, Lease, Outcome, Router, Strategy};
+use erlmcp_flow_core::learning::EpsilonSchedule;
+use erlmcp_flow_core::ring::key_hash;
+use erlmcp_flow_core::{
+    AgentKind, AgentSpec, Clock, FlowError, Lease, Outcome, Request, Router, RouterConfig, Strategy,
+};
 use rustler::types::tuple::make_tuple;
-use rustler::{Atom, Encoder, Env, LocalPid, MapIterator, NewBinary, Resource, ResourceArc, Term};
+use rustler::{
+    Atom, Binary, Encoder, Env, LocalPid, MapIterator, NewBinary, Resource, ResourceArc, Term,
+};
 
 use crate::atoms;
 use crate::decode::{Choice, binaries, choice, nonempty_binary};
 use crate::error::{NifError, NifOutcome, badarg};
+use crate::trace::with_rng;
 
 /// One router per running application, owned by the registry process.
 pub struct RouterResource {
-    router: Router<LocalPid>,
+    pub router: Router<LocalPid>,
 }
 
 #[rustler::resource_impl]
@@ -25,7 +32,14 @@ pub struct LeaseResource {
 #[rustler::resource_impl]
 impl Resource for LeaseResource {}
 
-const STRATEGIES: &[Choice<Strategy>] = &[(atoms::round_robin, Strategy::RoundRobin)];
+const STRATEGIES: &[Choice<Strategy>] = &[
+    (atoms::round_robin, Strategy::RoundRobin),
+    (atoms::least_connections, Strategy::LeastConnections),
+    (atoms::weighted, Strategy::Weighted),
+    (atoms::consistent_hash, Strategy::ConsistentHash),
+    (atoms::p2c_ewma, Strategy::P2cEwma),
+    (atoms::q_learning, Strategy::QLearning),
+];
 
 const KINDS: &[Choice<AgentKind>] = &[
     (atoms::agent, AgentKind::Agent),
@@ -40,44 +54,113 @@ const OUTCOMES: &[Choice<Outcome>] = &[
     (atoms::abandoned, Outcome::Abandoned),
 ];
 
-fn reply<'a>(env: Env<'a>, result: NifOutcome<Term<'a>>) -> Term<'a> {
+const SCHEDULES: &[Choice<EpsilonSchedule>] = &[
+    (atoms::exponential, EpsilonSchedule::Exponential),
+    (atoms::linear, EpsilonSchedule::Linear),
+    (atoms::cosine, EpsilonSchedule::Cosine),
+];
+
+pub fn reply<'a>(env: Env<'a>, result: NifOutcome<Term<'a>>) -> Term<'a> {
     result.unwrap_or_else(|e| e.encode(env))
 }
 
-fn router_arg(term: Term<'_>) -> NifOutcome<ResourceArc<RouterResource>> {
+pub fn router_arg(term: Term<'_>) -> NifOutcome<ResourceArc<RouterResource>> {
     term.decode().map_err(|_| badarg("router"))
 }
 
-fn binary_term<'a>(env: Env<'a>, bytes: &[u8]) -> Term<'a> {
+pub fn binary_term<'a>(env: Env<'a>, bytes: &[u8]) -> Term<'a> {
     NewBinary::from_slice(env, bytes).into()
 }
 
+/// A number option: an integer or a float, within `ok`.
+fn number(term: Term<'_>, ok: impl Fn(f64) -> bool) -> NifOutcome<f64> {
+    let v = term
+        .decode::<f64>()
+        .or_else(|_| term.decode::<i64>().map(|i| i as f64))
+        .map_err(|_| badarg("opts"))?;
+    if v.is_finite() && ok(v) {
+        Ok(v)
+    } else {
+        Err(badarg("opts"))
+    }
+}
+
+fn positive_int(term: Term<'_>) -> NifOutcome<u32> {
+    match term.decode::<u32>() {
+        Ok(v) if v > 0 => Ok(v),
+        _ => Err(badarg("opts")),
+    }
+}
+
+/// The router options map (see `erlmcp_flow_nif:router_new/1`).
+fn router_options(opts: Term<'_>) -> NifOutcome<(RouterConfig, bool)> {
+    let iter = MapIterator::new(opts).ok_or_else(|| badarg("opts"))?;
+    let mut c = RouterConfig::default();
+    let mut manual = false;
+    for (key, value) in iter {
+        let k = Atom::from_term(key).map_err(|_| badarg("opts"))?;
+        let q = &mut c.q;
+        if k == atoms::clock() {
+            manual = choice(
+                value,
+                &[(atoms::system, false), (atoms::manual, true)],
+                "opts",
+            )?;
+        } else if k == atoms::alpha() {
+            q.alpha = number(value, |v| v > 0.0 && v <= 1.0)?;
+        } else if k == atoms::gamma() {
+            q.gamma = number(value, |v| (0.0..1.0).contains(&v))?;
+        } else if k == atoms::epsilon() {
+            q.epsilon = number(value, |v| (0.0..=1.0).contains(&v))?;
+        } else if k == atoms::epsilon_min() {
+            q.epsilon_min = number(value, |v| (0.0..=1.0).contains(&v))?;
+        } else if k == atoms::epsilon_decay() {
+            q.epsilon_decay = number(value, |v| v > 0.0 && v <= 1.0)?;
+        } else if k == atoms::epsilon_schedule() {
+            q.schedule = choice(value, SCHEDULES, "opts")?;
+        } else if k == atoms::softmax_temperature() {
+            q.temperature = number(value, |v| v > 0.0)?;
+        } else if k == atoms::fast_threshold_ms() {
+            q.fast_us = number(value, |v| v > 0.0)? * 1000.0;
+        } else if k == atoms::slow_threshold_ms() {
+            q.slow_us = number(value, |v| v > 0.0)? * 1000.0;
+        } else if k == atoms::task_classes() {
+            q.task_classes = positive_int(value)?;
+        } else if k == atoms::max_concurrent() {
+            q.max_concurrent = positive_int(value)?;
+        } else if k == atoms::consistent_hash_vnodes() {
+            c.vnodes = positive_int(value)?;
+        } else if k == atoms::hash_balance_factor() {
+            c.hash_balance_factor = if Atom::from_term(value).is_ok_and(|a| a == atoms::infinity())
+            {
+                None
+            } else {
+                Some(number(value, |v| v > 1.0)?)
+            };
+        } else if k == atoms::ewma_decay_ms() {
+            c.ewma_decay_us = number(value, |v| v > 0.0)? * 1000.0;
+        } else {
+            return Err(badarg("opts"));
+        }
+    }
+    if c.q.slow_us <= c.q.fast_us {
+        return Err(badarg("opts"));
+    }
+    Ok((c, manual))
+}
+
 /// `router_new(Opts) -> {ok, Router} | {error, {badarg, opts}}`.
-/// Opts: `#{clock => system | manual}`.
 #[rustler::nif]
 fn router_new<'a>(env: Env<'a>, opts: Term<'a>) -> Term<'a> {
     let build = || -> NifOutcome<Term<'a>> {
-        let iter = MapIterator::new(opts).ok_or_else(|| badarg("opts"))?;
-        let mut clock = Clock::system();
-        for (key, value) in iter {
-            match Atom::from_term(key) {
-                Ok(k) if k == atoms::clock() => {
-                    let manual = choice(
-                        value,
-                        &[(atoms::system, false), (atoms::manual, true)],
-                        "opts",
-                    )?;
-                    clock = if manual {
-                        Clock::manual(0)
-                    } else {
-                        Clock::system()
-                    };
-                }
-                _ => return Err(badarg("opts")),
-            }
-        }
+        let (config, manual) = router_options(opts)?;
+        let clock = if manual {
+            Clock::manual(0)
+        } else {
+            Clock::system()
+        };
         let res = ResourceArc::new(RouterResource {
-            router: Router::new(clock),
+            router: Router::new(config, clock),
         });
         Ok((atoms::ok(), res).encode(env))
     };
@@ -98,8 +181,8 @@ fn clock_advance<'a>(env: Env<'a>, router: Term<'a>, us: Term<'a>) -> Term<'a> {
     reply(env, run())
 }
 
-/// `agent_insert(Router, Id, Pid, Capabilities, Kind) -> ok | {error, Reason}`.
-/// Rebuilds the snapshot, O(agents), hence a dirty scheduler.
+/// `agent_insert(Router, Id, Pid, Capabilities, Kind, Weight) -> ok | {error, Reason}`.
+/// Rebuilds the snapshot and merges the ring, O(agents), hence a dirty scheduler.
 #[rustler::nif(schedule = "DirtyCpu")]
 fn agent_insert<'a>(
     env: Env<'a>,
@@ -108,6 +191,7 @@ fn agent_insert<'a>(
     pid: Term<'a>,
     caps: Term<'a>,
     kind: Term<'a>,
+    weight: Term<'a>,
 ) -> Term<'a> {
     let run = || -> NifOutcome<Term<'a>> {
         let r = router_arg(router)?;
@@ -119,6 +203,10 @@ fn agent_insert<'a>(
                 .map(<[u8]>::to_vec)
                 .collect(),
             kind: choice(kind, KINDS, "kind")?,
+            weight: weight
+                .decode::<f64>()
+                .or_else(|_| weight.decode::<i64>().map(|i| i as f64))
+                .map_err(|_| badarg("weight"))?,
         };
         r.router.agents().insert(spec)?;
         Ok(atoms::ok().encode(env))
@@ -137,16 +225,31 @@ fn agent_remove<'a>(env: Env<'a>, router: Term<'a>, id: Term<'a>) -> Term<'a> {
     reply(env, run())
 }
 
-/// `router_stats(Router) -> {ok, #{agents, in_flight}}`.
+fn map<'a>(env: Env<'a>, pairs: &[(Atom, Term<'a>)]) -> NifOutcome<Term<'a>> {
+    let keys: Vec<Term<'a>> = pairs.iter().map(|(k, _)| k.encode(env)).collect();
+    let values: Vec<Term<'a>> = pairs.iter().map(|(_, v)| *v).collect();
+    Term::map_from_term_arrays(env, &keys, &values).map_err(|_| badarg("map"))
+}
+
+/// `router_stats(Router) -> {ok, #{agents, in_flight, episodes, epsilon}}`.
 #[rustler::nif]
 fn router_stats<'a>(env: Env<'a>, router: Term<'a>) -> Term<'a> {
     let run = || -> NifOutcome<Term<'a>> {
         let r = router_arg(router)?;
         let st = r.router.stats();
-        let keys = [atoms::agents().encode(env), atoms::in_flight().encode(env)];
-        let values = [st.agents.encode(env), st.in_flight.encode(env)];
-        let map = Term::map_from_term_arrays(env, &keys, &values).map_err(|_| badarg("router"))?;
-        Ok((atoms::ok(), map).encode(env))
+        let m = map(
+            env,
+            &[
+                (atoms::agents(), st.agents.encode(env)),
+                (atoms::in_flight(), st.in_flight.encode(env)),
+                (atoms::episodes(), st.episodes.encode(env)),
+                (
+                    atoms::epsilon(),
+                    r.router.shared().learner().epsilon().encode(env),
+                ),
+            ],
+        )?;
+        Ok((atoms::ok(), m).encode(env))
     };
     reply(env, run())
 }
@@ -158,45 +261,67 @@ fn agent_stats<'a>(env: Env<'a>, router: Term<'a>, id: Term<'a>) -> Term<'a> {
         let r = router_arg(router)?;
         let id = nonempty_binary(id, "agent_id")?;
         let snapshot = r.router.agents().load();
-        let agent = snapshot
-            .find(id)
-            .ok_or(NifError(erlmcp_flow_core::FlowError::NotFound))?;
+        let agent = snapshot.find(id).ok_or(NifError(FlowError::NotFound))?;
         let v = agent.stats().view();
-        let keys = [
-            atoms::in_flight().encode(env),
-            atoms::dispatched().encode(env),
-            atoms::succeeded().encode(env),
-            atoms::failed().encode(env),
-            atoms::timed_out().encode(env),
-            atoms::down().encode(env),
-            atoms::abandoned().encode(env),
-            atoms::ewma_latency_us().encode(env),
-        ];
-        let values = [
-            v.in_flight.encode(env),
-            v.dispatched.encode(env),
-            v.succeeded.encode(env),
-            v.failed.encode(env),
-            v.timed_out.encode(env),
-            v.down.encode(env),
-            v.abandoned.encode(env),
-            v.ewma_latency_us.encode(env),
-        ];
-        let map =
-            Term::map_from_term_arrays(env, &keys, &values).map_err(|_| badarg("agent_id"))?;
-        Ok((atoms::ok(), map).encode(env))
+        let m = map(
+            env,
+            &[
+                (atoms::in_flight(), v.in_flight.encode(env)),
+                (atoms::dispatched(), v.dispatched.encode(env)),
+                (atoms::succeeded(), v.succeeded.encode(env)),
+                (atoms::failed(), v.failed.encode(env)),
+                (atoms::timed_out(), v.timed_out.encode(env)),
+                (atoms::down(), v.down.encode(env)),
+                (atoms::abandoned(), v.abandoned.encode(env)),
+                (atoms::ewma_latency_us(), v.ewma_latency_us.encode(env)),
+                (atoms::success_rate(), v.success_rate.encode(env)),
+                (atoms::weight(), agent.weight().encode(env)),
+            ],
+        )?;
+        Ok((atoms::ok(), m).encode(env))
     };
     reply(env, run())
 }
 
-/// `decide(Router, Capabilities, Strategy) -> {ok, AgentId, Pid, Lease} | {error, Reason}`.
+/// The sticky key argument: a binary (hashed) or `undefined`.
+fn key_arg(term: Term<'_>) -> NifOutcome<Option<u64>> {
+    if Atom::from_term(term).is_ok_and(|a| a == atoms::undefined()) {
+        return Ok(None);
+    }
+    let bin = Binary::from_term(term).map_err(|_| badarg("sticky_key"))?;
+    Ok(Some(key_hash(bin.as_slice())))
+}
+
+/// The task class argument: a binary (hashed into the configured classes) or `undefined`.
+pub fn class_arg(router: &Router<LocalPid>, term: Term<'_>) -> NifOutcome<u32> {
+    if Atom::from_term(term).is_ok_and(|a| a == atoms::undefined()) {
+        return Ok(0);
+    }
+    let bin = Binary::from_term(term).map_err(|_| badarg("task_class"))?;
+    Ok(router.task_class(bin.as_slice()))
+}
+
+/// `decide(Router, Capabilities, Strategy, StickyKey, TaskClass) ->
+/// {ok, AgentId, Pid, Lease} | {error, Reason}`.
 #[rustler::nif]
-fn decide<'a>(env: Env<'a>, router: Term<'a>, caps: Term<'a>, strategy: Term<'a>) -> Term<'a> {
+fn decide<'a>(
+    env: Env<'a>,
+    router: Term<'a>,
+    caps: Term<'a>,
+    strategy: Term<'a>,
+    key: Term<'a>,
+    class: Term<'a>,
+) -> Term<'a> {
     let run = || -> NifOutcome<Term<'a>> {
         let r = router_arg(router)?;
         let caps = binaries(caps, "capabilities")?;
-        let strategy = choice(strategy, STRATEGIES, "strategy")?;
-        let lease = r.router.decide(&caps, strategy)?;
+        let req = Request {
+            capabilities: &caps,
+            strategy: choice(strategy, STRATEGIES, "strategy")?,
+            key: key_arg(key)?,
+            class: class_arg(&r.router, class)?,
+        };
+        let lease = with_rng(|rng| r.router.decide(&req, rng))?;
         let agent = lease.agent().clone();
         let lease = ResourceArc::new(LeaseResource { lease });
         Ok(make_tuple(

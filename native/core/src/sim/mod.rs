@@ -249,6 +249,13 @@ impl Run<'_> {
     }
 }
 
+/// A task on its way: its lease (strategies only) and the answer to come.
+struct Placed {
+    lease: Option<Lease<usize>>,
+    answer_in: u64,
+    outcome: Outcome,
+}
+
 /// Runs `contender` on `workload` with `seed`.
 pub fn run(
     workload: &Workload,
@@ -289,15 +296,13 @@ pub fn run(
         run.push(t.arrival_us, Event::Arrival(i));
     }
     let timeout_us = (workload.task_timeout_ms * 1000.0) as u64;
-    let mut rng = SmallRng::seed_from_u64(seed ^ 0x5eed_0f_f10e);
+    let mut rng = SmallRng::seed_from_u64(seed ^ 0x005e_ed0f_f10e);
     let caps: &[&[u8]] = &[b"sim"];
     let strategy = match contender {
         Contender::Strategy(s) => Some(s),
         Contender::Oracle => None,
     };
-    // Per task: the agent, the lease (strategies only), the answer.
-    let mut placed: Vec<Option<(usize, Option<Lease<usize>>, u64, Outcome)>> =
-        (0..tasks.len()).map(|_| None).collect();
+    let mut placed: Vec<Option<Placed>> = (0..tasks.len()).map(|_| None).collect();
     let mut samples: Vec<(f64, bool)> = vec![(0.0, false); tasks.len()];
     let mut by_group = vec![0usize; workload.agents.len()];
     let change_at_us = workload.phases.iter().map(|p| (p.at_s * 1e6) as u64).min();
@@ -335,18 +340,22 @@ pub fn run(
                 } else {
                     (latency_us, Outcome::Failure)
                 };
-                placed[ti] = Some((agent, lease, answer_in, outcome));
+                placed[ti] = Some(Placed {
+                    lease,
+                    answer_in,
+                    outcome,
+                });
                 run.push(now + answer_in, Event::Answer(ti));
             }
             Event::Answer(ti) => {
                 router
                     .clock()
                     .advance(now.saturating_sub(router.clock().now_us()));
-                if let Some((_, lease, answer_in, outcome)) = placed[ti].take() {
-                    if let Some(lease) = lease {
-                        lease.complete(outcome);
+                if let Some(p) = placed[ti].take() {
+                    if let Some(lease) = p.lease {
+                        lease.complete(p.outcome);
                     }
-                    samples[ti] = (answer_in as f64 / 1000.0, outcome == Outcome::Success);
+                    samples[ti] = (p.answer_in as f64 / 1000.0, p.outcome == Outcome::Success);
                 }
             }
             Event::Free(agent) => run.agents[agent].busy -= 1,

@@ -109,7 +109,9 @@ impl Workload {
             if !(0.0..=1.0).contains(&g.failure_rate) {
                 return bad(format!("group {}: failure_rate must be in [0, 1]", g.name));
             }
-            if !(g.spread >= 0.0 && g.spread < 5.0) || !(g.load_sensitivity >= 0.0) {
+            let spread_ok = (0.0..5.0).contains(&g.spread);
+            let sensitivity_ok = g.load_sensitivity >= 0.0 && g.load_sensitivity.is_finite();
+            if !spread_ok || !sensitivity_ok {
                 return bad(format!(
                     "group {}: spread and load_sensitivity must be >= 0",
                     g.name
