@@ -82,6 +82,28 @@ fn shift_q_learning_recovers_within_2000_tasks() {
 }
 
 #[test]
+fn bounded_load_keeps_sticky_routing_alive() {
+    let rs = results(
+        "shift",
+        1,
+        &[
+            Contender::Strategy(Strategy::ConsistentHash),
+            Contender::BoundedHash,
+        ],
+    );
+    let (plain, bounded) = (
+        get(&rs, "consistent_hash"),
+        get(&rs, "consistent_hash_bounded"),
+    );
+    assert!(
+        bounded.all.success_rate > 0.99,
+        "{}",
+        bounded.all.success_rate
+    );
+    assert!(bounded.all.mean_ms < plain.all.mean_ms / 2.0);
+}
+
+#[test]
 fn a_json_workload_runs() {
     let json = r#"{
         "name": "two", "tasks": 2000, "arrival_rate": 100, "task_timeout_ms": 500,
@@ -99,7 +121,7 @@ fn a_json_workload_runs() {
         &RouterConfig::default(),
         Window::default(),
     );
-    assert_eq!(rs.len(), Strategy::ALL.len() + 1);
+    assert_eq!(rs.len(), Strategy::ALL.len() + 2);
     assert!(
         rs.iter()
             .all(|r| r.all.tasks == 2000 && r.after_change.is_some())

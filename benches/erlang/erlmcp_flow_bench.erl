@@ -4,7 +4,9 @@
 %%
 %% prints, at 60 registered agents:
 %% - routing decisions per second (decide + complete, the two NIF calls of a
-%%   task) with 1 and 2 calling processes, and the latency of one decision;
+%%   task) with round_robin and q_learning, with 1 and 2 calling processes,
+%%   and the latency of one q_learning decision (decide alone) and of its
+%%   completion (complete alone, which includes the TD update);
 %% - whole tasks per second through erlmcp_flow:execute/2 to echo agents;
 %% - registry lookups per second (erlmcp_flow:find_agent/1) beside a plain
 %%   ets:lookup/2 on a table of the same size, in the same run.
@@ -38,9 +40,12 @@ run() ->
     io:format("erlmcp_flow Erlang bench: OTP ~s, ~b schedulers, ~b agents "
               "(make bench-erlang)~n~n", [erlang:system_info(otp_release),
                                           erlang:system_info(schedulers_online), ?AGENTS]),
-    Decide = fun() ->
-                     {ok, _, _, Lease} = erlmcp_flow_nif:decide(Router, Caps, round_robin),
-                     {ok, _} = erlmcp_flow_nif:complete(Lease, ok)
+    Decide = fun(Strategy) ->
+                     fun() ->
+                             {ok, _, _, Lease} = erlmcp_flow_nif:decide(Router, Caps, Strategy,
+                                                                        undefined, undefined),
+                             {ok, _} = erlmcp_flow_nif:complete(Lease, ok)
+                     end
              end,
     Execute = fun() -> {ok, _, _} = erlmcp_flow:execute(#{}, #{capabilities => Caps}) end,
     Tab = ets:new(bench_plain, [set, public, {read_concurrency, true}]),
@@ -48,8 +53,10 @@ run() ->
     Ids = list_to_tuple(Agents),
     Find = fun(I) -> {ok, _} = erlmcp_flow:find_agent(element(I rem ?AGENTS + 1, Ids)) end,
     Plain = fun(I) -> [_] = ets:lookup(Tab, element(I rem ?AGENTS + 1, Ids)) end,
-    Rows = [{"routing decision (decide + complete)", 1, throughput(1, Decide)},
-            {"routing decision (decide + complete)", 2, throughput(2, Decide)},
+    Rows = [{"round_robin decision (decide + complete)", 1, throughput(1, Decide(round_robin))},
+            {"round_robin decision (decide + complete)", 2, throughput(2, Decide(round_robin))},
+            {"q_learning decision (decide + complete)", 1, throughput(1, Decide(q_learning))},
+            {"q_learning decision (decide + complete)", 2, throughput(2, Decide(q_learning))},
             {"execute/2 round trip to an echo agent", 1, throughput(1, Execute)},
             {"execute/2 round trip to an echo agent", 2, throughput(2, Execute)},
             {"registry lookup erlmcp_flow:find_agent/1", 1, indexed_throughput(1, Find)},
@@ -58,10 +65,12 @@ run() ->
             {"plain ets:lookup/2, same size", 2, indexed_throughput(2, Plain)}],
     io:format("~-44s ~9s ~14s~n", ["operation", "processes", "ops/s"]),
     [io:format("~-44s ~9b ~14s~n", [Name, P, thousands(round(Ops))]) || {Name, P, Ops} <- Rows],
-    {P50, P99, P999} = decision_latency(Router, Caps, 200000),
-    io:format("~none routing decision (decide + complete), 200 000 samples, 1 process:~n"
-              "  p50 ~.2f us   p99 ~.2f us   p99.9 ~.2f us~n", [P50, P99, P999]),
-    Ratio = element(3, lists:nth(5, Rows)) / element(3, lists:nth(7, Rows)),
+    {D, C} = decision_latency(Router, Caps, 200000),
+    io:format("~nq_learning at ~b agents, 200 000 samples, 1 process (us):~n", [?AGENTS]),
+    [io:format("  ~-28s p50 ~6.2f   p99 ~6.2f   p99.9 ~6.2f~n", [Name, P50, P99, P999])
+     || {Name, {P50, P99, P999}} <- [{"decide (the decision)", D},
+                                      {"complete (with TD update)", C}]],
+    Ratio = element(3, lists:nth(7, Rows)) / element(3, lists:nth(9, Rows)),
     io:format("~nfind_agent/1 runs at ~.2f of a plain ets:lookup/2 (1 process)~n", [Ratio]),
     ok.
 
@@ -98,14 +107,19 @@ batch(_Fun, _I, 0) -> ok;
 batch(Fun, I, K) -> Fun(I), batch(Fun, I + 1, K - 1).
 
 decision_latency(Router, Caps, N) ->
-    Samples = lists:sort(
-                [begin
-                     T0 = erlang:monotonic_time(nanosecond),
-                     {ok, _, _, Lease} = erlmcp_flow_nif:decide(Router, Caps, round_robin),
-                     {ok, _} = erlmcp_flow_nif:complete(Lease, ok),
-                     erlang:monotonic_time(nanosecond) - T0
-                 end || _ <- lists:seq(1, N)]),
-    T = list_to_tuple(Samples),
+    Pairs = [begin
+                 T0 = erlang:monotonic_time(nanosecond),
+                 {ok, _, _, Lease} = erlmcp_flow_nif:decide(Router, Caps, q_learning,
+                                                            undefined, undefined),
+                 T1 = erlang:monotonic_time(nanosecond),
+                 {ok, _} = erlmcp_flow_nif:complete(Lease, ok),
+                 {T1 - T0, erlang:monotonic_time(nanosecond) - T1}
+             end || _ <- lists:seq(1, N)],
+    {percentiles([D || {D, _} <- Pairs]), percentiles([C || {_, C} <- Pairs])}.
+
+percentiles(Samples) ->
+    T = list_to_tuple(lists:sort(Samples)),
+    N = tuple_size(T),
     At = fun(P) -> element(max(1, round(P * N)), T) / 1000 end,
     {At(0.50), At(0.99), At(0.999)}.
 

@@ -13,7 +13,7 @@ use arc_swap::{ArcSwap, Guard};
 use rustc_hash::FxHashMap;
 
 use crate::error::FlowError;
-use crate::learning::{QConfig, QRow, State};
+use crate::learning::{QConfig, QRow, State, StateIndexer};
 use crate::ring::Ring;
 use crate::router::Shared;
 use crate::stats::AgentStats;
@@ -53,6 +53,8 @@ impl<P> AgentSpec<P> {
 /// One routable agent or swarm.
 #[derive(Debug)]
 pub struct Agent<P> {
+    /// First: what decisions read (see [`AgentStats`]).
+    stats: AgentStats,
     id: Box<[u8]>,
     payload: P,
     capabilities: Box<[Box<[u8]>]>,
@@ -61,8 +63,7 @@ pub struct Agent<P> {
     /// Unique per router, never reused: names the agent where an id would be
     /// too big (the learner's per-state maxima).
     uid: u32,
-    stats: AgentStats,
-    q: Arc<QRow>,
+    q: QRow,
     shared: Arc<Shared>,
 }
 
@@ -108,12 +109,35 @@ impl<P> Agent<P> {
     /// The agent's learning state right now, for task class `class`.
     #[inline]
     pub fn state(&self, config: &QConfig, class: u32) -> State {
-        config.state(
-            self.stats.in_flight(),
-            self.stats.success_rate(),
-            self.stats.ewma_latency_us(),
-            class,
-        )
+        State::from_index(self.state_index(&config.indexer(class)))
+    }
+
+    /// The row index of the agent's state right now.
+    #[inline]
+    pub fn state_index(&self, indexer: &StateIndexer) -> usize {
+        indexer.index(self.stats.in_flight(), self.stats.condition())
+    }
+
+    /// The learned value of the agent's state right now for task class
+    /// `class`. For class 0 it is the cached copy in the agent's stats, one
+    /// cache line with its load; other classes read the row.
+    #[inline]
+    pub fn current_value(&self, indexer: &StateIndexer, class: u32) -> f64 {
+        if class == 0 {
+            self.stats.current_value()
+        } else {
+            self.q.value(self.state_index(indexer))
+        }
+    }
+
+    /// Refreshes the cached value after the load, the condition or the
+    /// table changed. Concurrent refreshes may store in either order; a stale
+    /// copy lasts until the agent's next task starts or ends, and only sways
+    /// the choice between candidates meanwhile.
+    pub(crate) fn refresh_value(&self) {
+        let ix = self.shared.learner().config().indexer(0);
+        self.stats
+            .set_current_value(self.q.value(self.state_index(&ix)));
     }
 }
 
@@ -370,6 +394,7 @@ impl<P> AgentTable<P> {
                     shared: shared.clone(),
                 })
             })
+            .inspect(|a| a.refresh_value())
             .collect();
         let mut agents = Vec::with_capacity(old.agents.len() + added.len());
         agents.extend(old.agents.iter().cloned());

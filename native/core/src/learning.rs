@@ -170,13 +170,53 @@ impl State {
     }
 }
 
+/// Computes state indexes fast: the configuration's load scale worked out
+/// once per decision instead of once per candidate.
+#[derive(Debug, Clone, Copy)]
+pub struct StateIndexer {
+    /// Load levels per task in flight.
+    scale: f64,
+    class_base: usize,
+}
+
+impl StateIndexer {
+    /// The row index of an agent with `in_flight` tasks and condition `cond`
+    /// ([`QConfig::condition`]).
+    #[inline]
+    pub fn index(&self, in_flight: u32, cond: u8) -> usize {
+        // The small epsilon keeps exact multiples exact despite rounding
+        // (3 tasks of max_concurrent 3 must be level 10, not 9).
+        let level = ((f64::from(in_flight) * self.scale + 1e-9) as usize).min(10);
+        self.class_base + level * SUCCESS_BUCKETS * LATENCY_BUCKETS + usize::from(cond)
+    }
+}
+
 impl QConfig {
+    /// An indexer for task class `class`.
+    #[inline]
+    pub fn indexer(&self, class: u32) -> StateIndexer {
+        StateIndexer {
+            scale: 10.0 / f64::from(self.max_concurrent.max(1)),
+            class_base: class as usize * STATES,
+        }
+    }
+
+    /// The condition of an agent, `success bucket * 3 + latency bucket`: the
+    /// part of its state that only changes when one of its tasks completes.
+    #[inline]
+    pub fn condition(&self, success_rate: f64, latency_us: f64) -> u8 {
+        let st = self.state(0, success_rate, latency_us, 0);
+        st.success * LATENCY_BUCKETS as u8 + st.latency
+    }
+
     /// The state of an agent with `in_flight` tasks, a success-rate average
     /// `success_rate` and an EWMA latency `latency_us` (0: no sample yet,
     /// counted as fast so that new agents get tried).
     #[inline]
     pub fn state(&self, in_flight: u32, success_rate: f64, latency_us: f64, class: u32) -> State {
-        let level = (u64::from(in_flight) * 10 / u64::from(self.max_concurrent.max(1))).min(10);
+        let level = ((f64::from(in_flight) * 10.0 / f64::from(self.max_concurrent.max(1)) + 1e-9)
+            as u64)
+            .min(10);
         let success = if success_rate < SUCCESS_LOW_BELOW {
             0
         } else if success_rate < SUCCESS_HIGH_FROM {
@@ -317,56 +357,63 @@ fn store_f64(a: &AtomicU64, v: f64) {
     a.store(v.to_bits(), Ordering::Relaxed)
 }
 
-/// One agent's values, one per state, and how often each was updated.
+/// One cell of the table: a value and how often it was updated.
 #[derive(Debug)]
-pub struct QRow {
-    values: Box<[AtomicU64]>,
-    visits: Box<[AtomicU32]>,
+struct QCell {
+    value: AtomicU64,
+    visits: AtomicU32,
 }
+
+/// One agent's values, one per state, and how often each was updated. A
+/// cheap handle (one reference count) on cells the store and the agent share,
+/// so that reading a value is one hop from the agent.
+#[derive(Debug, Clone)]
+pub struct QRow(Arc<[QCell]>);
 
 impl QRow {
     /// A row at the configuration's priors.
     pub fn new(config: &QConfig) -> QRow {
-        let n = config.row_len();
-        QRow {
-            values: (0..n)
-                .map(|i| AtomicU64::new(config.prior(State::from_index(i)).to_bits()))
+        QRow(
+            (0..config.row_len())
+                .map(|i| QCell {
+                    value: AtomicU64::new(config.prior(State::from_index(i)).to_bits()),
+                    visits: AtomicU32::new(0),
+                })
                 .collect(),
-            visits: (0..n).map(|_| AtomicU32::new(0)).collect(),
-        }
+        )
     }
 
     pub fn len(&self) -> usize {
-        self.values.len()
+        self.0.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.values.is_empty()
+        self.0.is_empty()
     }
 
     #[inline]
     pub fn value(&self, index: usize) -> f64 {
-        load_f64(&self.values[index])
+        load_f64(&self.0[index].value)
     }
 
     #[inline]
     pub fn visits(&self, index: usize) -> u32 {
-        self.visits[index].load(Ordering::Relaxed)
+        self.0[index].visits.load(Ordering::Relaxed)
     }
 
     /// Overwrites one cell (loading a model, tests).
     pub fn set(&self, index: usize, value: f64, visits: u32) {
-        store_f64(&self.values[index], value);
-        self.visits[index].store(visits, Ordering::Relaxed);
+        store_f64(&self.0[index].value, value);
+        self.0[index].visits.store(visits, Ordering::Relaxed);
     }
 
     /// Applies one TD step to `index` and returns the new value.
     #[inline]
     fn learn(&self, index: usize, r: f64, max_next: f64, alpha: f64, gamma: f64) -> f64 {
-        let cell = &self.values[index];
-        let new = td_update(load_f64(cell), r, max_next, alpha, gamma);
-        store_f64(cell, new);
-        let v = &self.visits[index];
+        let cell = &self.0[index];
+        let new = td_update(load_f64(&cell.value), r, max_next, alpha, gamma);
+        store_f64(&cell.value, new);
+        let v = &cell.visits;
         v.store(
             v.load(Ordering::Relaxed).saturating_add(1),
             Ordering::Relaxed,
@@ -376,7 +423,7 @@ impl QRow {
 
     /// Resets every cell to its prior.
     pub fn reset(&self, config: &QConfig) {
-        for i in 0..self.values.len() {
+        for i in 0..self.len() {
             self.set(i, config.prior(State::from_index(i)), 0);
         }
     }
@@ -469,7 +516,7 @@ impl Learner {
 pub type SavedRow = (Vec<u8>, Vec<(f64, u32)>);
 
 /// A live row with its agent id.
-pub type IdRow = (Box<[u8]>, Arc<QRow>);
+pub type IdRow = (Box<[u8]>, QRow);
 
 /// Rows by agent id: those of registered agents and, up to a bound, of agents
 /// that left, so that an agent coming back finds what it learned.
@@ -481,7 +528,7 @@ pub struct QStore {
 
 #[derive(Debug, Default)]
 struct StoreInner {
-    rows: FxHashMap<Box<[u8]>, Arc<QRow>>,
+    rows: FxHashMap<Box<[u8]>, QRow>,
     /// Ids of rows whose agent left, oldest first.
     dormant: VecDeque<Box<[u8]>>,
 }
@@ -499,7 +546,7 @@ impl QStore {
     }
 
     /// The row of `id`, made at the priors if there is none.
-    pub fn checkout(&self, id: &[u8], config: &QConfig) -> Arc<QRow> {
+    pub fn checkout(&self, id: &[u8], config: &QConfig) -> QRow {
         let mut inner = self.inner();
         if let Some(pos) = inner.dormant.iter().position(|d| &**d == id) {
             inner.dormant.remove(pos);
@@ -507,7 +554,7 @@ impl QStore {
         inner
             .rows
             .entry(id.into())
-            .or_insert_with(|| Arc::new(QRow::new(config)))
+            .or_insert_with(|| QRow::new(config))
             .clone()
     }
 
@@ -545,7 +592,7 @@ impl QStore {
             let row = match inner.rows.get(&id) {
                 Some(r) => r.clone(),
                 None => {
-                    let r = Arc::new(QRow::new(config));
+                    let r = QRow::new(config);
                     inner.rows.insert(id.clone(), r.clone());
                     inner.dormant.push_back(id);
                     r
@@ -604,6 +651,26 @@ mod tests {
             ..QConfig::default()
         };
         assert_eq!(c20.state(5, 1.0, 0.0, 0).load_level, 2);
+    }
+
+    #[test]
+    fn the_indexer_agrees_with_the_state() {
+        for mc in [1u32, 3, 7, 10, 20, 64] {
+            let c = QConfig {
+                max_concurrent: mc,
+                task_classes: 3,
+                ..QConfig::default()
+            };
+            for class in 0..3 {
+                let ix = c.indexer(class);
+                for in_flight in 0..80u32 {
+                    for (sr, lat) in [(1.0, 0.0), (0.9, 60_000.0), (0.5, 1e6), (0.97, 49_999.0)] {
+                        let st = c.state(in_flight, sr, lat, class);
+                        assert_eq!(ix.index(in_flight, c.condition(sr, lat)), st.index());
+                    }
+                }
+            }
+        }
     }
 
     #[test]

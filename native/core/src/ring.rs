@@ -8,11 +8,17 @@
 
 use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
-/// Sorted points: (position, slot of the agent in its snapshot).
+/// Sorted points: (position, slot of the agent in its snapshot), with an
+/// index of where each range of positions starts.
 #[derive(Debug, Clone, Default)]
 pub struct Ring {
     points: Vec<(u64, u32)>,
     vnodes: u32,
+    /// `index[b]` is the first point whose position's top bits are >= `b`;
+    /// `2^bits + 1` entries, so a lookup searches one short stretch instead
+    /// of the whole ring.
+    index: Vec<u32>,
+    shift: u32,
 }
 
 /// The position of a key on the ring.
@@ -27,9 +33,29 @@ fn agent_points(id: &[u8], slot: u32, vnodes: u32) -> impl Iterator<Item = (u64,
 
 impl Ring {
     pub fn empty(vnodes: u32) -> Ring {
+        Ring::from_points(Vec::new(), vnodes)
+    }
+
+    /// A ring over sorted `points`, with its index: about one bucket per
+    /// point (at most 2^16 buckets).
+    fn from_points(points: Vec<(u64, u32)>, vnodes: u32) -> Ring {
+        let bits = (usize::BITS - points.len().leading_zeros()).clamp(1, 16);
+        let shift = 64 - bits;
+        let buckets = 1usize << bits;
+        let mut index = Vec::with_capacity(buckets + 1);
+        let mut p = 0;
+        for b in 0..buckets {
+            while p < points.len() && ((points[p].0 >> shift) as usize) < b {
+                p += 1;
+            }
+            index.push(p as u32);
+        }
+        index.push(points.len() as u32);
         Ring {
-            points: Vec::new(),
+            points,
             vnodes,
+            index,
+            shift,
         }
     }
 
@@ -40,7 +66,7 @@ impl Ring {
             .flat_map(|(slot, id)| agent_points(id, slot as u32, vnodes))
             .collect();
         points.sort_unstable();
-        Ring { points, vnodes }
+        Ring::from_points(points, vnodes)
     }
 
     pub fn len(&self) -> usize {
@@ -84,10 +110,7 @@ impl Ring {
                 (None, None) => break,
             }
         }
-        Ring {
-            points,
-            vnodes: self.vnodes,
-        }
+        Ring::from_points(points, self.vnodes)
     }
 
     /// This ring without the points of `slot`; slots above it move down by
@@ -99,16 +122,15 @@ impl Ring {
             .filter(|&&(_, s)| s != slot)
             .map(|&(h, s)| (h, if s > slot { s - 1 } else { s }))
             .collect();
-        Ring {
-            points,
-            vnodes: self.vnodes,
-        }
+        Ring::from_points(points, self.vnodes)
     }
 
     /// The index of the first point at or after `hash` (wrapping to 0).
     #[inline]
     fn start(&self, hash: u64) -> usize {
-        let i = self.points.partition_point(|&(h, _)| h < hash);
+        let b = (hash >> self.shift) as usize;
+        let (lo, hi) = (self.index[b] as usize, self.index[b + 1] as usize);
+        let i = lo + self.points[lo..hi].partition_point(|&(h, _)| h < hash);
         if i == self.points.len() { 0 } else { i }
     }
 
@@ -161,6 +183,24 @@ mod tests {
             .map(|(_, v)| v.as_slice())
             .collect();
         assert_eq!(removed.points, Ring::build(rest.into_iter(), 50).points);
+    }
+
+    #[test]
+    fn indexed_lookup_equals_a_full_search() {
+        for n in [1usize, 2, 7, 60, 400] {
+            let ids = ids(n);
+            let r = Ring::build(ids.iter().map(|v| v.as_slice()), 150);
+            let mut x = 0x1234_5678_9abc_def0u64;
+            for _ in 0..20_000 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let i = r.points.partition_point(|&(h, _)| h < x);
+                let want = r.points[if i == r.points.len() { 0 } else { i }].1;
+                assert_eq!(r.lookup(x), Some(want));
+            }
+            assert_eq!(r.lookup(0), Some(r.points[0].1));
+        }
     }
 
     #[test]

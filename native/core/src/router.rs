@@ -186,15 +186,22 @@ impl<P> Lease<P> {
             let config = learner.config();
             let r = config.reward(latency as f64, outcome == Outcome::Success);
             learner.learn(self.agent.q_row(), self.state as usize, r);
+            self.agent.refresh_value();
         }
         Some(latency)
     }
 
     fn release(&self, outcome: Outcome, latency_us: u64, now_us: u64) {
         let shared = self.agent.shared();
-        self.agent
-            .stats()
-            .release(outcome, latency_us, now_us, shared.config.ewma_decay_us);
+        let stats = self.agent.stats();
+        stats.release(outcome, latency_us, now_us, shared.config.ewma_decay_us);
+        stats.set_condition(
+            shared
+                .learner
+                .config()
+                .condition(stats.success_rate(), stats.ewma_latency_us()),
+        );
+        self.agent.refresh_value();
         shared.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
@@ -305,6 +312,7 @@ impl<P> Router<P> {
         let shared = self.shared();
         let state = agent.state(shared.learner.config(), req.class).index() as u32;
         agent.stats().acquire(now_us);
+        agent.refresh_value();
         shared.in_flight.fetch_add(1, Ordering::AcqRel);
         Ok(Lease {
             agent,
@@ -415,12 +423,20 @@ impl<P> Router<P> {
         let config = shared.learner.config();
         shared.q_store.load(model.rows, config);
         shared.learner.resume(model.episodes);
+        self.refresh_values();
+    }
+
+    fn refresh_values(&self) {
+        for a in self.agents.load().agents() {
+            a.refresh_value();
+        }
     }
 
     /// Forgets everything learned.
     pub fn reset_learning(&self) {
         let rows = self.shared().q_store.rows();
-        self.shared().learner.reset(rows.iter().map(|(_, r)| &**r));
+        self.shared().learner.reset(rows.iter().map(|(_, r)| r));
+        self.refresh_values();
     }
 }
 
@@ -586,6 +602,7 @@ mod tests {
         let a = r.agents().load().find(b"agent-1").unwrap().clone();
         let s = a.state(r.shared().learner().config(), 0).index();
         a.q_row().set(s, 100.0, 1);
+        a.refresh_value();
         let e = r.explain(WORK, 0);
         assert_eq!(e.len(), 3);
         assert_eq!(e[0].id, b"agent-1");

@@ -4,7 +4,7 @@
 //! release load on one agent without a lock. Averages are `f64` bits updated
 //! with a compare-and-swap loop, so no sample is lost.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 
 use crate::router::Outcome;
 
@@ -15,10 +15,21 @@ const EWMA_WEIGHT: f64 = 0.5;
 /// Weight of the newest outcome in the success-rate moving average.
 const SUCCESS_WEIGHT: f64 = 0.1;
 
-/// Live counters of one agent.
+/// Live counters of one agent. Aligned to a cache line and with the fields a
+/// decision reads first (load, condition, current value), so that scanning
+/// candidates touches one line per agent.
 #[derive(Debug)]
+#[repr(C, align(64))]
 pub struct AgentStats {
     in_flight: AtomicU32,
+    /// The learner's view of the agent's averages (success and latency
+    /// buckets, see `QConfig::condition`), refreshed on every completion so
+    /// that decisions read one byte instead of two averages.
+    condition: AtomicU8,
+    /// `f64` bits of the learned value of the agent's current state for task
+    /// class 0, kept next to the load so that a greedy decision reads one
+    /// cache line per candidate (see `Agent::refresh_value`).
+    current_value: AtomicU64,
     succeeded: AtomicU64,
     failed: AtomicU64,
     timed_out: AtomicU64,
@@ -40,6 +51,9 @@ impl Default for AgentStats {
     fn default() -> Self {
         AgentStats {
             in_flight: AtomicU32::new(0),
+            // high success, fast (no sample yet): see `QConfig::state`
+            condition: AtomicU8::new(6),
+            current_value: AtomicU64::new(0),
             succeeded: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             timed_out: AtomicU64::new(0),
@@ -91,6 +105,26 @@ impl AgentStats {
     #[inline]
     pub fn in_flight(&self) -> u32 {
         self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// The learner's condition byte.
+    #[inline]
+    pub fn condition(&self) -> u8 {
+        self.condition.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_condition(&self, c: u8) {
+        self.condition.store(c, Ordering::Relaxed);
+    }
+
+    /// The cached value of the agent's current state (class 0).
+    #[inline]
+    pub fn current_value(&self) -> f64 {
+        f64::from_bits(self.current_value.load(Ordering::Relaxed))
+    }
+
+    pub(crate) fn set_current_value(&self, v: f64) {
+        self.current_value.store(v.to_bits(), Ordering::Relaxed);
     }
 
     /// The latency EWMA in microseconds; 0 before the first sample.

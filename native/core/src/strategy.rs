@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use rand::{Rng, RngExt};
 
 use crate::agents::{Agent, Snapshot};
+use crate::learning::StateIndexer;
 use crate::router::Shared;
 
 /// The strategies a decision can use, named in configuration and requests by
@@ -81,11 +82,15 @@ impl<P> PickContext<'_, P> {
         self.snapshot.agent(slot)
     }
 
-    /// The learned value of `agent` in its current state.
+    /// The learned value of an agent in its current state, by an indexer
+    /// made once per decision.
     #[inline]
-    pub fn q_value(&self, agent: &Agent<P>) -> f64 {
-        let st = agent.state(self.shared.learner().config(), self.class);
-        agent.q_row().value(st.index())
+    fn q_value(&self, indexer: &StateIndexer, agent: &Agent<P>) -> f64 {
+        agent.current_value(indexer, self.class)
+    }
+
+    fn indexer(&self) -> StateIndexer {
+        self.shared.learner().config().indexer(self.class)
     }
 }
 
@@ -121,9 +126,12 @@ impl StrategyState {
             Strategy::RoundRobin => {
                 self.round_robin.fetch_add(1, Ordering::Relaxed) % candidates.len()
             }
-            Strategy::LeastConnections => argmin_random_ties(candidates, rng, |s| {
-                f64::from(cx.agent(s).stats().in_flight())
-            }),
+            Strategy::LeastConnections => {
+                argmin_random_ties(candidates, rng, |s| {
+                    f64::from(cx.agent(s).stats().in_flight())
+                })
+                .0
+            }
             Strategy::Weighted => softmax_pick(candidates, cx, rng),
             Strategy::ConsistentHash => consistent_hash(candidates, cx)?,
             Strategy::P2cEwma => p2c(candidates, cx, rng),
@@ -137,13 +145,10 @@ impl StrategyState {
                     // for several rounds (the coupon collector's problem).
                     self.explore.fetch_add(1, Ordering::Relaxed) % candidates.len()
                 } else {
-                    let mut best = f64::NEG_INFINITY;
-                    let i = argmin_random_ties(candidates, rng, |s| {
-                        let q = cx.q_value(cx.agent(s));
-                        best = best.max(q);
-                        -q
-                    });
-                    learner.observe_best(cx.class, best);
+                    let ix = cx.indexer();
+                    let (i, best) =
+                        argmin_random_ties(candidates, rng, |s| -cx.q_value(&ix, cx.agent(s)));
+                    learner.observe_best(cx.class, -best);
                     i
                 }
             }
@@ -151,14 +156,16 @@ impl StrategyState {
     }
 }
 
-/// The index of the lowest `cost`, ties broken uniformly at random (reservoir
-/// sampling over the tied, so one pass and no allocation).
+/// The index of the lowest `cost` and that cost, ties broken uniformly at
+/// random. One pass finds the lowest cost and counts its ties; only when there
+/// are several does a second pass draw one of them, so a decision costs one
+/// random number at most.
 #[inline]
 pub fn argmin_random_ties<R: Rng + ?Sized>(
     candidates: &[u32],
     rng: &mut R,
     mut cost: impl FnMut(u32) -> f64,
-) -> usize {
+) -> (usize, f64) {
     let mut best = 0;
     let mut best_cost = f64::INFINITY;
     let mut ties = 0u32;
@@ -170,12 +177,22 @@ pub fn argmin_random_ties<R: Rng + ?Sized>(
             ties = 1;
         } else if c == best_cost {
             ties += 1;
-            if rng.random_range(0..ties) == 0 {
-                best = i;
+        }
+    }
+    if ties > 1 {
+        let mut k = rng.random_range(0..ties);
+        // Costs are live figures: if one moved since the first pass the tie
+        // is gone, and the first of them stays the answer.
+        for (i, &slot) in candidates.iter().enumerate().skip(best) {
+            if cost(slot) == best_cost {
+                if k == 0 {
+                    return (i, best_cost);
+                }
+                k -= 1;
             }
         }
     }
-    best
+    (best, best_cost)
 }
 
 /// Softmax weights `w * exp((q - q_max) / T)` of the candidates (shifted by
@@ -183,8 +200,9 @@ pub fn argmin_random_ties<R: Rng + ?Sized>(
 /// over their sum.
 pub fn softmax_weights<P>(candidates: &[u32], cx: &PickContext<'_, P>, out: &mut Vec<f64>) {
     let t = cx.shared.learner().config().temperature;
+    let ix = cx.indexer();
     out.clear();
-    out.extend(candidates.iter().map(|&s| cx.q_value(cx.agent(s))));
+    out.extend(candidates.iter().map(|&s| cx.q_value(&ix, cx.agent(s))));
     let max = out.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     for (w, &s) in out.iter_mut().zip(candidates) {
         *w = cx.agent(s).weight() * ((*w - max) / t).exp();
@@ -290,7 +308,7 @@ mod tests {
         let c = [0, 1, 2, 3];
         let mut seen = [0; 4];
         for _ in 0..4000 {
-            seen[argmin_random_ties(&c, &mut rng, |s| if s == 0 { 1.0 } else { 0.0 })] += 1;
+            seen[argmin_random_ties(&c, &mut rng, |s| if s == 0 { 1.0 } else { 0.0 }).0] += 1;
         }
         assert_eq!(seen[0], 0);
         for n in &seen[1..] {

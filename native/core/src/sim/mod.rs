@@ -29,6 +29,8 @@ pub use workload::{AgentGroup, Phase, Workload, WorkloadError};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Contender {
     Strategy(Strategy),
+    /// Consistent hashing with the bounded-load option at a factor of 1.25.
+    BoundedHash,
     /// Knows each agent's true mean, load and failure rate; sends every task
     /// where the expected time to a successful answer, `latency / (1 - p)`,
     /// is lowest.
@@ -39,6 +41,7 @@ impl Contender {
     pub fn name(self) -> &'static str {
         match self {
             Contender::Strategy(s) => s.name(),
+            Contender::BoundedHash => "consistent_hash_bounded",
             Contender::Oracle => "oracle",
         }
     }
@@ -46,17 +49,19 @@ impl Contender {
     pub fn from_name(name: &str) -> Option<Contender> {
         if name == "oracle" {
             Some(Contender::Oracle)
+        } else if name == "consistent_hash_bounded" {
+            Some(Contender::BoundedHash)
         } else {
             Strategy::from_name(name).map(Contender::Strategy)
         }
     }
 
-    /// Every strategy, then the oracle.
+    /// Every strategy, consistent hashing with bounded load, then the oracle.
     pub fn all() -> Vec<Contender> {
         Strategy::ALL
             .iter()
             .map(|s| Contender::Strategy(*s))
-            .chain([Contender::Oracle])
+            .chain([Contender::BoundedHash, Contender::Oracle])
             .collect()
     }
 }
@@ -271,7 +276,11 @@ pub fn run(
             agents.push(SimAgent::of(g, gi, i));
         }
     }
-    let router: Router<usize> = Router::new(config.clone(), Clock::manual(0));
+    let mut config = config.clone();
+    if contender == Contender::BoundedHash {
+        config.hash_balance_factor = Some(1.25);
+    }
+    let router: Router<usize> = Router::new(config, Clock::manual(0));
     for (i, a) in agents.iter().enumerate() {
         let id = format!("{}-{}", workload.agents[a.group].name, a.index_in_group);
         router
@@ -300,6 +309,7 @@ pub fn run(
     let caps: &[&[u8]] = &[b"sim"];
     let strategy = match contender {
         Contender::Strategy(s) => Some(s),
+        Contender::BoundedHash => Some(Strategy::ConsistentHash),
         Contender::Oracle => None,
     };
     let mut placed: Vec<Option<Placed>> = (0..tasks.len()).map(|_| None).collect();
@@ -421,7 +431,7 @@ pub fn format_table(workload: &Workload, seed: u64, results: &[RunResult]) -> St
     );
     let with_window = results.iter().any(|r| r.after_change.is_some());
     out.push_str(&format!(
-        "{:<18} {:>9} {:>9} {:>9} {:>9}",
+        "{:<24} {:>9} {:>9} {:>9} {:>9}",
         "strategy", "success", "mean ms", "p50 ms", "p99 ms"
     ));
     if with_window {
@@ -431,7 +441,7 @@ pub fn format_table(workload: &Workload, seed: u64, results: &[RunResult]) -> St
     for r in results {
         let f = &r.all;
         out.push_str(&format!(
-            "{:<18} {:>8.2}% {:>9.2} {:>9.2} {:>9.2}",
+            "{:<24} {:>8.2}% {:>9.2} {:>9.2} {:>9.2}",
             r.contender,
             100.0 * f.success_rate,
             f.mean_ms,
