@@ -2,8 +2,8 @@
 //!
 //! cargo bench --bench routing
 //!
-//! - `select/<strategy>/<agents>`: choosing one candidate (filter + strategy),
-//!   no lease taken;
+//! - `select/<strategy>/<agents>`: choosing one candidate (snapshot, filter,
+//!   strategy), no lease taken;
 //! - `decide_complete/<strategy>/<agents>`: a whole decision with its lease and
 //!   its completion (stats, learning), as one task costs;
 //! - `learn/td_update`: one Q-learning episode's update;
@@ -65,7 +65,8 @@ fn select(c: &mut Criterion) {
                         key: Some(key),
                         ..Request::new(WORK, *s)
                     };
-                    r.pick(black_box(&req), &mut rng).expect("agent")
+                    r.pick_with(black_box(&req), &mut rng, |a| *a.payload())
+                        .expect("agent")
                 })
             });
         }

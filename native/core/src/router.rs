@@ -305,10 +305,14 @@ impl<P> Router<P> {
         &self,
         req: &Request<'_>,
         rng: &mut R,
-    ) -> Result<Lease<P>, FlowError> {
-        let snapshot = self.agents.load();
+    ) -> Result<Lease<P>, FlowError>
+    where
+        P: Send + Sync + 'static,
+    {
         let now_us = self.shared().clock.now_us();
-        let agent = self.select(&snapshot, req, now_us, rng)?.clone();
+        let agent = self
+            .agents
+            .with_snapshot(|snapshot| self.select(snapshot, req, now_us, rng).cloned())?;
         let shared = self.shared();
         let state = agent.state(shared.learner.config(), req.class).index() as u32;
         agent.stats().acquire(now_us);
@@ -328,10 +332,27 @@ impl<P> Router<P> {
         &self,
         req: &Request<'_>,
         rng: &mut R,
-    ) -> Result<Arc<Agent<P>>, FlowError> {
-        let snapshot = self.agents.load();
+    ) -> Result<Arc<Agent<P>>, FlowError>
+    where
+        P: Send + Sync + 'static,
+    {
+        self.pick_with(req, rng, Arc::clone)
+    }
+
+    /// As [`Router::pick`], handing the chosen agent to `f` instead of
+    /// returning a reference to it.
+    pub fn pick_with<R: Rng + ?Sized, T>(
+        &self,
+        req: &Request<'_>,
+        rng: &mut R,
+        f: impl FnOnce(&Arc<Agent<P>>) -> T,
+    ) -> Result<T, FlowError>
+    where
+        P: Send + Sync + 'static,
+    {
         let now_us = self.shared().clock.now_us();
-        self.select(&snapshot, req, now_us, rng).cloned()
+        self.agents
+            .with_snapshot(|snapshot| self.select(snapshot, req, now_us, rng).map(f))
     }
 
     fn select<'s, R: Rng + ?Sized>(

