@@ -16,6 +16,7 @@ use arc_swap::{ArcSwap, Guard};
 use rustc_hash::FxHashMap;
 
 use crate::error::FlowError;
+use crate::hot::HotRef;
 use crate::learning::{QConfig, QRow, State, StateIndexer};
 use crate::ring::Ring;
 use crate::router::Shared;
@@ -144,6 +145,14 @@ impl<P> Agent<P> {
     }
 }
 
+impl<P> Drop for Agent<P> {
+    fn drop(&mut self) {
+        // The last reference went with the last snapshot and lease holding
+        // it, so nothing reads the cell any more.
+        self.shared.hot_arena().give(self.stats.hot().clone());
+    }
+}
+
 /// A capability's posting list in one snapshot.
 #[derive(Debug)]
 struct Posting {
@@ -163,6 +172,8 @@ pub struct Snapshot<P> {
     slot_caps: Vec<Box<[u32]>>,
     /// 0..len, so "no requirement" borrows a list like any other.
     all_slots: Box<[u32]>,
+    /// Per slot, the agent's hot cell: what a scan over candidates reads.
+    hot: Box<[HotRef]>,
     ring: Ring,
 }
 
@@ -174,6 +185,7 @@ impl<P> Snapshot<P> {
             postings: FxHashMap::default(),
             slot_caps: Vec::new(),
             all_slots: Box::new([]),
+            hot: Box::new([]),
             ring: Ring::empty(vnodes),
         }
     }
@@ -210,7 +222,9 @@ impl<P> Snapshot<P> {
             })
             .collect();
         let all_slots = (0..agents.len() as u32).collect();
+        let hot = agents.iter().map(|a| a.stats().hot().clone()).collect();
         Snapshot {
+            hot,
             agents,
             by_id,
             postings,
@@ -218,6 +232,12 @@ impl<P> Snapshot<P> {
             all_slots,
             ring,
         }
+    }
+
+    /// Per slot, the agents' hot cells.
+    #[inline]
+    pub fn hot(&self) -> &[HotRef] {
+        &self.hot
     }
 
     /// The consistent-hash ring of this snapshot's agents.
@@ -485,7 +505,7 @@ impl<P> AgentTable<P> {
                     capabilities: capabilities.into_boxed_slice(),
                     kind: spec.kind,
                     weight: spec.weight,
-                    stats: AgentStats::default(),
+                    stats: AgentStats::with_hot(shared.hot_arena().take()),
                     shared: shared.clone(),
                 })
             })

@@ -16,6 +16,7 @@
 pub mod agents;
 pub mod clock;
 pub mod error;
+pub mod hot;
 pub mod learning;
 pub mod model;
 pub mod ring;

@@ -15,6 +15,7 @@ use rand::Rng;
 use crate::agents::{Agent, AgentTable, Snapshot};
 use crate::clock::Clock;
 use crate::error::FlowError;
+use crate::hot::HotArena;
 use crate::learning::{Learner, QConfig, QStore, State};
 use crate::strategy::{PickContext, PickError, Strategy, StrategyState, softmax_weights};
 
@@ -89,6 +90,7 @@ impl Default for RouterConfig {
 #[derive(Debug)]
 pub struct Shared {
     config: RouterConfig,
+    hot: HotArena,
     clock: Clock,
     /// Leases taken and not yet settled, over every agent, removed ones included.
     in_flight: AtomicU64,
@@ -100,6 +102,7 @@ pub struct Shared {
 impl Shared {
     pub fn new(config: RouterConfig, clock: Clock) -> Self {
         Shared {
+            hot: HotArena::default(),
             learner: Learner::new(config.q.clone()),
             q_store: QStore::new(config.max_dormant_rows),
             config,
@@ -127,6 +130,10 @@ impl Shared {
 
     pub fn q_store(&self) -> &QStore {
         &self.q_store
+    }
+
+    pub(crate) fn hot_arena(&self) -> &HotArena {
+        &self.hot
     }
 
     pub(crate) fn next_uid(&self) -> u32 {

@@ -4,8 +4,9 @@
 //! release load on one agent without a lock. Averages are `f64` bits updated
 //! with a compare-and-swap loop, so no sample is lost.
 
-use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::hot::HotRef;
 use crate::router::Outcome;
 
 /// Weight of the newest sample in the latency moving average. High, because
@@ -15,21 +16,16 @@ const EWMA_WEIGHT: f64 = 0.5;
 /// Weight of the newest outcome in the success-rate moving average.
 const SUCCESS_WEIGHT: f64 = 0.1;
 
-/// Live counters of one agent. Aligned to a cache line and with the fields a
-/// decision reads first (load, condition, current value), so that scanning
-/// candidates touches one line per agent.
+/// Live counters of one agent.
 #[derive(Debug)]
-#[repr(C, align(64))]
 pub struct AgentStats {
-    in_flight: AtomicU32,
-    /// The learner's view of the agent's averages (success and latency
-    /// buckets, see `QConfig::condition`), refreshed on every completion so
-    /// that decisions read one byte instead of two averages.
-    condition: AtomicU8,
-    /// `f64` bits of the learned value of the agent's current state for task
-    /// class 0, kept next to the load so that a greedy decision reads one
-    /// cache line per candidate (see `Agent::refresh_value`).
-    current_value: AtomicU64,
+    /// Load, condition and current value, in a dense cell (see [`crate::hot`]).
+    /// The condition is the learner's view of the agent's averages (success
+    /// and latency buckets, see `QConfig::condition`), refreshed on every
+    /// completion so that decisions read one byte instead of two averages;
+    /// the value is that of the agent's current state for task class 0 (see
+    /// `Agent::refresh_value`).
+    hot: HotRef,
     succeeded: AtomicU64,
     failed: AtomicU64,
     timed_out: AtomicU64,
@@ -49,11 +45,15 @@ pub struct AgentStats {
 
 impl Default for AgentStats {
     fn default() -> Self {
+        AgentStats::with_hot(HotRef::detached())
+    }
+}
+
+impl AgentStats {
+    /// Stats whose hot figures live in `hot`.
+    pub fn with_hot(hot: HotRef) -> Self {
         AgentStats {
-            in_flight: AtomicU32::new(0),
-            // high success, fast (no sample yet): see `QConfig::state`
-            condition: AtomicU8::new(6),
-            current_value: AtomicU64::new(0),
+            hot,
             succeeded: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             timed_out: AtomicU64::new(0),
@@ -65,6 +65,12 @@ impl Default for AgentStats {
             peak_stamp_us: AtomicU64::new(0),
             last_pick_us: AtomicU64::new(0),
         }
+    }
+
+    /// The dense cell of this agent's load, condition and current value.
+    #[inline]
+    pub fn hot(&self) -> &HotRef {
+        &self.hot
     }
 }
 
@@ -116,27 +122,27 @@ impl AgentStats {
     /// Tasks sent to the agent and not yet settled.
     #[inline]
     pub fn in_flight(&self) -> u32 {
-        self.in_flight.load(Ordering::Relaxed)
+        self.hot.get().in_flight()
     }
 
     /// The learner's condition byte.
     #[inline]
     pub fn condition(&self) -> u8 {
-        self.condition.load(Ordering::Relaxed)
+        self.hot.get().condition()
     }
 
     pub(crate) fn set_condition(&self, c: u8) {
-        self.condition.store(c, Ordering::Relaxed);
+        self.hot.get().set_condition(c);
     }
 
     /// The cached value of the agent's current state (class 0).
     #[inline]
     pub fn current_value(&self) -> f64 {
-        f64::from_bits(self.current_value.load(Ordering::Relaxed))
+        self.hot.get().value()
     }
 
     pub(crate) fn set_current_value(&self, v: f64) {
-        self.current_value.store(v.to_bits(), Ordering::Relaxed);
+        self.hot.get().set_value(v);
     }
 
     /// The latency EWMA in microseconds; 0 before the first sample.
@@ -178,7 +184,7 @@ impl AgentStats {
     /// Counts a task handed to the agent at `now_us`.
     #[inline]
     pub(crate) fn acquire(&self, now_us: u64) {
-        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.hot.get().add_in_flight();
         // A plain store: the newest of racing picks wins, which is the point.
         self.last_pick_us.store(now_us.max(1), Ordering::Relaxed);
     }
@@ -186,7 +192,7 @@ impl AgentStats {
     /// Settles one task taken with [`AgentStats::acquire`]. Called exactly once
     /// per acquire (the lease guarantees it), so `in_flight` cannot underflow.
     pub(crate) fn release(&self, outcome: Outcome, latency_us: u64, now_us: u64, tau_us: f64) {
-        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.hot.get().sub_in_flight();
         let counter = match outcome {
             Outcome::Success => &self.succeeded,
             Outcome::Failure => &self.failed,
@@ -240,7 +246,7 @@ impl AgentStats {
     /// Copies every counter. The copy is not one atomic snapshot: a task
     /// settling meanwhile may show in one counter and not yet in another.
     pub fn view(&self) -> StatsView {
-        let in_flight = self.in_flight.load(Ordering::Acquire);
+        let in_flight = self.in_flight();
         let succeeded = self.succeeded.load(Ordering::Relaxed);
         let failed = self.failed.load(Ordering::Relaxed);
         let timed_out = self.timed_out.load(Ordering::Relaxed);

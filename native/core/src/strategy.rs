@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use rand::{Rng, RngExt};
 
 use crate::agents::{Agent, Snapshot};
+use crate::hot::Hot;
 use crate::learning::StateIndexer;
 use crate::router::Shared;
 
@@ -138,7 +139,7 @@ impl StrategyState {
                 i
             }
             Strategy::LeastConnections => {
-                argmin_agents(candidates, cx, rng, |a| f64::from(a.stats().in_flight())).0
+                argmin_hot(candidates, cx, rng, |h| f64::from(h.in_flight())).0
             }
             Strategy::Weighted => softmax_pick(candidates, cx, rng),
             Strategy::ConsistentHash => consistent_hash(candidates, cx)?,
@@ -153,8 +154,14 @@ impl StrategyState {
                     // for several rounds (the coupon collector's problem).
                     self.explore.fetch_add(1, Ordering::Relaxed) % candidates.len()
                 } else {
-                    let ix = cx.indexer();
-                    let (i, best) = argmin_agents(candidates, cx, rng, |a| -cx.q_value(&ix, a));
+                    let (i, best) = if cx.class == 0 {
+                        argmin_hot(candidates, cx, rng, |h| -h.value())
+                    } else {
+                        let ix = cx.indexer();
+                        argmin_random_ties(candidates.len(), rng, |i| {
+                            -cx.q_value(&ix, cx.agent(candidates[i]))
+                        })
+                    };
                     learner.observe_best(cx.class, -best);
                     i
                 }
@@ -202,22 +209,23 @@ pub fn argmin_random_ties<R: Rng + ?Sized>(
     (best, best_cost)
 }
 
-/// The lowest `cost` over the candidates, as [`argmin_random_ties`]. When
-/// every agent of the snapshot is a candidate (the candidate list is then
-/// `0..len`), the agents are walked directly instead of through their slots:
-/// one load fewer per candidate on the scans that read every agent.
+/// The lowest `cost` of the candidates' hot cells, as [`argmin_random_ties`].
+/// The cells are read from the snapshot's dense array, by slot or, when every
+/// agent is a candidate (the list is then `0..len`), in order.
 #[inline]
-fn argmin_agents<P, R: Rng + ?Sized>(
+fn argmin_hot<P, R: Rng + ?Sized>(
     candidates: &[u32],
     cx: &PickContext<'_, P>,
     rng: &mut R,
-    cost: impl Fn(&Agent<P>) -> f64,
+    cost: impl Fn(&Hot) -> f64,
 ) -> (usize, f64) {
-    let agents = cx.snapshot.agents();
-    if candidates.len() == agents.len() {
-        argmin_random_ties(agents.len(), rng, |i| cost(&agents[i]))
+    let hot = cx.snapshot.hot();
+    if candidates.len() == hot.len() {
+        argmin_random_ties(hot.len(), rng, |i| cost(hot[i].get()))
     } else {
-        argmin_random_ties(candidates.len(), rng, |i| cost(cx.agent(candidates[i])))
+        argmin_random_ties(candidates.len(), rng, |i| {
+            cost(hot[candidates[i] as usize].get())
+        })
     }
 }
 

@@ -1,0 +1,168 @@
+//! Dense per-agent "hot" cells: the three figures a decision reads for every
+//! candidate (tasks in flight, the learner's condition byte, the value of the
+//! current state), 16 bytes per agent, four agents per cache line.
+//!
+//! An agent is a few hundred bytes behind its own pointer; a scan over a
+//! thousand of them touches a thousand scattered cache lines. Its hot cell
+//! instead lives in a chunk of 256 cells shared with the agents registered
+//! around the same time, and each table snapshot keeps the cells of its slots
+//! in one array, so the scan reads two dense arrays.
+
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Cells per chunk.
+const CHUNK: usize = 256;
+
+/// The condition of an agent nobody measured yet: high success, fast (see
+/// `QConfig::state`).
+pub const UNMEASURED: u8 = 6;
+
+/// One agent's hot figures.
+#[derive(Debug)]
+pub struct Hot {
+    in_flight: AtomicU32,
+    condition: AtomicU8,
+    /// `f64` bits of the learned value of the agent's current state (class 0).
+    value: AtomicU64,
+}
+
+impl Hot {
+    fn new() -> Hot {
+        Hot {
+            in_flight: AtomicU32::new(0),
+            condition: AtomicU8::new(UNMEASURED),
+            value: AtomicU64::new(0),
+        }
+    }
+
+    fn reset(&self) {
+        self.in_flight.store(0, Ordering::Relaxed);
+        self.condition.store(UNMEASURED, Ordering::Relaxed);
+        self.value.store(0, Ordering::Relaxed);
+    }
+
+    #[inline]
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    #[inline]
+    pub(crate) fn add_in_flight(&self) {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+    }
+
+    #[inline]
+    pub(crate) fn sub_in_flight(&self) {
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    #[inline]
+    pub fn condition(&self) -> u8 {
+        self.condition.load(Ordering::Relaxed)
+    }
+
+    #[inline]
+    pub(crate) fn set_condition(&self, c: u8) {
+        self.condition.store(c, Ordering::Relaxed);
+    }
+
+    #[inline]
+    pub fn value(&self) -> f64 {
+        f64::from_bits(self.value.load(Ordering::Relaxed))
+    }
+
+    #[inline]
+    pub(crate) fn set_value(&self, v: f64) {
+        self.value.store(v.to_bits(), Ordering::Relaxed);
+    }
+}
+
+#[derive(Debug)]
+struct Chunk {
+    cells: [Hot; CHUNK],
+}
+
+/// A handle on one cell: the chunk is kept alive by whoever holds a handle.
+#[derive(Debug, Clone)]
+pub struct HotRef {
+    chunk: Arc<Chunk>,
+    index: u32,
+}
+
+impl HotRef {
+    #[inline]
+    pub fn get(&self) -> &Hot {
+        &self.chunk.cells[self.index as usize]
+    }
+
+    /// A cell of its own, outside any arena (stats made on their own).
+    pub fn detached() -> HotRef {
+        HotRef {
+            chunk: Arc::new(Chunk {
+                cells: std::array::from_fn(|_| Hot::new()),
+            }),
+            index: 0,
+        }
+    }
+}
+
+/// Where a table's agents get their cells, and give them back.
+#[derive(Debug, Default)]
+pub struct HotArena {
+    free: Mutex<Vec<HotRef>>,
+}
+
+impl HotArena {
+    /// A fresh cell: a freed one, or one of a new chunk.
+    pub fn take(&self) -> HotRef {
+        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(cell) = free.pop() {
+            cell.get().reset();
+            return cell;
+        }
+        let chunk = Arc::new(Chunk {
+            cells: std::array::from_fn(|_| Hot::new()),
+        });
+        // Highest index first in the free list, so cells are handed out in
+        // order and agents registered together sit together.
+        free.extend((1..CHUNK as u32).rev().map(|index| HotRef {
+            chunk: chunk.clone(),
+            index,
+        }));
+        HotRef { chunk, index: 0 }
+    }
+
+    /// Returns a cell whose agent is gone.
+    pub fn give(&self, cell: HotRef) {
+        self.free
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(cell);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cells_are_handed_out_in_order_and_reused_clean() {
+        let arena = HotArena::default();
+        let a = arena.take();
+        let b = arena.take();
+        assert!(Arc::ptr_eq(&a.chunk, &b.chunk));
+        assert_eq!((a.index, b.index), (0, 1));
+        b.get().add_in_flight();
+        b.get().set_value(3.5);
+        arena.give(b);
+        let c = arena.take();
+        assert_eq!(c.index, 1);
+        assert_eq!(c.get().in_flight(), 0);
+        assert_eq!(c.get().value(), 0.0);
+        assert_eq!(c.get().condition(), UNMEASURED);
+        let more: Vec<HotRef> = (0..CHUNK).map(|_| arena.take()).collect();
+        assert!(!Arc::ptr_eq(&more.last().unwrap().chunk, &a.chunk));
+        assert_eq!(std::mem::size_of::<Hot>(), 16);
+    }
+}
