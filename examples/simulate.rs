@@ -6,7 +6,9 @@
 //!
 //! Options: --workload NAME|FILE (default: every built-in), --seed N (1),
 //! --tasks N (override), --strategies a,b,... (default: all and the oracle),
-//! --json (machine-readable results), --print-workload NAME.
+//! --resilience (breakers and bulkheads on, as the application runs; off by
+//! default so that strategies are compared on their own), --json
+//! (machine-readable results), --print-workload NAME.
 
 use std::process::ExitCode;
 
@@ -19,6 +21,7 @@ struct Args {
     tasks: Option<usize>,
     contenders: Vec<Contender>,
     json: bool,
+    resilience: bool,
     print: Option<String>,
 }
 
@@ -29,6 +32,7 @@ fn parse() -> Result<Args, String> {
         tasks: None,
         contenders: Contender::all(),
         json: false,
+        resilience: false,
         print: None,
     };
     let mut it = std::env::args().skip(1);
@@ -55,11 +59,12 @@ fn parse() -> Result<Args, String> {
                     .collect::<Result<_, _>>()?
             }
             "--json" => args.json = true,
+            "--resilience" => args.resilience = true,
             "--print-workload" => args.print = Some(value("--print-workload")?),
             "--help" | "-h" => {
                 return Err(
                     "usage: simulate [--workload NAME|FILE]... [--seed N] [--tasks N] \
-                            [--strategies a,b] [--json] [--print-workload NAME]"
+                            [--strategies a,b] [--resilience] [--json] [--print-workload NAME]"
                         .into(),
                 );
             }
@@ -118,10 +123,18 @@ fn main() -> ExitCode {
         if let Some(n) = args.tasks {
             w.tasks = n;
         }
-        let results = sim::compare(&w, &args.contenders, args.seed, &config, Window::default());
+        let results = sim::compare(
+            &w,
+            &args.contenders,
+            args.seed,
+            &config,
+            Window::default(),
+            args.resilience,
+        );
         if args.json {
             json.push(serde_json::json!({
-                "workload": w.name, "seed": args.seed, "tasks": w.tasks, "results": results
+                "workload": w.name, "seed": args.seed, "tasks": w.tasks,
+                "resilience": args.resilience, "results": results
             }));
         } else {
             println!("{}", sim::format_table(&w, args.seed, &results));

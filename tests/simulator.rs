@@ -12,6 +12,7 @@ fn results(name: &str, seed: u64, contenders: &[Contender]) -> Vec<RunResult> {
         seed,
         &RouterConfig::default(),
         Window::default(),
+        false,
     )
 }
 
@@ -120,6 +121,7 @@ fn a_json_workload_runs() {
         1,
         &RouterConfig::default(),
         Window::default(),
+        false,
     );
     assert_eq!(rs.len(), Strategy::ALL.len() + 2);
     assert!(

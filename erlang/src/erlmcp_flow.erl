@@ -43,12 +43,18 @@
                           strategy => strategy(),
                           sticky_key => binary(),
                           task_class => term(),
+                          idempotent => boolean(),
                           reply_to => pid()}.
--type execute_opts() :: #{timeout => timeout()}.
+-type execute_opts() :: #{timeout => timeout(),
+                          routing_timeout => pos_integer(),
+                          max_retry_attempts => non_neg_integer(),
+                          base_retry_delay => non_neg_integer(),
+                          max_retry_delay => non_neg_integer()}.
 -type meta() :: #{agent_id := agent_id(),
                   trace_id := binary(),
-                  latency_us := non_neg_integer(),
-                  attempts := pos_integer()}.
+                  latency_us := non_neg_integer() | undefined,
+                  attempts := pos_integer(),
+                  tried := [erlmcp_flow_router:attempt()]}.
 -type trace_context() :: erlmcp_flow_trace:context().
 
 %% @equiv execute(Task, Requirements, #{})
@@ -60,16 +66,27 @@ execute(Task, Requirements) ->
 %% and waits for its answer, in the calling process.
 %%
 %% Requirements: `capabilities' (all must be held; default `[]', any agent),
-%% `timeout' (ms or `infinity'; default the `timeouts.execution' setting),
-%% `strategy' (default the `load_balancer.strategy' setting), `sticky_key'
-%% (a binary: consistent hashing routes equal keys to the same agent; default
-%% the task's `id'), `task_class' (any term: Q-learning keeps separate values
-%% per class, hashed into `q_learning.task_classes' classes). Opts: `timeout'
-%% overrides the requirement's.
+%% `timeout' (ms per attempt or `infinity'; default the `timeouts.execution'
+%% setting, or an adaptive one with `timeouts.adaptive'), `strategy'
+%% (default the `load_balancer.strategy' setting), `sticky_key' (a binary:
+%% consistent hashing routes equal keys to the same agent; default the task's
+%% `id'), `task_class' (any term: Q-learning keeps separate values per class,
+%% hashed into `q_learning.task_classes' classes), `idempotent' (default
+%% true; `false' means exactly one attempt). Opts override the `timeouts'
+%% settings for this call: `timeout', `routing_timeout',
+%% `max_retry_attempts', `base_retry_delay', `max_retry_delay'.
 %%
-%% Errors: `no_agents_available', `execution_timeout',
-%% `{agent_down, Reason}', `{agent_error, Reason}' (the agent answered
-%% `{error, Reason}'), `{bad_agent_reply, Term}', `{badarg, What}'.
+%% A timed-out, dead or erring agent's task is retried on another agent (see
+%% `erlmcp_flow_router'); `Meta' reports the `attempts' and, in `tried', each
+%% failed one with its agent and reason.
+%%
+%% Errors: `no_agents_available' (none holds the capabilities, or all their
+%% breakers are open), `overloaded' (all at their bulkhead limit past the
+%% routing timeout), `{no_available_agent, Attempts}' (every attempt failed);
+%% with one attempt only (`idempotent => false'), that attempt's own error:
+%% `execution_timeout', `{agent_down, Reason}', `{agent_error, Reason}' (the
+%% agent answered `{error, Reason}'), `{bad_agent_reply, Term}'. And
+%% `{badarg, What}'.
 -spec execute(task(), requirements(), execute_opts()) -> {ok, term(), meta()} | {error, term()}.
 execute(Task, Requirements, Opts) ->
     erlmcp_flow_router:execute(Task, Requirements, Opts).

@@ -18,14 +18,15 @@
 -export([get/1]).
 -export([get/2]).
 -export([format_error/1]).
+-export([clock/0]).
 
 -export_type([config/0, section/0, error_reason/0]).
 
 -type section() :: q_learning | load_balancer | circuit_breaker
                  | failure_detector | byzantine | timeouts.
--type config() :: #{section() => #{atom() => term()}}.
+-type config() :: #{section() => #{atom() => term()}, clock => system | manual}.
 -type error_reason() :: {unknown_config_key, atom() | {section(), term()}}
-                      | {invalid_config, section(), term()}
+                      | {invalid_config, section() | clock, term()}
                       | {invalid_config, {section(), atom()}, term()}.
 
 -compile({no_auto_import, [get/1]}).
@@ -55,7 +56,8 @@ schema() ->
            {hash_balance_factor, infinity, fun is_balance_factor/1},
            {ewma_decay_ms, 10000, fun is_pos_integer/1}],
       circuit_breaker =>
-          [{failure_threshold, 5, fun is_pos_integer/1},
+          [{enabled, true, fun is_boolean/1},
+           {failure_threshold, 5, fun is_pos_integer/1},
            {min_requests, 10, fun is_pos_integer/1},
            {failure_rate_threshold, 0.5, fun is_unit_open_low/1},
            {timeout, 30000, fun is_pos_integer/1},
@@ -64,7 +66,8 @@ schema() ->
            {slow_call_threshold, infinity, fun is_timeout/1},
            {window_type, count, one_of([count, time])},
            {window_size, 20, fun is_pos_integer/1},
-           {max_concurrent, 10, fun is_pos_integer/1}],
+           {max_concurrent, 10, fun is_pos_integer/1},
+           {max_waiting, 1000, fun is_non_neg_integer/1}],
       failure_detector =>
           [{heartbeat_interval, 1000, fun is_pos_integer/1},
            {phi_threshold, 8.0, fun is_positive_number/1},
@@ -83,10 +86,11 @@ schema() ->
            {base_retry_delay, 100, fun is_non_neg_integer/1},
            {max_retry_delay, 5000, fun is_non_neg_integer/1}]}.
 
-%% @doc Every section with its default values.
+%% @doc Every section with its default values, and the clock.
 -spec defaults() -> config().
 defaults() ->
-    maps:map(fun(_, Rows) -> maps:from_list([{K, D} || {K, D, _} <- Rows]) end, schema()).
+    (maps:map(fun(_, Rows) -> maps:from_list([{K, D} || {K, D, _} <- Rows]) end, schema()))#{
+        clock => system}.
 
 %% @doc Reads and validates the application environment of `erlmcp_flow'.
 -spec load() -> {ok, config()} | {error, error_reason()}.
@@ -100,6 +104,10 @@ validate(Env) when is_map(Env) ->
     Schema = schema(),
     maps:fold(
       fun(_, _, {error, _} = E) -> E;
+         %% The time seam: `manual' makes the router's clock stand still
+         %% except when moved by erlmcp_flow_registry:advance_clock/1 (tests).
+         (clock, V, {ok, Acc}) when V =:= system; V =:= manual -> {ok, Acc#{clock => V}};
+         (clock, V, {ok, _}) -> {error, {invalid_config, clock, V}};
          (Section, Value, {ok, Acc}) ->
               case Schema of
                   #{Section := Rows} -> merge_section(Section, Value, Rows, Acc);
@@ -161,6 +169,11 @@ get(Section) ->
 get(Section, Key) ->
     maps:get(Key, get(Section)).
 
+%% @doc The router's clock: `system', or `manual' for tests.
+-spec clock() -> system | manual.
+clock() ->
+    maps:get(clock, persistent_term:get(?KEY, defaults())).
+
 %% @doc A human sentence for a configuration error.
 -spec format_error(error_reason()) -> string().
 format_error({unknown_config_key, {Section, Key}}) ->
@@ -171,6 +184,8 @@ format_error({unknown_config_key, Section}) ->
 format_error({invalid_config, {Section, Key}, Value}) ->
     lists:flatten(io_lib:format("erlmcp_flow: bad value ~p for ~p in section ~p",
                                 [Value, Key, Section]));
+format_error({invalid_config, clock, Value}) ->
+    lists:flatten(io_lib:format("erlmcp_flow: clock must be system or manual, got ~p", [Value]));
 format_error({invalid_config, Section, Value}) ->
     lists:flatten(io_lib:format("erlmcp_flow: section ~p must be a map, got ~p",
                                 [Section, Value])).

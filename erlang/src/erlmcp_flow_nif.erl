@@ -15,7 +15,8 @@
 -export([agent_remove/2]).
 -export([router_stats/1]).
 -export([agent_stats/2]).
--export([decide/5]).
+-export([decide/7]).
+-export([has_capacity/2]).
 -export([complete/2]).
 -export([explain/3]).
 -export([q_table/1]).
@@ -24,14 +25,20 @@
 -export([q_reset/1]).
 -export([td_update/5]).
 -export([reward/4]).
+-export([breaker_allow/2]).
+-export([breaker_record/4]).
+-export([breaker_state/2]).
+-export([breaker_reset/2]).
 -export([generate_trace_id/0]).
 -export([generate_span_id/0]).
 
--export_type([router/0, lease/0, outcome/0, router_opts/0, state/0]).
+-export_type([router/0, lease/0, outcome/0, router_opts/0, state/0, transition/0,
+              breaker_state/0]).
 
 -nifs([router_new/1, clock_advance/2, agent_insert/6, agent_remove/2, router_stats/1,
-       agent_stats/2, decide/5, complete/2, explain/3, q_table/1, q_save/2, q_load/2,
-       q_reset/1, td_update/5, reward/4, generate_trace_id/0, generate_span_id/0]).
+       agent_stats/2, decide/7, has_capacity/2, complete/2, explain/3, q_table/1, q_save/2, q_load/2,
+       q_reset/1, td_update/5, reward/4, breaker_allow/2, breaker_record/4, breaker_state/2,
+       breaker_reset/2, generate_trace_id/0, generate_span_id/0]).
 
 -type router() :: reference().
 -type lease() :: reference().
@@ -44,8 +51,17 @@
                          softmax_temperature => number(), fast_threshold_ms => number(),
                          slow_threshold_ms => number(), task_classes => pos_integer(),
                          max_concurrent => pos_integer(), consistent_hash_vnodes => pos_integer(),
-                         hash_balance_factor => number() | infinity, ewma_decay_ms => number()}.
+                         hash_balance_factor => number() | infinity, ewma_decay_ms => number(),
+                         breaker_enabled => boolean(), failure_threshold => pos_integer(),
+                         min_requests => pos_integer(), failure_rate_threshold => number(),
+                         breaker_timeout_ms => pos_integer(),
+                         half_open_max_requests => pos_integer(),
+                         success_threshold => pos_integer(),
+                         slow_call_threshold_ms => pos_integer() | infinity,
+                         window_type => count | time, window_size => pos_integer()}.
 -type state() :: {0..10, low | medium | high, fast | normal | slow, non_neg_integer()}.
+-type breaker_state() :: closed | open | half_open.
+-type transition() :: {breaker, breaker_state(), breaker_state()}.
 -type model_error() :: {error, {truncated | bad_magic | unsupported_version | incompatible
                                 | checksum | trailing_bytes | io, string()}}.
 
@@ -77,20 +93,25 @@ agent_insert(_Router, _Id, _Pid, _Caps, _Kind, _Weight) -> erlang:nif_error(nif_
 -spec agent_remove(router(), binary()) -> ok | {error, not_found} | badarg().
 agent_remove(_Router, _Id) -> erlang:nif_error(nif_not_loaded).
 
--spec router_stats(router()) ->
-          {ok, #{agents := non_neg_integer(), in_flight := non_neg_integer(),
-                 episodes := non_neg_integer(), epsilon := float()}} | badarg().
+-spec router_stats(router()) -> {ok, #{atom() => number()}} | badarg().
 router_stats(_Router) -> erlang:nif_error(nif_not_loaded).
 
 -spec agent_stats(router(), binary()) -> {ok, map()} | {error, not_found} | badarg().
 agent_stats(_Router, _Id) -> erlang:nif_error(nif_not_loaded).
 
--spec decide(router(), [binary()], atom(), binary() | undefined, binary() | undefined) ->
-          {ok, binary(), pid(), lease()} | {error, no_agents_available} | badarg().
-decide(_Router, _Caps, _Strategy, _StickyKey, _TaskClass) -> erlang:nif_error(nif_not_loaded).
+-spec decide(router(), [binary()], atom(), binary() | undefined, binary() | undefined,
+             [binary()], any | swarm) ->
+          {ok, binary(), pid(), lease()} | {ok, binary(), pid(), lease(), transition()}
+        | {error, no_agents_available | overloaded} | badarg().
+decide(_Router, _Caps, _Strategy, _StickyKey, _TaskClass, _Exclude, _Kind) ->
+    erlang:nif_error(nif_not_loaded).
+
+-spec has_capacity(router(), [binary()]) -> boolean() | badarg().
+has_capacity(_Router, _Caps) -> erlang:nif_error(nif_not_loaded).
 
 -spec complete(lease(), outcome()) ->
-          {ok, non_neg_integer()} | {error, already_settled} | badarg().
+          {ok, non_neg_integer()} | {ok, non_neg_integer(), transition()}
+        | {error, already_settled} | badarg().
 complete(_Lease, _Outcome) -> erlang:nif_error(nif_not_loaded).
 
 -spec explain(router(), [binary()], binary() | undefined) -> [map()] | badarg().
@@ -114,6 +135,21 @@ td_update(_Q, _Reward, _MaxNext, _Alpha, _Gamma) -> erlang:nif_error(nif_not_loa
 
 -spec reward(number(), boolean(), number(), number()) -> float() | badarg().
 reward(_LatencyUs, _Ok, _FastUs, _SlowUs) -> erlang:nif_error(nif_not_loaded).
+
+-spec breaker_allow(router(), binary()) ->
+          {allow | deny, none | transition()} | {error, not_found} | badarg().
+breaker_allow(_Router, _Id) -> erlang:nif_error(nif_not_loaded).
+
+-spec breaker_record(router(), binary(), ok | error, non_neg_integer()) ->
+          {ok, none | transition()} | {error, not_found} | badarg().
+breaker_record(_Router, _Id, _Outcome, _LatencyUs) -> erlang:nif_error(nif_not_loaded).
+
+-spec breaker_state(router(), binary()) ->
+          {breaker_state(), non_neg_integer(), none | transition()} | {error, not_found} | badarg().
+breaker_state(_Router, _Id) -> erlang:nif_error(nif_not_loaded).
+
+-spec breaker_reset(router(), binary()) -> {ok, none | transition()} | {error, not_found} | badarg().
+breaker_reset(_Router, _Id) -> erlang:nif_error(nif_not_loaded).
 
 -spec generate_trace_id() -> binary().
 generate_trace_id() -> erlang:nif_error(nif_not_loaded).

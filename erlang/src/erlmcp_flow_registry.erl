@@ -25,6 +25,7 @@
 -export([get_agent_load/1]).
 -export([agent_stats/1]).
 -export([router_stats/0]).
+-export([advance_clock/1]).
 -export([list_agents/0]).
 -export([router/0]).
 -export([backend/0]).
@@ -145,6 +146,12 @@ router_stats() ->
     {ok, Stats} = erlmcp_flow_nif:router_stats(router()),
     Stats.
 
+%% @private The time seam: moves a manual clock (application env
+%% `clock => manual') forward by `Us' microseconds.
+-spec advance_clock(non_neg_integer()) -> {ok, non_neg_integer()} | {error, system_clock}.
+advance_clock(Us) ->
+    erlmcp_flow_nif:clock_advance(router(), Us).
+
 %% @doc Every registration: `{Id, Pid, Kind, Capabilities}', sorted by id.
 -spec list_agents() -> [{erlmcp_flow:agent_id(), pid(), kind(), [erlmcp_flow:capability()]}].
 list_agents() ->
@@ -258,9 +265,20 @@ router_options() ->
     QKeys = [alpha, gamma, epsilon, epsilon_min, epsilon_decay, epsilon_schedule,
              softmax_temperature, fast_threshold_ms, slow_threshold_ms, task_classes],
     LBKeys = [consistent_hash_vnodes, hash_balance_factor, ewma_decay_ms],
-    (maps:merge(maps:with(QKeys, Q), maps:with(LBKeys, LB)))#{
-        clock => system,
-        max_concurrent => erlmcp_flow_config:get(circuit_breaker, max_concurrent)}.
+    CB = erlmcp_flow_config:get(circuit_breaker),
+    Breaker = #{breaker_enabled => maps:get(enabled, CB),
+                failure_threshold => maps:get(failure_threshold, CB),
+                min_requests => maps:get(min_requests, CB),
+                failure_rate_threshold => maps:get(failure_rate_threshold, CB),
+                breaker_timeout_ms => maps:get(timeout, CB),
+                half_open_max_requests => maps:get(half_open_max_requests, CB),
+                success_threshold => maps:get(success_threshold, CB),
+                slow_call_threshold_ms => maps:get(slow_call_threshold, CB),
+                window_type => maps:get(window_type, CB),
+                window_size => maps:get(window_size, CB),
+                max_concurrent => maps:get(max_concurrent, CB)},
+    maps:merge(maps:merge(maps:with(QKeys, Q), maps:with(LBKeys, LB)),
+               Breaker#{clock => erlmcp_flow_config:clock()}).
 
 validate(Id, _Pid, _Caps) when not is_binary(Id); Id =:= <<>> ->
     {error, {badarg, agent_id}};

@@ -25,6 +25,8 @@ init([]) ->
                   start => {erlmcp_flow_registry, start_link, []}},
                 #{id => erlmcp_flow_q_learning,
                   start => {erlmcp_flow_q_learning, start_link, []}},
+                #{id => erlmcp_flow_bulkhead,
+                  start => {erlmcp_flow_bulkhead, start_link, []}},
                 #{id => erlmcp_flow_task_sup,
                   start => {erlmcp_flow_task_sup, start_link, []},
                   type => supervisor}],

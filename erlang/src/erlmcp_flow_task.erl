@@ -14,11 +14,12 @@
 -export_type([job/0]).
 
 -type job() :: #{task := erlmcp_flow:task(),
-                 plan := erlmcp_flow_router:plan(),
+                 timeout := timeout(),
                  context := erlmcp_flow_trace:context(),
                  agent_id := erlmcp_flow:agent_id(),
                  pid := pid(),
-                 lease := erlmcp_flow_nif:lease()}.
+                 lease := erlmcp_flow_nif:lease(),
+                 reply_to := pid() | undefined}.
 
 -spec start_link(job()) -> {ok, pid()}.
 start_link(Job) ->
@@ -26,14 +27,18 @@ start_link(Job) ->
 
 %% @private
 -spec run(job()) -> ok.
-run(#{task := Task, plan := Plan, context := Ctx, agent_id := AgentId, pid := Pid,
-      lease := Lease}) ->
+run(#{task := Task, timeout := Timeout, context := Ctx, agent_id := AgentId, pid := Pid,
+      lease := Lease, reply_to := ReplyTo}) ->
     Ref = erlmcp_flow_router:dispatch(Pid, Task, Ctx),
     #{trace_id := TraceId} = Ctx,
-    Answer = erlmcp_flow_router:await(
-               Ref, Pid, Lease, maps:get(timeout, Plan),
-               #{agent_id => AgentId, trace_id => TraceId, attempts => 1}),
-    case Plan of
-        #{reply_to := To} -> To ! {erlmcp_flow_result, TraceId, Answer}, ok;
-        #{} -> ok
+    Answer = case erlmcp_flow_router:await(Ref, Pid, Lease, Timeout, AgentId) of
+                 {ok, Result, Latency} ->
+                     {ok, Result, #{agent_id => AgentId, trace_id => TraceId,
+                                    latency_us => Latency, attempts => 1, tried => []}};
+                 {error, Reason, _Latency} ->
+                     {error, Reason}
+             end,
+    case ReplyTo of
+        undefined -> ok;
+        _ -> ReplyTo ! {erlmcp_flow_result, TraceId, Answer}, ok
     end.

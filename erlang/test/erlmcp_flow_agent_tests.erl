@@ -29,7 +29,7 @@ plain() ->
     ?assertEqual({ok, Pid}, erlmcp_flow:find_agent(<<"p">>)),
     ?assertMatch({ok, {pre, 7}, #{agent_id := <<"p">>}},
                  erlmcp_flow:execute(#{input => 7}, #{capabilities => [<<"plain">>]})),
-    ?assertEqual({error, {agent_error, no_input}}, erlmcp_flow:execute(#{}, #{})),
+    ?assertEqual({error, {agent_error, no_input}}, erlmcp_flow:execute(#{}, #{idempotent => false})),
     stop(Pid),
     ?assertEqual({error, not_found}, erlmcp_flow:find_agent(<<"p">>)).
 
@@ -39,7 +39,7 @@ deferred() ->
     {ok, <<"t">>, #{trace_id := T1}} = erlmcp_flow:route_task(#{op => later, value => a}, #{reply_to => self()}),
     {ok, <<"t">>, #{trace_id := T2}} = erlmcp_flow:route_task(#{op => later, value => b}, #{reply_to => self()}),
     %% the agent keeps serving while two tasks wait
-    ?assertMatch({error, {agent_error, failed}}, erlmcp_flow:execute(#{op => fail}, #{})),
+    ?assertMatch({error, {agent_error, failed}}, erlmcp_flow:execute(#{op => fail}, #{idempotent => false})),
     ?assertEqual(2, erlmcp_flow:get_agent_load(<<"t">>)),
     Pid ! release,
     receive {erlmcp_flow_result, T1, A1} -> ?assertMatch({ok, a, _}, A1) end,
@@ -52,7 +52,7 @@ deferred() ->
 
 cancel() ->
     Pid = start(<<"t">>, [<<"x">>], erlmcp_flow_test_agent, #{owner => self()}),
-    ?assertEqual({error, execution_timeout}, erlmcp_flow:execute(#{op => hang}, #{timeout => 10})),
+    ?assertEqual({error, execution_timeout}, erlmcp_flow:execute(#{op => hang}, #{timeout => 10, idempotent => false})),
     receive {agent_cancelled, Pid, Ref} -> ?assert(is_reference(Ref)) end,
     stop(Pid).
 
@@ -65,7 +65,7 @@ info() ->
 
 crash() ->
     Pid = start(<<"t">>, [<<"x">>], erlmcp_flow_test_agent, #{owner => self()}),
-    ?assertEqual({error, {agent_down, crashed_on_purpose}}, erlmcp_flow:execute(#{op => crash}, #{})),
+    ?assertEqual({error, {agent_down, crashed_on_purpose}}, erlmcp_flow:execute(#{op => crash}, #{idempotent => false})),
     sync_registry(),
     ?assertNot(is_process_alive(Pid)),
     ?assertEqual({error, not_found}, erlmcp_flow:find_agent(<<"t">>)).

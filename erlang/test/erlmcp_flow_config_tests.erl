@@ -7,7 +7,8 @@
 
 defaults_have_every_section_test() ->
     D = erlmcp_flow_config:defaults(),
-    ?assertEqual(?SECTIONS, lists:sort(maps:keys(D))),
+    ?assertEqual(lists:sort([clock | ?SECTIONS]), lists:sort(maps:keys(D))),
+    ?assertEqual(system, maps:get(clock, D)),
     ?assertMatch(#{strategy := round_robin, consistent_hash_vnodes := 150},
                  maps:get(load_balancer, D)),
     ?assertMatch(#{alpha := 0.1, gamma := 0.9, epsilon := 0.1}, maps:get(q_learning, D)),
@@ -42,6 +43,11 @@ bad_values_are_named_test_() ->
     [?_assertEqual({error, {invalid_config, {S, K}, V}},
                    erlmcp_flow_config:validate(#{S => #{K => V}}))
      || {S, K, V} <- Cases].
+
+clock_is_system_or_manual_test() ->
+    ?assertMatch({ok, #{clock := manual}}, erlmcp_flow_config:validate(#{clock => manual})),
+    ?assertEqual({error, {invalid_config, clock, sundial}},
+                 erlmcp_flow_config:validate(#{clock => sundial})).
 
 section_must_be_a_map_test() ->
     ?assertEqual({error, {invalid_config, timeouts, [{execution, 1}]}},

@@ -14,7 +14,7 @@ manual_router() ->
 garbage_gets_a_named_error_test_() ->
     R = router(),
     ok = erlmcp_flow_nif:agent_insert(R, <<"a">>, self(), [<<"c">>], agent, 1),
-    {ok, _, _, Lease} = erlmcp_flow_nif:decide(R, [<<"c">>], round_robin, undefined, undefined),
+    {ok, _, _, Lease} = erlmcp_flow_nif:decide(R, [<<"c">>], round_robin, undefined, undefined, [], any),
     Cases =
         [{router, fun() -> erlmcp_flow_nif:router_new(not_a_map) end, opts},
          {router, fun() -> erlmcp_flow_nif:router_new(#{clock => sundial}) end, opts},
@@ -41,14 +41,14 @@ garbage_gets_a_named_error_test_() ->
          {remove, fun() -> erlmcp_flow_nif:agent_remove(Lease, <<"a">>) end, router},
          {stats, fun() -> erlmcp_flow_nif:router_stats([]) end, router},
          {stats, fun() -> erlmcp_flow_nif:agent_stats(R, #{}) end, agent_id},
-         {decide, fun() -> erlmcp_flow_nif:decide(R, [<<"c">>], fastest, undefined, undefined) end, strategy},
-         {decide, fun() -> erlmcp_flow_nif:decide(R, [<<"c">>], <<"round_robin">>, undefined, undefined) end, strategy},
-         {decide, fun() -> erlmcp_flow_nif:decide(R, <<"c">>, round_robin, undefined, undefined) end, capabilities},
-         {decide, fun() -> erlmcp_flow_nif:decide(R, [1.5], round_robin, undefined, undefined) end, capabilities},
-         {decide, fun() -> erlmcp_flow_nif:decide(Lease, [<<"c">>], round_robin, undefined, undefined) end, router},
-         {decide, fun() -> erlmcp_flow_nif:decide(R, [<<"c">>], consistent_hash, 42, undefined) end, sticky_key},
-         {decide, fun() -> erlmcp_flow_nif:decide(R, [<<"c">>], consistent_hash, undefined, undefined) end, sticky_key},
-         {decide, fun() -> erlmcp_flow_nif:decide(R, [<<"c">>], q_learning, undefined, {class}) end, task_class},
+         {decide, fun() -> erlmcp_flow_nif:decide(R, [<<"c">>], fastest, undefined, undefined, [], any) end, strategy},
+         {decide, fun() -> erlmcp_flow_nif:decide(R, [<<"c">>], <<"round_robin">>, undefined, undefined, [], any) end, strategy},
+         {decide, fun() -> erlmcp_flow_nif:decide(R, <<"c">>, round_robin, undefined, undefined, [], any) end, capabilities},
+         {decide, fun() -> erlmcp_flow_nif:decide(R, [1.5], round_robin, undefined, undefined, [], any) end, capabilities},
+         {decide, fun() -> erlmcp_flow_nif:decide(Lease, [<<"c">>], round_robin, undefined, undefined, [], any) end, router},
+         {decide, fun() -> erlmcp_flow_nif:decide(R, [<<"c">>], consistent_hash, 42, undefined, [], any) end, sticky_key},
+         {decide, fun() -> erlmcp_flow_nif:decide(R, [<<"c">>], consistent_hash, undefined, undefined, [], any) end, sticky_key},
+         {decide, fun() -> erlmcp_flow_nif:decide(R, [<<"c">>], q_learning, undefined, {class}, [], any) end, task_class},
          {router, fun() -> erlmcp_flow_nif:router_new(#{alpha => 0}) end, opts},
          {router, fun() -> erlmcp_flow_nif:router_new(#{gamma => 1.0}) end, opts},
          {router, fun() -> erlmcp_flow_nif:router_new(#{epsilon_schedule => step}) end, opts},
@@ -84,7 +84,7 @@ insert_decide_complete_test() ->
     ?assertEqual({error, already_registered},
                  erlmcp_flow_nif:agent_insert(R, <<"a">>, self(), [<<"x">>], agent, 1)),
     Self = self(),
-    {ok, <<"a">>, Self, Lease} = erlmcp_flow_nif:decide(R, [<<"y">>, <<"x">>], round_robin, undefined, undefined),
+    {ok, <<"a">>, Self, Lease} = erlmcp_flow_nif:decide(R, [<<"y">>, <<"x">>], round_robin, undefined, undefined, [], any),
     ?assertMatch({ok, #{in_flight := 1, dispatched := 1}}, erlmcp_flow_nif:agent_stats(R, <<"a">>)),
     ?assertMatch({ok, #{agents := 1, in_flight := 1, episodes := 0}},
                  erlmcp_flow_nif:router_stats(R)),
@@ -95,11 +95,11 @@ insert_decide_complete_test() ->
                         success_rate := 1.0, weight := 1.0}},
                  erlmcp_flow_nif:agent_stats(R, <<"a">>)),
     ?assertMatch({ok, #{episodes := 1}}, erlmcp_flow_nif:router_stats(R)),
-    ?assertEqual({error, no_agents_available}, erlmcp_flow_nif:decide(R, [<<"z">>], round_robin, undefined, undefined)),
+    ?assertEqual({error, no_agents_available}, erlmcp_flow_nif:decide(R, [<<"z">>], round_robin, undefined, undefined, [], any)),
     ?assertEqual(ok, erlmcp_flow_nif:agent_remove(R, <<"a">>)),
     ?assertEqual({error, not_found}, erlmcp_flow_nif:agent_remove(R, <<"a">>)),
     ?assertEqual({error, not_found}, erlmcp_flow_nif:agent_stats(R, <<"a">>)),
-    ?assertEqual({error, no_agents_available}, erlmcp_flow_nif:decide(R, [], round_robin, undefined, undefined)).
+    ?assertEqual({error, no_agents_available}, erlmcp_flow_nif:decide(R, [], round_robin, undefined, undefined, [], any)).
 
 system_clock_cannot_be_advanced_test() ->
     ?assertEqual({error, system_clock}, erlmcp_flow_nif:clock_advance(router(), 1)).
@@ -108,7 +108,7 @@ every_outcome_is_counted_test() ->
     R = router(),
     ok = erlmcp_flow_nif:agent_insert(R, <<"a">>, self(), [<<"x">>], agent, 1),
     [begin
-         {ok, _, _, L} = erlmcp_flow_nif:decide(R, [], round_robin, undefined, undefined),
+         {ok, _, _, L} = erlmcp_flow_nif:decide(R, [], round_robin, undefined, undefined, [], any),
          {ok, _} = erlmcp_flow_nif:complete(L, O)
      end || O <- [ok, error, timeout, down, abandoned]],
     ?assertMatch({ok, #{dispatched := 5, in_flight := 0, succeeded := 1, failed := 1,
@@ -119,7 +119,7 @@ a_dead_holder_releases_its_lease_test() ->
     R = router(),
     ok = erlmcp_flow_nif:agent_insert(R, <<"a">>, self(), [<<"x">>], agent, 1),
     {Pid, MRef} = spawn_monitor(fun() ->
-                                        {ok, _, _, _Lease} = erlmcp_flow_nif:decide(R, [], round_robin, undefined, undefined),
+                                        {ok, _, _, _Lease} = erlmcp_flow_nif:decide(R, [], round_robin, undefined, undefined, [], any),
                                         receive never -> ok end
                                 end),
     erlmcp_flow_test_util:wait_until(
@@ -134,7 +134,7 @@ a_dead_holder_releases_its_lease_test() ->
 a_removed_agent_still_settles_test() ->
     R = router(),
     ok = erlmcp_flow_nif:agent_insert(R, <<"a">>, self(), [<<"x">>], agent, 1),
-    {ok, _, _, L} = erlmcp_flow_nif:decide(R, [], round_robin, undefined, undefined),
+    {ok, _, _, L} = erlmcp_flow_nif:decide(R, [], round_robin, undefined, undefined, [], any),
     ok = erlmcp_flow_nif:agent_remove(R, <<"a">>),
     ?assertMatch({ok, #{agents := 0, in_flight := 1}}, erlmcp_flow_nif:router_stats(R)),
     {ok, _} = erlmcp_flow_nif:complete(L, down),
@@ -146,7 +146,7 @@ round_robin_over_the_candidates_test() ->
     [ok = erlmcp_flow_nif:agent_insert(R, Id, self(), [<<"x">>], agent, 1) || Id <- Ids],
     ok = erlmcp_flow_nif:agent_insert(R, <<"other">>, self(), [<<"y">>], swarm, 1),
     Picks = [begin
-                 {ok, Id, _, L} = erlmcp_flow_nif:decide(R, [<<"x">>], round_robin, undefined, undefined),
+                 {ok, Id, _, L} = erlmcp_flow_nif:decide(R, [<<"x">>], round_robin, undefined, undefined, [], any),
                  {ok, _} = erlmcp_flow_nif:complete(L, ok),
                  Id
              end || _ <- lists:seq(1, 30)],
@@ -167,13 +167,13 @@ every_strategy_decides_test() ->
     R = router(),
     [ok = erlmcp_flow_nif:agent_insert(R, <<"a", I>>, self(), [<<"x">>], agent, I) || I <- [1, 2, 3]],
     [begin
-         {ok, <<"a", _>>, _, L} = erlmcp_flow_nif:decide(R, [<<"x">>], S, <<"key">>, <<"class">>),
+         {ok, <<"a", _>>, _, L} = erlmcp_flow_nif:decide(R, [<<"x">>], S, <<"key">>, <<"class">>, [], any),
          {ok, _} = erlmcp_flow_nif:complete(L, ok)
      end || S <- erlmcp_flow_router:strategies(), _ <- lists:seq(1, 10)],
     %% one sticky key, one agent
     Picks = lists:usort(
               [begin
-                   {ok, Id, _, L} = erlmcp_flow_nif:decide(R, [], consistent_hash, <<"k">>, undefined),
+                   {ok, Id, _, L} = erlmcp_flow_nif:decide(R, [], consistent_hash, <<"k">>, undefined, [], any),
                    {ok, _} = erlmcp_flow_nif:complete(L, ok),
                    Id
                end || _ <- lists:seq(1, 20)]),
@@ -184,7 +184,7 @@ explain_and_table_test() ->
     ok = erlmcp_flow_nif:agent_insert(R, <<"a">>, self(), [<<"x">>], agent, 1),
     ok = erlmcp_flow_nif:agent_insert(R, <<"b">>, self(), [<<"x">>], agent, 1),
     ?assertEqual(#{<<"a">> => #{}, <<"b">> => #{}}, erlmcp_flow_nif:q_table(R)),
-    {ok, Id, _, L} = erlmcp_flow_nif:decide(R, [<<"x">>], q_learning, undefined, undefined),
+    {ok, Id, _, L} = erlmcp_flow_nif:decide(R, [<<"x">>], q_learning, undefined, undefined, [], any),
     {ok, _} = erlmcp_flow_nif:clock_advance(R, 5000),
     {ok, 5000} = erlmcp_flow_nif:complete(L, ok),
     Table = erlmcp_flow_nif:q_table(R),

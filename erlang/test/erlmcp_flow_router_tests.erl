@@ -59,19 +59,19 @@ no_agents() ->
 
 agent_error() ->
     register(<<"a">>, raw_agent(fun(_) -> {error, busy} end), [<<"x">>]),
-    ?assertEqual({error, {agent_error, busy}}, erlmcp_flow:execute(#{}, #{})),
+    ?assertEqual({error, {agent_error, busy}}, erlmcp_flow:execute(#{}, #{idempotent => false})),
     ?assertMatch({ok, #{failed := 1, in_flight := 0}}, erlmcp_flow:agent_stats(<<"a">>)).
 
 bad_reply() ->
     register(<<"a">>, raw_agent(fun(_) -> what end), [<<"x">>]),
-    ?assertEqual({error, {bad_agent_reply, what}}, erlmcp_flow:execute(#{}, #{})),
+    ?assertEqual({error, {bad_agent_reply, what}}, erlmcp_flow:execute(#{}, #{idempotent => false})),
     ?assertMatch({ok, #{failed := 1, in_flight := 0}}, erlmcp_flow:agent_stats(<<"a">>)).
 
 timeout() ->
     Self = self(),
     Agent = raw_agent(fun(_) -> noreply end),
     register(<<"a">>, Agent, [<<"x">>]),
-    ?assertEqual({error, execution_timeout}, erlmcp_flow:execute(#{}, #{timeout => 20})),
+    ?assertEqual({error, execution_timeout}, erlmcp_flow:execute(#{}, #{timeout => 20, idempotent => false})),
     Ref = receive {task_seen, Agent, _, _} -> receive {cancelled, Agent, R} -> R end end,
     ?assertMatch({ok, #{timed_out := 1, in_flight := 0}}, erlmcp_flow:agent_stats(<<"a">>)),
     %% an answer after the timeout goes to an inactive alias and is dropped
@@ -82,7 +82,7 @@ timeout() ->
 agent_down() ->
     Agent = raw_agent(fun(_) -> exit(self(), kill) end),
     register(<<"a">>, Agent, [<<"x">>]),
-    ?assertEqual({error, {agent_down, killed}}, erlmcp_flow:execute(#{}, #{})),
+    ?assertEqual({error, {agent_down, killed}}, erlmcp_flow:execute(#{}, #{idempotent => false})),
     sync_registry(),
     ?assertEqual({error, not_found}, erlmcp_flow:find_agent(<<"a">>)),
     ?assertMatch(#{in_flight := 0}, erlmcp_flow:stats()).

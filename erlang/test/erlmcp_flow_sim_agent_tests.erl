@@ -27,7 +27,7 @@ reliable() ->
 
 failing() ->
     P = start(<<"f">>, #{mean_ms => 0, fail_rate => 1.0}),
-    [?assertEqual({error, {agent_error, simulated_failure}}, erlmcp_flow:execute(#{}, #{}))
+    [?assertEqual({error, {agent_error, simulated_failure}}, erlmcp_flow:execute(#{}, #{idempotent => false}))
      || _ <- lists:seq(1, 10)],
     stop(P).
 

@@ -47,7 +47,7 @@ member_down() ->
     Dying = raw_agent(fun(_) -> exit(self(), kill) end),
     Echo = raw_agent(fun(T) -> {ok, T} end),
     S = start([Dying]),
-    ?assertEqual({error, {agent_error, {agent_down, killed}}}, erlmcp_flow:execute(#{}, #{})),
+    ?assertEqual({error, {agent_error, {agent_down, killed}}}, erlmcp_flow:execute(#{}, #{idempotent => false})),
     ?assertEqual([], erlmcp_flow_swarm:members(S)),
     ok = erlmcp_flow_swarm:add_member(S, Echo),
     ?assertMatch({ok, #{k := 1}, #{agent_id := <<"s">>}}, erlmcp_flow:execute(#{k => 1}, #{})),
@@ -55,13 +55,13 @@ member_down() ->
 
 no_members() ->
     S = start([]),
-    ?assertEqual({error, {agent_error, no_members}}, erlmcp_flow:execute(#{}, #{})),
+    ?assertEqual({error, {agent_error, no_members}}, erlmcp_flow:execute(#{}, #{idempotent => false})),
     stop(S).
 
 cancel() ->
     M = hanging(),
     S = start([M]),
-    ?assertEqual({error, execution_timeout}, erlmcp_flow:execute(#{}, #{timeout => 10})),
+    ?assertEqual({error, execution_timeout}, erlmcp_flow:execute(#{}, #{timeout => 10, idempotent => false})),
     receive {cancelled, M, _} -> ok end,
     ?assertEqual([{M, 0}], erlmcp_flow_swarm:members(S)),
     stop(S).

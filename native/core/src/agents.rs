@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use arc_swap::{ArcSwap, Guard};
 use rustc_hash::FxHashMap;
 
+use crate::breaker::Breaker;
 use crate::error::FlowError;
 use crate::hot::HotRef;
 use crate::learning::{QConfig, QRow, State, StateIndexer};
@@ -68,6 +69,7 @@ pub struct Agent<P> {
     /// too big (the learner's per-state maxima).
     uid: u32,
     q: QRow,
+    breaker: Breaker,
     shared: Arc<Shared>,
 }
 
@@ -108,6 +110,10 @@ impl<P> Agent<P> {
 
     pub(crate) fn shared(&self) -> &Shared {
         &self.shared
+    }
+
+    pub fn breaker(&self) -> &Breaker {
+        &self.breaker
     }
 
     /// The agent's learning state right now, for task class `class`.
@@ -506,6 +512,7 @@ impl<P> AgentTable<P> {
                     kind: spec.kind,
                     weight: spec.weight,
                     stats: AgentStats::with_hot(shared.hot_arena().take()),
+                    breaker: Breaker::new(&shared.config().breaker),
                     shared: shared.clone(),
                 })
             })

@@ -8,9 +8,13 @@ use thiserror::Error;
 /// so the names here are the reasons Erlang callers see.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum FlowError {
-    /// No registered agent holds every required capability.
+    /// No registered agent holds every required capability, or all that do
+    /// have their breaker open.
     #[error("no agent holds the required capabilities")]
     NoAgentsAvailable,
+    /// Agents hold the capabilities but every one is at its bulkhead limit.
+    #[error("every capable agent is at its concurrency limit")]
+    Overloaded,
     /// An agent with this id is already in the table.
     #[error("agent id already registered")]
     AlreadyRegistered,

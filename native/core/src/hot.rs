@@ -1,6 +1,7 @@
-//! Dense per-agent "hot" cells: the three figures a decision reads for every
-//! candidate (tasks in flight, the learner's condition byte, the value of the
-//! current state), 16 bytes per agent, four agents per cache line.
+//! Dense per-agent "hot" cells: the figures a decision reads for every
+//! candidate (tasks in flight, the learner's condition byte, the breaker's
+//! state, the value of the current state), 16 bytes per agent, four agents
+//! per cache line.
 //!
 //! An agent is a few hundred bytes behind its own pointer; a scan over a
 //! thousand of them touches a thousand scattered cache lines. Its hot cell
@@ -23,6 +24,8 @@ pub const UNMEASURED: u8 = 6;
 pub struct Hot {
     in_flight: AtomicU32,
     condition: AtomicU8,
+    /// `BreakerState` as a byte (0 closed).
+    breaker: AtomicU8,
     /// `f64` bits of the learned value of the agent's current state (class 0).
     value: AtomicU64,
 }
@@ -32,6 +35,7 @@ impl Hot {
         Hot {
             in_flight: AtomicU32::new(0),
             condition: AtomicU8::new(UNMEASURED),
+            breaker: AtomicU8::new(0),
             value: AtomicU64::new(0),
         }
     }
@@ -39,6 +43,7 @@ impl Hot {
     fn reset(&self) {
         self.in_flight.store(0, Ordering::Relaxed);
         self.condition.store(UNMEASURED, Ordering::Relaxed);
+        self.breaker.store(0, Ordering::Relaxed);
         self.value.store(0, Ordering::Relaxed);
     }
 
@@ -47,9 +52,24 @@ impl Hot {
         self.in_flight.load(Ordering::Relaxed)
     }
 
+    /// Takes a bulkhead permit: one more task in flight, unless `max` are.
     #[inline]
-    pub(crate) fn add_in_flight(&self) {
-        self.in_flight.fetch_add(1, Ordering::AcqRel);
+    pub(crate) fn try_add_in_flight(&self, max: u32) -> bool {
+        self.in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    #[inline]
+    pub fn breaker(&self) -> u8 {
+        self.breaker.load(Ordering::Acquire)
+    }
+
+    #[inline]
+    pub(crate) fn set_breaker(&self, b: u8) {
+        self.breaker.store(b, Ordering::Release);
     }
 
     #[inline]
@@ -153,7 +173,8 @@ mod tests {
         let b = arena.take();
         assert!(Arc::ptr_eq(&a.chunk, &b.chunk));
         assert_eq!((a.index, b.index), (0, 1));
-        b.get().add_in_flight();
+        assert!(b.get().try_add_in_flight(1));
+        assert!(!b.get().try_add_in_flight(1));
         b.get().set_value(3.5);
         arena.give(b);
         let c = arena.take();

@@ -9,11 +9,14 @@
 //! - [`strategy`]: the load-balancing strategies that pick one candidate;
 //! - [`learning`]: the Q-learning table, its update and its persistence;
 //! - [`ring`]: the consistent-hash ring;
+//! - [`breaker`]: per-agent circuit breakers; [`hot`]: the dense per-agent
+//!   cells decisions scan;
 //! - [`router`]: one routing decision (filter, pick, take a lease) and its completion;
 //! - [`clock`]: the time seam, real or driven by tests;
 //! - [`trace`]: trace and span identifiers.
 
 pub mod agents;
+pub mod breaker;
 pub mod clock;
 pub mod error;
 pub mod hot;
@@ -27,9 +30,12 @@ pub mod strategy;
 pub mod trace;
 
 pub use agents::{Agent, AgentKind, AgentSpec, AgentTable, Snapshot};
+pub use breaker::{BreakerConfig, BreakerState, Transition, WindowKind};
 pub use clock::Clock;
 pub use error::FlowError;
 pub use learning::{EpsilonSchedule, QConfig, State};
-pub use router::{Explained, Lease, Outcome, Request, Router, RouterConfig, RouterStats, Shared};
+pub use router::{
+    Completion, Explained, Lease, Outcome, Request, Router, RouterConfig, RouterStats, Shared,
+};
 pub use stats::{AgentStats, StatsView};
 pub use strategy::Strategy;

@@ -10,12 +10,13 @@ use std::cell::RefCell;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
-use rand::Rng;
+use rand::{Rng, SeedableRng};
 
-use crate::agents::{Agent, AgentTable, Snapshot};
+use crate::agents::{Agent, AgentKind, AgentTable, Snapshot};
+use crate::breaker::{BreakerConfig, BreakerState, Permit, Transition};
 use crate::clock::Clock;
 use crate::error::FlowError;
-use crate::hot::HotArena;
+use crate::hot::{Hot, HotArena};
 use crate::learning::{Learner, QConfig, QStore, State};
 use crate::strategy::{PickContext, PickError, Strategy, StrategyState, softmax_weights};
 
@@ -70,6 +71,9 @@ pub struct RouterConfig {
     pub ewma_decay_us: f64,
     /// Rows of agents that left kept for their return.
     pub max_dormant_rows: usize,
+    /// Bulkhead: tasks in flight per agent at most.
+    pub max_concurrent: u32,
+    pub breaker: BreakerConfig,
 }
 
 impl Default for RouterConfig {
@@ -80,6 +84,8 @@ impl Default for RouterConfig {
             hash_balance_factor: None,
             ewma_decay_us: 10e6,
             max_dormant_rows: 10_000,
+            max_concurrent: 10,
+            breaker: BreakerConfig::default(),
         }
     }
 }
@@ -97,6 +103,8 @@ pub struct Shared {
     learner: Learner,
     q_store: QStore,
     next_uid: AtomicU32,
+    /// Breaker transitions, by the state entered: open, half-open, closed.
+    transitions: [AtomicU64; 3],
 }
 
 impl Shared {
@@ -109,7 +117,16 @@ impl Shared {
             clock,
             in_flight: AtomicU64::new(0),
             next_uid: AtomicU32::new(0),
+            transitions: Default::default(),
         }
+    }
+
+    /// Counts a breaker transition and passes it on.
+    pub(crate) fn count(&self, t: Option<Transition>) -> Option<Transition> {
+        if let Some(t) = t {
+            self.transitions[t.to as usize].fetch_add(1, Ordering::Relaxed);
+        }
+        t
     }
 
     pub fn config(&self) -> &RouterConfig {
@@ -147,16 +164,32 @@ pub struct RouterStats {
     pub agents: usize,
     pub in_flight: u64,
     pub episodes: u64,
+    /// Breaker transitions into open, half-open and closed.
+    pub breaker_opened: u64,
+    pub breaker_half_opened: u64,
+    pub breaker_closed: u64,
 }
 
-/// The right to have one task in flight on one agent.
+/// The right to have one task in flight on one agent: a bulkhead permit and
+/// a breaker permit.
 #[derive(Debug)]
 pub struct Lease<P> {
     agent: Arc<Agent<P>>,
     started_us: u64,
     /// The agent's learning state when it was chosen.
     state: u32,
+    permit: Permit,
+    /// The breaker transition the decision caused (open to half-open).
+    transition: Option<Transition>,
     settled: AtomicBool,
+}
+
+/// What settling a lease did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Completion {
+    pub latency_us: u64,
+    /// The breaker transition the outcome caused.
+    pub transition: Option<Transition>,
 }
 
 impl<P> Lease<P> {
@@ -177,10 +210,21 @@ impl<P> Lease<P> {
         self.settled.load(Ordering::Acquire)
     }
 
-    /// Settles the lease with `outcome` and returns the task's latency in
-    /// microseconds, or `None` when it was already settled (nothing changes).
-    /// Every outcome but `Abandoned` is one learning episode.
-    pub fn complete(&self, outcome: Outcome) -> Option<u64> {
+    /// The breaker transition the decision caused, if any (open to half-open).
+    pub fn transition(&self) -> Option<Transition> {
+        self.transition
+    }
+
+    /// Whether this task is one of its agent's half-open probes.
+    pub fn is_probe(&self) -> bool {
+        self.permit == Permit::Probe
+    }
+
+    /// Settles the lease with `outcome`: the task's latency and the breaker
+    /// transition it caused, or `None` when it was already settled (nothing
+    /// changes). Every outcome but `Abandoned` is one learning episode and one
+    /// breaker outcome.
+    pub fn complete(&self, outcome: Outcome) -> Option<Completion> {
         if self.settled.swap(true, Ordering::AcqRel) {
             return None;
         }
@@ -188,14 +232,30 @@ impl<P> Lease<P> {
         let now = shared.clock.now_us();
         let latency = now.saturating_sub(self.started_us);
         self.release(outcome, latency, now);
-        if outcome != Outcome::Abandoned {
-            let learner = &shared.learner;
-            let config = learner.config();
-            let r = config.reward(latency as f64, outcome == Outcome::Success);
-            learner.learn(self.agent.q_row(), self.state as usize, r);
-            self.agent.refresh_value();
+        if outcome == Outcome::Abandoned {
+            self.agent.breaker().release(self.permit);
+            return Some(Completion {
+                latency_us: latency,
+                transition: None,
+            });
         }
-        Some(latency)
+        let learner = &shared.learner;
+        let config = learner.config();
+        let r = config.reward(latency as f64, outcome == Outcome::Success);
+        learner.learn(self.agent.q_row(), self.state as usize, r);
+        self.agent.refresh_value();
+        let transition = shared.count(self.agent.breaker().record(
+            self.agent.stats().hot().get(),
+            &shared.config.breaker,
+            self.permit,
+            outcome != Outcome::Success,
+            latency,
+            now,
+        ));
+        Some(Completion {
+            latency_us: latency,
+            transition,
+        })
     }
 
     fn release(&self, outcome: Outcome, latency_us: u64, now_us: u64) {
@@ -219,6 +279,7 @@ impl<P> Drop for Lease<P> {
         if !*self.settled.get_mut() {
             let now = self.agent.shared().clock.now_us();
             self.release(Outcome::Abandoned, 0, now);
+            self.agent.breaker().release(self.permit);
         }
     }
 }
@@ -233,6 +294,10 @@ pub struct Request<'a> {
     pub key: Option<u64>,
     /// Task class in `0..task_classes` ([`Router::task_class`]).
     pub class: u32,
+    /// Agents not to choose (those a retried task already tried).
+    pub exclude: &'a [&'a [u8]],
+    /// Only swarms (a fallback after the agents failed).
+    pub swarms_only: bool,
 }
 
 impl<'a> Request<'a> {
@@ -242,6 +307,8 @@ impl<'a> Request<'a> {
             strategy,
             key: None,
             class: 0,
+            exclude: &[],
+            swarms_only: false,
         }
     }
 }
@@ -260,6 +327,10 @@ pub struct Explained {
     /// Probability under the softmax of the `weighted` strategy.
     pub softmax: f64,
 }
+
+/// Choices a decision makes before giving up on permits taken by others in
+/// the meantime.
+const DECIDE_ATTEMPTS: usize = 4;
 
 thread_local! {
     /// Candidate slots of the decision running on this thread.
@@ -294,10 +365,14 @@ impl<P> Router<P> {
     }
 
     pub fn stats(&self) -> RouterStats {
+        let t = &self.shared().transitions;
         RouterStats {
             agents: self.agents.load().len(),
             in_flight: self.shared().in_flight(),
             episodes: self.shared().learner.episodes(),
+            breaker_opened: t[BreakerState::Open as usize].load(Ordering::Relaxed),
+            breaker_half_opened: t[BreakerState::HalfOpen as usize].load(Ordering::Relaxed),
+            breaker_closed: t[BreakerState::Closed as usize].load(Ordering::Relaxed),
         }
     }
 
@@ -307,7 +382,10 @@ impl<P> Router<P> {
         (xxhash_rust::xxh3::xxh3_64(name) % k) as u32
     }
 
-    /// Picks an agent for `req` and takes a lease on it.
+    /// Picks an agent for `req` and takes a lease on it: a bulkhead permit
+    /// and a breaker permit. Strategies only consider agents whose breaker
+    /// and bulkhead admit a call; if another decision takes the last permit
+    /// between the choice and the lease, the choice is made again.
     pub fn decide<R: Rng + ?Sized>(
         &self,
         req: &Request<'_>,
@@ -316,21 +394,37 @@ impl<P> Router<P> {
     where
         P: Send + Sync + 'static,
     {
-        let now_us = self.shared().clock.now_us();
-        let agent = self
-            .agents
-            .with_snapshot(|snapshot| self.select(snapshot, req, now_us, rng).cloned())?;
         let shared = self.shared();
-        let state = agent.state(shared.learner.config(), req.class).index() as u32;
-        agent.stats().acquire(now_us);
-        agent.refresh_value();
-        shared.in_flight.fetch_add(1, Ordering::AcqRel);
-        Ok(Lease {
-            agent,
-            started_us: now_us,
-            state,
-            settled: AtomicBool::new(false),
-        })
+        let now_us = shared.clock.now_us();
+        for _ in 0..DECIDE_ATTEMPTS {
+            let agent = self
+                .agents
+                .with_snapshot(|snapshot| self.select(snapshot, req, now_us, rng).cloned())?;
+            // The state the agent is chosen in: before this task's load.
+            let state = agent.state(shared.learner.config(), req.class).index() as u32;
+            let hot = agent.stats().hot().get();
+            if !hot.try_add_in_flight(shared.config.max_concurrent) {
+                continue;
+            }
+            let (permit, transition) = agent.breaker().acquire(hot, &shared.config.breaker, now_us);
+            shared.count(transition);
+            let Some(permit) = permit else {
+                hot.sub_in_flight();
+                continue;
+            };
+            agent.stats().mark_picked(now_us);
+            agent.refresh_value();
+            shared.in_flight.fetch_add(1, Ordering::AcqRel);
+            return Ok(Lease {
+                agent,
+                started_us: now_us,
+                state,
+                permit,
+                transition,
+                settled: AtomicBool::new(false),
+            });
+        }
+        Err(FlowError::Overloaded)
     }
 
     /// The agent `req` would go to, without taking a lease: the selection
@@ -378,7 +472,19 @@ impl<P> Router<P> {
         };
         CANDIDATES.with(|cell| {
             let mut scratch = cell.borrow_mut();
-            let candidates = snapshot.candidates(req.capabilities, &mut scratch);
+            let mut candidates = snapshot.candidates(req.capabilities, &mut scratch);
+            if !req.exclude.is_empty() || req.swarms_only {
+                // Retries and fallbacks only: copy the list without the
+                // excluded agents (and, for a fallback, without plain agents).
+                let keep = |slot: &u32| {
+                    let agent = snapshot.agent(*slot);
+                    (!req.swarms_only || agent.kind() == AgentKind::Swarm)
+                        && !req.exclude.contains(&agent.id())
+                };
+                let filtered: Vec<u32> = candidates.iter().copied().filter(keep).collect();
+                *scratch = filtered;
+                candidates = &scratch;
+            }
             if candidates.is_empty() {
                 return Err(FlowError::NoAgentsAvailable);
             }
@@ -387,9 +493,24 @@ impl<P> Router<P> {
                 .pick(req.strategy, candidates, &cx, rng)
                 .map_err(|e| match e {
                     PickError::MissingKey => FlowError::BadArg("sticky_key"),
+                    PickError::NoneAdmitted => FlowError::Overloaded,
+                    PickError::AllBroken => FlowError::NoAgentsAvailable,
                 })?;
             Ok(snapshot.agent(candidates[chosen]))
         })
+    }
+
+    /// Whether some agent holding `capabilities` would take a task now (its
+    /// bulkhead has room and its breaker admits calls).
+    pub fn has_capacity(&self, capabilities: &[&[u8]]) -> bool
+    where
+        P: Send + Sync + 'static,
+    {
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(0);
+        let req = Request::new(capabilities, Strategy::LeastConnections);
+        let now_us = self.shared().clock.now_us();
+        self.agents
+            .with_snapshot(|snapshot| self.select(snapshot, &req, now_us, &mut rng).is_ok())
     }
 
     /// Why the current candidates for `capabilities` would be chosen: each
@@ -460,6 +581,76 @@ impl<P> Router<P> {
         }
     }
 
+    /// The breaker of agent `id`, with its hot cell.
+    fn with_breaker<T>(
+        &self,
+        id: &[u8],
+        f: impl FnOnce(&Agent<P>, &Hot) -> T,
+    ) -> Result<T, FlowError> {
+        let snapshot = self.agents.load();
+        let agent = snapshot.find(id).ok_or(FlowError::NotFound)?;
+        Ok(f(agent, agent.stats().hot().get()))
+    }
+
+    /// Asks agent `id`'s breaker for a call outside routing (a half-open
+    /// breaker hands out one of its probes): whether it is granted, and the
+    /// transition asking caused.
+    pub fn breaker_allow(&self, id: &[u8]) -> Result<(bool, Option<Transition>), FlowError> {
+        let shared = self.shared();
+        self.with_breaker(id, |agent, hot| {
+            let (permit, t) =
+                agent
+                    .breaker()
+                    .acquire(hot, &shared.config.breaker, shared.clock.now_us());
+            (permit.is_some(), shared.count(t))
+        })
+    }
+
+    /// Records the outcome of a call granted by [`Router::breaker_allow`]: a
+    /// probe if the breaker is half-open, a plain call otherwise.
+    pub fn breaker_record(
+        &self,
+        id: &[u8],
+        ok: bool,
+        latency_us: u64,
+    ) -> Result<Option<Transition>, FlowError> {
+        let shared = self.shared();
+        self.with_breaker(id, |agent, hot| {
+            let permit = if BreakerState::from_u8(hot.breaker()) == BreakerState::HalfOpen {
+                Permit::Probe
+            } else {
+                Permit::Call
+            };
+            shared.count(agent.breaker().record(
+                hot,
+                &shared.config.breaker,
+                permit,
+                !ok,
+                latency_us,
+                shared.clock.now_us(),
+            ))
+        })
+    }
+
+    /// The state of agent `id`'s breaker (an open one past its timeout turns
+    /// half-open here) and the probes it has out.
+    pub fn breaker_state(
+        &self,
+        id: &[u8],
+    ) -> Result<(BreakerState, u32, Option<Transition>), FlowError> {
+        let shared = self.shared();
+        self.with_breaker(id, |agent, hot| {
+            let (state, t) = agent.breaker().state(hot, shared.clock.now_us());
+            (state, agent.breaker().probes(), shared.count(t))
+        })
+    }
+
+    /// Closes agent `id`'s breaker and empties its window.
+    pub fn breaker_reset(&self, id: &[u8]) -> Result<Option<Transition>, FlowError> {
+        let shared = self.shared();
+        self.with_breaker(id, |agent, hot| shared.count(agent.breaker().reset(hot)))
+    }
+
     /// Forgets everything learned.
     pub fn reset_learning(&self) {
         let rows = self.shared().q_store.rows();
@@ -505,7 +696,10 @@ mod tests {
         assert_eq!(lease.agent().stats().in_flight(), 1);
         let s = lease.state().index();
         let before = lease.agent().q_row().value(s);
-        assert_eq!(lease.complete(Outcome::Success), Some(250));
+        assert_eq!(
+            lease.complete(Outcome::Success).map(|c| c.latency_us),
+            Some(250)
+        );
         assert_eq!(lease.complete(Outcome::Failure), None);
         let v = lease.agent().stats().view();
         assert_eq!((v.in_flight, v.succeeded, v.failed), (0, 1, 0));

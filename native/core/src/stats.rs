@@ -4,7 +4,10 @@
 //! release load on one agent without a lock. Averages are `f64` bits updated
 //! with a compare-and-swap loop, so no sample is lost.
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use hdrhistogram::Histogram;
 
 use crate::hot::HotRef;
 use crate::router::Outcome;
@@ -41,6 +44,18 @@ pub struct AgentStats {
     peak_stamp_us: AtomicU64,
     /// When a task was last handed to the agent (0: never).
     last_pick_us: AtomicU64,
+    /// Latencies of answered tasks (and timeouts, at the timeout), for
+    /// percentiles; behind the agent's own lock, taken once per completion.
+    latencies: Mutex<Histogram<u32>>,
+}
+
+/// Latencies recorded, in microseconds: 1 µs to an hour, 2 significant digits.
+const HISTOGRAM_MAX_US: u64 = 3_600_000_000;
+
+fn histogram() -> Histogram<u32> {
+    // Constant bounds that `new_with_bounds` accepts (low >= 1, high >= 2 low,
+    // 2 significant digits); a failure would be a bug in this line.
+    Histogram::new_with_bounds(1, HISTOGRAM_MAX_US, 2).expect("constant histogram bounds")
 }
 
 impl Default for AgentStats {
@@ -64,6 +79,7 @@ impl AgentStats {
             peak_latency_us: AtomicU64::new(0),
             peak_stamp_us: AtomicU64::new(0),
             last_pick_us: AtomicU64::new(0),
+            latencies: Mutex::new(histogram()),
         }
     }
 
@@ -181,10 +197,17 @@ impl AgentStats {
         self.last_pick_us.load(Ordering::Relaxed)
     }
 
-    /// Counts a task handed to the agent at `now_us`.
-    #[inline]
+    /// Counts a task handed to the agent (the router takes its load through
+    /// the bulkhead instead, then marks the pick).
+    #[cfg(test)]
     pub(crate) fn acquire(&self, now_us: u64) {
-        self.hot.get().add_in_flight();
+        assert!(self.hot.get().try_add_in_flight(u32::MAX));
+        self.mark_picked(now_us);
+    }
+
+    /// Notes that a task was handed to the agent at `now_us`.
+    #[inline]
+    pub(crate) fn mark_picked(&self, now_us: u64) {
         // A plain store: the newest of racing picks wins, which is the point.
         self.last_pick_us.store(now_us.max(1), Ordering::Relaxed);
     }
@@ -210,6 +233,10 @@ impl AgentStats {
             let sample = latency_us as f64;
             ewma_update(&self.ewma_latency_us, sample, EWMA_WEIGHT, true);
             self.observe_peak(sample, now_us, tau_us);
+            self.latencies
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .saturating_record(latency_us.clamp(1, HISTOGRAM_MAX_US));
         }
         if outcome != Outcome::Abandoned {
             let ok = if outcome == Outcome::Success {
@@ -241,6 +268,19 @@ impl AgentStats {
                 Some(new.max(f64::MIN_POSITIVE).to_bits())
             });
         self.peak_stamp_us.store(now_us, Ordering::Relaxed);
+    }
+
+    /// Latency percentiles in microseconds (p50, p95, p99), `None` before the
+    /// first sample.
+    pub fn latency_percentiles(&self) -> Option<(u64, u64, u64)> {
+        let h = self.latencies.lock().unwrap_or_else(|e| e.into_inner());
+        (!h.is_empty()).then(|| {
+            (
+                h.value_at_quantile(0.50),
+                h.value_at_quantile(0.95),
+                h.value_at_quantile(0.99),
+            )
+        })
     }
 
     /// Copies every counter. The copy is not one atomic snapshot: a task
@@ -319,6 +359,22 @@ mod tests {
             assert!((decay(x) - (-x).exp()).abs() < 1e-10, "{x}");
         }
         assert_eq!(decay(3.0), (-3.0f64).exp());
+    }
+
+    #[test]
+    fn percentiles_follow_the_samples() {
+        let s = AgentStats::default();
+        assert_eq!(s.latency_percentiles(), None);
+        for lat in 1..=1000u64 {
+            s.acquire(0);
+            s.release(Outcome::Success, lat * 100, 0, TAU);
+        }
+        let (p50, p95, p99) = s.latency_percentiles().unwrap();
+        let near = |got: u64, want: u64| (got as f64 / want as f64 - 1.0).abs() < 0.02;
+        assert!(
+            near(p50, 50_000) && near(p95, 95_000) && near(p99, 99_000),
+            "{p50} {p95} {p99}"
+        );
     }
 
     #[test]

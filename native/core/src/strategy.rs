@@ -93,6 +93,52 @@ impl<P> PickContext<'_, P> {
     fn indexer(&self) -> StateIndexer {
         self.shared.learner().config().indexer(self.class)
     }
+
+    /// Whether the agent in `slot` would take a task now: room in its
+    /// bulkhead and a breaker that admits calls. A closed breaker is one byte
+    /// of the hot cell; only an open or half-open one reads the breaker.
+    #[inline]
+    fn admits_hot(&self, slot: u32, hot: &Hot) -> bool {
+        let config = self.shared.config();
+        hot.in_flight() < config.max_concurrent
+            && (hot.breaker() == 0
+                || self
+                    .agent(slot)
+                    .breaker()
+                    .admits(hot, &config.breaker, self.now_us))
+    }
+
+    #[inline]
+    fn admits(&self, slot: u32) -> bool {
+        self.admits_hot(slot, self.snapshot.hot()[slot as usize].get())
+    }
+
+    /// Why no candidate admits a task: all full, or all broken.
+    fn refusal(&self, candidates: &[u32]) -> PickError {
+        let config = self.shared.config();
+        let some_breaker_admits = candidates.iter().any(|&s| {
+            let hot = self.snapshot.hot()[s as usize].get();
+            hot.breaker() == 0
+                || self
+                    .agent(s)
+                    .breaker()
+                    .admits(hot, &config.breaker, self.now_us)
+        });
+        if some_breaker_admits {
+            PickError::NoneAdmitted
+        } else {
+            PickError::AllBroken
+        }
+    }
+
+    /// The first candidate at or after `start` (cyclically) that admits a task.
+    fn next_admitted(&self, candidates: &[u32], start: usize) -> Result<usize, PickError> {
+        let n = candidates.len();
+        (0..n)
+            .map(|k| (start + k) % n)
+            .find(|&i| self.admits(candidates[i]))
+            .ok_or_else(|| self.refusal(candidates))
+    }
 }
 
 /// Per-router state the strategies share across decisions.
@@ -108,6 +154,10 @@ pub(crate) struct StrategyState {
 pub enum PickError {
     /// Consistent hashing needs a key.
     MissingKey,
+    /// Every candidate whose breaker admits calls is at its bulkhead limit.
+    NoneAdmitted,
+    /// Every candidate's breaker refuses calls.
+    AllBroken,
 }
 
 impl StrategyState {
@@ -121,6 +171,8 @@ impl StrategyState {
         rng: &mut R,
     ) -> Result<usize, PickError> {
         debug_assert!(!candidates.is_empty());
+        // Agents whose breaker is open or whose bulkhead is full are skipped
+        // by every strategy; when none is left, the refusal says why.
         Ok(match strategy {
             // One cursor for the whole router: over a fixed candidate set it
             // visits every candidate once per cycle, so loads differ by at most one.
@@ -133,17 +185,19 @@ impl StrategyState {
             Strategy::RoundRobin => {
                 let n = candidates.len();
                 let c = self.round_robin.load(Ordering::Relaxed);
-                let i = if c < n { c } else { c % n };
+                let i = cx.next_admitted(candidates, if c < n { c } else { c % n })?;
                 self.round_robin
                     .store(if i + 1 == n { 0 } else { i + 1 }, Ordering::Relaxed);
                 i
             }
-            Strategy::LeastConnections => {
-                argmin_hot(candidates, cx, rng, |h| f64::from(h.in_flight())).0
-            }
-            Strategy::Weighted => softmax_pick(candidates, cx, rng),
+            Strategy::LeastConnections => admitted(
+                candidates,
+                cx,
+                argmin_hot(candidates, cx, rng, |_, h| f64::from(h.in_flight())),
+            )?,
+            Strategy::Weighted => softmax_pick(candidates, cx, rng)?,
             Strategy::ConsistentHash => consistent_hash(candidates, cx)?,
-            Strategy::P2cEwma => p2c(candidates, cx, rng),
+            Strategy::P2cEwma => p2c(candidates, cx, rng)?,
             Strategy::QLearning => {
                 let learner = cx.shared.learner();
                 if rng.random::<f64>() < learner.epsilon() {
@@ -152,16 +206,23 @@ impl StrategyState {
                     // with a uniform draw, but all of them are measured again
                     // within one round, where draws would leave some waiting
                     // for several rounds (the coupon collector's problem).
-                    self.explore.fetch_add(1, Ordering::Relaxed) % candidates.len()
+                    let c = self.explore.fetch_add(1, Ordering::Relaxed);
+                    cx.next_admitted(candidates, c % candidates.len())?
                 } else {
                     let (i, best) = if cx.class == 0 {
-                        argmin_hot(candidates, cx, rng, |h| -h.value())
+                        argmin_hot(candidates, cx, rng, |_, h| -h.value())
                     } else {
                         let ix = cx.indexer();
                         argmin_random_ties(candidates.len(), rng, |i| {
-                            -cx.q_value(&ix, cx.agent(candidates[i]))
+                            let slot = candidates[i];
+                            if cx.admits(slot) {
+                                -cx.q_value(&ix, cx.agent(slot))
+                            } else {
+                                f64::INFINITY
+                            }
                         })
                     };
+                    let i = admitted(candidates, cx, (i, best))?;
                     learner.observe_best(cx.class, -best);
                     i
                 }
@@ -209,23 +270,47 @@ pub fn argmin_random_ties<R: Rng + ?Sized>(
     (best, best_cost)
 }
 
-/// The lowest `cost` of the candidates' hot cells, as [`argmin_random_ties`].
-/// The cells are read from the snapshot's dense array, by slot or, when every
-/// agent is a candidate (the list is then `0..len`), in order.
+/// The lowest `cost` of the candidates' hot cells, as [`argmin_random_ties`],
+/// candidates that do not admit a task costing infinity. The cells are read
+/// from the snapshot's dense array, by slot or, when every agent is a
+/// candidate (the list is then `0..len`), in order.
 #[inline]
 fn argmin_hot<P, R: Rng + ?Sized>(
     candidates: &[u32],
     cx: &PickContext<'_, P>,
     rng: &mut R,
-    cost: impl Fn(&Hot) -> f64,
+    cost: impl Fn(u32, &Hot) -> f64,
 ) -> (usize, f64) {
     let hot = cx.snapshot.hot();
+    let priced = |slot: u32, h: &Hot| {
+        if cx.admits_hot(slot, h) {
+            cost(slot, h)
+        } else {
+            f64::INFINITY
+        }
+    };
     if candidates.len() == hot.len() {
-        argmin_random_ties(hot.len(), rng, |i| cost(hot[i].get()))
+        argmin_random_ties(hot.len(), rng, |i| priced(i as u32, hot[i].get()))
     } else {
         argmin_random_ties(candidates.len(), rng, |i| {
-            cost(hot[candidates[i] as usize].get())
+            let slot = candidates[i];
+            priced(slot, hot[slot as usize].get())
         })
+    }
+}
+
+/// The index of a scan's winner, or the refusal when even the winner costs
+/// infinity (no candidate admits a task).
+#[inline]
+fn admitted<P>(
+    candidates: &[u32],
+    cx: &PickContext<'_, P>,
+    (i, cost): (usize, f64),
+) -> Result<usize, PickError> {
+    if cost.is_finite() {
+        Ok(i)
+    } else {
+        Err(cx.refusal(candidates))
     }
 }
 
@@ -239,7 +324,11 @@ pub fn softmax_weights<P>(candidates: &[u32], cx: &PickContext<'_, P>, out: &mut
     out.extend(candidates.iter().map(|&s| cx.q_value(&ix, cx.agent(s))));
     let max = out.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     for (w, &s) in out.iter_mut().zip(candidates) {
-        *w = cx.agent(s).weight() * ((*w - max) / t).exp();
+        *w = if cx.admits(s) {
+            cx.agent(s).weight() * ((*w - max) / t).exp()
+        } else {
+            0.0
+        };
     }
 }
 
@@ -247,7 +336,7 @@ fn softmax_pick<P, R: Rng + ?Sized>(
     candidates: &[u32],
     cx: &PickContext<'_, P>,
     rng: &mut R,
-) -> usize {
+) -> Result<usize, PickError> {
     thread_local! {
         static WEIGHTS: std::cell::RefCell<Vec<f64>> = const { std::cell::RefCell::new(Vec::new()) };
     }
@@ -255,17 +344,25 @@ fn softmax_pick<P, R: Rng + ?Sized>(
         let mut weights = cell.borrow_mut();
         softmax_weights(candidates, cx, &mut weights);
         let total: f64 = weights.iter().sum();
-        if !(total > 0.0 && total.is_finite()) {
-            return rng.random_range(0..candidates.len());
+        if total == 0.0 {
+            return Err(cx.refusal(candidates));
+        }
+        if !total.is_finite() {
+            return cx.next_admitted(candidates, rng.random_range(0..candidates.len()));
         }
         let mut target = rng.random::<f64>() * total;
+        let mut last = 0;
         for (i, w) in weights.iter().enumerate() {
-            if target < *w {
-                return i;
+            if *w > 0.0 {
+                if target < *w {
+                    return Ok(i);
+                }
+                last = i;
             }
             target -= w;
         }
-        candidates.len() - 1
+        // Rounding left the draw just past the end: the last admitted one.
+        Ok(last)
     })
 }
 
@@ -285,9 +382,11 @@ fn consistent_hash<P>(candidates: &[u32], cx: &PickContext<'_, P>) -> Result<usi
     });
     let slot = ring
         .walk(key, |slot| {
-            is_candidate(slot) && cap.is_none_or(|c| cx.agent(slot).stats().in_flight() < c)
+            is_candidate(slot)
+                && cx.admits(slot)
+                && cap.is_none_or(|c| cx.agent(slot).stats().in_flight() < c)
         })
-        .ok_or(PickError::MissingKey)?;
+        .ok_or_else(|| cx.refusal(candidates))?;
     Ok(if all {
         slot as usize
     } else {
@@ -295,16 +394,23 @@ fn consistent_hash<P>(candidates: &[u32], cx: &PickContext<'_, P>) -> Result<usi
     })
 }
 
-fn p2c<P, R: Rng + ?Sized>(candidates: &[u32], cx: &PickContext<'_, P>, rng: &mut R) -> usize {
+fn p2c<P, R: Rng + ?Sized>(
+    candidates: &[u32],
+    cx: &PickContext<'_, P>,
+    rng: &mut R,
+) -> Result<usize, PickError> {
     let n = candidates.len();
+    // Two draws among the admitted: a refused draw moves to the next admitted
+    // candidate, which keeps the choice uniform enough while few are refused.
+    let a = cx.next_admitted(candidates, rng.random_range(0..n))?;
     if n == 1 {
-        return 0;
+        return Ok(a);
     }
-    let a = rng.random_range(0..n);
     let mut b = rng.random_range(0..n - 1);
     if b >= a {
         b += 1;
     }
+    let b = cx.next_admitted(candidates, b)?;
     let tau = cx.shared.config().ewma_decay_us;
     let cost = |i: usize| {
         let agent = cx.agent(candidates[i]);
@@ -315,11 +421,11 @@ fn p2c<P, R: Rng + ?Sized>(candidates: &[u32], cx: &PickContext<'_, P>, rng: &mu
         }
     };
     let (ca, cb) = (cost(a), cost(b));
-    if ca < cb || ca == cb && rng.random::<bool>() {
+    Ok(if ca < cb || ca == cb && rng.random::<bool>() {
         a
     } else {
         b
-    }
+    })
 }
 
 #[cfg(test)]

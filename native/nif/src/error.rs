@@ -23,6 +23,7 @@ impl Encoder for NifError {
     fn encode<'a>(&self, env: Env<'a>) -> Term<'a> {
         let reason = match &self.0 {
             FlowError::NoAgentsAvailable => atoms::no_agents_available().encode(env),
+            FlowError::Overloaded => atoms::overloaded().encode(env),
             FlowError::AlreadyRegistered => atoms::already_registered().encode(env),
             FlowError::NotFound => atoms::not_found().encode(env),
             FlowError::BadArg(what) => {

@@ -3,7 +3,8 @@
 use erlmcp_flow_core::learning::EpsilonSchedule;
 use erlmcp_flow_core::ring::key_hash;
 use erlmcp_flow_core::{
-    AgentKind, AgentSpec, Clock, FlowError, Lease, Outcome, Request, Router, RouterConfig, Strategy,
+    AgentKind, AgentSpec, BreakerState, Clock, FlowError, Lease, Outcome, Request, Router,
+    RouterConfig, Strategy, Transition, WindowKind,
 };
 use rustler::types::tuple::make_tuple;
 use rustler::{
@@ -97,6 +98,8 @@ fn router_options(opts: Term<'_>) -> NifOutcome<(RouterConfig, bool)> {
     let iter = MapIterator::new(opts).ok_or_else(|| badarg("opts"))?;
     let mut c = RouterConfig::default();
     let mut manual = false;
+    // (time-based?, size): set from two keys, combined at the end
+    let mut window = (false, 20u32);
     for (key, value) in iter {
         let k = Atom::from_term(key).map_err(|_| badarg("opts"))?;
         let q = &mut c.q;
@@ -139,14 +142,77 @@ fn router_options(opts: Term<'_>) -> NifOutcome<(RouterConfig, bool)> {
             };
         } else if k == atoms::ewma_decay_ms() {
             c.ewma_decay_us = number(value, |v| v > 0.0)? * 1000.0;
-        } else {
+        } else if k == atoms::max_concurrent() {
+            c.max_concurrent = positive_int(value)?;
+            c.q.max_concurrent = c.max_concurrent;
+        } else if !breaker_option(&mut c, k, value, &mut window)? {
             return Err(badarg("opts"));
         }
     }
+    c.breaker.window = match window {
+        (false, n) => WindowKind::Count(n),
+        (true, n) => WindowKind::Time { ms: u64::from(n) },
+    };
     if c.q.slow_us <= c.q.fast_us {
         return Err(badarg("opts"));
     }
     Ok((c, manual))
+}
+
+/// The circuit-breaker options; `Ok(false)` for a key that is not one.
+fn breaker_option(
+    c: &mut RouterConfig,
+    k: Atom,
+    value: Term<'_>,
+    window: &mut (bool, u32),
+) -> NifOutcome<bool> {
+    let b = &mut c.breaker;
+    if k == atoms::breaker_enabled() {
+        b.enabled = value.decode::<bool>().map_err(|_| badarg("opts"))?;
+    } else if k == atoms::failure_threshold() {
+        b.failure_threshold = positive_int(value)?;
+    } else if k == atoms::min_requests() {
+        b.min_requests = positive_int(value)?;
+    } else if k == atoms::failure_rate_threshold() {
+        b.failure_rate = number(value, |v| v > 0.0 && v <= 1.0)?;
+    } else if k == atoms::breaker_timeout_ms() {
+        b.open_timeout_us = u64::from(positive_int(value)?) * 1000;
+    } else if k == atoms::half_open_max_requests() {
+        b.half_open_max = positive_int(value)?;
+    } else if k == atoms::success_threshold() {
+        b.success_threshold = positive_int(value)?;
+    } else if k == atoms::slow_call_threshold_ms() {
+        b.slow_call_us = if Atom::from_term(value).is_ok_and(|a| a == atoms::infinity()) {
+            None
+        } else {
+            Some(u64::from(positive_int(value)?) * 1000)
+        };
+    } else if k == atoms::window_type() {
+        window.0 = choice(value, &[(atoms::count, false), (atoms::time, true)], "opts")?;
+    } else if k == atoms::window_size() {
+        window.1 = positive_int(value)?;
+    } else {
+        return Ok(false);
+    }
+    Ok(true)
+}
+
+fn state_atom(s: BreakerState) -> Atom {
+    match s {
+        BreakerState::Closed => atoms::closed(),
+        BreakerState::Open => atoms::open(),
+        BreakerState::HalfOpen => atoms::half_open(),
+    }
+}
+
+/// `{breaker, From, To}`.
+pub fn transition_term<'a>(env: Env<'a>, t: Transition) -> Term<'a> {
+    (atoms::breaker(), state_atom(t.from), state_atom(t.to)).encode(env)
+}
+
+/// `none | {breaker, From, To}`.
+fn maybe_transition<'a>(env: Env<'a>, t: Option<Transition>) -> Term<'a> {
+    t.map_or_else(|| atoms::none().encode(env), |t| transition_term(env, t))
 }
 
 /// `router_new(Opts) -> {ok, Router} | {error, {badarg, opts}}`.
@@ -231,7 +297,8 @@ fn map<'a>(env: Env<'a>, pairs: &[(Atom, Term<'a>)]) -> NifOutcome<Term<'a>> {
     Term::map_from_term_arrays(env, &keys, &values).map_err(|_| badarg("map"))
 }
 
-/// `router_stats(Router) -> {ok, #{agents, in_flight, episodes, epsilon}}`.
+/// `router_stats(Router) -> {ok, #{agents, in_flight, episodes, epsilon,
+/// breaker_opened, breaker_half_opened, breaker_closed}}`.
 #[rustler::nif]
 fn router_stats<'a>(env: Env<'a>, router: Term<'a>) -> Term<'a> {
     let run = || -> NifOutcome<Term<'a>> {
@@ -243,6 +310,12 @@ fn router_stats<'a>(env: Env<'a>, router: Term<'a>) -> Term<'a> {
                 (atoms::agents(), st.agents.encode(env)),
                 (atoms::in_flight(), st.in_flight.encode(env)),
                 (atoms::episodes(), st.episodes.encode(env)),
+                (atoms::breaker_opened(), st.breaker_opened.encode(env)),
+                (
+                    atoms::breaker_half_opened(),
+                    st.breaker_half_opened.encode(env),
+                ),
+                (atoms::breaker_closed(), st.breaker_closed.encode(env)),
                 (
                     atoms::epsilon(),
                     r.router.shared().learner().epsilon().encode(env),
@@ -263,6 +336,10 @@ fn agent_stats<'a>(env: Env<'a>, router: Term<'a>, id: Term<'a>) -> Term<'a> {
         let snapshot = r.router.agents().load();
         let agent = snapshot.find(id).ok_or(NifError(FlowError::NotFound))?;
         let v = agent.stats().view();
+        let pct = agent.stats().latency_percentiles();
+        let pct_term = |f: fn((u64, u64, u64)) -> u64| {
+            pct.map_or_else(|| atoms::undefined().encode(env), |p| f(p).encode(env))
+        };
         let m = map(
             env,
             &[
@@ -276,6 +353,15 @@ fn agent_stats<'a>(env: Env<'a>, router: Term<'a>, id: Term<'a>) -> Term<'a> {
                 (atoms::ewma_latency_us(), v.ewma_latency_us.encode(env)),
                 (atoms::success_rate(), v.success_rate.encode(env)),
                 (atoms::weight(), agent.weight().encode(env)),
+                (
+                    atoms::breaker(),
+                    state_atom(BreakerState::from_u8(agent.stats().hot().get().breaker()))
+                        .encode(env),
+                ),
+                (atoms::probes(), agent.breaker().probes().encode(env)),
+                (atoms::p50_us(), pct_term(|p| p.0)),
+                (atoms::p95_us(), pct_term(|p| p.1)),
+                (atoms::p99_us(), pct_term(|p| p.2)),
             ],
         )?;
         Ok((atoms::ok(), m).encode(env))
@@ -301,9 +387,15 @@ pub fn class_arg(router: &Router<LocalPid>, term: Term<'_>) -> NifOutcome<u32> {
     Ok(router.task_class(bin.as_slice()))
 }
 
-/// `decide(Router, Capabilities, Strategy, StickyKey, TaskClass) ->
-/// {ok, AgentId, Pid, Lease} | {error, Reason}`.
+/// `decide(Router, Capabilities, Strategy, StickyKey, TaskClass, Exclude, Kind) ->
+/// {ok, AgentId, Pid, Lease} | {ok, AgentId, Pid, Lease, {breaker, open,
+/// half_open}} | {error, no_agents_available | overloaded | ...}`. The
+/// five-element form reports that this decision turned the agent's breaker
+/// half-open (its task is a probe).
+/// `Exclude` lists agent ids not to choose; `Kind` is `any`, or `swarm` for
+/// swarms only.
 #[rustler::nif]
+#[allow(clippy::too_many_arguments)]
 fn decide<'a>(
     env: Env<'a>,
     router: Term<'a>,
@@ -311,43 +403,129 @@ fn decide<'a>(
     strategy: Term<'a>,
     key: Term<'a>,
     class: Term<'a>,
+    exclude: Term<'a>,
+    kind: Term<'a>,
 ) -> Term<'a> {
     let run = || -> NifOutcome<Term<'a>> {
         let r = router_arg(router)?;
         let caps = binaries(caps, "capabilities")?;
+        let exclude = binaries(exclude, "exclude")?;
         let req = Request {
             capabilities: &caps,
             strategy: choice(strategy, STRATEGIES, "strategy")?,
             key: key_arg(key)?,
             class: class_arg(&r.router, class)?,
+            exclude: &exclude,
+            swarms_only: choice(kind, &[(atoms::any, false), (atoms::swarm, true)], "kind")?,
         };
         let lease = with_rng(|rng| r.router.decide(&req, rng))?;
         let agent = lease.agent().clone();
+        let transition = lease.transition();
         let lease = ResourceArc::new(LeaseResource { lease });
-        Ok(make_tuple(
-            env,
-            &[
-                atoms::ok().encode(env),
-                binary_term(env, agent.id()),
-                agent.payload().encode(env),
-                lease.encode(env),
-            ],
-        ))
+        let mut elems = vec![
+            atoms::ok().encode(env),
+            binary_term(env, agent.id()),
+            agent.payload().encode(env),
+            lease.encode(env),
+        ];
+        if let Some(t) = transition {
+            elems.push(transition_term(env, t));
+        }
+        Ok(make_tuple(env, &elems))
     };
     reply(env, run())
 }
 
-/// `complete(Lease, Outcome) -> {ok, LatencyUs} | {error, already_settled}`.
-/// Outcome: `ok | error | timeout | down | abandoned`.
+/// `complete(Lease, Outcome) -> {ok, LatencyUs} | {ok, LatencyUs, {breaker,
+/// From, To}} | {error, already_settled}`. Outcome: `ok | error | timeout |
+/// down | abandoned`. The three-element form reports a breaker transition
+/// this outcome caused.
 #[rustler::nif]
 fn complete<'a>(env: Env<'a>, lease: Term<'a>, outcome: Term<'a>) -> Term<'a> {
     let run = || -> NifOutcome<Term<'a>> {
         let lease: ResourceArc<LeaseResource> = lease.decode().map_err(|_| badarg("lease"))?;
         let outcome = choice(outcome, OUTCOMES, "outcome")?;
         Ok(match lease.lease.complete(outcome) {
-            Some(latency) => (atoms::ok(), latency).encode(env),
+            Some(c) => match c.transition {
+                None => (atoms::ok(), c.latency_us).encode(env),
+                Some(t) => (atoms::ok(), c.latency_us, transition_term(env, t)).encode(env),
+            },
             None => (atoms::error(), atoms::already_settled()).encode(env),
         })
+    };
+    reply(env, run())
+}
+
+/// `breaker_allow(Router, Id) -> {allow | deny, none | {breaker, From, To}}`.
+#[rustler::nif]
+fn breaker_allow<'a>(env: Env<'a>, router: Term<'a>, id: Term<'a>) -> Term<'a> {
+    let run = || -> NifOutcome<Term<'a>> {
+        let r = router_arg(router)?;
+        let (granted, t) = r.router.breaker_allow(nonempty_binary(id, "agent_id")?)?;
+        let verdict = if granted {
+            atoms::allow()
+        } else {
+            atoms::deny()
+        };
+        Ok((verdict, maybe_transition(env, t)).encode(env))
+    };
+    reply(env, run())
+}
+
+/// `breaker_record(Router, Id, ok | error, LatencyUs) -> {ok, none | {breaker, From, To}}`.
+#[rustler::nif]
+fn breaker_record<'a>(
+    env: Env<'a>,
+    router: Term<'a>,
+    id: Term<'a>,
+    outcome: Term<'a>,
+    latency: Term<'a>,
+) -> Term<'a> {
+    let run = || -> NifOutcome<Term<'a>> {
+        let r = router_arg(router)?;
+        let id = nonempty_binary(id, "agent_id")?;
+        let ok = choice(
+            outcome,
+            &[(atoms::ok, true), (atoms::error, false)],
+            "outcome",
+        )?;
+        let latency: u64 = latency.decode().map_err(|_| badarg("microseconds"))?;
+        let t = r.router.breaker_record(id, ok, latency)?;
+        Ok((atoms::ok(), maybe_transition(env, t)).encode(env))
+    };
+    reply(env, run())
+}
+
+/// `breaker_state(Router, Id) -> {State, Probes, none | {breaker, From, To}}`.
+#[rustler::nif]
+fn breaker_state<'a>(env: Env<'a>, router: Term<'a>, id: Term<'a>) -> Term<'a> {
+    let run = || -> NifOutcome<Term<'a>> {
+        let r = router_arg(router)?;
+        let (state, probes, t) = r.router.breaker_state(nonempty_binary(id, "agent_id")?)?;
+        Ok((state_atom(state), probes, maybe_transition(env, t)).encode(env))
+    };
+    reply(env, run())
+}
+
+/// `breaker_reset(Router, Id) -> {ok, none | {breaker, From, closed}}`.
+#[rustler::nif]
+fn breaker_reset<'a>(env: Env<'a>, router: Term<'a>, id: Term<'a>) -> Term<'a> {
+    let run = || -> NifOutcome<Term<'a>> {
+        let r = router_arg(router)?;
+        let t = r.router.breaker_reset(nonempty_binary(id, "agent_id")?)?;
+        Ok((atoms::ok(), maybe_transition(env, t)).encode(env))
+    };
+    reply(env, run())
+}
+
+/// `has_capacity(Router, Capabilities) -> boolean()`: whether some agent
+/// holding the capabilities would take a task now.
+#[rustler::nif]
+fn has_capacity<'a>(env: Env<'a>, router: Term<'a>, caps: Term<'a>) -> Term<'a> {
+    let run = || -> NifOutcome<Term<'a>> {
+        let r = router_arg(router)?;
+        let caps = binaries(caps, "capabilities")?;
+        Ok(r.router.has_capacity(&caps).encode(env))
     };
     reply(env, run())
 }

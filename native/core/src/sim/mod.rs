@@ -261,13 +261,16 @@ struct Placed {
     outcome: Outcome,
 }
 
-/// Runs `contender` on `workload` with `seed`.
+/// Runs `contender` on `workload` with `seed`. Without `resilience` the
+/// router's breakers and bulkheads are off, so that the strategies are
+/// compared on their own; with it they are as `config` says.
 pub fn run(
     workload: &Workload,
     contender: Contender,
     seed: u64,
     config: &RouterConfig,
     window: Window,
+    resilience: bool,
 ) -> RunResult {
     let tasks = draw_tasks(workload, seed);
     let mut agents = Vec::new();
@@ -277,6 +280,11 @@ pub fn run(
         }
     }
     let mut config = config.clone();
+    if !resilience {
+        // Strategies alone: no breaker opens and no bulkhead fills.
+        config.breaker.enabled = false;
+        config.max_concurrent = u32::MAX;
+    }
     if contender == Contender::BoundedHash {
         config.hash_balance_factor = Some(1.25);
     }
@@ -409,17 +417,18 @@ fn oracle_pick(agents: &[SimAgent], timeout_ms: f64) -> usize {
     best
 }
 
-/// Runs every contender of `contenders` on `workload` with `seed`.
+/// Runs every contender of `contenders` on `workload` with `seed` (see [`run`]).
 pub fn compare(
     workload: &Workload,
     contenders: &[Contender],
     seed: u64,
     config: &RouterConfig,
     window: Window,
+    resilience: bool,
 ) -> Vec<RunResult> {
     contenders
         .iter()
-        .map(|c| run(workload, *c, seed, config, window))
+        .map(|c| run(workload, *c, seed, config, window, resilience))
         .collect()
 }
 
@@ -475,8 +484,8 @@ mod tests {
         let w = small("heterogeneous", 3000);
         let c = RouterConfig::default();
         for contender in Contender::all() {
-            let a = run(&w, contender, 7, &c, Window::default());
-            let b = run(&w, contender, 7, &c, Window::default());
+            let a = run(&w, contender, 7, &c, Window::default(), false);
+            let b = run(&w, contender, 7, &c, Window::default(), false);
             assert_eq!(a, b, "{}", contender.name());
             assert_eq!(a.all.tasks, 3000);
         }
@@ -486,6 +495,7 @@ mod tests {
             8,
             &c,
             Window::default(),
+            false,
         );
         assert_ne!(
             other,
@@ -494,7 +504,8 @@ mod tests {
                 Contender::Strategy(Strategy::QLearning),
                 7,
                 &c,
-                Window::default()
+                Window::default(),
+                false
             )
         );
     }
@@ -509,8 +520,9 @@ mod tests {
             1,
             &c,
             Window::default(),
+            false,
         );
-        let oracle = run(&w, Contender::Oracle, 1, &c, Window::default());
+        let oracle = run(&w, Contender::Oracle, 1, &c, Window::default(), false);
         assert!(oracle.all.mean_ms < rr.all.mean_ms / 2.0);
         assert!(oracle.all.success_rate >= rr.all.success_rate);
     }
@@ -524,6 +536,7 @@ mod tests {
             1,
             &RouterConfig::default(),
             Window::default(),
+            false,
         );
         // 1 of 11 agents times out every task for half the run
         let lost = 1.0 - rr.all.success_rate;

@@ -1,0 +1,96 @@
+%% @doc Per-agent circuit breakers, as seen from Erlang.
+%%
+%% The breakers live in the Rust core (their state is a byte every routing
+%% decision reads); routing uses them by itself: an agent whose breaker is open
+%% is not chosen, a half-open one gets at most `half_open_max_requests' probes
+%% at once, and every routed outcome is recorded. These functions are for
+%% calls made outside `erlmcp_flow:execute/2,3' and for operators.
+%%
+%% Closed -> open when, over the sliding window (`window_type' count or time,
+%% `window_size' calls or ms), at least `min_requests' calls were seen, at
+%% least `failure_threshold' failed and the failure rate is at least
+%% `failure_rate_threshold'; calls slower than `slow_call_threshold' count as
+%% failures. Open -> half_open after `timeout' ms. Half-open ->
+%% closed after `success_threshold' successful probes; one failed probe opens
+%% it again. Every transition is counted (`erlmcp_flow:stats/0') and logged,
+%% a warning when a breaker opens.
+-module(erlmcp_flow_circuit_breaker).
+
+%% API
+-export([allow_request/1]).
+-export([record_result/2]).
+-export([record_result/3]).
+-export([state/1]).
+-export([reset/1]).
+-export([log_transition/2]).
+
+%% @doc Asks agent `AgentId''s breaker for a call. In half-open state an
+%% allowed call takes one of the probes; record its result.
+-spec allow_request(erlmcp_flow:agent_id()) -> allow | deny | {error, not_found | {badarg, atom()}}.
+allow_request(AgentId) ->
+    case erlmcp_flow_nif:breaker_allow(erlmcp_flow_registry:router(), AgentId) of
+        {Verdict, T} when Verdict =:= allow; Verdict =:= deny ->
+            log_transition(AgentId, T),
+            Verdict;
+        {error, _} = E ->
+            E
+    end.
+
+%% @equiv record_result(AgentId, Result, 0)
+-spec record_result(erlmcp_flow:agent_id(), {ok, term()} | {error, term()}) ->
+          ok | {error, not_found | {badarg, atom()}}.
+record_result(AgentId, Result) ->
+    record_result(AgentId, Result, 0).
+
+%% @doc Records the result of a call allowed by `allow_request/1', with its
+%% latency in microseconds (a slow success counts as a failure when
+%% `slow_call_threshold' is set).
+-spec record_result(erlmcp_flow:agent_id(), {ok, term()} | {error, term()}, non_neg_integer()) ->
+          ok | {error, not_found | {badarg, atom()}}.
+record_result(AgentId, Result, LatencyUs) ->
+    Outcome = case Result of
+                  {ok, _} -> ok;
+                  {error, _} -> error;
+                  _ -> bad
+              end,
+    case Outcome of
+        bad ->
+            {error, {badarg, result}};
+        _ ->
+            case erlmcp_flow_nif:breaker_record(erlmcp_flow_registry:router(), AgentId,
+                                                Outcome, LatencyUs) of
+                {ok, T} -> log_transition(AgentId, T);
+                {error, _} = E -> E
+            end
+    end.
+
+%% @doc The breaker's state; an open breaker past its timeout reads (and
+%% turns) half-open.
+-spec state(erlmcp_flow:agent_id()) ->
+          erlmcp_flow_nif:breaker_state() | {error, not_found | {badarg, atom()}}.
+state(AgentId) ->
+    case erlmcp_flow_nif:breaker_state(erlmcp_flow_registry:router(), AgentId) of
+        {State, _Probes, T} ->
+            log_transition(AgentId, T),
+            State;
+        {error, _} = E ->
+            E
+    end.
+
+%% @doc Closes the breaker and empties its window.
+-spec reset(erlmcp_flow:agent_id()) -> ok | {error, not_found | {badarg, atom()}}.
+reset(AgentId) ->
+    case erlmcp_flow_nif:breaker_reset(erlmcp_flow_registry:router(), AgentId) of
+        {ok, T} -> log_transition(AgentId, T);
+        {error, _} = E -> E
+    end.
+
+%% @private Logs a transition the core reported: a warning when a breaker
+%% opens, a notice otherwise.
+-spec log_transition(erlmcp_flow:agent_id(), none | erlmcp_flow_nif:transition()) -> ok.
+log_transition(_AgentId, none) ->
+    ok;
+log_transition(AgentId, {breaker, From, open}) ->
+    logger:warning("erlmcp_flow: circuit breaker of agent ~ts opened (was ~s)", [AgentId, From]);
+log_transition(AgentId, {breaker, From, To}) ->
+    logger:notice("erlmcp_flow: circuit breaker of agent ~ts ~s -> ~s", [AgentId, From, To]).
