@@ -68,6 +68,21 @@ garbage_gets_a_named_error_test_() ->
          {td, fun() -> erlmcp_flow_nif:td_update(1, 1, 1, 0.1, "0.9") end, gamma},
          {reward, fun() -> erlmcp_flow_nif:reward(10, yes, 50, 200) end, ok},
          {reward, fun() -> erlmcp_flow_nif:reward(10, true, fast, 200) end, fast_us},
+         {decide, fun() -> erlmcp_flow_nif:decide(R, [<<"c">>], round_robin, undefined, undefined, [a], any) end, exclude},
+         {decide, fun() -> erlmcp_flow_nif:decide(R, [<<"c">>], round_robin, undefined, undefined, x, any) end, exclude},
+         {decide, fun() -> erlmcp_flow_nif:decide(R, [<<"c">>], round_robin, undefined, undefined, [], agents) end, kind},
+         {capacity, fun() -> erlmcp_flow_nif:has_capacity(R, nope) end, capabilities},
+         {capacity, fun() -> erlmcp_flow_nif:has_capacity(self(), []) end, router},
+         {breaker, fun() -> erlmcp_flow_nif:breaker_allow(R, 1) end, agent_id},
+         {breaker, fun() -> erlmcp_flow_nif:breaker_allow(Lease, <<"a">>) end, router},
+         {breaker, fun() -> erlmcp_flow_nif:breaker_record(R, <<"a">>, maybe, 1) end, outcome},
+         {breaker, fun() -> erlmcp_flow_nif:breaker_record(R, <<"a">>, ok, -1) end, microseconds},
+         {breaker, fun() -> erlmcp_flow_nif:breaker_state(R, "a") end, agent_id},
+         {breaker, fun() -> erlmcp_flow_nif:breaker_reset(R, <<>>) end, agent_id},
+         {router, fun() -> erlmcp_flow_nif:router_new(#{window_type => sliding}) end, opts},
+         {router, fun() -> erlmcp_flow_nif:router_new(#{max_concurrent => 0}) end, opts},
+         {router, fun() -> erlmcp_flow_nif:router_new(#{failure_rate_threshold => 2}) end, opts},
+         {router, fun() -> erlmcp_flow_nif:router_new(#{breaker_enabled => yes}) end, opts},
          {complete, fun() -> erlmcp_flow_nif:complete(R, ok) end, lease},
          {complete, fun() -> erlmcp_flow_nif:complete(Lease, maybe) end, outcome},
          {complete, fun() -> erlmcp_flow_nif:complete(Lease, "ok") end, outcome}],
@@ -197,3 +212,43 @@ explain_and_table_test() ->
     ?assertEqual([], erlmcp_flow_nif:explain(R, [<<"none">>], undefined)),
     ok = erlmcp_flow_nif:q_reset(R),
     ?assertMatch(#{Id := #{}}, erlmcp_flow_nif:q_table(R)).
+
+bulkhead_and_exclusion_test() ->
+    {ok, R} = erlmcp_flow_nif:router_new(#{max_concurrent => 2}),
+    ok = erlmcp_flow_nif:agent_insert(R, <<"a">>, self(), [<<"x">>], agent, 1),
+    ok = erlmcp_flow_nif:agent_insert(R, <<"s">>, self(), [<<"x">>], swarm, 1),
+    ?assertEqual(true, erlmcp_flow_nif:has_capacity(R, [<<"x">>])),
+    ?assertEqual(false, erlmcp_flow_nif:has_capacity(R, [<<"y">>])),
+    %% the swarm only, then everything but the swarm
+    {ok, <<"s">>, _, L1} = erlmcp_flow_nif:decide(R, [], round_robin, undefined, undefined, [], swarm),
+    {ok, <<"a">>, _, L2} = erlmcp_flow_nif:decide(R, [], round_robin, undefined, undefined, [<<"s">>], any),
+    ?assertEqual({error, no_agents_available},
+                 erlmcp_flow_nif:decide(R, [], round_robin, undefined, undefined, [<<"s">>, <<"a">>], any)),
+    %% two permits each: four leases fill both, the fifth is refused
+    Held = [begin {ok, _, _, L} = erlmcp_flow_nif:decide(R, [], least_connections, undefined, undefined, [], any), L end
+            || _ <- lists:seq(1, 2)],
+    ?assertEqual({error, overloaded},
+                 erlmcp_flow_nif:decide(R, [], round_robin, undefined, undefined, [], any)),
+    ?assertEqual(false, erlmcp_flow_nif:has_capacity(R, [])),
+    {ok, _} = erlmcp_flow_nif:complete(L1, ok),
+    ?assertEqual(true, erlmcp_flow_nif:has_capacity(R, [])),
+    [{ok, _} = erlmcp_flow_nif:complete(L, ok) || L <- [L2 | Held]],
+    ?assertMatch({ok, #{in_flight := 0}}, erlmcp_flow_nif:router_stats(R)).
+
+breaker_transitions_are_reported_test() ->
+    {ok, R} = erlmcp_flow_nif:router_new(#{clock => manual, min_requests => 2,
+                                           failure_threshold => 2, breaker_timeout_ms => 1}),
+    ok = erlmcp_flow_nif:agent_insert(R, <<"a">>, self(), [<<"x">>], agent, 1),
+    {ok, _, _, L1} = erlmcp_flow_nif:decide(R, [], round_robin, undefined, undefined, [], any),
+    {ok, _, _, L2} = erlmcp_flow_nif:decide(R, [], round_robin, undefined, undefined, [], any),
+    {ok, _} = erlmcp_flow_nif:complete(L1, error),
+    ?assertMatch({ok, _, {breaker, closed, open}}, erlmcp_flow_nif:complete(L2, timeout)),
+    ?assertEqual({error, no_agents_available},
+                 erlmcp_flow_nif:decide(R, [], round_robin, undefined, undefined, [], any)),
+    {ok, _} = erlmcp_flow_nif:clock_advance(R, 1000),
+    {ok, _, _, L3, {breaker, open, half_open}} =
+        erlmcp_flow_nif:decide(R, [], round_robin, undefined, undefined, [], any),
+    ?assertMatch({ok, #{breaker := half_open, probes := 1}}, erlmcp_flow_nif:agent_stats(R, <<"a">>)),
+    {ok, _} = erlmcp_flow_nif:complete(L3, ok),
+    ?assertMatch({ok, #{breaker_opened := 1, breaker_half_opened := 1}},
+                 erlmcp_flow_nif:router_stats(R)).

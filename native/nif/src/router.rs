@@ -130,7 +130,9 @@ fn router_options(opts: Term<'_>) -> NifOutcome<(RouterConfig, bool)> {
         } else if k == atoms::task_classes() {
             q.task_classes = positive_int(value)?;
         } else if k == atoms::max_concurrent() {
+            // The bulkhead size, and the in-flight count of load level 10.
             q.max_concurrent = positive_int(value)?;
+            c.max_concurrent = q.max_concurrent;
         } else if k == atoms::consistent_hash_vnodes() {
             c.vnodes = positive_int(value)?;
         } else if k == atoms::hash_balance_factor() {
@@ -142,9 +144,6 @@ fn router_options(opts: Term<'_>) -> NifOutcome<(RouterConfig, bool)> {
             };
         } else if k == atoms::ewma_decay_ms() {
             c.ewma_decay_us = number(value, |v| v > 0.0)? * 1000.0;
-        } else if k == atoms::max_concurrent() {
-            c.max_concurrent = positive_int(value)?;
-            c.q.max_concurrent = c.max_concurrent;
         } else if !breaker_option(&mut c, k, value, &mut window)? {
             return Err(badarg("opts"));
         }
