@@ -9,6 +9,8 @@
 //! - `learn/td_update`: one Q-learning episode's update;
 //! - `ring/...`: lookup on our ring beside the `jumphash` crate, and a ring
 //!   rebuild for 1000 agents x 150 points;
+//! - `resilience/...`: a closed breaker's check, a bulkhead permit taken and
+//!   given back, and a breaker call asked and recorded by agent id;
 //! - `trace/...`: id generation.
 
 use std::hint::black_box;
@@ -134,6 +136,37 @@ fn ring(c: &mut Criterion) {
     g.finish();
 }
 
+fn breaker(c: &mut Criterion) {
+    let r = router(60);
+    let config = r.shared().config().breaker.clone();
+    let snapshot = r.agents().load_full();
+    let agent = snapshot.agent(7).clone();
+    let hot = agent.stats().hot().get();
+    let mut g = c.benchmark_group("resilience");
+    g.bench_function("breaker_check/closed", |b| {
+        b.iter(|| {
+            agent
+                .breaker()
+                .admits(black_box(hot), &config, black_box(1))
+        })
+    });
+    g.bench_function("bulkhead_permit/acquire_release", |b| {
+        b.iter(|| {
+            let ok = hot.try_add_in_flight(black_box(10));
+            hot.sub_in_flight();
+            ok
+        })
+    });
+    g.bench_function("breaker_allow_record/by_id", |b| {
+        b.iter(|| {
+            let allowed = r.breaker_allow(black_box(b"agent-7")).expect("agent");
+            r.breaker_record(b"agent-7", true, 10).expect("agent");
+            allowed
+        })
+    });
+    g.finish();
+}
+
 fn trace_ids(c: &mut Criterion) {
     let mut rng = SmallRng::seed_from_u64(7);
     c.bench_function("trace/generate_trace_id", |b| {
@@ -144,5 +177,13 @@ fn trace_ids(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, select, decide_complete, learn, ring, trace_ids);
+criterion_group!(
+    benches,
+    select,
+    decide_complete,
+    learn,
+    ring,
+    breaker,
+    trace_ids
+);
 criterion_main!(benches);

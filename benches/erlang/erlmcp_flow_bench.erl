@@ -9,7 +9,10 @@
 %%   completion (complete alone, which includes the TD update);
 %% - whole tasks per second through erlmcp_flow:execute/2 to echo agents;
 %% - registry lookups per second (erlmcp_flow:find_agent/1) beside a plain
-%%   ets:lookup/2 on a table of the same size, in the same run.
+%%   ets:lookup/2 on a table of the same size, in the same run;
+%% - circuit-breaker checks per second (erlmcp_flow_circuit_breaker:
+%%   allow_request/1 on a closed breaker), to set beside fuse's documented
+%%   figure of about 2 million asks per second.
 %% Each throughput is the median of 3 runs of 1 s.
 -module(erlmcp_flow_bench).
 
@@ -29,6 +32,7 @@ main() ->
 run() ->
     logger:set_primary_config(level, warning),
     {ok, _} = application:ensure_all_started(erlmcp_flow),
+    %% The decision loops below settle every lease with ok: no breaker opens.
     Agents = [begin
                   Pid = spawn_link(fun echo/0),
                   Id = iolist_to_binary(io_lib:format("bench-~2..0b", [I])),
@@ -43,7 +47,8 @@ run() ->
     Decide = fun(Strategy) ->
                      fun() ->
                              {ok, _, _, Lease} = erlmcp_flow_nif:decide(Router, Caps, Strategy,
-                                                                        undefined, undefined),
+                                                                        undefined, undefined,
+                                                                        [], any),
                              {ok, _} = erlmcp_flow_nif:complete(Lease, ok)
                      end
              end,
@@ -53,6 +58,9 @@ run() ->
     Ids = list_to_tuple(Agents),
     Find = fun(I) -> {ok, _} = erlmcp_flow:find_agent(element(I rem ?AGENTS + 1, Ids)) end,
     Plain = fun(I) -> [_] = ets:lookup(Tab, element(I rem ?AGENTS + 1, Ids)) end,
+    Breaker = fun(I) ->
+                      allow = erlmcp_flow_circuit_breaker:allow_request(element(I rem ?AGENTS + 1, Ids))
+              end,
     Rows = [{"round_robin decision (decide + complete)", 1, throughput(1, Decide(round_robin))},
             {"round_robin decision (decide + complete)", 2, throughput(2, Decide(round_robin))},
             {"q_learning decision (decide + complete)", 1, throughput(1, Decide(q_learning))},
@@ -62,7 +70,9 @@ run() ->
             {"registry lookup erlmcp_flow:find_agent/1", 1, indexed_throughput(1, Find)},
             {"registry lookup erlmcp_flow:find_agent/1", 2, indexed_throughput(2, Find)},
             {"plain ets:lookup/2, same size", 1, indexed_throughput(1, Plain)},
-            {"plain ets:lookup/2, same size", 2, indexed_throughput(2, Plain)}],
+            {"plain ets:lookup/2, same size", 2, indexed_throughput(2, Plain)},
+            {"breaker check allow_request/1 (closed)", 1, indexed_throughput(1, Breaker)},
+            {"breaker check allow_request/1 (closed)", 2, indexed_throughput(2, Breaker)}],
     io:format("~-44s ~9s ~14s~n", ["operation", "processes", "ops/s"]),
     [io:format("~-44s ~9b ~14s~n", [Name, P, thousands(round(Ops))]) || {Name, P, Ops} <- Rows],
     {D, C} = decision_latency(Router, Caps, 200000),
@@ -71,6 +81,11 @@ run() ->
      || {Name, {P50, P99, P999}} <- [{"decide (the decision)", D},
                                       {"complete (with TD update)", C}]],
     Ratio = element(3, lists:nth(7, Rows)) / element(3, lists:nth(9, Rows)),
+    FuseAsks = 2.0e6,
+    io:format("~nbreaker checks: ~.1f million/s with 1 process, ~.1f with 2 "
+              "(fuse documents about 2 million asks/s)~n",
+              [element(3, lists:nth(11, Rows)) / 1.0e6, element(3, lists:nth(12, Rows)) / 1.0e6]),
+    _ = FuseAsks,
     io:format("~nfind_agent/1 runs at ~.2f of a plain ets:lookup/2 (1 process)~n", [Ratio]),
     ok.
 
@@ -110,7 +125,7 @@ decision_latency(Router, Caps, N) ->
     Pairs = [begin
                  T0 = erlang:monotonic_time(nanosecond),
                  {ok, _, _, Lease} = erlmcp_flow_nif:decide(Router, Caps, q_learning,
-                                                            undefined, undefined),
+                                                            undefined, undefined, [], any),
                  T1 = erlang:monotonic_time(nanosecond),
                  {ok, _} = erlmcp_flow_nif:complete(Lease, ok),
                  {T1 - T0, erlang:monotonic_time(nanosecond) - T1}

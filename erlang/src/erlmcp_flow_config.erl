@@ -162,7 +162,7 @@ unpublish() ->
 %% application has not published one).
 -spec get(section()) -> #{atom() => term()}.
 get(Section) ->
-    maps:get(Section, persistent_term:get(?KEY, defaults())).
+    maps:get(Section, published()).
 
 %% @doc One key of one section.
 -spec get(section(), atom()) -> term().
@@ -172,7 +172,16 @@ get(Section, Key) ->
 %% @doc The router's clock: `system', or `manual' for tests.
 -spec clock() -> system | manual.
 clock() ->
-    maps:get(clock, persistent_term:get(?KEY, defaults())).
+    maps:get(clock, published()).
+
+%% The published configuration; the defaults are only built when there is
+%% none (a default argument to persistent_term:get/2 would build them on
+%% every call, and this is read on every task).
+published() ->
+    case persistent_term:get(?KEY, undefined) of
+        undefined -> defaults();
+        Config -> Config
+    end.
 
 %% @doc A human sentence for a configuration error.
 -spec format_error(error_reason()) -> string().

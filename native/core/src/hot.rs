@@ -54,7 +54,7 @@ impl Hot {
 
     /// Takes a bulkhead permit: one more task in flight, unless `max` are.
     #[inline]
-    pub(crate) fn try_add_in_flight(&self, max: u32) -> bool {
+    pub fn try_add_in_flight(&self, max: u32) -> bool {
         self.in_flight
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < max).then_some(n + 1)
@@ -72,8 +72,9 @@ impl Hot {
         self.breaker.store(b, Ordering::Release);
     }
 
+    /// Gives a bulkhead permit back.
     #[inline]
-    pub(crate) fn sub_in_flight(&self) {
+    pub fn sub_in_flight(&self) {
         self.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 

@@ -586,16 +586,23 @@ impl<P> Router<P> {
         &self,
         id: &[u8],
         f: impl FnOnce(&Agent<P>, &Hot) -> T,
-    ) -> Result<T, FlowError> {
-        let snapshot = self.agents.load();
-        let agent = snapshot.find(id).ok_or(FlowError::NotFound)?;
-        Ok(f(agent, agent.stats().hot().get()))
+    ) -> Result<T, FlowError>
+    where
+        P: Send + Sync + 'static,
+    {
+        self.agents.with_snapshot(|snapshot| {
+            let agent = snapshot.find(id).ok_or(FlowError::NotFound)?;
+            Ok(f(agent, agent.stats().hot().get()))
+        })
     }
 
     /// Asks agent `id`'s breaker for a call outside routing (a half-open
     /// breaker hands out one of its probes): whether it is granted, and the
     /// transition asking caused.
-    pub fn breaker_allow(&self, id: &[u8]) -> Result<(bool, Option<Transition>), FlowError> {
+    pub fn breaker_allow(&self, id: &[u8]) -> Result<(bool, Option<Transition>), FlowError>
+    where
+        P: Send + Sync + 'static,
+    {
         let shared = self.shared();
         self.with_breaker(id, |agent, hot| {
             let (permit, t) =
@@ -613,7 +620,10 @@ impl<P> Router<P> {
         id: &[u8],
         ok: bool,
         latency_us: u64,
-    ) -> Result<Option<Transition>, FlowError> {
+    ) -> Result<Option<Transition>, FlowError>
+    where
+        P: Send + Sync + 'static,
+    {
         let shared = self.shared();
         self.with_breaker(id, |agent, hot| {
             let permit = if BreakerState::from_u8(hot.breaker()) == BreakerState::HalfOpen {
@@ -637,7 +647,10 @@ impl<P> Router<P> {
     pub fn breaker_state(
         &self,
         id: &[u8],
-    ) -> Result<(BreakerState, u32, Option<Transition>), FlowError> {
+    ) -> Result<(BreakerState, u32, Option<Transition>), FlowError>
+    where
+        P: Send + Sync + 'static,
+    {
         let shared = self.shared();
         self.with_breaker(id, |agent, hot| {
             let (state, t) = agent.breaker().state(hot, shared.clock.now_us());
@@ -646,7 +659,10 @@ impl<P> Router<P> {
     }
 
     /// Closes agent `id`'s breaker and empties its window.
-    pub fn breaker_reset(&self, id: &[u8]) -> Result<Option<Transition>, FlowError> {
+    pub fn breaker_reset(&self, id: &[u8]) -> Result<Option<Transition>, FlowError>
+    where
+        P: Send + Sync + 'static,
+    {
         let shared = self.shared();
         self.with_breaker(id, |agent, hot| shared.count(agent.breaker().reset(hot)))
     }
