@@ -206,7 +206,7 @@ explain_and_table_test() ->
     ?assertMatch(#{Id := #{{0, high, fast, 0} := {_, 1}}}, Table),
     [First, Second] = erlmcp_flow_nif:explain(R, [<<"x">>], undefined),
     ?assertMatch(#{id := _, state := {0, high, fast, 0}, q_value := _, visits := _,
-                   softmax := _, in_flight := 0, weight := 1.0}, First),
+                   softmax := _, in_flight := 0, weight := 1.0, breaker := closed}, First),
     ?assert(maps:get(q_value, First) >= maps:get(q_value, Second)),
     ?assert(abs(maps:get(softmax, First) + maps:get(softmax, Second) - 1.0) < 1.0e-9),
     ?assertEqual([], erlmcp_flow_nif:explain(R, [<<"none">>], undefined)),

@@ -324,7 +324,9 @@ pub struct Explained {
     pub ewma_latency_us: f64,
     pub success_rate: f64,
     pub weight: f64,
-    /// Probability under the softmax of the `weighted` strategy.
+    pub breaker: BreakerState,
+    /// Probability under the softmax of the `weighted` strategy (0 for an
+    /// agent whose breaker or bulkhead refuses tasks now).
     pub softmax: f64,
 }
 
@@ -547,6 +549,7 @@ impl<P> Router<P> {
                     ewma_latency_us: stats.ewma_latency_us(),
                     success_rate: stats.success_rate(),
                     weight: agent.weight(),
+                    breaker: BreakerState::from_u8(stats.hot().get().breaker()),
                     softmax: if total > 0.0 { w / total } else { 0.0 },
                 }
             })

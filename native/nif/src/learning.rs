@@ -65,6 +65,7 @@ fn explain<'a>(env: Env<'a>, router: Term<'a>, caps: Term<'a>, class: Term<'a>) 
                     atoms::ewma_latency_us(),
                     atoms::success_rate(),
                     atoms::weight(),
+                    atoms::breaker(),
                     atoms::softmax(),
                 ]
                 .map(|a| a.encode(env));
@@ -77,6 +78,7 @@ fn explain<'a>(env: Env<'a>, router: Term<'a>, caps: Term<'a>, class: Term<'a>) 
                     e.ewma_latency_us.encode(env),
                     e.success_rate.encode(env),
                     e.weight.encode(env),
+                    crate::router::breaker_term(env, e.breaker),
                     e.softmax.encode(env),
                 ];
                 Term::map_from_term_arrays(env, &keys, &values).map_err(|_| badarg("router"))

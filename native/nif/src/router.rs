@@ -204,6 +204,11 @@ fn state_atom(s: BreakerState) -> Atom {
     }
 }
 
+/// A breaker state as an atom term.
+pub fn breaker_term<'a>(env: Env<'a>, s: BreakerState) -> Term<'a> {
+    state_atom(s).encode(env)
+}
+
 /// `{breaker, From, To}`.
 pub fn transition_term<'a>(env: Env<'a>, t: Transition) -> Term<'a> {
     (atoms::breaker(), state_atom(t.from), state_atom(t.to)).encode(env)
