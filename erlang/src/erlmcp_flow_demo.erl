@@ -37,7 +37,7 @@ groups() ->
 -spec main() -> no_return().
 main() ->
     %% the demo's flaky agents open breakers; the table is what it shows
-    logger:set_primary_config(level, error),
+    ok = logger:set_primary_config(level, error),
     Status = try
                  _ = run(#{tasks => 4000, concurrency => 40, timeout => 1000}),
                  0
