@@ -18,6 +18,7 @@
 pub mod agents;
 pub mod breaker;
 pub mod clock;
+pub mod correlation;
 pub mod error;
 pub mod hot;
 pub mod learning;

@@ -1,6 +1,8 @@
-//! Trace and span identifiers in the W3C Trace Context text form.
+//! Trace and span identifiers in the W3C Trace Context text form, and the
+//! `traceparent` and `tracestate` headers.
 
 use rand::Rng;
+use thiserror::Error;
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
@@ -35,11 +37,172 @@ pub fn generate_span_id<R: Rng + ?Sized>(rng: &mut R) -> [u8; 16] {
     out
 }
 
+/// A header refused by the W3C Trace Context rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+#[error("invalid trace context")]
+pub struct InvalidTraceContext;
+
+/// A parsed `traceparent`: ids as lowercase hex, as they travel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TraceParent {
+    pub version: u8,
+    pub trace_id: [u8; 32],
+    pub parent_id: [u8; 16],
+    pub flags: u8,
+}
+
+fn lower_hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        _ => None,
+    }
+}
+
+fn hex_byte(s: &[u8]) -> Result<u8, InvalidTraceContext> {
+    match (lower_hex(s[0]), lower_hex(s[1])) {
+        (Some(h), Some(l)) => Ok(h << 4 | l),
+        _ => Err(InvalidTraceContext),
+    }
+}
+
+/// Lowercase hex, and not all zeros.
+fn nonzero_hex(s: &[u8]) -> Result<(), InvalidTraceContext> {
+    let mut any = false;
+    for &b in s {
+        any |= lower_hex(b).ok_or(InvalidTraceContext)? != 0;
+    }
+    if any {
+        Ok(())
+    } else {
+        Err(InvalidTraceContext)
+    }
+}
+
+/// Parses a `traceparent` header: `version-traceid-parentid-flags`, lowercase
+/// hex. Version `00` is exactly 55 characters; a higher version is read by its
+/// first four fields, and what follows them must start with `-`; version `ff`,
+/// upper-case hex, all-zero ids and wrong lengths or separators are refused.
+pub fn parse_traceparent(s: &[u8]) -> Result<TraceParent, InvalidTraceContext> {
+    if s.len() < 55 || s[2] != b'-' || s[35] != b'-' || s[52] != b'-' {
+        return Err(InvalidTraceContext);
+    }
+    let version = hex_byte(&s[0..2])?;
+    match version {
+        0xff => return Err(InvalidTraceContext),
+        0 if s.len() != 55 => return Err(InvalidTraceContext),
+        _ if s.len() > 55 && s[55] != b'-' => return Err(InvalidTraceContext),
+        _ => {}
+    }
+    nonzero_hex(&s[3..35])?;
+    nonzero_hex(&s[36..52])?;
+    let flags = hex_byte(&s[53..55])?;
+    let mut trace_id = [0u8; 32];
+    trace_id.copy_from_slice(&s[3..35]);
+    let mut parent_id = [0u8; 16];
+    parent_id.copy_from_slice(&s[36..52]);
+    Ok(TraceParent {
+        version,
+        trace_id,
+        parent_id,
+        flags,
+    })
+}
+
+/// Formats a `traceparent` of version `00` (this implementation's version,
+/// whatever version it parsed): 55 characters.
+pub fn format_traceparent(tp: &TraceParent) -> [u8; 55] {
+    let mut out = [b'-'; 55];
+    out[0] = b'0';
+    out[1] = b'0';
+    out[3..35].copy_from_slice(&tp.trace_id);
+    out[36..52].copy_from_slice(&tp.parent_id);
+    hex_into(&[tp.flags], &mut out[53..55]);
+    out
+}
+
+/// Whether `id` is lowercase hex of `len` digits, not all zero: a trace id
+/// (32) or a span id (16) that `format_traceparent` may carry.
+pub fn valid_id(id: &[u8], len: usize) -> bool {
+    id.len() == len && nonzero_hex(id).is_ok()
+}
+
+/// Most list members a `tracestate` may carry.
+pub const TRACESTATE_MAX_MEMBERS: usize = 32;
+
+fn key_char(c: u8) -> bool {
+    c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'_' | b'-' | b'*' | b'/')
+}
+
+/// `key`: `lcalpha 0*255(keychar)`, or `tenant@system` with a tenant of at
+/// most 241 characters (may start with a digit) and a system of at most 14.
+fn valid_key(key: &[u8]) -> bool {
+    match key.iter().position(|&c| c == b'@') {
+        None => {
+            (1..=256).contains(&key.len())
+                && key[0].is_ascii_lowercase()
+                && key.iter().all(|&c| key_char(c))
+        }
+        Some(at) => {
+            let (tenant, system) = (&key[..at], &key[at + 1..]);
+            (1..=241).contains(&tenant.len())
+                && (tenant[0].is_ascii_lowercase() || tenant[0].is_ascii_digit())
+                && tenant.iter().all(|&c| key_char(c))
+                && (1..=14).contains(&system.len())
+                && system[0].is_ascii_lowercase()
+                && system.iter().all(|&c| key_char(c))
+        }
+    }
+}
+
+/// `value`: 1 to 256 printable ASCII characters but `,` and `=`, not ending
+/// in a space.
+fn valid_value(v: &[u8]) -> bool {
+    (1..=256).contains(&v.len())
+        && v.iter()
+            .all(|&c| (0x20..=0x7e).contains(&c) && c != b',' && c != b'=')
+        && v[v.len() - 1] != b' '
+}
+
+/// Checks a `tracestate` header: comma-separated `key=value` members around
+/// optional spaces and tabs, empty members allowed, at most 32 members,
+/// no key twice. The header travels on unchanged.
+pub fn validate_tracestate(s: &[u8]) -> Result<(), InvalidTraceContext> {
+    let mut keys: Vec<&[u8]> = Vec::new();
+    for member in s.split(|&c| c == b',') {
+        let m = member.trim_ascii();
+        if m.is_empty() {
+            continue;
+        }
+        let eq = m
+            .iter()
+            .position(|&c| c == b'=')
+            .ok_or(InvalidTraceContext)?;
+        let (key, value) = (&m[..eq], &m[eq + 1..]);
+        if !valid_key(key) || !valid_value(value) || keys.contains(&key) {
+            return Err(InvalidTraceContext);
+        }
+        keys.push(key);
+        if keys.len() > TRACESTATE_MAX_MEMBERS {
+            return Err(InvalidTraceContext);
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use rand::SeedableRng;
     use rand::rngs::SmallRng;
+
+    #[test]
+    fn traceparent_round_trip() {
+        let h = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let tp = parse_traceparent(h).unwrap();
+        assert_eq!(tp.flags, 1);
+        assert_eq!(&format_traceparent(&tp), h);
+    }
 
     #[test]
     fn trace_id_is_uuid_v4_hex() {
