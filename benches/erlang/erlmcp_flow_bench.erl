@@ -46,9 +46,9 @@ run() ->
                                           erlang:system_info(schedulers_online), ?AGENTS]),
     Decide = fun(Strategy) ->
                      fun() ->
-                             {ok, _, _, Lease} = erlmcp_flow_nif:decide(Router, Caps, Strategy,
-                                                                        undefined, undefined,
-                                                                        [], any),
+                             {ok, _, _, Lease, _, _} =
+                                 erlmcp_flow_nif:decide(Router, Caps, Strategy, undefined,
+                                                        undefined, [], any, undefined),
                              {ok, _} = erlmcp_flow_nif:complete(Lease, ok)
                      end
              end,
@@ -124,8 +124,9 @@ batch(Fun, I, K) -> Fun(I), batch(Fun, I + 1, K - 1).
 decision_latency(Router, Caps, N) ->
     Pairs = [begin
                  T0 = erlang:monotonic_time(nanosecond),
-                 {ok, _, _, Lease} = erlmcp_flow_nif:decide(Router, Caps, q_learning,
-                                                            undefined, undefined, [], any),
+                 {ok, _, _, Lease, _, _} = erlmcp_flow_nif:decide(Router, Caps, q_learning,
+                                                                  undefined, undefined, [],
+                                                                  any, undefined),
                  T1 = erlang:monotonic_time(nanosecond),
                  {ok, _} = erlmcp_flow_nif:complete(Lease, ok),
                  {T1 - T0, erlang:monotonic_time(nanosecond) - T1}

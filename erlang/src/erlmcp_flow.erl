@@ -44,7 +44,9 @@
                           sticky_key => binary(),
                           task_class => term(),
                           idempotent => boolean(),
-                          reply_to => pid()}.
+                          reply_to => pid(),
+                          traceparent => binary(),
+                          tracestate => binary()}.
 -type execute_opts() :: #{timeout => timeout(),
                           routing_timeout => pos_integer(),
                           max_retry_attempts => non_neg_integer(),
@@ -52,10 +54,11 @@
                           max_retry_delay => non_neg_integer()}.
 -type meta() :: #{agent_id := agent_id(),
                   trace_id := binary(),
+                  span_id := binary(),
                   latency_us := non_neg_integer() | undefined,
                   attempts := pos_integer(),
                   tried := [erlmcp_flow_router:attempt()]}.
--type trace_context() :: erlmcp_flow_trace:context().
+-type trace_context() :: erlmcp_flow_correlation_tracker:context().
 
 %% @equiv execute(Task, Requirements, #{})
 -spec execute(task(), requirements()) -> {ok, term(), meta()} | {error, term()}.
@@ -72,13 +75,16 @@ execute(Task, Requirements) ->
 %% consistent hashing routes equal keys to the same agent; default the task's
 %% `id'), `task_class' (any term: Q-learning keeps separate values per class,
 %% hashed into `q_learning.task_classes' classes), `idempotent' (default
-%% true; `false' means exactly one attempt). Opts override the `timeouts'
+%% true; `false' means exactly one attempt), `traceparent' (a W3C header:
+%% the task joins that trace as a child of the caller's span; default a new
+%% trace) and `tracestate' (passed on to agents unchanged). Opts override the `timeouts'
 %% settings for this call: `timeout', `routing_timeout',
 %% `max_retry_attempts', `base_retry_delay', `max_retry_delay'.
 %%
 %% A timed-out, dead or erring agent's task is retried on another agent (see
 %% `erlmcp_flow_router'); `Meta' reports the `attempts' and, in `tried', each
-%% failed one with its agent and reason.
+%% failed one with its agent and reason, and the task's `trace_id' and
+%% `span_id' (see `erlmcp_flow_correlation_tracker').
 %%
 %% Errors: `no_agents_available' (none holds the capabilities, or all their
 %% breakers are open), `overloaded' (all at their bulkhead limit past the
@@ -146,20 +152,26 @@ query_agents(Capabilities) ->
 get_agent_load(AgentId) ->
     erlmcp_flow_registry:get_agent_load(AgentId).
 
-%% @doc The live counters of an agent: `in_flight', `dispatched',
-%% `succeeded', `failed', `timed_out', `down', `abandoned' and
-%% `ewma_latency_us'.
+%% @doc The live figures of an agent: its load `in_flight', tasks
+%% `dispatched', `succeeded', `failed', `timed_out', `down', `abandoned',
+%% `success_rate', `ewma_latency_us', latency percentiles `p50_us', `p95_us',
+%% `p99_us' (an HDR histogram; `undefined' before the first answer), its
+%% `weight', `breaker' state (`closed', `open', `half_open') and half-open
+%% `probes' in flight.
 -spec agent_stats(agent_id()) -> {ok, map()} | {error, not_found | {badarg, agent_id}}.
 agent_stats(AgentId) ->
     erlmcp_flow_registry:agent_stats(AgentId).
 
-%% @doc Node-wide counters: registered `agents', tasks `in_flight' (on every
-%% agent, including agents removed since their tasks started), Q-learning
-%% `episodes' (completed tasks learned from) and the exploration rate `epsilon'.
+%% @doc Node-wide figures (see `erlmcp_flow_metrics:stats/0'): registered
+%% `agents', tasks `in_flight' (on every agent, including agents removed
+%% since their tasks started) and `completed', `tasks_per_second',
+%% Q-learning `episodes' and exploration rate `epsilon', `retries',
+%% `fallbacks', `overloaded' answers, breaker transitions, the decision
+%% latency histogram, the correlation store and the span export.
 -spec stats() -> #{agents := non_neg_integer(), in_flight := non_neg_integer(),
-                   episodes := non_neg_integer(), epsilon := float()}.
+                   episodes := non_neg_integer(), epsilon := float(), atom() => number()}.
 stats() ->
-    erlmcp_flow_registry:router_stats().
+    erlmcp_flow_metrics:stats().
 
 %% @doc Why an agent would be chosen for `Requirements' (its `capabilities'
 %% and `task_class'): every candidate with its Q-learning state

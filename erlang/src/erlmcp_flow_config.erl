@@ -2,8 +2,9 @@
 %% @doc Configuration of erlmcp_flow: the defaults, the validation of the
 %% application environment, and the published, validated result.
 %%
-%% Each of the six sections (`q_learning', `load_balancer', `circuit_breaker',
-%% `failure_detector', `byzantine', `timeouts') is a map; a partial map given in
+%% Each of the nine sections (`q_learning', `load_balancer', `circuit_breaker',
+%% `failure_detector', `byzantine', `timeouts', `correlation', `metrics',
+%% `export') is a map; a partial map given in
 %% the application environment is merged over the section's defaults. Unknown
 %% sections, unknown keys and bad values are refused with a reason that names
 %% them, and the application does not start.
@@ -23,7 +24,7 @@
 -export_type([config/0, section/0, error_reason/0]).
 
 -type section() :: q_learning | load_balancer | circuit_breaker
-                 | failure_detector | byzantine | timeouts.
+                 | failure_detector | byzantine | timeouts | correlation | metrics | export.
 -type config() :: #{section() => #{atom() => term()}, clock => system | manual}.
 -type error_reason() :: {unknown_config_key, atom() | {section(), term()}}
                       | {invalid_config, section() | clock, term()}
@@ -84,7 +85,25 @@ schema() ->
            {adaptive, false, fun is_boolean/1},
            {max_retry_attempts, 3, fun is_non_neg_integer/1},
            {base_retry_delay, 100, fun is_non_neg_integer/1},
-           {max_retry_delay, 5000, fun is_non_neg_integer/1}]}.
+           {max_retry_delay, 5000, fun is_non_neg_integer/1}],
+      correlation =>
+          [{ttl_ms, 3600000, fun is_pos_integer/1},
+           {max_entries, 100000, fun is_pos_integer/1}],
+      metrics =>
+          [{interval_ms, 1000, fun is_pos_integer/1},
+           {http, false, fun is_boolean/1},
+           {ip, loopback, fun is_ip/1},
+           {port, 9464, fun is_port_number/1}],
+      export =>
+          [{file, undefined, fun is_optional_path/1},
+           {url, undefined, fun is_optional_http_url/1},
+           {service_name, <<"erlmcp_flow">>, fun is_nonempty_binary/1},
+           {batch_size, 512, fun is_pos_integer/1},
+           {interval_ms, 1000, fun is_pos_integer/1},
+           {queue_size, 65536, fun is_pos_integer/1},
+           {max_file_bytes, 10485760, fun is_pos_integer/1},
+           {max_files, 5, fun is_pos_integer/1},
+           {http_timeout_ms, 5000, fun is_pos_integer/1}]}.
 
 %% @doc Every section with its default values, and the clock.
 -spec defaults() -> config().
@@ -215,5 +234,18 @@ is_optional_path(undefined) -> true;
 is_optional_path(V) -> (is_binary(V) orelse io_lib:char_list(V)) andalso V =/= "" andalso V =/= <<>>.
 is_optional_secret(undefined) -> true;
 is_optional_secret(V) -> is_binary(V) andalso byte_size(V) >= 16.
+is_nonempty_binary(V) -> is_binary(V) andalso V =/= <<>>.
+is_port_number(V) -> is_integer(V) andalso V >= 0 andalso V =< 65535.
+is_ip(V) when V =:= loopback; V =:= any -> true;
+is_ip(V) when is_tuple(V) -> inet:is_ip_address(V);
+is_ip(_) -> false.
+%% A collector's URL: http only (the exporter does not start TLS).
+is_optional_http_url(undefined) -> true;
+is_optional_http_url(V) when is_binary(V); is_list(V) ->
+    case catch uri_string:parse(unicode:characters_to_list(V)) of
+        #{scheme := Scheme, host := [_ | _]} -> string:lowercase(Scheme) =:= "http";
+        _ -> false
+    end;
+is_optional_http_url(_) -> false.
 is_strategy(V) -> lists:member(V, erlmcp_flow_router:strategies()).
 one_of(Values) -> fun(V) -> lists:member(V, Values) end.

@@ -15,7 +15,7 @@
 -export([agent_remove/2]).
 -export([router_stats/1]).
 -export([agent_stats/2]).
--export([decide/7]).
+-export([decide/8]).
 -export([has_capacity/2]).
 -export([complete/2]).
 -export([explain/3]).
@@ -31,14 +31,25 @@
 -export([breaker_reset/2]).
 -export([generate_trace_id/0]).
 -export([generate_span_id/0]).
+-export([parse_traceparent/1]).
+-export([format_traceparent/3]).
+-export([validate_tracestate/1]).
+-export([span_start/3]).
+-export([span_end/5]).
+-export([trace_chain/2]).
+-export([span_lookup/2]).
+-export([correlation_sweep/1]).
+-export([export_batch/3]).
 
 -export_type([router/0, lease/0, outcome/0, router_opts/0, state/0, transition/0,
-              breaker_state/0]).
+              breaker_state/0, span/0, span_request/0]).
 
 -nifs([router_new/1, clock_advance/2, agent_insert/6, agent_remove/2, router_stats/1,
-       agent_stats/2, decide/7, has_capacity/2, complete/2, explain/3, q_table/1, q_save/2, q_load/2,
+       agent_stats/2, decide/8, has_capacity/2, complete/2, explain/3, q_table/1, q_save/2, q_load/2,
        q_reset/1, td_update/5, reward/4, breaker_allow/2, breaker_record/4, breaker_state/2,
-       breaker_reset/2, generate_trace_id/0, generate_span_id/0]).
+       breaker_reset/2, generate_trace_id/0, generate_span_id/0, parse_traceparent/1,
+       format_traceparent/3, validate_tracestate/1, span_start/3, span_end/5, trace_chain/2,
+       span_lookup/2, correlation_sweep/1, export_batch/3]).
 
 -type router() :: reference().
 -type lease() :: reference().
@@ -58,7 +69,19 @@
                          half_open_max_requests => pos_integer(),
                          success_threshold => pos_integer(),
                          slow_call_threshold_ms => pos_integer() | infinity,
-                         window_type => count | time, window_size => pos_integer()}.
+                         window_type => count | time, window_size => pos_integer(),
+                         correlation_ttl_ms => pos_integer(),
+                         correlation_max_entries => pos_integer(),
+                         export_queue => non_neg_integer()}.
+%% The span a decision opens for its attempt: trace id, the task's span id
+%% (the parent), the attempt number and a short summary of the task.
+-type span_request() :: {binary(), binary(), pos_integer(), binary()}.
+-type span() :: #{trace_id := binary(), span_id := binary(),
+                  parent_span_id := binary() | undefined, agent_id := binary() | undefined,
+                  summary := binary(), start_us := non_neg_integer(),
+                  end_us := non_neg_integer() | undefined,
+                  outcome := open | ok | error | timeout | down | abandoned | failed,
+                  attempt := non_neg_integer()}.
 -type state() :: {0..10, low | medium | high, fast | normal | slow, non_neg_integer()}.
 -type breaker_state() :: closed | open | half_open.
 -type transition() :: {breaker, breaker_state(), breaker_state()}.
@@ -100,10 +123,10 @@ router_stats(_Router) -> erlang:nif_error(nif_not_loaded).
 agent_stats(_Router, _Id) -> erlang:nif_error(nif_not_loaded).
 
 -spec decide(router(), [binary()], atom(), binary() | undefined, binary() | undefined,
-             [binary()], any | swarm) ->
-          {ok, binary(), pid(), lease()} | {ok, binary(), pid(), lease(), transition()}
+             [binary()], any | swarm, span_request() | undefined) ->
+          {ok, binary(), pid(), lease(), binary() | undefined, none | transition()}
         | {error, no_agents_available | overloaded} | badarg().
-decide(_Router, _Caps, _Strategy, _StickyKey, _TaskClass, _Exclude, _Kind) ->
+decide(_Router, _Caps, _Strategy, _StickyKey, _TaskClass, _Exclude, _Kind, _Span) ->
     erlang:nif_error(nif_not_loaded).
 
 -spec has_capacity(router(), [binary()]) -> boolean() | badarg().
@@ -156,3 +179,36 @@ generate_trace_id() -> erlang:nif_error(nif_not_loaded).
 
 -spec generate_span_id() -> binary().
 generate_span_id() -> erlang:nif_error(nif_not_loaded).
+
+-spec parse_traceparent(term()) ->
+          {ok, #{version := 0..254, trace_id := binary(), span_id := binary(),
+                 trace_flags := 0..255}}
+        | {error, invalid_trace_context}.
+parse_traceparent(_Header) -> erlang:nif_error(nif_not_loaded).
+
+-spec format_traceparent(term(), term(), term()) -> binary() | {error, invalid_trace_context}.
+format_traceparent(_TraceId, _SpanId, _Flags) -> erlang:nif_error(nif_not_loaded).
+
+-spec validate_tracestate(term()) -> ok | {error, invalid_trace_context}.
+validate_tracestate(_Header) -> erlang:nif_error(nif_not_loaded).
+
+-spec span_start(router(), binary() | undefined, binary()) ->
+          {ok, binary(), binary(), 0..255} | {error, invalid_trace_context} | badarg().
+span_start(_Router, _Traceparent, _Summary) -> erlang:nif_error(nif_not_loaded).
+
+-spec span_end(router(), binary(), binary(), ok | failed, binary() | undefined) ->
+          ok | {error, not_found} | badarg().
+span_end(_Router, _TraceId, _SpanId, _Outcome, _AgentId) -> erlang:nif_error(nif_not_loaded).
+
+-spec trace_chain(router(), binary()) -> [span()] | badarg().
+trace_chain(_Router, _TraceId) -> erlang:nif_error(nif_not_loaded).
+
+-spec span_lookup(router(), binary()) -> {ok, span()} | {error, not_found} | badarg().
+span_lookup(_Router, _SpanId) -> erlang:nif_error(nif_not_loaded).
+
+-spec correlation_sweep(router()) -> {ok, non_neg_integer()} | badarg().
+correlation_sweep(_Router) -> erlang:nif_error(nif_not_loaded).
+
+-spec export_batch(router(), pos_integer(), binary()) ->
+          {ok, non_neg_integer(), binary()} | badarg().
+export_batch(_Router, _Max, _Service) -> erlang:nif_error(nif_not_loaded).

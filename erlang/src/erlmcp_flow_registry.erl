@@ -277,8 +277,17 @@ router_options() ->
                 window_type => maps:get(window_type, CB),
                 window_size => maps:get(window_size, CB),
                 max_concurrent => maps:get(max_concurrent, CB)},
+    Corr = erlmcp_flow_config:get(correlation),
+    Export = erlmcp_flow_config:get(export),
+    Tracing = #{correlation_ttl_ms => maps:get(ttl_ms, Corr),
+                correlation_max_entries => maps:get(max_entries, Corr),
+                %% finished spans are queued for export only when a sink is set
+                export_queue => case erlmcp_flow_span_exporter:enabled(Export) of
+                                    true -> maps:get(queue_size, Export);
+                                    false -> 0
+                                end},
     maps:merge(maps:merge(maps:with(QKeys, Q), maps:with(LBKeys, LB)),
-               Breaker#{clock => erlmcp_flow_config:clock()}).
+               maps:merge(Breaker#{clock => erlmcp_flow_config:clock()}, Tracing)).
 
 validate(Id, _Pid, _Caps) when not is_binary(Id); Id =:= <<>> ->
     {error, {badarg, agent_id}};

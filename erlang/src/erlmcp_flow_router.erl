@@ -27,8 +27,9 @@
 -export([strategies/0]).
 -export([dispatch/3]).
 -export([await/5]).
+-export([end_trace/2]).
 
--export_type([plan/0, answer/0, attempt/0]).
+-export_type([plan/0, answer/0, attempt/0, trace/0]).
 
 -type plan() :: #{capabilities := [erlmcp_flow:capability()],
                   strategy := erlmcp_flow:strategy(),
@@ -40,16 +41,27 @@
                   sticky_key => binary(),
                   task_class => term(),
                   idempotent => boolean(),
-                  reply_to => pid()}.
+                  reply_to => pid(),
+                  traceparent => binary(),
+                  tracestate => binary()}.
+%% The task's span: its ids, the flags and tracestate passed on to agents.
+-type trace() :: #{trace_id := binary(), span_id := binary(), trace_flags := 0..255,
+                   summary := binary(), tracestate => binary()}.
 -type answer() :: {ok, term(), erlmcp_flow:meta()} | {error, term()}.
 %% One failed attempt, as reported in `Meta' and in `no_available_agent'.
 -type attempt() :: #{agent_id := erlmcp_flow:agent_id(), reason := term(),
                      latency_us := non_neg_integer() | undefined}.
 
--define(EXECUTE_KEYS, [capabilities, timeout, strategy, sticky_key, task_class, idempotent]).
+-define(EXECUTE_KEYS, [capabilities, timeout, strategy, sticky_key, task_class, idempotent,
+                       traceparent, tracestate]).
 -define(ROUTE_KEYS, [reply_to | ?EXECUTE_KEYS]).
 -define(OPT_KEYS, [timeout, routing_timeout, max_retry_attempts, base_retry_delay,
                    max_retry_delay]).
+
+%% The attempt number a span records saturates here (a 16-bit field).
+-define(MAX_ATTEMPT_NO, 65535).
+%% A span's summary holds at most this much of the task's type and of its id.
+-define(SUMMARY_PART_BYTES, 64).
 
 %% Adaptive timeouts: twice the agent's p95 latency, within these bounds (ms).
 -define(ADAPTIVE_MIN_MS, 1000).
@@ -67,10 +79,15 @@ strategies() ->
 execute(Task, Requirements, Opts) ->
     case plan(Task, Requirements, ?EXECUTE_KEYS, Opts) of
         {ok, #{routing_timeout := RT} = Plan} ->
-            Ctx = erlmcp_flow_trace:new_context(),
-            Deadline = erlang:monotonic_time(millisecond) + RT,
-            attempt(Task, Plan, Ctx, Deadline, #{n => 1, tried => [], failed => [],
-                                                 phase => agents});
+            case start_trace(Task, Plan) of
+                {ok, Trace} ->
+                    Deadline = erlang:monotonic_time(millisecond) + RT,
+                    Answer = attempt(Task, Plan, Trace, Deadline,
+                                     #{n => 1, tried => [], failed => [], phase => agents}),
+                    end_trace(Trace, Answer);
+                {error, _} = E ->
+                    E
+            end;
         {error, _} = E ->
             E
     end.
@@ -79,19 +96,27 @@ execute(Task, Requirements, Opts) ->
 %% waits for the answer, completes the decision and, when the requirements
 %% name `reply_to', sends it `{erlmcp_flow_result, TraceId, Answer}'. One
 %% attempt: no retry, no waiting for a full bulkhead (`{error, overloaded}').
+%% Returns the trace context the agent received.
 -spec route_task(erlmcp_flow:task(), erlmcp_flow:requirements()) ->
-          {ok, erlmcp_flow:agent_id(), erlmcp_flow_trace:context()} | {error, term()}.
+          {ok, erlmcp_flow:agent_id(), erlmcp_flow_correlation_tracker:context()}
+        | {error, term()}.
 route_task(Task, Requirements) ->
     case plan(Task, Requirements, ?ROUTE_KEYS, #{}) of
         {ok, Plan} ->
-            Ctx = erlmcp_flow_trace:new_context(),
-            case decide(Task, Plan, [], any) of
-                {ok, AgentId, Pid, Lease} ->
-                    Job = #{task => Task, timeout => attempt_timeout(Plan, AgentId),
-                            context => Ctx, agent_id => AgentId, pid => Pid, lease => Lease,
-                            reply_to => maps:get(reply_to, Plan, undefined)},
-                    {ok, _} = erlmcp_flow_task_sup:start_task(Job),
-                    {ok, AgentId, Ctx};
+            case start_trace(Task, Plan) of
+                {ok, Trace} ->
+                    case decide(Plan, Trace, 1, [], any) of
+                        {ok, AgentId, Pid, Lease, Ctx} ->
+                            Job = #{task => Task, timeout => attempt_timeout(Plan, AgentId),
+                                    context => Ctx, trace => Trace, agent_id => AgentId,
+                                    pid => Pid, lease => Lease,
+                                    reply_to => maps:get(reply_to, Plan, undefined)},
+                            {ok, _} = erlmcp_flow_task_sup:start_task(Job),
+                            {ok, AgentId, Ctx};
+                        {error, Reason} = E ->
+                            Reason =:= overloaded andalso erlmcp_flow_metrics:incr(overloaded),
+                            end_trace(Trace, E)
+                    end;
                 {error, _} = E ->
                     E
             end;
@@ -100,7 +125,8 @@ route_task(Task, Requirements) ->
     end.
 
 %% @doc Sends the task to `Pid' under a fresh alias monitor; returns the alias.
--spec dispatch(pid(), erlmcp_flow:task(), erlmcp_flow_trace:context()) -> reference().
+-spec dispatch(pid(), erlmcp_flow:task(), erlmcp_flow_correlation_tracker:context()) ->
+          reference().
 dispatch(Pid, Task, Ctx) ->
     Ref = erlang:monitor(process, Pid, [{alias, demonitor}]),
     Pid ! {execute_task, Task, Ctx, Ref, Ref},
@@ -135,26 +161,36 @@ await(Ref, Pid, Lease, Timeout, AgentId) ->
 %% Internal functions
 %%====================================================================
 
-attempt(Task, Plan, Ctx, Deadline, #{n := N, tried := Tried, phase := Phase} = St) ->
-    case decide_waiting(Task, Plan, Tried, Phase, Deadline) of
-        {ok, AgentId, Pid, Lease} ->
+attempt(Task, Plan, Trace, Deadline, #{n := N, tried := Tried, phase := Phase} = St) ->
+    case decide_waiting(Plan, Trace, N, Tried, Phase, Deadline) of
+        {ok, AgentId, Pid, Lease, Ctx} ->
+            count_attempt(N, Phase),
             Ref = dispatch(Pid, Task, Ctx),
             case await(Ref, Pid, Lease, attempt_timeout(Plan, AgentId), AgentId) of
                 {ok, Result, Latency} ->
                     {ok, Result, #{agent_id => AgentId, trace_id => maps:get(trace_id, Ctx),
+                                   span_id => maps:get(span_id, Trace),
                                    latency_us => Latency, attempts => N,
                                    tried => lists:reverse(maps:get(failed, St))}};
                 {error, Reason, Latency} ->
-                    failed(Task, Plan, Ctx, Deadline, St,
+                    failed(Task, Plan, Trace, Deadline, St,
                            #{agent_id => AgentId, reason => Reason, latency_us => Latency})
             end;
         {error, no_agents_available} when N > 1 ->
             {error, {no_available_agent, lists:reverse(maps:get(failed, St))}};
+        {error, overloaded} = E ->
+            erlmcp_flow_metrics:incr(overloaded),
+            E;
         {error, _} = E ->
             E
     end.
 
-failed(Task, Plan, Ctx, Deadline, #{n := N, tried := Tried, failed := Failed, phase := Phase} = St,
+count_attempt(1, agents) -> ok;
+count_attempt(_, agents) -> erlmcp_flow_metrics:incr(retries);
+count_attempt(_, fallback) -> erlmcp_flow_metrics:incr(fallbacks).
+
+failed(Task, Plan, Trace, Deadline,
+       #{n := N, tried := Tried, failed := Failed, phase := Phase} = St,
        #{agent_id := AgentId, reason := Reason} = Attempt) ->
     Failed1 = [Attempt | Failed],
     Next = St#{n := N + 1, tried := [AgentId | Tried], failed := Failed1},
@@ -167,11 +203,11 @@ failed(Task, Plan, Ctx, Deadline, #{n := N, tried := Tried, failed := Failed, ph
             {error, {no_available_agent, lists:reverse(Failed1)}};
         Phase =:= agents, N =< Max ->
             sleep(erlmcp_flow_retry:backoff(N, Base, Cap)),
-            attempt(Task, Plan, Ctx, Deadline, Next);
+            attempt(Task, Plan, Trace, Deadline, Next);
         Phase =:= agents ->
             %% the retries are spent: one attempt on a swarm holding the
             %% capabilities, if an untried one exists
-            attempt(Task, Plan, Ctx, Deadline, Next#{phase := fallback});
+            attempt(Task, Plan, Trace, Deadline, Next#{phase := fallback});
         true ->
             {error, {no_available_agent, lists:reverse(Failed1)}}
     end.
@@ -182,17 +218,17 @@ sleep(Ms) -> receive after Ms -> ok end.
 %% A decision for this attempt: agents not tried yet (the same ones again
 %% when no other exists), or an untried swarm for the fallback; waiting in
 %% the bulkhead line while every candidate is full.
-decide_waiting(Task, #{capabilities := Caps} = Plan, Tried, Phase, Deadline) ->
-    Decision = case {Phase, decide(Task, Plan, Tried, kind(Phase))} of
+decide_waiting(#{capabilities := Caps} = Plan, Trace, N, Tried, Phase, Deadline) ->
+    Decision = case {Phase, decide(Plan, Trace, N, Tried, kind(Phase))} of
                    {agents, {error, no_agents_available}} when Tried =/= [] ->
-                       decide(Task, Plan, [], any);
+                       decide(Plan, Trace, N, [], any);
                    {_, D} ->
                        D
                end,
     case Decision of
         {error, overloaded} ->
             case erlmcp_flow_bulkhead:wait(Caps, Deadline) of
-                ready -> decide_waiting(Task, Plan, Tried, Phase, Deadline);
+                ready -> decide_waiting(Plan, Trace, N, Tried, Phase, Deadline);
                 _ -> {error, overloaded}
             end;
         Other ->
@@ -202,20 +238,78 @@ decide_waiting(Task, #{capabilities := Caps} = Plan, Tried, Phase, Deadline) ->
 kind(agents) -> any;
 kind(fallback) -> swarm.
 
-decide(Task, #{capabilities := Caps, strategy := Strategy} = Plan, Exclude, Kind) ->
+%% One decision: the agent, its lease, and the context of the attempt's span
+%% (opened by the decision as a child of the task's span).
+decide(#{capabilities := Caps, strategy := Strategy} = Plan,
+       #{trace_id := TraceId, span_id := TaskSpan, summary := Summary} = Trace, N, Exclude,
+       Kind) ->
     Class = case Plan of
                 #{task_class := C} when is_binary(C) -> C;
                 #{task_class := C} -> term_to_binary(C);
                 #{} -> undefined
             end,
+    Span = {TraceId, TaskSpan, min(N, ?MAX_ATTEMPT_NO), Summary},
     case erlmcp_flow_nif:decide(erlmcp_flow_registry:router(), Caps, Strategy,
-                                sticky_key(Strategy, Task, Plan), Class, Exclude, Kind) of
-        {ok, AgentId, Pid, Lease, Transition} ->
+                                maps:get(sticky_key, Plan, undefined), Class, Exclude, Kind,
+                                Span) of
+        {ok, AgentId, Pid, Lease, SpanId, Transition} ->
             erlmcp_flow_circuit_breaker:log_transition(AgentId, Transition),
-            {ok, AgentId, Pid, Lease};
+            {ok, AgentId, Pid, Lease, agent_context(Trace, SpanId)};
         Other ->
             Other
     end.
+
+agent_context(#{trace_id := T, span_id := Parent, trace_flags := F} = Trace, SpanId) ->
+    Ctx = #{trace_id => T, span_id => SpanId, parent_span_id => Parent, trace_flags => F},
+    case Trace of
+        #{tracestate := TS} -> Ctx#{tracestate => TS};
+        #{} -> Ctx
+    end.
+
+%% The task's span: a child of the caller's `traceparent' when given, else
+%% the root of a new trace.
+start_trace(Task, Plan) ->
+    TP = maps:get(traceparent, Plan, undefined),
+    Summary = summary(Task),
+    case erlmcp_flow_nif:span_start(erlmcp_flow_registry:router(), TP, Summary) of
+        {ok, TraceId, SpanId, Flags} ->
+            Trace = #{trace_id => TraceId, span_id => SpanId, trace_flags => Flags,
+                      summary => Summary},
+            case Plan of
+                #{tracestate := TS} -> {ok, Trace#{tracestate => TS}};
+                #{} -> {ok, Trace}
+            end;
+        {error, invalid_trace_context} ->
+            {error, {badarg, {traceparent, TP}}}
+    end.
+
+%% @doc Closes the task's span with the task's outcome; returns the answer.
+-spec end_trace(trace(), Answer) -> Answer when Answer :: answer().
+end_trace(Trace, Answer) ->
+    {Outcome, Agent} = case Answer of
+                           {ok, _, #{agent_id := A}} -> {ok, A};
+                           {error, _} -> {failed, undefined}
+                       end,
+    _ = erlmcp_flow_nif:span_end(erlmcp_flow_registry:router(), maps:get(trace_id, Trace),
+                                 maps:get(span_id, Trace), Outcome, Agent),
+    Answer.
+
+%% What a span says the task was: its `type' and `id' when they are short
+%% atoms, binaries or integers.
+summary(Task) ->
+    case {summary_part(maps:get(type, Task, undefined)),
+          summary_part(maps:get(id, Task, undefined))} of
+        {<<>>, Id} -> Id;
+        {Type, <<>>} -> Type;
+        {Type, Id} -> <<Type/binary, " ", Id/binary>>
+    end.
+
+summary_part(undefined) -> <<>>;
+summary_part(B) when is_binary(B), byte_size(B) =< ?SUMMARY_PART_BYTES -> B;
+summary_part(B) when is_binary(B) -> binary:part(B, 0, ?SUMMARY_PART_BYTES);
+summary_part(A) when is_atom(A) -> summary_part(atom_to_binary(A));
+summary_part(I) when is_integer(I) -> integer_to_binary(I);
+summary_part(_) -> <<>>.
 
 %% Settles a lease: the latency, the breaker transition logged, and the
 %% bulkhead line told that a permit freed.
@@ -253,10 +347,12 @@ attempt_timeout(_Plan, AgentId) ->
 
 %% The key of consistent hashing: the requirement's, else the task's id.
 %% Other strategies do not hash, so they are spared the encoding.
-sticky_key(consistent_hash, _Task, #{sticky_key := Key}) -> Key;
-sticky_key(consistent_hash, #{id := Id}, _Plan) when is_binary(Id) -> Id;
-sticky_key(consistent_hash, #{id := Id}, _Plan) -> term_to_binary(Id);
-sticky_key(_Strategy, _Task, _Plan) -> undefined.
+with_sticky_key(#{strategy := consistent_hash, sticky_key := _} = Plan, _Task) -> Plan;
+with_sticky_key(#{strategy := consistent_hash} = Plan, #{id := Id}) when is_binary(Id) ->
+    Plan#{sticky_key => Id};
+with_sticky_key(#{strategy := consistent_hash} = Plan, #{id := Id}) ->
+    Plan#{sticky_key => term_to_binary(Id)};
+with_sticky_key(Plan, _Task) -> maps:remove(sticky_key, Plan).
 
 plan(Task, _Requirements, _Allowed, _Opts) when not is_map(Task) ->
     {error, {badarg, task}};
@@ -264,7 +360,7 @@ plan(_Task, Requirements, _Allowed, _Opts) when not is_map(Requirements) ->
     {error, {badarg, requirements}};
 plan(_Task, _Requirements, _Allowed, Opts) when not is_map(Opts) ->
     {error, {badarg, opts}};
-plan(_Task, Requirements, Allowed, Opts) ->
+plan(Task, Requirements, Allowed, Opts) ->
     Timeouts = erlmcp_flow_config:get(timeouts),
     Defaults = #{capabilities => [],
                  strategy => erlmcp_flow_config:get(load_balancer, strategy),
@@ -277,7 +373,12 @@ plan(_Task, Requirements, Allowed, Opts) ->
         none ->
             case unknown_key(maps:keys(Requirements), Allowed) of
                 {ok, K} -> {error, {badarg, {unknown_requirement, K}}};
-                none -> check_values(maps:to_list(maps:merge(maps:merge(Defaults, Requirements), Opts)))
+                none ->
+                    Pairs = maps:to_list(maps:merge(maps:merge(Defaults, Requirements), Opts)),
+                    case check_values(Pairs) of
+                        {ok, Plan} -> {ok, with_sticky_key(Plan, Task)};
+                        {error, _} = E -> E
+                    end
             end
     end.
 
@@ -304,4 +405,7 @@ valid(max_retry_delay, N) -> is_integer(N) andalso N >= 0;
 valid(reply_to, P) -> is_pid(P);
 valid(sticky_key, K) -> is_binary(K);
 valid(idempotent, B) -> is_boolean(B);
-valid(task_class, _) -> true.
+valid(task_class, _) -> true;
+%% parsed when the task's span starts
+valid(traceparent, TP) -> is_binary(TP);
+valid(tracestate, TS) -> erlmcp_flow_nif:validate_tracestate(TS) =:= ok.

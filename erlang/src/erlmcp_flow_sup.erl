@@ -3,7 +3,9 @@
 %% resource that every other part uses, so when it restarts everything that
 %% holds a reference into the old one restarts with it. The Q-learning server
 %% starts after the registry (it loads the model into the registry's router)
-%% and stops before it (it saves the model on the way out).
+%% and stops before it (it saves the model on the way out). The telemetry
+%% (metrics, span export, the `/metrics' listener) starts last and stops
+%% first, so the exporter drains the spans of the last tasks.
 -module(erlmcp_flow_sup).
 -behaviour(supervisor).
 
@@ -29,5 +31,8 @@ init([]) ->
                   start => {erlmcp_flow_bulkhead, start_link, []}},
                 #{id => erlmcp_flow_task_sup,
                   start => {erlmcp_flow_task_sup, start_link, []},
+                  type => supervisor},
+                #{id => erlmcp_flow_telemetry_sup,
+                  start => {erlmcp_flow_telemetry_sup, start_link, []},
                   type => supervisor}],
     {ok, {SupFlags, Children}}.

@@ -15,7 +15,8 @@
 
 -type job() :: #{task := erlmcp_flow:task(),
                  timeout := timeout(),
-                 context := erlmcp_flow_trace:context(),
+                 context := erlmcp_flow_correlation_tracker:context(),
+                 trace := erlmcp_flow_router:trace(),
                  agent_id := erlmcp_flow:agent_id(),
                  pid := pid(),
                  lease := erlmcp_flow_nif:lease(),
@@ -27,17 +28,19 @@ start_link(Job) ->
 
 %% @private
 -spec run(job()) -> ok.
-run(#{task := Task, timeout := Timeout, context := Ctx, agent_id := AgentId, pid := Pid,
-      lease := Lease, reply_to := ReplyTo}) ->
+run(#{task := Task, timeout := Timeout, context := Ctx, trace := Trace, agent_id := AgentId,
+      pid := Pid, lease := Lease, reply_to := ReplyTo}) ->
     Ref = erlmcp_flow_router:dispatch(Pid, Task, Ctx),
     #{trace_id := TraceId} = Ctx,
     Answer = case erlmcp_flow_router:await(Ref, Pid, Lease, Timeout, AgentId) of
                  {ok, Result, Latency} ->
                      {ok, Result, #{agent_id => AgentId, trace_id => TraceId,
+                                    span_id => maps:get(span_id, Trace),
                                     latency_us => Latency, attempts => 1, tried => []}};
                  {error, Reason, _Latency} ->
                      {error, Reason}
              end,
+    _ = erlmcp_flow_router:end_trace(Trace, Answer),
     case ReplyTo of
         undefined -> ok;
         _ -> ReplyTo ! {erlmcp_flow_result, TraceId, Answer}, ok

@@ -14,12 +14,16 @@ app_test_() ->
 tree() ->
     ?assertMatch({ok, _}, application:get_key(erlmcp_flow, mod)),
     Children = supervisor:which_children(erlmcp_flow_sup),
-    ?assertMatch([{erlmcp_flow_task_sup, _, supervisor, _},
+    ?assertMatch([{erlmcp_flow_telemetry_sup, _, supervisor, _},
+                  {erlmcp_flow_task_sup, _, supervisor, _},
                   {erlmcp_flow_registry, _, worker, _},
                   {erlmcp_flow_q_learning, _, worker, _},
                   {erlmcp_flow_bulkhead, _, worker, _}],
                  lists:sort(fun(A, B) -> element(1, A) > element(1, B) end, Children)),
-    ?assertMatch({ok, {#{strategy := one_for_all}, _}}, erlmcp_flow_sup:init([])).
+    ?assertMatch({ok, {#{strategy := one_for_all}, _}}, erlmcp_flow_sup:init([])),
+    %% by default: metrics, no exporter, no listener
+    ?assertMatch([{erlmcp_flow_metrics, _, worker, _}],
+                 supervisor:which_children(erlmcp_flow_telemetry_sup)).
 
 one_for_all() ->
     Registry = whereis(erlmcp_flow_registry),

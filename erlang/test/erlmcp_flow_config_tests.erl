@@ -2,8 +2,8 @@
 
 -include_lib("eunit/include/eunit.hrl").
 
--define(SECTIONS, [byzantine, circuit_breaker, failure_detector, load_balancer,
-                   q_learning, timeouts]).
+-define(SECTIONS, [byzantine, circuit_breaker, correlation, export, failure_detector,
+                   load_balancer, metrics, q_learning, timeouts]).
 
 defaults_have_every_section_test() ->
     D = erlmcp_flow_config:defaults(),
@@ -12,7 +12,24 @@ defaults_have_every_section_test() ->
     ?assertMatch(#{strategy := round_robin, consistent_hash_vnodes := 150},
                  maps:get(load_balancer, D)),
     ?assertMatch(#{alpha := 0.1, gamma := 0.9, epsilon := 0.1}, maps:get(q_learning, D)),
-    ?assertMatch(#{routing := 5000, execution := 30000}, maps:get(timeouts, D)).
+    ?assertMatch(#{routing := 5000, execution := 30000}, maps:get(timeouts, D)),
+    ?assertMatch(#{ttl_ms := 3600000, max_entries := 100000}, maps:get(correlation, D)),
+    ?assertMatch(#{http := false, ip := loopback, port := 9464}, maps:get(metrics, D)),
+    ?assertMatch(#{file := undefined, url := undefined}, maps:get(export, D)).
+
+telemetry_values_are_checked_test() ->
+    Bad = [{correlation, max_entries, 0}, {correlation, ttl_ms, -1},
+           {metrics, port, 70000}, {metrics, ip, "127.0.0.1"}, {metrics, http, yes},
+           {export, url, "ftp://collector/v1/traces"}, {export, url, <<"https://c/v1">>},
+           {export, url, "not a url"}, {export, file, ""}, {export, service_name, <<>>},
+           {export, batch_size, 0}],
+    [?assertEqual({error, {invalid_config, {S, K}, V}},
+                  erlmcp_flow_config:validate(#{S => #{K => V}})) || {S, K, V} <- Bad],
+    Good = [{metrics, ip, {127, 0, 0, 1}}, {metrics, ip, any}, {metrics, port, 0},
+            {export, url, "http://127.0.0.1:4318/v1/traces"},
+            {export, url, <<"HTTP://collector/v1/traces">>}, {export, file, "/tmp/spans.jsonl"}],
+    [?assertMatch({ok, #{S := #{K := V}}}, erlmcp_flow_config:validate(#{S => #{K => V}}))
+     || {S, K, V} <- Good].
 
 empty_environment_gives_defaults_test() ->
     ?assertEqual({ok, erlmcp_flow_config:defaults()}, erlmcp_flow_config:validate(#{})).
@@ -70,6 +87,7 @@ format_error_names_key_and_value_test() ->
 
 bad_environment_stops_the_start_test() ->
     _ = application:stop(erlmcp_flow),
+    {ok, _} = application:ensure_all_started(inets),
     _ = application:load(erlmcp_flow),
     application:set_env(erlmcp_flow, load_balancer, #{strategy => fastest}),
     try

@@ -14,7 +14,7 @@ manual_router() ->
 garbage_gets_a_named_error_test_() ->
     R = router(),
     ok = erlmcp_flow_nif:agent_insert(R, <<"a">>, self(), [<<"c">>], agent, 1),
-    {ok, _, _, Lease} = erlmcp_flow_nif:decide(R, [<<"c">>], round_robin, undefined, undefined, [], any),
+    {ok, _, _, Lease, _, none} = erlmcp_flow_nif:decide(R, [<<"c">>], round_robin, undefined, undefined, [], any, undefined),
     Cases =
         [{router, fun() -> erlmcp_flow_nif:router_new(not_a_map) end, opts},
          {router, fun() -> erlmcp_flow_nif:router_new(#{clock => sundial}) end, opts},
@@ -41,14 +41,14 @@ garbage_gets_a_named_error_test_() ->
          {remove, fun() -> erlmcp_flow_nif:agent_remove(Lease, <<"a">>) end, router},
          {stats, fun() -> erlmcp_flow_nif:router_stats([]) end, router},
          {stats, fun() -> erlmcp_flow_nif:agent_stats(R, #{}) end, agent_id},
-         {decide, fun() -> erlmcp_flow_nif:decide(R, [<<"c">>], fastest, undefined, undefined, [], any) end, strategy},
-         {decide, fun() -> erlmcp_flow_nif:decide(R, [<<"c">>], <<"round_robin">>, undefined, undefined, [], any) end, strategy},
-         {decide, fun() -> erlmcp_flow_nif:decide(R, <<"c">>, round_robin, undefined, undefined, [], any) end, capabilities},
-         {decide, fun() -> erlmcp_flow_nif:decide(R, [1.5], round_robin, undefined, undefined, [], any) end, capabilities},
-         {decide, fun() -> erlmcp_flow_nif:decide(Lease, [<<"c">>], round_robin, undefined, undefined, [], any) end, router},
-         {decide, fun() -> erlmcp_flow_nif:decide(R, [<<"c">>], consistent_hash, 42, undefined, [], any) end, sticky_key},
-         {decide, fun() -> erlmcp_flow_nif:decide(R, [<<"c">>], consistent_hash, undefined, undefined, [], any) end, sticky_key},
-         {decide, fun() -> erlmcp_flow_nif:decide(R, [<<"c">>], q_learning, undefined, {class}, [], any) end, task_class},
+         {decide, fun() -> erlmcp_flow_nif:decide(R, [<<"c">>], fastest, undefined, undefined, [], any, undefined) end, strategy},
+         {decide, fun() -> erlmcp_flow_nif:decide(R, [<<"c">>], <<"round_robin">>, undefined, undefined, [], any, undefined) end, strategy},
+         {decide, fun() -> erlmcp_flow_nif:decide(R, <<"c">>, round_robin, undefined, undefined, [], any, undefined) end, capabilities},
+         {decide, fun() -> erlmcp_flow_nif:decide(R, [1.5], round_robin, undefined, undefined, [], any, undefined) end, capabilities},
+         {decide, fun() -> erlmcp_flow_nif:decide(Lease, [<<"c">>], round_robin, undefined, undefined, [], any, undefined) end, router},
+         {decide, fun() -> erlmcp_flow_nif:decide(R, [<<"c">>], consistent_hash, 42, undefined, [], any, undefined) end, sticky_key},
+         {decide, fun() -> erlmcp_flow_nif:decide(R, [<<"c">>], consistent_hash, undefined, undefined, [], any, undefined) end, sticky_key},
+         {decide, fun() -> erlmcp_flow_nif:decide(R, [<<"c">>], q_learning, undefined, {class}, [], any, undefined) end, task_class},
          {router, fun() -> erlmcp_flow_nif:router_new(#{alpha => 0}) end, opts},
          {router, fun() -> erlmcp_flow_nif:router_new(#{gamma => 1.0}) end, opts},
          {router, fun() -> erlmcp_flow_nif:router_new(#{epsilon_schedule => step}) end, opts},
@@ -68,9 +68,9 @@ garbage_gets_a_named_error_test_() ->
          {td, fun() -> erlmcp_flow_nif:td_update(1, 1, 1, 0.1, "0.9") end, gamma},
          {reward, fun() -> erlmcp_flow_nif:reward(10, yes, 50, 200) end, ok},
          {reward, fun() -> erlmcp_flow_nif:reward(10, true, fast, 200) end, fast_us},
-         {decide, fun() -> erlmcp_flow_nif:decide(R, [<<"c">>], round_robin, undefined, undefined, [a], any) end, exclude},
-         {decide, fun() -> erlmcp_flow_nif:decide(R, [<<"c">>], round_robin, undefined, undefined, x, any) end, exclude},
-         {decide, fun() -> erlmcp_flow_nif:decide(R, [<<"c">>], round_robin, undefined, undefined, [], agents) end, kind},
+         {decide, fun() -> erlmcp_flow_nif:decide(R, [<<"c">>], round_robin, undefined, undefined, [a], any, undefined) end, exclude},
+         {decide, fun() -> erlmcp_flow_nif:decide(R, [<<"c">>], round_robin, undefined, undefined, x, any, undefined) end, exclude},
+         {decide, fun() -> erlmcp_flow_nif:decide(R, [<<"c">>], round_robin, undefined, undefined, [], agents, undefined) end, kind},
          {capacity, fun() -> erlmcp_flow_nif:has_capacity(R, nope) end, capabilities},
          {capacity, fun() -> erlmcp_flow_nif:has_capacity(self(), []) end, router},
          {breaker, fun() -> erlmcp_flow_nif:breaker_allow(R, 1) end, agent_id},
@@ -99,7 +99,7 @@ insert_decide_complete_test() ->
     ?assertEqual({error, already_registered},
                  erlmcp_flow_nif:agent_insert(R, <<"a">>, self(), [<<"x">>], agent, 1)),
     Self = self(),
-    {ok, <<"a">>, Self, Lease} = erlmcp_flow_nif:decide(R, [<<"y">>, <<"x">>], round_robin, undefined, undefined, [], any),
+    {ok, <<"a">>, Self, Lease, _, none} = erlmcp_flow_nif:decide(R, [<<"y">>, <<"x">>], round_robin, undefined, undefined, [], any, undefined),
     ?assertMatch({ok, #{in_flight := 1, dispatched := 1}}, erlmcp_flow_nif:agent_stats(R, <<"a">>)),
     ?assertMatch({ok, #{agents := 1, in_flight := 1, episodes := 0}},
                  erlmcp_flow_nif:router_stats(R)),
@@ -110,11 +110,11 @@ insert_decide_complete_test() ->
                         success_rate := 1.0, weight := 1.0}},
                  erlmcp_flow_nif:agent_stats(R, <<"a">>)),
     ?assertMatch({ok, #{episodes := 1}}, erlmcp_flow_nif:router_stats(R)),
-    ?assertEqual({error, no_agents_available}, erlmcp_flow_nif:decide(R, [<<"z">>], round_robin, undefined, undefined, [], any)),
+    ?assertEqual({error, no_agents_available}, erlmcp_flow_nif:decide(R, [<<"z">>], round_robin, undefined, undefined, [], any, undefined)),
     ?assertEqual(ok, erlmcp_flow_nif:agent_remove(R, <<"a">>)),
     ?assertEqual({error, not_found}, erlmcp_flow_nif:agent_remove(R, <<"a">>)),
     ?assertEqual({error, not_found}, erlmcp_flow_nif:agent_stats(R, <<"a">>)),
-    ?assertEqual({error, no_agents_available}, erlmcp_flow_nif:decide(R, [], round_robin, undefined, undefined, [], any)).
+    ?assertEqual({error, no_agents_available}, erlmcp_flow_nif:decide(R, [], round_robin, undefined, undefined, [], any, undefined)).
 
 system_clock_cannot_be_advanced_test() ->
     ?assertEqual({error, system_clock}, erlmcp_flow_nif:clock_advance(router(), 1)).
@@ -123,7 +123,7 @@ every_outcome_is_counted_test() ->
     R = router(),
     ok = erlmcp_flow_nif:agent_insert(R, <<"a">>, self(), [<<"x">>], agent, 1),
     [begin
-         {ok, _, _, L} = erlmcp_flow_nif:decide(R, [], round_robin, undefined, undefined, [], any),
+         {ok, _, _, L, _, none} = erlmcp_flow_nif:decide(R, [], round_robin, undefined, undefined, [], any, undefined),
          {ok, _} = erlmcp_flow_nif:complete(L, O)
      end || O <- [ok, error, timeout, down, abandoned]],
     ?assertMatch({ok, #{dispatched := 5, in_flight := 0, succeeded := 1, failed := 1,
@@ -134,7 +134,7 @@ a_dead_holder_releases_its_lease_test() ->
     R = router(),
     ok = erlmcp_flow_nif:agent_insert(R, <<"a">>, self(), [<<"x">>], agent, 1),
     {Pid, MRef} = spawn_monitor(fun() ->
-                                        {ok, _, _, _Lease} = erlmcp_flow_nif:decide(R, [], round_robin, undefined, undefined, [], any),
+                                        {ok, _, _, _Lease, _, none} = erlmcp_flow_nif:decide(R, [], round_robin, undefined, undefined, [], any, undefined),
                                         receive never -> ok end
                                 end),
     erlmcp_flow_test_util:wait_until(
@@ -149,7 +149,7 @@ a_dead_holder_releases_its_lease_test() ->
 a_removed_agent_still_settles_test() ->
     R = router(),
     ok = erlmcp_flow_nif:agent_insert(R, <<"a">>, self(), [<<"x">>], agent, 1),
-    {ok, _, _, L} = erlmcp_flow_nif:decide(R, [], round_robin, undefined, undefined, [], any),
+    {ok, _, _, L, _, none} = erlmcp_flow_nif:decide(R, [], round_robin, undefined, undefined, [], any, undefined),
     ok = erlmcp_flow_nif:agent_remove(R, <<"a">>),
     ?assertMatch({ok, #{agents := 0, in_flight := 1}}, erlmcp_flow_nif:router_stats(R)),
     {ok, _} = erlmcp_flow_nif:complete(L, down),
@@ -161,7 +161,7 @@ round_robin_over_the_candidates_test() ->
     [ok = erlmcp_flow_nif:agent_insert(R, Id, self(), [<<"x">>], agent, 1) || Id <- Ids],
     ok = erlmcp_flow_nif:agent_insert(R, <<"other">>, self(), [<<"y">>], swarm, 1),
     Picks = [begin
-                 {ok, Id, _, L} = erlmcp_flow_nif:decide(R, [<<"x">>], round_robin, undefined, undefined, [], any),
+                 {ok, Id, _, L, _, none} = erlmcp_flow_nif:decide(R, [<<"x">>], round_robin, undefined, undefined, [], any, undefined),
                  {ok, _} = erlmcp_flow_nif:complete(L, ok),
                  Id
              end || _ <- lists:seq(1, 30)],
@@ -182,13 +182,13 @@ every_strategy_decides_test() ->
     R = router(),
     [ok = erlmcp_flow_nif:agent_insert(R, <<"a", I>>, self(), [<<"x">>], agent, I) || I <- [1, 2, 3]],
     [begin
-         {ok, <<"a", _>>, _, L} = erlmcp_flow_nif:decide(R, [<<"x">>], S, <<"key">>, <<"class">>, [], any),
+         {ok, <<"a", _>>, _, L, _, none} = erlmcp_flow_nif:decide(R, [<<"x">>], S, <<"key">>, <<"class">>, [], any, undefined),
          {ok, _} = erlmcp_flow_nif:complete(L, ok)
      end || S <- erlmcp_flow_router:strategies(), _ <- lists:seq(1, 10)],
     %% one sticky key, one agent
     Picks = lists:usort(
               [begin
-                   {ok, Id, _, L} = erlmcp_flow_nif:decide(R, [], consistent_hash, <<"k">>, undefined, [], any),
+                   {ok, Id, _, L, _, none} = erlmcp_flow_nif:decide(R, [], consistent_hash, <<"k">>, undefined, [], any, undefined),
                    {ok, _} = erlmcp_flow_nif:complete(L, ok),
                    Id
                end || _ <- lists:seq(1, 20)]),
@@ -199,7 +199,7 @@ explain_and_table_test() ->
     ok = erlmcp_flow_nif:agent_insert(R, <<"a">>, self(), [<<"x">>], agent, 1),
     ok = erlmcp_flow_nif:agent_insert(R, <<"b">>, self(), [<<"x">>], agent, 1),
     ?assertEqual(#{<<"a">> => #{}, <<"b">> => #{}}, erlmcp_flow_nif:q_table(R)),
-    {ok, Id, _, L} = erlmcp_flow_nif:decide(R, [<<"x">>], q_learning, undefined, undefined, [], any),
+    {ok, Id, _, L, _, none} = erlmcp_flow_nif:decide(R, [<<"x">>], q_learning, undefined, undefined, [], any, undefined),
     {ok, _} = erlmcp_flow_nif:clock_advance(R, 5000),
     {ok, 5000} = erlmcp_flow_nif:complete(L, ok),
     Table = erlmcp_flow_nif:q_table(R),
@@ -220,15 +220,15 @@ bulkhead_and_exclusion_test() ->
     ?assertEqual(true, erlmcp_flow_nif:has_capacity(R, [<<"x">>])),
     ?assertEqual(false, erlmcp_flow_nif:has_capacity(R, [<<"y">>])),
     %% the swarm only, then everything but the swarm
-    {ok, <<"s">>, _, L1} = erlmcp_flow_nif:decide(R, [], round_robin, undefined, undefined, [], swarm),
-    {ok, <<"a">>, _, L2} = erlmcp_flow_nif:decide(R, [], round_robin, undefined, undefined, [<<"s">>], any),
+    {ok, <<"s">>, _, L1, _, none} = erlmcp_flow_nif:decide(R, [], round_robin, undefined, undefined, [], swarm, undefined),
+    {ok, <<"a">>, _, L2, _, none} = erlmcp_flow_nif:decide(R, [], round_robin, undefined, undefined, [<<"s">>], any, undefined),
     ?assertEqual({error, no_agents_available},
-                 erlmcp_flow_nif:decide(R, [], round_robin, undefined, undefined, [<<"s">>, <<"a">>], any)),
+                 erlmcp_flow_nif:decide(R, [], round_robin, undefined, undefined, [<<"s">>, <<"a">>], any, undefined)),
     %% two permits each: four leases fill both, the fifth is refused
-    Held = [begin {ok, _, _, L} = erlmcp_flow_nif:decide(R, [], least_connections, undefined, undefined, [], any), L end
+    Held = [begin {ok, _, _, L, _, none} = erlmcp_flow_nif:decide(R, [], least_connections, undefined, undefined, [], any, undefined), L end
             || _ <- lists:seq(1, 2)],
     ?assertEqual({error, overloaded},
-                 erlmcp_flow_nif:decide(R, [], round_robin, undefined, undefined, [], any)),
+                 erlmcp_flow_nif:decide(R, [], round_robin, undefined, undefined, [], any, undefined)),
     ?assertEqual(false, erlmcp_flow_nif:has_capacity(R, [])),
     {ok, _} = erlmcp_flow_nif:complete(L1, ok),
     ?assertEqual(true, erlmcp_flow_nif:has_capacity(R, [])),
@@ -239,15 +239,15 @@ breaker_transitions_are_reported_test() ->
     {ok, R} = erlmcp_flow_nif:router_new(#{clock => manual, min_requests => 2,
                                            failure_threshold => 2, breaker_timeout_ms => 1}),
     ok = erlmcp_flow_nif:agent_insert(R, <<"a">>, self(), [<<"x">>], agent, 1),
-    {ok, _, _, L1} = erlmcp_flow_nif:decide(R, [], round_robin, undefined, undefined, [], any),
-    {ok, _, _, L2} = erlmcp_flow_nif:decide(R, [], round_robin, undefined, undefined, [], any),
+    {ok, _, _, L1, _, none} = erlmcp_flow_nif:decide(R, [], round_robin, undefined, undefined, [], any, undefined),
+    {ok, _, _, L2, _, none} = erlmcp_flow_nif:decide(R, [], round_robin, undefined, undefined, [], any, undefined),
     {ok, _} = erlmcp_flow_nif:complete(L1, error),
     ?assertMatch({ok, _, {breaker, closed, open}}, erlmcp_flow_nif:complete(L2, timeout)),
     ?assertEqual({error, no_agents_available},
-                 erlmcp_flow_nif:decide(R, [], round_robin, undefined, undefined, [], any)),
+                 erlmcp_flow_nif:decide(R, [], round_robin, undefined, undefined, [], any, undefined)),
     {ok, _} = erlmcp_flow_nif:clock_advance(R, 1000),
-    {ok, _, _, L3, {breaker, open, half_open}} =
-        erlmcp_flow_nif:decide(R, [], round_robin, undefined, undefined, [], any),
+    {ok, _, _, L3, _, {breaker, open, half_open}} =
+        erlmcp_flow_nif:decide(R, [], round_robin, undefined, undefined, [], any, undefined),
     ?assertMatch({ok, #{breaker := half_open, probes := 1}}, erlmcp_flow_nif:agent_stats(R, <<"a">>)),
     {ok, _} = erlmcp_flow_nif:complete(L3, ok),
     ?assertMatch({ok, #{breaker_opened := 1, breaker_half_opened := 1}},

@@ -48,7 +48,7 @@ prop_completion_applies_the_formula() ->
                 ok = erlmcp_flow_nif:agent_insert(R, <<"a">>, self(), [<<"x">>], agent, 1),
                 [#{q_value := Q, state := {0, high, fast, 0}}] =
                     erlmcp_flow_nif:explain(R, [], undefined),
-                {ok, _, _, L} = erlmcp_flow_nif:decide(R, [], q_learning, undefined, undefined, [], any),
+                {ok, _, _, L, _, none} = erlmcp_flow_nif:decide(R, [], q_learning, undefined, undefined, [], any, undefined),
                 {ok, _} = erlmcp_flow_nif:clock_advance(R, Latency),
                 {ok, Latency} = erlmcp_flow_nif:complete(L, case Ok of true -> ok; false -> error end),
                 #{<<"a">> := #{{0, high, fast, 0} := {After, 1}}} = erlmcp_flow_nif:q_table(R),
@@ -68,7 +68,7 @@ two_agents_test() ->
     ok = erlmcp_flow_nif:agent_insert(R, <<"fast">>, self(), [<<"x">>], agent, 1),
     ok = erlmcp_flow_nif:agent_insert(R, <<"slow">>, self(), [<<"x">>], agent, 1),
     Picks = [begin
-                 {ok, Id, _, L} = erlmcp_flow_nif:decide(R, [], q_learning, undefined, undefined, [], any),
+                 {ok, Id, _, L, _, none} = erlmcp_flow_nif:decide(R, [], q_learning, undefined, undefined, [], any, undefined),
                  {ok, _} = erlmcp_flow_nif:clock_advance(R, case Id of <<"fast">> -> 10000;
                                                                        <<"slow">> -> 100000 end),
                  {ok, _} = erlmcp_flow_nif:complete(L, ok),

@@ -23,6 +23,7 @@ pub mod error;
 pub mod hot;
 pub mod learning;
 pub mod model;
+pub mod otlp;
 pub mod ring;
 pub mod router;
 pub mod sim;

@@ -7,13 +7,18 @@
 //! first, by its `Drop`, so no load can leak.
 
 use std::cell::RefCell;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use hdrhistogram::Histogram;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use rand::{Rng, SeedableRng};
 
 use crate::agents::{Agent, AgentKind, AgentTable, Snapshot};
 use crate::breaker::{BreakerConfig, BreakerState, Permit, Transition};
+use crate::correlation::{CorrelationConfig, CorrelationStore, Span, SpanOutcome};
+use crate::trace::{self, TraceParent};
 use crate::clock::Clock;
 use crate::error::FlowError;
 use crate::hot::{Hot, HotArena};
@@ -74,6 +79,7 @@ pub struct RouterConfig {
     /// Bulkhead: tasks in flight per agent at most.
     pub max_concurrent: u32,
     pub breaker: BreakerConfig,
+    pub correlation: CorrelationConfig,
 }
 
 impl Default for RouterConfig {
@@ -86,6 +92,7 @@ impl Default for RouterConfig {
             max_dormant_rows: 10_000,
             max_concurrent: 10,
             breaker: BreakerConfig::default(),
+            correlation: CorrelationConfig::default(),
         }
     }
 }
@@ -105,11 +112,42 @@ pub struct Shared {
     next_uid: AtomicU32,
     /// Breaker transitions, by the state entered: open, half-open, closed.
     transitions: [AtomicU64; 3],
+    /// Leases settled with an answer, a timeout or a death.
+    completed: AtomicU64,
+    correlation: CorrelationStore,
+    /// Microseconds a decision took, for one decision in [`DECISION_SAMPLE`].
+    decision_us: Mutex<Histogram<u32>>,
+    /// Unix time in nanoseconds when the clock read 0.
+    unix_origin_ns: u64,
 }
+
+/// Durations of the sampled decisions (one in [`DECISION_SAMPLE`]), in
+/// microseconds; the sum is the samples' mean times their count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DecisionLatency {
+    pub p50_us: u64,
+    pub p90_us: u64,
+    pub p99_us: u64,
+    pub max_us: u64,
+    pub sum_us: u64,
+    pub samples: u64,
+}
+
+/// One decision in this many has its duration recorded.
+pub const DECISION_SAMPLE: u64 = 64;
 
 impl Shared {
     pub fn new(config: RouterConfig, clock: Clock) -> Self {
+        let unix_now_ns = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
         Shared {
+            correlation: CorrelationStore::new(config.correlation.clone()),
+            completed: AtomicU64::new(0),
+            decision_us: Mutex::new(
+                Histogram::new_with_bounds(1, 60_000_000, 2).expect("constant histogram bounds"),
+            ),
+            unix_origin_ns: unix_now_ns.saturating_sub(clock.now_us() * 1000),
             hot: HotArena::default(),
             learner: Learner::new(config.q.clone()),
             q_store: QStore::new(config.max_dormant_rows),
@@ -118,6 +156,28 @@ impl Shared {
             in_flight: AtomicU64::new(0),
             next_uid: AtomicU32::new(0),
             transitions: Default::default(),
+        }
+    }
+
+    pub fn correlation(&self) -> &CorrelationStore {
+        &self.correlation
+    }
+
+    /// Unix time in nanoseconds of clock time `us`.
+    pub fn unix_ns(&self, us: u64) -> u64 {
+        self.unix_origin_ns.saturating_add(us.saturating_mul(1000))
+    }
+
+    /// Durations of the sampled decisions, in microseconds.
+    pub fn decision_latency(&self) -> DecisionLatency {
+        let h = self.decision_us.lock().unwrap_or_else(|e| e.into_inner());
+        DecisionLatency {
+            p50_us: h.value_at_quantile(0.5),
+            p90_us: h.value_at_quantile(0.9),
+            p99_us: h.value_at_quantile(0.99),
+            max_us: h.max(),
+            sum_us: (h.mean() * h.len() as f64).round() as u64,
+            samples: h.len(),
         }
     }
 
@@ -164,6 +224,8 @@ pub struct RouterStats {
     pub agents: usize,
     pub in_flight: u64,
     pub episodes: u64,
+    /// Leases settled with an outcome (abandoned ones excluded).
+    pub completed: u64,
     /// Breaker transitions into open, half-open and closed.
     pub breaker_opened: u64,
     pub breaker_half_opened: u64,
@@ -181,6 +243,8 @@ pub struct Lease<P> {
     permit: Permit,
     /// The breaker transition the decision caused (open to half-open).
     transition: Option<Transition>,
+    /// The attempt's span in the correlation store: trace and span ids.
+    span: Option<([u8; 32], [u8; 16])>,
     settled: AtomicBool,
 }
 
@@ -215,6 +279,28 @@ impl<P> Lease<P> {
         self.transition
     }
 
+    /// The attempt's span id, when the decision opened one.
+    pub fn span_id(&self) -> Option<&[u8; 16]> {
+        self.span.as_ref().map(|(_, s)| s)
+    }
+
+    /// Closes the attempt's span.
+    fn close_span(&self, outcome: Outcome, now_us: u64) {
+        if let Some((trace, span)) = &self.span {
+            let o = match outcome {
+                Outcome::Success => SpanOutcome::Ok,
+                Outcome::Failure => SpanOutcome::Error,
+                Outcome::Timeout => SpanOutcome::Timeout,
+                Outcome::AgentDown => SpanOutcome::Down,
+                Outcome::Abandoned => SpanOutcome::Abandoned,
+            };
+            self.agent
+                .shared()
+                .correlation
+                .close(trace, span, o, None, now_us);
+        }
+    }
+
     /// Whether this task is one of its agent's half-open probes.
     pub fn is_probe(&self) -> bool {
         self.permit == Permit::Probe
@@ -232,6 +318,7 @@ impl<P> Lease<P> {
         let now = shared.clock.now_us();
         let latency = now.saturating_sub(self.started_us);
         self.release(outcome, latency, now);
+        self.close_span(outcome, now);
         if outcome == Outcome::Abandoned {
             self.agent.breaker().release(self.permit);
             return Some(Completion {
@@ -239,6 +326,7 @@ impl<P> Lease<P> {
                 transition: None,
             });
         }
+        shared.completed.fetch_add(1, Ordering::Relaxed);
         let learner = &shared.learner;
         let config = learner.config();
         let r = config.reward(latency as f64, outcome == Outcome::Success);
@@ -279,6 +367,7 @@ impl<P> Drop for Lease<P> {
         if !*self.settled.get_mut() {
             let now = self.agent.shared().clock.now_us();
             self.release(Outcome::Abandoned, 0, now);
+            self.close_span(Outcome::Abandoned, now);
             self.agent.breaker().release(self.permit);
         }
     }
@@ -298,6 +387,18 @@ pub struct Request<'a> {
     pub exclude: &'a [&'a [u8]],
     /// Only swarms (a fallback after the agents failed).
     pub swarms_only: bool,
+    /// Open a span for this attempt under this task span.
+    pub span: Option<SpanRequest<'a>>,
+}
+
+/// The span a decision opens for its attempt.
+#[derive(Debug, Clone, Copy)]
+pub struct SpanRequest<'a> {
+    pub trace_id: [u8; 32],
+    /// The task's span: the attempt's parent.
+    pub parent: [u8; 16],
+    pub attempt: u16,
+    pub summary: &'a [u8],
 }
 
 impl<'a> Request<'a> {
@@ -309,6 +410,7 @@ impl<'a> Request<'a> {
             class: 0,
             exclude: &[],
             swarms_only: false,
+            span: None,
         }
     }
 }
@@ -372,6 +474,7 @@ impl<P> Router<P> {
             agents: self.agents.load().len(),
             in_flight: self.shared().in_flight(),
             episodes: self.shared().learner.episodes(),
+            completed: self.shared().completed.load(Ordering::Relaxed),
             breaker_opened: t[BreakerState::Open as usize].load(Ordering::Relaxed),
             breaker_half_opened: t[BreakerState::HalfOpen as usize].load(Ordering::Relaxed),
             breaker_closed: t[BreakerState::Closed as usize].load(Ordering::Relaxed),
@@ -417,16 +520,114 @@ impl<P> Router<P> {
             agent.stats().mark_picked(now_us);
             agent.refresh_value();
             shared.in_flight.fetch_add(1, Ordering::AcqRel);
+            let span = req.span.map(|sr| {
+                let span_id = trace::generate_span_id(rng);
+                shared.correlation.insert(
+                    Span {
+                        trace_id: sr.trace_id,
+                        span_id,
+                        parent_span_id: Some(sr.parent),
+                        agent_id: agent.id().into(),
+                        summary: sr.summary.into(),
+                        start_us: now_us,
+                        end_us: 0,
+                        outcome: SpanOutcome::Open,
+                        attempt: sr.attempt,
+                    },
+                    now_us,
+                );
+                (sr.trace_id, span_id)
+            });
+            self.sample_decision(now_us);
             return Ok(Lease {
                 agent,
                 started_us: now_us,
                 state,
                 permit,
                 transition,
+                span,
                 settled: AtomicBool::new(false),
             });
         }
         Err(FlowError::Overloaded)
+    }
+
+    /// Records the duration of one decision in [`DECISION_SAMPLE`] (a
+    /// per-thread count picks which), so that measuring costs a clock read
+    /// on one decision in 64.
+    fn sample_decision(&self, started_us: u64) {
+        thread_local! {
+            static COUNT: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+        }
+        let n = COUNT.with(|c| {
+            let n = c.get().wrapping_add(1);
+            c.set(n);
+            n
+        });
+        if n % DECISION_SAMPLE == 0 {
+            let shared = self.shared();
+            let took = shared.clock.now_us().saturating_sub(started_us);
+            shared
+                .decision_us
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .saturating_record(took.max(1));
+        }
+    }
+
+    /// Opens a task's span: under the caller's `traceparent` when there is
+    /// one (same trace, the caller's span as parent), else in a new trace.
+    /// Returns the trace context the task carries.
+    pub fn span_start<R: Rng + ?Sized>(
+        &self,
+        traceparent: Option<&[u8]>,
+        summary: &[u8],
+        rng: &mut R,
+    ) -> Result<TraceParent, trace::InvalidTraceContext> {
+        let (trace_id, parent, flags) = match traceparent {
+            Some(h) => {
+                let tp = trace::parse_traceparent(h)?;
+                (tp.trace_id, Some(tp.parent_id), tp.flags)
+            }
+            None => (trace::generate_trace_id(rng), None, 1),
+        };
+        let span_id = trace::generate_span_id(rng);
+        let shared = self.shared();
+        let now = shared.clock.now_us();
+        shared.correlation.insert(
+            Span {
+                trace_id,
+                span_id,
+                parent_span_id: parent,
+                agent_id: Box::new([]),
+                summary: summary.into(),
+                start_us: now,
+                end_us: 0,
+                outcome: SpanOutcome::Open,
+                attempt: 0,
+            },
+            now,
+        );
+        Ok(TraceParent {
+            version: 0,
+            trace_id,
+            parent_id: span_id,
+            flags,
+        })
+    }
+
+    /// Closes a task's span with its outcome and the agent that answered.
+    pub fn span_end(
+        &self,
+        trace_id: &[u8; 32],
+        span_id: &[u8; 16],
+        outcome: SpanOutcome,
+        agent_id: Option<&[u8]>,
+    ) -> bool {
+        let shared = self.shared();
+        shared
+            .correlation
+            .close(trace_id, span_id, outcome, agent_id, shared.clock.now_us())
     }
 
     /// The agent `req` would go to, without taking a lease: the selection

@@ -12,5 +12,6 @@ mod error;
 mod learning;
 mod router;
 mod trace;
+mod tracing;
 
 rustler::init!("erlmcp_flow_nif");

@@ -2,6 +2,7 @@
 
 use erlmcp_flow_core::learning::EpsilonSchedule;
 use erlmcp_flow_core::ring::key_hash;
+use erlmcp_flow_core::router::SpanRequest;
 use erlmcp_flow_core::{
     AgentKind, AgentSpec, BreakerState, Clock, FlowError, Lease, Outcome, Request, Router,
     RouterConfig, Strategy, Transition, WindowKind,
@@ -142,6 +143,12 @@ fn router_options(opts: Term<'_>) -> NifOutcome<(RouterConfig, bool)> {
             } else {
                 Some(number(value, |v| v > 1.0)?)
             };
+        } else if k == atoms::correlation_ttl_ms() {
+            c.correlation.ttl_us = u64::from(positive_int(value)?) * 1000;
+        } else if k == atoms::correlation_max_entries() {
+            c.correlation.max_entries = positive_int(value)? as usize;
+        } else if k == atoms::export_queue() {
+            c.correlation.export_queue = value.decode::<u32>().map_err(|_| badarg("opts"))? as usize;
         } else if k == atoms::ewma_decay_ms() {
             c.ewma_decay_us = number(value, |v| v > 0.0)? * 1000.0;
         } else if !breaker_option(&mut c, k, value, &mut window)? {
@@ -308,6 +315,8 @@ fn router_stats<'a>(env: Env<'a>, router: Term<'a>) -> Term<'a> {
     let run = || -> NifOutcome<Term<'a>> {
         let r = router_arg(router)?;
         let st = r.router.stats();
+        let decision = r.router.shared().decision_latency();
+        let corr = r.router.shared().correlation().stats();
         let m = map(
             env,
             &[
@@ -320,6 +329,17 @@ fn router_stats<'a>(env: Env<'a>, router: Term<'a>) -> Term<'a> {
                     st.breaker_half_opened.encode(env),
                 ),
                 (atoms::breaker_closed(), st.breaker_closed.encode(env)),
+                (atoms::completed(), st.completed.encode(env)),
+                (atoms::decision_p50_us(), decision.p50_us.encode(env)),
+                (atoms::decision_p90_us(), decision.p90_us.encode(env)),
+                (atoms::decision_p99_us(), decision.p99_us.encode(env)),
+                (atoms::decision_max_us(), decision.max_us.encode(env)),
+                (atoms::decision_sum_us(), decision.sum_us.encode(env)),
+                (atoms::decision_samples(), decision.samples.encode(env)),
+                (atoms::correlation_entries(), corr.entries.encode(env)),
+                (atoms::correlation_evicted(), corr.evicted.encode(env)),
+                (atoms::correlation_expired(), corr.expired.encode(env)),
+                (atoms::export_dropped(), corr.export_dropped.encode(env)),
                 (
                     atoms::epsilon(),
                     r.router.shared().learner().epsilon().encode(env),
@@ -373,6 +393,23 @@ fn agent_stats<'a>(env: Env<'a>, router: Term<'a>, id: Term<'a>) -> Term<'a> {
     reply(env, run())
 }
 
+/// The span argument of `decide`: `undefined` or
+/// `{TraceId, TaskSpanId, Attempt, Summary}`.
+type SpanArg<'a> = ([u8; 32], [u8; 16], u16, Binary<'a>);
+
+fn span_arg(term: Term<'_>) -> NifOutcome<Option<SpanArg<'_>>> {
+    if Atom::from_term(term).is_ok_and(|a| a == atoms::undefined()) {
+        return Ok(None);
+    }
+    let (t, p, a, s): (Term, Term, u16, Binary) = term.decode().map_err(|_| badarg("span"))?;
+    Ok(Some((
+        crate::tracing::id_arg::<32>(t, "span")?,
+        crate::tracing::id_arg::<16>(p, "span")?,
+        a,
+        s,
+    )))
+}
+
 /// The sticky key argument: a binary (hashed) or `undefined`.
 fn key_arg(term: Term<'_>) -> NifOutcome<Option<u64>> {
     if Atom::from_term(term).is_ok_and(|a| a == atoms::undefined()) {
@@ -391,11 +428,12 @@ pub fn class_arg(router: &Router<LocalPid>, term: Term<'_>) -> NifOutcome<u32> {
     Ok(router.task_class(bin.as_slice()))
 }
 
-/// `decide(Router, Capabilities, Strategy, StickyKey, TaskClass, Exclude, Kind) ->
-/// {ok, AgentId, Pid, Lease} | {ok, AgentId, Pid, Lease, {breaker, open,
-/// half_open}} | {error, no_agents_available | overloaded | ...}`. The
-/// five-element form reports that this decision turned the agent's breaker
-/// half-open (its task is a probe).
+/// `decide(Router, Capabilities, Strategy, StickyKey, TaskClass, Exclude, Kind, Span)
+/// -> {ok, AgentId, Pid, Lease, SpanId | undefined, none | {breaker, open, half_open}}
+/// | {error, no_agents_available | overloaded | ...}`. `Span` is `undefined` or
+/// `{TraceId, TaskSpanId, Attempt, Summary}`: the decision opens the attempt's
+/// span under the task's and returns its id. The last element reports that
+/// this decision turned the agent's breaker half-open (its task is a probe).
 /// `Exclude` lists agent ids not to choose; `Kind` is `any`, or `swarm` for
 /// swarms only.
 #[rustler::nif]
@@ -409,11 +447,13 @@ fn decide<'a>(
     class: Term<'a>,
     exclude: Term<'a>,
     kind: Term<'a>,
+    span: Term<'a>,
 ) -> Term<'a> {
     let run = || -> NifOutcome<Term<'a>> {
         let r = router_arg(router)?;
         let caps = binaries(caps, "capabilities")?;
         let exclude = binaries(exclude, "exclude")?;
+        let span = span_arg(span)?;
         let req = Request {
             capabilities: &caps,
             strategy: choice(strategy, STRATEGIES, "strategy")?,
@@ -421,21 +461,31 @@ fn decide<'a>(
             class: class_arg(&r.router, class)?,
             exclude: &exclude,
             swarms_only: choice(kind, &[(atoms::any, false), (atoms::swarm, true)], "kind")?,
+            span: span.as_ref().map(|(t, p, a, s)| SpanRequest {
+                trace_id: *t,
+                parent: *p,
+                attempt: *a,
+                summary: s.as_slice(),
+            }),
         };
         let lease = with_rng(|rng| r.router.decide(&req, rng))?;
         let agent = lease.agent().clone();
         let transition = lease.transition();
+        let span_id = lease
+            .span_id()
+            .map_or_else(|| atoms::undefined().encode(env), |s| binary_term(env, s));
         let lease = ResourceArc::new(LeaseResource { lease });
-        let mut elems = vec![
-            atoms::ok().encode(env),
-            binary_term(env, agent.id()),
-            agent.payload().encode(env),
-            lease.encode(env),
-        ];
-        if let Some(t) = transition {
-            elems.push(transition_term(env, t));
-        }
-        Ok(make_tuple(env, &elems))
+        Ok(make_tuple(
+            env,
+            &[
+                atoms::ok().encode(env),
+                binary_term(env, agent.id()),
+                agent.payload().encode(env),
+                lease.encode(env),
+                span_id,
+                maybe_transition(env, transition),
+            ],
+        ))
     };
     reply(env, run())
 }

@@ -1,0 +1,179 @@
+%% @doc Node-wide metrics of erlmcp_flow.
+%%
+%% Most figures live in the Rust core and are read on demand: agents, tasks
+%% in flight and completed, breaker transitions, the decision latency
+%% histogram (one decision in 64 is timed), the correlation store's size,
+%% evictions and expirations. This module adds what the Erlang side counts
+%% (`retries', `fallbacks', `overloaded' answers, exported spans and export
+%% failures, in an OTP `counters' array so that counting takes no message)
+%% and, once every `metrics.interval_ms', samples the completed-task counter
+%% into `tasks_per_second' and sweeps the correlation store's expired spans.
+%%
+%% `stats/0' and `erlmcp_flow:stats/0' return them as one map;
+%% `erlmcp_flow_prometheus' renders them with every agent's figures for
+%% `GET /metrics' (`erlmcp_flow_metrics_http').
+-module(erlmcp_flow_metrics).
+-behaviour(gen_server).
+
+%% API
+-export([start_link/0]).
+-export([incr/1]).
+-export([add/2]).
+-export([stats/0]).
+-export([agents/0]).
+-export([tick/0]).
+-export([tasks_per_second/4]).
+
+%% gen_server callbacks
+-export([init/1]).
+-export([handle_call/3]).
+-export([handle_cast/2]).
+-export([handle_info/2]).
+-export([terminate/2]).
+
+-export_type([counter/0, stats/0]).
+
+-type counter() :: retries | fallbacks | overloaded | spans_exported | export_failures
+                 | spans_lost.
+-type stats() :: #{atom() => number()}.
+
+-define(COUNTERS_KEY, {?MODULE, counters}).
+%% Slots of the counters array; the last holds tasks per second x 1000.
+-define(SLOTS, [retries, fallbacks, overloaded, spans_exported, export_failures, spans_lost]).
+-define(RATE_SLOT, 7).
+
+-record(state, {interval :: pos_integer(),
+                completed :: non_neg_integer(),
+                at :: integer()}).
+
+-spec start_link() -> {ok, pid()} | {error, term()}.
+start_link() ->
+    gen_server:start_link({local, ?MODULE}, ?MODULE, [], []).
+
+%% @doc Adds one to a counter. A no-op while the application is not running.
+-spec incr(counter()) -> ok.
+incr(Name) ->
+    add(Name, 1).
+
+%% @doc Adds `N' to a counter.
+-spec add(counter(), non_neg_integer()) -> ok.
+add(Name, N) ->
+    case persistent_term:get(?COUNTERS_KEY, undefined) of
+        undefined -> ok;
+        Ref -> counters:add(Ref, slot(Name), N)
+    end.
+
+%% @doc The node-wide figures: `agents', tasks `in_flight' and `completed',
+%% `tasks_per_second' (over the last interval), Q-learning `episodes' and
+%% `epsilon', `retries', `fallbacks', `overloaded', breaker transitions
+%% (`breaker_opened', `breaker_half_opened', `breaker_closed'), the sampled
+%% decision latency (`decision_p50_us', `decision_p90_us',
+%% `decision_p99_us', `decision_max_us', `decision_sum_us',
+%% `decision_samples'), the correlation store (`correlation_entries',
+%% `correlation_evicted', `correlation_expired') and the span export
+%% (`spans_exported', `export_failures', `spans_lost' to failed exports,
+%% `export_dropped' for want of room in the export queue).
+-spec stats() -> stats().
+stats() ->
+    Core = erlmcp_flow_registry:router_stats(),
+    case persistent_term:get(?COUNTERS_KEY, undefined) of
+        undefined ->
+            maps:merge(maps:from_list([{K, 0} || K <- ?SLOTS]),
+                       Core#{tasks_per_second => 0.0});
+        Ref ->
+            Counts = maps:from_list([{K, counters:get(Ref, slot(K))} || K <- ?SLOTS]),
+            maps:merge(Counts, Core#{tasks_per_second => counters:get(Ref, ?RATE_SLOT) / 1000})
+    end.
+
+%% @doc Every registered agent and swarm with its live figures (see
+%% `erlmcp_flow:agent_stats/1'), sorted by id.
+-spec agents() -> [{erlmcp_flow:agent_id(), map()}].
+agents() ->
+    lists:foldr(fun({Id, _Pid, Kind, _Caps}, Acc) ->
+                        case erlmcp_flow_registry:agent_stats(Id) of
+                            {ok, S} -> [{Id, S#{kind => Kind}} | Acc];
+                            {error, _} -> Acc  % unregistered meanwhile
+                        end
+                end, [], erlmcp_flow_registry:list_agents()).
+
+%% @doc Samples the rate and sweeps the correlation store now, rather than
+%% at the end of the interval; returns the spans swept.
+-spec tick() -> non_neg_integer().
+tick() ->
+    gen_server:call(?MODULE, tick).
+
+%% @doc The rate between two samples of a counter taken at two monotonic
+%% times in milliseconds; 0.0 over an empty interval.
+-spec tasks_per_second(non_neg_integer(), integer(), non_neg_integer(), integer()) -> float().
+tasks_per_second(_Before, At, _After, At) ->
+    0.0;
+tasks_per_second(Before, At0, After, At1) when At1 > At0 ->
+    max(After - Before, 0) * 1000 / (At1 - At0);
+tasks_per_second(_Before, _At0, _After, _At1) ->
+    0.0.
+
+%%====================================================================
+%% gen_server callbacks
+%%====================================================================
+
+%% @private
+-spec init([]) -> {ok, #state{}}.
+init([]) ->
+    Ref = counters:new(?RATE_SLOT, [write_concurrency]),
+    persistent_term:put(?COUNTERS_KEY, Ref),
+    Interval = erlmcp_flow_config:get(metrics, interval_ms),
+    erlang:send_after(Interval, self(), tick),
+    {ok, #state{interval = Interval, completed = completed(), at = now_ms()}}.
+
+%% @private
+-spec handle_call(term(), gen_server:from(), #state{}) -> {reply, term(), #state{}}.
+handle_call(tick, _From, State) ->
+    {Swept, State1} = sample(State),
+    {reply, Swept, State1};
+handle_call(_Request, _From, State) ->
+    {reply, {error, unknown_call}, State}.
+
+%% @private
+-spec handle_cast(term(), #state{}) -> {noreply, #state{}}.
+handle_cast(_Msg, State) ->
+    {noreply, State}.
+
+%% @private
+-spec handle_info(term(), #state{}) -> {noreply, #state{}}.
+handle_info(tick, #state{interval = Interval} = State) ->
+    {_, State1} = sample(State),
+    erlang:send_after(Interval, self(), tick),
+    {noreply, State1};
+handle_info(_Info, State) ->
+    {noreply, State}.
+
+%% @private
+-spec terminate(term(), #state{}) -> ok.
+terminate(_Reason, _State) ->
+    _ = persistent_term:erase(?COUNTERS_KEY),
+    ok.
+
+%%====================================================================
+%% Internal functions
+%%====================================================================
+
+sample(#state{completed = Before, at = At0} = State) ->
+    After = completed(),
+    At1 = now_ms(),
+    Rate = tasks_per_second(Before, At0, After, At1),
+    counters:put(persistent_term:get(?COUNTERS_KEY), ?RATE_SLOT, round(Rate * 1000)),
+    {ok, Swept} = erlmcp_flow_nif:correlation_sweep(erlmcp_flow_registry:router()),
+    {Swept, State#state{completed = After, at = At1}}.
+
+completed() ->
+    maps:get(completed, erlmcp_flow_registry:router_stats()).
+
+now_ms() ->
+    erlang:monotonic_time(millisecond).
+
+slot(retries) -> 1;
+slot(fallbacks) -> 2;
+slot(overloaded) -> 3;
+slot(spans_exported) -> 4;
+slot(export_failures) -> 5;
+slot(spans_lost) -> 6.

@@ -1,0 +1,141 @@
+%% @doc The Prometheus text exposition (format 0.0.4) of erlmcp_flow's
+%% metrics: the node-wide figures of `erlmcp_flow_metrics:stats/0' and every
+%% agent's, labelled `agent="Id"'. Times are in seconds, as Prometheus
+%% expects.
+-module(erlmcp_flow_prometheus).
+
+%% API
+-export([render/0]).
+-export([render/2]).
+-export([content_type/0]).
+
+-define(PREFIX, "erlmcp_flow_").
+
+%% @doc The exposition of the running application.
+-spec render() -> iodata().
+render() ->
+    render(erlmcp_flow_metrics:stats(), erlmcp_flow_metrics:agents()).
+
+%% @doc The media type of the exposition.
+-spec content_type() -> string().
+content_type() ->
+    "text/plain; version=0.0.4; charset=utf-8".
+
+%% @doc The exposition of node-wide `Stats' and per-agent figures.
+-spec render(erlmcp_flow_metrics:stats(), [{erlmcp_flow:agent_id(), map()}]) -> iodata().
+render(Stats, Agents) ->
+    G = fun(K) -> maps:get(K, Stats, 0) end,
+    Node = [family(agents, gauge, "Registered agents and swarms.", [{[], G(agents)}]),
+            family(in_flight, gauge, "Tasks in flight on every agent.", [{[], G(in_flight)}]),
+            family(tasks_completed_total, counter,
+                   "Tasks settled with an answer, a timeout or a dead agent.",
+                   [{[], G(completed)}]),
+            family(tasks_per_second, gauge, "Tasks completed per second over the last interval.",
+                   [{[], G(tasks_per_second)}]),
+            family(retries_total, counter, "Attempts after a failed one, on agents.",
+                   [{[], G(retries)}]),
+            family(fallbacks_total, counter, "Attempts on a fallback swarm.",
+                   [{[], G(fallbacks)}]),
+            family(overloaded_total, counter, "Tasks refused because every bulkhead was full.",
+                   [{[], G(overloaded)}]),
+            family(breaker_transitions_total, counter, "Circuit breaker transitions by state entered.",
+                   [{[{to, open}], G(breaker_opened)},
+                    {[{to, half_open}], G(breaker_half_opened)},
+                    {[{to, closed}], G(breaker_closed)}]),
+            decision_latency(Stats),
+            family(q_learning_episodes_total, counter, "Outcomes the Q-learner learned from.",
+                   [{[], G(episodes)}]),
+            family(q_learning_epsilon, gauge, "The Q-learner's exploration rate.",
+                   [{[], G(epsilon)}]),
+            family(correlation_entries, gauge, "Spans in the correlation store.",
+                   [{[], G(correlation_entries)}]),
+            family(correlation_evictions_total, counter,
+                   "Finished spans evicted from the correlation store at its cap.",
+                   [{[], G(correlation_evicted)}]),
+            family(correlation_expired_total, counter,
+                   "Spans dropped from the correlation store past their TTL.",
+                   [{[], G(correlation_expired)}]),
+            family(spans_exported_total, counter, "Spans exported as OTLP/JSON.",
+                   [{[], G(spans_exported)}]),
+            family(export_failures_total, counter, "Span export batches that failed.",
+                   [{[], G(export_failures)}]),
+            family(spans_lost_total, counter, "Spans in export batches that failed.",
+                   [{[], G(spans_lost)}]),
+            family(export_dropped_total, counter,
+                   "Finished spans the export queue had no room for.",
+                   [{[], G(export_dropped)}])],
+    [Node, agent_families(Agents)].
+
+%%====================================================================
+%% Internal functions
+%%====================================================================
+
+decision_latency(Stats) ->
+    G = fun(K) -> maps:get(K, Stats, 0) end,
+    Name = [?PREFIX, "decision_latency_seconds"],
+    [help(Name, "Duration of a routing decision (one decision in 64 is timed)."),
+     type(Name, summary),
+     [sample(Name, [{quantile, Q}], seconds(G(K)))
+      || {Q, K} <- [{"0.5", decision_p50_us}, {"0.9", decision_p90_us},
+                    {"0.99", decision_p99_us}, {"1", decision_max_us}]],
+     sample([Name, "_sum"], [], seconds(G(decision_sum_us))),
+     sample([Name, "_count"], [], G(decision_samples))].
+
+agent_families(Agents) ->
+    Each = fun(Key, F) ->
+                   [{[{agent, Id}], F(S)} || {Id, S} <- Agents, defined(maps:get(Key, S, undefined))]
+           end,
+    Field = fun(K) -> fun(S) -> maps:get(K, S) end end,
+    Failures = fun(S) -> maps:get(failed, S) + maps:get(timed_out, S) + maps:get(down, S) end,
+    [family(agent_in_flight, gauge, "Tasks in flight on the agent.",
+            Each(in_flight, Field(in_flight))),
+     family(agent_tasks_total, counter, "Tasks dispatched to the agent.",
+            Each(dispatched, Field(dispatched))),
+     family(agent_failures_total, counter, "Tasks that failed, timed out or found the agent dead.",
+            Each(dispatched, Failures)),
+     family(agent_success_ratio, gauge, "The agent's success rate.",
+            Each(success_rate, Field(success_rate))),
+     family(agent_latency_ewma_seconds, gauge, "Exponentially weighted mean latency.",
+            Each(ewma_latency_us, fun(S) -> seconds(maps:get(ewma_latency_us, S)) end)),
+     family(agent_latency_seconds, gauge, "Latency percentiles of the agent (HDR histogram).",
+            [{[{agent, Id}, {quantile, Q}], seconds(maps:get(K, S))}
+             || {Id, S} <- Agents, {Q, K} <- [{"0.5", p50_us}, {"0.95", p95_us}, {"0.99", p99_us}],
+                defined(maps:get(K, S, undefined))]),
+     family(agent_breaker_state, gauge, "1 for the agent's circuit breaker state, 0 for the others.",
+            [{[{agent, Id}, {state, St}], bool(maps:get(breaker, S) =:= St)}
+             || {Id, S} <- Agents, maps:is_key(breaker, S), St <- [closed, open, half_open]])].
+
+defined(undefined) -> false;
+defined(_) -> true.
+
+bool(true) -> 1;
+bool(false) -> 0.
+
+seconds(Us) when is_number(Us) -> Us / 1.0e6.
+
+family(Name, Type, Help, Samples) ->
+    Full = [?PREFIX, atom_to_list(Name)],
+    [help(Full, Help), type(Full, Type), [sample(Full, L, V) || {L, V} <- Samples]].
+
+help(Name, Text) -> ["# HELP ", Name, $\s, Text, $\n].
+type(Name, Type) -> ["# TYPE ", Name, $\s, atom_to_list(Type), $\n].
+
+sample(Name, [], Value) ->
+    [Name, $\s, value(Value), $\n];
+sample(Name, Labels, Value) ->
+    [Name, ${, lists:join($,, [[atom_to_list(K), "=\"", escape(V), $"] || {K, V} <- Labels]),
+     "} ", value(Value), $\n].
+
+value(V) when is_integer(V) -> integer_to_list(V);
+value(V) when is_float(V) -> float_to_list(V, [short]).
+
+%% Label values: backslash, double quote and line feed escaped.
+escape(V) when is_atom(V) -> atom_to_list(V);
+escape(V) when is_list(V) -> V;
+escape(V) when is_binary(V) ->
+    << <<(case C of
+              $\\ -> <<"\\\\">>;
+              $" -> <<"\\\"">>;
+              $\n -> <<"\\n">>;
+              _ -> <<C>>
+          end)/binary>> || <<C>> <= V >>.

@@ -1,0 +1,276 @@
+//! Trace context and the correlation store for Erlang.
+
+use erlmcp_flow_core::correlation::{Span, SpanOutcome};
+use erlmcp_flow_core::trace::{self, TraceParent};
+use erlmcp_flow_core::{FlowError, otlp};
+use rustler::{Atom, Binary, Encoder, Env, NewBinary, Term};
+
+use crate::atoms;
+use crate::decode::{choice, nonempty_binary};
+use crate::error::{NifError, NifOutcome, badarg};
+use crate::router::{binary_term, reply, router_arg};
+use crate::trace::with_rng;
+
+fn invalid<'a>(env: Env<'a>) -> Term<'a> {
+    (atoms::error(), atoms::invalid_trace_context()).encode(env)
+}
+
+/// A hex id argument of `N` lowercase digits, not all zero.
+pub fn id_arg<const N: usize>(term: Term<'_>, what: &'static str) -> NifOutcome<[u8; N]> {
+    let bin = Binary::from_term(term).map_err(|_| badarg(what))?;
+    if !trace::valid_id(bin.as_slice(), N) {
+        return Err(badarg(what));
+    }
+    let mut out = [0u8; N];
+    out.copy_from_slice(bin.as_slice());
+    Ok(out)
+}
+
+fn undefined_or<'a>(env: Env<'a>, bytes: Option<&[u8]>) -> Term<'a> {
+    match bytes {
+        Some(b) if !b.is_empty() => binary_term(env, b),
+        _ => atoms::undefined().encode(env),
+    }
+}
+
+fn outcome_atom(o: SpanOutcome) -> Atom {
+    match o {
+        SpanOutcome::Open => atoms::open(),
+        SpanOutcome::Ok => atoms::ok(),
+        SpanOutcome::Error => atoms::error(),
+        SpanOutcome::Timeout => atoms::timeout(),
+        SpanOutcome::Down => atoms::down(),
+        SpanOutcome::Abandoned => atoms::abandoned(),
+        SpanOutcome::Failed => atoms::failed(),
+    }
+}
+
+fn span_term<'a>(env: Env<'a>, s: &Span) -> NifOutcome<Term<'a>> {
+    let keys = [
+        atoms::trace_id(),
+        atoms::span_id(),
+        atoms::parent_span_id(),
+        atoms::agent_id(),
+        atoms::summary(),
+        atoms::start_us(),
+        atoms::end_us(),
+        atoms::outcome(),
+        atoms::attempt(),
+    ]
+    .map(|a| a.encode(env));
+    let values = [
+        binary_term(env, &s.trace_id),
+        binary_term(env, &s.span_id),
+        undefined_or(env, s.parent_span_id.as_ref().map(|p| p.as_slice())),
+        undefined_or(env, Some(&s.agent_id)),
+        binary_term(env, &s.summary),
+        s.start_us.encode(env),
+        if s.outcome == SpanOutcome::Open {
+            atoms::undefined().encode(env)
+        } else {
+            s.end_us.encode(env)
+        },
+        outcome_atom(s.outcome).encode(env),
+        s.attempt.encode(env),
+    ];
+    Term::map_from_term_arrays(env, &keys, &values).map_err(|_| badarg("span"))
+}
+
+/// `parse_traceparent(Header) -> {ok, #{version, trace_id, span_id, trace_flags}}
+/// | {error, invalid_trace_context}`. `span_id` is the header's parent-id.
+#[rustler::nif]
+fn parse_traceparent<'a>(env: Env<'a>, header: Term<'a>) -> Term<'a> {
+    let Ok(bin) = Binary::from_term(header) else {
+        return invalid(env);
+    };
+    match trace::parse_traceparent(bin.as_slice()) {
+        Ok(tp) => {
+            let keys = [
+                atoms::version(),
+                atoms::trace_id(),
+                atoms::span_id(),
+                atoms::trace_flags(),
+            ]
+            .map(|a| a.encode(env));
+            let values = [
+                tp.version.encode(env),
+                binary_term(env, &tp.trace_id),
+                binary_term(env, &tp.parent_id),
+                tp.flags.encode(env),
+            ];
+            match Term::map_from_term_arrays(env, &keys, &values) {
+                Ok(m) => (atoms::ok(), m).encode(env),
+                Err(_) => invalid(env),
+            }
+        }
+        Err(_) => invalid(env),
+    }
+}
+
+/// `format_traceparent(TraceId, SpanId, Flags) -> Header | {error, invalid_trace_context}`.
+#[rustler::nif]
+fn format_traceparent<'a>(
+    env: Env<'a>,
+    trace_id: Term<'a>,
+    span_id: Term<'a>,
+    flags: Term<'a>,
+) -> Term<'a> {
+    let parts = (
+        id_arg::<32>(trace_id, "trace_id"),
+        id_arg::<16>(span_id, "span_id"),
+        flags.decode::<u8>(),
+    );
+    match parts {
+        (Ok(trace_id), Ok(parent_id), Ok(flags)) => {
+            let header = trace::format_traceparent(&TraceParent {
+                version: 0,
+                trace_id,
+                parent_id,
+                flags,
+            });
+            NewBinary::from_slice(env, &header).into()
+        }
+        _ => invalid(env),
+    }
+}
+
+/// `validate_tracestate(Header) -> ok | {error, invalid_trace_context}`.
+#[rustler::nif]
+fn validate_tracestate<'a>(env: Env<'a>, header: Term<'a>) -> Term<'a> {
+    match Binary::from_term(header).map(|b| trace::validate_tracestate(b.as_slice())) {
+        Ok(Ok(())) => atoms::ok().encode(env),
+        _ => invalid(env),
+    }
+}
+
+/// `span_start(Router, Traceparent | undefined, Summary) ->
+/// {ok, TraceId, SpanId, Flags} | {error, invalid_trace_context}`.
+#[rustler::nif]
+fn span_start<'a>(
+    env: Env<'a>,
+    router: Term<'a>,
+    traceparent: Term<'a>,
+    summary: Term<'a>,
+) -> Term<'a> {
+    let run = || -> NifOutcome<Term<'a>> {
+        let r = router_arg(router)?;
+        let summary = Binary::from_term(summary).map_err(|_| badarg("summary"))?;
+        let header = if Atom::from_term(traceparent).is_ok_and(|a| a == atoms::undefined()) {
+            None
+        } else {
+            match Binary::from_term(traceparent) {
+                Ok(b) => Some(b),
+                Err(_) => return Ok(invalid(env)),
+            }
+        };
+        let started = with_rng(|rng| {
+            r.router
+                .span_start(header.as_ref().map(|b| b.as_slice()), summary.as_slice(), rng)
+        });
+        Ok(match started {
+            Ok(tp) => (
+                atoms::ok(),
+                binary_term(env, &tp.trace_id),
+                binary_term(env, &tp.parent_id),
+                tp.flags,
+            )
+                .encode(env),
+            Err(_) => invalid(env),
+        })
+    };
+    reply(env, run())
+}
+
+/// `span_end(Router, TraceId, SpanId, ok | failed, AgentId | undefined) -> ok | {error, not_found}`.
+#[rustler::nif]
+fn span_end<'a>(
+    env: Env<'a>,
+    router: Term<'a>,
+    trace_id: Term<'a>,
+    span_id: Term<'a>,
+    outcome: Term<'a>,
+    agent: Term<'a>,
+) -> Term<'a> {
+    let run = || -> NifOutcome<Term<'a>> {
+        let r = router_arg(router)?;
+        let t = id_arg::<32>(trace_id, "trace_id")?;
+        let s = id_arg::<16>(span_id, "span_id")?;
+        let o = choice(
+            outcome,
+            &[(atoms::ok, SpanOutcome::Ok), (atoms::failed, SpanOutcome::Failed)],
+            "outcome",
+        )?;
+        let agent = if Atom::from_term(agent).is_ok_and(|a| a == atoms::undefined()) {
+            None
+        } else {
+            Some(nonempty_binary(agent, "agent_id")?)
+        };
+        if r.router.span_end(&t, &s, o, agent) {
+            Ok(atoms::ok().encode(env))
+        } else {
+            Err(NifError(FlowError::NotFound))
+        }
+    };
+    reply(env, run())
+}
+
+/// `trace_chain(Router, TraceId) -> [Span]`, in parent order.
+#[rustler::nif]
+fn trace_chain<'a>(env: Env<'a>, router: Term<'a>, trace_id: Term<'a>) -> Term<'a> {
+    let run = || -> NifOutcome<Term<'a>> {
+        let r = router_arg(router)?;
+        let t = id_arg::<32>(trace_id, "trace_id")?;
+        let spans = r.router.shared().correlation().chain(&t);
+        let terms = spans
+            .iter()
+            .map(|s| span_term(env, s))
+            .collect::<NifOutcome<Vec<_>>>()?;
+        Ok(terms.encode(env))
+    };
+    reply(env, run())
+}
+
+/// `span_lookup(Router, SpanId) -> {ok, Span} | {error, not_found}`.
+#[rustler::nif]
+fn span_lookup<'a>(env: Env<'a>, router: Term<'a>, span_id: Term<'a>) -> Term<'a> {
+    let run = || -> NifOutcome<Term<'a>> {
+        let r = router_arg(router)?;
+        let s = id_arg::<16>(span_id, "span_id")?;
+        match r.router.shared().correlation().lookup(&s) {
+            Some(span) => Ok((atoms::ok(), span_term(env, &span)?).encode(env)),
+            None => Err(NifError(FlowError::NotFound)),
+        }
+    };
+    reply(env, run())
+}
+
+/// `correlation_sweep(Router) -> {ok, Removed}`: drops spans past their TTL.
+#[rustler::nif(schedule = "DirtyCpu")]
+fn correlation_sweep<'a>(env: Env<'a>, router: Term<'a>) -> Term<'a> {
+    let run = || -> NifOutcome<Term<'a>> {
+        let r = router_arg(router)?;
+        let now = r.router.clock().now_us();
+        Ok((atoms::ok(), r.router.shared().correlation().sweep(now)).encode(env))
+    };
+    reply(env, run())
+}
+
+/// `export_batch(Router, Max, ServiceName) -> {ok, Count, Json}`: up to `Max`
+/// finished spans as one OTLP/JSON export request (`<<>>` when none).
+#[rustler::nif(schedule = "DirtyCpu")]
+fn export_batch<'a>(env: Env<'a>, router: Term<'a>, max: Term<'a>, service: Term<'a>) -> Term<'a> {
+    let run = || -> NifOutcome<Term<'a>> {
+        let r = router_arg(router)?;
+        let max: usize = max.decode().map_err(|_| badarg("max"))?;
+        let service = Binary::from_term(service).map_err(|_| badarg("service"))?;
+        let service = String::from_utf8_lossy(service.as_slice()).into_owned();
+        let shared = r.router.shared();
+        let spans = shared.correlation().drain_export(max);
+        if spans.is_empty() {
+            return Ok((atoms::ok(), 0, binary_term(env, b"")).encode(env));
+        }
+        let json = otlp::encode(&spans, &service, &|us| shared.unix_ns(us));
+        Ok((atoms::ok(), spans.len(), binary_term(env, &json)).encode(env))
+    };
+    reply(env, run())
+}
