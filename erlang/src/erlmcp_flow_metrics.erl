@@ -70,7 +70,7 @@ add(Name, N) ->
 %% decision latency (`decision_p50_us', `decision_p90_us',
 %% `decision_p99_us', `decision_max_us', `decision_sum_us',
 %% `decision_samples'), the correlation store (`correlation_entries',
-%% `correlation_evicted', `correlation_expired') and the span export
+%% `correlation_open', `correlation_evicted', `correlation_expired') and the span export
 %% (`spans_exported', `export_failures', `spans_lost' to failed exports,
 %% `export_dropped' for want of room in the export queue).
 -spec stats() -> stats().

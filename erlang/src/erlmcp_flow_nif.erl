@@ -35,24 +35,25 @@
 -export([format_traceparent/3]).
 -export([validate_tracestate/1]).
 -export([span_start/3]).
--export([span_end/5]).
+-export([span_end/3]).
 -export([trace_chain/2]).
 -export([span_lookup/2]).
 -export([correlation_sweep/1]).
 -export([export_batch/3]).
 
 -export_type([router/0, lease/0, outcome/0, router_opts/0, state/0, transition/0,
-              breaker_state/0, span/0, span_request/0]).
+              breaker_state/0, span/0, span_request/0, task_span/0]).
 
 -nifs([router_new/1, clock_advance/2, agent_insert/6, agent_remove/2, router_stats/1,
        agent_stats/2, decide/8, has_capacity/2, complete/2, explain/3, q_table/1, q_save/2, q_load/2,
        q_reset/1, td_update/5, reward/4, breaker_allow/2, breaker_record/4, breaker_state/2,
        breaker_reset/2, generate_trace_id/0, generate_span_id/0, parse_traceparent/1,
-       format_traceparent/3, validate_tracestate/1, span_start/3, span_end/5, trace_chain/2,
+       format_traceparent/3, validate_tracestate/1, span_start/3, span_end/3, trace_chain/2,
        span_lookup/2, correlation_sweep/1, export_batch/3]).
 
 -type router() :: reference().
 -type lease() :: reference().
+-type task_span() :: reference().
 -type outcome() :: ok | error | timeout | down | abandoned.
 -type badarg() :: {error, {badarg, atom()}}.
 -type router_opts() :: #{clock => system | manual,
@@ -192,13 +193,16 @@ format_traceparent(_TraceId, _SpanId, _Flags) -> erlang:nif_error(nif_not_loaded
 -spec validate_tracestate(term()) -> ok | {error, invalid_trace_context}.
 validate_tracestate(_Header) -> erlang:nif_error(nif_not_loaded).
 
+%% Opens a task's span; the returned `task_span()' closes it as abandoned
+%% when garbage collected before `span_end/3'.
 -spec span_start(router(), binary() | undefined, binary()) ->
-          {ok, binary(), binary(), 0..255} | {error, invalid_trace_context} | badarg().
+          {ok, binary(), binary(), 0..255, task_span()} | {error, invalid_trace_context}
+        | badarg().
 span_start(_Router, _Traceparent, _Summary) -> erlang:nif_error(nif_not_loaded).
 
--spec span_end(router(), binary(), binary(), ok | failed, binary() | undefined) ->
-          ok | {error, not_found} | badarg().
-span_end(_Router, _TraceId, _SpanId, _Outcome, _AgentId) -> erlang:nif_error(nif_not_loaded).
+-spec span_end(task_span(), ok | failed, binary() | undefined) ->
+          ok | {error, already_ended} | badarg().
+span_end(_Span, _Outcome, _AgentId) -> erlang:nif_error(nif_not_loaded).
 
 -spec trace_chain(router(), binary()) -> [span()] | badarg().
 trace_chain(_Router, _TraceId) -> erlang:nif_error(nif_not_loaded).

@@ -49,6 +49,8 @@ render(Stats, Agents) ->
                    [{[], G(epsilon)}]),
             family(correlation_entries, gauge, "Spans in the correlation store.",
                    [{[], G(correlation_entries)}]),
+            family(correlation_open, gauge, "Spans not closed yet: tasks and attempts in progress.",
+                   [{[], G(correlation_open)}]),
             family(correlation_evictions_total, counter,
                    "Finished spans evicted from the correlation store at its cap.",
                    [{[], G(correlation_evicted)}]),

@@ -137,11 +137,14 @@ agent_stats(AgentId) when is_binary(AgentId) ->
 agent_stats(_) ->
     {error, {badarg, agent_id}}.
 
-%% @doc Router-wide counters: registered `agents', leases `in_flight' over
-%% every agent (removed ones included), learning `episodes' and the current
-%% exploration rate `epsilon'.
+%% @doc Router-wide figures kept by the core: registered `agents', leases
+%% `in_flight' over every agent (removed ones included) and `completed',
+%% learning `episodes' and the current exploration rate `epsilon', breaker
+%% transitions, the sampled decision latency and the correlation store (see
+%% `erlmcp_flow_metrics:stats/0').
 -spec router_stats() -> #{agents := non_neg_integer(), in_flight := non_neg_integer(),
-                          episodes := non_neg_integer(), epsilon := float()}.
+                          episodes := non_neg_integer(), epsilon := float(),
+                          atom() => number()}.
 router_stats() ->
     {ok, Stats} = erlmcp_flow_nif:router_stats(router()),
     Stats.

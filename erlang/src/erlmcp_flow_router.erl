@@ -45,8 +45,11 @@
                   traceparent => binary(),
                   tracestate => binary()}.
 %% The task's span: its ids, the flags and tracestate passed on to agents.
+%% `span' ends it; if the process holding it dies first, the span closes as
+%% `abandoned' when the garbage collector frees it.
 -type trace() :: #{trace_id := binary(), span_id := binary(), trace_flags := 0..255,
-                   summary := binary(), tracestate => binary()}.
+                   summary := binary(), span := erlmcp_flow_nif:task_span(),
+                   tracestate => binary()}.
 -type answer() :: {ok, term(), erlmcp_flow:meta()} | {error, term()}.
 %% One failed attempt, as reported in `Meta' and in `no_available_agent'.
 -type attempt() :: #{agent_id := erlmcp_flow:agent_id(), reason := term(),
@@ -272,9 +275,9 @@ start_trace(Task, Plan) ->
     TP = maps:get(traceparent, Plan, undefined),
     Summary = summary(Task),
     case erlmcp_flow_nif:span_start(erlmcp_flow_registry:router(), TP, Summary) of
-        {ok, TraceId, SpanId, Flags} ->
+        {ok, TraceId, SpanId, Flags, Span} ->
             Trace = #{trace_id => TraceId, span_id => SpanId, trace_flags => Flags,
-                      summary => Summary},
+                      summary => Summary, span => Span},
             case Plan of
                 #{tracestate := TS} -> {ok, Trace#{tracestate => TS}};
                 #{} -> {ok, Trace}
@@ -290,8 +293,7 @@ end_trace(Trace, Answer) ->
                            {ok, _, #{agent_id := A}} -> {ok, A};
                            {error, _} -> {failed, undefined}
                        end,
-    _ = erlmcp_flow_nif:span_end(erlmcp_flow_registry:router(), maps:get(trace_id, Trace),
-                                 maps:get(span_id, Trace), Outcome, Agent),
+    _ = erlmcp_flow_nif:span_end(maps:get(span, Trace), Outcome, Agent),
     Answer.
 
 %% What a span says the task was: its `type' and `id' when they are short

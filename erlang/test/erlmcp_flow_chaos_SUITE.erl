@@ -1,6 +1,7 @@
 %% Whole-system behaviour under agent deaths: many callers route tasks while
 %% agents are killed at random and restarted by their supervisor. Every task
-%% must get exactly one answer, and every load must return to zero.
+%% must get exactly one answer, every load must return to zero and every
+%% span of the correlation store must be closed.
 -module(erlmcp_flow_chaos_SUITE).
 -behaviour(supervisor).
 
@@ -105,6 +106,8 @@ check_answers(Answers, Stray, Kills) ->
     %% every lease settled: nothing in flight, on any agent, live or gone
     wait_until(fun() -> maps:get(in_flight, erlmcp_flow:stats()) =:= 0 end),
     [?assertEqual(0, erlmcp_flow:get_agent_load(Id)) || Id <- erlmcp_flow:query_agents([?CAP])],
+    %% and every span closed: no correlation entry left open
+    wait_until(fun() -> maps:get(correlation_open, erlmcp_flow:stats()) =:= 0 end),
     ok.
 
 classify({ok, _, _}) -> ok;

@@ -162,7 +162,10 @@ killed_callers() ->
     wait_until(fun() -> erlmcp_flow_bulkhead:waiting() =:= 0 end),
     [exit(H, kill) || H <- Holders],
     wait_until(fun() -> erlmcp_flow:get_agent_load(<<"one">>) =:= 0 end),
-    ?assertMatch({ok, #{abandoned := 10, in_flight := 0}}, erlmcp_flow:agent_stats(<<"one">>)).
+    ?assertMatch({ok, #{abandoned := 10, in_flight := 0}}, erlmcp_flow:agent_stats(<<"one">>)),
+    %% their spans closed as abandoned, the waiter's too
+    wait_until(fun() -> maps:get(correlation_open, erlmcp_flow:stats()) =:= 0 end),
+    ?assertMatch(#{correlation_entries := 21}, erlmcp_flow:stats()).
 
 adaptive() ->
     _ = application:stop(erlmcp_flow),

@@ -48,6 +48,8 @@ array(Bin, Acc) ->
     end.
 
 string(<<$", R/binary>>, Acc) -> {Acc, R};
+string(<<"\\u", Hex:4/binary, R/binary>>, Acc) ->
+    string(R, <<Acc/binary, (binary_to_integer(Hex, 16))/utf8>>);
 string(<<$\\, C, R/binary>>, Acc) -> string(R, <<Acc/binary, (unescape(C))>>);
 string(<<C, R/binary>>, Acc) -> string(R, <<Acc/binary, C>>).
 

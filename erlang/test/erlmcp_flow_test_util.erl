@@ -5,7 +5,7 @@
 
 -include_lib("eunit/include/eunit.hrl").
 
--export([start/0, stop/1, sync_registry/0, wait_until/1, assert_clean/0,
+-export([start/0, stop/1, with_env/2, sync_registry/0, wait_until/1, assert_clean/0,
          echo_agent/0, raw_agent/1, remote_pid/0]).
 
 start() ->
@@ -17,6 +17,21 @@ start() ->
 
 stop(_) ->
     ok = application:stop(erlmcp_flow).
+
+%% Runs `Fun' with the application started under the environment `Env'
+%% (`[{Section, Map}]'), then stops it and restores the environment.
+with_env(Env, Fun) ->
+    logger:set_primary_config(level, critical),
+    _ = application:stop(erlmcp_flow),
+    _ = application:load(erlmcp_flow),
+    [ok = application:set_env(erlmcp_flow, K, V) || {K, V} <- Env],
+    try
+        {ok, _} = application:ensure_all_started(erlmcp_flow),
+        Fun()
+    after
+        ok = application:stop(erlmcp_flow),
+        [application:unset_env(erlmcp_flow, K) || {K, _} <- Env]
+    end.
 
 %% A synchronous call to the registry: every message it had before this one
 %% (e.g. the 'DOWN' of a killed agent) has been handled when it returns.

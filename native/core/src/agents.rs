@@ -397,6 +397,11 @@ impl<P> AgentTable<P> {
         &self.shared
     }
 
+    /// A handle on the shared state that outlives a borrow of the table.
+    pub fn shared_arc(&self) -> Arc<Shared> {
+        Arc::clone(&self.shared)
+    }
+
     /// The current snapshot; cheap, lock-free, and stable while held.
     #[inline]
     pub fn load(&self) -> Guard<Arc<Snapshot<P>>> {

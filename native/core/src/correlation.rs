@@ -90,6 +90,8 @@ impl Default for CorrelationConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct CorrelationStats {
     pub entries: usize,
+    /// Spans not closed yet: tasks and attempts in progress.
+    pub open: usize,
     pub evicted: u64,
     pub expired: u64,
     /// Finished spans the export queue had no room for.
@@ -107,19 +109,16 @@ struct Shard {
 }
 
 impl Shard {
-    fn remove(&mut self, trace: &[u8; 32], span: &[u8; 16]) -> bool {
-        let Some(spans) = self.traces.get_mut(trace) else {
-            return false;
-        };
-        let Some(i) = spans.iter().position(|s| &s.span_id == span) else {
-            return false;
-        };
-        spans.swap_remove(i);
+    /// Removes a span; returns it when it was there.
+    fn remove(&mut self, trace: &[u8; 32], span: &[u8; 16]) -> Option<Span> {
+        let spans = self.traces.get_mut(trace)?;
+        let i = spans.iter().position(|s| &s.span_id == span)?;
+        let removed = spans.swap_remove(i);
         if spans.is_empty() {
             self.traces.remove(trace);
         }
         self.by_span.remove(span);
-        true
+        Some(removed)
     }
 }
 
@@ -129,6 +128,8 @@ pub struct CorrelationStore {
     shards: Box<[Mutex<Shard>]>,
     config: CorrelationConfig,
     entries: AtomicUsize,
+    /// Spans inserted and not closed yet (nor removed).
+    open: AtomicUsize,
     evicted: AtomicU64,
     expired: AtomicU64,
     export: Mutex<VecDeque<Span>>,
@@ -145,6 +146,7 @@ impl CorrelationStore {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             config,
             entries: AtomicUsize::new(0),
+            open: AtomicUsize::new(0),
             evicted: AtomicU64::new(0),
             expired: AtomicU64::new(0),
             export: Mutex::new(VecDeque::new()),
@@ -170,22 +172,23 @@ impl CorrelationStore {
         let id = span.span_id;
         let mut shard = self.shard(&trace);
         self.expire_front(&mut shard, now_us);
-        if shard.by_span.insert(id, trace).is_some() {
+        if let Some(old_trace) = shard.by_span.insert(id, trace) {
             // The same span id again (a caller reusing a traceparent's span
             // id as its own): the newer span replaces the older.
-            if shard.remove(&trace, &id) {
-                self.entries.fetch_sub(1, Ordering::Relaxed);
+            if let Some(old) = shard.remove(&old_trace, &id) {
+                self.forget(&old);
             }
             shard.by_span.insert(id, trace);
         }
         shard.traces.entry(trace).or_default().push(span);
+        self.open.fetch_add(1, Ordering::Relaxed);
         let total = self.entries.fetch_add(1, Ordering::Relaxed) + 1;
         let over = total.saturating_sub(self.config.max_entries);
         for _ in 0..over.min(4) {
             match shard.finished.pop_front() {
                 Some((t, s, _)) => {
-                    if shard.remove(&t, &s) {
-                        self.entries.fetch_sub(1, Ordering::Relaxed);
+                    if let Some(old) = shard.remove(&t, &s) {
+                        self.forget(&old);
                         self.evicted.fetch_add(1, Ordering::Relaxed);
                     }
                 }
@@ -201,8 +204,8 @@ impl CorrelationStore {
                 break;
             }
             shard.finished.pop_front();
-            if shard.remove(&t, &s) {
-                self.entries.fetch_sub(1, Ordering::Relaxed);
+            if let Some(old) = shard.remove(&t, &s) {
+                self.forget(&old);
                 self.expired.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -229,6 +232,7 @@ impl CorrelationStore {
         if entry.outcome != SpanOutcome::Open {
             return false;
         }
+        self.open.fetch_sub(1, Ordering::Relaxed);
         entry.end_us = now_us.max(entry.start_us);
         entry.outcome = outcome;
         if let Some(a) = agent_id {
@@ -317,8 +321,8 @@ impl CorrelationStore {
                 })
                 .collect();
             for (t, s) in stale {
-                if shard.remove(&t, &s) {
-                    self.entries.fetch_sub(1, Ordering::Relaxed);
+                if let Some(old) = shard.remove(&t, &s) {
+                    self.forget(&old);
                     self.expired.fetch_add(1, Ordering::Relaxed);
                     gone += 1;
                 }
@@ -336,23 +340,21 @@ impl CorrelationStore {
 
     /// Spans still open.
     pub fn open_spans(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|m| {
-                let shard = m.lock().unwrap_or_else(|e| e.into_inner());
-                shard
-                    .traces
-                    .values()
-                    .flatten()
-                    .filter(|s| s.outcome == SpanOutcome::Open)
-                    .count()
-            })
-            .sum()
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// Counts a removed span out.
+    fn forget(&self, span: &Span) {
+        self.entries.fetch_sub(1, Ordering::Relaxed);
+        if span.outcome == SpanOutcome::Open {
+            self.open.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 
     pub fn stats(&self) -> CorrelationStats {
         CorrelationStats {
             entries: self.entries.load(Ordering::Relaxed),
+            open: self.open.load(Ordering::Relaxed),
             evicted: self.evicted.load(Ordering::Relaxed),
             expired: self.expired.load(Ordering::Relaxed),
             export_dropped: self.export_dropped.load(Ordering::Relaxed),
@@ -459,6 +461,27 @@ mod tests {
         // an open span older than the TTL is swept too
         s.insert(span(1, 1, None, 0, 0), 0);
         assert_eq!(s.sweep(1_000), 1);
+    }
+
+    #[test]
+    fn open_spans_are_counted_through_every_removal() {
+        let s = store(2, 100);
+        s.insert(span(1, 1, None, 0, 0), 0);
+        // the same span id again, in another trace of the same shard or not:
+        // the newer replaces the older
+        s.insert(span(1, 1, None, 0, 1), 1);
+        assert_eq!((s.stats().entries, s.open_spans()), (1, 1));
+        assert!(s.close(&hex32(1), &hex16(1), SpanOutcome::Ok, None, 2));
+        assert_eq!(s.open_spans(), 0);
+        // evicted at the cap: finished ones, so the open count stays
+        for i in 2..6u64 {
+            s.insert(span(i, i, None, 0, 3), 3);
+        }
+        assert_eq!(s.open_spans(), 4);
+        // swept past the TTL, open or not
+        let entries = s.stats().entries;
+        assert_eq!(s.sweep(1_000), entries);
+        assert_eq!((s.stats().entries, s.open_spans()), (0, 0));
     }
 
     #[test]

@@ -97,7 +97,10 @@ mod tests {
         let bytes = encode(&[s], "svc", &|us| 1_000_000_000 + us * 1000);
         let v: Value = serde_json::from_slice(&bytes).unwrap();
         let rs = &v["resourceSpans"][0];
-        assert_eq!(rs["resource"]["attributes"][0]["value"]["stringValue"], "svc");
+        assert_eq!(
+            rs["resource"]["attributes"][0]["value"]["stringValue"],
+            "svc"
+        );
         let span = &rs["scopeSpans"][0]["spans"][0];
         assert_eq!(span["traceId"], "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(span["parentSpanId"], "1111111111111111");

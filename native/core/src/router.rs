@@ -17,13 +17,13 @@ use rand::{Rng, SeedableRng};
 
 use crate::agents::{Agent, AgentKind, AgentTable, Snapshot};
 use crate::breaker::{BreakerConfig, BreakerState, Permit, Transition};
-use crate::correlation::{CorrelationConfig, CorrelationStore, Span, SpanOutcome};
-use crate::trace::{self, TraceParent};
 use crate::clock::Clock;
+use crate::correlation::{CorrelationConfig, CorrelationStore, Span, SpanOutcome};
 use crate::error::FlowError;
 use crate::hot::{Hot, HotArena};
 use crate::learning::{Learner, QConfig, QStore, State};
 use crate::strategy::{PickContext, PickError, Strategy, StrategyState, softmax_weights};
+use crate::trace::{self, TraceParent};
 
 /// How a dispatched task ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -373,6 +373,54 @@ impl<P> Drop for Lease<P> {
     }
 }
 
+/// A task's open span. Ended once with [`TaskSpan::end`]; dropped unended
+/// (its holder died before the task finished), it closes as abandoned, so
+/// no task leaves its span open in the correlation store.
+#[derive(Debug)]
+pub struct TaskSpan {
+    shared: Arc<Shared>,
+    /// The task's trace context: `parent_id` is the task's own span id.
+    context: TraceParent,
+    ended: AtomicBool,
+}
+
+impl TaskSpan {
+    pub fn context(&self) -> &TraceParent {
+        &self.context
+    }
+
+    /// Closes the span with the task's outcome and the agent that answered;
+    /// false when it was ended already.
+    pub fn end(&self, outcome: SpanOutcome, agent_id: Option<&[u8]>) -> bool {
+        if self.ended.swap(true, Ordering::AcqRel) {
+            return false;
+        }
+        let now = self.shared.clock.now_us();
+        self.shared.correlation.close(
+            &self.context.trace_id,
+            &self.context.parent_id,
+            outcome,
+            agent_id,
+            now,
+        )
+    }
+}
+
+impl Drop for TaskSpan {
+    fn drop(&mut self) {
+        if !*self.ended.get_mut() {
+            let now = self.shared.clock.now_us();
+            self.shared.correlation.close(
+                &self.context.trace_id,
+                &self.context.parent_id,
+                SpanOutcome::Abandoned,
+                None,
+                now,
+            );
+        }
+    }
+}
+
 /// What one decision asks for.
 #[derive(Debug, Clone, Copy)]
 pub struct Request<'a> {
@@ -577,13 +625,14 @@ impl<P> Router<P> {
 
     /// Opens a task's span: under the caller's `traceparent` when there is
     /// one (same trace, the caller's span as parent), else in a new trace.
-    /// Returns the trace context the task carries.
+    /// The span stays open until [`TaskSpan::end`], or until the returned
+    /// guard is dropped, which closes it as abandoned.
     pub fn span_start<R: Rng + ?Sized>(
         &self,
         traceparent: Option<&[u8]>,
         summary: &[u8],
         rng: &mut R,
-    ) -> Result<TraceParent, trace::InvalidTraceContext> {
+    ) -> Result<TaskSpan, trace::InvalidTraceContext> {
         let (trace_id, parent, flags) = match traceparent {
             Some(h) => {
                 let tp = trace::parse_traceparent(h)?;
@@ -592,7 +641,7 @@ impl<P> Router<P> {
             None => (trace::generate_trace_id(rng), None, 1),
         };
         let span_id = trace::generate_span_id(rng);
-        let shared = self.shared();
+        let shared = self.agents.shared_arc();
         let now = shared.clock.now_us();
         shared.correlation.insert(
             Span {
@@ -608,26 +657,16 @@ impl<P> Router<P> {
             },
             now,
         );
-        Ok(TraceParent {
-            version: 0,
-            trace_id,
-            parent_id: span_id,
-            flags,
+        Ok(TaskSpan {
+            shared,
+            context: TraceParent {
+                version: 0,
+                trace_id,
+                parent_id: span_id,
+                flags,
+            },
+            ended: AtomicBool::new(false),
         })
-    }
-
-    /// Closes a task's span with its outcome and the agent that answered.
-    pub fn span_end(
-        &self,
-        trace_id: &[u8; 32],
-        span_id: &[u8; 16],
-        outcome: SpanOutcome,
-        agent_id: Option<&[u8]>,
-    ) -> bool {
-        let shared = self.shared();
-        shared
-            .correlation
-            .close(trace_id, span_id, outcome, agent_id, shared.clock.now_us())
     }
 
     /// The agent `req` would go to, without taking a lease: the selection

@@ -105,6 +105,8 @@ rustler::atoms! {
     decision_sum_us,
     decision_samples,
     correlation_entries,
+    correlation_open,
+    already_ended,
     correlation_evicted,
     correlation_expired,
     export_dropped,

@@ -148,7 +148,8 @@ fn router_options(opts: Term<'_>) -> NifOutcome<(RouterConfig, bool)> {
         } else if k == atoms::correlation_max_entries() {
             c.correlation.max_entries = positive_int(value)? as usize;
         } else if k == atoms::export_queue() {
-            c.correlation.export_queue = value.decode::<u32>().map_err(|_| badarg("opts"))? as usize;
+            c.correlation.export_queue =
+                value.decode::<u32>().map_err(|_| badarg("opts"))? as usize;
         } else if k == atoms::ewma_decay_ms() {
             c.ewma_decay_us = number(value, |v| v > 0.0)? * 1000.0;
         } else if !breaker_option(&mut c, k, value, &mut window)? {
@@ -337,6 +338,7 @@ fn router_stats<'a>(env: Env<'a>, router: Term<'a>) -> Term<'a> {
                 (atoms::decision_sum_us(), decision.sum_us.encode(env)),
                 (atoms::decision_samples(), decision.samples.encode(env)),
                 (atoms::correlation_entries(), corr.entries.encode(env)),
+                (atoms::correlation_open(), corr.open.encode(env)),
                 (atoms::correlation_evicted(), corr.evicted.encode(env)),
                 (atoms::correlation_expired(), corr.expired.encode(env)),
                 (atoms::export_dropped(), corr.export_dropped.encode(env)),
@@ -401,11 +403,12 @@ fn span_arg(term: Term<'_>) -> NifOutcome<Option<SpanArg<'_>>> {
     if Atom::from_term(term).is_ok_and(|a| a == atoms::undefined()) {
         return Ok(None);
     }
-    let (t, p, a, s): (Term, Term, u16, Binary) = term.decode().map_err(|_| badarg("span"))?;
+    let (t, p, a, s): (Term, Term, u32, Binary) = term.decode().map_err(|_| badarg("span"))?;
     Ok(Some((
         crate::tracing::id_arg::<32>(t, "span")?,
         crate::tracing::id_arg::<16>(p, "span")?,
-        a,
+        // decoded wide: rustler's u16 decoding would wrap
+        u16::try_from(a).map_err(|_| badarg("span"))?,
         s,
     )))
 }

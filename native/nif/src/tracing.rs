@@ -1,9 +1,10 @@
 //! Trace context and the correlation store for Erlang.
 
 use erlmcp_flow_core::correlation::{Span, SpanOutcome};
+use erlmcp_flow_core::router::TaskSpan;
 use erlmcp_flow_core::trace::{self, TraceParent};
 use erlmcp_flow_core::{FlowError, otlp};
-use rustler::{Atom, Binary, Encoder, Env, NewBinary, Term};
+use rustler::{Atom, Binary, Encoder, Env, NewBinary, Resource, ResourceArc, Term};
 
 use crate::atoms;
 use crate::decode::{choice, nonempty_binary};
@@ -118,10 +119,14 @@ fn format_traceparent<'a>(
     let parts = (
         id_arg::<32>(trace_id, "trace_id"),
         id_arg::<16>(span_id, "span_id"),
-        flags.decode::<u8>(),
+        // rustler's u8 decoding wraps 256 to 0: decode wider and check
+        flags
+            .decode::<u32>()
+            .ok()
+            .and_then(|f| u8::try_from(f).ok()),
     );
     match parts {
-        (Ok(trace_id), Ok(parent_id), Ok(flags)) => {
+        (Ok(trace_id), Ok(parent_id), Some(flags)) => {
             let header = trace::format_traceparent(&TraceParent {
                 version: 0,
                 trace_id,
@@ -143,8 +148,18 @@ fn validate_tracestate<'a>(env: Env<'a>, header: Term<'a>) -> Term<'a> {
     }
 }
 
+/// A task's open span, held by whoever waits for the task. The garbage
+/// collector drops it when its holders are gone; the core then closes an
+/// unended span as abandoned.
+pub struct TaskSpanResource {
+    span: TaskSpan,
+}
+
+#[rustler::resource_impl]
+impl Resource for TaskSpanResource {}
+
 /// `span_start(Router, Traceparent | undefined, Summary) ->
-/// {ok, TraceId, SpanId, Flags} | {error, invalid_trace_context}`.
+/// {ok, TraceId, SpanId, Flags, Span} | {error, invalid_trace_context}`.
 #[rustler::nif]
 fn span_start<'a>(
     env: Env<'a>,
@@ -164,40 +179,41 @@ fn span_start<'a>(
             }
         };
         let started = with_rng(|rng| {
-            r.router
-                .span_start(header.as_ref().map(|b| b.as_slice()), summary.as_slice(), rng)
+            r.router.span_start(
+                header.as_ref().map(|b| b.as_slice()),
+                summary.as_slice(),
+                rng,
+            )
         });
         Ok(match started {
-            Ok(tp) => (
-                atoms::ok(),
-                binary_term(env, &tp.trace_id),
-                binary_term(env, &tp.parent_id),
-                tp.flags,
-            )
-                .encode(env),
+            Ok(span) => {
+                let tp = *span.context();
+                (
+                    atoms::ok(),
+                    binary_term(env, &tp.trace_id),
+                    binary_term(env, &tp.parent_id),
+                    tp.flags,
+                    ResourceArc::new(TaskSpanResource { span }),
+                )
+                    .encode(env)
+            }
             Err(_) => invalid(env),
         })
     };
     reply(env, run())
 }
 
-/// `span_end(Router, TraceId, SpanId, ok | failed, AgentId | undefined) -> ok | {error, not_found}`.
+/// `span_end(Span, ok | failed, AgentId | undefined) -> ok | {error, already_ended}`.
 #[rustler::nif]
-fn span_end<'a>(
-    env: Env<'a>,
-    router: Term<'a>,
-    trace_id: Term<'a>,
-    span_id: Term<'a>,
-    outcome: Term<'a>,
-    agent: Term<'a>,
-) -> Term<'a> {
+fn span_end<'a>(env: Env<'a>, span: Term<'a>, outcome: Term<'a>, agent: Term<'a>) -> Term<'a> {
     let run = || -> NifOutcome<Term<'a>> {
-        let r = router_arg(router)?;
-        let t = id_arg::<32>(trace_id, "trace_id")?;
-        let s = id_arg::<16>(span_id, "span_id")?;
+        let span: ResourceArc<TaskSpanResource> = span.decode().map_err(|_| badarg("span"))?;
         let o = choice(
             outcome,
-            &[(atoms::ok, SpanOutcome::Ok), (atoms::failed, SpanOutcome::Failed)],
+            &[
+                (atoms::ok, SpanOutcome::Ok),
+                (atoms::failed, SpanOutcome::Failed),
+            ],
             "outcome",
         )?;
         let agent = if Atom::from_term(agent).is_ok_and(|a| a == atoms::undefined()) {
@@ -205,11 +221,11 @@ fn span_end<'a>(
         } else {
             Some(nonempty_binary(agent, "agent_id")?)
         };
-        if r.router.span_end(&t, &s, o, agent) {
-            Ok(atoms::ok().encode(env))
+        Ok(if span.span.end(o, agent) {
+            atoms::ok().encode(env)
         } else {
-            Err(NifError(FlowError::NotFound))
-        }
+            (atoms::error(), atoms::already_ended()).encode(env)
+        })
     };
     reply(env, run())
 }

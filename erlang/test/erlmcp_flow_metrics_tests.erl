@@ -1,0 +1,153 @@
+%% Metrics: the figures of stats/0 and agent_stats/1, the Prometheus
+%% exposition, and the /metrics listener scraped over a real socket.
+-module(erlmcp_flow_metrics_tests).
+
+-include_lib("eunit/include/eunit.hrl").
+
+-import(erlmcp_flow_test_util, [raw_agent/1, echo_agent/0, wait_until/1, with_env/2]).
+
+-define(FAST, #{base_retry_delay => 0, max_retry_delay => 0}).
+
+rate_test() ->
+    ?assertEqual(100.0, erlmcp_flow_metrics:tasks_per_second(0, 1000, 100, 2000)),
+    ?assertEqual(2500.0, erlmcp_flow_metrics:tasks_per_second(10, 0, 60, 20)),
+    ?assertEqual(0.0, erlmcp_flow_metrics:tasks_per_second(5, 7, 9, 7)),
+    %% a counter that went back (a restarted router) gives no negative rate
+    ?assertEqual(0.0, erlmcp_flow_metrics:tasks_per_second(50, 0, 3, 1000)).
+
+metrics_test_() ->
+    {foreach,
+     fun erlmcp_flow_test_util:start/0,
+     fun(Apps) ->
+             [ok = erlmcp_flow:unregister_agent(Id) || {Id, _, _, _} <- erlmcp_flow_registry:list_agents()],
+             wait_until(fun() -> maps:get(in_flight, erlmcp_flow:stats()) =:= 0 end),
+             erlmcp_flow_test_util:stop(Apps)
+     end,
+     [{"stats/0 has every global figure", fun global/0},
+      {"agent_stats/1 has every per-agent figure", fun per_agent/0},
+      {"the exposition parses and carries the figures", fun exposition/0},
+      {"the listener is off by default", fun off_by_default/0}]}.
+
+global() ->
+    ok = erlmcp_flow:register_agent(<<"bad">>, raw_agent(fun(_) -> {error, no} end), [<<"x">>]),
+    ok = erlmcp_flow:register_agent(<<"good">>, echo_agent(), [<<"x">>]),
+    _ = erlmcp_flow_metrics:tick(),
+    Answers = [erlmcp_flow:execute(#{}, #{strategy => round_robin}, ?FAST)
+               || _ <- lists:seq(1, 200)],
+    spin_a_millisecond(),
+    _ = erlmcp_flow_metrics:tick(),
+    S = erlmcp_flow:stats(),
+    Keys = [agents, in_flight, completed, tasks_per_second, episodes, epsilon, retries,
+            fallbacks, overloaded, breaker_opened, breaker_half_opened, breaker_closed,
+            decision_p50_us, decision_p90_us, decision_p99_us, decision_max_us,
+            decision_sum_us, decision_samples, correlation_entries, correlation_open,
+            correlation_evicted,
+            correlation_expired, spans_exported, export_failures, spans_lost, export_dropped],
+    ?assertEqual([], Keys -- maps:keys(S)),
+    [?assert(is_number(maps:get(K, S))) || K <- Keys],
+    Attempts = lists:sum([N || {ok, _, #{attempts := N}} <- Answers]),
+    ?assertEqual(200, length([ok || {ok, _, _} <- Answers])),
+    #{completed := Completed, retries := Retries, tasks_per_second := Rate,
+      decision_samples := Samples, correlation_entries := Entries} = S,
+    ?assertEqual(Attempts, Completed),
+    ?assertEqual(Attempts - 200, Retries),
+    ?assert(Rate > 0),
+    %% one decision in 64 is timed
+    ?assert(Samples >= Attempts div 64 - 3 andalso Samples =< Attempts div 64 + 3),
+    ?assertEqual(200 + Attempts, Entries),
+    %% the breaker of the bad agent opened (5 failures in a row by default)
+    ?assert(maps:get(breaker_opened, S) >= 1).
+
+per_agent() ->
+    ok = erlmcp_flow:register_agent(<<"a">>, echo_agent(), [<<"x">>]),
+    [{ok, _, _} = erlmcp_flow:execute(#{}, #{}) || _ <- lists:seq(1, 20)],
+    {ok, A} = erlmcp_flow:agent_stats(<<"a">>),
+    ?assertMatch(#{in_flight := 0, dispatched := 20, succeeded := 20, failed := 0,
+                   timed_out := 0, down := 0, success_rate := 1.0, breaker := closed}, A),
+    [?assert(is_number(maps:get(K, A))) || K <- [ewma_latency_us, p50_us, p95_us, p99_us]],
+    #{p50_us := P50, p95_us := P95, p99_us := P99} = A,
+    ?assert(P50 =< P95 andalso P95 =< P99).
+
+exposition() ->
+    Weird = <<"we\"ird\\id\nx">>,
+    ok = erlmcp_flow:register_agent(<<"a">>, echo_agent(), [<<"x">>]),
+    ok = erlmcp_flow:register_agent(Weird, raw_agent(fun(_) -> {error, no} end), [<<"y">>]),
+    [{ok, _, _} = erlmcp_flow:execute(#{}, #{capabilities => [<<"x">>]}) || _ <- lists:seq(1, 7)],
+    [{error, _} = erlmcp_flow:execute(#{}, #{capabilities => [<<"y">>]}, ?FAST)
+     || _ <- lists:seq(1, 3)],
+    Body = iolist_to_binary(erlmcp_flow_prometheus:render()),
+    {ok, Types, Samples} = erlmcp_flow_test_prometheus:parse(Body),
+    ?assertEqual(summary, maps:get(<<"erlmcp_flow_decision_latency_seconds">>, Types)),
+    ?assertEqual(counter, maps:get(<<"erlmcp_flow_agent_tasks_total">>, Types)),
+    Get = fun(Name, Labels) ->
+                  [V] = [V || {N, L, V} <- Samples, N =:= Name, L =:= Labels],
+                  V
+          end,
+    ?assertEqual(2, Get(<<"erlmcp_flow_agents">>, #{})),
+    ?assertEqual(7, Get(<<"erlmcp_flow_agent_tasks_total">>, #{<<"agent">> => <<"a">>})),
+    ?assertEqual(1.0, Get(<<"erlmcp_flow_agent_success_ratio">>, #{<<"agent">> => <<"a">>})),
+    %% the weird id came back whole through the escaping
+    {ok, #{failed := Failed, timed_out := 0, down := 0}} = erlmcp_flow:agent_stats(Weird),
+    ?assert(Failed >= 3),
+    ?assertEqual(Failed, Get(<<"erlmcp_flow_agent_failures_total">>, #{<<"agent">> => Weird})),
+    ?assertEqual(1, Get(<<"erlmcp_flow_agent_breaker_state">>,
+                        #{<<"agent">> => <<"a">>, <<"state">> => <<"closed">>})),
+    ?assertEqual(0, Get(<<"erlmcp_flow_agent_breaker_state">>,
+                        #{<<"agent">> => <<"a">>, <<"state">> => <<"open">>})),
+    P99 = Get(<<"erlmcp_flow_agent_latency_seconds">>,
+              #{<<"agent">> => <<"a">>, <<"quantile">> => <<"0.99">>}),
+    ?assert(is_float(P99) andalso P99 > 0),
+    ?assert(is_float(Get(<<"erlmcp_flow_decision_latency_seconds">>,
+                         #{<<"quantile">> => <<"0.99">>}))),
+    ?assertEqual(7 + Failed, Get(<<"erlmcp_flow_tasks_completed_total">>, #{})),
+    ?assertEqual(10 + 7 + Failed, Get(<<"erlmcp_flow_correlation_entries">>, #{})).
+
+off_by_default() ->
+    ?assertEqual(undefined, erlmcp_flow_metrics_http:port()),
+    ?assertEqual(undefined, whereis(erlmcp_flow_metrics_http)).
+
+scrape_test() ->
+    with_env([{metrics, #{http => true, port => 0}}],
+             fun() ->
+                     Port = erlmcp_flow_metrics_http:port(),
+                     ?assert(is_integer(Port) andalso Port > 0),
+                     ok = erlmcp_flow:register_agent(<<"a">>, echo_agent(), [<<"x">>]),
+                     [{ok, _, _} = erlmcp_flow:execute(#{}, #{}) || _ <- lists:seq(1, 5)],
+                     Url = "http://127.0.0.1:" ++ integer_to_list(Port),
+                     {ok, {{_, 200, _}, Headers, Body}} =
+                         httpc:request(get, {Url ++ "/metrics", []}, [],
+                                       [{body_format, binary}]),
+                     ?assertEqual("text/plain; version=0.0.4; charset=utf-8",
+                                  proplists:get_value("content-type", Headers)),
+                     {ok, _, Samples} = erlmcp_flow_test_prometheus:parse(Body),
+                     ?assert(length(Samples) > 30),
+                     ?assert(lists:member({<<"erlmcp_flow_agent_tasks_total">>,
+                                           #{<<"agent">> => <<"a">>}, 5}, Samples)),
+                     ?assertMatch({ok, {{_, 404, _}, _, _}},
+                                  httpc:request(get, {Url ++ "/other", []}, [], [])),
+                     ?assertMatch({ok, {{_, 405, _}, _, _}},
+                                  httpc:request(post, {Url ++ "/metrics", [], "text/plain", "x"},
+                                                [], [])),
+                     %% loopback only by default
+                     {ok, Other} = non_loopback_address(),
+                     ?assertMatch({error, _}, gen_tcp:connect(Other, Port, [], 1000))
+             end).
+
+%% An address of this host that is not loopback, when it has one.
+non_loopback_address() ->
+    {ok, Ifs} = inet:getifaddrs(),
+    case [A || {_, Opts} <- Ifs, {addr, A} <- Opts, tuple_size(A) =:= 4,
+               element(1, A) =/= 127] of
+        [A | _] -> {ok, A};
+        [] -> {ok, {127, 0, 0, 2}}  % still not the bound 127.0.0.1
+    end.
+
+spin_a_millisecond() ->
+    T0 = erlang:monotonic_time(millisecond),
+    spin_until(T0 + 1).
+
+spin_until(T) ->
+    case erlang:monotonic_time(millisecond) >= T of
+        true -> ok;
+        false -> erlang:yield(), spin_until(T)
+    end.
