@@ -11,13 +11,23 @@
 //!   rebuild for 1000 agents x 150 points;
 //! - `resilience/...`: a closed breaker's check, a bulkhead permit taken and
 //!   given back, and a breaker call asked and recorded by agent id;
-//! - `trace/...`: id generation.
+//! - `trace/...`: id generation, `traceparent` parsing and formatting,
+//!   `tracestate` validation;
+//! - `correlation/...`: a span inserted and closed in the store at its cap of
+//!   100 000 entries (each insert evicts the oldest finished span), and a
+//!   trace's chain read back;
+//! - `traced_task/...`: one task's decision and completion without tracing,
+//!   and with its task span and attempt span opened and closed.
 
 use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use erlmcp_flow_core::learning::{Learner, QConfig, QRow};
 use erlmcp_flow_core::ring::{Ring, key_hash};
+use std::sync::Arc;
+
+use erlmcp_flow_core::correlation::{CorrelationConfig, CorrelationStore, Opened, SpanOutcome};
+use erlmcp_flow_core::router::SpanRequest;
 use erlmcp_flow_core::{AgentSpec, Clock, Outcome, Request, Router, RouterConfig, Strategy, trace};
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
@@ -175,6 +185,104 @@ fn trace_ids(c: &mut Criterion) {
     c.bench_function("trace/generate_span_id", |b| {
         b.iter(|| trace::generate_span_id(&mut rng))
     });
+    let header = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    c.bench_function("trace/parse_traceparent", |b| {
+        b.iter(|| trace::parse_traceparent(black_box(header)).expect("valid"))
+    });
+    let parsed = trace::parse_traceparent(header).expect("valid");
+    c.bench_function("trace/format_traceparent", |b| {
+        b.iter(|| trace::format_traceparent(black_box(&parsed)))
+    });
+    let state = b"rojo=00f067aa0ba902b7,congo=t61rcWkgMzE,vendor@tenant=abc";
+    c.bench_function("trace/validate_tracestate/3_members", |b| {
+        b.iter(|| trace::validate_tracestate(black_box(state)).expect("valid"))
+    });
+}
+
+/// A span as a task's attempt opens it.
+fn span(trace_id: [u8; 32], span_id: [u8; 16], agent: &Arc<[u8]>, summary: &Arc<[u8]>) -> Opened {
+    Opened {
+        trace_id,
+        span_id,
+        parent_span_id: Some(*b"00f067aa0ba902b7"),
+        agent_id: Some(Arc::clone(agent)),
+        summary: Some(Arc::clone(summary)),
+        attempt: 1,
+    }
+}
+
+/// The correlation store at its default cap of 100 000 entries, full: every
+/// insert evicts the oldest finished span.
+fn correlation(c: &mut Criterion) {
+    const ENTRIES: usize = 100_000;
+    let store = CorrelationStore::new(CorrelationConfig::default());
+    assert_eq!(store.config().max_entries, ENTRIES);
+    let mut rng = SmallRng::seed_from_u64(11);
+    // ids made beforehand, so that the bench times the store alone
+    let ids: Vec<([u8; 32], [u8; 16])> = (0..1 << 20)
+        .map(|_| {
+            (
+                trace::generate_trace_id(&mut rng),
+                trace::generate_span_id(&mut rng),
+            )
+        })
+        .collect();
+    let agent: Arc<[u8]> = b"agent-7".as_slice().into();
+    let summary: Arc<[u8]> = b"review 42".as_slice().into();
+    let mut now = 0u64;
+    for &(t, s) in &ids[..ENTRIES] {
+        now += 1;
+        store.insert(span(t, s, &agent, &summary), now);
+        store.close(&t, &s, SpanOutcome::Ok, None, now);
+    }
+    let mut i = ENTRIES;
+    c.bench_function("correlation/insert_close/100k_entries", |b| {
+        b.iter(|| {
+            let (t, s) = ids[i & ((1 << 20) - 1)];
+            i += 1;
+            now += 1;
+            store.insert(span(t, s, &agent, &summary), now);
+            store.close(&t, &s, SpanOutcome::Ok, None, now)
+        })
+    });
+    assert!(store.stats().entries <= ENTRIES + 16);
+    c.bench_function("correlation/chain/2_spans", |b| {
+        b.iter(|| store.chain(black_box(&ids[(i - 1) & ((1 << 20) - 1)].0)))
+    });
+}
+
+/// One task as `execute` runs it with tracing on, beside the same without:
+/// the task's span opened, a decision that opens the attempt's span, the
+/// completion that closes it, the task's span closed.
+fn traced_task(c: &mut Criterion) {
+    let mut g = c.benchmark_group("traced_task");
+    let r = router(60);
+    let mut rng = SmallRng::seed_from_u64(5);
+    g.bench_function("untraced/round_robin/60", |b| {
+        b.iter(|| {
+            let lease = r
+                .decide(&Request::new(&[], Strategy::RoundRobin), &mut rng)
+                .expect("agents");
+            lease.complete(Outcome::Success)
+        })
+    });
+    g.bench_function("traced/round_robin/60", |b| {
+        b.iter(|| {
+            let task = r
+                .span_start(None, b"review 42", &mut rng)
+                .expect("no header");
+            let mut req = Request::new(&[], Strategy::RoundRobin);
+            req.span = Some(SpanRequest {
+                task: &task,
+                attempt: 1,
+            });
+            let lease = r.decide(&req, &mut rng).expect("agents");
+            let agent = lease.agent().id().to_vec();
+            lease.complete(Outcome::Success);
+            task.end(SpanOutcome::Ok, Some(&agent))
+        })
+    });
+    g.finish();
 }
 
 criterion_group!(
@@ -184,6 +292,8 @@ criterion_group!(
     learn,
     ring,
     breaker,
-    trace_ids
+    trace_ids,
+    correlation,
+    traced_task
 );
 criterion_main!(benches);

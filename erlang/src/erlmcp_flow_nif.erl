@@ -74,9 +74,9 @@
                          correlation_ttl_ms => pos_integer(),
                          correlation_max_entries => pos_integer(),
                          export_queue => non_neg_integer()}.
-%% The span a decision opens for its attempt: trace id, the task's span id
-%% (the parent), the attempt number and a short summary of the task.
--type span_request() :: {binary(), binary(), pos_integer(), binary()}.
+%% The span a decision opens for its attempt: a child of the task's span
+%% (from `span_start/3'), with the attempt's number.
+-type span_request() :: {task_span(), pos_integer()}.
 -type span() :: #{trace_id := binary(), span_id := binary(),
                   parent_span_id := binary() | undefined, agent_id := binary() | undefined,
                   summary := binary(), start_us := non_neg_integer(),

@@ -48,7 +48,7 @@
 %% `span' ends it; if the process holding it dies first, the span closes as
 %% `abandoned' when the garbage collector frees it.
 -type trace() :: #{trace_id := binary(), span_id := binary(), trace_flags := 0..255,
-                   summary := binary(), span := erlmcp_flow_nif:task_span(),
+                   span := erlmcp_flow_nif:task_span(),
                    tracestate => binary()}.
 -type answer() :: {ok, term(), erlmcp_flow:meta()} | {error, term()}.
 %% One failed attempt, as reported in `Meta' and in `no_available_agent'.
@@ -243,15 +243,14 @@ kind(fallback) -> swarm.
 
 %% One decision: the agent, its lease, and the context of the attempt's span
 %% (opened by the decision as a child of the task's span).
-decide(#{capabilities := Caps, strategy := Strategy} = Plan,
-       #{trace_id := TraceId, span_id := TaskSpan, summary := Summary} = Trace, N, Exclude,
-       Kind) ->
+decide(#{capabilities := Caps, strategy := Strategy} = Plan, #{span := TaskSpan} = Trace, N,
+       Exclude, Kind) ->
     Class = case Plan of
                 #{task_class := C} when is_binary(C) -> C;
                 #{task_class := C} -> term_to_binary(C);
                 #{} -> undefined
             end,
-    Span = {TraceId, TaskSpan, min(N, ?MAX_ATTEMPT_NO), Summary},
+    Span = {TaskSpan, min(N, ?MAX_ATTEMPT_NO)},
     case erlmcp_flow_nif:decide(erlmcp_flow_registry:router(), Caps, Strategy,
                                 maps:get(sticky_key, Plan, undefined), Class, Exclude, Kind,
                                 Span) of
@@ -273,11 +272,10 @@ agent_context(#{trace_id := T, span_id := Parent, trace_flags := F} = Trace, Spa
 %% the root of a new trace.
 start_trace(Task, Plan) ->
     TP = maps:get(traceparent, Plan, undefined),
-    Summary = summary(Task),
-    case erlmcp_flow_nif:span_start(erlmcp_flow_registry:router(), TP, Summary) of
+    case erlmcp_flow_nif:span_start(erlmcp_flow_registry:router(), TP, summary(Task)) of
         {ok, TraceId, SpanId, Flags, Span} ->
             Trace = #{trace_id => TraceId, span_id => SpanId, trace_flags => Flags,
-                      summary => Summary, span => Span},
+                      span => Span},
             case Plan of
                 #{tracestate := TS} -> {ok, Trace#{tracestate => TS}};
                 #{} -> {ok, Trace}

@@ -60,7 +60,8 @@ impl<P> AgentSpec<P> {
 pub struct Agent<P> {
     /// First: what decisions read (see [`AgentStats`]).
     stats: AgentStats,
-    id: Box<[u8]>,
+    /// Shared with the spans of its tasks.
+    id: Arc<[u8]>,
     payload: P,
     capabilities: Box<[Box<[u8]>]>,
     kind: AgentKind,
@@ -76,6 +77,11 @@ pub struct Agent<P> {
 impl<P> Agent<P> {
     pub fn id(&self) -> &[u8] {
         &self.id
+    }
+
+    /// The id, shared.
+    pub fn id_arc(&self) -> Arc<[u8]> {
+        Arc::clone(&self.id)
     }
 
     pub fn payload(&self) -> &P {
@@ -172,7 +178,7 @@ struct Posting {
 #[derive(Debug)]
 pub struct Snapshot<P> {
     agents: Vec<Arc<Agent<P>>>,
-    by_id: FxHashMap<Box<[u8]>, u32>,
+    by_id: FxHashMap<Arc<[u8]>, u32>,
     postings: FxHashMap<Box<[u8]>, Posting>,
     /// Per slot, the snapshot-local ids of its capabilities, ascending.
     slot_caps: Vec<Box<[u32]>>,
@@ -511,7 +517,7 @@ impl<P> AgentTable<P> {
                         .q_store()
                         .checkout(&spec.id, shared.learner().config()),
                     uid: shared.next_uid(),
-                    id: spec.id.into_boxed_slice(),
+                    id: spec.id.into(),
                     payload: spec.payload,
                     capabilities: capabilities.into_boxed_slice(),
                     kind: spec.kind,

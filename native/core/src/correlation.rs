@@ -11,8 +11,8 @@
 //! the TTL too, which only a lost completion leaves behind.
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use rustc_hash::FxHashMap;
 
@@ -48,7 +48,7 @@ impl SpanOutcome {
     }
 }
 
-/// One span.
+/// One span, as read from the store.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Span {
     /// 32 lowercase hex digits.
@@ -98,27 +98,179 @@ pub struct CorrelationStats {
     pub export_dropped: u64,
 }
 
+/// A span being opened. Ids are lowercase hex, as [`crate::trace`] makes
+/// and validates them; the agent and the summary are shared, not copied.
+#[derive(Debug, Clone)]
+pub struct Opened {
+    pub trace_id: [u8; 32],
+    pub span_id: [u8; 16],
+    pub parent_span_id: Option<[u8; 16]>,
+    pub agent_id: Option<Arc<[u8]>>,
+    pub summary: Option<Arc<[u8]>>,
+    pub attempt: u16,
+}
+
+/// A trace id as two words (the store keeps ids binary: half the bytes of
+/// hex, and cheap to hash).
+type TraceKey = (u64, u64);
+/// "No slot".
+const NIL: u32 = u32::MAX;
+
+/// One span in a shard's slab.
+#[derive(Debug)]
+struct Slot {
+    trace: TraceKey,
+    span: u64,
+    /// 0: none (an all-zero span id is invalid, so never a real parent).
+    parent: u64,
+    start_us: u64,
+    end_us: u64,
+    agent: Option<Arc<[u8]>>,
+    summary: Option<Arc<[u8]>>,
+    /// The next span of the same trace.
+    next: u32,
+    attempt: u16,
+    outcome: SpanOutcome,
+    live: bool,
+}
+
+impl Slot {
+    fn view(&self) -> Span {
+        Span {
+            trace_id: trace_hex(self.trace),
+            span_id: span_hex(self.span),
+            parent_span_id: (self.parent != 0).then(|| span_hex(self.parent)),
+            agent_id: self.agent.as_deref().unwrap_or_default().into(),
+            summary: self.summary.as_deref().unwrap_or_default().into(),
+            start_us: self.start_us,
+            end_us: self.end_us,
+            outcome: self.outcome,
+            attempt: self.attempt,
+        }
+    }
+}
+
+/// A finished span waiting for the exporter: the slot's fields, with the
+/// agent and summary shared.
+#[derive(Debug, Clone)]
+struct Finished {
+    trace: TraceKey,
+    span: u64,
+    parent: u64,
+    start_us: u64,
+    end_us: u64,
+    agent: Option<Arc<[u8]>>,
+    summary: Option<Arc<[u8]>>,
+    attempt: u16,
+    outcome: SpanOutcome,
+}
+
+impl Finished {
+    fn view(&self) -> Span {
+        Slot {
+            trace: self.trace,
+            span: self.span,
+            parent: self.parent,
+            start_us: self.start_us,
+            end_us: self.end_us,
+            agent: self.agent.clone(),
+            summary: self.summary.clone(),
+            next: NIL,
+            attempt: self.attempt,
+            outcome: self.outcome,
+            live: true,
+        }
+        .view()
+    }
+}
+
 #[derive(Debug, Default)]
 struct Shard {
-    /// Spans by trace; a trace has a task span and a few attempts.
-    traces: FxHashMap<[u8; 32], Vec<Span>>,
-    /// Span id to trace, for lookups by span.
-    by_span: FxHashMap<[u8; 16], [u8; 32]>,
-    /// Finished spans, oldest first: the eviction order.
-    finished: VecDeque<([u8; 32], [u8; 16], u64)>,
+    /// The spans; freed slots are reused first.
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    /// The first slot of each trace; its spans are linked through `next`.
+    /// (No index by span id: a close names its trace, and a lookup by span
+    /// id alone is for operators, so it scans.)
+    by_trace: FxHashMap<TraceKey, u32>,
+    /// Finished spans, oldest first: the eviction and expiry order. An entry
+    /// whose slot holds another span by now is skipped.
+    finished: VecDeque<(u64, u64, u32)>,
+    export: VecDeque<Finished>,
 }
 
 impl Shard {
-    /// Removes a span; returns it when it was there.
-    fn remove(&mut self, trace: &[u8; 32], span: &[u8; 16]) -> Option<Span> {
-        let spans = self.traces.get_mut(trace)?;
-        let i = spans.iter().position(|s| &s.span_id == span)?;
-        let removed = spans.swap_remove(i);
-        if spans.is_empty() {
-            self.traces.remove(trace);
+    fn slot_of(&self, trace: TraceKey, span: u64) -> Option<u32> {
+        let mut at = self.by_trace.get(&trace).copied().unwrap_or(NIL);
+        while at != NIL {
+            let s = &self.slots[at as usize];
+            if s.span == span {
+                return Some(at);
+            }
+            at = s.next;
         }
-        self.by_span.remove(span);
-        Some(removed)
+        None
+    }
+
+    fn alloc(&mut self, slot: Slot) -> u32 {
+        match self.free.pop() {
+            Some(i) => {
+                self.slots[i as usize] = slot;
+                i
+            }
+            None => {
+                self.slots.push(slot);
+                (self.slots.len() - 1) as u32
+            }
+        }
+    }
+
+    /// Removes the span in slot `i`; returns whether it was open.
+    fn remove(&mut self, i: u32) -> bool {
+        let (trace, next) = {
+            let s = &self.slots[i as usize];
+            (s.trace, s.next)
+        };
+        // unlink from the trace's list (a few spans long)
+        match self.by_trace.get(&trace).copied() {
+            Some(head) if head == i => {
+                if next == NIL {
+                    self.by_trace.remove(&trace);
+                } else {
+                    self.by_trace.insert(trace, next);
+                }
+            }
+            Some(mut at) => {
+                while at != NIL {
+                    let n = self.slots[at as usize].next;
+                    if n == i {
+                        self.slots[at as usize].next = next;
+                        break;
+                    }
+                    at = n;
+                }
+            }
+            None => {}
+        }
+        let s = &mut self.slots[i as usize];
+        let was_open = s.outcome == SpanOutcome::Open;
+        s.live = false;
+        s.agent = None;
+        s.summary = None;
+        s.next = NIL;
+        self.free.push(i);
+        was_open
+    }
+
+    fn spans_of(&self, trace: TraceKey) -> Vec<Span> {
+        let mut out = Vec::new();
+        let mut at = self.by_trace.get(&trace).copied().unwrap_or(NIL);
+        while at != NIL {
+            let s = &self.slots[at as usize];
+            out.push(s.view());
+            at = s.next;
+        }
+        out
     }
 }
 
@@ -132,12 +284,58 @@ pub struct CorrelationStore {
     open: AtomicUsize,
     evicted: AtomicU64,
     expired: AtomicU64,
-    export: Mutex<VecDeque<Span>>,
+    /// Spans in the export queues, and the next queue to drain first.
+    exporting: AtomicUsize,
+    export_next: AtomicUsize,
     export_dropped: AtomicU64,
 }
 
-fn shard_of(trace: &[u8; 32]) -> usize {
-    (xxhash_rust::xxh3::xxh3_64(trace) as usize) % SHARDS
+fn shard_of(trace: TraceKey) -> usize {
+    // the ids are random: their low bits spread evenly
+    (trace.1 as usize) % SHARDS
+}
+
+/// 16 lowercase hex digits to their value, branch-free: each byte becomes
+/// its nibble (`c & 0xf`, plus 9 for `a`-`f`), then neighbours pair up.
+fn hex_word(hex: &[u8]) -> u64 {
+    fn eight(b: &[u8]) -> u64 {
+        let mut x = [0u8; 8];
+        x.copy_from_slice(b);
+        let x = u64::from_be_bytes(x);
+        let v = (x & 0x0f0f_0f0f_0f0f_0f0f) + ((x >> 6) & 0x0101_0101_0101_0101) * 9;
+        let v = (v | (v >> 4)) & 0x00ff_00ff_00ff_00ff;
+        let v = (v | (v >> 8)) & 0x0000_ffff_0000_ffff;
+        (v | (v >> 16)) & 0xffff_ffff
+    }
+    (eight(&hex[..8]) << 32) | eight(&hex[8..16])
+}
+
+fn trace_key(hex: &[u8; 32]) -> TraceKey {
+    (hex_word(&hex[..16]), hex_word(&hex[16..]))
+}
+
+fn span_key(hex: &[u8; 16]) -> u64 {
+    hex_word(hex)
+}
+
+fn word_hex(w: u64, out: &mut [u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = DIGITS[((w >> (60 - 4 * i)) & 0xf) as usize];
+    }
+}
+
+fn trace_hex(t: TraceKey) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    word_hex(t.0, &mut out[..16]);
+    word_hex(t.1, &mut out[16..]);
+    out
+}
+
+fn span_hex(s: u64) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    word_hex(s, &mut out);
+    out
 }
 
 impl CorrelationStore {
@@ -149,7 +347,8 @@ impl CorrelationStore {
             open: AtomicUsize::new(0),
             evicted: AtomicU64::new(0),
             expired: AtomicU64::new(0),
-            export: Mutex::new(VecDeque::new()),
+            exporting: AtomicUsize::new(0),
+            export_next: AtomicUsize::new(0),
             export_dropped: AtomicU64::new(0),
         }
     }
@@ -158,37 +357,62 @@ impl CorrelationStore {
         &self.config
     }
 
-    fn shard(&self, trace: &[u8; 32]) -> std::sync::MutexGuard<'_, Shard> {
-        self.shards[shard_of(trace)]
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+    fn shard(&self, i: usize) -> std::sync::MutexGuard<'_, Shard> {
+        self.shards[i].lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Adds an open span. Past the cap, the shard's oldest finished spans go
-    /// first; the insert itself always succeeds.
-    pub fn insert(&self, mut span: Span, now_us: u64) {
-        span.summary = cut(span.summary);
-        let trace = span.trace_id;
-        let id = span.span_id;
-        let mut shard = self.shard(&trace);
+    /// Counts a removed span out.
+    fn forget(&self, was_open: bool) {
+        self.entries.fetch_sub(1, Ordering::Relaxed);
+        if was_open {
+            self.open.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Adds an open span, started now. Past the cap, the shard's oldest
+    /// finished spans go first; the insert itself always succeeds.
+    pub fn insert(&self, span: Opened, now_us: u64) {
+        let trace = trace_key(&span.trace_id);
+        let id = span_key(&span.span_id);
+        let mut shard = self.shard(shard_of(trace));
         self.expire_front(&mut shard, now_us);
-        if let Some(old_trace) = shard.by_span.insert(id, trace) {
+        if let Some(old) = shard.slot_of(trace, id) {
             // The same span id again (a caller reusing a traceparent's span
             // id as its own): the newer span replaces the older.
-            if let Some(old) = shard.remove(&old_trace, &id) {
-                self.forget(&old);
-            }
-            shard.by_span.insert(id, trace);
+            let was_open = shard.remove(old);
+            self.forget(was_open);
         }
-        shard.traces.entry(trace).or_default().push(span);
+        let head = shard.by_trace.get(&trace).copied().unwrap_or(NIL);
+        let summary = span.summary.map(|s| {
+            if s.len() <= SUMMARY_MAX {
+                s
+            } else {
+                s[..SUMMARY_MAX].into()
+            }
+        });
+        let i = shard.alloc(Slot {
+            trace,
+            span: id,
+            parent: span.parent_span_id.as_ref().map_or(0, span_key),
+            start_us: now_us,
+            end_us: 0,
+            agent: span.agent_id,
+            summary,
+            next: head,
+            attempt: span.attempt,
+            outcome: SpanOutcome::Open,
+            live: true,
+        });
+        shard.by_trace.insert(trace, i);
         self.open.fetch_add(1, Ordering::Relaxed);
         let total = self.entries.fetch_add(1, Ordering::Relaxed) + 1;
         let over = total.saturating_sub(self.config.max_entries);
         for _ in 0..over.min(4) {
             match shard.finished.pop_front() {
-                Some((t, s, _)) => {
-                    if let Some(old) = shard.remove(&t, &s) {
-                        self.forget(&old);
+                Some((span, _, slot)) => {
+                    if Self::holds(&shard, slot, span) {
+                        let was_open = shard.remove(slot);
+                        self.forget(was_open);
                         self.evicted.fetch_add(1, Ordering::Relaxed);
                     }
                 }
@@ -197,15 +421,22 @@ impl CorrelationStore {
         }
     }
 
+    /// Whether `slot` still holds the finished span `span`.
+    fn holds(shard: &Shard, slot: u32, span: u64) -> bool {
+        let s = &shard.slots[slot as usize];
+        s.live && s.span == span && s.outcome != SpanOutcome::Open
+    }
+
     /// Drops finished spans past their TTL from the front of a shard's queue.
     fn expire_front(&self, shard: &mut Shard, now_us: u64) {
-        while let Some(&(t, s, end)) = shard.finished.front() {
+        while let Some(&(span, end, slot)) = shard.finished.front() {
             if end.saturating_add(self.config.ttl_us) > now_us {
                 break;
             }
             shard.finished.pop_front();
-            if let Some(old) = shard.remove(&t, &s) {
-                self.forget(&old);
+            if Self::holds(shard, slot, span) {
+                let was_open = shard.remove(slot);
+                self.forget(was_open);
                 self.expired.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -215,52 +446,57 @@ impl CorrelationStore {
     /// Returns whether the span was there and open.
     pub fn close(
         &self,
-        trace: &[u8; 32],
-        span: &[u8; 16],
+        trace_id: &[u8; 32],
+        span_id: &[u8; 16],
         outcome: SpanOutcome,
-        agent_id: Option<&[u8]>,
+        agent_id: Option<Arc<[u8]>>,
         now_us: u64,
     ) -> bool {
-        let mut shard = self.shard(trace);
-        let Some(entry) = shard
-            .traces
-            .get_mut(trace)
-            .and_then(|spans| spans.iter_mut().find(|s| &s.span_id == span))
-        else {
+        let trace = trace_key(trace_id);
+        let id = span_key(span_id);
+        let mut shard = self.shard(shard_of(trace));
+        let Some(i) = shard.slot_of(trace, id) else {
             return false;
         };
-        if entry.outcome != SpanOutcome::Open {
+        let slot = &mut shard.slots[i as usize];
+        if slot.outcome == SpanOutcome::Open {
+            slot.end_us = now_us.max(slot.start_us);
+            slot.outcome = outcome;
+            if agent_id.is_some() {
+                slot.agent = agent_id;
+            }
+        } else {
             return false;
         }
         self.open.fetch_sub(1, Ordering::Relaxed);
-        entry.end_us = now_us.max(entry.start_us);
-        entry.outcome = outcome;
-        if let Some(a) = agent_id {
-            entry.agent_id = a.into();
-        }
-        let exported = (self.config.export_queue > 0).then(|| entry.clone());
-        shard.finished.push_back((*trace, *span, now_us));
-        drop(shard);
-        if let Some(e) = exported {
-            let mut q = self.export.lock().unwrap_or_else(|e| e.into_inner());
-            if q.len() >= self.config.export_queue {
-                q.pop_front();
+        let exported = (self.config.export_queue > 0).then(|| Finished {
+            trace: slot.trace,
+            span: slot.span,
+            parent: slot.parent,
+            start_us: slot.start_us,
+            end_us: slot.end_us,
+            agent: slot.agent.clone(),
+            summary: slot.summary.clone(),
+            attempt: slot.attempt,
+            outcome: slot.outcome,
+        });
+        shard.finished.push_back((id, now_us, i));
+        if let Some(f) = exported {
+            if self.exporting.fetch_add(1, Ordering::Relaxed) < self.config.export_queue {
+                shard.export.push_back(f);
+            } else {
+                self.exporting.fetch_sub(1, Ordering::Relaxed);
                 self.export_dropped.fetch_add(1, Ordering::Relaxed);
             }
-            q.push_back(e);
         }
         true
     }
 
     /// The spans of a trace in parent order: each span after its parent,
     /// siblings by start time; spans whose parent is not in the store first.
-    pub fn chain(&self, trace: &[u8; 32]) -> Vec<Span> {
-        let spans = self
-            .shard(trace)
-            .traces
-            .get(trace)
-            .cloned()
-            .unwrap_or_default();
+    pub fn chain(&self, trace_id: &[u8; 32]) -> Vec<Span> {
+        let trace = trace_key(trace_id);
+        let spans = self.shard(shard_of(trace)).spans_of(trace);
         let mut out = Vec::with_capacity(spans.len());
         let mut roots: Vec<&Span> = spans
             .iter()
@@ -283,72 +519,71 @@ impl CorrelationStore {
         out
     }
 
-    /// One span by its id.
-    pub fn lookup(&self, span: &[u8; 16]) -> Option<Span> {
-        self.shards.iter().find_map(|m| {
-            let shard = m.lock().unwrap_or_else(|e| e.into_inner());
-            let trace = shard.by_span.get(span)?;
+    /// One span by its id: a scan of the store, one shard at a time (for
+    /// operators; the routing path never looks a span up by id alone).
+    pub fn lookup(&self, span_id: &[u8; 16]) -> Option<Span> {
+        let id = span_key(span_id);
+        (0..SHARDS).find_map(|i| {
+            let shard = self.shard(i);
             shard
-                .traces
-                .get(trace)?
+                .slots
                 .iter()
-                .find(|s| &s.span_id == span)
-                .cloned()
+                .find(|s| s.live && s.span == id)
+                .map(Slot::view)
         })
     }
 
     /// Drops every finished span past its TTL, and open spans older than the
     /// TTL (a completion that never came). Returns how many went.
     pub fn sweep(&self, now_us: u64) -> usize {
+        let ttl = self.config.ttl_us;
         let mut gone = 0;
-        for m in self.shards.iter() {
-            let mut shard = m.lock().unwrap_or_else(|e| e.into_inner());
+        for i in 0..SHARDS {
+            let mut shard = self.shard(i);
             let before = self.expired.load(Ordering::Relaxed);
             self.expire_front(&mut shard, now_us);
             gone += (self.expired.load(Ordering::Relaxed) - before) as usize;
-            let ttl = self.config.ttl_us;
-            let stale: Vec<([u8; 32], [u8; 16])> = shard
-                .traces
+            let stale: Vec<u32> = shard
+                .slots
                 .iter()
-                .flat_map(|(t, spans)| {
-                    spans
-                        .iter()
-                        .filter(|s| {
-                            s.outcome == SpanOutcome::Open
-                                && s.start_us.saturating_add(ttl) <= now_us
-                        })
-                        .map(move |s| (*t, s.span_id))
+                .enumerate()
+                .filter(|(_, s)| {
+                    s.live
+                        && s.outcome == SpanOutcome::Open
+                        && s.start_us.saturating_add(ttl) <= now_us
                 })
+                .map(|(i, _)| i as u32)
                 .collect();
-            for (t, s) in stale {
-                if let Some(old) = shard.remove(&t, &s) {
-                    self.forget(&old);
-                    self.expired.fetch_add(1, Ordering::Relaxed);
-                    gone += 1;
-                }
+            for slot in stale {
+                let was_open = shard.remove(slot);
+                self.forget(was_open);
+                self.expired.fetch_add(1, Ordering::Relaxed);
+                gone += 1;
             }
         }
         gone
     }
 
-    /// Up to `max` finished spans waiting for the exporter, oldest first.
+    /// Up to `max` finished spans waiting for the exporter, oldest first
+    /// within each shard.
     pub fn drain_export(&self, max: usize) -> Vec<Span> {
-        let mut q = self.export.lock().unwrap_or_else(|e| e.into_inner());
-        let n = q.len().min(max);
-        q.drain(..n).collect()
+        let mut out = Vec::new();
+        let first = self.export_next.fetch_add(1, Ordering::Relaxed);
+        for k in 0..SHARDS {
+            if out.len() >= max {
+                break;
+            }
+            let mut shard = self.shard((first + k) % SHARDS);
+            let n = shard.export.len().min(max - out.len());
+            out.extend(shard.export.drain(..n).map(|f| f.view()));
+        }
+        self.exporting.fetch_sub(out.len(), Ordering::Relaxed);
+        out
     }
 
     /// Spans still open.
     pub fn open_spans(&self) -> usize {
         self.open.load(Ordering::Relaxed)
-    }
-
-    /// Counts a removed span out.
-    fn forget(&self, span: &Span) {
-        self.entries.fetch_sub(1, Ordering::Relaxed);
-        if span.outcome == SpanOutcome::Open {
-            self.open.fetch_sub(1, Ordering::Relaxed);
-        }
     }
 
     pub fn stats(&self) -> CorrelationStats {
@@ -359,14 +594,6 @@ impl CorrelationStore {
             expired: self.expired.load(Ordering::Relaxed),
             export_dropped: self.export_dropped.load(Ordering::Relaxed),
         }
-    }
-}
-
-fn cut(summary: Box<[u8]>) -> Box<[u8]> {
-    if summary.len() <= SUMMARY_MAX {
-        summary
-    } else {
-        summary[..SUMMARY_MAX].into()
     }
 }
 
@@ -386,16 +613,13 @@ mod tests {
         out
     }
 
-    fn span(trace: u64, id: u64, parent: Option<u64>, attempt: u16, start: u64) -> Span {
-        Span {
+    fn span(trace: u64, id: u64, parent: Option<u64>, attempt: u16) -> Opened {
+        Opened {
             trace_id: hex32(trace),
             span_id: hex16(id),
             parent_span_id: parent.map(hex16),
-            agent_id: Box::new([]),
-            summary: b"task".as_slice().into(),
-            start_us: start,
-            end_us: 0,
-            outcome: SpanOutcome::Open,
+            agent_id: None,
+            summary: Some(b"task".as_slice().into()),
             attempt,
         }
     }
@@ -411,13 +635,19 @@ mod tests {
     #[test]
     fn a_chain_comes_in_parent_order() {
         let s = store(100, 1_000_000);
-        s.insert(span(1, 10, None, 0, 0), 0);
-        s.insert(span(1, 12, Some(10), 2, 5), 5);
-        s.insert(span(1, 11, Some(10), 1, 1), 1);
-        s.insert(span(2, 20, None, 0, 0), 0);
+        s.insert(span(1, 10, None, 0), 0);
+        s.insert(span(1, 12, Some(10), 2), 5);
+        s.insert(span(1, 11, Some(10), 1), 1);
+        s.insert(span(2, 20, None, 0), 0);
         let chain: Vec<u16> = s.chain(&hex32(1)).iter().map(|x| x.attempt).collect();
         assert_eq!(chain, [0, 1, 2]);
-        assert!(s.close(&hex32(1), &hex16(11), SpanOutcome::Timeout, Some(b"a1"), 9));
+        assert!(s.close(
+            &hex32(1),
+            &hex16(11),
+            SpanOutcome::Timeout,
+            Some(b"a1".as_slice().into()),
+            9
+        ));
         assert!(!s.close(&hex32(1), &hex16(11), SpanOutcome::Ok, None, 10));
         let one = s.lookup(&hex16(11)).unwrap();
         assert_eq!(
@@ -434,7 +664,7 @@ mod tests {
         let s = store(10, u64::MAX / 2);
         // every trace in its own shard order; close them all in order
         for i in 0..200u64 {
-            s.insert(span(i, i, None, 0, i), i);
+            s.insert(span(i, i, None, 0), i);
             s.close(&hex32(i), &hex16(i), SpanOutcome::Ok, None, i);
         }
         let st = s.stats();
@@ -449,7 +679,7 @@ mod tests {
     fn open_spans_are_never_evicted_and_ttl_expires_finished_ones() {
         let s = store(4, 100);
         for i in 0..10u64 {
-            s.insert(span(i, i, None, 0, 0), 0);
+            s.insert(span(i, i, None, 0), 0);
         }
         assert_eq!(s.stats().entries, 10);
         for i in 0..10u64 {
@@ -459,23 +689,23 @@ mod tests {
         assert_eq!(s.sweep(110), 10);
         assert_eq!(s.stats().entries, 0);
         // an open span older than the TTL is swept too
-        s.insert(span(1, 1, None, 0, 0), 0);
+        s.insert(span(1, 1, None, 0), 0);
         assert_eq!(s.sweep(1_000), 1);
     }
 
     #[test]
     fn open_spans_are_counted_through_every_removal() {
         let s = store(2, 100);
-        s.insert(span(1, 1, None, 0, 0), 0);
+        s.insert(span(1, 1, None, 0), 0);
         // the same span id again, in another trace of the same shard or not:
         // the newer replaces the older
-        s.insert(span(1, 1, None, 0, 1), 1);
+        s.insert(span(1, 1, None, 0), 1);
         assert_eq!((s.stats().entries, s.open_spans()), (1, 1));
         assert!(s.close(&hex32(1), &hex16(1), SpanOutcome::Ok, None, 2));
         assert_eq!(s.open_spans(), 0);
         // evicted at the cap: finished ones, so the open count stays
         for i in 2..6u64 {
-            s.insert(span(i, i, None, 0, 3), 3);
+            s.insert(span(i, i, None, 0), 3);
         }
         assert_eq!(s.open_spans(), 4);
         // swept past the TTL, open or not
@@ -485,10 +715,24 @@ mod tests {
     }
 
     #[test]
+    fn ids_round_trip_through_their_binary_form() {
+        use rand::SeedableRng;
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(9);
+        for _ in 0..10_000 {
+            let t = crate::trace::generate_trace_id(&mut rng);
+            let sp = crate::trace::generate_span_id(&mut rng);
+            assert_eq!(trace_hex(trace_key(&t)), t);
+            assert_eq!(span_hex(span_key(&sp)), sp);
+        }
+        assert_eq!(span_key(b"00f067aa0ba902b7"), 0x00f0_67aa_0ba9_02b7);
+        assert_eq!(span_key(b"ffffffffffffffff"), u64::MAX);
+    }
+
+    #[test]
     fn summaries_are_cut() {
         let s = store(10, 100);
-        let mut sp = span(1, 1, None, 0, 0);
-        sp.summary = vec![b'x'; 1000].into();
+        let mut sp = span(1, 1, None, 0);
+        sp.summary = Some(vec![b'x'; 1000].into());
         s.insert(sp, 0);
         assert_eq!(s.lookup(&hex16(1)).unwrap().summary.len(), SUMMARY_MAX);
     }

@@ -18,7 +18,7 @@ use rand::{Rng, SeedableRng};
 use crate::agents::{Agent, AgentKind, AgentTable, Snapshot};
 use crate::breaker::{BreakerConfig, BreakerState, Permit, Transition};
 use crate::clock::Clock;
-use crate::correlation::{CorrelationConfig, CorrelationStore, Span, SpanOutcome};
+use crate::correlation::{CorrelationConfig, CorrelationStore, Opened, SpanOutcome};
 use crate::error::FlowError;
 use crate::hot::{Hot, HotArena};
 use crate::learning::{Learner, QConfig, QStore, State};
@@ -381,6 +381,8 @@ pub struct TaskSpan {
     shared: Arc<Shared>,
     /// The task's trace context: `parent_id` is the task's own span id.
     context: TraceParent,
+    /// Shared by the task's span and its attempts'.
+    summary: Option<Arc<[u8]>>,
     ended: AtomicBool,
 }
 
@@ -400,7 +402,7 @@ impl TaskSpan {
             &self.context.trace_id,
             &self.context.parent_id,
             outcome,
-            agent_id,
+            agent_id.map(Arc::from),
             now,
         )
     }
@@ -439,14 +441,11 @@ pub struct Request<'a> {
     pub span: Option<SpanRequest<'a>>,
 }
 
-/// The span a decision opens for its attempt.
+/// The span a decision opens for its attempt: a child of the task's span.
 #[derive(Debug, Clone, Copy)]
 pub struct SpanRequest<'a> {
-    pub trace_id: [u8; 32],
-    /// The task's span: the attempt's parent.
-    pub parent: [u8; 16],
+    pub task: &'a TaskSpan,
     pub attempt: u16,
-    pub summary: &'a [u8],
 }
 
 impl<'a> Request<'a> {
@@ -570,21 +569,19 @@ impl<P> Router<P> {
             shared.in_flight.fetch_add(1, Ordering::AcqRel);
             let span = req.span.map(|sr| {
                 let span_id = trace::generate_span_id(rng);
+                let task = sr.task.context();
                 shared.correlation.insert(
-                    Span {
-                        trace_id: sr.trace_id,
+                    Opened {
+                        trace_id: task.trace_id,
                         span_id,
-                        parent_span_id: Some(sr.parent),
-                        agent_id: agent.id().into(),
-                        summary: sr.summary.into(),
-                        start_us: now_us,
-                        end_us: 0,
-                        outcome: SpanOutcome::Open,
+                        parent_span_id: Some(task.parent_id),
+                        agent_id: Some(agent.id_arc()),
+                        summary: sr.task.summary.clone(),
                         attempt: sr.attempt,
                     },
                     now_us,
                 );
-                (sr.trace_id, span_id)
+                (task.trace_id, span_id)
             });
             self.sample_decision(now_us);
             return Ok(Lease {
@@ -643,22 +640,21 @@ impl<P> Router<P> {
         let span_id = trace::generate_span_id(rng);
         let shared = self.agents.shared_arc();
         let now = shared.clock.now_us();
+        let summary: Option<Arc<[u8]>> = (!summary.is_empty()).then(|| summary.into());
         shared.correlation.insert(
-            Span {
+            Opened {
                 trace_id,
                 span_id,
                 parent_span_id: parent,
-                agent_id: Box::new([]),
-                summary: summary.into(),
-                start_us: now,
-                end_us: 0,
-                outcome: SpanOutcome::Open,
+                agent_id: None,
+                summary: summary.clone(),
                 attempt: 0,
             },
             now,
         );
         Ok(TaskSpan {
             shared,
+            summary,
             context: TraceParent {
                 version: 0,
                 trace_id,

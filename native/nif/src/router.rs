@@ -3,6 +3,8 @@
 use erlmcp_flow_core::learning::EpsilonSchedule;
 use erlmcp_flow_core::ring::key_hash;
 use erlmcp_flow_core::router::SpanRequest;
+
+use crate::tracing::TaskSpanResource;
 use erlmcp_flow_core::{
     AgentKind, AgentSpec, BreakerState, Clock, FlowError, Lease, Outcome, Request, Router,
     RouterConfig, Strategy, Transition, WindowKind,
@@ -395,22 +397,16 @@ fn agent_stats<'a>(env: Env<'a>, router: Term<'a>, id: Term<'a>) -> Term<'a> {
     reply(env, run())
 }
 
-/// The span argument of `decide`: `undefined` or
-/// `{TraceId, TaskSpanId, Attempt, Summary}`.
-type SpanArg<'a> = ([u8; 32], [u8; 16], u16, Binary<'a>);
-
-fn span_arg(term: Term<'_>) -> NifOutcome<Option<SpanArg<'_>>> {
+/// The span argument of `decide`: `undefined` or `{TaskSpan, Attempt}`.
+fn span_arg(term: Term<'_>) -> NifOutcome<Option<(ResourceArc<TaskSpanResource>, u16)>> {
     if Atom::from_term(term).is_ok_and(|a| a == atoms::undefined()) {
         return Ok(None);
     }
-    let (t, p, a, s): (Term, Term, u32, Binary) = term.decode().map_err(|_| badarg("span"))?;
-    Ok(Some((
-        crate::tracing::id_arg::<32>(t, "span")?,
-        crate::tracing::id_arg::<16>(p, "span")?,
-        // decoded wide: rustler's u16 decoding would wrap
-        u16::try_from(a).map_err(|_| badarg("span"))?,
-        s,
-    )))
+    let (task, attempt): (ResourceArc<TaskSpanResource>, u32) =
+        term.decode().map_err(|_| badarg("span"))?;
+    // decoded wide: rustler's u16 decoding would wrap
+    let attempt = u16::try_from(attempt).map_err(|_| badarg("span"))?;
+    Ok(Some((task, attempt)))
 }
 
 /// The sticky key argument: a binary (hashed) or `undefined`.
@@ -434,8 +430,8 @@ pub fn class_arg(router: &Router<LocalPid>, term: Term<'_>) -> NifOutcome<u32> {
 /// `decide(Router, Capabilities, Strategy, StickyKey, TaskClass, Exclude, Kind, Span)
 /// -> {ok, AgentId, Pid, Lease, SpanId | undefined, none | {breaker, open, half_open}}
 /// | {error, no_agents_available | overloaded | ...}`. `Span` is `undefined` or
-/// `{TraceId, TaskSpanId, Attempt, Summary}`: the decision opens the attempt's
-/// span under the task's and returns its id. The last element reports that
+/// `{TaskSpan, Attempt}` (`TaskSpan` from `span_start`): the decision opens the
+/// attempt's span under the task's and returns its id. The last element reports that
 /// this decision turned the agent's breaker half-open (its task is a probe).
 /// `Exclude` lists agent ids not to choose; `Kind` is `any`, or `swarm` for
 /// swarms only.
@@ -464,11 +460,9 @@ fn decide<'a>(
             class: class_arg(&r.router, class)?,
             exclude: &exclude,
             swarms_only: choice(kind, &[(atoms::any, false), (atoms::swarm, true)], "kind")?,
-            span: span.as_ref().map(|(t, p, a, s)| SpanRequest {
-                trace_id: *t,
-                parent: *p,
-                attempt: *a,
-                summary: s.as_slice(),
+            span: span.as_ref().map(|(task, attempt)| SpanRequest {
+                task: &task.span,
+                attempt: *attempt,
             }),
         };
         let lease = with_rng(|rng| r.router.decide(&req, rng))?;

@@ -152,7 +152,7 @@ fn validate_tracestate<'a>(env: Env<'a>, header: Term<'a>) -> Term<'a> {
 /// collector drops it when its holders are gone; the core then closes an
 /// unended span as abandoned.
 pub struct TaskSpanResource {
-    span: TaskSpan,
+    pub span: TaskSpan,
 }
 
 #[rustler::resource_impl]
