@@ -232,8 +232,8 @@ fn correlation(c: &mut Criterion) {
     let mut now = 0u64;
     for &(t, s) in &ids[..ENTRIES] {
         now += 1;
-        store.insert(span(t, s, &agent, &summary), now);
-        store.close(&t, &s, SpanOutcome::Ok, None, now);
+        let h = store.insert(span(t, s, &agent, &summary), now);
+        store.close(&h, SpanOutcome::Ok, None, now);
     }
     let mut i = ENTRIES;
     c.bench_function("correlation/insert_close/100k_entries", |b| {
@@ -241,14 +241,34 @@ fn correlation(c: &mut Criterion) {
             let (t, s) = ids[i & ((1 << 20) - 1)];
             i += 1;
             now += 1;
-            store.insert(span(t, s, &agent, &summary), now);
-            store.close(&t, &s, SpanOutcome::Ok, None, now)
+            let h = store.insert(span(t, s, &agent, &summary), now);
+            store.close(&h, SpanOutcome::Ok, None, now)
         })
     });
     assert!(store.stats().entries <= ENTRIES + 16);
     c.bench_function("correlation/chain/2_spans", |b| {
         b.iter(|| store.chain(black_box(&ids[(i - 1) & ((1 << 20) - 1)].0)))
     });
+    // every span in one trace (callers passing one traceparent to every
+    // task): the trace's list is 100 000 long, and insert + close must not
+    // walk it
+    let one = CorrelationStore::new(CorrelationConfig::default());
+    let trace_id = ids[0].0;
+    for &(_, s) in &ids[..ENTRIES] {
+        now += 1;
+        let h = one.insert(span(trace_id, s, &agent, &summary), now);
+        one.close(&h, SpanOutcome::Ok, None, now);
+    }
+    c.bench_function("correlation/insert_close/100k_entries_one_trace", |b| {
+        b.iter(|| {
+            let (_, s) = ids[i & ((1 << 20) - 1)];
+            i += 1;
+            now += 1;
+            let h = one.insert(span(trace_id, s, &agent, &summary), now);
+            one.close(&h, SpanOutcome::Ok, None, now)
+        })
+    });
+    assert!(one.stats().entries <= ENTRIES + 16);
 }
 
 /// One task as `execute` runs it with tracing on, beside the same without:

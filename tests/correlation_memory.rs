@@ -60,9 +60,8 @@ fn run(store: &CorrelationStore, n: usize, rng: &mut SmallRng, now: &mut u64) {
     for i in 0..n {
         *now += 1;
         let o = opened(rng, &agent, (i % 3) as u16);
-        let (t, s) = (o.trace_id, o.span_id);
-        store.insert(o, *now);
-        assert!(store.close(&t, &s, SpanOutcome::Ok, None, *now));
+        let h = store.insert(o, *now);
+        assert!(store.close(&h, SpanOutcome::Ok, None, *now));
     }
 }
 

@@ -7,7 +7,11 @@
 %%   task) with round_robin and q_learning, with 1 and 2 calling processes,
 %%   and the latency of one q_learning decision (decide alone) and of its
 %%   completion (complete alone, which includes the TD update);
-%% - whole tasks per second through erlmcp_flow:execute/2 to echo agents;
+%% - whole tasks per second through erlmcp_flow:execute/2 to echo agents,
+%%   with and without the caller's traceparent and tracestate (every task is
+%%   traced: its span and its attempt's span go through the correlation
+%%   store either way);
+%% - /metrics expositions rendered per second, at 60 agents;
 %% - registry lookups per second (erlmcp_flow:find_agent/1) beside a plain
 %%   ets:lookup/2 on a table of the same size, in the same run;
 %% - circuit-breaker checks per second (erlmcp_flow_circuit_breaker:
@@ -53,6 +57,14 @@ run() ->
                      end
              end,
     Execute = fun() -> {ok, _, _} = erlmcp_flow:execute(#{}, #{capabilities => Caps}) end,
+    Header = <<"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01">>,
+    Traced = fun() ->
+                     {ok, _, _} = erlmcp_flow:execute(#{type => bench, id => 1},
+                                                      #{capabilities => Caps,
+                                                        traceparent => Header,
+                                                        tracestate => <<"rojo=00f067aa0ba902b7">>})
+             end,
+    Scrape = fun() -> _ = iolist_size(erlmcp_flow_prometheus:render()) end,
     Tab = ets:new(bench_plain, [set, public, {read_concurrency, true}]),
     ets:insert(Tab, [{Id, self()} || Id <- Agents]),
     Ids = list_to_tuple(Agents),
@@ -67,6 +79,8 @@ run() ->
             {"q_learning decision (decide + complete)", 2, throughput(2, Decide(q_learning))},
             {"execute/2 round trip to an echo agent", 1, throughput(1, Execute)},
             {"execute/2 round trip to an echo agent", 2, throughput(2, Execute)},
+            {"execute/2 with traceparent and tracestate", 1, throughput(1, Traced)},
+            {"/metrics exposition, 60 agents", 1, throughput(1, Scrape)},
             {"registry lookup erlmcp_flow:find_agent/1", 1, indexed_throughput(1, Find)},
             {"registry lookup erlmcp_flow:find_agent/1", 2, indexed_throughput(2, Find)},
             {"plain ets:lookup/2, same size", 1, indexed_throughput(1, Plain)},
@@ -80,11 +94,11 @@ run() ->
     [io:format("  ~-28s p50 ~6.2f   p99 ~6.2f   p99.9 ~6.2f~n", [Name, P50, P99, P999])
      || {Name, {P50, P99, P999}} <- [{"decide (the decision)", D},
                                       {"complete (with TD update)", C}]],
-    Ratio = element(3, lists:nth(7, Rows)) / element(3, lists:nth(9, Rows)),
+    Ratio = element(3, lists:nth(9, Rows)) / element(3, lists:nth(11, Rows)),
     FuseAsks = 2.0e6,
     io:format("~nbreaker checks: ~.1f million/s with 1 process, ~.1f with 2 "
               "(fuse documents about 2 million asks/s)~n",
-              [element(3, lists:nth(11, Rows)) / 1.0e6, element(3, lists:nth(12, Rows)) / 1.0e6]),
+              [element(3, lists:nth(13, Rows)) / 1.0e6, element(3, lists:nth(14, Rows)) / 1.0e6]),
     _ = FuseAsks,
     io:format("~nfind_agent/1 runs at ~.2f of a plain ets:lookup/2 (1 process)~n", [Ratio]),
     ok.

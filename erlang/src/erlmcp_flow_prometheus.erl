@@ -39,9 +39,9 @@ render(Stats, Agents) ->
             family(overloaded_total, counter, "Tasks refused because every bulkhead was full.",
                    [{[], G(overloaded)}]),
             family(breaker_transitions_total, counter, "Circuit breaker transitions by state entered.",
-                   [{[{to, open}], G(breaker_opened)},
-                    {[{to, half_open}], G(breaker_half_opened)},
-                    {[{to, closed}], G(breaker_closed)}]),
+                   [{label("to", <<"open">>), G(breaker_opened)},
+                    {label("to", <<"half_open">>), G(breaker_half_opened)},
+                    {label("to", <<"closed">>), G(breaker_closed)}]),
             decision_latency(Stats),
             family(q_learning_episodes_total, counter, "Outcomes the Q-learner learned from.",
                    [{[], G(episodes)}]),
@@ -77,18 +77,23 @@ decision_latency(Stats) ->
     Name = [?PREFIX, "decision_latency_seconds"],
     [help(Name, "Duration of a routing decision (one decision in 64 is timed)."),
      type(Name, summary),
-     [sample(Name, [{quantile, Q}], seconds(G(K)))
+     [sample(Name, label("quantile", Q), seconds(G(K)))
       || {Q, K} <- [{"0.5", decision_p50_us}, {"0.9", decision_p90_us},
                     {"0.99", decision_p99_us}, {"1", decision_max_us}]],
      sample([Name, "_sum"], [], seconds(G(decision_sum_us))),
      sample([Name, "_count"], [], G(decision_samples))].
 
-agent_families(Agents) ->
+%% Each agent's label is rendered once, then shared by its samples.
+agent_families(Agents0) ->
+    Agents = [{label("agent", Id), S} || {Id, S} <- Agents0],
     Each = fun(Key, F) ->
-                   [{[{agent, Id}], F(S)} || {Id, S} <- Agents, defined(maps:get(Key, S, undefined))]
+                   [{L, F(S)} || {L, S} <- Agents, defined(maps:get(Key, S, undefined))]
            end,
     Field = fun(K) -> fun(S) -> maps:get(K, S) end end,
     Failures = fun(S) -> maps:get(failed, S) + maps:get(timed_out, S) + maps:get(down, S) end,
+    Quantiles = [{label("quantile", Q), K}
+                 || {Q, K} <- [{"0.5", p50_us}, {"0.95", p95_us}, {"0.99", p99_us}]],
+    States = [{label("state", atom_to_binary(St)), St} || St <- [closed, open, half_open]],
     [family(agent_in_flight, gauge, "Tasks in flight on the agent.",
             Each(in_flight, Field(in_flight))),
      family(agent_tasks_total, counter, "Tasks dispatched to the agent.",
@@ -100,12 +105,11 @@ agent_families(Agents) ->
      family(agent_latency_ewma_seconds, gauge, "Exponentially weighted mean latency.",
             Each(ewma_latency_us, fun(S) -> seconds(maps:get(ewma_latency_us, S)) end)),
      family(agent_latency_seconds, gauge, "Latency percentiles of the agent (HDR histogram).",
-            [{[{agent, Id}, {quantile, Q}], seconds(maps:get(K, S))}
-             || {Id, S} <- Agents, {Q, K} <- [{"0.5", p50_us}, {"0.95", p95_us}, {"0.99", p99_us}],
-                defined(maps:get(K, S, undefined))]),
+            [{[L, $,, QL], seconds(maps:get(K, S))}
+             || {L, S} <- Agents, {QL, K} <- Quantiles, defined(maps:get(K, S, undefined))]),
      family(agent_breaker_state, gauge, "1 for the agent's circuit breaker state, 0 for the others.",
-            [{[{agent, Id}, {state, St}], bool(maps:get(breaker, S) =:= St)}
-             || {Id, S} <- Agents, maps:is_key(breaker, S), St <- [closed, open, half_open]])].
+            [{[L, $,, SL], bool(maps:get(breaker, S) =:= St)}
+             || {L, S} <- Agents, maps:is_key(breaker, S), {SL, St} <- States])].
 
 defined(undefined) -> false;
 defined(_) -> true.
@@ -122,19 +126,31 @@ family(Name, Type, Help, Samples) ->
 help(Name, Text) -> ["# HELP ", Name, $\s, Text, $\n].
 type(Name, Type) -> ["# TYPE ", Name, $\s, atom_to_list(Type), $\n].
 
+%% Labels come rendered (label/2, joined by commas); [] for none.
 sample(Name, [], Value) ->
     [Name, $\s, value(Value), $\n];
 sample(Name, Labels, Value) ->
-    [Name, ${, lists:join($,, [[atom_to_list(K), "=\"", escape(V), $"] || {K, V} <- Labels]),
-     "} ", value(Value), $\n].
+    [Name, ${, Labels, "} ", value(Value), $\n].
+
+label(Key, Value) ->
+    [Key, "=\"", escape(Value), $"].
 
 value(V) when is_integer(V) -> integer_to_list(V);
 value(V) when is_float(V) -> float_to_list(V, [short]).
 
 %% Label values: backslash, double quote and line feed escaped.
-escape(V) when is_atom(V) -> atom_to_list(V);
 escape(V) when is_list(V) -> V;
 escape(V) when is_binary(V) ->
+    case plain(V) of
+        true -> V;
+        false -> escape_chars(V)
+    end.
+
+plain(<<>>) -> true;
+plain(<<C, _/binary>>) when C =:= $\\; C =:= $"; C =:= $\n -> false;
+plain(<<_, Rest/binary>>) -> plain(Rest).
+
+escape_chars(V) ->
     << <<(case C of
               $\\ -> <<"\\\\">>;
               $" -> <<"\\\"">>;

@@ -79,7 +79,8 @@ tasks_test_() ->
       {"retries and the fallback are child spans of the task's span", fun retries/0},
       {"route_task closes its spans when the answer comes", fun routed/0},
       {"a task that finds no agent closes its span as failed", fun no_agent/0},
-      {"no span is left open after tasks of every outcome", fun none_open/0}]}.
+      {"no span is left open after tasks of every outcome", fun none_open/0},
+      {"many tasks under one traceparent form one chain", fun one_trace/0}]}.
 
 add(Id, Pid) ->
     ok = erlmcp_flow:register_agent(Id, Pid, [<<"x">>]).
@@ -217,6 +218,37 @@ none_open() ->
     ?assertMatch(#{correlation_open := 0}, erlmcp_flow:stats()),
     Outcomes = lists:usort([O || #{outcome := O} <- Spans]),
     ?assertEqual([down, error, ok, timeout], Outcomes -- [failed]).
+
+%% A caller that passes the same traceparent to every task (one request fanned
+%% out to many agents): every task and attempt lands in one trace, from
+%% several processes at once.
+one_trace() ->
+    add(<<"a">>, echo_agent()),
+    add(<<"b">>, echo_agent()),
+    Self = self(),
+    Callers = [spawn_link(fun() ->
+                                  Metas = [M || _ <- lists:seq(1, 500),
+                                                {ok, _, M} <- [erlmcp_flow:execute(
+                                                                 #{}, #{traceparent => ?CALLER})]],
+                                  Self ! {done, self(), Metas}
+                          end) || _ <- lists:seq(1, 4)],
+    Metas = lists:append([receive {done, P, Ms} -> Ms end || P <- Callers]),
+    ?assertEqual(2000, length(Metas)),
+    TraceId = <<"4bf92f3577b34da6a3ce929d0e0e4736">>,
+    ?assertEqual([TraceId], lists:usort([T || #{trace_id := T} <- Metas])),
+    {ok, Chain} = ?T:get_trace_chain(TraceId),
+    ?assertEqual(4000, length(Chain)),
+    ?assertMatch(#{correlation_open := 0}, erlmcp_flow:stats()),
+    %% parent order: each task span (under the caller's span) is followed by
+    %% its attempt
+    Tasks = [S || #{attempt := 0} = S <- Chain],
+    ?assertEqual(2000, length(Tasks)),
+    [?assertEqual(<<"00f067aa0ba902b7">>, P) || #{parent_span_id := P} <- Tasks],
+    Pairs = lists:zip(lists:sublist(Chain, 1, 3999), tl(Chain)),
+    ?assertEqual(2000, length([ok || {#{attempt := 0, span_id := Sp},
+                                      #{attempt := 1, parent_span_id := Sp}} <- Pairs])),
+    ?assertEqual(lists:sort([Sp || #{span_id := Sp} <- Metas]),
+                 lists:sort([Sp || #{span_id := Sp} <- Tasks])).
 
 %%--------------------------------------------------------------------
 %% Bounds: cap and TTL

@@ -116,6 +116,29 @@ type TraceKey = (u64, u64);
 /// "No slot".
 const NIL: u32 = u32::MAX;
 
+/// Where an inserted span lives, so that closing it costs no search: its
+/// shard and slot, and its ids to check that the slot still holds it (a
+/// span evicted or expired while open leaves its slot to another).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpanHandle {
+    trace: TraceKey,
+    span: u64,
+    slot: u32,
+    shard: u8,
+}
+
+impl SpanHandle {
+    /// The span's trace id, 32 lowercase hex digits.
+    pub fn trace_id(&self) -> [u8; 32] {
+        trace_hex(self.trace)
+    }
+
+    /// The span's id, 16 lowercase hex digits.
+    pub fn span_id(&self) -> [u8; 16] {
+        span_hex(self.span)
+    }
+}
+
 /// One span in a shard's slab.
 #[derive(Debug)]
 struct Slot {
@@ -127,8 +150,9 @@ struct Slot {
     end_us: u64,
     agent: Option<Arc<[u8]>>,
     summary: Option<Arc<[u8]>>,
-    /// The next span of the same trace.
+    /// The neighbours in the trace's list of spans (newest first).
     next: u32,
+    prev: u32,
     attempt: u16,
     outcome: SpanOutcome,
     live: bool,
@@ -176,6 +200,7 @@ impl Finished {
             agent: self.agent.clone(),
             summary: self.summary.clone(),
             next: NIL,
+            prev: NIL,
             attempt: self.attempt,
             outcome: self.outcome,
             live: true,
@@ -189,9 +214,10 @@ struct Shard {
     /// The spans; freed slots are reused first.
     slots: Vec<Slot>,
     free: Vec<u32>,
-    /// The first slot of each trace; its spans are linked through `next`.
-    /// (No index by span id: a close names its trace, and a lookup by span
-    /// id alone is for operators, so it scans.)
+    /// The first slot of each trace; its spans are linked through `next`
+    /// and `prev`, so that removing one is O(1) however long the trace.
+    /// (No index by span id: a close holds its [`SpanHandle`], and a lookup
+    /// by span id alone is for operators, so it scans.)
     by_trace: FxHashMap<TraceKey, u32>,
     /// Finished spans, oldest first: the eviction and expiry order. An entry
     /// whose slot holds another span by now is skipped.
@@ -200,18 +226,6 @@ struct Shard {
 }
 
 impl Shard {
-    fn slot_of(&self, trace: TraceKey, span: u64) -> Option<u32> {
-        let mut at = self.by_trace.get(&trace).copied().unwrap_or(NIL);
-        while at != NIL {
-            let s = &self.slots[at as usize];
-            if s.span == span {
-                return Some(at);
-            }
-            at = s.next;
-        }
-        None
-    }
-
     fn alloc(&mut self, slot: Slot) -> u32 {
         match self.free.pop() {
             Some(i) => {
@@ -227,30 +241,21 @@ impl Shard {
 
     /// Removes the span in slot `i`; returns whether it was open.
     fn remove(&mut self, i: u32) -> bool {
-        let (trace, next) = {
+        let (trace, next, prev) = {
             let s = &self.slots[i as usize];
-            (s.trace, s.next)
+            (s.trace, s.next, s.prev)
         };
-        // unlink from the trace's list (a few spans long)
-        match self.by_trace.get(&trace).copied() {
-            Some(head) if head == i => {
-                if next == NIL {
-                    self.by_trace.remove(&trace);
-                } else {
-                    self.by_trace.insert(trace, next);
-                }
+        if prev == NIL {
+            if next == NIL {
+                self.by_trace.remove(&trace);
+            } else {
+                self.by_trace.insert(trace, next);
             }
-            Some(mut at) => {
-                while at != NIL {
-                    let n = self.slots[at as usize].next;
-                    if n == i {
-                        self.slots[at as usize].next = next;
-                        break;
-                    }
-                    at = n;
-                }
-            }
-            None => {}
+        } else {
+            self.slots[prev as usize].next = next;
+        }
+        if next != NIL {
+            self.slots[next as usize].prev = prev;
         }
         let s = &mut self.slots[i as usize];
         let was_open = s.outcome == SpanOutcome::Open;
@@ -258,6 +263,7 @@ impl Shard {
         s.agent = None;
         s.summary = None;
         s.next = NIL;
+        s.prev = NIL;
         self.free.push(i);
         was_open
     }
@@ -369,19 +375,16 @@ impl CorrelationStore {
         }
     }
 
-    /// Adds an open span, started now. Past the cap, the shard's oldest
-    /// finished spans go first; the insert itself always succeeds.
-    pub fn insert(&self, span: Opened, now_us: u64) {
+    /// Adds an open span, started now, and returns the handle that closes
+    /// it. Past the cap, the shard's oldest finished spans go first; the
+    /// insert itself always succeeds. Span ids are random, so the store does
+    /// not look for an earlier span with the same id.
+    pub fn insert(&self, span: Opened, now_us: u64) -> SpanHandle {
         let trace = trace_key(&span.trace_id);
         let id = span_key(&span.span_id);
-        let mut shard = self.shard(shard_of(trace));
+        let shard_ix = shard_of(trace);
+        let mut shard = self.shard(shard_ix);
         self.expire_front(&mut shard, now_us);
-        if let Some(old) = shard.slot_of(trace, id) {
-            // The same span id again (a caller reusing a traceparent's span
-            // id as its own): the newer span replaces the older.
-            let was_open = shard.remove(old);
-            self.forget(was_open);
-        }
         let head = shard.by_trace.get(&trace).copied().unwrap_or(NIL);
         let summary = span.summary.map(|s| {
             if s.len() <= SUMMARY_MAX {
@@ -399,10 +402,14 @@ impl CorrelationStore {
             agent: span.agent_id,
             summary,
             next: head,
+            prev: NIL,
             attempt: span.attempt,
             outcome: SpanOutcome::Open,
             live: true,
         });
+        if head != NIL {
+            shard.slots[head as usize].prev = i;
+        }
         shard.by_trace.insert(trace, i);
         self.open.fetch_add(1, Ordering::Relaxed);
         let total = self.entries.fetch_add(1, Ordering::Relaxed) + 1;
@@ -418,6 +425,12 @@ impl CorrelationStore {
                 }
                 None => break,
             }
+        }
+        SpanHandle {
+            trace,
+            span: id,
+            slot: i,
+            shard: shard_ix as u8,
         }
     }
 
@@ -446,19 +459,19 @@ impl CorrelationStore {
     /// Returns whether the span was there and open.
     pub fn close(
         &self,
-        trace_id: &[u8; 32],
-        span_id: &[u8; 16],
+        handle: &SpanHandle,
         outcome: SpanOutcome,
         agent_id: Option<Arc<[u8]>>,
         now_us: u64,
     ) -> bool {
-        let trace = trace_key(trace_id);
-        let id = span_key(span_id);
-        let mut shard = self.shard(shard_of(trace));
-        let Some(i) = shard.slot_of(trace, id) else {
+        let (i, id) = (handle.slot, handle.span);
+        let mut shard = self.shard(handle.shard as usize);
+        let Some(slot) = shard.slots.get_mut(i as usize) else {
             return false;
         };
-        let slot = &mut shard.slots[i as usize];
+        if !(slot.live && slot.span == id && slot.trace == handle.trace) {
+            return false;
+        }
         if slot.outcome == SpanOutcome::Open {
             slot.end_us = now_us.max(slot.start_us);
             slot.outcome = outcome;
@@ -494,28 +507,44 @@ impl CorrelationStore {
 
     /// The spans of a trace in parent order: each span after its parent,
     /// siblings by start time; spans whose parent is not in the store first.
+    /// O(n log n) in the trace's spans.
     pub fn chain(&self, trace_id: &[u8; 32]) -> Vec<Span> {
         let trace = trace_key(trace_id);
         let spans = self.shard(shard_of(trace)).spans_of(trace);
-        let mut out = Vec::with_capacity(spans.len());
-        let mut roots: Vec<&Span> = spans
+        let order = |i: &usize| (spans[*i].start_us, spans[*i].attempt, spans[*i].span_id);
+        let ids: FxHashMap<[u8; 16], usize> = spans
             .iter()
-            .filter(|s| {
-                s.parent_span_id
-                    .is_none_or(|p| !spans.iter().any(|o| o.span_id == p))
-            })
+            .enumerate()
+            .map(|(i, s)| (s.span_id, i))
             .collect();
-        roots.sort_by_key(|s| (s.start_us, s.attempt));
-        let mut stack: Vec<&Span> = roots.into_iter().rev().collect();
-        while let Some(s) = stack.pop() {
-            out.push(s.clone());
-            let mut children: Vec<&Span> = spans
-                .iter()
-                .filter(|c| c.parent_span_id == Some(s.span_id))
-                .collect();
-            children.sort_by_key(|c| (c.start_us, c.attempt));
-            stack.extend(children.into_iter().rev());
+        let mut children: FxHashMap<[u8; 16], Vec<usize>> = FxHashMap::default();
+        let mut roots = Vec::new();
+        for (i, s) in spans.iter().enumerate() {
+            match s.parent_span_id {
+                Some(p) if p != s.span_id && ids.contains_key(&p) => {
+                    children.entry(p).or_default().push(i)
+                }
+                _ => roots.push(i),
+            }
         }
+        roots.sort_by_key(order);
+        let mut stack: Vec<usize> = roots.into_iter().rev().collect();
+        let mut seen = vec![false; spans.len()];
+        let mut out = Vec::with_capacity(spans.len());
+        while let Some(i) = stack.pop() {
+            if std::mem::replace(&mut seen[i], true) {
+                continue;
+            }
+            out.push(spans[i].clone());
+            if let Some(mut kids) = children.remove(&spans[i].span_id) {
+                kids.sort_by_key(order);
+                stack.extend(kids.into_iter().rev());
+            }
+        }
+        // spans in a cycle of parents (ids a caller reused) come last
+        let mut rest: Vec<usize> = (0..spans.len()).filter(|i| !seen[*i]).collect();
+        rest.sort_by_key(order);
+        out.extend(rest.into_iter().map(|i| spans[i].clone()));
         out
     }
 
@@ -637,18 +666,13 @@ mod tests {
         let s = store(100, 1_000_000);
         s.insert(span(1, 10, None, 0), 0);
         s.insert(span(1, 12, Some(10), 2), 5);
-        s.insert(span(1, 11, Some(10), 1), 1);
+        let h = s.insert(span(1, 11, Some(10), 1), 1);
         s.insert(span(2, 20, None, 0), 0);
         let chain: Vec<u16> = s.chain(&hex32(1)).iter().map(|x| x.attempt).collect();
         assert_eq!(chain, [0, 1, 2]);
-        assert!(s.close(
-            &hex32(1),
-            &hex16(11),
-            SpanOutcome::Timeout,
-            Some(b"a1".as_slice().into()),
-            9
-        ));
-        assert!(!s.close(&hex32(1), &hex16(11), SpanOutcome::Ok, None, 10));
+        assert_eq!((h.trace_id(), h.span_id()), (hex32(1), hex16(11)));
+        assert!(s.close(&h, SpanOutcome::Timeout, Some(b"a1".as_slice().into()), 9));
+        assert!(!s.close(&h, SpanOutcome::Ok, None, 10));
         let one = s.lookup(&hex16(11)).unwrap();
         assert_eq!(
             (one.outcome, one.end_us, &*one.agent_id),
@@ -664,8 +688,8 @@ mod tests {
         let s = store(10, u64::MAX / 2);
         // every trace in its own shard order; close them all in order
         for i in 0..200u64 {
-            s.insert(span(i, i, None, 0), i);
-            s.close(&hex32(i), &hex16(i), SpanOutcome::Ok, None, i);
+            let h = s.insert(span(i, i, None, 0), i);
+            s.close(&h, SpanOutcome::Ok, None, i);
         }
         let st = s.stats();
         assert!(st.entries <= 10 + SHARDS, "{st:?}");
@@ -678,12 +702,12 @@ mod tests {
     #[test]
     fn open_spans_are_never_evicted_and_ttl_expires_finished_ones() {
         let s = store(4, 100);
-        for i in 0..10u64 {
-            s.insert(span(i, i, None, 0), 0);
-        }
+        let hs: Vec<SpanHandle> = (0..10u64)
+            .map(|i| s.insert(span(i, i, None, 0), 0))
+            .collect();
         assert_eq!(s.stats().entries, 10);
-        for i in 0..10u64 {
-            s.close(&hex32(i), &hex16(i), SpanOutcome::Ok, None, 10);
+        for h in &hs {
+            s.close(h, SpanOutcome::Ok, None, 10);
         }
         assert_eq!(s.sweep(50), 0);
         assert_eq!(s.sweep(110), 10);
@@ -696,12 +720,9 @@ mod tests {
     #[test]
     fn open_spans_are_counted_through_every_removal() {
         let s = store(2, 100);
-        s.insert(span(1, 1, None, 0), 0);
-        // the same span id again, in another trace of the same shard or not:
-        // the newer replaces the older
-        s.insert(span(1, 1, None, 0), 1);
+        let h = s.insert(span(1, 1, None, 0), 0);
         assert_eq!((s.stats().entries, s.open_spans()), (1, 1));
-        assert!(s.close(&hex32(1), &hex16(1), SpanOutcome::Ok, None, 2));
+        assert!(s.close(&h, SpanOutcome::Ok, None, 2));
         assert_eq!(s.open_spans(), 0);
         // evicted at the cap: finished ones, so the open count stays
         for i in 2..6u64 {
@@ -726,6 +747,51 @@ mod tests {
         }
         assert_eq!(span_key(b"00f067aa0ba902b7"), 0x00f0_67aa_0ba9_02b7);
         assert_eq!(span_key(b"ffffffffffffffff"), u64::MAX);
+    }
+
+    #[test]
+    fn a_handle_to_a_removed_span_closes_nothing() {
+        let s = store(1, 100);
+        let old = s.insert(span(1, 1, None, 0), 0);
+        // swept while open; its slot goes to the next span
+        assert_eq!(s.sweep(1_000), 1);
+        let new = s.insert(span(1, 2, None, 0), 1_000);
+        assert!(!s.close(&old, SpanOutcome::Ok, None, 1_001));
+        assert_eq!(s.open_spans(), 1);
+        assert!(s.close(&new, SpanOutcome::Ok, None, 1_001));
+        assert_eq!(s.open_spans(), 0);
+    }
+
+    #[test]
+    fn a_long_trace_unlinks_and_chains_in_order() {
+        // one trace, one root and 10 000 children, evicted from the middle
+        let s = store(5_000, u64::MAX / 2);
+        let root = s.insert(span(7, 1, None, 0), 0);
+        for i in 0..10_000u64 {
+            let h = s.insert(span(7, 100 + i, Some(1), 1), i + 1);
+            s.close(&h, SpanOutcome::Ok, None, i + 1);
+        }
+        let chain = s.chain(&hex32(7));
+        assert_eq!(chain.len(), s.stats().entries);
+        assert_eq!(chain[0].span_id, hex16(1));
+        assert!(chain[1..].windows(2).all(|w| w[0].start_us < w[1].start_us));
+        // the oldest children went first
+        assert_eq!(
+            *chain.last().unwrap(),
+            s.lookup(&hex16(100 + 9_999)).unwrap()
+        );
+        assert!(s.lookup(&hex16(100)).is_none());
+        assert!(s.close(&root, SpanOutcome::Ok, None, 20_000));
+    }
+
+    #[test]
+    fn a_cycle_of_parents_still_lists_every_span() {
+        let s = store(10, 100);
+        s.insert(span(3, 1, Some(2), 0), 0);
+        s.insert(span(3, 2, Some(1), 1), 1);
+        s.insert(span(3, 9, None, 0), 2);
+        let ids: Vec<[u8; 16]> = s.chain(&hex32(3)).iter().map(|x| x.span_id).collect();
+        assert_eq!(ids, [hex16(9), hex16(1), hex16(2)]);
     }
 
     #[test]

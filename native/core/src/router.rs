@@ -18,7 +18,7 @@ use rand::{Rng, SeedableRng};
 use crate::agents::{Agent, AgentKind, AgentTable, Snapshot};
 use crate::breaker::{BreakerConfig, BreakerState, Permit, Transition};
 use crate::clock::Clock;
-use crate::correlation::{CorrelationConfig, CorrelationStore, Opened, SpanOutcome};
+use crate::correlation::{CorrelationConfig, CorrelationStore, Opened, SpanHandle, SpanOutcome};
 use crate::error::FlowError;
 use crate::hot::{Hot, HotArena};
 use crate::learning::{Learner, QConfig, QStore, State};
@@ -243,8 +243,8 @@ pub struct Lease<P> {
     permit: Permit,
     /// The breaker transition the decision caused (open to half-open).
     transition: Option<Transition>,
-    /// The attempt's span in the correlation store: trace and span ids.
-    span: Option<([u8; 32], [u8; 16])>,
+    /// The attempt's span in the correlation store.
+    span: Option<SpanHandle>,
     settled: AtomicBool,
 }
 
@@ -280,13 +280,13 @@ impl<P> Lease<P> {
     }
 
     /// The attempt's span id, when the decision opened one.
-    pub fn span_id(&self) -> Option<&[u8; 16]> {
-        self.span.as_ref().map(|(_, s)| s)
+    pub fn span_id(&self) -> Option<[u8; 16]> {
+        self.span.as_ref().map(SpanHandle::span_id)
     }
 
     /// Closes the attempt's span.
     fn close_span(&self, outcome: Outcome, now_us: u64) {
-        if let Some((trace, span)) = &self.span {
+        if let Some(span) = &self.span {
             let o = match outcome {
                 Outcome::Success => SpanOutcome::Ok,
                 Outcome::Failure => SpanOutcome::Error,
@@ -294,10 +294,7 @@ impl<P> Lease<P> {
                 Outcome::AgentDown => SpanOutcome::Down,
                 Outcome::Abandoned => SpanOutcome::Abandoned,
             };
-            self.agent
-                .shared()
-                .correlation
-                .close(trace, span, o, None, now_us);
+            self.agent.shared().correlation.close(span, o, None, now_us);
         }
     }
 
@@ -383,6 +380,7 @@ pub struct TaskSpan {
     context: TraceParent,
     /// Shared by the task's span and its attempts'.
     summary: Option<Arc<[u8]>>,
+    handle: SpanHandle,
     ended: AtomicBool,
 }
 
@@ -398,13 +396,9 @@ impl TaskSpan {
             return false;
         }
         let now = self.shared.clock.now_us();
-        self.shared.correlation.close(
-            &self.context.trace_id,
-            &self.context.parent_id,
-            outcome,
-            agent_id.map(Arc::from),
-            now,
-        )
+        self.shared
+            .correlation
+            .close(&self.handle, outcome, agent_id.map(Arc::from), now)
     }
 }
 
@@ -412,13 +406,9 @@ impl Drop for TaskSpan {
     fn drop(&mut self) {
         if !*self.ended.get_mut() {
             let now = self.shared.clock.now_us();
-            self.shared.correlation.close(
-                &self.context.trace_id,
-                &self.context.parent_id,
-                SpanOutcome::Abandoned,
-                None,
-                now,
-            );
+            self.shared
+                .correlation
+                .close(&self.handle, SpanOutcome::Abandoned, None, now);
         }
     }
 }
@@ -580,8 +570,7 @@ impl<P> Router<P> {
                         attempt: sr.attempt,
                     },
                     now_us,
-                );
-                (task.trace_id, span_id)
+                )
             });
             self.sample_decision(now_us);
             return Ok(Lease {
@@ -641,7 +630,7 @@ impl<P> Router<P> {
         let shared = self.agents.shared_arc();
         let now = shared.clock.now_us();
         let summary: Option<Arc<[u8]>> = (!summary.is_empty()).then(|| summary.into());
-        shared.correlation.insert(
+        let handle = shared.correlation.insert(
             Opened {
                 trace_id,
                 span_id,
@@ -655,6 +644,7 @@ impl<P> Router<P> {
         Ok(TaskSpan {
             shared,
             summary,
+            handle,
             context: TraceParent {
                 version: 0,
                 trace_id,

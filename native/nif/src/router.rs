@@ -470,7 +470,7 @@ fn decide<'a>(
         let transition = lease.transition();
         let span_id = lease
             .span_id()
-            .map_or_else(|| atoms::undefined().encode(env), |s| binary_term(env, s));
+            .map_or_else(|| atoms::undefined().encode(env), |s| binary_term(env, &s));
         let lease = ResourceArc::new(LeaseResource { lease });
         Ok(make_tuple(
             env,
