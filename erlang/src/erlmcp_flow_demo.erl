@@ -3,7 +3,9 @@
 %% load) routes the same closed-loop workload through `erlmcp_flow:execute/2'
 %% with every strategy this build has, and prints one row per strategy.
 %% The Q-table is reset before each strategy, so q_learning starts from
-%% nothing like the others.
+%% nothing like the others. Then one task on the flaky agents, under a
+%% caller's traceparent, shows its spans (the task and each attempt) from the
+%% correlation store, and a line of node-wide metrics closes the run.
 %%
 %% `make demo' runs `erlmcp_flow_demo:main()'.
 -module(erlmcp_flow_demo).
@@ -13,11 +15,14 @@
 -export([run/1]).
 -export([format_table/1]).
 
--export_type([row/0]).
+-export_type([row/0, traced/0]).
 
 -type row() :: #{strategy := atom(), tasks := non_neg_integer(), ok := non_neg_integer(),
                  mean_ms := float(), p50_ms := float(), p99_ms := float(),
                  throughput := float()}.
+
+%% A traced task: the caller's traceparent, the task's Meta, its spans.
+-type traced() :: {binary(), map(), [erlmcp_flow_correlation_tracker:span()]}.
 
 -define(CAP, <<"compute">>).
 
@@ -49,9 +54,10 @@ main() ->
     erlang:halt(Status).
 
 %% @doc Starts the application and the agents, runs the workload once per
-%% strategy, prints the table, stops the agents it started and returns the rows.
+%% strategy, prints the table, the traced task and the node's figures, stops
+%% the agents it started and returns the rows and the traced task.
 -spec run(#{tasks := pos_integer(), concurrency := pos_integer(), timeout := pos_integer()}) ->
-          [row()].
+          #{rows := [row()], trace := traced()}.
 run(#{tasks := Tasks, concurrency := Conc, timeout := Timeout}) ->
     {ok, _} = application:ensure_all_started(erlmcp_flow),
     process_flag(trap_exit, true),
@@ -63,11 +69,12 @@ run(#{tasks := Tasks, concurrency := Conc, timeout := Timeout}) ->
                Tasks, Conc, Timeout]),
     Rows = [run_strategy(S, Tasks, Conc, Timeout) || S <- erlmcp_flow_router:strategies()],
     io:put_chars(format_table(Rows)),
-    #{in_flight := InFlight} = erlmcp_flow:stats(),
-    io:format("~nin flight after the runs: ~b~n", [InFlight]),
+    Trace = traced_task(),
+    print_trace(Trace),
+    print_stats(erlmcp_flow:stats()),
     [ok = erlmcp_flow_swarm:stop(S) || S <- Swarms],
     [ok = erlmcp_flow_agent:stop(A) || A <- Agents ++ lists:append(Members)],
-    Rows.
+    #{rows => Rows, trace => Trace}.
 
 %% @doc The rows as an aligned text table.
 -spec format_table([row()]) -> iodata().
@@ -136,6 +143,50 @@ caller(Strategy, N, Timeout) ->
          Lat = erlang:monotonic_time(microsecond) - T0,
          {element(1, Answer), Lat}
      end || I <- lists:seq(1, N)].
+
+%% Runs tasks on the flaky agents, each under a new caller's traceparent,
+%% until one needed a retry (or 200 tasks went by); returns that task's
+%% traceparent, `Meta' and spans in parent order.
+traced_task() ->
+    traced_task(200).
+
+traced_task(Left) ->
+    T = erlmcp_flow_correlation_tracker,
+    Header = T:format_traceparent(#{trace_id => T:generate_trace_id(),
+                                    span_id => T:generate_span_id(), trace_flags => 1}),
+    Req = #{capabilities => [<<"flaky">>], traceparent => Header, strategy => round_robin},
+    {ok, _, Meta} = erlmcp_flow:execute(#{type => review, id => Left}, Req,
+                                        #{base_retry_delay => 1}),
+    case Meta of
+        #{attempts := N} when N < 2, Left > 1 ->
+            traced_task(Left - 1);
+        #{trace_id := TraceId} ->
+            {ok, Chain} = T:get_trace_chain(TraceId),
+            {Header, Meta, Chain}
+    end.
+
+print_trace({Header, #{attempts := N}, Chain}) ->
+    io:format("~none task on the flaky agents, under traceparent ~s:~n"
+              "its ~b spans in parent order (~b attempts)~n", [Header, length(Chain), N]),
+    [io:format("  ~-10s span ~s  parent ~s  ~-9s ~-8s ~7.2f ms~n",
+               [case A of 0 -> "task"; _ -> "attempt " ++ integer_to_list(A) end,
+                S, P, agent_name(Agent), O, (E - St) / 1000])
+     || #{attempt := A, span_id := S, parent_span_id := P, agent_id := Agent,
+          outcome := O, start_us := St, end_us := E} <- Chain].
+
+agent_name(undefined) -> "-";
+agent_name(Id) -> Id.
+
+print_stats(S) ->
+    #{in_flight := InFlight, completed := Done, retries := Retries, fallbacks := Fallbacks,
+      breaker_opened := Opened, decision_p50_us := P50, decision_p99_us := P99,
+      correlation_entries := Spans, correlation_open := Open,
+      correlation_evicted := Evicted} = S,
+    io:format("~nnode: ~b attempts completed, ~b retries, ~b fallbacks to swarms, "
+              "~b breaker openings;~n"
+              "      decision p50 ~b us, p99 ~b us; correlation store: ~b spans, "
+              "~b open, ~b evicted; in flight now: ~b~n",
+              [Done, Retries, Fallbacks, Opened, P50, P99, Spans, Open, Evicted, InFlight]).
 
 percentile([], _) -> 0.0;
 percentile(Sorted, P) ->

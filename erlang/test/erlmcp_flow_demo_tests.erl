@@ -16,7 +16,8 @@ small_run() ->
                                                              timeout => 1000}),
                                         Parent ! {rows, self(), Rows}
                                 end),
-    Rows = receive {rows, Pid, R} -> R; {'DOWN', MRef, process, Pid, Why} -> error(Why) end,
+    #{rows := Rows, trace := Trace} =
+        receive {rows, Pid, R} -> R; {'DOWN', MRef, process, Pid, Why} -> error(Why) end,
     ?assertEqual(erlmcp_flow_router:strategies(), [S || #{strategy := S} <- Rows]),
     [begin
          ?assertEqual(200, N),
@@ -26,6 +27,14 @@ small_run() ->
      end || #{tasks := N, ok := Ok, p50_ms := P50, p99_ms := P99, mean_ms := Mean,
               throughput := Tput} <- Rows],
     Table = iolist_to_binary(erlmcp_flow_demo:format_table(Rows)),
+    %% the traced task's chain: the task's span under the caller's, then one
+    %% span per attempt, children of the task's
+    {Header, #{attempts := N, trace_id := TraceId, span_id := TaskSpan}, Chain} = Trace,
+    {ok, #{span_id := CallerSpan}} = erlmcp_flow_correlation_tracker:parse_traceparent(Header),
+    [#{attempt := 0, span_id := TaskSpan, parent_span_id := CallerSpan, outcome := ok}
+     | Attempts] = Chain,
+    ?assertEqual(lists:seq(1, N), [A || #{attempt := A} <- Attempts]),
+    [?assertMatch(#{trace_id := TraceId, parent_span_id := TaskSpan}, S) || S <- Attempts],
     ?assertMatch({match, _}, re:run(Table, "round_robin\\s+200\\s")),
     %% the demo stops what it started
     erlmcp_flow_test_util:sync_registry(),
