@@ -56,7 +56,8 @@ start_link() ->
 enabled(#{file := undefined, url := undefined}) -> false;
 enabled(#{}) -> true.
 
-%% @doc Exports every span queued now; returns how many were written.
+%% @doc Exports every span queued now; returns how many it took from the
+%% queue (written, or lost to a failing sink and counted in `spans_lost').
 -spec flush() -> non_neg_integer().
 flush() ->
     gen_server:call(?MODULE, flush, infinity).
