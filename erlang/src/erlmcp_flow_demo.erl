@@ -168,11 +168,12 @@ traced_task(Left) ->
 print_trace({Header, #{attempts := N}, Chain}) ->
     io:format("~none task on the flaky agents, under traceparent ~s:~n"
               "its ~b spans in parent order (~b attempts)~n", [Header, length(Chain), N]),
-    [io:format("  ~-10s span ~s  parent ~s  ~-9s ~-8s ~7.2f ms~n",
-               [case A of 0 -> "task"; _ -> "attempt " ++ integer_to_list(A) end,
-                S, P, agent_name(Agent), O, (E - St) / 1000])
-     || #{attempt := A, span_id := S, parent_span_id := P, agent_id := Agent,
-          outcome := O, start_us := St, end_us := E} <- Chain].
+    _ = [io:format("  ~-10s span ~s  parent ~s  ~-9s ~-8s ~7.2f ms~n",
+                   [case A of 0 -> "task"; _ -> "attempt " ++ integer_to_list(A) end,
+                    S, P, agent_name(Agent), O, (E - St) / 1000])
+         || #{attempt := A, span_id := S, parent_span_id := P, agent_id := Agent,
+              outcome := O, start_us := St, end_us := E} <- Chain],
+    ok.
 
 agent_name(undefined) -> "-";
 agent_name(Id) -> Id.
