@@ -12,8 +12,10 @@
 use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-/// Cells per chunk.
+/// Cells per chunk: a cell's index is a byte, so reading a cell needs no
+/// bounds check.
 const CHUNK: usize = 256;
+const _: () = assert!(CHUNK == u8::MAX as usize + 1);
 
 /// The condition of an agent nobody measured yet: high success, fast (see
 /// `QConfig::state`).
@@ -108,7 +110,7 @@ struct Chunk {
 #[derive(Debug, Clone)]
 pub struct HotRef {
     chunk: Arc<Chunk>,
-    index: u32,
+    index: u8,
 }
 
 impl HotRef {
@@ -147,7 +149,7 @@ impl HotArena {
         });
         // Highest index first in the free list, so cells are handed out in
         // order and agents registered together sit together.
-        free.extend((1..CHUNK as u32).rev().map(|index| HotRef {
+        free.extend((1..=u8::MAX).rev().map(|index| HotRef {
             chunk: chunk.clone(),
             index,
         }));

@@ -282,8 +282,13 @@ fn argmin_hot<P, R: Rng + ?Sized>(
     cost: impl Fn(u32, &Hot) -> f64,
 ) -> (usize, f64) {
     let hot = cx.snapshot.hot();
+    // admits_hot with the bulkhead limit read once for the scan, and the
+    // breaker asked only when it is not closed (rare)
+    let max = cx.shared.config().max_concurrent;
     let priced = |slot: u32, h: &Hot| {
-        if cx.admits_hot(slot, h) {
+        let admitted =
+            h.in_flight() < max && (h.breaker() == 0 || cx.admits_hot(slot, h));
+        if admitted {
             cost(slot, h)
         } else {
             f64::INFINITY
