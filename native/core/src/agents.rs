@@ -17,7 +17,7 @@ use rustc_hash::FxHashMap;
 
 use crate::breaker::Breaker;
 use crate::error::FlowError;
-use crate::hot::HotRef;
+use crate::hot::HotCell;
 use crate::learning::{QConfig, QRow, State, StateIndexer};
 use crate::ring::Ring;
 use crate::router::Shared;
@@ -185,7 +185,8 @@ pub struct Snapshot<P> {
     /// 0..len, so "no requirement" borrows a list like any other.
     all_slots: Box<[u32]>,
     /// Per slot, the agent's hot cell: what a scan over candidates reads.
-    hot: Box<[HotRef]>,
+    /// The agents above hold the cells' `HotRef`s.
+    hot: Box<[HotCell]>,
     ring: Ring,
 }
 
@@ -234,7 +235,12 @@ impl<P> Snapshot<P> {
             })
             .collect();
         let all_slots = (0..agents.len() as u32).collect();
-        let hot = agents.iter().map(|a| a.stats().hot().clone()).collect();
+        let hot = agents
+            .iter()
+            // SAFETY: the snapshot holds every agent, and so its cell, for as
+            // long as it holds the `HotCell`.
+            .map(|a| unsafe { HotCell::of(a.stats().hot()) })
+            .collect();
         Snapshot {
             hot,
             agents,
@@ -248,7 +254,7 @@ impl<P> Snapshot<P> {
 
     /// Per slot, the agents' hot cells.
     #[inline]
-    pub fn hot(&self) -> &[HotRef] {
+    pub fn hot(&self) -> &[HotCell] {
         &self.hot
     }
 

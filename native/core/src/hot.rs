@@ -130,6 +130,36 @@ impl HotRef {
     }
 }
 
+/// A cell as a table snapshot keeps it for its scans: the bare address,
+/// 8 bytes, one load from the figures.
+///
+/// It is made only by [`HotCell::of`] from a [`HotRef`] that the snapshot
+/// holds (through its agents) for as long as it holds the `HotCell`, so the
+/// chunk stays alive; and a cell is given back to the arena for reuse only
+/// when its agent is dropped, which no snapshot that lists the agent allows.
+#[derive(Debug, Clone, Copy)]
+pub struct HotCell(std::ptr::NonNull<Hot>);
+
+// SAFETY: a `HotCell` is a shared reference to a `Hot` (atomics only, so
+// `Sync`) that outlives it by construction (see above).
+unsafe impl Send for HotCell {}
+unsafe impl Sync for HotCell {}
+
+impl HotCell {
+    /// # Safety
+    /// `cell` (or a clone of it) must stay alive as long as the result and
+    /// every copy of it.
+    pub unsafe fn of(cell: &HotRef) -> HotCell {
+        HotCell(std::ptr::NonNull::from(cell.get()))
+    }
+
+    #[inline]
+    pub fn get(&self) -> &Hot {
+        // SAFETY: the cell outlives `self` (the contract of `of`).
+        unsafe { self.0.as_ref() }
+    }
+}
+
 /// Where a table's agents get their cells, and give them back.
 #[derive(Debug, Default)]
 pub struct HotArena {

@@ -286,8 +286,7 @@ fn argmin_hot<P, R: Rng + ?Sized>(
     // breaker asked only when it is not closed (rare)
     let max = cx.shared.config().max_concurrent;
     let priced = |slot: u32, h: &Hot| {
-        let admitted =
-            h.in_flight() < max && (h.breaker() == 0 || cx.admits_hot(slot, h));
+        let admitted = h.in_flight() < max && (h.breaker() == 0 || cx.admits_hot(slot, h));
         if admitted {
             cost(slot, h)
         } else {
