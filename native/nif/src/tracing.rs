@@ -231,7 +231,7 @@ fn span_end<'a>(env: Env<'a>, span: Term<'a>, outcome: Term<'a>, agent: Term<'a>
 }
 
 /// `trace_chain(Router, TraceId) -> [Span]`, in parent order.
-#[rustler::nif]
+#[rustler::nif(schedule = "DirtyCpu")]
 fn trace_chain<'a>(env: Env<'a>, router: Term<'a>, trace_id: Term<'a>) -> Term<'a> {
     let run = || -> NifOutcome<Term<'a>> {
         let r = router_arg(router)?;
@@ -247,7 +247,7 @@ fn trace_chain<'a>(env: Env<'a>, router: Term<'a>, trace_id: Term<'a>) -> Term<'
 }
 
 /// `span_lookup(Router, SpanId) -> {ok, Span} | {error, not_found}`.
-#[rustler::nif]
+#[rustler::nif(schedule = "DirtyCpu")]
 fn span_lookup<'a>(env: Env<'a>, router: Term<'a>, span_id: Term<'a>) -> Term<'a> {
     let run = || -> NifOutcome<Term<'a>> {
         let r = router_arg(router)?;
