@@ -15,6 +15,7 @@ garbage_gets_a_named_error_test_() ->
     R = router(),
     ok = erlmcp_flow_nif:agent_insert(R, <<"a">>, self(), [<<"c">>], agent, 1),
     {ok, _, _, Lease, _, none} = erlmcp_flow_nif:decide(R, [<<"c">>], round_robin, undefined, undefined, [], any, undefined),
+    {ok, _, _, _, Span} = erlmcp_flow_nif:span_start(R, undefined, <<"t">>),
     Cases =
         [{router, fun() -> erlmcp_flow_nif:router_new(not_a_map) end, opts},
          {router, fun() -> erlmcp_flow_nif:router_new(#{clock => sundial}) end, opts},
@@ -85,10 +86,41 @@ garbage_gets_a_named_error_test_() ->
          {router, fun() -> erlmcp_flow_nif:router_new(#{breaker_enabled => yes}) end, opts},
          {complete, fun() -> erlmcp_flow_nif:complete(R, ok) end, lease},
          {complete, fun() -> erlmcp_flow_nif:complete(Lease, maybe) end, outcome},
-         {complete, fun() -> erlmcp_flow_nif:complete(Lease, "ok") end, outcome}],
+         {complete, fun() -> erlmcp_flow_nif:complete(Lease, "ok") end, outcome},
+         {span_start, fun() -> erlmcp_flow_nif:span_start(Lease, undefined, <<>>) end, router},
+         {span_start, fun() -> erlmcp_flow_nif:span_start(R, undefined, summary) end, summary},
+         {span_end, fun() -> erlmcp_flow_nif:span_end(Lease, ok, undefined) end, span},
+         {span_end, fun() -> erlmcp_flow_nif:span_end(Span, maybe, undefined) end, outcome},
+         {span_end, fun() -> erlmcp_flow_nif:span_end(Span, ok, <<>>) end, agent_id},
+         {span_end, fun() -> erlmcp_flow_nif:span_end(Span, ok, 42) end, agent_id},
+         {decide, fun() -> erlmcp_flow_nif:decide(R, [<<"c">>], round_robin, undefined, undefined, [], any, {Lease, 1}) end, span},
+         {decide, fun() -> erlmcp_flow_nif:decide(R, [<<"c">>], round_robin, undefined, undefined, [], any, {Span, 70000}) end, span},
+         {decide, fun() -> erlmcp_flow_nif:decide(R, [<<"c">>], round_robin, undefined, undefined, [], any, {Span, -1}) end, span},
+         {chain, fun() -> erlmcp_flow_nif:trace_chain(R, <<"4BF92F3577B34DA6A3CE929D0E0E4736">>) end, trace_id},
+         {chain, fun() -> erlmcp_flow_nif:trace_chain(R, <<"4bf92f35">>) end, trace_id},
+         {chain, fun() -> erlmcp_flow_nif:trace_chain(R, <<0:256>>) end, trace_id},
+         {chain, fun() -> erlmcp_flow_nif:trace_chain(Span, <<"4bf92f3577b34da6a3ce929d0e0e4736">>) end, router},
+         {lookup, fun() -> erlmcp_flow_nif:span_lookup(R, <<"0000000000000000">>) end, span_id},
+         {lookup, fun() -> erlmcp_flow_nif:span_lookup(R, "00f067aa0ba902b7") end, span_id},
+         {lookup, fun() -> erlmcp_flow_nif:span_lookup(self(), <<"00f067aa0ba902b7">>) end, router},
+         {sweep, fun() -> erlmcp_flow_nif:correlation_sweep(Span) end, router},
+         {export, fun() -> erlmcp_flow_nif:export_batch(R, -1, <<"svc">>) end, max},
+         {export, fun() -> erlmcp_flow_nif:export_batch(R, 10, svc) end, service},
+         {export, fun() -> erlmcp_flow_nif:export_batch(Lease, 10, <<"svc">>) end, router}],
     [{atom_to_list(Name) ++ " " ++ atom_to_list(What),
       ?_assertEqual({error, {badarg, What}}, F())} || {Name, F, What} <- Cases]
-    ++ [?_assertMatch({ok, _}, erlmcp_flow_nif:complete(Lease, ok))].
+    ++ [?_assertMatch({ok, _}, erlmcp_flow_nif:complete(Lease, ok)),
+        %% headers that are not binaries are invalid trace context, not badarg
+        ?_assertEqual({error, invalid_trace_context}, erlmcp_flow_nif:span_start(R, 42, <<>>)),
+        ?_assertEqual({error, invalid_trace_context}, erlmcp_flow_nif:parse_traceparent(#{})),
+        ?_assertEqual({error, invalid_trace_context}, erlmcp_flow_nif:validate_tracestate([])),
+        ?_assertEqual({error, invalid_trace_context},
+                      erlmcp_flow_nif:format_traceparent(<<"x">>, <<"y">>, 1)),
+        ?_assertEqual({error, invalid_trace_context},
+                      erlmcp_flow_nif:format_traceparent(<<"4bf92f3577b34da6a3ce929d0e0e4736">>,
+                                                         <<"00f067aa0ba902b7">>, 256)),
+        ?_assertEqual(ok, erlmcp_flow_nif:span_end(Span, ok, undefined)),
+        ?_assertEqual({error, already_ended}, erlmcp_flow_nif:span_end(Span, failed, undefined))].
 
 wrong_arity_raises_undef_not_a_crash_test() ->
     ?assertError(undef, erlang:apply(erlmcp_flow_nif, decide, [a])).
