@@ -223,6 +223,11 @@ struct Shard {
     /// whose slot holds another span by now is skipped.
     finished: VecDeque<(u64, u64, u32)>,
     export: VecDeque<Finished>,
+    /// The shard's counters, kept under its lock (global atomics would be
+    /// written by every scheduler on every span); `stats` sums them.
+    open: usize,
+    evicted: u64,
+    expired: u64,
 }
 
 impl Shard {
@@ -239,8 +244,9 @@ impl Shard {
         }
     }
 
-    /// Removes the span in slot `i`; returns whether it was open.
-    fn remove(&mut self, i: u32) -> bool {
+    /// Removes the span in slot `i`, counting it out of `open` if it was
+    /// (the caller counts the store's entries).
+    fn remove(&mut self, i: u32) {
         let (trace, next, prev) = {
             let s = &self.slots[i as usize];
             (s.trace, s.next, s.prev)
@@ -258,14 +264,15 @@ impl Shard {
             self.slots[next as usize].prev = prev;
         }
         let s = &mut self.slots[i as usize];
-        let was_open = s.outcome == SpanOutcome::Open;
+        if s.outcome == SpanOutcome::Open {
+            self.open -= 1;
+        }
         s.live = false;
         s.agent = None;
         s.summary = None;
         s.next = NIL;
         s.prev = NIL;
         self.free.push(i);
-        was_open
     }
 
     fn spans_of(&self, trace: TraceKey) -> Vec<Span> {
@@ -285,11 +292,10 @@ impl Shard {
 pub struct CorrelationStore {
     shards: Box<[Mutex<Shard>]>,
     config: CorrelationConfig,
+    /// Spans in the store: the one store-wide figure an insert needs (for
+    /// the cap), written only when an insert does not evict as many spans as
+    /// it adds.
     entries: AtomicUsize,
-    /// Spans inserted and not closed yet (nor removed).
-    open: AtomicUsize,
-    evicted: AtomicU64,
-    expired: AtomicU64,
     /// Spans in the export queues, and the next queue to drain first.
     exporting: AtomicUsize,
     export_next: AtomicUsize,
@@ -350,9 +356,6 @@ impl CorrelationStore {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             config,
             entries: AtomicUsize::new(0),
-            open: AtomicUsize::new(0),
-            evicted: AtomicU64::new(0),
-            expired: AtomicU64::new(0),
             exporting: AtomicUsize::new(0),
             export_next: AtomicUsize::new(0),
             export_dropped: AtomicU64::new(0),
@@ -367,11 +370,12 @@ impl CorrelationStore {
         self.shards[i].lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Counts a removed span out.
-    fn forget(&self, was_open: bool) {
-        self.entries.fetch_sub(1, Ordering::Relaxed);
-        if was_open {
-            self.open.fetch_sub(1, Ordering::Relaxed);
+    /// Moves the entry count by `added - removed`.
+    fn count_entries(&self, added: usize, removed: usize) {
+        if added > removed {
+            self.entries.fetch_add(added - removed, Ordering::Relaxed);
+        } else if removed > added {
+            self.entries.fetch_sub(removed - added, Ordering::Relaxed);
         }
     }
 
@@ -384,7 +388,7 @@ impl CorrelationStore {
         let id = span_key(&span.span_id);
         let shard_ix = shard_of(trace);
         let mut shard = self.shard(shard_ix);
-        self.expire_front(&mut shard, now_us);
+        let expired = self.expire_front(&mut shard, now_us);
         let head = shard.by_trace.get(&trace).copied().unwrap_or(NIL);
         let summary = span.summary.map(|s| {
             if s.len() <= SUMMARY_MAX {
@@ -411,21 +415,23 @@ impl CorrelationStore {
             shard.slots[head as usize].prev = i;
         }
         shard.by_trace.insert(trace, i);
-        self.open.fetch_add(1, Ordering::Relaxed);
-        let total = self.entries.fetch_add(1, Ordering::Relaxed) + 1;
+        shard.open += 1;
+        // the cap: room for this span made from the shard's oldest finished
+        // ones (a few per insert, so an insert stays short)
+        let total = (self.entries.load(Ordering::Relaxed) + 1).saturating_sub(expired);
         let over = total.saturating_sub(self.config.max_entries);
-        for _ in 0..over.min(4) {
-            match shard.finished.pop_front() {
-                Some((span, _, slot)) => {
-                    if Self::holds(&shard, slot, span) {
-                        let was_open = shard.remove(slot);
-                        self.forget(was_open);
-                        self.evicted.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                None => break,
+        let mut evicted = 0;
+        while evicted < over.min(4) {
+            let Some((span, _, slot)) = shard.finished.pop_front() else {
+                break;
+            };
+            if Self::holds(&shard, slot, span) {
+                shard.remove(slot);
+                evicted += 1;
             }
         }
+        shard.evicted += evicted as u64;
+        self.count_entries(1, expired + evicted);
         SpanHandle {
             trace,
             span: id,
@@ -440,19 +446,22 @@ impl CorrelationStore {
         s.live && s.span == span && s.outcome != SpanOutcome::Open
     }
 
-    /// Drops finished spans past their TTL from the front of a shard's queue.
-    fn expire_front(&self, shard: &mut Shard, now_us: u64) {
+    /// Drops finished spans past their TTL from the front of a shard's
+    /// queue; returns how many (the caller counts them out of the entries).
+    fn expire_front(&self, shard: &mut Shard, now_us: u64) -> usize {
+        let mut gone = 0;
         while let Some(&(span, end, slot)) = shard.finished.front() {
             if end.saturating_add(self.config.ttl_us) > now_us {
                 break;
             }
             shard.finished.pop_front();
             if Self::holds(shard, slot, span) {
-                let was_open = shard.remove(slot);
-                self.forget(was_open);
-                self.expired.fetch_add(1, Ordering::Relaxed);
+                shard.remove(slot);
+                gone += 1;
             }
         }
+        shard.expired += gone as u64;
+        gone
     }
 
     /// Closes a span with its outcome (and its agent, when it has one now).
@@ -481,7 +490,6 @@ impl CorrelationStore {
         } else {
             return false;
         }
-        self.open.fetch_sub(1, Ordering::Relaxed);
         let exported = (self.config.export_queue > 0).then(|| Finished {
             trace: slot.trace,
             span: slot.span,
@@ -493,6 +501,7 @@ impl CorrelationStore {
             attempt: slot.attempt,
             outcome: slot.outcome,
         });
+        shard.open -= 1;
         shard.finished.push_back((id, now_us, i));
         if let Some(f) = exported {
             if self.exporting.fetch_add(1, Ordering::Relaxed) < self.config.export_queue {
@@ -569,9 +578,7 @@ impl CorrelationStore {
         let mut gone = 0;
         for i in 0..SHARDS {
             let mut shard = self.shard(i);
-            let before = self.expired.load(Ordering::Relaxed);
-            self.expire_front(&mut shard, now_us);
-            gone += (self.expired.load(Ordering::Relaxed) - before) as usize;
+            let mut removed = self.expire_front(&mut shard, now_us);
             let stale: Vec<u32> = shard
                 .slots
                 .iter()
@@ -583,12 +590,14 @@ impl CorrelationStore {
                 })
                 .map(|(i, _)| i as u32)
                 .collect();
+            shard.expired += stale.len() as u64;
+            removed += stale.len();
             for slot in stale {
-                let was_open = shard.remove(slot);
-                self.forget(was_open);
-                self.expired.fetch_add(1, Ordering::Relaxed);
-                gone += 1;
+                shard.remove(slot);
             }
+            drop(shard);
+            self.count_entries(0, removed);
+            gone += removed;
         }
         gone
     }
@@ -612,17 +621,23 @@ impl CorrelationStore {
 
     /// Spans still open.
     pub fn open_spans(&self) -> usize {
-        self.open.load(Ordering::Relaxed)
+        (0..SHARDS).map(|i| self.shard(i).open).sum()
     }
 
+    /// The store's figures: the shards' counters summed, one shard at a time.
     pub fn stats(&self) -> CorrelationStats {
-        CorrelationStats {
+        let mut st = CorrelationStats {
             entries: self.entries.load(Ordering::Relaxed),
-            open: self.open.load(Ordering::Relaxed),
-            evicted: self.evicted.load(Ordering::Relaxed),
-            expired: self.expired.load(Ordering::Relaxed),
             export_dropped: self.export_dropped.load(Ordering::Relaxed),
+            ..CorrelationStats::default()
+        };
+        for i in 0..SHARDS {
+            let shard = self.shard(i);
+            st.open += shard.open;
+            st.evicted += shard.evicted;
+            st.expired += shard.expired;
         }
+        st
     }
 }
 
