@@ -124,7 +124,10 @@ http_sink(#{url := Url, http_timeout_ms := Timeout}) ->
     end,
     #http{url = unicode:characters_to_list(Url), timeout = Timeout}.
 
-%% Batches until the queue is empty or `Left' batches went out.
+%% Batches until the queue is empty, `Left' batches went out, or a batch
+%% failed on every sink: the rest waits for the next round, so that a
+%% collector that hangs holds the exporter for one timeout per round, not
+%% one per batch.
 drain(State, 0, N) ->
     {N, State};
 drain(#state{config = #{batch_size := Size, service_name := Service}, sinks = Sinks} = State,
@@ -135,14 +138,15 @@ drain(#state{config = #{batch_size := Size, service_name := Service}, sinks = Si
         {ok, Count, Json} ->
             Results = [write(Sink, Json) || Sink <- Sinks],
             Sinks1 = [S || {_, S} <- Results],
-            case length([failed || {{error, _}, _} <- Results]) of
+            Failed = length([failed || {{error, _}, _} <- Results]),
+            case Failed of
                 0 -> erlmcp_flow_metrics:add(spans_exported, Count);
-                Failed ->
+                _ ->
                     erlmcp_flow_metrics:add(export_failures, Failed),
                     erlmcp_flow_metrics:add(spans_lost, Count)
             end,
             State1 = State#state{sinks = Sinks1},
-            case Count < Size of
+            case Count < Size orelse Failed =:= length(Sinks) of
                 true -> {N + Count, State1};
                 false -> drain(State1, decrement(Left), N + Count)
             end
@@ -179,10 +183,14 @@ write(#http{url = Url, timeout = Timeout} = H, Json) ->
     end.
 
 open(#file{path = Path} = F) ->
-    ok = filelib:ensure_dir(Path),
-    case file:open(Path, [append, raw, binary]) of
-        {ok, Fd} ->
-            F#file{fd = Fd, size = filelib:file_size(Path)};
+    case filelib:ensure_dir(Path) of
+        ok ->
+            case file:open(Path, [append, raw, binary]) of
+                {ok, Fd} ->
+                    F#file{fd = Fd, size = filelib:file_size(Path)};
+                {error, _} = E ->
+                    failing(F#file{fd = undefined}, E)
+            end;
         {error, _} = E ->
             failing(F#file{fd = undefined}, E)
     end.
