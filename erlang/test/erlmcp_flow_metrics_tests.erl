@@ -133,6 +133,27 @@ scrape_test() ->
                      ?assertMatch({error, _}, gen_tcp:connect(Other, Port, [], 1000))
              end).
 
+%% A port already taken: the start fails with a reason that names the
+%% listener, the address and the port, and leaves nothing running.
+port_taken_test() ->
+    logger:set_primary_config(level, critical),
+    _ = application:stop(erlmcp_flow),
+    {ok, _} = application:ensure_all_started(inets),
+    _ = application:load(erlmcp_flow),
+    {ok, L} = gen_tcp:listen(0, [{ip, {127, 0, 0, 1}}]),
+    {ok, Port} = inet:port(L),
+    application:set_env(erlmcp_flow, metrics, #{http => true, port => Port}),
+    try
+        {error, {Reason, _}} = application:start(erlmcp_flow),
+        ?assertMatch({match, _}, re:run(io_lib:format("~p", [Reason]),
+                                        "metrics_http.*127,0,0,1.*" ++ integer_to_list(Port)
+                                        ++ ".*eaddrinuse", [dotall])),
+        ?assertEqual(undefined, whereis(erlmcp_flow_sup))
+    after
+        application:unset_env(erlmcp_flow, metrics),
+        gen_tcp:close(L)
+    end.
+
 %% An address of this host that is not loopback, when it has one.
 non_loopback_address() ->
     {ok, Ifs} = inet:getifaddrs(),
