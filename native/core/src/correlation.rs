@@ -139,9 +139,10 @@ impl SpanHandle {
     }
 }
 
-/// One span in a shard's slab.
-#[derive(Debug)]
-struct Slot {
+/// What the store knows of one span. The export queue keeps clones of
+/// these (the agent and summary shared, not copied).
+#[derive(Debug, Clone)]
+struct Record {
     trace: TraceKey,
     span: u64,
     /// 0: none (an all-zero span id is invalid, so never a real parent).
@@ -150,15 +151,11 @@ struct Slot {
     end_us: u64,
     agent: Option<Arc<[u8]>>,
     summary: Option<Arc<[u8]>>,
-    /// The neighbours in the trace's list of spans (newest first).
-    next: u32,
-    prev: u32,
     attempt: u16,
     outcome: SpanOutcome,
-    live: bool,
 }
 
-impl Slot {
+impl Record {
     fn view(&self) -> Span {
         Span {
             trace_id: trace_hex(self.trace),
@@ -174,38 +171,23 @@ impl Slot {
     }
 }
 
-/// A finished span waiting for the exporter: the slot's fields, with the
-/// agent and summary shared.
-#[derive(Debug, Clone)]
-struct Finished {
-    trace: TraceKey,
-    span: u64,
-    parent: u64,
-    start_us: u64,
-    end_us: u64,
-    agent: Option<Arc<[u8]>>,
-    summary: Option<Arc<[u8]>>,
-    attempt: u16,
-    outcome: SpanOutcome,
+/// `prev` of a free slot (a live one's is `NIL` or an index): no flag of
+/// its own, which would cost the slot 8 bytes of padding.
+const FREE: u32 = u32::MAX - 1;
+
+/// One span in a shard's slab.
+#[derive(Debug)]
+struct Slot {
+    rec: Record,
+    /// The neighbours in the trace's list of spans (newest first); `prev` is
+    /// `FREE` when the slot holds no span.
+    next: u32,
+    prev: u32,
 }
 
-impl Finished {
-    fn view(&self) -> Span {
-        Slot {
-            trace: self.trace,
-            span: self.span,
-            parent: self.parent,
-            start_us: self.start_us,
-            end_us: self.end_us,
-            agent: self.agent.clone(),
-            summary: self.summary.clone(),
-            next: NIL,
-            prev: NIL,
-            attempt: self.attempt,
-            outcome: self.outcome,
-            live: true,
-        }
-        .view()
+impl Slot {
+    fn live(&self) -> bool {
+        self.prev != FREE
     }
 }
 
@@ -222,7 +204,7 @@ struct Shard {
     /// Finished spans, oldest first: the eviction and expiry order. An entry
     /// whose slot holds another span by now is skipped.
     finished: VecDeque<(u64, u64, u32)>,
-    export: VecDeque<Finished>,
+    export: VecDeque<Record>,
     /// The shard's counters, kept under its lock (global atomics would be
     /// written by every scheduler on every span); `stats` sums them.
     open: usize,
@@ -249,7 +231,7 @@ impl Shard {
     fn remove(&mut self, i: u32) {
         let (trace, next, prev) = {
             let s = &self.slots[i as usize];
-            (s.trace, s.next, s.prev)
+            (s.rec.trace, s.next, s.prev)
         };
         if prev == NIL {
             if next == NIL {
@@ -264,14 +246,13 @@ impl Shard {
             self.slots[next as usize].prev = prev;
         }
         let s = &mut self.slots[i as usize];
-        if s.outcome == SpanOutcome::Open {
+        if s.rec.outcome == SpanOutcome::Open {
             self.open -= 1;
         }
-        s.live = false;
-        s.agent = None;
-        s.summary = None;
+        s.rec.agent = None;
+        s.rec.summary = None;
         s.next = NIL;
-        s.prev = NIL;
+        s.prev = FREE;
         self.free.push(i);
     }
 
@@ -280,7 +261,7 @@ impl Shard {
         let mut at = self.by_trace.get(&trace).copied().unwrap_or(NIL);
         while at != NIL {
             let s = &self.slots[at as usize];
-            out.push(s.view());
+            out.push(s.rec.view());
             at = s.next;
         }
         out
@@ -398,18 +379,19 @@ impl CorrelationStore {
             }
         });
         let i = shard.alloc(Slot {
-            trace,
-            span: id,
-            parent: span.parent_span_id.as_ref().map_or(0, span_key),
-            start_us: now_us,
-            end_us: 0,
-            agent: span.agent_id,
-            summary,
+            rec: Record {
+                trace,
+                span: id,
+                parent: span.parent_span_id.as_ref().map_or(0, span_key),
+                start_us: now_us,
+                end_us: 0,
+                agent: span.agent_id,
+                summary,
+                attempt: span.attempt,
+                outcome: SpanOutcome::Open,
+            },
             next: head,
             prev: NIL,
-            attempt: span.attempt,
-            outcome: SpanOutcome::Open,
-            live: true,
         });
         if head != NIL {
             shard.slots[head as usize].prev = i;
@@ -443,7 +425,7 @@ impl CorrelationStore {
     /// Whether `slot` still holds the finished span `span`.
     fn holds(shard: &Shard, slot: u32, span: u64) -> bool {
         let s = &shard.slots[slot as usize];
-        s.live && s.span == span && s.outcome != SpanOutcome::Open
+        s.live() && s.rec.span == span && s.rec.outcome != SpanOutcome::Open
     }
 
     /// Drops finished spans past their TTL from the front of a shard's
@@ -478,29 +460,18 @@ impl CorrelationStore {
         let Some(slot) = shard.slots.get_mut(i as usize) else {
             return false;
         };
-        if !(slot.live && slot.span == id && slot.trace == handle.trace) {
+        // the slot may hold another span by now (this one evicted or swept)
+        let held = slot.live() && slot.rec.span == id && slot.rec.trace == handle.trace;
+        if !held || slot.rec.outcome != SpanOutcome::Open {
             return false;
         }
-        if slot.outcome == SpanOutcome::Open {
-            slot.end_us = now_us.max(slot.start_us);
-            slot.outcome = outcome;
-            if agent_id.is_some() {
-                slot.agent = agent_id;
-            }
-        } else {
-            return false;
+        let rec = &mut slot.rec;
+        rec.end_us = now_us.max(rec.start_us);
+        rec.outcome = outcome;
+        if agent_id.is_some() {
+            rec.agent = agent_id;
         }
-        let exported = (self.config.export_queue > 0).then(|| Finished {
-            trace: slot.trace,
-            span: slot.span,
-            parent: slot.parent,
-            start_us: slot.start_us,
-            end_us: slot.end_us,
-            agent: slot.agent.clone(),
-            summary: slot.summary.clone(),
-            attempt: slot.attempt,
-            outcome: slot.outcome,
-        });
+        let exported = (self.config.export_queue > 0).then(|| rec.clone());
         shard.open -= 1;
         shard.finished.push_back((id, now_us, i));
         if let Some(f) = exported {
@@ -566,8 +537,8 @@ impl CorrelationStore {
             shard
                 .slots
                 .iter()
-                .find(|s| s.live && s.span == id)
-                .map(Slot::view)
+                .find(|s| s.live() && s.rec.span == id)
+                .map(|s| s.rec.view())
         })
     }
 
@@ -584,9 +555,9 @@ impl CorrelationStore {
                 .iter()
                 .enumerate()
                 .filter(|(_, s)| {
-                    s.live
-                        && s.outcome == SpanOutcome::Open
-                        && s.start_us.saturating_add(ttl) <= now_us
+                    s.live()
+                        && s.rec.outcome == SpanOutcome::Open
+                        && s.rec.start_us.saturating_add(ttl) <= now_us
                 })
                 .map(|(i, _)| i as u32)
                 .collect();
@@ -807,6 +778,13 @@ mod tests {
         s.insert(span(3, 9, None, 0), 2);
         let ids: Vec<[u8; 16]> = s.chain(&hex32(3)).iter().map(|x| x.span_id).collect();
         assert_eq!(ids, [hex16(9), hex16(1), hex16(2)]);
+    }
+
+    #[test]
+    #[cfg(target_pointer_width = "64")]
+    fn a_slot_is_96_bytes() {
+        // the README's figure, and what the memory test measures
+        assert_eq!(std::mem::size_of::<Slot>(), 96);
     }
 
     #[test]
