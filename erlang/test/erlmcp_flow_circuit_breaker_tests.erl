@@ -25,7 +25,7 @@ api_test_() ->
              {ok, _} = application:ensure_all_started(erlmcp_flow)
      end,
      fun(_) ->
-             [ok = erlmcp_flow:unregister_agent(Id) || {Id, _, _, _} <- erlmcp_flow_registry:list_agents()],
+             erlmcp_flow_test_util:unregister_all(),
              ok = application:stop(erlmcp_flow),
              application:unset_env(erlmcp_flow, clock)
      end,

@@ -68,11 +68,7 @@ generated_ids_test() ->
 tasks_test_() ->
     {foreach,
      fun erlmcp_flow_test_util:start/0,
-     fun(Apps) ->
-             [ok = erlmcp_flow:unregister_agent(Id) || {Id, _, _, _} <- erlmcp_flow_registry:list_agents()],
-             wait_until(fun() -> maps:get(in_flight, erlmcp_flow:stats()) =:= 0 end),
-             erlmcp_flow_test_util:stop(Apps)
-     end,
+     fun erlmcp_flow_test_util:stop_drained/1,
      [{"the task joins the caller's trace; the agent gets a child context", fun joins/0},
       {"without a traceparent the task starts a trace", fun new_trace/0},
       {"bad trace headers are refused, naming the header", fun bad_headers/0},

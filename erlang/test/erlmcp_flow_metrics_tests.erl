@@ -18,11 +18,7 @@ rate_test() ->
 metrics_test_() ->
     {foreach,
      fun erlmcp_flow_test_util:start/0,
-     fun(Apps) ->
-             [ok = erlmcp_flow:unregister_agent(Id) || {Id, _, _, _} <- erlmcp_flow_registry:list_agents()],
-             wait_until(fun() -> maps:get(in_flight, erlmcp_flow:stats()) =:= 0 end),
-             erlmcp_flow_test_util:stop(Apps)
-     end,
+     fun erlmcp_flow_test_util:stop_drained/1,
      [{"stats/0 has every global figure", fun global/0},
       {"agent_stats/1 has every per-agent figure", fun per_agent/0},
       {"the exposition parses and carries the figures", fun exposition/0},

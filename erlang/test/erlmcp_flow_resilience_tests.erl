@@ -13,7 +13,7 @@ resilience_test_() ->
     {foreach,
      fun erlmcp_flow_test_util:start/0,
      fun(Apps) ->
-             [ok = erlmcp_flow:unregister_agent(Id) || {Id, _, _, _} <- erlmcp_flow_registry:list_agents()],
+             erlmcp_flow_test_util:unregister_all(),
              wait_until(fun() -> maps:get(in_flight, erlmcp_flow:stats()) =:= 0 end),
              erlmcp_flow_test_util:assert_clean(),
              erlmcp_flow_test_util:stop(Apps)

@@ -9,7 +9,7 @@ router_test_() ->
     {foreach,
      fun erlmcp_flow_test_util:start/0,
      fun(Apps) ->
-             [ok = erlmcp_flow:unregister_agent(Id) || {Id, _, _, _} <- erlmcp_flow_registry:list_agents()],
+             erlmcp_flow_test_util:unregister_all(),
              erlmcp_flow_test_util:assert_clean(),
              erlmcp_flow_test_util:stop(Apps)
      end,

@@ -5,7 +5,7 @@
 
 -include_lib("eunit/include/eunit.hrl").
 
--export([start/0, stop/1, with_env/2, sync_registry/0, wait_until/1, assert_clean/0,
+-export([start/0, stop/1, stop_drained/1, unregister_all/0, with_env/2, sync_registry/0, wait_until/1, assert_clean/0,
          echo_agent/0, raw_agent/1, remote_pid/0]).
 
 start() ->
@@ -17,6 +17,18 @@ start() ->
 
 stop(_) ->
     ok = application:stop(erlmcp_flow).
+
+%% Unregisters every agent and swarm.
+unregister_all() ->
+    [ok = erlmcp_flow:unregister_agent(Id) || {Id, _, _, _} <- erlmcp_flow_registry:list_agents()],
+    ok.
+
+%% The teardown of suites whose tests leave agents and tasks behind: every
+%% agent unregistered, the tasks in flight settled, the application stopped.
+stop_drained(Apps) ->
+    unregister_all(),
+    wait_until(fun() -> maps:get(in_flight, erlmcp_flow:stats()) =:= 0 end),
+    stop(Apps).
 
 %% Runs `Fun' with the application started under the environment `Env'
 %% (`[{Section, Map}]'), then stops it and restores the environment.
