@@ -4,7 +4,7 @@
 
 -include_lib("eunit/include/eunit.hrl").
 
--import(erlmcp_flow_test_util, [raw_agent/1, echo_agent/0, wait_until/1, with_env/2]).
+-import(erlmcp_flow_test_util, [raw_agent/1, echo_agent/0, with_env/2]).
 
 -define(FAST, #{base_retry_delay => 0, max_retry_delay => 0}).
 
