@@ -137,7 +137,10 @@ impl HotRef {
 /// holds (through its agents) for as long as it holds the `HotCell`, so the
 /// chunk stays alive; and a cell is given back to the arena for reuse only
 /// when its agent is dropped, which no snapshot that lists the agent allows.
-#[derive(Debug, Clone, Copy)]
+///
+/// Neither `Clone` nor `Copy`: a `HotCell` is only ever reached by reference
+/// through the snapshot that owns it, so `get` cannot outlive the snapshot.
+#[derive(Debug)]
 pub struct HotCell(std::ptr::NonNull<Hot>);
 
 // SAFETY: a `HotCell` is a shared reference to a `Hot` (atomics only, so
