@@ -18,6 +18,7 @@
 -export([decide/8]).
 -export([has_capacity/2]).
 -export([complete/2]).
+-export([lease_p95/1]).
 -export([explain/3]).
 -export([q_table/1]).
 -export([q_save/2]).
@@ -45,7 +46,7 @@
               breaker_state/0, span/0, span_request/0, task_span/0]).
 
 -nifs([router_new/1, clock_advance/2, agent_insert/6, agent_remove/2, router_stats/1,
-       agent_stats/2, decide/8, has_capacity/2, complete/2, explain/3, q_table/1, q_save/2, q_load/2,
+       agent_stats/2, decide/8, has_capacity/2, complete/2, lease_p95/1, explain/3, q_table/1, q_save/2, q_load/2,
        q_reset/1, td_update/5, reward/4, breaker_allow/2, breaker_record/4, breaker_state/2,
        breaker_reset/2, generate_trace_id/0, generate_span_id/0, parse_traceparent/1,
        format_traceparent/3, validate_tracestate/1, span_start/3, span_end/3, trace_chain/2,
@@ -137,6 +138,10 @@ has_capacity(_Router, _Caps) -> erlang:nif_error(nif_not_loaded).
           {ok, non_neg_integer()} | {ok, non_neg_integer(), transition()}
         | {error, already_settled} | badarg().
 complete(_Lease, _Outcome) -> erlang:nif_error(nif_not_loaded).
+
+%% The p95 latency (µs) of the lease's agent; `undefined' before its first outcome.
+-spec lease_p95(lease()) -> non_neg_integer() | undefined | badarg().
+lease_p95(_Lease) -> erlang:nif_error(nif_not_loaded).
 
 -spec explain(router(), [binary()], binary() | undefined) -> [map()] | badarg().
 explain(_Router, _Caps, _TaskClass) -> erlang:nif_error(nif_not_loaded).

@@ -110,7 +110,7 @@ route_task(Task, Requirements) ->
                 {ok, Trace} ->
                     case decide(Plan, Trace, 1, [], any) of
                         {ok, AgentId, Pid, Lease, Ctx} ->
-                            Job = #{task => Task, timeout => attempt_timeout(Plan, AgentId),
+                            Job = #{task => Task, timeout => attempt_timeout(Plan, Lease),
                                     context => Ctx, trace => Trace, agent_id => AgentId,
                                     pid => Pid, lease => Lease,
                                     reply_to => maps:get(reply_to, Plan, undefined)},
@@ -169,7 +169,7 @@ attempt(Task, Plan, Trace, Deadline, #{n := N, tried := Tried, phase := Phase} =
         {ok, AgentId, Pid, Lease, Ctx} ->
             count_attempt(N, Phase),
             Ref = dispatch(Pid, Task, Ctx),
-            case await(Ref, Pid, Lease, attempt_timeout(Plan, AgentId), AgentId) of
+            case await(Ref, Pid, Lease, attempt_timeout(Plan, Lease), AgentId) of
                 {ok, Result, Latency} ->
                     {ok, Result, #{agent_id => AgentId, trace_id => maps:get(trace_id, Ctx),
                                    span_id => maps:get(span_id, Trace),
@@ -329,14 +329,15 @@ complete(Lease, Outcome, AgentId) ->
 %% The execution timeout of one attempt: the one asked for; else, with
 %% `timeouts.adaptive', twice the agent's p95 latency within 1 s..30 s once it
 %% has one; else `timeouts.execution'.
-attempt_timeout(#{timeout := T}, _AgentId) ->
+attempt_timeout(#{timeout := T}, _Lease) ->
     T;
-attempt_timeout(_Plan, AgentId) ->
+attempt_timeout(_Plan, Lease) ->
     Execution = erlmcp_flow_config:get(timeouts, execution),
     case erlmcp_flow_config:get(timeouts, adaptive) of
         true ->
-            case erlmcp_flow_registry:agent_stats(AgentId) of
-                {ok, #{p95_us := P95}} when is_integer(P95) ->
+            %% the lease's agent, read through the lease: no lookup, no map
+            case erlmcp_flow_nif:lease_p95(Lease) of
+                P95 when is_integer(P95) ->
                     min(max(2 * P95 div 1000, ?ADAPTIVE_MIN_MS), ?ADAPTIVE_MAX_MS);
                 _ ->
                     Execution

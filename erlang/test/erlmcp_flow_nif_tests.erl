@@ -87,6 +87,7 @@ garbage_gets_a_named_error_test_() ->
          {complete, fun() -> erlmcp_flow_nif:complete(R, ok) end, lease},
          {complete, fun() -> erlmcp_flow_nif:complete(Lease, maybe) end, outcome},
          {complete, fun() -> erlmcp_flow_nif:complete(Lease, "ok") end, outcome},
+         {lease_p95, fun() -> erlmcp_flow_nif:lease_p95(R) end, lease},
          {span_start, fun() -> erlmcp_flow_nif:span_start(Lease, undefined, <<>>) end, router},
          {span_start, fun() -> erlmcp_flow_nif:span_start(R, undefined, summary) end, summary},
          {span_end, fun() -> erlmcp_flow_nif:span_end(Lease, ok, undefined) end, span},
@@ -121,6 +122,25 @@ garbage_gets_a_named_error_test_() ->
                                                          <<"00f067aa0ba902b7">>, 256)),
         ?_assertEqual(ok, erlmcp_flow_nif:span_end(Span, ok, undefined)),
         ?_assertEqual({error, already_ended}, erlmcp_flow_nif:span_end(Span, failed, undefined))].
+
+lease_p95_follows_the_agents_outcomes_test() ->
+    R = manual_router(),
+    ok = erlmcp_flow_nif:agent_insert(R, <<"a">>, self(), [<<"c">>], agent, 1),
+    Decide = fun() ->
+                     {ok, _, _, L, _, none} = erlmcp_flow_nif:decide(R, [<<"c">>], round_robin,
+                                                                    undefined, undefined, [],
+                                                                    any, undefined),
+                     L
+             end,
+    L1 = Decide(),
+    ?assertEqual(undefined, erlmcp_flow_nif:lease_p95(L1)),
+    {ok, _} = erlmcp_flow_nif:clock_advance(R, 40000),
+    {ok, 40000} = erlmcp_flow_nif:complete(L1, ok),
+    L2 = Decide(),
+    P95 = erlmcp_flow_nif:lease_p95(L2),
+    %% the HDR histogram keeps 2 significant digits
+    ?assert(abs(P95 - 40000) =< 400),
+    {ok, _} = erlmcp_flow_nif:complete(L2, ok).
 
 wrong_arity_raises_undef_not_a_crash_test() ->
     ?assertError(undef, erlang:apply(erlmcp_flow_nif, decide, [a])).

@@ -270,6 +270,12 @@ impl AgentStats {
         self.peak_stamp_us.store(now_us, Ordering::Relaxed);
     }
 
+    /// One latency quantile in microseconds, `None` before the first sample.
+    pub fn latency_quantile(&self, q: f64) -> Option<u64> {
+        let h = self.latencies.lock().unwrap_or_else(|e| e.into_inner());
+        (!h.is_empty()).then(|| h.value_at_quantile(q))
+    }
+
     /// Latency percentiles in microseconds (p50, p95, p99), `None` before the
     /// first sample.
     pub fn latency_percentiles(&self) -> Option<(u64, u64, u64)> {

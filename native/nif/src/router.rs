@@ -507,6 +507,20 @@ fn complete<'a>(env: Env<'a>, lease: Term<'a>, outcome: Term<'a>) -> Term<'a> {
     reply(env, run())
 }
 
+/// `lease_p95(Lease) -> LatencyUs | undefined`: the p95 latency of the
+/// lease's agent (for adaptive timeouts), without looking the agent up.
+#[rustler::nif]
+fn lease_p95<'a>(env: Env<'a>, lease: Term<'a>) -> Term<'a> {
+    let run = || -> NifOutcome<Term<'a>> {
+        let lease: ResourceArc<LeaseResource> = lease.decode().map_err(|_| badarg("lease"))?;
+        Ok(match lease.lease.agent().stats().latency_quantile(0.95) {
+            Some(p95) => p95.encode(env),
+            None => atoms::undefined().encode(env),
+        })
+    };
+    reply(env, run())
+}
+
 /// `breaker_allow(Router, Id) -> {allow | deny, none | {breaker, From, To}}`.
 #[rustler::nif]
 fn breaker_allow<'a>(env: Env<'a>, router: Term<'a>, id: Term<'a>) -> Term<'a> {
