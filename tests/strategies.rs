@@ -17,6 +17,16 @@ fn router(n: usize, config: RouterConfig) -> Router<usize> {
     r
 }
 
+/// Every agent's tasks in flight, by slot.
+fn loads(r: &Router<usize>) -> Vec<u32> {
+    r.agents()
+        .load()
+        .agents()
+        .iter()
+        .map(|a| a.stats().in_flight())
+        .collect()
+}
+
 proptest! {
     /// Any run of tasks over a fixed candidate set spreads with max - min <= 1.
     #[test]
@@ -43,13 +53,7 @@ fn least_connections_balances_held_leases() {
                 .unwrap()
         })
         .collect();
-    let loads: Vec<u32> = r
-        .agents()
-        .load()
-        .agents()
-        .iter()
-        .map(|a| a.stats().in_flight())
-        .collect();
+    let loads = loads(&r);
     assert_eq!(loads, vec![3, 3, 3, 3]);
     drop(held);
 }
@@ -132,13 +136,7 @@ fn consistent_hash_is_sticky_and_bounded_load_spills_over() {
     let held: Vec<_> = (0..20)
         .map(|_| bounded.decide(&req, &mut rng).unwrap())
         .collect();
-    let loads: Vec<u32> = bounded
-        .agents()
-        .load()
-        .agents()
-        .iter()
-        .map(|a| a.stats().in_flight())
-        .collect();
+    let loads = loads(&bounded);
     let max = *loads.iter().max().unwrap() as f64;
     assert!(max <= (1.25f64 * 20.0 / 5.0).ceil(), "{loads:?}");
     assert!(loads.iter().filter(|&&l| l > 0).count() > 1);

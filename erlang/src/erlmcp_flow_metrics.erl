@@ -162,7 +162,7 @@ sample(#state{completed = Before, at = At0} = State) ->
     At1 = now_ms(),
     Rate = tasks_per_second(Before, At0, After, At1),
     counters:put(persistent_term:get(?COUNTERS_KEY), ?RATE_SLOT, round(Rate * 1000)),
-    {ok, Swept} = erlmcp_flow_nif:correlation_sweep(erlmcp_flow_registry:router()),
+    Swept = erlmcp_flow_correlation_tracker:sweep(),
     {Swept, State#state{completed = After, at = At1}}.
 
 completed() ->

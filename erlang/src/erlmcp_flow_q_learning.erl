@@ -80,11 +80,7 @@ reset() ->
         | {error, term()}.
 explain(Requirements) when is_map(Requirements) ->
     Caps = maps:get(capabilities, Requirements, []),
-    Class = case Requirements of
-                #{task_class := C} when is_binary(C) -> C;
-                #{task_class := C} -> term_to_binary(C);
-                #{} -> undefined
-            end,
+    Class = erlmcp_flow_router:class_key(Requirements),
     case erlmcp_flow_registry:is_capability_list(Caps) of
         true ->
             Candidates = erlmcp_flow_nif:explain(erlmcp_flow_registry:router(), Caps, Class),

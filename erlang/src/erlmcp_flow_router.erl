@@ -28,6 +28,8 @@
 -export([dispatch/3]).
 -export([await/5]).
 -export([end_trace/2]).
+-export([class_key/1]).
+-export([meta/5]).
 
 -export_type([plan/0, answer/0, attempt/0, trace/0]).
 
@@ -39,7 +41,8 @@
                   base_retry_delay := non_neg_integer(),
                   max_retry_delay := non_neg_integer(),
                   sticky_key => binary(),
-                  task_class => term(),
+                  %% encoded once by class_key/1
+                  task_class => binary(),
                   idempotent => boolean(),
                   reply_to => pid(),
                   traceparent => binary(),
@@ -171,10 +174,8 @@ attempt(Task, Plan, Trace, Deadline, #{n := N, tried := Tried, phase := Phase} =
             Ref = dispatch(Pid, Task, Ctx),
             case await(Ref, Pid, Lease, attempt_timeout(Plan, Lease), AgentId) of
                 {ok, Result, Latency} ->
-                    {ok, Result, #{agent_id => AgentId, trace_id => maps:get(trace_id, Ctx),
-                                   span_id => maps:get(span_id, Trace),
-                                   latency_us => Latency, attempts => N,
-                                   tried => lists:reverse(maps:get(failed, St))}};
+                    {ok, Result, meta(AgentId, Trace, Latency, N,
+                                      lists:reverse(maps:get(failed, St)))};
                 {error, Reason, Latency} ->
                     failed(Task, Plan, Trace, Deadline, St,
                            #{agent_id => AgentId, reason => Reason, latency_us => Latency})
@@ -245,11 +246,7 @@ kind(fallback) -> swarm.
 %% (opened by the decision as a child of the task's span).
 decide(#{capabilities := Caps, strategy := Strategy} = Plan, #{span := TaskSpan} = Trace, N,
        Exclude, Kind) ->
-    Class = case Plan of
-                #{task_class := C} when is_binary(C) -> C;
-                #{task_class := C} -> term_to_binary(C);
-                #{} -> undefined
-            end,
+    Class = maps:get(task_class, Plan, undefined),
     Span = {TaskSpan, min(N, ?MAX_ATTEMPT_NO)},
     case erlmcp_flow_nif:decide(erlmcp_flow_registry:router(), Caps, Strategy,
                                 maps:get(sticky_key, Plan, undefined), Class, Exclude, Kind,
@@ -283,6 +280,14 @@ start_trace(Task, Plan) ->
         {error, invalid_trace_context} ->
             {error, {badarg, {traceparent, TP}}}
     end.
+
+%% @doc The `Meta' of a task answered by `AgentId' on attempt `N', after the
+%% failed attempts `Tried'.
+-spec meta(erlmcp_flow:agent_id(), trace(), non_neg_integer() | undefined, pos_integer(),
+           [attempt()]) -> erlmcp_flow:meta().
+meta(AgentId, #{trace_id := TraceId, span_id := SpanId}, Latency, N, Tried) ->
+    #{agent_id => AgentId, trace_id => TraceId, span_id => SpanId, latency_us => Latency,
+      attempts => N, tried => Tried}.
 
 %% @doc Closes the task's span with the task's outcome; returns the answer.
 -spec end_trace(trace(), Answer) -> Answer when Answer :: answer().
@@ -355,6 +360,16 @@ with_sticky_key(#{strategy := consistent_hash} = Plan, #{id := Id}) ->
     Plan#{sticky_key => term_to_binary(Id)};
 with_sticky_key(Plan, _Task) -> maps:remove(sticky_key, Plan).
 
+%% @doc The key Q-learning tells task classes apart by: the requirements'
+%% `task_class' as a binary (another term is encoded), or `undefined'.
+-spec class_key(map()) -> binary() | undefined.
+class_key(#{task_class := C}) when is_binary(C) -> C;
+class_key(#{task_class := C}) -> term_to_binary(C);
+class_key(#{}) -> undefined.
+
+with_class_key(#{task_class := _} = Plan) -> Plan#{task_class := class_key(Plan)};
+with_class_key(Plan) -> Plan.
+
 plan(Task, _Requirements, _Allowed, _Opts) when not is_map(Task) ->
     {error, {badarg, task}};
 plan(_Task, Requirements, _Allowed, _Opts) when not is_map(Requirements) ->
@@ -377,7 +392,7 @@ plan(Task, Requirements, Allowed, Opts) ->
                 none ->
                     Pairs = maps:to_list(maps:merge(maps:merge(Defaults, Requirements), Opts)),
                     case check_values(Pairs) of
-                        {ok, Plan} -> {ok, with_sticky_key(Plan, Task)};
+                        {ok, Plan} -> {ok, with_class_key(with_sticky_key(Plan, Task))};
                         {error, _} = E -> E
                     end
             end

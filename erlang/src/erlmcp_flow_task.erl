@@ -34,9 +34,7 @@ run(#{task := Task, timeout := Timeout, context := Ctx, trace := Trace, agent_id
     #{trace_id := TraceId} = Ctx,
     Answer = case erlmcp_flow_router:await(Ref, Pid, Lease, Timeout, AgentId) of
                  {ok, Result, Latency} ->
-                     {ok, Result, #{agent_id => AgentId, trace_id => TraceId,
-                                    span_id => maps:get(span_id, Trace),
-                                    latency_us => Latency, attempts => 1, tried => []}};
+                     {ok, Result, erlmcp_flow_router:meta(AgentId, Trace, Latency, 1, [])};
                  {error, Reason, _Latency} ->
                      {error, Reason}
              end,

@@ -590,11 +590,6 @@ impl CorrelationStore {
         out
     }
 
-    /// Spans still open.
-    pub fn open_spans(&self) -> usize {
-        (0..SHARDS).map(|i| self.shard(i).open).sum()
-    }
-
     /// The store's figures: the shards' counters summed, one shard at a time.
     pub fn stats(&self) -> CorrelationStats {
         let mut st = CorrelationStats {
@@ -665,7 +660,7 @@ mod tests {
             (SpanOutcome::Timeout, 9, b"a1".as_slice())
         );
         assert_eq!(s.lookup(&hex16(99)), None);
-        assert_eq!(s.open_spans(), 3);
+        assert_eq!(s.stats().open, 3);
         assert_eq!(s.drain_export(10).len(), 1);
     }
 
@@ -707,18 +702,18 @@ mod tests {
     fn open_spans_are_counted_through_every_removal() {
         let s = store(2, 100);
         let h = s.insert(span(1, 1, None, 0), 0);
-        assert_eq!((s.stats().entries, s.open_spans()), (1, 1));
+        assert_eq!((s.stats().entries, s.stats().open), (1, 1));
         assert!(s.close(&h, SpanOutcome::Ok, None, 2));
-        assert_eq!(s.open_spans(), 0);
+        assert_eq!(s.stats().open, 0);
         // evicted at the cap: finished ones, so the open count stays
         for i in 2..6u64 {
             s.insert(span(i, i, None, 0), 3);
         }
-        assert_eq!(s.open_spans(), 4);
+        assert_eq!(s.stats().open, 4);
         // swept past the TTL, open or not
         let entries = s.stats().entries;
         assert_eq!(s.sweep(1_000), entries);
-        assert_eq!((s.stats().entries, s.open_spans()), (0, 0));
+        assert_eq!((s.stats().entries, s.stats().open), (0, 0));
     }
 
     #[test]
@@ -743,9 +738,9 @@ mod tests {
         assert_eq!(s.sweep(1_000), 1);
         let new = s.insert(span(1, 2, None, 0), 1_000);
         assert!(!s.close(&old, SpanOutcome::Ok, None, 1_001));
-        assert_eq!(s.open_spans(), 1);
+        assert_eq!(s.stats().open, 1);
         assert!(s.close(&new, SpanOutcome::Ok, None, 1_001));
-        assert_eq!(s.open_spans(), 0);
+        assert_eq!(s.stats().open, 0);
     }
 
     #[test]

@@ -629,6 +629,8 @@ impl<P> Router<P> {
         let span_id = trace::generate_span_id(rng);
         let shared = self.agents.shared_arc();
         let now = shared.clock.now_us();
+        // cut here, once, so that the task's spans share it as the store keeps it
+        let summary = &summary[..summary.len().min(crate::correlation::SUMMARY_MAX)];
         let summary: Option<Arc<[u8]>> = (!summary.is_empty()).then(|| summary.into());
         let handle = shared.correlation.insert(
             Opened {

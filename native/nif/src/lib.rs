@@ -10,8 +10,8 @@ mod atoms;
 mod decode;
 mod error;
 mod learning;
+mod rng;
 mod router;
-mod trace;
 mod tracing;
 
 rustler::init!("erlmcp_flow_nif");

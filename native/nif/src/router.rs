@@ -17,7 +17,7 @@ use rustler::{
 use crate::atoms;
 use crate::decode::{Choice, binaries, choice, nonempty_binary};
 use crate::error::{NifError, NifOutcome, badarg};
-use crate::trace::with_rng;
+use crate::rng::with_rng;
 
 /// One router per running application, owned by the registry process.
 pub struct RouterResource {

@@ -4,13 +4,13 @@ use erlmcp_flow_core::correlation::{Span, SpanOutcome};
 use erlmcp_flow_core::router::TaskSpan;
 use erlmcp_flow_core::trace::{self, TraceParent};
 use erlmcp_flow_core::{FlowError, otlp};
-use rustler::{Atom, Binary, Encoder, Env, NewBinary, Resource, ResourceArc, Term};
+use rustler::{Atom, Binary, Encoder, Env, Resource, ResourceArc, Term};
 
 use crate::atoms;
 use crate::decode::{choice, nonempty_binary};
 use crate::error::{NifError, NifOutcome, badarg};
+use crate::rng::with_rng;
 use crate::router::{binary_term, reply, router_arg};
-use crate::trace::with_rng;
 
 fn invalid<'a>(env: Env<'a>) -> Term<'a> {
     (atoms::error(), atoms::invalid_trace_context()).encode(env)
@@ -77,6 +77,18 @@ fn span_term<'a>(env: Env<'a>, s: &Span) -> NifOutcome<Term<'a>> {
     Term::map_from_term_arrays(env, &keys, &values).map_err(|_| badarg("span"))
 }
 
+/// `generate_trace_id() -> <<32 hex>>`: a random UUID v4.
+#[rustler::nif]
+fn generate_trace_id(env: Env<'_>) -> Term<'_> {
+    binary_term(env, &with_rng(trace::generate_trace_id))
+}
+
+/// `generate_span_id() -> <<16 hex>>`, never all zero.
+#[rustler::nif]
+fn generate_span_id(env: Env<'_>) -> Term<'_> {
+    binary_term(env, &with_rng(trace::generate_span_id))
+}
+
 /// `parse_traceparent(Header) -> {ok, #{version, trace_id, span_id, trace_flags}}
 /// | {error, invalid_trace_context}`. `span_id` is the header's parent-id.
 #[rustler::nif]
@@ -133,7 +145,7 @@ fn format_traceparent<'a>(
                 parent_id,
                 flags,
             });
-            NewBinary::from_slice(env, &header).into()
+            binary_term(env, &header)
         }
         _ => invalid(env),
     }

@@ -1,11 +1,10 @@
-//! Trace and span identifiers for Erlang.
+//! The pseudo-random number generator of each scheduler thread: span and
+//! trace ids, and the strategies' random draws.
 
 use std::cell::RefCell;
 
-use erlmcp_flow_core::trace;
 use rand::SeedableRng;
 use rand::rngs::{SmallRng, SysRng};
-use rustler::{Env, NewBinary, Term};
 
 thread_local! {
     /// One fast PRNG per scheduler thread, seeded from the OS; falls back to a
@@ -24,18 +23,4 @@ thread_local! {
 /// Runs `f` with this thread's PRNG.
 pub fn with_rng<T>(f: impl FnOnce(&mut SmallRng) -> T) -> T {
     RNG.with(|cell| f(&mut cell.borrow_mut()))
-}
-
-fn binary<'a>(env: Env<'a>, bytes: &[u8]) -> Term<'a> {
-    NewBinary::from_slice(env, bytes).into()
-}
-
-#[rustler::nif]
-fn generate_trace_id(env: Env<'_>) -> Term<'_> {
-    binary(env, &with_rng(trace::generate_trace_id))
-}
-
-#[rustler::nif]
-fn generate_span_id(env: Env<'_>) -> Term<'_> {
-    binary(env, &with_rng(trace::generate_span_id))
 }
