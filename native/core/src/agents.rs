@@ -20,7 +20,7 @@ use crate::error::FlowError;
 use crate::hot::HotCell;
 use crate::learning::{QConfig, QRow, State, StateIndexer};
 use crate::ring::Ring;
-use crate::router::Shared;
+use crate::shared::Shared;
 use crate::stats::AgentStats;
 
 /// Whether an entry is a single agent or a swarm coordinator answering for its members.
@@ -575,7 +575,7 @@ impl<P> AgentTable<P> {
 mod tests {
     use super::*;
     use crate::clock::Clock;
-    use crate::router::RouterConfig;
+    use crate::shared::RouterConfig;
 
     fn table() -> AgentTable<u32> {
         AgentTable::new(Arc::new(Shared::new(

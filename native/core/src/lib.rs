@@ -26,6 +26,7 @@ pub mod model;
 pub mod otlp;
 pub mod ring;
 pub mod router;
+pub mod shared;
 pub mod sim;
 pub mod stats;
 pub mod strategy;
@@ -36,8 +37,7 @@ pub use breaker::{BreakerConfig, BreakerState, Transition, WindowKind};
 pub use clock::Clock;
 pub use error::FlowError;
 pub use learning::{EpsilonSchedule, QConfig, State};
-pub use router::{
-    Completion, Explained, Lease, Outcome, Request, Router, RouterConfig, RouterStats, Shared,
-};
+pub use router::{Completion, Explained, Lease, Request, Router, RouterStats};
+pub use shared::{Outcome, RouterConfig, Shared};
 pub use stats::{AgentStats, StatsView};
 pub use strategy::Strategy;

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use hdrhistogram::Histogram;
 
 use crate::hot::HotRef;
-use crate::router::Outcome;
+use crate::shared::Outcome;
 
 /// Weight of the newest sample in the latency moving average. High, because
 /// the average places the agent in a latency bucket for Q-learning: one

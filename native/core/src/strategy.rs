@@ -11,7 +11,7 @@ use rand::{Rng, RngExt};
 use crate::agents::{Agent, Snapshot};
 use crate::hot::Hot;
 use crate::learning::StateIndexer;
-use crate::router::Shared;
+use crate::shared::Shared;
 
 /// The strategies a decision can use, named in configuration and requests by
 /// [`Strategy::name`].

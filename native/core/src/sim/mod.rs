@@ -21,7 +21,8 @@ use serde::Serialize;
 
 use crate::agents::AgentSpec;
 use crate::clock::Clock;
-use crate::router::{Lease, Outcome, Request, Router, RouterConfig};
+use crate::router::{Lease, Request, Router};
+use crate::shared::{Outcome, RouterConfig};
 use crate::strategy::Strategy;
 pub use workload::{AgentGroup, Phase, Workload, WorkloadError};
 

@@ -1,0 +1,210 @@
+//! What every part of a router shares: its configuration, the state its
+//! agents hold in common ([`Shared`]), and how a dispatched task ended
+//! ([`Outcome`]). A module of its own so that the agent table, the live
+//! stats, the strategies and the router read these without importing each
+//! other.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use hdrhistogram::Histogram;
+
+use crate::breaker::{BreakerConfig, Transition};
+use crate::clock::Clock;
+use crate::correlation::{CorrelationConfig, CorrelationStore};
+use crate::hot::HotArena;
+use crate::learning::{Learner, QConfig, QStore};
+
+/// How a dispatched task ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The agent answered `{ok, _}`.
+    Success,
+    /// The agent answered `{error, _}` or something malformed.
+    Failure,
+    /// No answer within the execution timeout.
+    Timeout,
+    /// The agent died before answering.
+    AgentDown,
+    /// Nobody settled the lease: the caller died or dropped it.
+    Abandoned,
+}
+
+impl Outcome {
+    pub fn name(self) -> &'static str {
+        match self {
+            Outcome::Success => "ok",
+            Outcome::Failure => "error",
+            Outcome::Timeout => "timeout",
+            Outcome::AgentDown => "down",
+            Outcome::Abandoned => "abandoned",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Outcome> {
+        [
+            Outcome::Success,
+            Outcome::Failure,
+            Outcome::Timeout,
+            Outcome::AgentDown,
+            Outcome::Abandoned,
+        ]
+        .into_iter()
+        .find(|o| o.name() == name)
+    }
+}
+
+/// Router settings (the `load_balancer` and `q_learning` configuration sections).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouterConfig {
+    pub q: QConfig,
+    /// Points per agent on the consistent-hash ring.
+    pub vnodes: u32,
+    /// Bounded-load factor for consistent hashing (`None`: unbounded).
+    pub hash_balance_factor: Option<f64>,
+    /// Time constant of the peak-EWMA latency, microseconds.
+    pub ewma_decay_us: f64,
+    /// Rows of agents that left kept for their return.
+    pub max_dormant_rows: usize,
+    /// Bulkhead: tasks in flight per agent at most.
+    pub max_concurrent: u32,
+    pub breaker: BreakerConfig,
+    pub correlation: CorrelationConfig,
+}
+
+impl Default for RouterConfig {
+    fn default() -> Self {
+        RouterConfig {
+            q: QConfig::default(),
+            vnodes: 150,
+            hash_balance_factor: None,
+            ewma_decay_us: 10e6,
+            max_dormant_rows: 10_000,
+            max_concurrent: 10,
+            breaker: BreakerConfig::default(),
+            correlation: CorrelationConfig::default(),
+        }
+    }
+}
+
+/// What every agent of a router shares: the clock its leases are timed by, the
+/// router-wide count of leases in flight, the learner and its rows. Each agent
+/// holds it, so a lease reaches it through its agent.
+#[derive(Debug)]
+pub struct Shared {
+    pub(crate) config: RouterConfig,
+    pub(crate) hot: HotArena,
+    pub(crate) clock: Clock,
+    /// Leases taken and not yet settled, over every agent, removed ones included.
+    pub(crate) in_flight: AtomicU64,
+    pub(crate) learner: Learner,
+    pub(crate) q_store: QStore,
+    pub(crate) next_uid: AtomicU32,
+    /// Breaker transitions, by the state entered: open, half-open, closed.
+    pub(crate) transitions: [AtomicU64; 3],
+    /// Leases settled with an answer, a timeout or a death.
+    pub(crate) completed: AtomicU64,
+    pub(crate) correlation: CorrelationStore,
+    /// Microseconds a decision took, for one decision in [`DECISION_SAMPLE`].
+    pub(crate) decision_us: Mutex<Histogram<u32>>,
+    /// Unix time in nanoseconds when the clock read 0.
+    pub(crate) unix_origin_ns: u64,
+}
+
+/// Durations of the sampled decisions (one in [`DECISION_SAMPLE`]), in
+/// microseconds; the sum is the samples' mean times their count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DecisionLatency {
+    pub p50_us: u64,
+    pub p90_us: u64,
+    pub p99_us: u64,
+    pub max_us: u64,
+    pub sum_us: u64,
+    pub samples: u64,
+}
+
+/// One decision in this many has its duration recorded.
+pub const DECISION_SAMPLE: u64 = 64;
+
+impl Shared {
+    pub fn new(config: RouterConfig, clock: Clock) -> Self {
+        let unix_now_ns = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        Shared {
+            correlation: CorrelationStore::new(config.correlation.clone()),
+            completed: AtomicU64::new(0),
+            decision_us: Mutex::new(
+                Histogram::new_with_bounds(1, 60_000_000, 2).expect("constant histogram bounds"),
+            ),
+            unix_origin_ns: unix_now_ns.saturating_sub(clock.now_us() * 1000),
+            hot: HotArena::default(),
+            learner: Learner::new(config.q.clone()),
+            q_store: QStore::new(config.max_dormant_rows),
+            config,
+            clock,
+            in_flight: AtomicU64::new(0),
+            next_uid: AtomicU32::new(0),
+            transitions: Default::default(),
+        }
+    }
+
+    pub fn correlation(&self) -> &CorrelationStore {
+        &self.correlation
+    }
+
+    /// Unix time in nanoseconds of clock time `us`.
+    pub fn unix_ns(&self, us: u64) -> u64 {
+        self.unix_origin_ns.saturating_add(us.saturating_mul(1000))
+    }
+
+    /// Durations of the sampled decisions, in microseconds.
+    pub fn decision_latency(&self) -> DecisionLatency {
+        let h = self.decision_us.lock().unwrap_or_else(|e| e.into_inner());
+        DecisionLatency {
+            p50_us: h.value_at_quantile(0.5),
+            p90_us: h.value_at_quantile(0.9),
+            p99_us: h.value_at_quantile(0.99),
+            max_us: h.max(),
+            sum_us: (h.mean() * h.len() as f64).round() as u64,
+            samples: h.len(),
+        }
+    }
+
+    /// Counts a breaker transition and passes it on.
+    pub(crate) fn count(&self, t: Option<Transition>) -> Option<Transition> {
+        if let Some(t) = t {
+            self.transitions[t.to as usize].fetch_add(1, Ordering::Relaxed);
+        }
+        t
+    }
+
+    pub fn config(&self) -> &RouterConfig {
+        &self.config
+    }
+
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    pub fn learner(&self) -> &Learner {
+        &self.learner
+    }
+
+    pub fn q_store(&self) -> &QStore {
+        &self.q_store
+    }
+
+    pub(crate) fn hot_arena(&self) -> &HotArena {
+        &self.hot
+    }
+
+    pub(crate) fn next_uid(&self) -> u32 {
+        self.next_uid.fetch_add(1, Ordering::Relaxed)
+    }
+}
