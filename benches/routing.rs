@@ -23,12 +23,15 @@ use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use erlmcp_flow_core::learning::{Learner, QConfig, QRow};
-use erlmcp_flow_core::ring::{Ring, key_hash};
+use erlmcp_flow_core::routing::ring::{Ring, key_hash};
 use std::sync::Arc;
 
-use erlmcp_flow_core::correlation::{CorrelationConfig, CorrelationStore, Opened, SpanOutcome};
-use erlmcp_flow_core::router::SpanRequest;
-use erlmcp_flow_core::{AgentSpec, Clock, Outcome, Request, Router, RouterConfig, Strategy, trace};
+use erlmcp_flow_core::routing::router::SpanRequest;
+use erlmcp_flow_core::tracing::context as trace;
+use erlmcp_flow_core::tracing::correlation::{
+    CorrelationConfig, CorrelationStore, Opened, SpanOutcome,
+};
+use erlmcp_flow_core::{AgentSpec, Clock, Outcome, Request, Router, RouterConfig, Strategy};
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
 

@@ -8,8 +8,10 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicIsize, Ordering};
 
-use erlmcp_flow_core::correlation::{CorrelationConfig, CorrelationStore, Opened, SpanOutcome};
-use erlmcp_flow_core::trace;
+use erlmcp_flow_core::tracing::context as trace;
+use erlmcp_flow_core::tracing::correlation::{
+    CorrelationConfig, CorrelationStore, Opened, SpanOutcome,
+};
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
 

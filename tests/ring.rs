@@ -1,6 +1,6 @@
 //! Consistent hashing: minimal disruption and balance.
 
-use erlmcp_flow_core::ring::{Ring, key_hash};
+use erlmcp_flow_core::routing::ring::{Ring, key_hash};
 use proptest::prelude::*;
 
 fn ids(n: usize) -> Vec<Vec<u8>> {

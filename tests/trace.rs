@@ -1,7 +1,7 @@
 //! W3C Trace Context against the shared vectors (EUnit reads the same files),
 //! and the parser's grammar for any input.
 
-use erlmcp_flow_core::trace::{
+use erlmcp_flow_core::tracing::context::{
     format_traceparent, parse_traceparent, valid_id, validate_tracestate,
 };
 use proptest::prelude::*;

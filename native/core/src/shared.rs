@@ -10,11 +10,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use hdrhistogram::Histogram;
 
-use crate::breaker::{BreakerConfig, Transition};
 use crate::clock::Clock;
-use crate::correlation::{CorrelationConfig, CorrelationStore};
-use crate::hot::HotArena;
 use crate::learning::{Learner, QConfig, QStore};
+use crate::resilience::breaker::{BreakerConfig, Transition};
+use crate::routing::hot::HotArena;
+use crate::tracing::correlation::{CorrelationConfig, CorrelationStore};
 
 /// How a dispatched task ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

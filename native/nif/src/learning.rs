@@ -1,8 +1,8 @@
 //! Q-learning for Erlang: the table, its explanation, its file, and the pure
 //! functions the shared vectors check.
 
+use erlmcp_flow_core::learning::model;
 use erlmcp_flow_core::learning::{self, State};
-use erlmcp_flow_core::model;
 use rustler::{Atom, Encoder, Env, Term};
 
 use crate::atoms;

@@ -1,8 +1,8 @@
 //! The router resource: the agent table mirror, decisions and leases.
 
 use erlmcp_flow_core::learning::EpsilonSchedule;
-use erlmcp_flow_core::ring::key_hash;
-use erlmcp_flow_core::router::SpanRequest;
+use erlmcp_flow_core::routing::ring::key_hash;
+use erlmcp_flow_core::routing::router::SpanRequest;
 
 use crate::tracing::TaskSpanResource;
 use erlmcp_flow_core::{

@@ -1,9 +1,10 @@
 //! Trace context and the correlation store for Erlang.
 
-use erlmcp_flow_core::correlation::{Span, SpanOutcome};
-use erlmcp_flow_core::router::TaskSpan;
-use erlmcp_flow_core::trace::{self, TraceParent};
-use erlmcp_flow_core::{FlowError, otlp};
+use erlmcp_flow_core::FlowError;
+use erlmcp_flow_core::routing::router::TaskSpan;
+use erlmcp_flow_core::tracing::context::{self as trace, TraceParent};
+use erlmcp_flow_core::tracing::correlation::{Span, SpanOutcome};
+use erlmcp_flow_core::tracing::otlp;
 use rustler::{Atom, Binary, Encoder, Env, Resource, ResourceArc, Term};
 
 use crate::atoms;

@@ -19,11 +19,11 @@ use rand::{RngExt, SeedableRng};
 use rand_distr::{Distribution, Exp, StandardNormal};
 use serde::Serialize;
 
-use crate::agents::AgentSpec;
 use crate::clock::Clock;
-use crate::router::{Lease, Request, Router};
+use crate::routing::agents::AgentSpec;
+use crate::routing::router::{Lease, Request, Router};
+use crate::routing::strategy::Strategy;
 use crate::shared::{Outcome, RouterConfig};
-use crate::strategy::Strategy;
 pub use workload::{AgentGroup, Phase, Workload, WorkloadError};
 
 /// Who routes the tasks of a run.
@@ -162,7 +162,7 @@ fn draw_tasks(w: &Workload, seed: u64) -> Vec<Task> {
                 arrival_us: t as u64,
                 noise: StandardNormal.sample(&mut rng),
                 coin: rng.random::<f64>(),
-                key: crate::ring::key_hash(&key_id.to_le_bytes()),
+                key: crate::routing::ring::key_hash(&key_id.to_le_bytes()),
             }
         })
         .collect()

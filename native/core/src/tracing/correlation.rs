@@ -98,7 +98,7 @@ pub struct CorrelationStats {
     pub export_dropped: u64,
 }
 
-/// A span being opened. Ids are lowercase hex, as [`crate::trace`] makes
+/// A span being opened. Ids are lowercase hex, as [`crate::tracing::context`] makes
 /// and validates them; the agent and the summary are shared, not copied.
 #[derive(Debug, Clone)]
 pub struct Opened {
@@ -721,8 +721,8 @@ mod tests {
         use rand::SeedableRng;
         let mut rng = rand::rngs::SmallRng::seed_from_u64(9);
         for _ in 0..10_000 {
-            let t = crate::trace::generate_trace_id(&mut rng);
-            let sp = crate::trace::generate_span_id(&mut rng);
+            let t = crate::tracing::context::generate_trace_id(&mut rng);
+            let sp = crate::tracing::context::generate_span_id(&mut rng);
             assert_eq!(trace_hex(trace_key(&t)), t);
             assert_eq!(span_hex(span_key(&sp)), sp);
         }

@@ -5,7 +5,7 @@
 
 use serde_json::{Value, json};
 
-use crate::correlation::{Span, SpanOutcome};
+use crate::tracing::correlation::{Span, SpanOutcome};
 
 /// OTLP span kind INTERNAL (a task) and CLIENT (an attempt, a call to an agent).
 const KIND_INTERNAL: u8 = 1;

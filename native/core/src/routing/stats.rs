@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use hdrhistogram::Histogram;
 
-use crate::hot::HotRef;
+use crate::routing::hot::HotRef;
 use crate::shared::Outcome;
 
 /// Weight of the newest sample in the latency moving average. High, because
@@ -22,7 +22,7 @@ const SUCCESS_WEIGHT: f64 = 0.1;
 /// Live counters of one agent.
 #[derive(Debug)]
 pub struct AgentStats {
-    /// Load, condition and current value, in a dense cell (see [`crate::hot`]).
+    /// Load, condition and current value, in a dense cell (see [`crate::routing::hot`]).
     /// The condition is the learner's view of the agent's averages (success
     /// and latency buckets, see `QConfig::condition`), refreshed on every
     /// completion so that decisions read one byte instead of two averages;

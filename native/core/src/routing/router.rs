@@ -12,16 +12,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use rand::{Rng, SeedableRng};
 
-use crate::agents::{Agent, AgentKind, AgentTable, Snapshot};
-use crate::breaker::{BreakerState, Permit, Transition};
 use crate::clock::Clock;
-use crate::correlation::{Opened, SpanHandle, SpanOutcome};
 use crate::error::FlowError;
-use crate::hot::Hot;
 use crate::learning::State;
+use crate::resilience::breaker::{BreakerState, Permit, Transition};
+use crate::routing::agents::{Agent, AgentKind, AgentTable, Snapshot};
+use crate::routing::hot::Hot;
+use crate::routing::strategy::{PickContext, PickError, Strategy, StrategyState, softmax_weights};
 use crate::shared::{DECISION_SAMPLE, Outcome, RouterConfig, Shared};
-use crate::strategy::{PickContext, PickError, Strategy, StrategyState, softmax_weights};
-use crate::trace::{self, TraceParent};
+use crate::tracing::context::{self as trace, TraceParent};
+use crate::tracing::correlation::{Opened, SpanHandle, SpanOutcome};
 
 /// Router-wide counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -224,7 +224,7 @@ pub struct Request<'a> {
     /// Every one must be held.
     pub capabilities: &'a [&'a [u8]],
     pub strategy: Strategy,
-    /// Hash of the sticky key, for consistent hashing ([`crate::ring::key_hash`]).
+    /// Hash of the sticky key, for consistent hashing ([`crate::routing::ring::key_hash`]).
     pub key: Option<u64>,
     /// Task class in `0..task_classes` ([`Router::task_class`]).
     pub class: u32,
@@ -435,7 +435,7 @@ impl<P> Router<P> {
         let shared = self.agents.shared_arc();
         let now = shared.clock.now_us();
         // cut here, once, so that the task's spans share it as the store keeps it
-        let summary = &summary[..summary.len().min(crate::correlation::SUMMARY_MAX)];
+        let summary = &summary[..summary.len().min(crate::tracing::correlation::SUMMARY_MAX)];
         let summary: Option<Arc<[u8]>> = (!summary.is_empty()).then(|| summary.into());
         let handle = shared.correlation.insert(
             Opened {
@@ -591,10 +591,10 @@ impl<P> Router<P> {
         out
     }
 
-    /// The Q-table in the model file format ([`crate::model`]).
+    /// The Q-table in the model file format ([`crate::learning::model`]).
     pub fn encode_model(&self) -> Vec<u8> {
         let shared = self.shared();
-        crate::model::encode(
+        crate::learning::model::encode(
             shared.learner.config(),
             &shared.q_store.rows(),
             shared.learner.episodes(),
@@ -603,7 +603,7 @@ impl<P> Router<P> {
 
     /// Puts a decoded model's values into the rows of its agents (registered
     /// or not) and resumes its episode count.
-    pub fn apply_model(&self, model: crate::model::Model) {
+    pub fn apply_model(&self, model: crate::learning::model::Model) {
         let shared = self.shared();
         let config = shared.learner.config();
         shared.q_store.load(model.rows, config);
@@ -714,7 +714,7 @@ impl<P> Router<P> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::agents::AgentSpec;
+    use crate::routing::agents::AgentSpec;
     use rand::SeedableRng;
     use rand::rngs::SmallRng;
 

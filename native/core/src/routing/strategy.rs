@@ -8,9 +8,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use rand::{Rng, RngExt};
 
-use crate::agents::{Agent, Snapshot};
-use crate::hot::Hot;
 use crate::learning::StateIndexer;
+use crate::routing::agents::{Agent, Snapshot};
+use crate::routing::hot::Hot;
 use crate::shared::Shared;
 
 /// The strategies a decision can use, named in configuration and requests by

@@ -15,13 +15,13 @@ use std::sync::{Arc, Mutex};
 use arc_swap::{ArcSwap, Guard};
 use rustc_hash::FxHashMap;
 
-use crate::breaker::Breaker;
 use crate::error::FlowError;
-use crate::hot::HotCell;
 use crate::learning::{QConfig, QRow, State, StateIndexer};
-use crate::ring::Ring;
+use crate::resilience::breaker::Breaker;
+use crate::routing::hot::HotCell;
+use crate::routing::ring::Ring;
+use crate::routing::stats::AgentStats;
 use crate::shared::Shared;
-use crate::stats::AgentStats;
 
 /// Whether an entry is a single agent or a swarm coordinator answering for its members.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

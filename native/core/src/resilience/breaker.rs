@@ -19,7 +19,7 @@
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
-use crate::hot::Hot;
+use crate::routing::hot::Hot;
 
 /// Breaker settings (the `circuit_breaker` configuration section).
 #[derive(Debug, Clone, PartialEq)]
@@ -405,7 +405,7 @@ impl Breaker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hot::HotRef;
+    use crate::routing::hot::HotRef;
 
     fn setup(config: &BreakerConfig) -> (Breaker, HotRef) {
         (Breaker::new(config), HotRef::detached())
