@@ -29,7 +29,24 @@ router_test_() ->
       {"concurrent callers each get one answer", fun concurrent/0},
       {"every strategy routes through execute", fun every_strategy/0},
       {"consistent hashing sticks to the key or the task id", fun sticky/0},
+      {"consistent hashing sends each key where cargo does (shared vectors)", fun ring_vectors/0},
       {"weights given at registration steer weighted", fun weights/0}]}.
+
+%% tests/vectors/ring.json: the agent each key goes to, as cargo computes it
+ring_vectors() ->
+    lists:foreach(
+      fun(#{<<"agents">> := Ids, <<"keys">> := Keys, <<"owners">> := Owners}) ->
+              [register(Id, echo_agent(), [<<"ring">>]) || Id <- Ids],
+              Got = [begin
+                         {ok, _, #{agent_id := A}} =
+                             erlmcp_flow:execute(#{}, #{capabilities => [<<"ring">>],
+                                                        strategy => consistent_hash,
+                                                        sticky_key => K}),
+                         A
+                     end || K <- Keys],
+              ?assertEqual(Owners, Got),
+              erlmcp_flow_test_util:unregister_all()
+      end, erlmcp_flow_test_json:vectors("ring.json")).
 
 register(Id, Pid, Caps) ->
     ok = erlmcp_flow:register_agent(Id, Pid, Caps).

@@ -6,7 +6,7 @@
 //! stayed. The ring is part of a table snapshot, built on the writer side and
 //! swapped in with it; readers never wait for a rebuild.
 
-use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
+use xxhash_rust::xxh3::{xxh3_64, xxh3_128};
 
 /// Sorted points: (position, slot of the agent in its snapshot), with an
 /// index of where each range of positions starts.
@@ -27,8 +27,28 @@ pub fn key_hash(key: &[u8]) -> u64 {
     xxh3_64(key)
 }
 
-fn agent_points(id: &[u8], slot: u32, vnodes: u32) -> impl Iterator<Item = (u64, u32)> + '_ {
-    (0..vnodes).map(move |v| (xxh3_64_with_seed(id, u64::from(v)), slot))
+/// The points of agent `id`: point `v` is the hash of the id's 128-bit
+/// digest followed by `v`.
+///
+/// Why not the id's hash seeded with `v`: xxh3 mixes the seed into inputs of
+/// up to 16 bytes linearly (added or xored before the final mix), so for ids
+/// of a few bytes `("ch1", v)` and `("ch2", v')` hashed alike whenever the
+/// two seeds differed in the bits the ids differed in. Ten agents `ch1` to
+/// `ch10` shared most of their points, and the first slot took every tie.
+/// The digest takes the whole id in at full width, and the 20 bytes hashed
+/// per point go through xxh3's multiplying path for 17 bytes and more.
+fn agent_points(id: &[u8], slot: u32, vnodes: u32) -> impl Iterator<Item = (u64, u32)> + use<> {
+    let mut buf = [0u8; 20];
+    buf[..16].copy_from_slice(&xxh3_128(id).to_le_bytes());
+    (0..vnodes).map(move |v| {
+        buf[16..].copy_from_slice(&v.to_le_bytes());
+        (xxh3_64(&buf), slot)
+    })
+}
+
+/// The position of point `v` of agent `id` (for the shared vectors).
+pub fn point(id: &[u8], v: u32) -> u64 {
+    agent_points(id, 0, v + 1).last().map_or(0, |(h, _)| h)
 }
 
 impl Ring {
