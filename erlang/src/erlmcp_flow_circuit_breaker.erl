@@ -12,8 +12,17 @@
 %% `failure_rate_threshold'; calls slower than `slow_call_threshold' count as
 %% failures. Open -> half_open after `timeout' ms. Half-open ->
 %% closed after `success_threshold' successful probes; one failed probe opens
-%% it again. Every transition is counted (`erlmcp_flow:stats/0') and logged,
-%% a warning when a breaker opens.
+%% it again, and so does a probe not recorded within `timeout'. Every
+%% transition is counted (`erlmcp_flow:stats/0') and logged, a warning when a
+%% breaker opens.
+%%
+%% A probe belongs to the process that `allow_request/1' granted it to and to
+%% the half-open period it was granted in: that process's next
+%% `record_result/2,3' for the agent records it. A probe whose process dies
+%% unrecorded gives its slot back; one still unrecorded when the period ends
+%% (closed, opened again, reset) counts for nothing. A result recorded
+%% without a probe in hand is a plain call: it counts while the breaker is
+%% closed and is ignored otherwise.
 -module(erlmcp_flow_circuit_breaker).
 
 %% API
@@ -23,15 +32,35 @@
 -export([state/1]).
 -export([reset/1]).
 -export([log_transition/2]).
+-export([allow/2]).
+-export([record/4]).
+
+%% A process holds at most this many probes of one agent; older ones are
+%% dropped (and with them their slots, if their period is still on).
+-define(MAX_HELD, 64).
 
 %% @doc Asks agent `AgentId''s breaker for a call. In half-open state an
-%% allowed call takes one of the probes; record its result.
+%% allowed call is one of the probes, held by the calling process until it
+%% records the result.
 -spec allow_request(erlmcp_flow:agent_id()) -> allow | deny | {error, not_found | {badarg, atom()}}.
 allow_request(AgentId) ->
-    case erlmcp_flow_nif:breaker_allow(erlmcp_flow_registry:router(), AgentId) of
-        {Verdict, T} when Verdict =:= allow; Verdict =:= deny ->
+    allow(erlmcp_flow_registry:router(), AgentId).
+
+%% @private `allow_request/1' on a given router.
+-spec allow(erlmcp_flow_nif:router(), erlmcp_flow:agent_id()) ->
+          allow | deny | {error, not_found | {badarg, atom()}}.
+allow(Router, AgentId) ->
+    case erlmcp_flow_nif:breaker_allow(Router, AgentId) of
+        {allow, call, T} ->
             log_transition(AgentId, T),
-            Verdict;
+            allow;
+        {allow, Probe, T} ->
+            log_transition(AgentId, T),
+            hold(AgentId, Probe),
+            allow;
+        {deny, T} ->
+            log_transition(AgentId, T),
+            deny;
         {error, _} = E ->
             E
     end.
@@ -54,12 +83,22 @@ record_result(AgentId, Result, LatencyUs) ->
                   _ -> bad
               end,
     case Outcome of
-        bad ->
-            {error, {badarg, result}};
-        _ ->
-            case erlmcp_flow_nif:breaker_record(erlmcp_flow_registry:router(), AgentId,
-                                                Outcome, LatencyUs) of
+        bad -> {error, {badarg, result}};
+        _ -> record(erlmcp_flow_registry:router(), AgentId, Outcome, LatencyUs)
+    end.
+
+%% @private `record_result/3' on a given router, with `ok | error'.
+-spec record(erlmcp_flow_nif:router(), erlmcp_flow:agent_id(), ok | error, term()) ->
+          ok | {error, not_found | {badarg, atom()}}.
+record(Router, AgentId, Outcome, LatencyUs) ->
+    case is_integer(LatencyUs) andalso LatencyUs >= 0 of
+        false ->
+            {error, {badarg, microseconds}};
+        true ->
+            case erlmcp_flow_nif:breaker_record(Router, AgentId, take(AgentId), Outcome,
+                                                LatencyUs) of
                 {ok, T} -> log_transition(AgentId, T);
+                {error, already_recorded} -> ok;
                 {error, _} = E -> E
             end
     end.
@@ -83,6 +122,24 @@ reset(AgentId) ->
     case erlmcp_flow_nif:breaker_reset(erlmcp_flow_registry:router(), AgentId) of
         {ok, T} -> log_transition(AgentId, T);
         {error, _} = E -> E
+    end.
+
+%% The probes this process holds, oldest first, per agent.
+hold(AgentId, Probe) ->
+    Held = case get({?MODULE, AgentId}) of
+               undefined -> [];
+               L -> L
+           end,
+    put({?MODULE, AgentId}, lists:sublist(Held ++ [Probe], max(1, length(Held) + 2 - ?MAX_HELD),
+                                          ?MAX_HELD)),
+    ok.
+
+%% The oldest probe this process holds for the agent, or `call'.
+take(AgentId) ->
+    case get({?MODULE, AgentId}) of
+        [Probe] -> erase({?MODULE, AgentId}), Probe;
+        [Probe | Rest] -> put({?MODULE, AgentId}, Rest), Probe;
+        _ -> call
     end.
 
 %% @private Logs a transition the core reported: a warning when a breaker

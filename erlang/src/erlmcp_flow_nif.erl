@@ -27,7 +27,7 @@
 -export([td_update/5]).
 -export([reward/4]).
 -export([breaker_allow/2]).
--export([breaker_record/4]).
+-export([breaker_record/5]).
 -export([breaker_state/2]).
 -export([breaker_reset/2]).
 -export([generate_trace_id/0]).
@@ -42,18 +42,20 @@
 -export([correlation_sweep/1]).
 -export([export_batch/3]).
 
--export_type([router/0, lease/0, outcome/0, router_opts/0, state/0, transition/0,
+-export_type([router/0, lease/0, probe/0, outcome/0, router_opts/0, state/0, transition/0,
               breaker_state/0, span/0, span_request/0, task_span/0]).
 
 -nifs([router_new/1, clock_advance/2, agent_insert/6, agent_remove/2, router_stats/1,
        agent_stats/2, decide/8, has_capacity/2, complete/2, lease_p95/1, explain/3, q_table/1, q_save/2, q_load/2,
-       q_reset/1, td_update/5, reward/4, breaker_allow/2, breaker_record/4, breaker_state/2,
+       q_reset/1, td_update/5, reward/4, breaker_allow/2, breaker_record/5, breaker_state/2,
        breaker_reset/2, generate_trace_id/0, generate_span_id/0, parse_traceparent/1,
        format_traceparent/3, validate_tracestate/1, span_start/3, span_end/3, trace_chain/2,
        span_lookup/2, correlation_sweep/1, export_batch/3]).
 
 -type router() :: reference().
 -type lease() :: reference().
+%% A half-open probe granted by `breaker_allow/2', to record with `breaker_record/5'.
+-type probe() :: reference().
 -type task_span() :: reference().
 -type outcome() :: ok | error | timeout | down | abandoned.
 -type badarg() :: {error, {badarg, atom()}}.
@@ -166,12 +168,13 @@ td_update(_Q, _Reward, _MaxNext, _Alpha, _Gamma) -> erlang:nif_error(nif_not_loa
 reward(_LatencyUs, _Ok, _FastUs, _SlowUs) -> erlang:nif_error(nif_not_loaded).
 
 -spec breaker_allow(router(), binary()) ->
-          {allow | deny, none | transition()} | {error, not_found} | badarg().
+          {allow, call | probe(), none | transition()} | {deny, none | transition()}
+        | {error, not_found} | badarg().
 breaker_allow(_Router, _Id) -> erlang:nif_error(nif_not_loaded).
 
--spec breaker_record(router(), binary(), ok | error, non_neg_integer()) ->
-          {ok, none | transition()} | {error, not_found} | badarg().
-breaker_record(_Router, _Id, _Outcome, _LatencyUs) -> erlang:nif_error(nif_not_loaded).
+-spec breaker_record(router(), binary(), call | probe(), ok | error, non_neg_integer()) ->
+          {ok, none | transition()} | {error, not_found | already_recorded} | badarg().
+breaker_record(_Router, _Id, _Permit, _Outcome, _LatencyUs) -> erlang:nif_error(nif_not_loaded).
 
 -spec breaker_state(router(), binary()) ->
           {breaker_state(), non_neg_integer(), none | transition()} | {error, not_found} | badarg().

@@ -13,6 +13,7 @@ rustler::atoms! {
     already_registered,
     not_found,
     already_settled,
+    already_recorded,
     system_clock,
     // values
     agent,
@@ -62,6 +63,7 @@ rustler::atoms! {
     half_open,
     allow,
     deny,
+    call,
     count,
     time,
     breaker_enabled,

@@ -6,8 +6,8 @@ use erlmcp_flow_core::routing::router::SpanRequest;
 
 use crate::tracing::TaskSpanResource;
 use erlmcp_flow_core::{
-    AgentKind, AgentSpec, BreakerState, Clock, FlowError, Lease, Outcome, Request, Router,
-    RouterConfig, Strategy, Transition, WindowKind,
+    AgentKind, AgentSpec, BreakerState, CallPermit, Clock, FlowError, Lease, Outcome, Request,
+    Router, RouterConfig, Strategy, Transition, WindowKind,
 };
 use rustler::types::tuple::make_tuple;
 use rustler::{
@@ -521,28 +521,47 @@ fn lease_p95<'a>(env: Env<'a>, lease: Term<'a>) -> Term<'a> {
     reply(env, run())
 }
 
-/// `breaker_allow(Router, Id) -> {allow | deny, none | {breaker, From, To}}`.
+/// A half-open probe granted to an Erlang caller by `breaker_allow`. The
+/// caller keeps it until it records the call's outcome; if the caller dies
+/// first, the garbage collector drops it and the probe's slot comes back.
+pub struct ProbeResource {
+    permit: CallPermit<LocalPid>,
+}
+
+#[rustler::resource_impl]
+impl Resource for ProbeResource {}
+
+/// `breaker_allow(Router, Id) -> {allow, call | Probe, none | {breaker, From,
+/// To}} | {deny, none | {breaker, From, To}}`. `Probe` (a resource) is one of
+/// a half-open breaker's probes: pass it to `breaker_record`.
 #[rustler::nif]
 fn breaker_allow<'a>(env: Env<'a>, router: Term<'a>, id: Term<'a>) -> Term<'a> {
     let run = || -> NifOutcome<Term<'a>> {
         let r = router_arg(router)?;
-        let (granted, t) = r.router.breaker_allow(nonempty_binary(id, "agent_id")?)?;
-        let verdict = if granted {
-            atoms::allow()
-        } else {
-            atoms::deny()
-        };
-        Ok((verdict, maybe_transition(env, t)).encode(env))
+        let (permit, t) = r.router.breaker_allow(nonempty_binary(id, "agent_id")?)?;
+        let t = maybe_transition(env, t);
+        Ok(match permit {
+            None => (atoms::deny(), t).encode(env),
+            Some(p) if p.is_probe() => {
+                let probe = ResourceArc::new(ProbeResource { permit: p });
+                (atoms::allow(), probe, t).encode(env)
+            }
+            Some(_) => (atoms::allow(), atoms::call(), t).encode(env),
+        })
     };
     reply(env, run())
 }
 
-/// `breaker_record(Router, Id, ok | error, LatencyUs) -> {ok, none | {breaker, From, To}}`.
+/// `breaker_record(Router, Id, call | Probe, ok | error, LatencyUs) -> {ok,
+/// none | {breaker, From, To}} | {error, already_recorded}`. A plain call
+/// counts while the breaker is closed; a probe within its own half-open
+/// period.
 #[rustler::nif]
 fn breaker_record<'a>(
     env: Env<'a>,
     router: Term<'a>,
     id: Term<'a>,
+    permit: Term<'a>,
     outcome: Term<'a>,
     latency: Term<'a>,
 ) -> Term<'a> {
@@ -555,7 +574,19 @@ fn breaker_record<'a>(
             "outcome",
         )?;
         let latency: u64 = latency.decode().map_err(|_| badarg("microseconds"))?;
-        let t = r.router.breaker_record(id, ok, latency)?;
+        let t = if Atom::from_term(permit).is_ok_and(|a| a == atoms::call()) {
+            r.router.breaker_record(id, ok, latency)?
+        } else {
+            let probe: ResourceArc<ProbeResource> =
+                permit.decode().map_err(|_| badarg("permit"))?;
+            if probe.permit.agent().id() != id {
+                return Err(badarg("permit"));
+            }
+            match probe.permit.record(ok, latency) {
+                Some(recorded) => recorded.transition,
+                None => return Ok((atoms::error(), atoms::already_recorded()).encode(env)),
+            }
+        };
         Ok((atoms::ok(), maybe_transition(env, t)).encode(env))
     };
     reply(env, run())

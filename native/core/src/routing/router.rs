@@ -105,7 +105,7 @@ impl<P> Lease<P> {
 
     /// Whether this task is one of its agent's half-open probes.
     pub fn is_probe(&self) -> bool {
-        self.permit == Permit::Probe
+        matches!(self.permit, Permit::Probe { .. })
     }
 
     /// Settles the lease with `outcome`: the task's latency and the breaker
@@ -122,7 +122,9 @@ impl<P> Lease<P> {
         self.release(outcome, latency, now);
         self.close_span(outcome, now);
         if outcome == Outcome::Abandoned {
-            self.agent.breaker().release(self.permit);
+            self.agent
+                .breaker()
+                .release(&shared.config.breaker, self.permit);
             return Some(Completion {
                 latency_us: latency,
                 transition: None,
@@ -170,7 +172,65 @@ impl<P> Drop for Lease<P> {
             let now = self.agent.shared().clock.now_us();
             self.release(Outcome::Abandoned, 0, now);
             self.close_span(Outcome::Abandoned, now);
-            self.agent.breaker().release(self.permit);
+            let config = &self.agent.shared().config.breaker;
+            self.agent.breaker().release(config, self.permit);
+        }
+    }
+}
+
+/// A call that one agent's breaker granted outside routing (the Erlang
+/// API's `allow_request/1`): a plain call, or one of the half-open probes.
+/// Recorded once with [`CallPermit::record`]; a probe dropped unrecorded (its
+/// holder died) gives its slot back, and one held unrecorded past the open
+/// timeout counts as failed (see [`crate::resilience::breaker`]).
+#[derive(Debug)]
+pub struct CallPermit<P> {
+    agent: Arc<Agent<P>>,
+    permit: Permit,
+    settled: AtomicBool,
+}
+
+impl<P> CallPermit<P> {
+    /// Whether this call is one of the half-open probes.
+    pub fn is_probe(&self) -> bool {
+        matches!(self.permit, Permit::Probe { .. })
+    }
+
+    pub fn agent(&self) -> &Arc<Agent<P>> {
+        &self.agent
+    }
+
+    /// Records the call's outcome: the transition it caused, or `None`
+    /// when it was recorded already.
+    pub fn record(&self, ok: bool, latency_us: u64) -> Option<Recorded> {
+        if self.settled.swap(true, Ordering::AcqRel) {
+            return None;
+        }
+        let shared = self.agent.shared();
+        let transition = shared.count(self.agent.breaker().record(
+            self.agent.stats().hot().get(),
+            &shared.config.breaker,
+            self.permit,
+            !ok,
+            latency_us,
+            shared.clock.now_us(),
+        ));
+        Some(Recorded { transition })
+    }
+}
+
+/// What recording a [`CallPermit`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Recorded {
+    /// The breaker transition the outcome caused.
+    pub transition: Option<Transition>,
+}
+
+impl<P> Drop for CallPermit<P> {
+    fn drop(&mut self) {
+        if !*self.settled.get_mut() {
+            let config = &self.agent.shared().config.breaker;
+            self.agent.breaker().release(config, self.permit);
         }
     }
 }
@@ -633,24 +693,36 @@ impl<P> Router<P> {
     }
 
     /// Asks agent `id`'s breaker for a call outside routing (a half-open
-    /// breaker hands out one of its probes): whether it is granted, and the
-    /// transition asking caused.
-    pub fn breaker_allow(&self, id: &[u8]) -> Result<(bool, Option<Transition>), FlowError>
+    /// breaker hands out one of its probes): the permit when granted, and
+    /// the transition asking caused.
+    #[allow(clippy::type_complexity)]
+    pub fn breaker_allow(
+        &self,
+        id: &[u8],
+    ) -> Result<(Option<CallPermit<P>>, Option<Transition>), FlowError>
     where
         P: Send + Sync + 'static,
     {
         let shared = self.shared();
-        self.with_breaker(id, |agent, hot| {
+        self.agents.with_snapshot(|snapshot| {
+            let agent = snapshot.find(id).ok_or(FlowError::NotFound)?;
+            let hot = agent.stats().hot().get();
             let (permit, t) =
                 agent
                     .breaker()
                     .acquire(hot, &shared.config.breaker, shared.clock.now_us());
-            (permit.is_some(), shared.count(t))
+            let permit = permit.map(|permit| CallPermit {
+                agent: Arc::clone(agent),
+                permit,
+                settled: AtomicBool::new(false),
+            });
+            Ok((permit, shared.count(t)))
         })
     }
 
-    /// Records the outcome of a call granted by [`Router::breaker_allow`]: a
-    /// probe if the breaker is half-open, a plain call otherwise.
+    /// Records the outcome of a call made without a permit in hand: a plain
+    /// call, which counts only while the breaker is closed (a probe's
+    /// outcome is recorded through its [`CallPermit`]).
     pub fn breaker_record(
         &self,
         id: &[u8],
@@ -662,15 +734,10 @@ impl<P> Router<P> {
     {
         let shared = self.shared();
         self.with_breaker(id, |agent, hot| {
-            let permit = if BreakerState::from_u8(hot.breaker()) == BreakerState::HalfOpen {
-                Permit::Probe
-            } else {
-                Permit::Call
-            };
             shared.count(agent.breaker().record(
                 hot,
                 &shared.config.breaker,
-                permit,
+                Permit::Call,
                 !ok,
                 latency_us,
                 shared.clock.now_us(),
@@ -679,7 +746,8 @@ impl<P> Router<P> {
     }
 
     /// The state of agent `id`'s breaker (an open one past its timeout turns
-    /// half-open here) and the probes it has out.
+    /// half-open here, a half-open one with an overdue probe opens again)
+    /// and the probes it has out.
     pub fn breaker_state(
         &self,
         id: &[u8],
@@ -689,7 +757,10 @@ impl<P> Router<P> {
     {
         let shared = self.shared();
         self.with_breaker(id, |agent, hot| {
-            let (state, t) = agent.breaker().state(hot, shared.clock.now_us());
+            let (state, t) =
+                agent
+                    .breaker()
+                    .state(hot, &shared.config.breaker, shared.clock.now_us());
             (state, agent.breaker().probes(), shared.count(t))
         })
     }
