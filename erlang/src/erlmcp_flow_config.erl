@@ -2,9 +2,9 @@
 %% @doc Configuration of erlmcp_flow: the defaults, the validation of the
 %% application environment, and the published, validated result.
 %%
-%% Each of the nine sections (`q_learning', `load_balancer', `circuit_breaker',
-%% `failure_detector', `byzantine', `timeouts', `correlation', `metrics',
-%% `export') is a map; a partial map given in
+%% Each of the ten sections (`q_learning', `load_balancer', `circuit_breaker',
+%% `failure_detector', `byzantine', `cluster', `timeouts', `correlation',
+%% `metrics', `export') is a map; a partial map given in
 %% the application environment is merged over the section's defaults. Unknown
 %% sections, unknown keys and bad values are refused with a reason that names
 %% them, and the application does not start.
@@ -20,19 +20,37 @@
 -export([get/2]).
 -export([format_error/1]).
 -export([clock/0]).
+-export([max_ms/0]).
 
 -export_type([config/0, section/0, error_reason/0]).
 
 -type section() :: q_learning | load_balancer | circuit_breaker
-                 | failure_detector | byzantine | timeouts | correlation | metrics | export.
+                 | failure_detector | byzantine | cluster | timeouts | correlation | metrics
+                 | export.
 -type config() :: #{section() => #{atom() => term()}, clock => system | manual}.
 -type error_reason() :: {unknown_config_key, atom() | {section(), term()}}
                       | {invalid_config, section() | clock, term()}
-                      | {invalid_config, {section(), atom()}, term()}.
+                      | {invalid_config, {section(), atom()}, term()}
+                      | {conflicting_config, {section(), atom()}, term(), {section(), atom()},
+                         term()}.
 
 -compile({no_auto_import, [get/1]}).
 
 -define(KEY, erlmcp_flow_config).
+
+%% The longest time any key may give, in milliseconds: 2^32 - 1, the
+%% longest `receive ... after' and timer the VM allows (about 49.7 days).
+-define(MAX_MS, 4294967295).
+%% Other upper bounds, each documented with its key; the Rust core enforces
+%% the same ones for what it allocates.
+-define(MAX_VNODES, 1000).
+-define(MAX_TASK_CLASSES, 256).
+-define(MAX_WINDOW_CALLS, 10000).
+-define(MAX_WINDOW_MS, 600000).
+-define(MAX_HALF_OPEN, 10000).
+-define(MAX_COUNT, 1000000).
+-define(MAX_CORRELATION_ENTRIES, 10000000).
+-define(MAX_RETRIES, 100).
 
 %% One row per key: {Key, Default, Check}. A check is a predicate; the reason
 %% for a refusal always names the section, the key and the value.
@@ -46,64 +64,98 @@ schema() ->
            {epsilon_decay, 0.995, fun is_unit_open_low/1},
            {epsilon_schedule, exponential, one_of([exponential, linear, cosine])},
            {softmax_temperature, 1.0, fun is_positive_number/1},
-           {fast_threshold_ms, 50, fun is_positive_number/1},
-           {slow_threshold_ms, 200, fun is_positive_number/1},
-           {task_classes, 1, fun is_pos_integer/1},
+           {fast_threshold_ms, 50, ms(number)},
+           {slow_threshold_ms, 200, ms(number)},
+           {task_classes, 1, int(1, ?MAX_TASK_CLASSES)},
            {model_path, undefined, fun is_optional_path/1},
-           {save_interval, 1000, fun is_pos_integer/1}],
+           {save_interval, 1000, int(1, ?MAX_MS)}],
       load_balancer =>
           [{strategy, round_robin, fun is_strategy/1},
-           {consistent_hash_vnodes, 150, fun is_pos_integer/1},
+           {consistent_hash_vnodes, 150, int(1, ?MAX_VNODES)},
            {hash_balance_factor, infinity, fun is_balance_factor/1},
-           {ewma_decay_ms, 10000, fun is_pos_integer/1}],
+           {ewma_decay_ms, 10000, ms(integer)}],
       circuit_breaker =>
           [{enabled, true, fun is_boolean/1},
-           {failure_threshold, 5, fun is_pos_integer/1},
-           {min_requests, 10, fun is_pos_integer/1},
+           {failure_threshold, 5, int(1, ?MAX_COUNT)},
+           {min_requests, 10, int(1, ?MAX_COUNT)},
            {failure_rate_threshold, 0.5, fun is_unit_open_low/1},
-           {timeout, 30000, fun is_pos_integer/1},
-           {half_open_max_requests, 3, fun is_pos_integer/1},
-           {success_threshold, 3, fun is_pos_integer/1},
-           {slow_call_threshold, infinity, fun is_timeout/1},
+           {timeout, 30000, ms(integer)},
+           {half_open_max_requests, 3, int(1, ?MAX_HALF_OPEN)},
+           {success_threshold, 3, int(1, ?MAX_COUNT)},
+           {slow_call_threshold, infinity, ms(timeout)},
            {window_type, count, one_of([count, time])},
-           {window_size, 20, fun is_pos_integer/1},
-           {max_concurrent, 10, fun is_pos_integer/1},
-           {max_waiting, 1000, fun is_non_neg_integer/1}],
+           %% at most MAX_WINDOW_CALLS calls or MAX_WINDOW_MS ms (cross_check)
+           {window_size, 20, int(1, ?MAX_WINDOW_MS)},
+           {max_concurrent, 10, int(1, ?MAX_COUNT)},
+           {max_waiting, 1000, int(0, ?MAX_COUNT)}],
       failure_detector =>
-          [{heartbeat_interval, 1000, fun is_pos_integer/1},
+          [{heartbeat_interval, 1000, ms(integer)},
            {phi_threshold, 8.0, fun is_positive_number/1},
-           {min_samples, 10, fun is_pos_integer/1}],
+           {min_samples, 10, int(1, ?MAX_COUNT)},
+           %% the design's names for the timeouts section's retry settings
+           {max_retry_attempts, 3, int(0, ?MAX_RETRIES)},
+           {base_retry_delay, 100, ms(non_neg_integer)},
+           {max_retry_delay, 5000, ms(non_neg_integer)}],
       byzantine =>
           [{enabled, false, fun is_boolean/1},
-           {quorum, 3, fun is_pos_integer/1},
-           {vote_timeout, 5000, fun is_pos_integer/1},
-           {blacklist_after, 3, fun is_pos_integer/1},
-           {hmac_secret, undefined, fun is_optional_secret/1}],
+           {byzantine_tolerance, 1, int(0, 1000)},
+           {quorum_size, 3, int(1, 2001)},
+           {signature_algorithm, hmac_sha256, one_of([hmac_sha256])},
+           {vote_timeout, 500, ms(integer)},
+           {blacklist_threshold, 0.3, fun is_unit_open_low/1},
+           {min_votes, 10, int(1, ?MAX_COUNT)},
+           {blacklist_ttl_ms, infinity, ms(timeout)},
+           {replay_window_ms, 30000, ms(integer)},
+           {on_no_quorum, best_effort, one_of([best_effort, error])},
+           {hmac_secret, undefined, fun is_optional_secret/1},
+           {hmac_secret_file, undefined, fun is_optional_path/1}],
+      cluster =>
+          [{scope, erlmcp_flow, fun is_atom/1}],
       timeouts =>
-          [{routing, 5000, fun is_pos_integer/1},
-           {execution, 30000, fun is_timeout/1},
+          [{routing, 5000, ms(integer)},
+           {execution, 30000, ms(timeout)},
+           {heartbeat, 1000, ms(integer)},
            {adaptive, false, fun is_boolean/1},
-           {max_retry_attempts, 3, fun is_non_neg_integer/1},
-           {base_retry_delay, 100, fun is_non_neg_integer/1},
-           {max_retry_delay, 5000, fun is_non_neg_integer/1}],
+           {max_retry_attempts, 3, int(0, ?MAX_RETRIES)},
+           {base_retry_delay, 100, ms(non_neg_integer)},
+           {max_retry_delay, 5000, ms(non_neg_integer)}],
       correlation =>
-          [{ttl_ms, 3600000, fun is_pos_integer/1},
-           {max_entries, 100000, fun is_pos_integer/1}],
+          [{ttl_ms, 3600000, ms(integer)},
+           {max_entries, 100000, int(1, ?MAX_CORRELATION_ENTRIES)}],
       metrics =>
-          [{interval_ms, 1000, fun is_pos_integer/1},
+          [{interval_ms, 1000, ms(integer)},
            {http, false, fun is_boolean/1},
            {ip, loopback, fun is_ip/1},
-           {port, 9464, fun is_port_number/1}],
+           {port, 9464, fun is_port_number/1},
+           {max_connections, 64, int(1, 65536)},
+           {request_timeout_ms, 5000, ms(integer)},
+           {idle_timeout_ms, 60000, ms(integer)}],
       export =>
           [{file, undefined, fun is_optional_path/1},
            {url, undefined, fun is_optional_http_url/1},
            {service_name, <<"erlmcp_flow">>, fun is_nonempty_binary/1},
-           {batch_size, 512, fun is_pos_integer/1},
-           {interval_ms, 1000, fun is_pos_integer/1},
-           {queue_size, 65536, fun is_pos_integer/1},
-           {max_file_bytes, 10485760, fun is_pos_integer/1},
-           {max_files, 5, fun is_pos_integer/1},
-           {http_timeout_ms, 5000, fun is_pos_integer/1}]}.
+           {batch_size, 512, int(1, 10000)},
+           {interval_ms, 1000, ms(integer)},
+           {queue_size, 65536, int(1, ?MAX_COUNT)},
+           {max_file_bytes, 10485760, int(1, 1 bsl 40)},
+           {max_files, 5, int(1, 100)},
+           {http_timeout_ms, 5000, ms(integer)}]}.
+
+%% Keys the design spells in two places: `{Section, Key}' given in the
+%% environment sets the other as well; both given with different values is
+%% refused.
+-spec aliases() -> [{{section(), atom()}, {section(), atom()}}].
+aliases() ->
+    [{{failure_detector, max_retry_attempts}, {timeouts, max_retry_attempts}},
+     {{failure_detector, base_retry_delay}, {timeouts, base_retry_delay}},
+     {{failure_detector, max_retry_delay}, {timeouts, max_retry_delay}},
+     {{timeouts, heartbeat}, {failure_detector, heartbeat_interval}}].
+
+%% @doc The longest time, in milliseconds, any configuration key, requirement
+%% or option may give: 2^32 - 1.
+-spec max_ms() -> pos_integer().
+max_ms() ->
+    ?MAX_MS.
 
 %% @doc Every section with its default values, and the clock.
 -spec defaults() -> config().
@@ -120,6 +172,12 @@ load() ->
 %% the defaults.
 -spec validate(map()) -> {ok, config()} | {error, error_reason()}.
 validate(Env) when is_map(Env) ->
+    case merge(Env) of
+        {ok, Config} -> unalias(Env, Config);
+        {error, _} = E -> E
+    end.
+
+merge(Env) ->
     Schema = schema(),
     maps:fold(
       fun(_, _, {error, _} = E) -> E;
@@ -161,10 +219,40 @@ cross_check(q_learning, #{fast_threshold_ms := F, slow_threshold_ms := S}, _)
     {error, {invalid_config, {q_learning, slow_threshold_ms}, S}};
 cross_check(q_learning, #{epsilon := E, epsilon_min := M}, _) when M > E ->
     {error, {invalid_config, {q_learning, epsilon_min}, M}};
-cross_check(timeouts, #{base_retry_delay := B, max_retry_delay := M}, _) when M < B ->
-    {error, {invalid_config, {timeouts, max_retry_delay}, M}};
+cross_check(Section, #{base_retry_delay := B, max_retry_delay := M}, _)
+  when M < B, (Section =:= timeouts orelse Section =:= failure_detector) ->
+    {error, {invalid_config, {Section, max_retry_delay}, M}};
+cross_check(circuit_breaker, #{window_type := count, window_size := N}, _)
+  when N > ?MAX_WINDOW_CALLS ->
+    {error, {invalid_config, {circuit_breaker, window_size}, N}};
+cross_check(byzantine, #{byzantine_tolerance := F, quorum_size := Q}, _) when Q < 2 * F + 1 ->
+    {error, {invalid_config, {byzantine, quorum_size}, Q}};
 cross_check(Section, Merged, Acc) ->
     {ok, Acc#{Section => Merged}}.
+
+%% The design's second spelling of a key: whichever the environment gives
+%% sets both; both given and different is a conflict.
+unalias(Env, Config) ->
+    lists:foldl(
+      fun(_, {error, _} = E) -> E;
+         ({{S1, K1}, {S2, K2}}, {ok, C}) ->
+              case {given(Env, S1, K1), given(Env, S2, K2)} of
+                  {{ok, V}, {ok, V}} -> {ok, C};
+                  {{ok, V1}, {ok, V2}} -> {error, {conflicting_config, {S1, K1}, V1, {S2, K2}, V2}};
+                  {{ok, V}, error} -> {ok, put_key(C, S2, K2, V)};
+                  {error, {ok, V}} -> {ok, put_key(C, S1, K1, V)};
+                  {error, error} -> {ok, C}
+              end
+      end, {ok, Config}, aliases()).
+
+given(Env, Section, Key) ->
+    case Env of
+        #{Section := #{Key := V}} -> {ok, V};
+        #{} -> error
+    end.
+
+put_key(Config, Section, Key, Value) ->
+    Config#{Section := (maps:get(Section, Config))#{Key := Value}}.
 
 %% @doc Makes a validated configuration readable by every process.
 -spec publish(config()) -> ok.
@@ -212,6 +300,9 @@ format_error({unknown_config_key, Section}) ->
 format_error({invalid_config, {Section, Key}, Value}) ->
     lists:flatten(io_lib:format("erlmcp_flow: bad value ~p for ~p in section ~p",
                                 [Value, Key, Section]));
+format_error({conflicting_config, {S1, K1}, V1, {S2, K2}, V2}) ->
+    lists:flatten(io_lib:format("erlmcp_flow: ~p.~p (~p) and ~p.~p (~p) are the same setting "
+                                "and must not differ; give one of them", [S1, K1, V1, S2, K2, V2]));
 format_error({invalid_config, clock, Value}) ->
     lists:flatten(io_lib:format("erlmcp_flow: clock must be system or manual, got ~p", [Value]));
 format_error({invalid_config, Section, Value}) ->
@@ -221,13 +312,18 @@ format_error({invalid_config, Section, Value}) ->
 %% Checks
 
 is_unit(V) -> is_number(V) andalso V >= 0 andalso V =< 1.
+%% An integer within [Min, Max].
+int(Min, Max) -> fun(V) -> is_integer(V) andalso V >= Min andalso V =< Max end.
+%% A time in milliseconds, at most ?MAX_MS: a positive integer (`integer'),
+%% or also 0 (`non_neg_integer'), or also `infinity' (`timeout'), or a
+%% positive number (`number').
+ms(integer) -> int(1, ?MAX_MS);
+ms(non_neg_integer) -> int(0, ?MAX_MS);
+ms(timeout) -> fun(infinity) -> true; (V) -> is_integer(V) andalso V > 0 andalso V =< ?MAX_MS end;
+ms(number) -> fun(V) -> is_number(V) andalso V > 0 andalso V =< ?MAX_MS end.
 is_unit_open_low(V) -> is_number(V) andalso V > 0 andalso V =< 1.
 is_unit_open_high(V) -> is_number(V) andalso V >= 0 andalso V < 1.
-is_positive_number(V) -> is_number(V) andalso V > 0.
-is_pos_integer(V) -> is_integer(V) andalso V > 0.
-is_non_neg_integer(V) -> is_integer(V) andalso V >= 0.
-is_timeout(infinity) -> true;
-is_timeout(V) -> is_pos_integer(V).
+is_positive_number(V) -> is_number(V) andalso V > 0 andalso V < 1.0e300.
 is_balance_factor(infinity) -> true;
 is_balance_factor(V) -> is_number(V) andalso V > 1.
 is_optional_path(undefined) -> true;

@@ -17,8 +17,10 @@
 %% The agent is sent `{execute_task, Task, TraceCtx, From, Ref}' where `From'
 %% is a process alias of the waiting process (a reference usable with `!') and
 %% `Ref' the same reference. When the wait ends (answer, timeout or the agent's
-%% death) the alias is deactivated, so a late answer is dropped by the runtime
-%% and never reaches the caller's mailbox.
+%% death) the alias is deactivated, so a late answer is dropped by the runtime,
+%% and answers that arrived before that (an agent answering twice) are taken
+%% out of the mailbox: nothing of a task is left in the caller's mailbox once
+%% it has its answer.
 -module(erlmcp_flow_router).
 
 %% API
@@ -27,6 +29,8 @@
 -export([strategies/0]).
 -export([dispatch/3]).
 -export([await/5]).
+-export([await/6]).
+-export([limits/0]).
 -export([end_trace/2]).
 -export([class_key/1]).
 -export([meta/5]).
@@ -64,6 +68,13 @@
 -define(OPT_KEYS, [timeout, routing_timeout, max_retry_attempts, base_retry_delay,
                    max_retry_delay]).
 
+%% Limits on what requirements and options may give, checked before anything
+%% is scanned or waited for (see limits/0).
+-define(MAX_RETRIES, 100).
+-define(MAX_KEY_BYTES, 65536).
+-define(MAX_TRACEPARENT_BYTES, 512).
+-define(MAX_TRACESTATE_BYTES, 32768).
+
 %% The attempt number a span records saturates here (a 16-bit field).
 -define(MAX_ATTEMPT_NO, 65535).
 %% A span's summary holds at most this much of the task's type and of its id.
@@ -72,6 +83,9 @@
 %% Adaptive timeouts: twice the agent's p95 latency, within these bounds (ms).
 -define(ADAPTIVE_MIN_MS, 1000).
 -define(ADAPTIVE_MAX_MS, 30000).
+%% The longest wait the VM allows, and so the longest time any requirement,
+%% option or setting may give (see erlmcp_flow_config:max_ms/0).
+-define(MAX_MS, 4294967295).
 
 %% @doc The strategies this build implements.
 -spec strategies() -> [erlmcp_flow:strategy(), ...].
@@ -144,23 +158,51 @@ dispatch(Pid, Task, Ctx) ->
           {ok, term(), non_neg_integer() | undefined}
         | {error, term(), non_neg_integer() | undefined}.
 await(Ref, Pid, Lease, Timeout, AgentId) ->
+    await(Ref, Pid, Lease, Timeout, AgentId, false).
+
+%% @doc As `await/5'; with `Interruptible' true, an exit signal trapped by
+%% the waiting process (`{'EXIT', From, Why}') also ends the wait: the agent
+%% is sent `{cancel_task, Ref}', the lease settles as abandoned, and the
+%% result is `{error, {stopped, Why}, LatencyUs}'.
+-spec await(reference(), pid(), erlmcp_flow_nif:lease(), timeout(), erlmcp_flow:agent_id(),
+            boolean()) ->
+          {ok, term(), non_neg_integer() | undefined}
+        | {error, term(), non_neg_integer() | undefined}.
+await(Ref, Pid, Lease, Timeout, AgentId, Interruptible) ->
     receive
         {task_result, Ref, Result} ->
-            erlang:demonitor(Ref, [flush]),
+            forget(Ref),
             case Result of
                 {ok, Value} -> {ok, Value, complete(Lease, ok, AgentId)};
                 {error, Reason} -> {error, {agent_error, Reason}, complete(Lease, error, AgentId)};
                 Other -> {error, {bad_agent_reply, Other}, complete(Lease, error, AgentId)}
             end;
         {'DOWN', Ref, process, _, Reason} ->
-            {error, {agent_down, Reason}, complete(Lease, down, AgentId)}
+            %% an answer sent by another process on the agent's behalf (a
+            %% swarm member) may still be here
+            flush_answers(Ref),
+            {error, {agent_down, Reason}, complete(Lease, down, AgentId)};
+        {'EXIT', _From, Why} when Interruptible ->
+            forget(Ref),
+            Pid ! {cancel_task, Ref},
+            {error, {stopped, Why}, complete(Lease, abandoned, AgentId)}
     after Timeout ->
-        erlang:demonitor(Ref, [flush]),
-        %% The alias is inactive now; an answer sent just before is the only
-        %% one that can still be here.
-        receive {task_result, Ref, _} -> ok after 0 -> ok end,
+        forget(Ref),
         Pid ! {cancel_task, Ref},
         {error, execution_timeout, complete(Lease, timeout, AgentId)}
+    end.
+
+%% Ends the monitor, which deactivates the alias: no answer can arrive after
+%% this. Those that arrived before (an agent answering twice) are dropped.
+forget(Ref) ->
+    erlang:demonitor(Ref, [flush]),
+    flush_answers(Ref).
+
+flush_answers(Ref) ->
+    receive
+        {task_result, Ref, _} -> flush_answers(Ref)
+    after 0 ->
+        ok
     end.
 
 %%====================================================================
@@ -217,7 +259,7 @@ failed(Task, Plan, Trace, Deadline,
     end.
 
 sleep(0) -> ok;
-sleep(Ms) -> receive after Ms -> ok end.
+sleep(Ms) when Ms =< ?MAX_MS -> receive after Ms -> ok end.
 
 %% A decision for this attempt: agents not tried yet (the same ones again
 %% when no other exists), or an untried swarm for the fallback; waiting in
@@ -392,10 +434,18 @@ plan(Task, Requirements, Allowed, Opts) ->
                 none ->
                     Pairs = maps:to_list(maps:merge(maps:merge(Defaults, Requirements), Opts)),
                     case check_values(Pairs) of
-                        {ok, Plan} -> {ok, with_class_key(with_sticky_key(Plan, Task))};
+                        {ok, Plan} -> check_keys(with_class_key(with_sticky_key(Plan, Task)));
                         {error, _} = E -> E
                     end
             end
+    end.
+
+%% The encoded keys are hashed by the core: bounded like given ones.
+check_keys(Plan) ->
+    case [K || K <- [sticky_key, task_class],
+               byte_size(maps:get(K, Plan, <<>>)) > ?MAX_KEY_BYTES] of
+        [] -> {ok, Plan};
+        [K | _] -> {error, {badarg, {K, too_long}}}
     end.
 
 unknown_key(Keys, Allowed) ->
@@ -405,19 +455,35 @@ unknown_key(Keys, Allowed) ->
     end.
 
 check_values(Pairs) ->
-    case [{K, V} || {K, V} <- Pairs, not valid(K, V)] of
+    case [Why || {K, V} <- Pairs, {error, Why} <- [check(K, V)]] of
         [] -> {ok, maps:from_list(Pairs)};
         [Bad | _] -> {error, {badarg, Bad}}
+    end.
+
+%% {Key, Value} when valid, else the reason: `{Key, Value}', or `{Key,
+%% too_long}' for a header or key past its limit (refused before any scan).
+check(tracestate, TS) when is_binary(TS), byte_size(TS) > ?MAX_TRACESTATE_BYTES ->
+    {error, {tracestate, too_long}};
+check(traceparent, TP) when is_binary(TP), byte_size(TP) > ?MAX_TRACEPARENT_BYTES ->
+    {error, {traceparent, too_long}};
+check(sticky_key, K) when is_binary(K), byte_size(K) > ?MAX_KEY_BYTES ->
+    {error, {sticky_key, too_long}};
+check(task_class, C) when is_binary(C), byte_size(C) > ?MAX_KEY_BYTES ->
+    {error, {task_class, too_long}};
+check(K, V) ->
+    case valid(K, V) of
+        true -> ok;
+        false -> {error, {K, V}}
     end.
 
 valid(capabilities, Caps) -> erlmcp_flow_registry:is_capability_list(Caps);
 valid(strategy, S) -> lists:member(S, strategies());
 valid(timeout, infinity) -> true;
-valid(timeout, T) -> is_integer(T) andalso T > 0;
-valid(routing_timeout, T) -> is_integer(T) andalso T > 0;
-valid(max_retry_attempts, N) -> is_integer(N) andalso N >= 0;
-valid(base_retry_delay, N) -> is_integer(N) andalso N >= 0;
-valid(max_retry_delay, N) -> is_integer(N) andalso N >= 0;
+valid(timeout, T) -> is_ms(T, 1);
+valid(routing_timeout, T) -> is_ms(T, 1);
+valid(max_retry_attempts, N) -> is_integer(N) andalso N >= 0 andalso N =< ?MAX_RETRIES;
+valid(base_retry_delay, N) -> is_ms(N, 0);
+valid(max_retry_delay, N) -> is_ms(N, 0);
 valid(reply_to, P) -> is_pid(P);
 valid(sticky_key, K) -> is_binary(K);
 valid(idempotent, B) -> is_boolean(B);
@@ -425,3 +491,14 @@ valid(task_class, _) -> true;
 %% parsed when the task's span starts
 valid(traceparent, TP) -> is_binary(TP);
 valid(tracestate, TS) -> erlmcp_flow_nif:validate_tracestate(TS) =:= ok.
+
+is_ms(T, Min) -> is_integer(T) andalso T >= Min andalso T =< ?MAX_MS.
+
+%% @doc The limits requirements and options are checked against:
+%% milliseconds (every time), retries, and the bytes of sticky keys, task
+%% classes and trace headers.
+-spec limits() -> #{atom() => pos_integer()}.
+limits() ->
+    #{max_ms => ?MAX_MS, max_retry_attempts => ?MAX_RETRIES, max_key_bytes => ?MAX_KEY_BYTES,
+      max_traceparent_bytes => ?MAX_TRACEPARENT_BYTES,
+      max_tracestate_bytes => ?MAX_TRACESTATE_BYTES}.

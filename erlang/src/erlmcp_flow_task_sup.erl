@@ -28,5 +28,7 @@ init([]) ->
     Child = #{id => erlmcp_flow_task,
               start => {erlmcp_flow_task, start_link, []},
               restart => temporary,
-              shutdown => brutal_kill},
+              %% a waiter traps exits: told to stop, it cancels its task and
+              %% answers reply_to before it goes
+              shutdown => 1000},
     {ok, {SupFlags, [Child]}}.

@@ -2,7 +2,7 @@
 
 -include_lib("eunit/include/eunit.hrl").
 
--define(SECTIONS, [byzantine, circuit_breaker, correlation, export, failure_detector,
+-define(SECTIONS, [byzantine, circuit_breaker, cluster, correlation, export, failure_detector,
                    load_balancer, metrics, q_learning, timeouts]).
 
 defaults_have_every_section_test() ->
@@ -55,7 +55,9 @@ bad_values_are_named_test_() ->
              {load_balancer, hash_balance_factor, 0.9},
              {circuit_breaker, timeout, -1}, {circuit_breaker, window_type, sliding},
              {failure_detector, phi_threshold, 0}, {byzantine, enabled, yes},
-             {byzantine, hmac_secret, <<"short">>}, {timeouts, execution, 0},
+             {byzantine, hmac_secret, <<"short">>}, {byzantine, signature_algorithm, md5},
+             {byzantine, on_no_quorum, maybe_later}, {cluster, scope, "flow"},
+             {metrics, max_connections, 0}, {timeouts, execution, 0},
              {timeouts, routing, infinity}, {timeouts, max_retry_attempts, -1}],
     [?_assertEqual({error, {invalid_config, {S, K}, V}},
                    erlmcp_flow_config:validate(#{S => #{K => V}}))
@@ -106,3 +108,121 @@ bad_environment_stops_the_start_test() ->
         application:unset_env(erlmcp_flow, timeouts),
         ok = application:stop(erlmcp_flow)
     end.
+
+%% Every size key has a maximum: past it the start stops with a reason that
+%% names the key, before anything is allocated.
+sizes_are_bounded_test_() ->
+    Cases = [{load_balancer, consistent_hash_vnodes, 4000000000},
+             {load_balancer, consistent_hash_vnodes, 1001},
+             {circuit_breaker, window_size, 4000000000},
+             {circuit_breaker, half_open_max_requests, 10001},
+             {circuit_breaker, max_concurrent, 1 bsl 32},
+             {circuit_breaker, max_waiting, 1000001},
+             {q_learning, task_classes, 4000000000},
+             {q_learning, task_classes, 257},
+             {correlation, max_entries, 10000001},
+             {export, queue_size, 1 bsl 40},
+             {export, batch_size, 10001},
+             {export, max_files, 101},
+             {metrics, max_connections, 65537},
+             {timeouts, max_retry_attempts, 101}],
+    [?_assertEqual({error, {invalid_config, {S, K}, V}},
+                   erlmcp_flow_config:validate(#{S => #{K => V}}))
+     || {S, K, V} <- Cases] ++
+    %% a count window of more than 10 000 calls; a time window may be 600 000 ms
+    [?_assertEqual({error, {invalid_config, {circuit_breaker, window_size}, 10001}},
+                   erlmcp_flow_config:validate(#{circuit_breaker => #{window_size => 10001}})),
+     ?_assertMatch({ok, _}, erlmcp_flow_config:validate(
+                              #{circuit_breaker => #{window_type => time, window_size => 600000}})),
+     ?_assertMatch({error, {invalid_config, {circuit_breaker, window_size}, 600001}},
+                   erlmcp_flow_config:validate(
+                     #{circuit_breaker => #{window_type => time, window_size => 600001}}))].
+
+%% Every time is at most 2^32 - 1 ms, the longest wait the VM allows.
+times_are_bounded_test_() ->
+    Max = erlmcp_flow_config:max_ms(),
+    ?assertEqual(4294967295, Max),
+    Keys = [{timeouts, routing}, {timeouts, execution}, {timeouts, heartbeat},
+            {timeouts, base_retry_delay}, {timeouts, max_retry_delay},
+            {circuit_breaker, timeout}, {circuit_breaker, slow_call_threshold},
+            {correlation, ttl_ms}, {metrics, interval_ms}, {metrics, request_timeout_ms},
+            {metrics, idle_timeout_ms}, {export, interval_ms}, {export, http_timeout_ms},
+            {load_balancer, ewma_decay_ms}, {failure_detector, heartbeat_interval},
+            {byzantine, vote_timeout}, {byzantine, replay_window_ms},
+            {q_learning, slow_threshold_ms}],
+    [?_assertEqual({error, {invalid_config, {S, K}, Max + 1}},
+                   erlmcp_flow_config:validate(#{S => #{K => Max + 1}}))
+     || {S, K} <- Keys] ++
+    [?_assertMatch({ok, _}, erlmcp_flow_config:validate(#{timeouts => #{execution => Max,
+                                                                         routing => Max}}))].
+
+%% The block of the design's executive summary, exactly.
+design_block() ->
+    [{q_learning, #{epsilon => 0.1, alpha => 0.1, gamma => 0.9,
+                    model_path => "data/q_table.bin"}},
+     {load_balancer, #{strategy => round_robin, consistent_hash_vnodes => 150}},
+     {circuit_breaker, #{failure_threshold => 5, min_requests => 10, timeout => 30000}},
+     {failure_detector, #{max_retry_attempts => 3, base_retry_delay => 100,
+                          max_retry_delay => 5000}},
+     {byzantine, #{byzantine_tolerance => 1, quorum_size => 3,
+                   signature_algorithm => hmac_sha256}},
+     {timeouts, #{routing => 5000, execution => 30000, heartbeat => 5000}}].
+
+the_design_block_validates_test() ->
+    {ok, C} = erlmcp_flow_config:validate(maps:from_list(design_block())),
+    ?assertMatch(#{heartbeat_interval := 5000, max_retry_attempts := 3},
+                 maps:get(failure_detector, C)),
+    ?assertMatch(#{heartbeat := 5000, max_retry_attempts := 3, base_retry_delay := 100,
+                   max_retry_delay := 5000}, maps:get(timeouts, C)),
+    ?assertMatch(#{byzantine_tolerance := 1, quorum_size := 3,
+                   signature_algorithm := hmac_sha256}, maps:get(byzantine, C)).
+
+the_design_block_starts_the_node_test() ->
+    Dir = filename:join(["/tmp", "erlmcp_flow_design_" ++ integer_to_list(erlang:unique_integer([positive]))]),
+    ok = filelib:ensure_dir(filename:join(Dir, "x")),
+    {ok, Cwd} = file:get_cwd(),
+    ok = file:set_cwd(Dir),
+    try
+        erlmcp_flow_test_util:with_env(
+          design_block(),
+          fun() ->
+                  ?assertEqual(5000, erlmcp_flow_config:get(failure_detector, heartbeat_interval)),
+                  ?assertEqual(3, erlmcp_flow_config:get(timeouts, max_retry_attempts)),
+                  Pid = spawn(fun() -> receive {execute_task, T, _, From, Ref} -> From ! {task_result, Ref, {ok, T}} end end),
+                  ok = erlmcp_flow:register_agent(<<"design">>, Pid, [<<"x">>]),
+                  ?assertMatch({ok, #{n := 1}, _}, erlmcp_flow:execute(#{n => 1}, #{capabilities => [<<"x">>]})),
+                  ok = erlmcp_flow:unregister_agent(<<"design">>)
+          end),
+        %% the model was saved on the way down, its directory made
+        ?assert(filelib:is_regular(filename:join([Dir, "data", "q_table.bin"])))
+    after
+        ok = file:set_cwd(Cwd)
+    end.
+
+%% The retry settings (and the heartbeat) have two spellings: one given sets
+%% both; both given must agree.
+aliases_test_() ->
+    [?_assertMatch({ok, #{timeouts := #{max_retry_attempts := 7}}},
+                   erlmcp_flow_config:validate(#{failure_detector => #{max_retry_attempts => 7}})),
+     ?_assertMatch({ok, #{failure_detector := #{max_retry_attempts := 7}}},
+                   erlmcp_flow_config:validate(#{timeouts => #{max_retry_attempts => 7}})),
+     ?_assertMatch({ok, #{timeouts := #{max_retry_attempts := 7}}},
+                   erlmcp_flow_config:validate(#{timeouts => #{max_retry_attempts => 7},
+                                                 failure_detector => #{max_retry_attempts => 7}})),
+     ?_assertEqual({error, {conflicting_config, {failure_detector, max_retry_attempts}, 2,
+                            {timeouts, max_retry_attempts}, 7}},
+                   erlmcp_flow_config:validate(#{timeouts => #{max_retry_attempts => 7},
+                                                 failure_detector => #{max_retry_attempts => 2}})),
+     ?_assertMatch({ok, #{failure_detector := #{heartbeat_interval := 250}}},
+                   erlmcp_flow_config:validate(#{timeouts => #{heartbeat => 250}})),
+     ?_assertMatch({error, {conflicting_config, _, _, _, _}},
+                   erlmcp_flow_config:validate(#{timeouts => #{heartbeat => 250},
+                                                 failure_detector => #{heartbeat_interval => 300}})),
+     ?_assertEqual({error, {invalid_config, {byzantine, quorum_size}, 4}},
+                   erlmcp_flow_config:validate(#{byzantine => #{byzantine_tolerance => 2,
+                                                                quorum_size => 4}})),
+     ?_assertEqual({error, {invalid_config, {failure_detector, max_retry_delay}, 50}},
+                   erlmcp_flow_config:validate(#{failure_detector => #{max_retry_delay => 50}})),
+     ?_assert(is_list(erlmcp_flow_config:format_error(
+                        {conflicting_config, {failure_detector, max_retry_attempts}, 2,
+                         {timeouts, max_retry_attempts}, 7})))].

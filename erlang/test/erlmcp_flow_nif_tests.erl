@@ -84,6 +84,24 @@ garbage_gets_a_named_error_test_() ->
          {breaker, fun() -> erlmcp_flow_nif:breaker_reset(R, <<>>) end, agent_id},
          {router, fun() -> erlmcp_flow_nif:router_new(#{window_type => sliding}) end, opts},
          {router, fun() -> erlmcp_flow_nif:router_new(#{max_concurrent => 0}) end, opts},
+         %% sizes past their maxima are refused before anything is allocated
+         {router, fun() -> erlmcp_flow_nif:router_new(#{consistent_hash_vnodes => 4000000000}) end, opts},
+         {router, fun() -> erlmcp_flow_nif:router_new(#{consistent_hash_vnodes => 1001}) end, opts},
+         {router, fun() -> erlmcp_flow_nif:router_new(#{task_classes => 4000000000}) end, opts},
+         {router, fun() -> erlmcp_flow_nif:router_new(#{task_classes => 257}) end, opts},
+         {router, fun() -> erlmcp_flow_nif:router_new(#{window_size => 4000000000}) end, opts},
+         {router, fun() -> erlmcp_flow_nif:router_new(#{window_type => time, window_size => 600001}) end, opts},
+         {router, fun() -> erlmcp_flow_nif:router_new(#{half_open_max_requests => 10001}) end, opts},
+         {router, fun() -> erlmcp_flow_nif:router_new(#{max_concurrent => 1000001}) end, opts},
+         {router, fun() -> erlmcp_flow_nif:router_new(#{correlation_max_entries => 10000001}) end, opts},
+         {router, fun() -> erlmcp_flow_nif:router_new(#{export_queue => 1000001}) end, opts},
+         %% overflowing inputs: named, never a bare badarg
+         {td, fun() -> erlmcp_flow_nif:td_update(1.0e308, 0, -1.0e308, -1.0e308, -1.66) end, alpha},
+         {td, fun() -> erlmcp_flow_nif:td_update(1.0, 0, 1.0, 0.5, 1.0) end, gamma},
+         {td, fun() -> erlmcp_flow_nif:td_update(1 bsl 1100, 0, 1.0, 0.5, 0.5) end, q},
+         {reward, fun() -> erlmcp_flow_nif:reward(-1, true, 50, 200) end, latency_us},
+         {reward, fun() -> erlmcp_flow_nif:reward(1 bsl 1100, true, 50, 200) end, latency_us},
+         {reward, fun() -> erlmcp_flow_nif:reward(10, true, 0, 200) end, fast_us},
          {router, fun() -> erlmcp_flow_nif:router_new(#{failure_rate_threshold => 2}) end, opts},
          {router, fun() -> erlmcp_flow_nif:router_new(#{breaker_enabled => yes}) end, opts},
          {complete, fun() -> erlmcp_flow_nif:complete(R, ok) end, lease},
@@ -306,3 +324,10 @@ breaker_transitions_are_reported_test() ->
     {ok, _} = erlmcp_flow_nif:complete(L3, ok),
     ?assertMatch({ok, #{breaker_opened := 1, breaker_half_opened := 1}},
                  erlmcp_flow_nif:router_stats(R)).
+
+%% td_update and reward stay finite for inputs at the edge of the float range.
+learning_math_stays_finite_test() ->
+    V = erlmcp_flow_nif:td_update(1.0e308, 1.0e308, 1.0e308, 1, 0.99),
+    ?assert(is_float(V) andalso abs(V) =< 1.0e12),
+    ?assert(is_float(erlmcp_flow_nif:td_update(-1.0e308, -1.0e308, -1.0e308, 0.5, 0.5))),
+    ?assert(is_float(erlmcp_flow_nif:reward(1.0e300, true, 1.0e-300, 1.0e-300))).

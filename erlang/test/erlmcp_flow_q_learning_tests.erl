@@ -99,6 +99,8 @@ model_test_() ->
       fun(S) -> {"a corrupt file is moved aside, never overwritten", fun() -> corrupt(S) end} end,
       fun(S) -> {"a truncated file is moved aside", fun() -> truncated(S) end} end,
       fun(S) -> {"an incompatible file is moved aside", fun() -> incompatible(S) end} end,
+      fun(S) -> {"a file with a non-finite value is moved aside", fun() -> non_finite(S) end} end,
+      fun(S) -> {"devices, FIFOs and oversized files are refused unread", fun() -> not_models(S) end} end,
       fun(S) -> {"save, load, table, reset and explain", fun() -> api(S) end} end]}.
 
 start_with(Path) ->
@@ -169,6 +171,56 @@ incompatible({_Dir, Path}) ->
     {ok, _} = application:ensure_all_started(erlmcp_flow),
     ?assertEqual(#{}, erlmcp_flow_q_learning:get_q_table()),
     ?assert(filelib:is_regular(moved_aside(Path))).
+
+%% A model whose CRC is right but one value is NaN (or infinite): corrupt.
+non_finite({_Dir, Path}) ->
+    learn(<<"a">>, 5),
+    ok = application:stop(erlmcp_flow),
+    {ok, Bin} = file:read_file(Path),
+    %% the header (28 bytes), the id's length and the id "a", then the first value
+    Body = binary:part(Bin, 0, byte_size(Bin) - 4),
+    <<Head:31/binary, _Value:8/binary, Rest/binary>> = Body,
+    [begin
+         Bad0 = <<Head/binary, Nan/binary, Rest/binary>>,
+         Bad = <<Bad0/binary, (erlang:crc32(Bad0)):32/little>>,
+         ok = file:write_file(Path, Bad),
+         start_with(Path),
+         ?assertEqual(#{}, erlmcp_flow_q_learning:get_q_table()),
+         ?assertEqual({ok, Bad}, file:read_file(moved_aside(Path))),
+         ?assertMatch({ok, #{candidates := []}}, erlmcp_flow:explain(#{capabilities => [<<"x">>]})),
+         ok = application:stop(erlmcp_flow),
+         ok = file:delete(moved_aside(Path)),
+         ok = file:write_file(Path, Bad),
+         ?assertMatch({error, {non_finite, _}}, load_stopped(Path))
+     end || Nan <- [<<0:48, 16#f8, 16#7f>>, <<0:48, 16#f0, 16#7f>>, <<0:48, 16#f0, 16#ff>>]],
+    start_with(Path).
+
+%% load/1 with the application running on another model path.
+load_stopped(Path) ->
+    start_with(Path ++ ".other"),
+    try erlmcp_flow_q_learning:load(Path)
+    after application:stop(erlmcp_flow)
+    end.
+
+not_models({Dir, _Path}) ->
+    %% /dev/zero would read until memory ran out; a FIFO would block the server
+    ?assertMatch({error, {not_regular, _}}, erlmcp_flow_q_learning:load(<<"/dev/zero">>)),
+    ?assertMatch({error, {not_regular, _}}, erlmcp_flow_q_learning:load(Dir)),
+    Fifo = filename:join(Dir, "fifo"),
+    case os:find_executable("mkfifo") of
+        false -> ok;
+        Mk ->
+            _ = os:cmd(Mk ++ " " ++ Fifo),
+            ?assertMatch({error, {not_regular, _}}, erlmcp_flow_q_learning:load(Fifo)),
+            file:delete(Fifo)
+    end,
+    %% a header claiming one agent, and a megabyte more than one agent can be
+    Big = filename:join(Dir, "big.model"),
+    Header = <<"EMFQ", 1:16/little, 0:16, 99:32/little, 1:32/little, 0:64, 1:32/little>>,
+    ok = file:write_file(Big, [Header, binary:copy(<<0>>, 1 bsl 20)]),
+    ?assertMatch({error, {too_large, _}}, erlmcp_flow_q_learning:load(Big)),
+    %% the server still answers
+    ?assertMatch({ok, _}, erlmcp_flow_q_learning:save()).
 
 api({Dir, _Path}) ->
     ?assertMatch({ok, #{candidates := [], top := []}}, erlmcp_flow:explain(#{capabilities => [<<"x">>]})),

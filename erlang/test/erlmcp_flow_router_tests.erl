@@ -30,7 +30,12 @@ router_test_() ->
       {"every strategy routes through execute", fun every_strategy/0},
       {"consistent hashing sticks to the key or the task id", fun sticky/0},
       {"consistent hashing sends each key where cargo does (shared vectors)", fun ring_vectors/0},
-      {"weights given at registration steer weighted", fun weights/0}]}.
+      {"weights given at registration steer weighted", fun weights/0},
+      {"times past the VM's limit are refused by name", fun time_bounds/0},
+      {"route_task refuses such a timeout before dispatching", fun route_task_bounds/0},
+      {"route_task answers reply_to when its waiter is stopped", fun route_task_stopped/0},
+      {"headers and keys past their limits are refused unscanned", fun header_limits/0},
+      {"agents answering twice, late or with another ref leave nothing behind", fun duplicate_answers/0}]}.
 
 %% tests/vectors/ring.json: the agent each key goes to, as cargo computes it
 ring_vectors() ->
@@ -238,3 +243,147 @@ flush() ->
 %% Messages other than the test agents' reports: a second answer would be one.
 stray() ->
     [M || M <- flush(), element(1, M) =/= task_seen].
+
+%% Requirements and options with times of 2^32 ms or more: named errors
+%% (they are not legal `receive ... after' values).
+time_bounds() ->
+    register(<<"a">>, echo_agent(), [<<"a">>]),
+    Max = erlmcp_flow_config:max_ms(),
+    Caps = #{capabilities => [<<"a">>]},
+    ?assertEqual({error, {badarg, {timeout, 4294967296}}},
+                 erlmcp_flow:execute(#{}, Caps#{timeout => 4294967296})),
+    ?assertEqual({error, {badarg, {timeout, 4294967296}}},
+                 erlmcp_flow:execute(#{}, Caps, #{timeout => 4294967296})),
+    [?assertEqual({error, {badarg, {K, 1 bsl 40}}},
+                  erlmcp_flow:execute(#{}, Caps, #{K => 1 bsl 40}))
+     || K <- [base_retry_delay, max_retry_delay, routing_timeout]],
+    ?assertEqual({error, {badarg, {max_retry_attempts, 101}}},
+                 erlmcp_flow:execute(#{}, Caps, #{max_retry_attempts => 101})),
+    %% the largest legal values work
+    ?assertMatch({ok, _, _}, erlmcp_flow:execute(#{}, Caps#{timeout => Max},
+                                                 #{routing_timeout => Max,
+                                                   base_retry_delay => Max,
+                                                   max_retry_delay => Max})),
+    %% an agent's error with the largest backoff: still one answer (no retry
+    %% here, so no wait)
+    register(<<"b">>, raw_agent(fun(_) -> {error, no} end), [<<"b">>]),
+    ?assertMatch({error, {agent_error, no}},
+                 erlmcp_flow:execute(#{}, #{capabilities => [<<"b">>], idempotent => false},
+                                     #{base_retry_delay => Max, max_retry_delay => Max})),
+    ?assertEqual(0, maps:get(correlation_open, erlmcp_flow:stats())),
+    ?assertEqual([], stray()).
+
+route_task_bounds() ->
+    Agent = raw_agent(fun(T) -> {ok, T} end),
+    register(<<"a">>, Agent, [<<"a">>]),
+    ?assertEqual({error, {badarg, {timeout, 4294967296}}},
+                 erlmcp_flow:route_task(#{}, #{capabilities => [<<"a">>], timeout => 4294967296,
+                                               reply_to => self()})),
+    %% nothing was dispatched, nothing waits
+    ?assertEqual([], supervisor:which_children(erlmcp_flow_task_sup)),
+    ?assertEqual([], [M || M <- flush(), element(1, M) =:= task_seen]),
+    ?assertEqual(0, erlmcp_flow:get_agent_load(<<"a">>)).
+
+%% The waiter of a routed task is told to stop while the agent sits on the
+%% task: reply_to still gets one answer, the agent a cancel, the load its
+%% permit back.
+route_task_stopped() ->
+    Agent = raw_agent(fun(_) -> noreply end),
+    register(<<"a">>, Agent, [<<"a">>]),
+    {ok, <<"a">>, #{trace_id := TraceId}} =
+        erlmcp_flow:route_task(#{}, #{capabilities => [<<"a">>], reply_to => self(),
+                                      timeout => 60000}),
+    receive {task_seen, Agent, _, _} -> ok end,
+    [{_, Waiter, _, _}] = supervisor:which_children(erlmcp_flow_task_sup),
+    exit(Waiter, shutdown),
+    receive
+        {erlmcp_flow_result, TraceId, Answer} ->
+            ?assertEqual({error, {stopped, shutdown}}, Answer)
+    after 5000 ->
+        ?assert(false)
+    end,
+    receive {cancelled, Agent, _} -> ok end,
+    wait_until(load_is_zero(<<"a">>)),
+    wait_until(fun() -> maps:get(correlation_open, erlmcp_flow:stats()) =:= 0 end),
+    ?assertEqual([], [M || M <- flush(), element(1, M) =:= erlmcp_flow_result]).
+
+header_limits() ->
+    register(<<"a">>, echo_agent(), [<<"a">>]),
+    Caps = #{capabilities => [<<"a">>]},
+    Commas = binary:copy(<<",">>, 1 bsl 20),
+    ?assertEqual({error, {badarg, {tracestate, too_long}}},
+                 erlmcp_flow:execute(#{}, Caps#{tracestate => Commas})),
+    ?assertEqual({error, {badarg, {traceparent, too_long}}},
+                 erlmcp_flow:execute(#{}, Caps#{traceparent => binary:copy(<<"0">>, 513)})),
+    ?assertEqual({error, {badarg, {sticky_key, too_long}}},
+                 erlmcp_flow:execute(#{}, Caps#{strategy => consistent_hash,
+                                                sticky_key => binary:copy(<<"k">>, 65537)})),
+    ?assertEqual({error, {badarg, {sticky_key, too_long}}},
+                 erlmcp_flow:execute(#{id => lists:seq(1, 70000)},
+                                     Caps#{strategy => consistent_hash})),
+    ?assertEqual({error, {badarg, {task_class, too_long}}},
+                 erlmcp_flow:execute(#{}, Caps#{task_class => lists:seq(1, 70000)})),
+    %% the longest header the grammar allows still goes through
+    Key = fun(I) -> <<"k", (integer_to_binary(I))/binary, (binary:copy(<<"a">>, 250))/binary>> end,
+    Long = iolist_to_binary(lists:join(<<",">>, [<<(Key(I))/binary, "=", (binary:copy(<<"v">>, 256))/binary>>
+                                                  || I <- lists:seq(1, 32)])),
+    ?assertMatch({ok, _, _}, erlmcp_flow:execute(#{}, Caps#{tracestate => Long})),
+    ?assertEqual([], stray()).
+
+%% Whatever the agent sends, once execute returns nothing of that task is in
+%% the caller's mailbox.
+duplicate_answers() ->
+    Twice = spawn(fun Loop() ->
+                          receive {execute_task, T, _, From, Ref} ->
+                                  From ! {task_result, Ref, {ok, T}},
+                                  From ! {task_result, Ref, {ok, again}},
+                                  From ! {task_result, Ref, {error, thrice}},
+                                  Loop()
+                          end
+                  end),
+    register(<<"twice">>, Twice, [<<"twice">>]),
+    [?assertMatch({ok, #{i := I}, _}, erlmcp_flow:execute(#{i => I}, #{capabilities => [<<"twice">>]}))
+     || I <- lists:seq(1, 40)],
+    %% an agent that hands the task to a helper, which answers twice, and
+    %% dies just after: the answers come before the 'DOWN'
+    Relay = spawn(fun() ->
+                          receive {execute_task, T, _, From, Ref} ->
+                                  Helper = spawn(fun() -> From ! {task_result, Ref, {ok, T}},
+                                                          From ! {task_result, Ref, {ok, T}} end),
+                                  M = monitor(process, Helper),
+                                  receive {'DOWN', M, _, _, _} -> exit(done) end
+                          end
+                  end),
+    register(<<"relay">>, Relay, [<<"relay">>]),
+    ?assertMatch({ok, #{r := 1}, _}, erlmcp_flow:execute(#{r => 1}, #{capabilities => [<<"relay">>]})),
+    %% an agent answering a task with another task's reference (the one
+    %% before, already settled): that reference's alias is inactive, the
+    %% runtime drops the answer
+    Stale = spawn(fun() ->
+                          receive {execute_task, _, _, From1, Ref1} ->
+                                  From1 ! {task_result, Ref1, {ok, first}},
+                                  receive {execute_task, _, _, From2, Ref2} ->
+                                          From1 ! {task_result, Ref1, {ok, wrong}},
+                                          From2 ! {task_result, Ref2, {ok, right}}
+                                  end
+                          end
+                  end),
+    register(<<"stale">>, Stale, [<<"stale">>]),
+    ?assertMatch({ok, first, _}, erlmcp_flow:execute(#{}, #{capabilities => [<<"stale">>]})),
+    ?assertMatch({ok, right, _}, erlmcp_flow:execute(#{}, #{capabilities => [<<"stale">>]})),
+    %% and a late answer after a timeout
+    Late = spawn(fun() ->
+                         receive {execute_task, _, _, From, Ref} ->
+                                 receive after 50 -> ok end,
+                                 From ! {task_result, Ref, {ok, late}},
+                                 From ! {task_result, Ref, {ok, later}}
+                         end
+                 end),
+    register(<<"late">>, Late, [<<"late">>]),
+    ?assertEqual({error, execution_timeout},
+                 erlmcp_flow:execute(#{}, #{capabilities => [<<"late">>], timeout => 10,
+                                            idempotent => false})),
+    receive after 100 -> ok end,
+    {messages, Left} = process_info(self(), messages),
+    ?assertEqual([], [M || M <- Left, element(1, M) =:= task_result]),
+    ?assertEqual([], stray()).

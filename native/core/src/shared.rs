@@ -73,6 +73,68 @@ pub struct RouterConfig {
     pub correlation: CorrelationConfig,
 }
 
+/// The largest sizes a [`RouterConfig`] may give: each is allocated per
+/// agent or per router, so none is taken from input unbounded.
+pub mod limits {
+    /// Tasks in flight per agent (the bulkhead).
+    pub const MAX_CONCURRENT: u32 = 1_000_000;
+    pub use crate::learning::{MAX_DORMANT_ROWS, MAX_TASK_CLASSES};
+    pub use crate::resilience::breaker::{MAX_HALF_OPEN, MAX_WINDOW_CALLS, MAX_WINDOW_MS};
+    pub use crate::routing::ring::MAX_VNODES;
+    pub use crate::tracing::correlation::{MAX_CORRELATION_ENTRIES, MAX_EXPORT_QUEUE};
+}
+
+impl RouterConfig {
+    /// Refuses a configuration past any of [`limits`], naming the setting.
+    pub fn check(&self) -> Result<(), crate::error::FlowError> {
+        use crate::error::FlowError::BadArg;
+        use crate::resilience::breaker::WindowKind;
+        let window_ok = match self.breaker.window {
+            WindowKind::Count(n) => (1..=limits::MAX_WINDOW_CALLS).contains(&n),
+            WindowKind::Time { ms } => (1..=limits::MAX_WINDOW_MS).contains(&ms),
+        };
+        let checks = [
+            (
+                (1..=limits::MAX_VNODES).contains(&self.vnodes),
+                "consistent_hash_vnodes",
+            ),
+            (
+                (1..=limits::MAX_TASK_CLASSES).contains(&self.q.task_classes),
+                "task_classes",
+            ),
+            (
+                (1..=limits::MAX_HALF_OPEN).contains(&self.breaker.half_open_max),
+                "half_open_max_requests",
+            ),
+            (
+                (1..=limits::MAX_CONCURRENT).contains(&self.max_concurrent),
+                "max_concurrent",
+            ),
+            (
+                self.q.max_concurrent == self.max_concurrent,
+                "max_concurrent",
+            ),
+            (window_ok, "window_size"),
+            (
+                (1..=limits::MAX_CORRELATION_ENTRIES).contains(&self.correlation.max_entries),
+                "correlation_max_entries",
+            ),
+            (
+                self.correlation.export_queue <= limits::MAX_EXPORT_QUEUE,
+                "export_queue",
+            ),
+            (
+                self.max_dormant_rows <= limits::MAX_DORMANT_ROWS,
+                "max_dormant_rows",
+            ),
+        ];
+        match checks.iter().find(|(ok, _)| !ok) {
+            Some((_, what)) => Err(BadArg(what)),
+            None => Ok(()),
+        }
+    }
+}
+
 impl Default for RouterConfig {
     fn default() -> Self {
         RouterConfig {

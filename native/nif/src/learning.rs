@@ -151,13 +151,27 @@ fn q_reset<'a>(env: Env<'a>, router: Term<'a>) -> Term<'a> {
     reply(env, run())
 }
 
-fn float(term: Term<'_>, what: &'static str) -> NifOutcome<f64> {
-    term.decode::<f64>()
+/// A number argument within `ok` (and finite: Erlang floats always are, but
+/// integers can be large enough to round to infinity).
+fn float(term: Term<'_>, what: &'static str, ok: impl Fn(f64) -> bool) -> NifOutcome<f64> {
+    let v = term
+        .decode::<f64>()
         .or_else(|_| term.decode::<i64>().map(|i| i as f64))
-        .map_err(|_| badarg(what))
+        .map_err(|_| badarg(what))?;
+    if v.is_finite() && ok(v) {
+        Ok(v)
+    } else {
+        Err(badarg(what))
+    }
 }
 
-/// `td_update(Q, Reward, MaxNext, Alpha, Gamma) -> float()`: the update rule alone.
+fn any(_: f64) -> bool {
+    true
+}
+
+/// `td_update(Q, Reward, MaxNext, Alpha, Gamma) -> float()`: the update rule
+/// alone, with alpha in (0, 1] and gamma in [0, 1) as the configuration
+/// takes them; the result is always finite (within `±1e12`).
 #[rustler::nif]
 fn td_update<'a>(
     env: Env<'a>,
@@ -169,11 +183,11 @@ fn td_update<'a>(
 ) -> Term<'a> {
     let run = || -> NifOutcome<Term<'a>> {
         Ok(learning::td_update(
-            float(q, "q")?,
-            float(r, "reward")?,
-            float(max_next, "max_next")?,
-            float(alpha, "alpha")?,
-            float(gamma, "gamma")?,
+            float(q, "q", any)?,
+            float(r, "reward", any)?,
+            float(max_next, "max_next", any)?,
+            float(alpha, "alpha", |a| a > 0.0 && a <= 1.0)?,
+            float(gamma, "gamma", |g| (0.0..1.0).contains(&g))?,
         )
         .encode(env))
     };
@@ -192,10 +206,10 @@ fn reward<'a>(
     let run = || -> NifOutcome<Term<'a>> {
         let ok: bool = ok.decode().map_err(|_| badarg("ok"))?;
         Ok(learning::reward(
-            float(latency, "latency_us")?,
+            float(latency, "latency_us", |l| l >= 0.0)?,
             ok,
-            float(fast, "fast_us")?,
-            float(slow, "slow_us")?,
+            float(fast, "fast_us", |f| f > 0.0)?,
+            float(slow, "slow_us", |s| s > 0.0)?,
         )
         .encode(env))
     };

@@ -162,7 +162,7 @@ fn router_options(opts: Term<'_>) -> NifOutcome<(RouterConfig, bool)> {
         (false, n) => WindowKind::Count(n),
         (true, n) => WindowKind::Time { ms: u64::from(n) },
     };
-    if c.q.slow_us <= c.q.fast_us {
+    if c.q.slow_us <= c.q.fast_us || c.check().is_err() {
         return Err(badarg("opts"));
     }
     Ok((c, manual))

@@ -52,6 +52,11 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use rustc_hash::FxHashMap;
 use std::collections::VecDeque;
 
+/// Most task classes: each adds [`STATES`] values to every agent's row.
+pub const MAX_TASK_CLASSES: u32 = 256;
+/// Most rows kept for agents that left.
+pub const MAX_DORMANT_ROWS: usize = 1_000_000;
+
 /// Load levels 0..=10.
 pub const LOAD_LEVELS: usize = 11;
 /// Success-rate buckets: low, medium, high.
@@ -280,7 +285,12 @@ impl QConfig {
 
     /// States per agent row.
     pub fn row_len(&self) -> usize {
-        STATES * self.task_classes.max(1) as usize
+        STATES * self.classes() as usize
+    }
+
+    /// Task classes, within 1..=[`MAX_TASK_CLASSES`].
+    pub fn classes(&self) -> u32 {
+        self.task_classes.clamp(1, MAX_TASK_CLASSES)
     }
 
     /// The episode count at which the exponential schedule reaches the floor;
@@ -341,10 +351,23 @@ pub fn reward(latency_us: f64, ok: bool, fast_us: f64, slow_us: f64) -> f64 {
     bonus - latency_us / 1e6
 }
 
-/// One temporal-difference step: `q + alpha * (r + gamma * max_next - q)`.
+/// The largest magnitude a learned value takes. Rewards are bounded (a few
+/// units a task) and values converge to rewards over `1 - gamma`, so real
+/// values stay far below; the bound keeps any input from making a value
+/// infinite or NaN.
+pub const Q_LIMIT: f64 = 1e12;
+
+/// One temporal-difference step: `q + alpha * (r + gamma * max_next - q)`,
+/// kept within `±Q_LIMIT` (a NaN from non-finite inputs becomes 0), so no
+/// update ever stores a value that is not finite.
 #[inline]
 pub fn td_update(q: f64, r: f64, max_next: f64, alpha: f64, gamma: f64) -> f64 {
-    q + alpha * (r + gamma * max_next - q)
+    let v = q + alpha * (r + gamma * max_next - q);
+    if v.is_nan() {
+        0.0
+    } else {
+        v.clamp(-Q_LIMIT, Q_LIMIT)
+    }
 }
 
 #[inline]
@@ -444,7 +467,7 @@ pub struct Learner {
 impl Learner {
     pub fn new(config: QConfig) -> Learner {
         Learner {
-            best_next: (0..config.task_classes.max(1))
+            best_next: (0..config.classes())
                 .map(|_| AtomicU64::new(config.best_prior().to_bits()))
                 .collect(),
             episodes: AtomicU64::new(0),
@@ -541,7 +564,7 @@ impl QStore {
     pub fn new(max_dormant: usize) -> QStore {
         QStore {
             rows: Mutex::new(StoreInner::default()),
-            max_dormant,
+            max_dormant: max_dormant.min(MAX_DORMANT_ROWS),
         }
     }
 
@@ -675,6 +698,36 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn td_update_stays_finite_for_any_input() {
+        let extreme = [
+            0.0,
+            1.0,
+            -1.66,
+            1.0e308,
+            -1.0e308,
+            f64::MAX,
+            f64::MIN,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            f64::NAN,
+        ];
+        for q in extreme {
+            for r in extreme {
+                for m in extreme {
+                    for a in extreme {
+                        for g in extreme {
+                            let v = td_update(q, r, m, a, g);
+                            assert!(v.is_finite() && v.abs() <= Q_LIMIT, "{q} {r} {m} {a} {g}");
+                        }
+                    }
+                }
+            }
+        }
+        // the report's overflow
+        assert!(td_update(1.0e308, 0.0, -1.0e308, -1.0e308, -1.66).is_finite());
     }
 
     #[test]

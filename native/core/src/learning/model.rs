@@ -18,10 +18,15 @@
 //! ```
 //!
 //! Writing goes to `<path>.tmp`, which is fsynced, renamed over `<path>`, and
-//! the directory fsynced.
+//! the directory fsynced (made first if missing).
+//!
+//! Reading accepts only a regular file (a FIFO or a device such as
+//! `/dev/zero` is refused before anything is read, and the file is opened
+//! without blocking), no larger than its header's agent count allows, with
+//! every value finite.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::path::Path;
 
 use thiserror::Error;
@@ -32,6 +37,8 @@ pub const MAGIC: &[u8; 4] = b"EMFQ";
 pub const VERSION: u16 = 1;
 const HEADER: usize = 28;
 const CELL: usize = 12;
+/// Most agent rows a model file may hold.
+pub const MAX_ROWS: u32 = 1_000_000;
 
 /// Why a model file cannot be used.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -55,6 +62,12 @@ pub enum ModelError {
     Checksum,
     #[error("bytes after the content")]
     TrailingBytes,
+    #[error("a value is not a finite number: the file is corrupt")]
+    NonFinite,
+    #[error("not a regular file")]
+    NotRegular,
+    #[error("{0} bytes: more than a model of its header's dimensions can be")]
+    TooLarge(u64),
     #[error("i/o: {0}")]
     Io(String),
 }
@@ -69,6 +82,9 @@ impl ModelError {
             ModelError::Incompatible { .. } => "incompatible",
             ModelError::Checksum => "checksum",
             ModelError::TrailingBytes => "trailing_bytes",
+            ModelError::NonFinite => "non_finite",
+            ModelError::NotRegular => "not_regular",
+            ModelError::TooLarge(_) => "too_large",
             ModelError::Io(_) => "io",
         }
     }
@@ -100,7 +116,7 @@ pub fn encode(config: &QConfig, rows: &[IdRow], episodes: u64) -> Vec<u8> {
     out.extend_from_slice(&VERSION.to_le_bytes());
     out.extend_from_slice(&0u16.to_le_bytes());
     out.extend_from_slice(&(STATES as u32).to_le_bytes());
-    out.extend_from_slice(&config.task_classes.max(1).to_le_bytes());
+    out.extend_from_slice(&config.classes().to_le_bytes());
     out.extend_from_slice(&episodes.to_le_bytes());
     out.extend_from_slice(&(rows.len() as u32).to_le_bytes());
     for (id, row) in rows {
@@ -164,7 +180,7 @@ pub fn decode(bytes: &[u8], config: &QConfig) -> Result<Model, ModelError> {
     let _reserved = r.array::<2>()?;
     let file_states = u32::from_le_bytes(r.array()?);
     let file_classes = u32::from_le_bytes(r.array()?);
-    let classes = config.task_classes.max(1);
+    let classes = config.classes();
     if file_states != STATES as u32 || file_classes != classes {
         return Err(ModelError::Incompatible {
             file_states,
@@ -174,7 +190,11 @@ pub fn decode(bytes: &[u8], config: &QConfig) -> Result<Model, ModelError> {
         });
     }
     let episodes = u64::from_le_bytes(r.array()?);
-    let n = u32::from_le_bytes(r.array()?) as usize;
+    let n = u32::from_le_bytes(r.array()?);
+    if n > MAX_ROWS {
+        return Err(ModelError::TooLarge(bytes.len() as u64));
+    }
+    let n = n as usize;
     let row_len = config.row_len();
     let mut rows = Vec::with_capacity(n.min(body.len() / (2 + row_len * CELL) + 1));
     for _ in 0..n {
@@ -188,9 +208,14 @@ pub fn decode(bytes: &[u8], config: &QConfig) -> Result<Model, ModelError> {
                 v.copy_from_slice(&c[..8]);
                 let mut k = [0u8; 4];
                 k.copy_from_slice(&c[8..]);
-                (f64::from_le_bytes(v), u32::from_le_bytes(k))
+                let v = f64::from_le_bytes(v);
+                if v.is_finite() {
+                    Ok((v, u32::from_le_bytes(k)))
+                } else {
+                    Err(ModelError::NonFinite)
+                }
             })
-            .collect();
+            .collect::<Result<_, _>>()?;
         rows.push((id, row));
     }
     if r.pos != body.len() {
@@ -206,6 +231,9 @@ fn io_error(e: io::Error) -> ModelError {
 /// Writes `bytes` to `path` atomically: temporary file, fsync, rename, fsync
 /// of the directory.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ModelError> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        fs::create_dir_all(dir).map_err(io_error)?;
+    }
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = Path::new(&tmp);
@@ -232,13 +260,85 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ModelError> {
     Ok(())
 }
 
-/// Reads a model file: `Ok(None)` when there is none.
-pub fn read(path: &Path, config: &QConfig) -> Result<Option<Model>, ModelError> {
-    match fs::read(path) {
-        Ok(bytes) => decode(&bytes, config).map(Some),
+/// The largest file a model of `rows` agents can be: ids of at most 65 535
+/// bytes (the format's u16 length).
+fn max_size(rows: u64, config: &QConfig) -> u64 {
+    let row = 2 + u64::from(u16::MAX) + config.row_len() as u64 * CELL as u64;
+    (HEADER as u64 + 4).saturating_add(rows.saturating_mul(row))
+}
+
+/// Opens `path` for reading without blocking (a FIFO would block until a
+/// writer came), and only if it is a regular file.
+fn open_regular(path: &Path) -> Result<Option<File>, ModelError> {
+    // `stat` first: opening a device or a FIFO may have effects of its own
+    match fs::metadata(path) {
+        Ok(m) if !m.is_file() => return Err(ModelError::NotRegular),
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_error(e)),
+    }
+    let mut options = OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(libc::O_NONBLOCK);
+    }
+    match options.open(path) {
+        Ok(f) => Ok(Some(f)),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(io_error(e)),
     }
+}
+
+/// Reads a model file: `Ok(None)` when there is none. Only a regular file,
+/// and no more bytes than its header's agent count allows, are read.
+pub fn read(path: &Path, config: &QConfig) -> Result<Option<Model>, ModelError> {
+    let Some(mut file) = open_regular(path)? else {
+        return Ok(None);
+    };
+    // checked again on the open file: the path may have changed since `stat`
+    let meta = file.metadata().map_err(io_error)?;
+    if !meta.is_file() {
+        return Err(ModelError::NotRegular);
+    }
+    let size = meta.len();
+    let mut header = [0u8; HEADER];
+    let got = read_up_to(&mut file, &mut header)?;
+    if got >= 4 && &header[..4] != MAGIC {
+        return Err(ModelError::BadMagic);
+    }
+    if got < HEADER {
+        return Err(ModelError::Truncated);
+    }
+    let rows = u32::from_le_bytes([header[24], header[25], header[26], header[27]]);
+    if rows > MAX_ROWS || size > max_size(u64::from(rows), config) {
+        return Err(ModelError::TooLarge(size));
+    }
+    let mut bytes = Vec::with_capacity(size as usize);
+    bytes.extend_from_slice(&header);
+    // never more than the size checked above, even if the file grows
+    file.take(size.saturating_sub(HEADER as u64) + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io_error)?;
+    if bytes.len() as u64 > size {
+        return Err(ModelError::TrailingBytes);
+    }
+    decode(&bytes, config).map(Some)
+}
+
+/// Reads into `buf` until it is full or the file ends; returns the bytes read.
+fn read_up_to(file: &mut File, buf: &mut [u8]) -> Result<usize, ModelError> {
+    let mut got = 0;
+    while got < buf.len() {
+        match file.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(io_error(e)),
+        }
+    }
+    Ok(got)
 }
 
 #[cfg(test)]
@@ -321,5 +421,61 @@ mod tests {
         write_atomic(&path, &encode(&c, &rows, 9)).unwrap();
         assert_eq!(read(&path, &c).unwrap().unwrap().episodes, 9);
         assert!(!dir.path().join("q.model.tmp").exists());
+    }
+
+    #[test]
+    fn non_finite_values_are_refused() {
+        let (c, _) = sample();
+        for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            let store = QStore::new(10);
+            store.checkout(b"a", &c).set(3, bad, 1);
+            let bytes = encode(&c, &store.rows(), 1);
+            assert_eq!(decode(&bytes, &c), Err(ModelError::NonFinite), "{bad}");
+        }
+    }
+
+    #[test]
+    #[cfg(unix)]
+    fn only_regular_files_are_read() {
+        let c = QConfig::default();
+        assert_eq!(
+            read(Path::new("/dev/zero"), &c),
+            Err(ModelError::NotRegular)
+        );
+        assert_eq!(read(Path::new("/tmp"), &c), Err(ModelError::NotRegular));
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        let path = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path and a mode.
+        assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0);
+        assert_eq!(read(&fifo, &c), Err(ModelError::NotRegular));
+    }
+
+    #[test]
+    fn a_file_larger_than_its_header_allows_is_refused_unread() {
+        let (c, rows) = sample();
+        let mut bytes = encode(&c, &rows, 1);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big.model");
+        bytes.resize(max_size(2, &c) as usize + 1, 0);
+        fs::write(&path, &bytes).unwrap();
+        assert!(matches!(read(&path, &c), Err(ModelError::TooLarge(_))));
+        // a header claiming more rows than any model holds
+        let mut many = encode(&c, &rows, 1);
+        many[24..28].copy_from_slice(&(MAX_ROWS + 1).to_le_bytes());
+        fs::write(&path, &many).unwrap();
+        assert!(matches!(read(&path, &c), Err(ModelError::TooLarge(_))));
+        // not a model at all: refused at its first bytes
+        fs::write(&path, vec![0u8; 1 << 20]).unwrap();
+        assert_eq!(read(&path, &c), Err(ModelError::BadMagic));
+    }
+
+    #[test]
+    fn saving_makes_the_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data").join("deeper").join("q.model");
+        let (c, rows) = sample();
+        write_atomic(&path, &encode(&c, &rows, 3)).unwrap();
+        assert_eq!(read(&path, &c).unwrap().unwrap().episodes, 3);
     }
 }

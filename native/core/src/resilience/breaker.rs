@@ -206,6 +206,9 @@ impl Window {
     }
 }
 
+/// Most probes at once in a half-open period.
+pub const MAX_HALF_OPEN: u32 = 10_000;
+
 /// The longest count window, in calls.
 pub const MAX_WINDOW_CALLS: u32 = 10_000;
 /// The longest time window, in milliseconds (ten minutes of one-second buckets).

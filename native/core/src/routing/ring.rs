@@ -8,6 +8,9 @@
 
 use xxhash_rust::xxh3::{xxh3_64, xxh3_128};
 
+/// Most points an agent may have on the ring.
+pub const MAX_VNODES: u32 = 1000;
+
 /// Sorted points: (position, slot of the agent in its snapshot), with an
 /// index of where each range of positions starts.
 #[derive(Debug, Clone, Default)]
@@ -53,7 +56,7 @@ pub fn point(id: &[u8], v: u32) -> u64 {
 
 impl Ring {
     pub fn empty(vnodes: u32) -> Ring {
-        Ring::from_points(Vec::new(), vnodes)
+        Ring::from_points(Vec::new(), vnodes.clamp(1, MAX_VNODES))
     }
 
     /// A ring over sorted `points`, with its index: about one bucket per
@@ -81,6 +84,7 @@ impl Ring {
 
     /// A ring of `ids`, the agent in slot `i` being `ids[i]`.
     pub fn build<'a>(ids: impl Iterator<Item = &'a [u8]>, vnodes: u32) -> Ring {
+        let vnodes = vnodes.clamp(1, MAX_VNODES);
         let mut points: Vec<(u64, u32)> = ids
             .enumerate()
             .flat_map(|(slot, id)| agent_points(id, slot as u32, vnodes))

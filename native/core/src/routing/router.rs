@@ -385,7 +385,7 @@ impl<P> Router<P> {
 
     /// The class (in `0..task_classes`) of a task class name.
     pub fn task_class(&self, name: &[u8]) -> u32 {
-        let k = u64::from(self.shared().learner.config().task_classes.max(1));
+        let k = u64::from(self.shared().learner.config().classes());
         (xxhash_rust::xxh3::xxh3_64(name) % k) as u32
     }
 

@@ -16,6 +16,11 @@ use std::sync::{Arc, Mutex};
 
 use rustc_hash::FxHashMap;
 
+/// Most spans a store may be configured to hold.
+pub const MAX_CORRELATION_ENTRIES: usize = 10_000_000;
+/// Most finished spans a store may keep for the exporter.
+pub const MAX_EXPORT_QUEUE: usize = 1_000_000;
+
 /// Shards of the store.
 const SHARDS: usize = 16;
 /// A task summary is cut to this many bytes.
