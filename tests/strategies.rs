@@ -22,7 +22,6 @@ fn loads(r: &Router<usize>) -> Vec<u32> {
     r.agents()
         .load()
         .agents()
-        .iter()
         .map(|a| a.stats().in_flight())
         .collect()
 }

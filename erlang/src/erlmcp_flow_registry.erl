@@ -9,7 +9,13 @@
 %% server; lookups never do.
 %%
 %% An agent that dies is removed from every table, from the backend and from
-%% the router as soon as its `DOWN' message is processed.
+%% the router as soon as its `DOWN' message is processed; the `DOWN's waiting
+%% in the mailbox are handled together, with one change of the router's
+%% table (10 000 agents dying at once cost one rebuild, not 10 000).
+%%
+%% No function here exits its caller: registration waits for the server
+%% (each costs about the same however many agents there are), and a
+%% registry that is not running answers `{error, not_started}'.
 -module(erlmcp_flow_registry).
 -behaviour(gen_server).
 
@@ -28,6 +34,7 @@
 -export([advance_clock/1]).
 -export([list_agents/0]).
 -export([router/0]).
+-export([router_if_running/0]).
 -export([backend/0]).
 -export([agents_table/0]).
 -export([lookup_pid/1]).
@@ -43,6 +50,12 @@
 -define(AGENTS, erlmcp_flow_agents).
 -define(CAPS, erlmcp_flow_capabilities).
 -define(ROUTER_KEY, {?MODULE, router}).
+%% 'DOWN's handled in one batch at most.
+-define(MAX_BATCH, 10000).
+%% Limits on what a registration carries (the core enforces the same).
+-define(MAX_ID_BYTES, 1024).
+-define(MAX_CAPABILITY_BYTES, 1024).
+-define(MAX_CAPABILITIES, 1024).
 -define(BACKEND_KEY, {?MODULE, backend}).
 
 -type kind() :: agent | swarm.
@@ -87,16 +100,18 @@ register_swarm(SwarmId, CoordinatorPid, Capabilities) ->
 %% @doc Removes an agent or swarm; unknown ids are ignored.
 -spec unregister_agent(erlmcp_flow:agent_id()) -> ok | {error, {badarg, agent_id}}.
 unregister_agent(AgentId) when is_binary(AgentId) ->
-    gen_server:call(?MODULE, {unregister, AgentId});
+    call({unregister, AgentId});
 unregister_agent(_) ->
     {error, {badarg, agent_id}}.
 
 %% @doc The pid registered under `AgentId'.
 -spec find_agent(erlmcp_flow:agent_id()) -> {ok, pid()} | {error, not_found | {badarg, agent_id}}.
 find_agent(AgentId) when is_binary(AgentId) ->
-    case (backend()):whereis_name(AgentId) of
+    try (backend()):whereis_name(AgentId) of
         undefined -> {error, not_found};
         Pid -> {ok, Pid}
+    catch
+        error:badarg -> {error, not_found}
     end;
 find_agent(_) ->
     {error, {badarg, agent_id}}.
@@ -104,7 +119,7 @@ find_agent(_) ->
 %% @doc The pids of every agent and swarm holding `Capability'.
 -spec find_agents_by_capability(erlmcp_flow:capability()) -> [pid()].
 find_agents_by_capability(Capability) when is_binary(Capability) ->
-    [Pid || {_, _, Pid} <- ets:lookup(?CAPS, Capability)];
+    [Pid || {_, Pid} <- holders(Capability)];
 find_agents_by_capability(_) ->
     [].
 
@@ -113,9 +128,8 @@ find_agents_by_capability(_) ->
 query_agents([First | Rest] = Capabilities) ->
     case is_capability_list(Capabilities) of
         true ->
-            lists:sort(
-              [Id || {_, Id, _} <- ets:lookup(?CAPS, First),
-                     holds_all(Id, Rest)]);
+            %% the capability table is ordered by {Cap, Id}: already sorted
+            [Id || {Id, _} <- holders(First), holds_all(Id, Rest)];
         false ->
             []
     end;
@@ -133,7 +147,10 @@ get_agent_load(AgentId) ->
 %% @doc The live counters of one agent, from the Rust core.
 -spec agent_stats(erlmcp_flow:agent_id()) -> {ok, map()} | {error, not_found | {badarg, agent_id}}.
 agent_stats(AgentId) when is_binary(AgentId) ->
-    erlmcp_flow_nif:agent_stats(router(), AgentId);
+    case router_if_running() of
+        undefined -> {error, not_started};
+        Router -> erlmcp_flow_nif:agent_stats(Router, AgentId)
+    end;
 agent_stats(_) ->
     {error, {badarg, agent_id}}.
 
@@ -158,12 +175,21 @@ advance_clock(Us) ->
 %% @doc Every registration: `{Id, Pid, Kind, Capabilities}', sorted by id.
 -spec list_agents() -> [{erlmcp_flow:agent_id(), pid(), kind(), [erlmcp_flow:capability()]}].
 list_agents() ->
-    lists:sort([{Id, Pid, Kind, Caps} || {Id, Pid, Kind, Caps, _} <- ets:tab2list(?AGENTS)]).
+    try ets:tab2list(?AGENTS) of
+        Rows -> lists:sort([{Id, Pid, Kind, Caps} || {Id, Pid, Kind, Caps, _} <- Rows])
+    catch
+        error:badarg -> []
+    end.
 
 %% @doc The router resource of the running registry.
 -spec router() -> erlmcp_flow_nif:router().
 router() ->
     persistent_term:get(?ROUTER_KEY).
+
+%% @doc The router resource, or `undefined' when the registry is not running.
+-spec router_if_running() -> erlmcp_flow_nif:router() | undefined.
+router_if_running() ->
+    persistent_term:get(?ROUTER_KEY, undefined).
 
 %% @doc The name backend of the running registry.
 -spec backend() -> module().
@@ -195,8 +221,12 @@ is_capability_list(_) -> false.
 %% @private
 -spec init([]) -> {ok, #state{}}.
 init([]) ->
+    %% terminate/2 runs on shutdown: it unpublishes the router
+    process_flag(trap_exit, true),
     _ = ets:new(?AGENTS, [named_table, protected, set, {read_concurrency, true}]),
-    _ = ets:new(?CAPS, [named_table, protected, bag, {read_concurrency, true}]),
+    %% {{Cap, Id}, Pid}: ordered, so a capability's holders are one range,
+    %% and adding or removing one holder costs the same however many there are
+    _ = ets:new(?CAPS, [named_table, protected, ordered_set, {read_concurrency, true}]),
     {ok, Router} = erlmcp_flow_nif:router_new(router_options()),
     Backend = erlmcp_flow_registry_backend:select(),
     persistent_term:put(?ROUTER_KEY, Router),
@@ -222,8 +252,11 @@ handle_cast(_Msg, State) ->
 -spec handle_info(term(), #state{}) -> {noreply, #state{}}.
 handle_info({'DOWN', MRef, process, _Pid, _Reason}, #state{monitors = Mons} = State) ->
     case maps:take(MRef, Mons) of
-        {Id, Mons1} -> {noreply, remove(Id, State#state{monitors = Mons1})};
-        error -> {noreply, State}
+        {Id, Mons1} ->
+            {Ids, Mons2} = more_down([Id], Mons1, ?MAX_BATCH - 1),
+            {noreply, remove_all(Ids, State#state{monitors = Mons2})};
+        error ->
+            {noreply, State}
     end;
 handle_info(_Info, State) ->
     {noreply, State}.
@@ -231,17 +264,32 @@ handle_info(_Info, State) ->
 %% @private
 -spec terminate(term(), #state{}) -> ok.
 terminate(_Reason, _State) ->
+    %% The router goes with this process: callers find no stale one, and
+    %% nothing keeps it (its agents, correlation store, learned rows) alive.
+    _ = persistent_term:erase(?ROUTER_KEY),
+    _ = persistent_term:erase(?BACKEND_KEY),
     ok.
 
 %%====================================================================
 %% Internal functions
 %%====================================================================
 
+%% A call to the server that never exits the caller: it waits as long as the
+%% server works, and a server that is not running (or dies meanwhile)
+%% answers an error.
+call(Request) ->
+    try
+        gen_server:call(?MODULE, Request, infinity)
+    catch
+        exit:{noproc, _} -> {error, not_started};
+        exit:{Reason, {gen_server, call, _}} -> {error, {registry_down, Reason}}
+    end.
+
 request_registration(Id, Pid, Caps, Kind, Opts) ->
     case validate(Id, Pid, Caps) of
         ok ->
             case weight(Opts) of
-                {ok, W} -> gen_server:call(?MODULE, {register, Id, Pid, lists:usort(Caps), Kind, W});
+                {ok, W} -> call({register, Id, Pid, lists:usort(Caps), Kind, W});
                 {error, _} = E -> E
             end;
         {error, _} = E ->
@@ -292,14 +340,16 @@ router_options() ->
     maps:merge(maps:merge(maps:with(QKeys, Q), maps:with(LBKeys, LB)),
                maps:merge(Breaker#{clock => erlmcp_flow_config:clock()}, Tracing)).
 
-validate(Id, _Pid, _Caps) when not is_binary(Id); Id =:= <<>> ->
+validate(Id, _Pid, _Caps) when not is_binary(Id); Id =:= <<>>;
+                               byte_size(Id) > ?MAX_ID_BYTES ->
     {error, {badarg, agent_id}};
 validate(_Id, Pid, _Caps) when not is_pid(Pid) ->
     {error, {badarg, pid}};
 validate(_Id, Pid, _Caps) when node(Pid) =/= node() ->
     {error, {badarg, pid}};
 validate(_Id, _Pid, Caps) ->
-    case Caps =/= [] andalso is_capability_list(Caps) of
+    case Caps =/= [] andalso is_capability_list(Caps) andalso length(Caps) =< ?MAX_CAPABILITIES
+        andalso lists:all(fun(C) -> byte_size(C) =< ?MAX_CAPABILITY_BYTES end, Caps) of
         true -> ok;
         false -> {error, {badarg, capabilities}}
     end.
@@ -314,7 +364,7 @@ do_register(Id, Pid, Caps, Kind, Weight, #state{router = Router, backend = Backe
                     case erlmcp_flow_nif:agent_insert(Router, Id, Pid, Caps, Kind, Weight) of
                         ok ->
                             MRef = erlang:monitor(process, Pid),
-                            ets:insert(?CAPS, [{Cap, Id, Pid} || Cap <- Caps]),
+                            ets:insert(?CAPS, [{{Cap, Id}, Pid} || Cap <- Caps]),
                             ets:insert(?AGENTS, {Id, Pid, Kind, Caps, MRef}),
                             Mons = (State#state.monitors)#{MRef => Id},
                             {ok, State#state{monitors = Mons}};
@@ -336,19 +386,40 @@ do_unregister(Id, #state{monitors = Mons} = State) ->
             State
     end.
 
+%% The ids of more dead agents whose 'DOWN' waits in the mailbox, up to `N'.
+more_down(Ids, Mons, 0) ->
+    {Ids, Mons};
+more_down(Ids, Mons, N) ->
+    receive
+        {'DOWN', MRef, process, _, _} when is_map_key(MRef, Mons) ->
+            {Id, Mons1} = maps:take(MRef, Mons),
+            more_down([Id | Ids], Mons1, N - 1)
+    after 0 ->
+        {Ids, Mons}
+    end.
+
 %% Drops `Id' from the router first, so no new decision picks it, then from
 %% the lookup tables and the backend.
-remove(Id, #state{router = Router, backend = Backend} = State) ->
-    case ets:lookup(?AGENTS, Id) of
-        [{Id, Pid, _Kind, Caps, _MRef}] ->
-            _ = erlmcp_flow_nif:agent_remove(Router, Id),
-            ets:delete(?AGENTS, Id),
-            lists:foreach(fun(Cap) -> ets:delete_object(?CAPS, {Cap, Id, Pid}) end, Caps),
-            ok = Backend:unregister_name(Id, Pid);
-        [] ->
-            ok
-    end,
+remove(Id, State) ->
+    remove_all([Id], State).
+
+%% The same for several agents, with one change of the router's table.
+remove_all(Ids, #state{router = Router, backend = Backend} = State) ->
+    Rows = [Row || Id <- Ids, Row <- ets:lookup(?AGENTS, Id)],
+    _ = erlmcp_flow_nif:agent_remove_many(Router, [Id || {Id, _, _, _, _} <- Rows]),
+    lists:foreach(
+      fun({Id, Pid, _Kind, Caps, _MRef}) ->
+              ets:delete(?AGENTS, Id),
+              lists:foreach(fun(Cap) -> ets:delete(?CAPS, {Cap, Id}) end, Caps),
+              ok = Backend:unregister_name(Id, Pid)
+      end, Rows),
     State.
+
+%% {Id, Pid} of every holder of `Cap', by id.
+holders(Cap) ->
+    try ets:select(?CAPS, [{{{Cap, '$1'}, '$2'}, [], [{{'$1', '$2'}}]}])
+    catch error:badarg -> []
+    end.
 
 holds_all(Id, Required) ->
     case ets:lookup(?AGENTS, Id) of

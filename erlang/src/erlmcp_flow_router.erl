@@ -290,14 +290,21 @@ decide(#{capabilities := Caps, strategy := Strategy} = Plan, #{span := TaskSpan}
        Exclude, Kind) ->
     Class = maps:get(task_class, Plan, undefined),
     Span = {TaskSpan, min(N, ?MAX_ATTEMPT_NO)},
-    case erlmcp_flow_nif:decide(erlmcp_flow_registry:router(), Caps, Strategy,
-                                maps:get(sticky_key, Plan, undefined), Class, Exclude, Kind,
-                                Span) of
+    case decide_nif(Caps, Strategy, maps:get(sticky_key, Plan, undefined), Class, Exclude,
+                    Kind, Span) of
         {ok, AgentId, Pid, Lease, SpanId, Transition} ->
             erlmcp_flow_circuit_breaker:log_transition(AgentId, Transition),
             {ok, AgentId, Pid, Lease, agent_context(Trace, SpanId)};
         Other ->
             Other
+    end.
+
+%% The decision, on the running registry's router (which may have restarted
+%% since the task began: a retry then goes to the new one's agents).
+decide_nif(Caps, Strategy, Key, Class, Exclude, Kind, Span) ->
+    case erlmcp_flow_registry:router_if_running() of
+        undefined -> {error, not_started};
+        Router -> erlmcp_flow_nif:decide(Router, Caps, Strategy, Key, Class, Exclude, Kind, Span)
     end.
 
 agent_context(#{trace_id := T, span_id := Parent, trace_flags := F} = Trace, SpanId) ->
@@ -311,7 +318,7 @@ agent_context(#{trace_id := T, span_id := Parent, trace_flags := F} = Trace, Spa
 %% the root of a new trace.
 start_trace(Task, Plan) ->
     TP = maps:get(traceparent, Plan, undefined),
-    case erlmcp_flow_nif:span_start(erlmcp_flow_registry:router(), TP, summary(Task)) of
+    case span_start(TP, summary(Task)) of
         {ok, TraceId, SpanId, Flags, Span} ->
             Trace = #{trace_id => TraceId, span_id => SpanId, trace_flags => Flags,
                       span => Span},
@@ -320,7 +327,15 @@ start_trace(Task, Plan) ->
                 #{} -> {ok, Trace}
             end;
         {error, invalid_trace_context} ->
-            {error, {badarg, {traceparent, TP}}}
+            {error, {badarg, {traceparent, TP}}};
+        {error, not_started} = E ->
+            E
+    end.
+
+span_start(TP, Summary) ->
+    case erlmcp_flow_registry:router_if_running() of
+        undefined -> {error, not_started};
+        Router -> erlmcp_flow_nif:span_start(Router, TP, Summary)
     end.
 
 %% @doc The `Meta' of a task answered by `AgentId' on attempt `N', after the

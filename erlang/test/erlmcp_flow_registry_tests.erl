@@ -16,7 +16,24 @@ registry_test_() ->
       {"swarms are registered like agents", fun swarm/0},
       {"one pid may hold several ids", fun several_ids/0},
       {"the native backend is selected without gproc", fun backend/0},
-      {"registrations are mirrored into the router", fun mirror/0}]}.
+      {"registrations are mirrored into the router", fun mirror/0},
+      {"a pid under thousands of ids: registration and death stay quick, nobody exits",
+       fun many_ids/0},
+      {"ids and capabilities past their limits are refused", fun limits/0}]}.
+
+%% Without the registry running, its functions answer; they never exit.
+not_started_test() ->
+    _ = application:stop(erlmcp_flow),
+    ?assertEqual({error, not_started}, erlmcp_flow:register_agent(<<"a">>, self(), [<<"x">>])),
+    ?assertEqual({error, not_started}, erlmcp_flow:unregister_agent(<<"a">>)),
+    ?assertEqual({error, not_found}, erlmcp_flow:find_agent(<<"a">>)),
+    ?assertEqual([], erlmcp_flow:find_agents_by_capability(<<"x">>)),
+    ?assertEqual([], erlmcp_flow:query_agents([<<"x">>])),
+    ?assertEqual(0, erlmcp_flow:get_agent_load(<<"a">>)),
+    ?assertEqual({error, not_started}, erlmcp_flow:agent_stats(<<"a">>)),
+    ?assertEqual([], erlmcp_flow_registry:list_agents()),
+    ?assertEqual({error, not_started}, erlmcp_flow:execute(#{}, #{})),
+    ?assertEqual({error, not_started}, erlmcp_flow:route_task(#{}, #{})).
 
 kill(Pid) ->
     MRef = erlang:monitor(process, Pid),
@@ -130,3 +147,44 @@ mirror() ->
     ?assertMatch(#{agents := 1}, erlmcp_flow:stats()),
     ?assertEqual({error, no_agents_available}, erlmcp_flow:execute(#{}, #{capabilities => [<<"y">>]})),
     ok = erlmcp_flow:unregister_agent(<<"b">>).
+
+%% The report: one pid registered under 10 000 ids took 107 s, their removal
+%% at its death 103 s, and a concurrent register_agent/3 exited its caller
+%% with a gen_server timeout. Here 3 000 ids (the test's budget) while
+%% another process registers and looks up; every call answers.
+many_ids() ->
+    Pid = spawn(fun() -> receive stop -> ok end end),
+    Other = self(),
+    Side = spawn_link(fun() ->
+                              Results = [erlmcp_flow:register_agent(<<"side-", (integer_to_binary(I))/binary>>,
+                                                                    echo_agent(), [<<"side">>])
+                                         || I <- lists:seq(1, 50)],
+                              Other ! {side, Results}
+                      end),
+    [ok = erlmcp_flow:register_agent(<<"id-", (integer_to_binary(I))/binary>>, Pid, [<<"x">>, <<"y">>])
+     || I <- lists:seq(1, 3000)],
+    receive {side, R} -> ?assertEqual(lists:duplicate(50, ok), R) end,
+    ?assertEqual(3000, length(erlmcp_flow:find_agents_by_capability(<<"x">>))),
+    ?assertEqual(3050, maps:get(agents, erlmcp_flow:stats())),
+    MRef = erlang:monitor(process, Pid),
+    Pid ! stop,
+    receive {'DOWN', MRef, process, Pid, _} -> ok end,
+    sync_registry(),
+    ?assertEqual(50, maps:get(agents, erlmcp_flow:stats())),
+    ?assertEqual([], erlmcp_flow:find_agents_by_capability(<<"x">>)),
+    ?assertEqual({error, no_agents_available}, erlmcp_flow:execute(#{}, #{capabilities => [<<"x">>]})),
+    unlink(Side),
+    erlmcp_flow_test_util:unregister_all().
+
+limits() ->
+    Long = binary:copy(<<"i">>, 1025),
+    ?assertEqual({error, {badarg, agent_id}}, erlmcp_flow:register_agent(Long, self(), [<<"x">>])),
+    ?assertEqual({error, {badarg, capabilities}},
+                 erlmcp_flow:register_agent(<<"a">>, self(), [binary:copy(<<"c">>, 1025)])),
+    Many = [integer_to_binary(I) || I <- lists:seq(1, 1025)],
+    ?assertEqual({error, {badarg, capabilities}}, erlmcp_flow:register_agent(<<"a">>, self(), Many)),
+    %% at the limits: fine
+    Agent = echo_agent(),
+    ok = erlmcp_flow:register_agent(binary:copy(<<"i">>, 1024), Agent, lists:droplast(Many)),
+    ?assertMatch({ok, _, _}, erlmcp_flow:execute(#{}, #{capabilities => [<<"1024">>, <<"7">>]})),
+    erlmcp_flow_test_util:unregister_all().

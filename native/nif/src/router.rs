@@ -262,7 +262,8 @@ fn clock_advance<'a>(env: Env<'a>, router: Term<'a>, us: Term<'a>) -> Term<'a> {
 }
 
 /// `agent_insert(Router, Id, Pid, Capabilities, Kind, Weight) -> ok | {error, Reason}`.
-/// Rebuilds the snapshot and merges the ring, O(agents), hence a dirty scheduler.
+/// A new snapshot sharing most of the old one's parts; now and then a merge of
+/// the ring or a compaction, linear in the agents, hence a dirty scheduler.
 #[rustler::nif(schedule = "DirtyCpu")]
 fn agent_insert<'a>(
     env: Env<'a>,
@@ -301,6 +302,19 @@ fn agent_remove<'a>(env: Env<'a>, router: Term<'a>, id: Term<'a>) -> Term<'a> {
         let r = router_arg(router)?;
         r.router.agents().remove(nonempty_binary(id, "agent_id")?)?;
         Ok(atoms::ok().encode(env))
+    };
+    reply(env, run())
+}
+
+/// `agent_remove_many(Router, [Id]) -> {ok, Removed}`: every id in the table
+/// removed with one snapshot swap; unknown ids are skipped.
+#[rustler::nif(schedule = "DirtyCpu")]
+fn agent_remove_many<'a>(env: Env<'a>, router: Term<'a>, ids: Term<'a>) -> Term<'a> {
+    let run = || -> NifOutcome<Term<'a>> {
+        let r = router_arg(router)?;
+        let ids = binaries(ids, "agent_ids")?;
+        let removed = r.router.agents().remove_many(&ids);
+        Ok((atoms::ok(), removed.len()).encode(env))
     };
     reply(env, run())
 }

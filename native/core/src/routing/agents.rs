@@ -6,14 +6,36 @@
 //! in, so a reader keeps a consistent view for as long as it holds its guard.
 //! An [`Agent`] is shared between successive snapshots, so its live stats
 //! survive unrelated membership changes.
+//!
+//! A change costs little however large the table, because successive
+//! snapshots share most of their parts:
+//!
+//! - agents sit in slots, in chunks of 64 shared between snapshots; a change
+//!   copies the chunks it touches and the list of chunk pointers;
+//! - the id index and the capability index are split into 64 shards by a
+//!   keyed hash; a change copies the shards it touches;
+//! - a capability's posting list (its slots, ascending) is copied when an
+//!   agent holding it comes or goes;
+//! - the ring keeps a delta of new points (see [`crate::routing::ring`]).
+//!
+//! What a change copies whole is the dense array of hot cells and the list of
+//! live slots, 8 and 4 bytes per agent. A removed agent leaves a hole (its
+//! slot empty, its hot cell a dead one no strategy admits, its points on the
+//! ring walked past); slots are renumbered densely once holes make a quarter
+//! of them, in one linear pass. Ids and capabilities come from callers (and
+//! soon from the network): the indexes hash them with a key drawn at random
+//! per table.
 
 use std::any::Any;
+use std::borrow::Borrow;
 use std::cell::RefCell;
+use std::hash::Hash;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use ahash::RandomState;
 use arc_swap::{ArcSwap, Guard};
-use rustc_hash::FxHashMap;
+use hashbrown::HashTable;
 
 use crate::error::FlowError;
 use crate::learning::{QConfig, QRow, State, StateIndexer};
@@ -22,6 +44,18 @@ use crate::routing::hot::HotCell;
 use crate::routing::ring::Ring;
 use crate::routing::stats::AgentStats;
 use crate::shared::Shared;
+
+/// Longest agent id, in bytes.
+pub const MAX_ID_BYTES: usize = 1024;
+/// Longest capability, in bytes.
+pub const MAX_CAPABILITY_BYTES: usize = 1024;
+/// Most capabilities one agent may hold.
+pub const MAX_CAPABILITIES: usize = 1024;
+
+/// Slots per chunk.
+const CHUNK: usize = 64;
+/// Shards of the id and capability indexes.
+const INDEX_SHARDS: usize = 64;
 
 /// Whether an entry is a single agent or a swarm coordinator answering for its members.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,7 +97,11 @@ pub struct Agent<P> {
     /// Shared with the spans of its tasks.
     id: Arc<[u8]>,
     payload: P,
-    capabilities: Box<[Box<[u8]>]>,
+    capabilities: Box<[Arc<[u8]>]>,
+    /// The table's ids of the capabilities, in the order of `capabilities`.
+    cap_ids_by_name: Box<[u32]>,
+    /// The same ids, ascending: the multi-capability filter searches them.
+    cap_ids_sorted: Box<[u32]>,
     kind: AgentKind,
     weight: f64,
     /// Unique per router, never reused: names the agent where an id would be
@@ -89,7 +127,7 @@ impl<P> Agent<P> {
     }
 
     /// Sorted and without duplicates.
-    pub fn capabilities(&self) -> &[Box<[u8]>] {
+    pub fn capabilities(&self) -> &[Arc<[u8]>] {
         &self.capabilities
     }
 
@@ -135,8 +173,8 @@ impl<P> Agent<P> {
     }
 
     /// The learned value of the agent's state right now for task class
-    /// `class`. For class 0 it is the cached copy in the agent's stats, one
-    /// cache line with its load; other classes read the row.
+    /// `class`. For class 0 it is the cached copy in the agent's hot cell,
+    /// one cache line with its load; other classes read the row.
     #[inline]
     pub fn current_value(&self, indexer: &StateIndexer, class: u32) -> f64 {
         if class == 0 {
@@ -165,94 +203,141 @@ impl<P> Drop for Agent<P> {
     }
 }
 
+/// A map shared between snapshots, split into shards by a keyed hash: a
+/// change copies only the shards it touches.
+#[derive(Debug)]
+struct Index<K, V> {
+    hasher: RandomState,
+    shards: Arc<[Shard<K, V>]>,
+}
+
+/// One shard of an [`Index`], shared until a change copies it.
+type Shard<K, V> = Arc<HashTable<(K, V)>>;
+
+impl<K, V> Clone for Index<K, V> {
+    fn clone(&self) -> Self {
+        Index {
+            hasher: self.hasher.clone(),
+            shards: Arc::clone(&self.shards),
+        }
+    }
+}
+
+impl<K: Hash + Eq + Clone, V: Clone> Index<K, V> {
+    fn new(hasher: RandomState) -> Self {
+        Index {
+            hasher,
+            shards: (0..INDEX_SHARDS)
+                .map(|_| Arc::new(HashTable::new()))
+                .collect(),
+        }
+    }
+
+    fn shard_of(hash: u64) -> usize {
+        (hash >> (64 - INDEX_SHARDS.trailing_zeros())) as usize
+    }
+
+    #[inline]
+    fn get<Q: Hash + Eq + ?Sized>(&self, key: &Q) -> Option<&V>
+    where
+        K: Borrow<Q>,
+    {
+        let h = self.hasher.hash_one(key);
+        self.shards[Self::shard_of(h)]
+            .find(h, |(k, _)| k.borrow() == key)
+            .map(|(_, v)| v)
+    }
+
+    /// This index with `edits` made: `(key, Some(value))` sets, `(key,
+    /// None)` removes. Each shard touched is copied once.
+    fn edited(&self, edits: Vec<(K, Option<V>)>) -> Self {
+        let mut shards: Vec<Shard<K, V>> = self.shards.iter().cloned().collect();
+        let hasher = &self.hasher;
+        for (key, value) in edits {
+            let h = hasher.hash_one(&key);
+            let table = Arc::make_mut(&mut shards[Self::shard_of(h)]);
+            let entry = table.entry(h, |(k, _)| *k == key, |(k, _)| hasher.hash_one(k));
+            match (entry, value) {
+                (hashbrown::hash_table::Entry::Occupied(mut e), Some(v)) => e.get_mut().1 = v,
+                (hashbrown::hash_table::Entry::Occupied(e), None) => {
+                    e.remove();
+                }
+                (hashbrown::hash_table::Entry::Vacant(e), Some(v)) => {
+                    e.insert((key, v));
+                }
+                (hashbrown::hash_table::Entry::Vacant(_), None) => {}
+            }
+        }
+        Index {
+            hasher: self.hasher.clone(),
+            shards: shards.into(),
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.len()).sum()
+    }
+}
+
 /// A capability's posting list in one snapshot.
 #[derive(Debug)]
 struct Posting {
+    /// The table's id of the capability.
     cap_id: u32,
     /// Slots holding the capability, ascending.
     slots: Box<[u32]>,
 }
 
-/// An immutable view of the table. Slots are indices into `agents`; they are
+/// Slots of agents, `None` where a removed agent left a hole.
+type Chunk<P> = [Option<Arc<Agent<P>>>; CHUNK];
+
+/// An immutable view of the table. Slots are indices into it; they are
 /// only meaningful within one snapshot.
 #[derive(Debug)]
 pub struct Snapshot<P> {
-    agents: Vec<Arc<Agent<P>>>,
-    by_id: FxHashMap<Arc<[u8]>, u32>,
-    postings: FxHashMap<Box<[u8]>, Posting>,
-    /// Per slot, the snapshot-local ids of its capabilities, ascending.
-    slot_caps: Vec<Box<[u32]>>,
-    /// 0..len, so "no requirement" borrows a list like any other.
-    all_slots: Box<[u32]>,
-    /// Per slot, the agent's hot cell: what a scan over candidates reads.
-    /// The agents above hold the cells' `HotRef`s.
+    chunks: Arc<[Arc<Chunk<P>>]>,
+    /// Slots in use, holes included.
+    slot_count: u32,
+    live: usize,
+    by_id: Index<Arc<[u8]>, u32>,
+    postings: Index<Arc<[u8]>, Arc<Posting>>,
+    /// The live slots, ascending: the candidates of "no requirement".
+    all: Arc<[u32]>,
+    /// Per slot, the agent's hot cell (a dead one for a hole): what a scan
+    /// over candidates reads. The agents in `chunks` hold the cells alive.
     hot: Box<[HotCell]>,
     ring: Ring,
 }
 
+/// The candidates of one decision: slots, ascending, and whether they are
+/// every live slot (a scan may then read the hot cells in order, holes
+/// being dead cells no strategy admits).
+#[derive(Debug, Clone, Copy)]
+pub struct Candidates<'s> {
+    pub slots: &'s [u32],
+    pub all: bool,
+}
+
+fn empty_chunk<P>() -> Chunk<P> {
+    std::array::from_fn(|_| None)
+}
+
 impl<P> Snapshot<P> {
-    fn empty(vnodes: u32) -> Self {
+    fn empty(vnodes: u32, hasher: RandomState) -> Self {
         Snapshot {
-            agents: Vec::new(),
-            by_id: FxHashMap::default(),
-            postings: FxHashMap::default(),
-            slot_caps: Vec::new(),
-            all_slots: Box::new([]),
+            chunks: Arc::from([]),
+            slot_count: 0,
+            live: 0,
+            by_id: Index::new(hasher.clone()),
+            postings: Index::new(hasher),
+            all: Arc::from([]),
             hot: Box::new([]),
             ring: Ring::empty(vnodes),
         }
     }
 
-    fn build(agents: Vec<Arc<Agent<P>>>, ring: Ring) -> Self {
-        let mut by_id = FxHashMap::default();
-        let mut postings: FxHashMap<Box<[u8]>, (u32, Vec<u32>)> = FxHashMap::default();
-        let mut slot_caps = Vec::with_capacity(agents.len());
-        for (slot, agent) in agents.iter().enumerate() {
-            let slot = slot as u32;
-            by_id.insert(agent.id.clone(), slot);
-            let mut ids = Vec::with_capacity(agent.capabilities.len());
-            for cap in agent.capabilities.iter() {
-                let next_id = postings.len() as u32;
-                let entry = postings
-                    .entry(cap.clone())
-                    .or_insert_with(|| (next_id, Vec::new()));
-                entry.1.push(slot);
-                ids.push(entry.0);
-            }
-            ids.sort_unstable();
-            slot_caps.push(ids.into_boxed_slice());
-        }
-        let postings = postings
-            .into_iter()
-            .map(|(cap, (cap_id, slots))| {
-                (
-                    cap,
-                    Posting {
-                        cap_id,
-                        slots: slots.into_boxed_slice(),
-                    },
-                )
-            })
-            .collect();
-        let all_slots = (0..agents.len() as u32).collect();
-        let hot = agents
-            .iter()
-            // SAFETY: the snapshot holds every agent, and so its cell, for as
-            // long as it holds the `HotCell`.
-            .map(|a| unsafe { HotCell::of(a.stats().hot()) })
-            .collect();
-        Snapshot {
-            hot,
-            agents,
-            by_id,
-            postings,
-            slot_caps,
-            all_slots,
-            ring,
-        }
-    }
-
-    /// Per slot, the agents' hot cells.
+    /// Per slot, the agents' hot cells (dead cells for holes).
     #[inline]
     pub fn hot(&self) -> &[HotCell] {
         &self.hot
@@ -263,12 +348,18 @@ impl<P> Snapshot<P> {
         &self.ring
     }
 
+    /// Registered agents and swarms.
     pub fn len(&self) -> usize {
-        self.agents.len()
+        self.live
     }
 
     pub fn is_empty(&self) -> bool {
-        self.agents.is_empty()
+        self.live == 0
+    }
+
+    /// Slots in use, holes included: every slot is below it.
+    pub fn slot_count(&self) -> u32 {
+        self.slot_count
     }
 
     /// The slot of the agent `id`.
@@ -276,17 +367,35 @@ impl<P> Snapshot<P> {
         self.by_id.get(id).copied()
     }
 
-    /// The agent in `slot`. Panics on a slot that did not come from this snapshot.
-    pub fn agent(&self, slot: u32) -> &Arc<Agent<P>> {
-        &self.agents[slot as usize]
+    /// The agent in `slot`, `None` for a hole or a slot past the end.
+    #[inline]
+    pub fn get(&self, slot: u32) -> Option<&Arc<Agent<P>>> {
+        let slot = slot as usize;
+        self.chunks.get(slot / CHUNK)?[slot % CHUNK].as_ref()
     }
 
-    pub fn agents(&self) -> &[Arc<Agent<P>>] {
-        &self.agents
+    /// The agent in `slot`, a slot this snapshot listed as a candidate.
+    /// Panics on a hole: candidate lists never hold one.
+    #[inline]
+    pub fn agent(&self, slot: u32) -> &Arc<Agent<P>> {
+        match self.get(slot) {
+            Some(a) => a,
+            None => panic!("slot {slot} holds no agent"),
+        }
+    }
+
+    /// The live agents, by slot.
+    pub fn agents(&self) -> impl Iterator<Item = &Arc<Agent<P>>> + '_ {
+        self.chunks.iter().flat_map(|c| c.iter().flatten())
     }
 
     pub fn find(&self, id: &[u8]) -> Option<&Arc<Agent<P>>> {
-        self.by_id.get(id).map(|&slot| &self.agents[slot as usize])
+        self.slot_of(id).and_then(|slot| self.get(slot))
+    }
+
+    /// The live slots, ascending.
+    pub fn all_slots(&self) -> &[u32] {
+        &self.all
     }
 
     /// The slots, ascending, of every agent holding all of `required` (every
@@ -295,13 +404,26 @@ impl<P> Snapshot<P> {
     /// written into `scratch`, starting from the shortest posting list and
     /// checking the other capabilities per agent, so the cost follows the rarest
     /// capability rather than the table size.
-    pub fn candidates<'s>(&'s self, required: &[&[u8]], scratch: &'s mut Vec<u32>) -> &'s [u32] {
+    pub fn candidates<'s>(
+        &'s self,
+        required: &[&[u8]],
+        scratch: &'s mut Vec<u32>,
+    ) -> Candidates<'s> {
         match required {
-            [] => &self.all_slots,
-            [cap] => self.postings.get(*cap).map_or(&[], |p| &p.slots),
+            [] => Candidates {
+                slots: &self.all,
+                all: true,
+            },
+            [cap] => Candidates {
+                slots: self.postings.get(*cap).map_or(&[], |p| &p.slots),
+                all: false,
+            },
             _ => {
                 self.candidates_into(required, scratch);
-                scratch
+                Candidates {
+                    slots: scratch,
+                    all: false,
+                }
             }
         }
     }
@@ -310,7 +432,7 @@ impl<P> Snapshot<P> {
     pub fn candidates_into(&self, required: &[&[u8]], out: &mut Vec<u32>) {
         out.clear();
         if required.is_empty() {
-            out.extend_from_slice(&self.all_slots);
+            out.extend_from_slice(&self.all);
             return;
         }
         let mut rarest: Option<&Posting> = None;
@@ -334,23 +456,228 @@ impl<P> Snapshot<P> {
             .filter(|&id| id != rarest.cap_id)
             .collect();
         out.extend(rarest.slots.iter().copied().filter(|&slot| {
-            let held = &self.slot_caps[slot as usize];
+            let held = &self.agent(slot).cap_ids_sorted;
             others.iter().all(|id| held.binary_search(id).is_ok())
         }));
+    }
+
+    /// Holes worth a renumbering: a quarter of the slots, and a chunk's worth.
+    fn wants_compaction(&self) -> bool {
+        let holes = self.slot_count as usize - self.live;
+        holes >= CHUNK && holes * 4 > self.slot_count as usize
+    }
+
+    /// This snapshot plus `added` in new slots at the end.
+    fn with_added(&self, added: &[Arc<Agent<P>>]) -> Snapshot<P> {
+        let first = self.slot_count;
+        let ring = self.ring.with_agents(
+            added
+                .iter()
+                .enumerate()
+                .map(|(k, a)| (a.id(), first + k as u32)),
+        );
+        self.with_added_on(added, ring)
+    }
+
+    /// [`Snapshot::with_added`] with the new ring given.
+    fn with_added_on(&self, added: &[Arc<Agent<P>>], ring: Ring) -> Snapshot<P> {
+        let first = self.slot_count;
+        let count = first as usize + added.len();
+        // slots: the last chunk and new ones are written, the others shared
+        let mut chunks: Vec<Arc<Chunk<P>>> = self.chunks.iter().cloned().collect();
+        for (k, agent) in added.iter().enumerate() {
+            let slot = first as usize + k;
+            if slot / CHUNK == chunks.len() {
+                chunks.push(Arc::new(empty_chunk()));
+            }
+            Arc::make_mut(&mut chunks[slot / CHUNK])[slot % CHUNK] = Some(Arc::clone(agent));
+        }
+        let mut hot = Vec::with_capacity(count);
+        // SAFETY: the new snapshot holds every agent of this one that has a
+        // live cell here (dead cells are static), and the added agents below.
+        hot.extend(self.hot.iter().map(|c| unsafe { c.duplicate() }));
+        // SAFETY: the new snapshot holds the added agents, so their cells.
+        hot.extend(
+            added
+                .iter()
+                .map(|a| unsafe { HotCell::of(a.stats().hot()) }),
+        );
+        let slots = first..count as u32;
+        let mut all = Vec::with_capacity(self.all.len() + added.len());
+        all.extend_from_slice(&self.all);
+        all.extend(slots.clone());
+        let by_id = self.by_id.edited(
+            added
+                .iter()
+                .zip(slots.clone())
+                .map(|(a, s)| (a.id_arc(), Some(s)))
+                .collect(),
+        );
+        // each capability's new slots, appended (they are above every old one)
+        let mut per_cap: Vec<(&Arc<[u8]>, u32, u32)> = added
+            .iter()
+            .zip(slots.clone())
+            .flat_map(|(a, s)| {
+                a.capabilities
+                    .iter()
+                    .zip(a.cap_ids_by_name.iter())
+                    .map(move |(c, &id)| (c, id, s))
+            })
+            .collect();
+        per_cap.sort_by(|x, y| x.0.cmp(y.0).then(x.2.cmp(&y.2)));
+        let mut edits = Vec::new();
+        for group in per_cap.chunk_by(|x, y| x.0 == y.0) {
+            let (cap, cap_id) = (group[0].0, group[0].1);
+            let old: &[u32] = self.postings.get(&**cap).map_or(&[], |p| &p.slots);
+            let mut slots = Vec::with_capacity(old.len() + group.len());
+            slots.extend_from_slice(old);
+            slots.extend(group.iter().map(|x| x.2));
+            edits.push((
+                Arc::clone(cap),
+                Some(Arc::new(Posting {
+                    cap_id,
+                    slots: slots.into(),
+                })),
+            ));
+        }
+        let postings = self.postings.edited(edits);
+        Snapshot {
+            chunks: chunks.into(),
+            slot_count: count as u32,
+            live: self.live + added.len(),
+            by_id,
+            postings,
+            all: all.into(),
+            hot: hot.into(),
+            ring,
+        }
+    }
+
+    /// This snapshot without the agents in `gone` (their slots, ascending):
+    /// holes where they were.
+    fn with_removed(&self, gone: &[u32]) -> Snapshot<P> {
+        let mut chunks: Vec<Arc<Chunk<P>>> = self.chunks.iter().cloned().collect();
+        let mut hot = Vec::with_capacity(self.hot.len());
+        // SAFETY: as in `with_added`; the cells of the removed agents are
+        // replaced by dead ones below, before the snapshot is used.
+        hot.extend(self.hot.iter().map(|c| unsafe { c.duplicate() }));
+        let mut id_edits = Vec::with_capacity(gone.len());
+        let mut cap_drops: Vec<(&Arc<[u8]>, u32)> = Vec::new();
+        for &slot in gone {
+            let agent = self.agent(slot);
+            id_edits.push((agent.id_arc(), None));
+            cap_drops.extend(agent.capabilities.iter().map(|c| (c, slot)));
+            Arc::make_mut(&mut chunks[slot as usize / CHUNK])[slot as usize % CHUNK] = None;
+            hot[slot as usize] = HotCell::dead();
+        }
+        cap_drops.sort_by(|x, y| x.0.cmp(y.0).then(x.1.cmp(&y.1)));
+        let mut edits = Vec::new();
+        for group in cap_drops.chunk_by(|x, y| x.0 == y.0) {
+            let cap = group[0].0;
+            let Some(old) = self.postings.get(&**cap) else {
+                continue;
+            };
+            let drop_slots: Vec<u32> = group.iter().map(|x| x.1).collect();
+            let slots: Vec<u32> = old
+                .slots
+                .iter()
+                .copied()
+                .filter(|s| drop_slots.binary_search(s).is_err())
+                .collect();
+            let value = (!slots.is_empty()).then(|| {
+                Arc::new(Posting {
+                    cap_id: old.cap_id,
+                    slots: slots.into(),
+                })
+            });
+            edits.push((Arc::clone(cap), value));
+        }
+        let all: Vec<u32> = self
+            .all
+            .iter()
+            .copied()
+            .filter(|s| gone.binary_search(s).is_err())
+            .collect();
+        Snapshot {
+            chunks: chunks.into(),
+            slot_count: self.slot_count,
+            live: self.live - gone.len(),
+            by_id: self.by_id.edited(id_edits),
+            postings: self.postings.edited(edits),
+            all: all.into(),
+            hot: hot.into(),
+            ring: self.ring.clone(),
+        }
+    }
+
+    /// The same agents in dense slots (in the old slot order), every index
+    /// rebuilt and the ring renumbered: one linear pass.
+    fn compacted(&self) -> Snapshot<P> {
+        let mut renumber = vec![u32::MAX; self.slot_count as usize];
+        let agents: Vec<Arc<Agent<P>>> = self.agents().cloned().collect();
+        for (new, agent) in agents.iter().enumerate() {
+            if let Some(old) = self.slot_of(agent.id()) {
+                renumber[old as usize] = new as u32;
+            }
+        }
+        Snapshot::empty(self.ring.vnodes(), self.by_id.hasher.clone())
+            .with_added_on(&agents, self.ring.renumbered(&renumber))
     }
 }
 
 fn check<P>(spec: &AgentSpec<P>) -> Result<(), FlowError> {
-    if spec.id.is_empty() {
+    if spec.id.is_empty() || spec.id.len() > MAX_ID_BYTES {
         return Err(FlowError::BadArg("agent_id"));
     }
-    if spec.capabilities.is_empty() || spec.capabilities.iter().any(|c| c.is_empty()) {
+    if spec.capabilities.is_empty()
+        || spec.capabilities.len() > MAX_CAPABILITIES
+        || spec
+            .capabilities
+            .iter()
+            .any(|c| c.is_empty() || c.len() > MAX_CAPABILITY_BYTES)
+    {
         return Err(FlowError::BadArg("capabilities"));
     }
     if !(spec.weight > 0.0 && spec.weight.is_finite()) {
         return Err(FlowError::BadArg("weight"));
     }
     Ok(())
+}
+
+/// The writer's side: the table's ids of capabilities, each with the number
+/// of agents holding it, so that an id is freed (and reused) once no agent
+/// holds its capability.
+#[derive(Debug)]
+struct Writer {
+    caps: hashbrown::HashMap<Arc<[u8]>, (u32, u32), RandomState>,
+    free_ids: Vec<u32>,
+    next_id: u32,
+}
+
+impl Writer {
+    fn intern(&mut self, cap: &Arc<[u8]>) -> u32 {
+        if let Some((id, n)) = self.caps.get_mut(cap) {
+            *n += 1;
+            return *id;
+        }
+        let id = self.free_ids.pop().unwrap_or_else(|| {
+            self.next_id += 1;
+            self.next_id - 1
+        });
+        self.caps.insert(Arc::clone(cap), (id, 1));
+        id
+    }
+
+    fn release(&mut self, cap: &[u8]) {
+        if let Some((id, n)) = self.caps.get_mut(cap) {
+            *n -= 1;
+            if *n == 0 {
+                let id = *id;
+                self.caps.remove(cap);
+                self.free_ids.push(id);
+            }
+        }
+    }
 }
 
 /// The live table: the current snapshot plus the writer side.
@@ -363,14 +690,11 @@ pub struct AgentTable<P> {
     /// Unique per table, never reused: names the table in the readers' caches.
     id: u64,
     /// Serializes writers; readers never touch it.
-    writer: Mutex<()>,
+    writer: Mutex<Writer>,
     shared: Arc<Shared>,
 }
 
 static NEXT_TABLE_ID: AtomicU64 = AtomicU64::new(1);
-
-/// How many tables' snapshots one thread keeps.
-const CACHED_TABLES: usize = 4;
 
 struct CachedSnapshot {
     table: u64,
@@ -379,23 +703,41 @@ struct CachedSnapshot {
 }
 
 thread_local! {
-    /// Per thread, the current snapshot of the last few tables it read. With
-    /// it a decision reads the snapshot with one plain load (the generation)
+    /// Per thread, the current snapshot of the last table it read. With it a
+    /// decision reads the snapshot with one plain load (the generation)
     /// instead of the two locked operations an `ArcSwap` guard costs, which
-    /// on small tables are a third of a decision. A thread keeps an old
-    /// snapshot (and the agents in it) alive until it next reads that table or
-    /// the entry makes room for another table.
-    static SNAPSHOTS: RefCell<Vec<CachedSnapshot>> = const { RefCell::new(Vec::new()) };
+    /// on small tables are a third of a decision.
+    ///
+    /// One entry: a thread keeps at most one snapshot alive that its table
+    /// has replaced, until it next reads any table. (It kept four, which let
+    /// routers stopped with their application stay in memory, up to three
+    /// per scheduler thread.)
+    static SNAPSHOT: RefCell<Option<CachedSnapshot>> = const { RefCell::new(None) };
+}
+
+/// Drops this thread's cached snapshot: a thread that will not route again
+/// soon lets the snapshot (and, if its router is gone, the router) go.
+pub fn release_thread_cache() {
+    let _ = SNAPSHOT.try_with(|cell| {
+        if let Ok(mut c) = cell.try_borrow_mut() {
+            *c = None;
+        }
+    });
 }
 
 impl<P> AgentTable<P> {
     /// An empty table whose agents share `shared` (clock, learner, counters).
     pub fn new(shared: Arc<Shared>) -> Self {
+        let hasher = RandomState::new();
         AgentTable {
-            current: ArcSwap::from_pointee(Snapshot::empty(shared.config().vnodes)),
+            current: ArcSwap::from_pointee(Snapshot::empty(shared.config().vnodes, hasher.clone())),
             generation: AtomicU64::new(0),
             id: NEXT_TABLE_ID.fetch_add(1, Ordering::Relaxed),
-            writer: Mutex::new(()),
+            writer: Mutex::new(Writer {
+                caps: hashbrown::HashMap::with_hasher(hasher),
+                free_ids: Vec::new(),
+                next_id: 0,
+            }),
             shared,
         }
     }
@@ -426,7 +768,7 @@ impl<P> AgentTable<P> {
     }
 
     /// Runs `f` on the current snapshot, read through this thread's cache
-    /// (see `SNAPSHOTS`). Equivalent to `f(&self.load())`, cheaper.
+    /// (see `SNAPSHOT`). Equivalent to `f(&self.load())`, cheaper.
     #[inline]
     pub fn with_snapshot<T>(&self, f: impl FnOnce(&Snapshot<P>) -> T) -> T
     where
@@ -434,13 +776,22 @@ impl<P> AgentTable<P> {
     {
         let generation = self.generation.load(Ordering::Acquire);
         let mut f = Some(f);
-        let cached = SNAPSHOTS
+        let cached = SNAPSHOT
             .try_with(|cell| {
                 // Borrowed already: a call nested in another `f` on this
                 // thread; it takes the plain path below.
                 let mut cache = cell.try_borrow_mut().ok()?;
-                let i = self.cache_slot(&mut cache, generation);
-                let snapshot = cache[i].snapshot.downcast_ref::<Snapshot<P>>()?;
+                let fresh = cache
+                    .as_ref()
+                    .is_some_and(|c| c.table == self.id && c.generation == generation);
+                if !fresh {
+                    *cache = Some(CachedSnapshot {
+                        table: self.id,
+                        generation,
+                        snapshot: self.current.load_full(),
+                    });
+                }
+                let snapshot = cache.as_ref()?.snapshot.downcast_ref::<Snapshot<P>>()?;
                 f.take().map(|f| f(snapshot))
             })
             .ok()
@@ -452,72 +803,42 @@ impl<P> AgentTable<P> {
         }
     }
 
-    /// The index of this table's entry in `cache`, refreshed if its
-    /// generation is not `generation`.
-    fn cache_slot(&self, cache: &mut Vec<CachedSnapshot>, generation: u64) -> usize
-    where
-        P: Send + Sync + 'static,
-    {
-        let found = cache.iter().position(|c| c.table == self.id);
-        if let Some(i) = found {
-            if cache[i].generation == generation {
-                return i;
-            }
-        }
-        let entry = CachedSnapshot {
-            table: self.id,
-            generation,
-            snapshot: self.current.load_full(),
-        };
-        match found {
-            Some(i) => {
-                cache[i] = entry;
-                i
-            }
-            None => {
-                if cache.len() == CACHED_TABLES {
-                    cache.remove(0);
-                }
-                cache.push(entry);
-                cache.len() - 1
-            }
-        }
-    }
-
-    /// Adds an agent. Fails with `AlreadyRegistered` if the id is taken and with
-    /// `BadArg` for an empty id, an empty capability list, an empty capability
-    /// or a weight that is not positive and finite.
+    /// Adds an agent. Fails with `AlreadyRegistered` if the id is taken and
+    /// with `BadArg` for an empty or too long id, no capability or too many,
+    /// an empty or too long capability, or a weight that is not positive and
+    /// finite.
     pub fn insert(&self, spec: AgentSpec<P>) -> Result<Arc<Agent<P>>, FlowError> {
         let mut added = self.insert_many(vec![spec])?;
         Ok(added.remove(0))
     }
 
-    /// Adds several agents with one snapshot swap (and one ring merge per
-    /// agent, but one copy of the table): all of them or, on the first bad
-    /// spec or taken id, none.
+    /// Adds several agents with one snapshot swap: all of them or, on the
+    /// first bad spec or taken id, none.
     pub fn insert_many(&self, specs: Vec<AgentSpec<P>>) -> Result<Vec<Arc<Agent<P>>>, FlowError> {
         for spec in &specs {
             check(spec)?;
         }
-        let _w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let mut writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         let old = self.current.load();
-        let mut seen = rustc_hash::FxHashSet::default();
-        for spec in &specs {
-            if old.by_id.contains_key(spec.id.as_slice()) || !seen.insert(spec.id.as_slice()) {
-                return Err(FlowError::AlreadyRegistered);
+        {
+            let mut seen = hashbrown::HashSet::with_hasher(old.by_id.hasher.clone());
+            for spec in &specs {
+                if old.slot_of(&spec.id).is_some() || !seen.insert(spec.id.as_slice()) {
+                    return Err(FlowError::AlreadyRegistered);
+                }
             }
         }
         let shared = &self.shared;
         let added: Vec<Arc<Agent<P>>> = specs
             .into_iter()
             .map(|spec| {
-                let mut capabilities: Vec<Box<[u8]>> = spec
-                    .capabilities
-                    .into_iter()
-                    .map(Vec::into_boxed_slice)
-                    .collect();
+                let mut capabilities: Vec<Arc<[u8]>> =
+                    spec.capabilities.into_iter().map(Arc::from).collect();
                 capabilities.sort_unstable();
                 capabilities.dedup();
+                let by_name: Box<[u32]> = capabilities.iter().map(|c| writer.intern(c)).collect();
+                let mut sorted = by_name.to_vec();
+                sorted.sort_unstable();
                 Arc::new(Agent {
                     q: shared
                         .q_store()
@@ -526,6 +847,8 @@ impl<P> AgentTable<P> {
                     id: spec.id.into(),
                     payload: spec.payload,
                     capabilities: capabilities.into_boxed_slice(),
+                    cap_ids_by_name: by_name,
+                    cap_ids_sorted: sorted.into(),
                     kind: spec.kind,
                     weight: spec.weight,
                     stats: AgentStats::with_hot(shared.hot_arena().take()),
@@ -535,39 +858,44 @@ impl<P> AgentTable<P> {
             })
             .inspect(|a| a.refresh_value())
             .collect();
-        let mut agents = Vec::with_capacity(old.agents.len() + added.len());
-        agents.extend(old.agents.iter().cloned());
-        let first = agents.len();
-        agents.extend(added.iter().cloned());
-        let ring = if added.len() == 1 {
-            old.ring.with_agent(added[0].id(), first as u32)
-        } else {
-            Ring::build(agents.iter().map(|a| a.id()), old.ring.vnodes())
-        };
-        self.swap_in(Snapshot::build(agents, ring));
+        let mut next = old.with_added(&added);
+        if next.wants_compaction() {
+            next = next.compacted();
+        }
+        self.swap_in(next);
         Ok(added)
     }
 
     /// Removes an agent by id and returns it. In-flight leases keep their own
     /// reference, so their completion still settles the removed agent's stats.
     pub fn remove(&self, id: &[u8]) -> Result<Arc<Agent<P>>, FlowError> {
-        let _w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        self.remove_many(&[id]).pop().ok_or(FlowError::NotFound)
+    }
+
+    /// Removes every agent of `ids` that is in the table, with one snapshot
+    /// swap; returns those removed (unknown ids are skipped).
+    pub fn remove_many(&self, ids: &[&[u8]]) -> Vec<Arc<Agent<P>>> {
+        let mut writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         let old = self.current.load();
-        let Some(&slot) = old.by_id.get(id) else {
-            return Err(FlowError::NotFound);
-        };
-        let removed = old.agents[slot as usize].clone();
-        let agents = old
-            .agents
-            .iter()
-            .enumerate()
-            .filter(|&(i, _)| i != slot as usize)
-            .map(|(_, a)| a.clone())
-            .collect();
-        let ring = old.ring.without_slot(slot);
-        self.swap_in(Snapshot::build(agents, ring));
-        self.shared.q_store().release(id);
-        Ok(removed)
+        let mut slots: Vec<u32> = ids.iter().filter_map(|id| old.slot_of(id)).collect();
+        slots.sort_unstable();
+        slots.dedup();
+        if slots.is_empty() {
+            return Vec::new();
+        }
+        let removed: Vec<Arc<Agent<P>>> = slots.iter().map(|&s| Arc::clone(old.agent(s))).collect();
+        let mut next = old.with_removed(&slots);
+        if next.wants_compaction() {
+            next = next.compacted();
+        }
+        self.swap_in(next);
+        for agent in &removed {
+            for cap in agent.capabilities() {
+                writer.release(cap);
+            }
+            self.shared.q_store().release(agent.id());
+        }
+        removed
     }
 }
 
@@ -594,7 +922,7 @@ mod tests {
         let mut out = Vec::new();
         snap.candidates_into(&req, &mut out);
         let mut scratch = Vec::new();
-        assert_eq!(snap.candidates(&req, &mut scratch), out.as_slice());
+        assert_eq!(snap.candidates(&req, &mut scratch).slots, out.as_slice());
         let mut v: Vec<String> = out
             .iter()
             .map(|&s| String::from_utf8(snap.agent(s).id().to_vec()).unwrap())
@@ -673,7 +1001,7 @@ mod tests {
         for i in 0..5 {
             t.insert(spec(&format!("a{i}"), &["x"])).unwrap();
         }
-        let ids: Vec<Vec<u8>> = t.load().agents().iter().map(|a| a.id().to_vec()).collect();
+        let ids: Vec<Vec<u8>> = t.load().agents().map(|a| a.id().to_vec()).collect();
         let full = Ring::build(ids.iter().map(|v| v.as_slice()), t.shared().config().vnodes);
         let snap = t.load();
         for k in 0..200u64 {
@@ -682,10 +1010,21 @@ mod tests {
         drop(snap);
         t.remove(b"a2").unwrap();
         let snap = t.load();
-        assert_eq!(snap.ring().len(), 4 * t.shared().config().vnodes as usize);
-        for k in 0..200u64 {
-            let slot = snap.ring().lookup(k << 54).unwrap();
+        // the removed agent's points stay until the slots are compacted,
+        // and every walk passes them
+        let rest: Vec<Vec<u8>> = snap.agents().map(|a| a.id().to_vec()).collect();
+        let rebuilt = Ring::build(
+            rest.iter().map(|v| v.as_slice()),
+            t.shared().config().vnodes,
+        );
+        for k in 0..2000u64 {
+            let slot = snap
+                .ring()
+                .walk(k << 50, usize::MAX, |s| snap.get(s).is_some())
+                .unwrap();
             assert_ne!(snap.agent(slot).id(), b"a2");
+            let want = &rest[rebuilt.lookup(k << 50).unwrap() as usize];
+            assert_eq!(snap.agent(slot).id(), want.as_slice());
         }
     }
 
@@ -720,6 +1059,144 @@ mod tests {
         assert_eq!(ids(&t, &["x"]), ["a", "b", "c"]);
         let snap = t.load();
         assert_eq!(snap.ring().len(), 3 * t.shared().config().vnodes as usize);
+    }
+
+    #[test]
+    fn ids_and_capabilities_have_limits() {
+        let t = table();
+        let long = "x".repeat(MAX_ID_BYTES + 1);
+        assert_eq!(
+            t.insert(spec(&long, &["y"])).unwrap_err(),
+            FlowError::BadArg("agent_id")
+        );
+        assert!(t.insert(spec(&long[1..], &["y"])).is_ok());
+        let cap = "c".repeat(MAX_CAPABILITY_BYTES + 1);
+        assert_eq!(
+            t.insert(spec("b", &[&cap])).unwrap_err(),
+            FlowError::BadArg("capabilities")
+        );
+        let many: Vec<String> = (0..=MAX_CAPABILITIES).map(|i| format!("c{i}")).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        assert_eq!(
+            t.insert(spec("b", &many)).unwrap_err(),
+            FlowError::BadArg("capabilities")
+        );
+        assert!(t.insert(spec("b", &many[1..])).is_ok());
+    }
+
+    /// Removals leave holes; once they are a quarter of the slots the table
+    /// renumbers them, and every index and the ring agree with a table built
+    /// from the agents that stayed.
+    #[test]
+    fn holes_are_compacted_and_indexes_stay_right() {
+        let t = table();
+        let specs = (0..300)
+            .map(|i| {
+                spec(
+                    &format!("a{i}"),
+                    &["all", if i % 3 == 0 { "three" } else { "other" }],
+                )
+            })
+            .collect();
+        t.insert_many(specs).unwrap();
+        let gone: Vec<String> = (0..300)
+            .filter(|i| i % 2 == 1)
+            .map(|i| format!("a{i}"))
+            .collect();
+        for chunk in gone.chunks(10) {
+            let ids: Vec<&[u8]> = chunk.iter().map(|s| s.as_bytes()).collect();
+            assert_eq!(t.remove_many(&ids).len(), ids.len());
+        }
+        let snap = t.load();
+        assert_eq!(snap.len(), 150);
+        // compacted at least once: fewer slots than were ever used
+        assert!(snap.slot_count() < 300, "{}", snap.slot_count());
+        let mut want: Vec<String> = (0..300)
+            .filter(|i| i % 2 == 0)
+            .map(|i| format!("a{i}"))
+            .collect();
+        want.sort();
+        assert_eq!(ids(&t, &["all"]), want);
+        let three: Vec<String> = want
+            .iter()
+            .filter(|id| id[1..].parse::<u32>().unwrap() % 3 == 0)
+            .cloned()
+            .collect();
+        assert_eq!(ids(&t, &["three", "all"]), three);
+        for id in &want {
+            assert_eq!(snap.find(id.as_bytes()).unwrap().id(), id.as_bytes());
+        }
+        assert!(snap.find(b"a1").is_none());
+        let stayed: Vec<Vec<u8>> = snap.agents().map(|a| a.id().to_vec()).collect();
+        let rebuilt = Ring::build(
+            stayed.iter().map(|v| v.as_slice()),
+            t.shared().config().vnodes,
+        );
+        for k in 0..5000u64 {
+            let h = k.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            let slot = snap
+                .ring()
+                .walk(h, usize::MAX, |s| snap.get(s).is_some())
+                .unwrap();
+            assert_eq!(
+                snap.agent(slot).id(),
+                stayed[rebuilt.lookup(h).unwrap() as usize].as_slice()
+            );
+        }
+        // the hot cells follow the slots; holes are dead cells
+        for (slot, cell) in snap.hot().iter().enumerate() {
+            match snap.get(slot as u32) {
+                Some(a) => assert!(std::ptr::eq(cell.get(), a.stats().hot().get())),
+                None => assert_eq!(cell.get().in_flight(), u32::MAX),
+            }
+        }
+    }
+
+    /// A change copies the chunks and index shards it touches, and shares
+    /// the rest with the snapshot before.
+    #[test]
+    fn snapshots_share_what_a_change_does_not_touch() {
+        let t = table();
+        t.insert_many((0..1000).map(|i| spec(&format!("a{i}"), &["x"])).collect())
+            .unwrap();
+        let before = t.load_full();
+        t.insert(spec("new", &["y"])).unwrap();
+        let after = t.load_full();
+        let shared_chunks = before
+            .chunks
+            .iter()
+            .zip(after.chunks.iter())
+            .filter(|(a, b)| Arc::ptr_eq(a, b))
+            .count();
+        assert_eq!(shared_chunks, before.chunks.len() - 1);
+        let shared_shards = before
+            .by_id
+            .shards
+            .iter()
+            .zip(after.by_id.shards.iter())
+            .filter(|(a, b)| Arc::ptr_eq(a, b))
+            .count();
+        assert_eq!(shared_shards, INDEX_SHARDS - 1);
+        assert_eq!(after.by_id.len(), 1001);
+    }
+
+    /// A capability's id is freed when its last holder goes, and reused.
+    #[test]
+    fn capability_ids_are_reused() {
+        let t = table();
+        t.insert(spec("a", &["x", "only-a"])).unwrap();
+        t.insert(spec("b", &["x", "y"])).unwrap();
+        assert_eq!(t.writer.lock().unwrap().caps.len(), 3);
+        t.remove(b"a").unwrap();
+        assert_eq!(t.writer.lock().unwrap().caps.len(), 2);
+        t.insert(spec("c", &["z", "y"])).unwrap();
+        let w = t.writer.lock().unwrap();
+        assert_eq!(w.caps.len(), 3);
+        assert_eq!(w.next_id, 3);
+        drop(w);
+        assert_eq!(ids(&t, &["y", "z"]), ["c"]);
+        assert_eq!(ids(&t, &["x", "y"]), ["b"]);
+        assert!(ids(&t, &["only-a"]).is_empty());
     }
 
     #[test]

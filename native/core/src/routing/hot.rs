@@ -32,6 +32,15 @@ pub struct Hot {
     value: AtomicU64,
 }
 
+/// The cell of a hole in a snapshot's slots: as many tasks in flight as a
+/// cell can count, so no strategy admits it.
+static DEAD: Hot = Hot {
+    in_flight: AtomicU32::new(u32::MAX),
+    condition: AtomicU8::new(UNMEASURED),
+    breaker: AtomicU8::new(0),
+    value: AtomicU64::new(0),
+};
+
 impl Hot {
     fn new() -> Hot {
         Hot {
@@ -154,6 +163,21 @@ impl HotCell {
     /// every copy of it.
     pub unsafe fn of(cell: &HotRef) -> HotCell {
         HotCell(std::ptr::NonNull::from(cell.get()))
+    }
+
+    /// The dead cell of a hole (static: always valid).
+    pub fn dead() -> HotCell {
+        HotCell(std::ptr::NonNull::from(&DEAD))
+    }
+
+    /// The same address, for the next snapshot.
+    ///
+    /// # Safety
+    /// As for [`HotCell::of`]: whoever holds the copy must keep the cell's
+    /// owner alive for as long (a snapshot holding the same agent, or the
+    /// dead cell, which is static).
+    pub(crate) unsafe fn duplicate(&self) -> HotCell {
+        HotCell(self.0)
     }
 
     #[inline]

@@ -16,7 +16,7 @@ use crate::clock::Clock;
 use crate::error::FlowError;
 use crate::learning::State;
 use crate::resilience::breaker::{BreakerState, Permit, Transition};
-use crate::routing::agents::{Agent, AgentKind, AgentTable, Snapshot};
+use crate::routing::agents::{Agent, AgentKind, AgentTable, Candidates, Snapshot};
 use crate::routing::hot::Hot;
 use crate::routing::strategy::{PickContext, PickError, Strategy, StrategyState, softmax_weights};
 use crate::shared::{DECISION_SAMPLE, Outcome, RouterConfig, Shared};
@@ -576,11 +576,14 @@ impl<P> Router<P> {
                     (!req.swarms_only || agent.kind() == AgentKind::Swarm)
                         && !req.exclude.contains(&agent.id())
                 };
-                let filtered: Vec<u32> = candidates.iter().copied().filter(keep).collect();
+                let filtered: Vec<u32> = candidates.slots.iter().copied().filter(keep).collect();
                 *scratch = filtered;
-                candidates = &scratch;
+                candidates = Candidates {
+                    slots: &scratch,
+                    all: false,
+                };
             }
-            if candidates.is_empty() {
+            if candidates.slots.is_empty() {
                 return Err(FlowError::NoAgentsAvailable);
             }
             let chosen = self
@@ -591,7 +594,7 @@ impl<P> Router<P> {
                     PickError::NoneAdmitted => FlowError::Overloaded,
                     PickError::AllBroken => FlowError::NoAgentsAvailable,
                 })?;
-            Ok(snapshot.agent(candidates[chosen]))
+            Ok(snapshot.agent(chosen))
         })
     }
 
@@ -622,7 +625,10 @@ impl<P> Router<P> {
             now_us: shared.clock.now_us(),
         };
         let mut scratch = Vec::new();
-        let candidates = snapshot.candidates(capabilities, &mut scratch).to_vec();
+        let candidates = snapshot
+            .candidates(capabilities, &mut scratch)
+            .slots
+            .to_vec();
         let mut weights = Vec::new();
         softmax_weights(&candidates, &cx, &mut weights);
         let total: f64 = weights.iter().sum();

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use rand::{Rng, RngExt};
 
 use crate::learning::StateIndexer;
-use crate::routing::agents::{Agent, Snapshot};
+use crate::routing::agents::{Agent, Candidates, Snapshot};
 use crate::routing::hot::Hot;
 use crate::shared::Shared;
 
@@ -161,15 +161,16 @@ pub enum PickError {
 }
 
 impl StrategyState {
-    /// Index into `candidates` (never empty) of the chosen one.
+    /// The slot of the chosen candidate (`cands` is never empty).
     #[inline]
     pub(crate) fn pick<P, R: Rng + ?Sized>(
         &self,
         strategy: Strategy,
-        candidates: &[u32],
+        cands: Candidates<'_>,
         cx: &PickContext<'_, P>,
         rng: &mut R,
-    ) -> Result<usize, PickError> {
+    ) -> Result<u32, PickError> {
+        let candidates = cands.slots;
         debug_assert!(!candidates.is_empty());
         // Agents whose breaker is open or whose bulkhead is full are skipped
         // by every strategy; when none is left, the refusal says why.
@@ -188,16 +189,16 @@ impl StrategyState {
                 let i = cx.next_admitted(candidates, if c < n { c } else { c % n })?;
                 self.round_robin
                     .store(if i + 1 == n { 0 } else { i + 1 }, Ordering::Relaxed);
-                i
+                candidates[i]
             }
             Strategy::LeastConnections => admitted(
                 candidates,
                 cx,
-                argmin_hot(candidates, cx, rng, |_, h| f64::from(h.in_flight())),
+                argmin_hot(cands, cx, rng, |_, h| f64::from(h.in_flight())),
             )?,
-            Strategy::Weighted => softmax_pick(candidates, cx, rng)?,
-            Strategy::ConsistentHash => consistent_hash(candidates, cx)?,
-            Strategy::P2cEwma => p2c(candidates, cx, rng)?,
+            Strategy::Weighted => candidates[softmax_pick(candidates, cx, rng)?],
+            Strategy::ConsistentHash => consistent_hash(cands, cx)?,
+            Strategy::P2cEwma => candidates[p2c(candidates, cx, rng)?],
             Strategy::QLearning => {
                 let learner = cx.shared.learner();
                 if rng.random::<f64>() < learner.epsilon() {
@@ -207,24 +208,25 @@ impl StrategyState {
                     // within one round, where draws would leave some waiting
                     // for several rounds (the coupon collector's problem).
                     let c = self.explore.fetch_add(1, Ordering::Relaxed);
-                    cx.next_admitted(candidates, c % candidates.len())?
+                    candidates[cx.next_admitted(candidates, c % candidates.len())?]
                 } else {
-                    let (i, best) = if cx.class == 0 {
-                        argmin_hot(candidates, cx, rng, |_, h| -h.value())
+                    let (slot, best) = if cx.class == 0 {
+                        argmin_hot(cands, cx, rng, |_, h| -h.value())
                     } else {
                         let ix = cx.indexer();
-                        argmin_random_ties(candidates.len(), rng, |i| {
+                        let (i, best) = argmin_random_ties(candidates.len(), rng, |i| {
                             let slot = candidates[i];
                             if cx.admits(slot) {
                                 -cx.q_value(&ix, cx.agent(slot))
                             } else {
                                 f64::INFINITY
                             }
-                        })
+                        });
+                        (candidates[i], best)
                     };
-                    let i = admitted(candidates, cx, (i, best))?;
+                    let slot = admitted(candidates, cx, (slot, best))?;
                     learner.observe_best(cx.class, -best);
-                    i
+                    slot
                 }
             }
         })
@@ -270,17 +272,18 @@ pub fn argmin_random_ties<R: Rng + ?Sized>(
     (best, best_cost)
 }
 
-/// The lowest `cost` of the candidates' hot cells, as [`argmin_random_ties`],
-/// candidates that do not admit a task costing infinity. The cells are read
-/// from the snapshot's dense array, by slot or, when every agent is a
-/// candidate (the list is then `0..len`), in order.
+/// The slot with the lowest `cost` of its hot cell and that cost, as
+/// [`argmin_random_ties`], candidates that do not admit a task costing
+/// infinity. The cells are read from the snapshot's dense array, by slot or,
+/// when every agent is a candidate, in order (holes are dead cells, which
+/// admit nothing).
 #[inline]
 fn argmin_hot<P, R: Rng + ?Sized>(
-    candidates: &[u32],
+    cands: Candidates<'_>,
     cx: &PickContext<'_, P>,
     rng: &mut R,
     cost: impl Fn(u32, &Hot) -> f64,
-) -> (usize, f64) {
+) -> (u32, f64) {
     let hot = cx.snapshot.hot();
     // admits_hot with the bulkhead limit read once for the scan, and the
     // breaker asked only when it is not closed (rare)
@@ -293,26 +296,29 @@ fn argmin_hot<P, R: Rng + ?Sized>(
             f64::INFINITY
         }
     };
-    if candidates.len() == hot.len() {
-        argmin_random_ties(hot.len(), rng, |i| priced(i as u32, hot[i].get()))
+    if cands.all {
+        let (i, cost) = argmin_random_ties(hot.len(), rng, |i| priced(i as u32, hot[i].get()));
+        (i as u32, cost)
     } else {
-        argmin_random_ties(candidates.len(), rng, |i| {
+        let candidates = cands.slots;
+        let (i, cost) = argmin_random_ties(candidates.len(), rng, |i| {
             let slot = candidates[i];
             priced(slot, hot[slot as usize].get())
-        })
+        });
+        (candidates[i], cost)
     }
 }
 
-/// The index of a scan's winner, or the refusal when even the winner costs
+/// The slot of a scan's winner, or the refusal when even the winner costs
 /// infinity (no candidate admits a task).
 #[inline]
 fn admitted<P>(
     candidates: &[u32],
     cx: &PickContext<'_, P>,
-    (i, cost): (usize, f64),
-) -> Result<usize, PickError> {
+    (slot, cost): (u32, f64),
+) -> Result<u32, PickError> {
     if cost.is_finite() {
-        Ok(i)
+        Ok(slot)
     } else {
         Err(cx.refusal(candidates))
     }
@@ -370,11 +376,15 @@ fn softmax_pick<P, R: Rng + ?Sized>(
     })
 }
 
-fn consistent_hash<P>(candidates: &[u32], cx: &PickContext<'_, P>) -> Result<usize, PickError> {
+/// Points a consistent-hash walk looks at before it checks whether any
+/// candidate would take the task at all.
+const WALK_LIMIT: usize = 128;
+
+fn consistent_hash<P>(cands: Candidates<'_>, cx: &PickContext<'_, P>) -> Result<u32, PickError> {
     let key = cx.key.ok_or(PickError::MissingKey)?;
+    let candidates = cands.slots;
     let ring = cx.snapshot.ring();
-    let all = candidates.len() == cx.snapshot.len();
-    let is_candidate = |slot: u32| all || candidates.binary_search(&slot).is_ok();
+    let all = cands.all;
     let cap = cx.shared.config().hash_balance_factor.map(|factor| {
         let total: u64 = candidates
             .iter()
@@ -384,18 +394,20 @@ fn consistent_hash<P>(candidates: &[u32], cx: &PickContext<'_, P>) -> Result<usi
         // candidate is always under it (their loads sum to less).
         (factor * (total + 1) as f64 / candidates.len() as f64).ceil() as u32
     });
-    let slot = ring
-        .walk(key, |slot| {
-            is_candidate(slot)
-                && cx.admits(slot)
-                && cap.is_none_or(|c| cx.agent(slot).stats().in_flight() < c)
-        })
-        .ok_or_else(|| cx.refusal(candidates))?;
-    Ok(if all {
-        slot as usize
-    } else {
-        candidates.binary_search(&slot).unwrap_or(0)
-    })
+    // in all-mode a hole's point is refused by its dead cell
+    let takes =
+        |slot: u32| cx.admits(slot) && cap.is_none_or(|c| cx.agent(slot).stats().in_flight() < c);
+    let accept = |slot: u32| (all || candidates.binary_search(&slot).is_ok()) && takes(slot);
+    match ring.walk(key, WALK_LIMIT, accept) {
+        Ok(slot) => Ok(slot),
+        // Far enough without a taker: if no candidate takes a task at all,
+        // say so now (one pass over the candidates) rather than walking
+        // every point of the ring; if one does, the walk reaches it.
+        Err(true) if candidates.iter().any(|&s| takes(s)) => ring
+            .walk(key, usize::MAX, accept)
+            .map_err(|_| cx.refusal(candidates)),
+        Err(_) => Err(cx.refusal(candidates)),
+    }
 }
 
 fn p2c<P, R: Rng + ?Sized>(

@@ -4,25 +4,41 @@
 //!
 //! Spans are sharded by trace id, so a whole trace sits behind one shard lock
 //! and [`CorrelationStore::chain`] reads one shard; a lock is held for a few
-//! hash-map operations, never across anything slow. An insert never waits for
-//! room and never fails: past the cap it drops the shard's oldest finished
-//! spans (counted as evictions). Open spans are never evicted (they are
-//! bounded by the tasks in flight); the TTL sweep drops open spans older than
-//! the TTL too, which only a lost completion leaves behind.
+//! hash-map operations, never across anything slow (reading a long trace, a
+//! lookup by span id and the sweep go in bounded steps, releasing the lock
+//! between them). Trace ids come from callers (and soon from the network),
+//! so they are hashed with a key drawn at random per store: crafted ids can
+//! neither pile into one shard nor make a shard's index linear.
+//!
+//! An insert never waits for room and never fails. The cap is a bound on
+//! the finished spans: past it an insert drops the oldest finished span of
+//! its shard, or of another shard when its own has none, and a close drops
+//! one when open spans alone fill the store. So after every operation the
+//! store holds at most `max(max_entries, open spans)` entries, plus one per
+//! insert or close running at that instant on another thread. Open spans are
+//! never evicted (they are bounded by the tasks in flight); the TTL sweep
+//! drops open spans older than the TTL too, which only a lost completion
+//! leaves behind.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use rustc_hash::FxHashMap;
+use ahash::RandomState;
+use hashbrown::HashTable;
 
 /// Most spans a store may be configured to hold.
 pub const MAX_CORRELATION_ENTRIES: usize = 10_000_000;
 /// Most finished spans a store may keep for the exporter.
 pub const MAX_EXPORT_QUEUE: usize = 1_000_000;
 
-/// Shards of the store.
+/// Shards of the store (a power of two: the top bits of a trace's hash).
 const SHARDS: usize = 16;
+const SHARD_SHIFT: u32 = 64 - SHARDS.trailing_zeros();
+/// Spans one step of a long walk reads under a shard's lock.
+const STEP: usize = 256;
+/// Slots one step of a scan (lookup, sweep) looks at under a shard's lock.
+const SCAN_STEP: usize = 4096;
 /// A task summary is cut to this many bytes.
 pub const SUMMARY_MAX: usize = 128;
 
@@ -196,8 +212,10 @@ impl Slot {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Shard {
+    /// The store's keyed hasher (a copy: same keys).
+    hasher: RandomState,
     /// The spans; freed slots are reused first.
     slots: Vec<Slot>,
     free: Vec<u32>,
@@ -205,7 +223,7 @@ struct Shard {
     /// and `prev`, so that removing one is O(1) however long the trace.
     /// (No index by span id: a close holds its [`SpanHandle`], and a lookup
     /// by span id alone is for operators, so it scans.)
-    by_trace: FxHashMap<TraceKey, u32>,
+    by_trace: HashTable<(TraceKey, u32)>,
     /// Finished spans, oldest first: the eviction and expiry order. An entry
     /// whose slot holds another span by now is skipped.
     finished: VecDeque<(u64, u64, u32)>,
@@ -218,6 +236,45 @@ struct Shard {
 }
 
 impl Shard {
+    fn new(hasher: RandomState) -> Shard {
+        Shard {
+            hasher,
+            slots: Vec::new(),
+            free: Vec::new(),
+            by_trace: HashTable::new(),
+            finished: VecDeque::new(),
+            export: VecDeque::new(),
+            open: 0,
+            evicted: 0,
+            expired: 0,
+        }
+    }
+
+    /// The first slot of `trace`'s list, or `NIL`.
+    fn head(&self, trace: TraceKey) -> u32 {
+        let h = self.hasher.hash_one(trace);
+        self.by_trace.find(h, |e| e.0 == trace).map_or(NIL, |e| e.1)
+    }
+
+    /// Makes `slot` the first of `trace`'s list (`NIL`: the trace is gone).
+    fn set_head(&mut self, trace: TraceKey, slot: u32) {
+        let hasher = &self.hasher;
+        let h = hasher.hash_one(trace);
+        match self
+            .by_trace
+            .entry(h, |e| e.0 == trace, |e| hasher.hash_one(e.0))
+        {
+            hashbrown::hash_table::Entry::Occupied(e) if slot == NIL => {
+                e.remove();
+            }
+            hashbrown::hash_table::Entry::Occupied(mut e) => e.get_mut().1 = slot,
+            hashbrown::hash_table::Entry::Vacant(e) if slot != NIL => {
+                e.insert((trace, slot));
+            }
+            hashbrown::hash_table::Entry::Vacant(_) => {}
+        }
+    }
+
     fn alloc(&mut self, slot: Slot) -> u32 {
         match self.free.pop() {
             Some(i) => {
@@ -239,11 +296,7 @@ impl Shard {
             (s.rec.trace, s.next, s.prev)
         };
         if prev == NIL {
-            if next == NIL {
-                self.by_trace.remove(&trace);
-            } else {
-                self.by_trace.insert(trace, next);
-            }
+            self.set_head(trace, next);
         } else {
             self.slots[prev as usize].next = next;
         }
@@ -261,15 +314,47 @@ impl Shard {
         self.free.push(i);
     }
 
-    fn spans_of(&self, trace: TraceKey) -> Vec<Span> {
-        let mut out = Vec::new();
-        let mut at = self.by_trace.get(&trace).copied().unwrap_or(NIL);
-        while at != NIL {
-            let s = &self.slots[at as usize];
+    /// Up to [`STEP`] spans of `trace` from slot `at` on (`NIL`: from the
+    /// head), and where to go on: `Some(slot, span)` to check the next step
+    /// against, `None` at the end of the list. `Err(())` when `at` no longer
+    /// holds `span` (removed since the last step).
+    fn spans_from(
+        &self,
+        trace: TraceKey,
+        at: Option<(u32, u64)>,
+        out: &mut Vec<Span>,
+    ) -> Result<Option<(u32, u64)>, ()> {
+        let mut i = match at {
+            None => self.head(trace),
+            Some((slot, span)) => {
+                let s = self.slots.get(slot as usize).ok_or(())?;
+                if !(s.live() && s.rec.span == span && s.rec.trace == trace) {
+                    return Err(());
+                }
+                slot
+            }
+        };
+        for _ in 0..STEP {
+            if i == NIL {
+                return Ok(None);
+            }
+            let s = &self.slots[i as usize];
             out.push(s.rec.view());
-            at = s.next;
+            i = s.next;
         }
-        out
+        Ok((i != NIL).then(|| (i, self.slots[i as usize].rec.span)))
+    }
+
+    /// Pops the oldest finished span still in the shard; whether one went.
+    fn evict_oldest(&mut self) -> bool {
+        while let Some((span, _, slot)) = self.finished.pop_front() {
+            if CorrelationStore::holds(self, slot, span) {
+                self.remove(slot);
+                self.evicted += 1;
+                return true;
+            }
+        }
+        false
     }
 }
 
@@ -286,11 +371,11 @@ pub struct CorrelationStore {
     exporting: AtomicUsize,
     export_next: AtomicUsize,
     export_dropped: AtomicU64,
-}
-
-fn shard_of(trace: TraceKey) -> usize {
-    // the ids are random: their low bits spread evenly
-    (trace.1 as usize) % SHARDS
+    /// Keyed with random keys drawn when the store is made.
+    hasher: RandomState,
+    /// Where an insert that found nothing to evict in its own shard looks
+    /// next.
+    evict_next: AtomicUsize,
 }
 
 /// 16 lowercase hex digits to their value, branch-free: each byte becomes
@@ -338,8 +423,18 @@ fn span_hex(s: u64) -> [u8; 16] {
 
 impl CorrelationStore {
     pub fn new(config: CorrelationConfig) -> Self {
+        let hasher = RandomState::new();
+        let config = CorrelationConfig {
+            max_entries: config.max_entries.clamp(1, MAX_CORRELATION_ENTRIES),
+            export_queue: config.export_queue.min(MAX_EXPORT_QUEUE),
+            ..config
+        };
         CorrelationStore {
-            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+            shards: (0..SHARDS)
+                .map(|_| Mutex::new(Shard::new(hasher.clone())))
+                .collect(),
+            hasher,
+            evict_next: AtomicUsize::new(0),
             config,
             entries: AtomicUsize::new(0),
             exporting: AtomicUsize::new(0),
@@ -354,6 +449,17 @@ impl CorrelationStore {
 
     fn shard(&self, i: usize) -> std::sync::MutexGuard<'_, Shard> {
         self.shards[i].lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The shard of a trace: the top bits of its keyed hash.
+    fn shard_of(&self, trace: TraceKey) -> usize {
+        (self.hasher.hash_one(trace) >> SHARD_SHIFT) as usize
+    }
+
+    /// The store's hash of a trace id (tests: it must not be predictable).
+    #[cfg(test)]
+    fn trace_hash(&self, trace: TraceKey) -> u64 {
+        self.hasher.hash_one(trace)
     }
 
     /// Moves the entry count by `added - removed`.
@@ -372,10 +478,10 @@ impl CorrelationStore {
     pub fn insert(&self, span: Opened, now_us: u64) -> SpanHandle {
         let trace = trace_key(&span.trace_id);
         let id = span_key(&span.span_id);
-        let shard_ix = shard_of(trace);
+        let shard_ix = self.shard_of(trace);
         let mut shard = self.shard(shard_ix);
         let expired = self.expire_front(&mut shard, now_us);
-        let head = shard.by_trace.get(&trace).copied().unwrap_or(NIL);
+        let head = shard.head(trace);
         let summary = span.summary.map(|s| {
             if s.len() <= SUMMARY_MAX {
                 s
@@ -401,23 +507,23 @@ impl CorrelationStore {
         if head != NIL {
             shard.slots[head as usize].prev = i;
         }
-        shard.by_trace.insert(trace, i);
+        shard.set_head(trace, i);
         shard.open += 1;
         // the cap: room for this span made from the shard's oldest finished
-        // ones (a few per insert, so an insert stays short)
+        // ones (a few per insert, so that a store over its cap comes back
+        // under it while an insert stays short)
         let total = (self.entries.load(Ordering::Relaxed) + 1).saturating_sub(expired);
         let over = total.saturating_sub(self.config.max_entries);
         let mut evicted = 0;
-        while evicted < over.min(4) {
-            let Some((span, _, slot)) = shard.finished.pop_front() else {
-                break;
-            };
-            if Self::holds(&shard, slot, span) {
-                shard.remove(slot);
-                evicted += 1;
-            }
+        while evicted < over.min(4) && shard.evict_oldest() {
+            evicted += 1;
         }
-        shard.evicted += evicted as u64;
+        drop(shard);
+        if over > 0 && evicted == 0 {
+            // nothing finished here: one from another shard, so that spans
+            // finished elsewhere never let the store grow past its cap
+            evicted += self.evict_elsewhere(shard_ix);
+        }
         self.count_entries(1, expired + evicted);
         SpanHandle {
             trace,
@@ -425,6 +531,19 @@ impl CorrelationStore {
             slot: i,
             shard: shard_ix as u8,
         }
+    }
+
+    /// Drops the oldest finished span of the first other shard that has one,
+    /// taking one lock at a time (never two); returns how many went (0 or 1).
+    fn evict_elsewhere(&self, own: usize) -> usize {
+        let first = self.evict_next.fetch_add(1, Ordering::Relaxed);
+        for k in 0..SHARDS {
+            let i = (first + k) % SHARDS;
+            if i != own && self.shard(i).evict_oldest() {
+                return 1;
+            }
+        }
+        0
     }
 
     /// Whether `slot` still holds the finished span `span`.
@@ -479,6 +598,10 @@ impl CorrelationStore {
         let exported = (self.config.export_queue > 0).then(|| rec.clone());
         shard.open -= 1;
         shard.finished.push_back((id, now_us, i));
+        // Open spans alone filled the store past its cap: this shard now
+        // has a finished span to give back.
+        let evicted =
+            self.entries.load(Ordering::Relaxed) > self.config.max_entries && shard.evict_oldest();
         if let Some(f) = exported {
             if self.exporting.fetch_add(1, Ordering::Relaxed) < self.config.export_queue {
                 shard.export.push_back(f);
@@ -487,22 +610,56 @@ impl CorrelationStore {
                 self.export_dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
+        drop(shard);
+        if evicted {
+            self.count_entries(0, 1);
+        }
         true
     }
 
     /// The spans of a trace in parent order: each span after its parent,
     /// siblings by start time; spans whose parent is not in the store first.
     /// O(n log n) in the trace's spans.
+    ///
+    /// The trace is copied [`STEP`] spans at a time, the shard's lock taken
+    /// for each step alone, so that inserts and closes in that shard never
+    /// wait for a copy as long as the trace. Spans inserted or removed while
+    /// a long trace is read may be missing from the answer.
     pub fn chain(&self, trace_id: &[u8; 32]) -> Vec<Span> {
         let trace = trace_key(trace_id);
-        let spans = self.shard(shard_of(trace)).spans_of(trace);
+        let shard_ix = self.shard_of(trace);
+        let mut spans = Vec::new();
+        let mut at = None;
+        let mut restarts = 0;
+        loop {
+            let step = self.shard(shard_ix).spans_from(trace, at, &mut spans);
+            match step {
+                Ok(Some(next)) => at = Some(next),
+                Ok(None) => break,
+                // the next span went meanwhile: start again from the head,
+                // keeping what was read (duplicates are dropped below)
+                Err(()) if restarts < 3 => {
+                    restarts += 1;
+                    at = None;
+                }
+                Err(()) => break,
+            }
+        }
+        if restarts > 0 {
+            let mut seen = hashbrown::HashSet::with_hasher(self.hasher.clone());
+            spans.retain(|s| seen.insert(s.span_id));
+        }
+        self.order_chain(spans)
+    }
+
+    /// `spans` in parent order (see [`CorrelationStore::chain`]).
+    fn order_chain(&self, spans: Vec<Span>) -> Vec<Span> {
+        // span ids are chosen by callers too: keyed maps here as well
+        type Keyed<K, V> = hashbrown::HashMap<K, V, RandomState>;
         let order = |i: &usize| (spans[*i].start_us, spans[*i].attempt, spans[*i].span_id);
-        let ids: FxHashMap<[u8; 16], usize> = spans
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (s.span_id, i))
-            .collect();
-        let mut children: FxHashMap<[u8; 16], Vec<usize>> = FxHashMap::default();
+        let mut ids: Keyed<[u8; 16], usize> = Keyed::with_hasher(self.hasher.clone());
+        ids.extend(spans.iter().enumerate().map(|(i, s)| (s.span_id, i)));
+        let mut children: Keyed<[u8; 16], Vec<usize>> = Keyed::with_hasher(self.hasher.clone());
         let mut roots = Vec::new();
         for (i, s) in spans.iter().enumerate() {
             match s.parent_span_id {
@@ -533,47 +690,68 @@ impl CorrelationStore {
         out
     }
 
-    /// One span by its id: a scan of the store, one shard at a time (for
-    /// operators; the routing path never looks a span up by id alone).
+    /// One span by its id: a scan of the store, one shard at a time and
+    /// [`SCAN_STEP`] slots per hold of its lock (for operators; the routing
+    /// path never looks a span up by id alone).
     pub fn lookup(&self, span_id: &[u8; 16]) -> Option<Span> {
         let id = span_key(span_id);
         (0..SHARDS).find_map(|i| {
-            let shard = self.shard(i);
-            shard
-                .slots
-                .iter()
-                .find(|s| s.live() && s.rec.span == id)
-                .map(|s| s.rec.view())
+            let mut from = 0;
+            loop {
+                let shard = self.shard(i);
+                let to = (from + SCAN_STEP).min(shard.slots.len());
+                if from >= to {
+                    return None;
+                }
+                let found = shard.slots[from..to]
+                    .iter()
+                    .find(|s| s.live() && s.rec.span == id)
+                    .map(|s| s.rec.view());
+                if found.is_some() {
+                    return found;
+                }
+                from = to;
+            }
         })
     }
 
     /// Drops every finished span past its TTL, and open spans older than the
     /// TTL (a completion that never came). Returns how many went.
+    ///
+    /// Each shard is swept in steps of [`SCAN_STEP`] slots, its lock
+    /// released between them.
     pub fn sweep(&self, now_us: u64) -> usize {
         let ttl = self.config.ttl_us;
         let mut gone = 0;
         for i in 0..SHARDS {
-            let mut shard = self.shard(i);
-            let mut removed = self.expire_front(&mut shard, now_us);
-            let stale: Vec<u32> = shard
-                .slots
-                .iter()
-                .enumerate()
-                .filter(|(_, s)| {
-                    s.live()
-                        && s.rec.outcome == SpanOutcome::Open
-                        && s.rec.start_us.saturating_add(ttl) <= now_us
-                })
-                .map(|(i, _)| i as u32)
-                .collect();
-            shard.expired += stale.len() as u64;
-            removed += stale.len();
-            for slot in stale {
-                shard.remove(slot);
-            }
-            drop(shard);
+            let removed = self.expire_front(&mut self.shard(i), now_us);
             self.count_entries(0, removed);
             gone += removed;
+            let mut from = 0;
+            loop {
+                let mut shard = self.shard(i);
+                let to = (from + SCAN_STEP).min(shard.slots.len());
+                if from >= to {
+                    break;
+                }
+                let stale: Vec<u32> = (from..to)
+                    .filter(|&j| {
+                        let s = &shard.slots[j];
+                        s.live()
+                            && s.rec.outcome == SpanOutcome::Open
+                            && s.rec.start_us.saturating_add(ttl) <= now_us
+                    })
+                    .map(|j| j as u32)
+                    .collect();
+                shard.expired += stale.len() as u64;
+                for &slot in &stale {
+                    shard.remove(slot);
+                }
+                drop(shard);
+                self.count_entries(0, stale.len());
+                gone += stale.len();
+                from = to;
+            }
         }
         gone
     }
@@ -695,8 +873,10 @@ mod tests {
         for h in &hs {
             s.close(h, SpanOutcome::Ok, None, 10);
         }
+        // closed past the cap, the oldest finished go at once
+        assert_eq!((s.stats().entries, s.stats().evicted), (4, 6));
         assert_eq!(s.sweep(50), 0);
-        assert_eq!(s.sweep(110), 10);
+        assert_eq!(s.sweep(110), 4);
         assert_eq!(s.stats().entries, 0);
         // an open span older than the TTL is swept too
         s.insert(span(1, 1, None, 0), 0);
@@ -794,5 +974,149 @@ mod tests {
         sp.summary = Some(vec![b'x'; 1000].into());
         s.insert(sp, 0);
         assert_eq!(s.lookup(&hex16(1)).unwrap().summary.len(), SUMMARY_MAX);
+    }
+
+    /// The report: max 1 000; spans open when inserted (so not evictable),
+    /// finished later, then inserts in other shards. The store stayed at
+    /// 5 001 entries; the cap is a bound now.
+    #[test]
+    fn the_cap_holds_when_finished_spans_sit_in_other_shards() {
+        let s = store(1_000, u64::MAX / 2);
+        // 5 000 open spans of one trace: one shard
+        let hs: Vec<SpanHandle> = (0..5_000u64)
+            .map(|i| s.insert(span(7, 1 + i, None, 0), i))
+            .collect();
+        assert_eq!(s.stats().entries, 5_000);
+        for h in &hs {
+            assert!(s.close(h, SpanOutcome::Ok, None, 6_000));
+            let st = s.stats();
+            assert!(st.entries <= 1_000.max(st.open), "{st:?}");
+        }
+        assert_eq!(s.stats().entries, 1_000);
+        // inserts landing in every other shard
+        for t in 100..5_100u64 {
+            let h = s.insert(span(t, 10_000 + t, None, 0), 7_000);
+            s.close(&h, SpanOutcome::Ok, None, 7_000);
+            let st = s.stats();
+            assert!(st.entries <= 1_000, "{st:?}");
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Insert { trace: u64 },
+        Close(usize),
+        Sweep,
+    }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+
+        /// Under any sequence, after every operation: at most
+        /// max(max_entries, open) entries, and the count is exact.
+        #[test]
+        fn the_cap_is_a_bound_under_any_sequence(
+            cap in 1usize..40,
+            ops in proptest::collection::vec(
+                prop_oneof![
+                    4 => (0u64..6).prop_map(|trace| Op::Insert { trace }),
+                    4 => (0usize..1000).prop_map(Op::Close),
+                    1 => Just(Op::Sweep),
+                ],
+                1..300,
+            )
+        ) {
+            let s = store(cap, 1_000_000);
+            let mut open: Vec<SpanHandle> = Vec::new();
+            for (n, op) in ops.into_iter().enumerate() {
+                let now = n as u64;
+                match op {
+                    Op::Insert { trace } => open.push(s.insert(span(trace, 1 + n as u64, None, 0), now)),
+                    Op::Close(i) if !open.is_empty() => {
+                        let h = open.swap_remove(i % open.len());
+                        s.close(&h, SpanOutcome::Ok, None, now);
+                    }
+                    Op::Close(_) => {}
+                    Op::Sweep => { s.sweep(now); }
+                }
+                let st = s.stats();
+                let counted: usize = (0..SHARDS)
+                    .map(|i| s.shard(i).slots.iter().filter(|x| x.live()).count())
+                    .sum();
+                prop_assert_eq!(st.entries, counted);
+                prop_assert!(st.entries <= cap.max(st.open), "{:?}", st);
+            }
+        }
+    }
+
+    #[test]
+    fn many_threads_keep_the_cap() {
+        let s = store(500, u64::MAX / 2);
+        std::thread::scope(|sc| {
+            for t in 0..4u64 {
+                let s = &s;
+                sc.spawn(move || {
+                    for i in 0..20_000u64 {
+                        let h = s.insert(
+                            span(t * 1_000_000 + i % 97, 1 + t * 1_000_000 + i, None, 0),
+                            i,
+                        );
+                        s.close(&h, SpanOutcome::Ok, None, i);
+                    }
+                });
+            }
+        });
+        let st = s.stats();
+        assert!(st.entries <= 500, "{st:?}");
+        assert_eq!(st.open, 0);
+    }
+
+    /// Trace ids are chosen by callers: the store's hash is keyed per store,
+    /// so ids crafted to collide under an unkeyed hash do not collide here,
+    /// and two stores (two nodes) hash the same id differently.
+    #[test]
+    fn trace_ids_are_hashed_with_a_random_key() {
+        let a = store(10, 10);
+        let b = store(10, 10);
+        // ids that all collide under FxHash of (u64, u64): the second word
+        // undoes the first's mixing
+        let k = 0xf135_7aea_2e62_a9c5u64;
+        let crafted: Vec<TraceKey> = (1..2_000u64)
+            .map(|x| (x, (x.wrapping_mul(k)).rotate_left(5) ^ 0x1234))
+            .collect();
+        let hashes: std::collections::HashSet<u64> =
+            crafted.iter().map(|&t| a.trace_hash(t)).collect();
+        assert_eq!(hashes.len(), crafted.len());
+        let shards: std::collections::HashSet<usize> =
+            crafted.iter().map(|&t| a.shard_of(t)).collect();
+        assert_eq!(shards.len(), SHARDS);
+        assert_ne!(a.trace_hash(crafted[0]), b.trace_hash(crafted[0]));
+    }
+
+    /// A chain read while the trace changes: every span once, no panic.
+    #[test]
+    fn a_chain_read_during_inserts_and_evictions() {
+        let s = store(3_000, u64::MAX / 2);
+        for i in 0..3_000u64 {
+            let h = s.insert(span(9, 1 + i, None, 1), i);
+            s.close(&h, SpanOutcome::Ok, None, i);
+        }
+        std::thread::scope(|sc| {
+            let s = &s;
+            sc.spawn(move || {
+                for i in 3_000..30_000u64 {
+                    let h = s.insert(span(9, 1 + i, None, 1), i);
+                    s.close(&h, SpanOutcome::Ok, None, i);
+                }
+            });
+            for _ in 0..50 {
+                let chain = s.chain(&hex32(9));
+                let ids: std::collections::HashSet<[u8; 16]> =
+                    chain.iter().map(|x| x.span_id).collect();
+                assert_eq!(ids.len(), chain.len());
+            }
+        });
     }
 }
