@@ -17,7 +17,11 @@
 //!   100 000 entries (each insert evicts the oldest finished span), and a
 //!   trace's chain read back;
 //! - `traced_task/...`: one task's decision and completion without tracing,
-//!   and with its task span and attempt span opened and closed.
+//!   and with its task span and attempt span opened and closed;
+//! - `worst/...`: what a call may meet at 10 000 agents and 100 000 spans:
+//!   a consistent-hash decision no candidate can take, `explain`, a
+//!   membership change, a 100 000-span trace read back, a lookup by span id
+//!   and a sweep (those marked dirty run on dirty schedulers).
 
 use std::hint::black_box;
 
@@ -308,6 +312,98 @@ fn traced_task(c: &mut Criterion) {
     g.finish();
 }
 
+/// The worst cases a call on a normal scheduler may meet at 10 000 agents
+/// and 100 000 spans, and what the dirty ones cost.
+fn worst_cases(c: &mut Criterion) {
+    let mut g = c.benchmark_group("worst");
+    g.sample_size(20);
+    let r = router(10_000);
+    // every bulkhead full: a consistent-hash decision finds no taker
+    let max = r.shared().config().max_concurrent;
+    for agent in r.agents().load().agents() {
+        while agent.stats().hot().get().try_add_in_flight(max) {}
+    }
+    let mut rng = SmallRng::seed_from_u64(9);
+    let mut key = 0u64;
+    g.bench_function("consistent_hash_refused/10000", |b| {
+        b.iter(|| {
+            key = key.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let req = Request {
+                key: Some(key),
+                ..Request::new(WORK, Strategy::ConsistentHash)
+            };
+            r.pick(&req, &mut rng).expect_err("every bulkhead is full")
+        })
+    });
+    let r = router(10_000);
+    g.bench_function("explain/10000 (dirty)", |b| {
+        b.iter(|| r.explain(WORK, 0).len())
+    });
+    // membership: one agent added to 10 000 and taken out again
+    let mut n = 0u64;
+    g.bench_function("membership/insert_remove/10000", |b| {
+        b.iter(|| {
+            n += 1;
+            let id = format!("extra-{n}");
+            r.agents()
+                .insert(AgentSpec::new(id.clone(), 0, vec![b"work".to_vec()]))
+                .expect("fresh id");
+            r.agents().remove(id.as_bytes()).expect("just added")
+        })
+    });
+    // the correlation store full, 100 000 spans in one trace
+    let store = CorrelationStore::new(CorrelationConfig::default());
+    let mut rng = SmallRng::seed_from_u64(13);
+    let trace_id = trace::generate_trace_id(&mut rng);
+    let agent: Arc<[u8]> = b"agent-7".as_slice().into();
+    let summary: Arc<[u8]> = b"review 42".as_slice().into();
+    for now in 0..100_000u64 {
+        let h = store.insert(
+            span(
+                trace_id,
+                trace::generate_span_id(&mut rng),
+                &agent,
+                &summary,
+            ),
+            now,
+        );
+        store.close(&h, SpanOutcome::Ok, None, now);
+    }
+    g.bench_function("chain/100000_spans (dirty)", |b| {
+        b.iter(|| store.chain(black_box(&trace_id)).len())
+    });
+    let missing = trace::generate_span_id(&mut rng);
+    g.bench_function("lookup_missing/100000 (dirty)", |b| {
+        b.iter(|| store.lookup(black_box(&missing)))
+    });
+    g.bench_function("sweep_nothing_due/100000 (dirty)", |b| {
+        b.iter(|| store.sweep(black_box(100_000)))
+    });
+    // what an insert into the same shard waits for at most while a chain
+    // is read: one step of 256 spans
+    let shard_peer = CorrelationStore::new(CorrelationConfig::default());
+    for now in 0..256u64 {
+        let h = shard_peer.insert(
+            span(
+                trace_id,
+                trace::generate_span_id(&mut rng),
+                &agent,
+                &summary,
+            ),
+            now,
+        );
+        shard_peer.close(&h, SpanOutcome::Ok, None, now);
+    }
+    g.bench_function("chain/256_spans (one step under the lock)", |b| {
+        b.iter(|| shard_peer.chain(black_box(&trace_id)).len())
+    });
+    let state = vec![b','; 32 * 1024];
+    g.bench_function("validate_tracestate/32KiB_of_commas", |b| {
+        b.iter(|| trace::validate_tracestate(black_box(&state)))
+    });
+    g.finish();
+}
+
 criterion_group!(
     benches,
     select,
@@ -317,6 +413,7 @@ criterion_group!(
     breaker,
     trace_ids,
     correlation,
-    traced_task
+    traced_task,
+    worst_cases
 );
 criterion_main!(benches);

@@ -42,6 +42,8 @@
 -export([span_lookup/2]).
 -export([correlation_sweep/1]).
 -export([export_batch/3]).
+-export([core_memory/0]).
+-export([release_snapshot_cache/0]).
 
 -export_type([router/0, lease/0, probe/0, outcome/0, router_opts/0, state/0, transition/0,
               breaker_state/0, span/0, span_request/0, task_span/0]).
@@ -51,7 +53,8 @@
        q_reset/1, td_update/5, reward/4, breaker_allow/2, breaker_record/5, breaker_state/2,
        breaker_reset/2, generate_trace_id/0, generate_span_id/0, parse_traceparent/1,
        format_traceparent/3, validate_tracestate/1, span_start/3, span_end/3, trace_chain/2,
-       span_lookup/2, correlation_sweep/1, export_batch/3]).
+       span_lookup/2, correlation_sweep/1, export_batch/3, core_memory/0,
+       release_snapshot_cache/0]).
 
 -type router() :: reference().
 -type lease() :: reference().
@@ -228,3 +231,9 @@ correlation_sweep(_Router) -> erlang:nif_error(nif_not_loaded).
 -spec export_batch(router(), pos_integer(), binary()) ->
           {ok, non_neg_integer(), binary()} | badarg().
 export_batch(_Router, _Max, _Service) -> erlang:nif_error(nif_not_loaded).
+
+-spec core_memory() -> non_neg_integer().
+core_memory() -> erlang:nif_error(nif_not_loaded).
+
+-spec release_snapshot_cache() -> ok.
+release_snapshot_cache() -> erlang:nif_error(nif_not_loaded).

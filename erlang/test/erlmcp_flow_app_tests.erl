@@ -43,3 +43,60 @@ published() ->
     Router = erlmcp_flow_registry:router(),
     ?assert(is_reference(Router)),
     ?assertMatch({ok, #{agents := 0}}, erlmcp_flow_nif:router_stats(Router)).
+
+%% The report: threads' snapshot caches kept stopped routers (their stores,
+%% rows and agents) alive, up to three per scheduler thread. After 20
+%% restarts with traffic, the memory the core holds is what one running
+%% instance holds; a stopped router gives back its stores at once.
+restarts_leave_no_routers_behind_test_() ->
+    {timeout, 120, fun restarts/0}.
+
+restarts() ->
+    logger:set_primary_config(level, critical),
+    _ = application:stop(erlmcp_flow),
+    {ok, _} = application:ensure_all_started(erlmcp_flow),
+    traffic(),
+    One = settled_memory(),
+    ok = application:stop(erlmcp_flow),
+    %% the router resource goes once no process refers to it any more (the
+    %% published copy is released by the VM's literal collector, soon after):
+    %% its stores (spans, learned rows) go with it; what scheduler threads
+    %% still cache of its agents goes when they next route
+    erlmcp_flow_test_util:wait_until(fun() -> settled_memory() < One - One div 4 end),
+    [begin
+         {ok, _} = application:ensure_all_started(erlmcp_flow),
+         traffic(),
+         ok = application:stop(erlmcp_flow)
+     end || _ <- lists:seq(1, 20)],
+    {ok, _} = application:ensure_all_started(erlmcp_flow),
+    traffic(),
+    After = settled_memory(),
+    ok = application:stop(erlmcp_flow),
+    %% the same traffic into one instance: within a tenth (histograms and
+    %% the store's shards fill a little differently from run to run)
+    ?assert(After =< One + One div 10 + 65536).
+
+%% 60 agents, 4 callers, 2 000 tasks of two strategies, then the agents go.
+traffic() ->
+    Agents = [erlmcp_flow_test_util:echo_agent() || _ <- lists:seq(1, 60)],
+    [ok = erlmcp_flow:register_agent(<<"a", (integer_to_binary(I))/binary>>, P, [<<"x">>])
+     || {I, P} <- lists:zip(lists:seq(1, 60), Agents)],
+    Self = self(),
+    Callers = [spawn_link(fun() ->
+                                  [{ok, _, _} = erlmcp_flow:execute(#{id => I}, #{strategy => S})
+                                   || I <- lists:seq(1, 250), S <- [q_learning, round_robin]],
+                                  Self ! done
+                          end) || _ <- lists:seq(1, 4)],
+    [receive done -> ok end || _ <- Callers],
+    [P ! stop || P <- Agents],
+    erlmcp_flow_test_util:wait_until(fun() -> maps:get(agents, erlmcp_flow:stats()) =:= 0 end),
+    %% the echo agents told this process about every task
+    flush_seen().
+
+flush_seen() ->
+    receive {task_seen, _, _, _} -> flush_seen() after 0 -> ok end.
+
+%% The core's memory once this process's garbage (leases, spans) is freed.
+settled_memory() ->
+    erlang:garbage_collect(),
+    erlmcp_flow_nif:core_memory().

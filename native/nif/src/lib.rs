@@ -10,6 +10,7 @@ mod atoms;
 mod decode;
 mod error;
 mod learning;
+mod memory;
 mod rng;
 mod router;
 mod tracing;

@@ -598,6 +598,13 @@ impl QStore {
         }
     }
 
+    /// Drops every row (the router that owns the store is gone).
+    pub fn clear(&self) {
+        let mut inner = self.inner();
+        inner.rows = Default::default();
+        inner.dormant = VecDeque::new();
+    }
+
     /// Every row with its id, sorted by id.
     pub fn rows(&self) -> Vec<IdRow> {
         let inner = self.inner();

@@ -725,6 +725,17 @@ pub fn release_thread_cache() {
     });
 }
 
+impl<P> Drop for AgentTable<P> {
+    fn drop(&mut self) {
+        // Leases, task spans and threads' cached snapshots may keep the
+        // agents, and through them the shared state, alive for a while: its
+        // large parts go now, with the table that fills them.
+        self.shared.correlation().clear();
+        self.shared.q_store().clear();
+        release_thread_cache();
+    }
+}
+
 impl<P> AgentTable<P> {
     /// An empty table whose agents share `shared` (clock, learner, counters).
     pub fn new(shared: Arc<Shared>) -> Self {

@@ -756,6 +756,19 @@ impl CorrelationStore {
         gone
     }
 
+    /// Drops every span (the router that owns the store is gone).
+    pub fn clear(&self) {
+        for i in 0..SHARDS {
+            let mut shard = self.shard(i);
+            let removed = shard.slots.iter().filter(|s| s.live()).count();
+            let exporting = shard.export.len();
+            *shard = Shard::new(self.hasher.clone());
+            drop(shard);
+            self.count_entries(0, removed);
+            self.exporting.fetch_sub(exporting, Ordering::Relaxed);
+        }
+    }
+
     /// Up to `max` finished spans waiting for the exporter, oldest first
     /// within each shard.
     pub fn drain_export(&self, max: usize) -> Vec<Span> {
