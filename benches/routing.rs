@@ -158,7 +158,7 @@ fn breaker(c: &mut Criterion) {
     let config = r.shared().config().breaker.clone();
     let snapshot = r.agents().load_full();
     let agent = snapshot.agent(7).clone();
-    let hot = agent.stats().hot().get();
+    let hot = agent.stats().hot();
     let mut g = c.benchmark_group("resilience");
     g.bench_function("breaker_check/closed", |b| {
         b.iter(|| {
@@ -321,7 +321,7 @@ fn worst_cases(c: &mut Criterion) {
     // every bulkhead full: a consistent-hash decision finds no taker
     let max = r.shared().config().max_concurrent;
     for agent in r.agents().load().agents() {
-        while agent.stats().hot().get().try_add_in_flight(max) {}
+        while agent.stats().hot().try_add_in_flight(max) {}
     }
     let mut rng = SmallRng::seed_from_u64(9);
     let mut key = 0u64;

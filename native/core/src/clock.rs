@@ -44,12 +44,18 @@ impl Clock {
         }
     }
 
-    /// Moves a manual clock forward by `us`; returns the new time, or `None`
-    /// for the system clock, which cannot be moved.
+    /// Moves a manual clock forward by `us` (it stops at `u64::MAX` rather
+    /// than wrap to 0); returns the new time, or `None` for the system clock,
+    /// which cannot be moved.
     pub fn advance(&self, us: u64) -> Option<u64> {
-        self.manual
-            .as_ref()
-            .map(|t| t.fetch_add(us, Ordering::AcqRel).saturating_add(us))
+        self.manual.as_ref().map(|t| {
+            let before = t
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |now| {
+                    Some(now.saturating_add(us))
+                })
+                .unwrap_or_else(|now| now);
+            before.saturating_add(us)
+        })
     }
 }
 
@@ -69,6 +75,14 @@ mod tests {
         assert_eq!(c.now_us(), 10);
         assert_eq!(c.advance(5), Some(15));
         assert_eq!(c.now_us(), 15);
+    }
+
+    #[test]
+    fn a_manual_clock_saturates_instead_of_wrapping() {
+        let c = Clock::manual(u64::MAX - 5);
+        assert_eq!(c.advance(10), Some(u64::MAX));
+        assert_eq!(c.now_us(), u64::MAX);
+        assert_eq!(c.advance(1), Some(u64::MAX));
     }
 
     #[test]

@@ -397,8 +397,7 @@ fn agent_stats<'a>(env: Env<'a>, router: Term<'a>, id: Term<'a>) -> Term<'a> {
                 (atoms::weight(), agent.weight().encode(env)),
                 (
                     atoms::breaker(),
-                    state_atom(BreakerState::from_u8(agent.stats().hot().get().breaker()))
-                        .encode(env),
+                    state_atom(BreakerState::from_u8(agent.stats().hot().breaker())).encode(env),
                 ),
                 (atoms::probes(), agent.breaker().probes().encode(env)),
                 (atoms::p50_us(), pct_term(|p| p.0)),

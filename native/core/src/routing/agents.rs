@@ -199,7 +199,7 @@ impl<P> Drop for Agent<P> {
     fn drop(&mut self) {
         // The last reference went with the last snapshot and lease holding
         // it, so nothing reads the cell any more.
-        self.shared.hot_arena().give(self.stats.hot().clone());
+        self.shared.hot_arena().give(self.stats.hot_ref().clone());
     }
 }
 
@@ -500,7 +500,7 @@ impl<P> Snapshot<P> {
         hot.extend(
             added
                 .iter()
-                .map(|a| unsafe { HotCell::of(a.stats().hot()) }),
+                .map(|a| unsafe { HotCell::of(a.stats().hot_ref()) }),
         );
         let slots = first..count as u32;
         let mut all = Vec::with_capacity(self.all.len() + added.len());
@@ -1157,7 +1157,7 @@ mod tests {
         // the hot cells follow the slots; holes are dead cells
         for (slot, cell) in snap.hot().iter().enumerate() {
             match snap.get(slot as u32) {
-                Some(a) => assert!(std::ptr::eq(cell.get(), a.stats().hot().get())),
+                Some(a) => assert!(std::ptr::eq(cell.get(), a.stats().hot())),
                 None => assert_eq!(cell.get().in_flight(), u32::MAX),
             }
         }

@@ -137,7 +137,7 @@ impl<P> Lease<P> {
         learner.learn(self.agent.q_row(), self.state as usize, r);
         self.agent.refresh_value();
         let transition = shared.count(self.agent.breaker().record(
-            self.agent.stats().hot().get(),
+            self.agent.stats().hot(),
             &shared.config.breaker,
             self.permit,
             outcome != Outcome::Success,
@@ -208,7 +208,7 @@ impl<P> CallPermit<P> {
         }
         let shared = self.agent.shared();
         let transition = shared.count(self.agent.breaker().record(
-            self.agent.stats().hot().get(),
+            self.agent.stats().hot(),
             &shared.config.breaker,
             self.permit,
             !ok,
@@ -409,7 +409,7 @@ impl<P> Router<P> {
                 .with_snapshot(|snapshot| self.select(snapshot, req, now_us, rng).cloned())?;
             // The state the agent is chosen in: before this task's load.
             let state = agent.state(shared.learner.config(), req.class).index() as u32;
-            let hot = agent.stats().hot().get();
+            let hot = agent.stats().hot();
             if !hot.try_add_in_flight(shared.config.max_concurrent) {
                 continue;
             }
@@ -648,7 +648,7 @@ impl<P> Router<P> {
                     ewma_latency_us: stats.ewma_latency_us(),
                     success_rate: stats.success_rate(),
                     weight: agent.weight(),
-                    breaker: BreakerState::from_u8(stats.hot().get().breaker()),
+                    breaker: BreakerState::from_u8(stats.hot().breaker()),
                     softmax: if total > 0.0 { w / total } else { 0.0 },
                 }
             })
@@ -694,7 +694,7 @@ impl<P> Router<P> {
     {
         self.agents.with_snapshot(|snapshot| {
             let agent = snapshot.find(id).ok_or(FlowError::NotFound)?;
-            Ok(f(agent, agent.stats().hot().get()))
+            Ok(f(agent, agent.stats().hot()))
         })
     }
 
@@ -712,7 +712,7 @@ impl<P> Router<P> {
         let shared = self.shared();
         self.agents.with_snapshot(|snapshot| {
             let agent = snapshot.find(id).ok_or(FlowError::NotFound)?;
-            let hot = agent.stats().hot().get();
+            let hot = agent.stats().hot();
             let (permit, t) =
                 agent
                     .breaker()

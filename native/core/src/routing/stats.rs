@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use hdrhistogram::Histogram;
 
-use crate::routing::hot::HotRef;
+use crate::routing::hot::{Hot, HotRef};
 use crate::shared::Outcome;
 
 /// Weight of the newest sample in the latency moving average. High, because
@@ -83,9 +83,18 @@ impl AgentStats {
         }
     }
 
-    /// The dense cell of this agent's load, condition and current value.
+    /// The dense cell of this agent's load, condition and current value:
+    /// a borrow of the agent's, which cannot outlive it (a cell goes back to
+    /// its arena, for another agent, when its agent is dropped).
     #[inline]
-    pub fn hot(&self) -> &HotRef {
+    pub fn hot(&self) -> &Hot {
+        self.hot.get()
+    }
+
+    /// The handle on the cell, for the table (snapshots' cell arrays) and
+    /// the arena.
+    #[inline]
+    pub(crate) fn hot_ref(&self) -> &HotRef {
         &self.hot
     }
 }
