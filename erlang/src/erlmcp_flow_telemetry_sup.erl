@@ -27,6 +27,7 @@ init([]) ->
                   shutdown => 2 * erlmcp_flow_config:get(export, http_timeout_ms) + 1000}
                 || erlmcp_flow_span_exporter:enabled(erlmcp_flow_config:get(export))],
     Http = [#{id => erlmcp_flow_metrics_http,
-              start => {erlmcp_flow_metrics_http, start_link, []}}
+              start => {erlmcp_flow_metrics_http, start_link, []},
+              type => supervisor}
             || erlmcp_flow_config:get(metrics, http)],
     {ok, {SupFlags, [Metrics | Exporter ++ Http]}}.

@@ -168,3 +168,115 @@ spin_until(T) ->
         true -> ok;
         false -> erlang:yield(), spin_until(T)
     end.
+
+%% The report: sixteen idle connections locked /metrics out (503 for
+%% every scrape); 2 000 idle or 200 slowloris connections did for a whole
+%% run. Here, with a limit of 32 connections: 200 idle connections and 50
+%% sending a byte every 100 ms, and scrapes through fresh connections all
+%% the while, each answered within a second.
+attack_test_() ->
+    {timeout, 60,
+     fun() ->
+             with_env([{metrics, #{http => true, port => 0, max_connections => 32,
+                                   request_timeout_ms => 3000, idle_timeout_ms => 3000}}],
+                      fun attack/0)
+     end}.
+
+attack() ->
+    Port = erlmcp_flow_metrics_http:port(),
+    Connect = fun() -> gen_tcp:connect({127, 0, 0, 1}, Port, [binary, {active, false}], 1000) end,
+    Idle = [S || _ <- lists:seq(1, 200), {ok, S} <- [Connect()]],
+    Owner = self(),
+    Slow = [spawn_link(fun() ->
+                               {ok, S} = Connect(),
+                               slowloris(S, <<"GET /metrics HTTP/1.1\r\nHost: x\r\n">>),
+                               Owner ! {slow_done, self()}
+                       end) || _ <- lists:seq(1, 50)],
+    Times = [begin
+                 receive after 50 -> ok end,
+                 {T, {200, _}} = timer:tc(fun() -> scrape(Port) end),
+                 T
+             end || _ <- lists:seq(1, 20)],
+    ?assert(lists:max(Times) < 1000000),
+    ?assert(erlmcp_flow_http_listener:connections(erlmcp_flow_metrics_http) =< 32),
+    [gen_tcp:close(S) || S <- Idle],
+    [begin unlink(P), exit(P, kill) end || P <- Slow],
+    %% idle and slow connections are dropped by the timeouts: nothing is
+    %% left open once the attack stops
+    erlmcp_flow_test_util:wait_until(
+      fun() -> erlmcp_flow_http_listener:connections(erlmcp_flow_metrics_http) =:= 0 end).
+
+slowloris(S, <<B, Rest/binary>>) ->
+    case gen_tcp:send(S, <<B>>) of
+        ok -> receive after 100 -> slowloris(S, Rest) end;
+        {error, _} -> ok
+    end;
+slowloris(_S, <<>>) ->
+    ok.
+
+%% One GET /metrics on a fresh connection: {Status, Body}.
+scrape(Port) ->
+    {ok, S} = gen_tcp:connect({127, 0, 0, 1}, Port, [binary, {active, false}, {packet, http_bin}],
+                              1000),
+    ok = gen_tcp:send(S, <<"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n">>),
+    {ok, {http_response, _, Status, _}} = gen_tcp:recv(S, 0, 1000),
+    Length = headers_length(S),
+    ok = inet:setopts(S, [{packet, raw}]),
+    {ok, Body} = case Length of
+                     0 -> {ok, <<>>};
+                     _ -> gen_tcp:recv(S, Length, 1000)
+                 end,
+    gen_tcp:close(S),
+    {Status, Body}.
+
+headers_length(S) ->
+    headers_length(S, 0).
+
+headers_length(S, L) ->
+    case gen_tcp:recv(S, 0, 1000) of
+        {ok, {http_header, _, 'Content-Length', _, V}} -> headers_length(S, binary_to_integer(V));
+        {ok, {http_header, _, _, _, _}} -> headers_length(S, L);
+        {ok, http_eoh} -> L
+    end.
+
+%% Keep-alive, the idle timeout, and requests the listener refuses.
+keep_alive_and_bad_requests_test() ->
+    with_env([{metrics, #{http => true, port => 0, idle_timeout_ms => 200,
+                          request_timeout_ms => 200}}],
+             fun() ->
+                     Port = erlmcp_flow_metrics_http:port(),
+                     {ok, S} = gen_tcp:connect({127, 0, 0, 1}, Port,
+                                               [binary, {active, false}, {packet, http_bin}]),
+                     [begin
+                          ok = gen_tcp:send(S, <<"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n">>),
+                          {ok, {http_response, _, 200, _}} = gen_tcp:recv(S, 0, 1000),
+                          L = headers_length(S),
+                          ok = inet:setopts(S, [{packet, raw}]),
+                          {ok, _} = gen_tcp:recv(S, L, 1000),
+                          ok = inet:setopts(S, [{packet, http_bin}])
+                      end || _ <- [1, 2, 3]],
+                     %% idle past the timeout: closed by the listener
+                     ?assertEqual({error, closed}, gen_tcp:recv(S, 0, 2000)),
+                     %% a request that never ends: closed at the request timeout
+                     {ok, S2} = gen_tcp:connect({127, 0, 0, 1}, Port, [binary, {active, false}]),
+                     ok = gen_tcp:send(S2, <<"GET /metr">>),
+                     ?assertEqual({error, closed}, gen_tcp:recv(S2, 0, 2000)),
+                     %% garbage, too many headers, a body too large
+                     ?assertMatch({400, _}, raw_request(Port, <<"NONSENSE\r\n\r\n">>)),
+                     Many = iolist_to_binary([["X-H", integer_to_binary(I), ": v\r\n"]
+                                              || I <- lists:seq(1, 70)]),
+                     ?assertMatch({431, _}, raw_request(Port, <<"GET /metrics HTTP/1.1\r\n",
+                                                                Many/binary, "\r\n">>)),
+                     ?assertMatch({413, _}, raw_request(Port, <<"POST /metrics HTTP/1.1\r\n"
+                                                                "Content-Length: 99999999\r\n\r\n">>)),
+                     %% a body within the limit is read, then answered 405
+                     ?assertMatch({405, _}, raw_request(Port, <<"POST /metrics HTTP/1.1\r\n"
+                                                                "Content-Length: 3\r\n\r\nabc">>))
+             end).
+
+raw_request(Port, Bytes) ->
+    {ok, S} = gen_tcp:connect({127, 0, 0, 1}, Port, [binary, {active, false}, {packet, http_bin}]),
+    ok = gen_tcp:send(S, Bytes),
+    {ok, {http_response, _, Status, _}} = gen_tcp:recv(S, 0, 2000),
+    gen_tcp:close(S),
+    {Status, ok}.
