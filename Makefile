@@ -6,7 +6,7 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 ERL_PATHS = -pa _build/default/lib/*/ebin
 BENCH_EBIN = _build/bench/ebin
 
-.PHONY: all setup build demo test test-rust test-erlang dialyzer bench bench-rust bench-erlang clean
+.PHONY: all setup build demo test test-rust test-erlang dialyzer bench bench-rust bench-erlang fuzz cover clean
 
 all: build
 
@@ -34,6 +34,12 @@ test-erlang:
 	rebar3 eunit
 	rebar3 ct
 	rebar3 dialyzer
+
+## A long fuzz run (CI runs 4 000 calls): random and targeted terms into
+## every exported function; FUZZ_CALLS sets how many.
+FUZZ_CALLS ?= 200000
+fuzz: build
+	FUZZ_CALLS=$(FUZZ_CALLS) rebar3 eunit --module=erlmcp_flow_fuzz_tests
 
 ## Figures: criterion benches of the core, then the Erlang bench driver.
 bench: bench-rust bench-erlang

@@ -84,7 +84,12 @@ fn nonzero_hex(s: &[u8]) -> Result<(), InvalidTraceContext> {
 /// first four fields, and what follows them must start with `-`; version `ff`,
 /// upper-case hex, all-zero ids and wrong lengths or separators are refused.
 pub fn parse_traceparent(s: &[u8]) -> Result<TraceParent, InvalidTraceContext> {
-    if s.len() < 55 || s[2] != b'-' || s[35] != b'-' || s[52] != b'-' {
+    if s.len() < 55
+        || s.len() > TRACEPARENT_MAX_BYTES
+        || s[2] != b'-'
+        || s[35] != b'-'
+        || s[52] != b'-'
+    {
         return Err(InvalidTraceContext);
     }
     let version = hex_byte(&s[0..2])?;
@@ -130,6 +135,16 @@ pub fn valid_id(id: &[u8], len: usize) -> bool {
 /// Most list members a `tracestate` may carry.
 pub const TRACESTATE_MAX_MEMBERS: usize = 32;
 
+/// Longest `traceparent` read, in bytes: version 00 is 55; a later version
+/// may add fields, not kilobytes.
+pub const TRACEPARENT_MAX_BYTES: usize = 512;
+
+/// Longest `tracestate` read, in bytes: twice the longest header the grammar
+/// allows without spaces (32 members of a 256-byte key and a 256-byte
+/// value), so no valid header is refused for its length and no scan of a
+/// hostile one goes further.
+pub const TRACESTATE_MAX_BYTES: usize = 32_768;
+
 fn key_char(c: u8) -> bool {
     c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'_' | b'-' | b'*' | b'/')
 }
@@ -168,6 +183,9 @@ fn valid_value(v: &[u8]) -> bool {
 /// optional spaces and tabs, empty members allowed, at most 32 members,
 /// no key twice. The header travels on unchanged.
 pub fn validate_tracestate(s: &[u8]) -> Result<(), InvalidTraceContext> {
+    if s.len() > TRACESTATE_MAX_BYTES {
+        return Err(InvalidTraceContext);
+    }
     let mut keys: Vec<&[u8]> = Vec::new();
     for member in s.split(|&c| c == b',') {
         let m = member.trim_ascii();
@@ -202,6 +220,25 @@ mod tests {
         let tp = parse_traceparent(h).unwrap();
         assert_eq!(tp.flags, 1);
         assert_eq!(&format_traceparent(&tp), h);
+    }
+
+    #[test]
+    fn headers_past_their_limits_are_refused_unscanned() {
+        let mut tp = b"01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-".to_vec();
+        tp.resize(TRACEPARENT_MAX_BYTES, b'x');
+        assert!(parse_traceparent(&tp).is_ok());
+        tp.push(b'x');
+        assert_eq!(parse_traceparent(&tp), Err(InvalidTraceContext));
+        // the longest header the grammar allows passes
+        let member = |i: usize| format!("k{i:03}{}={}", "a".repeat(252), "v".repeat(256));
+        let longest: Vec<String> = (0..32).map(member).collect();
+        let longest = longest.join(",");
+        assert!(longest.len() > 16_000);
+        assert_eq!(validate_tracestate(longest.as_bytes()), Ok(()));
+        assert_eq!(
+            validate_tracestate(&vec![b','; TRACESTATE_MAX_BYTES + 1]),
+            Err(InvalidTraceContext)
+        );
     }
 
     #[test]
