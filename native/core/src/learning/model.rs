@@ -230,20 +230,38 @@ fn io_error(e: io::Error) -> ModelError {
 
 /// Writes `bytes` to `path` atomically: temporary file, fsync, rename, fsync
 /// of the directory.
+///
+/// Only a regular file (or no file) is replaced: a device, a FIFO, a
+/// directory or a symbolic link at `path` or at `<path>.tmp` is refused
+/// (`NotRegular`) rather than renamed over or written through; a process
+/// running as root must not replace `/dev/zero` because it was given that
+/// path.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ModelError> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        fs::create_dir_all(dir).map_err(io_error)?;
-    }
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = Path::new(&tmp);
+    for p in [path, tmp] {
+        match fs::symlink_metadata(p) {
+            Ok(m) if !m.file_type().is_file() => return Err(ModelError::NotRegular),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_error(e)),
+        }
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        fs::create_dir_all(dir).map_err(io_error)?;
+    }
     {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(tmp)
-            .map_err(io_error)?;
+        let mut options = OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        {
+            // not through a link, and never blocking on a FIFO put there
+            // since the check above
+            use std::os::unix::fs::OpenOptionsExt;
+            options.custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK);
+        }
+        let mut f = options.open(tmp).map_err(io_error)?;
         f.write_all(bytes).map_err(io_error)?;
         f.sync_all().map_err(io_error)?;
     }
@@ -468,6 +486,29 @@ mod tests {
         // not a model at all: refused at its first bytes
         fs::write(&path, vec![0u8; 1 << 20]).unwrap();
         assert_eq!(read(&path, &c), Err(ModelError::BadMagic));
+    }
+
+    #[test]
+    #[cfg(unix)]
+    fn saving_never_replaces_a_special_file() {
+        let (c, rows) = sample();
+        let bytes = encode(&c, &rows, 1);
+        assert_eq!(
+            write_atomic(Path::new("/dev/null"), &bytes),
+            Err(ModelError::NotRegular)
+        );
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(
+            write_atomic(dir.path(), &bytes),
+            Err(ModelError::NotRegular)
+        );
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink("/etc/hostname", &link).unwrap();
+        assert_eq!(write_atomic(&link, &bytes), Err(ModelError::NotRegular));
+        let target = dir.path().join("m");
+        std::os::unix::fs::symlink("/etc/hostname", dir.path().join("m.tmp")).unwrap();
+        assert_eq!(write_atomic(&target, &bytes), Err(ModelError::NotRegular));
+        assert!(!target.exists());
     }
 
     #[test]

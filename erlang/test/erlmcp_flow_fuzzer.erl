@@ -13,7 +13,7 @@
 %% They keep every wait short: the delays and timeouts they give are small
 %% or invalid, never valid and long, so that a run measures robustness and
 %% not patience.
--module(erlmcp_flow_fuzz).
+-module(erlmcp_flow_fuzzer).
 
 -include_lib("proper/include/proper.hrl").
 
@@ -109,7 +109,7 @@ public_call() ->
            {erlmcp_flow_correlation_tracker, lookup, [hex_or_garbage(16)]},
            {erlmcp_flow_correlation_tracker, generate_trace_id, []},
            {erlmcp_flow_correlation_tracker, generate_span_id, []},
-           {erlmcp_flow_q_learning, load, [path()]},
+           {erlmcp_flow_q_learning, load, [read_path()]},
            {erlmcp_flow_q_learning, get_q_table, []},
            {erlmcp_flow_q_learning, explain, [requirements()]},
            {erlmcp_flow_metrics, stats, []},
@@ -131,8 +131,8 @@ nif_call() ->
            {erlmcp_flow_nif, lease_p95, [any_term()]},
            {erlmcp_flow_nif, explain, [R, caps(), key()]},
            {erlmcp_flow_nif, q_table, [R]},
-           {erlmcp_flow_nif, q_save, [R, path()]},
-           {erlmcp_flow_nif, q_load, [R, path()]},
+           {erlmcp_flow_nif, q_save, [R, write_path()]},
+           {erlmcp_flow_nif, q_load, [R, read_path()]},
            {erlmcp_flow_nif, td_update, [number_term(), number_term(), number_term(),
                                          number_term(), number_term()]},
            {erlmcp_flow_nif, reward, [number_term(), any_term(), number_term(), number_term()]},
@@ -230,10 +230,15 @@ hex_or_garbage(N) ->
     oneof([?LET(B, vector(N, elements("0123456789abcdef")), list_to_binary(B)),
            any_binary(), any_term(0)]).
 
-path() ->
+%% Files written go to this run's own directory, and nowhere else.
+write_path() ->
     oneof([?LET(B, elements([<<"a">>, <<"b">>, <<"sub/c">>]),
                 filename:join(get(fuzz_dir), B)),
-           <<"/dev/zero">>, <<"/tmp">>, <<>>, any_term(0)]).
+           <<>>, any_term(0)]).
+
+%% Files read may be anything readable, devices and directories included.
+read_path() ->
+    oneof([write_path(), <<"/dev/zero">>, <<"/dev/null">>, <<"/tmp">>, <<"/nonexistent">>]).
 
 task() ->
     oneof([#{}, #{id => any_term(0)}, #{type => any_term(0), id => any_term(0)},
