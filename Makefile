@@ -41,6 +41,13 @@ FUZZ_CALLS ?= 200000
 fuzz: build
 	FUZZ_CALLS=$(FUZZ_CALLS) rebar3 eunit --module=erlmcp_flow_fuzz_tests
 
+## Erlang line coverage of EUnit and Common Test together (the NIF's stub
+## module excluded: the NIF replaces it); the table ends with the total.
+cover: build
+	rebar3 eunit --cover
+	rebar3 ct --cover
+	rebar3 cover --verbose
+
 ## Figures: criterion benches of the core, then the Erlang bench driver.
 bench: bench-rust bench-erlang
 

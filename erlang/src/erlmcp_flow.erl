@@ -168,8 +168,10 @@ agent_stats(AgentId) ->
 %% Q-learning `episodes' and exploration rate `epsilon', `retries',
 %% `fallbacks', `overloaded' answers, breaker transitions, the decision
 %% latency histogram, the correlation store and the span export.
+%% `{error, not_started}' when the application is not running.
 -spec stats() -> #{agents := non_neg_integer(), in_flight := non_neg_integer(),
-                   episodes := non_neg_integer(), epsilon := float(), atom() => number()}.
+                   episodes := non_neg_integer(), epsilon := float(), atom() => number()}
+               | {error, not_started}.
 stats() ->
     erlmcp_flow_metrics:stats().
 

@@ -25,7 +25,6 @@
 -export([handle_call/3]).
 -export([handle_cast/2]).
 -export([handle_info/2]).
--export([terminate/2]).
 
 %% Socket options, in one place.
 -define(LISTEN_OPTS, [binary, {active, false}, {reuseaddr, true}, {backlog, 1024},
@@ -134,12 +133,6 @@ handle_info({'DOWN', _, process, Pid, _}, #state{conns = Conns} = State) ->
     {noreply, State#state{conns = maps:remove(Pid, Conns)}};
 handle_info(_Info, State) ->
     {noreply, State}.
-
-%% @private
--spec terminate(term(), #state{}) -> ok.
-terminate(_Reason, #state{socket = Socket}) ->
-    _ = gen_tcp:close(Socket),
-    ok.
 
 %%====================================================================
 %% Internal functions

@@ -73,9 +73,15 @@ add(Name, N) ->
 %% `correlation_open', `correlation_evicted', `correlation_expired') and the span export
 %% (`spans_exported', `export_failures', `spans_lost' to failed exports,
 %% `export_dropped' for want of room in the export queue).
--spec stats() -> stats().
+-spec stats() -> stats() | {error, not_started}.
 stats() ->
-    Core = erlmcp_flow_registry:router_stats(),
+    case erlmcp_flow_registry:router_if_running() of
+        undefined -> {error, not_started};
+        Router -> stats(Router)
+    end.
+
+stats(Router) ->
+    {ok, Core} = erlmcp_flow_nif:router_stats(Router),
     case persistent_term:get(?COUNTERS_KEY, undefined) of
         undefined ->
             maps:merge(maps:from_list([{K, 0} || K <- ?SLOTS]),

@@ -94,7 +94,8 @@
 -type breaker_state() :: closed | open | half_open.
 -type transition() :: {breaker, breaker_state(), breaker_state()}.
 -type model_error() :: {error, {truncated | bad_magic | unsupported_version | incompatible
-                                | checksum | trailing_bytes | io, string()}}.
+                                | checksum | trailing_bytes | non_finite | not_regular
+                                | too_large | io, string()}}.
 
 -spec init() -> ok | {error, term()}.
 init() ->

@@ -11,10 +11,14 @@
 
 -define(PREFIX, "erlmcp_flow_").
 
-%% @doc The exposition of the running application.
+%% @doc The exposition of the running application (empty when it is not
+%% running).
 -spec render() -> iodata().
 render() ->
-    render(erlmcp_flow_metrics:stats(), erlmcp_flow_metrics:agents()).
+    case erlmcp_flow_metrics:stats() of
+        {error, not_started} -> [];
+        Stats -> render(Stats, erlmcp_flow_metrics:agents())
+    end.
 
 %% @doc The media type of the exposition.
 -spec content_type() -> string().

@@ -5,7 +5,9 @@
 %% task, whatever strategy chose the agent. This server owns its file: at
 %% start it loads `q_learning.model_path' (a truncated, corrupt or
 %% incompatible file is renamed aside to `<path>.bad-<unix time>' with a
-%% warning, and the node starts fresh; the bad file is never overwritten);
+%% warning, and the node starts fresh; the bad file is never overwritten; a
+%% path that is not a regular file, or a file it cannot read, is left where
+%% it is, logged, and saving is off);
 %% then it saves the table whenever `q_learning.save_interval' more episodes
 %% have been learned (checked every second) and when it stops. Saving encodes
 %% on a dirty scheduler and writes a temporary file that is fsynced and
@@ -175,6 +177,17 @@ load_at_start(Path) ->
             logger:info("erlmcp_flow: loaded the Q-table of ~b agents (~b episodes) from ~ts",
                         [Agents, Episodes, Path]),
             Path;
+        {error, {not_regular, _}} ->
+            %% a directory, a device or a FIFO: not a model to move aside
+            logger:error("erlmcp_flow: the Q-table path ~ts is not a regular file; starting "
+                         "fresh and not saving", [Path]),
+            undefined;
+        {error, {io, _} = Reason} ->
+            %% unreadable (permissions, a vanished disk): nothing is known to be
+            %% wrong with the file, so it is neither moved nor overwritten
+            logger:error("erlmcp_flow: the Q-table file ~ts cannot be read (~p); starting "
+                         "fresh and not saving, so that it is not overwritten", [Path, Reason]),
+            undefined;
         {error, Reason} ->
             Aside = <<Path/binary, ".bad-", (integer_to_binary(erlang:system_time(second)))/binary>>,
             case file:rename(Path, Aside) of

@@ -5,7 +5,7 @@
 
 -include_lib("eunit/include/eunit.hrl").
 
--export([start/0, stop/1, stop_drained/1, unregister_all/0, with_env/2, sync_registry/0, wait_until/1, assert_clean/0,
+-export([start/0, stop/1, stop_drained/1, unregister_all/0, with_env/2, sync_registry/0, wait_until/1, wait_until/2, assert_clean/0,
          echo_agent/0, raw_agent/1, remote_pid/0]).
 
 start() ->
