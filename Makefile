@@ -6,7 +6,7 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 ERL_PATHS = -pa _build/default/lib/*/ebin
 BENCH_EBIN = _build/bench/ebin
 
-.PHONY: all setup build demo test test-rust test-erlang dialyzer bench bench-rust bench-erlang fuzz cover clean
+.PHONY: all setup build demo test test-rust test-erlang dialyzer bench bench-rust bench-erlang fuzz cover cover-rust clean
 
 all: build
 
@@ -47,6 +47,11 @@ cover: build
 	rebar3 eunit --cover
 	rebar3 ct --cover
 	rebar3 cover --verbose
+
+## Rust line coverage of the core's cargo tests; needs cargo-llvm-cov and
+## rustup's llvm-tools (not installed by setup).
+cover-rust:
+	cargo llvm-cov --package erlmcp_flow_core --summary-only
 
 ## Figures: criterion benches of the core, then the Erlang bench driver.
 bench: bench-rust bench-erlang

@@ -312,6 +312,19 @@ fn traced_task(c: &mut Criterion) {
     g.finish();
 }
 
+/// A store holding `n` finished spans of the trace `trace_id`.
+fn one_trace(trace_id: [u8; 32], n: u64, rng: &mut SmallRng) -> CorrelationStore {
+    let store = CorrelationStore::new(CorrelationConfig::default());
+    let agent: Arc<[u8]> = b"agent-7".as_slice().into();
+    let summary: Arc<[u8]> = b"review 42".as_slice().into();
+    for now in 0..n {
+        let span_id = trace::generate_span_id(rng);
+        let h = store.insert(span(trace_id, span_id, &agent, &summary), now);
+        store.close(&h, SpanOutcome::Ok, None, now);
+    }
+    store
+}
+
 /// The worst cases a call on a normal scheduler may meet at 10 000 agents
 /// and 100 000 spans, and what the dirty ones cost.
 fn worst_cases(c: &mut Criterion) {
@@ -352,23 +365,9 @@ fn worst_cases(c: &mut Criterion) {
         })
     });
     // the correlation store full, 100 000 spans in one trace
-    let store = CorrelationStore::new(CorrelationConfig::default());
     let mut rng = SmallRng::seed_from_u64(13);
     let trace_id = trace::generate_trace_id(&mut rng);
-    let agent: Arc<[u8]> = b"agent-7".as_slice().into();
-    let summary: Arc<[u8]> = b"review 42".as_slice().into();
-    for now in 0..100_000u64 {
-        let h = store.insert(
-            span(
-                trace_id,
-                trace::generate_span_id(&mut rng),
-                &agent,
-                &summary,
-            ),
-            now,
-        );
-        store.close(&h, SpanOutcome::Ok, None, now);
-    }
+    let store = one_trace(trace_id, 100_000, &mut rng);
     g.bench_function("chain/100000_spans (dirty)", |b| {
         b.iter(|| store.chain(black_box(&trace_id)).len())
     });
@@ -381,19 +380,7 @@ fn worst_cases(c: &mut Criterion) {
     });
     // what an insert into the same shard waits for at most while a chain
     // is read: one step of 256 spans
-    let shard_peer = CorrelationStore::new(CorrelationConfig::default());
-    for now in 0..256u64 {
-        let h = shard_peer.insert(
-            span(
-                trace_id,
-                trace::generate_span_id(&mut rng),
-                &agent,
-                &summary,
-            ),
-            now,
-        );
-        shard_peer.close(&h, SpanOutcome::Ok, None, now);
-    }
+    let shard_peer = one_trace(trace_id, 256, &mut rng);
     g.bench_function("chain/256_spans (one step under the lock)", |b| {
         b.iter(|| shard_peer.chain(black_box(&trace_id)).len())
     });

@@ -34,17 +34,17 @@ pub struct Hot {
 
 /// The cell of a hole in a snapshot's slots: as many tasks in flight as a
 /// cell can count, so no strategy admits it.
-static DEAD: Hot = Hot {
-    in_flight: AtomicU32::new(u32::MAX),
-    condition: AtomicU8::new(UNMEASURED),
-    breaker: AtomicU8::new(0),
-    value: AtomicU64::new(0),
-};
+static DEAD: Hot = Hot::holding(u32::MAX);
 
 impl Hot {
     fn new() -> Hot {
+        Hot::holding(0)
+    }
+
+    /// A cell of an unmeasured agent with `in_flight` tasks in flight.
+    const fn holding(in_flight: u32) -> Hot {
         Hot {
-            in_flight: AtomicU32::new(0),
+            in_flight: AtomicU32::new(in_flight),
             condition: AtomicU8::new(UNMEASURED),
             breaker: AtomicU8::new(0),
             value: AtomicU64::new(0),

@@ -10,7 +10,7 @@ use rand::{Rng, RngExt};
 
 use crate::learning::StateIndexer;
 use crate::routing::agents::{Agent, Candidates, Snapshot};
-use crate::routing::hot::Hot;
+use crate::routing::hot::{Hot, HotCell};
 use crate::shared::Shared;
 
 /// The strategies a decision can use, named in configuration and requests by
@@ -296,9 +296,10 @@ fn argmin_hot<P, R: Rng + ?Sized>(
             f64::INFINITY
         }
     };
-    if cands.all {
-        let (i, cost) = argmin_random_ties(hot.len(), rng, |i| priced(i as u32, hot[i].get()));
-        (i as u32, cost)
+    // every slot a candidate (every agent, or a list as long as the slots:
+    // distinct and ascending, so 0..len): the cells in order, no indirection
+    if cands.all || cands.slots.len() == hot.len() {
+        argmin_cells(hot, rng, priced)
     } else {
         let candidates = cands.slots;
         let (i, cost) = argmin_random_ties(candidates.len(), rng, |i| {
@@ -307,6 +308,44 @@ fn argmin_hot<P, R: Rng + ?Sized>(
         });
         (candidates[i], cost)
     }
+}
+
+/// [`argmin_random_ties`] over every cell of a snapshot, in order: the slot
+/// of the lowest cost and that cost. Written over the slice's iterator, so
+/// that the loop carries no bounds check and keeps its best in registers.
+#[inline]
+fn argmin_cells<R: Rng + ?Sized>(
+    cells: &[HotCell],
+    rng: &mut R,
+    cost: impl Fn(u32, &Hot) -> f64,
+) -> (u32, f64) {
+    let mut best = 0u32;
+    let mut best_cost = f64::INFINITY;
+    let mut ties = 0u32;
+    for (i, c) in cells.iter().enumerate() {
+        let v = cost(i as u32, c.get());
+        if v < best_cost {
+            best = i as u32;
+            best_cost = v;
+            ties = 1;
+        } else if v == best_cost {
+            ties += 1;
+        }
+    }
+    if ties > 1 {
+        let mut k = rng.random_range(0..ties);
+        // costs are live: if one moved since the first pass the tie is
+        // gone, and the first of them stays the answer
+        for (i, c) in cells.iter().enumerate().skip(best as usize) {
+            if cost(i as u32, c.get()) == best_cost {
+                if k == 0 {
+                    return (i as u32, best_cost);
+                }
+                k -= 1;
+            }
+        }
+    }
+    (best, best_cost)
 }
 
 /// The slot of a scan's winner, or the refusal when even the winner costs
