@@ -135,6 +135,10 @@ fn ring(c: &mut Criterion) {
     g.bench_function("rebuild/1000x150", |b| {
         b.iter(|| Ring::build(ids.iter().map(|v| v.as_slice()), 150))
     });
+    let small = Ring::build(ids[..60].iter().map(|v| v.as_slice()), 150);
+    g.bench_function("with_agent/60x150", |b| {
+        b.iter(|| small.with_agent(b"one-more", 60).len())
+    });
     let ring = Ring::build(ids.iter().map(|v| v.as_slice()), 150);
     let jump = jumphash::JumpHasher::new();
     let mut k = 0u64;
@@ -327,6 +331,35 @@ fn one_trace(trace_id: [u8; 32], n: u64, rng: &mut SmallRng) -> CorrelationStore
 
 /// The worst cases a call on a normal scheduler may meet at 10 000 agents
 /// and 100 000 spans, and what the dirty ones cost.
+/// One agent added to the table and taken out again: a membership change,
+/// which publishes a new snapshot each time.
+fn insert_remove(r: &Router<usize>) -> impl FnMut(&mut criterion::Bencher) + '_ {
+    let mut n = 0u64;
+    move |b| {
+        b.iter(|| {
+            n += 1;
+            let id = format!("extra-{n}");
+            r.agents()
+                .insert(AgentSpec::new(id.clone(), 0, vec![b"work".to_vec()]))
+                .expect("fresh id");
+            r.agents().remove(id.as_bytes()).expect("just added")
+        })
+    }
+}
+
+/// How a membership change grows with the table: the agents' slots, the
+/// capability's candidate list and the ring's delta are copied, the rest
+/// of a snapshot is shared.
+fn membership(c: &mut Criterion) {
+    let mut g = c.benchmark_group("membership");
+    g.sample_size(20);
+    for n in [60, 1_000, 10_000] {
+        let r = router(n);
+        g.bench_function(BenchmarkId::new("insert_remove", n), insert_remove(&r));
+    }
+    g.finish();
+}
+
 fn worst_cases(c: &mut Criterion) {
     let mut g = c.benchmark_group("worst");
     g.sample_size(20);
@@ -353,17 +386,7 @@ fn worst_cases(c: &mut Criterion) {
         b.iter(|| r.explain(WORK, 0).len())
     });
     // membership: one agent added to 10 000 and taken out again
-    let mut n = 0u64;
-    g.bench_function("membership/insert_remove/10000", |b| {
-        b.iter(|| {
-            n += 1;
-            let id = format!("extra-{n}");
-            r.agents()
-                .insert(AgentSpec::new(id.clone(), 0, vec![b"work".to_vec()]))
-                .expect("fresh id");
-            r.agents().remove(id.as_bytes()).expect("just added")
-        })
-    });
+    g.bench_function("membership/insert_remove/10000", insert_remove(&r));
     // the correlation store full, 100 000 spans in one trace
     let mut rng = SmallRng::seed_from_u64(13);
     let trace_id = trace::generate_trace_id(&mut rng);
@@ -401,6 +424,7 @@ criterion_group!(
     trace_ids,
     correlation,
     traced_task,
+    membership,
     worst_cases
 );
 criterion_main!(benches);

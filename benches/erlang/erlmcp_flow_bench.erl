@@ -16,7 +16,9 @@
 %%   ets:lookup/2 on a table of the same size, in the same run;
 %% - circuit-breaker checks per second (erlmcp_flow_circuit_breaker:
 %%   allow_request/1 on a closed breaker), to set beside fuse's documented
-%%   figure of about 2 million asks per second.
+%%   figure of about 2 million asks per second;
+%% - the cost of one registration and its removal at 60, 1 000 and 10 000
+%%   agents.
 %% Each throughput is the median of 3 runs of 1 s.
 -module(erlmcp_flow_bench).
 
@@ -101,7 +103,33 @@ run() ->
               [element(3, lists:nth(13, Rows)) / 1.0e6, element(3, lists:nth(14, Rows)) / 1.0e6]),
     _ = FuseAsks,
     io:format("~nfind_agent/1 runs at ~.2f of a plain ets:lookup/2 (1 process)~n", [Ratio]),
+    io:format("~nregister_agent/3 + unregister_agent/1 of one more agent, mean of 200 (us):~n"),
+    _ = lists:foldl(fun(Size, Have) ->
+                            grow(Have, Size),
+                            io:format("  at ~6b agents ~10.1f~n", [Size, registration(200)]),
+                            Size
+                    end, ?AGENTS, [?AGENTS, 1000, 10000]),
     ok.
+
+%% Registers agents (each its own process) until the registry holds `Size'.
+grow(Have, Size) ->
+    [ok = erlmcp_flow:register_agent(iolist_to_binary(io_lib:format("grow-~b", [I])),
+                                     spawn_link(fun echo/0), [?CAP])
+     || I <- lists:seq(Have + 1, Size)],
+    ok.
+
+%% The mean time of one registration and its removal at the registry's
+%% current size: each one changes the core's table (a new snapshot).
+registration(N) ->
+    Pid = spawn_link(fun echo/0),
+    Ids = [iolist_to_binary(io_lib:format("extra-~b", [I])) || I <- lists:seq(1, N)],
+    {T, ok} = timer:tc(fun() ->
+                               lists:foreach(fun(Id) ->
+                                                     ok = erlmcp_flow:register_agent(Id, Pid, [?CAP]),
+                                                     ok = erlmcp_flow:unregister_agent(Id)
+                                             end, Ids)
+                       end),
+    T / N.
 
 echo() ->
     receive

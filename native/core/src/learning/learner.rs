@@ -49,8 +49,8 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
-use rustc_hash::FxHashMap;
-use std::collections::VecDeque;
+use ahash::RandomState;
+use std::collections::BTreeMap;
 
 /// Most task classes: each adds [`STATES`] values to every agent's row.
 pub const MAX_TASK_CLASSES: u32 = 256;
@@ -547,23 +547,66 @@ pub type IdRow = (Box<[u8]>, QRow);
 
 /// Rows by agent id: those of registered agents and, up to a bound, of agents
 /// that left, so that an agent coming back finds what it learned.
+///
+/// Ids come from outside, so the index hashes them with a key drawn per
+/// store. Each dormant row carries its place in the line of dormant rows, so
+/// that an agent coming back leaves the line in O(log n), whatever its
+/// length.
 #[derive(Debug)]
 pub struct QStore {
     rows: Mutex<StoreInner>,
     max_dormant: usize,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct StoreInner {
-    rows: FxHashMap<Box<[u8]>, QRow>,
-    /// Ids of rows whose agent left, oldest first.
-    dormant: VecDeque<Box<[u8]>>,
+    rows: hashbrown::HashMap<Box<[u8]>, Stored, RandomState>,
+    /// Ids of rows whose agent left, by the order they left in.
+    dormant: BTreeMap<u64, Box<[u8]>>,
+    next: u64,
+}
+
+#[derive(Debug)]
+struct Stored {
+    row: QRow,
+    /// Its key in `dormant` while its agent is away.
+    dormant: Option<u64>,
+}
+
+impl StoreInner {
+    fn new() -> StoreInner {
+        StoreInner {
+            rows: hashbrown::HashMap::with_hasher(RandomState::new()),
+            dormant: BTreeMap::new(),
+            next: 0,
+        }
+    }
+
+    /// Puts the row of `id` at the end of the dormant line.
+    fn send_away(&mut self, id: &[u8]) {
+        if let Some(stored) = self.rows.get_mut(id)
+            && stored.dormant.is_none()
+        {
+            stored.dormant = Some(self.next);
+            self.dormant.insert(self.next, id.into());
+            self.next += 1;
+        }
+    }
+
+    /// Drops the rows that left first until at most `max` are dormant.
+    fn trim(&mut self, max: usize) {
+        while self.dormant.len() > max {
+            if let Some((_, id)) = self.dormant.pop_first() {
+                self.rows.remove(&id);
+            }
+        }
+    }
 }
 
 impl QStore {
     pub fn new(max_dormant: usize) -> QStore {
         QStore {
-            rows: Mutex::new(StoreInner::default()),
+            rows: Mutex::new(StoreInner::new()),
             max_dormant: max_dormant.min(MAX_DORMANT_ROWS),
         }
     }
@@ -575,34 +618,39 @@ impl QStore {
     /// The row of `id`, made at the priors if there is none.
     pub fn checkout(&self, id: &[u8], config: &QConfig) -> QRow {
         let mut inner = self.inner();
-        if let Some(pos) = inner.dormant.iter().position(|d| &**d == id) {
-            inner.dormant.remove(pos);
+        let inner = &mut *inner;
+        if let Some(stored) = inner.rows.get_mut(id) {
+            if let Some(at) = stored.dormant.take() {
+                inner.dormant.remove(&at);
+            }
+            return stored.row.clone();
         }
-        inner
-            .rows
-            .entry(id.into())
-            .or_insert_with(|| QRow::new(config))
-            .clone()
+        let row = QRow::new(config);
+        inner.rows.insert(
+            id.into(),
+            Stored {
+                row: row.clone(),
+                dormant: None,
+            },
+        );
+        row
     }
 
     /// Marks the row of `id` as belonging to an agent that left.
     pub fn release(&self, id: &[u8]) {
         let mut inner = self.inner();
-        if inner.rows.contains_key(id) {
-            inner.dormant.push_back(id.into());
-        }
-        while inner.dormant.len() > self.max_dormant {
-            if let Some(old) = inner.dormant.pop_front() {
-                inner.rows.remove(&old);
-            }
-        }
+        inner.send_away(id);
+        inner.trim(self.max_dormant);
+    }
+
+    /// Rows of agents that left, kept for their return.
+    pub fn dormant(&self) -> usize {
+        self.inner().dormant.len()
     }
 
     /// Drops every row (the router that owns the store is gone).
     pub fn clear(&self) {
-        let mut inner = self.inner();
-        inner.rows = Default::default();
-        inner.dormant = VecDeque::new();
+        *self.inner() = StoreInner::new();
     }
 
     /// Every row with its id, sorted by id.
@@ -611,7 +659,7 @@ impl QStore {
         let mut v: Vec<_> = inner
             .rows
             .iter()
-            .map(|(k, r)| (k.clone(), r.clone()))
+            .map(|(k, s)| (k.clone(), s.row.clone()))
             .collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
         v
@@ -622,25 +670,24 @@ impl QStore {
     pub fn load(&self, entries: Vec<SavedRow>, config: &QConfig) {
         let mut inner = self.inner();
         for (id, cells) in entries {
-            let id: Box<[u8]> = id.into_boxed_slice();
-            let row = match inner.rows.get(&id) {
-                Some(r) => r.clone(),
+            let row = match inner.rows.get(id.as_slice()) {
+                Some(s) => s.row.clone(),
                 None => {
-                    let r = QRow::new(config);
-                    inner.rows.insert(id.clone(), r.clone());
-                    inner.dormant.push_back(id);
-                    r
+                    let row = QRow::new(config);
+                    let stored = Stored {
+                        row: row.clone(),
+                        dormant: None,
+                    };
+                    inner.rows.insert(id.as_slice().into(), stored);
+                    inner.send_away(&id);
+                    row
                 }
             };
             for (i, (v, n)) in cells.into_iter().enumerate().take(row.len()) {
                 row.set(i, v, n);
             }
         }
-        while inner.dormant.len() > self.max_dormant {
-            if let Some(old) = inner.dormant.pop_front() {
-                inner.rows.remove(&old);
-            }
-        }
+        inner.trim(self.max_dormant);
     }
 }
 
@@ -803,5 +850,35 @@ mod tests {
         }
         // a was released first and the bound is 2: gone
         assert_ne!(store.checkout(b"a", &c).value(0), 42.0);
+    }
+
+    #[test]
+    fn a_row_is_in_the_dormant_line_once_and_leaves_it_on_return() {
+        let c = QConfig::default();
+        let store = QStore::new(3);
+        for id in [&b"a"[..], b"b", b"c"] {
+            store.checkout(id, &c).set(0, 7.0, 1);
+        }
+        // released twice (a removal reported twice): still one place
+        store.release(b"a");
+        store.release(b"a");
+        store.release(b"b");
+        assert_eq!(store.dormant(), 2);
+        // b comes back: it leaves the line; c leaves; a and c are dormant
+        store.checkout(b"b", &c);
+        store.release(b"c");
+        assert_eq!(store.dormant(), 2);
+        // two more leave: the bound of 3 drops a, the oldest, and keeps c
+        for id in [&b"d"[..], b"e"] {
+            store.checkout(id, &c);
+            store.release(id);
+        }
+        assert_eq!(store.dormant(), 3);
+        assert_eq!(store.checkout(b"c", &c).value(0), 7.0);
+        assert_eq!(store.checkout(b"b", &c).value(0), 7.0);
+        assert_ne!(store.checkout(b"a", &c).value(0), 7.0);
+        // a release of an id with no row keeps nothing
+        store.release(b"never");
+        assert_eq!(store.dormant(), 2);
     }
 }

@@ -53,9 +53,9 @@ impl Points {
         let mut next = 0;
         for (p, &(h, _)) in points.iter().enumerate() {
             let b = (h >> shift) as usize;
-            while next <= b {
-                index[next] = p as u32;
-                next += 1;
+            if b >= next {
+                index[next..=b].fill(p as u32);
+                next = b + 1;
             }
         }
         Points {
