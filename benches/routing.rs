@@ -35,7 +35,9 @@ use erlmcp_flow_core::tracing::context as trace;
 use erlmcp_flow_core::tracing::correlation::{
     CorrelationConfig, CorrelationStore, Opened, SpanOutcome,
 };
-use erlmcp_flow_core::{AgentSpec, Clock, Outcome, Request, Router, RouterConfig, Strategy};
+use erlmcp_flow_core::{
+    Admission, AgentSpec, Clock, Outcome, Request, Router, RouterConfig, Strategy,
+};
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
 
@@ -180,9 +182,9 @@ fn breaker(c: &mut Criterion) {
     });
     g.bench_function("breaker_allow_record/by_id", |b| {
         b.iter(|| {
-            let allowed = r.breaker_allow(black_box(b"agent-7")).expect("agent");
+            let (allowed, _) = r.breaker_allow(black_box(b"agent-7")).expect("agent");
             r.breaker_record(b"agent-7", true, 10).expect("agent");
-            allowed
+            matches!(allowed, Admission::Call)
         })
     });
     g.finish();

@@ -4,7 +4,9 @@
 
 use std::collections::VecDeque;
 
-use erlmcp_flow_core::{AgentSpec, BreakerConfig, BreakerState, Clock, Router, RouterConfig};
+use erlmcp_flow_core::{
+    Admission, AgentSpec, BreakerConfig, BreakerState, Clock, Router, RouterConfig,
+};
 use proptest::prelude::*;
 
 #[derive(Debug, Clone)]
@@ -228,18 +230,26 @@ proptest! {
                 Op::Allow => {
                     let (granted, _) = r.breaker_allow(b"a").unwrap();
                     let expected = m.allow();
-                    prop_assert_eq!(granted.is_some(), expected.is_some());
-                    if let (Some(g), Some(e)) = (granted, expected) {
-                        prop_assert_eq!(g.is_probe(), e != ModelPermit::Call);
-                        held.push_back((g, e));
+                    match (granted, expected) {
+                        (Admission::Denied, None) => {}
+                        (Admission::Call, Some(ModelPermit::Call)) => {
+                            held.push_back((None, ModelPermit::Call))
+                        }
+                        (Admission::Probe(g), Some(e)) if e != ModelPermit::Call => {
+                            held.push_back((Some(g), e))
+                        }
+                        (granted, expected) => {
+                            prop_assert!(false, "granted {granted:?}, the model {expected:?}")
+                        }
                     }
                 }
                 Op::Record { ok, latency_us } => match held.pop_front() {
-                    Some((g, e)) => {
+                    Some((Some(g), e)) => {
                         prop_assert!(g.record(ok, latency_us).is_some());
                         m.record(e, ok, latency_us);
                     }
-                    None => {
+                    // a plain call (held or not) is recorded by agent id
+                    Some((None, _)) | None => {
                         r.breaker_record(b"a", ok, latency_us).unwrap();
                         m.record(ModelPermit::Call, ok, latency_us);
                     }

@@ -29,7 +29,9 @@ pub use error::FlowError;
 pub use learning::{EpsilonSchedule, QConfig, State};
 pub use resilience::breaker::{BreakerConfig, BreakerState, Transition, WindowKind};
 pub use routing::agents::{Agent, AgentKind, AgentSpec, AgentTable, Snapshot};
-pub use routing::router::{CallPermit, Completion, Explained, Lease, Request, Router, RouterStats};
+pub use routing::router::{
+    Admission, Completion, Explained, Lease, ProbePermit, Request, Router, RouterStats,
+};
 pub use routing::stats::{AgentStats, StatsView};
 pub use routing::strategy::Strategy;
 pub use shared::{Outcome, RouterConfig, Shared};

@@ -6,8 +6,8 @@ use erlmcp_flow_core::routing::router::SpanRequest;
 
 use crate::tracing::TaskSpanResource;
 use erlmcp_flow_core::{
-    AgentKind, AgentSpec, BreakerState, CallPermit, Clock, FlowError, Lease, Outcome, Request,
-    Router, RouterConfig, Strategy, Transition, WindowKind,
+    Admission, AgentKind, AgentSpec, BreakerState, Clock, FlowError, Lease, Outcome, ProbePermit,
+    Request, Router, RouterConfig, Strategy, Transition, WindowKind,
 };
 use rustler::types::tuple::make_tuple;
 use rustler::{
@@ -538,7 +538,7 @@ fn lease_p95<'a>(env: Env<'a>, lease: Term<'a>) -> Term<'a> {
 /// caller keeps it until it records the call's outcome; if the caller dies
 /// first, the garbage collector drops it and the probe's slot comes back.
 pub struct ProbeResource {
-    permit: CallPermit<LocalPid>,
+    permit: ProbePermit<LocalPid>,
 }
 
 #[rustler::resource_impl]
@@ -554,12 +554,12 @@ fn breaker_allow<'a>(env: Env<'a>, router: Term<'a>, id: Term<'a>) -> Term<'a> {
         let (permit, t) = r.router.breaker_allow(nonempty_binary(id, "agent_id")?)?;
         let t = maybe_transition(env, t);
         Ok(match permit {
-            None => (atoms::deny(), t).encode(env),
-            Some(p) if p.is_probe() => {
+            Admission::Denied => (atoms::deny(), t).encode(env),
+            Admission::Call => (atoms::allow(), atoms::call(), t).encode(env),
+            Admission::Probe(p) => {
                 let probe = ResourceArc::new(ProbeResource { permit: p });
                 (atoms::allow(), probe, t).encode(env)
             }
-            Some(_) => (atoms::allow(), atoms::call(), t).encode(env),
         })
     };
     reply(env, run())

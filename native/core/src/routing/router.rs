@@ -178,29 +178,36 @@ impl<P> Drop for Lease<P> {
     }
 }
 
-/// A call that one agent's breaker granted outside routing (the Erlang
-/// API's `allow_request/1`): a plain call, or one of the half-open probes.
-/// Recorded once with [`CallPermit::record`]; a probe dropped unrecorded (its
-/// holder died) gives its slot back, and one held unrecorded past the open
-/// timeout counts as failed (see [`crate::resilience::breaker`]).
+/// What one agent's breaker answered a call asked outside routing (the
+/// Erlang API's `allow_request/1`).
 #[derive(Debug)]
-pub struct CallPermit<P> {
+pub enum Admission<P> {
+    /// Refused: the breaker is open, or half-open with every probe out.
+    Denied,
+    /// A plain call of a closed breaker: its outcome is recorded by agent id
+    /// ([`Router::breaker_record`]).
+    Call,
+    /// One of a half-open breaker's probes, recorded through its permit.
+    Probe(ProbePermit<P>),
+}
+
+/// One of a half-open breaker's probes, granted outside routing. Recorded
+/// once with [`ProbePermit::record`]; dropped unrecorded (its holder died) it
+/// gives its slot back, and one held unrecorded past the open timeout counts
+/// as failed (see [`crate::resilience::breaker`]).
+#[derive(Debug)]
+pub struct ProbePermit<P> {
     agent: Arc<Agent<P>>,
     permit: Permit,
     settled: AtomicBool,
 }
 
-impl<P> CallPermit<P> {
-    /// Whether this call is one of the half-open probes.
-    pub fn is_probe(&self) -> bool {
-        matches!(self.permit, Permit::Probe { .. })
-    }
-
+impl<P> ProbePermit<P> {
     pub fn agent(&self) -> &Arc<Agent<P>> {
         &self.agent
     }
 
-    /// Records the call's outcome: the transition it caused, or `None`
+    /// Records the probe's outcome: the transition it caused, or `None`
     /// when it was recorded already.
     pub fn record(&self, ok: bool, latency_us: u64) -> Option<Recorded> {
         if self.settled.swap(true, Ordering::AcqRel) {
@@ -219,14 +226,14 @@ impl<P> CallPermit<P> {
     }
 }
 
-/// What recording a [`CallPermit`] did.
+/// What recording a [`ProbePermit`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Recorded {
     /// The breaker transition the outcome caused.
     pub transition: Option<Transition>,
 }
 
-impl<P> Drop for CallPermit<P> {
+impl<P> Drop for ProbePermit<P> {
     fn drop(&mut self) {
         if !*self.settled.get_mut() {
             let config = &self.agent.shared().config.breaker;
@@ -699,13 +706,10 @@ impl<P> Router<P> {
     }
 
     /// Asks agent `id`'s breaker for a call outside routing (a half-open
-    /// breaker hands out one of its probes): the permit when granted, and
-    /// the transition asking caused.
-    #[allow(clippy::type_complexity)]
-    pub fn breaker_allow(
-        &self,
-        id: &[u8],
-    ) -> Result<(Option<CallPermit<P>>, Option<Transition>), FlowError>
+    /// breaker hands out one of its probes), and the transition asking
+    /// caused. A closed breaker's answer holds nothing: only a probe keeps
+    /// its agent.
+    pub fn breaker_allow(&self, id: &[u8]) -> Result<(Admission<P>, Option<Transition>), FlowError>
     where
         P: Send + Sync + 'static,
     {
@@ -717,18 +721,22 @@ impl<P> Router<P> {
                 agent
                     .breaker()
                     .acquire(hot, &shared.config.breaker, shared.clock.now_us());
-            let permit = permit.map(|permit| CallPermit {
-                agent: Arc::clone(agent),
-                permit,
-                settled: AtomicBool::new(false),
-            });
-            Ok((permit, shared.count(t)))
+            let admission = match permit {
+                None => Admission::Denied,
+                Some(Permit::Call) => Admission::Call,
+                Some(permit) => Admission::Probe(ProbePermit {
+                    agent: Arc::clone(agent),
+                    permit,
+                    settled: AtomicBool::new(false),
+                }),
+            };
+            Ok((admission, shared.count(t)))
         })
     }
 
     /// Records the outcome of a call made without a permit in hand: a plain
     /// call, which counts only while the breaker is closed (a probe's
-    /// outcome is recorded through its [`CallPermit`]).
+    /// outcome is recorded through its [`ProbePermit`]).
     pub fn breaker_record(
         &self,
         id: &[u8],
