@@ -18,7 +18,8 @@
 %%   allow_request/1 on a closed breaker), to set beside fuse's documented
 %%   figure of about 2 million asks per second;
 %% - the cost of one registration and its removal at 60, 1 000 and 10 000
-%%   agents.
+%%   agents; one process registered under 10 000 ids, and 10 000 agents
+%%   killed at once: how long until the registry has them out of routing.
 %% Each throughput is the median of 3 runs of 1 s.
 -module(erlmcp_flow_bench).
 
@@ -109,7 +110,39 @@ run() ->
                             io:format("  at ~6b agents ~10.1f~n", [Size, registration(200)]),
                             Size
                     end, ?AGENTS, [?AGENTS, 1000, 10000]),
+    #{agents := Others} = erlmcp_flow:stats(),
+    io:format("~nbeside ~b other agents:~n", [Others]),
+    Many = spawn(fun echo/0),
+    {RegUs, ok} = timer:tc(fun() ->
+                                   lists:foreach(
+                                     fun(I) ->
+                                             Id = iolist_to_binary(io_lib:format("many-~b", [I])),
+                                             ok = erlmcp_flow:register_agent(Id, Many, [<<"many">>])
+                                     end, lists:seq(1, 10000))
+                           end),
+    io:format("  one process under 10 000 ids: registered in ~.2f s, "
+              "out of routing ~.1f ms after its death~n",
+              [RegUs / 1.0e6, kill_all([Many]) / 1000]),
+    [] = erlmcp_flow:query_agents([<<"many">>]),
+    Dying = [spawn(fun echo/0) || _ <- lists:seq(1, 10000)],
+    lists:foreach(fun({I, Pid}) ->
+                          Id = iolist_to_binary(io_lib:format("dying-~b", [I])),
+                          ok = erlmcp_flow:register_agent(Id, Pid, [<<"dying">>])
+                  end, lists:zip(lists:seq(1, 10000), Dying)),
+    io:format("  10 000 agents killed at once: out of routing ~.1f ms after their deaths~n",
+              [kill_all(Dying) / 1000]),
+    [] = erlmcp_flow:query_agents([<<"dying">>]),
     ok.
+
+%% Kills `Pids', waits for their deaths, then for the registry to have handled
+%% every message sent before ours (their 'DOWN's): microseconds from the kill.
+kill_all(Pids) ->
+    Refs = [erlang:monitor(process, P) || P <- Pids],
+    T0 = erlang:monotonic_time(microsecond),
+    [exit(P, kill) || P <- Pids],
+    [receive {'DOWN', R, process, _, _} -> ok end || R <- Refs],
+    _ = sys:get_state(erlmcp_flow_registry),
+    erlang:monotonic_time(microsecond) - T0.
 
 %% Registers agents (each its own process) until the registry holds `Size'.
 grow(Have, Size) ->
