@@ -6,7 +6,7 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 ERL_PATHS = -pa _build/default/lib/*/ebin
 BENCH_EBIN = _build/bench/ebin
 
-.PHONY: all setup build demo test test-rust test-erlang dialyzer bench bench-rust bench-erlang fuzz cover cover-rust clean
+.PHONY: all setup build demo test test-rust test-erlang check-otp27 dialyzer bench bench-rust bench-erlang fuzz cover cover-rust clean
 
 all: build
 
@@ -29,11 +29,19 @@ test-rust:
 	cargo clippy --locked --all-targets -- -D warnings
 	cargo test --locked
 
-test-erlang:
+test-erlang: check-otp27
 	rebar3 do compile, xref
 	rebar3 eunit
 	rebar3 ct
 	rebar3 dialyzer
+
+## OTP 27 reserves `maybe` and `else` (the maybe_expr feature, on by default
+## there): every source, test and bench module must compile with it on. OTP 25
+## can enable it at compile time; the beams go to a scratch directory.
+check-otp27:
+	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	ERL_FLAGS="-enable-feature maybe_expr" erlc -enable-feature maybe_expr -pa "$$tmp" -o "$$tmp" erlang/src/*.erl erlang/test/*.erl benches/erlang/*.erl && \
+	echo "check-otp27: every module compiles with maybe_expr enabled"
 
 ## A long fuzz run (CI runs 4 000 calls): random and targeted terms into
 ## every exported function; FUZZ_CALLS sets how many.

@@ -109,46 +109,49 @@ route_task(Task, Requirements) ->
 %% @doc Registers `Pid' as the agent `AgentId' with its capabilities. The
 %% registration lasts until `unregister_agent/1' or the process's death.
 -spec register_agent(agent_id(), pid(), [capability(), ...]) ->
-          ok | {error, already_registered | {badarg, atom()}}.
+          ok | {error, already_registered | not_started | erlmcp_flow_registry:badarg()}.
 register_agent(AgentId, Pid, Capabilities) ->
     erlmcp_flow_registry:register_agent(AgentId, Pid, Capabilities).
 
 %% @doc As `register_agent/3' with options: `#{weight => W}', a positive
 %% number the `weighted' strategy multiplies the agent's share by (default 1).
+%% Another key is `{error, {badarg, {unknown_option, Key}}}'.
 -spec register_agent(agent_id(), pid(), [capability(), ...], erlmcp_flow_registry:agent_opts()) ->
-          ok | {error, already_registered | {badarg, atom()}}.
+          ok | {error, already_registered | not_started | erlmcp_flow_registry:badarg()}.
 register_agent(AgentId, Pid, Capabilities, Opts) ->
     erlmcp_flow_registry:register_agent(AgentId, Pid, Capabilities, Opts).
 
 %% @doc Registers a swarm: `CoordinatorPid' answers the agent protocol on
 %% behalf of its members (see `erlmcp_flow_swarm').
 -spec register_swarm(agent_id(), pid(), [capability(), ...]) ->
-          ok | {error, already_registered | {badarg, atom()}}.
+          ok | {error, already_registered | not_started | erlmcp_flow_registry:badarg()}.
 register_swarm(SwarmId, CoordinatorPid, Capabilities) ->
     erlmcp_flow_registry:register_swarm(SwarmId, CoordinatorPid, Capabilities).
 
 %% @doc Removes an agent or swarm. Unknown ids are ignored.
--spec unregister_agent(agent_id()) -> ok | {error, {badarg, agent_id}}.
+-spec unregister_agent(agent_id()) -> ok | {error, not_started | {badarg, agent_id}}.
 unregister_agent(AgentId) ->
     erlmcp_flow_registry:unregister_agent(AgentId).
 
 %% @doc The pid of a registered agent or swarm.
--spec find_agent(agent_id()) -> {ok, pid()} | {error, not_found | {badarg, agent_id}}.
+-spec find_agent(agent_id()) -> {ok, pid()} | {error, not_found | not_started | {badarg, agent_id}}.
 find_agent(AgentId) ->
     erlmcp_flow_registry:find_agent(AgentId).
 
 %% @doc The pids of the agents and swarms holding `Capability'.
--spec find_agents_by_capability(capability()) -> [pid()].
+-spec find_agents_by_capability(capability()) ->
+          [pid()] | {error, not_started | {badarg, capability}}.
 find_agents_by_capability(Capability) ->
     erlmcp_flow_registry:find_agents_by_capability(Capability).
 
-%% @doc The ids, sorted, of the agents and swarms holding all of `Capabilities'.
--spec query_agents([capability()]) -> [agent_id()].
+%% @doc The ids, sorted, of the agents and swarms holding all of
+%% `Capabilities' (all of them for `[]').
+-spec query_agents([capability()]) -> [agent_id()] | {error, not_started | {badarg, capabilities}}.
 query_agents(Capabilities) ->
     erlmcp_flow_registry:query_agents(Capabilities).
 
 %% @doc The number of tasks in flight on an agent; 0 for an unknown id.
--spec get_agent_load(agent_id()) -> non_neg_integer().
+-spec get_agent_load(agent_id()) -> non_neg_integer() | {error, not_started | {badarg, agent_id}}.
 get_agent_load(AgentId) ->
     erlmcp_flow_registry:get_agent_load(AgentId).
 
@@ -158,7 +161,7 @@ get_agent_load(AgentId) ->
 %% `p99_us' (an HDR histogram; `undefined' before the first answer), its
 %% `weight', `breaker' state (`closed', `open', `half_open') and half-open
 %% `probes' in flight.
--spec agent_stats(agent_id()) -> {ok, map()} | {error, not_found | {badarg, agent_id}}.
+-spec agent_stats(agent_id()) -> {ok, map()} | {error, not_found | not_started | {badarg, agent_id}}.
 agent_stats(AgentId) ->
     erlmcp_flow_registry:agent_stats(AgentId).
 
@@ -179,7 +182,8 @@ stats() ->
 %% and `task_class'): every candidate with its Q-learning state
 %% `{LoadLevel, SuccessBucket, LatencyBucket, Class}', learned `q_value' and
 %% `visits', live figures and `softmax' probability, best value first; and
-%% the top three with their softmax confidence.
+%% the top three with their softmax confidence. `Requirements' are checked
+%% as `execute/2' checks them.
 -spec explain(requirements()) ->
           {ok, #{candidates := [map()], top := [{agent_id(), float()}]}} | {error, term()}.
 explain(Requirements) ->

@@ -42,9 +42,10 @@
 %% @doc Asks agent `AgentId''s breaker for a call. In half-open state an
 %% allowed call is one of the probes, held by the calling process until it
 %% records the result.
--spec allow_request(erlmcp_flow:agent_id()) -> allow | deny | {error, not_found | {badarg, atom()}}.
+-spec allow_request(erlmcp_flow:agent_id()) ->
+          allow | deny | {error, not_found | not_started | {badarg, atom()}}.
 allow_request(AgentId) ->
-    allow(erlmcp_flow_registry:router(), AgentId).
+    erlmcp_flow_registry:with_router(fun(Router) -> allow(Router, AgentId) end).
 
 %% @private `allow_request/1' on a given router.
 -spec allow(erlmcp_flow_nif:router(), erlmcp_flow:agent_id()) ->
@@ -67,7 +68,7 @@ allow(Router, AgentId) ->
 
 %% @equiv record_result(AgentId, Result, 0)
 -spec record_result(erlmcp_flow:agent_id(), {ok, term()} | {error, term()}) ->
-          ok | {error, not_found | {badarg, atom()}}.
+          ok | {error, not_found | not_started | {badarg, atom()}}.
 record_result(AgentId, Result) ->
     record_result(AgentId, Result, 0).
 
@@ -75,7 +76,7 @@ record_result(AgentId, Result) ->
 %% latency in microseconds (a slow success counts as a failure when
 %% `slow_call_threshold' is set).
 -spec record_result(erlmcp_flow:agent_id(), {ok, term()} | {error, term()}, non_neg_integer()) ->
-          ok | {error, not_found | {badarg, atom()}}.
+          ok | {error, not_found | not_started | {badarg, atom()}}.
 record_result(AgentId, Result, LatencyUs) ->
     Outcome = case Result of
                   {ok, _} -> ok;
@@ -84,7 +85,8 @@ record_result(AgentId, Result, LatencyUs) ->
               end,
     case Outcome of
         bad -> {error, {badarg, result}};
-        _ -> record(erlmcp_flow_registry:router(), AgentId, Outcome, LatencyUs)
+        _ -> erlmcp_flow_registry:with_router(
+               fun(Router) -> record(Router, AgentId, Outcome, LatencyUs) end)
     end.
 
 %% @private `record_result/3' on a given router, with `ok | error'.
@@ -106,9 +108,10 @@ record(Router, AgentId, Outcome, LatencyUs) ->
 %% @doc The breaker's state; an open breaker past its timeout reads (and
 %% turns) half-open.
 -spec state(erlmcp_flow:agent_id()) ->
-          erlmcp_flow_nif:breaker_state() | {error, not_found | {badarg, atom()}}.
+          erlmcp_flow_nif:breaker_state() | {error, not_found | not_started | {badarg, atom()}}.
 state(AgentId) ->
-    case erlmcp_flow_nif:breaker_state(erlmcp_flow_registry:router(), AgentId) of
+    case erlmcp_flow_registry:with_router(
+           fun(Router) -> erlmcp_flow_nif:breaker_state(Router, AgentId) end) of
         {State, _Probes, T} ->
             log_transition(AgentId, T),
             State;
@@ -117,9 +120,10 @@ state(AgentId) ->
     end.
 
 %% @doc Closes the breaker and empties its window.
--spec reset(erlmcp_flow:agent_id()) -> ok | {error, not_found | {badarg, atom()}}.
+-spec reset(erlmcp_flow:agent_id()) -> ok | {error, not_found | not_started | {badarg, atom()}}.
 reset(AgentId) ->
-    case erlmcp_flow_nif:breaker_reset(erlmcp_flow_registry:router(), AgentId) of
+    case erlmcp_flow_registry:with_router(
+           fun(Router) -> erlmcp_flow_nif:breaker_reset(Router, AgentId) end) of
         {ok, T} -> log_transition(AgentId, T);
         {error, _} = E -> E
     end.

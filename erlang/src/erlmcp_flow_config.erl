@@ -177,9 +177,11 @@ validate(Env) when is_map(Env) ->
         {error, _} = E -> E
     end.
 
+%% Sections and keys are checked in sorted order, so that of several bad
+%% ones the same is named whatever order the maps iterate in.
 merge(Env) ->
     Schema = schema(),
-    maps:fold(
+    fold_sorted(
       fun(_, _, {error, _} = E) -> E;
          %% The time seam: `manual' makes the router's clock stand still
          %% except when moved by erlmcp_flow_registry:advance_clock/1 (tests).
@@ -194,7 +196,7 @@ merge(Env) ->
 
 merge_section(Section, Value, Rows, Acc) when is_map(Value) ->
     Checks = maps:from_list([{K, C} || {K, _, C} <- Rows]),
-    Result = maps:fold(
+    Result = fold_sorted(
                fun(_, _, {error, _} = E) -> E;
                   (Key, V, {ok, SAcc}) ->
                        case Checks of
@@ -212,6 +214,9 @@ merge_section(Section, Value, Rows, Acc) when is_map(Value) ->
     end;
 merge_section(Section, Value, _Rows, _Acc) ->
     {error, {invalid_config, Section, Value}}.
+
+fold_sorted(Fun, Acc0, Map) ->
+    lists:foldl(fun({K, V}, Acc) -> Fun(K, V, Acc) end, Acc0, lists:sort(maps:to_list(Map))).
 
 %% Constraints between keys of one section.
 cross_check(q_learning, #{fast_threshold_ms := F, slow_threshold_ms := S}, _)

@@ -75,25 +75,32 @@ validate_tracestate(Header) ->
 %% @doc The spans of a trace still in the store, in parent order: each span
 %% after its parent, siblings by start time, spans whose parent is not in the
 %% store (the task's span under a caller's span) first.
--spec get_trace_chain(binary()) -> {ok, [span()]} | {error, {badarg, trace_id}}.
+-spec get_trace_chain(binary()) -> {ok, [span()]} | {error, not_started | {badarg, trace_id}}.
 get_trace_chain(TraceId) ->
-    case erlmcp_flow_nif:trace_chain(erlmcp_flow_registry:router(), TraceId) of
+    case erlmcp_flow_registry:with_router(
+           fun(Router) -> erlmcp_flow_nif:trace_chain(Router, TraceId) end) of
         Spans when is_list(Spans) -> {ok, Spans};
+        {error, not_started} = E -> E;
         {error, _} -> {error, {badarg, trace_id}}
     end.
 
 %% @doc One span by its id.
--spec lookup(binary()) -> {ok, span()} | {error, not_found | {badarg, span_id}}.
+-spec lookup(binary()) -> {ok, span()} | {error, not_found | not_started | {badarg, span_id}}.
 lookup(SpanId) ->
-    case erlmcp_flow_nif:span_lookup(erlmcp_flow_registry:router(), SpanId) of
+    case erlmcp_flow_registry:with_router(
+           fun(Router) -> erlmcp_flow_nif:span_lookup(Router, SpanId) end) of
         {ok, _} = Found -> Found;
         {error, not_found} = E -> E;
+        {error, not_started} = E -> E;
         {error, {badarg, _}} -> {error, {badarg, span_id}}
     end.
 
 %% @doc Drops the spans past the TTL now rather than at the next periodic
 %% sweep; returns how many went.
--spec sweep() -> non_neg_integer().
+-spec sweep() -> non_neg_integer() | {error, not_started}.
 sweep() ->
-    {ok, N} = erlmcp_flow_nif:correlation_sweep(erlmcp_flow_registry:router()),
-    N.
+    erlmcp_flow_registry:with_router(
+      fun(Router) ->
+              {ok, N} = erlmcp_flow_nif:correlation_sweep(Router),
+              N
+      end).

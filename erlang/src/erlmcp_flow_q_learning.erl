@@ -47,19 +47,20 @@ start_link() ->
     gen_server:start_link({local, ?MODULE}, ?MODULE, [], []).
 
 %% @doc Saves the table to `model_path' now.
--spec save() -> {ok, non_neg_integer()} | {error, no_model_path | {atom(), string()}}.
+-spec save() -> {ok, non_neg_integer()}
+              | {error, no_model_path | not_started | {server_down, term()} | {atom(), string()}}.
 save() ->
-    gen_server:call(?MODULE, save, infinity).
+    call(save).
 
 %% @doc Loads a saved table from `Path' into the running router: the rows of
 %% registered agents take the saved values, the others are kept for agents
 %% that register later. A bad file is refused and left as it is.
 -spec load(file:filename_all()) ->
           {ok, none | {loaded, non_neg_integer(), non_neg_integer()}}
-        | {error, {badarg, path} | {atom(), string()}}.
+        | {error, {badarg, path} | not_started | {server_down, term()} | {atom(), string()}}.
 load(Path) ->
     case to_path(Path) of
-        {ok, P} -> gen_server:call(?MODULE, {load, P}, infinity);
+        {ok, P} -> call({load, P});
         error -> {error, {badarg, path}}
     end.
 
@@ -67,32 +68,34 @@ load(Path) ->
 %% visited states `{LoadLevel, SuccessBucket, LatencyBucket, TaskClass}' with
 %% `{QValue, Visits}'.
 -spec get_q_table() -> #{erlmcp_flow:agent_id() =>
-                             #{erlmcp_flow_nif:state() => {float(), non_neg_integer()}}}.
+                             #{erlmcp_flow_nif:state() => {float(), non_neg_integer()}}}
+                     | {error, not_started}.
 get_q_table() ->
-    erlmcp_flow_nif:q_table(erlmcp_flow_registry:router()).
+    erlmcp_flow_registry:with_router(fun erlmcp_flow_nif:q_table/1).
 
 %% @doc Forgets everything learned (values, visits, the epsilon schedule).
--spec reset() -> ok.
+-spec reset() -> ok | {error, not_started}.
 reset() ->
-    erlmcp_flow_nif:q_reset(erlmcp_flow_registry:router()).
+    erlmcp_flow_registry:with_router(fun erlmcp_flow_nif:q_reset/1).
 
 %% @doc See `erlmcp_flow:explain/1'.
 -spec explain(erlmcp_flow:requirements()) ->
           {ok, #{candidates := [map()], top := [{erlmcp_flow:agent_id(), float()}]}}
         | {error, term()}.
-explain(Requirements) when is_map(Requirements) ->
-    Caps = maps:get(capabilities, Requirements, []),
-    Class = erlmcp_flow_router:class_key(Requirements),
-    case erlmcp_flow_registry:is_capability_list(Caps) of
-        true ->
-            Candidates = erlmcp_flow_nif:explain(erlmcp_flow_registry:router(), Caps, Class),
-            Top = [{Id, P} || #{id := Id, softmax := P} <- lists:sublist(Candidates, 3)],
-            {ok, #{candidates => Candidates, top => Top}};
-        false ->
-            {error, {badarg, {capabilities, Caps}}}
-    end;
-explain(_) ->
-    {error, {badarg, requirements}}.
+%% The requirements are checked as `execute/2' checks them.
+explain(Requirements) ->
+    case erlmcp_flow_router:check_requirements(Requirements) of
+        {ok, #{capabilities := Caps} = Plan} ->
+            Class = maps:get(task_class, Plan, undefined),
+            erlmcp_flow_registry:with_router(
+              fun(Router) ->
+                      Candidates = erlmcp_flow_nif:explain(Router, Caps, Class),
+                      Top = [{Id, P} || #{id := Id, softmax := P} <- lists:sublist(Candidates, 3)],
+                      {ok, #{candidates => Candidates, top => Top}}
+              end);
+        {error, _} = E ->
+            E
+    end.
 
 %%====================================================================
 %% gen_server callbacks
@@ -151,6 +154,15 @@ terminate(_Reason, State) ->
 %%====================================================================
 %% Internal functions
 %%====================================================================
+
+%% A call to the server that never exits the caller.
+call(Request) ->
+    try
+        gen_server:call(?MODULE, Request, infinity)
+    catch
+        exit:{noproc, _} -> {error, not_started};
+        exit:{Reason, {gen_server, call, _}} -> {error, {server_down, Reason}}
+    end.
 
 episodes() ->
     maps:get(episodes, erlmcp_flow_registry:router_stats()).

@@ -15,7 +15,9 @@
 %%
 %% No function here exits its caller: registration waits for the server
 %% (each costs about the same however many agents there are), and a
-%% registry that is not running answers `{error, not_started}'.
+%% registry that is not running answers `{error, not_started}'. Arguments
+%% are checked before anything else: a bad one is `{error, {badarg, ...}}'
+%% naming it.
 -module(erlmcp_flow_registry).
 -behaviour(gen_server).
 
@@ -35,6 +37,7 @@
 -export([list_agents/0]).
 -export([router/0]).
 -export([router_if_running/0]).
+-export([with_router/1]).
 -export([backend/0]).
 -export([agents_table/0]).
 -export([lookup_pid/1]).
@@ -60,8 +63,10 @@
 
 -type kind() :: agent | swarm.
 -type agent_opts() :: #{weight => number()}.
+-type badarg() :: {badarg, {agent_id | pid | capabilities | weight | unknown_option, term()}
+                   | {agent_id | capability, too_long} | {capabilities, too_many} | opts}.
 
--export_type([agent_opts/0]).
+-export_type([agent_opts/0, badarg/0]).
 
 -record(state, {
     router :: erlmcp_flow_nif:router(),
@@ -79,78 +84,88 @@ start_link() ->
 
 %% @doc Registers `Pid' as the agent `AgentId' holding `Capabilities'.
 -spec register_agent(erlmcp_flow:agent_id(), pid(), [erlmcp_flow:capability()]) ->
-          ok | {error, already_registered | {badarg, atom()}}.
+          ok | {error, already_registered | not_started | badarg()}.
 register_agent(AgentId, Pid, Capabilities) ->
     register_agent(AgentId, Pid, Capabilities, #{}).
 
 %% @doc As `register_agent/3', with options: `weight' (a positive number,
 %% default 1) for the `weighted' strategy.
 -spec register_agent(erlmcp_flow:agent_id(), pid(), [erlmcp_flow:capability()], agent_opts()) ->
-          ok | {error, already_registered | {badarg, atom()}}.
+          ok | {error, already_registered | not_started | badarg()}.
 register_agent(AgentId, Pid, Capabilities, Opts) ->
     request_registration(AgentId, Pid, Capabilities, agent, Opts).
 
 %% @doc Registers `CoordinatorPid' as the swarm `SwarmId'; the coordinator
 %% answers the agent protocol for the swarm's members.
 -spec register_swarm(erlmcp_flow:agent_id(), pid(), [erlmcp_flow:capability()]) ->
-          ok | {error, already_registered | {badarg, atom()}}.
+          ok | {error, already_registered | not_started | badarg()}.
 register_swarm(SwarmId, CoordinatorPid, Capabilities) ->
     request_registration(SwarmId, CoordinatorPid, Capabilities, swarm, #{}).
 
 %% @doc Removes an agent or swarm; unknown ids are ignored.
--spec unregister_agent(erlmcp_flow:agent_id()) -> ok | {error, {badarg, agent_id}}.
+-spec unregister_agent(erlmcp_flow:agent_id()) -> ok | {error, not_started | {badarg, agent_id}}.
 unregister_agent(AgentId) when is_binary(AgentId) ->
     call({unregister, AgentId});
 unregister_agent(_) ->
     {error, {badarg, agent_id}}.
 
 %% @doc The pid registered under `AgentId'.
--spec find_agent(erlmcp_flow:agent_id()) -> {ok, pid()} | {error, not_found | {badarg, agent_id}}.
+-spec find_agent(erlmcp_flow:agent_id()) ->
+          {ok, pid()} | {error, not_found | not_started | {badarg, agent_id}}.
 find_agent(AgentId) when is_binary(AgentId) ->
-    try (backend()):whereis_name(AgentId) of
-        undefined -> {error, not_found};
-        Pid -> {ok, Pid}
-    catch
-        error:badarg -> {error, not_found}
+    case router_if_running() of
+        undefined ->
+            {error, not_started};
+        _ ->
+            try (backend()):whereis_name(AgentId) of
+                undefined -> {error, not_found};
+                Pid -> {ok, Pid}
+            catch
+                error:badarg -> {error, not_found}
+            end
     end;
 find_agent(_) ->
     {error, {badarg, agent_id}}.
 
 %% @doc The pids of every agent and swarm holding `Capability'.
--spec find_agents_by_capability(erlmcp_flow:capability()) -> [pid()].
-find_agents_by_capability(Capability) when is_binary(Capability) ->
-    [Pid || {_, Pid} <- holders(Capability)];
+-spec find_agents_by_capability(erlmcp_flow:capability()) ->
+          [pid()] | {error, not_started | {badarg, capability}}.
+find_agents_by_capability(Capability) when is_binary(Capability), Capability =/= <<>> ->
+    running(fun() -> [Pid || {_, Pid} <- holders(Capability)] end);
 find_agents_by_capability(_) ->
-    [].
+    {error, {badarg, capability}}.
 
-%% @doc The ids of every agent and swarm holding all of `Capabilities'.
--spec query_agents([erlmcp_flow:capability()]) -> [erlmcp_flow:agent_id()].
-query_agents([First | Rest] = Capabilities) ->
+%% @doc The ids, sorted, of every agent and swarm holding all of
+%% `Capabilities'; with `[]', of every agent and swarm.
+-spec query_agents([erlmcp_flow:capability()]) ->
+          [erlmcp_flow:agent_id()] | {error, not_started | {badarg, capabilities}}.
+query_agents(Capabilities) ->
     case is_capability_list(Capabilities) of
-        true ->
-            %% the capability table is ordered by {Cap, Id}: already sorted
-            [Id || {Id, _} <- holders(First), holds_all(Id, Rest)];
-        false ->
-            []
-    end;
-query_agents(_) ->
-    [].
+        true -> running(fun() -> holders_of_all(Capabilities) end);
+        false -> {error, {badarg, capabilities}}
+    end.
+
+holders_of_all([]) ->
+    [Id || {Id, _, _, _} <- list_agents()];
+holders_of_all([First | Rest]) ->
+    %% the capability table is ordered by {Cap, Id}: already sorted
+    [Id || {Id, _} <- holders(First), holds_all(Id, Rest)].
 
 %% @doc Tasks in flight on the agent right now; 0 for an unknown id.
--spec get_agent_load(erlmcp_flow:agent_id()) -> non_neg_integer().
+-spec get_agent_load(erlmcp_flow:agent_id()) ->
+          non_neg_integer() | {error, not_started | {badarg, agent_id}}.
 get_agent_load(AgentId) ->
     case agent_stats(AgentId) of
         {ok, #{in_flight := N}} -> N;
-        {error, _} -> 0
+        {error, not_found} -> 0;
+        {error, _} = E -> E
     end.
 
 %% @doc The live counters of one agent, from the Rust core.
--spec agent_stats(erlmcp_flow:agent_id()) -> {ok, map()} | {error, not_found | {badarg, agent_id}}.
+-spec agent_stats(erlmcp_flow:agent_id()) ->
+          {ok, map()} | {error, not_found | not_started | {badarg, agent_id}}.
 agent_stats(AgentId) when is_binary(AgentId) ->
-    case router_if_running() of
-        undefined -> {error, not_started};
-        Router -> erlmcp_flow_nif:agent_stats(Router, AgentId)
-    end;
+    with_router(fun(Router) -> erlmcp_flow_nif:agent_stats(Router, AgentId) end);
 agent_stats(_) ->
     {error, {badarg, agent_id}}.
 
@@ -190,6 +205,18 @@ router() ->
 -spec router_if_running() -> erlmcp_flow_nif:router() | undefined.
 router_if_running() ->
     persistent_term:get(?ROUTER_KEY, undefined).
+
+%% @doc `Fun(Router)' with the running registry's router, or
+%% `{error, not_started}'.
+-spec with_router(fun((erlmcp_flow_nif:router()) -> Result)) -> Result | {error, not_started}.
+with_router(Fun) ->
+    case router_if_running() of
+        undefined -> {error, not_started};
+        Router -> Fun(Router)
+    end.
+
+running(Fun) ->
+    with_router(fun(_) -> Fun() end).
 
 %% @doc The name backend of the running registry.
 -spec backend() -> module().
@@ -299,14 +326,14 @@ request_registration(Id, Pid, Caps, Kind, Opts) ->
 weight(Opts) when not is_map(Opts) ->
     {error, {badarg, opts}};
 weight(Opts) ->
-    case maps:size(maps:remove(weight, Opts)) of
-        0 ->
+    case lists:sort(maps:keys(maps:remove(weight, Opts))) of
+        [] ->
             case maps:get(weight, Opts, 1) of
-                W when is_number(W), W > 0 -> {ok, W};
-                _ -> {error, {badarg, weight}}
+                W when is_number(W), W > 0, W < 1.0e300 -> {ok, W};
+                W -> {error, {badarg, {weight, W}}}
             end;
-        _ ->
-            {error, {badarg, opts}}
+        [Unknown | _] ->
+            {error, {badarg, {unknown_option, Unknown}}}
     end.
 
 %% The router's settings, from the application's configuration.
@@ -340,18 +367,27 @@ router_options() ->
     maps:merge(maps:merge(maps:with(QKeys, Q), maps:with(LBKeys, LB)),
                maps:merge(Breaker#{clock => erlmcp_flow_config:clock()}, Tracing)).
 
-validate(Id, _Pid, _Caps) when not is_binary(Id); Id =:= <<>>;
-                               byte_size(Id) > ?MAX_ID_BYTES ->
-    {error, {badarg, agent_id}};
-validate(_Id, Pid, _Caps) when not is_pid(Pid) ->
-    {error, {badarg, pid}};
-validate(_Id, Pid, _Caps) when node(Pid) =/= node() ->
-    {error, {badarg, pid}};
+%% The first bad argument, named with its value (or `too_long' past a limit).
+validate(Id, _Pid, _Caps) when not is_binary(Id); Id =:= <<>> ->
+    {error, {badarg, {agent_id, Id}}};
+validate(Id, _Pid, _Caps) when byte_size(Id) > ?MAX_ID_BYTES ->
+    {error, {badarg, {agent_id, too_long}}};
+validate(_Id, Pid, _Caps) when not is_pid(Pid); node(Pid) =/= node() ->
+    {error, {badarg, {pid, Pid}}};
 validate(_Id, _Pid, Caps) ->
-    case Caps =/= [] andalso is_capability_list(Caps) andalso length(Caps) =< ?MAX_CAPABILITIES
-        andalso lists:all(fun(C) -> byte_size(C) =< ?MAX_CAPABILITY_BYTES end, Caps) of
-        true -> ok;
-        false -> {error, {badarg, capabilities}}
+    case Caps =/= [] andalso is_capability_list(Caps) of
+        false ->
+            {error, {badarg, {capabilities, Caps}}};
+        true ->
+            case length(Caps) =< ?MAX_CAPABILITIES of
+                false ->
+                    {error, {badarg, {capabilities, too_many}}};
+                true ->
+                    case lists:all(fun(C) -> byte_size(C) =< ?MAX_CAPABILITY_BYTES end, Caps) of
+                        true -> ok;
+                        false -> {error, {badarg, {capability, too_long}}}
+                    end
+            end
     end.
 
 do_register(Id, Pid, Caps, Kind, Weight, #state{router = Router, backend = Backend} = State) ->

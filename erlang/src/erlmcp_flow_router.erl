@@ -31,6 +31,7 @@
 -export([await/5]).
 -export([await/6]).
 -export([limits/0]).
+-export([check_requirements/1]).
 -export([end_trace/2]).
 -export([class_key/1]).
 -export([meta/5]).
@@ -463,16 +464,18 @@ check_keys(Plan) ->
         [K | _] -> {error, {badarg, {K, too_long}}}
     end.
 
+%% With several bad keys the smallest is named, whatever order the map
+%% iterates in (OTP 26 changed it for atom keys).
 unknown_key(Keys, Allowed) ->
     case [K || K <- Keys, not lists:member(K, Allowed)] of
         [] -> none;
-        [K | _] -> {ok, K}
+        Unknown -> {ok, lists:min(Unknown)}
     end.
 
 check_values(Pairs) ->
     case [Why || {K, V} <- Pairs, {error, Why} <- [check(K, V)]] of
         [] -> {ok, maps:from_list(Pairs)};
-        [Bad | _] -> {error, {badarg, Bad}}
+        Bad -> {error, {badarg, lists:min(Bad)}}
     end.
 
 %% {Key, Value} when valid, else the reason: `{Key, Value}', or `{Key,
@@ -508,6 +511,13 @@ valid(traceparent, TP) -> is_binary(TP);
 valid(tracestate, TS) -> erlmcp_flow_nif:validate_tracestate(TS) =:= ok.
 
 is_ms(T, Min) -> is_integer(T) andalso T >= Min andalso T =< ?MAX_MS.
+
+%% @doc Checks `Requirements' as `execute/2' does, without routing: the
+%% plan (defaults filled in, `task_class' as the key Q-learning hashes), or
+%% the error `execute/2' would answer.
+-spec check_requirements(term()) -> {ok, plan()} | {error, {badarg, term()}}.
+check_requirements(Requirements) ->
+    plan(#{}, Requirements, ?EXECUTE_KEYS, #{}).
 
 %% @doc The limits requirements and options are checked against:
 %% milliseconds (every time), retries, and the bytes of sticky keys, task

@@ -77,7 +77,7 @@ start_failures() ->
     Pid = start(<<"t">>, [<<"x">>], erlmcp_flow_plain_agent, p),
     ?assertEqual({error, already_registered},
                  erlmcp_flow_agent:start(<<"t">>, [<<"x">>], erlmcp_flow_plain_agent, p)),
-    ?assertEqual({error, {badarg, capabilities}},
+    ?assertEqual({error, {badarg, {capabilities, []}}},
                  erlmcp_flow_agent:start(<<"u">>, [], erlmcp_flow_plain_agent, p)),
     %% an unregistered agent is not routable but speaks the protocol
     {ok, Free} = erlmcp_flow_agent:start(erlmcp_flow_plain_agent, q),

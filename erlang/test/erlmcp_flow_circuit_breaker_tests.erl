@@ -164,6 +164,6 @@ bad_input() ->
     ?assertEqual({error, not_found}, erlmcp_flow_circuit_breaker:state(<<"nobody">>)),
     ?assertEqual({error, not_found}, erlmcp_flow_circuit_breaker:reset(<<"nobody">>)),
     ?assertEqual({error, {badarg, agent_id}}, erlmcp_flow_circuit_breaker:allow_request(42)),
-    ?assertEqual({error, {badarg, result}}, erlmcp_flow_circuit_breaker:record_result(<<"a">>, maybe)),
+    ?assertEqual({error, {badarg, result}}, erlmcp_flow_circuit_breaker:record_result(<<"a">>, 'maybe')),
     ?assertEqual({error, {badarg, microseconds}},
                  erlmcp_flow_circuit_breaker:record_result(<<"nobody">>, {ok, 1}, -1)).

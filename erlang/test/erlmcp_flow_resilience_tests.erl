@@ -76,8 +76,8 @@ not_retryable() ->
                  erlmcp_flow:execute(#{}, #{}, #{retries => 1})),
     ?assertEqual({error, {badarg, {max_retry_attempts, -1}}},
                  erlmcp_flow:execute(#{}, #{}, #{max_retry_attempts => -1})),
-    ?assertEqual({error, {badarg, {idempotent, maybe}}},
-                 erlmcp_flow:execute(#{}, #{idempotent => maybe})).
+    ?assertEqual({error, {badarg, {idempotent, 'maybe'}}},
+                 erlmcp_flow:execute(#{}, #{idempotent => 'maybe'})).
 
 idempotent_false() ->
     Self = self(),

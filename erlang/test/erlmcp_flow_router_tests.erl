@@ -226,8 +226,8 @@ sticky() ->
 weights() ->
     ok = erlmcp_flow:register_agent(<<"light">>, echo_agent(), [<<"x">>], #{weight => 1}),
     ok = erlmcp_flow:register_agent(<<"heavy">>, echo_agent(), [<<"x">>], #{weight => 9.0}),
-    ?assertEqual({error, {badarg, weight}}, erlmcp_flow:register_agent(<<"w">>, echo_agent(), [<<"x">>], #{weight => 0})),
-    ?assertEqual({error, {badarg, opts}}, erlmcp_flow:register_agent(<<"w">>, echo_agent(), [<<"x">>], #{colour => red})),
+    ?assertEqual({error, {badarg, {weight, 0}}}, erlmcp_flow:register_agent(<<"w">>, echo_agent(), [<<"x">>], #{weight => 0})),
+    ?assertEqual({error, {badarg, {unknown_option, colour}}}, erlmcp_flow:register_agent(<<"w">>, echo_agent(), [<<"x">>], #{colour => red})),
     ?assertEqual({error, {badarg, opts}}, erlmcp_flow:register_agent(<<"w">>, echo_agent(), [<<"x">>], [])),
     ?assertMatch({ok, #{weight := 9.0}}, erlmcp_flow:agent_stats(<<"heavy">>)),
     ok = erlmcp_flow_q_learning:reset(),

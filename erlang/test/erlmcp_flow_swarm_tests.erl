@@ -93,8 +93,8 @@ membership() ->
 bad_members() ->
     process_flag(trap_exit, true),
     ?assertEqual({error, {badarg, members}}, erlmcp_flow_swarm:start_link(<<"s">>, [<<"x">>], [nope])),
-    ?assertEqual({error, {badarg, capabilities}}, erlmcp_flow_swarm:start_link(<<"s">>, [], [])),
+    ?assertEqual({error, {badarg, {capabilities, []}}}, erlmcp_flow_swarm:start_link(<<"s">>, [], [])),
     %% wait for both exit signals before trapping stops
     receive {'EXIT', _, {badarg, members}} -> ok end,
-    receive {'EXIT', _, {badarg, capabilities}} -> ok end,
+    receive {'EXIT', _, {badarg, {capabilities, []}}} -> ok end,
     process_flag(trap_exit, false).
