@@ -12,24 +12,44 @@
 %%
 %% `erlmcp_flow_agent:start_link(<<"echo-1">>, [<<"echo">>], echo_agent, Args)'
 %% starts it and registers it with erlmcp_flow; `start_link(echo_agent, Args)'
-%% starts it unregistered, e.g. as a member of a swarm.
+%% starts it unregistered, e.g. as a member of a swarm. Under a supervisor of
+%% your own, use `child_spec/1':
+%%
+%% ```
+%% Children = [erlmcp_flow_agent:child_spec(#{agent_id => <<"echo-1">>,
+%%                                            capabilities => [<<"echo">>],
+%%                                            module => echo_agent, args => []})]
+%% '''
 %%
 %% Callbacks (one of `handle_task/2' and `handle_task/3' is required):
 %% <ul>
 %% <li>`init(Args) -> {ok, State} | {stop, Reason}'</li>
-%% <li>`handle_task(Task, State) -> {ok, Result, State} | {error, Reason, State}':
-%%   answered at once.</li>
+%% <li>`handle_task(Task, State) -> {ok, Result, State} | {error, Reason, State}
+%%   | {stop, Reason, State}': answered at once; the caller gets `{ok, Result}'
+%%   or `{error, {agent_error, Reason}}'. `{stop, Reason, State}' answers
+%%   nothing and stops the agent (its callers get `{agent_down, Reason}').</li>
 %% <li>`handle_task(Task, TaskCtx, State)': the same answers, or
-%%   `{noreply, State}' to answer later with `reply(TaskCtx, {ok, Result} |
-%%   {error, Reason})' (the agent keeps taking tasks meanwhile). `TaskCtx'
-%%   carries the task's trace context (`trace') and its reference (`ref').</li>
-%% <li>`handle_cancel(Ref, State) -> {ok, State}': the caller stopped waiting
-%%   for the task with reference `Ref'. Optional; ignored by default.</li>
-%% <li>`handle_info(Msg, State) -> {ok, State}': any other message. Optional.</li>
-%% <li>`terminate(Reason, State)'. Optional.</li>
+%%   `{noreply, State}' to answer later with `reply(TaskCtx, Answer)', from
+%%   this process or any other (the agent keeps taking tasks meanwhile).</li>
+%% <li>`handle_cancel(Ref, State) -> {ok, State} | {noreply, State} |
+%%   {stop, Reason, State}': the caller stopped waiting for the task with
+%%   reference `Ref'. Optional; ignored by default.</li>
+%% <li>`handle_info(Msg, State) -> {noreply, State} | {ok, State} |
+%%   {stop, Reason, State}': any other message. Optional; ignored by
+%%   default.</li>
+%% <li>`terminate(Reason, State)': its return value is ignored. Optional.</li>
 %% </ul>
-%% An exception in a callback crashes the agent, as in `gen_server'; the
-%% callers of its tasks in flight get `{error, {agent_down, Reason}}'.
+%% A callback that returns anything else stops the agent with reason
+%% `{bad_return_value, Value}', as `gen_server' does: the callers of its
+%% tasks in flight get `{agent_down, {bad_return_value, Value}}' (and their
+%% retries go to other agents). An exception in a callback crashes the agent
+%% the same way, with the exception's reason and stack trace.
+%%
+%% `TaskCtx' is `#{trace := TraceCtx, ref := Ref, from := From}': `TraceCtx' is
+%% the attempt's trace context (see `erlmcp_flow_correlation_tracker'); pass
+%% the trace on to a further task with `#{traceparent =>
+%% erlmcp_flow_correlation_tracker:format_traceparent(TraceCtx)}' in its
+%% requirements.
 %%
 %% A registered agent re-registers by itself when the registry restarts.
 -module(erlmcp_flow_agent).
@@ -42,6 +62,7 @@
 -export([start/4]).
 -export([reply/2]).
 -export([stop/1]).
+-export([child_spec/1]).
 
 %% gen_server callbacks
 -export([init/1]).
@@ -50,22 +71,36 @@
 -export([handle_info/2]).
 -export([terminate/2]).
 
--export_type([task_ctx/0]).
+-export_type([task_ctx/0, child_opts/0]).
 
 -type task_ctx() :: #{trace := erlmcp_flow:trace_context(),
                       ref := reference(),
                       from := pid() | reference()}.
 
 -callback init(Args :: term()) -> {ok, State :: term()} | {stop, Reason :: term()}.
+-type child_opts() :: #{module := module(),
+                        args => term(),
+                        agent_id => erlmcp_flow:agent_id(),
+                        capabilities => [erlmcp_flow:capability(), ...],
+                        id => term(),
+                        restart => supervisor:restart(),
+                        shutdown => supervisor:shutdown()}.
+
 -callback handle_task(Task :: erlmcp_flow:task(), State :: term()) ->
     {ok, Result :: term(), NewState :: term()}
-  | {error, Reason :: term(), NewState :: term()}.
+  | {error, Reason :: term(), NewState :: term()}
+  | {stop, Reason :: term(), NewState :: term()}.
 -callback handle_task(Task :: erlmcp_flow:task(), task_ctx(), State :: term()) ->
     {ok, Result :: term(), NewState :: term()}
   | {error, Reason :: term(), NewState :: term()}
-  | {noreply, NewState :: term()}.
--callback handle_cancel(Ref :: reference(), State :: term()) -> {ok, NewState :: term()}.
--callback handle_info(Msg :: term(), State :: term()) -> {ok, NewState :: term()}.
+  | {noreply, NewState :: term()}
+  | {stop, Reason :: term(), NewState :: term()}.
+-callback handle_cancel(Ref :: reference(), State :: term()) ->
+    {ok, NewState :: term()} | {noreply, NewState :: term()}
+  | {stop, Reason :: term(), NewState :: term()}.
+-callback handle_info(Msg :: term(), State :: term()) ->
+    {noreply, NewState :: term()} | {ok, NewState :: term()}
+  | {stop, Reason :: term(), NewState :: term()}.
 -callback terminate(Reason :: term(), State :: term()) -> term().
 -optional_callbacks([handle_task/2, handle_task/3, handle_cancel/2, handle_info/2,
                      terminate/2]).
@@ -108,10 +143,61 @@ start(AgentId, Capabilities, Mod, Args) ->
     gen_server:start(?MODULE, {Mod, Args, {AgentId, Capabilities}}, []).
 
 %% @doc Answers a task that `handle_task/3' left with `{noreply, State}'.
--spec reply(task_ctx(), {ok, term()} | {error, term()}) -> ok.
-reply(#{from := From, ref := Ref}, Result) ->
-    From ! {task_result, Ref, Result},
-    ok.
+%% `Answer' is what `handle_task' returns without its state: `{ok, Result}'
+%% or `{error, Reason}'. Any other term `T' is a bare result, as `Result' is
+%% in `{ok, Result, State}': the caller gets `{ok, T}' (so a result that is
+%% itself `{ok, _}' or `{error, _}' must be wrapped: `{ok, {error, x}}').
+-spec reply(task_ctx(), term()) -> ok | {error, {badarg, task_ctx}}.
+reply(#{from := From, ref := Ref}, Answer) when (is_pid(From) orelse is_reference(From)),
+                                                is_reference(Ref) ->
+    From ! {task_result, Ref, answer(Answer)},
+    ok;
+reply(_, _) ->
+    {error, {badarg, task_ctx}}.
+
+answer({ok, _} = A) -> A;
+answer({error, _} = A) -> A;
+answer(Result) -> {ok, Result}.
+
+%% @doc A child specification for a supervisor of your own, from
+%% `#{module := Mod, args => Args, agent_id => Id, capabilities => Caps}':
+%% the agent `start_link/4' starts (registered as `Id') or, without
+%% `agent_id', the unregistered one `start_link/2' starts. `id' (default
+%% `{erlmcp_flow_agent, AgentId}', or `Mod' unregistered), `restart' (default
+%% `permanent') and `shutdown' (default 5000) are the child spec's own.
+%% Bad options raise `{badarg, {Key, Value}}' or `{badarg, {missing, Key}}'
+%% here, as a bad child spec would in the supervisor.
+-spec child_spec(child_opts()) -> supervisor:child_spec().
+child_spec(#{module := Mod} = Opts) when is_atom(Mod) ->
+    Known = [module, args, agent_id, capabilities, id, restart, shutdown],
+    case lists:sort(maps:keys(Opts)) -- Known of
+        [] -> ok;
+        [Unknown | _] -> erlang:error({badarg, {unknown_option, Unknown}})
+    end,
+    Args = maps:get(args, Opts, []),
+    {Start, DefaultId} =
+        case Opts of
+            #{agent_id := Id, capabilities := Caps} ->
+                {{?MODULE, start_link, [Id, Caps, Mod, Args]}, {?MODULE, Id}};
+            #{agent_id := _} ->
+                erlang:error({badarg, {missing, capabilities}});
+            #{capabilities := _} ->
+                erlang:error({badarg, {missing, agent_id}});
+            #{} ->
+                {{?MODULE, start_link, [Mod, Args]}, Mod}
+        end,
+    #{id => maps:get(id, Opts, DefaultId),
+      start => Start,
+      restart => maps:get(restart, Opts, permanent),
+      shutdown => maps:get(shutdown, Opts, 5000),
+      type => worker,
+      modules => [?MODULE, Mod]};
+child_spec(#{module := Mod}) ->
+    erlang:error({badarg, {module, Mod}});
+child_spec(Opts) when is_map(Opts) ->
+    erlang:error({badarg, {missing, module}});
+child_spec(Opts) ->
+    erlang:error({badarg, {opts, Opts}}).
 
 %% @doc Stops the agent; its registration goes with it.
 -spec stop(pid()) -> ok.
@@ -161,19 +247,24 @@ handle_info({execute_task, Task, Trace, From, Ref}, #state{mod = Mod, mstate = M
                 2 -> Mod:handle_task(Task, MS);
                 3 -> Mod:handle_task(Task, Ctx, MS)
             end,
-    NewMS = case Reply of
-                {ok, Result, MS1} -> reply(Ctx, {ok, Result}), MS1;
-                {error, Reason, MS1} -> reply(Ctx, {error, Reason}), MS1;
-                {noreply, MS1} -> MS1
-            end,
-    {noreply, State#state{mstate = NewMS}};
+    case Reply of
+        {ok, Result, MS1} ->
+            send(Ctx, {ok, Result}),
+            {noreply, State#state{mstate = MS1}};
+        {error, Reason, MS1} ->
+            send(Ctx, {error, Reason}),
+            {noreply, State#state{mstate = MS1}};
+        {noreply, MS1} when State#state.arity =:= 3 ->
+            {noreply, State#state{mstate = MS1}};
+        {stop, Reason, MS1} ->
+            {stop, Reason, State#state{mstate = MS1}};
+        Other ->
+            {stop, {bad_return_value, Other}, State}
+    end;
 handle_info({cancel_task, Ref}, #state{mod = Mod, mstate = MS} = State) ->
     case erlang:function_exported(Mod, handle_cancel, 2) of
-        true ->
-            {ok, MS1} = Mod:handle_cancel(Ref, MS),
-            {noreply, State#state{mstate = MS1}};
-        false ->
-            {noreply, State}
+        true -> callback_return(Mod:handle_cancel(Ref, MS), State);
+        false -> {noreply, State}
     end;
 handle_info({'DOWN', MRef, process, _, _}, #state{registry_mon = MRef} = State) ->
     erlang:send_after(?REREGISTER_MS, self(), reregister),
@@ -182,7 +273,8 @@ handle_info(reregister, State) ->
     case register_self(State) of
         {ok, State1} ->
             {noreply, State1};
-        {error, registry_not_running} ->
+        {error, Busy} when Busy =:= not_started; element(1, Busy) =:= registry_down ->
+            %% the registry is still on its way back
             erlang:send_after(?REREGISTER_MS, self(), reregister),
             {noreply, State};
         {error, Reason} ->
@@ -190,11 +282,8 @@ handle_info(reregister, State) ->
     end;
 handle_info(Msg, #state{mod = Mod, mstate = MS} = State) ->
     case erlang:function_exported(Mod, handle_info, 2) of
-        true ->
-            {ok, MS1} = Mod:handle_info(Msg, MS),
-            {noreply, State#state{mstate = MS1}};
-        false ->
-            {noreply, State}
+        true -> callback_return(Mod:handle_info(Msg, MS), State);
+        false -> {noreply, State}
     end.
 
 %% @private
@@ -208,6 +297,15 @@ terminate(Reason, #state{mod = Mod, mstate = MS}) ->
 %%====================================================================
 %% Internal functions
 %%====================================================================
+
+send(#{from := From, ref := Ref}, Answer) ->
+    From ! {task_result, Ref, Answer}.
+
+%% What handle_cancel/2 and handle_info/2 may return.
+callback_return({noreply, MS}, State) -> {noreply, State#state{mstate = MS}};
+callback_return({ok, MS}, State) -> {noreply, State#state{mstate = MS}};
+callback_return({stop, Reason, MS}, State) -> {stop, Reason, State#state{mstate = MS}};
+callback_return(Other, State) -> {stop, {bad_return_value, Other}, State}.
 
 handle_task_arity(Mod) ->
     _ = code:ensure_loaded(Mod),
@@ -223,19 +321,15 @@ register_self(#state{registration = undefined} = State) ->
 register_self(#state{registration = {Id, Caps}} = State) ->
     case whereis(erlmcp_flow_registry) of
         undefined ->
-            {error, registry_not_running};
+            {error, not_started};
         Registry ->
             MRef = erlang:monitor(process, Registry),
-            try erlmcp_flow:register_agent(Id, self(), Caps) of
+            case erlmcp_flow:register_agent(Id, self(), Caps) of
                 ok ->
                     ok = (erlmcp_flow_registry:backend()):register_capabilities(Caps),
                     {ok, State#state{registry_mon = MRef}};
                 {error, _} = E ->
                     erlang:demonitor(MRef, [flush]),
                     E
-            catch
-                exit:_ ->
-                    erlang:demonitor(MRef, [flush]),
-                    {error, registry_not_running}
             end
     end.

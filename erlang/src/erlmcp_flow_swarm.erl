@@ -7,6 +7,15 @@
 %% them: a member that dies is dropped and each of its tasks in flight is
 %% answered `{error, {agent_down, Reason}}'. A cancelled task is cancelled on
 %% its member. With no member left, a task is answered `{error, no_members}'.
+%% The coordinator re-registers by itself when the registry restarts.
+%%
+%% Under a supervisor of your own, use `child_spec/1':
+%%
+%% ```
+%% erlmcp_flow_swarm:child_spec(#{swarm_id => <<"s">>, capabilities => [<<"x">>]})
+%% '''
+%%
+%% and give it members with `add_member/2' once they run.
 -module(erlmcp_flow_swarm).
 -behaviour(gen_server).
 
@@ -16,12 +25,15 @@
 -export([remove_member/2]).
 -export([members/1]).
 -export([stop/1]).
+-export([child_spec/1]).
 
 %% gen_server callbacks
 -export([init/1]).
 -export([handle_call/3]).
 -export([handle_cast/2]).
 -export([handle_info/2]).
+
+-define(REREGISTER_MS, 100).
 
 -record(member, {mref :: reference(),
                  in_flight = 0 :: non_neg_integer(),
@@ -30,6 +42,9 @@
                  retired = false :: boolean()}).
 -record(pending, {from :: pid() | reference(), ref :: reference(), member :: pid()}).
 -record(state, {
+    id :: erlmcp_flow:agent_id(),
+    capabilities :: [erlmcp_flow:capability()],
+    registry_mon :: undefined | reference(),
     members = #{} :: #{pid() => #member{}},
     pending = #{} :: #{reference() => #pending{}},
     outer = #{} :: #{reference() => reference()}
@@ -66,6 +81,35 @@ members(Swarm) ->
 stop(Swarm) ->
     gen_server:stop(Swarm).
 
+%% @doc A child specification for a supervisor of your own, from
+%% `#{swarm_id := Id, capabilities := Caps, members => [pid()]}' (members
+%% default to none: add them with `add_member/2'). `id' (default
+%% `{erlmcp_flow_swarm, SwarmId}'), `restart' (default `permanent') and
+%% `shutdown' (default 5000) are the child spec's own. Bad options raise
+%% `{badarg, {Key, Value}}' or `{badarg, {missing, Key}}'.
+-spec child_spec(#{swarm_id := erlmcp_flow:agent_id(),
+                   capabilities := [erlmcp_flow:capability(), ...],
+                   members => [pid()], id => term(), restart => supervisor:restart(),
+                   shutdown => supervisor:shutdown()}) -> supervisor:child_spec().
+child_spec(#{swarm_id := Id, capabilities := Caps} = Opts) ->
+    Known = [swarm_id, capabilities, members, id, restart, shutdown],
+    case lists:sort(maps:keys(Opts)) -- Known of
+        [] -> ok;
+        [Unknown | _] -> erlang:error({badarg, {unknown_option, Unknown}})
+    end,
+    #{id => maps:get(id, Opts, {?MODULE, Id}),
+      start => {?MODULE, start_link, [Id, Caps, maps:get(members, Opts, [])]},
+      restart => maps:get(restart, Opts, permanent),
+      shutdown => maps:get(shutdown, Opts, 5000),
+      type => worker,
+      modules => [?MODULE]};
+child_spec(#{swarm_id := _}) ->
+    erlang:error({badarg, {missing, capabilities}});
+child_spec(Opts) when is_map(Opts) ->
+    erlang:error({badarg, {missing, swarm_id}});
+child_spec(Opts) ->
+    erlang:error({badarg, {opts, Opts}}).
+
 %%====================================================================
 %% gen_server callbacks
 %%====================================================================
@@ -74,13 +118,14 @@ stop(Swarm) ->
 -spec init({erlmcp_flow:agent_id(), [erlmcp_flow:capability()], [pid()]}) ->
           {ok, #state{}} | {stop, term()}.
 init({SwarmId, Capabilities, Members}) ->
-    case lists:all(fun is_pid/1, Members) of
+    case is_list(Members) andalso lists:all(fun is_pid/1, Members) of
         false ->
             {stop, {badarg, members}};
         true ->
-            State = lists:foldl(fun add/2, #state{}, Members),
-            case erlmcp_flow:register_swarm(SwarmId, self(), Capabilities) of
-                ok -> {ok, State};
+            State = lists:foldl(fun add/2, #state{id = SwarmId, capabilities = Capabilities},
+                                Members),
+            case register_self(State) of
+                {ok, State1} -> {ok, State1};
                 {error, Reason} -> {stop, Reason}
             end
     end.
@@ -143,6 +188,20 @@ handle_info({cancel_task, Ref}, #state{outer = Outer} = State) ->
         #{} ->
             {noreply, State}
     end;
+handle_info({'DOWN', MRef, process, _, _}, #state{registry_mon = MRef} = State) ->
+    erlang:send_after(?REREGISTER_MS, self(), reregister),
+    {noreply, State#state{registry_mon = undefined}};
+handle_info(reregister, State) ->
+    case register_self(State) of
+        {ok, State1} ->
+            {noreply, State1};
+        {error, Busy} when Busy =:= not_started; element(1, Busy) =:= registry_down ->
+            %% the registry is still on its way back
+            erlang:send_after(?REREGISTER_MS, self(), reregister),
+            {noreply, State};
+        {error, Reason} ->
+            {stop, {shutdown, {reregistration_failed, Reason}}, State}
+    end;
 handle_info({'DOWN', _MRef, process, Member, Reason}, #state{members = Ms} = State) ->
     Lost = [Inner || {Inner, #pending{member = M}} <- maps:to_list(State#state.pending),
                      M =:= Member],
@@ -159,6 +218,23 @@ handle_info(_Info, State) ->
 %%====================================================================
 %% Internal functions
 %%====================================================================
+
+%% Registers the coordinator and watches the registry, so that it registers
+%% again when the registry restarts.
+register_self(#state{id = Id, capabilities = Caps} = State) ->
+    case whereis(erlmcp_flow_registry) of
+        undefined ->
+            {error, not_started};
+        Registry ->
+            MRef = erlang:monitor(process, Registry),
+            case erlmcp_flow:register_swarm(Id, self(), Caps) of
+                ok ->
+                    {ok, State#state{registry_mon = MRef}};
+                {error, _} = E ->
+                    erlang:demonitor(MRef, [flush]),
+                    E
+            end
+    end.
 
 add(Member, #state{members = Ms} = State) ->
     case Ms of

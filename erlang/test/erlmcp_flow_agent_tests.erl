@@ -14,7 +14,13 @@ agent_test_() ->
       {"other messages reach handle_info", fun info/0},
       {"a crash in a callback answers agent_down", fun crash/0},
       {"start fails without handle_task, on init stop, or a taken id", fun start_failures/0},
-      {"an agent re-registers when the registry restarts", fun reregister/0}]}.
+      {"an agent re-registers when the registry restarts", fun reregister/0},
+      {"a callback that breaks the contract stops the agent as gen_server does",
+       fun bad_returns/0},
+      {"reply/2 takes what handle_task returns, or a bare result", fun reply_shapes/0},
+      {"handle_info/2 may answer {noreply, S}, {ok, S} or stop", fun info_returns/0},
+      {"child_spec/1: an agent under the user's supervisor comes back registered",
+       fun supervised/0}]}.
 
 start(Id, Caps, Mod, Args) ->
     {ok, Pid} = erlmcp_flow_agent:start(Id, Caps, Mod, Args),
@@ -99,3 +105,108 @@ reregister() ->
                end),
     ?assertMatch({ok, {p, 1}, _}, erlmcp_flow:execute(#{input => 1}, #{capabilities => [<<"x">>]})),
     stop(Pid).
+
+bad_returns() ->
+    process_flag(trap_exit, true),
+    Bad = start(<<"bad">>, [<<"x">>], erlmcp_flow_test_agent, #{owner => self()}),
+    %% one attempt: the caller gets the agent's death, not a case_clause
+    ?assertEqual({error, {agent_down, {bad_return_value, banana}}},
+                 erlmcp_flow:execute(#{op => return, value => banana}, #{idempotent => false})),
+    sync_registry(),
+    ?assertNot(is_process_alive(Bad)),
+    %% with retries the next attempt goes to another agent, not the same one
+    Bad2 = start(<<"bad2">>, [<<"y">>], erlmcp_flow_test_agent, #{owner => self()}),
+    Good = start(<<"good">>, [<<"y">>], erlmcp_flow_plain_agent, p),
+    {ok, _, #{agent_id := <<"good">>, tried := Tried}} =
+        erlmcp_flow:execute(#{op => return, value => banana, input => 1},
+                            #{capabilities => [<<"y">>], strategy => round_robin}),
+    case Tried of
+        [] -> ok;
+        [#{agent_id := <<"bad2">>, reason := Why}] ->
+            ?assertEqual({agent_down, {bad_return_value, banana}}, Why)
+    end,
+    %% {stop, Reason, S} stops it with that reason
+    Plain = start(<<"plain">>, [<<"z">>], erlmcp_flow_test_agent, #{owner => self()}),
+    ?assertEqual({error, {agent_down, bad}},
+                 erlmcp_flow:execute(#{op => return, value => {stop, bad, #{owner => self()}}},
+                                     #{capabilities => [<<"z">>], idempotent => false})),
+    sync_registry(),
+    ?assertNot(is_process_alive(Plain)),
+    stop(Good),
+    _ = [catch erlmcp_flow_agent:stop(P) || P <- [Bad2]],
+    sync_registry(),
+    flush_exits(),
+    process_flag(trap_exit, false).
+
+reply_shapes() ->
+    Pid = start(<<"t">>, [<<"x">>], erlmcp_flow_test_agent, #{owner => self()}),
+    Route = fun(Task) ->
+                    {ok, <<"t">>, #{trace_id := T}} =
+                        erlmcp_flow:route_task(Task, #{reply_to => self()}),
+                    T
+            end,
+    T1 = Route(#{op => later_bare, value => done}),
+    T2 = Route(#{op => later_bare, value => {ok, wrapped}}),
+    T3 = Route(#{op => later_bare, value => {error, nope}}),
+    Pid ! release,
+    Answers = maps:from_list([receive {erlmcp_flow_result, T, A} -> {T, A} end
+                              || T <- [T1, T2, T3]]),
+    ?assertMatch({ok, done, _}, maps:get(T1, Answers)),
+    ?assertMatch({ok, wrapped, _}, maps:get(T2, Answers)),
+    ?assertEqual({error, {agent_error, nope}}, maps:get(T3, Answers)),
+    ?assertEqual({error, {badarg, task_ctx}}, erlmcp_flow_agent:reply(#{}, done)),
+    stop(Pid),
+    receive {terminated, Pid} -> ok end.
+
+info_returns() ->
+    process_flag(trap_exit, true),
+    Pid = start(<<"t">>, [<<"x">>], erlmcp_flow_test_agent, #{owner => self()}),
+    Pid ! {noreply_ping, self()},
+    receive {pong, Pid} -> ok end,
+    Pid ! {ping, self()},
+    receive {pong, Pid} -> ok end,
+    MRef = erlang:monitor(process, Pid),
+    Pid ! {return, banana},
+    receive {'DOWN', MRef, process, Pid, Why} -> ?assertEqual({bad_return_value, banana}, Why) end,
+    Pid2 = start(<<"t2">>, [<<"x">>], erlmcp_flow_test_agent, #{owner => self()}),
+    MRef2 = erlang:monitor(process, Pid2),
+    Pid2 ! {return, {stop, normal, #{owner => self()}}},
+    receive {'DOWN', MRef2, process, Pid2, Why2} -> ?assertEqual(normal, Why2) end,
+    sync_registry(),
+    flush_exits(),
+    process_flag(trap_exit, false).
+
+supervised() ->
+    Spec = erlmcp_flow_agent:child_spec(#{agent_id => <<"sup-1">>, capabilities => [<<"s">>],
+                                          module => erlmcp_flow_plain_agent, args => p}),
+    ?assertMatch(#{id := {erlmcp_flow_agent, <<"sup-1">>}, restart := permanent,
+                   start := {erlmcp_flow_agent, start_link, [<<"sup-1">>, [<<"s">>],
+                                                             erlmcp_flow_plain_agent, p]}},
+                 Spec),
+    Free = erlmcp_flow_agent:child_spec(#{module => erlmcp_flow_plain_agent}),
+    ?assertMatch(#{id := erlmcp_flow_plain_agent,
+                   start := {erlmcp_flow_agent, start_link, [erlmcp_flow_plain_agent, []]}}, Free),
+    ?assertError({badarg, {unknown_option, capabilites}},
+                 erlmcp_flow_agent:child_spec(#{module => m, agent_id => <<"a">>,
+                                                capabilites => [<<"x">>]})),
+    ?assertError({badarg, {missing, capabilities}},
+                 erlmcp_flow_agent:child_spec(#{module => m, agent_id => <<"a">>})),
+    ?assertError({badarg, {missing, module}}, erlmcp_flow_agent:child_spec(#{})),
+    {ok, Sup} = erlmcp_flow_test_sup:start(#{strategy => one_for_one, intensity => 5, period => 10},
+                                           [Spec]),
+    {ok, Pid} = erlmcp_flow:find_agent(<<"sup-1">>),
+    ?assertMatch({ok, {p, 1}, _}, erlmcp_flow:execute(#{input => 1}, #{capabilities => [<<"s">>]})),
+    exit(Pid, kill),
+    wait_until(fun() ->
+                       case erlmcp_flow:find_agent(<<"sup-1">>) of
+                           {ok, New} -> New =/= Pid;
+                           _ -> false
+                       end
+               end),
+    ?assertMatch({ok, {p, 2}, _}, erlmcp_flow:execute(#{input => 2}, #{capabilities => [<<"s">>]})),
+    erlmcp_flow_test_sup:stop(Sup),
+    sync_registry(),
+    ?assertEqual({error, not_found}, erlmcp_flow:find_agent(<<"sup-1">>)).
+
+flush_exits() ->
+    receive {'EXIT', _, _} -> flush_exits() after 0 -> ok end.

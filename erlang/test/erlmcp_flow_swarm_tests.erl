@@ -13,7 +13,9 @@ swarm_test_() ->
       {"a swarm without members answers no_members", fun no_members/0},
       {"a cancel reaches the member", fun cancel/0},
       {"members can be added and removed", fun membership/0},
-      {"bad members refuse the start", fun bad_members/0}]}.
+      {"bad members refuse the start", fun bad_members/0},
+      {"child_spec/1 under the user's supervisor; it re-registers after a registry restart",
+       fun supervised/0}]}.
 
 hanging() -> raw_agent(fun(_) -> noreply end).
 
@@ -98,3 +100,32 @@ bad_members() ->
     receive {'EXIT', _, {badarg, members}} -> ok end,
     receive {'EXIT', _, {badarg, {capabilities, []}}} -> ok end,
     process_flag(trap_exit, false).
+
+supervised() ->
+    Spec = erlmcp_flow_swarm:child_spec(#{swarm_id => <<"s">>, capabilities => [<<"x">>]}),
+    ?assertMatch(#{id := {erlmcp_flow_swarm, <<"s">>},
+                   start := {erlmcp_flow_swarm, start_link, [<<"s">>, [<<"x">>], []]}}, Spec),
+    ?assertError({badarg, {unknown_option, member}},
+                 erlmcp_flow_swarm:child_spec(#{swarm_id => <<"s">>, capabilities => [<<"x">>],
+                                                member => []})),
+    ?assertError({badarg, {missing, capabilities}},
+                 erlmcp_flow_swarm:child_spec(#{swarm_id => <<"s">>})),
+    {ok, Sup} = erlmcp_flow_test_sup:start(#{strategy => one_for_one}, [Spec]),
+    {ok, Swarm} = erlmcp_flow:find_agent(<<"s">>),
+    {ok, Member} = erlmcp_flow_agent:start(erlmcp_flow_plain_agent, m),
+    ok = erlmcp_flow_swarm:add_member(Swarm, Member),
+    ?assertMatch({ok, {m, 1}, #{agent_id := <<"s">>}},
+                 erlmcp_flow:execute(#{input => 1}, #{capabilities => [<<"x">>]})),
+    OldRegistry = whereis(erlmcp_flow_registry),
+    exit(OldRegistry, kill),
+    wait_until(fun() ->
+                       case whereis(erlmcp_flow_registry) of
+                           undefined -> false;
+                           R -> R =/= OldRegistry andalso erlmcp_flow:find_agent(<<"s">>) =:= {ok, Swarm}
+                       end
+               end),
+    ?assertMatch({ok, {m, 2}, #{agent_id := <<"s">>}},
+                 erlmcp_flow:execute(#{input => 2}, #{capabilities => [<<"x">>]})),
+    erlmcp_flow_test_sup:stop(Sup),
+    ok = erlmcp_flow_agent:stop(Member),
+    sync_registry().

@@ -1,7 +1,12 @@
 %% An erlmcp_flow_agent callback module whose answers tests choose per task:
 %% #{op => echo, value => V}, #{op => fail}, #{op => crash}, #{op => hang},
-%% #{op => later, value => V} (answers through reply/2 when told `release').
-%% Every cancel is reported to the owner given at start.
+%% #{op => later, value => V} (answers through reply/2 when told `release'),
+%% #{op => later_bare, value => V} (the same, replying the bare value),
+%% #{op => return, value => V} (handle_task/3 returns V itself: a broken
+%% contract unless V is one of its answers).
+%% Every cancel is reported to the owner given at start; handle_info/2
+%% answers `{noreply, S}' to `{noreply_ping, From}' and returns what
+%% `{return, V}' says.
 -module(erlmcp_flow_test_agent).
 -behaviour(erlmcp_flow_agent).
 
@@ -16,6 +21,9 @@ handle_task(#{op := crash}, _Ctx, _S) -> exit(crashed_on_purpose);
 handle_task(#{op := hang}, _Ctx, S) -> {noreply, S};
 handle_task(#{op := later, value := V}, Ctx, #{held := H} = S) ->
     {noreply, S#{held := [{Ctx, V} | H]}};
+handle_task(#{op := later_bare, value := V}, Ctx, #{held := H} = S) ->
+    {noreply, S#{held := [{Ctx, {bare, V}} | H]}};
+handle_task(#{op := return, value := V}, _Ctx, _S) -> V;
 handle_task(#{op := trace}, #{trace := Trace}, S) -> {ok, Trace, S}.
 
 handle_cancel(Ref, #{owner := Owner} = S) ->
@@ -23,11 +31,19 @@ handle_cancel(Ref, #{owner := Owner} = S) ->
     {ok, S}.
 
 handle_info(release, #{held := H} = S) ->
-    [erlmcp_flow_agent:reply(Ctx, {ok, V}) || {Ctx, V} <- H],
+    [ok = erlmcp_flow_agent:reply(Ctx, answer(V)) || {Ctx, V} <- H],
     {ok, S#{held := []}};
+handle_info({noreply_ping, From}, S) ->
+    From ! {pong, self()},
+    {noreply, S};
+handle_info({return, V}, _S) ->
+    V;
 handle_info({ping, From}, S) ->
     From ! {pong, self()},
     {ok, S}.
+
+answer({bare, V}) -> V;
+answer(V) -> {ok, V}.
 
 terminate(_Reason, #{owner := Owner}) ->
     Owner ! {terminated, self()}.
