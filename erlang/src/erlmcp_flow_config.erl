@@ -2,9 +2,9 @@
 %% @doc Configuration of erlmcp_flow: the defaults, the validation of the
 %% application environment, and the published, validated result.
 %%
-%% Each of the ten sections (`q_learning', `load_balancer', `circuit_breaker',
-%% `failure_detector', `byzantine', `cluster', `timeouts', `correlation',
-%% `metrics', `export') is a map; a partial map given in
+%% Each of the eleven sections (`q_learning', `load_balancer',
+%% `circuit_breaker', `failure_detector', `byzantine', `cluster', `timeouts',
+%% `correlation', `metrics', `export', `registry') is a map; a partial map given in
 %% the application environment is merged over the section's defaults. Unknown
 %% sections, unknown keys and bad values are refused with a reason that names
 %% them, and the application does not start.
@@ -26,7 +26,7 @@
 
 -type section() :: q_learning | load_balancer | circuit_breaker
                  | failure_detector | byzantine | cluster | timeouts | correlation | metrics
-                 | export.
+                 | export | registry.
 -type config() :: #{section() => #{atom() => term()}, clock => system | manual}.
 -type error_reason() :: {unknown_config_key, atom() | {section(), term()}}
                       | {invalid_config, section() | clock, term()}
@@ -139,7 +139,11 @@ schema() ->
            {queue_size, 65536, int(1, ?MAX_COUNT)},
            {max_file_bytes, 10485760, int(1, 1 bsl 40)},
            {max_files, 5, int(1, 100)},
-           {http_timeout_ms, 5000, ms(integer)}]}.
+           {http_timeout_ms, 5000, ms(integer)}],
+      registry =>
+          %% native: names in the registry's ETS table; gproc: gproc `n'
+          %% keys (the gproc application must run); auto: gproc when it runs
+          [{backend, native, one_of([native, gproc, auto])}]}.
 
 %% Keys the design spells in two places: `{Section, Key}' given in the
 %% environment sets the other as well; both given with different values is
@@ -302,6 +306,16 @@ format_error({unknown_config_key, {Section, Key}}) ->
                                 [Key, Section]));
 format_error({unknown_config_key, Section}) ->
     lists:flatten(io_lib:format("erlmcp_flow: unknown configuration section ~p", [Section]));
+format_error({invalid_config, {export, url}, Value}) ->
+    case is_https(Value) of
+        true ->
+            lists:flatten(io_lib:format("erlmcp_flow: export.url ~p: only http:// collector URLs "
+                                        "are supported (the exporter does not start TLS)",
+                                        [Value]));
+        false ->
+            lists:flatten(io_lib:format("erlmcp_flow: bad value ~p for url in section export "
+                                        "(an http:// URL with a host)", [Value]))
+    end;
 format_error({invalid_config, {Section, Key}, Value}) ->
     lists:flatten(io_lib:format("erlmcp_flow: bad value ~p for ~p in section ~p",
                                 [Value, Key, Section]));
@@ -348,5 +362,12 @@ is_optional_http_url(V) when is_binary(V); is_list(V) ->
         _ -> false
     end;
 is_optional_http_url(_) -> false.
+is_https(V) when is_binary(V); is_list(V) ->
+    case catch uri_string:parse(unicode:characters_to_list(V)) of
+        #{scheme := Scheme} -> string:lowercase(Scheme) =:= "https";
+        _ -> false
+    end;
+is_https(_) ->
+    false.
 is_strategy(V) -> lists:member(V, erlmcp_flow_router:strategies()).
 one_of(Values) -> fun(V) -> lists:member(V, Values) end.

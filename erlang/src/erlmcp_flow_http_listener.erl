@@ -19,6 +19,7 @@
 -export([busy/1]).
 -export([waiting/1]).
 -export([connections/1]).
+-export([probe/1]).
 
 %% gen_server callbacks
 -export([init/1]).
@@ -72,6 +73,17 @@ busy(Name) ->
 -spec waiting(atom()) -> ok.
 waiting(Name) ->
     gen_server:cast(Name, {phase, self(), waiting}).
+
+%% @doc Whether the listener of `Opts' could bind its address now: `ok', or
+%% the reason it would stop with, `{Tag, Ip, Port, Why}' (the socket is
+%% closed again at once).
+-spec probe(#{ip := term(), port := inet:port_number(), tag := atom(), atom() => term()}) ->
+          ok | {error, {atom(), inet:ip_address(), inet:port_number(), term()}}.
+probe(#{ip := Ip, port := Port, tag := Tag}) ->
+    case gen_tcp:listen(Port, [{ip, address(Ip)}, family(Ip) | ?LISTEN_OPTS]) of
+        {ok, Socket} -> gen_tcp:close(Socket);
+        {error, Reason} -> {error, {Tag, address(Ip), Port, Reason}}
+    end.
 
 %% @doc Connections open now.
 -spec connections(atom()) -> non_neg_integer().

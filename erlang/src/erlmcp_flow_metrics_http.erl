@@ -18,6 +18,7 @@
 %% API
 -export([start_link/0]).
 -export([port/0]).
+-export([check/0]).
 
 %% erlmcp_flow_http handler
 -export([handle/4]).
@@ -31,6 +32,18 @@ start_link() ->
                                   limits => #{max_connections => Max,
                                               request_timeout_ms => Request,
                                               idle_timeout_ms => Idle}}).
+
+%% @doc `ok' when the listener is off or its address can be bound now, else
+%% `{error, {metrics_http, Ip, Port, Why}}': the application checks this
+%% before it starts anything.
+-spec check() -> ok | {error, {metrics_http, inet:ip_address(), inet:port_number(), term()}}.
+check() ->
+    case erlmcp_flow_config:get(metrics) of
+        #{http := true, ip := Ip, port := Port} ->
+            erlmcp_flow_http_listener:probe(#{ip => Ip, port => Port, tag => metrics_http});
+        #{} ->
+            ok
+    end.
 
 %% @doc The port the listener is bound to; `undefined' when it is off.
 -spec port() -> inet:port_number() | undefined.

@@ -246,19 +246,27 @@ is_capability_list(_) -> false.
 %%====================================================================
 
 %% @private
--spec init([]) -> {ok, #state{}}.
+-spec init([]) -> {ok, #state{}} | {stop, {gproc_not_running, gproc}}.
 init([]) ->
-    %% terminate/2 runs on shutdown: it unpublishes the router
-    process_flag(trap_exit, true),
-    _ = ets:new(?AGENTS, [named_table, protected, set, {read_concurrency, true}]),
-    %% {{Cap, Id}, Pid}: ordered, so a capability's holders are one range,
-    %% and adding or removing one holder costs the same however many there are
-    _ = ets:new(?CAPS, [named_table, protected, ordered_set, {read_concurrency, true}]),
-    {ok, Router} = erlmcp_flow_nif:router_new(router_options()),
-    Backend = erlmcp_flow_registry_backend:select(),
-    persistent_term:put(?ROUTER_KEY, Router),
-    persistent_term:put(?BACKEND_KEY, Backend),
-    {ok, #state{router = Router, backend = Backend}}.
+    Choice = erlmcp_flow_config:get(registry, backend),
+    case erlmcp_flow_registry_backend:select(Choice) of
+        {ok, Backend} ->
+            logger:info("erlmcp_flow: registry backend ~ts (registry.backend = ~ts)",
+                        [Backend, Choice]),
+            %% terminate/2 runs on shutdown: it unpublishes the router
+            process_flag(trap_exit, true),
+            _ = ets:new(?AGENTS, [named_table, protected, set, {read_concurrency, true}]),
+            %% {{Cap, Id}, Pid}: ordered, so a capability's holders are one
+            %% range, and adding or removing one holder costs the same however
+            %% many there are
+            _ = ets:new(?CAPS, [named_table, protected, ordered_set, {read_concurrency, true}]),
+            {ok, Router} = erlmcp_flow_nif:router_new(router_options()),
+            persistent_term:put(?ROUTER_KEY, Router),
+            persistent_term:put(?BACKEND_KEY, Backend),
+            {ok, #state{router = Router, backend = Backend}};
+        {error, Reason} ->
+            {stop, Reason}
+    end.
 
 %% @private
 -spec handle_call(term(), gen_server:from(), #state{}) -> {reply, term(), #state{}}.

@@ -5,14 +5,19 @@
 %% monitors in its own ETS tables; a backend owns only the name of each agent:
 %% how an id is claimed for a pid, released, and looked up. Two backends exist:
 %% `erlmcp_flow_registry_native' (ETS, the default) and
-%% `erlmcp_flow_registry_gproc' (gproc `n' keys, chosen when the gproc
-%% application is running).
+%% `erlmcp_flow_registry_gproc' (gproc `n' keys). The configuration's
+%% `registry => #{backend => native | gproc | auto}' picks one: `gproc'
+%% requires the gproc application to be running, `auto' takes gproc when it
+%% runs and native otherwise.
 -module(erlmcp_flow_registry_backend).
 
 %% API
--export([select/0]).
+-export([select/1]).
+-export([gproc_running/0]).
 
-%% Called by the registry server before it records the agent.
+%% Called by the registry server before it records the agent. A name that
+%% `Pid' itself holds already (it registers again after a registry restart)
+%% is `ok'.
 -callback register_name(AgentId :: binary(), Pid :: pid()) ->
     ok | {error, already_registered}.
 %% Called by the registry server on unregistration and on the agent's death.
@@ -23,10 +28,22 @@
 %% only the owner may register.
 -callback register_capabilities([binary()]) -> ok.
 
-%% @doc The backend for this node: gproc when its application runs.
--spec select() -> module().
-select() ->
-    case lists:keymember(gproc, 1, application:which_applications()) of
-        true -> erlmcp_flow_registry_gproc;
-        false -> erlmcp_flow_registry_native
+%% @doc The backend module for the configured choice, or why there is none.
+-spec select(native | gproc | auto) -> {ok, module()} | {error, {gproc_not_running, gproc}}.
+select(native) ->
+    {ok, erlmcp_flow_registry_native};
+select(gproc) ->
+    case gproc_running() of
+        true -> {ok, erlmcp_flow_registry_gproc};
+        false -> {error, {gproc_not_running, gproc}}
+    end;
+select(auto) ->
+    case gproc_running() of
+        true -> {ok, erlmcp_flow_registry_gproc};
+        false -> {ok, erlmcp_flow_registry_native}
     end.
+
+%% @doc Whether the gproc application runs in this node.
+-spec gproc_running() -> boolean().
+gproc_running() ->
+    lists:keymember(gproc, 1, application:which_applications()).

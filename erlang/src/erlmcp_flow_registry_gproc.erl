@@ -9,7 +9,8 @@
 %% owner, so `erlmcp_flow_agent' processes register their own through
 %% `register_capabilities/1'. gproc is not a build dependency: the calls below
 %% go through a module held in a variable, so xref and dialyzer stay clean on
-%% nodes without gproc, and this module is never selected there.
+%% nodes without gproc, and this module is only selected where gproc runs
+%% (`registry => #{backend => gproc | auto}').
 -module(erlmcp_flow_registry_gproc).
 -behaviour(erlmcp_flow_registry_backend).
 
@@ -23,12 +24,19 @@
 
 gproc_module() -> gproc.
 
+%% gproc keeps a name while its holder lives, whatever happens to the
+%% registry: after a registry restart the agent registers again and finds
+%% the name its own.
 -spec register_name(binary(), pid()) -> ok | {error, already_registered}.
 register_name(AgentId, Pid) ->
     try ?GPROC:reg_other(name(AgentId), Pid, undefined) of
         true -> ok
     catch
-        error:badarg -> {error, already_registered}
+        error:badarg ->
+            case ?GPROC:where(name(AgentId)) of
+                Pid -> ok;
+                _ -> {error, already_registered}
+            end
     end.
 
 -spec unregister_name(binary(), pid()) -> ok.

@@ -135,7 +135,9 @@ several_ids() ->
 
 backend() ->
     ?assertEqual(erlmcp_flow_registry_native, erlmcp_flow_registry:backend()),
-    ?assertEqual(erlmcp_flow_registry_native, erlmcp_flow_registry_backend:select()).
+    ?assertEqual({ok, erlmcp_flow_registry_native}, erlmcp_flow_registry_backend:select(native)),
+    ?assertEqual({ok, erlmcp_flow_registry_native}, erlmcp_flow_registry_backend:select(auto)),
+    ?assertEqual({error, {gproc_not_running, gproc}}, erlmcp_flow_registry_backend:select(gproc)).
 
 mirror() ->
     A = echo_agent(), B = echo_agent(),
@@ -191,3 +193,40 @@ limits() ->
     ok = erlmcp_flow:register_agent(binary:copy(<<"i">>, 1024), Agent, lists:droplast(Many)),
     ?assertMatch({ok, _, _}, erlmcp_flow:execute(#{}, #{capabilities => [<<"1024">>, <<"7">>]})),
     erlmcp_flow_test_util:unregister_all().
+
+%% registry.backend: native by default; gproc refused at start when gproc
+%% is not running (the reason at the top, one sentence logged); auto takes
+%% native then; the choice is logged.
+backend_choice_test() ->
+    _ = application:stop(erlmcp_flow),
+    _ = application:load(erlmcp_flow),
+    case erlmcp_flow_registry_backend:gproc_running() of
+        true ->
+            ok;  % erlmcp_flow_gproc_SUITE covers a node with gproc
+        false ->
+            try
+                application:set_env(erlmcp_flow, registry, #{backend => gproc}),
+                Logged = erlmcp_flow_test_util:capture_log(
+                           fun() ->
+                                   ?assertMatch({error, {{gproc_not_running, gproc}, _}},
+                                                application:start(erlmcp_flow))
+                           end),
+                ?assertMatch([_], [L || {error, "erlmcp_flow: registry.backend is gproc" ++ _ = L}
+                                            <- Logged]),
+                ?assertEqual(undefined, whereis(erlmcp_flow_sup)),
+                application:set_env(erlmcp_flow, registry, #{backend => auto}),
+                Logged2 = erlmcp_flow_test_util:capture_log(
+                            fun() -> ok = application:start(erlmcp_flow) end),
+                ?assertEqual(erlmcp_flow_registry_native, erlmcp_flow_registry:backend()),
+                ?assertMatch([_], [L || {info, "erlmcp_flow: registry backend "
+                                                "erlmcp_flow_registry_native (registry.backend = auto)"
+                                                = L} <- Logged2]),
+                ok = application:stop(erlmcp_flow),
+                application:set_env(erlmcp_flow, registry, #{backend => ets}),
+                ?assertMatch({error, {{invalid_config, {registry, backend}, ets}, _}},
+                             application:start(erlmcp_flow))
+            after
+                application:unset_env(erlmcp_flow, registry),
+                _ = application:stop(erlmcp_flow)
+            end
+    end.

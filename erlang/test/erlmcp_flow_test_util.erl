@@ -5,6 +5,7 @@
 
 -include_lib("eunit/include/eunit.hrl").
 
+-export([capture_log/1, log/2]).
 -export([start/0, stop/1, stop_drained/1, unregister_all/0, with_env/2, sync_registry/0, wait_until/1, wait_until/2, assert_clean/0,
          echo_agent/0, raw_agent/1, remote_pid/0]).
 
@@ -110,3 +111,34 @@ remote_pid() ->
     Node = <<"other@host">>,
     binary_to_term(<<131, 88, 119, (byte_size(Node)), Node/binary,
                      0:32, 0:32, 1:32>>).
+
+%% Runs Fun with every log event of the node sent to this process instead of
+%% the default handler; returns the events as {Level, Text}, oldest first.
+capture_log(Fun) ->
+    Id = erlmcp_flow_test_capture,
+    {ok, #{level := DefaultLevel}} = logger:get_handler_config(default),
+    #{level := Primary} = logger:get_primary_config(),
+    ok = logger:set_handler_config(default, level, none),
+    ok = logger:set_primary_config(level, all),
+    ok = logger:add_handler(Id, ?MODULE, #{level => all, config => #{pid => self()}}),
+    try
+        Fun(),
+        %% the handler runs in the logging process: a round trip through
+        %% logger's own server is not needed, the events are already sent
+        collect_log([])
+    after
+        _ = logger:remove_handler(Id),
+        ok = logger:set_primary_config(level, Primary),
+        ok = logger:set_handler_config(default, level, DefaultLevel)
+    end.
+
+collect_log(Acc) ->
+    receive {erlmcp_flow_test_log, Level, Text} -> collect_log([{Level, Text} | Acc])
+    after 100 -> lists:reverse(Acc)
+    end.
+
+%% @private The capture handler.
+log(#{level := Level} = Event, #{config := #{pid := Pid}}) ->
+    Text = lists:flatten(logger_formatter:format(Event, #{single_line => true, template => [msg]})),
+    Pid ! {erlmcp_flow_test_log, Level, Text},
+    ok.
