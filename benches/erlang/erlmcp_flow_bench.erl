@@ -19,11 +19,14 @@
 %%   figure of about 2 million asks per second;
 %% - the cost of one registration and its removal at 60, 1 000 and 10 000
 %%   agents; one process registered under 10 000 ids, and 10 000 agents
-%%   killed at once: how long until the registry has them out of routing.
+%%   killed at once: how long until the registry has them out of routing;
+%% - what telemetry events cost: without telemetry loaded, and (where it is
+%%   on the code path) loaded without a handler and with one.
 %% Each throughput is the median of 3 runs of 1 s.
 -module(erlmcp_flow_bench).
 
 -export([main/0, run/0]).
+-export([telemetry_handler/4]).
 
 -define(AGENTS, 60).
 -define(RUN_MS, 1000).
@@ -104,6 +107,7 @@ run() ->
               [element(3, lists:nth(13, Rows)) / 1.0e6, element(3, lists:nth(14, Rows)) / 1.0e6]),
     _ = FuseAsks,
     io:format("~nfind_agent/1 runs at ~.2f of a plain ets:lookup/2 (1 process)~n", [Ratio]),
+    telemetry_cost(Execute),
     io:format("~nregister_agent/3 + unregister_agent/1 of one more agent, mean of 200 (us):~n"),
     _ = lists:foldl(fun(Size, Have) ->
                             grow(Have, Size),
@@ -132,6 +136,46 @@ run() ->
     io:format("  10 000 agents killed at once: out of routing ~.1f ms after their deaths~n",
               [kill_all(Dying) / 1000]),
     [] = erlmcp_flow:query_agents([<<"dying">>]),
+    ok.
+
+%% What emitting telemetry events costs: one emission, and execute/2 (four
+%% events a task) without telemetry loaded, with it loaded and no handler
+%% attached, and with a handler that does nothing; the last two only where
+%% telemetry is on the code path (it is not shipped).
+telemetry_cost(Execute) ->
+    Emit = fun() -> erlmcp_flow_telemetry:execute([task, start], #{}, #{}) end,
+    Base = throughput(1, Execute),
+    io:format("~ntelemetry at ~b agents (1 process):~n", [?AGENTS]),
+    io:format("  one emission, telemetry not loaded          ~8.1f ns~n",
+              [1.0e9 / throughput(1, Emit)]),
+    io:format("  execute/2, telemetry not loaded             ~8s tasks/s~n",
+              [thousands(round(Base))]),
+    case code:which(telemetry) of
+        non_existing ->
+            io:format("  (telemetry is not on the code path: ERL_LIBS=<dir> to measure with it)~n");
+        _ ->
+            {ok, _} = application:ensure_all_started(telemetry),
+            T = telemetry,
+            io:format("  one emission, loaded, no handler            ~8.1f ns~n",
+                      [1.0e9 / throughput(1, Emit)]),
+            ok = T:attach_many(bench, erlmcp_flow_telemetry:events(),
+                               fun ?MODULE:telemetry_handler/4, []),
+            io:format("  one emission to a handler that does nothing ~8.1f ns~n",
+                      [1.0e9 / throughput(1, Emit)]),
+            ok = T:detach(bench),
+            Loaded = throughput(1, Execute),
+            io:format("  execute/2, loaded, no handler               ~8s tasks/s (~.2f of not loaded)~n",
+                      [thousands(round(Loaded)), Loaded / Base]),
+            ok = T:attach_many(bench, erlmcp_flow_telemetry:events(),
+                               fun ?MODULE:telemetry_handler/4, []),
+            Handled = throughput(1, Execute),
+            io:format("  execute/2, a handler that does nothing      ~8s tasks/s (~.2f of not loaded)~n",
+                      [thousands(round(Handled)), Handled / Base]),
+            ok = T:detach(bench)
+    end.
+
+%% @private A telemetry handler that does nothing.
+telemetry_handler(_Event, _Measurements, _Metadata, _Config) ->
     ok.
 
 %% Kills `Pids', waits for their deaths, then for the registry to have handled

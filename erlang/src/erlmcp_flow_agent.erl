@@ -83,8 +83,8 @@
                         agent_id => erlmcp_flow:agent_id(),
                         capabilities => [erlmcp_flow:capability(), ...],
                         id => term(),
-                        restart => supervisor:restart(),
-                        shutdown => supervisor:shutdown()}.
+                        restart => permanent | transient | temporary,
+                        shutdown => brutal_kill | timeout()}.
 
 -callback handle_task(Task :: erlmcp_flow:task(), State :: term()) ->
     {ok, Result :: term(), NewState :: term()}
@@ -299,7 +299,8 @@ terminate(Reason, #state{mod = Mod, mstate = MS}) ->
 %%====================================================================
 
 send(#{from := From, ref := Ref}, Answer) ->
-    From ! {task_result, Ref, Answer}.
+    From ! {task_result, Ref, Answer},
+    ok.
 
 %% What handle_cancel/2 and handle_info/2 may return.
 callback_return({noreply, MS}, State) -> {noreply, State#state{mstate = MS}};

@@ -146,12 +146,20 @@ take(AgentId) ->
         _ -> call
     end.
 
-%% @private Logs a transition the core reported: a warning when a breaker
-%% opens, a notice otherwise.
+%% @private Reports a transition the core reported: the telemetry event
+%% `[erlmcp_flow, breaker, transition]', and a log line (a warning when a
+%% breaker opens, a notice otherwise).
 -spec log_transition(erlmcp_flow:agent_id(), none | erlmcp_flow_nif:transition()) -> ok.
 log_transition(_AgentId, none) ->
     ok;
-log_transition(AgentId, {breaker, From, open}) ->
-    logger:warning("erlmcp_flow: circuit breaker of agent ~ts opened (was ~s)", [AgentId, From]);
 log_transition(AgentId, {breaker, From, To}) ->
-    logger:notice("erlmcp_flow: circuit breaker of agent ~ts ~s -> ~s", [AgentId, From, To]).
+    erlmcp_flow_telemetry:execute([breaker, transition],
+                                  #{monotonic_time => erlang:monotonic_time()},
+                                  #{agent_id => AgentId, from => From, to => To}),
+    case To of
+        open ->
+            logger:warning("erlmcp_flow: circuit breaker of agent ~ts opened (was ~s)",
+                           [AgentId, From]);
+        _ ->
+            logger:notice("erlmcp_flow: circuit breaker of agent ~ts ~s -> ~s", [AgentId, From, To])
+    end.

@@ -1,13 +1,14 @@
 %% @doc Node-wide metrics of erlmcp_flow.
 %%
 %% Most figures live in the Rust core and are read on demand: agents, tasks
-%% in flight and completed, breaker transitions, the decision latency
+%% in flight, attempts completed, breaker transitions, the decision latency
 %% histogram (one decision in 64 is timed), the correlation store's size,
 %% evictions and expirations. This module adds what the Erlang side counts
-%% (`retries', `fallbacks', `overloaded' answers, exported spans and export
-%% failures, in an OTP `counters' array so that counting takes no message)
-%% and, once every `metrics.interval_ms', samples the completed-task counter
-%% into `tasks_per_second' and sweeps the correlation store's expired spans.
+%% (tasks answered by outcome, `retries', `fallbacks', `overloaded' answers,
+%% exported spans and export failures, in an OTP `counters' array so that
+%% counting takes no message) and, once every `metrics.interval_ms', samples
+%% the tasks answered into `tasks_per_second' and sweeps the correlation
+%% store's expired spans.
 %%
 %% `stats/0' and `erlmcp_flow:stats/0' return them as one map;
 %% `erlmcp_flow_prometheus' renders them with every agent's figures for
@@ -34,13 +35,14 @@
 -export_type([counter/0, stats/0]).
 
 -type counter() :: retries | fallbacks | overloaded | spans_exported | export_failures
-                 | spans_lost.
+                 | spans_lost | tasks_succeeded | tasks_failed.
 -type stats() :: #{atom() => number()}.
 
 -define(COUNTERS_KEY, {?MODULE, counters}).
 %% Slots of the counters array; the last holds tasks per second x 1000.
--define(SLOTS, [retries, fallbacks, overloaded, spans_exported, export_failures, spans_lost]).
--define(RATE_SLOT, 7).
+-define(SLOTS, [retries, fallbacks, overloaded, spans_exported, export_failures, spans_lost,
+                tasks_succeeded, tasks_failed]).
+-define(RATE_SLOT, 9).
 
 -record(state, {interval :: pos_integer(),
                 completed :: non_neg_integer(),
@@ -63,8 +65,10 @@ add(Name, N) ->
         Ref -> counters:add(Ref, slot(Name), N)
     end.
 
-%% @doc The node-wide figures: `agents', tasks `in_flight' and `completed',
-%% `tasks_per_second' (over the last interval), Q-learning `episodes' and
+%% @doc The node-wide figures: `agents', tasks `in_flight', tasks answered
+%% (`tasks_succeeded', `tasks_failed': one per task, however many attempts
+%% it took), attempts `completed' (a task with one retry counts 2),
+%% `tasks_per_second' (tasks answered, over the last interval), Q-learning `episodes' and
 %% `epsilon', `retries', `fallbacks', `overloaded', breaker transitions
 %% (`breaker_opened', `breaker_half_opened', `breaker_closed'), the sampled
 %% decision latency (`decision_p50_us', `decision_p90_us',
@@ -129,7 +133,7 @@ init([]) ->
     persistent_term:put(?COUNTERS_KEY, Ref),
     Interval = erlmcp_flow_config:get(metrics, interval_ms),
     erlang:send_after(Interval, self(), tick),
-    {ok, #state{interval = Interval, completed = completed(), at = now_ms()}}.
+    {ok, #state{interval = Interval, completed = tasks(Ref), at = now_ms()}}.
 
 %% @private
 -spec handle_call(term(), gen_server:from(), #state{}) -> {reply, term(), #state{}}.
@@ -164,15 +168,17 @@ terminate(_Reason, _State) ->
 %%====================================================================
 
 sample(#state{completed = Before, at = At0} = State) ->
-    After = completed(),
+    Ref = persistent_term:get(?COUNTERS_KEY),
+    After = tasks(Ref),
     At1 = now_ms(),
     Rate = tasks_per_second(Before, At0, After, At1),
-    counters:put(persistent_term:get(?COUNTERS_KEY), ?RATE_SLOT, round(Rate * 1000)),
+    counters:put(Ref, ?RATE_SLOT, round(Rate * 1000)),
     Swept = erlmcp_flow_correlation_tracker:sweep(),
     {Swept, State#state{completed = After, at = At1}}.
 
-completed() ->
-    maps:get(completed, erlmcp_flow_registry:router_stats()).
+%% Tasks answered so far.
+tasks(Ref) ->
+    counters:get(Ref, slot(tasks_succeeded)) + counters:get(Ref, slot(tasks_failed)).
 
 now_ms() ->
     erlang:monotonic_time(millisecond).
@@ -182,4 +188,6 @@ slot(fallbacks) -> 2;
 slot(overloaded) -> 3;
 slot(spans_exported) -> 4;
 slot(export_failures) -> 5;
-slot(spans_lost) -> 6.
+slot(spans_lost) -> 6;
+slot(tasks_succeeded) -> 7;
+slot(tasks_failed) -> 8.

@@ -285,11 +285,11 @@ handle_cast(_Msg, State) ->
 
 %% @private
 -spec handle_info(term(), #state{}) -> {noreply, #state{}}.
-handle_info({'DOWN', MRef, process, _Pid, _Reason}, #state{monitors = Mons} = State) ->
+handle_info({'DOWN', MRef, process, _Pid, Reason}, #state{monitors = Mons} = State) ->
     case maps:take(MRef, Mons) of
         {Id, Mons1} ->
-            {Ids, Mons2} = more_down([Id], Mons1, ?MAX_BATCH - 1),
-            {noreply, remove_all(Ids, State#state{monitors = Mons2})};
+            {Gone, Mons2} = more_down([{Id, {down, Reason}}], Mons1, ?MAX_BATCH - 1),
+            {noreply, remove_all(Gone, State#state{monitors = Mons2})};
         error ->
             {noreply, State}
     end;
@@ -411,6 +411,7 @@ do_register(Id, Pid, Caps, Kind, Weight, #state{router = Router, backend = Backe
                             ets:insert(?CAPS, [{{Cap, Id}, Pid} || Cap <- Caps]),
                             ets:insert(?AGENTS, {Id, Pid, Kind, Caps, MRef}),
                             Mons = (State#state.monitors)#{MRef => Id},
+                            agent_event(register, Id, Pid, Kind, Caps, #{}),
                             {ok, State#state{monitors = Mons}};
                         {error, _} = E ->
                             ok = Backend:unregister_name(Id, Pid),
@@ -425,39 +426,43 @@ do_unregister(Id, #state{monitors = Mons} = State) ->
     case ets:lookup(?AGENTS, Id) of
         [{Id, _Pid, _Kind, _Caps, MRef}] ->
             erlang:demonitor(MRef, [flush]),
-            remove(Id, State#state{monitors = maps:remove(MRef, Mons)});
+            remove_all([{Id, unregistered}], State#state{monitors = maps:remove(MRef, Mons)});
         [] ->
             State
     end.
 
-%% The ids of more dead agents whose 'DOWN' waits in the mailbox, up to `N'.
-more_down(Ids, Mons, 0) ->
-    {Ids, Mons};
-more_down(Ids, Mons, N) ->
+%% More dead agents whose 'DOWN' waits in the mailbox, up to `N', each as
+%% `{Id, {down, Reason}}'.
+more_down(Gone, Mons, 0) ->
+    {Gone, Mons};
+more_down(Gone, Mons, N) ->
     receive
-        {'DOWN', MRef, process, _, _} when is_map_key(MRef, Mons) ->
+        {'DOWN', MRef, process, _, Reason} when is_map_key(MRef, Mons) ->
             {Id, Mons1} = maps:take(MRef, Mons),
-            more_down([Id | Ids], Mons1, N - 1)
+            more_down([{Id, {down, Reason}} | Gone], Mons1, N - 1)
     after 0 ->
-        {Ids, Mons}
+        {Gone, Mons}
     end.
 
-%% Drops `Id' from the router first, so no new decision picks it, then from
-%% the lookup tables and the backend.
-remove(Id, State) ->
-    remove_all([Id], State).
-
-%% The same for several agents, with one change of the router's table.
-remove_all(Ids, #state{router = Router, backend = Backend} = State) ->
-    Rows = [Row || Id <- Ids, Row <- ets:lookup(?AGENTS, Id)],
-    _ = erlmcp_flow_nif:agent_remove_many(Router, [Id || {Id, _, _, _, _} <- Rows]),
+%% Drops agents (`{Id, Why}') from the router first, with one change of its
+%% table, so no new decision picks them; then from the lookup tables and
+%% the backend.
+remove_all(Gone, #state{router = Router, backend = Backend} = State) ->
+    Rows = [{Row, Why} || {Id, Why} <- Gone, Row <- ets:lookup(?AGENTS, Id)],
+    _ = erlmcp_flow_nif:agent_remove_many(Router, [Id || {{Id, _, _, _, _}, _} <- Rows]),
     lists:foreach(
-      fun({Id, Pid, _Kind, Caps, _MRef}) ->
+      fun({{Id, Pid, Kind, Caps, _MRef}, Why}) ->
               ets:delete(?AGENTS, Id),
               lists:foreach(fun(Cap) -> ets:delete(?CAPS, {Cap, Id}) end, Caps),
-              ok = Backend:unregister_name(Id, Pid)
+              ok = Backend:unregister_name(Id, Pid),
+              agent_event(unregister, Id, Pid, Kind, Caps, #{reason => Why})
       end, Rows),
     State.
+
+agent_event(Event, Id, Pid, Kind, Caps, Extra) ->
+    erlmcp_flow_telemetry:execute([agent, Event], #{monotonic_time => erlang:monotonic_time()},
+                                  Extra#{agent_id => Id, pid => Pid, kind => Kind,
+                                         capabilities => Caps}).
 
 %% {Id, Pid} of every holder of `Cap', by id.
 holders(Cap) ->

@@ -28,6 +28,9 @@
 -export([route_task/2]).
 -export([strategies/0]).
 -export([dispatch/3]).
+-export([settle/1]).
+-export([internal_error/4]).
+-export([task_stopped/2]).
 -export([await/5]).
 -export([await/6]).
 -export([limits/0]).
@@ -36,7 +39,7 @@
 -export([class_key/1]).
 -export([meta/5]).
 
--export_type([plan/0, answer/0, attempt/0, trace/0]).
+-export_type([plan/0, answer/0, attempt/0, trace/0, error_meta/0]).
 
 -type plan() :: #{capabilities := [erlmcp_flow:capability()],
                   strategy := erlmcp_flow:strategy(),
@@ -58,7 +61,12 @@
 -type trace() :: #{trace_id := binary(), span_id := binary(), trace_flags := 0..255,
                    span := erlmcp_flow_nif:task_span(),
                    tracestate => binary()}.
--type answer() :: {ok, term(), erlmcp_flow:meta()} | {error, term()}.
+-type answer() :: {ok, term(), erlmcp_flow:meta()} | {error, term()}
+                | {error, term(), error_meta()}.
+%% With `error_meta => true': the task's trace and its failed attempts; empty
+%% when the error came before the task's span began (a bad argument).
+-type error_meta() :: #{trace_id => binary(), span_id => binary(),
+                        attempts => non_neg_integer(), tried => [attempt()]}.
 %% One failed attempt, as reported in `Meta' and in `no_available_agent'.
 -type attempt() :: #{agent_id := erlmcp_flow:agent_id(), reason := term(),
                      latency_us := non_neg_integer() | undefined}.
@@ -67,7 +75,7 @@
                        traceparent, tracestate]).
 -define(ROUTE_KEYS, [reply_to | ?EXECUTE_KEYS]).
 -define(OPT_KEYS, [timeout, routing_timeout, max_retry_attempts, base_retry_delay,
-                   max_retry_delay]).
+                   max_retry_delay, error_meta]).
 
 %% Limits on what requirements and options may give, checked before anything
 %% is scanned or waited for (see limits/0).
@@ -103,15 +111,78 @@ execute(Task, Requirements, Opts) ->
             case start_trace(Task, Plan) of
                 {ok, Trace} ->
                     Deadline = erlang:monotonic_time(millisecond) + RT,
-                    Answer = attempt(Task, Plan, Trace, Deadline,
-                                     #{n => 1, tried => [], failed => [], phase => agents}),
-                    end_trace(Trace, Answer);
+                    Started = task_started(Plan, Trace),
+                    St = #{n => 1, tried => [], failed => [], phase => agents},
+                    Answer = try attempt(Task, Plan, Trace, Deadline, St) of
+                                 A -> A
+                             catch
+                                 Class:Reason:Stack ->
+                                     internal_error(Started, Class, Reason, Stack)
+                             end,
+                    task_stopped(Started, Answer),
+                    answer(end_trace(Trace, Answer), Trace, Opts);
                 {error, _} = E ->
-                    E
+                    answer(E, none, Opts)
             end;
         {error, _} = E ->
-            E
+            answer(E, none, Opts)
     end.
+
+%% What execute/3 returns: {error, Reason, Meta} with `error_meta => true'
+%% (Meta empty when the task's span never began), else as is.
+answer({error, Reason, Failed}, Trace, #{error_meta := true}) ->
+    {error, Reason, error_meta(Trace, Failed)};
+answer({error, Reason, _Failed}, _Trace, _Opts) ->
+    {error, Reason};
+answer({error, Reason}, Trace, #{error_meta := true}) ->
+    {error, Reason, error_meta(Trace, [])};
+answer(Answer, _Trace, _Opts) ->
+    Answer.
+
+error_meta(none, _Failed) ->
+    #{};
+error_meta(#{trace_id := TraceId, span_id := SpanId}, Failed) ->
+    #{trace_id => TraceId, span_id => SpanId, attempts => length(Failed), tried => Failed}.
+
+%% Telemetry: the task's start, with what its stop and exception reuse.
+task_started(#{strategy := Strategy, capabilities := Caps}, #{trace_id := TraceId}) ->
+    Meta = #{trace_id => TraceId, strategy => Strategy, capabilities => Caps},
+    T0 = erlang:monotonic_time(),
+    erlmcp_flow_telemetry:execute([task, start],
+                                  #{monotonic_time => T0, system_time => erlang:system_time()},
+                                  Meta),
+    {T0, Meta}.
+
+%% @doc The `[erlmcp_flow, task, stop]' event of a task that began with
+%% `Started'.
+-spec task_stopped({integer(), map()}, answer()) -> ok.
+task_stopped({T0, Meta}, Answer) ->
+    Now = erlang:monotonic_time(),
+    Outcome = case Answer of
+                  {ok, _, #{agent_id := A, attempts := N}} ->
+                      #{outcome => ok, agent_id => A, attempts => N};
+                  {error, Reason, Failed} ->
+                      #{outcome => error, error => Reason, agent_id => undefined,
+                        attempts => length(Failed)};
+                  {error, Reason} ->
+                      #{outcome => error, error => Reason, agent_id => undefined, attempts => 0}
+              end,
+    erlmcp_flow_telemetry:execute([task, stop], #{monotonic_time => Now, duration => Now - T0},
+                                  maps:merge(Meta, Outcome)).
+
+%% @doc A crash inside erlmcp_flow while routing (a defect, never the
+%% agent's): reported as the `[erlmcp_flow, task, exception]' event and a
+%% log line; the answer is an error rather than an exception at the caller.
+-spec internal_error({integer(), map()}, error | exit | throw, term(), list()) ->
+          {error, {internal_error, {error | exit | throw, term()}}}.
+internal_error({T0, Meta}, Class, Reason, Stack) ->
+    Now = erlang:monotonic_time(),
+    erlmcp_flow_telemetry:execute([task, exception],
+                                  #{monotonic_time => Now, duration => Now - T0},
+                                  Meta#{kind => Class, reason => Reason, stacktrace => Stack}),
+    logger:error("erlmcp_flow: internal error while routing a task: ~p:~p~n~p",
+                 [Class, Reason, Stack]),
+    {error, {internal_error, {Class, Reason}}}.
 
 %% @doc Routes `Task' and returns once it is dispatched; a supervised process
 %% waits for the answer, completes the decision and, when the requirements
@@ -126,16 +197,18 @@ route_task(Task, Requirements) ->
         {ok, Plan} ->
             case start_trace(Task, Plan) of
                 {ok, Trace} ->
+                    Started = task_started(Plan, Trace),
                     case decide(Plan, Trace, 1, [], any) of
                         {ok, AgentId, Pid, Lease, Ctx} ->
                             Job = #{task => Task, timeout => attempt_timeout(Plan, Lease),
                                     context => Ctx, trace => Trace, agent_id => AgentId,
-                                    pid => Pid, lease => Lease,
+                                    pid => Pid, lease => Lease, started => Started,
                                     reply_to => maps:get(reply_to, Plan, undefined)},
                             {ok, _} = erlmcp_flow_task_sup:start_task(Job),
                             {ok, AgentId, Ctx};
                         {error, Reason} = E ->
                             Reason =:= overloaded andalso erlmcp_flow_metrics:incr(overloaded),
+                            task_stopped(Started, E),
                             end_trace(Trace, E)
                     end;
                 {error, _} = E ->
@@ -143,6 +216,28 @@ route_task(Task, Requirements) ->
             end;
         {error, _} = E ->
             E
+    end.
+
+%% @doc The one attempt of a routed task, in its waiter (`erlmcp_flow_task'):
+%% dispatched, awaited (an exit signal trapped by the waiter ends the wait),
+%% settled, reported and its span closed. Returns the task's answer.
+-spec settle(erlmcp_flow_task:job()) -> answer().
+settle(#{task := Task, timeout := Timeout, context := Ctx, trace := Trace, agent_id := AgentId,
+         pid := Pid, lease := Lease, started := Started}) ->
+    T0 = erlang:monotonic_time(),
+    Ref = dispatch(Pid, Task, Ctx),
+    Awaited = await(Ref, Pid, Lease, Timeout, AgentId, true),
+    attempt_stopped(T0, Trace, Ctx, AgentId, 1, Awaited),
+    Answer = case Awaited of
+                 {ok, Result, Latency} -> {ok, Result, meta(AgentId, Trace, Latency, 1, [])};
+                 {error, Reason, Latency} ->
+                     {error, Reason, [#{agent_id => AgentId, reason => Reason,
+                                        latency_us => Latency}]}
+             end,
+    task_stopped(Started, Answer),
+    case end_trace(Trace, Answer) of
+        {error, Why, _} -> {error, Why};
+        Other -> Other
     end.
 
 %% @doc Sends the task to `Pid' under a fresh alias monitor; returns the alias.
@@ -210,12 +305,17 @@ flush_answers(Ref) ->
 %% Internal functions
 %%====================================================================
 
+%% An attempt, and those after it; an error comes with the failed attempts
+%% (oldest first), which execute/3 reports with `error_meta'.
 attempt(Task, Plan, Trace, Deadline, #{n := N, tried := Tried, phase := Phase} = St) ->
     case decide_waiting(Plan, Trace, N, Tried, Phase, Deadline) of
         {ok, AgentId, Pid, Lease, Ctx} ->
             count_attempt(N, Phase),
+            T0 = erlang:monotonic_time(),
             Ref = dispatch(Pid, Task, Ctx),
-            case await(Ref, Pid, Lease, attempt_timeout(Plan, Lease), AgentId) of
+            Awaited = await(Ref, Pid, Lease, attempt_timeout(Plan, Lease), AgentId),
+            attempt_stopped(T0, Trace, Ctx, AgentId, N, Awaited),
+            case Awaited of
                 {ok, Result, Latency} ->
                     {ok, Result, meta(AgentId, Trace, Latency, N,
                                       lists:reverse(maps:get(failed, St)))};
@@ -224,13 +324,24 @@ attempt(Task, Plan, Trace, Deadline, #{n := N, tried := Tried, phase := Phase} =
                            #{agent_id => AgentId, reason => Reason, latency_us => Latency})
             end;
         {error, no_agents_available} when N > 1 ->
-            {error, {no_available_agent, lists:reverse(maps:get(failed, St))}};
-        {error, overloaded} = E ->
+            Failed = lists:reverse(maps:get(failed, St)),
+            {error, {no_available_agent, Failed}, Failed};
+        {error, overloaded} ->
             erlmcp_flow_metrics:incr(overloaded),
-            E;
-        {error, _} = E ->
-            E
+            {error, overloaded, lists:reverse(maps:get(failed, St))};
+        {error, Reason} ->
+            {error, Reason, lists:reverse(maps:get(failed, St))}
     end.
+
+attempt_stopped(T0, #{trace_id := TraceId}, #{span_id := SpanId}, AgentId, N, Awaited) ->
+    Now = erlang:monotonic_time(),
+    Outcome = case Awaited of
+                  {ok, _, _} -> #{outcome => ok};
+                  {error, Reason, _} -> #{outcome => error, error => Reason}
+              end,
+    erlmcp_flow_telemetry:execute([attempt, stop], #{monotonic_time => Now, duration => Now - T0},
+                                  Outcome#{trace_id => TraceId, span_id => SpanId,
+                                           agent_id => AgentId, attempt => N}).
 
 count_attempt(1, agents) -> ok;
 count_attempt(_, agents) -> erlmcp_flow_metrics:incr(retries);
@@ -245,9 +356,9 @@ failed(Task, Plan, Trace, Deadline,
     #{max_retry_attempts := Max, base_retry_delay := Base, max_retry_delay := Cap} = Plan,
     if
         not Retryable, N =:= 1 ->
-            {error, Reason};
+            {error, Reason, lists:reverse(Failed1)};
         not Retryable ->
-            {error, {no_available_agent, lists:reverse(Failed1)}};
+            {error, {no_available_agent, lists:reverse(Failed1)}, lists:reverse(Failed1)};
         Phase =:= agents, N =< Max ->
             sleep(erlmcp_flow_retry:backoff(N, Base, Cap)),
             attempt(Task, Plan, Trace, Deadline, Next);
@@ -256,7 +367,7 @@ failed(Task, Plan, Trace, Deadline,
             %% capabilities, if an untried one exists
             attempt(Task, Plan, Trace, Deadline, Next#{phase := fallback});
         true ->
-            {error, {no_available_agent, lists:reverse(Failed1)}}
+            {error, {no_available_agent, lists:reverse(Failed1)}, lists:reverse(Failed1)}
     end.
 
 sleep(0) -> ok;
@@ -352,8 +463,9 @@ meta(AgentId, #{trace_id := TraceId, span_id := SpanId}, Latency, N, Tried) ->
 end_trace(Trace, Answer) ->
     {Outcome, Agent} = case Answer of
                            {ok, _, #{agent_id := A}} -> {ok, A};
-                           {error, _} -> {failed, undefined}
+                           _ -> {failed, undefined}
                        end,
+    erlmcp_flow_metrics:incr(case Outcome of ok -> tasks_succeeded; failed -> tasks_failed end),
     _ = erlmcp_flow_nif:span_end(maps:get(span, Trace), Outcome, Agent),
     Answer.
 
@@ -505,6 +617,7 @@ valid(max_retry_delay, N) -> is_ms(N, 0);
 valid(reply_to, P) -> is_pid(P);
 valid(sticky_key, K) -> is_binary(K);
 valid(idempotent, B) -> is_boolean(B);
+valid(error_meta, B) -> is_boolean(B);
 valid(task_class, _) -> true;
 %% parsed when the task's span starts
 valid(traceparent, TP) -> is_binary(TP);

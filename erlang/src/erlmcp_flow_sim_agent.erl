@@ -70,7 +70,7 @@ handle_task(Task, Ctx, #{mean_ms := Mean, jitter := J, load_factor := LF, fail_r
 %% @private
 -spec handle_info(term(), map()) -> {ok, map()}.
 handle_info({sim_done, Ctx, Result}, #{in_flight := N} = S) ->
-    erlmcp_flow_agent:reply(Ctx, Result),
+    ok = erlmcp_flow_agent:reply(Ctx, Result),
     {ok, S#{in_flight := N - 1}};
 handle_info(_Msg, S) ->
     {ok, S}.

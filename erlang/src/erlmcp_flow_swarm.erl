@@ -89,8 +89,8 @@ stop(Swarm) ->
 %% `{badarg, {Key, Value}}' or `{badarg, {missing, Key}}'.
 -spec child_spec(#{swarm_id := erlmcp_flow:agent_id(),
                    capabilities := [erlmcp_flow:capability(), ...],
-                   members => [pid()], id => term(), restart => supervisor:restart(),
-                   shutdown => supervisor:shutdown()}) -> supervisor:child_spec().
+                   members => [pid()], id => term(), restart => permanent | transient | temporary,
+                   shutdown => brutal_kill | timeout()}) -> supervisor:child_spec().
 child_spec(#{swarm_id := Id, capabilities := Caps} = Opts) ->
     Known = [swarm_id, capabilities, members, id, restart, shutdown],
     case lists:sort(maps:keys(Opts)) -- Known of

@@ -20,6 +20,8 @@
                  agent_id := erlmcp_flow:agent_id(),
                  pid := pid(),
                  lease := erlmcp_flow_nif:lease(),
+                 %% when the task started, and its telemetry metadata
+                 started := {integer(), map()},
                  reply_to := pid() | undefined}.
 
 -spec start_link(job()) -> {ok, pid()}.
@@ -34,23 +36,16 @@ start_link(Job) ->
 %% caught and answered `{error, {internal_error, Reason}}'. Only `kill',
 %% which no process can catch, leaves `reply_to' without an answer.
 -spec run(job()) -> ok.
-run(#{context := #{trace_id := TraceId}, reply_to := ReplyTo} = Job) ->
+run(#{context := #{trace_id := TraceId}, reply_to := ReplyTo, started := Started} = Job) ->
     process_flag(trap_exit, true),
-    Answer = try settle(Job)
-             catch Class:Reason -> {error, {internal_error, {Class, Reason}}}
+    Answer = try erlmcp_flow_router:settle(Job)
+             catch
+                 Class:Reason:Stack ->
+                     Error = erlmcp_flow_router:internal_error(Started, Class, Reason, Stack),
+                     erlmcp_flow_router:task_stopped(Started, Error),
+                     Error
              end,
     case ReplyTo of
         undefined -> ok;
         _ -> ReplyTo ! {erlmcp_flow_result, TraceId, Answer}, ok
     end.
-
-settle(#{task := Task, timeout := Timeout, context := Ctx, trace := Trace, agent_id := AgentId,
-         pid := Pid, lease := Lease}) ->
-    Ref = erlmcp_flow_router:dispatch(Pid, Task, Ctx),
-    Answer = case erlmcp_flow_router:await(Ref, Pid, Lease, Timeout, AgentId, true) of
-                 {ok, Result, Latency} ->
-                     {ok, Result, erlmcp_flow_router:meta(AgentId, Trace, Latency, 1, [])};
-                 {error, Reason, _Latency} ->
-                     {error, Reason}
-             end,
-    erlmcp_flow_router:end_trace(Trace, Answer).

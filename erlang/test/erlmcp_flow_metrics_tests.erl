@@ -33,7 +33,8 @@ global() ->
     spin_a_millisecond(),
     _ = erlmcp_flow_metrics:tick(),
     S = erlmcp_flow:stats(),
-    Keys = [agents, in_flight, completed, tasks_per_second, episodes, epsilon, retries,
+    Keys = [agents, in_flight, completed, tasks_succeeded, tasks_failed, tasks_per_second,
+            episodes, epsilon, retries,
             fallbacks, overloaded, breaker_opened, breaker_half_opened, breaker_closed,
             decision_p50_us, decision_p90_us, decision_p99_us, decision_max_us,
             decision_sum_us, decision_samples, correlation_entries, correlation_open,
@@ -46,6 +47,7 @@ global() ->
     #{completed := Completed, retries := Retries, tasks_per_second := Rate,
       decision_samples := Samples, correlation_entries := Entries} = S,
     ?assertEqual(Attempts, Completed),
+    ?assertMatch(#{tasks_succeeded := 200, tasks_failed := 0}, S),
     ?assertEqual(Attempts - 200, Retries),
     ?assert(Rate > 0),
     %% one decision in 64 is timed
@@ -95,7 +97,12 @@ exposition() ->
     ?assert(is_float(P99) andalso P99 > 0),
     ?assert(is_float(Get(<<"erlmcp_flow_decision_latency_seconds">>,
                          #{<<"quantile">> => <<"0.99">>}))),
-    ?assertEqual(7 + Failed, Get(<<"erlmcp_flow_tasks_completed_total">>, #{})),
+    %% tasks and attempts are separate families: 10 tasks, each of the 3
+    %% failed ones after several attempts
+    ?assertEqual(7, Get(<<"erlmcp_flow_tasks_total">>, #{<<"outcome">> => <<"ok">>})),
+    ?assertEqual(3, Get(<<"erlmcp_flow_tasks_total">>, #{<<"outcome">> => <<"error">>})),
+    ?assertEqual(7 + Failed, Get(<<"erlmcp_flow_attempts_total">>, #{})),
+    ?assertEqual(error, maps:find(<<"erlmcp_flow_tasks_completed_total">>, Types)),
     ?assertEqual(10 + 7 + Failed, Get(<<"erlmcp_flow_correlation_entries">>, #{})).
 
 off_by_default() ->

@@ -240,3 +240,30 @@ tmp_dir() ->
     _ = file:del_dir_r(D),
     ok = filelib:ensure_dir(filename:join(D, "x")),
     D.
+
+%% A defect inside the routing path is an answer, not an exception at the
+%% caller: here the bulkhead server is stuck, so the call that puts the
+%% caller in its line times out (5 s).
+internal_error_test_() ->
+    {timeout, 30, fun internal_error/0}.
+
+internal_error() ->
+    Apps = erlmcp_flow_test_util:start(),
+    try
+        Hang = raw_agent(fun(_) -> noreply end),
+        ok = erlmcp_flow:register_agent(<<"h">>, Hang, [<<"x">>]),
+        [{ok, _, _} = erlmcp_flow:route_task(#{}, #{timeout => 60000}) || _ <- lists:seq(1, 10)],
+        ok = sys:suspend(erlmcp_flow_bulkhead),
+        try
+            ?assertMatch({error, {internal_error, {exit, {timeout, _}}}, #{trace_id := _}},
+                         erlmcp_flow:execute(#{}, #{capabilities => [<<"x">>]},
+                                             #{routing_timeout => 10000, error_meta => true}))
+        after
+            sys:resume(erlmcp_flow_bulkhead)
+        end,
+        ?assertMatch(#{tasks_failed := 1}, erlmcp_flow:stats()),
+        %% the routed tasks end with their agent
+        exit(Hang, kill)
+    after
+        erlmcp_flow_test_util:stop_drained(Apps)
+    end.
