@@ -226,3 +226,13 @@ aliases_test_() ->
      ?_assert(is_list(erlmcp_flow_config:format_error(
                         {conflicting_config, {failure_detector, max_retry_attempts}, 2,
                          {timeouts, max_retry_attempts}, 7})))].
+
+%% An https:// collector is refused, and the message says why.
+https_export_url_test() ->
+    Url = <<"https://collector.example:4318/v1/traces">>,
+    {error, {invalid_config, {export, url}, Url} = R} =
+        erlmcp_flow_config:validate(#{export => #{url => Url}}),
+    ?assertMatch({match, _}, re:run(erlmcp_flow_config:format_error(R),
+                                    "only http:// collector URLs are supported")),
+    {error, R2} = erlmcp_flow_config:validate(#{export => #{url => <<"ftp:/x">>}}),
+    ?assertNotMatch({match, _}, re:run(erlmcp_flow_config:format_error(R2), "only http://")).

@@ -97,6 +97,8 @@ public_call() ->
            {erlmcp_flow, agent_stats, [id()]},
            {erlmcp_flow, stats, []},
            {erlmcp_flow, explain, [requirements()]},
+           {erlmcp_flow_agent, reply, [any_term(), any_term()]},
+           {erlmcp_flow_telemetry, execute, [list(atom_term()), any_term(), any_term()]},
            {erlmcp_flow_circuit_breaker, allow_request, [id()]},
            {erlmcp_flow_circuit_breaker, record_result, [id(), result()]},
            {erlmcp_flow_circuit_breaker, record_result, [id(), result(), fuzz_int()]},
@@ -267,6 +269,7 @@ opts() ->
                                                                atom_term()])},
                                    {base_retry_delay, delay_term()},
                                    {max_retry_delay, delay_term()},
+                                   {error_meta, oneof([true, false, any_term(0)])},
                                    {any_term(0), any_term(0)}])),
                 maps:from_list(Pairs))]).
 
