@@ -105,8 +105,6 @@
 -optional_callbacks([handle_task/2, handle_task/3, handle_cancel/2, handle_info/2,
                      terminate/2]).
 
--define(REREGISTER_MS, 100).
-
 -record(state, {
     mod :: module(),
     mstate :: term(),
@@ -267,18 +265,13 @@ handle_info({cancel_task, Ref}, #state{mod = Mod, mstate = MS} = State) ->
         false -> {noreply, State}
     end;
 handle_info({'DOWN', MRef, process, _, _}, #state{registry_mon = MRef} = State) ->
-    erlang:send_after(?REREGISTER_MS, self(), reregister),
+    ok = erlmcp_flow_registration:registry_down(),
     {noreply, State#state{registry_mon = undefined}};
-handle_info(reregister, State) ->
-    case register_self(State) of
-        {ok, State1} ->
-            {noreply, State1};
-        {error, Busy} when Busy =:= not_started; element(1, Busy) =:= registry_down ->
-            %% the registry is still on its way back
-            erlang:send_after(?REREGISTER_MS, self(), reregister),
-            {noreply, State};
-        {error, Reason} ->
-            {stop, {shutdown, {reregistration_failed, Reason}}, State}
+handle_info(reregister, #state{registration = {Id, Caps}} = State) ->
+    case erlmcp_flow_registration:reregister(agent, Id, Caps) of
+        {ok, MRef} -> {noreply, State#state{registry_mon = MRef}};
+        later -> {noreply, State};
+        {error, Reason} -> {stop, {shutdown, {reregistration_failed, Reason}}, State}
     end;
 handle_info(Msg, #state{mod = Mod, mstate = MS} = State) ->
     case erlang:function_exported(Mod, handle_info, 2) of
@@ -320,17 +313,7 @@ handle_task_arity(Mod) ->
 register_self(#state{registration = undefined} = State) ->
     {ok, State};
 register_self(#state{registration = {Id, Caps}} = State) ->
-    case whereis(erlmcp_flow_registry) of
-        undefined ->
-            {error, not_started};
-        Registry ->
-            MRef = erlang:monitor(process, Registry),
-            case erlmcp_flow:register_agent(Id, self(), Caps) of
-                ok ->
-                    ok = (erlmcp_flow_registry:backend()):register_capabilities(Caps),
-                    {ok, State#state{registry_mon = MRef}};
-                {error, _} = E ->
-                    erlang:demonitor(MRef, [flush]),
-                    E
-            end
+    case erlmcp_flow_registration:register(agent, Id, Caps) of
+        {ok, MRef} -> {ok, State#state{registry_mon = MRef}};
+        {error, _} = E -> E
     end.

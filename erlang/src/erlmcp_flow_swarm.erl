@@ -33,8 +33,6 @@
 -export([handle_cast/2]).
 -export([handle_info/2]).
 
--define(REREGISTER_MS, 100).
-
 -record(member, {mref :: reference(),
                  in_flight = 0 :: non_neg_integer(),
                  assigned = 0 :: non_neg_integer(),
@@ -124,8 +122,8 @@ init({SwarmId, Capabilities, Members}) ->
         true ->
             State = lists:foldl(fun add/2, #state{id = SwarmId, capabilities = Capabilities},
                                 Members),
-            case register_self(State) of
-                {ok, State1} -> {ok, State1};
+            case erlmcp_flow_registration:register(swarm, SwarmId, Capabilities) of
+                {ok, MRef} -> {ok, State#state{registry_mon = MRef}};
                 {error, Reason} -> {stop, Reason}
             end
     end.
@@ -189,18 +187,13 @@ handle_info({cancel_task, Ref}, #state{outer = Outer} = State) ->
             {noreply, State}
     end;
 handle_info({'DOWN', MRef, process, _, _}, #state{registry_mon = MRef} = State) ->
-    erlang:send_after(?REREGISTER_MS, self(), reregister),
+    ok = erlmcp_flow_registration:registry_down(),
     {noreply, State#state{registry_mon = undefined}};
-handle_info(reregister, State) ->
-    case register_self(State) of
-        {ok, State1} ->
-            {noreply, State1};
-        {error, Busy} when Busy =:= not_started; element(1, Busy) =:= registry_down ->
-            %% the registry is still on its way back
-            erlang:send_after(?REREGISTER_MS, self(), reregister),
-            {noreply, State};
-        {error, Reason} ->
-            {stop, {shutdown, {reregistration_failed, Reason}}, State}
+handle_info(reregister, #state{id = Id, capabilities = Caps} = State) ->
+    case erlmcp_flow_registration:reregister(swarm, Id, Caps) of
+        {ok, MRef} -> {noreply, State#state{registry_mon = MRef}};
+        later -> {noreply, State};
+        {error, Reason} -> {stop, {shutdown, {reregistration_failed, Reason}}, State}
     end;
 handle_info({'DOWN', _MRef, process, Member, Reason}, #state{members = Ms} = State) ->
     Lost = [Inner || {Inner, #pending{member = M}} <- maps:to_list(State#state.pending),
@@ -218,23 +211,6 @@ handle_info(_Info, State) ->
 %%====================================================================
 %% Internal functions
 %%====================================================================
-
-%% Registers the coordinator and watches the registry, so that it registers
-%% again when the registry restarts.
-register_self(#state{id = Id, capabilities = Caps} = State) ->
-    case whereis(erlmcp_flow_registry) of
-        undefined ->
-            {error, not_started};
-        Registry ->
-            MRef = erlang:monitor(process, Registry),
-            case erlmcp_flow:register_swarm(Id, self(), Caps) of
-                ok ->
-                    {ok, State#state{registry_mon = MRef}};
-                {error, _} = E ->
-                    erlang:demonitor(MRef, [flush]),
-                    E
-            end
-    end.
 
 add(Member, #state{members = Ms} = State) ->
     case Ms of

@@ -95,14 +95,7 @@ start_failures() ->
 
 reregister() ->
     Pid = start(<<"t">>, [<<"x">>], erlmcp_flow_plain_agent, p),
-    OldRegistry = whereis(erlmcp_flow_registry),
-    exit(OldRegistry, kill),
-    wait_until(fun() ->
-                       case whereis(erlmcp_flow_registry) of
-                           undefined -> false;
-                           R -> R =/= OldRegistry andalso erlmcp_flow:find_agent(<<"t">>) =:= {ok, Pid}
-                       end
-               end),
+    erlmcp_flow_test_util:restart_registry(fun() -> erlmcp_flow:find_agent(<<"t">>) =:= {ok, Pid} end),
     ?assertMatch({ok, {p, 1}, _}, erlmcp_flow:execute(#{input => 1}, #{capabilities => [<<"x">>]})),
     stop(Pid).
 

@@ -125,16 +125,8 @@ registry_restart_keeps_agents(_Config) ->
              || Id <- [<<"e1">>, <<"e2">>, <<"e3">>]],
     {ok, Sup} = erlmcp_flow_test_sup:start(#{strategy => one_for_one}, Specs),
     Pids = [P || {_, P, _, _} <- supervisor:which_children(Sup)],
-    Old = whereis(erlmcp_flow_registry),
-    exit(Old, kill),
-    erlmcp_flow_test_util:wait_until(
-      fun() ->
-              case whereis(erlmcp_flow_registry) of
-                  undefined -> false;
-                  New -> New =/= Old andalso
-                             erlmcp_flow:query_agents([<<"echo">>]) =:= [<<"e1">>, <<"e2">>, <<"e3">>]
-              end
-      end),
+    erlmcp_flow_test_util:restart_registry(
+      fun() -> erlmcp_flow:query_agents([<<"echo">>]) =:= [<<"e1">>, <<"e2">>, <<"e3">>] end),
     %% the same processes: none exited
     ?assertEqual(lists:sort(Pids), lists:sort([P || {_, P, _, _} <- supervisor:which_children(Sup)])),
     [?assert(is_process_alive(P)) || P <- Pids],
@@ -151,17 +143,10 @@ swarm_survives_registry_restart(_Config) ->
     {ok, Swarm} = erlmcp_flow:find_agent(<<"s">>),
     {ok, Member} = erlmcp_flow_agent:start(erlmcp_flow_plain_agent, m),
     ok = erlmcp_flow_swarm:add_member(Swarm, Member),
-    Old = whereis(erlmcp_flow_registry),
-    exit(Old, kill),
-    erlmcp_flow_test_util:wait_until(
-      fun() ->
-              case whereis(erlmcp_flow_registry) of
-                  undefined -> false;
-                  %% gproc kept the name; the new registry's tables know the
-                  %% swarm once it has registered again
-                  New -> New =/= Old andalso erlmcp_flow:query_agents([<<"sw">>]) =:= [<<"s">>]
-              end
-      end),
+    %% gproc kept the name; the new registry's tables know the swarm once it
+    %% has registered again
+    erlmcp_flow_test_util:restart_registry(
+      fun() -> erlmcp_flow:query_agents([<<"sw">>]) =:= [<<"s">>] end),
     ?assertEqual({ok, Swarm}, erlmcp_flow:find_agent(<<"s">>)),
     ?assertMatch({ok, {m, 1}, #{agent_id := <<"s">>}},
                  erlmcp_flow:execute(#{input => 1}, #{capabilities => [<<"sw">>]})),

@@ -123,14 +123,7 @@ supervised() ->
     ok = erlmcp_flow_swarm:add_member(Swarm, Member),
     ?assertMatch({ok, {m, 1}, #{agent_id := <<"s">>}},
                  erlmcp_flow:execute(#{input => 1}, #{capabilities => [<<"x">>]})),
-    OldRegistry = whereis(erlmcp_flow_registry),
-    exit(OldRegistry, kill),
-    wait_until(fun() ->
-                       case whereis(erlmcp_flow_registry) of
-                           undefined -> false;
-                           R -> R =/= OldRegistry andalso erlmcp_flow:find_agent(<<"s">>) =:= {ok, Swarm}
-                       end
-               end),
+    erlmcp_flow_test_util:restart_registry(fun() -> erlmcp_flow:find_agent(<<"s">>) =:= {ok, Swarm} end),
     ?assertMatch({ok, {m, 2}, #{agent_id := <<"s">>}},
                  erlmcp_flow:execute(#{input => 2}, #{capabilities => [<<"x">>]})),
     erlmcp_flow_test_sup:stop(Sup),

@@ -5,7 +5,7 @@
 
 -include_lib("eunit/include/eunit.hrl").
 
--export([capture_log/1, log/2]).
+-export([capture_log/1, log/2, restart_registry/1]).
 -export([start/0, stop/1, stop_drained/1, unregister_all/0, with_env/2, sync_registry/0, wait_until/1, wait_until/2, assert_clean/0,
          echo_agent/0, raw_agent/1, remote_pid/0]).
 
@@ -142,3 +142,15 @@ log(#{level := Level} = Event, #{config := #{pid := Pid}}) ->
     Text = lists:flatten(logger_formatter:format(Event, #{single_line => true, template => [msg]})),
     Pid ! {erlmcp_flow_test_log, Level, Text},
     ok.
+
+%% Kills the registry and waits until its successor runs and `Ready()' holds
+%% (say, the agents registered again).
+restart_registry(Ready) ->
+    Old = whereis(erlmcp_flow_registry),
+    exit(Old, kill),
+    wait_until(fun() ->
+                       case whereis(erlmcp_flow_registry) of
+                           undefined -> false;
+                           New -> New =/= Old andalso Ready()
+                       end
+               end).
