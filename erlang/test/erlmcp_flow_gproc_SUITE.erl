@@ -25,15 +25,7 @@ all() ->
      auto_picks_gproc].
 
 init_per_suite(Config) ->
-    case code:which(gproc) of
-        non_existing ->
-            {skip, "gproc is not on the code path (erlmcp_flow does not ship it): run with "
-                   "ERL_LIBS=<a directory holding gproc/ebin> to include this suite"};
-        _ ->
-            logger:set_primary_config(level, critical),
-            {ok, _} = application:ensure_all_started(gproc),
-            Config
-    end.
+    erlmcp_flow_test_util:start_optional(gproc, Config).
 
 end_per_suite(_Config) ->
     _ = application:stop(erlmcp_flow),

@@ -24,15 +24,7 @@ all() ->
      internal_error_is_an_exception_event].
 
 init_per_suite(Config) ->
-    case code:which(telemetry) of
-        non_existing ->
-            {skip, "telemetry is not on the code path (erlmcp_flow does not ship it): run with "
-                   "ERL_LIBS=<a directory holding telemetry/ebin> to include this suite"};
-        _ ->
-            logger:set_primary_config(level, critical),
-            {ok, _} = application:ensure_all_started(telemetry),
-            Config
-    end.
+    erlmcp_flow_test_util:start_optional(telemetry, Config).
 
 end_per_suite(_Config) ->
     _ = application:stop(erlmcp_flow),

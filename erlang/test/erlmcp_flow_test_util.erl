@@ -5,7 +5,7 @@
 
 -include_lib("eunit/include/eunit.hrl").
 
--export([capture_log/1, log/2, restart_registry/1]).
+-export([capture_log/1, log/2, restart_registry/1, start_optional/2]).
 -export([start/0, stop/1, stop_drained/1, unregister_all/0, with_env/2, sync_registry/0, wait_until/1, wait_until/2, assert_clean/0,
          echo_agent/0, raw_agent/1, remote_pid/0]).
 
@@ -154,3 +154,19 @@ restart_registry(Ready) ->
                            New -> New =/= Old andalso Ready()
                        end
                end).
+
+%% The init_per_suite of a suite that needs an optional library (gproc,
+%% telemetry), which erlmcp_flow does not ship: `Config' with the library
+%% started, or the skip that says how to include the suite.
+start_optional(App, Config) ->
+    case code:which(App) of
+        non_existing ->
+            {skip, lists:flatten(
+                     io_lib:format("~s is not on the code path (erlmcp_flow does not ship it): "
+                                   "run with ERL_LIBS=<a directory holding ~s/ebin> to include "
+                                   "this suite", [App, App]))};
+        _ ->
+            logger:set_primary_config(level, critical),
+            {ok, _} = application:ensure_all_started(App),
+            Config
+    end.
