@@ -6,7 +6,7 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 ERL_PATHS = -pa _build/default/lib/*/ebin
 BENCH_EBIN = _build/bench/ebin
 
-.PHONY: all setup build demo test test-rust test-erlang check-otp27 dialyzer bench bench-rust bench-erlang fuzz cover cover-rust clean
+.PHONY: all setup build demo test test-rust test-erlang check-otp27 w3c dialyzer bench bench-rust bench-erlang fuzz cover cover-rust clean
 
 all: build
 
@@ -42,6 +42,14 @@ check-otp27:
 	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
 	ERL_FLAGS="-enable-feature maybe_expr" erlc -enable-feature maybe_expr -pa "$$tmp" -o "$$tmp" erlang/src/*.erl erlang/test/*.erl benches/erlang/*.erl && \
 	echo "check-otp27: every module compiles with maybe_expr enabled"
+
+## The W3C Trace Context validation harness (w3c/trace-context, its test/
+## folder; not shipped) against erlmcp_flow's test service, at SPEC_LEVEL=2
+## with strict checks: make w3c TRACE_CONTEXT_TEST=<dir> PYTHON=<python with aiohttp>
+PYTHON ?= python3
+w3c: build
+	@test -n "$(TRACE_CONTEXT_TEST)" || { echo "make w3c TRACE_CONTEXT_TEST=<the test/ folder of w3c/trace-context> [PYTHON=<a python with aiohttp>]"; exit 2; }
+	TRACE_CONTEXT_TEST="$(TRACE_CONTEXT_TEST)" PYTHON="$(PYTHON)" rebar3 ct --dir erlang/test --suite erlmcp_flow_w3c_SUITE
 
 ## A long fuzz run (CI runs 4 000 calls): random and targeted terms into
 ## every exported function; FUZZ_CALLS sets how many.

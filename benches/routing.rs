@@ -33,7 +33,7 @@ use std::sync::Arc;
 use erlmcp_flow_core::routing::router::SpanRequest;
 use erlmcp_flow_core::tracing::context as trace;
 use erlmcp_flow_core::tracing::correlation::{
-    CorrelationConfig, CorrelationStore, Opened, SpanOutcome,
+    CorrelationConfig, CorrelationStore, Opened, SpanKind, SpanOutcome,
 };
 use erlmcp_flow_core::{
     Admission, AgentSpec, Clock, Outcome, Request, Router, RouterConfig, Strategy,
@@ -221,6 +221,7 @@ fn span(trace_id: [u8; 32], span_id: [u8; 16], agent: &Arc<[u8]>, summary: &Arc<
         agent_id: Some(Arc::clone(agent)),
         summary: Some(Arc::clone(summary)),
         attempt: 1,
+        kind: SpanKind::Attempt,
     }
 }
 

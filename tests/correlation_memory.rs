@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicIsize, Ordering};
 
 use erlmcp_flow_core::tracing::context as trace;
 use erlmcp_flow_core::tracing::correlation::{
-    CorrelationConfig, CorrelationStore, Opened, SpanOutcome,
+    CorrelationConfig, CorrelationStore, Opened, SpanKind, SpanOutcome,
 };
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
@@ -53,6 +53,7 @@ fn opened(rng: &mut SmallRng, agent: &Arc<[u8]>, attempt: u16) -> Opened {
         // a summary per task, as the router makes one
         summary: Some(format!("review {attempt}").as_bytes().into()),
         attempt,
+        kind: SpanKind::Attempt,
     }
 }
 

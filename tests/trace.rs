@@ -2,7 +2,7 @@
 //! and the parser's grammar for any input.
 
 use erlmcp_flow_core::tracing::context::{
-    format_traceparent, parse_traceparent, valid_id, validate_tracestate,
+    format_traceparent, incoming, parse_traceparent, valid_id, validate_tracestate,
 };
 use proptest::prelude::*;
 use serde::Deserialize;
@@ -29,16 +29,50 @@ struct StateCase {
     valid: bool,
 }
 
+/// A request of the W3C validation harness: its header fields, and what a
+/// receiver passes on.
+#[derive(Deserialize)]
+struct IncomingCase {
+    case: String,
+    fields: Vec<(String, String)>,
+    traceparent: Option<String>,
+    tracestate: Option<String>,
+}
+
 #[derive(Deserialize)]
 struct Vectors<T> {
     cases: Vec<T>,
+    #[serde(default)]
+    incoming: Vec<IncomingCase>,
 }
 
-fn vectors<T: for<'de> Deserialize<'de>>(name: &str) -> Vec<T> {
+fn read<T: for<'de> Deserialize<'de>>(name: &str) -> Vectors<T> {
     let path = format!("{}/tests/vectors/{name}", env!("CARGO_MANIFEST_DIR"));
     serde_json::from_str::<Vectors<T>>(&std::fs::read_to_string(path).expect("vectors"))
         .expect("vector JSON")
-        .cases
+}
+
+fn vectors<T: for<'de> Deserialize<'de>>(name: &str) -> Vec<T> {
+    read(name).cases
+}
+
+/// Every request of the harness, as the transport hands its fields over.
+#[test]
+fn harness_requests() {
+    let mut all = read::<ParentCase>("traceparent.json").incoming;
+    all.extend(read::<StateCase>("tracestate.json").incoming);
+    assert!(all.len() >= 80, "{}", all.len());
+    for c in all {
+        let got = incoming(c.fields.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())));
+        let tp = got.traceparent.map(|tp| format_traceparent(&tp).to_vec());
+        assert_eq!(tp, c.traceparent.map(String::into_bytes), "{}", c.case);
+        assert_eq!(
+            got.tracestate,
+            c.tracestate.map(String::into_bytes),
+            "{}",
+            c.case
+        );
+    }
 }
 
 #[test]

@@ -63,6 +63,8 @@
 -export([reply/2]).
 -export([stop/1]).
 -export([child_spec/1]).
+-export([start_span/2]).
+-export([end_span/2]).
 
 %% gen_server callbacks
 -export([init/1]).
@@ -156,6 +158,23 @@ reply(_, _) ->
 answer({ok, _} = A) -> A;
 answer({error, _} = A) -> A;
 answer(Result) -> {ok, Result}.
+
+%% @doc Opens a span for a call the agent makes while working on the task
+%% of `TaskCtx', under the task's attempt: see
+%% `erlmcp_flow_correlation_tracker:start_span/2'. Send
+%% `erlmcp_flow_correlation_tracker:format_traceparent(ChildCtx)' with the
+%% call and close the span with `end_span/2'.
+-spec start_span(task_ctx(), binary()) ->
+          erlmcp_flow_correlation_tracker:context()
+        | {error, not_started | {badarg, trace_context | name}}.
+start_span(TaskCtx, Name) ->
+    erlmcp_flow_correlation_tracker:start_span(TaskCtx, Name).
+
+%% @doc Closes a span `start_span/2' opened, with the call's outcome.
+-spec end_span(erlmcp_flow_correlation_tracker:context(), ok | error) ->
+          ok | {error, already_ended | {badarg, span | outcome}}.
+end_span(ChildCtx, Outcome) ->
+    erlmcp_flow_correlation_tracker:end_span(ChildCtx, Outcome).
 
 %% @doc A child specification for a supervisor of your own, from
 %% `#{module := Mod, args => Args, agent_id => Id, capabilities => Caps}':

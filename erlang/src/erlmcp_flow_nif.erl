@@ -38,6 +38,8 @@
 -export([validate_tracestate/1]).
 -export([span_start/3]).
 -export([span_end/3]).
+-export([span_child_start/5]).
+-export([trace_incoming/1]).
 -export([trace_chain/2]).
 -export([span_lookup/2]).
 -export([correlation_sweep/1]).
@@ -52,7 +54,8 @@
        agent_stats/2, decide/8, has_capacity/2, complete/2, lease_p95/1, explain/3, q_table/1, q_save/2, q_load/2,
        q_reset/1, td_update/5, reward/4, breaker_allow/2, breaker_record/5, breaker_state/2,
        breaker_reset/2, generate_trace_id/0, generate_span_id/0, parse_traceparent/1,
-       format_traceparent/3, validate_tracestate/1, span_start/3, span_end/3, trace_chain/2,
+       format_traceparent/3, validate_tracestate/1, span_start/3, span_end/3,
+       span_child_start/5, trace_incoming/1, trace_chain/2,
        span_lookup/2, correlation_sweep/1, export_batch/3, core_memory/0,
        release_snapshot_cache/0]).
 
@@ -89,7 +92,7 @@
                   summary := binary(), start_us := non_neg_integer(),
                   end_us := non_neg_integer() | undefined,
                   outcome := open | ok | error | timeout | down | abandoned | failed,
-                  attempt := non_neg_integer()}.
+                  attempt := non_neg_integer(), kind := task | attempt | child}.
 -type state() :: {0..10, low | medium | high, fast | normal | slow, non_neg_integer()}.
 -type breaker_state() :: closed | open | half_open.
 -type transition() :: {breaker, breaker_state(), breaker_state()}.
@@ -216,9 +219,23 @@ validate_tracestate(_Header) -> erlang:nif_error(nif_not_loaded).
         | badarg().
 span_start(_Router, _Traceparent, _Summary) -> erlang:nif_error(nif_not_loaded).
 
--spec span_end(task_span(), ok | failed, binary() | undefined) ->
+-spec span_end(task_span(), ok | failed | error, binary() | undefined) ->
           ok | {error, already_ended} | badarg().
 span_end(_Span, _Outcome, _AgentId) -> erlang:nif_error(nif_not_loaded).
+
+%% Opens a span under `ParentSpanId' in `TraceId' (a child an agent opens
+%% under its attempt); closed by `span_end/3', or as abandoned when garbage
+%% collected first. Returns its id and the flags it passes on.
+-spec span_child_start(router(), binary(), binary(), 0..255, binary()) ->
+          {ok, binary(), 0..255, task_span()} | badarg().
+span_child_start(_Router, _TraceId, _ParentSpanId, _Flags, _Name) ->
+    erlang:nif_error(nif_not_loaded).
+
+%% The `traceparent' (version 00) and `tracestate' a receiver passes on from
+%% a request's header fields, each only when there is one.
+-spec trace_incoming([{binary(), binary()}]) ->
+          #{traceparent => binary(), tracestate => binary()} | badarg().
+trace_incoming(_Fields) -> erlang:nif_error(nif_not_loaded).
 
 -spec trace_chain(router(), binary()) -> [span()] | badarg().
 trace_chain(_Router, _TraceId) -> erlang:nif_error(nif_not_loaded).

@@ -36,6 +36,27 @@ tracestate_vectors_test() ->
                   {H, ?T:validate_tracestate(H)})
      || #{<<"header">> := H, <<"valid">> := Valid} <- Cases].
 
+%% Every request of the W3C validation harness, read as an HTTP receiver
+%% must (incoming/1): the traceparent and tracestate passed on.
+harness_requests_test() ->
+    Cases = erlmcp_flow_test_json:vectors("traceparent.json", <<"incoming">>)
+        ++ erlmcp_flow_test_json:vectors("tracestate.json", <<"incoming">>),
+    ?assert(length(Cases) >= 80),
+    lists:foreach(
+      fun(#{<<"case">> := Case, <<"fields">> := Fields, <<"traceparent">> := TP,
+            <<"tracestate">> := TS}) ->
+              Got = ?T:incoming([{N, V} || [N, V] <- Fields]),
+              Expected = maps:from_list([{traceparent, TP} || TP =/= null]
+                                        ++ [{tracestate, TS} || TS =/= null]),
+              ?assertEqual({Case, Expected}, {Case, Got})
+      end, Cases),
+    %% strings as inets hands them over, and garbage
+    ?assertEqual(#{traceparent => ?CALLER, tracestate => <<"a=1,b=2">>},
+                 ?T:incoming([{"TraceParent", " " ++ binary_to_list(?CALLER)},
+                              {"tracestate", "a=1"}, {"tracestate", "b=2 "}])),
+    [?assertEqual({error, {badarg, headers}}, ?T:incoming(X))
+     || X <- [x, [x], [{1, 2}], [{"a", [300]}], [{<<"a">>, b}]]].
+
 not_a_header_test() ->
     [?assertEqual({error, invalid_trace_context}, ?T:parse_traceparent(X))
      || X <- [undefined, "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", 42, <<>>]],
@@ -76,7 +97,11 @@ tasks_test_() ->
       {"route_task closes its spans when the answer comes", fun routed/0},
       {"a task that finds no agent closes its span as failed", fun no_agent/0},
       {"no span is left open after tasks of every outcome", fun none_open/0},
-      {"many tasks under one traceparent form one chain", fun one_trace/0}]}.
+      {"many tasks under one traceparent form one chain", fun one_trace/0},
+      {"an agent opens a child span per call, under its attempt", fun child_spans/0},
+      {"a child span whose holder dies closes as abandoned", fun abandoned_child/0},
+      {"trace flags: random set on new traces, passed on, reserved ones zeroed",
+       fun flags/0}]}.
 
 add(Id, Pid) ->
     ok = erlmcp_flow:register_agent(Id, Pid, [<<"x">>]).
@@ -134,8 +159,8 @@ bad_headers() ->
                  erlmcp_flow:execute(#{}, #{traceparent => Upper})),
     ?assertEqual({error, {badarg, {traceparent, "00-x"}}},
                  erlmcp_flow:execute(#{}, #{traceparent => "00-x"})),
-    ?assertEqual({error, {badarg, {tracestate, <<"a=1,a=2">>}}},
-                 erlmcp_flow:execute(#{}, #{traceparent => ?CALLER, tracestate => <<"a=1,a=2">>})),
+    ?assertEqual({error, {badarg, {tracestate, <<"@a=1">>}}},
+                 erlmcp_flow:execute(#{}, #{traceparent => ?CALLER, tracestate => <<"@a=1">>})),
     ?assertEqual({error, {badarg, {traceparent, Upper}}},
                  erlmcp_flow:route_task(#{}, #{traceparent => Upper})),
     %% nothing was dispatched and no span opened
@@ -283,3 +308,72 @@ ttl_test() ->
                      ?assertMatch(#{correlation_entries := 0, correlation_expired := 100},
                                   erlmcp_flow:stats())
              end).
+
+child_spans() ->
+    {ok, Agent} = erlmcp_flow_agent:start(<<"t">>, [<<"x">>], erlmcp_flow_test_agent,
+                                          #{owner => self()}),
+    {ok, Headers, #{trace_id := T, span_id := TaskSpan}} =
+        erlmcp_flow:execute(#{op => calls, names => [<<"GET a">>, <<"GET b">>, <<"GET c">>]},
+                            #{traceparent => ?CALLER}),
+    Parsed = [element(2, {ok, _} = ?T:parse_traceparent(H)) || H <- Headers],
+    %% one span per call: the same trace, three different parent ids
+    ?assertEqual([T], lists:usort([Tr || #{trace_id := Tr} <- Parsed])),
+    ChildIds = [S || #{span_id := S} <- Parsed],
+    ?assertEqual(3, length(lists:usort(ChildIds))),
+    {ok, Chain} = ?T:get_trace_chain(T),
+    [Attempt] = [S || #{kind := attempt} = S <- Chain],
+    #{span_id := AttemptId, parent_span_id := TaskSpan} = Attempt,
+    Children = [S || #{kind := child} = S <- Chain],
+    ?assertEqual(lists:sort(ChildIds), lists:sort([Id || #{span_id := Id} <- Children])),
+    [?assertMatch(#{parent_span_id := AttemptId, outcome := ok, trace_id := T}, C)
+     || C <- Children],
+    ?assertEqual([<<"GET a">>, <<"GET b">>, <<"GET c">>],
+                 lists:sort([N || #{summary := N} <- Children])),
+    %% in parent order: the task, its attempt, then the attempt's children
+    ?assertEqual([task, attempt, child, child, child], [K || #{kind := K} <- Chain]),
+    %% a child of a child
+    Ctx = #{trace_id => T, span_id => AttemptId, trace_flags => 1, tracestate => <<"a=1">>},
+    C1 = ?T:start_span(Ctx, <<"outer">>),
+    ?assertMatch(#{parent_span_id := AttemptId, tracestate := <<"a=1">>}, C1),
+    C2 = ?T:start_span(C1, <<"inner">>),
+    ?assertEqual(maps:get(span_id, C1), maps:get(parent_span_id, C2)),
+    ok = ?T:end_span(C2, error),
+    ok = ?T:end_span(C1, ok),
+    {ok, Chain2} = ?T:get_trace_chain(T),
+    ?assertMatch([#{summary := <<"inner">>, outcome := error}],
+                 [S || #{parent_span_id := P} = S <- Chain2, P =:= maps:get(span_id, C1)]),
+    %% bad arguments
+    ?assertEqual({error, {badarg, name}}, ?T:start_span(Ctx, "name")),
+    ?assertEqual({error, {badarg, trace_context}}, ?T:start_span(#{}, <<"n">>)),
+    ?assertEqual({error, {badarg, trace_context}},
+                 ?T:start_span(Ctx#{span_id := <<"0000000000000000">>}, <<"n">>)),
+    ?assertEqual({error, {badarg, outcome}}, ?T:end_span(C1, maybe_ok)),
+    ?assertEqual({error, {badarg, span}}, ?T:end_span(Ctx, ok)),
+    ok = erlmcp_flow_agent:stop(Agent).
+
+abandoned_child() ->
+    {ok, Agent} = erlmcp_flow_agent:start(<<"t">>, [<<"x">>], erlmcp_flow_test_agent,
+                                          #{owner => self()}),
+    {ok, #{span_id := ChildId, trace_id := T}, _} = erlmcp_flow:execute(#{op => open_span}, #{}),
+    {ok, #{outcome := open, kind := child}} = ?T:lookup(ChildId),
+    exit(Agent, kill),
+    wait_until(fun() ->
+                       erlang:garbage_collect(),
+                       {ok, Chain} = ?T:get_trace_chain(T),
+                       [abandoned] =:= [O || #{span_id := S, outcome := O} <- Chain,
+                                             S =:= ChildId]
+               end).
+
+flags() ->
+    add(<<"a">>, echo_agent()),
+    Flags = fun(Req) ->
+                    {ok, _, _} = erlmcp_flow:execute(#{}, Req),
+                    receive {task_seen, _, _, #{trace_flags := F}} -> F end
+            end,
+    %% a trace erlmcp_flow starts is sampled and random
+    ?assertEqual(3, Flags(#{})),
+    Caller = fun(F) -> <<"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-", F/binary>> end,
+    %% the caller's flags pass on; the reserved ones are zeroed
+    ?assertEqual(2, Flags(#{traceparent => Caller(<<"02">>)})),
+    ?assertEqual(0, Flags(#{traceparent => Caller(<<"00">>)})),
+    ?assertEqual(3, Flags(#{traceparent => Caller(<<"ff">>)})).

@@ -145,9 +145,10 @@ trace_context() ->
     Agent = raw_agent(fun(_) -> {ok, done} end),
     register(<<"a">>, Agent, [<<"x">>]),
     {ok, done, #{trace_id := TraceId}} = erlmcp_flow:execute(#{}, #{}),
+    %% a new trace: sampled, and random (Level 2) since its id is
     receive
         {task_seen, Agent, _, Ctx} ->
-            ?assertMatch(#{trace_id := TraceId, span_id := <<_:16/binary>>, trace_flags := 1}, Ctx)
+            ?assertMatch(#{trace_id := TraceId, span_id := <<_:16/binary>>, trace_flags := 3}, Ctx)
     end.
 
 route_task() ->

@@ -24,7 +24,21 @@ handle_task(#{op := later, value := V}, Ctx, #{held := H} = S) ->
 handle_task(#{op := later_bare, value := V}, Ctx, #{held := H} = S) ->
     {noreply, S#{held := [{Ctx, {bare, V}} | H]}};
 handle_task(#{op := return, value := V}, _Ctx, _S) -> V;
-handle_task(#{op := trace}, #{trace := Trace}, S) -> {ok, Trace, S}.
+handle_task(#{op := trace}, #{trace := Trace}, S) -> {ok, Trace, S};
+%% one child span per name, as for calls it makes: their traceparents
+handle_task(#{op := calls, names := Names}, Ctx, S) ->
+    Headers = [begin
+                   Child = erlmcp_flow_agent:start_span(Ctx, Name),
+                   ok = erlmcp_flow_agent:end_span(Child, ok),
+                   {error, already_ended} = erlmcp_flow_agent:end_span(Child, ok),
+                   erlmcp_flow_correlation_tracker:format_traceparent(Child)
+               end || Name <- Names],
+    {ok, Headers, S};
+%% a child span left open in the agent's state (closed as abandoned when
+%% the agent dies)
+handle_task(#{op := open_span}, Ctx, S) ->
+    Child = erlmcp_flow_agent:start_span(Ctx, <<"held">>),
+    {ok, maps:remove(span, Child), S#{held_span => Child}}.
 
 handle_cancel(Ref, #{owner := Owner} = S) ->
     Owner ! {agent_cancelled, self(), Ref},

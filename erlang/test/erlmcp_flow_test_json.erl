@@ -3,17 +3,25 @@
 %% arrays lists, numbers integers or floats, true/false/null atoms.
 -module(erlmcp_flow_test_json).
 
--export([decode/1, vectors/1]).
+-export([decode/1, vectors/1, vectors/2]).
+-export([encode/1]).
 
 %% The `cases' of tests/vectors/Name, found from this module's location.
 vectors(Name) ->
-    Dir = filename:dirname(code:which(?MODULE)),
-    Candidates = [filename:join([Dir, "..", "..", "..", "..", "tests", "vectors", Name]),
-                  filename:join([Dir, "..", "..", "tests", "vectors", Name]),
-                  filename:join(["tests", "vectors", Name])],
+    vectors(Name, <<"cases">>).
+
+%% One part of a vector file: <<"cases">>, or <<"incoming">> (the W3C
+%% harness's requests).
+vectors(Name, Part) ->
+    %% the repository root is above this module's beam (wherever rebar3
+    %% put it) or the working directory
+    Dir = filename:dirname(filename:absname(code:which(?MODULE))),
+    Ups = [lists:duplicate(N, "..") || N <- lists:seq(0, 6)],
+    Candidates = [filename:join(["tests", "vectors", Name])
+                  | [filename:join([Dir] ++ Up ++ ["tests", "vectors", Name]) || Up <- Ups]],
     [Path | _] = [P || P <- Candidates, filelib:is_regular(P)],
     {ok, Bin} = file:read_file(Path),
-    #{<<"cases">> := Cases} = decode(Bin),
+    #{Part := Cases} = decode(Bin),
     Cases.
 
 decode(Bin) ->
@@ -81,3 +89,25 @@ mantissa(M) ->
 
 skip(<<C, R/binary>>) when C =:= $\s; C =:= $\n; C =:= $\r; C =:= $\t -> skip(R);
 skip(Bin) -> Bin.
+
+%% JSON text of a term decode/1 gives back: maps (binary or atom keys),
+%% lists, binaries, numbers, true/false/null.
+encode(M) when is_map(M) ->
+    [${, lists:join($,, [[encode(key(K)), $:, encode(V)] || {K, V} <- maps:to_list(M)]), $}];
+encode(L) when is_list(L) ->
+    [$[, lists:join($,, [encode(V) || V <- L]), $]];
+encode(B) when is_binary(B) ->
+    [$", [escape(C) || <<C>> <= B], $"];
+encode(true) -> <<"true">>;
+encode(false) -> <<"false">>;
+encode(null) -> <<"null">>;
+encode(I) when is_integer(I) -> integer_to_binary(I);
+encode(F) when is_float(F) -> float_to_binary(F, [short]).
+
+key(K) when is_atom(K) -> atom_to_binary(K);
+key(K) -> K.
+
+escape($") -> <<"\\\"">>;
+escape($\\) -> <<"\\\\">>;
+escape(C) when C < 16#20 -> io_lib:format("\\u~4.16.0b", [C]);
+escape(C) -> C.

@@ -132,4 +132,10 @@ rustler::atoms! {
     success,
     latency,
     class,
+    // span kinds and incoming headers
+    kind,
+    task,
+    child,
+    traceparent,
+    tracestate,
 }

@@ -4,7 +4,7 @@ use erlmcp_flow_core::learning::EpsilonSchedule;
 use erlmcp_flow_core::routing::ring::key_hash;
 use erlmcp_flow_core::routing::router::SpanRequest;
 
-use crate::tracing::TaskSpanResource;
+use crate::tracing::SpanResource;
 use erlmcp_flow_core::{
     Admission, AgentKind, AgentSpec, BreakerState, Clock, FlowError, Lease, Outcome, ProbePermit,
     Request, Router, RouterConfig, Strategy, Transition, WindowKind,
@@ -410,12 +410,12 @@ fn agent_stats<'a>(env: Env<'a>, router: Term<'a>, id: Term<'a>) -> Term<'a> {
     reply(env, run())
 }
 
-/// The span argument of `decide`: `undefined` or `{TaskSpan, Attempt}`.
-fn span_arg(term: Term<'_>) -> NifOutcome<Option<(ResourceArc<TaskSpanResource>, u16)>> {
+/// The span argument of `decide`: `undefined` or `{OpenSpan, Attempt}`.
+fn span_arg(term: Term<'_>) -> NifOutcome<Option<(ResourceArc<SpanResource>, u16)>> {
     if Atom::from_term(term).is_ok_and(|a| a == atoms::undefined()) {
         return Ok(None);
     }
-    let (task, attempt): (ResourceArc<TaskSpanResource>, u32) =
+    let (task, attempt): (ResourceArc<SpanResource>, u32) =
         term.decode().map_err(|_| badarg("span"))?;
     // decoded wide: rustler's u16 decoding would wrap
     let attempt = u16::try_from(attempt).map_err(|_| badarg("span"))?;
@@ -443,7 +443,7 @@ pub fn class_arg(router: &Router<LocalPid>, term: Term<'_>) -> NifOutcome<u32> {
 /// `decide(Router, Capabilities, Strategy, StickyKey, TaskClass, Exclude, Kind, Span)
 /// -> {ok, AgentId, Pid, Lease, SpanId | undefined, none | {breaker, open, half_open}}
 /// | {error, no_agents_available | overloaded | ...}`. `Span` is `undefined` or
-/// `{TaskSpan, Attempt}` (`TaskSpan` from `span_start`): the decision opens the
+/// `{OpenSpan, Attempt}` (`OpenSpan` from `span_start`): the decision opens the
 /// attempt's span under the task's and returns its id. The last element reports that
 /// this decision turned the agent's breaker half-open (its task is a probe).
 /// `Exclude` lists agent ids not to choose; `Kind` is `any`, or `swarm` for

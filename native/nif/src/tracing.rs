@@ -1,9 +1,9 @@
 //! Trace context and the correlation store for Erlang.
 
 use erlmcp_flow_core::FlowError;
-use erlmcp_flow_core::routing::router::TaskSpan;
+use erlmcp_flow_core::routing::router::OpenSpan;
 use erlmcp_flow_core::tracing::context::{self as trace, TraceParent};
-use erlmcp_flow_core::tracing::correlation::{Span, SpanOutcome};
+use erlmcp_flow_core::tracing::correlation::{Span, SpanKind, SpanOutcome};
 use erlmcp_flow_core::tracing::otlp;
 use rustler::{Atom, Binary, Encoder, Env, Resource, ResourceArc, Term};
 
@@ -58,6 +58,7 @@ fn span_term<'a>(env: Env<'a>, s: &Span) -> NifOutcome<Term<'a>> {
         atoms::end_us(),
         atoms::outcome(),
         atoms::attempt(),
+        atoms::kind(),
     ]
     .map(|a| a.encode(env));
     let values = [
@@ -74,6 +75,12 @@ fn span_term<'a>(env: Env<'a>, s: &Span) -> NifOutcome<Term<'a>> {
         },
         outcome_atom(s.outcome).encode(env),
         s.attempt.encode(env),
+        match s.kind {
+            SpanKind::Task => atoms::task(),
+            SpanKind::Attempt => atoms::attempt(),
+            SpanKind::Child => atoms::child(),
+        }
+        .encode(env),
     ];
     Term::map_from_term_arrays(env, &keys, &values).map_err(|_| badarg("span"))
 }
@@ -161,15 +168,16 @@ fn validate_tracestate<'a>(env: Env<'a>, header: Term<'a>) -> Term<'a> {
     }
 }
 
-/// A task's open span, held by whoever waits for the task. The garbage
-/// collector drops it when its holders are gone; the core then closes an
-/// unended span as abandoned.
-pub struct TaskSpanResource {
-    pub span: TaskSpan,
+/// An open span (a task's, or a child an agent opened), held by whoever
+/// waits for the task or makes the call. The garbage collector drops it
+/// when its holders are gone; the core then closes an unended span as
+/// abandoned.
+pub struct SpanResource {
+    pub span: OpenSpan,
 }
 
 #[rustler::resource_impl]
-impl Resource for TaskSpanResource {}
+impl Resource for SpanResource {}
 
 /// `span_start(Router, Traceparent | undefined, Summary) ->
 /// {ok, TraceId, SpanId, Flags, Span} | {error, invalid_trace_context}`.
@@ -206,7 +214,7 @@ fn span_start<'a>(
                     binary_term(env, &tp.trace_id),
                     binary_term(env, &tp.parent_id),
                     tp.flags,
-                    ResourceArc::new(TaskSpanResource { span }),
+                    ResourceArc::new(SpanResource { span }),
                 )
                     .encode(env)
             }
@@ -220,12 +228,13 @@ fn span_start<'a>(
 #[rustler::nif]
 fn span_end<'a>(env: Env<'a>, span: Term<'a>, outcome: Term<'a>, agent: Term<'a>) -> Term<'a> {
     let run = || -> NifOutcome<Term<'a>> {
-        let span: ResourceArc<TaskSpanResource> = span.decode().map_err(|_| badarg("span"))?;
+        let span: ResourceArc<SpanResource> = span.decode().map_err(|_| badarg("span"))?;
         let o = choice(
             outcome,
             &[
                 (atoms::ok, SpanOutcome::Ok),
                 (atoms::failed, SpanOutcome::Failed),
+                (atoms::error, SpanOutcome::Error),
             ],
             "outcome",
         )?;
@@ -239,6 +248,71 @@ fn span_end<'a>(env: Env<'a>, span: Term<'a>, outcome: Term<'a>, agent: Term<'a>
         } else {
             (atoms::error(), atoms::already_ended()).encode(env)
         })
+    };
+    reply(env, run())
+}
+
+/// `span_child_start(Router, TraceId, ParentSpanId, Flags, Name) ->
+/// {ok, SpanId, Flags, Span} | {error, {badarg, What}}`: a span under
+/// `ParentSpanId` in `TraceId` (the context an agent received), ended with
+/// `span_end/3`. The flags it passes on are `Flags`' known ones.
+#[rustler::nif]
+fn span_child_start<'a>(
+    env: Env<'a>,
+    router: Term<'a>,
+    trace_id: Term<'a>,
+    parent: Term<'a>,
+    flags: Term<'a>,
+    name: Term<'a>,
+) -> Term<'a> {
+    let run = || -> NifOutcome<Term<'a>> {
+        let r = router_arg(router)?;
+        let trace_id = id_arg::<32>(trace_id, "trace_id")?;
+        let parent_id = id_arg::<16>(parent, "span_id")?;
+        let flags: u8 = flags.decode().map_err(|_| badarg("trace_flags"))?;
+        let name = Binary::from_term(name).map_err(|_| badarg("name"))?;
+        let parent = TraceParent {
+            version: 0,
+            trace_id,
+            parent_id,
+            flags,
+        };
+        let span = with_rng(|rng| r.router.child_span_start(&parent, name.as_slice(), rng))
+            .map_err(|_| badarg("span_id"))?;
+        let tp = *span.context();
+        Ok((
+            atoms::ok(),
+            binary_term(env, &tp.parent_id),
+            tp.flags,
+            ResourceArc::new(SpanResource { span }),
+        )
+            .encode(env))
+    };
+    reply(env, run())
+}
+
+/// `trace_incoming([{Name, Value}]) -> #{traceparent => Header, tracestate =>
+/// Header}`: the trace context of a request's header fields as W3C Trace
+/// Context reads them (see `erlmcp_flow_core::tracing::context::incoming`);
+/// each key only when there is one to pass on, the `traceparent` as version
+/// `00`. Fields that are not `{binary(), binary()}` are `{error, {badarg,
+/// headers}}`.
+#[rustler::nif]
+fn trace_incoming<'a>(env: Env<'a>, fields: Term<'a>) -> Term<'a> {
+    let run = || -> NifOutcome<Term<'a>> {
+        let list: Vec<(Binary, Binary)> = fields.decode().map_err(|_| badarg("headers"))?;
+        let found = trace::incoming(list.iter().map(|(n, v)| (n.as_slice(), v.as_slice())));
+        let mut keys = Vec::new();
+        let mut values = Vec::new();
+        if let Some(tp) = found.traceparent {
+            keys.push(atoms::traceparent().encode(env));
+            values.push(binary_term(env, &trace::format_traceparent(&tp)));
+        }
+        if let Some(ts) = found.tracestate {
+            keys.push(atoms::tracestate().encode(env));
+            values.push(binary_term(env, &ts));
+        }
+        Term::map_from_term_arrays(env, &keys, &values).map_err(|_| badarg("headers"))
     };
     reply(env, run())
 }

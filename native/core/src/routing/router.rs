@@ -21,7 +21,7 @@ use crate::routing::hot::Hot;
 use crate::routing::strategy::{PickContext, PickError, Strategy, StrategyState, softmax_weights};
 use crate::shared::{DECISION_SAMPLE, Outcome, RouterConfig, Shared};
 use crate::tracing::context::{self as trace, TraceParent};
-use crate::tracing::correlation::{Opened, SpanHandle, SpanOutcome};
+use crate::tracing::correlation::{Opened, SpanHandle, SpanKind, SpanOutcome};
 
 /// Router-wide counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -242,13 +242,15 @@ impl<P> Drop for ProbePermit<P> {
     }
 }
 
-/// A task's open span. Ended once with [`TaskSpan::end`]; dropped unended
-/// (its holder died before the task finished), it closes as abandoned, so
-/// no task leaves its span open in the correlation store.
+/// A span its holder keeps open: a task's ([`Router::span_start`]) or one an
+/// agent opened under its attempt ([`Router::child_span_start`]). Ended
+/// once with [`OpenSpan::end`]; dropped unended (its holder died first), it
+/// closes as abandoned, so no span is left open in the correlation store.
 #[derive(Debug)]
-pub struct TaskSpan {
+pub struct OpenSpan {
     shared: Arc<Shared>,
-    /// The task's trace context: `parent_id` is the task's own span id.
+    /// The span's trace context: `parent_id` is the span's own id, the one
+    /// its children and the calls made under it name as their parent.
     context: TraceParent,
     /// Shared by the task's span and its attempts'.
     summary: Option<Arc<[u8]>>,
@@ -256,7 +258,7 @@ pub struct TaskSpan {
     ended: AtomicBool,
 }
 
-impl TaskSpan {
+impl OpenSpan {
     pub fn context(&self) -> &TraceParent {
         &self.context
     }
@@ -274,7 +276,7 @@ impl TaskSpan {
     }
 }
 
-impl Drop for TaskSpan {
+impl Drop for OpenSpan {
     fn drop(&mut self) {
         if !*self.ended.get_mut() {
             let now = self.shared.clock.now_us();
@@ -306,7 +308,7 @@ pub struct Request<'a> {
 /// The span a decision opens for its attempt: a child of the task's span.
 #[derive(Debug, Clone, Copy)]
 pub struct SpanRequest<'a> {
-    pub task: &'a TaskSpan,
+    pub task: &'a OpenSpan,
     pub attempt: u16,
 }
 
@@ -440,6 +442,7 @@ impl<P> Router<P> {
                         agent_id: Some(agent.id_arc()),
                         summary: sr.task.summary.clone(),
                         attempt: sr.attempt,
+                        kind: SpanKind::Attempt,
                     },
                     now_us,
                 )
@@ -483,20 +486,30 @@ impl<P> Router<P> {
 
     /// Opens a task's span: under the caller's `traceparent` when there is
     /// one (same trace, the caller's span as parent), else in a new trace.
-    /// The span stays open until [`TaskSpan::end`], or until the returned
+    /// The span stays open until [`OpenSpan::end`], or until the returned
     /// guard is dropped, which closes it as abandoned.
     pub fn span_start<R: Rng + ?Sized>(
         &self,
         traceparent: Option<&[u8]>,
         summary: &[u8],
         rng: &mut R,
-    ) -> Result<TaskSpan, trace::InvalidTraceContext> {
+    ) -> Result<OpenSpan, trace::InvalidTraceContext> {
+        // the flags passed on: the caller's known ones (the others are
+        // reserved: zero); a new trace is sampled, and random as its id is
         let (trace_id, parent, flags) = match traceparent {
             Some(h) => {
                 let tp = trace::parse_traceparent(h)?;
-                (tp.trace_id, Some(tp.parent_id), tp.flags)
+                (
+                    tp.trace_id,
+                    Some(tp.parent_id),
+                    tp.flags & trace::KNOWN_FLAGS,
+                )
             }
-            None => (trace::generate_trace_id(rng), None, 1),
+            None => (
+                trace::generate_trace_id(rng),
+                None,
+                trace::FLAG_SAMPLED | trace::FLAG_RANDOM,
+            ),
         };
         let span_id = trace::generate_span_id(rng);
         let shared = self.agents.shared_arc();
@@ -512,10 +525,11 @@ impl<P> Router<P> {
                 agent_id: None,
                 summary: summary.clone(),
                 attempt: 0,
+                kind: SpanKind::Task,
             },
             now,
         );
-        Ok(TaskSpan {
+        Ok(OpenSpan {
             shared,
             summary,
             handle,
@@ -524,6 +538,50 @@ impl<P> Router<P> {
                 trace_id,
                 parent_id: span_id,
                 flags,
+            },
+            ended: AtomicBool::new(false),
+        })
+    }
+
+    /// Opens a span under `parent`'s span (an attempt's context an agent
+    /// received, or another child): same trace, same flags, a new span id,
+    /// `name` as its summary (cut to the store's limit). Closed with
+    /// [`OpenSpan::end`], or as abandoned when the guard is dropped.
+    pub fn child_span_start<R: Rng + ?Sized>(
+        &self,
+        parent: &TraceParent,
+        name: &[u8],
+        rng: &mut R,
+    ) -> Result<OpenSpan, trace::InvalidTraceContext> {
+        if !trace::valid_id(&parent.trace_id, 32) || !trace::valid_id(&parent.parent_id, 16) {
+            return Err(trace::InvalidTraceContext);
+        }
+        let span_id = trace::generate_span_id(rng);
+        let shared = self.agents.shared_arc();
+        let now = shared.clock.now_us();
+        let name = &name[..name.len().min(crate::tracing::correlation::SUMMARY_MAX)];
+        let summary: Option<Arc<[u8]>> = (!name.is_empty()).then(|| name.into());
+        let handle = shared.correlation.insert(
+            Opened {
+                trace_id: parent.trace_id,
+                span_id,
+                parent_span_id: Some(parent.parent_id),
+                agent_id: None,
+                summary: summary.clone(),
+                attempt: 0,
+                kind: SpanKind::Child,
+            },
+            now,
+        );
+        Ok(OpenSpan {
+            shared,
+            summary,
+            handle,
+            context: TraceParent {
+                version: 0,
+                trace_id: parent.trace_id,
+                parent_id: span_id,
+                flags: parent.flags & trace::KNOWN_FLAGS,
             },
             ended: AtomicBool::new(false),
         })

@@ -42,6 +42,17 @@ pub fn generate_span_id<R: Rng + ?Sized>(rng: &mut R) -> [u8; 16] {
 #[error("invalid trace context")]
 pub struct InvalidTraceContext;
 
+/// The `sampled` trace flag (bit 0).
+pub const FLAG_SAMPLED: u8 = 0x01;
+/// The `random` trace flag of Level 2 (bit 1): the trace id's right-most 7
+/// bytes are random. Set on every trace this crate starts (its trace ids are
+/// UUID v4, random but for the version and variant bits, which lie outside
+/// those 7 bytes).
+pub const FLAG_RANDOM: u8 = 0x02;
+/// The flags Level 2 defines; the others are reserved and set to zero when a
+/// context is passed on, as the recommendation requires.
+pub const KNOWN_FLAGS: u8 = FLAG_SAMPLED | FLAG_RANDOM;
+
 /// A parsed `traceparent`: ids as lowercase hex, as they travel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TraceParent {
@@ -146,28 +157,18 @@ pub const TRACEPARENT_MAX_BYTES: usize = 512;
 pub const TRACESTATE_MAX_BYTES: usize = 32_768;
 
 fn key_char(c: u8) -> bool {
-    c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'_' | b'-' | b'*' | b'/')
+    c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'_' | b'-' | b'*' | b'/' | b'@')
 }
 
-/// `key`: `lcalpha 0*255(keychar)`, or `tenant@system` with a tenant of at
-/// most 241 characters (may start with a digit) and a system of at most 14.
+/// `key` of Level 2: `(lcalpha / DIGIT) 0*255(lcalpha / DIGIT / "_" / "-" /
+/// "*" / "/" / "@")`. Level 1's multi-tenant form (`tenant@system`, a tenant
+/// of at most 241 characters and a system of at most 14) is a special case;
+/// Level 2 relaxed it, so `foo@bar@baz`, `foo@@bar`, `foo@` and a 242-character
+/// tenant are keys, and a key starting with `@` is not.
 fn valid_key(key: &[u8]) -> bool {
-    match key.iter().position(|&c| c == b'@') {
-        None => {
-            (1..=256).contains(&key.len())
-                && key[0].is_ascii_lowercase()
-                && key.iter().all(|&c| key_char(c))
-        }
-        Some(at) => {
-            let (tenant, system) = (&key[..at], &key[at + 1..]);
-            (1..=241).contains(&tenant.len())
-                && (tenant[0].is_ascii_lowercase() || tenant[0].is_ascii_digit())
-                && tenant.iter().all(|&c| key_char(c))
-                && (1..=14).contains(&system.len())
-                && system[0].is_ascii_lowercase()
-                && system.iter().all(|&c| key_char(c))
-        }
-    }
+    (1..=256).contains(&key.len())
+        && (key[0].is_ascii_lowercase() || key[0].is_ascii_digit())
+        && key.iter().all(|&c| key_char(c))
 }
 
 /// `value`: 1 to 256 printable ASCII characters but `,` and `=`, not ending
@@ -179,16 +180,29 @@ fn valid_value(v: &[u8]) -> bool {
         && v[v.len() - 1] != b' '
 }
 
-/// Checks a `tracestate` header: comma-separated `key=value` members around
-/// optional spaces and tabs, empty members allowed, at most 32 members,
-/// no key twice. The header travels on unchanged.
+/// Optional white space of HTTP: spaces and tabs.
+fn is_ows(c: &u8) -> bool {
+    matches!(c, b' ' | b'\t')
+}
+
+fn trim_ows(s: &[u8]) -> &[u8] {
+    let start = s.iter().position(|c| !is_ows(c)).unwrap_or(s.len());
+    let end = s.iter().rposition(|c| !is_ows(c)).map_or(start, |e| e + 1);
+    &s[start..end]
+}
+
+/// Checks a `tracestate` header by the Level 2 grammar: comma-separated
+/// `key=value` members around optional spaces and tabs, empty members
+/// allowed, at most 32 members. A key given twice is not a reason to refuse
+/// the header (Level 2 lets a vendor pass duplicates on as they are or drop
+/// one): the header travels on unchanged, duplicates included.
 pub fn validate_tracestate(s: &[u8]) -> Result<(), InvalidTraceContext> {
     if s.len() > TRACESTATE_MAX_BYTES {
         return Err(InvalidTraceContext);
     }
-    let mut keys: Vec<&[u8]> = Vec::new();
+    let mut members = 0;
     for member in s.split(|&c| c == b',') {
-        let m = member.trim_ascii();
+        let m = trim_ows(member);
         if m.is_empty() {
             continue;
         }
@@ -197,15 +211,64 @@ pub fn validate_tracestate(s: &[u8]) -> Result<(), InvalidTraceContext> {
             .position(|&c| c == b'=')
             .ok_or(InvalidTraceContext)?;
         let (key, value) = (&m[..eq], &m[eq + 1..]);
-        if !valid_key(key) || !valid_value(value) || keys.contains(&key) {
+        if !valid_key(key) || !valid_value(value) {
             return Err(InvalidTraceContext);
         }
-        keys.push(key);
-        if keys.len() > TRACESTATE_MAX_MEMBERS {
+        members += 1;
+        if members > TRACESTATE_MAX_MEMBERS {
             return Err(InvalidTraceContext);
         }
     }
     Ok(())
+}
+
+/// The trace context an incoming request carries, from its header fields as
+/// a transport received them (names in any case, values untrimmed, in
+/// order): what W3C Trace Context asks a receiver to do.
+///
+/// - `traceparent`: exactly one field, its value with the optional white
+///   space around it trimmed, valid; else none (a new trace starts). Two
+///   `traceparent` fields are none, whatever they hold.
+/// - `tracestate`: only with a valid `traceparent`. Every `tracestate` field
+///   is trimmed and the non-empty ones are combined in their order with
+///   commas, as HTTP combines repeated fields; the result is kept only if it
+///   is valid as a whole, else dropped (the `traceparent` stays).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Incoming {
+    pub traceparent: Option<TraceParent>,
+    pub tracestate: Option<Vec<u8>>,
+}
+
+/// See [`Incoming`]. Headers other than the two are ignored.
+pub fn incoming<'a>(fields: impl IntoIterator<Item = (&'a [u8], &'a [u8])>) -> Incoming {
+    let mut parents = 0;
+    let mut parent: &[u8] = &[];
+    let mut state: Vec<u8> = Vec::new();
+    for (name, value) in fields {
+        if name.eq_ignore_ascii_case(b"traceparent") {
+            parents += 1;
+            parent = value;
+        } else if name.eq_ignore_ascii_case(b"tracestate") {
+            let v = trim_ows(value);
+            if !v.is_empty() && state.len() <= TRACESTATE_MAX_BYTES {
+                if !state.is_empty() {
+                    state.push(b',');
+                }
+                state.extend_from_slice(v);
+            }
+        }
+    }
+    let traceparent = match parents {
+        1 => parse_traceparent(trim_ows(parent)).ok(),
+        _ => None,
+    };
+    let tracestate = traceparent
+        .and(Some(state))
+        .filter(|s| !s.is_empty() && validate_tracestate(s).is_ok());
+    Incoming {
+        traceparent,
+        tracestate,
+    }
 }
 
 #[cfg(test)]

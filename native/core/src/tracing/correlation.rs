@@ -69,6 +69,28 @@ impl SpanOutcome {
     }
 }
 
+/// What a span stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpanKind {
+    /// A task: `execute` or a routed task, from its start to its answer.
+    Task,
+    /// One attempt of a task on one agent.
+    Attempt,
+    /// A span an agent opened under its attempt (or under another child),
+    /// for a call of its own; its summary is the name the agent gave.
+    Child,
+}
+
+impl SpanKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            SpanKind::Task => "task",
+            SpanKind::Attempt => "attempt",
+            SpanKind::Child => "child",
+        }
+    }
+}
+
 /// One span, as read from the store.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Span {
@@ -86,6 +108,7 @@ pub struct Span {
     pub outcome: SpanOutcome,
     /// 0 for a task span, 1.. for its attempts.
     pub attempt: u16,
+    pub kind: SpanKind,
 }
 
 /// Store settings (the `correlation` configuration section).
@@ -129,6 +152,7 @@ pub struct Opened {
     pub agent_id: Option<Arc<[u8]>>,
     pub summary: Option<Arc<[u8]>>,
     pub attempt: u16,
+    pub kind: SpanKind,
 }
 
 /// A trace id as two words (the store keeps ids binary: half the bytes of
@@ -174,6 +198,7 @@ struct Record {
     summary: Option<Arc<[u8]>>,
     attempt: u16,
     outcome: SpanOutcome,
+    kind: SpanKind,
 }
 
 impl Record {
@@ -188,6 +213,7 @@ impl Record {
             end_us: self.end_us,
             outcome: self.outcome,
             attempt: self.attempt,
+            kind: self.kind,
         }
     }
 }
@@ -500,6 +526,7 @@ impl CorrelationStore {
                 summary,
                 attempt: span.attempt,
                 outcome: SpanOutcome::Open,
+                kind: span.kind,
             },
             next: head,
             prev: NIL,
@@ -827,6 +854,11 @@ mod tests {
             agent_id: None,
             summary: Some(b"task".as_slice().into()),
             attempt,
+            kind: if attempt == 0 {
+                SpanKind::Task
+            } else {
+                SpanKind::Attempt
+            },
         }
     }
 

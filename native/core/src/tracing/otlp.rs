@@ -5,9 +5,11 @@
 
 use serde_json::{Value, json};
 
-use crate::tracing::correlation::{Span, SpanOutcome};
+use crate::tracing::correlation::{Span, SpanKind, SpanOutcome};
 
-/// OTLP span kind INTERNAL (a task) and CLIENT (an attempt, a call to an agent).
+/// OTLP span kind INTERNAL (a task, or a span an agent opened: what it does
+/// is the agent's to say in its name) and CLIENT (an attempt, a call to an
+/// agent).
 const KIND_INTERNAL: u8 = 1;
 const KIND_CLIENT: u8 = 3;
 /// OTLP status codes.
@@ -24,27 +26,39 @@ fn attribute(key: &str, value: Value) -> Value {
 
 fn span_json(span: &Span, unix_ns: &dyn Fn(u64) -> u64) -> Value {
     let mut attributes = vec![attribute(
-        "erlmcp_flow.attempt",
-        json!({ "intValue": span.attempt.to_string() }),
+        "erlmcp_flow.kind",
+        json!({ "stringValue": span.kind.name() }),
     )];
+    if span.kind != SpanKind::Child {
+        attributes.push(attribute(
+            "erlmcp_flow.attempt",
+            json!({ "intValue": span.attempt.to_string() }),
+        ));
+    }
     if !span.agent_id.is_empty() {
         attributes.push(attribute(
             "erlmcp_flow.agent_id",
             json!({ "stringValue": text(&span.agent_id) }),
         ));
     }
-    if !span.summary.is_empty() {
+    if !span.summary.is_empty() && span.kind != SpanKind::Child {
         attributes.push(attribute(
             "erlmcp_flow.task",
             json!({ "stringValue": text(&span.summary) }),
         ));
     }
+    let name = match span.kind {
+        SpanKind::Task => "erlmcp_flow.task".to_owned(),
+        SpanKind::Attempt => "erlmcp_flow.attempt".to_owned(),
+        SpanKind::Child if span.summary.is_empty() => "erlmcp_flow.child".to_owned(),
+        SpanKind::Child => text(&span.summary),
+    };
     let ok = span.outcome == SpanOutcome::Ok;
     let mut out = json!({
         "traceId": text(&span.trace_id),
         "spanId": text(&span.span_id),
-        "name": if span.attempt == 0 { "erlmcp_flow.task" } else { "erlmcp_flow.attempt" },
-        "kind": if span.attempt == 0 { KIND_INTERNAL } else { KIND_CLIENT },
+        "name": name,
+        "kind": if span.kind == SpanKind::Attempt { KIND_CLIENT } else { KIND_INTERNAL },
         "startTimeUnixNano": unix_ns(span.start_us).to_string(),
         "endTimeUnixNano": unix_ns(span.end_us).to_string(),
         "attributes": attributes,
@@ -93,6 +107,7 @@ mod tests {
             end_us: 25,
             outcome: SpanOutcome::Timeout,
             attempt: 2,
+            kind: SpanKind::Attempt,
         };
         let bytes = encode(&[s], "svc", &|us| 1_000_000_000 + us * 1000);
         let v: Value = serde_json::from_slice(&bytes).unwrap();
