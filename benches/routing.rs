@@ -210,6 +210,22 @@ fn trace_ids(c: &mut Criterion) {
     c.bench_function("trace/validate_tracestate/3_members", |b| {
         b.iter(|| trace::validate_tracestate(black_box(state)).expect("valid"))
     });
+    // a request's fields as a transport hands them over: a few others, a
+    // traceparent with OWS, two tracestate fields to combine
+    let fields: [(&[u8], &[u8]); 6] = [
+        (b"host", b"127.0.0.1:5000"),
+        (b"content-type", b"application/json"),
+        (
+            b"TraceParent",
+            b" 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\t",
+        ),
+        (b"tracestate", b"rojo=00f067aa0ba902b7"),
+        (b"tracestate", b"congo=t61rcWkgMzE "),
+        (b"content-length", b"118"),
+    ];
+    c.bench_function("trace/incoming/6_fields", |b| {
+        b.iter(|| trace::incoming(black_box(fields)))
+    });
 }
 
 /// A span as a task's attempt opens it.
@@ -314,6 +330,20 @@ fn traced_task(c: &mut Criterion) {
             let agent = lease.agent().id().to_vec();
             lease.complete(Outcome::Success);
             task.end(SpanOutcome::Ok, Some(&agent))
+        })
+    });
+    // what an agent's call adds: a child span under its attempt, opened and
+    // closed (the store full of the spans above)
+    let task = r
+        .span_start(None, b"review 42", &mut rng)
+        .expect("no header");
+    let parent = *task.context();
+    g.bench_function("child_span/open_close", |b| {
+        b.iter(|| {
+            let child = r
+                .child_span_start(&parent, b"GET http://svc/x", &mut rng)
+                .expect("valid parent");
+            child.end(SpanOutcome::Ok, None)
         })
     });
     g.finish();
