@@ -82,6 +82,57 @@ fn shift_q_learning_recovers_within_2000_tasks() {
     }
 }
 
+/// A group of slow agents recovers while the agents in use stay merely
+/// acceptable: nothing forces a look at the recovered ones, so only aging
+/// what is known of them (Q-learning) and decaying idle estimates (p2c)
+/// brings them back. Over the 2 000 tasks right after the change, both are
+/// within 25% of the oracle's mean.
+#[test]
+fn recovery_q_learning_and_p2c_notice_recovered_agents() {
+    for seed in 1..=3 {
+        let rs = results("recovery", seed, &[Q, P2C, Contender::Oracle]);
+        let o = get(&rs, "oracle").after_change.clone().unwrap();
+        for name in ["q_learning", "p2c_ewma"] {
+            let a = get(&rs, name).after_change.clone().unwrap();
+            assert!(
+                a.mean_ms <= 1.25 * o.mean_ms,
+                "seed {seed}: {name} {} vs oracle {}",
+                a.mean_ms,
+                o.mean_ms
+            );
+        }
+        // the oracle counts a failure's cost: it keeps off the flaky agents
+        assert!(get(&rs, "oracle").all.success_rate > 0.999, "seed {seed}");
+    }
+}
+
+/// Without aging (stale_after 0) Q-learning does not notice the recovery:
+/// the floor above is the aging's doing.
+#[test]
+fn recovery_without_aging_is_missed() {
+    let w = Workload::builtin("recovery").unwrap();
+    let config = RouterConfig {
+        stale_after_us: 0,
+        ..RouterConfig::default()
+    };
+    let rs = compare(
+        &w,
+        &[Q, Contender::Oracle],
+        1,
+        &config,
+        Window::default(),
+        false,
+    );
+    let q = get(&rs, "q_learning").after_change.clone().unwrap();
+    let o = get(&rs, "oracle").after_change.clone().unwrap();
+    assert!(
+        q.mean_ms > 1.5 * o.mean_ms,
+        "{} vs {}",
+        q.mean_ms,
+        o.mean_ms
+    );
+}
+
 #[test]
 fn bounded_load_keeps_sticky_routing_alive() {
     let rs = results(

@@ -68,12 +68,14 @@ schema() ->
            {slow_threshold_ms, 200, ms(number)},
            {task_classes, 1, int(1, ?MAX_TASK_CLASSES)},
            {model_path, undefined, fun is_optional_path/1},
+           %% an idle agent with no news for this long is tried again (0: never)
+           {stale_after_ms, 3000, ms(non_neg_integer)},
            {save_interval, 1000, int(1, ?MAX_MS)}],
       load_balancer =>
           [{strategy, round_robin, fun is_strategy/1},
            {consistent_hash_vnodes, 150, int(1, ?MAX_VNODES)},
            {hash_balance_factor, infinity, fun is_balance_factor/1},
-           {ewma_decay_ms, 10000, ms(integer)}],
+           {ewma_decay_ms, 3000, ms(integer)}],
       circuit_breaker =>
           [{enabled, true, fun is_boolean/1},
            {failure_threshold, 5, int(1, ?MAX_COUNT)},

@@ -229,6 +229,11 @@ api({Dir, _Path}) ->
     [_ = erlmcp_flow:execute(#{}, #{strategy => round_robin}) || _ <- lists:seq(1, 6)],
     {ok, #{candidates := Cands, top := Top}} = erlmcp_flow:explain(#{capabilities => [<<"x">>]}),
     ?assertEqual(2, length(Cands)),
+    %% each candidate's age of information, and the value decisions see
+    [begin
+         ?assert(is_integer(Age) andalso Age >= 0),
+         ?assert(Aged >= Q)
+     end || #{age_ms := Age, q_value := Q, aged_q_value := Aged} <- Cands],
     ?assertMatch([{<<"a">>, P1}, {<<"b">>, P2}] when P1 > P2, Top),
     ?assertMatch({error, {badarg, {capabilities, nope}}}, erlmcp_flow:explain(#{capabilities => nope})),
     ?assertMatch({error, {badarg, requirements}}, erlmcp_flow:explain(nope)),

@@ -65,6 +65,11 @@ pub struct RouterConfig {
     pub hash_balance_factor: Option<f64>,
     /// Time constant of the peak-EWMA latency, microseconds.
     pub ewma_decay_us: f64,
+    /// An agent with no news for this long (and nothing in flight) is
+    /// measured anew: its latency and success averages are forgotten, so the
+    /// learner sees it unmeasured and tries it again (0: never). See
+    /// [`crate::routing::router::Router::age`].
+    pub stale_after_us: u64,
     /// Rows of agents that left kept for their return.
     pub max_dormant_rows: usize,
     /// Bulkhead: tasks in flight per agent at most.
@@ -141,7 +146,8 @@ impl Default for RouterConfig {
             q: QConfig::default(),
             vnodes: 150,
             hash_balance_factor: None,
-            ewma_decay_us: 10e6,
+            ewma_decay_us: 3e6,
+            stale_after_us: 3_000_000,
             max_dormant_rows: 10_000,
             max_concurrent: 10,
             breaker: BreakerConfig::default(),
@@ -167,6 +173,9 @@ pub struct Shared {
     pub(crate) transitions: [AtomicU64; 3],
     /// Leases settled with an answer, a timeout or a death.
     pub(crate) completed: AtomicU64,
+    /// When the next look for agents whose news is stale is due (see
+    /// `Router::age`).
+    pub(crate) next_aging_us: AtomicU64,
     pub(crate) correlation: CorrelationStore,
     /// Microseconds a decision took, for one decision in [`DECISION_SAMPLE`].
     pub(crate) decision_us: Mutex<Histogram<u32>>,
@@ -197,6 +206,7 @@ impl Shared {
         Shared {
             correlation: CorrelationStore::new(config.correlation.clone()),
             completed: AtomicU64::new(0),
+            next_aging_us: AtomicU64::new(0),
             decision_us: Mutex::new(
                 Histogram::new_with_bounds(1, 60_000_000, 2).expect("constant histogram bounds"),
             ),

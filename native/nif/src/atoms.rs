@@ -56,6 +56,9 @@ rustler::atoms! {
     consistent_hash_vnodes,
     hash_balance_factor,
     ewma_decay_ms,
+    stale_after_ms,
+    age_ms,
+    aged_q_value,
     // breakers
     breaker,
     closed,

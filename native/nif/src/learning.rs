@@ -69,6 +69,8 @@ fn explain<'a>(env: Env<'a>, router: Term<'a>, caps: Term<'a>, class: Term<'a>) 
                     atoms::weight(),
                     atoms::breaker(),
                     atoms::softmax(),
+                    atoms::age_ms(),
+                    atoms::aged_q_value(),
                 ]
                 .map(|a| a.encode(env));
                 let values = [
@@ -82,6 +84,11 @@ fn explain<'a>(env: Env<'a>, router: Term<'a>, caps: Term<'a>, class: Term<'a>) 
                     e.weight.encode(env),
                     crate::router::breaker_term(env, e.breaker),
                     e.softmax.encode(env),
+                    match e.age_us {
+                        Some(us) => (us / 1000).encode(env),
+                        None => atoms::undefined().encode(env),
+                    },
+                    e.aged_q_value.encode(env),
                 ];
                 Term::map_from_term_arrays(env, &keys, &values).map_err(|_| badarg("router"))
             })

@@ -154,6 +154,9 @@ fn router_options(opts: Term<'_>) -> NifOutcome<(RouterConfig, bool)> {
                 value.decode::<u32>().map_err(|_| badarg("opts"))? as usize;
         } else if k == atoms::ewma_decay_ms() {
             c.ewma_decay_us = number(value, |v| v > 0.0)? * 1000.0;
+        } else if k == atoms::stale_after_ms() {
+            // 0: aging off
+            c.stale_after_us = u64::from(value.decode::<u32>().map_err(|_| badarg("opts"))?) * 1000;
         } else if !breaker_option(&mut c, k, value, &mut window)? {
             return Err(badarg("opts"));
         }

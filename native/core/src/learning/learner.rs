@@ -508,9 +508,16 @@ impl Learner {
     /// One episode: the TD step for cell `s` of `row` with reward `r`;
     /// advances the epsilon schedule. Returns the new value.
     pub fn learn(&self, row: &QRow, s: usize, r: f64) -> f64 {
+        self.learn_at(row, s, r, self.config.alpha)
+    }
+
+    /// [`Learner::learn`] with learning rate `alpha`: the router raises it
+    /// for an outcome that ends a long silence, which old values should not
+    /// outweigh (see `Lease::complete`).
+    pub fn learn_at(&self, row: &QRow, s: usize, r: f64, alpha: f64) -> f64 {
         let c = &self.config;
         let class = (s / STATES) as u32;
-        let new = row.learn(s, r, self.best_next(class), c.alpha, c.gamma);
+        let new = row.learn(s, r, self.best_next(class), alpha, c.gamma);
         let n = self.episodes.fetch_add(1, Ordering::Relaxed) + 1;
         // The schedule moves by less than a percent per episode: recomputing
         // it (a `powf`) every 16 episodes is as good and costs 1/16.

@@ -184,6 +184,31 @@ impl<P> Agent<P> {
         }
     }
 
+    /// How far Q-learning's view of this agent's value has drifted toward
+    /// the optimistic prior of an unmeasured agent at `now_us`, 0 to 1: 0
+    /// while its news is fresh or it has tasks in flight; once no news came
+    /// for `stale_after_us`, `1 - exp(-t / stale_after)` after `t` more. An
+    /// agent nobody asked for a while is then tried again, later the worse
+    /// it was learned to be (see `Router::age`).
+    #[inline]
+    pub fn drift(&self, now_us: u64) -> f64 {
+        let stale = self.shared.config.stale_after_us;
+        match self.stats.age_us(now_us) {
+            Some(age) if stale > 0 && age >= stale && self.stats.in_flight() == 0 => {
+                1.0 - (-((age - stale) as f64 / stale as f64)).exp()
+            }
+            _ => 0.0,
+        }
+    }
+
+    /// `learned` as Q-learning's decisions see it at `now_us`: moved
+    /// [`Agent::drift`] of the way up to the optimistic prior.
+    #[inline]
+    pub fn aged(&self, learned: f64, now_us: u64) -> f64 {
+        let prior = self.shared.learner().config().best_prior();
+        learned + (prior - learned).max(0.0) * self.drift(now_us)
+    }
+
     /// Refreshes the cached value after the load, the condition or the
     /// table changed. Concurrent refreshes may store in either order; a stale
     /// copy lasts until the agent's next task starts or ends, and only sways

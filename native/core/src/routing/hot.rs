@@ -1,7 +1,7 @@
 //! Dense per-agent "hot" cells: the figures a decision reads for every
 //! candidate (tasks in flight, the learner's condition byte, the breaker's
-//! state, the value of the current state), 16 bytes per agent, four agents
-//! per cache line.
+//! state, the value of the current state and how far its news has aged),
+//! 16 bytes per agent, four agents per cache line.
 //!
 //! An agent is a few hundred bytes behind its own pointer; a scan over a
 //! thousand of them touches a thousand scattered cache lines. Its hot cell
@@ -9,7 +9,7 @@
 //! around the same time, and each table snapshot keeps the cells of its slots
 //! in one array, so the scan reads two dense arrays.
 
-use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU16, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Cells per chunk: a cell's index is a byte, so reading a cell needs no
@@ -28,9 +28,15 @@ pub struct Hot {
     condition: AtomicU8,
     /// `BreakerState` as a byte (0 closed).
     breaker: AtomicU8,
+    /// How far Q-learning's view of the value has drifted toward the
+    /// optimistic prior because the agent's news aged, in 1/65535ths (0:
+    /// fresh). In the cell's padding: the cell stays 16 bytes.
+    drift: AtomicU16,
     /// `f64` bits of the learned value of the agent's current state (class 0).
     value: AtomicU64,
 }
+
+const _: () = assert!(std::mem::size_of::<Hot>() == 16);
 
 /// The cell of a hole in a snapshot's slots: as many tasks in flight as a
 /// cell can count, so no strategy admits it.
@@ -47,6 +53,7 @@ impl Hot {
             in_flight: AtomicU32::new(in_flight),
             condition: AtomicU8::new(UNMEASURED),
             breaker: AtomicU8::new(0),
+            drift: AtomicU16::new(0),
             value: AtomicU64::new(0),
         }
     }
@@ -55,6 +62,7 @@ impl Hot {
         self.in_flight.store(0, Ordering::Relaxed);
         self.condition.store(UNMEASURED, Ordering::Relaxed);
         self.breaker.store(0, Ordering::Relaxed);
+        self.drift.store(0, Ordering::Relaxed);
         self.value.store(0, Ordering::Relaxed);
     }
 
@@ -104,9 +112,34 @@ impl Hot {
         f64::from_bits(self.value.load(Ordering::Relaxed))
     }
 
+    /// Sets the learned value; the news is fresh again (no drift).
     #[inline]
     pub(crate) fn set_value(&self, v: f64) {
         self.value.store(v.to_bits(), Ordering::Relaxed);
+        self.drift.store(0, Ordering::Relaxed);
+    }
+
+    /// How far the value has drifted toward the prior, 0 to 1.
+    #[inline]
+    pub fn drift(&self) -> f64 {
+        f64::from(self.drift.load(Ordering::Relaxed)) / f64::from(u16::MAX)
+    }
+
+    #[inline]
+    pub(crate) fn set_drift(&self, d: f64) {
+        let d = (d.clamp(0.0, 1.0) * f64::from(u16::MAX)).round() as u16;
+        self.drift.store(d, Ordering::Relaxed);
+    }
+
+    /// The value as Q-learning's decisions see it: the learned value moved
+    /// `drift` of the way up to `prior` (never down).
+    #[inline]
+    pub fn aged_value(&self, prior: f64) -> f64 {
+        let v = self.value();
+        match self.drift.load(Ordering::Relaxed) {
+            0 => v,
+            d => v + (prior - v).max(0.0) * (f64::from(d) / f64::from(u16::MAX)),
+        }
     }
 }
 

@@ -119,7 +119,7 @@ impl<P> Lease<P> {
         let shared = self.agent.shared();
         let now = shared.clock.now_us();
         let latency = now.saturating_sub(self.started_us);
-        self.release(outcome, latency, now);
+        let fresh = self.release(outcome, latency, now);
         self.close_span(outcome, now);
         if outcome == Outcome::Abandoned {
             self.agent
@@ -134,7 +134,12 @@ impl<P> Lease<P> {
         let learner = &shared.learner;
         let config = learner.config();
         let r = config.reward(latency as f64, outcome == Outcome::Success);
-        learner.learn(self.agent.q_row(), self.state as usize, r);
+        learner.learn_at(
+            self.agent.q_row(),
+            self.state as usize,
+            r,
+            config.alpha.max(fresh),
+        );
         self.agent.refresh_value();
         let transition = shared.count(self.agent.breaker().record(
             self.agent.stats().hot(),
@@ -150,10 +155,24 @@ impl<P> Lease<P> {
         })
     }
 
-    fn release(&self, outcome: Outcome, latency_us: u64, now_us: u64) {
+    /// Releases the agent's load and records the outcome in its stats;
+    /// returns the outcome's freshness ([`freshness`]).
+    fn release(&self, outcome: Outcome, latency_us: u64, now_us: u64) -> f64 {
         let shared = self.agent.shared();
         let stats = self.agent.stats();
-        stats.release(outcome, latency_us, now_us, shared.config.ewma_decay_us);
+        // how long the agent had been silent when this task started
+        let silence = match stats.last_outcome_us() {
+            0 => None,
+            t => Some(self.started_us.saturating_sub(t)),
+        };
+        let fresh = freshness(silence, shared.config.stale_after_us);
+        stats.release(
+            outcome,
+            latency_us,
+            now_us,
+            shared.config.ewma_decay_us,
+            fresh,
+        );
         stats.set_condition(
             shared
                 .learner
@@ -162,6 +181,7 @@ impl<P> Lease<P> {
         );
         self.agent.refresh_value();
         shared.in_flight.fetch_sub(1, Ordering::AcqRel);
+        fresh
     }
 }
 
@@ -341,6 +361,25 @@ pub struct Explained {
     /// Probability under the softmax of the `weighted` strategy (0 for an
     /// agent whose breaker or bulkhead refuses tasks now).
     pub softmax: f64,
+    /// How old the news of the agent is: microseconds since its last
+    /// outcome (`None`: never heard of).
+    pub age_us: Option<u64>,
+    /// The value Q-learning's decisions see: `q_value` drifted toward the
+    /// optimistic prior when the news is stale (see [`Router::age`]).
+    pub aged_q_value: f64,
+}
+
+/// How much of what is known about an agent an outcome replaces at least,
+/// after `silence` microseconds without news of it: `1 - exp(-silence /
+/// stale_after)`, 0 without a silence or with aging off. The latency and
+/// success averages and the learning rate take at least this weight, so
+/// that what is known of an agent nobody asked for a while is mostly its
+/// newest answer.
+fn freshness(silence: Option<u64>, stale_after_us: u64) -> f64 {
+    match silence {
+        Some(s) if stale_after_us > 0 => 1.0 - (-(s as f64) / stale_after_us as f64).exp(),
+        _ => 0.0,
+    }
 }
 
 /// Choices a decision makes before giving up on permits taken by others in
@@ -412,6 +451,7 @@ impl<P> Router<P> {
     {
         let shared = self.shared();
         let now_us = shared.clock.now_us();
+        self.age(now_us);
         for _ in 0..DECIDE_ATTEMPTS {
             let agent = self
                 .agents
@@ -587,6 +627,45 @@ impl<P> Router<P> {
         })
     }
 
+    /// Ages what decisions see of agents nobody asked for a while: the
+    /// cached value of an idle agent with no news for `stale_after_us`
+    /// drifts from what was learned toward the optimistic prior of an
+    /// unmeasured agent ([`Agent::aged`]), so that it is tried again, later
+    /// the worse it was learned to be. Its first answer then counts for
+    /// most of what is known (the averages and the learned value take it
+    /// with a weight that grows with the silence before it, see
+    /// `AgentStats::release` and `alpha_after`): an agent that got better
+    /// while the others took the load is taken at its new speed, and one
+    /// still slow goes back to its learned place after one slow answer.
+    ///
+    /// Costs every decision one load; every quarter of `stale_after_us` one
+    /// decision (the one that claims the look) walks the table's agents.
+    pub fn age(&self, now_us: u64) {
+        let shared = self.shared();
+        let stale = shared.config.stale_after_us;
+        let due = shared.next_aging_us.load(Ordering::Relaxed);
+        if stale == 0
+            || now_us < due
+            || shared
+                .next_aging_us
+                .compare_exchange(
+                    due,
+                    now_us.saturating_add((stale / 4).max(1_000)),
+                    Ordering::AcqRel,
+                    Ordering::Relaxed,
+                )
+                .is_err()
+        {
+            return;
+        }
+        for agent in self.agents.load().agents() {
+            let d = agent.drift(now_us);
+            if d > 0.0 {
+                agent.stats().hot().set_drift(d);
+            }
+        }
+    }
+
     /// The agent `req` would go to, without taking a lease: the selection
     /// half of [`Router::decide`].
     pub fn pick<R: Rng + ?Sized>(
@@ -697,6 +776,7 @@ impl<P> Router<P> {
         let mut weights = Vec::new();
         softmax_weights(&candidates, &cx, &mut weights);
         let total: f64 = weights.iter().sum();
+        let now_us = cx.now_us;
         let mut out: Vec<Explained> = candidates
             .iter()
             .zip(&weights)
@@ -704,10 +784,13 @@ impl<P> Router<P> {
                 let agent = snapshot.agent(slot);
                 let state = agent.state(config, class);
                 let stats = agent.stats();
+                let q_value = agent.q_row().value(state.index());
                 Explained {
+                    age_us: stats.age_us(now_us),
+                    aged_q_value: agent.aged(q_value, now_us),
                     id: agent.id().to_vec(),
                     state,
-                    q_value: agent.q_row().value(state.index()),
+                    q_value,
                     visits: agent.q_row().visits(state.index()),
                     in_flight: stats.in_flight(),
                     ewma_latency_us: stats.ewma_latency_us(),
@@ -1042,5 +1125,120 @@ mod tests {
         assert_eq!(r.stats().episodes, 0);
         let a = r.agents().load().find(b"agent-0").unwrap().clone();
         assert!((0..a.q_row().len()).all(|i| a.q_row().visits(i) == 0));
+    }
+
+    /// Lease one task to the agent of `slot` (round robin from a fresh
+    /// router reaches it), answered after `ms` of the manual clock.
+    fn serve(r: &Router<usize>, want: usize, ms: u64, ok: bool) {
+        let mut rng = rng();
+        for _ in 0..16 {
+            let lease = r
+                .decide(&Request::new(WORK, Strategy::RoundRobin), &mut rng)
+                .unwrap();
+            if *lease.agent().payload() == want {
+                r.clock().advance(ms * 1000);
+                lease.complete(if ok {
+                    Outcome::Success
+                } else {
+                    Outcome::Failure
+                });
+                return;
+            }
+            lease.complete(Outcome::Abandoned);
+        }
+        panic!("round robin never reached {want}");
+    }
+
+    #[test]
+    fn stale_news_drifts_toward_the_prior_and_the_next_answer_counts_most() {
+        let r = router(2);
+        let stale = r.shared().config().stale_after_us;
+        let config = r.shared().learner.config().clone();
+        // agent 1 is slow (300 ms, the slow bucket), agent 0 fast
+        for _ in 0..5 {
+            serve(&r, 0, 5, true);
+            serve(&r, 1, 300, true);
+        }
+        let snapshot = r.agents().load();
+        let (a0, a1) = (snapshot.agent(0).clone(), snapshot.agent(1).clone());
+        let learned = a1.stats().current_value();
+        assert!(learned < a0.stats().current_value());
+        assert_eq!(a1.drift(r.clock().now_us()), 0.0);
+        // a silence of stale_after and as much again: the drift is 1 - 1/e
+        r.clock().advance(2 * stale);
+        let now = r.clock().now_us();
+        assert!((a1.drift(now) - (1.0 - (-1.0f64).exp())).abs() < 1e-9);
+        // a decision makes the router look: the hot cell carries the drift,
+        // the learned value is untouched
+        let lease = r
+            .decide(&Request::new(WORK, Strategy::RoundRobin), &mut rng())
+            .unwrap();
+        lease.complete(Outcome::Abandoned);
+        let hot = a1.stats().hot();
+        assert!((hot.drift() - a1.drift(now)).abs() < 1e-4);
+        assert_eq!(hot.value(), learned);
+        let aged = hot.aged_value(config.best_prior());
+        assert!(aged > learned && aged < config.best_prior());
+        // an agent with a task in flight does not drift
+        let held = a1.stats().hot().try_add_in_flight(10);
+        assert!(held);
+        assert_eq!(a1.drift(now), 0.0);
+        a1.stats().hot().sub_in_flight();
+        // after the silence, one fast answer moves the latency average nearly
+        // all the way (weight 1 - exp(-2) at least, not the usual 0.5)
+        let before = a1.stats().ewma_latency_us();
+        serve(&r, 1, 5, true);
+        let after = a1.stats().ewma_latency_us();
+        let weight = (before - after) / (before - 5000.0);
+        assert!(weight >= 1.0 - (-2.0f64).exp() - 1e-9, "{weight}");
+        assert_eq!(a1.drift(r.clock().now_us()), 0.0);
+        assert_eq!(a1.stats().hot().drift(), 0.0);
+    }
+
+    #[test]
+    fn q_learning_tries_a_stale_agent_again_and_aging_can_be_off() {
+        for (stale_after_us, tried) in [(3_000_000, true), (0, false)] {
+            let r = Router::new(
+                RouterConfig {
+                    stale_after_us,
+                    ..RouterConfig::default()
+                },
+                Clock::manual(0),
+            );
+            for i in 0..2 {
+                r.agents()
+                    .insert(AgentSpec::new(
+                        format!("agent-{i}"),
+                        i,
+                        vec![b"work".to_vec()],
+                    ))
+                    .unwrap();
+            }
+            for _ in 0..5 {
+                serve(&r, 0, 5, true);
+                serve(&r, 1, 300, true);
+            }
+            let mut rng = rng();
+            let mut picks = |n: usize| {
+                (0..n)
+                    .map(|_| {
+                        let lease = r
+                            .decide(&Request::new(WORK, Strategy::QLearning), &mut rng)
+                            .unwrap();
+                        let who = *lease.agent().payload();
+                        r.clock().advance(1000);
+                        lease.complete(Outcome::Success);
+                        who
+                    })
+                    .collect::<Vec<_>>()
+            };
+            // fresh news: the fast agent gets every greedy pick (epsilon aside)
+            let now = picks(200);
+            assert!(now.iter().filter(|&&w| w == 0).count() > 180);
+            // agent 1 silent for long: with aging, the next picks try it
+            r.clock().advance(30_000_000);
+            let later = picks(5);
+            assert_eq!(later.contains(&1), tried, "{stale_after_us}: {later:?}");
+        }
     }
 }

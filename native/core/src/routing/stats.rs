@@ -44,6 +44,9 @@ pub struct AgentStats {
     peak_stamp_us: AtomicU64,
     /// When a task was last handed to the agent (0: never).
     last_pick_us: AtomicU64,
+    /// When the agent last gave news of itself: an answer, an error, a
+    /// timeout or its death (0: never). The age of what is known about it.
+    last_outcome_us: AtomicU64,
     /// Latencies of answered tasks (and timeouts, at the timeout), for
     /// percentiles; behind the agent's own lock, taken once per completion.
     latencies: Mutex<Histogram<u32>>,
@@ -79,6 +82,7 @@ impl AgentStats {
             peak_latency_us: AtomicU64::new(0),
             peak_stamp_us: AtomicU64::new(0),
             last_pick_us: AtomicU64::new(0),
+            last_outcome_us: AtomicU64::new(0),
             latencies: Mutex::new(histogram()),
         }
     }
@@ -206,6 +210,22 @@ impl AgentStats {
         self.last_pick_us.load(Ordering::Relaxed)
     }
 
+    /// When the agent last gave news of itself (an outcome other than an
+    /// abandoned call), microseconds (0: never).
+    #[inline]
+    pub fn last_outcome_us(&self) -> u64 {
+        self.last_outcome_us.load(Ordering::Relaxed)
+    }
+
+    /// How old what is known about the agent is at `now_us`, or `None` when
+    /// nothing is.
+    pub fn age_us(&self, now_us: u64) -> Option<u64> {
+        match self.last_outcome_us() {
+            0 => None,
+            t => Some(now_us.saturating_sub(t)),
+        }
+    }
+
     /// Counts a task handed to the agent (the router takes its load through
     /// the bulkhead instead, then marks the pick).
     #[cfg(test)]
@@ -223,7 +243,19 @@ impl AgentStats {
 
     /// Settles one task taken with [`AgentStats::acquire`]. Called exactly once
     /// per acquire (the lease guarantees it), so `in_flight` cannot underflow.
-    pub(crate) fn release(&self, outcome: Outcome, latency_us: u64, now_us: u64, tau_us: f64) {
+    ///
+    /// `fresh` (0 to 1) is how much of what was known this outcome replaces
+    /// at least: the router passes more than the averages' usual weights for
+    /// the first outcome after a long silence, so that it is taken at its
+    /// word rather than averaged with old news.
+    pub(crate) fn release(
+        &self,
+        outcome: Outcome,
+        latency_us: u64,
+        now_us: u64,
+        tau_us: f64,
+        fresh: f64,
+    ) {
         self.hot.get().sub_in_flight();
         let counter = match outcome {
             Outcome::Success => &self.succeeded,
@@ -240,7 +272,7 @@ impl AgentStats {
             Outcome::Success | Outcome::Failure | Outcome::Timeout
         ) {
             let sample = latency_us as f64;
-            ewma_update(&self.ewma_latency_us, sample, EWMA_WEIGHT, true);
+            ewma_update(&self.ewma_latency_us, sample, EWMA_WEIGHT.max(fresh), true);
             self.observe_peak(sample, now_us, tau_us);
             self.latencies
                 .lock()
@@ -248,12 +280,13 @@ impl AgentStats {
                 .saturating_record(latency_us.clamp(1, HISTOGRAM_MAX_US));
         }
         if outcome != Outcome::Abandoned {
+            self.last_outcome_us.store(now_us.max(1), Ordering::Relaxed);
             let ok = if outcome == Outcome::Success {
                 1.0
             } else {
                 0.0
             };
-            ewma_update(&self.success_rate, ok, SUCCESS_WEIGHT, false);
+            ewma_update(&self.success_rate, ok, SUCCESS_WEIGHT.max(fresh), false);
         }
     }
 
@@ -334,8 +367,8 @@ mod tests {
         s.acquire(0);
         s.acquire(0);
         assert_eq!(s.in_flight(), 2);
-        s.release(Outcome::Success, 100, 0, TAU);
-        s.release(Outcome::AgentDown, 0, 0, TAU);
+        s.release(Outcome::Success, 100, 0, TAU, 0.0);
+        s.release(Outcome::AgentDown, 0, 0, TAU, 0.0);
         let v = s.view();
         assert_eq!(v.in_flight, 0);
         assert_eq!(v.dispatched, 2);
@@ -350,7 +383,7 @@ mod tests {
         let s = AgentStats::default();
         for lat in [100, 200] {
             s.acquire(0);
-            s.release(Outcome::Success, lat, 0, TAU);
+            s.release(Outcome::Success, lat, 0, TAU, 0.0);
         }
         assert!((s.view().ewma_latency_us - 150.0).abs() < 1e-9);
         assert_eq!(s.view().success_rate, 1.0);
@@ -360,10 +393,10 @@ mod tests {
     fn crashes_do_not_move_latency_and_abandons_move_nothing() {
         let s = AgentStats::default();
         s.acquire(0);
-        s.release(Outcome::AgentDown, 5_000, 0, TAU);
+        s.release(Outcome::AgentDown, 5_000, 0, TAU, 0.0);
         assert_eq!(s.view().ewma_latency_us, 0.0);
         s.acquire(0);
-        s.release(Outcome::Abandoned, 5_000, 0, TAU);
+        s.release(Outcome::Abandoned, 5_000, 0, TAU, 0.0);
         assert!((s.success_rate() - 0.9).abs() < 1e-12);
     }
 
@@ -382,7 +415,7 @@ mod tests {
         assert_eq!(s.latency_percentiles(), None);
         for lat in 1..=1000u64 {
             s.acquire(0);
-            s.release(Outcome::Success, lat * 100, 0, TAU);
+            s.release(Outcome::Success, lat * 100, 0, TAU, 0.0);
         }
         let (p50, p95, p99) = s.latency_percentiles().unwrap();
         let near = |got: u64, want: u64| (got as f64 / want as f64 - 1.0).abs() < 0.02;
@@ -397,9 +430,9 @@ mod tests {
         let s = AgentStats::default();
         assert_eq!(s.peak_latency_us(0, TAU), None);
         s.acquire(0);
-        s.release(Outcome::Success, 1_000, 0, TAU);
+        s.release(Outcome::Success, 1_000, 0, TAU, 0.0);
         s.acquire(0);
-        s.release(Outcome::Timeout, 50_000, 1_000, TAU);
+        s.release(Outcome::Timeout, 50_000, 1_000, TAU, 0.0);
         let peak = s.peak_latency_us(1_000, TAU).unwrap();
         assert!((peak - 50_000.0).abs() < 1e-6, "{peak}");
         // one time constant later it has fallen to 1/e, without any sample
@@ -407,7 +440,7 @@ mod tests {
         assert!((later - 50_000.0 / std::f64::consts::E).abs() < 1e-6);
         // a low sample long after is averaged in with most of the weight
         s.acquire(0);
-        s.release(Outcome::Success, 1_000, 1_000 + 5 * TAU as u64, TAU);
+        s.release(Outcome::Success, 1_000, 1_000 + 5 * TAU as u64, TAU, 0.0);
         let after = s.peak_latency_us(1_000 + 5 * TAU as u64, TAU).unwrap();
         assert!(after < 1_500.0 && after > 1_000.0, "{after}");
     }

@@ -90,6 +90,13 @@ impl<P> PickContext<'_, P> {
         agent.current_value(indexer, self.class)
     }
 
+    /// [`PickContext::q_value`] as Q-learning sees it: aged when the agent's
+    /// news is stale (see `Router::age`).
+    #[inline]
+    fn aged_q_value(&self, indexer: &StateIndexer, agent: &Agent<P>) -> f64 {
+        agent.aged(self.q_value(indexer, agent), self.now_us)
+    }
+
     fn indexer(&self) -> StateIndexer {
         self.shared.learner().config().indexer(self.class)
     }
@@ -211,13 +218,14 @@ impl StrategyState {
                     candidates[cx.next_admitted(candidates, c % candidates.len())?]
                 } else {
                     let (slot, best) = if cx.class == 0 {
-                        argmin_hot(cands, cx, rng, |_, h| -h.value())
+                        let prior = learner.config().best_prior();
+                        argmin_hot(cands, cx, rng, |_, h| -h.aged_value(prior))
                     } else {
                         let ix = cx.indexer();
                         let (i, best) = argmin_random_ties(candidates.len(), rng, |i| {
                             let slot = candidates[i];
                             if cx.admits(slot) {
-                                -cx.q_value(&ix, cx.agent(slot))
+                                -cx.aged_q_value(&ix, cx.agent(slot))
                             } else {
                                 f64::INFINITY
                             }
@@ -225,7 +233,13 @@ impl StrategyState {
                         (candidates[i], best)
                     };
                     let slot = admitted(candidates, cx, (slot, best))?;
-                    learner.observe_best(cx.class, -best);
+                    // the best learned value is what the next TD targets
+                    // add; a winner chosen for its aged view is a probe, and
+                    // says nothing of it
+                    let ix = cx.indexer();
+                    if -best <= cx.q_value(&ix, cx.agent(slot)) {
+                        learner.observe_best(cx.class, -best);
+                    }
                     slot
                 }
             }

@@ -64,6 +64,19 @@ pub struct Workload {
     pub agents: Vec<AgentGroup>,
     #[serde(default)]
     pub phases: Vec<Phase>,
+    /// Which tasks "after the change" measures (default: 2 000 tasks, after
+    /// 2 000 allowed to adapt).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after_change: Option<AfterChange>,
+}
+
+/// The tasks "after the change" counts: from the first task arriving after
+/// the first phase starts, `settle` are skipped and the next `tasks` count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AfterChange {
+    pub settle: usize,
+    pub tasks: usize,
 }
 
 /// Why a workload cannot run.
@@ -156,6 +169,7 @@ impl Workload {
                     group("flaky", 10, 15.0, 0.5, 0.15, 0.25),
                 ],
                 phases: vec![],
+                after_change: None,
             }),
             "degradation" => Some(Workload {
                 name: name.into(),
@@ -176,6 +190,7 @@ impl Workload {
                     spread: None,
                     load_sensitivity: None,
                 }],
+                after_change: None,
             }),
             "shift" => Some(Workload {
                 name: name.into(),
@@ -209,12 +224,46 @@ impl Workload {
                         load_sensitivity: None,
                     },
                 ],
+                after_change: None,
+            }),
+            "recovery" => Some(Workload {
+                name: name.into(),
+                description: "3 agents of 25 ms carry the load while 17 others answer in \
+                              150 ms; at 60 s the slow ones recover to 8 ms, and nothing else \
+                              changes: only trying them again shows it. 2 agents of 12 ms \
+                              fail 30% of tasks throughout"
+                    .into(),
+                tasks: 6_000,
+                arrival_rate: 50.0,
+                task_timeout_ms: 1000.0,
+                agents: vec![
+                    group("steady", 3, 25.0, 0.3, 0.0, 0.2),
+                    group("recovering", 17, 150.0, 0.3, 0.0, 0.2),
+                    group("flaky", 2, 12.0, 0.3, 0.3, 0.2),
+                ],
+                phases: vec![Phase {
+                    at_s: 60.0,
+                    until_s: None,
+                    group: "recovering".into(),
+                    agents: None,
+                    mean_ms: Some(8.0),
+                    failure_rate: None,
+                    spread: None,
+                    load_sensitivity: None,
+                }],
+                // the 2 000 tasks right after the change: nothing forced a
+                // look at the recovered agents, so this is how fast one is taken
+                after_change: Some(AfterChange {
+                    settle: 0,
+                    tasks: 2000,
+                }),
             }),
             _ => None,
         }
     }
 
-    pub const BUILTIN: &'static [&'static str] = &["heterogeneous", "degradation", "shift"];
+    pub const BUILTIN: &'static [&'static str] =
+        &["heterogeneous", "degradation", "shift", "recovery"];
 }
 
 #[cfg(test)]
