@@ -3,12 +3,17 @@
 //! cargo run --release --example simulate -- --workload heterogeneous --seed 1
 //! cargo run --release --example simulate -- --workload my_traffic.json --json
 //! cargo run --release --example simulate -- --print-workload shift
+//! cargo run --release --example simulate -- --plot docs/sim-{workload}.svg
 //!
 //! Options: --workload NAME|FILE (default: every built-in), --seed N (1),
 //! --tasks N (override), --strategies a,b,... (default: all and the oracle),
 //! --resilience (breakers and bulkheads on, as the application runs; off by
 //! default so that strategies are compared on their own), --json
-//! (machine-readable results), --print-workload NAME.
+//! (machine-readable results), --plot FILE.svg (each contender's rolling
+//! mean latency and success over simulated time, the phases marked;
+//! `{workload}` in FILE is the workload's name, and with several workloads
+//! and no `{workload}` the name goes before the extension),
+//! --print-workload NAME.
 
 use std::process::ExitCode;
 
@@ -23,6 +28,7 @@ struct Args {
     json: bool,
     resilience: bool,
     print: Option<String>,
+    plot: Option<String>,
 }
 
 fn parse() -> Result<Args, String> {
@@ -34,6 +40,7 @@ fn parse() -> Result<Args, String> {
         json: false,
         resilience: false,
         print: None,
+        plot: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -61,10 +68,12 @@ fn parse() -> Result<Args, String> {
             "--json" => args.json = true,
             "--resilience" => args.resilience = true,
             "--print-workload" => args.print = Some(value("--print-workload")?),
+            "--plot" => args.plot = Some(value("--plot")?),
             "--help" | "-h" => {
                 return Err(
                     "usage: simulate [--workload NAME|FILE]... [--seed N] [--tasks N] \
-                            [--strategies a,b] [--resilience] [--json] [--print-workload NAME]"
+                            [--strategies a,b] [--resilience] [--json] [--plot FILE.svg] \
+                            [--print-workload NAME]"
                         .into(),
                 );
             }
@@ -88,6 +97,20 @@ fn load(name: &str) -> Result<Workload, String> {
         )
     })?;
     Workload::from_json(&text).map_err(|e| format!("{name}: {e}"))
+}
+
+/// Where the picture of `workload` goes.
+fn plot_path(pattern: &str, workload: &str, several: bool) -> String {
+    if pattern.contains("{workload}") {
+        pattern.replace("{workload}", workload)
+    } else if several {
+        match pattern.rsplit_once('.') {
+            Some((stem, ext)) => format!("{stem}-{workload}.{ext}"),
+            None => format!("{pattern}-{workload}"),
+        }
+    } else {
+        pattern.to_string()
+    }
 }
 
 fn main() -> ExitCode {
@@ -131,6 +154,18 @@ fn main() -> ExitCode {
             Window::default(),
             args.resilience,
         );
+        if let Some(pattern) = &args.plot {
+            let path = plot_path(pattern, &w.name, args.workloads.len() > 1);
+            let written = sim::plot::svg(&w, args.seed, &results)
+                .and_then(|svg| std::fs::write(&path, svg).map_err(|e| e.to_string()));
+            match written {
+                Ok(()) => eprintln!("wrote {path}"),
+                Err(e) => {
+                    eprintln!("{path}: {e}");
+                    return ExitCode::from(1);
+                }
+            }
+        }
         if args.json {
             json.push(serde_json::json!({
                 "workload": w.name, "seed": args.seed, "tasks": w.tasks,

@@ -180,3 +180,47 @@ fn a_json_workload_runs() {
             .all(|r| r.all.tasks == 2000 && r.after_change.is_some())
     );
 }
+
+/// The picture: a well-formed SVG document holding, for each contender, one
+/// series in each panel (latency and success) and its name in the legend.
+#[test]
+fn the_plot_is_well_formed_svg_with_one_series_per_contender() {
+    let w = Workload::builtin("recovery").unwrap();
+    let contenders = Contender::all();
+    let rs = compare(
+        &w,
+        &contenders,
+        1,
+        &RouterConfig::default(),
+        Window::default(),
+        false,
+    );
+    let svg = erlmcp_flow_core::sim::plot::svg(&w, 1, &rs).unwrap();
+    let doc = roxmltree::Document::parse(&svg).expect("well-formed XML");
+    let root = doc.root_element();
+    assert_eq!(root.tag_name().name(), "svg");
+    assert_eq!(root.tag_name().namespace(), Some("http://www.w3.org/2000/svg"));
+    // the series: polylines of width 2, one colour per contender, two each
+    let mut by_colour = std::collections::BTreeMap::new();
+    for n in doc.descendants().filter(|n| n.has_tag_name("polyline")) {
+        if n.attribute("stroke-width") == Some("2") {
+            *by_colour
+                .entry(n.attribute("stroke").unwrap().to_string())
+                .or_insert(0) += 1;
+            assert!(n.attribute("points").unwrap().split(' ').count() > 100);
+        }
+    }
+    assert_eq!(by_colour.len(), contenders.len(), "{by_colour:?}");
+    assert!(by_colour.values().all(|&n| n == 2), "{by_colour:?}");
+    // the legend names every contender, and the phase is marked
+    let texts: Vec<String> = doc
+        .descendants()
+        .filter(|n| n.has_tag_name("text"))
+        .filter_map(|n| n.text())
+        .map(|t| t.trim().to_string())
+        .collect();
+    for c in &contenders {
+        assert!(texts.iter().any(|t| t == c.name()), "{}", c.name());
+    }
+    assert!(texts.iter().any(|t| t == "recovering changes"));
+}

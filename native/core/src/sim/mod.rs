@@ -9,6 +9,7 @@
 //! those whose caller already timed out. The caller sees the answer at
 //! `min(latency, timeout)`.
 
+pub mod plot;
 pub mod workload;
 
 use std::cmp::Reverse;
