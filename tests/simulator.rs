@@ -199,7 +199,10 @@ fn the_plot_is_well_formed_svg_with_one_series_per_contender() {
     let doc = roxmltree::Document::parse(&svg).expect("well-formed XML");
     let root = doc.root_element();
     assert_eq!(root.tag_name().name(), "svg");
-    assert_eq!(root.tag_name().namespace(), Some("http://www.w3.org/2000/svg"));
+    assert_eq!(
+        root.tag_name().namespace(),
+        Some("http://www.w3.org/2000/svg")
+    );
     // the series: polylines of width 2, one colour per contender, two each
     let mut by_colour = std::collections::BTreeMap::new();
     for n in doc.descendants().filter(|n| n.has_tag_name("polyline")) {

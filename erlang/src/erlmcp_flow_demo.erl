@@ -2,6 +2,14 @@
 %% speed and reliability (fast, normal, slow, flaky; latency growing with
 %% load) routes the same closed-loop workload through `erlmcp_flow:execute/2'
 %% with every strategy this build has, and prints one row per strategy.
+%% While it runs, the fast agents slow down (from the task at a third of the
+%% run, to 30 ms) and recover (from two thirds on): the table's last columns
+%% are the mean latency of the tasks started while they were slow and after
+%% they recovered, which shows which strategies notice each change. The demo
+%% runs in seconds, so it sets Q-learning's `stale_after_ms' and p2c's
+%% `ewma_decay_ms' to 250 ms (3 s in production), the same compression of
+%% time as its millisecond agents.
+%%
 %% The Q-table is reset before each strategy, so q_learning starts from
 %% nothing like the others. Then one task on the flaky agents, under a
 %% caller's traceparent, shows its spans (the task and each attempt) from the
@@ -19,7 +27,10 @@
 
 -type row() :: #{strategy := atom(), tasks := non_neg_integer(), ok := non_neg_integer(),
                  mean_ms := float(), p50_ms := float(), p99_ms := float(),
-                 throughput := float()}.
+                 throughput := float(),
+                 %% mean latency of the tasks started while the fast agents were
+                 %% slowed down, and after they recovered
+                 slowed_ms := float(), recovered_ms := float()}.
 
 %% A traced task: the caller's traceparent, the task's Meta, its spans.
 -type traced() :: {binary(), map(), [erlmcp_flow_correlation_tracker:span()]}.
@@ -33,6 +44,13 @@ groups() ->
      {slow, 15, #{mean_ms => 50, load_factor => 0.5}},
      {flaky, 10, #{mean_ms => 8, load_factor => 0.3, fail_rate => 0.2}}].
 
+%% The group that slows down at a third of the run and recovers at two
+%% thirds, and its speed meanwhile.
+-define(CHANGING, fast).
+-define(SLOWED, #{mean_ms => 30}).
+%% The demo's time scale (see the module doc).
+-define(DEMO_AGING_MS, 250).
+
 -define(SWARMS, 5).
 -define(SWARM_MEMBERS, 3).
 -define(SWARM_PROFILE, #{mean_ms => 12, load_factor => 0.3}).
@@ -44,7 +62,7 @@ main() ->
     %% the demo's flaky agents open breakers; the table is what it shows
     ok = logger:set_primary_config(level, error),
     Status = try
-                 _ = run(#{tasks => 4000, concurrency => 40, timeout => 1000}),
+                 _ = run(#{tasks => 6000, concurrency => 40, timeout => 1000}),
                  0
              catch
                  Class:Reason:Stack ->
@@ -59,34 +77,71 @@ main() ->
 -spec run(#{tasks := pos_integer(), concurrency := pos_integer(), timeout := pos_integer()}) ->
           #{rows := [row()], trace := traced()}.
 run(#{tasks := Tasks, concurrency := Conc, timeout := Timeout}) ->
+    Restore = demo_time_scale(),
     {ok, _} = application:ensure_all_started(erlmcp_flow),
     process_flag(trap_exit, true),
     Agents = start_agents(),
     {Swarms, Members} = lists:unzip(start_swarms()),
     io:format("erlmcp_flow demo: ~b agents (~ts) and ~b swarms of ~b members; "
-              "~b tasks, ~b concurrent callers, ~b ms timeout~n~n",
+              "~b tasks, ~b concurrent callers, ~b ms timeout;~n"
+              "the ~s agents slow to ~b ms from task ~b and recover from task ~b~n~n",
               [length(Agents), describe_groups(), length(Swarms), ?SWARM_MEMBERS,
-               Tasks, Conc, Timeout]),
-    Rows = [run_strategy(S, Tasks, Conc, Timeout) || S <- erlmcp_flow_router:strategies()],
+               Tasks, Conc, Timeout, ?CHANGING, maps:get(mean_ms, ?SLOWED), Tasks div 3,
+               2 * Tasks div 3]),
+    Changing = [A || {?CHANGING, A} <- Agents],
+    Rows = [run_strategy(S, Tasks, Conc, Timeout, Changing)
+            || S <- erlmcp_flow_router:strategies()],
     io:put_chars(format_table(Rows)),
     Trace = traced_task(),
     print_trace(Trace),
     print_stats(erlmcp_flow:stats()),
     [ok = erlmcp_flow_swarm:stop(S) || S <- Swarms],
-    [ok = erlmcp_flow_agent:stop(A) || A <- Agents ++ lists:append(Members)],
+    [ok = erlmcp_flow_agent:stop(A) || {_, A} <- Agents],
+    [ok = erlmcp_flow_agent:stop(A) || A <- lists:append(Members)],
+    Restore(),
     #{rows => Rows, trace => Trace}.
 
 %% @doc The rows as an aligned text table.
 -spec format_table([row()]) -> iodata().
 format_table(Rows) ->
-    Header = io_lib:format("~-18s ~7s ~9s ~9s ~9s ~9s ~10s~n",
+    Header = io_lib:format("~-18s ~7s ~9s ~9s ~9s ~9s ~10s ~11s ~11s~n",
                            ["strategy", "tasks", "success", "mean ms", "p50 ms", "p99 ms",
-                            "tasks/s"]),
+                            "tasks/s", "slowed ms", "recovered"]),
     [Header |
-     [io_lib:format("~-18s ~7b ~8.2f% ~9.2f ~9.2f ~9.2f ~10b~n",
-                    [S, N, 100 * Ok / max(N, 1), Mean, P50, P99, round(Tput)])
+     [io_lib:format("~-18s ~7b ~8.2f% ~9.2f ~9.2f ~9.2f ~10b ~11.2f ~11.2f~n",
+                    [S, N, 100 * Ok / max(N, 1), Mean, P50, P99, round(Tput), Slowed,
+                     Recovered])
       || #{strategy := S, tasks := N, ok := Ok, mean_ms := Mean, p50_ms := P50,
-           p99_ms := P99, throughput := Tput} <- Rows]].
+           p99_ms := P99, throughput := Tput, slowed_ms := Slowed,
+           recovered_ms := Recovered} <- Rows]].
+
+%% Sets the demo's aging time scale (when the application is not running
+%% yet, so that its router takes it); returns how to put the settings back.
+demo_time_scale() ->
+    _ = application:load(erlmcp_flow),
+    Old = [{K, application:get_env(erlmcp_flow, K)} || K <- [q_learning, load_balancer]],
+    case whereis(erlmcp_flow_sup) of
+        undefined ->
+            Q = case application:get_env(erlmcp_flow, q_learning) of
+                    {ok, QM} -> QM;
+                    undefined -> #{}
+                end,
+            LB = case application:get_env(erlmcp_flow, load_balancer) of
+                     {ok, LM} -> LM;
+                     undefined -> #{}
+                 end,
+            ok = application:set_env(erlmcp_flow, q_learning,
+                                     Q#{stale_after_ms => ?DEMO_AGING_MS}),
+            ok = application:set_env(erlmcp_flow, load_balancer,
+                                     LB#{ewma_decay_ms => ?DEMO_AGING_MS});
+        _ ->
+            ok
+    end,
+    fun() ->
+            lists:foreach(fun({K, undefined}) -> application:unset_env(erlmcp_flow, K);
+                             ({K, {ok, V}}) -> application:set_env(erlmcp_flow, K, V)
+                          end, Old)
+    end.
 
 %%====================================================================
 %% Internal functions
@@ -95,14 +150,20 @@ format_table(Rows) ->
 describe_groups() ->
     lists:join(", ", [io_lib:format("~b ~s", [N, G]) || {G, N, _} <- groups()]).
 
+%% Every agent with its group: [{Group, Pid}].
 start_agents() ->
     lists:append(
       [[begin
             Id = iolist_to_binary(io_lib:format("~s-~2..0b", [G, I])),
             {ok, Pid} = erlmcp_flow_sim_agent:start_link(Id, [?CAP, atom_to_binary(G)],
                                                          P#{seed => erlang:phash2(Id)}),
-            Pid
+            {G, Pid}
         end || I <- lists:seq(1, N)] || {G, N, P} <- groups()]).
+
+%% The profile a group's agents started with.
+profile(G) ->
+    {G, _, P} = lists:keyfind(G, 1, groups()),
+    P.
 
 start_swarms() ->
     [begin
@@ -114,34 +175,59 @@ start_swarms() ->
          {Pid, Members}
      end || S <- lists:seq(1, ?SWARMS)].
 
-run_strategy(Strategy, Tasks, Conc, Timeout) ->
+run_strategy(Strategy, Tasks, Conc, Timeout, Changing) ->
     %% Every strategy starts from the same blank table: the learner learns
     %% from every outcome, so q_learning would otherwise profit from the runs
-    %% before it.
+    %% before it. The changing agents start at their own speed.
     ok = erlmcp_flow_q_learning:reset(),
+    [ok = erlmcp_flow_sim_agent:set_profile(A, profile(?CHANGING)) || A <- Changing],
     Parent = self(),
     Per = Tasks div Conc,
+    %% tasks started so far: the callers that start task Tasks/3 and 2Tasks/3
+    %% change the agents, exactly once each
+    Started = atomics:new(1, []),
+    Phase = fun() ->
+                    case atomics:add_get(Started, 1, 1) of
+                        N when N =:= Per * Conc div 3 ->
+                            [ok = erlmcp_flow_sim_agent:set_profile(A, ?SLOWED) || A <- Changing],
+                            slowed;
+                        N when N =:= 2 * Per * Conc div 3 ->
+                            [ok = erlmcp_flow_sim_agent:set_profile(A, profile(?CHANGING))
+                             || A <- Changing],
+                            recovered;
+                        N when N > 2 * Per * Conc div 3 -> recovered;
+                        N when N > Per * Conc div 3 -> slowed;
+                        _ -> before
+                    end
+            end,
     T0 = erlang:monotonic_time(microsecond),
-    Callers = [spawn_link(fun() -> Parent ! {done, self(), caller(Strategy, Per, Timeout)} end)
+    Callers = [spawn_link(fun() -> Parent ! {done, self(), caller(Strategy, Per, Timeout, Phase)} end)
                || _ <- lists:seq(1, Conc)],
     Results = lists:append([receive {done, C, R} -> R end || C <- Callers]),
     Elapsed = erlang:monotonic_time(microsecond) - T0,
-    Lat = lists:sort([L || {_, L} <- Results]),
+    Lat = lists:sort([L || {_, L, _} <- Results]),
     N = length(Results),
+    Mean = fun(Which) ->
+                   In = [L || {_, L, P} <- Results, P =:= Which],
+                   lists:sum(In) / max(length(In), 1) / 1000
+           end,
     #{strategy => Strategy, tasks => N,
-      ok => length([ok || {ok, _} <- Results]),
+      ok => length([ok || {ok, _, _} <- Results]),
       mean_ms => lists:sum(Lat) / max(N, 1) / 1000,
       p50_ms => percentile(Lat, 0.50) / 1000,
       p99_ms => percentile(Lat, 0.99) / 1000,
-      throughput => N / (Elapsed / 1.0e6)}.
+      throughput => N / (Elapsed / 1.0e6),
+      slowed_ms => Mean(slowed),
+      recovered_ms => Mean(recovered)}.
 
-caller(Strategy, N, Timeout) ->
+caller(Strategy, N, Timeout, Phase) ->
     Req = #{capabilities => [?CAP], strategy => Strategy, timeout => Timeout},
     [begin
+         P = Phase(),
          T0 = erlang:monotonic_time(microsecond),
          Answer = erlmcp_flow:execute(#{id => I}, Req),
          Lat = erlang:monotonic_time(microsecond) - T0,
-         {element(1, Answer), Lat}
+         {element(1, Answer), Lat, P}
      end || I <- lists:seq(1, N)].
 
 %% Runs tasks on the flaky agents, each under a new caller's traceparent,

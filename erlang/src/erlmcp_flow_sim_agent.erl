@@ -13,12 +13,17 @@
 %% <li>`fail_rate' (0.0): share of tasks answered `{error, simulated_failure}';</li>
 %% <li>`seed' (from the pid): seed of the agent's own random stream.</li>
 %% </ul>
+%%
+%% `set_profile(Agent, Changes)' changes `mean_ms', `jitter', `load_factor' or
+%% `fail_rate' of a running agent (its tasks in flight keep their latency):
+%% an agent that slows down or recovers while traffic flows.
 -module(erlmcp_flow_sim_agent).
 -behaviour(erlmcp_flow_agent).
 
 %% API
 -export([start_link/3]).
 -export([start_link/1]).
+-export([set_profile/2]).
 
 %% erlmcp_flow_agent callbacks
 -export([init/1]).
@@ -40,6 +45,12 @@ start_link(AgentId, Capabilities, Profile) ->
 -spec start_link(profile()) -> {ok, pid()} | {error, term()}.
 start_link(Profile) ->
     erlmcp_flow_agent:start_link(?MODULE, Profile).
+
+%% @doc Changes the profile of a running simulated agent for its next tasks.
+-spec set_profile(pid(), profile()) -> ok.
+set_profile(Agent, Changes) when is_map(Changes) ->
+    Agent ! {set_profile, maps:with([mean_ms, jitter, load_factor, fail_rate], Changes)},
+    ok.
 
 %% @private
 -spec init(profile()) -> {ok, map()}.
@@ -72,5 +83,7 @@ handle_task(Task, Ctx, #{mean_ms := Mean, jitter := J, load_factor := LF, fail_r
 handle_info({sim_done, Ctx, Result}, #{in_flight := N} = S) ->
     ok = erlmcp_flow_agent:reply(Ctx, Result),
     {ok, S#{in_flight := N - 1}};
+handle_info({set_profile, Changes}, S) ->
+    {ok, maps:merge(S, Changes)};
 handle_info(_Msg, S) ->
     {ok, S}.

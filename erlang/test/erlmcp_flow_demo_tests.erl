@@ -23,9 +23,13 @@ small_run() ->
          ?assertEqual(200, N),
          ?assert(Ok =< N andalso Ok > N div 2),
          ?assert(P50 =< P99),
-         ?assert(Mean > 0 andalso Tput > 0)
+         ?assert(Mean > 0 andalso Tput > 0),
+         %% the tasks started while the fast agents were slowed, and after
+         ?assert(Slowed > 0 andalso Recovered > 0)
      end || #{tasks := N, ok := Ok, p50_ms := P50, p99_ms := P99, mean_ms := Mean,
-              throughput := Tput} <- Rows],
+              throughput := Tput, slowed_ms := Slowed, recovered_ms := Recovered} <- Rows],
+    %% the demo's time scale is put back
+    ?assertEqual(undefined, application:get_env(erlmcp_flow, q_learning)),
     Table = iolist_to_binary(erlmcp_flow_demo:format_table(Rows)),
     %% the traced task's chain: the task's span under the caller's, then one
     %% span per attempt, children of the task's
@@ -36,6 +40,7 @@ small_run() ->
     ?assertEqual(lists:seq(1, N), [A || #{attempt := A} <- Attempts]),
     [?assertMatch(#{trace_id := TraceId, parent_span_id := TaskSpan}, S) || S <- Attempts],
     ?assertMatch({match, _}, re:run(Table, "round_robin\\s+200\\s")),
+    ?assertMatch({match, _}, re:run(Table, "slowed ms\\s+recovered")),
     %% the demo stops what it started
     erlmcp_flow_test_util:sync_registry(),
     erlmcp_flow_test_util:assert_clean().

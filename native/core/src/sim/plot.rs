@@ -76,7 +76,11 @@ pub fn svg(workload: &Workload, seed: u64, results: &[RunResult]) -> Result<Stri
             .fold((f64::INFINITY, 0.0f64), |(lo, hi), &(_, v)| {
                 (lo.min(v), hi.max(v))
             });
-        let lo = if lo.is_finite() { (lo * 0.8).max(0.1) } else { 1.0 };
+        let lo = if lo.is_finite() {
+            (lo * 0.8).max(0.1)
+        } else {
+            1.0
+        };
         let hi = (hi * 1.25).max(lo * 2.0);
         let low_success = success
             .iter()
@@ -112,7 +116,10 @@ pub fn svg(workload: &Workload, seed: u64, results: &[RunResult]) -> Result<Stri
             .map_err(|e| e.to_string())?;
         for (at, label) in &phases {
             chart
-                .draw_series(LineSeries::new(vec![(*at, lo), (*at, hi)], BLACK.stroke_width(1)))
+                .draw_series(LineSeries::new(
+                    vec![(*at, lo), (*at, hi)],
+                    BLACK.stroke_width(1),
+                ))
                 .map_err(|e| e.to_string())?;
             chart
                 .draw_series(std::iter::once(Text::new(
