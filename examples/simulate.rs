@@ -13,7 +13,8 @@
 //! mean latency and success over simulated time, the phases marked;
 //! `{workload}` in FILE is the workload's name, and with several workloads
 //! and no `{workload}` the name goes before the extension),
-//! --print-workload NAME.
+//! --sample-above N|infinity (candidates past which the scanning strategies
+//! sample; default 256, infinity: never), --print-workload NAME.
 
 use std::process::ExitCode;
 
@@ -29,6 +30,7 @@ struct Args {
     resilience: bool,
     print: Option<String>,
     plot: Option<String>,
+    sample_above: Option<Option<usize>>,
 }
 
 fn parse() -> Result<Args, String> {
@@ -41,6 +43,7 @@ fn parse() -> Result<Args, String> {
         resilience: false,
         print: None,
         plot: None,
+        sample_above: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -69,11 +72,24 @@ fn parse() -> Result<Args, String> {
             "--resilience" => args.resilience = true,
             "--print-workload" => args.print = Some(value("--print-workload")?),
             "--plot" => args.plot = Some(value("--plot")?),
+            "--sample-above" => {
+                let v = value("--sample-above")?;
+                args.sample_above = Some(if v == "infinity" {
+                    None
+                } else {
+                    Some(
+                        v.parse()
+                            .ok()
+                            .filter(|&n: &usize| n > 0)
+                            .ok_or("--sample-above: a positive integer or infinity")?,
+                    )
+                });
+            }
             "--help" | "-h" => {
                 return Err(
                     "usage: simulate [--workload NAME|FILE]... [--seed N] [--tasks N] \
                             [--strategies a,b] [--resilience] [--json] [--plot FILE.svg] \
-                            [--print-workload NAME]"
+                            [--sample-above N|infinity] [--print-workload NAME]"
                         .into(),
                 );
             }
@@ -133,7 +149,10 @@ fn main() -> ExitCode {
             }
         };
     }
-    let config = RouterConfig::default();
+    let mut config = RouterConfig::default();
+    if let Some(limit) = args.sample_above {
+        config.sample_above = limit;
+    }
     let mut json = Vec::new();
     for name in &args.workloads {
         let mut w = match load(name) {

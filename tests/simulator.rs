@@ -227,3 +227,70 @@ fn the_plot_is_well_formed_svg_with_one_series_per_contender() {
     }
     assert!(texts.iter().any(|t| t == "recovering changes"));
 }
+
+/// A thousand agents: past 256 candidates least_connections, weighted and
+/// Q-learning's greedy pick look at a sample (64 drawn uniformly; Q-learning
+/// adds its 16 recent winners). Q-learning still nears the oracle, keeps off
+/// the agents that turned slow, and does as well as scanning every
+/// candidate; the other two sampled strategies do as well as their scans.
+#[test]
+fn large_sampled_strategies_hold_their_floors_at_1000_agents() {
+    let w = Workload::builtin("large").unwrap();
+    let run = |sample_above| {
+        let config = RouterConfig {
+            sample_above,
+            ..RouterConfig::default()
+        };
+        compare(
+            &w,
+            &[
+                RR,
+                Q,
+                Contender::Strategy(Strategy::LeastConnections),
+                Contender::Strategy(Strategy::Weighted),
+                Contender::Oracle,
+            ],
+            1,
+            &config,
+            Window::default(),
+            false,
+        )
+    };
+    let sampled = run(Some(256));
+    let (rr, q, o) = (
+        get(&sampled, "round_robin"),
+        get(&sampled, "q_learning"),
+        get(&sampled, "oracle"),
+    );
+    assert!(
+        q.all.mean_ms <= 0.2 * rr.all.mean_ms,
+        "{} vs rr {}",
+        q.all.mean_ms,
+        rr.all.mean_ms
+    );
+    assert!(
+        q.all.mean_ms <= 1.4 * o.all.mean_ms,
+        "{} vs oracle {}",
+        q.all.mean_ms,
+        o.all.mean_ms
+    );
+    let (qa, oa) = (
+        q.after_change.clone().unwrap(),
+        o.after_change.clone().unwrap(),
+    );
+    assert!(
+        qa.mean_ms <= 1.25 * oa.mean_ms,
+        "after: {} vs oracle {}",
+        qa.mean_ms,
+        oa.mean_ms
+    );
+    assert!(qa.success_rate >= 0.995, "after: {}", qa.success_rate);
+    let exact = run(None);
+    for name in ["q_learning", "least_connections", "weighted"] {
+        let (s, e) = (
+            get(&sampled, name).all.mean_ms,
+            get(&exact, name).all.mean_ms,
+        );
+        assert!(s <= 1.1 * e, "{name}: sampled {s} vs every candidate {e}");
+    }
+}

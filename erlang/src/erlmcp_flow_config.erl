@@ -75,7 +75,9 @@ schema() ->
           [{strategy, round_robin, fun is_strategy/1},
            {consistent_hash_vnodes, 150, int(1, ?MAX_VNODES)},
            {hash_balance_factor, infinity, fun is_balance_factor/1},
-           {ewma_decay_ms, 3000, ms(integer)}],
+           {ewma_decay_ms, 3000, ms(integer)},
+           %% past this many candidates the scanning strategies sample
+           {sample_above, 256, fun is_sample_above/1}],
       circuit_breaker =>
           [{enabled, true, fun is_boolean/1},
            {failure_threshold, 5, int(1, ?MAX_COUNT)},
@@ -347,6 +349,8 @@ is_unit_open_high(V) -> is_number(V) andalso V >= 0 andalso V < 1.
 is_positive_number(V) -> is_number(V) andalso V > 0 andalso V < 1.0e300.
 is_balance_factor(infinity) -> true;
 is_balance_factor(V) -> is_number(V) andalso V > 1.
+is_sample_above(infinity) -> true;
+is_sample_above(V) -> is_integer(V) andalso V >= 1 andalso V =< ?MAX_COUNT.
 is_optional_path(undefined) -> true;
 is_optional_path(V) -> (is_binary(V) orelse io_lib:char_list(V)) andalso V =/= "" andalso V =/= <<>>.
 is_optional_secret(undefined) -> true;

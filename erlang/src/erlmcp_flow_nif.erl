@@ -74,6 +74,7 @@
                          slow_threshold_ms => number(), task_classes => pos_integer(),
                          max_concurrent => pos_integer(), consistent_hash_vnodes => pos_integer(),
                          hash_balance_factor => number() | infinity, ewma_decay_ms => number(),
+                         sample_above => pos_integer() | infinity,
                          stale_after_ms => non_neg_integer(),
                          breaker_enabled => boolean(), failure_threshold => pos_integer(),
                          min_requests => pos_integer(), failure_rate_threshold => number(),

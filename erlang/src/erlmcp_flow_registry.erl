@@ -351,7 +351,7 @@ router_options() ->
     QKeys = [alpha, gamma, epsilon, epsilon_min, epsilon_decay, epsilon_schedule,
              softmax_temperature, fast_threshold_ms, slow_threshold_ms, task_classes,
              stale_after_ms],
-    LBKeys = [consistent_hash_vnodes, hash_balance_factor, ewma_decay_ms],
+    LBKeys = [consistent_hash_vnodes, hash_balance_factor, ewma_decay_ms, sample_above],
     CB = erlmcp_flow_config:get(circuit_breaker),
     Breaker = #{breaker_enabled => maps:get(enabled, CB),
                 failure_threshold => maps:get(failure_threshold, CB),

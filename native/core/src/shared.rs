@@ -70,6 +70,11 @@ pub struct RouterConfig {
     /// learner sees it unmeasured and tries it again (0: never). See
     /// [`crate::routing::router::Router::age`].
     pub stale_after_us: u64,
+    /// Candidates past which `least_connections`, `weighted` and
+    /// `q_learning`'s greedy pick look at a uniform sample of
+    /// [`crate::routing::strategy::SAMPLE`] candidates (Q-learning adds its
+    /// recent winners) instead of all of them (`None`: always all).
+    pub sample_above: Option<usize>,
     /// Rows of agents that left kept for their return.
     pub max_dormant_rows: usize,
     /// Bulkhead: tasks in flight per agent at most.
@@ -148,6 +153,7 @@ impl Default for RouterConfig {
             hash_balance_factor: None,
             ewma_decay_us: 3e6,
             stale_after_us: 3_000_000,
+            sample_above: Some(crate::routing::strategy::EXACT_LIMIT),
             max_dormant_rows: 10_000,
             max_concurrent: 10,
             breaker: BreakerConfig::default(),

@@ -55,6 +55,7 @@ rustler::atoms! {
     max_concurrent,
     consistent_hash_vnodes,
     hash_balance_factor,
+    sample_above,
     ewma_decay_ms,
     stale_after_ms,
     age_ms,

@@ -145,6 +145,12 @@ fn router_options(opts: Term<'_>) -> NifOutcome<(RouterConfig, bool)> {
             } else {
                 Some(number(value, |v| v > 1.0)?)
             };
+        } else if k == atoms::sample_above() {
+            c.sample_above = if Atom::from_term(value).is_ok_and(|a| a == atoms::infinity()) {
+                None
+            } else {
+                Some(positive_int(value)? as usize)
+            };
         } else if k == atoms::correlation_ttl_ms() {
             c.correlation.ttl_us = u64::from(positive_int(value)?) * 1000;
         } else if k == atoms::correlation_max_entries() {

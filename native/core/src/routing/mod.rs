@@ -4,6 +4,7 @@
 
 pub mod agents;
 pub mod hot;
+pub mod latency;
 pub mod ring;
 pub mod router;
 pub mod stats;

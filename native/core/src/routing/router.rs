@@ -1037,6 +1037,92 @@ mod tests {
         assert_eq!(r.stats().in_flight, 0);
     }
 
+    fn router_with(n: usize, config: RouterConfig) -> Router<usize> {
+        let r = Router::new(config, Clock::manual(0));
+        let specs = (0..n)
+            .map(|i| AgentSpec::new(format!("agent-{i}"), i, vec![b"work".to_vec()]))
+            .collect();
+        r.agents().insert_many(specs).unwrap();
+        r
+    }
+
+    /// Past `sample_above` candidates a pick looks at a sample; when none
+    /// of the sample admits a task, it looks at every candidate, so the one
+    /// agent with room is found, and a refusal still says why.
+    #[test]
+    fn sampled_picks_find_the_one_agent_with_room() {
+        let config = RouterConfig {
+            max_concurrent: 1,
+            ..RouterConfig::default()
+        };
+        let r = router_with(1000, config);
+        let mut rng = rng();
+        let busy: Vec<_> = (0..999)
+            .map(|_| {
+                r.decide(&Request::new(WORK, Strategy::RoundRobin), &mut rng)
+                    .unwrap()
+            })
+            .collect();
+        let free = 999 * 1000 / 2 - busy.iter().map(|l| *l.agent().payload()).sum::<usize>();
+        for s in [
+            Strategy::LeastConnections,
+            Strategy::Weighted,
+            Strategy::QLearning,
+        ] {
+            for _ in 0..20 {
+                let lease = r.decide(&Request::new(WORK, s), &mut rng).unwrap();
+                assert_eq!(*lease.agent().payload(), free, "{s:?}");
+                assert_eq!(
+                    r.decide(&Request::new(WORK, s), &mut rng).unwrap_err(),
+                    FlowError::Overloaded,
+                    "{s:?}"
+                );
+                lease.complete(Outcome::Success);
+            }
+        }
+        drop(busy);
+    }
+
+    /// Q-learning's greedy pick among a large set keeps the best agent it
+    /// has sampled in view: once found, it is chosen on every greedy pick.
+    #[test]
+    fn sampled_q_learning_keeps_the_best_agent_in_view() {
+        let mut config = RouterConfig::default();
+        config.q.epsilon = 0.0;
+        config.q.epsilon_min = 0.0;
+        let r = router_with(1000, config);
+        let mut rng = rng();
+        // every agent measured once: agent 500 answers, the others fail
+        for _ in 0..1000 {
+            let lease = r
+                .decide(&Request::new(WORK, Strategy::RoundRobin), &mut rng)
+                .unwrap();
+            r.clock().advance(100);
+            let ok = *lease.agent().payload() == 500;
+            lease.complete(if ok {
+                Outcome::Success
+            } else {
+                Outcome::Failure
+            });
+        }
+        let mut best = 0;
+        for _ in 0..400 {
+            let lease = r
+                .decide(&Request::new(WORK, Strategy::QLearning), &mut rng)
+                .unwrap();
+            r.clock().advance(100);
+            if *lease.agent().payload() == 500 {
+                best += 1;
+                lease.complete(Outcome::Success);
+            } else {
+                lease.complete(Outcome::Failure);
+            }
+        }
+        // found within the first ~16 picks (64 of 1000 sampled each time),
+        // then kept
+        assert!(best >= 350, "{best}");
+    }
+
     #[test]
     fn consistent_hash_needs_a_key() {
         let r = router(3);

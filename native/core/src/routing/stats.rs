@@ -7,9 +7,8 @@
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use hdrhistogram::Histogram;
-
 use crate::routing::hot::{Hot, HotRef};
+use crate::routing::latency::LatencyHistogram;
 use crate::shared::Outcome;
 
 /// Weight of the newest sample in the latency moving average. High, because
@@ -49,16 +48,7 @@ pub struct AgentStats {
     last_outcome_us: AtomicU64,
     /// Latencies of answered tasks (and timeouts, at the timeout), for
     /// percentiles; behind the agent's own lock, taken once per completion.
-    latencies: Mutex<Histogram<u32>>,
-}
-
-/// Latencies recorded, in microseconds: 1 µs to an hour, 2 significant digits.
-const HISTOGRAM_MAX_US: u64 = 3_600_000_000;
-
-fn histogram() -> Histogram<u32> {
-    // Constant bounds that `new_with_bounds` accepts (low >= 1, high >= 2 low,
-    // 2 significant digits); a failure would be a bug in this line.
-    Histogram::new_with_bounds(1, HISTOGRAM_MAX_US, 2).expect("constant histogram bounds")
+    latencies: Mutex<LatencyHistogram>,
 }
 
 impl Default for AgentStats {
@@ -83,7 +73,7 @@ impl AgentStats {
             peak_stamp_us: AtomicU64::new(0),
             last_pick_us: AtomicU64::new(0),
             last_outcome_us: AtomicU64::new(0),
-            latencies: Mutex::new(histogram()),
+            latencies: Mutex::new(LatencyHistogram::new()),
         }
     }
 
@@ -277,7 +267,7 @@ impl AgentStats {
             self.latencies
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .saturating_record(latency_us.clamp(1, HISTOGRAM_MAX_US));
+                .record(latency_us);
         }
         if outcome != Outcome::Abandoned {
             self.last_outcome_us.store(now_us.max(1), Ordering::Relaxed);
@@ -315,20 +305,14 @@ impl AgentStats {
     /// One latency quantile in microseconds, `None` before the first sample.
     pub fn latency_quantile(&self, q: f64) -> Option<u64> {
         let h = self.latencies.lock().unwrap_or_else(|e| e.into_inner());
-        (!h.is_empty()).then(|| h.value_at_quantile(q))
+        h.quantile(q)
     }
 
     /// Latency percentiles in microseconds (p50, p95, p99), `None` before the
     /// first sample.
     pub fn latency_percentiles(&self) -> Option<(u64, u64, u64)> {
         let h = self.latencies.lock().unwrap_or_else(|e| e.into_inner());
-        (!h.is_empty()).then(|| {
-            (
-                h.value_at_quantile(0.50),
-                h.value_at_quantile(0.95),
-                h.value_at_quantile(0.99),
-            )
-        })
+        Some((h.quantile(0.50)?, h.quantile(0.95)?, h.quantile(0.99)?))
     }
 
     /// Copies every counter. The copy is not one atomic snapshot: a task

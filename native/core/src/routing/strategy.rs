@@ -4,7 +4,8 @@
 //! required capabilities, in slot order) and returns an index into it. None of
 //! them locks: they read the agents' atomics and the snapshot.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
 use rand::{Rng, RngExt};
 
@@ -97,6 +98,15 @@ impl<P> PickContext<'_, P> {
         agent.aged(self.q_value(indexer, agent), self.now_us)
     }
 
+    /// Whether a pick among `n` candidates looks at a sample.
+    #[inline]
+    fn sampled(&self, n: usize) -> bool {
+        self.shared
+            .config()
+            .sample_above
+            .is_some_and(|limit| n > limit)
+    }
+
     fn indexer(&self) -> StateIndexer {
         self.shared.learner().config().indexer(self.class)
     }
@@ -148,12 +158,67 @@ impl<P> PickContext<'_, P> {
     }
 }
 
+/// Candidates up to which `least_connections`, `weighted` and
+/// `q_learning`'s greedy pick look at every candidate, by default (the
+/// `sample_above` setting). Past it they look at [`SAMPLE`] candidates drawn
+/// uniformly (Q-learning adds its recent winners), so that a decision among
+/// 10 000 costs about what one among 100 does.
+pub const EXACT_LIMIT: usize = 256;
+/// Candidates drawn (uniformly, with replacement) for a sampled pick.
+pub const SAMPLE: usize = 64;
+/// Recent distinct winners of Q-learning's greedy pick, added to its sample:
+/// once the best agent has been sampled and won, it stays in view.
+const ELITE: usize = 16;
+
 /// Per-router state the strategies share across decisions.
 #[derive(Debug, Default)]
 pub(crate) struct StrategyState {
     round_robin: AtomicUsize,
     /// Where Q-learning's next exploring pick goes.
     explore: AtomicUsize,
+    /// Q-learning's recent greedy winners among large candidate sets, as
+    /// slots. Slots are renumbered when the table is compacted: a stale entry
+    /// then names another agent, which is only one more candidate looked at.
+    elite: [AtomicU32; ELITE],
+    elite_next: AtomicUsize,
+}
+
+thread_local! {
+    /// The slots of a sampled pick.
+    static SAMPLED: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on [`SAMPLE`] slots drawn uniformly from `candidates`, followed
+/// by those of `extra` that are candidates.
+fn with_sample<P, R: Rng + ?Sized, T>(
+    cands: Candidates<'_>,
+    cx: &PickContext<'_, P>,
+    rng: &mut R,
+    extra: &[AtomicU32],
+    f: impl FnOnce(&[u32], &mut R) -> T,
+) -> T {
+    let candidates = cands.slots;
+    SAMPLED.with(|cell| {
+        let mut sample = cell.take();
+        sample.clear();
+        sample.extend((0..SAMPLE).map(|_| candidates[rng.random_range(0..candidates.len())]));
+        let live = cx.snapshot.hot().len() as u32;
+        sample.extend(
+            extra
+                .iter()
+                .map(|e| e.load(Ordering::Relaxed))
+                .filter(|&slot| {
+                    if cands.all {
+                        slot < live
+                    } else {
+                        candidates.binary_search(&slot).is_ok()
+                    }
+                }),
+        );
+        let out = f(&sample, rng);
+        cell.replace(sample);
+        out
+    })
 }
 
 /// Why a strategy could not pick.
@@ -198,12 +263,35 @@ impl StrategyState {
                     .store(if i + 1 == n { 0 } else { i + 1 }, Ordering::Relaxed);
                 candidates[i]
             }
-            Strategy::LeastConnections => admitted(
-                candidates,
-                cx,
-                argmin_hot(cands, cx, rng, |_, h| f64::from(h.in_flight())),
-            )?,
-            Strategy::Weighted => candidates[softmax_pick(candidates, cx, rng)?],
+            Strategy::LeastConnections => {
+                let in_flight = |_, h: &Hot| f64::from(h.in_flight());
+                let (slot, cost) = if cx.sampled(candidates.len()) {
+                    // power of d choices: the least loaded of a sample; a
+                    // sample where none admits a task falls back to the scan
+                    match with_sample(cands, cx, rng, &[], |s, rng| {
+                        argmin_slots(s, cx, rng, in_flight)
+                    }) {
+                        (slot, cost) if cost.is_finite() => (slot, cost),
+                        _ => argmin_hot(cands, cx, rng, in_flight),
+                    }
+                } else {
+                    argmin_hot(cands, cx, rng, in_flight)
+                };
+                admitted(candidates, cx, (slot, cost))?
+            }
+            Strategy::Weighted => {
+                let drawn = if cx.sampled(candidates.len()) {
+                    with_sample(cands, cx, rng, &[], |s, rng| {
+                        softmax_pick(s, cx, rng).ok().map(|i| s[i])
+                    })
+                } else {
+                    None
+                };
+                match drawn {
+                    Some(slot) => slot,
+                    None => candidates[softmax_pick(candidates, cx, rng)?],
+                }
+            }
             Strategy::ConsistentHash => consistent_hash(cands, cx)?,
             Strategy::P2cEwma => candidates[p2c(candidates, cx, rng)?],
             Strategy::QLearning => {
@@ -217,20 +305,18 @@ impl StrategyState {
                     let c = self.explore.fetch_add(1, Ordering::Relaxed);
                     candidates[cx.next_admitted(candidates, c % candidates.len())?]
                 } else {
-                    let (slot, best) = if cx.class == 0 {
-                        let prior = learner.config().best_prior();
-                        argmin_hot(cands, cx, rng, |_, h| -h.aged_value(prior))
-                    } else {
-                        let ix = cx.indexer();
-                        let (i, best) = argmin_random_ties(candidates.len(), rng, |i| {
-                            let slot = candidates[i];
-                            if cx.admits(slot) {
-                                -cx.aged_q_value(&ix, cx.agent(slot))
-                            } else {
-                                f64::INFINITY
+                    let (slot, best) = if cx.sampled(candidates.len()) {
+                        match with_sample(cands, cx, rng, &self.elite, |s, rng| {
+                            self.greedy(s, cx, rng)
+                        }) {
+                            (slot, best) if best.is_finite() => {
+                                self.remember(slot);
+                                (slot, best)
                             }
-                        });
-                        (candidates[i], best)
+                            _ => self.greedy_all(cands, cx, rng),
+                        }
+                    } else {
+                        self.greedy_all(cands, cx, rng)
                     };
                     let slot = admitted(candidates, cx, (slot, best))?;
                     // the best learned value is what the next TD targets
@@ -244,6 +330,56 @@ impl StrategyState {
                 }
             }
         })
+    }
+}
+
+impl StrategyState {
+    /// Q-learning's greedy choice among every candidate: the slot of the
+    /// highest (aged) value, negated.
+    fn greedy_all<P, R: Rng + ?Sized>(
+        &self,
+        cands: Candidates<'_>,
+        cx: &PickContext<'_, P>,
+        rng: &mut R,
+    ) -> (u32, f64) {
+        if cx.class == 0 {
+            let prior = cx.shared.learner().config().best_prior();
+            argmin_hot(cands, cx, rng, |_, h| -h.aged_value(prior))
+        } else {
+            self.greedy(cands.slots, cx, rng)
+        }
+    }
+
+    /// Q-learning's greedy choice among `slots`.
+    fn greedy<P, R: Rng + ?Sized>(
+        &self,
+        slots: &[u32],
+        cx: &PickContext<'_, P>,
+        rng: &mut R,
+    ) -> (u32, f64) {
+        if cx.class == 0 {
+            let prior = cx.shared.learner().config().best_prior();
+            argmin_slots(slots, cx, rng, |_, h| -h.aged_value(prior))
+        } else {
+            let ix = cx.indexer();
+            let (i, best) = argmin_random_ties(slots.len(), rng, |i| {
+                let slot = slots[i];
+                if cx.admits(slot) {
+                    -cx.aged_q_value(&ix, cx.agent(slot))
+                } else {
+                    f64::INFINITY
+                }
+            });
+            (slots[i], best)
+        }
+    }
+
+    /// Keeps a greedy winner in view, unless it is already.
+    fn remember(&self, slot: u32) {
+        if self.elite.iter().all(|e| e.load(Ordering::Relaxed) != slot) {
+            let i = self.elite_next.fetch_add(1, Ordering::Relaxed) % ELITE;
+            self.elite[i].store(slot, Ordering::Relaxed);
+        }
     }
 }
 
@@ -322,6 +458,28 @@ fn argmin_hot<P, R: Rng + ?Sized>(
         });
         (candidates[i], cost)
     }
+}
+
+/// [`argmin_hot`] over `slots` (any slots of the snapshot, repeats allowed).
+#[inline]
+fn argmin_slots<P, R: Rng + ?Sized>(
+    slots: &[u32],
+    cx: &PickContext<'_, P>,
+    rng: &mut R,
+    cost: impl Fn(u32, &Hot) -> f64,
+) -> (u32, f64) {
+    let hot = cx.snapshot.hot();
+    let max = cx.shared.config().max_concurrent;
+    let (i, c) = argmin_random_ties(slots.len(), rng, |i| {
+        let slot = slots[i];
+        let h = hot[slot as usize].get();
+        if h.in_flight() < max && (h.breaker() == 0 || cx.admits_hot(slot, h)) {
+            cost(slot, h)
+        } else {
+            f64::INFINITY
+        }
+    });
+    (slots[i], c)
 }
 
 /// [`argmin_random_ties`] over every cell of a snapshot, in order: the slot

@@ -258,12 +258,43 @@ impl Workload {
                     tasks: 2000,
                 }),
             }),
+            "large" => Some(Workload {
+                name: name.into(),
+                description: "1 000 agents: 250 fast, 350 normal, 250 slow, 150 fast but \
+                              flaky; at 5 s, 50 of the fast ones turn 2 s slow (tasks time \
+                              out at 1 s). Past 256 candidates the scanning strategies look at \
+                              a sample: this is where that shows"
+                    .into(),
+                tasks: 100_000,
+                arrival_rate: 10_000.0,
+                task_timeout_ms: 1000.0,
+                agents: vec![
+                    group("fast", 250, 8.0, 0.3, 0.0, 0.25),
+                    group("normal", 350, 40.0, 0.3, 0.0, 0.25),
+                    group("slow", 250, 150.0, 0.3, 0.0, 0.25),
+                    group("flaky", 150, 15.0, 0.5, 0.15, 0.25),
+                ],
+                phases: vec![Phase {
+                    at_s: 5.0,
+                    until_s: None,
+                    group: "fast".into(),
+                    agents: Some(50),
+                    mean_ms: Some(2000.0),
+                    failure_rate: None,
+                    spread: None,
+                    load_sensitivity: None,
+                }],
+                after_change: Some(AfterChange {
+                    settle: 5000,
+                    tasks: 40_000,
+                }),
+            }),
             _ => None,
         }
     }
 
     pub const BUILTIN: &'static [&'static str] =
-        &["heterogeneous", "degradation", "shift", "recovery"];
+        &["heterogeneous", "degradation", "shift", "recovery", "large"];
 }
 
 #[cfg(test)]
