@@ -28,6 +28,7 @@
 -export([get_agent_load/1]).
 -export([agent_stats/1]).
 -export([stats/0]).
+-export([memory/0]).
 -export([explain/1]).
 
 -export_type([agent_id/0, capability/0, task/0, requirements/0, execute_opts/0,
@@ -177,6 +178,26 @@ agent_stats(AgentId) ->
                | {error, not_started}.
 stats() ->
     erlmcp_flow_metrics:stats().
+
+%% @doc What routing state costs the Rust core, in bytes: `agents_bytes'
+%% for every agent's own state (its hot cell, id, capabilities, Q row,
+%% latency histogram and breaker; `bytes_per_agent' is their mean) and
+%% `table_bytes' for the agent table's indexes, hot-cell array and hash
+%% ring. The correlation store, the Erlang processes and ETS tables are not
+%% counted here (see `erlang:memory/0'). One pass over the agents, on a
+%% dirty scheduler. `{error, not_started}' when the application is not
+%% running.
+-spec memory() -> #{agents := non_neg_integer(), agents_bytes := non_neg_integer(),
+                    table_bytes := non_neg_integer(), bytes_per_agent := float()}
+                | {error, not_started}.
+memory() ->
+    case erlmcp_flow_registry:router_if_running() of
+        undefined ->
+            {error, not_started};
+        Router ->
+            {ok, #{agents := N, agents_bytes := B} = M} = erlmcp_flow_nif:router_memory(Router),
+            M#{bytes_per_agent => B / max(N, 1)}
+    end.
 
 %% @doc Why an agent would be chosen for `Requirements' (its `capabilities'
 %% and `task_class'): every candidate with its Q-learning state

@@ -12,9 +12,11 @@
 -export([router_new/1]).
 -export([clock_advance/2]).
 -export([agent_insert/6]).
+-export([agent_insert_many/2]).
 -export([agent_remove/2]).
 -export([agent_remove_many/2]).
 -export([router_stats/1]).
+-export([router_memory/1]).
 -export([agent_stats/2]).
 -export([decide/8]).
 -export([has_capacity/2]).
@@ -50,7 +52,7 @@
 -export_type([router/0, lease/0, probe/0, outcome/0, router_opts/0, state/0, transition/0,
               breaker_state/0, span/0, span_request/0, task_span/0]).
 
--nifs([router_new/1, clock_advance/2, agent_insert/6, agent_remove/2, agent_remove_many/2, router_stats/1,
+-nifs([router_new/1, clock_advance/2, agent_insert/6, agent_insert_many/2, agent_remove/2, agent_remove_many/2, router_stats/1, router_memory/1,
        agent_stats/2, decide/8, has_capacity/2, complete/2, lease_p95/1, explain/3, q_table/1, q_save/2, q_load/2,
        q_reset/1, td_update/5, reward/4, breaker_allow/2, breaker_record/5, breaker_state/2,
        breaker_reset/2, generate_trace_id/0, generate_span_id/0, parse_traceparent/1,
@@ -127,6 +129,12 @@ clock_advance(_Router, _Us) -> erlang:nif_error(nif_not_loaded).
           ok | {error, already_registered} | badarg().
 agent_insert(_Router, _Id, _Pid, _Caps, _Kind, _Weight) -> erlang:nif_error(nif_not_loaded).
 
+%% @doc Adds every agent with one change of the table, or none of them on the
+%% first bad spec or taken id.
+-spec agent_insert_many(router(), [{binary(), pid(), [binary()], agent | swarm, number()}]) ->
+          ok | {error, already_registered} | badarg().
+agent_insert_many(_Router, _Specs) -> erlang:nif_error(nif_not_loaded).
+
 -spec agent_remove(router(), binary()) -> ok | {error, not_found} | badarg().
 agent_remove(_Router, _Id) -> erlang:nif_error(nif_not_loaded).
 
@@ -135,6 +143,12 @@ agent_remove_many(_Router, _Ids) -> erlang:nif_error(nif_not_loaded).
 
 -spec router_stats(router()) -> {ok, #{atom() => number()}} | badarg().
 router_stats(_Router) -> erlang:nif_error(nif_not_loaded).
+
+%% @doc What the agents and the agent table cost the core, in bytes.
+-spec router_memory(router()) ->
+          {ok, #{agents := non_neg_integer(), agents_bytes := non_neg_integer(),
+                 table_bytes := non_neg_integer()}} | badarg().
+router_memory(_Router) -> erlang:nif_error(nif_not_loaded).
 
 -spec agent_stats(router(), binary()) -> {ok, map()} | {error, not_found} | badarg().
 agent_stats(_Router, _Id) -> erlang:nif_error(nif_not_loaded).

@@ -55,6 +55,8 @@
 -define(ROUTER_KEY, {?MODULE, router}).
 %% 'DOWN's handled in one batch at most.
 -define(MAX_BATCH, 10000).
+%% Registrations handled in one batch at most (one change of the core's table).
+-define(MAX_REGISTER_BATCH, 1000).
 %% Limits on what a registration carries (the core enforces the same).
 -define(MAX_ID_BYTES, 1024).
 -define(MAX_CAPABILITY_BYTES, 1024).
@@ -270,9 +272,11 @@ init([]) ->
 
 %% @private
 -spec handle_call(term(), gen_server:from(), #state{}) -> {reply, term(), #state{}}.
-handle_call({register, Id, Pid, Caps, Kind, Weight}, _From, State) ->
-    {Reply, State1} = do_register(Id, Pid, Caps, Kind, Weight, State),
-    {reply, Reply, State1};
+handle_call({register, Id, Pid, Caps, Kind, Weight}, From, State) ->
+    %% registrations waiting in the mailbox join this one: one change of the
+    %% core's table for all of them
+    Batch = more_registrations([{From, {Id, Pid, Caps, Kind, Weight}}], ?MAX_REGISTER_BATCH - 1),
+    {noreply, register_batch(lists:reverse(Batch), State)};
 handle_call({unregister, Id}, _From, State) ->
     {reply, ok, do_unregister(Id, State)};
 handle_call(_Request, _From, State) ->
@@ -399,28 +403,65 @@ validate(_Id, _Pid, Caps) ->
             end
     end.
 
-do_register(Id, Pid, Caps, Kind, Weight, #state{router = Router, backend = Backend} = State) ->
-    case ets:member(?AGENTS, Id) of
-        true ->
-            {{error, already_registered}, State};
-        false ->
-            case Backend:register_name(Id, Pid) of
-                ok ->
-                    case erlmcp_flow_nif:agent_insert(Router, Id, Pid, Caps, Kind, Weight) of
-                        ok ->
-                            MRef = erlang:monitor(process, Pid),
-                            ets:insert(?CAPS, [{{Cap, Id}, Pid} || Cap <- Caps]),
-                            ets:insert(?AGENTS, {Id, Pid, Kind, Caps, MRef}),
-                            Mons = (State#state.monitors)#{MRef => Id},
-                            agent_event(register, Id, Pid, Kind, Caps, #{}),
-                            {ok, State#state{monitors = Mons}};
-                        {error, _} = E ->
-                            ok = Backend:unregister_name(Id, Pid),
-                            {E, State}
-                    end;
-                {error, _} = E ->
-                    {E, State}
-            end
+%% More registrations waiting in the mailbox, up to `N', newest first.
+more_registrations(Batch, 0) ->
+    Batch;
+more_registrations(Batch, N) ->
+    receive
+        {'$gen_call', From, {register, Id, Pid, Caps, Kind, Weight}} ->
+            more_registrations([{From, {Id, Pid, Caps, Kind, Weight}} | Batch], N - 1)
+    after 0 ->
+        Batch
+    end.
+
+%% Registers a batch in order, answering each caller: ids taken (before or
+%% earlier in the batch) or refused by the backend are refused; the others
+%% go into the core's table with one change, then into the lookup tables.
+register_batch(Batch, #state{router = Router, backend = Backend} = State) ->
+    {Accepted, _} =
+        lists:foldl(
+          fun({From, {Id, Pid, _Caps, _Kind, _Weight} = Spec}, {Acc, Taken}) ->
+                  case ets:member(?AGENTS, Id) orelse sets:is_element(Id, Taken) of
+                      true ->
+                          gen_server:reply(From, {error, already_registered}),
+                          {Acc, Taken};
+                      false ->
+                          case Backend:register_name(Id, Pid) of
+                              ok ->
+                                  {[{From, Spec} | Acc], sets:add_element(Id, Taken)};
+                              {error, _} = E ->
+                                  gen_server:reply(From, E),
+                                  {Acc, Taken}
+                          end
+                  end
+          end, {[], sets:new([{version, 2}])}, Batch),
+    Inserted = insert_all(Router, lists:reverse(Accepted)),
+    lists:foldl(
+      fun({From, {Id, Pid, _Caps, _Kind, _Weight}, {error, _} = E}, St) ->
+              ok = Backend:unregister_name(Id, Pid),
+              gen_server:reply(From, E),
+              St;
+         ({From, {Id, Pid, Caps, Kind, _Weight}, ok}, St) ->
+              MRef = erlang:monitor(process, Pid),
+              ets:insert(?CAPS, [{{Cap, Id}, Pid} || Cap <- Caps]),
+              ets:insert(?AGENTS, {Id, Pid, Kind, Caps, MRef}),
+              agent_event(register, Id, Pid, Kind, Caps, #{}),
+              gen_server:reply(From, ok),
+              St#state{monitors = (St#state.monitors)#{MRef => Id}}
+      end, State, Inserted).
+
+%% Each accepted registration with its result: all in one change of the
+%% core's table or, when the core refuses the batch, one by one, so that
+%% only the bad ones fail.
+insert_all(_Router, []) ->
+    [];
+insert_all(Router, Accepted) ->
+    case erlmcp_flow_nif:agent_insert_many(Router, [Spec || {_, Spec} <- Accepted]) of
+        ok ->
+            [{From, Spec, ok} || {From, Spec} <- Accepted];
+        {error, _} ->
+            [{From, Spec, erlmcp_flow_nif:agent_insert(Router, Id, Pid, Caps, Kind, W)}
+             || {From, {Id, Pid, Caps, Kind, W} = Spec} <- Accepted]
     end.
 
 do_unregister(Id, #state{monitors = Mons} = State) ->

@@ -19,7 +19,12 @@ registry_test_() ->
       {"registrations are mirrored into the router", fun mirror/0},
       {"a pid under thousands of ids: registration and death stay quick, nobody exits",
        fun many_ids/0},
-      {"ids and capabilities past their limits are refused", fun limits/0}]}.
+      {"ids and capabilities past their limits are refused", fun limits/0},
+      {"concurrent registrations are batched: one answer each, one winner per id",
+       fun concurrent_batches/0},
+      {"thousands of agents dying at once: none is picked once the registry has their 'DOWN's",
+       fun mass_death/0},
+      {"memory/0 reports the core's bytes per agent and for the table", fun memory/0}]}.
 
 %% Without the registry running, its functions answer; they never exit.
 not_started_test() ->
@@ -177,6 +182,78 @@ many_ids() ->
     ?assertEqual([], erlmcp_flow:find_agents_by_capability(<<"x">>)),
     ?assertEqual({error, no_agents_available}, erlmcp_flow:execute(#{}, #{capabilities => [<<"x">>]})),
     unlink(Side),
+    erlmcp_flow_test_util:unregister_all().
+
+%% Registrations waiting in the registry's mailbox go into the core's table
+%% together; each caller still gets its own answer, and of several callers
+%% racing for one id exactly one wins, in every batch.
+concurrent_batches() ->
+    Self = self(),
+    Callers = 8,
+    Ids = [<<"race-", (integer_to_binary(I))/binary>> || I <- lists:seq(1, 300)],
+    Pids = [spawn_link(fun() ->
+                               Agent = echo_agent(),
+                               Self ! {self(), [{Id, erlmcp_flow:register_agent(Id, Agent, [<<"race">>])}
+                                               || Id <- Ids]}
+                       end) || _ <- lists:seq(1, Callers)],
+    Results = lists:append([receive {P, R} -> R end || P <- Pids]),
+    ?assertEqual(Callers * length(Ids), length(Results)),
+    lists:foreach(
+      fun(Id) ->
+              Answers = [A || {I, A} <- Results, I =:= Id],
+              ?assertEqual(1, length([ok || ok <- Answers])),
+              ?assertEqual(Callers - 1, length([E || {error, already_registered} = E <- Answers]))
+      end, Ids),
+    ?assertEqual(length(Ids), length(erlmcp_flow:query_agents([<<"race">>]))),
+    %% bad input in a batch is refused alone
+    ?assertEqual({error, {badarg, {capabilities, []}}},
+                 erlmcp_flow:register_agent(<<"bad">>, self(), [])),
+    ?assertEqual({ok, length(Ids)},
+                 {ok, maps:get(agents, erlmcp_flow:stats())}),
+    erlmcp_flow_test_util:unregister_all().
+
+%% 3 000 agents killed at once: once the registry has handled their 'DOWN's,
+%% no strategy picks any of them, and lookups do not find them.
+mass_death() ->
+    Live = [echo_agent() || _ <- lists:seq(1, 20)],
+    [ok = erlmcp_flow:register_agent(<<"live-", (integer_to_binary(I))/binary>>, P, [<<"w">>])
+     || {I, P} <- lists:zip(lists:seq(1, 20), Live)],
+    Dying = [spawn(fun() -> receive never -> ok end end) || _ <- lists:seq(1, 3000)],
+    [ok = erlmcp_flow:register_agent(<<"dying-", (integer_to_binary(I))/binary>>, P, [<<"w">>])
+     || {I, P} <- lists:zip(lists:seq(1, 3000), Dying)],
+    Refs = [erlang:monitor(process, P) || P <- Dying],
+    [exit(P, kill) || P <- Dying],
+    [receive {'DOWN', R, process, _, _} -> ok end || R <- Refs],
+    sync_registry(),
+    ?assertEqual(20, maps:get(agents, erlmcp_flow:stats())),
+    Router = erlmcp_flow_registry:router(),
+    lists:foreach(
+      fun(Strategy) ->
+              lists:foreach(
+                fun(K) ->
+                        {ok, _Id, Pid, Lease, _, _} =
+                            erlmcp_flow_nif:decide(Router, [<<"w">>], Strategy,
+                                                   integer_to_binary(K), undefined,
+                                                   [], any, undefined),
+                        ?assert(lists:member(Pid, Live)),
+                        {ok, _} = erlmcp_flow_nif:complete(Lease, ok)
+                end, lists:seq(1, 200))
+      end, [round_robin, least_connections, weighted, consistent_hash, p2c_ewma, q_learning]),
+    ?assertEqual(20, length(erlmcp_flow:query_agents([<<"w">>]))),
+    erlmcp_flow_test_util:unregister_all().
+
+memory() ->
+    #{agents := 0, table_bytes := T0} = erlmcp_flow:memory(),
+    [ok = erlmcp_flow:register_agent(<<"m-", (integer_to_binary(I))/binary>>, echo_agent(), [<<"m">>])
+     || I <- lists:seq(1, 100)],
+    #{agents := 100, agents_bytes := B, table_bytes := T, bytes_per_agent := Per} =
+        erlmcp_flow:memory(),
+    ?assert(T > T0),
+    ?assertEqual(B / 100, Per),
+    %% an agent is its Q row, stats, breaker and names: a few KB, not 13
+    ?assert(Per > 500 andalso Per < 5000),
+    {ok, #{memory_bytes := One}} = erlmcp_flow:agent_stats(<<"m-1">>),
+    ?assert(One > 500 andalso One < 5000),
     erlmcp_flow_test_util:unregister_all().
 
 limits() ->

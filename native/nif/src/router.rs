@@ -11,7 +11,8 @@ use erlmcp_flow_core::{
 };
 use rustler::types::tuple::make_tuple;
 use rustler::{
-    Atom, Binary, Encoder, Env, LocalPid, MapIterator, NewBinary, Resource, ResourceArc, Term,
+    Atom, Binary, Encoder, Env, ListIterator, LocalPid, MapIterator, NewBinary, Resource,
+    ResourceArc, Term,
 };
 
 use crate::atoms;
@@ -270,6 +271,29 @@ fn clock_advance<'a>(env: Env<'a>, router: Term<'a>, us: Term<'a>) -> Term<'a> {
     reply(env, run())
 }
 
+/// One registration's terms, as the table takes them.
+fn agent_spec<'a>(
+    id: Term<'a>,
+    pid: Term<'a>,
+    caps: Term<'a>,
+    kind: Term<'a>,
+    weight: Term<'a>,
+) -> NifOutcome<AgentSpec<LocalPid>> {
+    Ok(AgentSpec {
+        id: nonempty_binary(id, "agent_id")?.to_vec(),
+        payload: pid.decode::<LocalPid>().map_err(|_| badarg("pid"))?,
+        capabilities: binaries(caps, "capabilities")?
+            .into_iter()
+            .map(<[u8]>::to_vec)
+            .collect(),
+        kind: choice(kind, KINDS, "kind")?,
+        weight: weight
+            .decode::<f64>()
+            .or_else(|_| weight.decode::<i64>().map(|i| i as f64))
+            .map_err(|_| badarg("weight"))?,
+    })
+}
+
 /// `agent_insert(Router, Id, Pid, Capabilities, Kind, Weight) -> ok | {error, Reason}`.
 /// A new snapshot sharing most of the old one's parts; now and then a merge of
 /// the ring or a compaction, linear in the agents, hence a dirty scheduler.
@@ -285,20 +309,32 @@ fn agent_insert<'a>(
 ) -> Term<'a> {
     let run = || -> NifOutcome<Term<'a>> {
         let r = router_arg(router)?;
-        let spec = AgentSpec {
-            id: nonempty_binary(id, "agent_id")?.to_vec(),
-            payload: pid.decode::<LocalPid>().map_err(|_| badarg("pid"))?,
-            capabilities: binaries(caps, "capabilities")?
-                .into_iter()
-                .map(<[u8]>::to_vec)
-                .collect(),
-            kind: choice(kind, KINDS, "kind")?,
-            weight: weight
-                .decode::<f64>()
-                .or_else(|_| weight.decode::<i64>().map(|i| i as f64))
-                .map_err(|_| badarg("weight"))?,
-        };
-        r.router.agents().insert(spec)?;
+        r.router
+            .agents()
+            .insert(agent_spec(id, pid, caps, kind, weight)?)?;
+        Ok(atoms::ok().encode(env))
+    };
+    reply(env, run())
+}
+
+/// `agent_insert_many(Router, [{Id, Pid, Capabilities, Kind, Weight}]) -> ok |
+/// {error, Reason}`: every agent added with one snapshot swap, or, on the
+/// first bad spec or taken id, none (the registry's batches).
+#[rustler::nif(schedule = "DirtyCpu")]
+fn agent_insert_many<'a>(env: Env<'a>, router: Term<'a>, specs: Term<'a>) -> Term<'a> {
+    let run = || -> NifOutcome<Term<'a>> {
+        let r = router_arg(router)?;
+        let len = specs.list_length().map_err(|_| badarg("specs"))?;
+        let mut out = Vec::with_capacity(len);
+        for t in specs
+            .decode::<ListIterator<'a>>()
+            .map_err(|_| badarg("specs"))?
+        {
+            let (id, pid, caps, kind, weight): (Term, Term, Term, Term, Term) =
+                t.decode().map_err(|_| badarg("specs"))?;
+            out.push(agent_spec(id, pid, caps, kind, weight)?);
+        }
+        r.router.agents().insert_many(out)?;
         Ok(atoms::ok().encode(env))
     };
     reply(env, run())
@@ -332,6 +368,26 @@ fn map<'a>(env: Env<'a>, pairs: &[(Atom, Term<'a>)]) -> NifOutcome<Term<'a>> {
     let keys: Vec<Term<'a>> = pairs.iter().map(|(k, _)| k.encode(env)).collect();
     let values: Vec<Term<'a>> = pairs.iter().map(|(_, v)| *v).collect();
     Term::map_from_term_arrays(env, &keys, &values).map_err(|_| badarg("map"))
+}
+
+/// `router_memory(Router) -> {ok, #{agents, agents_bytes, table_bytes}}`:
+/// what the agents and the table cost the core, in bytes; one pass over the
+/// agents, hence a dirty scheduler.
+#[rustler::nif(schedule = "DirtyCpu")]
+fn router_memory<'a>(env: Env<'a>, router: Term<'a>) -> Term<'a> {
+    let run = || -> NifOutcome<Term<'a>> {
+        let m = router_arg(router)?.router.memory();
+        let map = map(
+            env,
+            &[
+                (atoms::agents(), m.agents.encode(env)),
+                (atoms::agents_bytes(), m.agents_bytes.encode(env)),
+                (atoms::table_bytes(), m.table_bytes.encode(env)),
+            ],
+        )?;
+        Ok((atoms::ok(), map).encode(env))
+    };
+    reply(env, run())
 }
 
 /// `router_stats(Router) -> {ok, #{agents, in_flight, episodes, epsilon,
@@ -412,6 +468,7 @@ fn agent_stats<'a>(env: Env<'a>, router: Term<'a>, id: Term<'a>) -> Term<'a> {
                 (atoms::p50_us(), pct_term(|p| p.0)),
                 (atoms::p95_us(), pct_term(|p| p.1)),
                 (atoms::p99_us(), pct_term(|p| p.2)),
+                (atoms::memory_bytes(), agent.memory_bytes().encode(env)),
             ],
         )?;
         Ok((atoms::ok(), m).encode(env))

@@ -414,6 +414,11 @@ impl QRow {
         self.0.is_empty()
     }
 
+    /// Bytes of the row on the heap (its reference counts included).
+    pub fn heap_bytes(&self) -> usize {
+        2 * std::mem::size_of::<usize>() + std::mem::size_of_val(&*self.0)
+    }
+
     #[inline]
     pub fn value(&self, index: usize) -> f64 {
         load_f64(&self.0[index].value)

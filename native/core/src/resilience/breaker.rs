@@ -241,6 +241,16 @@ pub struct Breaker {
 }
 
 impl Breaker {
+    /// Bytes this breaker holds on the heap (its window and probes).
+    pub fn heap_bytes(&self) -> usize {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let window = match &inner.window {
+            Window::Count { ring, .. } => ring.capacity(),
+            Window::Time { buckets } => buckets.capacity() * std::mem::size_of::<(u64, u32, u32)>(),
+        };
+        window + inner.out.capacity() * std::mem::size_of::<(u32, u64)>()
+    }
+
     pub fn new(config: &BreakerConfig) -> Breaker {
         Breaker {
             open_until_us: AtomicU64::new(0),

@@ -147,6 +147,26 @@ impl<P> Agent<P> {
         self.uid
     }
 
+    /// What this agent costs the core in memory, in bytes: the agent itself,
+    /// its hot cell, id, capabilities, Q row, latency histogram and breaker
+    /// (not the table's indexes and ring, see [`Snapshot::table_bytes`]).
+    pub fn memory_bytes(&self) -> usize {
+        let arc = 2 * std::mem::size_of::<usize>();
+        std::mem::size_of::<Self>()
+            + arc
+            + std::mem::size_of::<crate::routing::hot::Hot>()
+            + arc
+            + self.id.len()
+            + self
+                .capabilities
+                .iter()
+                .map(|c| std::mem::size_of::<Arc<[u8]>>() + arc + c.len() + 2 * 4)
+                .sum::<usize>()
+            + self.q.heap_bytes()
+            + self.stats.heap_bytes()
+            + self.breaker.heap_bytes()
+    }
+
     /// This agent's row of the Q-table.
     pub fn q_row(&self) -> &QRow {
         &self.q
@@ -258,6 +278,18 @@ impl<K: Hash + Eq + Clone, V: Clone> Index<K, V> {
         }
     }
 
+    /// Bytes of the shards' tables (their capacity, a control byte each).
+    fn heap_bytes(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|t| t.capacity() * (std::mem::size_of::<(K, V)>() + 1))
+            .sum()
+    }
+
+    fn values(&self) -> impl Iterator<Item = &V> {
+        self.shards.iter().flat_map(|t| t.iter().map(|(_, v)| v))
+    }
+
     fn shard_of(hash: u64) -> usize {
         (hash >> (64 - INDEX_SHARDS.trailing_zeros())) as usize
     }
@@ -364,6 +396,27 @@ impl<P> Snapshot<P> {
 
     /// Per slot, the agents' hot cells (dead cells for holes).
     #[inline]
+    /// Bytes of this snapshot's own structures: the slot chunks, the id and
+    /// capability indexes with their posting lists, the live slots, the hot
+    /// cell array and the ring (the agents themselves are counted by
+    /// [`Agent::memory_bytes`]).
+    pub fn table_bytes(&self) -> usize {
+        let word = std::mem::size_of::<usize>();
+        let chunks = self.chunks.len() * (word + std::mem::size_of::<Chunk<P>>());
+        let postings: usize = self
+            .postings
+            .values()
+            .map(|p| 2 * word + std::mem::size_of::<Posting>() + 4 * p.slots.len())
+            .sum();
+        chunks
+            + self.by_id.heap_bytes()
+            + self.postings.heap_bytes()
+            + postings
+            + 4 * self.all.len()
+            + word * self.hot.len()
+            + self.ring.heap_bytes()
+    }
+
     pub fn hot(&self) -> &[HotCell] {
         &self.hot
     }
@@ -856,6 +909,10 @@ impl<P> AgentTable<P> {
         }
         let mut writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         let old = self.current.load();
+        // the ring names a slot in 24 bits: 16 million agents at most
+        if old.slot_count as usize + specs.len() >= crate::routing::ring::MAX_SLOTS {
+            return Err(FlowError::BadArg("too_many_agents"));
+        }
         {
             let mut seen = hashbrown::HashSet::with_hasher(old.by_id.hasher.clone());
             for spec in &specs {

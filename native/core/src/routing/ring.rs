@@ -7,16 +7,19 @@
 //! swapped in with it; readers never wait for a rebuild.
 //!
 //! Changing a large ring must not cost a copy of every point per agent
-//! (10 000 agents are 1.5 million points). So a ring is an indexed, sorted
-//! `base` shared between snapshots, plus a small sorted `delta` of points
-//! added since: adding an agent copies the delta only, and the delta is
-//! merged into a new base (one linear merge) once it has grown past
-//! `sqrt(2 * base * vnodes)` points, which keeps the cost per agent added
-//! at about that many point copies (21 000 at 10 000 agents of 150 points).
-//! Rings of up to [`SMALL_RING`] points keep no delta. The points of a
-//! removed agent stay until the table compacts its slots (see
-//! `routing::agents`); lookups walk past them as past any agent that is not
-//! a candidate, which is exactly where a removed agent's keys go.
+//! (10 000 agents are 1.5 million points). So a ring is three sorted runs,
+//! shared between snapshots: an indexed `base`, a `mid` run and a small
+//! `delta` of the points added last. Adding agents copies the delta only;
+//! once the delta has grown past its due size it is merged into `mid`, and
+//! once `mid` has grown past its own, into a new `base` (a log-structured
+//! merge of three levels). With `B` points in the base and `v` per agent,
+//! `mid` is due at `(2B)^(2/3) v^(1/3)` points and the delta at
+//! `sqrt(mid_due * v)`, which balances the three copies: about 6 000 points
+//! copied per agent added at 10 000 agents of 150 points, where one delta
+//! over the base copied 21 000. Rings of up to [`SMALL_RING`] points keep
+//! one run. The points of a removed agent stay until the table compacts its
+//! slots (see `routing::agents`); lookups walk past them as past any agent
+//! that is not a candidate, which is exactly where a removed agent's keys go.
 
 use std::sync::Arc;
 
@@ -28,11 +31,42 @@ pub const MAX_VNODES: u32 = 1000;
 /// Rings of at most this many points are kept as one sorted array.
 pub const SMALL_RING: usize = 16_384;
 
-/// Sorted points: (position, slot of the agent in its snapshot), with an
+/// Low bits of a point that hold its agent's slot; the high bits are the
+/// top of its position. A point is one `u64`: position and slot in one
+/// word, half the memory and half the copying of a `Point` pair, and
+/// sorting the words sorts by position, then slot. Positions (and keys'
+/// hashes) are compared on their top 40 bits: with a million points on the
+/// ring, two fall within one 2^24-wide step about once in a million rings.
+const SLOT_BITS: u32 = 24;
+const SLOT_MASK: u64 = (1 << SLOT_BITS) - 1;
+/// Slots a ring can name (the table refuses agents past it).
+pub const MAX_SLOTS: usize = 1 << SLOT_BITS;
+
+/// One point: the position's top bits and the slot.
+type Point = u64;
+
+#[inline]
+fn pack(position: u64, slot: u32) -> Point {
+    debug_assert!((slot as usize) < MAX_SLOTS);
+    (position & !SLOT_MASK) | u64::from(slot)
+}
+
+#[inline]
+fn slot_of(p: Point) -> u32 {
+    (p & SLOT_MASK) as u32
+}
+
+/// A key's hash as points compare with it: its top bits.
+#[inline]
+fn at(hash: u64) -> u64 {
+    hash & !SLOT_MASK
+}
+
+/// Sorted points (position and slot of the agent in its snapshot), with an
 /// index of where each range of positions starts.
 #[derive(Debug, Default)]
 struct Points {
-    points: Vec<(u64, u32)>,
+    points: Vec<Point>,
     /// `index[b]` is the first point whose position's top bits are >= `b`;
     /// `2^bits + 1` entries, so a lookup searches one short stretch instead
     /// of the whole ring.
@@ -43,7 +77,7 @@ struct Points {
 impl Points {
     /// Sorted `points` with their index: about one bucket per point (at
     /// most 2^16 buckets).
-    fn new(points: Vec<(u64, u32)>) -> Points {
+    fn new(points: Vec<Point>) -> Points {
         let bits = (usize::BITS - points.len().leading_zeros()).clamp(1, 16);
         let shift = 64 - bits;
         let buckets = 1usize << bits;
@@ -51,7 +85,7 @@ impl Points {
         // a bucket >= b is
         let mut index = vec![points.len() as u32; buckets + 1];
         let mut next = 0;
-        for (p, &(h, _)) in points.iter().enumerate() {
+        for (p, &h) in points.iter().enumerate() {
             let b = (h >> shift) as usize;
             if b >= next {
                 index[next..=b].fill(p as u32);
@@ -73,7 +107,7 @@ impl Points {
         }
         let b = (hash >> self.shift) as usize;
         let (lo, hi) = (self.index[b] as usize, self.index[b + 1] as usize);
-        lo + self.points[lo..hi].partition_point(|&(h, _)| h < hash)
+        lo + self.points[lo..hi].partition_point(|&h| h < at(hash))
     }
 }
 
@@ -81,8 +115,10 @@ impl Points {
 #[derive(Debug, Clone, Default)]
 pub struct Ring {
     base: Arc<Points>,
-    /// Points added since `base` was built, sorted.
-    delta: Arc<[(u64, u32)]>,
+    /// Points merged out of the delta since `base` was built, sorted.
+    mid: Arc<[Point]>,
+    /// Points added since `mid` was last merged, sorted.
+    delta: Arc<[Point]>,
     vnodes: u32,
 }
 
@@ -102,18 +138,21 @@ pub fn key_hash(key: &[u8]) -> u64 {
 /// `ch10` shared most of their points, and the first slot took every tie.
 /// The digest takes the whole id in at full width, and the 20 bytes hashed
 /// per point go through xxh3's multiplying path for 17 bytes and more.
-fn agent_points(id: &[u8], slot: u32, vnodes: u32) -> impl Iterator<Item = (u64, u32)> + use<> {
+fn agent_points(id: &[u8], slot: u32, vnodes: u32) -> impl Iterator<Item = Point> + use<> {
     let mut buf = [0u8; 20];
     buf[..16].copy_from_slice(&xxh3_128(id).to_le_bytes());
     (0..vnodes).map(move |v| {
         buf[16..].copy_from_slice(&v.to_le_bytes());
-        (xxh3_64(&buf), slot)
+        pack(xxh3_64(&buf), slot)
     })
 }
 
 /// The position of point `v` of agent `id` (for the shared vectors).
 pub fn point(id: &[u8], v: u32) -> u64 {
-    agent_points(id, 0, v + 1).last().map_or(0, |(h, _)| h)
+    let mut buf = [0u8; 20];
+    buf[..16].copy_from_slice(&xxh3_128(id).to_le_bytes());
+    buf[16..].copy_from_slice(&v.to_le_bytes());
+    xxh3_64(&buf)
 }
 
 /// Two sorted runs merged into one sorted vector. Each of the shorter one's
@@ -122,7 +161,7 @@ pub fn point(id: &[u8], v: u32) -> u64 {
 /// step: it stays near, in cache), and the stretches between are copied
 /// whole: a few new points cost one copy of the ring, not a comparison per
 /// point.
-fn merge(a: &[(u64, u32)], b: &[(u64, u32)]) -> Vec<(u64, u32)> {
+fn merge(a: &[Point], b: &[Point]) -> Vec<Point> {
     let (long, short) = if a.len() >= b.len() { (a, b) } else { (b, a) };
     let mut out = Vec::with_capacity(a.len() + b.len());
     let mut from = 0;
@@ -147,14 +186,16 @@ impl Ring {
     pub fn empty(vnodes: u32) -> Ring {
         Ring {
             base: Arc::new(Points::new(Vec::new())),
+            mid: Arc::from([]),
             delta: Arc::from([]),
             vnodes: vnodes.clamp(1, MAX_VNODES),
         }
     }
 
-    fn from_sorted(points: Vec<(u64, u32)>, vnodes: u32) -> Ring {
+    fn from_sorted(points: Vec<Point>, vnodes: u32) -> Ring {
         Ring {
             base: Arc::new(Points::new(points)),
+            mid: Arc::from([]),
             delta: Arc::from([]),
             vnodes,
         }
@@ -163,7 +204,7 @@ impl Ring {
     /// A ring of `ids`, the agent in slot `i` being `ids[i]`.
     pub fn build<'a>(ids: impl Iterator<Item = &'a [u8]>, vnodes: u32) -> Ring {
         let vnodes = vnodes.clamp(1, MAX_VNODES);
-        let mut points: Vec<(u64, u32)> = ids
+        let mut points: Vec<Point> = ids
             .enumerate()
             .flat_map(|(slot, id)| agent_points(id, slot as u32, vnodes))
             .collect();
@@ -173,7 +214,7 @@ impl Ring {
 
     /// Points on the ring, those of removed agents included.
     pub fn len(&self) -> usize {
-        self.base.points.len() + self.delta.len()
+        self.base.points.len() + self.mid.len() + self.delta.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -184,9 +225,14 @@ impl Ring {
         self.vnodes
     }
 
-    /// Points waiting in the delta (0 for a ring held as one array).
+    /// Bytes of the points and the index.
+    pub fn heap_bytes(&self) -> usize {
+        8 * self.len() + 4 * self.base.index.len()
+    }
+
+    /// Points outside the base (0 for a ring held as one array).
     pub fn delta_len(&self) -> usize {
-        self.delta.len()
+        self.mid.len() + self.delta.len()
     }
 
     /// This ring plus the points of agent `id` in `slot`: a copy of the
@@ -197,23 +243,40 @@ impl Ring {
 
     /// This ring plus the points of several agents.
     pub fn with_agents<'a>(&self, agents: impl Iterator<Item = (&'a [u8], u32)>) -> Ring {
-        let mut new: Vec<(u64, u32)> = agents
+        let mut new: Vec<Point> = agents
             .flat_map(|(id, slot)| agent_points(id, slot, self.vnodes))
             .collect();
         new.sort_unstable();
         let delta = merge(&self.delta, &new);
-        let base = self.base.points.len();
-        // an agent added costs the delta's copy (half of `due` on average)
-        // plus a share of the merge (`base * vnodes / due`): least at this
-        let due = (2.0 * base as f64 * f64::from(self.vnodes)).sqrt() as usize;
-        if base + delta.len() <= SMALL_RING || delta.len() > due {
-            Ring::from_sorted(merge(&self.base.points, &delta), self.vnodes)
-        } else {
-            Ring {
+        let (base, mid) = (self.base.points.len(), self.mid.len());
+        if base + mid + delta.len() <= SMALL_RING {
+            return Ring::from_sorted(
+                merge(&merge(&self.base.points, &self.mid), &delta),
+                self.vnodes,
+            );
+        }
+        // the sizes at which each run is merged down (see the module doc)
+        let v = f64::from(self.vnodes);
+        let mid_due = (2.0 * base.max(SMALL_RING) as f64).powf(2.0 / 3.0) * v.cbrt();
+        let delta_due = (mid_due * v).sqrt();
+        if (delta.len() as f64) <= delta_due {
+            return Ring {
                 base: Arc::clone(&self.base),
+                mid: Arc::clone(&self.mid),
                 delta: delta.into(),
                 vnodes: self.vnodes,
+            };
+        }
+        let mid = merge(&self.mid, &delta);
+        if (mid.len() as f64) <= mid_due {
+            Ring {
+                base: Arc::clone(&self.base),
+                mid: mid.into(),
+                delta: Arc::from([]),
+                vnodes: self.vnodes,
             }
+        } else {
+            Ring::from_sorted(merge(&self.base.points, &mid), self.vnodes)
         }
     }
 
@@ -221,13 +284,14 @@ impl Ring {
     /// their new slots (`renumber[old]`, `u32::MAX` for a slot that goes):
     /// one linear pass, the order kept, the delta merged in.
     pub fn renumbered(&self, renumber: &[u32]) -> Ring {
-        let keep = |&(h, s): &(u64, u32)| match renumber.get(s as usize) {
-            Some(&n) if n != u32::MAX => Some((h, n)),
+        let keep = |&p: &Point| match renumber.get(slot_of(p) as usize) {
+            Some(&n) if n != u32::MAX => Some(pack(p, n)),
             _ => None,
         };
-        let base: Vec<(u64, u32)> = self.base.points.iter().filter_map(keep).collect();
-        let delta: Vec<(u64, u32)> = self.delta.iter().filter_map(keep).collect();
-        Ring::from_sorted(merge(&base, &delta), self.vnodes)
+        let base: Vec<Point> = self.base.points.iter().filter_map(keep).collect();
+        let mid: Vec<Point> = self.mid.iter().filter_map(keep).collect();
+        let delta: Vec<Point> = self.delta.iter().filter_map(keep).collect();
+        Ring::from_sorted(merge(&merge(&base, &mid), &delta), self.vnodes)
     }
 
     /// This ring without the points of `slot`; slots above it move down by
@@ -246,8 +310,10 @@ impl Ring {
 
     /// One more than the highest slot on the ring.
     fn slots_bound(&self) -> u32 {
-        let max = |p: &[(u64, u32)]| p.iter().map(|&(_, s)| s + 1).max().unwrap_or(0);
-        max(&self.base.points).max(max(&self.delta))
+        let max = |p: &[Point]| p.iter().map(|&p| slot_of(p) + 1).max().unwrap_or(0);
+        max(&self.base.points)
+            .max(max(&self.mid))
+            .max(max(&self.delta))
     }
 
     /// The slot owning `hash`, or `None` on an empty ring.
@@ -266,41 +332,39 @@ impl Ring {
         limit: usize,
         mut accept: impl FnMut(u32) -> bool,
     ) -> Result<u32, bool> {
-        let (a, b) = (&self.base.points[..], &self.delta[..]);
-        let n = a.len() + b.len();
+        let runs: [&[Point]; 3] = [&self.base.points, &self.mid, &self.delta];
+        let n = self.len();
         if n == 0 {
             return Err(false);
         }
-        // Two cursors, each going round its array once from the first point
-        // at or after `hash`. A point's clockwise distance from `hash` is
-        // `position - hash` (wrapping), which each cursor meets in
-        // increasing order: the merged walk takes the nearer of the two
-        // next points (the lower slot on a tie, as one sorted array would).
-        let (mut i, mut j) = (self.base.start(hash), b.partition_point(|&(h, _)| h < hash));
-        let (mut ca, mut cb) = (0, 0);
+        // One cursor per run, each going round its run once from the first
+        // point at or after `hash`. A point's clockwise distance from `hash`
+        // is `position - hash` (wrapping), which each cursor meets in
+        // increasing order: the merged walk takes the nearest of the next
+        // points (the lowest slot on a tie, as one sorted array would).
+        let mut next = [
+            self.base.start(hash),
+            self.mid.partition_point(|&h| h < at(hash)),
+            self.delta.partition_point(|&h| h < at(hash)),
+        ];
+        let mut taken = [0usize; 3];
         for _ in 0..n.min(limit) {
-            let next_a = (ca < a.len()).then(|| a[i % a.len()]);
-            let next_b = (cb < b.len()).then(|| b[j % b.len()]);
-            let slot = match (next_a, next_b) {
-                (Some(x), Some(y))
-                    if (x.0.wrapping_sub(hash), x.1) > (y.0.wrapping_sub(hash), y.1) =>
-                {
-                    j += 1;
-                    cb += 1;
-                    y.1
+            // distance and slot in one word: the key's low bits are zero
+            let from = at(hash);
+            let mut best: Option<(usize, u64)> = None;
+            for r in 0..3 {
+                let run = runs[r];
+                if taken[r] < run.len() {
+                    let d = run[next[r] % run.len()].wrapping_sub(from);
+                    if best.is_none_or(|(_, b)| d < b) {
+                        best = Some((r, d));
+                    }
                 }
-                (Some(x), _) => {
-                    i += 1;
-                    ca += 1;
-                    x.1
-                }
-                (None, Some(y)) => {
-                    j += 1;
-                    cb += 1;
-                    y.1
-                }
-                (None, None) => break,
-            };
+            }
+            let Some((r, d)) = best else { break };
+            next[r] += 1;
+            taken[r] += 1;
+            let slot = slot_of(d);
             if accept(slot) {
                 return Ok(slot);
             }
@@ -318,8 +382,8 @@ mod tests {
     }
 
     /// All points of a ring in clockwise order from 0.
-    fn all(r: &Ring) -> Vec<(u64, u32)> {
-        merge(&r.base.points, &r.delta)
+    fn all(r: &Ring) -> Vec<Point> {
+        merge(&merge(&r.base.points, &r.mid), &r.delta)
     }
 
     #[test]
@@ -345,11 +409,17 @@ mod tests {
     /// one array, for lookups and for walks that skip slots.
     #[test]
     fn a_ring_with_a_delta_answers_as_one_array() {
-        let ids = ids(700);
+        let ids = ids(1100);
         let mut inc = Ring::build(ids[..600].iter().map(|v| v.as_slice()), 150);
+        let (mut mid_used, mut base_merged) = (false, false);
         for (slot, id) in ids.iter().enumerate().skip(600) {
+            let base = inc.base.points.len();
             inc = inc.with_agent(id, slot as u32);
+            mid_used |= !inc.mid.is_empty();
+            base_merged |= inc.base.points.len() > base;
         }
+        // all three levels took part
+        assert!(mid_used && base_merged, "{mid_used} {base_merged}");
         assert!(inc.delta_len() > 0, "no delta kept");
         let full = Ring::build(ids.iter().map(|v| v.as_slice()), 150);
         assert_eq!(full.delta_len(), 0);
@@ -378,11 +448,11 @@ mod tests {
                 x ^= x << 13;
                 x ^= x >> 7;
                 x ^= x << 17;
-                let i = points.partition_point(|&(h, _)| h < x);
-                let want = points[if i == points.len() { 0 } else { i }].1;
+                let i = points.partition_point(|&h| h < at(x));
+                let want = slot_of(points[if i == points.len() { 0 } else { i }]);
                 assert_eq!(r.lookup(x), Some(want));
             }
-            assert_eq!(r.lookup(0), Some(points[0].1));
+            assert_eq!(r.lookup(0), Some(slot_of(points[0])));
         }
     }
 

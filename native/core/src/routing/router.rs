@@ -37,6 +37,16 @@ pub struct RouterStats {
     pub breaker_closed: u64,
 }
 
+/// What the router's agents and table cost in memory, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MemoryStats {
+    pub agents: usize,
+    /// Every agent's own state (see `Agent::memory_bytes`).
+    pub agents_bytes: usize,
+    /// The current snapshot's indexes, hot cells and ring.
+    pub table_bytes: usize,
+}
+
 /// The right to have one task in flight on one agent: a bulkhead permit and
 /// a breaker permit.
 #[derive(Debug)]
@@ -428,6 +438,17 @@ impl<P> Router<P> {
             breaker_opened: t[BreakerState::Open as usize].load(Ordering::Relaxed),
             breaker_half_opened: t[BreakerState::HalfOpen as usize].load(Ordering::Relaxed),
             breaker_closed: t[BreakerState::Closed as usize].load(Ordering::Relaxed),
+        }
+    }
+
+    /// What the agents and the table cost in memory: one pass over the
+    /// agents (a dirty-scheduler call from Erlang).
+    pub fn memory(&self) -> MemoryStats {
+        let snapshot = self.agents.load();
+        MemoryStats {
+            agents: snapshot.len(),
+            agents_bytes: snapshot.agents().map(|a| a.memory_bytes()).sum(),
+            table_bytes: snapshot.table_bytes(),
         }
     }
 

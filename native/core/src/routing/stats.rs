@@ -302,6 +302,14 @@ impl AgentStats {
         self.peak_stamp_us.store(now_us, Ordering::Relaxed);
     }
 
+    /// Bytes held on the heap (the latency histogram's buckets).
+    pub fn heap_bytes(&self) -> usize {
+        self.latencies
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .heap_bytes()
+    }
+
     /// One latency quantile in microseconds, `None` before the first sample.
     pub fn latency_quantile(&self, q: f64) -> Option<u64> {
         let h = self.latencies.lock().unwrap_or_else(|e| e.into_inner());
