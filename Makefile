@@ -6,7 +6,7 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 ERL_PATHS = -pa _build/default/lib/*/ebin
 BENCH_EBIN = _build/bench/ebin
 
-.PHONY: all setup build demo test test-rust test-erlang check-otp27 w3c dialyzer bench bench-rust bench-erlang fuzz cover cover-rust clean
+.PHONY: all setup build demo test test-rust test-erlang check-otp27 w3c dialyzer bench bench-rust bench-erlang bench-load fuzz cover cover-rust clean
 
 all: build
 
@@ -77,8 +77,17 @@ bench-rust: setup
 
 bench-erlang: build
 	mkdir -p $(BENCH_EBIN)
-	erlc -o $(BENCH_EBIN) benches/erlang/*.erl
-	erl -noshell $(ERL_PATHS) -pa $(BENCH_EBIN) -eval 'erlmcp_flow_bench:main()'
+	erlc -pa _build/default/lib/erlmcp_flow/ebin -o $(BENCH_EBIN) benches/erlang/*.erl
+	erl -noshell $(ERL_PATHS) -pa $(BENCH_EBIN) \
+	    -eval 'erlmcp_flow_bench:main()'
+
+## The sustained-load benchmark (LOAD_SECONDS, LOAD_RATE, LOAD_AGENTS,
+## LOAD_AGENT_MS, LOAD_STRATEGY, LOAD_JSON; see benches/erlang/erlmcp_flow_bench_load.erl).
+bench-load: build
+	mkdir -p $(BENCH_EBIN)
+	erlc -pa _build/default/lib/erlmcp_flow/ebin -o $(BENCH_EBIN) benches/erlang/*.erl
+	erl -noshell $(ERL_PATHS) -pa $(BENCH_EBIN) \
+	    -eval 'erlmcp_flow_bench_load:main()'
 
 clean:
 	rm -rf _build target erlang/priv/*.so

@@ -21,20 +21,45 @@
 %%   agents; one process registered under 10 000 ids, and 10 000 agents
 %%   killed at once: how long until the registry has them out of routing;
 %% - what telemetry events cost: without telemetry loaded, and (where it is
-%%   on the code path) loaded without a handler and with one.
-%% Each throughput is the median of 3 runs of 1 s.
+%%   on the code path) loaded without a handler and with one;
+%% - every strategy at 60, 1 000 and 10 000 agents: decisions per second
+%%   (decide + complete) with 1 and 2 callers, the latency of one decision
+%%   (p50, p99, p99.9), and execute/2 round trips per second with 1 and 2
+%%   callers; beside them, in the same run over the same agents, a router
+%%   written in plain Erlang in the design's style (erlmcp_flow_bench_plain)
+%%   and the ratio;
+%% - 10 000 agents registered from 10 processes, and killed at once;
+%% - the node's memory: OS resident set above a bare start, with 1 000 and
+%%   10 000 agents (erlmcp_flow_agent processes) after traffic that fills
+%%   the correlation store to its default cap, each in a fresh VM.
+%% Each throughput at 60 agents is the median of 3 runs of 1 s; the matrix
+%% runs are one of 0.5 s each. The results also go to a JSON file
+%% (BENCH_JSON, default _build/bench/erlang.json); benches/compare.py sets
+%% two such files side by side.
 -module(erlmcp_flow_bench).
 
 -export([main/0, run/0]).
 -export([telemetry_handler/4]).
+-export([memory_main/1]).
+%% for erlmcp_flow_bench_load
+-export([json/1, rss/0]).
 
 -define(AGENTS, 60).
 -define(RUN_MS, 1000).
 -define(REPEATS, 3).
 -define(CAP, <<"bench">>).
+-define(MATRIX_RUN_MS, 500).
+-define(STRATEGIES, [round_robin, least_connections, weighted, consistent_hash, p2c_ewma,
+                     q_learning]).
 
 main() ->
-    Status = try run(), 0
+    Status = try
+                 Results = run(),
+                 Path = os:getenv("BENCH_JSON", "_build/bench/erlang.json"),
+                 ok = filelib:ensure_dir(Path),
+                 ok = file:write_file(Path, [json(Results), $\n]),
+                 io:format("~nresults written to ~s~n", [Path]),
+                 0
              catch C:R:S -> io:format(standard_error, "bench failed: ~p:~p~n~p~n", [C, R, S]), 1
              end,
     erlang:halt(Status).
@@ -50,10 +75,25 @@ run() ->
                   Id
               end || I <- lists:seq(1, ?AGENTS)],
     Router = erlmcp_flow_registry:router(),
-    Caps = [?CAP],
     io:format("erlmcp_flow Erlang bench: OTP ~s, ~b schedulers, ~b agents "
               "(make bench-erlang)~n~n", [erlang:system_info(otp_release),
                                           erlang:system_info(schedulers_online), ?AGENTS]),
+    %% BENCH_ONLY=matrix,memory runs only those parts
+    Only = case os:getenv("BENCH_ONLY") of
+               false -> [basics, matrix, membership, memory];
+               List -> [list_to_atom(P) || P <- string:lexemes(List, ",")]
+           end,
+    Parts = [{basics, fun() -> basics(Router, Agents) end},
+             {matrix, fun() -> matrix(Router) end},
+             {membership, fun membership_at_scale/0},
+             {memory, fun memory_figures/0}],
+    maps:from_list([{otp, list_to_binary(erlang:system_info(otp_release))},
+                    {schedulers, erlang:system_info(schedulers_online)}
+                    | [{Name, F()} || {Name, F} <- Parts, lists:member(Name, Only)]]).
+
+%% The figures at 60 agents.
+basics(Router, Agents) ->
+    Caps = [?CAP],
     Decide = fun(Strategy) ->
                      fun() ->
                              {ok, _, _, Lease, _, _} =
@@ -108,35 +148,8 @@ run() ->
     _ = FuseAsks,
     io:format("~nfind_agent/1 runs at ~.2f of a plain ets:lookup/2 (1 process)~n", [Ratio]),
     telemetry_cost(Execute),
-    io:format("~nregister_agent/3 + unregister_agent/1 of one more agent, mean of 200 (us):~n"),
-    _ = lists:foldl(fun(Size, Have) ->
-                            grow(Have, Size),
-                            io:format("  at ~6b agents ~10.1f~n", [Size, registration(200)]),
-                            Size
-                    end, ?AGENTS, [?AGENTS, 1000, 10000]),
-    #{agents := Others} = erlmcp_flow:stats(),
-    io:format("~nbeside ~b other agents:~n", [Others]),
-    Many = spawn(fun echo/0),
-    {RegUs, ok} = timer:tc(fun() ->
-                                   lists:foreach(
-                                     fun(I) ->
-                                             Id = iolist_to_binary(io_lib:format("many-~b", [I])),
-                                             ok = erlmcp_flow:register_agent(Id, Many, [<<"many">>])
-                                     end, lists:seq(1, 10000))
-                           end),
-    io:format("  one process under 10 000 ids: registered in ~.2f s, "
-              "out of routing ~.1f ms after its death~n",
-              [RegUs / 1.0e6, kill_all([Many]) / 1000]),
-    [] = erlmcp_flow:query_agents([<<"many">>]),
-    Dying = [spawn(fun echo/0) || _ <- lists:seq(1, 10000)],
-    lists:foreach(fun({I, Pid}) ->
-                          Id = iolist_to_binary(io_lib:format("dying-~b", [I])),
-                          ok = erlmcp_flow:register_agent(Id, Pid, [<<"dying">>])
-                  end, lists:zip(lists:seq(1, 10000), Dying)),
-    io:format("  10 000 agents killed at once: out of routing ~.1f ms after their deaths~n",
-              [kill_all(Dying) / 1000]),
-    [] = erlmcp_flow:query_agents([<<"dying">>]),
-    ok.
+    maps:from_list([{list_to_binary(io_lib:format("~s/~b", [Name, P])), round(Ops)}
+                    || {Name, P, Ops} <- Rows]).
 
 %% What emitting telemetry events costs: one emission, and execute/2 (four
 %% events a task) without telemetry loaded, with it loaded and no handler
@@ -228,13 +241,17 @@ indexed_throughput(Procs, Fun) ->
 %% clock, for ?RUN_MS (the last batch may end a little later: the rate is
 %% taken over the time the processes really ran).
 indexed_throughput(Procs, Fun, Batch) ->
-    Runs = lists:sort([one_run(Procs, Fun, Batch) || _ <- lists:seq(1, ?REPEATS)]),
+    Runs = lists:sort([one_run(Procs, Fun, Batch, ?RUN_MS) || _ <- lists:seq(1, ?REPEATS)]),
     lists:nth((?REPEATS + 1) div 2, Runs).
 
-one_run(Procs, Fun, Batch) ->
+%% One run of ?MATRIX_RUN_MS: the matrix has many cells.
+quick_throughput(Procs, Fun) ->
+    one_run(Procs, Fun, 100, ?MATRIX_RUN_MS).
+
+one_run(Procs, Fun, Batch, RunMs) ->
     Self = self(),
     T0 = erlang:monotonic_time(microsecond),
-    Deadline = T0 div 1000 + ?RUN_MS,
+    Deadline = T0 div 1000 + RunMs,
     Pids = [spawn_link(fun() -> Self ! {count, self(), loop(Fun, Deadline, Batch, 0)} end)
             || _ <- lists:seq(1, Procs)],
     Total = lists:sum([receive {count, P, N} -> N end || P <- Pids]),
@@ -286,3 +303,262 @@ thousands(N) ->
 
 split3(S) when length(S) =< 3 -> [S];
 split3(S) -> {A, B} = lists:split(3, S), [A | split3(B)].
+
+%%====================================================================
+%% Every strategy at 60, 1 000 and 10 000 agents, and the plain router
+%%====================================================================
+
+matrix(Router) ->
+    io:format("~nevery strategy, by registered agents (echo agents holding ~s); "
+              "one run of ~b ms per cell~n", [?CAP, ?MATRIX_RUN_MS]),
+    io:format("~-18s ~6s ~11s ~11s ~8s ~8s ~8s ~11s ~11s~n",
+              ["strategy", "agents", "decide/s 1", "decide/s 2", "p50 us", "p99 us",
+               "p99.9 us", "execute/s 1", "execute/s 2"]),
+    #{agents := Have} = erlmcp_flow:stats(),
+    {_, Cells} =
+        lists:foldl(
+          fun(Size, {Had, Acc}) ->
+                  grow(Had, Size),
+                  Reg = registration(200),
+                  Row = [strategy_cell(Router, S, Size) || S <- ?STRATEGIES],
+                  Plain = plain_cells(Size, Row),
+                  io:format("  register + unregister one more agent at ~b: ~.1f us~n", [Size, Reg]),
+                  {Size, Acc#{integer_to_binary(Size) =>
+                                  #{strategies => maps:from_list(Row),
+                                    plain => Plain,
+                                    register_unregister_us => Reg}}}
+          end, {Have, #{}}, [60, 1000, 10000]),
+    ratios(Cells),
+    Cells.
+
+%% The bench agents: every registered agent holds ?CAP (grow/2 adds more).
+strategy_cell(Router, Strategy, Size) ->
+    Caps = [?CAP],
+    Key = fun(I) -> case Strategy of
+                        consistent_hash -> integer_to_binary(I);
+                        _ -> undefined
+                    end
+          end,
+    Decide = fun(I) ->
+                     {ok, _, _, Lease, _, _} =
+                         erlmcp_flow_nif:decide(Router, Caps, Strategy, Key(I), undefined,
+                                                [], any, undefined),
+                     {ok, _} = erlmcp_flow_nif:complete(Lease, ok)
+             end,
+    Execute = fun(I) ->
+                      Req = case Strategy of
+                                consistent_hash -> #{sticky_key => integer_to_binary(I)};
+                                _ -> #{}
+                            end,
+                      {ok, _, _} = erlmcp_flow:execute(#{}, Req#{capabilities => Caps,
+                                                                 strategy => Strategy})
+              end,
+    D1 = quick_throughput(1, Decide),
+    D2 = quick_throughput(2, Decide),
+    {P50, P99, P999} = strategy_latency(Router, Strategy, Key, 20000),
+    E1 = quick_throughput(1, Execute),
+    E2 = quick_throughput(2, Execute),
+    io:format("~-18s ~6b ~11s ~11s ~8.2f ~8.2f ~8.2f ~11s ~11s~n",
+              [Strategy, Size, thousands(round(D1)), thousands(round(D2)), P50, P99, P999,
+               thousands(round(E1)), thousands(round(E2))]),
+    {Strategy, #{decide_per_s_1 => round(D1), decide_per_s_2 => round(D2),
+                 decide_p50_us => P50, decide_p99_us => P99, decide_p999_us => P999,
+                 execute_per_s_1 => round(E1), execute_per_s_2 => round(E2)}}.
+
+strategy_latency(Router, Strategy, Key, N) ->
+    Self = self(),
+    {Pid, MRef} = spawn_opt(
+                    fun() ->
+                            Samples = [begin
+                                           K = Key(I),
+                                           T0 = erlang:monotonic_time(nanosecond),
+                                           {ok, _, _, Lease, _, _} =
+                                               erlmcp_flow_nif:decide(Router, [?CAP], Strategy, K,
+                                                                      undefined, [], any, undefined),
+                                           T1 = erlang:monotonic_time(nanosecond),
+                                           {ok, _} = erlmcp_flow_nif:complete(Lease, ok),
+                                           T1 - T0
+                                       end || I <- lists:seq(1, N)],
+                            Self ! {latency, self(), percentiles(Samples)}
+                    end, [monitor, {min_heap_size, 32 * N}]),
+    receive
+        {latency, Pid, Result} -> erlang:demonitor(MRef, [flush]), Result;
+        {'DOWN', MRef, process, Pid, Why} -> error({latency_sampler, Why})
+    end.
+
+%% The plain-Erlang router over the same agents (their pids), round robin
+%% and Q-learning, execute round trips with 1 and 2 callers; printed with
+%% the ratio of erlmcp_flow's figure in the same run.
+plain_cells(Size, Row) ->
+    _ = erlmcp_flow_bench_plain:start(),
+    [erlmcp_flow_bench_plain:add_agent(Pid, ?CAP) || Pid <- erlmcp_flow:find_agents_by_capability(?CAP)],
+    Cells = [begin
+                 Exec = fun(_) -> {ok, _} = erlmcp_flow_bench_plain:execute(S, ?CAP, #{}) end,
+                 P1 = quick_throughput(1, Exec),
+                 P2 = quick_throughput(2, Exec),
+                 #{execute_per_s_2 := Ours} = proplists:get_value(S, Row),
+                 io:format("~-18s ~6b ~11s ~11s ~8s ~8s ~8s ~11s ~11s  erlmcp_flow x~.1f~n",
+                           ["plain " ++ atom_to_list(S), Size, "", "", "", "", "",
+                            thousands(round(P1)), thousands(round(P2)), Ours / P2]),
+                 {S, #{execute_per_s_1 => round(P1), execute_per_s_2 => round(P2),
+                       erlmcp_flow_ratio_2 => Ours / P2}}
+             end || S <- [round_robin, q_learning]],
+    erlmcp_flow_bench_plain:stop(),
+    maps:from_list(Cells).
+
+%% execute/2 at 10 000 agents against the same strategy at 60.
+ratios(Cells) ->
+    io:format("~nexecute/2 with 2 callers at 10 000 agents, as a share of the same "
+              "strategy at 60:~n"),
+    #{<<"60">> := #{strategies := S60}, <<"10000">> := #{strategies := S10k}} = Cells,
+    [io:format("  ~-18s ~.2f~n", [S, maps:get(execute_per_s_2, maps:get(S, S10k))
+                                   / maps:get(execute_per_s_2, maps:get(S, S60))])
+     || S <- ?STRATEGIES],
+    ok.
+
+%%====================================================================
+%% Membership at scale
+%%====================================================================
+
+%% 10 000 agents (each its own process, ids made beforehand) registered
+%% from 10 processes; then killed at once: how long until the registry has
+%% every one out of routing.
+membership_at_scale() ->
+    #{agents := Others} = erlmcp_flow:stats(),
+    Pids = [spawn(fun echo/0) || _ <- lists:seq(1, 10000)],
+    Groups = [[{iolist_to_binary(io_lib:format("scale-~b-~b", [G, I])), P}
+               || {I, P} <- lists:zip(lists:seq(1, 1000), lists:sublist(Pids, (G - 1) * 1000 + 1, 1000))]
+              || G <- lists:seq(1, 10)],
+    Self = self(),
+    T0 = erlang:monotonic_time(microsecond),
+    Workers = [spawn_link(fun() ->
+                                  [ok = erlmcp_flow:register_agent(Id, P, [<<"scale">>]) || {Id, P} <- G],
+                                  Self ! {registered, self()}
+                          end) || G <- Groups],
+    [receive {registered, W} -> ok end || W <- Workers],
+    RegS = (erlang:monotonic_time(microsecond) - T0) / 1.0e6,
+    10000 = length(erlmcp_flow:query_agents([<<"scale">>])),
+    OutMs = kill_all(Pids) / 1000,
+    [] = erlmcp_flow:query_agents([<<"scale">>]),
+    io:format("~nbeside ~b other agents: 10 000 agents registered from 10 processes in ~.2f s "
+              "(floor 1 s); killed at once, out of routing ~.1f ms after their deaths (floor 2 s)~n",
+              [Others, RegS, OutMs]),
+    #{others => Others, register_10000_from_10_s => RegS, kill_10000_out_ms => OutMs}.
+
+%%====================================================================
+%% Memory, each size in a fresh VM
+%%====================================================================
+
+memory_figures() ->
+    io:format("~nthe node's resident memory above a bare start, erlmcp_flow_agent processes "
+              "answering at once, after traffic filling the correlation store "
+              "(each size in a fresh VM):~n"),
+    Paths = lists:append([["-pa", D] || D <- code:get_path(), D =/= "."]),
+    Erl = os:find_executable("erl"),
+    Figures = [begin
+                   Port = open_port({spawn_executable, Erl},
+                                    [{args, ["-noshell" | Paths] ++
+                                          ["-eval", io_lib:format("erlmcp_flow_bench:memory_main(~b)", [N])]},
+                                     exit_status, stderr_to_stdout, {line, 65536}]),
+                   Term = memory_child(Port, undefined),
+                   print_memory(N, Term),
+                   {integer_to_binary(N), Term}
+               end || N <- [1000, 10000]],
+    maps:from_list(Figures).
+
+memory_child(Port, Last) ->
+    receive
+        {Port, {data, {eol, "MEMORY " ++ Text}}} ->
+            {ok, Tokens, _} = erl_scan:string(Text ++ "."),
+            {ok, Term} = erl_parse:parse_term(Tokens),
+            memory_child(Port, Term);
+        {Port, {data, _}} ->
+            memory_child(Port, Last);
+        {Port, {exit_status, 0}} when Last =/= undefined ->
+            Last;
+        {Port, {exit_status, S}} ->
+            error({memory_child, S})
+    after 600000 ->
+        error(memory_child_timeout)
+    end.
+
+print_memory(N, #{rss_above_bare_mb := Mb, registered_mb := R, erlang_mb := E,
+                  processes_mb := P, core := #{bytes_per_agent := Per, table_bytes := T},
+                  correlation_entries := C}) ->
+    Floor = case N of 1000 -> 40; 10000 -> 150 end,
+    io:format("  ~6b agents: +~.1f MB (floor ~b MB; +~.1f MB after registering); "
+              "Erlang ~.1f MB (processes ~.1f); core ~b bytes per agent, table ~.1f MB; "
+              "~b spans in the store~n",
+              [N, Mb, Floor, R, E, P, round(Per), T / 1.0e6, C]).
+
+%% In a fresh VM: the resident set of a bare start (the application
+%% running, nothing registered), then with `N' agents, then after traffic
+%% that fills the correlation store to its default cap; printed as one
+%% `MEMORY #{...}' line for the parent.
+memory_main(N) ->
+    logger:set_primary_config(level, warning),
+    {ok, _} = application:ensure_all_started(erlmcp_flow),
+    Bare = settled_rss(),
+    [{ok, _} = erlmcp_flow_agent:start(iolist_to_binary(io_lib:format("mem-~b", [I])), [?CAP],
+                                       erlmcp_flow_bench_agent, #{})
+     || I <- lists:seq(1, N)],
+    Registered = settled_rss(),
+    {ok, #{max_entries := Cap}} = {ok, erlmcp_flow_config:get(correlation)},
+    %% two spans a task (the task's and its attempt's)
+    Tasks = Cap,
+    Self = self(),
+    [spawn_link(fun() ->
+                        [{ok, _, _} = erlmcp_flow:execute(#{}, #{capabilities => [?CAP]})
+                         || _ <- lists:seq(1, Tasks div 2)],
+                        Self ! done
+                end) || _ <- [1, 2]],
+    [receive done -> ok end || _ <- [1, 2]],
+    After = settled_rss(),
+    #{correlation_entries := Entries} = erlmcp_flow:stats(),
+    Core = erlmcp_flow:memory(),
+    Mb = fun(B) -> B / 1.0e6 end,
+    Term = #{agents => N, bare_mb => Mb(Bare), rss_above_bare_mb => Mb(After - Bare),
+             registered_mb => Mb(Registered - Bare), erlang_mb => Mb(erlang:memory(total)),
+             processes_mb => Mb(erlang:memory(processes)), ets_mb => Mb(erlang:memory(ets)),
+             correlation_entries => Entries, tasks => Tasks,
+             core => maps:with([agents_bytes, table_bytes, bytes_per_agent], Core)},
+    io:format("MEMORY ~w~n", [Term]),
+    erlang:halt(0).
+
+%% The OS resident set in bytes once every process has been collected.
+settled_rss() ->
+    [erlang:garbage_collect(P) || P <- processes()],
+    timer:sleep(500),
+    rss().
+
+rss() ->
+    {ok, Status} = file:read_file("/proc/self/status"),
+    [Kb] = [binary_to_integer(K) || <<"VmRSS:", Rest/binary>> <- binary:split(Status, <<"\n">>, [global]),
+                                    [K, <<"kB">>] <- [binary:split(string:trim(Rest), <<" ">>, [global, trim_all])]],
+    Kb * 1024.
+
+%%====================================================================
+%% JSON
+%%====================================================================
+
+%% Maps (atom or binary keys), lists, numbers, binaries and atoms.
+json(M) when is_map(M) ->
+    [${, lists:join($,, [[json(key(K)), $:, json(V)] || {K, V} <- lists:sort(maps:to_list(M))]), $}];
+json(L) when is_list(L) -> [$[, lists:join($,, [json(V) || V <- L]), $]];
+json(true) -> "true";
+json(false) -> "false";
+json(A) when is_atom(A) -> json(atom_to_binary(A));
+json(I) when is_integer(I) -> integer_to_list(I);
+json(F) when is_float(F) -> float_to_list(F, [short]);
+json(B) when is_binary(B) -> [$", escape(B), $"].
+
+key(K) when is_atom(K) -> atom_to_binary(K);
+key(K) -> K.
+
+escape(B) ->
+    [case C of
+         $" -> "\\\"";
+         $\\ -> "\\\\";
+         C when C < 32 -> io_lib:format("\\u~4.16.0b", [C]);
+         C -> C
+     end || <<C>> <= B].

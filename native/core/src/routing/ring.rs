@@ -12,11 +12,11 @@
 //! `delta` of the points added last. Adding agents copies the delta only;
 //! once the delta has grown past its due size it is merged into `mid`, and
 //! once `mid` has grown past its own, into a new `base` (a log-structured
-//! merge of three levels). With `B` points in the base and `v` per agent,
-//! `mid` is due at `(2B)^(2/3) v^(1/3)` points and the delta at
-//! `sqrt(mid_due * v)`, which balances the three copies: about 6 000 points
-//! copied per agent added at 10 000 agents of 150 points, where one delta
-//! over the base copied 21 000. Rings of up to [`SMALL_RING`] points keep
+//! merge of three levels). With `B` points in the base and `v` added per
+//! change (one agent's, or a batch's), `mid` is due at `(2B)^(2/3) v^(1/3)`
+//! points and the delta at `sqrt(mid_due * v)`, which balances the three
+//! copies: about 6 000 points copied per agent added one by one at 10 000
+//! agents of 150 points, where one delta over the base copied 21 000. Rings of up to [`SMALL_RING`] points keep
 //! one run. The points of a removed agent stay until the table compacts its
 //! slots (see `routing::agents`); lookups walk past them as past any agent
 //! that is not a candidate, which is exactly where a removed agent's keys go.
@@ -255,8 +255,9 @@ impl Ring {
                 self.vnodes,
             );
         }
-        // the sizes at which each run is merged down (see the module doc)
-        let v = f64::from(self.vnodes);
+        // the sizes at which each run is merged down (see the module doc),
+        // for the points this change adds (one agent's, or a batch's)
+        let v = f64::from(self.vnodes).max(new.len() as f64);
         let mid_due = (2.0 * base.max(SMALL_RING) as f64).powf(2.0 / 3.0) * v.cbrt();
         let delta_due = (mid_due * v).sqrt();
         if (delta.len() as f64) <= delta_due {
