@@ -329,6 +329,10 @@ matrix(Router) ->
                                     register_unregister_us => Reg}}}
           end, {Have, #{}}, [60, 1000, 10000]),
     ratios(Cells),
+    %% the grown agents go: the next parts run beside the first 60
+    Grown = [P || {<<"grow-", _/binary>>, P, _, _} <- erlmcp_flow_registry:list_agents()],
+    [unlink(P) || P <- Grown],
+    _ = kill_all(Grown),
     Cells.
 
 %% The bench agents: every registered agent holds ?CAP (grow/2 adds more).

@@ -14,15 +14,18 @@
 //!   copies the chunks it touches and the list of chunk pointers;
 //! - the id index and the capability index are split into 64 shards by a
 //!   keyed hash; a change copies the shards it touches;
-//! - a capability's posting list (its slots, ascending) is copied when an
-//!   agent holding it comes or goes;
-//! - the ring keeps a delta of new points (see [`crate::routing::ring`]).
+//! - a capability's posting list (its slots, ascending) grows in place when
+//!   an agent holding it comes, and is copied when one goes;
+//! - the ring keeps its new points in two small sorted runs (see
+//!   [`crate::routing::ring`]).
 //!
-//! What a change copies whole is the dense array of hot cells and the list of
-//! live slots, 8 and 4 bytes per agent. A removed agent leaves a hole (its
-//! slot empty, its hot cell a dead one no strategy admits, its points on the
-//! ring walked past); slots are renumbered densely once holes make a quarter
-//! of them, in one linear pass. Ids and capabilities come from callers (and
+//! The dense array of hot cells, the list of live slots and each
+//! capability's slots grow in place at their end (see
+//! [`crate::routing::append`]): a registration writes its own entries, and
+//! only a removal copies them (8, 4 and 4 bytes per agent). A removed agent
+//! leaves a hole (its slot empty, its hot cell a dead one no strategy admits,
+//! its points on the ring walked past); slots are renumbered densely once
+//! holes make a quarter of them, in one linear pass. Ids and capabilities come from callers (and
 //! soon from the network): the indexes hash them with a key drawn at random
 //! per table.
 
@@ -40,6 +43,7 @@ use hashbrown::HashTable;
 use crate::error::FlowError;
 use crate::learning::{QConfig, QRow, State, StateIndexer};
 use crate::resilience::breaker::Breaker;
+use crate::routing::append::AppendVec;
 use crate::routing::hot::HotCell;
 use crate::routing::ring::Ring;
 use crate::routing::stats::AgentStats;
@@ -343,7 +347,7 @@ struct Posting {
     /// The table's id of the capability.
     cap_id: u32,
     /// Slots holding the capability, ascending.
-    slots: Box<[u32]>,
+    slots: AppendVec<u32>,
 }
 
 /// Slots of agents, `None` where a removed agent left a hole.
@@ -360,10 +364,10 @@ pub struct Snapshot<P> {
     by_id: Index<Arc<[u8]>, u32>,
     postings: Index<Arc<[u8]>, Arc<Posting>>,
     /// The live slots, ascending: the candidates of "no requirement".
-    all: Arc<[u32]>,
+    all: AppendVec<u32>,
     /// Per slot, the agent's hot cell (a dead one for a hole): what a scan
     /// over candidates reads. The agents in `chunks` hold the cells alive.
-    hot: Box<[HotCell]>,
+    hot: AppendVec<HotCell>,
     ring: Ring,
 }
 
@@ -388,8 +392,8 @@ impl<P> Snapshot<P> {
             live: 0,
             by_id: Index::new(hasher.clone()),
             postings: Index::new(hasher),
-            all: Arc::from([]),
-            hot: Box::new([]),
+            all: AppendVec::new(),
+            hot: AppendVec::new(),
             ring: Ring::empty(vnodes),
         }
     }
@@ -406,14 +410,14 @@ impl<P> Snapshot<P> {
         let postings: usize = self
             .postings
             .values()
-            .map(|p| 2 * word + std::mem::size_of::<Posting>() + 4 * p.slots.len())
+            .map(|p| 2 * word + std::mem::size_of::<Posting>() + 4 * p.slots.capacity())
             .sum();
         chunks
             + self.by_id.heap_bytes()
             + self.postings.heap_bytes()
             + postings
-            + 4 * self.all.len()
-            + word * self.hot.len()
+            + 4 * self.all.capacity()
+            + word * self.hot.capacity()
             + self.ring.heap_bytes()
     }
 
@@ -570,20 +574,19 @@ impl<P> Snapshot<P> {
             }
             Arc::make_mut(&mut chunks[slot / CHUNK])[slot % CHUNK] = Some(Arc::clone(agent));
         }
-        let mut hot = Vec::with_capacity(count);
-        // SAFETY: the new snapshot holds every agent of this one that has a
-        // live cell here (dead cells are static), and the added agents below.
-        hot.extend(self.hot.iter().map(|c| unsafe { c.duplicate() }));
-        // SAFETY: the new snapshot holds the added agents, so their cells.
-        hot.extend(
+        // appended: in place when this is the newest snapshot and its
+        // buffers have room (see `routing::append`)
+        let hot = self.hot.extended(
+            // SAFETY: the new snapshot holds the added agents, so their cells.
             added
                 .iter()
                 .map(|a| unsafe { HotCell::of(a.stats().hot_ref()) }),
+            // SAFETY: the new snapshot holds every agent of this one that
+            // has a live cell here (dead cells are static).
+            |c| unsafe { c.duplicate() },
         );
         let slots = first..count as u32;
-        let mut all = Vec::with_capacity(self.all.len() + added.len());
-        all.extend_from_slice(&self.all);
-        all.extend(slots.clone());
+        let all = self.all.extended(slots.clone(), |s| *s);
         let by_id = self.by_id.edited(
             added
                 .iter()
@@ -606,17 +609,12 @@ impl<P> Snapshot<P> {
         let mut edits = Vec::new();
         for group in per_cap.chunk_by(|x, y| x.0 == y.0) {
             let (cap, cap_id) = (group[0].0, group[0].1);
-            let old: &[u32] = self.postings.get(&**cap).map_or(&[], |p| &p.slots);
-            let mut slots = Vec::with_capacity(old.len() + group.len());
-            slots.extend_from_slice(old);
-            slots.extend(group.iter().map(|x| x.2));
-            edits.push((
-                Arc::clone(cap),
-                Some(Arc::new(Posting {
-                    cap_id,
-                    slots: slots.into(),
-                })),
-            ));
+            let new = group.iter().map(|x| x.2);
+            let slots = match self.postings.get(&**cap) {
+                Some(old) => old.slots.extended(new, |s| *s),
+                None => AppendVec::from_iter_exact(new),
+            };
+            edits.push((Arc::clone(cap), Some(Arc::new(Posting { cap_id, slots }))));
         }
         let postings = self.postings.edited(edits);
         Snapshot {
@@ -625,8 +623,8 @@ impl<P> Snapshot<P> {
             live: self.live + added.len(),
             by_id,
             postings,
-            all: all.into(),
-            hot: hot.into(),
+            all,
+            hot,
             ring,
         }
     }
@@ -665,7 +663,7 @@ impl<P> Snapshot<P> {
             let value = (!slots.is_empty()).then(|| {
                 Arc::new(Posting {
                     cap_id: old.cap_id,
-                    slots: slots.into(),
+                    slots: AppendVec::from_iter_exact(slots.into_iter()),
                 })
             });
             edits.push((Arc::clone(cap), value));
@@ -682,8 +680,9 @@ impl<P> Snapshot<P> {
             live: self.live - gone.len(),
             by_id: self.by_id.edited(id_edits),
             postings: self.postings.edited(edits),
-            all: all.into(),
-            hot: hot.into(),
+            // room to grow again without a copy
+            all: AppendVec::from_iter_with_room(all.into_iter(), self.all.len() / 2 + 16),
+            hot: AppendVec::from_iter_with_room(hot.into_iter(), self.hot.len() / 2 + 16),
             ring: self.ring.clone(),
         }
     }

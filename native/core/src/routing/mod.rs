@@ -3,6 +3,7 @@
 //! one decision and settles its lease.
 
 pub mod agents;
+pub mod append;
 pub mod hot;
 pub mod latency;
 pub mod ring;

@@ -29,7 +29,7 @@ use xxhash_rust::xxh3::{xxh3_64, xxh3_128};
 pub const MAX_VNODES: u32 = 1000;
 
 /// Rings of at most this many points are kept as one sorted array.
-pub const SMALL_RING: usize = 16_384;
+pub const SMALL_RING: usize = 2_048;
 
 /// Low bits of a point that hold its agent's slot; the high bits are the
 /// top of its position. A point is one `u64`: position and slot in one
