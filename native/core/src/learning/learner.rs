@@ -380,68 +380,71 @@ fn store_f64(a: &AtomicU64, v: f64) {
     a.store(v.to_bits(), Ordering::Relaxed)
 }
 
-/// One cell of the table: a value and how often it was updated.
+/// One agent's cells: per state a value and how often it was updated, in
+/// two arrays (12 bytes a state where one array of pairs would pad to 16).
 #[derive(Debug)]
-struct QCell {
-    value: AtomicU64,
-    visits: AtomicU32,
+struct Cells {
+    values: Box<[AtomicU64]>,
+    visits: Box<[AtomicU32]>,
 }
 
 /// One agent's values, one per state, and how often each was updated. A
 /// cheap handle (one reference count) on cells the store and the agent share,
 /// so that reading a value is one hop from the agent.
 #[derive(Debug, Clone)]
-pub struct QRow(Arc<[QCell]>);
+pub struct QRow(Arc<Cells>);
 
 impl QRow {
     /// A row at the configuration's priors.
     pub fn new(config: &QConfig) -> QRow {
-        QRow(
-            (0..config.row_len())
-                .map(|i| QCell {
-                    value: AtomicU64::new(config.prior(State::from_index(i)).to_bits()),
-                    visits: AtomicU32::new(0),
-                })
+        let n = config.row_len();
+        QRow(Arc::new(Cells {
+            values: (0..n)
+                .map(|i| AtomicU64::new(config.prior(State::from_index(i)).to_bits()))
                 .collect(),
-        )
+            visits: (0..n).map(|_| AtomicU32::new(0)).collect(),
+        }))
     }
 
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.0.values.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.0.values.is_empty()
     }
 
     /// Bytes of the row on the heap (its reference counts included).
     pub fn heap_bytes(&self) -> usize {
-        2 * std::mem::size_of::<usize>() + std::mem::size_of_val(&*self.0)
+        2 * std::mem::size_of::<usize>()
+            + std::mem::size_of::<Cells>()
+            + std::mem::size_of_val(&*self.0.values)
+            + std::mem::size_of_val(&*self.0.visits)
     }
 
     #[inline]
     pub fn value(&self, index: usize) -> f64 {
-        load_f64(&self.0[index].value)
+        load_f64(&self.0.values[index])
     }
 
     #[inline]
     pub fn visits(&self, index: usize) -> u32 {
-        self.0[index].visits.load(Ordering::Relaxed)
+        self.0.visits[index].load(Ordering::Relaxed)
     }
 
     /// Overwrites one cell (loading a model, tests).
     pub fn set(&self, index: usize, value: f64, visits: u32) {
-        store_f64(&self.0[index].value, value);
-        self.0[index].visits.store(visits, Ordering::Relaxed);
+        store_f64(&self.0.values[index], value);
+        self.0.visits[index].store(visits, Ordering::Relaxed);
     }
 
     /// Applies one TD step to `index` and returns the new value.
     #[inline]
     fn learn(&self, index: usize, r: f64, max_next: f64, alpha: f64, gamma: f64) -> f64 {
-        let cell = &self.0[index];
-        let new = td_update(load_f64(&cell.value), r, max_next, alpha, gamma);
-        store_f64(&cell.value, new);
-        let v = &cell.visits;
+        let value = &self.0.values[index];
+        let new = td_update(load_f64(value), r, max_next, alpha, gamma);
+        store_f64(value, new);
+        let v = &self.0.visits[index];
         v.store(
             v.load(Ordering::Relaxed).saturating_add(1),
             Ordering::Relaxed,

@@ -261,6 +261,14 @@ struct Shard {
     expired: u64,
 }
 
+/// Makes room in a full vector for a quarter more (at least 64), where
+/// doubling would leave up to half of a large shard's slots unused.
+fn grow_by_a_quarter<T>(v: &mut Vec<T>) {
+    if v.len() == v.capacity() {
+        v.reserve_exact((v.len() / 4).max(64));
+    }
+}
+
 impl Shard {
     fn new(hasher: RandomState) -> Shard {
         Shard {
@@ -308,6 +316,7 @@ impl Shard {
                 i
             }
             None => {
+                grow_by_a_quarter(&mut self.slots);
                 self.slots.push(slot);
                 (self.slots.len() - 1) as u32
             }
@@ -624,6 +633,10 @@ impl CorrelationStore {
         }
         let exported = (self.config.export_queue > 0).then(|| rec.clone());
         shard.open -= 1;
+        if shard.finished.len() == shard.finished.capacity() {
+            let more = (shard.finished.len() / 4).max(64);
+            shard.finished.reserve_exact(more);
+        }
         shard.finished.push_back((id, now_us, i));
         // Open spans alone filled the store past its cap: this shard now
         // has a finished span to give back.
