@@ -447,7 +447,20 @@ membership_at_scale() ->
     io:format("~nbeside ~b other agents: 10 000 agents registered from 10 processes in ~.2f s "
               "(floor 1 s); killed at once, out of routing ~.1f ms after their deaths (floor 2 s)~n",
               [Others, RegS, OutMs]),
-    #{others => Others, register_10000_from_10_s => RegS, kill_10000_out_ms => OutMs}.
+    %% one process under 10 000 ids (the registry once stalled on it)
+    Many = spawn(fun echo/0),
+    Ids = [iolist_to_binary(io_lib:format("many-~b", [I])) || I <- lists:seq(1, 10000)],
+    {ManyUs, ok} = timer:tc(fun() ->
+                                    lists:foreach(fun(Id) ->
+                                                          ok = erlmcp_flow:register_agent(Id, Many, [<<"many">>])
+                                                  end, Ids)
+                            end),
+    ManyOutMs = kill_all([Many]) / 1000,
+    [] = erlmcp_flow:query_agents([<<"many">>]),
+    io:format("one process under 10 000 ids, one registration at a time: registered in ~.2f s, "
+              "out of routing ~.1f ms after its death~n", [ManyUs / 1.0e6, ManyOutMs]),
+    #{others => Others, register_10000_from_10_s => RegS, kill_10000_out_ms => OutMs,
+      one_pid_10000_ids_register_s => ManyUs / 1.0e6, one_pid_10000_ids_out_ms => ManyOutMs}.
 
 %%====================================================================
 %% Memory, each size in a fresh VM
@@ -511,11 +524,7 @@ memory_main(N) ->
     %% two spans a task (the task's and its attempt's)
     Tasks = Cap,
     Self = self(),
-    [spawn_link(fun() ->
-                        [{ok, _, _} = erlmcp_flow:execute(#{}, #{capabilities => [?CAP]})
-                         || _ <- lists:seq(1, Tasks div 2)],
-                        Self ! done
-                end) || _ <- [1, 2]],
+    [spawn_link(fun() -> traffic(Tasks div 2), Self ! done end) || _ <- [1, 2]],
     [receive done -> ok end || _ <- [1, 2]],
     After = settled_rss(),
     #{correlation_entries := Entries} = erlmcp_flow:stats(),
@@ -528,6 +537,13 @@ memory_main(N) ->
              core => maps:with([agents_bytes, table_bytes, bytes_per_agent], Core)},
     io:format("MEMORY ~w~n", [Term]),
     erlang:halt(0).
+
+%% `N' tasks, their answers dropped as they come.
+traffic(0) ->
+    ok;
+traffic(N) ->
+    {ok, _, _} = erlmcp_flow:execute(#{}, #{capabilities => [?CAP]}),
+    traffic(N - 1).
 
 %% The OS resident set in bytes once every process has been collected.
 settled_rss() ->
