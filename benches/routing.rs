@@ -447,8 +447,36 @@ fn worst_cases(c: &mut Criterion) {
     g.finish();
 }
 
+/// A 1 KiB JSON-RPC request decoded (limits checked) and its response
+/// encoded: the codec's share of one task over a transport.
+fn jsonrpc(c: &mut Criterion) {
+    use erlmcp_flow_core::jsonrpc::codec::{self, Decoded, Id, Limits, Message};
+    let params: Vec<serde_json::Value> = (0..52)
+        .map(|i| serde_json::json!({"k": i, "v": "abcdef"}))
+        .collect();
+    let req = codec::request_json(
+        Some(&Id::from(1)),
+        "flow.route_task",
+        Some(&serde_json::json!({ "task": params }).to_string()),
+    )
+    .into_bytes();
+    let limits = Limits::default();
+    c.bench_function("jsonrpc/decode_encode_1KiB", |b| {
+        b.iter(|| {
+            let Decoded::Single(Ok(Message::Request { id, params, .. })) =
+                codec::decode(black_box(&req), &limits)
+            else {
+                unreachable!()
+            };
+            let result = params.as_ref().map_or("null", |p| p.text());
+            codec::response_json(&id, Ok(result))
+        })
+    });
+}
+
 criterion_group!(
     benches,
+    jsonrpc,
     select,
     decide_complete,
     learn,

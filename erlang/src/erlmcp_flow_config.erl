@@ -115,6 +115,11 @@ schema() ->
            {hmac_secret_file, undefined, fun is_optional_path/1}],
       cluster =>
           [{scope, erlmcp_flow, fun is_atom/1}],
+      %% the JSON-RPC codec's limits (the transports to come read them too)
+      transports =>
+          [{max_message_bytes, 1048576, int(1, 64 * 1048576)},
+           {max_depth, 64, int(1, 128)},
+           {max_batch, 100, int(1, 10000)}],
       timeouts =>
           [{routing, 5000, ms(integer)},
            {execution, 30000, ms(timeout)},

@@ -17,6 +17,7 @@
 -export([agent_remove_many/2]).
 -export([router_stats/1]).
 -export([router_memory/1]).
+-export([jsonrpc_decode/4, jsonrpc_decode_dirty/4, jsonrpc_encode/1, json_encode/1, json_decode/3]).
 -export([agent_stats/2]).
 -export([decide/8]).
 -export([has_capacity/2]).
@@ -53,6 +54,7 @@
               breaker_state/0, span/0, span_request/0, task_span/0]).
 
 -nifs([router_new/1, clock_advance/2, agent_insert/6, agent_insert_many/2, agent_remove/2, agent_remove_many/2, router_stats/1, router_memory/1,
+       jsonrpc_decode/4, jsonrpc_decode_dirty/4, jsonrpc_encode/1, json_encode/1, json_decode/3,
        agent_stats/2, decide/8, has_capacity/2, complete/2, lease_p95/1, explain/3, q_table/1, q_save/2, q_load/2,
        q_reset/1, td_update/5, reward/4, breaker_allow/2, breaker_record/5, breaker_state/2,
        breaker_reset/2, generate_trace_id/0, generate_span_id/0, parse_traceparent/1,
@@ -149,6 +151,29 @@ router_stats(_Router) -> erlang:nif_error(nif_not_loaded).
           {ok, #{agents := non_neg_integer(), agents_bytes := non_neg_integer(),
                  table_bytes := non_neg_integer()}} | badarg().
 router_memory(_Router) -> erlang:nif_error(nif_not_loaded).
+
+%% @doc Decodes one JSON-RPC message (see `erlmcp_flow_jsonrpc').
+-spec jsonrpc_decode(binary(), pos_integer(), pos_integer(), pos_integer()) ->
+          {single, erlmcp_flow_jsonrpc:item()} | {batch, [erlmcp_flow_jsonrpc:item()]} | badarg().
+jsonrpc_decode(_Bin, _MaxBytes, _MaxDepth, _MaxBatch) -> erlang:nif_error(nif_not_loaded).
+
+%% @doc `jsonrpc_decode/4' on a dirty scheduler.
+-spec jsonrpc_decode_dirty(binary(), pos_integer(), pos_integer(), pos_integer()) ->
+          {single, erlmcp_flow_jsonrpc:item()} | {batch, [erlmcp_flow_jsonrpc:item()]} | badarg().
+jsonrpc_decode_dirty(_Bin, _MaxBytes, _MaxDepth, _MaxBatch) -> erlang:nif_error(nif_not_loaded).
+
+%% @doc Encodes one JSON-RPC message or batch.
+-spec jsonrpc_encode(term()) -> {ok, binary()} | {error, {unencodable, binary()}}.
+jsonrpc_encode(_Message) -> erlang:nif_error(nif_not_loaded).
+
+%% @doc Encodes a term as JSON.
+-spec json_encode(term()) -> {ok, binary()} | {error, {unencodable, binary()}}.
+json_encode(_Term) -> erlang:nif_error(nif_not_loaded).
+
+%% @doc Decodes JSON within a size and a depth.
+-spec json_decode(binary(), pos_integer(), pos_integer()) ->
+          {ok, term()} | {error, too_large | too_deep | parse_error} | badarg().
+json_decode(_Bin, _MaxBytes, _MaxDepth) -> erlang:nif_error(nif_not_loaded).
 
 -spec agent_stats(router(), binary()) -> {ok, map()} | {error, not_found} | badarg().
 agent_stats(_Router, _Id) -> erlang:nif_error(nif_not_loaded).

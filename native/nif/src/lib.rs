@@ -9,6 +9,7 @@
 mod atoms;
 mod decode;
 mod error;
+mod jsonrpc;
 mod learning;
 mod memory;
 mod rng;

@@ -1,0 +1,164 @@
+%% @doc JSON-RPC 2.0 messages and JSON, as the transports speak them. The
+%% codec is the Rust core's (serde_json): a message is checked against its
+%% limits before it is parsed (`transports.max_message_bytes', `max_depth',
+%% `max_batch'), and messages past 64 KiB decode on a dirty scheduler.
+%%
+%% JSON to Erlang: objects are maps with binary keys, arrays lists, strings
+%% binaries, `true', `false' and `null' atoms, integers that fit in 64 bits
+%% integers, other numbers floats (a number past a float's range, such as
+%% `1e400', makes the message a parse error). A request's id is an integer
+%% when its text is one that fits, a binary, `null', or for any other number
+%% `{json_number, Text}': ids go back exactly as they came. Erlang to JSON is
+%% the same way back, and also takes atom keys, atoms as strings, and
+%% `{json_number, Text}' (the exact text as an id, the float it reads as
+%% elsewhere); a term JSON cannot carry (a pid, a tuple, a binary that is not
+%% UTF-8, an integer past 64 bits, nesting past 512 levels) is
+%% `{error, {unencodable, Why}}', `Why' a readable binary.
+%%
+%% Error codes: parse error -32700 (id null), invalid request -32600, method
+%% not found -32601, invalid params -32602, internal error -32603, message
+%% past the size limit -32012 (with `data' `#{maxSize, size}', as erlmcp),
+%% request timeout -32009 (erlmcp). Nesting past `max_depth' and a batch
+%% past `max_batch' are -32600 with `data' `#{maxDepth}' or `#{maxBatch}';
+%% an empty batch is one -32600.
+-module(erlmcp_flow_jsonrpc).
+
+-export([decode/1, decode/2]).
+-export([encode/1]).
+-export([encode_json/1, decode_json/1, decode_json/2]).
+-export([limits/0]).
+-export([code/1]).
+-export([responses/2]).
+
+-export_type([id/0, item/0, message/0, limits/0]).
+
+-type id() :: integer() | binary() | null | {json_number, binary()}.
+-type json() :: term().
+-type item() :: {request, id(), Method :: binary(), Params :: json() | undefined}
+              | {notification, Method :: binary(), Params :: json() | undefined}
+              | {response, id(), {ok, json()}
+                                 | {error, integer(), binary(), Data :: json() | undefined}}
+              | {invalid, id(), Code :: integer(), Message :: binary(), Data :: json() | undefined}.
+-type message() :: {request, id(), binary() | atom(), json() | undefined}
+                 | {notification, binary() | atom(), json() | undefined}
+                 | {response, id(), {ok, json()} | {error, integer(), binary() | atom(), json() | undefined}}
+                 | {batch, [message()]}.
+-type limits() :: #{max_message_bytes := pos_integer(), max_depth := pos_integer(),
+                    max_batch := pos_integer()}.
+
+%% Messages past this decode on a dirty scheduler.
+-define(DIRTY_ABOVE, 65536).
+
+%% @doc Decodes one message (one line of a stream, one HTTP body) within
+%% the configured limits: `{single, Item}' or `{batch, [Item]}'. A message
+%% refused whole (bad JSON, past a limit, an empty batch) is one `invalid'
+%% item: the error response it gets.
+-spec decode(binary()) -> {single, item()} | {batch, [item()]} | {error, {badarg, message}}.
+decode(Bin) ->
+    decode(Bin, limits()).
+
+%% @doc As `decode/1' within `Limits'.
+-spec decode(binary(), limits()) ->
+          {single, item()} | {batch, [item()]} | {error, {badarg, message | limits}}.
+decode(Bin, #{max_message_bytes := B, max_depth := D, max_batch := N} = Limits)
+  when is_binary(Bin) ->
+    case valid_limits(Limits) of
+        false -> {error, {badarg, limits}};
+        true when byte_size(Bin) > ?DIRTY_ABOVE -> erlmcp_flow_nif:jsonrpc_decode_dirty(Bin, B, D, N);
+        true -> erlmcp_flow_nif:jsonrpc_decode(Bin, B, D, N)
+    end;
+decode(Bin, _) when is_binary(Bin) ->
+    {error, {badarg, limits}};
+decode(_, _) ->
+    {error, {badarg, message}}.
+
+valid_limits(Limits) ->
+    lists:all(fun(V) -> is_integer(V) andalso V > 0 end, maps:values(Limits)).
+
+%% @doc Encodes a request, a notification, a response or a batch of them.
+-spec encode(message()) -> {ok, binary()} | {error, {unencodable, binary()}}.
+encode(Message) ->
+    erlmcp_flow_nif:jsonrpc_encode(Message).
+
+%% @doc Encodes any term JSON can carry.
+-spec encode_json(json()) -> {ok, binary()} | {error, {unencodable, binary()}}.
+encode_json(Term) ->
+    erlmcp_flow_nif:json_encode(Term).
+
+%% @doc Decodes any JSON within the configured size and depth.
+-spec decode_json(binary()) -> {ok, json()} | {error, too_large | too_deep | parse_error
+                                                | {badarg, json}}.
+decode_json(Bin) ->
+    decode_json(Bin, limits()).
+
+%% @doc As `decode_json/1' within `Limits' (`max_batch' unused).
+-spec decode_json(binary(), limits()) ->
+          {ok, json()} | {error, too_large | too_deep | parse_error | {badarg, json | limits}}.
+decode_json(Bin, #{max_message_bytes := B, max_depth := D} = Limits) when is_binary(Bin) ->
+    case valid_limits(Limits) of
+        true -> erlmcp_flow_nif:json_decode(Bin, B, D);
+        false -> {error, {badarg, limits}}
+    end;
+decode_json(Bin, _) when is_binary(Bin) ->
+    {error, {badarg, limits}};
+decode_json(_, _) ->
+    {error, {badarg, json}}.
+
+%% @doc The configured limits (`transports' section), or the defaults when
+%% the application is not running.
+-spec limits() -> limits().
+limits() ->
+    maps:with([max_message_bytes, max_depth, max_batch], erlmcp_flow_config:get(transports)).
+
+%% @doc The code of a JSON-RPC error.
+-spec code(parse_error | invalid_request | method_not_found | invalid_params | internal_error
+           | message_too_large | request_timeout) -> integer().
+code(parse_error) -> -32700;
+code(invalid_request) -> -32600;
+code(method_not_found) -> -32601;
+code(invalid_params) -> -32602;
+code(internal_error) -> -32603;
+code(message_too_large) -> -32012;
+code(request_timeout) -> -32009.
+
+%% @doc What a server sends back for a decoded message, `Handle' answering
+%% each request and notification (`{ok, Result}', `{error, Code, Message,
+%% Data}', or anything for a notification, whose answer is dropped):
+%% `{reply, Binary}', or `noreply' when nothing is owed (notifications,
+%% responses, a batch of only those). A result JSON cannot carry is answered
+%% -32603 with `data' saying why.
+-spec responses({single, item()} | {batch, [item()]},
+                fun((Method :: binary(), Params :: json() | undefined) ->
+                           {ok, json()} | {error, integer(), binary(), json() | undefined})) ->
+          {reply, binary()} | noreply.
+responses({single, Item}, Handle) ->
+    case response(Item, Handle) of
+        none -> noreply;
+        {ok, Bin} -> {reply, Bin}
+    end;
+responses({batch, Items}, Handle) ->
+    case [Bin || Item <- Items, {ok, Bin} <- [response(Item, Handle)]] of
+        [] -> noreply;
+        Bins -> {reply, iolist_to_binary([$[, lists:join($,, Bins), $]])}
+    end.
+
+response({request, Id, Method, Params}, Handle) ->
+    Outcome = case Handle(Method, Params) of
+                  {ok, Result} -> {ok, Result};
+                  {error, Code, Msg, Data} when is_integer(Code) -> {error, Code, Msg, Data}
+              end,
+    case encode({response, Id, Outcome}) of
+        {ok, Bin} ->
+            {ok, Bin};
+        {error, {unencodable, Why}} ->
+            encode({response, Id, {error, code(internal_error), <<"Internal error">>,
+                                   #{<<"reason">> => <<"the result cannot be carried in JSON: ",
+                                                       Why/binary>>}}})
+    end;
+response({notification, Method, Params}, Handle) ->
+    _ = Handle(Method, Params),
+    none;
+response({response, _Id, _Outcome}, _Handle) ->
+    none;
+response({invalid, Id, Code, Msg, Data}, _Handle) ->
+    encode({response, Id, {error, Code, Msg, Data}}).
