@@ -44,7 +44,11 @@ stop(_State) ->
 %% What the tree needs from the node, checked before any process starts.
 preflight() ->
     case erlmcp_flow_registry_backend:select(erlmcp_flow_config:get(registry, backend)) of
-        {ok, _} -> erlmcp_flow_metrics_http:check();
+        {ok, _} ->
+            case erlmcp_flow_metrics_http:check() of
+                ok -> erlmcp_flow_rpc_http:check();
+                {error, _} = E -> E
+            end;
         {error, _} = E -> E
     end.
 
@@ -55,6 +59,10 @@ root_cause(Reason) -> Reason.
 format_error({metrics_http, Ip, Port, Why}) ->
     io_lib:format("erlmcp_flow: cannot listen for /metrics on ~ts port ~b: ~ts (~p); "
                   "change metrics.port or metrics.ip, or set metrics.http to false",
+                  [inet:ntoa(Ip), Port, inet:format_error(Why), Why]);
+format_error({rpc_http, Ip, Port, Why}) ->
+    io_lib:format("erlmcp_flow: cannot listen for JSON-RPC over HTTP on ~ts port ~b: ~ts (~p); "
+                  "change transports.http's port or ip, or set its enabled to false",
                   [inet:ntoa(Ip), Port, inet:format_error(Why), Why]);
 format_error({gproc_not_running, gproc}) ->
     "erlmcp_flow: registry.backend is gproc, but the gproc application is not running; "

@@ -26,7 +26,7 @@
 
 -type section() :: q_learning | load_balancer | circuit_breaker
                  | failure_detector | byzantine | cluster | timeouts | correlation | metrics
-                 | export | registry.
+                 | export | registry | transports.
 -type config() :: #{section() => #{atom() => term()}, clock => system | manual}.
 -type error_reason() :: {unknown_config_key, atom() | {section(), term()}}
                       | {invalid_config, section() | clock, term()}
@@ -117,7 +117,8 @@ schema() ->
           [{scope, erlmcp_flow, fun is_atom/1}],
       %% the JSON-RPC codec's limits (the transports to come read them too)
       transports =>
-          [{max_message_bytes, 1048576, int(1, 64 * 1048576)},
+          [{http, #{}, fun is_http_transport/1},
+           {max_message_bytes, 1048576, int(1, 64 * 1048576)},
            {max_depth, 64, int(1, 128)},
            {max_batch, 100, int(1, 10000)}],
       timeouts =>
@@ -354,6 +355,20 @@ is_unit_open_high(V) -> is_number(V) andalso V >= 0 andalso V < 1.
 is_positive_number(V) -> is_number(V) andalso V > 0 andalso V < 1.0e300.
 is_balance_factor(infinity) -> true;
 is_balance_factor(V) -> is_number(V) andalso V > 1.
+%% transports.http: a map of enabled, ip, port, token, max_connections,
+%% request_timeout_ms and idle_timeout_ms (defaults in erlmcp_flow_rpc_http).
+is_http_transport(M) when is_map(M) ->
+    Checks = #{enabled => fun is_boolean/1, ip => fun is_ip/1, port => fun is_port_number/1,
+               token => fun is_optional_secret/1, max_connections => int(1, 65536),
+               request_timeout_ms => ms(integer), idle_timeout_ms => ms(integer)},
+    maps:fold(fun(K, V, Ok) ->
+                      Ok andalso case Checks of
+                                     #{K := Check} -> Check(V);
+                                     #{} -> false
+                                 end
+              end, true, M);
+is_http_transport(_) ->
+    false.
 is_sample_above(infinity) -> true;
 is_sample_above(V) -> is_integer(V) andalso V >= 1 andalso V =< ?MAX_COUNT.
 is_optional_path(undefined) -> true;

@@ -14,7 +14,8 @@
 %% connection is busy with a request, the new one is answered 503.
 %%
 %% A handler module answers requests: `Handler:handle(Method, Path, Headers,
-%% Body)' returns `{Status, ContentType, Body}'.
+%% Body)' returns `{Status, ContentType, Body}', or `{Status, ContentType,
+%% Body, [{HeaderName, Value}]}' with more response headers.
 -module(erlmcp_flow_http).
 -behaviour(supervisor).
 
@@ -27,9 +28,11 @@
 
 -export_type([opts/0, limits/0]).
 
+%% `max_body_bytes' defaults to 1 MiB.
 -type limits() :: #{max_connections := pos_integer(),
                     request_timeout_ms := pos_integer(),
-                    idle_timeout_ms := pos_integer()}.
+                    idle_timeout_ms := pos_integer(),
+                    max_body_bytes => pos_integer()}.
 %% `tag' names the listener in the reason it fails to start with:
 %% `{Tag, Ip, Port, Reason}', for example `{metrics_http, {127,0,0,1}, 9464,
 %% eaddrinuse}'.

@@ -33,7 +33,7 @@
               path = <<>> :: binary(),
               version = {1, 1} :: {non_neg_integer(), non_neg_integer()},
               headers = [] :: [{binary(), binary()}],
-              length = 0 :: non_neg_integer(),
+              length = 0 :: non_neg_integer() | infinity,
               body = [] :: iodata()}).
 -record(state, {name :: atom(),
                 handler :: module(),
@@ -62,7 +62,8 @@ close(Pid) ->
 
 %% @private
 -spec init({atom(), module(), erlmcp_flow_http:limits()}) -> {ok, #state{}}.
-init({Name, Handler, Limits}) ->
+init({Name, Handler, Limits0}) ->
+    Limits = maps:merge(#{max_body_bytes => ?MAX_BODY}, Limits0),
     {ok, #state{name = Name, handler = Handler, limits = Limits}}.
 
 %% @private
@@ -110,7 +111,7 @@ handle_info({http, S, {http_header, _, Field, _, Value}}, #state{socket = S, req
 handle_info({http, S, http_eoh}, #state{socket = S, req = #req{length = 0} = R} = State) ->
     answer(R, State);
 handle_info({http, S, http_eoh}, #state{socket = S, req = #req{length = N}} = State)
-  when N > ?MAX_BODY ->
+  when N > map_get(max_body_bytes, State#state.limits) ->
     respond(State, 413, "text/plain", <<"body too large\n">>, close),
     {stop, normal, State};
 handle_info({http, S, http_eoh}, #state{socket = S} = State) ->
@@ -145,15 +146,18 @@ handle_info(_Info, State) ->
 %% the next one (kept alive) or closes.
 answer(#req{method = M, path = P, headers = H, body = B, version = V}, #state{name = Name} = State) ->
     erlmcp_flow_http_listener:busy(Name),
-    {Status, Type, Body} = handle(State#state.handler, M, P, H, iolist_to_binary(B)),
+    {Status, Type, Body, Extra} = case handle(State#state.handler, M, P, H, iolist_to_binary(B)) of
+                                      {St, Ty, Bo} -> {St, Ty, Bo, []};
+                                      {_, _, _, _} = Four -> Four
+                                  end,
     case keep_alive(V, H) of
         true ->
-            respond(State, Status, Type, Body, keep_alive),
+            respond(State, Status, Type, Body, keep_alive, Extra),
             ok = inet:setopts(State#state.socket, [{packet, http_bin}]),
             erlmcp_flow_http_listener:waiting(Name),
             {noreply, next(idle_timer(State#state{req = undefined}))};
         false ->
-            respond(State, Status, Type, Body, close),
+            respond(State, Status, Type, Body, close, Extra),
             {stop, normal, State}
     end.
 
@@ -179,10 +183,15 @@ timer(#state{timer = Old} = State, Ms, Tag) ->
     _ = Old =/= undefined andalso erlang:cancel_timer(Old),
     State#state{timer = erlang:start_timer(Ms, self(), Tag)}.
 
-respond(#state{socket = S}, Status, Type, Body, Connection) ->
+respond(State, Status, Type, Body, Connection) ->
+    respond(State, Status, Type, Body, Connection, []).
+
+%% `Extra' are more header lines, `{Name, Value}'.
+respond(#state{socket = S}, Status, Type, Body, Connection, Extra) ->
     Head = io_lib:format("HTTP/1.1 ~b ~s\r\ncontent-type: ~s\r\ncontent-length: ~b\r\n"
-                         "connection: ~s\r\n\r\n",
+                         "~sconnection: ~s\r\n\r\n",
                          [Status, reason(Status), Type, byte_size(Body),
+                          [[N, ": ", V, "\r\n"] || {N, V} <- Extra],
                           case Connection of keep_alive -> "keep-alive"; close -> "close" end]),
     _ = gen_tcp:send(S, [Head, Body]),
     case Connection of
@@ -200,7 +209,7 @@ has_token(Name, Token, Headers) ->
 content_length(<<"content-length">>, Value, R) ->
     case string:to_integer(string:trim(Value)) of
         {N, <<>>} when is_integer(N), N >= 0 -> R#req{length = N};
-        _ -> R#req{length = ?MAX_BODY + 1}
+        _ -> R#req{length = infinity}
     end;
 content_length(_, _, R) ->
     R.
@@ -216,6 +225,8 @@ path(_) ->
     <<>>.
 
 reason(200) -> "OK";
+reason(204) -> "No Content";
+reason(401) -> "Unauthorized";
 reason(400) -> "Bad Request";
 reason(404) -> "Not Found";
 reason(405) -> "Method Not Allowed";

@@ -30,4 +30,8 @@ init([]) ->
               start => {erlmcp_flow_metrics_http, start_link, []},
               type => supervisor}
             || erlmcp_flow_config:get(metrics, http)],
-    {ok, {SupFlags, [Metrics | Exporter ++ Http]}}.
+    Rpc = [#{id => erlmcp_flow_rpc_http,
+             start => {erlmcp_flow_rpc_http, start_link, []},
+             type => supervisor}
+           || maps:get(enabled, erlmcp_flow_rpc_http:config())],
+    {ok, {SupFlags, [Metrics | Exporter ++ Http ++ Rpc]}}.

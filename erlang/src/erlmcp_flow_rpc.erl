@@ -1,0 +1,184 @@
+%% @doc The JSON-RPC methods a node serves, whatever the transport:
+%% `flow.route_task', `flow.agents', `flow.stats', `flow.explain',
+%% `flow.trace', `flow.unregister_agent' (and `flow.register_agent' where
+%% the transport keeps a connection an agent can be reached through).
+%%
+%% Routing errors are in the server range, one code per reason, with the
+%% Erlang reason as text in `data.reason':
+%%
+%% <table>
+%% <tr><td>-32001</td><td>`no_agents_available'</td></tr>
+%% <tr><td>-32002</td><td>`overloaded'</td></tr>
+%% <tr><td>-32003</td><td>`{no_available_agent, Attempts}' (every attempt failed)</td></tr>
+%% <tr><td>-32004</td><td>`{agent_down, Reason}'</td></tr>
+%% <tr><td>-32005</td><td>`{agent_error, Reason}'</td></tr>
+%% <tr><td>-32006</td><td>`{bad_agent_reply, Term}'</td></tr>
+%% <tr><td>-32007</td><td>`not_started'</td></tr>
+%% <tr><td>-32008</td><td>`flow.register_agent' on a transport that cannot reach an agent</td></tr>
+%% <tr><td>-32009</td><td>`execution_timeout' (erlmcp's request timeout)</td></tr>
+%% <tr><td>-32602</td><td>`{badarg, _}': the params named in `data.reason'</td></tr>
+%% <tr><td>-32603</td><td>`{internal_error, _}', and a result JSON cannot carry</td></tr>
+%% </table>
+-module(erlmcp_flow_rpc).
+
+-export([handle/3]).
+-export([error_code/1]).
+
+-type ctx() :: #{transport := http | tcp | stdio,
+                 traceparent => binary(),
+                 tracestate => binary()}.
+-export_type([ctx/0]).
+
+%% Requirement keys a JSON caller may give, as the atoms execute/2 takes.
+-define(REQUIREMENTS, [capabilities, timeout, strategy, sticky_key, task_class, idempotent,
+                       traceparent, tracestate]).
+-define(STRATEGIES, [round_robin, least_connections, weighted, consistent_hash, p2c_ewma,
+                     q_learning]).
+
+%% @doc Answers one request: `{ok, Result}' or `{error, Code, Message, Data}'.
+-spec handle(binary(), term(), ctx()) ->
+          {ok, term()} | {error, integer(), binary(), term()}.
+handle(<<"flow.route_task">>, Params, Ctx) ->
+    route_task(Params, Ctx);
+handle(<<"flow.agents">>, Params, _Ctx) ->
+    agents(Params);
+handle(<<"flow.stats">>, _Params, _Ctx) ->
+    case erlmcp_flow:stats() of
+        {error, Reason} -> routing_error(Reason);
+        Stats -> {ok, jsonable(Stats)}
+    end;
+handle(<<"flow.explain">>, Params, _Ctx) ->
+    case requirements(maps:with([<<"capabilities">>, <<"task_class">>], params_map(Params))) of
+        {ok, Req} ->
+            case erlmcp_flow:explain(Req) of
+                {ok, Explained} -> {ok, jsonable(Explained)};
+                {error, Reason} -> routing_error(Reason)
+            end;
+        {error, _, _, _} = E ->
+            E
+    end;
+handle(<<"flow.trace">>, #{<<"trace_id">> := TraceId}, _Ctx) when is_binary(TraceId) ->
+    case erlmcp_flow_correlation_tracker:get_trace_chain(TraceId) of
+        {ok, Spans} -> {ok, jsonable(Spans)};
+        {error, Reason} -> routing_error(Reason)
+    end;
+handle(<<"flow.trace">>, _Params, _Ctx) ->
+    invalid_params(<<"flow.trace takes {\"trace_id\": \"<32 hex digits>\"}">>);
+handle(<<"flow.unregister_agent">>, #{<<"agent_id">> := Id}, _Ctx) when is_binary(Id) ->
+    case erlmcp_flow:unregister_agent(Id) of
+        ok -> {ok, #{unregistered => true}};
+        {error, Reason} -> routing_error(Reason)
+    end;
+handle(<<"flow.unregister_agent">>, _Params, _Ctx) ->
+    invalid_params(<<"flow.unregister_agent takes {\"agent_id\": \"...\"}">>);
+handle(<<"flow.register_agent">>, _Params, #{transport := Transport}) ->
+    {error, -32008, <<"Agents register over a connection">>,
+     #{reason => iolist_to_binary(
+                   io_lib:format("flow.register_agent needs a TCP connection the agent's "
+                                 "tasks can come back on; this request came over ~s",
+                                 [Transport]))}};
+handle(Method, _Params, _Ctx) ->
+    {error, erlmcp_flow_jsonrpc:code(method_not_found), <<"Method not found">>,
+     #{method => Method}}.
+
+%% flow.route_task: {"task": {...}, "requirements": {...}}.
+route_task(Params, Ctx) ->
+    P = params_map(Params),
+    case {maps:get(<<"task">>, P, #{}), requirements(maps:get(<<"requirements">>, P, #{}))} of
+        {Task, {ok, Req0}} when is_map(Task) ->
+            Req = maps:merge(maps:with([traceparent, tracestate], Ctx), Req0),
+            case erlmcp_flow:execute(Task, Req) of
+                {ok, Result, Meta} ->
+                    {ok, #{result => Result,
+                           agent_id => maps:get(agent_id, Meta),
+                           trace_id => maps:get(trace_id, Meta),
+                           span_id => maps:get(span_id, Meta),
+                           latency_us => maps:get(latency_us, Meta),
+                           attempts => maps:get(attempts, Meta)}};
+                {error, Reason} ->
+                    routing_error(Reason)
+            end;
+        {_, {error, _, _, _} = E} ->
+            E;
+        {_, _} ->
+            invalid_params(<<"task must be an object">>)
+    end.
+
+agents(Params) ->
+    Wanted = maps:get(<<"capabilities">>, params_map(Params), []),
+    case is_list(Wanted) andalso lists:all(fun is_binary/1, Wanted) of
+        false ->
+            invalid_params(<<"capabilities must be a list of strings">>);
+        true ->
+            {ok, [#{agent_id => Id, capabilities => Caps, kind => Kind, node => node(Pid),
+                    in_flight => erlmcp_flow:get_agent_load(Id)}
+                  || {Id, Pid, Kind, Caps} <- erlmcp_flow_registry:list_agents(),
+                     lists:all(fun(C) -> lists:member(C, Caps) end, Wanted)]}
+    end.
+
+params_map(P) when is_map(P) -> P;
+params_map(_) -> #{}.
+
+%% JSON requirements as execute/2 takes them: known keys as atoms, the
+%% strategy's name as its atom; anything else is named in the error.
+requirements(Req) when is_map(Req) ->
+    Known = [{atom_to_binary(K), K} || K <- ?REQUIREMENTS],
+    maps:fold(
+      fun(_, _, {error, _, _, _} = E) ->
+              E;
+         (K, V, {ok, Acc}) ->
+              case lists:keyfind(K, 1, Known) of
+                  {_, strategy} ->
+                      case [S || S <- ?STRATEGIES, atom_to_binary(S) =:= V] of
+                          [S] -> {ok, Acc#{strategy => S}};
+                          [] -> invalid_params(<<"unknown strategy">>)
+                      end;
+                  {_, Key} ->
+                      {ok, Acc#{Key => V}};
+                  false ->
+                      invalid_params(<<"unknown requirement: ", (text(K))/binary>>)
+              end
+      end, {ok, #{}}, Req);
+requirements(_) ->
+    invalid_params(<<"requirements must be an object">>).
+
+invalid_params(Why) ->
+    {error, erlmcp_flow_jsonrpc:code(invalid_params), <<"Invalid params">>, #{reason => Why}}.
+
+routing_error(Reason) ->
+    {error, error_code(Reason), message(Reason), #{reason => text(Reason)}}.
+
+%% @doc The JSON-RPC error code of an erlmcp_flow error reason.
+-spec error_code(term()) -> integer().
+error_code(no_agents_available) -> -32001;
+error_code(overloaded) -> -32002;
+error_code({no_available_agent, _}) -> -32003;
+error_code({agent_down, _}) -> -32004;
+error_code({agent_error, _}) -> -32005;
+error_code({bad_agent_reply, _}) -> -32006;
+error_code(not_started) -> -32007;
+error_code(execution_timeout) -> erlmcp_flow_jsonrpc:code(request_timeout);
+error_code({badarg, _}) -> erlmcp_flow_jsonrpc:code(invalid_params);
+error_code(_) -> erlmcp_flow_jsonrpc:code(internal_error).
+
+message(no_agents_available) -> <<"No agents available">>;
+message(overloaded) -> <<"Overloaded">>;
+message({no_available_agent, _}) -> <<"Every attempt failed">>;
+message({agent_down, _}) -> <<"Agent down">>;
+message({agent_error, _}) -> <<"Agent error">>;
+message({bad_agent_reply, _}) -> <<"Bad agent reply">>;
+message(not_started) -> <<"Not started">>;
+message(execution_timeout) -> <<"Request timed out">>;
+message({badarg, _}) -> <<"Invalid params">>;
+message(_) -> <<"Internal error">>.
+
+text(B) when is_binary(B) -> B;
+text(T) -> iolist_to_binary(io_lib:format("~0p", [T])).
+
+%% A term made fit for JSON: tuples become lists, pids, references and
+%% funs their text; maps, lists and the rest as they are.
+jsonable(M) when is_map(M) -> maps:fold(fun(K, V, A) -> A#{K => jsonable(V)} end, #{}, M);
+jsonable(L) when is_list(L) -> [jsonable(X) || X <- L];
+jsonable(T) when is_tuple(T) -> jsonable(tuple_to_list(T));
+jsonable(P) when is_pid(P); is_reference(P); is_function(P); is_port(P) -> text(P);
+jsonable(X) -> X.

@@ -1,0 +1,10 @@
+%% @doc The JSON-RPC transports a node listens on.
+-module(erlmcp_flow_transport).
+
+-export([port/1]).
+
+%% @doc The port a transport is bound to (`port => 0' picks a free one);
+%% `undefined' when it is not running. TCP and stdio come in a later release.
+-spec port(http | tcp) -> inet:port_number() | undefined.
+port(http) -> erlmcp_flow_rpc_http:port();
+port(tcp) -> undefined.
