@@ -30,7 +30,8 @@ rpc_http_test_() ->
       {"batches, notifications (204), parse errors", fun batches/0},
       {"health, other paths and methods", fun health/0},
       {"a body past max_message_bytes is 413", fun too_large/0},
-      {"the other methods: agents, stats, explain, trace, register over HTTP", fun methods/0}]}.
+      {"the other methods: agents, stats, explain, trace, register over HTTP", fun methods/0},
+      {"the Python client example routes tasks over HTTP", fun python_client/0}]}.
 
 url(Path) ->
     "http://127.0.0.1:" ++ integer_to_list(erlmcp_flow_transport:port(http)) ++ Path.
@@ -116,6 +117,47 @@ methods() ->
     {_, #{<<"error">> := #{<<"code">> := -32008}}} =
         call(<<"flow.register_agent">>, #{agent_id => <<"py">>, capabilities => [<<"x">>]}),
     {_, #{<<"error">> := #{<<"code">> := -32602}}} = call(<<"flow.trace">>, #{}).
+
+%% examples/python/flow_client.py, run with python3 against this node:
+%% three tasks one by one and three in a batch, each answered by the agent.
+python_client() ->
+    case os:find_executable("python3") of
+        false ->
+            io:format(user, "python3 not found: the Python client was not run~n", []);
+        Python ->
+            Script = filename:join([root(), "examples", "python", "flow_client.py"]),
+            Port = integer_to_list(erlmcp_flow_transport:port(http)),
+            lists:foreach(
+              fun(Extra) ->
+                      {Status, Out} = run(Python, [Script, "--port", Port, "--capability", "echo",
+                                                   "--count", "3" | Extra]),
+                      ?assertEqual(0, Status),
+                      Lines = [erlmcp_flow_test_json:decode(L)
+                               || L <- binary:split(Out, <<"\n">>, [global, trim_all])],
+                      ?assertEqual(3, length(Lines)),
+                      [?assertMatch(#{<<"result">> := #{<<"agent_id">> := <<"echo-1">>}}, L)
+                       || L <- Lines]
+              end, [[], ["--batch"]])
+    end.
+
+run(Exe, Args) ->
+    P = open_port({spawn_executable, Exe}, [{args, Args}, exit_status, binary, stderr_to_stdout]),
+    collect(P, <<>>).
+
+collect(P, Acc) ->
+    receive
+        {P, {data, D}} -> collect(P, <<Acc/binary, D/binary>>);
+        {P, {exit_status, S}} -> {S, Acc}
+    after 30000 -> error(python_timeout)
+    end.
+
+%% The repository root, found from this module's beam (wherever rebar3 put
+%% it) or the working directory.
+root() ->
+    Dir = filename:dirname(filename:absname(code:which(?MODULE))),
+    Ups = [filename:join([Dir | lists:duplicate(N, "..")]) || N <- lists:seq(0, 6)],
+    hd([D || D <- ["." | Ups], filelib:is_regular(filename:join([D, "examples", "python",
+                                                                   "flow_client.py"]))]).
 
 %% With a token: no Authorization (or a wrong one) is 401.
 token_test() ->
