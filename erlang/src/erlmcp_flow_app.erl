@@ -45,10 +45,15 @@ stop(_State) ->
 preflight() ->
     case erlmcp_flow_registry_backend:select(erlmcp_flow_config:get(registry, backend)) of
         {ok, _} ->
-            case erlmcp_flow_metrics_http:check() of
-                ok -> erlmcp_flow_rpc_http:check();
-                {error, _} = E -> E
-            end;
+            first_error([fun erlmcp_flow_metrics_http:check/0, fun erlmcp_flow_rpc_http:check/0,
+                         fun erlmcp_flow_rpc_tcp:check/0]);
+        {error, _} = E -> E
+    end.
+
+first_error([]) -> ok;
+first_error([Check | Rest]) ->
+    case Check() of
+        ok -> first_error(Rest);
         {error, _} = E -> E
     end.
 
@@ -63,6 +68,10 @@ format_error({metrics_http, Ip, Port, Why}) ->
 format_error({rpc_http, Ip, Port, Why}) ->
     io_lib:format("erlmcp_flow: cannot listen for JSON-RPC over HTTP on ~ts port ~b: ~ts (~p); "
                   "change transports.http's port or ip, or set its enabled to false",
+                  [inet:ntoa(Ip), Port, inet:format_error(Why), Why]);
+format_error({rpc_tcp, Ip, Port, Why}) ->
+    io_lib:format("erlmcp_flow: cannot listen for JSON-RPC over TCP on ~ts port ~b: ~ts (~p); "
+                  "change transports.tcp's port or ip, or set its enabled to false",
                   [inet:ntoa(Ip), Port, inet:format_error(Why), Why]);
 format_error({gproc_not_running, gproc}) ->
     "erlmcp_flow: registry.backend is gproc, but the gproc application is not running; "

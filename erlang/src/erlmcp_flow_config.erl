@@ -118,6 +118,7 @@ schema() ->
       %% the JSON-RPC codec's limits (the transports to come read them too)
       transports =>
           [{http, #{}, fun is_http_transport/1},
+           {tcp, #{}, fun is_tcp_transport/1},
            {max_message_bytes, 1048576, int(1, 64 * 1048576)},
            {max_depth, 64, int(1, 128)},
            {max_batch, 100, int(1, 10000)}],
@@ -356,18 +357,25 @@ is_positive_number(V) -> is_number(V) andalso V > 0 andalso V < 1.0e300.
 is_balance_factor(infinity) -> true;
 is_balance_factor(V) -> is_number(V) andalso V > 1.
 %% transports.http: a map of enabled, ip, port, token, max_connections,
-%% request_timeout_ms and idle_timeout_ms (defaults in erlmcp_flow_rpc_http).
-is_http_transport(M) when is_map(M) ->
-    Checks = #{enabled => fun is_boolean/1, ip => fun is_ip/1, port => fun is_port_number/1,
-               token => fun is_optional_secret/1, max_connections => int(1, 65536),
-               request_timeout_ms => ms(integer), idle_timeout_ms => ms(integer)},
+%% request_timeout_ms and idle_timeout_ms (defaults in erlmcp_flow_rpc_http);
+%% transports.tcp the same without request_timeout_ms (erlmcp_flow_rpc_tcp).
+is_http_transport(M) ->
+    is_transport(M, [request_timeout_ms]).
+is_tcp_transport(M) ->
+    is_transport(M, []).
+is_transport(M, Extra) when is_map(M) ->
+    Checks = maps:with([enabled, ip, port, token, max_connections, idle_timeout_ms | Extra],
+                       #{enabled => fun is_boolean/1, ip => fun is_ip/1,
+                         port => fun is_port_number/1, token => fun is_optional_secret/1,
+                         max_connections => int(1, 65536), request_timeout_ms => ms(integer),
+                         idle_timeout_ms => ms(integer)}),
     maps:fold(fun(K, V, Ok) ->
                       Ok andalso case Checks of
                                      #{K := Check} -> Check(V);
                                      #{} -> false
                                  end
               end, true, M);
-is_http_transport(_) ->
+is_transport(_, _) ->
     false.
 is_sample_above(infinity) -> true;
 is_sample_above(V) -> is_integer(V) andalso V >= 1 andalso V =< ?MAX_COUNT.

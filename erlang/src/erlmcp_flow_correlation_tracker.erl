@@ -53,6 +53,7 @@
 %% `end_span/2'.
 -type context() :: #{trace_id := binary(), span_id := binary(), trace_flags := 0..255,
                      parent_span_id => binary(), tracestate => binary(),
+                     agent_id => binary(),
                      span => erlmcp_flow_nif:task_span()}.
 -type traceparent() :: #{version := 0..254, trace_id := binary(), span_id := binary(),
                          trace_flags := 0..255}.

@@ -22,6 +22,7 @@
 %% API
 -export([start_link/1]).
 -export([port/1]).
+-export([conn_module/1]).
 
 %% supervisor callbacks
 -export([init/1]).
@@ -41,7 +42,8 @@
                   ip := inet:ip_address() | any | loopback,
                   port := inet:port_number(),
                   handler := module(),
-                  limits := limits()}.
+                  limits := limits(),
+                  conn => module()}.
 
 %% Acceptors waiting in accept/1 at once.
 -define(ACCEPTORS, 4).
@@ -52,6 +54,13 @@ start_link(#{name := Name} = Opts) ->
     supervisor:start_link({local, sup_name(Name)}, ?MODULE, {top, Opts}).
 
 %% @doc The port the listener `Name' is bound to; `undefined' if it is not running.
+%% @doc The module of the listener's connections: `erlmcp_flow_http_conn'
+%% unless `conn' names another (with the same `start_link/3', `serve/2' and
+%% `close/1', entering and leaving through `erlmcp_flow_http_listener').
+-spec conn_module(opts()) -> module().
+conn_module(Opts) ->
+    maps:get(conn, Opts, erlmcp_flow_http_conn).
+
 -spec port(atom()) -> inet:port_number() | undefined.
 port(Name) ->
     erlmcp_flow_http_listener:port(Name).
@@ -70,10 +79,10 @@ init({top, Opts}) ->
                   start => {supervisor, start_link, [?MODULE, {acceptors, Opts}]},
                   type => supervisor}],
     {ok, {Flags, Children}};
-init({conns, _Opts}) ->
+init({conns, Opts}) ->
     Flags = #{strategy => simple_one_for_one, intensity => 0},
     Conn = #{id => conn,
-             start => {erlmcp_flow_http_conn, start_link, []},
+             start => {conn_module(Opts), start_link, []},
              restart => temporary,
              shutdown => brutal_kill},
     {ok, {Flags, [Conn]}};

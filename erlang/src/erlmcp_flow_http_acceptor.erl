@@ -25,11 +25,12 @@ init(Name, TopSup) ->
 loop(Socket, ConnSup, #{name := Name, handler := Handler, limits := Limits} = Opts) ->
     case gen_tcp:accept(Socket) of
         {ok, Client} ->
+            Mod = erlmcp_flow_http:conn_module(Opts),
             case supervisor:start_child(ConnSup, [Name, Handler, Limits]) of
                 {ok, Conn} ->
                     case gen_tcp:controlling_process(Client, Conn) of
-                        ok -> erlmcp_flow_http_conn:serve(Conn, Client);
-                        {error, _} -> gen_tcp:close(Client), erlmcp_flow_http_conn:close(Conn)
+                        ok -> Mod:serve(Conn, Client);
+                        {error, _} -> gen_tcp:close(Client), Mod:close(Conn)
                     end;
                 _ ->
                     gen_tcp:close(Client)

@@ -27,7 +27,7 @@
 -export([execute/3]).
 -export([route_task/2]).
 -export([strategies/0]).
--export([dispatch/3]).
+-export([dispatch/4]).
 -export([settle/1]).
 -export([internal_error/4]).
 -export([task_stopped/2]).
@@ -225,7 +225,7 @@ route_task(Task, Requirements) ->
 settle(#{task := Task, timeout := Timeout, context := Ctx, trace := Trace, agent_id := AgentId,
          pid := Pid, lease := Lease, started := Started}) ->
     T0 = erlang:monotonic_time(),
-    Ref = dispatch(Pid, Task, Ctx),
+    Ref = dispatch(Pid, Task, Ctx, AgentId),
     Awaited = await(Ref, Pid, Lease, Timeout, AgentId, true),
     attempt_stopped(T0, Trace, Ctx, AgentId, 1, Awaited),
     Answer = case Awaited of
@@ -240,12 +240,14 @@ settle(#{task := Task, timeout := Timeout, context := Ctx, trace := Trace, agent
         Other -> Other
     end.
 
-%% @doc Sends the task to `Pid' under a fresh alias monitor; returns the alias.
--spec dispatch(pid(), erlmcp_flow:task(), erlmcp_flow_correlation_tracker:context()) ->
-          reference().
-dispatch(Pid, Task, Ctx) ->
+%% @doc Sends the task to `Pid' under a fresh alias monitor; returns the
+%% alias. The context the agent gets also names the id it was routed under
+%% (`agent_id'): a process registered under several ids can tell which.
+-spec dispatch(pid(), erlmcp_flow:task(), erlmcp_flow_correlation_tracker:context(),
+               erlmcp_flow:agent_id()) -> reference().
+dispatch(Pid, Task, Ctx, AgentId) ->
     Ref = erlang:monitor(process, Pid, [{alias, demonitor}]),
-    Pid ! {execute_task, Task, Ctx, Ref, Ref},
+    Pid ! {execute_task, Task, Ctx#{agent_id => AgentId}, Ref, Ref},
     Ref.
 
 %% @doc Waits for the answer of a dispatched task and settles its lease:
@@ -312,7 +314,7 @@ attempt(Task, Plan, Trace, Deadline, #{n := N, tried := Tried, phase := Phase} =
         {ok, AgentId, Pid, Lease, Ctx} ->
             count_attempt(N, Phase),
             T0 = erlang:monotonic_time(),
-            Ref = dispatch(Pid, Task, Ctx),
+            Ref = dispatch(Pid, Task, Ctx, AgentId),
             Awaited = await(Ref, Pid, Lease, attempt_timeout(Plan, Lease), AgentId),
             attempt_stopped(T0, Trace, Ctx, AgentId, N, Awaited),
             case Awaited of

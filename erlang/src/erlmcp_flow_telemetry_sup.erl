@@ -33,5 +33,9 @@ init([]) ->
     Rpc = [#{id => erlmcp_flow_rpc_http,
              start => {erlmcp_flow_rpc_http, start_link, []},
              type => supervisor}
-           || maps:get(enabled, erlmcp_flow_rpc_http:config())],
+           || maps:get(enabled, erlmcp_flow_rpc_http:config())]
+          ++ [#{id => erlmcp_flow_rpc_tcp,
+                start => {erlmcp_flow_rpc_tcp, start_link, []},
+                type => supervisor}
+              || maps:get(enabled, erlmcp_flow_rpc_tcp:config())],
     {ok, {SupFlags, [Metrics | Exporter ++ Http ++ Rpc]}}.

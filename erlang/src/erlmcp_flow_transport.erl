@@ -4,7 +4,7 @@
 -export([port/1]).
 
 %% @doc The port a transport is bound to (`port => 0' picks a free one);
-%% `undefined' when it is not running. TCP and stdio come in a later release.
+%% `undefined' when it is not running.
 -spec port(http | tcp) -> inet:port_number() | undefined.
 port(http) -> erlmcp_flow_rpc_http:port();
-port(tcp) -> undefined.
+port(tcp) -> erlmcp_flow_rpc_tcp:port().

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Routes tasks through an erlmcp_flow node over JSON-RPC 2.0 (HTTP).
+"""Routes tasks through an erlmcp_flow node over JSON-RPC 2.0 (HTTP or TCP).
 
 Standard library only. Start a node with the HTTP transport on, for example
 in `rebar3 shell` with
@@ -12,13 +12,17 @@ before the application starts, then:
     python3 examples/python/flow_client.py --port 7401 --capability echo \
         --task '{"input": "hello"}' [--count 10] [--token SECRET] [--batch]
 
-Each task goes out as `flow.route_task`; the answer (the agent's result and
+With `--tcp` the tasks go over one TCP connection (newline-delimited JSON),
+all sent before the first answer is read (pipelined; answers come back in
+any order, matched by id). Each task goes out as `flow.route_task`; the
+answer (the agent's result and
 which agent gave it, the trace and span ids, the latency) is printed as one
 JSON line. `--batch` sends the tasks as one JSON-RPC batch. Exit status 0
 when every task was answered with a result, 1 otherwise.
 """
 import argparse
 import json
+import socket
 import sys
 import urllib.error
 import urllib.request
@@ -41,6 +45,25 @@ def rpc(url, payload, token=None, traceparent=None):
     return json.loads(body) if body else None
 
 
+def over_tcp(host, port, requests, token=None):
+    """Sends every request on one connection, then reads their answers."""
+    with socket.create_connection((host, port), timeout=30) as sock:
+        reader = sock.makefile("r", encoding="utf-8")
+        if token:
+            sock.sendall((json.dumps({"jsonrpc": "2.0", "id": "auth", "method": "flow.authenticate",
+                                      "params": {"token": token}}) + "\n").encode())
+            if "result" not in json.loads(reader.readline()):
+                raise SystemExit("authentication refused")
+        sock.sendall("".join(json.dumps(r) + "\n" for r in requests).encode())
+        answers = []
+        while len(answers) < len(requests):
+            line = reader.readline()
+            if not line:
+                break
+            answers.append(json.loads(line))
+        return answers
+
+
 def route_task(i, task, capability, strategy):
     requirements = {"capabilities": [capability]}
     if strategy:
@@ -60,11 +83,14 @@ def main():
     p.add_argument("--token")
     p.add_argument("--traceparent")
     p.add_argument("--batch", action="store_true")
+    p.add_argument("--tcp", action="store_true", help="over TCP (default port 7400)")
     a = p.parse_args()
     url = f"http://{a.host}:{a.port}/rpc"
     task = json.loads(a.task)
     requests = [route_task(i, task, a.capability, a.strategy) for i in range(1, a.count + 1)]
-    if a.batch:
+    if a.tcp:
+        answers = over_tcp(a.host, a.port, requests, a.token)
+    elif a.batch:
         answers = rpc(url, requests, a.token, a.traceparent) or []
     else:
         answers = [rpc(url, r, a.token, a.traceparent) for r in requests]
