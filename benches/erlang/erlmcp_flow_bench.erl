@@ -80,13 +80,14 @@ run() ->
                                           erlang:system_info(schedulers_online), ?AGENTS]),
     %% BENCH_ONLY=matrix,memory runs only those parts
     Only = case os:getenv("BENCH_ONLY") of
-               false -> [basics, matrix, membership, memory];
+               false -> [basics, matrix, membership, memory, rpc];
                List -> [list_to_atom(P) || P <- string:lexemes(List, ",")]
            end,
     Parts = [{basics, fun() -> basics(Router, Agents) end},
              {matrix, fun() -> matrix(Router) end},
              {membership, fun membership_at_scale/0},
-             {memory, fun memory_figures/0}],
+             {memory, fun memory_figures/0},
+             {rpc, fun rpc_figures/0}],
     maps:from_list([{otp, list_to_binary(erlang:system_info(otp_release))},
                     {schedulers, erlang:system_info(schedulers_online)}
                     | [{Name, F()} || {Name, F} <- Parts, lists:member(Name, Only)]]).
@@ -582,3 +583,112 @@ escape(B) ->
          C when C < 32 -> io_lib:format("\\u~4.16.0b", [C]);
          C -> C
      end || <<C>> <= B].
+
+%%====================================================================
+%% JSON-RPC over TCP and HTTP
+%%====================================================================
+
+%% flow.route_task over TCP on loopback: 16 connections, each keeping 32
+%% requests in flight (pipelined), to the 60 echo agents; then the same over
+%% HTTP with keep-alive, one request at a time per connection.
+rpc_figures() ->
+    _ = application:stop(erlmcp_flow),
+    {ok, _} = application:ensure_all_started(inets),
+    ok = application:set_env(erlmcp_flow, transports, #{tcp => #{enabled => true, port => 0},
+                                                        http => #{enabled => true, port => 0}}),
+    {ok, _} = application:ensure_all_started(erlmcp_flow),
+    [ok = erlmcp_flow:register_agent(iolist_to_binary(io_lib:format("rpc-~b", [I])),
+                                     spawn_link(fun echo/0), [?CAP]) || I <- lists:seq(1, ?AGENTS)],
+    {ok, Req} = erlmcp_flow_jsonrpc:encode({request, 1, <<"flow.route_task">>,
+                                            #{task => #{n => 1},
+                                              requirements => #{capabilities => [?CAP]}}}),
+    Tcp = tcp_rate(erlmcp_flow_transport:port(tcp), Req, 16, 32, 2000),
+    Http = http_rate(erlmcp_flow_transport:port(http), Req, 16, 2000),
+    io:format("~nJSON-RPC flow.route_task on loopback to ~b echo agents (~b bytes a request):~n",
+              [?AGENTS, byte_size(Req)]),
+    [io:format("  ~-44s ~9s/s   p50 ~8.1f us   p99 ~8.1f us~n",
+               [Name, thousands(round(Rate)), P50, P99])
+     || {Name, #{rate := Rate, p50_us := P50, p99_us := P99}}
+            <- [{"TCP, 16 connections x 32 pipelined", Tcp},
+                {"HTTP keep-alive, 16 connections", Http}]],
+    #{tcp_16x32 => Tcp, http_16 => Http}.
+
+%% Each connection writes `Window' requests, then one more per answer, for
+%% `Ms'; the latency of a request is from its write to its answer.
+tcp_rate(Port, Req, Conns, Window, Ms) ->
+    Self = self(),
+    Line = <<Req/binary, "\n">>,
+    Deadline = erlang:monotonic_time(millisecond) + Ms,
+    Pids = [spawn_link(
+              fun() ->
+                      {ok, S} = gen_tcp:connect({127, 0, 0, 1}, Port,
+                                                [binary, {packet, line}, {active, false},
+                                                 {recbuf, 1 bsl 20}]),
+                      Q = queue:from_list([begin ok = gen_tcp:send(S, Line),
+                                                 erlang:monotonic_time(microsecond) end
+                                           || _ <- lists:seq(1, Window)]),
+                      Self ! {rpc_done, self(), tcp_loop(S, Line, Q, Deadline, 0, [])}
+              end) || _ <- lists:seq(1, Conns)],
+    T0 = erlang:monotonic_time(microsecond),
+    Results = [receive {rpc_done, P, R} -> R end || P <- Pids],
+    Secs = (erlang:monotonic_time(microsecond) - T0) / 1.0e6,
+    rate_figures(lists:sum([N || {N, _} <- Results]) / Secs, lists:append([L || {_, L} <- Results])).
+
+tcp_loop(S, Line, Q, Deadline, N, Lat) ->
+    {ok, _Answer} = gen_tcp:recv(S, 0, 10000),
+    {{value, Sent}, Q1} = queue:out(Q),
+    Now = erlang:monotonic_time(microsecond),
+    Lat1 = case N rem 8 of 0 -> [Now - Sent | Lat]; _ -> Lat end,
+    case Now div 1000 >= Deadline of
+        true ->
+            %% the rest in flight
+            [{ok, _} = gen_tcp:recv(S, 0, 10000) || _ <- lists:seq(1, queue:len(Q1))],
+            gen_tcp:close(S),
+            {N + 1, Lat1};
+        false ->
+            ok = gen_tcp:send(S, Line),
+            tcp_loop(S, Line, queue:in(erlang:monotonic_time(microsecond), Q1), Deadline, N + 1, Lat1)
+    end.
+
+http_rate(Port, Req, Conns, Ms) ->
+    Self = self(),
+    Deadline = erlang:monotonic_time(millisecond) + Ms,
+    Head = iolist_to_binary(io_lib:format("POST /rpc HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                                          "content-length: ~b\r\n\r\n", [byte_size(Req)])),
+    Pids = [spawn_link(
+              fun() ->
+                      {ok, S} = gen_tcp:connect({127, 0, 0, 1}, Port, [binary, {packet, http_bin},
+                                                                       {active, false}]),
+                      Self ! {rpc_done, self(), http_loop(S, [Head, Req], Deadline, 0, [])}
+              end) || _ <- lists:seq(1, Conns)],
+    T0 = erlang:monotonic_time(microsecond),
+    Results = [receive {rpc_done, P, R} -> R end || P <- Pids],
+    Secs = (erlang:monotonic_time(microsecond) - T0) / 1.0e6,
+    rate_figures(lists:sum([N || {N, _} <- Results]) / Secs, lists:append([L || {_, L} <- Results])).
+
+http_loop(S, Request, Deadline, N, Lat) ->
+    T = erlang:monotonic_time(microsecond),
+    ok = gen_tcp:send(S, Request),
+    Length = http_headers(S, 0),
+    ok = inet:setopts(S, [{packet, raw}]),
+    {ok, _} = gen_tcp:recv(S, Length, 10000),
+    ok = inet:setopts(S, [{packet, http_bin}]),
+    Now = erlang:monotonic_time(microsecond),
+    Lat1 = case N rem 8 of 0 -> [Now - T | Lat]; _ -> Lat end,
+    case Now div 1000 >= Deadline of
+        true -> gen_tcp:close(S), {N + 1, Lat1};
+        false -> http_loop(S, Request, Deadline, N + 1, Lat1)
+    end.
+
+http_headers(S, Length) ->
+    case gen_tcp:recv(S, 0, 10000) of
+        {ok, {http_response, _, 200, _}} -> http_headers(S, Length);
+        {ok, {http_header, _, 'Content-Length', _, V}} -> http_headers(S, binary_to_integer(V));
+        {ok, {http_header, _, _, _, _}} -> http_headers(S, Length);
+        {ok, http_eoh} -> Length
+    end.
+
+rate_figures(Rate, Lat) ->
+    T = list_to_tuple(lists:sort(Lat)),
+    At = fun(P) -> float(element(max(1, round(P * tuple_size(T))), T)) end,
+    #{rate => Rate, p50_us => At(0.5), p99_us => At(0.99)}.
