@@ -1,0 +1,87 @@
+%% @doc JSON-RPC 2.0 over standard input and output: `bin/erlmcp-flow stdio'
+%% starts a node that reads requests line by line from standard input and
+%% writes each response as one line to standard output; logs go to standard
+%% error. Requests are served concurrently (responses carry their ids). At
+%% the end of input it answers what is in flight and the node exits 0. A
+%% line past `transports.max_message_bytes' is answered -32012 and skipped.
+-module(erlmcp_flow_stdio).
+
+-export([main/0]).
+
+%% @doc Runs the stdio transport until the end of input, then halts.
+-spec main() -> no_return().
+main() ->
+    %% standard output carries the protocol only
+    _ = logger:update_handler_config(default, config, #{type => standard_error}),
+    case application:ensure_all_started(erlmcp_flow) of
+        {ok, _} ->
+            Max = erlmcp_flow_config:get(transports, max_message_bytes),
+            Port = open_port({fd, 0, 1}, [binary, eof, {line, Max + 1}]),
+            Status = loop(Port, Max, [], 0),
+            erlang:halt(Status);
+        {error, Reason} ->
+            io:format(standard_error, "erlmcp_flow: ~p~n", [Reason]),
+            erlang:halt(1)
+    end.
+
+%% `Acc': the pieces of a line longer than the port's line buffer so far;
+%% `Busy': requests being served.
+loop(Port, Max, Acc, Busy) ->
+    receive
+        {Port, {data, {noeol, Piece}}} ->
+            loop(Port, Max, [Acc, Piece], Busy);
+        {Port, {data, {eol, Piece}}} ->
+            Line = iolist_to_binary([Acc, Piece]),
+            case byte_size(Line) > Max of
+                true ->
+                    write(Port, too_large(Max, byte_size(Line))),
+                    loop(Port, Max, [], Busy);
+                false ->
+                    loop(Port, Max, [], Busy + serve(Line))
+            end;
+        {reply, Bin} ->
+            Bin =:= <<>> orelse write(Port, Bin),
+            loop(Port, Max, Acc, Busy - 1);
+        {Port, eof} ->
+            drain(Port, Busy)
+    end.
+
+%% At the end of input: the answers still to come, then exit 0.
+drain(_Port, 0) ->
+    0;
+drain(Port, Busy) ->
+    receive
+        {reply, Bin} ->
+            Bin =:= <<>> orelse write(Port, Bin),
+            drain(Port, Busy - 1)
+    end.
+
+serve(<<>>) ->
+    0;
+serve(Line) ->
+    Self = self(),
+    _ = spawn(fun() ->
+                      Decoded = erlmcp_flow_jsonrpc:decode(Line),
+                      Handle = fun(M, P) -> erlmcp_flow_rpc:handle(M, P, #{transport => stdio}) end,
+                      Out = try erlmcp_flow_jsonrpc:responses(Decoded, Handle) of
+                                {reply, Bin} -> Bin;
+                                noreply -> <<>>
+                            catch _:_ ->
+                                    {ok, E} = erlmcp_flow_jsonrpc:encode(
+                                                {response, null, {error, -32603, <<"Internal error">>,
+                                                                  undefined}}),
+                                    E
+                            end,
+                      Self ! {reply, Out}
+              end),
+    1.
+
+too_large(Max, Size) ->
+    {ok, Bin} = erlmcp_flow_jsonrpc:encode(
+                  {response, null, {error, erlmcp_flow_jsonrpc:code(message_too_large),
+                                    <<"Message too large">>, #{maxSize => Max, size => Size}}}),
+    Bin.
+
+write(Port, Bin) ->
+    true = port_command(Port, [Bin, $\n]),
+    ok.
