@@ -1,0 +1,143 @@
+%% @private
+%% @doc The agent of one erlmcp server (see `erlmcp_flow_erlmcp'): an erlmcp
+%% transport on one side, an erlmcp_flow agent on the other.
+-module(erlmcp_flow_erlmcp_proxy).
+-behaviour(gen_server).
+
+-export([start_link/3]).
+-export([init/1, handle_call/3, handle_cast/2, handle_info/2]).
+
+
+-define(PROTOCOL_VERSION, <<"2025-11-25">>).
+-define(INIT_TIMEOUT, 5000).
+
+-record(state, {server_id :: atom() | binary(),
+                server :: pid(),
+                transport :: binary(),
+                next_id = 2 :: pos_integer(),
+                %% tools/call requests out: JSON-RPC id => {From, Ref}
+                pending = #{} :: #{integer() => {reference() | pid(), reference()}},
+                by_ref = #{} :: #{reference() => integer()}}).
+
+-spec start_link(atom() | binary(), pid(), [binary()]) -> {ok, pid()} | {error, term()}.
+start_link(ServerId, ServerPid, Capabilities) ->
+    gen_server:start_link(?MODULE, {ServerId, ServerPid, Capabilities}, []).
+
+-spec init({atom() | binary(), pid(), [binary()]}) -> {ok, #state{}} | {stop, term()}.
+init({ServerId, Server, Capabilities}) ->
+    Transport = <<"erlmcp_flow:", (id(ServerId))/binary>>,
+    case (registry()):register_transport(Transport, self(), #{server_id => ServerId}) of
+        ok ->
+            _ = erlang:monitor(process, Server),
+            State = #state{server_id = ServerId, server = Server, transport = Transport},
+            case initialize(State) of
+                ok ->
+                    case erlmcp_flow:register_agent(id(ServerId), self(), Capabilities) of
+                        ok -> {ok, State};
+                        {error, Reason} -> {stop, Reason}
+                    end;
+                {error, Reason} ->
+                    {stop, Reason}
+            end;
+        {error, Reason} ->
+            {stop, {register_transport, Reason}}
+    end.
+
+%% MCP's handshake: initialize (id 1), its answer, then initialized.
+initialize(#state{server_id = Id} = State) ->
+    send(State, {request, 1, <<"initialize">>,
+                 #{protocolVersion => ?PROTOCOL_VERSION, capabilities => #{},
+                   clientInfo => #{name => <<"erlmcp_flow">>, version => vsn()}}}),
+    receive
+        {mcp_response, Id, Json} ->
+            case erlmcp_flow_jsonrpc:decode(Json) of
+                {single, {response, 1, {ok, _}}} ->
+                    send(State, {notification, <<"notifications/initialized">>, undefined}),
+                    ok;
+                {single, {response, 1, {error, Code, Msg, _}}} ->
+                    {error, {mcp_initialize, Code, Msg}};
+                Other ->
+                    {error, {mcp_initialize, Other}}
+            end
+    after ?INIT_TIMEOUT ->
+            {error, {mcp_initialize, timeout}}
+    end.
+
+-spec handle_call(term(), gen_server:from(), #state{}) -> {reply, term(), #state{}}.
+handle_call(_Request, _From, State) ->
+    {reply, {error, unknown_call}, State}.
+
+-spec handle_cast(term(), #state{}) -> {noreply, #state{}}.
+handle_cast(_Msg, State) ->
+    {noreply, State}.
+
+-spec handle_info(term(), #state{}) -> {noreply, #state{}} | {stop, term(), #state{}}.
+handle_info({execute_task, Task, _Ctx, From, Ref}, #state{next_id = N} = State) ->
+    case tool_call(Task) of
+        {ok, Params} ->
+            send(State, {request, N, <<"tools/call">>, Params}),
+            {noreply, State#state{next_id = N + 1,
+                                  pending = (State#state.pending)#{N => {From, Ref}},
+                                  by_ref = (State#state.by_ref)#{Ref => N}}};
+        error ->
+            From ! {task_result, Ref, {error, {badarg, task}}},
+            {noreply, State}
+    end;
+handle_info({mcp_response, Id, Json}, #state{server_id = Id} = State) ->
+    {noreply, answer(erlmcp_flow_jsonrpc:decode(Json), State)};
+handle_info({cancel_task, Ref}, #state{by_ref = ByRef} = State) ->
+    case maps:take(Ref, ByRef) of
+        {N, ByRef1} ->
+            send(State, {notification, <<"notifications/cancelled">>,
+                         #{requestId => N, reason => <<"the caller stopped waiting">>}}),
+            {noreply, State#state{by_ref = ByRef1, pending = maps:remove(N, State#state.pending)}};
+        error ->
+            {noreply, State}
+    end;
+handle_info({'DOWN', _, process, Server, Why}, #state{server = Server} = State) ->
+    {stop, {shutdown, {mcp_server_down, Why}}, State};
+handle_info(_Info, State) ->
+    {noreply, State}.
+
+answer({single, {response, N, Outcome}}, #state{pending = P, by_ref = ByRef} = State)
+  when is_integer(N) ->
+    case maps:take(N, P) of
+        {{From, Ref}, P1} ->
+            From ! {task_result, Ref, case Outcome of
+                                          {ok, Result} -> {ok, Result};
+                                          {error, Code, Msg, _} -> {error, {mcp_error, Code, Msg}}
+                                      end},
+            State#state{pending = P1, by_ref = maps:remove(Ref, ByRef)};
+        error ->
+            State
+    end;
+answer(_, State) ->
+    State.
+
+tool_call(#{<<"tool">> := Name} = Task) when is_binary(Name) ->
+    {ok, #{name => Name, arguments => maps:get(<<"arguments">>, Task, #{})}};
+tool_call(#{tool := Name} = Task) when is_binary(Name); is_atom(Name) ->
+    {ok, #{name => Name, arguments => maps:get(arguments, Task, #{})}};
+tool_call(_) ->
+    error.
+
+send(#state{server = Server, transport = T}, Message) ->
+    {ok, Json} = erlmcp_flow_jsonrpc:encode(Message),
+    Server ! {mcp_message, T, Json},
+    ok.
+
+id(Id) when is_binary(Id) -> Id;
+id(Id) when is_atom(Id) -> atom_to_binary(Id);
+id(Id) -> iolist_to_binary(io_lib:format("~0p", [Id])).
+
+vsn() ->
+    case application:get_key(erlmcp_flow, vsn) of
+        {ok, V} -> list_to_binary(V);
+        undefined -> <<"0">>
+    end.
+
+%% erlmcp's registry module, named at run time: erlmcp is not a build
+%% dependency, so xref and dialyzer do not look for it.
+-spec registry() -> module().
+registry() ->
+    list_to_atom("erlmcp_registry").
