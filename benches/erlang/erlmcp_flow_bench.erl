@@ -604,6 +604,7 @@ rpc_figures() ->
                                               requirements => #{capabilities => [?CAP]}}}),
     Tcp = tcp_rate(erlmcp_flow_transport:port(tcp), Req, 16, 32, 2000),
     Http = http_rate(erlmcp_flow_transport:port(http), Req, 16, 2000),
+    Python = python_round_trip(2000),
     io:format("~nJSON-RPC flow.route_task on loopback to ~b echo agents (~b bytes a request):~n",
               [?AGENTS, byte_size(Req)]),
     [io:format("  ~-44s ~9s/s   p50 ~8.1f us   p99 ~8.1f us~n",
@@ -611,7 +612,45 @@ rpc_figures() ->
      || {Name, #{rate := Rate, p50_us := P50, p99_us := P99}}
             <- [{"TCP, 16 connections x 32 pipelined", Tcp},
                 {"HTTP keep-alive, 16 connections", Http}]],
-    #{tcp_16x32 => Tcp, http_16 => Http}.
+    case Python of
+        #{p50_us := PP50, p99_us := PP99, mean_us := PMean} ->
+            io:format("  execute/2 round trip to a Python agent (examples/python/flow_agent.py), "
+                      "1 caller: mean ~.1f us, p50 ~.1f us, p99 ~.1f us~n", [PMean, PP50, PP99]);
+        _ ->
+            io:format("  (python3 not found: no Python agent round trip)~n")
+    end,
+    #{tcp_16x32 => Tcp, http_16 => Http, python_agent => Python}.
+
+%% `N' tasks one after another from Erlang to one Python agent over TCP.
+python_round_trip(N) ->
+    case os:find_executable("python3") of
+        false ->
+            #{};
+        Python ->
+            Script = filename:join(["examples", "python", "flow_agent.py"]),
+            Port = open_port({spawn_executable, Python},
+                             [{args, [Script, "--port", integer_to_list(erlmcp_flow_transport:port(tcp)),
+                                      "--id", "py-bench", "--capability", "py-bench", "--once"]},
+                              binary, stderr_to_stdout]),
+            wait_registered(<<"py-bench">>, 100),
+            Times = [begin
+                         T0 = erlang:monotonic_time(microsecond),
+                         {ok, _, _} = erlmcp_flow:execute(#{n => I}, #{capabilities => [<<"py-bench">>]}),
+                         erlang:monotonic_time(microsecond) - T0
+                     end || I <- lists:seq(1, N)],
+            catch port_close(Port),
+            T = list_to_tuple(lists:sort(Times)),
+            #{mean_us => lists:sum(Times) / N, p50_us => float(element(N div 2, T)),
+              p99_us => float(element(N * 99 div 100, T))}
+    end.
+
+wait_registered(_Id, 0) ->
+    error(python_agent_not_registered);
+wait_registered(Id, K) ->
+    case erlmcp_flow:find_agent(Id) of
+        {ok, _} -> ok;
+        _ -> timer:sleep(50), wait_registered(Id, K - 1)
+    end.
 
 %% Each connection writes `Window' requests, then one more per answer, for
 %% `Ms'; the latency of a request is from its write to its answer.

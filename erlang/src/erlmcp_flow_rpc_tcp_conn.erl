@@ -70,7 +70,7 @@ handle_cast({serve, Socket}, #state{name = Name} = State0) ->
         ok ->
             %% a long-lived connection: never the one evicted for a newcomer
             erlmcp_flow_http_listener:busy(Name),
-            ok = inet:setopts(Socket, [binary, {packet, raw}, {send_timeout, 5000},
+            ok = inet:setopts(Socket, [binary, {packet, raw}, {send_timeout, 5000}, {delay_send, true},
                                        {send_timeout_close, true}, {active, once}]),
             {noreply, idle_timer(State)};
         full ->
