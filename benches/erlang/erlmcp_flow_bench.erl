@@ -652,8 +652,11 @@ wait_registered(Id, K) ->
         _ -> timer:sleep(50), wait_registered(Id, K - 1)
     end.
 
-%% Each connection writes `Window' requests, then one more per answer, for
-%% `Ms'; the latency of a request is from its write to its answer.
+%% Each connection writes `Window' requests, then as many more as answers
+%% came in each read (one write for them all), for `Ms'; the latency of a
+%% request is from its write to its answer (answers come back in the order
+%% the node finishes them, so this pairs each answer with the oldest request
+%% out: the figure is the time a request spends in the pipeline).
 tcp_rate(Port, Req, Conns, Window, Ms) ->
     Self = self(),
     Line = <<Req/binary, "\n">>,
@@ -661,33 +664,49 @@ tcp_rate(Port, Req, Conns, Window, Ms) ->
     Pids = [spawn_link(
               fun() ->
                       {ok, S} = gen_tcp:connect({127, 0, 0, 1}, Port,
-                                                [binary, {packet, line}, {active, false},
-                                                 {recbuf, 1 bsl 20}]),
-                      Q = queue:from_list([begin ok = gen_tcp:send(S, Line),
-                                                 erlang:monotonic_time(microsecond) end
-                                           || _ <- lists:seq(1, Window)]),
-                      Self ! {rpc_done, self(), tcp_loop(S, Line, Q, Deadline, 0, [])}
+                                                [binary, {packet, raw}, {active, false},
+                                                 {recbuf, 1 bsl 20}, {sndbuf, 1 bsl 20}]),
+                      Now = erlang:monotonic_time(microsecond),
+                      ok = gen_tcp:send(S, binary:copy(Line, Window)),
+                      Q = queue:from_list(lists:duplicate(Window, Now)),
+                      Self ! {rpc_done, self(), tcp_loop(S, Line, Q, Deadline, 0, [], <<>>)}
               end) || _ <- lists:seq(1, Conns)],
     T0 = erlang:monotonic_time(microsecond),
     Results = [receive {rpc_done, P, R} -> R end || P <- Pids],
     Secs = (erlang:monotonic_time(microsecond) - T0) / 1.0e6,
     rate_figures(lists:sum([N || {N, _} <- Results]) / Secs, lists:append([L || {_, L} <- Results])).
 
-tcp_loop(S, Line, Q, Deadline, N, Lat) ->
-    {ok, _Answer} = gen_tcp:recv(S, 0, 10000),
-    {{value, Sent}, Q1} = queue:out(Q),
+tcp_loop(S, Line, Q, Deadline, N, Lat, Partial) ->
+    {ok, Data} = gen_tcp:recv(S, 0, 10000),
+    Buf = <<Partial/binary, Data/binary>>,
+    Lines = binary:split(Buf, <<"\n">>, [global]),
+    Rest = lists:last(Lines),
+    K = length(Lines) - 1,
     Now = erlang:monotonic_time(microsecond),
-    Lat1 = case N rem 8 of 0 -> [Now - Sent | Lat]; _ -> Lat end,
+    {Sent, Q1} = lists:foldl(fun(_, {Acc, Qa}) ->
+                                     {{value, T}, Qb} = queue:out(Qa),
+                                     {[Now - T | Acc], Qb}
+                             end, {[], Q}, lists:seq(1, K)),
+    Lat1 = case N rem 8 of 0 -> Sent ++ Lat; _ -> Lat end,
     case Now div 1000 >= Deadline of
         true ->
-            %% the rest in flight
-            [{ok, _} = gen_tcp:recv(S, 0, 10000) || _ <- lists:seq(1, queue:len(Q1))],
+            drain(S, queue:len(Q1), Rest),
             gen_tcp:close(S),
-            {N + 1, Lat1};
+            {N + K, Lat1};
         false ->
-            ok = gen_tcp:send(S, Line),
-            tcp_loop(S, Line, queue:in(erlang:monotonic_time(microsecond), Q1), Deadline, N + 1, Lat1)
+            K > 0 andalso gen_tcp:send(S, binary:copy(Line, K)),
+            Q2 = lists:foldl(fun(_, Qa) -> queue:in(Now, Qa) end, Q1, lists:seq(1, K)),
+            tcp_loop(S, Line, Q2, Deadline, N + K, Lat1, Rest)
     end.
+
+%% The answers still out.
+drain(_S, 0, _Partial) ->
+    ok;
+drain(S, Left, Partial) ->
+    {ok, Data} = gen_tcp:recv(S, 0, 10000),
+    Buf = <<Partial/binary, Data/binary>>,
+    Lines = binary:split(Buf, <<"\n">>, [global]),
+    drain(S, Left - (length(Lines) - 1), lists:last(Lines)).
 
 http_rate(Port, Req, Conns, Ms) ->
     Self = self(),
