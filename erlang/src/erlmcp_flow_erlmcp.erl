@@ -20,6 +20,8 @@
 
 -export([register_server/2]).
 -export([register_all/1]).
+%% for erlmcp_flow_erlmcp_proxy
+-export([registry/0]).
 
 %% erlmcp's registry module (called by name: no compile-time dependency)
 

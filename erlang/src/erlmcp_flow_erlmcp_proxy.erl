@@ -26,7 +26,7 @@ start_link(ServerId, ServerPid, Capabilities) ->
 -spec init({atom() | binary(), pid(), [binary()]}) -> {ok, #state{}} | {stop, term()}.
 init({ServerId, Server, Capabilities}) ->
     Transport = <<"erlmcp_flow:", (id(ServerId))/binary>>,
-    case (registry()):register_transport(Transport, self(), #{server_id => ServerId}) of
+    case (erlmcp_flow_erlmcp:registry()):register_transport(Transport, self(), #{server_id => ServerId}) of
         ok ->
             _ = erlang:monitor(process, Server),
             State = #state{server_id = ServerId, server = Server, transport = Transport},
@@ -135,9 +135,3 @@ vsn() ->
         {ok, V} -> list_to_binary(V);
         undefined -> <<"0">>
     end.
-
-%% erlmcp's registry module, named at run time: erlmcp is not a build
-%% dependency, so xref and dialyzer do not look for it.
--spec registry() -> module().
-registry() ->
-    list_to_atom("erlmcp_registry").

@@ -18,6 +18,8 @@ tree() ->
                   {erlmcp_flow_task_sup, _, supervisor, _},
                   {erlmcp_flow_registry, _, worker, _},
                   {erlmcp_flow_q_learning, _, worker, _},
+                  %% the proxies of erlmcp's servers (erlmcp_flow_erlmcp)
+                  {erlmcp_flow_erlmcp_sup, _, supervisor, _},
                   {erlmcp_flow_bulkhead, _, worker, _}],
                  lists:sort(fun(A, B) -> element(1, A) > element(1, B) end, Children)),
     ?assertMatch({ok, {#{strategy := one_for_all}, _}}, erlmcp_flow_sup:init([])),

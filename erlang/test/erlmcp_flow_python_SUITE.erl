@@ -51,10 +51,7 @@ is_python(Port) ->
     end.
 
 examples_dir() ->
-    Dir = filename:dirname(filename:absname(code:which(?MODULE))),
-    Ups = [filename:join([Dir | lists:duplicate(N, "..")]) || N <- lists:seq(0, 8)],
-    hd([filename:join(D, "examples/python") || D <- ["." | Ups],
-                                               filelib:is_regular(filename:join(D, "examples/python/flow_agent.py"))]).
+    filename:join(erlmcp_flow_test_util:repo_root("examples/python/flow_agent.py"), "examples/python").
 
 %% A Python agent process: flow_agent.py with `Args'.
 agent(Config, Id, Args) ->
@@ -125,7 +122,7 @@ python_client_tcp_and_http(Config) ->
     Client = filename:join(?config(examples, Config), "flow_client.py"),
     lists:foreach(
       fun({Args, Port}) ->
-              {0, Out} = run(?config(python, Config),
+              {0, Out} = erlmcp_flow_test_util:run_exe(?config(python, Config),
                              [Client, "--port", integer_to_list(Port), "--capability",
                               binary_to_list(?CAP), "--count", "20", "--task", "{\"x\": 1}" | Args]),
               Lines = [erlmcp_flow_test_json:decode(L) || L <- binary:split(Out, <<"\n">>, [global, trim_all])],
@@ -156,13 +153,3 @@ agent_killed_mid_task(Config) ->
     receive {done, _, _} = Extra -> error({second_answer, Extra}) after 200 -> ok end,
     erlmcp_flow_test_util:wait_until(fun() -> {error, not_found} =:= erlmcp_flow:find_agent(<<"py-slow">>) end).
 
-run(Exe, Args) ->
-    P = open_port({spawn_executable, Exe}, [{args, Args}, exit_status, binary, stderr_to_stdout]),
-    collect(P, <<>>).
-
-collect(P, Acc) ->
-    receive
-        {P, {data, D}} -> collect(P, <<Acc/binary, D/binary>>);
-        {P, {exit_status, S}} -> {S, Acc}
-    after 60000 -> error(python_timeout)
-    end.

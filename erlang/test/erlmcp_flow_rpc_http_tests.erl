@@ -129,7 +129,7 @@ python_client() ->
             Port = integer_to_list(erlmcp_flow_transport:port(http)),
             lists:foreach(
               fun(Extra) ->
-                      {Status, Out} = run(Python, [Script, "--port", Port, "--capability", "echo",
+                      {Status, Out} = erlmcp_flow_test_util:run_exe(Python, [Script, "--port", Port, "--capability", "echo",
                                                    "--count", "3" | Extra]),
                       ?assertEqual(0, Status),
                       Lines = [erlmcp_flow_test_json:decode(L)
@@ -140,24 +140,8 @@ python_client() ->
               end, [[], ["--batch"]])
     end.
 
-run(Exe, Args) ->
-    P = open_port({spawn_executable, Exe}, [{args, Args}, exit_status, binary, stderr_to_stdout]),
-    collect(P, <<>>).
-
-collect(P, Acc) ->
-    receive
-        {P, {data, D}} -> collect(P, <<Acc/binary, D/binary>>);
-        {P, {exit_status, S}} -> {S, Acc}
-    after 30000 -> error(python_timeout)
-    end.
-
-%% The repository root, found from this module's beam (wherever rebar3 put
-%% it) or the working directory.
 root() ->
-    Dir = filename:dirname(filename:absname(code:which(?MODULE))),
-    Ups = [filename:join([Dir | lists:duplicate(N, "..")]) || N <- lists:seq(0, 6)],
-    hd([D || D <- ["." | Ups], filelib:is_regular(filename:join([D, "examples", "python",
-                                                                   "flow_client.py"]))]).
+    erlmcp_flow_test_util:repo_root("examples/python/flow_client.py").
 
 %% With a token: no Authorization (or a wrong one) is 401.
 token_test() ->

@@ -41,6 +41,4 @@ stdio() ->
                  lists:sort([C || #{<<"error">> := #{<<"code">> := C}} <- Null])).
 
 root() ->
-    Dir = filename:dirname(filename:absname(code:which(?MODULE))),
-    Ups = [filename:join([Dir | lists:duplicate(N, "..")]) || N <- lists:seq(0, 6)],
-    hd([D || D <- ["." | Ups], filelib:is_regular(filename:join([D, "bin", "erlmcp-flow"]))]).
+    erlmcp_flow_test_util:repo_root("bin/erlmcp-flow").

@@ -6,6 +6,8 @@
 -include_lib("eunit/include/eunit.hrl").
 
 -export([capture_log/1, log/2, restart_registry/1, start_optional/2]).
+-export([run_exe/2, repo_root/1]).
+
 -export([start/0, stop/1, stop_drained/1, unregister_all/0, with_env/2, sync_registry/0, wait_until/1, wait_until/2, assert_clean/0,
          echo_agent/0, raw_agent/1, remote_pid/0]).
 
@@ -170,3 +172,23 @@ start_optional(App, Config) ->
             {ok, _} = application:ensure_all_started(App),
             Config
     end.
+
+%% Runs the executable `Exe' with `Args' to its end: `{ExitStatus, Output}'
+%% (standard error included).
+run_exe(Exe, Args) ->
+    P = open_port({spawn_executable, Exe}, [{args, Args}, exit_status, binary, stderr_to_stdout]),
+    collect(P, <<>>).
+
+collect(P, Acc) ->
+    receive
+        {P, {data, D}} -> collect(P, <<Acc/binary, D/binary>>);
+        {P, {exit_status, S}} -> {S, Acc}
+    after 60000 -> error({timeout, P})
+    end.
+
+%% The repository root: the first directory above this module's beam
+%% (wherever rebar3 put it), or the working directory, that holds `Marker'.
+repo_root(Marker) ->
+    Dir = filename:dirname(filename:absname(code:which(?MODULE))),
+    Ups = [filename:join([Dir | lists:duplicate(N, "..")]) || N <- lists:seq(0, 8)],
+    hd([D || D <- ["." | Ups], filelib:is_regular(filename:join(D, Marker))]).
