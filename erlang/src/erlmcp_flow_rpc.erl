@@ -29,9 +29,6 @@
                  tracestate => binary()}.
 -export_type([ctx/0]).
 
-%% Requirement keys a JSON caller may give, as the atoms execute/2 takes.
--define(REQUIREMENTS, [capabilities, timeout, strategy, sticky_key, task_class, idempotent,
-                       traceparent, tracestate]).
 -define(STRATEGIES, [round_robin, least_connections, weighted, consistent_hash, p2c_ewma,
                      q_learning]).
 
@@ -122,25 +119,35 @@ params_map(_) -> #{}.
 %% JSON requirements as execute/2 takes them: known keys as atoms, the
 %% strategy's name as its atom; anything else is named in the error.
 requirements(Req) when is_map(Req) ->
-    Known = [{atom_to_binary(K), K} || K <- ?REQUIREMENTS],
     maps:fold(
       fun(_, _, {error, _, _, _} = E) ->
               E;
          (K, V, {ok, Acc}) ->
-              case lists:keyfind(K, 1, Known) of
-                  {_, strategy} ->
+              case requirement_key(K) of
+                  strategy ->
                       case [S || S <- ?STRATEGIES, atom_to_binary(S) =:= V] of
                           [S] -> {ok, Acc#{strategy => S}};
                           [] -> invalid_params(<<"unknown strategy">>)
                       end;
-                  {_, Key} ->
-                      {ok, Acc#{Key => V}};
-                  false ->
-                      invalid_params(<<"unknown requirement: ", (text(K))/binary>>)
+                  undefined ->
+                      invalid_params(<<"unknown requirement: ", (text(K))/binary>>);
+                  Key ->
+                      {ok, Acc#{Key => V}}
               end
       end, {ok, #{}}, Req);
 requirements(_) ->
     invalid_params(<<"requirements must be an object">>).
+
+%% A JSON requirement's name as the atom execute/2 takes.
+requirement_key(<<"capabilities">>) -> capabilities;
+requirement_key(<<"timeout">>) -> timeout;
+requirement_key(<<"strategy">>) -> strategy;
+requirement_key(<<"sticky_key">>) -> sticky_key;
+requirement_key(<<"task_class">>) -> task_class;
+requirement_key(<<"idempotent">>) -> idempotent;
+requirement_key(<<"traceparent">>) -> traceparent;
+requirement_key(<<"tracestate">>) -> tracestate;
+requirement_key(_) -> undefined.
 
 invalid_params(Why) ->
     {error, erlmcp_flow_jsonrpc:code(invalid_params), <<"Invalid params">>, #{reason => Why}}.

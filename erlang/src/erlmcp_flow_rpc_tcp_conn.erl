@@ -56,7 +56,8 @@ close(Pid) ->
 
 -spec init({atom(), map()}) -> {ok, #state{}}.
 init({Name, Limits}) ->
-    {ok, #state{name = Name, limits = Limits,
+    %% the codec's limits, read once for the connection
+    {ok, #state{name = Name, limits = Limits#{codec => erlmcp_flow_jsonrpc:limits()},
                 authed = maps:get(token, erlmcp_flow_rpc_tcp:config()) =:= undefined}}.
 
 -spec handle_call(term(), gen_server:from(), #state{}) -> {reply, term(), #state{}}.
@@ -146,8 +147,8 @@ line(<<>>, State) ->
     {ok, State};
 line(Line, #state{authed = false} = State) ->
     authenticate(erlmcp_flow_jsonrpc:decode(Line), State);
-line(Line, State) ->
-    Decoded = erlmcp_flow_jsonrpc:decode(Line),
+line(Line, #state{limits = #{codec := Codec}} = State) ->
+    Decoded = erlmcp_flow_jsonrpc:decode(Line, Codec),
     Items = case Decoded of
                 {single, I} -> [I];
                 {batch, Is} -> Is;
