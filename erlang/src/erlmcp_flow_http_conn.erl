@@ -188,11 +188,13 @@ respond(State, Status, Type, Body, Connection) ->
 
 %% `Extra' are more header lines, `{Name, Value}'.
 respond(#state{socket = S}, Status, Type, Body, Connection, Extra) ->
-    Head = io_lib:format("HTTP/1.1 ~b ~s\r\ncontent-type: ~s\r\ncontent-length: ~b\r\n"
-                         "~sconnection: ~s\r\n\r\n",
-                         [Status, reason(Status), Type, byte_size(Body),
-                          [[N, ": ", V, "\r\n"] || {N, V} <- Extra],
-                          case Connection of keep_alive -> "keep-alive"; close -> "close" end]),
+    %% an iolist, not io_lib:format: this is on every response's path
+    Head = ["HTTP/1.1 ", integer_to_binary(Status), $\s, reason(Status),
+            "\r\ncontent-type: ", Type,
+            "\r\ncontent-length: ", integer_to_binary(byte_size(Body)), "\r\n",
+            [[N, ": ", V, "\r\n"] || {N, V} <- Extra],
+            "connection: ", case Connection of keep_alive -> "keep-alive"; close -> "close" end,
+            "\r\n\r\n"],
     _ = gen_tcp:send(S, [Head, Body]),
     case Connection of
         close -> _ = gen_tcp:close(S), ok;
