@@ -4,7 +4,8 @@
 -export([port/1]).
 
 %% @doc The port a transport is bound to (`port => 0' picks a free one);
-%% `undefined' when it is not running.
--spec port(http | tcp) -> inet:port_number() | undefined.
+%% `undefined' when it is not running (or is not a transport).
+-spec port(term()) -> inet:port_number() | undefined.
 port(http) -> erlmcp_flow_rpc_http:port();
-port(tcp) -> erlmcp_flow_rpc_tcp:port().
+port(tcp) -> erlmcp_flow_rpc_tcp:port();
+port(_) -> undefined.

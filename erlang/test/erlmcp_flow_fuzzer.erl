@@ -115,7 +115,33 @@ public_call() ->
            {erlmcp_flow_q_learning, get_q_table, []},
            {erlmcp_flow_q_learning, explain, [requirements()]},
            {erlmcp_flow_metrics, stats, []},
-           {erlmcp_flow_prometheus, render, []}]).
+           {erlmcp_flow_prometheus, render, []},
+           {erlmcp_flow, memory, []},
+           {erlmcp_flow_jsonrpc, decode, [json_text()]},
+           {erlmcp_flow_jsonrpc, decode, [json_text(), any_term()]},
+           {erlmcp_flow_jsonrpc, encode, [any_term()]},
+           {erlmcp_flow_jsonrpc, encode_json, [any_term()]},
+           {erlmcp_flow_jsonrpc, decode_json, [json_text()]},
+           {erlmcp_flow_jsonrpc, decode_json, [json_text(), any_term()]},
+           {erlmcp_flow_rpc, handle, [rpc_method(), any_term(), #{transport => http}]},
+           {erlmcp_flow_erlmcp, register_server, [any_term(), any_term()]},
+           {erlmcp_flow_transport, port, [any_term()]}]).
+
+%% JSON-RPC method names the node serves, and garbage.
+rpc_method() ->
+    oneof([<<"flow.stats">>, <<"flow.agents">>, <<"flow.explain">>, <<"flow.trace">>,
+           <<"flow.route_task">>, <<"flow.unregister_agent">>, <<"flow.register_agent">>,
+           any_binary(), any_term()]).
+
+%% Text that is JSON-RPC, nearly, or not at all.
+json_text() ->
+    oneof([any_binary(),
+           <<"{\"jsonrpc\":\"2.0\",\"method\":\"flow.stats\",\"id\":1}">>,
+           <<"[{\"jsonrpc\":\"2.0\",\"method\":\"m\"},1,[],{}]">>,
+           <<"{\"jsonrpc\":\"2.0\",\"method\":\"m\",\"params\":[1e400],\"id\":1E400}">>,
+           binary:copy(<<"[">>, 200), binary:copy(<<"{\"a\":">>, 100),
+           <<"{\"jsonrpc\":\"2.0\",\"result\":{\"a\":[1,2,{\"b\":null}]},\"id\":\"x\"}">>,
+           any_term()]).
 
 nif_call() ->
     R = router_term(),
@@ -151,7 +177,14 @@ nif_call() ->
            {erlmcp_flow_nif, span_lookup, [R, hex_or_garbage(16)]},
            {erlmcp_flow_nif, correlation_sweep, [R]},
            {erlmcp_flow_nif, export_batch, [R, fuzz_int(), any_term()]},
-           {erlmcp_flow_nif, core_memory, []}]).
+           {erlmcp_flow_nif, core_memory, []},
+           {erlmcp_flow_nif, router_memory, [R]},
+           {erlmcp_flow_nif, agent_insert_many, [R, any_term()]},
+           {erlmcp_flow_nif, jsonrpc_decode, [json_text(), fuzz_int(), fuzz_int(), fuzz_int()]},
+           {erlmcp_flow_nif, jsonrpc_decode_dirty, [json_text(), fuzz_int(), fuzz_int(), fuzz_int()]},
+           {erlmcp_flow_nif, jsonrpc_encode, [any_term()]},
+           {erlmcp_flow_nif, json_encode, [any_term()]},
+           {erlmcp_flow_nif, json_decode, [json_text(), fuzz_int(), fuzz_int()]}]).
 
 %%--------------------------------------------------------------------
 %% Generators
