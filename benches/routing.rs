@@ -450,7 +450,7 @@ fn worst_cases(c: &mut Criterion) {
 /// A 1 KiB JSON-RPC request decoded (limits checked) and its response
 /// encoded: the codec's share of one task over a transport.
 fn jsonrpc(c: &mut Criterion) {
-    use erlmcp_flow_core::jsonrpc::codec::{self, Decoded, Id, Limits, Message};
+    use erlmcp_flow_core::rpc::codec::{self, Decoded, Id, Limits, Message};
     let params: Vec<serde_json::Value> = (0..52)
         .map(|i| serde_json::json!({"k": i, "v": "abcdef"}))
         .collect();

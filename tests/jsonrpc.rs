@@ -2,7 +2,7 @@
 //! too): every example of the specification's examples section and the
 //! limits, through the core's codec and a server of the examples' methods.
 
-use erlmcp_flow_core::jsonrpc::codec::{
+use erlmcp_flow_core::rpc::codec::{
     self, Decoded, ErrorObject, INVALID_PARAMS, Item, Limits, METHOD_NOT_FOUND, Message,
 };
 use serde_json::{Value, json};

@@ -10,7 +10,7 @@
 //! - [`learning`]: the Q-table, its update and its file;
 //! - [`resilience`]: per-agent circuit breakers;
 //! - [`tracing`]: W3C trace context, the correlation store, OTLP/JSON;
-//! - [`jsonrpc`]: the JSON-RPC 2.0 codec of the transports;
+//! - [`rpc`]: the JSON-RPC 2.0 codec of the transports;
 //! - [`sim`]: the deterministic simulator;
 //! - [`shared`]: the configuration and state every part of a router shares;
 //! - [`clock`]: the time seam, real or driven by tests; [`error`]: the one
@@ -18,10 +18,10 @@
 
 pub mod clock;
 pub mod error;
-pub mod jsonrpc;
 pub mod learning;
 pub mod resilience;
 pub mod routing;
+pub mod rpc;
 pub mod shared;
 pub mod sim;
 pub mod tracing;

@@ -15,13 +15,13 @@
 
 use std::fmt;
 
-use erlmcp_flow_core::jsonrpc::codec::{
+use erlmcp_flow_core::rpc::codec::{
     self, Decoded, ErrorObject, Id, Item, Limits, Message, RawJson, Rejected,
 };
-use erlmcp_flow_core::jsonrpc::serde::de::{DeserializeSeed, MapAccess, SeqAccess, Visitor};
-use erlmcp_flow_core::jsonrpc::serde::ser::{Error as _, SerializeMap, SerializeSeq};
-use erlmcp_flow_core::jsonrpc::serde::{Deserializer, Serialize, Serializer};
-use erlmcp_flow_core::jsonrpc::serde_json::{self, Value};
+use erlmcp_flow_core::rpc::serde::de::{DeserializeSeed, MapAccess, SeqAccess, Visitor};
+use erlmcp_flow_core::rpc::serde::ser::{Error as _, SerializeMap, SerializeSeq};
+use erlmcp_flow_core::rpc::serde::{Deserializer, Serialize, Serializer};
+use erlmcp_flow_core::rpc::serde_json::{self, Value};
 use rustler::types::tuple::{get_tuple, make_tuple};
 use rustler::{Atom, Binary, Encoder, Env, ListIterator, MapIterator, Term, TermType};
 
