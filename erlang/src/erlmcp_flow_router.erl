@@ -562,10 +562,15 @@ plan(Task, Requirements, Allowed, Opts) ->
             case unknown_key(maps:keys(Requirements), Allowed) of
                 {ok, K} -> {error, {badarg, {unknown_requirement, K}}};
                 none ->
-                    Pairs = maps:to_list(maps:merge(maps:merge(Defaults, Requirements), Opts)),
-                    case check_values(Pairs) of
-                        {ok, Plan} -> check_keys(with_class_key(with_sticky_key(Plan, Task)));
-                        {error, _} = E -> E
+                    %% only what the caller gave is checked: the defaults come
+                    %% from the configuration, checked when it was loaded
+                    Given = maps:merge(Requirements, Opts),
+                    case check_values(maps:to_list(Given)) of
+                        {ok, _} ->
+                            Plan = maps:merge(Defaults, Given),
+                            check_keys(with_class_key(with_sticky_key(Plan, Task)));
+                        {error, _} = E ->
+                            E
                     end
             end
     end.
