@@ -474,8 +474,31 @@ fn jsonrpc(c: &mut Criterion) {
     });
 }
 
+/// One vote signed and verified (HMAC-SHA256 over its canonical encoding):
+/// the byte work of each remote vote of a quorum task.
+fn vote(c: &mut Criterion) {
+    use erlmcp_flow_core::cluster::vote::{Vote, answer_digest, sign, verify};
+    let secret = b"0123456789abcdef0123456789abcdef";
+    let v = Vote {
+        trace_id: b"4bf92f3577b34da6a3ce929d0e0e4736",
+        span_id: b"00f067aa0ba902b7",
+        agent_id: b"agent-17",
+        node: b"flow2@host",
+        answer_digest: answer_digest(b"an answer of a few bytes"),
+        timestamp_ms: 1_764_600_000_000,
+        nonce: 0x9e37_79b9_7f4a_7c15,
+    };
+    c.bench_function("vote/sign_verify", |b| {
+        b.iter(|| {
+            let sig = sign(black_box(secret), black_box(&v)).expect("secret");
+            verify(secret, &v, &sig).expect("signed")
+        })
+    });
+}
+
 criterion_group!(
     benches,
+    vote,
     jsonrpc,
     select,
     decide_complete,

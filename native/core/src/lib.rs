@@ -10,6 +10,7 @@
 //! - [`learning`]: the Q-table, its update and its file;
 //! - [`resilience`]: per-agent circuit breakers;
 //! - [`tracing`]: W3C trace context, the correlation store, OTLP/JSON;
+//! - [`cluster`]: signed votes for quorum tasks, and their replay guard;
 //! - [`rpc`]: the JSON-RPC 2.0 codec of the transports;
 //! - [`sim`]: the deterministic simulator;
 //! - [`shared`]: the configuration and state every part of a router shares;
@@ -17,6 +18,7 @@
 //!   error type.
 
 pub mod clock;
+pub mod cluster;
 pub mod error;
 pub mod learning;
 pub mod resilience;
