@@ -152,9 +152,12 @@ answer(#req{method = M, path = P, headers = H, body = B, version = V}, #state{na
                                   end,
     case keep_alive(V, H) of
         true ->
+            %% waiting before the answer leaves: a client that reads it and
+            %% connects again at once finds this connection evictable, not
+            %% busy (an eviction is handled after this response is written)
+            erlmcp_flow_http_listener:waiting(Name),
             respond(State, Status, Type, Body, keep_alive, Extra),
             ok = inet:setopts(State#state.socket, [{packet, http_bin}]),
-            erlmcp_flow_http_listener:waiting(Name),
             {noreply, next(idle_timer(State#state{req = undefined}))};
         false ->
             respond(State, Status, Type, Body, close, Extra),

@@ -272,7 +272,11 @@ init([]) ->
 
 %% @private
 -spec handle_call(term(), gen_server:from(), #state{}) -> {reply, term(), #state{}}.
-handle_call({register, Id, Pid, Caps, Kind, Weight}, From, State) ->
+handle_call({register, Id, Pid, Caps, Kind, Weight}, From, State0) ->
+    %% deaths already in the mailbox first: an agent restarted under its old
+    %% id must find it free once the old one's 'DOWN' has arrived, even
+    %% though the batch below takes registrations out of turn
+    State = down_now(State0),
     %% registrations waiting in the mailbox join this one: one change of the
     %% core's table for all of them
     Batch = more_registrations([{From, {Id, Pid, Caps, Kind, Weight}}], ?MAX_REGISTER_BATCH - 1),
@@ -471,6 +475,13 @@ do_unregister(Id, #state{monitors = Mons} = State) ->
             remove_all([{Id, unregistered}], State#state{monitors = maps:remove(MRef, Mons)});
         [] ->
             State
+    end.
+
+%% The 'DOWN's of agents waiting in the mailbox now, handled as one batch.
+down_now(#state{monitors = Mons} = State) ->
+    case more_down([], Mons, ?MAX_BATCH) of
+        {[], _} -> State;
+        {Gone, Mons1} -> remove_all(Gone, State#state{monitors = Mons1})
     end.
 
 %% More dead agents whose 'DOWN' waits in the mailbox, up to `N', each as
