@@ -61,7 +61,8 @@ agent(Config, Id, Args) ->
                               "--id", binary_to_list(Id), "--capability", binary_to_list(?CAP)
                               | Args]},
                       binary, stderr_to_stdout, exit_status]),
-    erlmcp_flow_test_util:wait_until(fun() -> {ok, found} =:= find(Id) end),
+    %% a Python interpreter starting on a busy machine: up to about 10 s
+    erlmcp_flow_test_util:wait_until(fun() -> {ok, found} =:= find(Id) end, 10000),
     Port.
 
 find(Id) ->
