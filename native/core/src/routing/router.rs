@@ -573,35 +573,7 @@ impl<P> Router<P> {
             ),
         };
         let span_id = trace::generate_span_id(rng);
-        let shared = self.agents.shared_arc();
-        let now = shared.clock.now_us();
-        // cut here, once, so that the task's spans share it as the store keeps it
-        let summary = &summary[..summary.len().min(crate::tracing::correlation::SUMMARY_MAX)];
-        let summary: Option<Arc<[u8]>> = (!summary.is_empty()).then(|| summary.into());
-        let handle = shared.correlation.insert(
-            Opened {
-                trace_id,
-                span_id,
-                parent_span_id: parent,
-                agent_id: None,
-                summary: summary.clone(),
-                attempt: 0,
-                kind: SpanKind::Task,
-            },
-            now,
-        );
-        Ok(OpenSpan {
-            shared,
-            summary,
-            handle,
-            context: TraceParent {
-                version: 0,
-                trace_id,
-                parent_id: span_id,
-                flags,
-            },
-            ended: AtomicBool::new(false),
-        })
+        Ok(self.open_span(trace_id, span_id, parent, summary, SpanKind::Task, flags))
     }
 
     /// Opens a span under `parent`'s span (an attempt's context an agent
@@ -618,34 +590,56 @@ impl<P> Router<P> {
             return Err(trace::InvalidTraceContext);
         }
         let span_id = trace::generate_span_id(rng);
+        Ok(self.open_span(
+            parent.trace_id,
+            span_id,
+            Some(parent.parent_id),
+            name,
+            SpanKind::Child,
+            parent.flags & trace::KNOWN_FLAGS,
+        ))
+    }
+
+    /// A span put in the correlation store, open, and the guard that closes
+    /// it; its summary cut to the store's limit here, once, so that the
+    /// spans that share it (a task's attempts) share it as the store keeps it.
+    fn open_span(
+        &self,
+        trace_id: [u8; 32],
+        span_id: [u8; 16],
+        parent: Option<[u8; 16]>,
+        summary: &[u8],
+        kind: SpanKind,
+        flags: u8,
+    ) -> OpenSpan {
         let shared = self.agents.shared_arc();
         let now = shared.clock.now_us();
-        let name = &name[..name.len().min(crate::tracing::correlation::SUMMARY_MAX)];
-        let summary: Option<Arc<[u8]>> = (!name.is_empty()).then(|| name.into());
+        let summary = &summary[..summary.len().min(crate::tracing::correlation::SUMMARY_MAX)];
+        let summary: Option<Arc<[u8]>> = (!summary.is_empty()).then(|| summary.into());
         let handle = shared.correlation.insert(
             Opened {
-                trace_id: parent.trace_id,
+                trace_id,
                 span_id,
-                parent_span_id: Some(parent.parent_id),
+                parent_span_id: parent,
                 agent_id: None,
                 summary: summary.clone(),
                 attempt: 0,
-                kind: SpanKind::Child,
+                kind,
             },
             now,
         );
-        Ok(OpenSpan {
+        OpenSpan {
             shared,
             summary,
             handle,
             context: TraceParent {
                 version: 0,
-                trace_id: parent.trace_id,
+                trace_id,
                 parent_id: span_id,
-                flags: parent.flags & trace::KNOWN_FLAGS,
+                flags,
             },
             ended: AtomicBool::new(false),
-        })
+        }
     }
 
     /// Ages what decisions see of agents nobody asked for a while: the
