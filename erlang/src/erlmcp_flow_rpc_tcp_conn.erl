@@ -40,7 +40,11 @@
                 %% the same by task reference, for cancellation
                 by_ref = #{} :: #{reference() => integer()},
                 workers = 0 :: non_neg_integer(),
-                timer :: reference() | undefined}).
+                %% answers ready, newest first, written together by `flush'
+                out = [] :: [iodata()],
+                timer :: reference() | undefined,
+                %% when the client last sent anything (monotonic ms)
+                last_seen = 0 :: integer()}).
 
 -spec start_link(atom(), module(), map()) -> {ok, pid()}.
 start_link(Name, _Handler, Limits) ->
@@ -73,7 +77,7 @@ handle_cast({serve, Socket}, #state{name = Name} = State0) ->
             erlmcp_flow_http_listener:busy(Name),
             ok = inet:setopts(Socket, [binary, {packet, raw}, {send_timeout, 5000}, {delay_send, true},
                                        {send_timeout_close, true}, {active, once}]),
-            {noreply, idle_timer(State)};
+            {noreply, idle_timer(seen(State))};
         full ->
             send(State, error_line(-32000, <<"Too many connections">>)),
             {stop, normal, State}
@@ -85,14 +89,21 @@ handle_cast(_Msg, State) ->
 
 -spec handle_info(term(), #state{}) -> {noreply, #state{}} | {stop, normal, #state{}}.
 handle_info({tcp, S, Data}, #state{socket = S, buf = Buf} = State) ->
-    lines(<<Buf/binary, Data/binary>>, idle_timer(State));
+    lines(<<Buf/binary, Data/binary>>, seen(State));
 handle_info({tcp_closed, S}, #state{socket = S} = State) ->
     {stop, normal, State};
 handle_info({tcp_error, S, _}, #state{socket = S} = State) ->
     {stop, normal, State};
-handle_info({reply, Bin}, #state{workers = W} = State) ->
-    Bin =:= <<>> orelse send(State, [Bin, $\n]),
+handle_info({reply, <<>>}, #state{workers = W} = State) ->
     {noreply, State#state{workers = W - 1}};
+handle_info({reply, Bin}, #state{workers = W, out = Out} = State) ->
+    %% answers that arrive together leave in one write: the first asks for
+    %% a flush, which comes after every message already in the mailbox
+    Out =:= [] andalso (self() ! flush),
+    {noreply, State#state{workers = W - 1, out = [[Bin, $\n] | Out]}};
+handle_info(flush, #state{out = Out} = State) ->
+    send(State, lists:reverse(Out)),
+    {noreply, State#state{out = []}};
 handle_info({execute_task, Task, Ctx, From, Ref}, State) ->
     {noreply, execute_task(Task, Ctx, From, Ref, State)};
 handle_info({cancel_task, Ref}, #state{by_ref = ByRef, pending = P} = State) ->
@@ -104,11 +115,17 @@ handle_info({cancel_task, Ref}, #state{by_ref = ByRef, pending = P} = State) ->
         error ->
             {noreply, State}
     end;
-handle_info({timeout, T, idle}, #state{timer = T} = State) ->
+handle_info({timeout, T, idle}, #state{timer = T, last_seen = Last,
+                                       limits = #{idle_timeout_ms := Ms}} = State) ->
     %% a client connection with nothing to do; an agent's stays
-    case State#state.workers =:= 0 andalso not has_agents() of
-        true -> {stop, normal, State};
-        false -> {noreply, idle_timer(State)}
+    Idle = erlang:monotonic_time(millisecond) - Last,
+    if
+        Idle < Ms -> {noreply, idle_timer(State, Ms - Idle)};
+        State#state.workers =:= 0 -> case has_agents() of
+                                         false -> {stop, normal, State};
+                                         true -> {noreply, idle_timer(State)}
+                                     end;
+        true -> {noreply, idle_timer(State)}
     end;
 handle_info(_Info, State) ->
     {noreply, State}.
@@ -130,6 +147,8 @@ lines(Buf, #state{limits = #{max_body_bytes := Max}} = State) ->
                                    <<"Message too large">>)),
             {stop, normal, State};
         [Partial] ->
+            %% one packet at a time: what arrives meanwhile waits in the
+            %% driver and comes as one message (fewer, larger reads)
             ok = inet:setopts(State#state.socket, [{active, once}]),
             {noreply, State#state{buf = Partial}}
     end.
@@ -258,6 +277,14 @@ error_json(Code, Message) ->
 error_line(Code, Message) ->
     [error_json(Code, Message), $\n].
 
-idle_timer(#state{timer = Old, limits = #{idle_timeout_ms := Ms}} = State) ->
-    _ = Old =/= undefined andalso erlang:cancel_timer(Old),
+%% The idle timer is set once for the whole timeout and, when it fires
+%% early (the client sent something since), again for what is left: no
+%% timer is touched per packet.
+idle_timer(#state{limits = #{idle_timeout_ms := Ms}} = State) ->
+    idle_timer(State, Ms).
+
+idle_timer(State, Ms) ->
     State#state{timer = erlang:start_timer(Ms, self(), idle)}.
+
+seen(State) ->
+    State#state{last_seen = erlang:monotonic_time(millisecond)}.
