@@ -30,6 +30,7 @@
 -export([stats/0]).
 -export([memory/0]).
 -export([explain/1]).
+-export([nodes/0]).
 
 -export_type([agent_id/0, capability/0, task/0, requirements/0, execute_opts/0,
               strategy/0, meta/0, trace_context/0]).
@@ -47,7 +48,8 @@
                           idempotent => boolean(),
                           reply_to => pid(),
                           traceparent => binary(),
-                          tracestate => binary()}.
+                          tracestate => binary(),
+                          node => local | any}.
 -type execute_opts() :: #{timeout => timeout(),
                           routing_timeout => pos_integer(),
                           max_retry_attempts => non_neg_integer(),
@@ -198,6 +200,13 @@ memory() ->
             {ok, #{agents := N, agents_bytes := B} = M} = erlmcp_flow_nif:router_memory(Router),
             M#{bytes_per_agent => B / max(N, 1)}
     end.
+
+%% @doc The nodes whose agents this node sees and routes to: itself and
+%% every connected node running erlmcp_flow (in the `pg' scope
+%% `cluster.scope') that the failure detector does not suspect.
+-spec nodes() -> [node()].
+nodes() ->
+    erlmcp_flow_cluster:nodes().
 
 %% @doc Why an agent would be chosen for `Requirements' (its `capabilities'
 %% and `task_class'): every candidate with its Q-learning state

@@ -49,6 +49,8 @@
 -export([export_batch/3]).
 -export([core_memory/0]).
 -export([release_snapshot_cache/0]).
+-export([phi_new/1, phi_heartbeat/2, phi_value/2]).
+-export([vote_key/1, vote_sign/2, vote_verify/3, replay_guard/1, replay_check/3]).
 
 -export_type([router/0, lease/0, probe/0, outcome/0, router_opts/0, state/0, transition/0,
               breaker_state/0, span/0, span_request/0, task_span/0]).
@@ -61,9 +63,15 @@
        format_traceparent/3, validate_tracestate/1, span_start/3, span_end/3,
        span_child_start/5, trace_incoming/1, trace_chain/2,
        span_lookup/2, correlation_sweep/1, export_batch/3, core_memory/0,
-       release_snapshot_cache/0]).
+       release_snapshot_cache/0,
+       phi_new/1, phi_heartbeat/2, phi_value/2,
+       vote_key/1, vote_sign/2, vote_verify/3, replay_guard/1, replay_check/3]).
 
 -type router() :: reference().
+%% A vote: `{TraceId, SpanId, AgentId, Node, AnswerBytes, TimestampMs, Nonce}'.
+-type vote() :: {binary(), binary(), binary(), binary(), binary(), non_neg_integer(),
+                 non_neg_integer()}.
+-export_type([vote/0]).
 -type lease() :: reference().
 %% A half-open probe granted by `breaker_allow/2', to record with `breaker_record/5'.
 -type probe() :: reference().
@@ -179,7 +187,8 @@ json_decode(_Bin, _MaxBytes, _MaxDepth) -> erlang:nif_error(nif_not_loaded).
 agent_stats(_Router, _Id) -> erlang:nif_error(nif_not_loaded).
 
 -spec decide(router(), [binary()], atom(), binary() | undefined, binary() | undefined,
-             [binary()], any | swarm, span_request() | undefined) ->
+             [binary()], any | swarm | {any | swarm, any | local},
+             span_request() | undefined) ->
           {ok, binary(), pid(), lease(), binary() | undefined, none | transition()}
         | {error, no_agents_available | overloaded} | badarg().
 decide(_Router, _Caps, _Strategy, _StickyKey, _TaskClass, _Exclude, _Kind, _Span) ->
@@ -296,3 +305,30 @@ core_memory() -> erlang:nif_error(nif_not_loaded).
 
 -spec release_snapshot_cache() -> ok.
 release_snapshot_cache() -> erlang:nif_error(nif_not_loaded).
+
+%% The failure detector's estimate of one peer (a resource).
+-spec phi_new(number()) -> reference() | badarg().
+phi_new(_MinStdDevMs) -> erlang:nif_error(nif_not_loaded).
+
+-spec phi_heartbeat(reference(), non_neg_integer()) -> ok | badarg().
+phi_heartbeat(_Phi, _NowMs) -> erlang:nif_error(nif_not_loaded).
+
+-spec phi_value(reference(), non_neg_integer()) -> {float(), non_neg_integer()} | badarg().
+phi_value(_Phi, _NowMs) -> erlang:nif_error(nif_not_loaded).
+
+%% The cluster's secret as an opaque resource.
+-spec vote_key(binary()) -> {ok, reference()} | {error, weak_secret} | badarg().
+vote_key(_Secret) -> erlang:nif_error(nif_not_loaded).
+
+-spec vote_sign(reference(), vote()) -> binary() | badarg().
+vote_sign(_Key, _Vote) -> erlang:nif_error(nif_not_loaded).
+
+-spec vote_verify(reference(), vote(), binary()) -> ok | {error, bad_signature} | badarg().
+vote_verify(_Key, _Vote, _Signature) -> erlang:nif_error(nif_not_loaded).
+
+-spec replay_guard(non_neg_integer()) -> reference() | badarg().
+replay_guard(_WindowMs) -> erlang:nif_error(nif_not_loaded).
+
+-spec replay_check(reference(), vote(), non_neg_integer()) ->
+          ok | {error, stale | replayed} | badarg().
+replay_check(_Guard, _Vote, _NowMs) -> erlang:nif_error(nif_not_loaded).

@@ -42,6 +42,10 @@
 -export([agents_table/0]).
 -export([lookup_pid/1]).
 -export([is_capability_list/1]).
+-export([subscribe/1]).
+-export([mirror/2]).
+-export([unmirror/2]).
+-export([local_agents/0]).
 
 %% gen_server callbacks
 -export([init/1]).
@@ -73,8 +77,14 @@
 -record(state, {
     router :: erlmcp_flow_nif:router(),
     backend :: module(),
-    monitors = #{} :: #{reference() => erlmcp_flow:agent_id()}
+    monitors = #{} :: #{reference() => erlmcp_flow:agent_id()},
+    %% the cluster process, told of every change to this node's own agents
+    subscriber :: {pid(), reference()} | undefined
 }).
+
+%% A registration as the cluster passes it between nodes.
+-type spec() :: {erlmcp_flow:agent_id(), pid(), kind(), [erlmcp_flow:capability()], number()}.
+-export_type([spec/0]).
 
 %%====================================================================
 %% API
@@ -104,10 +114,20 @@ register_agent(AgentId, Pid, Capabilities, Opts) ->
 register_swarm(SwarmId, CoordinatorPid, Capabilities) ->
     request_registration(SwarmId, CoordinatorPid, Capabilities, swarm, #{}).
 
-%% @doc Removes an agent or swarm; unknown ids are ignored.
+%% @doc Removes an agent or swarm; unknown ids are ignored. Another node's
+%% agent is unregistered by its own node's registry (and so from every
+%% node's view); when that node cannot be reached, from this node's view.
 -spec unregister_agent(erlmcp_flow:agent_id()) -> ok | {error, not_started | {badarg, agent_id}}.
 unregister_agent(AgentId) when is_binary(AgentId) ->
-    call({unregister, AgentId});
+    case lookup_pid(AgentId) of
+        Pid when is_pid(Pid), node(Pid) =/= node() ->
+            _ = try gen_server:call({?MODULE, node(Pid)}, {unregister, AgentId}, 5000)
+                catch exit:_ -> ok
+                end,
+            call({unmirror, node(Pid), [{AgentId, Pid}]});
+        _ ->
+            call({unregister, AgentId})
+    end;
 unregister_agent(_) ->
     {error, {badarg, agent_id}}.
 
@@ -120,7 +140,12 @@ find_agent(AgentId) when is_binary(AgentId) ->
             {error, not_started};
         _ ->
             try (backend()):whereis_name(AgentId) of
-                undefined -> {error, not_found};
+                undefined ->
+                    %% another node's agent is in this registry's table only
+                    case lookup_pid(AgentId) of
+                        undefined -> {error, not_found};
+                        Pid -> {ok, Pid}
+                    end;
                 Pid -> {ok, Pid}
             catch
                 error:badarg -> {error, not_found}
@@ -193,7 +218,7 @@ advance_clock(Us) ->
 -spec list_agents() -> [{erlmcp_flow:agent_id(), pid(), kind(), [erlmcp_flow:capability()]}].
 list_agents() ->
     try ets:tab2list(?AGENTS) of
-        Rows -> lists:sort([{Id, Pid, Kind, Caps} || {Id, Pid, Kind, Caps, _} <- Rows])
+        Rows -> lists:sort([{Id, Pid, Kind, Caps} || {Id, Pid, Kind, Caps, _, _} <- Rows])
     catch
         error:badarg -> []
     end.
@@ -235,6 +260,37 @@ agents_table() ->
 lookup_pid(AgentId) ->
     try ets:lookup_element(?AGENTS, AgentId, 2)
     catch error:badarg -> undefined
+    end.
+
+%% @private The cluster process subscribes: it is told `{registry, added,
+%% [spec()]}' and `{registry, removed, [{Id, Pid}]}' for this node's own
+%% agents from now on, and gets those registered now.
+-spec subscribe(pid()) -> {ok, [spec()]} | {error, not_started}.
+subscribe(Pid) ->
+    call({subscribe, Pid}).
+
+%% @private Another node's agents join this node's view and routing. An id
+%% already held by a different agent is a conflict (both sides registered it
+%% while apart): the agent of the smaller node name keeps it, on every node
+%% alike; when that is the other node's, this node's holder is unregistered
+%% (a warning is logged).
+-spec mirror(node(), [spec()]) -> ok | {error, not_started}.
+mirror(Node, Specs) ->
+    call({mirror, Node, Specs}).
+
+%% @private Another node's agents leave this node's view: `all' of them, or
+%% those named with their pid (an id now held by another agent stays).
+-spec unmirror(node(), all | [{erlmcp_flow:agent_id(), pid()}]) -> ok | {error, not_started}.
+unmirror(Node, Which) ->
+    call({unmirror, Node, Which}).
+
+%% @private This node's own registrations.
+-spec local_agents() -> [spec()].
+local_agents() ->
+    try ets:tab2list(?AGENTS) of
+        Rows -> [{Id, Pid, Kind, Caps, W} || {Id, Pid, Kind, Caps, _, W} <- Rows, node(Pid) =:= node()]
+    catch
+        error:badarg -> []
     end.
 
 %% @private A proper list of non-empty binaries (possibly empty).
@@ -283,6 +339,19 @@ handle_call({register, Id, Pid, Caps, Kind, Weight}, From, State0) ->
     {noreply, register_batch(lists:reverse(Batch), State)};
 handle_call({unregister, Id}, _From, State) ->
     {reply, ok, do_unregister(Id, State)};
+handle_call({subscribe, Pid}, _From, #state{subscriber = Old} = State) ->
+    _ = case Old of {_, OldRef} -> erlang:demonitor(OldRef, [flush]); undefined -> ok end,
+    {reply, {ok, local_agents()}, State#state{subscriber = {Pid, erlang:monitor(process, Pid)}}};
+handle_call({mirror, Node, Specs}, _From, State0) ->
+    State = down_now(State0),
+    {reply, ok, mirror_specs(Node, Specs, State)};
+handle_call({unmirror, Node, all}, _From, State) ->
+    Ids = [{Id, unmirrored} || {Id, Pid, _, _, _, _} <- ets:tab2list(?AGENTS), node(Pid) =:= Node],
+    {reply, ok, forget(Ids, State)};
+handle_call({unmirror, Node, IdPids}, _From, State) ->
+    Ids = [{Id, unmirrored} || {Id, Pid} <- IdPids, node(Pid) =:= Node, Node =/= node(),
+                               lookup_pid(Id) =:= Pid],
+    {reply, ok, forget(Ids, State)};
 handle_call(_Request, _From, State) ->
     {reply, {error, unknown_call}, State}.
 
@@ -293,6 +362,8 @@ handle_cast(_Msg, State) ->
 
 %% @private
 -spec handle_info(term(), #state{}) -> {noreply, #state{}}.
+handle_info({'DOWN', MRef, process, _Pid, _Reason}, #state{subscriber = {_, MRef}} = State) ->
+    {noreply, State#state{subscriber = undefined}};
 handle_info({'DOWN', MRef, process, _Pid, Reason}, #state{monitors = Mons} = State) ->
     case maps:take(MRef, Mons) of
         {Id, Mons1} ->
@@ -440,19 +511,91 @@ register_batch(Batch, #state{router = Router, backend = Backend} = State) ->
                   end
           end, {[], sets:new([{version, 2}])}, Batch),
     Inserted = insert_all(Router, lists:reverse(Accepted)),
-    lists:foldl(
+    State1 = lists:foldl(
       fun({From, {Id, Pid, _Caps, _Kind, _Weight}, {error, _} = E}, St) ->
               ok = Backend:unregister_name(Id, Pid),
               gen_server:reply(From, E),
               St;
-         ({From, {Id, Pid, Caps, Kind, _Weight}, ok}, St) ->
-              MRef = erlang:monitor(process, Pid),
-              ets:insert(?CAPS, [{{Cap, Id}, Pid} || Cap <- Caps]),
-              ets:insert(?AGENTS, {Id, Pid, Kind, Caps, MRef}),
-              agent_event(register, Id, Pid, Kind, Caps, #{}),
+         ({From, {Id, Pid, Caps, Kind, Weight}, ok}, St) ->
+              St1 = add_row(Id, Pid, Kind, Caps, Weight, St),
               gen_server:reply(From, ok),
-              St#state{monitors = (St#state.monitors)#{MRef => Id}}
-      end, State, Inserted).
+              St1
+      end, State, Inserted),
+    notify(added, [{Id, Pid, Kind, Caps, W} || {_, {Id, Pid, Caps, Kind, W}, ok} <- Inserted], State1).
+
+add_row(Id, Pid, Kind, Caps, Weight, St) ->
+    MRef = erlang:monitor(process, Pid),
+    ets:insert(?CAPS, [{{Cap, Id}, Pid} || Cap <- Caps]),
+    ets:insert(?AGENTS, {Id, Pid, Kind, Caps, MRef, Weight}),
+    agent_event(register, Id, Pid, Kind, Caps, #{}),
+    St#state{monitors = (St#state.monitors)#{MRef => Id}}.
+
+%% The cluster process hears of this node's own agents only.
+notify(_Event, [], State) ->
+    State;
+notify(Event, Items, #state{subscriber = {Pid, _}} = State) ->
+    Pid ! {registry, Event, Items},
+    State;
+notify(_Event, _Items, State) ->
+    State.
+
+%% Another node's registrations, each checked against the table: new ids
+%% join (one change of the core's table), the same agent again is nothing,
+%% and a different holder of the id is a conflict settled by node name.
+mirror_specs(Node, Specs, #state{router = Router} = State) ->
+    Valid = [S || {Id, Pid, Kind, Caps, W} = S <- Specs, is_pid(Pid), node(Pid) =:= Node,
+                  Node =/= node(), validate(Id, self(), Caps) =:= ok,
+                  Kind =:= agent orelse Kind =:= swarm, is_number(W), W > 0],
+    {Add, Displace} =
+        lists:foldl(
+          fun({Id, Pid, _, _, _} = S, {A, D}) ->
+                  case ets:lookup(?AGENTS, Id) of
+                      [] -> {[S | A], D};
+                      [{Id, Pid, _, _, _, _}] -> {A, D};
+                      [{Id, Held, _, _, _, _}] ->
+                          case Node < node(Held) of
+                              true ->
+                                  logger:warning("erlmcp_flow: agent id ~ts was registered on ~ts and "
+                                                 "on ~ts while they were apart; ~ts keeps it "
+                                                 "(the smaller node name)",
+                                                 [Id, node(Held), Node, Node]),
+                                  {[S | A], [{Id, {conflict, Node}} | D]};
+                              false ->
+                                  {A, D}
+                          end
+                  end
+          end, {[], []}, lists:ukeysort(1, Valid)),
+    State1 = forget(Displace, State),
+    Specs1 = [{Id, Pid, Caps, Kind, W} || {Id, Pid, Kind, Caps, W} <- lists:reverse(Add)],
+    case Specs1 of
+        [] ->
+            State1;
+        _ ->
+            Results = case erlmcp_flow_nif:agent_insert_many(Router, Specs1) of
+                          ok -> [{Spec, ok} || Spec <- Specs1];
+                          {error, _} -> [{Spec, erlmcp_flow_nif:agent_insert(Router, Id, Pid, Caps, Kind, W)}
+                                         || {Id, Pid, Caps, Kind, W} = Spec <- Specs1]
+                      end,
+            lists:foldl(fun({{Id, Pid, Caps, Kind, W}, ok}, St) -> add_row(Id, Pid, Kind, Caps, W, St);
+                           ({_, {error, _}}, St) -> St
+                        end, State1, Results)
+    end.
+
+%% Removes rows, demonitoring them: this node's own become `removed' for
+%% the cluster.
+forget([], State) ->
+    State;
+forget(Gone, #state{monitors = Mons} = State) ->
+    Mons1 = lists:foldl(fun({Id, _}, M) ->
+                                case ets:lookup(?AGENTS, Id) of
+                                    [{Id, _, _, _, MRef, _}] ->
+                                        erlang:demonitor(MRef, [flush]),
+                                        maps:remove(MRef, M);
+                                    [] ->
+                                        M
+                                end
+                        end, Mons, Gone),
+    remove_all(Gone, State#state{monitors = Mons1}).
 
 %% Each accepted registration with its result: all in one change of the
 %% core's table or, when the core refuses the batch, one by one, so that
@@ -468,14 +611,8 @@ insert_all(Router, Accepted) ->
              || {From, {Id, Pid, Caps, Kind, W} = Spec} <- Accepted]
     end.
 
-do_unregister(Id, #state{monitors = Mons} = State) ->
-    case ets:lookup(?AGENTS, Id) of
-        [{Id, _Pid, _Kind, _Caps, MRef}] ->
-            erlang:demonitor(MRef, [flush]),
-            remove_all([{Id, unregistered}], State#state{monitors = maps:remove(MRef, Mons)});
-        [] ->
-            State
-    end.
+do_unregister(Id, State) ->
+    forget([{Id, unregistered}], State).
 
 %% The 'DOWN's of agents waiting in the mailbox now, handled as one batch.
 down_now(#state{monitors = Mons} = State) ->
@@ -502,15 +639,15 @@ more_down(Gone, Mons, N) ->
 %% the backend.
 remove_all(Gone, #state{router = Router, backend = Backend} = State) ->
     Rows = [{Row, Why} || {Id, Why} <- Gone, Row <- ets:lookup(?AGENTS, Id)],
-    _ = erlmcp_flow_nif:agent_remove_many(Router, [Id || {{Id, _, _, _, _}, _} <- Rows]),
+    _ = erlmcp_flow_nif:agent_remove_many(Router, [Id || {{Id, _, _, _, _, _}, _} <- Rows]),
     lists:foreach(
-      fun({{Id, Pid, Kind, Caps, _MRef}, Why}) ->
+      fun({{Id, Pid, Kind, Caps, _MRef, _W}, Why}) ->
               ets:delete(?AGENTS, Id),
               lists:foreach(fun(Cap) -> ets:delete(?CAPS, {Cap, Id}) end, Caps),
-              ok = Backend:unregister_name(Id, Pid),
+              _ = node(Pid) =:= node() andalso (ok =:= Backend:unregister_name(Id, Pid)),
               agent_event(unregister, Id, Pid, Kind, Caps, #{reason => Why})
       end, Rows),
-    State.
+    notify(removed, [{Id, Pid} || {{Id, Pid, _, _, _, _}, _} <- Rows, node(Pid) =:= node()], State).
 
 agent_event(Event, Id, Pid, Kind, Caps, Extra) ->
     erlmcp_flow_telemetry:execute([agent, Event], #{monotonic_time => erlang:monotonic_time()},
@@ -525,6 +662,6 @@ holders(Cap) ->
 
 holds_all(Id, Required) ->
     case ets:lookup(?AGENTS, Id) of
-        [{Id, _Pid, _Kind, Caps, _MRef}] -> lists:all(fun(C) -> lists:member(C, Caps) end, Required);
+        [{Id, _Pid, _Kind, Caps, _MRef, _W}] -> lists:all(fun(C) -> lists:member(C, Caps) end, Required);
         [] -> false
     end.

@@ -72,7 +72,7 @@
                      latency_us := non_neg_integer() | undefined}.
 
 -define(EXECUTE_KEYS, [capabilities, timeout, strategy, sticky_key, task_class, idempotent,
-                       traceparent, tracestate]).
+                       traceparent, tracestate, node]).
 -define(ROUTE_KEYS, [reply_to | ?EXECUTE_KEYS]).
 -define(OPT_KEYS, [timeout, routing_timeout, max_retry_attempts, base_retry_delay,
                    max_retry_delay, error_meta]).
@@ -404,8 +404,12 @@ decide(#{capabilities := Caps, strategy := Strategy} = Plan, #{span := TaskSpan}
        Exclude, Kind) ->
     Class = maps:get(task_class, Plan, undefined),
     Span = {TaskSpan, min(N, ?MAX_ATTEMPT_NO)},
+    Where = case Plan of
+                #{node := local} -> {Kind, local};
+                #{} -> Kind
+            end,
     case decide_nif(Caps, Strategy, maps:get(sticky_key, Plan, undefined), Class, Exclude,
-                    Kind, Span) of
+                    Where, Span) of
         {ok, AgentId, Pid, Lease, SpanId, Transition} ->
             erlmcp_flow_circuit_breaker:log_transition(AgentId, Transition),
             {ok, AgentId, Pid, Lease, agent_context(Trace, SpanId)};
@@ -624,6 +628,7 @@ valid(max_retry_delay, N) -> is_ms(N, 0);
 valid(reply_to, P) -> is_pid(P);
 valid(sticky_key, K) -> is_binary(K);
 valid(idempotent, B) -> is_boolean(B);
+valid(node, N) -> N =:= local orelse N =:= any;
 valid(error_meta, B) -> is_boolean(B);
 valid(task_class, _) -> true;
 %% parsed when the task's span starts

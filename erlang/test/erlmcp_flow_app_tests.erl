@@ -20,6 +20,8 @@ tree() ->
                   {erlmcp_flow_q_learning, _, worker, _},
                   %% the proxies of erlmcp's servers (erlmcp_flow_erlmcp)
                   {erlmcp_flow_erlmcp_sup, _, supervisor, _},
+                  %% pg scope, membership, failure detector (erlmcp_flow_cluster)
+                  {erlmcp_flow_cluster_sup, _, supervisor, _},
                   {erlmcp_flow_bulkhead, _, worker, _}],
                  lists:sort(fun(A, B) -> element(1, A) > element(1, B) end, Children)),
     ?assertMatch({ok, {#{strategy := one_for_all}, _}}, erlmcp_flow_sup:init([])),

@@ -11,6 +11,28 @@ manual_router() ->
     {ok, R} = erlmcp_flow_nif:router_new(#{clock => manual}),
     R.
 
+%% Another node's pid (a cluster's mirrored agent) is kept as it is and
+%% comes back from a decision; `{any, local}' passes it by.
+remote_pids_test() ->
+    R = router(),
+    Remote = erlmcp_flow_test_util:remote_pid(),
+    ok = erlmcp_flow_nif:agent_insert(R, <<"far">>, Remote, [<<"c">>], agent, 1),
+    {ok, <<"far">>, Remote, L1, _, none} =
+        erlmcp_flow_nif:decide(R, [<<"c">>], round_robin, undefined, undefined, [], any, undefined),
+    {ok, _} = erlmcp_flow_nif:complete(L1, ok),
+    ?assertEqual({error, no_agents_available},
+                 erlmcp_flow_nif:decide(R, [<<"c">>], round_robin, undefined, undefined, [],
+                                        {any, local}, undefined)),
+    ok = erlmcp_flow_nif:agent_insert(R, <<"near">>, self(), [<<"c">>], agent, 1),
+    Picked = [begin
+                  {ok, Id, Pid, L, _, none} =
+                      erlmcp_flow_nif:decide(R, [<<"c">>], round_robin, undefined, undefined, [],
+                                             {any, local}, undefined),
+                  {ok, _} = erlmcp_flow_nif:complete(L, ok),
+                  {Id, Pid}
+              end || _ <- lists:seq(1, 10)],
+    ?assertEqual([{<<"near">>, self()}], lists:usort(Picked)).
+
 garbage_gets_a_named_error_test_() ->
     R = router(),
     ok = erlmcp_flow_nif:agent_insert(R, <<"a">>, self(), [<<"c">>], agent, 1),
@@ -29,7 +51,9 @@ garbage_gets_a_named_error_test_() ->
          {insert, fun() -> erlmcp_flow_nif:agent_insert(R, b, self(), [<<"c">>], agent, 1) end, agent_id},
          {insert, fun() -> erlmcp_flow_nif:agent_insert(R, <<>>, self(), [<<"c">>], agent, 1) end, agent_id},
          {insert, fun() -> erlmcp_flow_nif:agent_insert(R, <<"b">>, not_a_pid, [<<"c">>], agent, 1) end, pid},
-         {insert, fun() -> erlmcp_flow_nif:agent_insert(R, <<"b">>, erlmcp_flow_test_util:remote_pid(), [<<"c">>], agent, 1) end, pid},
+         {insert, fun() -> erlmcp_flow_nif:agent_insert(R, <<"b">>, make_ref(), [<<"c">>], agent, 1) end, pid},
+         {decide, fun() -> erlmcp_flow_nif:decide(R, [<<"c">>], round_robin, undefined, undefined, [], {any, nowhere}, undefined) end, kind},
+         {decide, fun() -> erlmcp_flow_nif:decide(R, [<<"c">>], round_robin, undefined, undefined, [], {any}, undefined) end, kind},
          {insert, fun() -> erlmcp_flow_nif:agent_insert(R, <<"b">>, self(), [], agent, 1) end, capabilities},
          {insert, fun() -> erlmcp_flow_nif:agent_insert(R, <<"b">>, self(), [c], agent, 1) end, capabilities},
          {insert, fun() -> erlmcp_flow_nif:agent_insert(R, <<"b">>, self(), [<<>>], agent, 1) end, capabilities},

@@ -6,6 +6,12 @@ rustler::atoms! {
     infinity,
     none,
     any,
+    local,
+    // cluster votes
+    weak_secret,
+    bad_signature,
+    stale,
+    replayed,
     loaded,
     // JSON and JSON-RPC
     null,

@@ -7,6 +7,7 @@
 //! never a panic and never a bare `badarg`.
 
 mod atoms;
+mod cluster;
 mod decode;
 mod error;
 mod jsonrpc;

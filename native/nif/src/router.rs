@@ -12,7 +12,7 @@ use erlmcp_flow_core::{
 use rustler::types::tuple::make_tuple;
 use rustler::{
     Atom, Binary, Encoder, Env, ListIterator, LocalPid, MapIterator, NewBinary, Resource,
-    ResourceArc, Term,
+    ResourceArc, Term, TermType,
 };
 
 use crate::atoms;
@@ -20,9 +20,45 @@ use crate::decode::{Choice, binaries, choice, nonempty_binary};
 use crate::error::{NifError, NifOutcome, badarg};
 use crate::rng::with_rng;
 
+/// An agent's pid as the table keeps it: a pid of this node as is; another
+/// node's (a cluster's mirrored agent) in the external term format, made a
+/// term again when a decision returns it.
+#[derive(Clone)]
+pub enum AgentPid {
+    Local(LocalPid),
+    Remote(Box<[u8]>),
+}
+
+impl AgentPid {
+    fn from_term(term: Term<'_>) -> NifOutcome<Self> {
+        if let Ok(pid) = term.decode::<LocalPid>() {
+            return Ok(AgentPid::Local(pid));
+        }
+        if term.get_type() == TermType::Pid {
+            return Ok(AgentPid::Remote(term.to_binary().as_slice().into()));
+        }
+        Err(badarg("pid"))
+    }
+
+    fn is_remote(&self) -> bool {
+        matches!(self, AgentPid::Remote(_))
+    }
+}
+
+impl Encoder for AgentPid {
+    fn encode<'a>(&self, env: Env<'a>) -> Term<'a> {
+        match self {
+            AgentPid::Local(pid) => pid.encode(env),
+            AgentPid::Remote(bytes) => env
+                .binary_to_term(bytes)
+                .map_or_else(|| atoms::undefined().encode(env), |(t, _)| t),
+        }
+    }
+}
+
 /// One router per running application, owned by the registry process.
 pub struct RouterResource {
-    pub router: Router<LocalPid>,
+    pub router: Router<AgentPid>,
 }
 
 #[rustler::resource_impl]
@@ -31,7 +67,7 @@ impl Resource for RouterResource {}
 /// A task in flight. Dropped by the garbage collector when its holder is gone;
 /// the core's `Drop` then releases the load if nobody completed it.
 pub struct LeaseResource {
-    lease: Lease<LocalPid>,
+    lease: Lease<AgentPid>,
 }
 
 #[rustler::resource_impl]
@@ -278,10 +314,12 @@ fn agent_spec<'a>(
     caps: Term<'a>,
     kind: Term<'a>,
     weight: Term<'a>,
-) -> NifOutcome<AgentSpec<LocalPid>> {
+) -> NifOutcome<AgentSpec<AgentPid>> {
+    let payload = AgentPid::from_term(pid)?;
     Ok(AgentSpec {
         id: nonempty_binary(id, "agent_id")?.to_vec(),
-        payload: pid.decode::<LocalPid>().map_err(|_| badarg("pid"))?,
+        remote: payload.is_remote(),
+        payload,
         capabilities: binaries(caps, "capabilities")?
             .into_iter()
             .map(<[u8]>::to_vec)
@@ -498,7 +536,7 @@ fn key_arg(term: Term<'_>) -> NifOutcome<Option<u64>> {
 }
 
 /// The task class argument: a binary (hashed into the configured classes) or `undefined`.
-pub fn class_arg(router: &Router<LocalPid>, term: Term<'_>) -> NifOutcome<u32> {
+pub fn class_arg(router: &Router<AgentPid>, term: Term<'_>) -> NifOutcome<u32> {
     if Atom::from_term(term).is_ok_and(|a| a == atoms::undefined()) {
         return Ok(0);
     }
@@ -513,7 +551,7 @@ pub fn class_arg(router: &Router<LocalPid>, term: Term<'_>) -> NifOutcome<u32> {
 /// attempt's span under the task's and returns its id. The last element reports that
 /// this decision turned the agent's breaker half-open (its task is a probe).
 /// `Exclude` lists agent ids not to choose; `Kind` is `any`, or `swarm` for
-/// swarms only.
+/// swarms only, or `{any | swarm, local}` for this node's agents only.
 #[rustler::nif]
 #[allow(clippy::too_many_arguments)]
 fn decide<'a>(
@@ -532,13 +570,15 @@ fn decide<'a>(
         let caps = binaries(caps, "capabilities")?;
         let exclude = binaries(exclude, "exclude")?;
         let span = span_arg(span)?;
+        let (swarms_only, local_only) = kind_arg(kind)?;
         let req = Request {
             capabilities: &caps,
             strategy: choice(strategy, STRATEGIES, "strategy")?,
             key: key_arg(key)?,
             class: class_arg(&r.router, class)?,
             exclude: &exclude,
-            swarms_only: choice(kind, &[(atoms::any, false), (atoms::swarm, true)], "kind")?,
+            swarms_only,
+            local_only,
             span: span.as_ref().map(|(task, attempt)| SpanRequest {
                 task: &task.span,
                 attempt: *attempt,
@@ -564,6 +604,18 @@ fn decide<'a>(
         ))
     };
     reply(env, run())
+}
+
+/// `any | swarm`, or `{any | swarm, any | local}`: swarms only, and this
+/// node's agents only.
+fn kind_arg(kind: Term<'_>) -> NifOutcome<(bool, bool)> {
+    const KIND: &[Choice<bool>] = &[(atoms::any, false), (atoms::swarm, true)];
+    const NODE: &[Choice<bool>] = &[(atoms::any, false), (atoms::local, true)];
+    if kind.is_atom() {
+        return Ok((choice(kind, KIND, "kind")?, false));
+    }
+    let (k, n): (Term, Term) = kind.decode().map_err(|_| badarg("kind"))?;
+    Ok((choice(k, KIND, "kind")?, choice(n, NODE, "kind")?))
 }
 
 /// `complete(Lease, Outcome) -> {ok, LatencyUs} | {ok, LatencyUs, {breaker,
@@ -604,7 +656,7 @@ fn lease_p95<'a>(env: Env<'a>, lease: Term<'a>) -> Term<'a> {
 /// caller keeps it until it records the call's outcome; if the caller dies
 /// first, the garbage collector drops it and the probe's slot comes back.
 pub struct ProbeResource {
-    permit: ProbePermit<LocalPid>,
+    permit: ProbePermit<AgentPid>,
 }
 
 #[rustler::resource_impl]

@@ -13,23 +13,48 @@ use std::collections::VecDeque;
 /// Intervals remembered per node.
 pub const WINDOW: usize = 1000;
 
-/// The smallest standard deviation used, in ms: heartbeats of a loaded node
-/// are not as regular as a quiet one's, and a window of identical intervals
-/// would make the least delay infinitely suspicious.
-const MIN_STD_DEV_MS: f64 = 50.0;
+/// The smallest standard deviation used by default, in ms: heartbeats of a
+/// loaded node are not as regular as a quiet one's, and a window of
+/// identical intervals would make the least delay infinitely suspicious.
+pub const MIN_STD_DEV_MS: f64 = 50.0;
 
 /// One node's heartbeat history.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct PhiEstimator {
     intervals: VecDeque<f64>,
     sum: f64,
     sum_sq: f64,
     last_ms: Option<u64>,
+    min_std_dev_ms: f64,
+}
+
+impl Default for PhiEstimator {
+    fn default() -> Self {
+        Self::with_min_std_dev(MIN_STD_DEV_MS)
+    }
 }
 
 impl PhiEstimator {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An estimator whose standard deviation is never taken below
+    /// `min_std_dev_ms` (at least 1 ms): the detector passes a quarter of
+    /// its heartbeat interval, so that a steady node is suspected about 2.4
+    /// intervals after its last heartbeat, whatever the interval.
+    pub fn with_min_std_dev(min_std_dev_ms: f64) -> Self {
+        PhiEstimator {
+            intervals: VecDeque::new(),
+            sum: 0.0,
+            sum_sq: 0.0,
+            last_ms: None,
+            min_std_dev_ms: if min_std_dev_ms.is_finite() {
+                min_std_dev_ms.max(1.0)
+            } else {
+                MIN_STD_DEV_MS
+            },
+        }
     }
 
     /// A heartbeat arrived at `now_ms`.
@@ -64,7 +89,7 @@ impl PhiEstimator {
         }
         let mean = self.sum / n as f64;
         let variance = (self.sum_sq / n as f64 - mean * mean).max(0.0);
-        let std_dev = variance.sqrt().max(MIN_STD_DEV_MS);
+        let std_dev = variance.sqrt().max(self.min_std_dev_ms);
         let elapsed = now_ms.saturating_sub(last) as f64;
         // P(interval > elapsed) for a normal distribution, by the logistic
         // approximation of its CDF (accurate to about 1e-4), in log space so
@@ -123,6 +148,23 @@ mod tests {
         }
         let steady = regular(1000, 101);
         assert!(jittery.phi(t + 1400) < steady.phi(100_000 + 1400));
+    }
+
+    #[test]
+    fn a_quarter_interval_deviation_suspects_within_three_intervals() {
+        for every in [100u64, 200, 1000, 5000] {
+            let mut e = PhiEstimator::with_min_std_dev(every as f64 / 4.0);
+            for i in 0..20 {
+                e.heartbeat(i * every);
+            }
+            let last = 19 * every;
+            assert!(e.phi(last + every) < 1.0, "{every}");
+            assert!(e.phi(last + 2 * every) < 8.0, "{every}");
+            assert!(e.phi(last + 3 * every) > 8.0, "{every}");
+        }
+        // nonsense floors are clamped, never a NaN
+        assert!(PhiEstimator::with_min_std_dev(f64::NAN).phi(10).is_finite());
+        assert!(PhiEstimator::with_min_std_dev(-5.0).phi(10).is_finite());
     }
 
     #[test]

@@ -78,6 +78,9 @@ pub struct AgentSpec<P> {
     pub kind: AgentKind,
     /// Static weight for the `weighted` strategy; positive and finite.
     pub weight: f64,
+    /// Lives on another node (a cluster's mirrored agent): requests for
+    /// local agents only pass it by.
+    pub remote: bool,
 }
 
 impl<P> AgentSpec<P> {
@@ -89,6 +92,7 @@ impl<P> AgentSpec<P> {
             capabilities,
             kind: AgentKind::Agent,
             weight: 1.0,
+            remote: false,
         }
     }
 }
@@ -108,6 +112,7 @@ pub struct Agent<P> {
     cap_ids_sorted: Box<[u32]>,
     kind: AgentKind,
     weight: f64,
+    remote: bool,
     /// Unique per router, never reused: names the agent where an id would be
     /// too big (the learner's per-state maxima).
     uid: u32,
@@ -137,6 +142,11 @@ impl<P> Agent<P> {
 
     pub fn kind(&self) -> AgentKind {
         self.kind
+    }
+
+    /// Whether the agent lives on another node.
+    pub fn is_remote(&self) -> bool {
+        self.remote
     }
 
     pub fn stats(&self) -> &AgentStats {
@@ -943,6 +953,7 @@ impl<P> AgentTable<P> {
                     cap_ids_sorted: sorted.into(),
                     kind: spec.kind,
                     weight: spec.weight,
+                    remote: spec.remote,
                     stats: AgentStats::with_hot(shared.hot_arena().take()),
                     breaker: Breaker::new(&shared.config().breaker),
                     shared: shared.clone(),

@@ -331,6 +331,8 @@ pub struct Request<'a> {
     pub exclude: &'a [&'a [u8]],
     /// Only swarms (a fallback after the agents failed).
     pub swarms_only: bool,
+    /// Only agents of this node (`node => local`), not the cluster's others.
+    pub local_only: bool,
     /// Open a span for this attempt under this task span.
     pub span: Option<SpanRequest<'a>>,
 }
@@ -351,6 +353,7 @@ impl<'a> Request<'a> {
             class: 0,
             exclude: &[],
             swarms_only: false,
+            local_only: false,
             span: None,
         }
     }
@@ -727,12 +730,14 @@ impl<P> Router<P> {
         CANDIDATES.with(|cell| {
             let mut scratch = cell.borrow_mut();
             let mut candidates = snapshot.candidates(req.capabilities, &mut scratch);
-            if !req.exclude.is_empty() || req.swarms_only {
-                // Retries and fallbacks only: copy the list without the
-                // excluded agents (and, for a fallback, without plain agents).
+            if !req.exclude.is_empty() || req.swarms_only || req.local_only {
+                // Retries, fallbacks and local-only tasks: copy the list
+                // without the excluded agents (for a fallback, without plain
+                // agents; for a local-only task, without other nodes' agents).
                 let keep = |slot: &u32| {
                     let agent = snapshot.agent(*slot);
                     (!req.swarms_only || agent.kind() == AgentKind::Swarm)
+                        && (!req.local_only || !agent.is_remote())
                         && !req.exclude.contains(&agent.id())
                 };
                 let filtered: Vec<u32> = candidates.slots.iter().copied().filter(keep).collect();
@@ -1013,6 +1018,62 @@ mod tests {
         let v = agent.stats().view();
         assert_eq!((v.in_flight, v.abandoned), (0, 1));
         assert_eq!(r.stats().episodes, 0);
+    }
+
+    #[test]
+    fn local_only_requests_pass_remote_agents_by() {
+        let r = router(2);
+        for i in 2..6 {
+            r.agents()
+                .insert(AgentSpec {
+                    remote: true,
+                    ..AgentSpec::new(format!("remote-{i}"), i, vec![b"work".to_vec()])
+                })
+                .unwrap();
+        }
+        let mut rng = rng();
+        for s in Strategy::ALL {
+            let req = Request {
+                key: Some(42),
+                local_only: true,
+                ..Request::new(WORK, *s)
+            };
+            for _ in 0..30 {
+                let lease = r.decide(&req, &mut rng).unwrap();
+                assert!(*lease.agent().payload() < 2, "{s:?}");
+                assert!(!lease.agent().is_remote());
+                lease.complete(Outcome::Success);
+            }
+        }
+        // any node: the remote ones are candidates too
+        let picked: std::collections::HashSet<usize> = (0..200)
+            .map(|_| {
+                let lease = r
+                    .decide(&Request::new(WORK, Strategy::RoundRobin), &mut rng)
+                    .unwrap();
+                let p = *lease.agent().payload();
+                lease.complete(Outcome::Success);
+                p
+            })
+            .collect();
+        assert_eq!(picked.len(), 6);
+        // only remote agents, and a local-only task: none available
+        let remote_only: Router<usize> = Router::new(RouterConfig::default(), Clock::manual(0));
+        remote_only
+            .agents()
+            .insert(AgentSpec {
+                remote: true,
+                ..AgentSpec::new("far", 0, vec![b"work".to_vec()])
+            })
+            .unwrap();
+        let req = Request {
+            local_only: true,
+            ..Request::new(WORK, Strategy::RoundRobin)
+        };
+        assert_eq!(
+            remote_only.decide(&req, &mut rng).unwrap_err(),
+            FlowError::NoAgentsAvailable
+        );
     }
 
     #[test]
