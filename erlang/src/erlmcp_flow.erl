@@ -173,10 +173,14 @@ agent_stats(AgentId) ->
 %% since their tasks started) and `completed', `tasks_per_second',
 %% Q-learning `episodes' and exploration rate `epsilon', `retries',
 %% `fallbacks', `overloaded' answers, breaker transitions, the decision
-%% latency histogram, the correlation store and the span export.
-%% `{error, not_started}' when the application is not running.
+%% latency histogram, the correlation store and the span export; and the
+%% cluster as this node sees it: the `nodes' it routes to, the peers it
+%% `suspected', the `partitions' (nodes it cannot reach now) and each
+%% peer's `phi'. `{error, not_started}' when the application is not running.
 -spec stats() -> #{agents := non_neg_integer(), in_flight := non_neg_integer(),
-                   episodes := non_neg_integer(), epsilon := float(), atom() => number()}
+                   episodes := non_neg_integer(), epsilon := float(),
+                   nodes => [node()], suspected => [node()], partitions => [node()],
+                   phi => #{node() => float()}, atom() => number()}
                | {error, not_started}.
 stats() ->
     erlmcp_flow_metrics:stats().

@@ -36,7 +36,8 @@
 
 -type counter() :: retries | fallbacks | overloaded | spans_exported | export_failures
                  | spans_lost | tasks_succeeded | tasks_failed.
--type stats() :: #{atom() => number()}.
+-type stats() :: #{nodes => [node()], suspected => [node()], partitions => [node()],
+                   phi => #{node() => float()}, atom() => number()}.
 
 -define(COUNTERS_KEY, {?MODULE, counters}).
 %% Slots of the counters array; the last holds tasks per second x 1000.
@@ -85,7 +86,8 @@ stats() ->
     end.
 
 stats(Router) ->
-    {ok, Core} = erlmcp_flow_nif:router_stats(Router),
+    {ok, Core0} = erlmcp_flow_nif:router_stats(Router),
+    Core = maps:merge(Core0, cluster()),
     case persistent_term:get(?COUNTERS_KEY, undefined) of
         undefined ->
             maps:merge(maps:from_list([{K, 0} || K <- ?SLOTS]),
@@ -94,6 +96,15 @@ stats(Router) ->
             Counts = maps:from_list([{K, counters:get(Ref, slot(K))} || K <- ?SLOTS]),
             maps:merge(Counts, Core#{tasks_per_second => counters:get(Ref, ?RATE_SLOT) / 1000})
     end.
+
+%% The cluster as this node sees it: the nodes it routes to, the peers the
+%% failure detector suspects with every peer's phi, and the nodes it cannot
+%% reach (suspected or disconnected).
+cluster() ->
+    #{nodes => erlmcp_flow_cluster:nodes(),
+      suspected => erlmcp_flow_failure_detector:suspected(),
+      partitions => erlmcp_flow_byzantine_detector:detect_partitions(),
+      phi => maps:from_list([{N, Phi} || #{node := N, phi := Phi} <- erlmcp_flow_failure_detector:peers()])}.
 
 %% @doc Every registered agent and swarm with its live figures (see
 %% `erlmcp_flow:agent_stats/1'), sorted by id.

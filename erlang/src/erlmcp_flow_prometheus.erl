@@ -74,7 +74,17 @@ render(Stats, Agents) ->
                    [{[], G(spans_lost)}]),
             family(export_dropped_total, counter,
                    "Finished spans the export queue had no room for.",
-                   [{[], G(export_dropped)}])],
+                   [{[], G(export_dropped)}]),
+            family(cluster_nodes, gauge, "Nodes this node routes to, itself included.",
+                   [{[], length(maps:get(nodes, Stats, [node()]))}]),
+            family(partitioned_nodes, gauge,
+                   "Nodes this node cannot reach now (suspected or disconnected).",
+                   [{[], length(maps:get(partitions, Stats, []))}]),
+            family(node_phi, gauge, "The failure detector's phi of each peer node.",
+                   [{label("node", atom_to_binary(N)), Phi}
+                    || {N, Phi} <- lists:sort(maps:to_list(maps:get(phi, Stats, #{})))]),
+            family(node_suspected, gauge, "1 for a peer node the failure detector suspects.",
+                   [{label("node", atom_to_binary(N)), 1} || N <- maps:get(suspected, Stats, [])])],
     [Node, agent_families(Agents)].
 
 %%====================================================================
