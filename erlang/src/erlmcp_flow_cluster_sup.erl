@@ -1,6 +1,7 @@
 %% @private
 %% @doc The cluster's processes: the `pg' scope (unless another application
-%% runs it), membership (`erlmcp_flow_cluster') and the failure detector.
+%% runs it), membership (`erlmcp_flow_cluster'), the failure detector, the
+%% byzantine detector (secret, reputation, blacklist) and the vote service.
 %% `rest_for_one': a restarted scope restarts the processes that joined it.
 -module(erlmcp_flow_cluster_sup).
 -behaviour(supervisor).
@@ -18,4 +19,8 @@ init([]) ->
           [#{id => scope, start => {erlmcp_flow_cluster, start_scope, []}},
            #{id => erlmcp_flow_cluster, start => {erlmcp_flow_cluster, start_link, []}},
            #{id => erlmcp_flow_failure_detector,
-             start => {erlmcp_flow_failure_detector, start_link, []}}]}}.
+             start => {erlmcp_flow_failure_detector, start_link, []}},
+           #{id => erlmcp_flow_byzantine_detector,
+             start => {erlmcp_flow_byzantine_detector, start_link, []}},
+           #{id => erlmcp_flow_vote_service,
+             start => {erlmcp_flow_vote_service, start_link, []}}]}}.

@@ -218,7 +218,7 @@ merge_section(Section, Value, Rows, Acc) when is_map(Value) ->
                            #{Key := Check} ->
                                case Check(V) of
                                    true -> {ok, SAcc#{Key => V}};
-                                   false -> {error, {invalid_config, {Section, Key}, V}}
+                                   false -> {error, {invalid_config, {Section, Key}, shown(Key, V)}}
                                end;
                            #{} -> {error, {unknown_config_key, {Section, Key}}}
                        end
@@ -247,6 +247,9 @@ cross_check(circuit_breaker, #{window_type := count, window_size := N}, _)
     {error, {invalid_config, {circuit_breaker, window_size}, N}};
 cross_check(byzantine, #{byzantine_tolerance := F, quorum_size := Q}, _) when Q < 2 * F + 1 ->
     {error, {invalid_config, {byzantine, quorum_size}, Q}};
+cross_check(byzantine, #{enabled := true, hmac_secret := undefined, hmac_secret_file := undefined}, _) ->
+    %% quorum by default needs a secret to sign votes with
+    {error, {invalid_config, {byzantine, enabled}, true}};
 cross_check(Section, Merged, Acc) ->
     {ok, Acc#{Section => Merged}}.
 
@@ -274,10 +277,20 @@ given(Env, Section, Key) ->
 put_key(Config, Section, Key, Value) ->
     Config#{Section := (maps:get(Section, Config))#{Key := Value}}.
 
-%% @doc Makes a validated configuration readable by every process.
+%% @doc Makes a validated configuration readable by every process. The
+%% cluster's secret is not in it (`redacted'): the byzantine detector reads
+%% it from the environment once, into the Rust core.
 -spec publish(config()) -> ok.
+publish(#{byzantine := #{hmac_secret := S} = B} = Config) when is_binary(S) ->
+    persistent_term:put(?KEY, Config#{byzantine := B#{hmac_secret := redacted}});
 publish(Config) ->
     persistent_term:put(?KEY, Config).
+
+%% A secret's value never appears in an error (nor so in a log line).
+shown(hmac_secret, _) -> redacted;
+shown(token, _) -> redacted;
+shown(_, #{token := T} = V) when T =/= undefined -> V#{token := redacted};
+shown(_, V) -> V.
 
 %% @doc Removes the published configuration.
 -spec unpublish() -> ok.

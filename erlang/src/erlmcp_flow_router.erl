@@ -72,8 +72,8 @@
                      latency_us := non_neg_integer() | undefined}.
 
 -define(EXECUTE_KEYS, [capabilities, timeout, strategy, sticky_key, task_class, idempotent,
-                       traceparent, tracestate, node]).
--define(ROUTE_KEYS, [reply_to | ?EXECUTE_KEYS]).
+                       traceparent, tracestate, node, quorum, on_no_quorum]).
+-define(ROUTE_KEYS, [reply_to | ?EXECUTE_KEYS -- [quorum, on_no_quorum]]).
 -define(OPT_KEYS, [timeout, routing_timeout, max_retry_attempts, base_retry_delay,
                    max_retry_delay, error_meta]).
 
@@ -113,7 +113,7 @@ execute(Task, Requirements, Opts) ->
                     Deadline = erlang:monotonic_time(millisecond) + RT,
                     Started = task_started(Plan, Trace),
                     St = #{n => 1, tried => [], failed => [], phase => agents},
-                    Answer = try attempt(Task, Plan, Trace, Deadline, St) of
+                    Answer = try quorum_or_attempt(Task, Plan, Trace, Deadline, St) of
                                  A -> A
                              catch
                                  Class:Reason:Stack ->
@@ -127,6 +127,13 @@ execute(Task, Requirements, Opts) ->
         {error, _} = E ->
             answer(E, none, Opts)
     end.
+
+%% A quorum task goes to 2F+1 agents (erlmcp_flow_quorum); any other to
+%% one at a time.
+quorum_or_attempt(Task, #{quorum := Q} = Plan, Trace, _Deadline, _St) when Q =/= false ->
+    erlmcp_flow_quorum:execute(Task, Plan, Trace);
+quorum_or_attempt(Task, Plan, Trace, Deadline, St) ->
+    attempt(Task, Plan, Trace, Deadline, St).
 
 %% What execute/3 returns: {error, Reason, Meta} with `error_meta => true'
 %% (Meta empty when the task's span never began), else as is.
@@ -408,7 +415,12 @@ decide(#{capabilities := Caps, strategy := Strategy} = Plan, #{span := TaskSpan}
                 #{node := local} -> {Kind, local};
                 #{} -> Kind
             end,
-    case decide_nif(Caps, Strategy, maps:get(sticky_key, Plan, undefined), Class, Exclude,
+    %% blacklisted agents (quorum voting) are passed by as tried ones are
+    Excluded = case erlmcp_flow_byzantine_detector:excluded() of
+                   [] -> Exclude;
+                   Black -> Black ++ Exclude
+               end,
+    case decide_nif(Caps, Strategy, maps:get(sticky_key, Plan, undefined), Class, Excluded,
                     Where, Span) of
         {ok, AgentId, Pid, Lease, SpanId, Transition} ->
             erlmcp_flow_circuit_breaker:log_transition(AgentId, Transition),
@@ -543,6 +555,14 @@ class_key(#{task_class := C}) when is_binary(C) -> C;
 class_key(#{task_class := C}) -> term_to_binary(C);
 class_key(#{}) -> undefined.
 
+%% `byzantine.enabled' makes a quorum the default of every task.
+with_quorum(#{quorum := _} = Plan) -> Plan;
+with_quorum(Plan) ->
+    case erlmcp_flow_config:get(byzantine, enabled) of
+        true -> Plan#{quorum => true};
+        false -> Plan
+    end.
+
 with_class_key(#{task_class := _} = Plan) -> Plan#{task_class := class_key(Plan)};
 with_class_key(Plan) -> Plan.
 
@@ -571,7 +591,7 @@ plan(Task, Requirements, Allowed, Opts) ->
                     Given = maps:merge(Requirements, Opts),
                     case check_values(maps:to_list(Given)) of
                         {ok, _} ->
-                            Plan = maps:merge(Defaults, Given),
+                            Plan = with_quorum(maps:merge(Defaults, Given)),
                             check_keys(with_class_key(with_sticky_key(Plan, Task)));
                         {error, _} = E ->
                             E
@@ -629,6 +649,8 @@ valid(reply_to, P) -> is_pid(P);
 valid(sticky_key, K) -> is_binary(K);
 valid(idempotent, B) -> is_boolean(B);
 valid(node, N) -> N =:= local orelse N =:= any;
+valid(quorum, Q) -> is_boolean(Q) orelse (is_integer(Q) andalso Q >= 0 andalso Q =< 1000);
+valid(on_no_quorum, M) -> M =:= best_effort orelse M =:= error;
 valid(error_meta, B) -> is_boolean(B);
 valid(task_class, _) -> true;
 %% parsed when the task's span starts

@@ -129,6 +129,12 @@ requirements(Req) when is_map(Req) ->
                           [S] -> {ok, Acc#{strategy => S}};
                           [] -> invalid_params(<<"unknown strategy">>)
                       end;
+                  node ->
+                      case V of
+                          <<"local">> -> {ok, Acc#{node => local}};
+                          <<"any">> -> {ok, Acc#{node => any}};
+                          _ -> invalid_params(<<"node is \"local\" or \"any\"">>)
+                      end;
                   undefined ->
                       invalid_params(<<"unknown requirement: ", (text(K))/binary>>);
                   Key ->
@@ -147,6 +153,7 @@ requirement_key(<<"task_class">>) -> task_class;
 requirement_key(<<"idempotent">>) -> idempotent;
 requirement_key(<<"traceparent">>) -> traceparent;
 requirement_key(<<"tracestate">>) -> tracestate;
+requirement_key(<<"node">>) -> node;
 requirement_key(_) -> undefined.
 
 invalid_params(Why) ->

@@ -55,13 +55,35 @@ bad_values_are_named_test_() ->
              {load_balancer, hash_balance_factor, 0.9},
              {circuit_breaker, timeout, -1}, {circuit_breaker, window_type, sliding},
              {failure_detector, phi_threshold, 0}, {byzantine, enabled, yes},
-             {byzantine, hmac_secret, <<"short">>}, {byzantine, signature_algorithm, md5},
+             {byzantine, signature_algorithm, md5},
              {byzantine, on_no_quorum, maybe_later}, {cluster, scope, "flow"},
              {metrics, max_connections, 0}, {timeouts, execution, 0},
              {timeouts, routing, infinity}, {timeouts, max_retry_attempts, -1}],
     [?_assertEqual({error, {invalid_config, {S, K}, V}},
                    erlmcp_flow_config:validate(#{S => #{K => V}}))
      || {S, K, V} <- Cases].
+
+%% A secret is named, never shown: a short one (or a transport's token)
+%% is refused as `redacted'; quorum by default needs a secret; the published
+%% configuration does not hold it.
+secrets_are_never_shown_test() ->
+    ?assertEqual({error, {invalid_config, {byzantine, hmac_secret}, redacted}},
+                 erlmcp_flow_config:validate(#{byzantine => #{hmac_secret => <<"short">>}})),
+    {error, {invalid_config, {transports, http}, Shown}} =
+        erlmcp_flow_config:validate(#{transports => #{http => #{token => <<"0123456789abcdef-tok">>,
+                                                                 port => -1}}}),
+    ?assertEqual(redacted, maps:get(token, Shown)),
+    ?assertEqual({error, {invalid_config, {byzantine, enabled}, true}},
+                 erlmcp_flow_config:validate(#{byzantine => #{enabled => true}})),
+    Secret = <<"a-secret-of-the-cluster-1234">>,
+    {ok, C} = erlmcp_flow_config:validate(#{byzantine => #{hmac_secret => Secret}}),
+    ok = erlmcp_flow_config:publish(C),
+    try
+        ?assertEqual(redacted, erlmcp_flow_config:get(byzantine, hmac_secret)),
+        ?assertEqual(nomatch, binary:match(term_to_binary(persistent_term:get()), Secret))
+    after
+        erlmcp_flow_config:unpublish()
+    end.
 
 clock_is_system_or_manual_test() ->
     ?assertMatch({ok, #{clock := manual}}, erlmcp_flow_config:validate(#{clock => manual})),

@@ -73,6 +73,11 @@ errors() ->
     ?assertNotEqual(nomatch, binary:match(R1, <<"colour">>)),
     {_, #{<<"error">> := #{<<"code">> := -32602}}} =
         call(<<"flow.route_task">>, #{requirements => #{strategy => <<"fastest">>}}),
+    {_, #{<<"error">> := #{<<"code">> := -32602}}} =
+        call(<<"flow.route_task">>, #{requirements => #{node => <<"mars">>}}),
+    {_, #{<<"result">> := #{<<"agent_id">> := <<"echo-1">>}}} =
+        call(<<"flow.route_task">>, #{requirements => #{capabilities => [<<"echo">>],
+                                                         node => <<"local">>}}),
     {_, #{<<"error">> := #{<<"code">> := -32001, <<"data">> := #{<<"reason">> := <<"no_agents_available">>}}}} =
         call(<<"flow.route_task">>, #{requirements => #{capabilities => [<<"nobody">>]}}),
     {_, #{<<"error">> := #{<<"code">> := -32602}}} =

@@ -1,0 +1,149 @@
+-module(erlmcp_flow_quorum_tests).
+
+%% PropEr first: eunit.hrl leaves out its own ?LET when one is defined.
+-include_lib("proper/include/proper.hrl").
+-include_lib("eunit/include/eunit.hrl").
+
+-import(erlmcp_flow_test_util, [with_env/2, wait_until/1]).
+
+-define(SECRET, <<"quorum-tests-secret-0123456789">>).
+
+%% For any N >= 2F+1 voters of which at most F lie with any answers, in any
+%% order, with any of them silent (late or dead): the decided value is the
+%% honest one or nothing yet, never a lie.
+tally_never_decides_a_lie_test() ->
+    ?assert(proper:quickcheck(prop_never_a_lie(), [{numtests, 2000}, quiet])).
+
+prop_never_a_lie() ->
+    ?FORALL({F, Extra, LiarAnswers, Order, Silent},
+            {range(0, 5), range(0, 4), list(oneof([integer(), atom(), binary()])),
+             list(integer()), list(boolean())},
+            begin
+                N = 2 * F + 1 + Extra,
+                Liars = min(F, length(LiarAnswers)),
+                Votes0 = [{id(I), {ok, honest}} || I <- lists:seq(1, N - Liars)] ++
+                         [{id(N - Liars + I), {ok, {lie, lists:nth(I, LiarAnswers)}}}
+                          || I <- lists:seq(1, Liars)],
+                Votes = [V || {V, Quiet} <- lists:zip(shuffle(Votes0, Order),
+                                                      pad(Silent, length(Votes0))),
+                              not Quiet],
+                %% each prefix is what the collector has seen at some moment
+                lists:all(fun(K) ->
+                                  case erlmcp_flow_quorum:tally(lists:reverse(lists:sublist(Votes, K)), F) of
+                                      pending -> true;
+                                      {accepted, {ok, honest}, Ids} -> length(Ids) >= F + 1;
+                                      {accepted, _Lie, _} -> false
+                                  end
+                          end, lists:seq(0, length(Votes)))
+            end).
+
+id(I) -> integer_to_binary(I).
+
+shuffle(L, Keys) ->
+    [X || {_, X} <- lists:sort(lists:zip(pad(Keys, length(L)), L))].
+
+pad(L, N) when length(L) >= N -> lists:sublist(L, N);
+pad(L, N) -> L ++ lists:duplicate(N - length(L), hd(L ++ [false])).
+
+plurality_test() ->
+    ?assertEqual(none, erlmcp_flow_quorum:plurality([])),
+    ?assertEqual({a, [<<"1">>, <<"3">>]},
+                 erlmcp_flow_quorum:plurality([{<<"3">>, a}, {<<"2">>, b}, {<<"1">>, a}])),
+    %% a tie: the answer voted for first
+    ?assertEqual({b, [<<"1">>]}, erlmcp_flow_quorum:plurality([{<<"2">>, a}, {<<"1">>, b}])).
+
+%% One node: honest agents outvote a liar; the liar is blacklisted after
+%% min_votes; without a secret, quorum tasks are refused.
+single_node_test_() ->
+    {timeout, 60, fun single_node/0}.
+
+single_node() ->
+    with_env([{byzantine, #{hmac_secret => ?SECRET, min_votes => 4, vote_timeout => 2000}}],
+             fun() ->
+                     [ok = erlmcp_flow:register_agent(Id, agent(Answer), [<<"q">>])
+                      || {Id, Answer} <- [{<<"h1">>, 42}, {<<"h2">>, 42}, {<<"h3">>, 42},
+                                          {<<"liar">>, 666}]],
+                     Results = [erlmcp_flow:execute(#{n => I}, #{capabilities => [<<"q">>],
+                                                                 quorum => 1})
+                                || I <- lists:seq(1, 30)],
+                     ?assertEqual([42], lists:usort([R || {ok, R, _} <- Results])),
+                     ?assertEqual(30, length(Results)),
+                     {ok, 42, #{quorum := #{f := 1, agreeing := Agreeing, votes := Votes}}} = hd(Results),
+                     ?assert(Agreeing >= 2 andalso Votes >= 2),
+                     wait_until(fun() -> erlmcp_flow_byzantine_detector:is_blacklisted(<<"liar">>) end),
+                     #{dishonest := D, blacklisted := true} =
+                         erlmcp_flow_byzantine_detector:reputation(<<"liar">>),
+                     ?assert(D >= 4),
+                     ?assertEqual(false, erlmcp_flow_byzantine_detector:is_blacklisted(<<"h1">>)),
+                     %% blacklisted: no strategy picks it any more
+                     Plain = [erlmcp_flow:execute(#{}, #{capabilities => [<<"q">>], strategy => S})
+                              || S <- erlmcp_flow_router:strategies(), _ <- lists:seq(1, 10)],
+                     ?assertEqual([42], lists:usort([R || {ok, R, _} <- Plain])),
+                     %% not enough agents: best effort by default, an error when asked
+                     ?assertMatch({ok, 42, _}, erlmcp_flow:execute(#{}, #{capabilities => [<<"q">>],
+                                                                          quorum => 3})),
+                     ?assertEqual({error, {insufficient_agents, 3, 7}},
+                                  erlmcp_flow:execute(#{}, #{capabilities => [<<"q">>], quorum => 3,
+                                                             on_no_quorum => error})),
+                     ok = erlmcp_flow_byzantine_detector:unblacklist(<<"liar">>),
+                     ?assertEqual(false, erlmcp_flow_byzantine_detector:is_blacklisted(<<"liar">>)),
+                     ?assertEqual({error, {badarg, {quorum, -1}}},
+                                  erlmcp_flow:execute(#{}, #{capabilities => [<<"q">>], quorum => -1}))
+             end).
+
+%% Two liars agreeing and one honest agent at F = 1: the liars' answer has
+%% F+1 votes (more than F lie: outside the promise), which is why F must
+%% bound the liars. With every vote split, best effort returns the
+%% plurality as degraded and `error' refuses.
+split_votes_test() ->
+    with_env([{byzantine, #{hmac_secret => ?SECRET, vote_timeout => 2000}}],
+             fun() ->
+                     [ok = erlmcp_flow:register_agent(Id, agent(Answer), [<<"s">>])
+                      || {Id, Answer} <- [{<<"a">>, 1}, {<<"b">>, 2}, {<<"c">>, 3}]],
+                     {ok, _, #{quorum := degraded}} =
+                         erlmcp_flow:execute(#{}, #{capabilities => [<<"s">>], quorum => 1}),
+                     ?assertMatch({error, {no_quorum, #{votes := 3}}},
+                                  erlmcp_flow:execute(#{}, #{capabilities => [<<"s">>], quorum => 1,
+                                                             on_no_quorum => error}))
+             end).
+
+no_secret_test() ->
+    with_env([],
+             fun() ->
+                     ok = erlmcp_flow:register_agent(<<"x">>, agent(1), [<<"x">>]),
+                     ?assertEqual({error, {byzantine, no_secret}},
+                                  erlmcp_flow:execute(#{}, #{capabilities => [<<"x">>], quorum => true})),
+                     ?assertMatch({ok, 1, _}, erlmcp_flow:execute(#{}, #{capabilities => [<<"x">>]}))
+             end).
+
+%% The secret never shows in a crash report of the process that loaded it.
+secret_not_in_crash_report_test() ->
+    with_env([{byzantine, #{hmac_secret => ?SECRET}}],
+             fun() ->
+                     Pid = whereis(erlmcp_flow_byzantine_detector),
+                     Log = erlmcp_flow_test_util:capture_log(
+                             fun() ->
+                                     logger:set_primary_config(level, info),
+                                     ok = sys:terminate(Pid, crash_for_the_test),
+                                     wait_until(fun() -> is_pid(whereis(erlmcp_flow_byzantine_detector)) end),
+                                     timer:sleep(100)
+                             end),
+                     logger:set_primary_config(level, critical),
+                     Text = iolist_to_binary([T || {_, T} <- Log]),
+                     ?assertNotEqual(nomatch, binary:match(Text, <<"crash_for_the_test">>)),
+                     ?assertEqual(nomatch, binary:match(Text, ?SECRET)),
+                     %% nor in the published configuration
+                     ?assertEqual(redacted, erlmcp_flow_config:get(byzantine, hmac_secret))
+             end).
+
+agent(Answer) ->
+    spawn(fun() -> agent_loop(Answer) end).
+
+agent_loop(Answer) ->
+    receive
+        {execute_task, _Task, _Ctx, From, Ref} ->
+            From ! {task_result, Ref, {ok, Answer}},
+            agent_loop(Answer);
+        _ ->
+            agent_loop(Answer)
+    end.
