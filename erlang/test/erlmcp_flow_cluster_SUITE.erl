@@ -10,14 +10,18 @@
 
 -export([all/0, init_per_suite/1, end_per_suite/1, init_per_testcase/2, end_per_testcase/2]).
 -export([shared_agents/1, remote_death_is_retried/1, partition_and_heal/1,
-         suspended_heartbeats/1]).
+         suspended_heartbeats/1, byzantine_quorum/1]).
 %% run on the peers
--export([start_agents/2, agent/2, route_many/3, route_one/2, sees/0]).
+-export([start_agents/2, start_agents/3, agent/2, agent/3, route_many/3, route_one/2, sees/0,
+         start_replayer/0, replayer/1]).
 
 -define(CAP, <<"work">>).
 -define(HEARTBEAT_MS, 200).
 
-all() -> [shared_agents, remote_death_is_retried, partition_and_heal, suspended_heartbeats].
+all() -> [shared_agents, remote_death_is_retried, partition_and_heal, suspended_heartbeats,
+          byzantine_quorum].
+
+-define(SECRET, <<"the-cluster-secret-of-the-suite">>).
 
 init_per_suite(Config) ->
     case os:find_executable("epmd") of
@@ -223,9 +227,93 @@ suspended_heartbeats(Config0) ->
     _ = Config,
     ok.
 
+%% Four nodes, quorum tasks at F = 3 (7 agents): the caller's node has 4
+%% honest agents; one node's agent answers wrong values; one node runs with
+%% another secret (its votes fail verification); one node replays an old
+%% signed vote for every new task. Every task gets the honest value, once;
+%% the liar agent and the two nodes are blacklisted.
+byzantine_quorum(Config0) ->
+    Byz = fun(Secret) -> [{byzantine, #{hmac_secret => Secret, vote_timeout => 3000}}] end,
+    [{P1, N1}] = start_peers(1, Byz(?SECRET)),
+    [{P2, N2}] = start_peers(1, Byz(?SECRET)),
+    [{P3, N3}] = start_peers(1, Byz(<<"another-secret-entirely-000">>)),
+    [{P4, N4}] = start_peers(1, Byz(?SECRET)),
+    Peers = [{P1, N1}, {P2, N2}, {P3, N3}, {P4, N4}],
+    Config = [{peers, Peers} | Config0],
+    connect_all(Peers),
+    ok = peer:call(P1, ?MODULE, start_agents, [ids(N1, 4), <<"q">>, 42]),
+    ok = peer:call(P2, ?MODULE, start_agents, [[<<"liar">>], <<"q">>, 666]),
+    ok = peer:call(P3, ?MODULE, start_agents, [ids(N3, 1), <<"q">>, 42]),
+    ok = peer:call(P4, ?MODULE, start_agents, [ids(N4, 1), <<"q">>, 42]),
+    ok = peer:call(P4, ?MODULE, start_replayer, []),
+    All = lists:sort(ids(N1, 4) ++ [<<"liar">>] ++ ids(N3, 1) ++ ids(N4, 1)),
+    [wait_sees(P, All) || {P, _} <- Peers],
+    Results = [peer:call(P1, ?MODULE, route_one, [#{n => I}, #{capabilities => [<<"q">>], quorum => 3}])
+               || I <- lists:seq(1, 30)],
+    ct:log("quorum answers: ~p", [[{element(1, R), element(2, R)} || R <- Results]]),
+    ?assertEqual(lists:duplicate(30, 42), [R || {ok, R, _} <- Results]),
+    {ok, 42, #{quorum := Q}} = hd(Results),
+    ct:log("first task's quorum: ~p", [Q]),
+    ?assertMatch(#{f := 3, agreeing := 4}, Q),
+    Black = fun(W) -> peer:call(P1, erlmcp_flow_byzantine_detector, is_blacklisted, [W]) end,
+    wait_until(fun() -> Black(<<"liar">>) andalso Black(N3) andalso Black(N4) end, 5000),
+    ?assertNot(Black(N1)),
+    ?assertNot(Black(N2)),
+    [?assertNot(Black(Id)) || Id <- ids(N1, 4)],
+    ?assertMatch(#{dishonest := D, blacklisted := true} when D >= 10,
+                 peer:call(P1, erlmcp_flow_byzantine_detector, reputation, [<<"liar">>])),
+    %% the blacklisted leave every strategy's candidates on the caller's node
+    Plain = peer:call(P1, ?MODULE, route_many, [60, #{capabilities => [<<"q">>]}, #{}]),
+    ?assertEqual(60, length([ok || {ok, 42, _} <- Plain])),
+    ?assertEqual([], lists:usort([Id || {ok, _, #{agent_id := Id}} <- Plain]) -- ids(N1, 4)),
+    stop_peers(Peers),
+    _ = Config,
+    ok.
+
 %%--------------------------------------------------------------------
 %% On the peers
 %%--------------------------------------------------------------------
+
+start_agents(Ids, Cap, Answer) ->
+    [ok = erlmcp_flow:register_agent(Id, spawn(?MODULE, agent, [Id, self(), Answer]), [Cap])
+     || Id <- Ids],
+    ok.
+
+%% Answers `Answer' whoever asks: the same value on every honest node.
+agent(Id, Owner, Answer) ->
+    receive
+        {execute_task, _Task, _Ctx, From, Ref} ->
+            From ! {task_result, Ref, {ok, Answer}},
+            agent(Id, Owner, Answer);
+        _ ->
+            agent(Id, Owner, Answer)
+    end.
+
+%% This node's vote service replaced by one that answers the first request
+%% honestly and every later one with that first signed vote again.
+start_replayer() ->
+    ok = supervisor:terminate_child(erlmcp_flow_cluster_sup, erlmcp_flow_vote_service),
+    Pid = spawn(?MODULE, replayer, [undefined]),
+    true = register(erlmcp_flow_vote_service, Pid),
+    ok.
+
+replayer(Saved) ->
+    receive
+        {flow_vote_request, ReplyTo, Ref, Task, Ctx, Id, Pid, Timeout} when Saved =:= undefined ->
+            ok = erlmcp_flow_vote_service:vote({flow_vote_request, self(), Ref, Task, Ctx, Id, Pid,
+                                                Timeout}),
+            receive
+                {flow_vote, Ref, Vote, Sig} = Msg ->
+                    ReplyTo ! Msg,
+                    replayer({Vote, Sig})
+            after 5000 ->
+                    replayer(Saved)
+            end;
+        {flow_vote_request, ReplyTo, Ref, _Task, _Ctx, _Id, _Pid, _Timeout} ->
+            {Vote, Sig} = Saved,
+            ReplyTo ! {flow_vote, Ref, Vote, Sig},
+            replayer(Saved)
+    end.
 
 start_agents(Ids, Cap) ->
     [ok = erlmcp_flow:register_agent(Id, spawn(?MODULE, agent, [Id, self()]), [Cap]) || Id <- Ids],
@@ -262,6 +350,9 @@ sees() ->
 %%--------------------------------------------------------------------
 
 start_peers(N) ->
+    start_peers(N, []).
+
+start_peers(N, Env) ->
     Paths = lists:append([["-pa", P] || P <- code:get_path(), string:find(P, "_build") =/= nomatch]),
     [begin
          {ok, Peer, Node} =
@@ -275,6 +366,7 @@ start_peers(N) ->
          ok = peer:call(Peer, application, set_env,
                         [erlmcp_flow, failure_detector, #{heartbeat_interval => ?HEARTBEAT_MS,
                                                           min_samples => 5}]),
+         [ok = peer:call(Peer, application, set_env, [erlmcp_flow, K, V]) || {K, V} <- Env],
          {ok, _} = peer:call(Peer, application, ensure_all_started, [erlmcp_flow]),
          {Peer, Node}
      end || _ <- lists:seq(1, N)].
