@@ -185,7 +185,8 @@ terminate(_Reason, _State) ->
 
 %% @private The state holds no secret (the key is a resource); reports show
 %% the counts only.
--spec format_status(map()) -> map().
+-spec format_status(#{state => _, message => _, reason => _, log => [_]}) ->
+          #{state => _, message => _, reason => _, log => [_]}.
 format_status(Status) ->
     maps:map(fun(state, #state{agents = A, nodes = N}) ->
                      #{agents_rated => map_size(A), nodes_rated => map_size(N)};

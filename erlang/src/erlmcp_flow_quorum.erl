@@ -59,20 +59,33 @@ execute(Task, Plan, Trace) ->
 
 %% @doc The answer F+1 votes agree on, with those voters, or `pending'.
 %% Votes are `{AgentId, Answer}', at most one per agent.
--spec tally([vote()], non_neg_integer()) -> {accepted, term(), [binary()]} | pending.
+-spec tally([vote()], non_neg_integer()) ->
+          {accepted, term(), [binary()]} | pending | {error, {badarg, votes | f}}.
+tally(_Votes, F) when not is_integer(F); F < 0 ->
+    {error, {badarg, f}};
 tally(Votes, F) ->
-    Groups = group(Votes),
-    case [{A, Ids} || {A, Ids} <- Groups, length(Ids) >= F + 1] of
-        [{Answer, Ids} | _] -> {accepted, Answer, Ids};
-        [] -> pending
+    case is_votes(Votes) of
+        false ->
+            {error, {badarg, votes}};
+        true ->
+            case [{A, Ids} || {A, Ids} <- group(Votes), length(Ids) >= F + 1] of
+                [{Answer, Ids} | _] -> {accepted, Answer, Ids};
+                [] -> pending
+            end
     end.
 
 %% @doc The answer most votes agree on (ties: the one first voted for), with
 %% its voters; `none' without votes.
--spec plurality([vote()]) -> {term(), [binary()]} | none.
+-spec plurality([vote()]) -> {term(), [binary()]} | none | {error, {badarg, votes}}.
 plurality([]) ->
     none;
 plurality(Votes) ->
+    case is_votes(Votes) of
+        true -> most(Votes);
+        false -> {error, {badarg, votes}}
+    end.
+
+most(Votes) ->
     [First | Rest] = group(Votes),
     lists:foldl(fun({_, Ids} = G, {_, Best} = Acc) ->
                         case length(Ids) > length(Best) of
@@ -84,6 +97,13 @@ plurality(Votes) ->
 %%====================================================================
 %% Internal functions
 %%====================================================================
+
+is_votes(L) when is_list(L) ->
+    try lists:all(fun({Id, _}) -> is_binary(Id); (_) -> false end, L)
+    catch error:_ -> false  % an improper list
+    end;
+is_votes(_) ->
+    false.
 
 %% Answers with their voters, in the order each answer was first voted for
 %% (votes are kept newest first).

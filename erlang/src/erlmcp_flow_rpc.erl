@@ -16,6 +16,9 @@
 %% <tr><td>-32007</td><td>`not_started'</td></tr>
 %% <tr><td>-32008</td><td>`flow.register_agent' on a transport that cannot reach an agent</td></tr>
 %% <tr><td>-32009</td><td>`execution_timeout' (erlmcp's request timeout)</td></tr>
+%% <tr><td>-32020</td><td>`{byzantine, no_secret}': a quorum asked of a node without a secret</td></tr>
+%% <tr><td>-32021</td><td>`{insufficient_agents, Have, Need}' (`on_no_quorum => error')</td></tr>
+%% <tr><td>-32022</td><td>`{no_quorum, Votes}' (`on_no_quorum => error')</td></tr>
 %% <tr><td>-32602</td><td>`{badarg, _}': the params named in `data.reason'</td></tr>
 %% <tr><td>-32603</td><td>`{internal_error, _}', and a result JSON cannot carry</td></tr>
 %% </table>
@@ -86,12 +89,12 @@ route_task(Params, Ctx) ->
             Req = maps:merge(maps:with([traceparent, tracestate], Ctx), Req0),
             case erlmcp_flow:execute(Task, Req) of
                 {ok, Result, Meta} ->
-                    {ok, #{result => Result,
+                    {ok, maps:merge(jsonable(maps:with([quorum], Meta)), #{result => Result,
                            agent_id => maps:get(agent_id, Meta),
                            trace_id => maps:get(trace_id, Meta),
                            span_id => maps:get(span_id, Meta),
                            latency_us => maps:get(latency_us, Meta),
-                           attempts => maps:get(attempts, Meta)}};
+                           attempts => maps:get(attempts, Meta)})};
                 {error, Reason} ->
                     routing_error(Reason)
             end;
@@ -135,6 +138,12 @@ requirements(Req) when is_map(Req) ->
                           <<"any">> -> {ok, Acc#{node => any}};
                           _ -> invalid_params(<<"node is \"local\" or \"any\"">>)
                       end;
+                  on_no_quorum ->
+                      case V of
+                          <<"best_effort">> -> {ok, Acc#{on_no_quorum => best_effort}};
+                          <<"error">> -> {ok, Acc#{on_no_quorum => error}};
+                          _ -> invalid_params(<<"on_no_quorum is \"best_effort\" or \"error\"">>)
+                      end;
                   undefined ->
                       invalid_params(<<"unknown requirement: ", (text(K))/binary>>);
                   Key ->
@@ -154,6 +163,8 @@ requirement_key(<<"idempotent">>) -> idempotent;
 requirement_key(<<"traceparent">>) -> traceparent;
 requirement_key(<<"tracestate">>) -> tracestate;
 requirement_key(<<"node">>) -> node;
+requirement_key(<<"quorum">>) -> quorum;
+requirement_key(<<"on_no_quorum">>) -> on_no_quorum;
 requirement_key(_) -> undefined.
 
 invalid_params(Why) ->
@@ -172,6 +183,9 @@ error_code({agent_error, _}) -> -32005;
 error_code({bad_agent_reply, _}) -> -32006;
 error_code(not_started) -> -32007;
 error_code(execution_timeout) -> erlmcp_flow_jsonrpc:code(request_timeout);
+error_code({byzantine, no_secret}) -> -32020;
+error_code({insufficient_agents, _, _}) -> -32021;
+error_code({no_quorum, _}) -> -32022;
 error_code({badarg, _}) -> erlmcp_flow_jsonrpc:code(invalid_params);
 error_code(_) -> erlmcp_flow_jsonrpc:code(internal_error).
 
@@ -183,6 +197,9 @@ message({agent_error, _}) -> <<"Agent error">>;
 message({bad_agent_reply, _}) -> <<"Bad agent reply">>;
 message(not_started) -> <<"Not started">>;
 message(execution_timeout) -> <<"Request timed out">>;
+message({byzantine, no_secret}) -> <<"Quorum needs byzantine.hmac_secret">>;
+message({insufficient_agents, _, _}) -> <<"Fewer agents than the quorum needs">>;
+message({no_quorum, _}) -> <<"No answer reached a quorum">>;
 message({badarg, _}) -> <<"Invalid params">>;
 message(_) -> <<"Internal error">>.
 

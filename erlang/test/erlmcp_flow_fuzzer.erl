@@ -125,7 +125,16 @@ public_call() ->
            {erlmcp_flow_jsonrpc, decode_json, [json_text(), any_term()]},
            {erlmcp_flow_rpc, handle, [rpc_method(), any_term(), #{transport => http}]},
            {erlmcp_flow_erlmcp, register_server, [any_term(), any_term()]},
-           {erlmcp_flow_transport, port, [any_term()]}]).
+           {erlmcp_flow_transport, port, [any_term()]},
+           {erlmcp_flow, nodes, []},
+           {erlmcp_flow_failure_detector, phi, [any_term()]},
+           {erlmcp_flow_failure_detector, suspected, []},
+           {erlmcp_flow_byzantine_detector, detect_partitions, []},
+           {erlmcp_flow_byzantine_detector, is_blacklisted, [oneof([id(), atom_term(), any_term()])]},
+           {erlmcp_flow_byzantine_detector, unblacklist, [oneof([id(), any_term()])]},
+           {erlmcp_flow_byzantine_detector, reputation, [oneof([id(), any_term()])]},
+           {erlmcp_flow_quorum, tally, [any_term(), any_term()]},
+           {erlmcp_flow_quorum, plurality, [any_term()]}]).
 
 %% JSON-RPC method names the node serves, and garbage.
 rpc_method() ->
@@ -184,7 +193,20 @@ nif_call() ->
            {erlmcp_flow_nif, jsonrpc_decode_dirty, [json_text(), fuzz_int(), fuzz_int(), fuzz_int()]},
            {erlmcp_flow_nif, jsonrpc_encode, [any_term()]},
            {erlmcp_flow_nif, json_encode, [any_term()]},
-           {erlmcp_flow_nif, json_decode, [json_text(), fuzz_int(), fuzz_int()]}]).
+           {erlmcp_flow_nif, json_decode, [json_text(), fuzz_int(), fuzz_int()]},
+           {erlmcp_flow_nif, phi_new, [number_term()]},
+           {erlmcp_flow_nif, phi_heartbeat, [any_term(), fuzz_int()]},
+           {erlmcp_flow_nif, phi_value, [oneof([erlmcp_flow_nif:phi_new(50), any_term()]), fuzz_int()]},
+           {erlmcp_flow_nif, vote_key, [oneof([any_binary(), any_term()])]},
+           {erlmcp_flow_nif, vote_sign, [any_term(), vote_term()]},
+           {erlmcp_flow_nif, vote_verify, [any_term(), vote_term(), any_term()]},
+           {erlmcp_flow_nif, replay_guard, [fuzz_int()]},
+           {erlmcp_flow_nif, replay_check, [any_term(), vote_term(), fuzz_int()]}]).
+
+%% A vote tuple, well formed or not.
+vote_term() ->
+    oneof([{any_binary(), any_binary(), any_binary(), any_binary(), any_binary(), fuzz_int(), fuzz_int()},
+           any_term()]).
 
 %%--------------------------------------------------------------------
 %% Generators
