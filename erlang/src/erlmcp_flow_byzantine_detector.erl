@@ -213,7 +213,7 @@ load_key() ->
                  #{hmac_secret := S} when is_binary(S) -> {ok, S};
                  #{hmac_secret_file := Path} when Path =/= undefined ->
                      case file:read_file(Path) of
-                         {ok, Bin} -> {ok, string:trim(Bin, trailing, "\r\n")};
+                         {ok, Bin} -> {ok, string:trim(Bin, trailing, [[$\r, $\n], $\n])};
                          {error, Why} -> {error, {byzantine, {hmac_secret_file, Why}}}
                      end;
                  #{} -> none

@@ -4,7 +4,8 @@
 %% lie, so F+1 alike include an honest one).
 %%
 %% `execute/2' with `Requirements#{quorum => F}' (or `quorum => true', F
-%% from `byzantine.byzantine_tolerance'; `byzantine.enabled => true' makes
+%% from `byzantine.byzantine_tolerance' and the agents asked
+%% `byzantine.quorum_size', at least 2F+1; `byzantine.enabled => true' makes
 %% `true' the default) comes here from the router. The candidates are the
 %% agents holding the capabilities (with `node => local', this node's),
 %% minus blacklisted agents and nodes. Fewer than 2F+1: under
@@ -39,11 +40,14 @@
           erlmcp_flow_router:answer().
 execute(Task, Plan, Trace) ->
     B = erlmcp_flow_config:get(byzantine),
-    F = case maps:get(quorum, Plan) of
-            true -> maps:get(byzantine_tolerance, B);
-            N when is_integer(N) -> N
-        end,
-    Need = 2 * F + 1,
+    %% quorum => true: F and the agents asked (at least 2F+1) from config
+    {F, Need} = case maps:get(quorum, Plan) of
+                    true ->
+                        F0 = maps:get(byzantine_tolerance, B),
+                        {F0, max(2 * F0 + 1, maps:get(quorum_size, B))};
+                    N when is_integer(N) ->
+                        {N, 2 * N + 1}
+                end,
     Mode = maps:get(on_no_quorum, Plan, maps:get(on_no_quorum, B)),
     case erlmcp_flow_byzantine_detector:key() of
         undefined ->

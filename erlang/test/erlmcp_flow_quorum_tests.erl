@@ -107,6 +107,30 @@ split_votes_test() ->
                                                              on_no_quorum => error}))
              end).
 
+%% The secret from a file (a trailing newline dropped) signs as the same
+%% secret given inline; a short one stops the start naming the key only.
+secret_file_test() ->
+    Path = filename:join("/tmp", "erlmcp_flow_secret_" ++ integer_to_list(erlang:unique_integer([positive]))),
+    ok = file:write_file(Path, <<?SECRET/binary, "\n">>),
+    with_env([{byzantine, #{hmac_secret_file => Path}}],
+             fun() ->
+                     ok = erlmcp_flow:register_agent(<<"f">>, agent(7), [<<"f">>]),
+                     ?assertMatch({ok, 7, #{quorum := #{agreeing := 1}}},
+                                  erlmcp_flow:execute(#{}, #{capabilities => [<<"f">>], quorum => 0}))
+             end),
+    ok = file:write_file(Path, <<"short\n">>),
+    _ = application:load(erlmcp_flow),
+    ok = application:set_env(erlmcp_flow, byzantine, #{hmac_secret_file => Path}),
+    try
+        {error, Reason} = application:ensure_all_started(erlmcp_flow),
+        Text = lists:flatten(io_lib:format("~p", [Reason])),
+        ?assertNotEqual(nomatch, string:find(Text, "shorter_than_16_bytes")),
+        ?assertEqual(nomatch, string:find(Text, "short\\n"))
+    after
+        application:unset_env(erlmcp_flow, byzantine),
+        file:delete(Path)
+    end.
+
 no_secret_test() ->
     with_env([],
              fun() ->
