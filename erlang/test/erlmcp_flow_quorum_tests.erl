@@ -91,6 +91,23 @@ single_node() ->
                                   erlmcp_flow:execute(#{}, #{capabilities => [<<"q">>], quorum => -1}))
              end).
 
+%% A blacklisting lasts blacklist_ttl_ms: then the agent is a candidate again.
+blacklist_ttl_test() ->
+    with_env([{byzantine, #{hmac_secret => ?SECRET, min_votes => 3, blacklist_ttl_ms => 300}}],
+             fun() ->
+                     [ok = erlmcp_flow:register_agent(Id, agent(Answer), [<<"t">>])
+                      || {Id, Answer} <- [{<<"t1">>, 1}, {<<"t2">>, 1}, {<<"t3">>, 1},
+                                          {<<"bad">>, 2}]],
+                     [{ok, 1, _} = erlmcp_flow:execute(#{}, #{capabilities => [<<"t">>], quorum => 1})
+                      || _ <- lists:seq(1, 20)],
+                     wait_until(fun() -> erlmcp_flow_byzantine_detector:is_blacklisted(<<"bad">>) end),
+                     ?assertEqual([<<"bad">>], erlmcp_flow_byzantine_detector:excluded()),
+                     ?assertEqual([<<"bad">>], erlmcp_flow_byzantine_detector:blacklisted()),
+                     wait_until(fun() -> erlmcp_flow_byzantine_detector:excluded() =:= [] end),
+                     ?assertNot(erlmcp_flow_byzantine_detector:is_blacklisted(<<"bad">>)),
+                     ?assertEqual([], erlmcp_flow_byzantine_detector:blacklisted())
+             end).
+
 %% Two liars agreeing and one honest agent at F = 1: the liars' answer has
 %% F+1 votes (more than F lie: outside the promise), which is why F must
 %% bound the liars. With every vote split, best effort returns the
