@@ -31,6 +31,7 @@
 -export([key/0]).
 -export([replay_guard/0]).
 -export([record/2]).
+-export([refresh/0]).
 
 -export([init/1]).
 -export([handle_call/3]).
@@ -120,6 +121,11 @@ replay_guard() ->
 record(Votes, RefusedNodes) ->
     gen_server:cast(?MODULE, {record, Votes, RefusedNodes}).
 
+%% @private New agents of a blacklisted node: passed by from now on too.
+-spec refresh() -> ok.
+refresh() ->
+    gen_server:cast(?MODULE, refresh).
+
 %%====================================================================
 %% gen_server callbacks
 %%====================================================================
@@ -160,6 +166,9 @@ handle_cast({record, Votes, Refused}, State0) ->
     Voters = lists:usort([V || {Id, _} <- Votes, V <- [voter_node(Id)], V =/= undefined]),
     State2 = lists:foldl(fun(N, S) -> node_vote(N, accepted, S) end, State1, Voters),
     State = lists:foldl(fun(N, S) -> node_vote(N, refused, S) end, State2, Refused),
+    publish_excluded(),
+    {noreply, State};
+handle_cast(refresh, State) ->
     publish_excluded(),
     {noreply, State};
 handle_cast(_Msg, State) ->

@@ -148,7 +148,7 @@ handle_cast({trust, Node}, #state{suspected = S, remote = Remote} = State)
   when is_map_key(Node, S) ->
     logger:notice("erlmcp_flow: node ~ts is trusted again: its agents come back", [Node]),
     State1 = State#state{suspected = maps:remove(Node, S)},
-    _ = erlmcp_flow_registry:mirror(Node, maps:values(maps:get(Node, Remote, #{}))),
+    _ = mirror(Node, maps:values(maps:get(Node, Remote, #{}))),
     {noreply, State1};
 handle_cast(_Msg, State) ->
     {noreply, State}.
@@ -167,16 +167,16 @@ handle_info({flow_cluster, snapshot, Node, Pid, Specs}, State0) ->
     Gone = [{Id, element(2, S)} || {Id, S} <- maps:to_list(Old),
                                    maps:get(Id, New, none) =/= S],
     State1 = State#state{remote = (State#state.remote)#{Node => New}},
-    routable(Node, State1) andalso begin
+    _ = routable(Node, State1) andalso begin
                                       _ = erlmcp_flow_registry:unmirror(Node, Gone),
-                                      _ = erlmcp_flow_registry:mirror(Node, Specs)
+                                      mirror(Node, Specs)
                                   end,
     {noreply, State1};
 handle_info({flow_cluster, added, Node, Specs}, #state{remote = Remote} = State) ->
     Known = maps:get(Node, Remote, #{}),
     State1 = State#state{remote = Remote#{Node => lists:foldl(fun(S, M) -> M#{element(1, S) => S} end,
                                                                   Known, Specs)}},
-    _ = routable(Node, State1) andalso (ok =:= erlmcp_flow_registry:mirror(Node, Specs)),
+    _ = routable(Node, State1) andalso mirror(Node, Specs),
     {noreply, State1};
 handle_info({flow_cluster, removed, Node, IdPids}, #state{remote = Remote} = State) ->
     Known = maps:get(Node, Remote, #{}),
@@ -237,6 +237,13 @@ peer_left(Pid, #state{peers = Peers, remote = Remote, lost = Lost, suspected = S
         #{} ->
             State
     end.
+
+%% Mirrors a node's agents; those of a blacklisted node are excluded from
+%% routing as soon as they are known.
+mirror(Node, Specs) ->
+    _ = erlmcp_flow_registry:mirror(Node, Specs),
+    erlmcp_flow_byzantine_detector:is_blacklisted(Node) andalso
+        (ok =:= erlmcp_flow_byzantine_detector:refresh()).
 
 routable(Node, #state{peers = Peers, suspected = S}) ->
     is_map_key(Node, Peers) andalso not is_map_key(Node, S).
