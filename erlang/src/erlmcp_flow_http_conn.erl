@@ -96,7 +96,10 @@ handle_info({http, S, {http_request, Method, Uri, Version}}, #state{socket = S, 
                 undefined -> request_timer(State0);
                 _ -> State0
             end,
-    Req = #req{method = Method, path = path(Uri), version = Version},
+    %% the query string, if any, reaches the handler as the pseudo-header
+    %% `:query' (no header read from the wire starts with a colon)
+    Req = #req{method = Method, path = path(Uri), version = Version,
+               headers = [{<<":query">>, Q} || Q <- [query(Uri)], Q =/= <<>>]},
     {noreply, next(State#state{req = Req})};
 handle_info({http, S, {http_header, _, Field, _, Value}}, #state{socket = S, req = #req{} = R} = State) ->
     case length(R#req.headers) < ?MAX_HEADERS of
@@ -228,6 +231,16 @@ path({absoluteURI, _, _, _, P}) ->
     hd(binary:split(P, <<"?">>));
 path(_) ->
     <<>>.
+
+query({abs_path, P}) -> query_of(P);
+query({absoluteURI, _, _, _, P}) -> query_of(P);
+query(_) -> <<>>.
+
+query_of(P) ->
+    case binary:split(P, <<"?">>) of
+        [_, Q] -> Q;
+        [_] -> <<>>
+    end.
 
 reason(200) -> "OK";
 reason(204) -> "No Content";

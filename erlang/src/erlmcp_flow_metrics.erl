@@ -24,6 +24,7 @@
 -export([agents/0]).
 -export([tick/0]).
 -export([tasks_per_second/4]).
+-export([history/0]).
 
 %% gen_server callbacks
 -export([init/1]).
@@ -47,7 +48,15 @@
 
 -record(state, {interval :: pos_integer(),
                 completed :: non_neg_integer(),
-                at :: integer()}).
+                at :: integer(),
+                %% the counters at each sample, newest first, for rates over
+                %% the last few minutes (the status page's charts)
+                history = [] :: [{integer(), #{atom() => non_neg_integer()}}]}).
+
+%% Samples kept: 5 minutes at the default interval of 1 s.
+-define(HISTORY, 300).
+%% The counters a sample keeps.
+-define(RATES, [tasks_succeeded, tasks_failed, retries, fallbacks, overloaded]).
 
 -spec start_link() -> {ok, pid()} | {error, term()}.
 start_link() ->
@@ -117,6 +126,16 @@ agents() ->
                         end
                 end, [], erlmcp_flow_registry:list_agents()).
 
+%% @doc The node-wide rates (per second) between consecutive samples over
+%% the last 300 samples (5 minutes at `metrics.interval_ms' 1 000), oldest
+%% first: `#{t => SystemTimeMs, tasks, failed, retries, fallbacks,
+%% overloaded}'.
+-spec history() -> [#{t := integer(), atom() => float()}] | {error, not_started}.
+history() ->
+    try gen_server:call(?MODULE, history, 5000)
+    catch exit:_ -> {error, not_started}
+    end.
+
 %% @doc Samples the rate and sweeps the correlation store now, rather than
 %% at the end of the interval; returns the spans swept.
 -spec tick() -> non_neg_integer().
@@ -148,6 +167,8 @@ init([]) ->
 
 %% @private
 -spec handle_call(term(), gen_server:from(), #state{}) -> {reply, term(), #state{}}.
+handle_call(history, _From, #state{history = H} = State) ->
+    {reply, rates(lists:reverse(H)), State};
 handle_call(tick, _From, State) ->
     {Swept, State1} = sample(State),
     {reply, Swept, State1};
@@ -185,7 +206,20 @@ sample(#state{completed = Before, at = At0} = State) ->
     Rate = tasks_per_second(Before, At0, After, At1),
     counters:put(Ref, ?RATE_SLOT, round(Rate * 1000)),
     Swept = erlmcp_flow_correlation_tracker:sweep(),
-    {Swept, State#state{completed = After, at = At1}}.
+    Sample = {os:system_time(millisecond), maps:from_list([{K, counters:get(Ref, slot(K))} || K <- ?RATES])},
+    History = lists:sublist([Sample | State#state.history], ?HISTORY + 1),
+    {Swept, State#state{completed = After, at = At1, history = History}}.
+
+%% Per-second rates between consecutive samples.
+rates([{T0, C0}, {T1, C1} = Next | Rest]) when T1 > T0 ->
+    Per = fun(K) -> max(maps:get(K, C1) - maps:get(K, C0), 0) * 1000 / (T1 - T0) end,
+    [#{t => T1, tasks => Per(tasks_succeeded) + Per(tasks_failed), failed => Per(tasks_failed),
+       retries => Per(retries), fallbacks => Per(fallbacks), overloaded => Per(overloaded)}
+     | rates([Next | Rest])];
+rates([_, Next | Rest]) ->
+    rates([Next | Rest]);
+rates(_) ->
+    [].
 
 %% Tasks answered so far.
 tasks(Ref) ->

@@ -55,7 +55,9 @@ port() ->
           {pos_integer(), iodata(), binary()}.
 handle('GET', <<"/metrics">>, _Headers, _Body) ->
     {200, erlmcp_flow_prometheus:content_type(), iolist_to_binary(erlmcp_flow_prometheus:render())};
+handle('GET', <<"/status", _/binary>> = Path, Headers, _Body) ->
+    erlmcp_flow_status:handle(Path, proplists:get_value(<<":query">>, Headers, <<>>));
 handle('GET', _Path, _Headers, _Body) ->
-    {404, "text/plain", <<"not found: GET /metrics\n">>};
+    {404, "text/plain", <<"not found: GET /metrics, GET /status\n">>};
 handle(_Method, _Path, _Headers, _Body) ->
-    {405, "text/plain", <<"method not allowed: GET /metrics\n">>}.
+    {405, "text/plain", <<"method not allowed: GET /metrics, GET /status\n">>}.

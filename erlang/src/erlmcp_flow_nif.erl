@@ -44,6 +44,7 @@
 -export([span_child_start/5]).
 -export([trace_incoming/1]).
 -export([trace_chain/2]).
+-export([recent_traces/2]).
 -export([span_lookup/2]).
 -export([correlation_sweep/1]).
 -export([export_batch/3]).
@@ -61,7 +62,7 @@
        q_reset/1, td_update/5, reward/4, breaker_allow/2, breaker_record/5, breaker_state/2,
        breaker_reset/2, generate_trace_id/0, generate_span_id/0, parse_traceparent/1,
        format_traceparent/3, validate_tracestate/1, span_start/3, span_end/3,
-       span_child_start/5, trace_incoming/1, trace_chain/2,
+       span_child_start/5, trace_incoming/1, trace_chain/2, recent_traces/2,
        span_lookup/2, correlation_sweep/1, export_batch/3, core_memory/0,
        release_snapshot_cache/0,
        phi_new/1, phi_heartbeat/2, phi_value/2,
@@ -289,6 +290,10 @@ trace_incoming(_Fields) -> erlang:nif_error(nif_not_loaded).
 
 -spec trace_chain(router(), binary()) -> [span()] | badarg().
 trace_chain(_Router, _TraceId) -> erlang:nif_error(nif_not_loaded).
+
+%% The traces of the tasks that finished last (at most 100), newest first.
+-spec recent_traces(router(), non_neg_integer()) -> [binary()] | badarg().
+recent_traces(_Router, _N) -> erlang:nif_error(nif_not_loaded).
 
 -spec span_lookup(router(), binary()) -> {ok, span()} | {error, not_found} | badarg().
 span_lookup(_Router, _SpanId) -> erlang:nif_error(nif_not_loaded).

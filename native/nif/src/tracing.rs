@@ -333,6 +333,23 @@ fn trace_chain<'a>(env: Env<'a>, router: Term<'a>, trace_id: Term<'a>) -> Term<'
     reply(env, run())
 }
 
+/// `recent_traces(Router, N) -> [TraceId]`: the traces of the `N` (at most
+/// 100) tasks that finished last, newest first.
+#[rustler::nif(schedule = "DirtyCpu")]
+fn recent_traces<'a>(env: Env<'a>, router: Term<'a>, n: Term<'a>) -> Term<'a> {
+    let run = || -> NifOutcome<Term<'a>> {
+        let r = router_arg(router)?;
+        let n = n.decode::<u32>().map_err(|_| badarg("n"))?;
+        let ids = r.router.shared().correlation().recent_tasks(n as usize);
+        Ok(ids
+            .iter()
+            .map(|t| binary_term(env, t))
+            .collect::<Vec<_>>()
+            .encode(env))
+    };
+    reply(env, run())
+}
+
 /// `span_lookup(Router, SpanId) -> {ok, Span} | {error, not_found}`.
 #[rustler::nif(schedule = "DirtyCpu")]
 fn span_lookup<'a>(env: Env<'a>, router: Term<'a>, span_id: Term<'a>) -> Term<'a> {

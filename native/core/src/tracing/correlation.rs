@@ -37,6 +37,8 @@ const SHARDS: usize = 16;
 const SHARD_SHIFT: u32 = 64 - SHARDS.trailing_zeros();
 /// Spans one step of a long walk reads under a shard's lock.
 const STEP: usize = 256;
+/// Most task traces [`CorrelationStore::recent_tasks`] returns.
+pub const MAX_RECENT: usize = 100;
 /// Slots one step of a scan (lookup, sweep) looks at under a shard's lock.
 const SCAN_STEP: usize = 4096;
 /// A task summary is cut to this many bytes.
@@ -730,6 +732,34 @@ impl CorrelationStore {
         out
     }
 
+    /// The trace ids of the `n` task spans (at most [`MAX_RECENT`]) that
+    /// finished last, newest first: each shard's queue of finished spans
+    /// read from its end, under that shard's lock alone (for operators'
+    /// views; the routing path never calls it).
+    pub fn recent_tasks(&self, n: usize) -> Vec<[u8; 32]> {
+        let n = n.min(MAX_RECENT);
+        let mut found: Vec<(u64, TraceKey)> = Vec::new();
+        for i in 0..SHARDS {
+            let shard = self.shard(i);
+            found.extend(
+                shard
+                    .finished
+                    .iter()
+                    .rev()
+                    .take(SCAN_STEP)
+                    .filter(|&&(span, _, slot)| {
+                        CorrelationStore::holds(&shard, slot, span)
+                            && shard.slots[slot as usize].rec.kind == SpanKind::Task
+                    })
+                    .take(n)
+                    .map(|&(_, end, slot)| (end, shard.slots[slot as usize].rec.trace)),
+            );
+        }
+        found.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        found.truncate(n);
+        found.into_iter().map(|(_, t)| trace_hex(t)).collect()
+    }
+
     /// One span by its id: a scan of the store, one shard at a time and
     /// [`SCAN_STEP`] slots per hold of its lock (for operators; the routing
     /// path never looks a span up by id alone).
@@ -903,6 +933,24 @@ mod tests {
         assert_eq!(s.lookup(&hex16(99)), None);
         assert_eq!(s.stats().open, 3);
         assert_eq!(s.drain_export(10).len(), 1);
+    }
+
+    #[test]
+    fn recent_tasks_are_the_last_finished_task_spans_newest_first() {
+        let s = store(10_000, u64::MAX / 2);
+        for i in 0..300u64 {
+            let task = s.insert(span(i, 1000 + i, None, 0), i);
+            let attempt = s.insert(span(i, 5000 + i, Some(1000 + i), 1), i);
+            s.close(&attempt, SpanOutcome::Ok, None, 10 * i + 1);
+            // trace 299 stays open: not finished, not listed
+            if i != 299 {
+                s.close(&task, SpanOutcome::Ok, None, 10 * i + 2);
+            }
+        }
+        let recent = s.recent_tasks(5);
+        assert_eq!(recent, [298, 297, 296, 295, 294].map(hex32));
+        assert_eq!(s.recent_tasks(1000).len(), MAX_RECENT);
+        assert!(store(10, 100).recent_tasks(10).is_empty());
     }
 
     #[test]
