@@ -34,6 +34,8 @@
 
 %% @doc Answers one request of the metrics listener under `/status'.
 -spec handle(binary(), binary()) -> {pos_integer(), iodata(), binary()}.
+handle(Path, Query) when not is_binary(Path); not is_binary(Query) ->
+    {400, "text/plain", <<"bad request\n">>};
 handle(<<"/status">>, _Query) ->
     {200, "text/html; charset=utf-8", page()};
 handle(<<"/status.json">>, Query) ->
@@ -45,6 +47,8 @@ handle(_Path, _Query) ->
 
 json({error, not_started}) ->
     {503, "application/json", <<"{\"error\":\"not_started\"}">>};
+json({error, _}) ->
+    {400, "application/json", <<"{\"error\":\"bad_request\"}">>};
 json(Doc) ->
     case erlmcp_flow_jsonrpc:encode_json(Doc) of
         {ok, Bin} -> {200, "application/json", Bin};
@@ -62,7 +66,9 @@ page() ->
 
 %% @doc The status document for the query parameters `Params' (binary keys
 %% and values), or `{error, not_started}'.
--spec document(#{binary() => binary()}) -> map() | {error, not_started}.
+-spec document(#{binary() => binary()}) -> map() | {error, not_started | {badarg, params}}.
+document(Params) when not is_map(Params) ->
+    {error, {badarg, params}};
 document(Params) ->
     case erlmcp_flow:stats() of
         {error, _} = E ->
@@ -86,10 +92,15 @@ document(Params) ->
 
 %% @doc `explain/1' for the capabilities in `Params' (`capabilities', comma
 %% separated; `task_class' optional), as JSON can carry it.
--spec explain(#{binary() => binary()}) -> map() | {error, not_started}.
+-spec explain(#{binary() => binary()}) -> map() | {error, not_started | {badarg, params}}.
+explain(Params) when not is_map(Params) ->
+    {error, {badarg, params}};
 explain(Params) ->
-    Caps = [C || C <- binary:split(maps:get(<<"capabilities">>, Params, <<>>), <<",">>, [global]),
-                 C =/= <<>>],
+    Given = case maps:get(<<"capabilities">>, Params, <<>>) of
+                B when is_binary(B) -> B;
+                _ -> <<>>
+            end,
+    Caps = [C || C <- binary:split(Given, <<",">>, [global]), C =/= <<>>],
     Req = maps:merge(#{capabilities => Caps},
                      maps:with([task_class], #{task_class => maps:get(<<"task_class">>, Params, none)})),
     Req1 = case Req of #{task_class := none} -> maps:remove(task_class, Req); _ -> Req end,
@@ -113,8 +124,16 @@ explain(Params) ->
 %% Internal functions
 %%====================================================================
 
-params(Query) ->
-    maps:from_list([{K, V} || {K, V} <- uri_string:dissect_query(Query), is_binary(K), is_binary(V)]).
+%% The query string's parameters; a malformed one is no parameter.
+params(Query) when is_binary(Query) ->
+    case catch uri_string:dissect_query(Query) of
+        Pairs when is_list(Pairs) ->
+            maps:from_list([{K, V} || {K, V} <- Pairs, is_binary(K), is_binary(V)]);
+        _ ->
+            #{}
+    end;
+params(_) ->
+    #{}.
 
 int(undefined, Default, _Max) -> Default;
 int(Bin, Default, Max) ->

@@ -134,7 +134,11 @@ public_call() ->
            {erlmcp_flow_byzantine_detector, unblacklist, [oneof([id(), any_term()])]},
            {erlmcp_flow_byzantine_detector, reputation, [oneof([id(), any_term()])]},
            {erlmcp_flow_quorum, tally, [any_term(), any_term()]},
-           {erlmcp_flow_quorum, plurality, [any_term()]}]).
+           {erlmcp_flow_quorum, plurality, [any_term()]},
+           {erlmcp_flow_status, document, [oneof([any_term(), status_params()])]},
+           {erlmcp_flow_status, explain, [oneof([any_term(), status_params()])]},
+           {erlmcp_flow_status, handle, [oneof([<<"/status.json">>, <<"/status/explain.json">>, any_binary(), any_term()]),
+                                         oneof([any_binary(), any_term()])]}]).
 
 %% JSON-RPC method names the node serves, and garbage.
 rpc_method() ->
@@ -201,7 +205,15 @@ nif_call() ->
            {erlmcp_flow_nif, vote_sign, [any_term(), vote_term()]},
            {erlmcp_flow_nif, vote_verify, [any_term(), vote_term(), any_term()]},
            {erlmcp_flow_nif, replay_guard, [fuzz_int()]},
-           {erlmcp_flow_nif, replay_check, [any_term(), vote_term(), fuzz_int()]}]).
+           {erlmcp_flow_nif, replay_check, [any_term(), vote_term(), fuzz_int()]},
+           {erlmcp_flow_nif, recent_traces, [R, fuzz_int()]}]).
+
+%% The status page's query parameters, with values of any kind.
+status_params() ->
+    ?LET(Pairs, list({oneof([<<"sort">>, <<"limit">>, <<"offset">>, <<"capability">>, <<"order">>,
+                             <<"traces">>, <<"capabilities">>, <<"task_class">>]),
+                      oneof([any_binary(), <<"p99_us">>, <<"desc">>, <<"-1">>, <<"99999999999">>, any_term()])}),
+         maps:from_list(Pairs)).
 
 %% A vote tuple, well formed or not.
 vote_term() ->
