@@ -755,7 +755,7 @@ impl CorrelationStore {
                     .map(|&(_, end, slot)| (end, shard.slots[slot as usize].rec.trace)),
             );
         }
-        found.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        found.sort_unstable_by_key(|f| std::cmp::Reverse(f.0));
         found.truncate(n);
         found.into_iter().map(|(_, t)| trace_hex(t)).collect()
     }
