@@ -54,7 +54,9 @@
                           routing_timeout => pos_integer(),
                           max_retry_attempts => non_neg_integer(),
                           base_retry_delay => non_neg_integer(),
-                          max_retry_delay => non_neg_integer()}.
+                          max_retry_delay => non_neg_integer(),
+                          error_meta => boolean(),
+                          cancellable => boolean()}.
 -type meta() :: #{agent_id := agent_id(),
                   trace_id := binary(),
                   span_id := binary(),

@@ -26,7 +26,7 @@
 
 -type section() :: q_learning | load_balancer | circuit_breaker
                  | failure_detector | byzantine | cluster | timeouts | correlation | metrics
-                 | export | registry | transports.
+                 | export | registry | transports | mcp.
 -type config() :: #{section() => #{atom() => term()}, clock => system | manual}.
 -type error_reason() :: {unknown_config_key, atom() | {section(), term()}}
                       | {invalid_config, section() | clock, term()}
@@ -115,6 +115,9 @@ schema() ->
            {hmac_secret_file, undefined, fun is_optional_path/1}],
       cluster =>
           [{scope, erlmcp_flow, fun is_atom/1}],
+      %% MCP servers started as agents at boot (erlmcp_flow_mcp)
+      mcp =>
+          [{servers, [], fun is_mcp_servers/1}],
       %% the JSON-RPC codec's limits (the transports to come read them too)
       transports =>
           [{http, #{}, fun is_http_transport/1},
@@ -394,6 +397,17 @@ is_sample_above(infinity) -> true;
 is_sample_above(V) -> is_integer(V) andalso V >= 1 andalso V =< ?MAX_COUNT.
 is_optional_path(undefined) -> true;
 is_optional_path(V) -> (is_binary(V) orelse io_lib:char_list(V)) andalso V =/= "" andalso V =/= <<>>.
+is_mcp_servers(L) when is_list(L) ->
+    lists:all(fun(#{id := Id} = S) when is_binary(Id), Id =/= <<>> ->
+                      case S of
+                          #{command := [_ | _]} -> true;
+                          #{url := U} -> is_binary(U) orelse io_lib:printable_list(U);
+                          _ -> false
+                      end;
+                 (_) -> false
+              end, L);
+is_mcp_servers(_) -> false.
+
 is_optional_secret(undefined) -> true;
 is_optional_secret(V) -> is_binary(V) andalso byte_size(V) >= 16.
 is_nonempty_binary(V) -> is_binary(V) andalso V =/= <<>>.

@@ -75,7 +75,7 @@
                        traceparent, tracestate, node, quorum, on_no_quorum]).
 -define(ROUTE_KEYS, [reply_to | ?EXECUTE_KEYS -- [quorum, on_no_quorum]]).
 -define(OPT_KEYS, [timeout, routing_timeout, max_retry_attempts, base_retry_delay,
-                   max_retry_delay, error_meta]).
+                   max_retry_delay, error_meta, cancellable]).
 
 %% Limits on what requirements and options may give, checked before anything
 %% is scanned or waited for (see limits/0).
@@ -322,7 +322,8 @@ attempt(Task, Plan, Trace, Deadline, #{n := N, tried := Tried, phase := Phase} =
             count_attempt(N, Phase),
             T0 = erlang:monotonic_time(),
             Ref = dispatch(Pid, Task, Ctx, AgentId),
-            Awaited = await(Ref, Pid, Lease, attempt_timeout(Plan, Lease), AgentId),
+            Awaited = await(Ref, Pid, Lease, attempt_timeout(Plan, Lease), AgentId,
+                            maps:get(cancellable, Plan, false)),
             attempt_stopped(T0, Trace, Ctx, AgentId, N, Awaited),
             case Awaited of
                 {ok, Result, Latency} ->
@@ -652,6 +653,7 @@ valid(node, N) -> N =:= local orelse N =:= any;
 valid(quorum, Q) -> is_boolean(Q) orelse (is_integer(Q) andalso Q >= 0 andalso Q =< 1000);
 valid(on_no_quorum, M) -> M =:= best_effort orelse M =:= error;
 valid(error_meta, B) -> is_boolean(B);
+valid(cancellable, B) -> is_boolean(B);
 valid(task_class, _) -> true;
 %% parsed when the task's span starts
 valid(traceparent, TP) -> is_binary(TP);

@@ -27,7 +27,7 @@
 -export([handle/3]).
 -export([error_code/1]).
 
--type ctx() :: #{transport := http | tcp | stdio,
+-type ctx() :: #{transport := http | tcp | stdio | mcp,
                  traceparent => binary(),
                  tracestate => binary()}.
 -export_type([ctx/0]).

@@ -73,10 +73,12 @@ route('GET', <<"/health">>, _Headers, _Body) ->
     Agents = length(erlmcp_flow_registry:list_agents()),
     {ok, Json} = erlmcp_flow_jsonrpc:encode_json(#{status => ok, agents => Agents}),
     {200, "application/json", Json};
+route(Method, <<"/mcp">>, Headers, Body) ->
+    erlmcp_flow_mcp_http:handle(Method, Headers, Body);
 route(_Method, Path, _Headers, _Body) when Path =:= <<"/rpc">>; Path =:= <<"/health">> ->
     {405, "text/plain", <<"method not allowed: POST /rpc, GET /health\n">>};
 route(_Method, _Path, _Headers, _Body) ->
-    {404, "text/plain", <<"not found: POST /rpc, GET /health\n">>}.
+    {404, "text/plain", <<"not found: POST /rpc, GET /health, POST /mcp\n">>}.
 
 %% The caller's trace headers, for the tasks of this request.
 trace_ctx(Headers) ->

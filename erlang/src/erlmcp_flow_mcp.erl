@@ -1,0 +1,218 @@
+%% @doc MCP servers as routed agents, and the tools the MCP front lists.
+%%
+%% `register_server(Id, #{command := [Exe | Args]} | #{url := Url}, Opts)'
+%% starts the server as a supervised port (or speaks Streamable HTTP to
+%% `Url'), initializes it (protocol 2025-11-25), lists its tools and
+%% registers one agent `Id' whose capabilities are `tool:NAME' for each
+%% tool, plus `maps:get(capabilities, Opts, [])'. A task `#{tool := Name,
+%% arguments := Args}' becomes `tools/call'; its result answers the task
+%% (`{ok, CallToolResult}'; a result with `isError' answers `{error,
+%% {tool_error, CallToolResult}}', a JSON-RPC error `{error, {mcp_error,
+%% Code, Message}}'). Several instances of one server are several agents,
+%% so the router spreads and learns across them. A server that exits is
+%% started again with backoff (100 ms doubling to 5 s) and its agent comes
+%% back; its tasks in flight fail (retried elsewhere when the tool is
+%% idempotent); `notifications/tools/list_changed' refreshes its
+%% capabilities; a task the router stops waiting for is cancelled with
+%% `notifications/cancelled'.
+%%
+%% The configuration section `mcp' starts servers at boot:
+%% `#{servers => [#{id => Id, command => [Exe | Args]} | #{id => Id, url =>
+%% Url}]}' (each map may also hold `capabilities' and `timeout_ms').
+-module(erlmcp_flow_mcp).
+-behaviour(gen_server).
+
+-export([start_link/0]).
+-export([register_server/3]).
+-export([unregister_server/1]).
+-export([servers/0]).
+-export([declare_tool/2]).
+-export([tool/1]).
+-export([idempotent/1]).
+
+-export([init/1]).
+-export([handle_call/3]).
+-export([handle_cast/2]).
+-export([handle_info/2]).
+
+-define(TOOLS, erlmcp_flow_mcp_tools).
+-define(READY_TIMEOUT, 30000).
+-define(SWEEP_MS, 60000).
+-define(SESSION_IDLE_MS, 3600000).
+
+-type spec() :: #{command := [string() | binary(), ...]} | #{url := string() | binary()}.
+-export_type([spec/0]).
+
+-spec start_link() -> {ok, pid()} | {error, term()}.
+start_link() ->
+    gen_server:start_link({local, ?MODULE}, ?MODULE, [], []).
+
+%% @doc Starts (or connects to) an MCP server and registers it as the agent
+%% `Id' once it has listed its tools. `Opts': `capabilities' (more
+%% capabilities of the agent), `timeout_ms' (how long to wait for it to be
+%% ready, default 30 000).
+-spec register_server(binary(), spec(), map()) ->
+          ok | {error, already_registered | not_started | {badarg, term()} | term()}.
+register_server(Id, Spec, Opts) ->
+    case check(Id, Spec, Opts) of
+        ok ->
+            case supervisor:start_child(erlmcp_flow_mcp_agent_sup, [Id, Spec, Opts]) of
+                {ok, Pid} ->
+                    Timeout = maps:get(timeout_ms, Opts, ?READY_TIMEOUT),
+                    case erlmcp_flow_mcp_agent:await_ready(Pid, Timeout) of
+                        ok ->
+                            ok;
+                        {error, _} = E ->
+                            _ = supervisor:terminate_child(erlmcp_flow_mcp_agent_sup, Pid),
+                            E
+                    end;
+                {error, Reason} ->
+                    {error, Reason}
+            end;
+        {error, _} = E ->
+            E
+    end.
+
+check(Id, _Spec, _Opts) when not is_binary(Id); Id =:= <<>> ->
+    {error, {badarg, {server_id, Id}}};
+check(_Id, _Spec, Opts) when not is_map(Opts) ->
+    {error, {badarg, opts}};
+check(Id, Spec, Opts) ->
+    case {Spec, whereis(erlmcp_flow_mcp_agent_sup)} of
+        {_, undefined} ->
+            {error, not_started};
+        {#{command := [Exe | Args]}, _} when is_list(Args) ->
+            case is_text(Exe) andalso lists:all(fun is_text/1, Args) of
+                true -> check_opts(Id, Opts);
+                false -> {error, {badarg, {command, maps:get(command, Spec)}}}
+            end;
+        {#{url := Url}, _} ->
+            case is_text(Url) andalso uri_string:parse(text(Url)) of
+                #{scheme := "http", host := _} -> check_opts(Id, Opts);
+                _ -> {error, {badarg, {url, Url}}}
+            end;
+        _ ->
+            {error, {badarg, {spec, Spec}}}
+    end.
+
+check_opts(Id, Opts) ->
+    Caps = maps:get(capabilities, Opts, []),
+    case erlmcp_flow_registry:is_capability_list(Caps) of
+        false ->
+            {error, {badarg, {capabilities, Caps}}};
+        true ->
+            case erlmcp_flow:find_agent(Id) of
+                {ok, _} -> {error, already_registered};
+                _ -> ok
+            end
+    end.
+
+is_text(T) when is_binary(T) -> T =/= <<>>;
+is_text(T) when is_list(T) -> T =/= [] andalso io_lib:printable_unicode_list(T);
+is_text(_) -> false.
+
+text(T) when is_binary(T) -> binary_to_list(T);
+text(T) -> T.
+
+%% @doc Stops an MCP server's agent (and the server, when it is a port).
+-spec unregister_server(binary()) -> ok | {error, not_found}.
+unregister_server(Id) ->
+    case [Pid || #{id := I, pid := Pid} <- servers(), I =:= Id] of
+        [Pid | _] -> _ = supervisor:terminate_child(erlmcp_flow_mcp_agent_sup, Pid), ok;
+        [] -> {error, not_found}
+    end.
+
+%% @doc The MCP servers this node runs as agents: `#{id, pid, spec, status
+%% (starting | ready | restarting), tools, restarts}'.
+-spec servers() -> [map()].
+servers() ->
+    case whereis(erlmcp_flow_mcp_agent_sup) of
+        undefined ->
+            [];
+        _ ->
+            lists:sort([S || {_, Pid, _, _} <- supervisor:which_children(erlmcp_flow_mcp_agent_sup),
+                             is_pid(Pid), #{} = S <- [erlmcp_flow_mcp_agent:info(Pid)]])
+    end.
+
+%% @doc Declares the MCP description of the tool `Name' (its
+%% `inputSchema', `description', `annotations', ...) for `tools/list'; an
+%% agent serves it by holding the capability `tool:NAME'.
+-spec declare_tool(binary(), map()) -> ok.
+declare_tool(Name, Tool) when is_binary(Name), is_map(Tool) ->
+    gen_server:call(?MODULE, {declare, Name, Tool}).
+
+%% @doc The MCP description of a tool (`{"type": "object"}' as its schema
+%% when none was declared).
+-spec tool(binary()) -> map().
+tool(Name) ->
+    Declared = try ets:lookup(?TOOLS, Name) of
+                   [{Name, T}] -> T;
+                   [] -> #{}
+               catch error:badarg -> #{}
+               end,
+    Base = maps:merge(#{<<"inputSchema">> => #{<<"type">> => <<"object">>}}, json_keys(Declared)),
+    Base#{<<"name">> => Name}.
+
+%% @doc Whether a tool is declared idempotent (`annotations.idempotentHint'):
+%% only those are retried on another agent.
+-spec idempotent(binary()) -> boolean().
+idempotent(Name) ->
+    case tool(Name) of
+        #{<<"annotations">> := #{<<"idempotentHint">> := true}} -> true;
+        _ -> false
+    end.
+
+json_keys(M) when is_map(M) ->
+    maps:fold(fun(K, V, A) when is_atom(K) -> A#{atom_to_binary(K) => V};
+                 (K, V, A) -> A#{K => V}
+              end, #{}, M).
+
+%%====================================================================
+%% gen_server callbacks
+%%====================================================================
+
+%% @private
+-spec init([]) -> {ok, map()}.
+init([]) ->
+    _ = ets:new(?TOOLS, [named_table, protected, set, {read_concurrency, true}]),
+    %% MCP sessions of the HTTP transport (erlmcp_flow_mcp_http): written by
+    %% the connections, owned here so they outlive any one of them
+    _ = ets:new(erlmcp_flow_mcp_sessions, [named_table, public, set]),
+    erlang:send_after(?SWEEP_MS, self(), sweep),
+    self() ! boot,
+    {ok, #{}}.
+
+%% @private
+-spec handle_call(term(), gen_server:from(), map()) -> {reply, term(), map()}.
+handle_call({declare, Name, Tool}, _From, State) ->
+    ets:insert(?TOOLS, {Name, Tool}),
+    {reply, ok, State};
+handle_call(_Request, _From, State) ->
+    {reply, {error, unknown_call}, State}.
+
+%% @private
+-spec handle_cast(term(), map()) -> {noreply, map()}.
+handle_cast(_Msg, State) ->
+    {noreply, State}.
+
+%% @private The servers of the configuration, started once the tree is up.
+-spec handle_info(term(), map()) -> {noreply, map()}.
+handle_info(boot, State) ->
+    [spawn(fun() -> boot(S) end) || S <- erlmcp_flow_config:get(mcp, servers)],
+    {noreply, State};
+handle_info(sweep, State) ->
+    %% sessions idle for an hour end
+    Old = erlang:monotonic_time(millisecond) - ?SESSION_IDLE_MS,
+    ets:select_delete(erlmcp_flow_mcp_sessions,
+                      [{{'$1', '_', '$2'}, [{is_binary, '$1'}, {'<', '$2', Old}], [true]}]),
+    erlang:send_after(?SWEEP_MS, self(), sweep),
+    {noreply, State};
+handle_info(_Info, State) ->
+    {noreply, State}.
+
+boot(#{id := Id} = S) ->
+    Spec = maps:with([command, url], S),
+    case register_server(Id, Spec, maps:with([capabilities, timeout_ms], S)) of
+        ok -> ok;
+        {error, Reason} -> logger:error("erlmcp_flow: MCP server ~ts did not start: ~0p", [Id, Reason])
+    end.

@@ -1,0 +1,369 @@
+%% @private
+%% @doc One MCP server as one routed agent (see `erlmcp_flow_mcp'): its
+%% port (newline-delimited JSON-RPC on the server's standard input and
+%% output) or its Streamable HTTP endpoint, the handshake, the tool list,
+%% the agent's registration, tasks as `tools/call', cancellation, and the
+%% server's restarts with backoff.
+-module(erlmcp_flow_mcp_agent).
+-behaviour(gen_server).
+
+-export([start_link/3]).
+-export([await_ready/2]).
+-export([info/1]).
+
+-export([init/1]).
+-export([handle_call/3]).
+-export([handle_cast/2]).
+-export([handle_info/2]).
+-export([terminate/2]).
+
+-define(VERSION, <<"2025-11-25">>).
+-define(MIN_BACKOFF, 100).
+-define(MAX_BACKOFF, 5000).
+-define(MAX_LINE, 16 * 1024 * 1024).
+
+-record(state, {id :: binary(),
+                spec :: map(),
+                caps :: [binary()],
+                port :: port() | undefined,
+                buf = <<>> :: binary(),
+                %% Streamable HTTP: the session the server gave, if any
+                session :: binary() | undefined,
+                phase = starting :: starting | initializing | listing | ready | restarting,
+                next_id = 1 :: pos_integer(),
+                %% JSON-RPC id => what the answer is for
+                pending = #{} :: #{integer() => term()},
+                by_ref = #{} :: #{reference() => integer()},
+                tools = [] :: [map()],
+                listing = [] :: [map()],
+                registered = false :: boolean(),
+                waiters = [] :: [gen_server:from()],
+                backoff = ?MIN_BACKOFF :: pos_integer(),
+                restarts = 0 :: non_neg_integer(),
+                last_error :: term()}).
+
+-spec start_link(binary(), map(), map()) -> {ok, pid()}.
+start_link(Id, Spec, Opts) ->
+    gen_server:start_link(?MODULE, {Id, Spec, Opts}, []).
+
+%% @doc Waits until the server is initialized and its agent registered.
+-spec await_ready(pid(), timeout()) -> ok | {error, term()}.
+await_ready(Pid, Timeout) ->
+    try gen_server:call(Pid, await_ready, Timeout)
+    catch exit:{timeout, _} -> {error, {not_ready, timeout}};
+          exit:{Reason, _} -> {error, {not_ready, Reason}}
+    end.
+
+-spec info(pid()) -> map() | undefined.
+info(Pid) ->
+    try gen_server:call(Pid, info, 5000)
+    catch exit:_ -> undefined
+    end.
+
+%%====================================================================
+%% gen_server callbacks
+%%====================================================================
+
+-spec init({binary(), map(), map()}) -> {ok, #state{}}.
+init({Id, Spec, Opts}) ->
+    process_flag(trap_exit, true),
+    self() ! connect,
+    {ok, #state{id = Id, spec = Spec, caps = maps:get(capabilities, Opts, [])}}.
+
+-spec handle_call(term(), gen_server:from(), #state{}) ->
+          {reply, term(), #state{}} | {noreply, #state{}}.
+handle_call(await_ready, _From, #state{phase = ready} = State) ->
+    {reply, ok, State};
+handle_call(await_ready, From, #state{phase = restarting, restarts = R, last_error = E} = State)
+  when R > 0, E =/= undefined ->
+    %% never came up: say why
+    {reply, {error, E}, State#state{waiters = [From | State#state.waiters]}};
+handle_call(await_ready, From, #state{waiters = W} = State) ->
+    {noreply, State#state{waiters = [From | W]}};
+handle_call(info, _From, #state{id = Id, spec = Spec, phase = P, tools = T, restarts = R} = State) ->
+    {reply, #{id => Id, pid => self(), spec => Spec, status => P, restarts => R,
+              tools => [maps:get(<<"name">>, X, null) || X <- T]}, State};
+handle_call(_Request, _From, State) ->
+    {reply, {error, unknown_call}, State}.
+
+-spec handle_cast(term(), #state{}) -> {noreply, #state{}}.
+handle_cast(_Msg, State) ->
+    {noreply, State}.
+
+-spec handle_info(term(), #state{}) -> {noreply, #state{}}.
+handle_info(connect, State) ->
+    {noreply, connect(State)};
+handle_info({Port, {data, Data}}, #state{port = Port, buf = Buf} = State) ->
+    {noreply, lines(<<Buf/binary, Data/binary>>, State)};
+handle_info({Port, {exit_status, Status}}, #state{port = Port} = State) ->
+    {noreply, down({exit_status, Status}, State#state{port = undefined})};
+handle_info({'EXIT', Port, Reason}, #state{port = Port} = State) ->
+    {noreply, down({port_exit, Reason}, State#state{port = undefined})};
+handle_info({http, {_ReqId, Result}}, State) ->
+    {noreply, http_result(Result, State)};
+handle_info({execute_task, Task, Ctx, From, Ref}, State) ->
+    {noreply, execute_task(Task, Ctx, From, Ref, State)};
+handle_info({cancel_task, Ref}, #state{by_ref = ByRef, pending = P} = State) ->
+    case maps:take(Ref, ByRef) of
+        {Id, ByRef1} ->
+            State1 = State#state{by_ref = ByRef1, pending = maps:remove(Id, P)},
+            {noreply, notify(<<"notifications/cancelled">>,
+                             #{requestId => Id, reason => <<"the router stopped waiting">>}, State1)};
+        error ->
+            {noreply, State}
+    end;
+handle_info(_Info, State) ->
+    {noreply, State}.
+
+-spec terminate(term(), #state{}) -> ok.
+terminate(_Reason, #state{port = Port, registered = Reg, id = Id}) ->
+    _ = Reg andalso (ok =:= erlmcp_flow:unregister_agent(Id)),
+    _ = is_port(Port) andalso catch port_close(Port),
+    ok.
+
+%%====================================================================
+%% Internal functions
+%%====================================================================
+
+connect(#state{spec = #{command := [Exe | Args]}} = State) ->
+    case find(text(Exe)) of
+        false ->
+            down({command_not_found, text(Exe)}, State);
+        Path ->
+            try open_port({spawn_executable, Path},
+                          [{args, [text(A) || A <- Args]}, binary, stream, exit_status, use_stdio,
+                           hide]) of
+                Port ->
+                    initialize(State#state{port = Port, buf = <<>>, phase = initializing})
+            catch error:Why ->
+                    down({spawn_failed, Why}, State)
+            end
+    end;
+connect(#state{spec = #{url := _}} = State) ->
+    _ = application:ensure_all_started(inets),
+    initialize(State#state{session = undefined, phase = initializing}).
+
+find(Exe) ->
+    case filename:pathtype(Exe) of
+        relative ->
+            case lists:member($/, Exe) of
+                true -> filename:absname(Exe);
+                false -> os:find_executable(Exe)
+            end;
+        _ -> Exe
+    end.
+
+text(T) when is_binary(T) -> binary_to_list(T);
+text(T) -> T.
+
+initialize(State) ->
+    request(<<"initialize">>,
+            #{protocolVersion => ?VERSION, capabilities => #{},
+              clientInfo => #{name => <<"erlmcp_flow">>, version => vsn()}},
+            initialize, State).
+
+vsn() ->
+    {ok, V} = application:get_key(erlmcp_flow, vsn),
+    list_to_binary(V).
+
+%% The server went away (or never came): its tasks fail, its agent goes,
+%% and it is started again after the backoff.
+down(Why, #state{pending = P, id = Id, backoff = B, restarts = R} = State) ->
+    maps:foreach(fun(_, {task, From, Ref}) -> From ! {task_result, Ref, {error, {server_down, Why}}};
+                    (_, _) -> ok
+                 end, P),
+    _ = State#state.registered andalso (ok =:= erlmcp_flow:unregister_agent(Id)),
+    logger:warning("erlmcp_flow: MCP server ~ts is down (~0p); starting it again in ~b ms",
+                   [Id, Why, B]),
+    erlang:send_after(B, self(), connect),
+    State1 = State#state{pending = #{}, by_ref = #{}, registered = false, phase = restarting,
+                         backoff = min(2 * B, ?MAX_BACKOFF), restarts = R + 1, last_error = Why,
+                         buf = <<>>},
+    case State#state.phase of
+        initializing when R =:= 0 ->
+            %% a server that never came up: whoever waits is told why
+            [gen_server:reply(W, {error, Why}) || W <- State#state.waiters],
+            State1#state{waiters = []};
+        _ ->
+            State1
+    end.
+
+%% Whole lines from the port, each a JSON-RPC message.
+lines(Buf, State) ->
+    case binary:split(Buf, <<"\n">>) of
+        [Line, Rest] -> lines(Rest, message(Line, State));
+        [Partial] when byte_size(Partial) > ?MAX_LINE -> State#state{buf = <<>>};
+        [Partial] -> State#state{buf = Partial}
+    end.
+
+message(<<>>, State) ->
+    State;
+message(Line, State) ->
+    case erlmcp_flow_jsonrpc:decode_json(Line) of
+        {ok, Msg} when is_map(Msg) -> handle_message(Msg, State);
+        {ok, Msgs} when is_list(Msgs) -> lists:foldl(fun handle_message/2, State, Msgs);
+        _ -> State
+    end.
+
+handle_message(#{<<"id">> := Id} = Msg, #state{pending = P} = State)
+  when not is_map_key(<<"method">>, Msg) ->
+    case maps:take(Id, P) of
+        {For, P1} -> answered(For, Msg, State#state{pending = P1});
+        error -> State
+    end;
+handle_message(#{<<"method">> := <<"notifications/tools/list_changed">>}, #state{phase = ready} = State) ->
+    list_tools(undefined, State#state{listing = []});
+handle_message(#{<<"method">> := <<"ping">>, <<"id">> := Id}, State) ->
+    respond(Id, {ok, #{}}, State);
+handle_message(#{<<"method">> := Method, <<"id">> := Id}, State) ->
+    %% the server asks something of its client (sampling, roots, ...): not offered
+    respond(Id, {error, -32601, <<"Method not found">>, #{method => Method}}, State);
+handle_message(_Notification, State) ->
+    State.
+
+answered(initialize, #{<<"result">> := _}, State) ->
+    State1 = notify(<<"notifications/initialized">>, #{}, State),
+    list_tools(undefined, State1#state{phase = listing, listing = []});
+answered(initialize, #{<<"error">> := E}, State) ->
+    down({initialize_refused, E}, close(State));
+answered(tools_list, #{<<"result">> := #{<<"tools">> := Tools} = R}, #state{listing = L} = State)
+  when is_list(Tools) ->
+    case R of
+        #{<<"nextCursor">> := C} when is_binary(C) -> list_tools(C, State#state{listing = L ++ Tools});
+        _ -> ready(State#state{listing = [], tools = L ++ Tools})
+    end;
+answered(tools_list, Msg, State) ->
+    down({tools_list_failed, maps:get(<<"error">>, Msg, Msg)}, close(State));
+answered({task, From, Ref}, Msg, #state{by_ref = ByRef} = State) ->
+    Answer = case Msg of
+                 #{<<"result">> := #{<<"isError">> := true} = R} -> {error, {tool_error, R}};
+                 #{<<"result">> := R} -> {ok, R};
+                 #{<<"error">> := #{<<"code">> := C, <<"message">> := M}} -> {error, {mcp_error, C, M}};
+                 _ -> {error, {bad_mcp_reply, Msg}}
+             end,
+    From ! {task_result, Ref, Answer},
+    State#state{by_ref = maps:remove(Ref, ByRef)};
+answered(_, _Msg, State) ->
+    State.
+
+close(#state{port = Port} = State) when is_port(Port) ->
+    catch port_close(Port),
+    State#state{port = undefined};
+close(State) ->
+    State.
+
+list_tools(Cursor, State) ->
+    Params = case Cursor of
+                 undefined -> #{};
+                 _ -> #{cursor => Cursor}
+             end,
+    request(<<"tools/list">>, Params, tools_list, State).
+
+%% The tools are known: the agent holds `tool:NAME' for each.
+ready(#state{id = Id, tools = Tools, caps = Extra, registered = Reg} = State) ->
+    Names = [N || #{<<"name">> := N} <- Tools, is_binary(N), N =/= <<>>],
+    [erlmcp_flow_mcp:declare_tool(N, T) || #{<<"name">> := N} = T <- Tools, is_binary(N)],
+    Caps = lists:usort([<<"tool:", N/binary>> || N <- Names] ++ Extra),
+    _ = Reg andalso (ok =:= erlmcp_flow:unregister_agent(Id)),
+    case Caps =/= [] andalso erlmcp_flow:register_agent(Id, self(), Caps) of
+        ok ->
+            [gen_server:reply(W, ok) || W <- State#state.waiters],
+            State#state{phase = ready, registered = true, waiters = [], backoff = ?MIN_BACKOFF};
+        Other ->
+            Why = case Other of false -> no_tools; {error, R} -> R end,
+            logger:error("erlmcp_flow: MCP server ~ts cannot be registered: ~0p", [Id, Why]),
+            [gen_server:reply(W, {error, Why}) || W <- State#state.waiters],
+            State#state{phase = ready, registered = false, waiters = [], last_error = Why}
+    end.
+
+%% A task routed to this server: `tools/call'.
+execute_task(#{tool := Name} = Task, Ctx, From, Ref, #state{phase = ready} = State) when is_binary(Name) ->
+    Args = maps:get(arguments, Task, #{}),
+    Meta = maps:from_list([{traceparent, erlmcp_flow_correlation_tracker:format_traceparent(Ctx)}
+                           | [{tracestate, TS} || #{tracestate := TS} <- [Ctx]]]),
+    State1 = request(<<"tools/call">>, #{name => Name, arguments => Args, '_meta' => Meta},
+                     {task, From, Ref}, State),
+    Id = State#state.next_id,
+    case maps:is_key(Id, State1#state.pending) of
+        true -> State1#state{by_ref = (State1#state.by_ref)#{Ref => Id}};
+        false -> State1
+    end;
+execute_task(#{tool := _}, _Ctx, From, Ref, State) ->
+    From ! {task_result, Ref, {error, {server_not_ready, State#state.phase}}},
+    State;
+execute_task(Task, _Ctx, From, Ref, State) ->
+    From ! {task_result, Ref, {error, {bad_task, Task, <<"an MCP server takes #{tool := Name, arguments := Args}">>}}},
+    State.
+
+%% A request to the server; the answer comes to `For'.
+request(Method, Params, For, #state{next_id = Id, pending = P} = State) ->
+    Msg = {request, Id, Method, Params},
+    case send(Msg, State) of
+        {ok, State1} ->
+            State1#state{next_id = Id + 1, pending = P#{Id => For}};
+        {error, Why, State1} ->
+            case For of
+                {task, From, Ref} ->
+                    From ! {task_result, Ref, {error, {unencodable_task, Why}}},
+                    State1#state{next_id = Id + 1};
+                _ ->
+                    down(Why, State1)
+            end
+    end.
+
+notify(Method, Params, State) ->
+    case send({notification, Method, Params}, State) of
+        {ok, State1} -> State1;
+        {error, _, State1} -> State1
+    end.
+
+respond(Id, Outcome, State) ->
+    case send({response, Id, Outcome}, State) of
+        {ok, State1} -> State1;
+        {error, _, State1} -> State1
+    end.
+
+send(Msg, #state{port = Port} = State) when is_port(Port) ->
+    case erlmcp_flow_jsonrpc:encode(Msg) of
+        {ok, Bin} ->
+            _ = catch port_command(Port, [Bin, $\n]),
+            {ok, State};
+        {error, Why} ->
+            {error, Why, State}
+    end;
+send(Msg, #state{spec = #{url := Url}, session = Session} = State) ->
+    case erlmcp_flow_jsonrpc:encode(Msg) of
+        {ok, Bin} ->
+            Headers = [{"accept", "application/json, text/event-stream"},
+                       {"mcp-protocol-version", binary_to_list(?VERSION)}
+                       | [{"mcp-session-id", binary_to_list(Session)} || is_binary(Session)]],
+            {ok, _ReqId} = httpc:request(post, {text(Url), Headers, "application/json", Bin},
+                                         [{timeout, 600000}], [{sync, false}, {body_format, binary}]),
+            {ok, State};
+        {error, Why} ->
+            {error, Why, State}
+    end;
+send(_Msg, State) ->
+    {error, not_connected, State}.
+
+%% A Streamable HTTP answer: JSON, or an event stream whose `data' lines
+%% carry messages; the session id from the first answer.
+http_result({{_, Status, _}, Headers, Body}, State) when Status >= 200, Status < 300 ->
+    State1 = case proplists:get_value("mcp-session-id", Headers) of
+                 undefined -> State;
+                 Sid -> State#state{session = list_to_binary(Sid)}
+             end,
+    case proplists:get_value("content-type", Headers, "") of
+        "text/event-stream" ++ _ ->
+            Datas = [D || L <- binary:split(Body, [<<"\r\n">>, <<"\n">>], [global]),
+                          <<"data:", D0/binary>> <- [L], D <- [string:trim(D0, leading)]],
+            lists:foldl(fun message/2, State1, Datas);
+        _ ->
+            message(Body, State1)
+    end;
+http_result({{_, Status, _}, _, _}, State) ->
+    down({http_status, Status}, State);
+http_result({error, Why}, State) ->
+    down({http_error, Why}, State);
+http_result(_Other, State) ->
+    State.

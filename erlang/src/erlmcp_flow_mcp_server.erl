@@ -1,0 +1,213 @@
+%% @doc erlmcp_flow as an MCP server: the methods, whatever the transport
+%% (`bin/erlmcp-flow stdio --mcp', `POST /mcp').
+%%
+%% Protocol versions 2025-06-18 and 2025-11-25: `initialize' answers the
+%% version the client asks for when it is one of them, else the newest
+%% (the client then decides whether to go on). Capabilities: `tools' with
+%% `listChanged'.
+%%
+%% `tools/list' (a page of 50, `nextCursor' for the next) lists every tool
+%% the routed agents serve, an agent serving the tool `NAME' by holding the
+%% capability `tool:NAME' (its schema from `erlmcp_flow_mcp:declare_tool/2'
+%% or from the MCP server the agent is; `{"type": "object"}' otherwise),
+%% and the router's own tools `flow_route_task', `flow_explain',
+%% `flow_stats' and `flow_trace'. `tools/call' of an agent's tool routes
+%% `#{tool => Name, arguments => Args}' through `execute/3' with
+%% `tool:NAME' as the required capability, so the strategy, breakers,
+%% retries (only for tools annotated `idempotentHint') and tracing apply;
+%% a `traceparent' in the request's `_meta' joins the caller's trace, and
+%% the result's `_meta' carries the routing
+%% (`{"erlmcp_flow": {"agent_id", "attempts", "trace_id"}}'). A tool that
+%% fails is a result with `isError'; an unknown tool is the JSON-RPC error
+%% -32602.
+-module(erlmcp_flow_mcp_server).
+
+-export([versions/0]).
+-export([initialize/1]).
+-export([call/2]).
+-export([tools/0]).
+-export([tool_names/0]).
+-export([server_info/0]).
+
+-define(VERSIONS, [<<"2025-11-25">>, <<"2025-06-18">>]).
+-define(PAGE, 50).
+-define(PREFIX, "tool:").
+
+%% @doc The protocol versions spoken, newest first.
+-spec versions() -> [binary()].
+versions() ->
+    ?VERSIONS.
+
+-spec server_info() -> map().
+server_info() ->
+    {ok, Vsn} = application:get_key(erlmcp_flow, vsn),
+    #{name => <<"erlmcp_flow">>, title => <<"erlmcp_flow router">>,
+      version => list_to_binary(Vsn)}.
+
+%% @doc The `initialize' result and the version agreed.
+-spec initialize(term()) -> {ok, map(), binary()}.
+initialize(Params) ->
+    Asked = case Params of
+                #{<<"protocolVersion">> := V} when is_binary(V) -> V;
+                _ -> undefined
+            end,
+    Version = case lists:member(Asked, ?VERSIONS) of
+                  true -> Asked;
+                  false -> hd(?VERSIONS)
+              end,
+    {ok, #{protocolVersion => Version,
+           capabilities => #{tools => #{listChanged => true}},
+           serverInfo => server_info(),
+           instructions => <<"Tools are served by the agents erlmcp_flow routes to; "
+                             "flow_* tools are the router's own.">>},
+     Version}.
+
+%% @doc One request of an initialized session: `{ok, Result}', `{error,
+%% Code, Message, Data}', or `cancelled' (a `tools/call' stopped by
+%% `notifications/cancelled': no answer is due).
+-spec call(binary(), term()) -> {ok, map()} | {error, integer(), binary(), term()} | cancelled.
+call(<<"ping">>, _Params) ->
+    {ok, #{}};
+call(<<"tools/list">>, Params) ->
+    case cursor(Params) of
+        {ok, Offset} ->
+            All = tools(),
+            Page = lists:sublist(All, Offset + 1, ?PAGE),
+            Next = case Offset + ?PAGE < length(All) of
+                       true -> #{nextCursor => base64:encode(integer_to_binary(Offset + ?PAGE))};
+                       false -> #{}
+                   end,
+            {ok, Next#{tools => Page}};
+        error ->
+            {error, -32602, <<"Invalid params">>, #{reason => <<"bad cursor">>}}
+    end;
+call(<<"tools/call">>, #{<<"name">> := Name} = Params) when is_binary(Name) ->
+    Args = case maps:get(<<"arguments">>, Params, #{}) of
+               A when is_map(A) -> A;
+               _ -> invalid
+           end,
+    Meta = case maps:get(<<"_meta">>, Params, #{}) of
+               M when is_map(M) -> M;
+               _ -> #{}
+           end,
+    case Args of
+        invalid -> {error, -32602, <<"Invalid params">>, #{reason => <<"arguments must be an object">>}};
+        _ -> call_tool(Name, Args, Meta)
+    end;
+call(<<"tools/call">>, _Params) ->
+    {error, -32602, <<"Invalid params">>, #{reason => <<"tools/call takes {\"name\", \"arguments\"?}">>}};
+call(Method, _Params) ->
+    {error, -32601, <<"Method not found">>, #{method => Method}}.
+
+cursor(#{<<"cursor">> := C}) when is_binary(C) ->
+    try binary_to_integer(base64:decode(C)) of
+        N when N >= 0 -> {ok, N};
+        _ -> error
+    catch _:_ -> error
+    end;
+cursor(_) ->
+    {ok, 0}.
+
+%% @doc Every tool: the router's, then the agents' by name.
+-spec tools() -> [map()].
+tools() ->
+    router_tools() ++ [erlmcp_flow_mcp:tool(Name) || Name <- tool_names()].
+
+%% @doc The names of the tools the registered agents serve, sorted.
+-spec tool_names() -> [binary()].
+tool_names() ->
+    lists:usort([Name || {_, _, _, Caps} <- erlmcp_flow_registry:list_agents(),
+                         <<?PREFIX, Name/binary>> <- Caps, Name =/= <<>>]).
+
+router_tools() ->
+    Obj = fun(Props, Required) -> #{type => object, properties => Props, required => Required} end,
+    Caps = #{type => array, items => #{type => string}},
+    [#{name => <<"flow_route_task">>,
+       description => <<"Route a task to an agent holding the capabilities and return its answer">>,
+       inputSchema => Obj(#{task => #{type => object}, requirements => #{type => object}}, [<<"task">>])},
+     #{name => <<"flow_explain">>,
+       description => <<"Why the router would choose each agent for these capabilities">>,
+       inputSchema => Obj(#{capabilities => Caps, task_class => #{type => string}}, [<<"capabilities">>]),
+       annotations => #{readOnlyHint => true}},
+     #{name => <<"flow_stats">>, description => <<"The router's node-wide figures">>,
+       inputSchema => Obj(#{}, []), annotations => #{readOnlyHint => true}},
+     #{name => <<"flow_trace">>, description => <<"The spans of a trace">>,
+       inputSchema => Obj(#{trace_id => #{type => string}}, [<<"trace_id">>]),
+       annotations => #{readOnlyHint => true}}].
+
+call_tool(<<"flow_route_task">>, Args, _Meta) -> rpc(<<"flow.route_task">>, Args);
+call_tool(<<"flow_explain">>, Args, _Meta) -> rpc(<<"flow.explain">>, Args);
+call_tool(<<"flow_stats">>, Args, _Meta) -> rpc(<<"flow.stats">>, Args);
+call_tool(<<"flow_trace">>, Args, _Meta) -> rpc(<<"flow.trace">>, Args);
+call_tool(Name, Args, Meta) ->
+    case lists:member(Name, tool_names()) of
+        false ->
+            {error, -32602, <<"Unknown tool: ", Name/binary>>, #{tool => Name}};
+        true ->
+            Trace = maps:with([traceparent, tracestate],
+                              #{traceparent => maps:get(<<"traceparent">>, Meta, none),
+                                tracestate => maps:get(<<"tracestate">>, Meta, none)}),
+            Req = maps:merge(#{capabilities => [<<?PREFIX, Name/binary>>],
+                               idempotent => erlmcp_flow_mcp:idempotent(Name)},
+                             maps:filter(fun(_, V) -> is_binary(V) end, Trace)),
+            process_flag(trap_exit, true),
+            Answer = erlmcp_flow:execute(#{tool => Name, arguments => Args}, Req,
+                                         #{cancellable => true, error_meta => true}),
+            tool_answer(Answer)
+    end.
+
+%% The router's own tools: the JSON-RPC methods, their result as JSON text
+%% and as structured content.
+rpc(Method, Args) ->
+    case erlmcp_flow_rpc:handle(Method, Args, #{transport => mcp}) of
+        {ok, Result} ->
+            {ok, text_result(Result, false)};
+        {error, _Code, Message, Data} ->
+            {ok, text_result(#{error => Message, data => Data}, true)}
+    end.
+
+tool_answer({ok, Result, Meta}) ->
+    Routing = routing(Meta),
+    case Result of
+        #{<<"content">> := _} = ToolResult ->
+            %% an MCP server's own result: passed on, with the routing added
+            {ok, add_meta(ToolResult, Routing)};
+        _ ->
+            {ok, add_meta(text_result(Result, false), Routing)}
+    end;
+tool_answer({error, {stopped, _}, _Meta}) ->
+    cancelled;
+tool_answer({error, {agent_error, {tool_error, #{<<"content">> := _} = ToolResult}}, Meta}) ->
+    {ok, add_meta(ToolResult#{<<"isError">> => true}, routing(Meta))};
+tool_answer({error, Reason, Meta}) ->
+    {ok, add_meta(text_result(#{error => iolist_to_binary(io_lib:format("~0p", [Reason]))}, true),
+                  routing(Meta))}.
+
+routing(Meta) ->
+    #{<<"erlmcp_flow">> => maps:with([agent_id, attempts, trace_id], Meta)}.
+
+add_meta(Result, Routing) ->
+    Old = case maps:get(<<"_meta">>, Result, #{}) of
+              M when is_map(M) -> M;
+              _ -> #{}
+          end,
+    maps:remove('_meta', Result#{<<"_meta">> => maps:merge(Old, Routing)}).
+
+%% A result for a client: the term as JSON text, and as structured content
+%% when it is an object.
+text_result(Term, IsError) ->
+    Json = case erlmcp_flow_jsonrpc:encode_json(Term) of
+               {ok, B} -> B;
+               {error, _} -> iolist_to_binary(io_lib:format("~0p", [Term]))
+           end,
+    Base = #{<<"content">> => [#{<<"type">> => <<"text">>, <<"text">> => Json}],
+             <<"isError">> => IsError},
+    case is_map(Term) andalso Json =/= <<>> of
+        true ->
+            case erlmcp_flow_jsonrpc:decode_json(Json) of
+                {ok, Obj} when is_map(Obj) -> Base#{<<"structuredContent">> => Obj};
+                _ -> Base
+            end;
+        false ->
+            Base
+    end.
