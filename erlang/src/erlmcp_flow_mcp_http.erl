@@ -54,7 +54,7 @@ sessions() ->
     end.
 
 new_session(Version) ->
-    Sid = binary:encode_hex(crypto:strong_rand_bytes(16), lowercase),
+    Sid = string:lowercase(binary:encode_hex(crypto:strong_rand_bytes(16))),
     ets:insert(?SESSIONS, {Sid, Version, erlang:monotonic_time(millisecond)}),
     Sid.
 
