@@ -4,7 +4,7 @@
 %% starts the server as a supervised port (or speaks Streamable HTTP to
 %% `Url'), initializes it (protocol 2025-11-25), lists its tools and
 %% registers one agent `Id' whose capabilities are `tool:NAME' for each
-%% tool, plus `maps:get(capabilities, Opts, [])'. A task `#{tool := Name,
+%% tool, `mcp_server', and `maps:get(capabilities, Opts, [])'. A task `#{tool := Name,
 %% arguments := Args}' becomes `tools/call'; its result answers the task
 %% (`{ok, CallToolResult}'; a result with `isError' answers `{error,
 %% {tool_error, CallToolResult}}', a JSON-RPC error `{error, {mcp_error,
@@ -29,6 +29,7 @@
 -export([declare_tool/2]).
 -export([tool/1]).
 -export([idempotent/1]).
+-export([await_configured/1]).
 
 -export([init/1]).
 -export([handle_call/3]).
@@ -123,7 +124,8 @@ unregister_server(Id) ->
     end.
 
 %% @doc The MCP servers this node runs as agents: `#{id, pid, spec, status
-%% (starting | ready | restarting), tools, restarts}'.
+%% (starting | initializing | listing | ready | restarting), tools,
+%% restarts, os_pid (of a port's server, else undefined)}'.
 -spec servers() -> [map()].
 servers() ->
     case whereis(erlmcp_flow_mcp_agent_sup) of
@@ -132,6 +134,27 @@ servers() ->
         _ ->
             lists:sort([S || {_, Pid, _, _} <- supervisor:which_children(erlmcp_flow_mcp_agent_sup),
                              is_pid(Pid), #{} = S <- [erlmcp_flow_mcp_agent:info(Pid)]])
+    end.
+
+%% @doc Waits (at most `Timeout' ms) until every server of the
+%% configuration's `mcp.servers' is ready: the stdio MCP front waits so
+%% before it reads its host's first message, so that the host's first
+%% `tools/list' has their tools.
+-spec await_configured(non_neg_integer()) -> ok | {error, timeout}.
+await_configured(Timeout) ->
+    Ids = [Id || #{id := Id} <- erlmcp_flow_config:get(mcp, servers)],
+    Deadline = erlang:monotonic_time(millisecond) + Timeout,
+    await_configured(Ids, Deadline).
+
+await_configured(Ids, Deadline) ->
+    Ready = [Id || #{id := Id, status := ready} <- servers()],
+    case Ids -- Ready of
+        [] -> ok;
+        _ ->
+            case erlang:monotonic_time(millisecond) > Deadline of
+                true -> {error, timeout};
+                false -> timer:sleep(50), await_configured(Ids, Deadline)
+            end
     end.
 
 %% @doc Declares the MCP description of the tool `Name' (its

@@ -80,8 +80,13 @@ handle_call(await_ready, From, #state{phase = restarting, restarts = R, last_err
     {reply, {error, E}, State#state{waiters = [From | State#state.waiters]}};
 handle_call(await_ready, From, #state{waiters = W} = State) ->
     {noreply, State#state{waiters = [From | W]}};
-handle_call(info, _From, #state{id = Id, spec = Spec, phase = P, tools = T, restarts = R} = State) ->
-    {reply, #{id => Id, pid => self(), spec => Spec, status => P, restarts => R,
+handle_call(info, _From, #state{id = Id, spec = Spec, phase = P, tools = T, restarts = R,
+                                port = Port} = State) ->
+    OsPid = case is_port(Port) andalso erlang:port_info(Port, os_pid) of
+                {os_pid, O} -> O;
+                _ -> undefined
+            end,
+    {reply, #{id => Id, pid => self(), spec => Spec, status => P, restarts => R, os_pid => OsPid,
               tools => [maps:get(<<"name">>, X, null) || X <- T]}, State};
 handle_call(_Request, _From, State) ->
     {reply, {error, unknown_call}, State}.
@@ -263,14 +268,15 @@ list_tools(Cursor, State) ->
 ready(#state{id = Id, tools = Tools, caps = Extra, registered = Reg} = State) ->
     Names = [N || #{<<"name">> := N} <- Tools, is_binary(N), N =/= <<>>],
     [erlmcp_flow_mcp:declare_tool(N, T) || #{<<"name">> := N} = T <- Tools, is_binary(N)],
-    Caps = lists:usort([<<"tool:", N/binary>> || N <- Names] ++ Extra),
+    %% `mcp_server' as well: a server with no tools (yet) is still an agent
+    Caps = lists:usort([<<"mcp_server">> | [<<"tool:", N/binary>> || N <- Names] ++ Extra]),
     _ = Reg andalso (ok =:= erlmcp_flow:unregister_agent(Id)),
-    case Caps =/= [] andalso erlmcp_flow:register_agent(Id, self(), Caps) of
+    case erlmcp_flow:register_agent(Id, self(), Caps) of
         ok ->
             [gen_server:reply(W, ok) || W <- State#state.waiters],
             State#state{phase = ready, registered = true, waiters = [], backoff = ?MIN_BACKOFF};
         Other ->
-            Why = case Other of false -> no_tools; {error, R} -> R end,
+            {error, Why} = Other,
             logger:error("erlmcp_flow: MCP server ~ts cannot be registered: ~0p", [Id, Why]),
             [gen_server:reply(W, {error, Why}) || W <- State#state.waiters],
             State#state{phase = ready, registered = false, waiters = [], last_error = Why}

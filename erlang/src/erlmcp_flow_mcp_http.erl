@@ -17,14 +17,42 @@
 
 -spec handle(atom() | binary(), [{binary(), binary()}], binary()) ->
           {pos_integer(), iodata(), binary()} | {pos_integer(), iodata(), binary(), list()}.
-handle('GET', _Headers, _Body) ->
+handle(Method, Headers, Body) ->
+    case local_origin(Headers) of
+        true -> serve_method(Method, Headers, Body);
+        false -> {403, "application/json", error_json(null, <<"Forbidden: Host or Origin is not local">>)}
+    end.
+
+%% DNS rebinding: a listener on loopback answers only requests whose Host
+%% (and Origin, when given) name a loopback host, so that a web page from
+%% elsewhere cannot reach it through a name it made resolve to 127.0.0.1.
+local_origin(Headers) ->
+    case lists:member(maps:get(ip, erlmcp_flow_rpc_http:config()),
+                      [loopback, {127, 0, 0, 1}, {0, 0, 0, 0, 0, 0, 0, 1}]) of
+        true ->
+            Local = fun(Url) -> lists:member(host(Url), [<<"localhost">>, <<"127.0.0.1">>, <<"[::1]">>, <<"::1">>]) end,
+            Host = proplists:get_value(<<"host">>, Headers),
+            Origin = proplists:get_value(<<"origin">>, Headers),
+            (Host =:= undefined orelse Local(<<"http://", Host/binary>>)) andalso
+                (Origin =:= undefined orelse Local(Origin));
+        false ->
+            true
+    end.
+
+host(Url) ->
+    case catch uri_string:parse(Url) of
+        #{host := H} when is_binary(H) -> string:lowercase(H);
+        _ -> <<>>
+    end.
+
+serve_method('GET', _Headers, _Body) ->
     {405, "text/plain", <<"this server offers no event stream: POST /mcp\n">>, [{"allow", "POST, DELETE"}]};
-handle('DELETE', Headers, _Body) ->
+serve_method('DELETE', Headers, _Body) ->
     case session(Headers) of
         {ok, Sid} -> ets:delete(?SESSIONS, Sid), {200, "application/json", <<>>};
         {error, Status, Why} -> error_reply(Status, null, Why)
     end;
-handle('POST', Headers, Body) ->
+serve_method('POST', Headers, Body) ->
     case erlmcp_flow_jsonrpc:decode(Body) of
         {single, {request, Id, <<"initialize">>, Params}} ->
             {ok, Result, Version} = erlmcp_flow_mcp_server:initialize(Params),
@@ -41,7 +69,7 @@ handle('POST', Headers, Body) ->
                 {{error, Status, Why}, _} -> error_reply(Status, null, Why)
             end
     end;
-handle(_Method, _Headers, _Body) ->
+serve_method(_Method, _Headers, _Body) ->
     {405, "text/plain", <<"POST, DELETE /mcp\n">>, [{"allow", "POST, DELETE"}]}.
 
 %% @doc Sessions open now.
@@ -135,5 +163,8 @@ encode(Id, Outcome) ->
     end.
 
 error_reply(Status, Id, Message) ->
+    {Status, "application/json", error_json(Id, Message)}.
+
+error_json(Id, Message) ->
     {ok, Json} = erlmcp_flow_jsonrpc:encode({response, Id, {error, -32000, Message, undefined}}),
-    {Status, "application/json", Json}.
+    Json.

@@ -111,7 +111,8 @@ cursor(_) ->
 %% @doc Every tool: the router's, then the agents' by name.
 -spec tools() -> [map()].
 tools() ->
-    router_tools() ++ [erlmcp_flow_mcp:tool(Name) || Name <- tool_names()].
+    [maps:fold(fun(K, V, A) -> A#{atom_to_binary(K) => V} end, #{}, T) || T <- router_tools()]
+        ++ [erlmcp_flow_mcp:tool(Name) || Name <- tool_names()].
 
 %% @doc The names of the tools the registered agents serve, sorted.
 -spec tool_names() -> [binary()].

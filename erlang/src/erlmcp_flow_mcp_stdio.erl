@@ -28,6 +28,12 @@ main() ->
     _ = logger:update_handler_config(default, config, #{type => standard_error}),
     case application:ensure_all_started(erlmcp_flow) of
         {ok, _} ->
+            %% the servers of the configuration first: the host's first
+            %% tools/list should have their tools
+            case erlmcp_flow_mcp:await_configured(30000) of
+                ok -> ok;
+                {error, timeout} -> logger:warning("erlmcp_flow: MCP servers not ready after 30 s")
+            end,
             Max = erlmcp_flow_config:get(transports, max_message_bytes),
             Port = open_port({fd, 0, 1}, [binary, eof, {line, Max + 1}]),
             erlang:send_after(?CHECK_MS, self(), check_tools),
