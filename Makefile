@@ -6,7 +6,7 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 ERL_PATHS = -pa _build/default/lib/*/ebin
 BENCH_EBIN = _build/bench/ebin
 
-.PHONY: all setup build demo test test-rust test-erlang check-otp27 w3c dialyzer bench bench-rust bench-erlang bench-load fuzz cover cover-rust clean
+.PHONY: all setup build demo demo-mcp test test-rust test-erlang check-otp27 w3c dialyzer bench bench-rust bench-erlang bench-load fuzz cover cover-rust clean
 
 all: build
 
@@ -19,6 +19,13 @@ build: setup
 ## The main job: 60 agents and 5 swarms, one row per strategy.
 demo: build
 	erl -noshell $(ERL_PATHS) -eval 'erlmcp_flow_demo:main()'
+
+## MCP: three server-everything instances behind erlmcp_flow, one slowed, and
+## the Python SDK calling through it while the routing table learns.
+demo-mcp: build
+	mkdir -p $(BENCH_EBIN)
+	erlc -pa _build/default/lib/erlmcp_flow/ebin -o $(BENCH_EBIN) benches/erlang/*.erl
+	erl -noshell $(ERL_PATHS) -pa $(BENCH_EBIN) -eval 'erlmcp_flow_demo_mcp:main()'
 
 ## Every test: Rust (fmt, clippy, cargo test), then Erlang (xref, EUnit,
 ## Common Test, dialyzer).

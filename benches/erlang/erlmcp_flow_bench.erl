@@ -80,7 +80,7 @@ run() ->
                                           erlang:system_info(schedulers_online), ?AGENTS]),
     %% BENCH_ONLY=matrix,memory runs only those parts
     Only = case os:getenv("BENCH_ONLY") of
-               false -> [basics, matrix, membership, memory, rpc, cluster];
+               false -> [basics, matrix, membership, memory, rpc, cluster, mcp];
                List -> [list_to_atom(P) || P <- string:lexemes(List, ",")]
            end,
     Parts = [{basics, fun() -> basics(Router, Agents) end},
@@ -88,7 +88,8 @@ run() ->
              {membership, fun membership_at_scale/0},
              {memory, fun memory_figures/0},
              {rpc, fun rpc_figures/0},
-             {cluster, fun erlmcp_flow_bench_cluster:figures/0}],
+             {cluster, fun erlmcp_flow_bench_cluster:figures/0},
+             {mcp, fun erlmcp_flow_bench_mcp:figures/0}],
     maps:from_list([{otp, list_to_binary(erlang:system_info(otp_release))},
                     {schedulers, erlang:system_info(schedulers_online)}
                     | [{Name, F()} || {Name, F} <- Parts, lists:member(Name, Only)]]).

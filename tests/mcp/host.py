@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import json
 import sys
+import time
 
 from mcp import ClientSession, StdioServerParameters
 from mcp.client.stdio import stdio_client
@@ -28,6 +29,7 @@ async def session_run(read, write, calls, repeat):
             if not cursor:
                 break
         results = []
+        t0 = time.monotonic()
         for name, args in calls:
             for _ in range(repeat):
                 r = await session.call_tool(name, args)
@@ -38,7 +40,9 @@ async def session_run(read, write, calls, repeat):
                     is_error = getattr(r, "isError", False)
                 results.append({"tool": name, "isError": bool(is_error), "text": text,
                                 "meta": meta})
-        return {"protocolVersion": getattr(init, "protocol_version", None) or getattr(init, "protocolVersion", None),
+        elapsed = time.monotonic() - t0
+        return {"elapsed_s": elapsed, "calls": len(results),
+                "protocolVersion": getattr(init, "protocol_version", None) or getattr(init, "protocolVersion", None),
                 "server": (getattr(init, "server_info", None) or getattr(init, "serverInfo")).name,
                 "tools": tools, "results": results}
 
@@ -49,6 +53,7 @@ async def main():
     p.add_argument("--stdio", nargs=argparse.REMAINDER)
     p.add_argument("--call", nargs=2, action="append", default=[], metavar=("TOOL", "ARGS"))
     p.add_argument("--repeat", type=int, default=1)
+    p.add_argument("--quiet", action="store_true", help="leave the results out of the output")
     a = p.parse_args()
     calls = [(name, json.loads(args)) for name, args in a.call]
     if a.http:
@@ -68,6 +73,8 @@ async def main():
         params = StdioServerParameters(command=cmd, args=rest)
         async with stdio_client(params) as (read, write):
             out = await session_run(read, write, calls, a.repeat)
+    if a.quiet:
+        out["results"] = out["results"][-1:]
     print(json.dumps(out, default=str))
 
 
