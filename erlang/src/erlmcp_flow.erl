@@ -98,7 +98,8 @@ execute(Task, Requirements) ->
 %% `execution_timeout', `{agent_down, Reason}', `{agent_error, Reason}' (the
 %% agent answered `{error, Reason}'), `{bad_agent_reply, Term}'. And
 %% `{badarg, What}'.
--spec execute(task(), requirements(), execute_opts()) -> {ok, term(), meta()} | {error, term()}.
+-spec execute(task(), requirements(), execute_opts()) ->
+          {ok, term(), meta()} | {error, term()} | {error, term(), map()}.
 execute(Task, Requirements, Opts) ->
     erlmcp_flow_router:execute(Task, Requirements, Opts).
 

@@ -160,9 +160,15 @@ await_configured(Ids, Deadline) ->
 %% @doc Declares the MCP description of the tool `Name' (its
 %% `inputSchema', `description', `annotations', ...) for `tools/list'; an
 %% agent serves it by holding the capability `tool:NAME'.
--spec declare_tool(binary(), map()) -> ok.
-declare_tool(Name, Tool) when is_binary(Name), is_map(Tool) ->
-    gen_server:call(?MODULE, {declare, Name, Tool}).
+-spec declare_tool(binary(), map()) -> ok | {error, not_started | {badarg, name | tool}}.
+declare_tool(Name, _Tool) when not is_binary(Name); Name =:= <<>> ->
+    {error, {badarg, name}};
+declare_tool(_Name, Tool) when not is_map(Tool) ->
+    {error, {badarg, tool}};
+declare_tool(Name, Tool) ->
+    try gen_server:call(?MODULE, {declare, Name, Tool})
+    catch exit:_ -> {error, not_started}
+    end.
 
 %% @doc The MCP description of a tool (`{"type": "object"}' as its schema
 %% when none was declared).

@@ -185,7 +185,8 @@ down(Why, #state{pending = P, id = Id, backoff = B, restarts = R} = State) ->
                          backoff = min(2 * B, ?MAX_BACKOFF), restarts = R + 1, last_error = Why,
                          buf = <<>>},
     case State#state.phase of
-        initializing when R =:= 0 ->
+        Phase when (Phase =:= starting orelse Phase =:= initializing orelse Phase =:= listing),
+                   R =:= 0 ->
             %% a server that never came up: whoever waits is told why
             [gen_server:reply(W, {error, Why}) || W <- State#state.waiters],
             State1#state{waiters = []};
@@ -267,7 +268,7 @@ list_tools(Cursor, State) ->
 %% The tools are known: the agent holds `tool:NAME' for each.
 ready(#state{id = Id, tools = Tools, caps = Extra, registered = Reg} = State) ->
     Names = [N || #{<<"name">> := N} <- Tools, is_binary(N), N =/= <<>>],
-    [erlmcp_flow_mcp:declare_tool(N, T) || #{<<"name">> := N} = T <- Tools, is_binary(N)],
+    _ = [erlmcp_flow_mcp:declare_tool(N, T) || #{<<"name">> := N} = T <- Tools, is_binary(N)],
     %% `mcp_server' as well: a server with no tools (yet) is still an agent
     Caps = lists:usort([<<"mcp_server">> | [<<"tool:", N/binary>> || N <- Names] ++ Extra]),
     _ = Reg andalso (ok =:= erlmcp_flow:unregister_agent(Id)),
