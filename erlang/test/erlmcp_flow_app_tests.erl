@@ -18,6 +18,8 @@ tree() ->
                   {erlmcp_flow_task_sup, _, supervisor, _},
                   {erlmcp_flow_registry, _, worker, _},
                   {erlmcp_flow_q_learning, _, worker, _},
+                  %% MCP servers as agents (erlmcp_flow_mcp)
+                  {erlmcp_flow_mcp_sup, _, supervisor, _},
                   %% the proxies of erlmcp's servers (erlmcp_flow_erlmcp)
                   {erlmcp_flow_erlmcp_sup, _, supervisor, _},
                   %% pg scope, membership, failure detector (erlmcp_flow_cluster)

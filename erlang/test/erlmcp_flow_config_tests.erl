@@ -3,7 +3,7 @@
 -include_lib("eunit/include/eunit.hrl").
 
 -define(SECTIONS, [byzantine, circuit_breaker, cluster, correlation, export, failure_detector,
-                   load_balancer, metrics, q_learning, registry, timeouts, transports]).
+                   load_balancer, mcp, metrics, q_learning, registry, timeouts, transports]).
 
 defaults_have_every_section_test() ->
     D = erlmcp_flow_config:defaults(),
