@@ -47,6 +47,7 @@ deferred() ->
     %% the agent keeps serving while two tasks wait
     ?assertMatch({error, {agent_error, failed}}, erlmcp_flow:execute(#{op => fail}, #{idempotent => false})),
     ?assertEqual(2, erlmcp_flow:get_agent_load(<<"t">>)),
+    [receive {held, _} -> ok end || _ <- [T1, T2]],
     Pid ! release,
     receive {erlmcp_flow_result, T1, A1} -> ?assertMatch({ok, a, _}, A1) end,
     receive {erlmcp_flow_result, T2, A2} -> ?assertMatch({ok, b, _}, A2) end,
@@ -141,6 +142,9 @@ reply_shapes() ->
     T1 = Route(#{op => later_bare, value => done}),
     T2 = Route(#{op => later_bare, value => {ok, wrapped}}),
     T3 = Route(#{op => later_bare, value => {error, nope}}),
+    %% route_task returns before its waiter has sent the task: the agent
+    %% holds all three before it is told to release them
+    [receive {held, _} -> ok end || _ <- [T1, T2, T3]],
     Pid ! release,
     Answers = maps:from_list([receive {erlmcp_flow_result, T, A} -> {T, A} end
                               || T <- [T1, T2, T3]]),

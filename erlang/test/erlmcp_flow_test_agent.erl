@@ -1,7 +1,8 @@
 %% An erlmcp_flow_agent callback module whose answers tests choose per task:
 %% #{op => echo, value => V}, #{op => fail}, #{op => crash}, #{op => hang},
 %% #{op => later, value => V} (answers through reply/2 when told `release'),
-%% #{op => later_bare, value => V} (the same, replying the bare value),
+%% #{op => later_bare, value => V} (the same, replying the bare value; both
+%% tell the owner `{held, V}' when they hold the task),
 %% #{op => return, value => V} (handle_task/3 returns V itself: a broken
 %% contract unless V is one of its answers).
 %% Every cancel is reported to the owner given at start; handle_info/2
@@ -19,9 +20,11 @@ handle_task(#{op := echo, value := V}, _Ctx, S) -> {ok, V, S};
 handle_task(#{op := fail}, _Ctx, S) -> {error, failed, S};
 handle_task(#{op := crash}, _Ctx, _S) -> exit(crashed_on_purpose);
 handle_task(#{op := hang}, _Ctx, S) -> {noreply, S};
-handle_task(#{op := later, value := V}, Ctx, #{held := H} = S) ->
+handle_task(#{op := later, value := V}, Ctx, #{held := H, owner := Owner} = S) ->
+    Owner ! {held, V},
     {noreply, S#{held := [{Ctx, V} | H]}};
-handle_task(#{op := later_bare, value := V}, Ctx, #{held := H} = S) ->
+handle_task(#{op := later_bare, value := V}, Ctx, #{held := H, owner := Owner} = S) ->
+    Owner ! {held, V},
     {noreply, S#{held := [{Ctx, {bare, V}} | H]}};
 handle_task(#{op := return, value := V}, _Ctx, _S) -> V;
 handle_task(#{op := trace}, #{trace := Trace}, S) -> {ok, Trace, S};
