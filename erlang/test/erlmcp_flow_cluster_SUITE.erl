@@ -263,6 +263,11 @@ byzantine_quorum(Config0) ->
     ?assertMatch(#{dishonest := D, blacklisted := true} when D >= 10,
                  peer:call(P1, erlmcp_flow_byzantine_detector, reputation, [<<"liar">>])),
     %% the blacklisted leave every strategy's candidates on the caller's node
+    %% (once the byzantine detector has published them to the routing path)
+    wait_until(fun() ->
+                       Excl = peer:call(P1, erlmcp_flow_byzantine_detector, excluded, []),
+                       [] =:= [<<"liar">> | ids(N3, 1) ++ ids(N4, 1)] -- Excl
+               end, 5000),
     Plain = peer:call(P1, ?MODULE, route_many, [60, #{capabilities => [<<"q">>]}, #{}]),
     ?assertEqual(60, length([ok || {ok, 42, _} <- Plain])),
     ?assertEqual([], lists:usort([Id || {ok, _, #{agent_id := Id}} <- Plain]) -- ids(N1, 4)),
