@@ -13,11 +13,13 @@
 
 -export([all/0, init_per_suite/1, end_per_suite/1, init_per_testcase/2, end_per_testcase/2]).
 -export([servers_as_agents/1, slow_one_learned_around/1, killed_mid_call_restarts/1,
+         timeout_cancels_and_tools_change/1,
          python_host_http/1, python_host_stdio/1, conformance_server/1, conformance_client/1]).
 
 all() ->
-    [servers_as_agents, slow_one_learned_around, killed_mid_call_restarts, python_host_http,
-     python_host_stdio, conformance_server, conformance_client].
+    [servers_as_agents, slow_one_learned_around, killed_mid_call_restarts,
+     timeout_cancels_and_tools_change, python_host_http, python_host_stdio, conformance_server,
+     conformance_client].
 
 init_per_suite(Config) ->
     Root = erlmcp_flow_test_util:repo_root("tests/mcp/package.json"),
@@ -125,6 +127,37 @@ killed_mid_call_restarts(_Config) ->
               end
       end, 20000),
     {ok, _, #{agent_id := <<"everything-1">>}} = tool(<<"echo">>, #{message => <<"back">>}, [<<"instance:1">>]).
+
+%% A call the router stops waiting for is cancelled at the server
+%% (notifications/cancelled), and a server's notifications/tools/list_changed
+%% changes its agent's capabilities (tests/mcp/probe_server.py).
+timeout_cancels_and_tools_change(Config) ->
+    Log = filename:join(?config(root, Config), "_build/test/mcp-probe.log"),
+    _ = file:delete(Log),
+    ok = erlmcp_flow_mcp:register_server(<<"probe">>,
+                                         #{command => [os:find_executable("python3"),
+                                                       filename:join(?config(mcp, Config), "probe_server.py"),
+                                                       Log]}, #{}),
+    try
+        ?assertEqual({error, execution_timeout},
+                     erlmcp_flow:execute(#{tool => <<"sleep">>, arguments => #{seconds => 10}},
+                                         #{capabilities => [<<"tool:sleep">>], timeout => 300,
+                                           idempotent => false})),
+        erlmcp_flow_test_util:wait_until(
+          fun() -> case file:read_file(Log) of
+                       {ok, <<"cancelled ", _/binary>>} -> true;
+                       _ -> false
+                   end
+          end, 5000),
+        ?assertEqual([], erlmcp_flow:query_agents([<<"tool:extra">>])),
+        {ok, _, _} = erlmcp_flow:execute(#{tool => <<"grow">>, arguments => #{}},
+                                         #{capabilities => [<<"tool:grow">>]}),
+        erlmcp_flow_test_util:wait_until(
+          fun() -> erlmcp_flow:query_agents([<<"tool:extra">>]) =:= [<<"probe">>] end, 5000),
+        ?assert(lists:member(<<"extra">>, erlmcp_flow_mcp_server:tool_names()))
+    after
+        erlmcp_flow_mcp:unregister_server(<<"probe">>)
+    end.
 
 %% The official Python SDK as a host over Streamable HTTP.
 python_host_http(Config) ->

@@ -2,7 +2,6 @@
 
 -include_lib("eunit/include/eunit.hrl").
 
--import(erlmcp_flow_test_util, [wait_until/1]).
 
 %% erlmcp_flow as an MCP server over Streamable HTTP and over stdio, with
 %% Erlang agents serving tools (the suite erlmcp_flow_mcp_SUITE runs real
