@@ -207,9 +207,7 @@ format_status(Status) ->
 %%====================================================================
 
 call(Request) ->
-    try gen_server:call(?MODULE, Request, 5000)
-    catch exit:_ -> {error, not_started}
-    end.
+    erlmcp_flow_call:call(?MODULE, Request, 5000).
 
 %% The secret, from the environment (the published configuration has it
 %% redacted), into a key resource.

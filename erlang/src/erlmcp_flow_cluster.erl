@@ -202,9 +202,7 @@ handle_info(_Info, State) ->
 %%====================================================================
 
 call(Request) ->
-    try gen_server:call(?MODULE, Request, 5000)
-    catch exit:_ -> {error, not_started}
-    end.
+    erlmcp_flow_call:call(?MODULE, Request, 5000).
 
 %% A peer's cluster process: it gets this node's agents now.
 add_peer(Pid, State) when Pid =:= self(); node(Pid) =:= node() ->

@@ -152,9 +152,7 @@ handle_info(_Info, State) ->
 %%====================================================================
 
 call(Request) ->
-    try gen_server:call(?MODULE, Request, 5000)
-    catch exit:_ -> {error, not_started}
-    end.
+    erlmcp_flow_call:call(?MODULE, Request, 5000).
 
 %% A new peer (or a new process of a known peer node): a fresh history.
 add_peer(Pid, State) when Pid =:= self(); node(Pid) =:= node() ->

@@ -132,9 +132,7 @@ agents() ->
 %% overloaded}'.
 -spec history() -> [#{t := integer(), atom() => float()}] | {error, not_started}.
 history() ->
-    try gen_server:call(?MODULE, history, 5000)
-    catch exit:_ -> {error, not_started}
-    end.
+    erlmcp_flow_call:call(?MODULE, history, 5000).
 
 %% @doc Samples the rate and sweeps the correlation store now, rather than
 %% at the end of the interval; returns the spans swept.
