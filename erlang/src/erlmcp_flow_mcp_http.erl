@@ -7,13 +7,16 @@
 %% `MCP-Protocol-Version' header, when given, must be a version spoken (400
 %% otherwise). Notifications and responses alone are answered 202.
 %% `notifications/cancelled' stops the named request of the same session
-%% (answered with the error -32800 instead of its result).
+%% (answered with the error -32800 instead of its result). At most 10 000
+%% sessions are open (503 past it); a session idle for an hour ends.
 -module(erlmcp_flow_mcp_http).
 
 -export([handle/3]).
 -export([sessions/0]).
 
 -define(SESSIONS, erlmcp_flow_mcp_sessions).
+%% Open sessions at most (with the requests in flight they hold).
+-define(MAX_SESSIONS, 10000).
 
 -spec handle(atom() | binary(), [{binary(), binary()}], binary()) ->
           {pos_integer(), iodata(), binary()} | {pos_integer(), iodata(), binary(), list()}.
@@ -55,10 +58,17 @@ serve_method('DELETE', Headers, _Body) ->
 serve_method('POST', Headers, Body) ->
     case erlmcp_flow_jsonrpc:decode(Body) of
         {single, {request, Id, <<"initialize">>, Params}} ->
-            {ok, Result, Version} = erlmcp_flow_mcp_server:initialize(Params),
-            Sid = new_session(Version),
-            {ok, Json} = erlmcp_flow_jsonrpc:encode({response, Id, {ok, Result}}),
-            {200, "application/json", Json, [{"mcp-session-id", Sid}]};
+            case sessions() < ?MAX_SESSIONS of
+                true ->
+                    {ok, Result, Version} = erlmcp_flow_mcp_server:initialize(Params),
+                    Sid = new_session(Version),
+                    {ok, Json} = erlmcp_flow_jsonrpc:encode({response, Id, {ok, Result}}),
+                    {200, "application/json", Json, [{"mcp-session-id", Sid}]};
+                false ->
+                    %% bounded: a client opening sessions without end
+                    %% cannot grow the node's memory without end
+                    error_reply(503, Id, <<"Too many MCP sessions: end some (DELETE /mcp)">>)
+            end;
         {single, {invalid, Id, Code, Msg, Data}} ->
             %% not JSON-RPC at all (parse error, too deep, ...): said at once
             {400, "application/json", encode(Id, {error, Code, Msg, Data})};
