@@ -32,7 +32,8 @@ mcp_http_test_() ->
       {"sessions are required, unknown ones 404, DELETE ends one, GET is 405", fun sessions/0},
       {"tools/list: agents' tools with their schemas and the router's, paginated", fun tools_list/0},
       {"tools/call routes to an agent, with _meta and traceparent; failures are isError", fun tools_call/0},
-      {"notifications/cancelled stops a call and cancels the agent's task", fun cancelled/0}]}.
+      {"notifications/cancelled stops a call and cancels the agent's task", fun cancelled/0},
+      {"sessions are bounded: past 10 000 open, initialize is 503", fun bounded/0}]}.
 
 url() ->
     "http://127.0.0.1:" ++ integer_to_list(erlmcp_flow_transport:port(http)) ++ "/mcp".
@@ -169,6 +170,20 @@ cancelled() ->
     end,
     receive {cancelled, _} -> ok after 5000 -> error(agent_not_cancelled) end,
     ok = erlmcp_flow:unregister_agent(<<"sleeper">>).
+
+bounded() ->
+    Open = erlmcp_flow_mcp_http:sessions(),
+    Fake = [{<<"fake-", (integer_to_binary(I))/binary>>, <<"2025-11-25">>, erlang:monotonic_time(millisecond)}
+            || I <- lists:seq(1, 10000 - Open)],
+    ets:insert(erlmcp_flow_mcp_sessions, Fake),
+    try
+        {503, _, Body} = post(msg(1, <<"initialize">>, #{protocolVersion => <<"2025-11-25">>})),
+        ?assertMatch(#{<<"error">> := #{<<"message">> := <<"Too many MCP sessions", _/binary>>}},
+                     erlmcp_flow_test_json:decode(Body))
+    after
+        [ets:delete(erlmcp_flow_mcp_sessions, Sid) || {Sid, _, _} <- Fake]
+    end,
+    ?assertMatch({200, _, _}, post(msg(1, <<"initialize">>, #{protocolVersion => <<"2025-11-25">>}))).
 
 %% bin/erlmcp-flow stdio --mcp as a host runs it.
 stdio_test_() ->
