@@ -9,10 +9,11 @@
 -module(erlmcp_flow_mcp_stdio).
 
 -export([main/0]).
+-export([serve/2]).
 
 -define(CHECK_MS, 1000).
 
--record(st, {port :: port(),
+-record(st, {port :: port() | {sink, pid()},
              max :: pos_integer(),
              acc = [] :: iodata(),
              version :: binary() | undefined,
@@ -36,15 +37,22 @@ main() ->
             end,
             Max = erlmcp_flow_config:get(transports, max_message_bytes),
             Port = open_port({fd, 0, 1}, [binary, eof, {line, Max + 1}]),
-            erlang:send_after(?CHECK_MS, self(), check_tools),
-            loop(#st{port = Port, max = Max, tools = erlmcp_flow_mcp_server:tool_names()});
+            erlang:halt(serve(Port, Max));
         {error, Reason} ->
             io:format(standard_error, "erlmcp_flow: ~p~n", [Reason]),
             erlang:halt(1)
     end.
 
+%% @private One MCP session over `Io' (standard input's port, or `{sink,
+%% Pid}' in tests: lines sent as a port sends them, each answer sent to
+%% `Pid' as `{stdout, Line}') until the end of its input; the exit status.
+-spec serve(port() | {sink, pid()}, pos_integer()) -> non_neg_integer().
+serve(Io, Max) ->
+    erlang:send_after(?CHECK_MS, self(), check_tools),
+    loop(#st{port = Io, max = Max, tools = erlmcp_flow_mcp_server:tool_names()}).
+
 loop(#st{eof = true, workers = W}) when map_size(W) =:= 0 ->
-    erlang:halt(0);
+    0;
 loop(#st{port = Port} = S) ->
     receive
         {Port, {data, {noeol, Piece}}} ->
@@ -136,12 +144,16 @@ check_tools(#st{tools = Old} = S) ->
     end.
 
 write(#st{port = Port}, Msg) ->
-    case erlmcp_flow_jsonrpc:encode(Msg) of
-        {ok, Bin} -> true = port_command(Port, [Bin, $\n]);
-        {error, {unencodable, Why}} ->
-            {ok, Bin} = erlmcp_flow_jsonrpc:encode(
-                          {response, element(2, Msg), {error, -32603, <<"Internal error">>,
-                                                       #{reason => Why}}}),
-            true = port_command(Port, [Bin, $\n])
+    Bin = case erlmcp_flow_jsonrpc:encode(Msg) of
+              {ok, B} -> B;
+              {error, {unencodable, Why}} ->
+                  {ok, B} = erlmcp_flow_jsonrpc:encode(
+                              {response, element(2, Msg), {error, -32603, <<"Internal error">>,
+                                                           #{reason => Why}}}),
+                  B
+          end,
+    case Port of
+        {sink, Pid} -> Pid ! {stdout, Bin};
+        _ -> true = port_command(Port, [Bin, $\n])
     end,
     ok.

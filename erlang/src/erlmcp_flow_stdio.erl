@@ -7,6 +7,7 @@
 -module(erlmcp_flow_stdio).
 
 -export([main/0]).
+-export([serve/2]).
 
 %% @doc Runs the stdio transport until the end of input, then halts.
 -spec main() -> no_return().
@@ -17,12 +18,18 @@ main() ->
         {ok, _} ->
             Max = erlmcp_flow_config:get(transports, max_message_bytes),
             Port = open_port({fd, 0, 1}, [binary, eof, {line, Max + 1}]),
-            Status = loop(Port, Max, [], 0),
-            erlang:halt(Status);
+            erlang:halt(serve(Port, Max));
         {error, Reason} ->
             io:format(standard_error, "erlmcp_flow: ~p~n", [Reason]),
             erlang:halt(1)
     end.
+
+%% @private Serves the lines that come from `Io' (standard input's port, or
+%% `{sink, Pid}' in tests: lines sent as a port sends them, answers sent to
+%% `Pid' as `{stdout, Line}') until its end; returns the exit status.
+-spec serve(port() | {sink, pid()}, pos_integer()) -> non_neg_integer().
+serve(Io, Max) ->
+    loop(Io, Max, [], 0).
 
 %% `Acc': the pieces of a line longer than the port's line buffer so far;
 %% `Busy': requests being served.
@@ -82,6 +89,9 @@ too_large(Max, Size) ->
                                     <<"Message too large">>, #{maxSize => Max, size => Size}}}),
     Bin.
 
+write({sink, Pid}, Bin) ->
+    Pid ! {stdout, Bin},
+    ok;
 write(Port, Bin) ->
     true = port_command(Port, [Bin, $\n]),
     ok.
