@@ -33,7 +33,12 @@ mcp_http_test_() ->
       {"tools/list: agents' tools with their schemas and the router's, paginated", fun tools_list/0},
       {"tools/call routes to an agent, with _meta and traceparent; failures are isError", fun tools_call/0},
       {"notifications/cancelled stops a call and cancels the agent's task", fun cancelled/0},
-      {"sessions are bounded: past 10 000 open, initialize is 503", fun bounded/0}]}.
+      {"sessions are bounded: past 10 000 open, initialize is 503", fun bounded/0},
+      {timeout, 60, {"an MCP server over a port as an agent (a Python one, standard library only)",
+                     fun port_server/0}},
+      {timeout, 60, {"an MCP server over Streamable HTTP as an agent: this node's own /mcp",
+                     fun url_server/0}},
+      {"register_server refuses bad arguments and missing commands", fun register_errors/0}]}.
 
 url() ->
     "http://127.0.0.1:" ++ integer_to_list(erlmcp_flow_transport:port(http)) ++ "/mcp".
@@ -184,6 +189,64 @@ bounded() ->
         [ets:delete(erlmcp_flow_mcp_sessions, Sid) || {Sid, _, _} <- Fake]
     end,
     ?assertMatch({200, _, _}, post(msg(1, <<"initialize">>, #{protocolVersion => <<"2025-11-25">>}))).
+
+python_server() ->
+    Script = filename:join(erlmcp_flow_test_util:repo_root("tests/mcp/conformance_tools.py"),
+                           "tests/mcp/conformance_tools.py"),
+    [os:find_executable("python3"), Script].
+
+port_server() ->
+    ok = erlmcp_flow_mcp:register_server(<<"py">>, #{command => python_server()},
+                                         #{capabilities => [<<"lang:python">>]}),
+    [#{id := <<"py">>, status := ready, tools := Tools, os_pid := OsPid}] =
+        [S || #{id := <<"py">>} = S <- erlmcp_flow_mcp:servers()],
+    ?assert(is_integer(OsPid)),
+    ?assert(lists:member(<<"test_simple_text">>, Tools)),
+    ?assertMatch([<<"lang:python">>, <<"mcp_server">> | _],
+                 lists:sort(element(4, lists:keyfind(<<"py">>, 1, erlmcp_flow_registry:list_agents())))),
+    {ok, #{<<"content">> := [#{<<"text">> := <<"This is a simple text response for testing.">>}]}, _} =
+        erlmcp_flow:execute(#{tool => <<"test_simple_text">>, arguments => #{}},
+                            #{capabilities => [<<"tool:test_simple_text">>]}),
+    ?assertMatch({error, {agent_error, {tool_error, #{<<"isError">> := true}}}},
+                 erlmcp_flow:execute(#{tool => <<"test_error_handling">>, arguments => #{}},
+                                     #{capabilities => [<<"tool:test_error_handling">>], idempotent => false})),
+    %% a task that is not a tool call
+    ?assertMatch({error, {agent_error, {bad_task, _, _}}},
+                 erlmcp_flow:execute(#{n => 1}, #{capabilities => [<<"lang:python">>], idempotent => false})),
+    ?assertEqual({error, already_registered},
+                 erlmcp_flow_mcp:register_server(<<"py">>, #{command => python_server()}, #{})),
+    ok = erlmcp_flow_mcp:unregister_server(<<"py">>),
+    ?assertEqual({error, not_found}, erlmcp_flow_mcp:unregister_server(<<"py">>)),
+    ?assertEqual({error, not_found}, erlmcp_flow:find_agent(<<"py">>)).
+
+url_server() ->
+    ok = erlmcp_flow_mcp:register_server(<<"self">>, #{url => url()}, #{}),
+    [#{status := ready, tools := Tools}] = [S || #{id := <<"self">>} = S <- erlmcp_flow_mcp:servers()],
+    ?assert(lists:member(<<"flow_stats">>, Tools)),
+    %% only the agent holds tool:flow_stats: the call goes out over HTTP and
+    %% comes back to this node's MCP front
+    {ok, #{<<"structuredContent">> := #{<<"agents">> := _}}, #{agent_id := <<"self">>}} =
+        erlmcp_flow:execute(#{tool => <<"flow_stats">>, arguments => #{}},
+                            #{capabilities => [<<"tool:flow_stats">>]}),
+    ok = erlmcp_flow_mcp:unregister_server(<<"self">>).
+
+register_errors() ->
+    Cmd = #{command => python_server()},
+    ?assertEqual({error, {badarg, {server_id, <<>>}}}, erlmcp_flow_mcp:register_server(<<>>, Cmd, #{})),
+    ?assertEqual({error, {badarg, opts}}, erlmcp_flow_mcp:register_server(<<"x">>, Cmd, [])),
+    ?assertMatch({error, {badarg, {command, _}}},
+                 erlmcp_flow_mcp:register_server(<<"x">>, #{command => [42]}, #{})),
+    ?assertMatch({error, {badarg, {url, _}}},
+                 erlmcp_flow_mcp:register_server(<<"x">>, #{url => "ftp://host/x"}, #{})),
+    ?assertMatch({error, {badarg, {spec, _}}}, erlmcp_flow_mcp:register_server(<<"x">>, #{}, #{})),
+    ?assertMatch({error, {badarg, {capabilities, _}}},
+                 erlmcp_flow_mcp:register_server(<<"x">>, Cmd, #{capabilities => [1]})),
+    ?assertMatch({error, {command_not_found, _}},
+                 erlmcp_flow_mcp:register_server(<<"x">>, #{command => ["no-such-mcp-server-here"]}, #{})),
+    ?assertEqual({error, {badarg, name}}, erlmcp_flow_mcp:declare_tool(<<>>, #{})),
+    ?assertEqual({error, {badarg, tool}}, erlmcp_flow_mcp:declare_tool(<<"t">>, nope)),
+    ?assertEqual(ok, erlmcp_flow_mcp:await_configured(100)),
+    ?assertEqual([], [S || #{id := <<"x">>} = S <- erlmcp_flow_mcp:servers()]).
 
 %% bin/erlmcp-flow stdio --mcp as a host runs it.
 stdio_test_() ->
