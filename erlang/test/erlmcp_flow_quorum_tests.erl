@@ -149,6 +149,27 @@ secret_file_test() ->
         file:delete(Path)
     end.
 
+%% No candidate at all; an agent that fails its vote (no vote counts for
+%% it); node => local.
+edges_test() ->
+    with_env([{byzantine, #{hmac_secret => ?SECRET, vote_timeout => 2000}}],
+             fun() ->
+                     ?assertEqual({error, no_agents_available},
+                                  erlmcp_flow:execute(#{}, #{capabilities => [<<"nobody">>], quorum => 1})),
+                     Failing = spawn(fun F() -> receive {execute_task, _, _, From, Ref} ->
+                                                            From ! {task_result, Ref, {error, no}}, F()
+                                                end end),
+                     ok = erlmcp_flow:register_agent(<<"f1">>, Failing, [<<"e">>]),
+                     [ok = erlmcp_flow:register_agent(Id, agent(5), [<<"e">>]) || Id <- [<<"e1">>, <<"e2">>]],
+                     %% two honest votes are F+1 at F = 1, whatever the failing one does
+                     {ok, 5, #{quorum := #{agreeing := 2}}} =
+                         erlmcp_flow:execute(#{}, #{capabilities => [<<"e">>], quorum => 1, node => local}),
+                     %% only the failing one: no vote at all
+                     ok = erlmcp_flow:register_agent(<<"f2">>, Failing, [<<"only-failing">>]),
+                     ?assertMatch({error, {no_quorum, #{votes := 0}}},
+                                  erlmcp_flow:execute(#{}, #{capabilities => [<<"only-failing">>], quorum => 0}))
+             end).
+
 no_secret_test() ->
     with_env([],
              fun() ->
