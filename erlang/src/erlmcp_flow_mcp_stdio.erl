@@ -152,8 +152,8 @@ write(#st{port = Port}, Msg) ->
                                                            #{reason => Why}}}),
                   B
           end,
-    case Port of
-        {sink, Pid} -> Pid ! {stdout, Bin};
-        _ -> true = port_command(Port, [Bin, $\n])
-    end,
+    _ = case Port of
+            {sink, Pid} -> Pid ! {stdout, Bin};
+            _ -> true = port_command(Port, [Bin, $\n])
+        end,
     ok.
