@@ -307,3 +307,43 @@ backend_choice_test() ->
                 _ = application:stop(erlmcp_flow)
             end
     end.
+
+%% Another node's agents in this registry (erlmcp_flow_registry:mirror/2),
+%% with pids of nodes this node is not connected to: each goes as soon as
+%% its monitor says noconnection. An id held here and there is kept by the
+%% agent of the smaller node name.
+other_nodes_test_() ->
+    {setup, fun erlmcp_flow_test_util:start/0, fun erlmcp_flow_test_util:stop/1,
+     [{"a mirrored agent is routable data until its node is found gone", fun mirrored/0},
+      {"an id on two nodes: the smaller node name keeps it", fun conflicts/0}]}.
+
+pid_on(Node) ->
+    N = atom_to_binary(Node),
+    binary_to_term(<<131, 88, 119, (byte_size(N)), N/binary, 0:32, 7:32, 1:32>>).
+
+mirrored() ->
+    Node = 'other@host',
+    Pid = pid_on(Node),
+    ok = erlmcp_flow_registry:mirror(Node, [{<<"far">>, Pid, agent, [<<"c">>], 2},
+                                            %% refused: the pid is not on that node, bad kind
+                                            {<<"bad1">>, self(), agent, [<<"c">>], 1},
+                                            {<<"bad2">>, pid_on(Node), robot, [<<"c">>], 1}]),
+    %% not connected: the monitor's noconnection takes it out again
+    erlmcp_flow_test_util:wait_until(fun() -> erlmcp_flow:find_agent(<<"far">>) =:= {error, not_found} end),
+    ?assertEqual({error, not_found}, erlmcp_flow:find_agent(<<"bad1">>)),
+    ?assertEqual({error, not_found}, erlmcp_flow:find_agent(<<"bad2">>)),
+    ok = erlmcp_flow_registry:unmirror(Node, all),
+    ok = erlmcp_flow_registry:unmirror(Node, [{<<"far">>, Pid}]),
+    ?assertEqual([], [A || {A, _, _, _, _} <- erlmcp_flow_registry:local_agents(), A =:= <<"far">>]).
+
+conflicts() ->
+    Local = erlmcp_flow_test_util:echo_agent(),
+    ok = erlmcp_flow:register_agent(<<"dup">>, Local, [<<"c">>]),
+    %% a larger node name: this node's agent keeps the id
+    ok = erlmcp_flow_registry:mirror('zzz@host', [{<<"dup">>, pid_on('zzz@host'), agent, [<<"c">>], 1}]),
+    ?assertEqual({ok, Local}, erlmcp_flow:find_agent(<<"dup">>)),
+    %% a smaller one: it keeps the id, this node's agent is unregistered
+    ok = erlmcp_flow_registry:mirror('aaa@host', [{<<"dup">>, pid_on('aaa@host'), agent, [<<"c">>], 1}]),
+    ?assertNotEqual({ok, Local}, erlmcp_flow:find_agent(<<"dup">>)),
+    ?assertEqual([], [A || {A, _, _, _, _} <- erlmcp_flow_registry:local_agents(), A =:= <<"dup">>]),
+    erlmcp_flow_test_util:wait_until(fun() -> erlmcp_flow:find_agent(<<"dup">>) =:= {error, not_found} end).
