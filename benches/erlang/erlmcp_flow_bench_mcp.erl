@@ -13,6 +13,8 @@ figures() ->
     Root = root(),
     Mcp = filename:join(Root, "tests/mcp"),
     Everything = filename:join(Mcp, "node_modules/.bin/mcp-server-everything"),
+    %% the servers run on the Node.js the lock pins (22)
+    Node = filename:join(Mcp, "node_modules/.bin/node"),
     Python = filename:join(Root, "_build/mcp-venv/bin/python"),
     case filelib:is_file(Everything) andalso filelib:is_file(Python) of
         false ->
@@ -26,8 +28,9 @@ figures() ->
             Cfg = filename:join(Root, "_build/bench/mcp.config"),
             ok = filelib:ensure_dir(Cfg),
             ok = file:write_file(Cfg, io_lib:format("[{erlmcp_flow, [{mcp, #{servers => [#{id => <<\"e\">>, "
-                                                    "command => [~p, \"stdio\"]}]}}]}].~n", [Everything])),
-            StdioDirect = rate(Python, [Host | Opts] ++ ["--stdio", Everything, "stdio" | Call]),
+                                                    "command => [~p, ~p, \"stdio\"]}]}}]}].~n",
+                                                    [Node, Everything])),
+            StdioDirect = rate(Python, [Host | Opts] ++ ["--stdio", Node, Everything, "stdio" | Call]),
             StdioFlow = rate(Python, [Host | Opts] ++ ["--stdio", filename:join(Root, "bin/erlmcp-flow"),
                                                        "stdio", "--mcp", "--config",
                                                        filename:rootname(Cfg) | Call]),
@@ -37,13 +40,13 @@ figures() ->
             _ = application:stop(erlmcp_flow),
             ok = application:set_env(erlmcp_flow, transports, #{http => #{enabled => true, port => 0}}),
             {ok, _} = application:ensure_all_started(erlmcp_flow),
-            ok = erlmcp_flow_mcp:register_server(<<"e">>, #{command => [Everything, "stdio"]}, #{}),
+            ok = erlmcp_flow_mcp:register_server(<<"e">>, #{command => [Node, Everything, "stdio"]}, #{}),
             HttpFlow = rate(Python, [Host | Opts] ++ ["--http", "http://127.0.0.1:" ++
                                                           integer_to_list(erlmcp_flow_transport:port(http)) ++ "/mcp"
                                                       | Call]),
             Port = free_port(),
-            Server = open_port({spawn_executable, Everything},
-                               [{args, ["streamableHttp"]}, {env, [{"PORT", integer_to_list(Port)}]},
+            Server = open_port({spawn_executable, Node},
+                               [{args, [Everything, "streamableHttp"]}, {env, [{"PORT", integer_to_list(Port)}]},
                                 binary, exit_status]),
             wait_listening(Port, 100),
             HttpDirect = rate(Python, [Host | Opts] ++ ["--http", "http://127.0.0.1:" ++ integer_to_list(Port) ++ "/mcp"

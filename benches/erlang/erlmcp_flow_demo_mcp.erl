@@ -13,7 +13,9 @@
 main() ->
     {ok, Cwd} = file:get_cwd(),
     Mcp = filename:join(Cwd, "tests/mcp"),
-    Everything = filename:join(Mcp, "node_modules/.bin/mcp-server-everything"),
+    %% server-everything on the Node.js the lock pins (22)
+    Everything = [filename:join(Mcp, "node_modules/.bin/node"),
+                  filename:join(Mcp, "node_modules/.bin/mcp-server-everything"), "stdio"],
     Python = filename:join(Cwd, "_build/mcp-venv/bin/python"),
     logger:set_primary_config(level, error),
     {ok, _} = application:ensure_all_started(inets),
@@ -21,9 +23,9 @@ main() ->
     ok = application:set_env(erlmcp_flow, transports, #{http => #{enabled => true, port => 0}}),
     ok = application:set_env(erlmcp_flow, load_balancer, #{strategy => q_learning}),
     {ok, _} = application:ensure_all_started(erlmcp_flow),
-    Slow = [os:find_executable("python3"), filename:join(Mcp, "slow_proxy.py"), "150", Everything, "stdio"],
+    Slow = [os:find_executable("python3"), filename:join(Mcp, "slow_proxy.py"), "150" | Everything],
     [ok = erlmcp_flow_mcp:register_server(Id, #{command => Cmd}, #{})
-     || {Id, Cmd} <- [{<<"fast-1">>, [Everything, "stdio"]}, {<<"fast-2">>, [Everything, "stdio"]},
+     || {Id, Cmd} <- [{<<"fast-1">>, Everything}, {<<"fast-2">>, Everything},
                       {<<"slow">>, Slow}]],
     Url = "http://127.0.0.1:" ++ integer_to_list(erlmcp_flow_transport:port(http)) ++ "/mcp",
     io:format("erlmcp_flow as an MCP server at ~s, three server-everything instances behind it "

@@ -26,6 +26,15 @@
 run(Calls) ->
     Dir = tmp_dir(),
     put(fuzz_dir, Dir),
+    %% relative paths the fuzzer makes up (a model file named by any_term())
+    %% land in the scratch directory, never in the repository
+    {ok, Cwd} = file:get_cwd(),
+    ok = file:set_cwd(Dir),
+    try fuzz(Calls, Dir)
+    after file:set_cwd(Cwd)
+    end.
+
+fuzz(Calls, Dir) ->
     Apps = erlmcp_flow_test_util:start(),
     Agents = [erlmcp_flow_test_util:echo_agent() || _ <- lists:seq(1, 4)],
     put(fuzz_agents, Agents),

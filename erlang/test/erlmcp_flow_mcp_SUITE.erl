@@ -38,14 +38,17 @@ init_per_suite(Config) ->
             _ = application:load(erlmcp_flow),
             ok = application:set_env(erlmcp_flow, transports, #{http => #{enabled => true, port => 0}}),
             {ok, _} = application:ensure_all_started(erlmcp_flow),
-            Everything = Bin("mcp-server-everything"),
-            Slow = [os:find_executable("python3"), filename:join(Mcp, "slow_proxy.py"), "300",
-                    Everything, "stdio"],
+            %% the npm servers run on the Node.js the lock pins (22), not on
+            %% whichever the machine has
+            Everything = [Bin("node"), Bin("mcp-server-everything"), "stdio"],
+            Slow = [os:find_executable("python3"), filename:join(Mcp, "slow_proxy.py"), "300"
+                    | Everything],
             [ok = erlmcp_flow_mcp:register_server(Id, #{command => Cmd}, #{capabilities => [Cap]})
-             || {Id, Cmd, Cap} <- [{<<"everything-1">>, [Everything, "stdio"], <<"instance:1">>},
-                                   {<<"everything-2">>, [Everything, "stdio"], <<"instance:2">>},
+             || {Id, Cmd, Cap} <- [{<<"everything-1">>, Everything, <<"instance:1">>},
+                                   {<<"everything-2">>, Everything, <<"instance:2">>},
                                    {<<"everything-slow">>, Slow, <<"instance:slow">>},
-                                   {<<"memory">>, [Bin("mcp-server-memory")], <<"instance:memory">>}]],
+                                   {<<"memory">>, [Bin("node"), Bin("mcp-server-memory")],
+                                    <<"instance:memory">>}]],
             [{root, Root}, {mcp, Mcp}, {bin, Bin}, {python, Python} | Config]
     end.
 
@@ -178,9 +181,10 @@ python_host_stdio(Config) ->
     Dir = filename:join(Root, "_build/test/mcp-suite"),
     ok = filelib:ensure_dir(filename:join(Dir, "x")),
     Cfg = filename:join(Dir, "mcp.config"),
-    Everything = (?config(bin, Config))("mcp-server-everything"),
+    Bin = ?config(bin, Config),
     ok = file:write_file(Cfg, io_lib:format("[{erlmcp_flow, [{mcp, #{servers => [#{id => <<\"e\">>, "
-                                            "command => [~p, \"stdio\"]}]}}]}].~n", [Everything])),
+                                            "command => [~p, ~p, \"stdio\"]}]}}]}].~n",
+                                            [Bin("node"), Bin("mcp-server-everything")])),
     Out = host(Config, ["--stdio", filename:join(Root, "bin/erlmcp-flow"), "stdio", "--mcp",
                         "--config", filename:rootname(Cfg),
                         "--call", "echo", "{\"message\": \"over stdio\"}"]),
