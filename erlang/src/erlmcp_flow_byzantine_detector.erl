@@ -65,7 +65,9 @@ start_link() ->
 %% detector, or seen in the cluster before and disconnected since.
 -spec detect_partitions() -> [node()].
 detect_partitions() ->
-    lists:usort(erlmcp_flow_failure_detector:suspected() ++ erlmcp_flow_cluster:unreachable()).
+    %% the cluster process keeps both: the failure detector tells it whom it
+    %% suspects, pg whom it lost
+    erlmcp_flow_cluster:unreachable().
 
 %% @doc Whether an agent (by id) or a node is blacklisted on this node.
 -spec is_blacklisted(binary() | node()) -> boolean().

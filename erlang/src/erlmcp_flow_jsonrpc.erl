@@ -29,6 +29,8 @@
 -export([limits/0]).
 -export([code/1]).
 -export([responses/2]).
+-export([response/2]).
+-export([too_large/2]).
 
 -export_type([id/0, item/0, message/0, limits/0]).
 
@@ -132,33 +134,48 @@ code(request_timeout) -> -32009.
                            {ok, json()} | {error, integer(), binary(), json() | undefined})) ->
           {reply, binary()} | noreply.
 responses({single, Item}, Handle) ->
-    case response(Item, Handle) of
+    case item_response(Item, Handle) of
         none -> noreply;
         {ok, Bin} -> {reply, Bin}
     end;
 responses({batch, Items}, Handle) ->
-    case [Bin || Item <- Items, {ok, Bin} <- [response(Item, Handle)]] of
+    case [Bin || Item <- Items, {ok, Bin} <- [item_response(Item, Handle)]] of
         [] -> noreply;
         Bins -> {reply, iolist_to_binary([$[, lists:join($,, Bins), $]])}
     end.
 
-response({request, Id, Method, Params}, Handle) ->
+item_response({request, Id, Method, Params}, Handle) ->
     Outcome = case Handle(Method, Params) of
                   {ok, Result} -> {ok, Result};
                   {error, Code, Msg, Data} when is_integer(Code) -> {error, Code, Msg, Data}
               end,
-    case encode({response, Id, Outcome}) of
-        {ok, Bin} ->
-            {ok, Bin};
-        {error, {unencodable, Why}} ->
-            encode({response, Id, {error, code(internal_error), <<"Internal error">>,
-                                   #{<<"reason">> => <<"the result cannot be carried in JSON: ",
-                                                       Why/binary>>}}})
-    end;
-response({notification, Method, Params}, Handle) ->
+    {ok, response(Id, Outcome)};
+item_response({notification, Method, Params}, Handle) ->
     _ = Handle(Method, Params),
     none;
-response({response, _Id, _Outcome}, _Handle) ->
+item_response({response, _Id, _Outcome}, _Handle) ->
     none;
-response({invalid, Id, Code, Msg, Data}, _Handle) ->
-    encode({response, Id, {error, Code, Msg, Data}}).
+item_response({invalid, Id, Code, Msg, Data}, _Handle) ->
+    {ok, response(Id, {error, Code, Msg, Data})}.
+
+%% @doc The response to the request `Id' (an id as decoded), encoded; a
+%% result JSON cannot carry is answered -32603 with `data.reason' saying why.
+%% Every transport answers through it.
+-spec response(id(), {ok, json()} | {error, integer(), binary(), json() | undefined}) -> binary().
+response(Id, Outcome) ->
+    case encode({response, Id, Outcome}) of
+        {ok, Bin} ->
+            Bin;
+        {error, {unencodable, Why}} ->
+            {ok, Bin} = encode({response, Id, {error, code(internal_error), <<"Internal error">>,
+                                               #{<<"reason">> => <<"the result cannot be carried in JSON: ",
+                                                                   Why/binary>>}}}),
+            Bin
+    end.
+
+%% @doc The answer to a message of `Size' bytes past the limit `Max':
+%% -32012 with `data: {"maxSize", "size"}', as erlmcp answers it.
+-spec too_large(pos_integer(), non_neg_integer()) -> binary().
+too_large(Max, Size) ->
+    response(null, {error, code(message_too_large), <<"Message too large">>,
+                    #{maxSize => Max, size => Size}}).

@@ -30,6 +30,7 @@
 -export([tool/1]).
 -export([idempotent/1]).
 -export([await_configured/1]).
+-export([json_keys/1]).
 
 -export([init/1]).
 -export([handle_call/3]).
@@ -191,6 +192,9 @@ idempotent(Name) ->
         _ -> false
     end.
 
+%% @private A map's atom keys as binaries (the tools' descriptions are read
+%% with binary keys, as they come from servers).
+-spec json_keys(map()) -> map().
 json_keys(M) when is_map(M) ->
     maps:fold(fun(K, V, A) when is_atom(K) -> A#{atom_to_binary(K) => V};
                  (K, V, A) -> A#{K => V}

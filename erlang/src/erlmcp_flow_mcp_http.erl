@@ -62,8 +62,8 @@ serve_method('POST', Headers, Body) ->
                 true ->
                     {ok, Result, Version} = erlmcp_flow_mcp_server:initialize(Params),
                     Sid = new_session(Version),
-                    {ok, Json} = erlmcp_flow_jsonrpc:encode({response, Id, {ok, Result}}),
-                    {200, "application/json", Json, [{"mcp-session-id", Sid}]};
+                    {200, "application/json", erlmcp_flow_jsonrpc:response(Id, {ok, Result}),
+                     [{"mcp-session-id", Sid}]};
                 false ->
                     %% bounded: a client opening sessions without end
                     %% cannot grow the node's memory without end
@@ -71,7 +71,7 @@ serve_method('POST', Headers, Body) ->
             end;
         {single, {invalid, Id, Code, Msg, Data}} ->
             %% not JSON-RPC at all (parse error, too deep, ...): said at once
-            {400, "application/json", encode(Id, {error, Code, Msg, Data})};
+            {400, "application/json", erlmcp_flow_jsonrpc:response(Id, {error, Code, Msg, Data})};
         Decoded ->
             case {session(Headers), version_ok(Headers)} of
                 {{ok, Sid}, true} -> serve(Sid, Decoded);
@@ -126,7 +126,7 @@ serve(Sid, {batch, Items}) ->
     end.
 
 item(Sid, {request, Id, Method, Params}) ->
-    encode(Id, run(Sid, Id, Method, Params));
+    erlmcp_flow_jsonrpc:response(Id, run(Sid, Id, Method, Params));
 item(Sid, {notification, <<"notifications/cancelled">>, #{<<"requestId">> := Rid}}) ->
     case ets:lookup(?SESSIONS, {Sid, Rid}) of
         [{_, Worker}] -> exit(Worker, cancelled);
@@ -138,7 +138,7 @@ item(_Sid, {notification, _, _}) ->
 item(_Sid, {response, _, _}) ->
     none;
 item(_Sid, {invalid, Id, Code, Msg, Data}) ->
-    encode(Id, {error, Code, Msg, Data}).
+    erlmcp_flow_jsonrpc:response(Id, {error, Code, Msg, Data}).
 
 %% A request in a process of its own, known to the session while it runs
 %% so that a cancellation finds it.
@@ -163,18 +163,8 @@ run(Sid, Id, Method, Params) ->
         Other -> Other
     end.
 
-encode(Id, Outcome) ->
-    case erlmcp_flow_jsonrpc:encode({response, Id, Outcome}) of
-        {ok, Json} -> Json;
-        {error, {unencodable, Why}} ->
-            {ok, Json} = erlmcp_flow_jsonrpc:encode(
-                           {response, Id, {error, -32603, <<"Internal error">>, #{reason => Why}}}),
-            Json
-    end.
-
 error_reply(Status, Id, Message) ->
     {Status, "application/json", error_json(Id, Message)}.
 
 error_json(Id, Message) ->
-    {ok, Json} = erlmcp_flow_jsonrpc:encode({response, Id, {error, -32000, Message, undefined}}),
-    Json.
+    erlmcp_flow_jsonrpc:response(Id, {error, -32000, Message, undefined}).

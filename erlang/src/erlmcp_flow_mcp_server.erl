@@ -111,7 +111,7 @@ cursor(_) ->
 %% @doc Every tool: the router's, then the agents' by name.
 -spec tools() -> [map()].
 tools() ->
-    [maps:fold(fun(K, V, A) -> A#{atom_to_binary(K) => V} end, #{}, T) || T <- router_tools()]
+    [erlmcp_flow_mcp:json_keys(T) || T <- router_tools()]
         ++ [erlmcp_flow_mcp:tool(Name) || Name <- tool_names()].
 
 %% @doc The names of the tools the registered agents serve, sorted.

@@ -76,9 +76,8 @@ loop(#st{port = Port} = S) ->
 
 line(<<>>, S) ->
     S;
-line(Line, #st{max = Max} = S) when byte_size(Line) > Max ->
-    write(S, {response, null, {error, erlmcp_flow_jsonrpc:code(message_too_large),
-                               <<"Message too large">>, #{maxSize => Max}}}),
+line(Line, #st{max = Max, port = Port} = S) when byte_size(Line) > Max ->
+    erlmcp_flow_stdio:out(Port, erlmcp_flow_jsonrpc:too_large(Max, byte_size(Line))),
     S;
 line(Line, S) ->
     case erlmcp_flow_jsonrpc:decode(Line) of
@@ -143,17 +142,8 @@ check_tools(#st{tools = Old} = S) ->
             S#st{tools = New}
     end.
 
-write(#st{port = Port}, Msg) ->
-    Bin = case erlmcp_flow_jsonrpc:encode(Msg) of
-              {ok, B} -> B;
-              {error, {unencodable, Why}} ->
-                  {ok, B} = erlmcp_flow_jsonrpc:encode(
-                              {response, element(2, Msg), {error, -32603, <<"Internal error">>,
-                                                           #{reason => Why}}}),
-                  B
-          end,
-    _ = case Port of
-            {sink, Pid} -> Pid ! {stdout, Bin};
-            _ -> true = port_command(Port, [Bin, $\n])
-        end,
-    ok.
+write(#st{port = Port}, {response, Id, Outcome}) ->
+    erlmcp_flow_stdio:out(Port, erlmcp_flow_jsonrpc:response(Id, Outcome));
+write(#st{port = Port}, Notification) ->
+    {ok, Bin} = erlmcp_flow_jsonrpc:encode(Notification),
+    erlmcp_flow_stdio:out(Port, Bin).

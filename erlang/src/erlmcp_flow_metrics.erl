@@ -110,10 +110,11 @@ stats(Router) ->
 %% failure detector suspects with every peer's phi, and the nodes it cannot
 %% reach (suspected or disconnected).
 cluster() ->
+    Peers = erlmcp_flow_failure_detector:peers(),
     #{nodes => erlmcp_flow_cluster:nodes(),
-      suspected => erlmcp_flow_failure_detector:suspected(),
+      suspected => [N || #{node := N, suspected := true} <- Peers],
       partitions => erlmcp_flow_byzantine_detector:detect_partitions(),
-      phi => maps:from_list([{N, Phi} || #{node := N, phi := Phi} <- erlmcp_flow_failure_detector:peers()])}.
+      phi => maps:from_list([{N, Phi} || #{node := N, phi := Phi} <- Peers])}.
 
 %% @doc Every registered agent and swarm with its live figures (see
 %% `erlmcp_flow:agent_stats/1'), sorted by id.

@@ -143,8 +143,7 @@ lines(Buf, #state{limits = #{max_body_bytes := Max}} = State) ->
                 {stop, State1} -> {stop, normal, State1}
             end;
         [Partial] when byte_size(Partial) > Max ->
-            send(State, error_line(erlmcp_flow_jsonrpc:code(message_too_large),
-                                   <<"Message too large">>)),
+            send(State, [erlmcp_flow_jsonrpc:too_large(Max, byte_size(Partial)), $\n]),
             {stop, normal, State};
         [Partial] ->
             %% one packet at a time: what arrives meanwhile waits in the
@@ -224,8 +223,7 @@ authenticate({single, {request, Id, <<"flow.authenticate">>, #{<<"token">> := Gi
     Token = maps:get(token, erlmcp_flow_rpc_tcp:config()),
     case byte_size(Given) =:= byte_size(Token) andalso crypto:hash_equals(Given, Token) of
         true ->
-            {ok, Bin} = erlmcp_flow_jsonrpc:encode({response, Id, {ok, #{authenticated => true}}}),
-            send(State, [Bin, $\n]),
+            send(State, [erlmcp_flow_jsonrpc:response(Id, {ok, #{authenticated => true}}), $\n]),
             {ok, State#state{authed = true}};
         false ->
             send(State, error_line(-32000, <<"Unauthorized">>)),
@@ -271,8 +269,7 @@ send(#state{socket = S}, Data) ->
     ok.
 
 error_json(Code, Message) ->
-    {ok, Bin} = erlmcp_flow_jsonrpc:encode({response, null, {error, Code, Message, undefined}}),
-    Bin.
+    erlmcp_flow_jsonrpc:response(null, {error, Code, Message, undefined}).
 
 error_line(Code, Message) ->
     [error_json(Code, Message), $\n].

@@ -8,6 +8,7 @@
 
 -export([main/0]).
 -export([serve/2]).
+-export([out/2]).
 
 %% @doc Runs the stdio transport until the end of input, then halts.
 -spec main() -> no_return().
@@ -41,13 +42,13 @@ loop(Port, Max, Acc, Busy) ->
             Line = iolist_to_binary([Acc, Piece]),
             case byte_size(Line) > Max of
                 true ->
-                    write(Port, too_large(Max, byte_size(Line))),
+                    out(Port, erlmcp_flow_jsonrpc:too_large(Max, byte_size(Line))),
                     loop(Port, Max, [], Busy);
                 false ->
                     loop(Port, Max, [], Busy + serve(Line))
             end;
         {reply, Bin} ->
-            Bin =:= <<>> orelse write(Port, Bin),
+            Bin =:= <<>> orelse out(Port, Bin),
             loop(Port, Max, Acc, Busy - 1);
         {Port, eof} ->
             drain(Port, Busy)
@@ -59,7 +60,7 @@ drain(_Port, 0) ->
 drain(Port, Busy) ->
     receive
         {reply, Bin} ->
-            Bin =:= <<>> orelse write(Port, Bin),
+            Bin =:= <<>> orelse out(Port, Bin),
             drain(Port, Busy - 1)
     end.
 
@@ -74,24 +75,18 @@ serve(Line) ->
                                 {reply, Bin} -> Bin;
                                 noreply -> <<>>
                             catch _:_ ->
-                                    {ok, E} = erlmcp_flow_jsonrpc:encode(
-                                                {response, null, {error, -32603, <<"Internal error">>,
-                                                                  undefined}}),
-                                    E
+                                    erlmcp_flow_jsonrpc:response(
+                                      null, {error, -32603, <<"Internal error">>, undefined})
                             end,
                       Self ! {reply, Out}
               end),
     1.
 
-too_large(Max, Size) ->
-    {ok, Bin} = erlmcp_flow_jsonrpc:encode(
-                  {response, null, {error, erlmcp_flow_jsonrpc:code(message_too_large),
-                                    <<"Message too large">>, #{maxSize => Max, size => Size}}}),
-    Bin.
-
-write({sink, Pid}, Bin) ->
+%% @private One line out: to standard output, or to a test's sink.
+-spec out(port() | {sink, pid()}, binary()) -> ok.
+out({sink, Pid}, Bin) ->
     Pid ! {stdout, Bin},
     ok;
-write(Port, Bin) ->
+out(Port, Bin) ->
     true = port_command(Port, [Bin, $\n]),
     ok.
