@@ -21,6 +21,7 @@
 all() -> [shared_agents, remote_death_is_retried, partition_and_heal, suspended_heartbeats,
           byzantine_quorum].
 
+-define(COOKIE, erlmcp_flow_cluster_suite).
 -define(SECRET, <<"the-cluster-secret-of-the-suite">>).
 
 init_per_suite(Config) ->
@@ -30,14 +31,13 @@ init_per_suite(Config) ->
     end.
 
 end_per_suite(_Config) ->
-    ok.
+    erlmcp_flow_cover_peers:stop().
 
 init_per_testcase(_Case, Config) ->
     Config.
 
 end_per_testcase(_Case, Config) ->
-    [catch peer:stop(P) || {P, _} <- proplists:get_value(peers, Config, [])],
-    ok.
+    stop_peers(proplists:get_value(peers, Config, [])).
 
 %%--------------------------------------------------------------------
 %% Cases
@@ -122,7 +122,7 @@ remote_death_is_retried(Config0) ->
     W2 = Async(#{capabilities => [<<"slow">>], strategy => round_robin}),
     timer:sleep(300),
     %% B goes away (its node stops): A sees noconnection, retries on C
-    peer:stop(PB),
+    stop_peers([{PB, B}]),
     Answers = [receive {answer, W, Ans} -> Ans after 30000 -> error(no_answer) end || W <- [W1, W2]],
     ct:log("answers after B went away: ~p", [Answers]),
     ?assertEqual([ok, ok], [element(1, X) || X <- Answers]),
@@ -362,10 +362,11 @@ start_peers(N, Env) ->
     [begin
          {ok, Peer, Node} =
              peer:start(#{name => peer:random_name("flow"), connection => standard_io,
-                          args => ["-setcookie", "erlmcp_flow_cluster_suite",
+                          args => ["-setcookie", atom_to_list(?COOKIE),
                                    "-kernel", "dist_auto_connect", "once",
                                    "-kernel", "prevent_overlapping_partitions", "false"
                                    | Paths]}),
+         ok = erlmcp_flow_cover_peers:attach(Node, ?COOKIE),
          ok = peer:call(Peer, logger, set_primary_config, [level, error]),
          ok = peer:call(Peer, application, load, [erlmcp_flow]),
          ok = peer:call(Peer, application, set_env,
@@ -382,6 +383,7 @@ connect_all(Peers) ->
     ok.
 
 stop_peers(Peers) ->
+    ok = erlmcp_flow_cover_peers:detach([N || {_, N} <- Peers]),
     [catch peer:stop(P) || {P, _} <- Peers],
     ok.
 

@@ -143,3 +143,72 @@ idle_timeout_test() ->
                 end,
                 gen_tcp:close(Agent)
         end).
+
+%% An agent over TCP, message by message: CRLF line ends, a batch, refused
+%% and malformed registrations, a task it answers with an error, a task the
+%% router stops waiting for (flow.cancel_task reaches the client, its late
+%% answer is dropped), the trace headers a task carries, a task that cannot
+%% be encoded, and the connection closed by close/1.
+tcp_agent_protocol_test() ->
+    tcp(#{},
+        fun() ->
+                Agent = connect(),
+                Register = fun(Id, Params) ->
+                                   ok = gen_tcp:send(Agent, request(Id, <<"flow.register_agent">>, Params)),
+                                   recv_json(Agent)
+                           end,
+                ?assertMatch(#{<<"error">> := #{<<"code">> := -32602}},
+                             Register(1, #{agent_id => <<"proto">>})),
+                ?assertMatch(#{<<"error">> := #{<<"message">> := <<"Registration refused">>,
+                                                <<"data">> := #{<<"reason">> := <<"already_registered">>}}},
+                             Register(2, #{agent_id => <<"echo-1">>, capabilities => [<<"p">>]})),
+                %% CRLF line ends are accepted
+                {ok, Reg} = erlmcp_flow_jsonrpc:encode({request, 3, <<"flow.register_agent">>,
+                                                        #{agent_id => <<"proto">>, capabilities => [<<"p">>]}}),
+                ok = gen_tcp:send(Agent, [Reg, <<"\r\n\r\n">>]),
+                ?assertMatch(#{<<"id">> := 3, <<"result">> := #{<<"registered">> := true}}, recv_json(Agent)),
+                %% a batch of requests: one answer, a list
+                {ok, B1} = erlmcp_flow_jsonrpc:encode({request, 4, <<"flow.stats">>, #{}}),
+                {ok, B2} = erlmcp_flow_jsonrpc:encode({request, 5, <<"flow.find_agent">>, #{agent_id => <<"proto">>}}),
+                ok = gen_tcp:send(Agent, [$[, B1, $,, B2, $], $\n]),
+                ?assertMatch([#{<<"id">> := _}, #{<<"id">> := _}], recv_json(Agent)),
+                Self = self(),
+                Run = fun(Task, Req, Opts) ->
+                              spawn_link(fun() -> Self ! {answer, erlmcp_flow:execute(Task, Req, Opts)} end)
+                      end,
+                Answer = fun() -> receive {answer, A} -> A after 5000 -> error(no_answer) end end,
+                Req = #{capabilities => [<<"p">>], idempotent => false},
+                %% the client answers with an error object
+                Run(#{n => 1}, Req, #{}),
+                #{<<"id">> := T1, <<"params">> := #{<<"task">> := #{<<"n">> := 1}}} = recv_json(Agent),
+                {ok, E} = erlmcp_flow_jsonrpc:encode({response, T1, {error, 42, <<"no">>, undefined}}),
+                ok = gen_tcp:send(Agent, [E, $\n]),
+                ?assertMatch({error, {agent_error, {rpc_error, 42, <<"no">>}}}, Answer()),
+                %% the router stops waiting: the client is told, its late answer dropped
+                TP = <<"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01">>,
+                Run(#{n => 2}, Req#{traceparent => TP, tracestate => <<"k=v">>},
+                    #{timeout => 200}),
+                #{<<"id">> := T2, <<"params">> := #{<<"trace">> := Trace}} = recv_json(Agent),
+                ?assertMatch(#{<<"tracestate">> := <<"k=v">>, <<"traceparent">> := <<"00-0af7651916cd43dd8448eb211c80319c-", _/binary>>},
+                             Trace),
+                ?assertEqual({error, execution_timeout}, Answer()),
+                ?assertMatch(#{<<"method">> := <<"flow.cancel_task">>, <<"params">> := #{<<"id">> := T2}},
+                             recv_json(Agent)),
+                {ok, Late} = erlmcp_flow_jsonrpc:encode({response, T2, {ok, late}}),
+                ok = gen_tcp:send(Agent, [Late, $\n]),
+                %% a task JSON cannot carry
+                Run(#{pid => self()}, Req, #{}),
+                ?assertMatch({error, {agent_error, {unencodable_task, _}}}, Answer()),
+                %% still serving; then closed from this side
+                Run(#{n => 3}, Req, #{}),
+                #{<<"id">> := T3} = recv_json(Agent),
+                {ok, Ok} = erlmcp_flow_jsonrpc:encode({response, T3, {ok, 3}}),
+                ok = gen_tcp:send(Agent, [Ok, $\n]),
+                ?assertMatch({ok, 3, #{agent_id := <<"proto">>}}, Answer()),
+                {ok, ConnPid} = erlmcp_flow:find_agent(<<"proto">>),
+                ?assertEqual({error, unknown_call}, gen_server:call(ConnPid, nonsense)),
+                ok = gen_server:cast(ConnPid, nonsense),
+                ok = erlmcp_flow_rpc_tcp_conn:close(ConnPid),
+                ?assertEqual({error, closed}, gen_tcp:recv(Agent, 0, 5000)),
+                wait_until(fun() -> {error, not_found} =:= erlmcp_flow:find_agent(<<"proto">>) end)
+        end).
