@@ -5,7 +5,7 @@
 -import(erlmcp_flow_test_util, [wait_until/1]).
 
 %% MCP servers as agents, against servers that misbehave: a scripted
-%% Streamable HTTP server (erlmcp_flow_test_mcp_server, a real listener on
+%% Streamable HTTP server (erlmcp_flow_scripted_http, a real listener on
 %% loopback) pages its tools, answers in event streams and batches, asks its
 %% client things, fails calls in every way MCP allows, goes away and comes
 %% back; others refuse the handshake or the tool list. (erlmcp_flow_mcp_SUITE
@@ -89,12 +89,12 @@ grown() ->
 
 %% Every message the server received so far: [{Msg, Headers}].
 received() ->
-    receive {mcp_server_got, _, Msg, H} -> [{Msg, H} | received()]
+    receive {scripted_http_got, _, Msg, H} -> [{Msg, H} | received()]
     after 0 -> []
     end.
 
 await_received(Pred) ->
-    receive {mcp_server_got, _, Msg, H} = M ->
+    receive {scripted_http_got, _, Msg, H} = M ->
             case Pred(Msg) of
                 true -> {Msg, H};
                 false -> _ = M, await_received(Pred)
@@ -111,8 +111,8 @@ call(Tool, Args) ->
 %%--------------------------------------------------------------------
 
 scripted() ->
-    {Server, Port} = erlmcp_flow_test_mcp_server:start(fun script/2),
-    Url = erlmcp_flow_test_mcp_server:url(Port),
+    {Server, Port} = erlmcp_flow_scripted_http:start(fun script/2),
+    Url = erlmcp_flow_scripted_http:url(Port),
     ok = erlmcp_flow_mcp:register_server(<<"scripted">>, #{url => list_to_binary(Url)},
                                          #{capabilities => [<<"scripted">>]}),
     %% both pages of tools
@@ -159,14 +159,14 @@ scripted() ->
     ?assertMatch(#{status := ready}, erlmcp_flow_mcp_agent:info(Pid)),
     ok = erlmcp_flow_mcp:unregister_server(<<"scripted">>),
     ?assertEqual(undefined, erlmcp_flow_mcp_agent:info(Pid)),
-    erlmcp_flow_test_mcp_server:stop(Server).
+    erlmcp_flow_scripted_http:stop(Server).
 
 %% A call answered with HTTP 500: the call fails as the server being down,
 %% its agent leaves routing, and the server is connected again after the
 %% backoff and serves.
 restarted() ->
-    {Server, Port} = erlmcp_flow_test_mcp_server:start(fun script/2),
-    ok = erlmcp_flow_mcp:register_server(<<"phoenix">>, #{url => erlmcp_flow_test_mcp_server:url(Port)}, #{}),
+    {Server, Port} = erlmcp_flow_scripted_http:start(fun script/2),
+    ok = erlmcp_flow_mcp:register_server(<<"phoenix">>, #{url => erlmcp_flow_scripted_http:url(Port)}, #{}),
     ?assertMatch({error, {agent_error, {server_down, {http_status, 500}}}}, call(<<"crash">>, #{})),
     wait_until(fun() ->
                        [#{status := S, restarts := R}] =
@@ -175,7 +175,7 @@ restarted() ->
                end),
     ?assertMatch({ok, _, #{agent_id := <<"phoenix">>}}, call(<<"echo">>, #{again => true})),
     ok = erlmcp_flow_mcp:unregister_server(<<"phoenix">>),
-    erlmcp_flow_test_mcp_server:stop(Server).
+    erlmcp_flow_scripted_http:stop(Server).
 
 refused() ->
     Refuse = fun(#{<<"method">> := <<"initialize">>, <<"id">> := Id}, _) ->
@@ -183,32 +183,32 @@ refused() ->
                               error => #{code => -32602, message => <<"unsupported version">>}}};
                 (_, _) -> accepted
              end,
-    {S1, P1} = erlmcp_flow_test_mcp_server:start(Refuse),
+    {S1, P1} = erlmcp_flow_scripted_http:start(Refuse),
     ?assertMatch({error, {initialize_refused, #{<<"message">> := <<"unsupported version">>}}},
-                 erlmcp_flow_mcp:register_server(<<"refuser">>, #{url => erlmcp_flow_test_mcp_server:url(P1)}, #{})),
+                 erlmcp_flow_mcp:register_server(<<"refuser">>, #{url => erlmcp_flow_scripted_http:url(P1)}, #{})),
     NoList = fun(#{<<"method">> := <<"tools/list">>, <<"id">> := Id}, _) ->
                      {json, #{jsonrpc => <<"2.0">>, id => Id, error => #{code => -32601, message => <<"no tools">>}}};
                 (Msg, H) -> script(Msg, H)
              end,
-    {S2, P2} = erlmcp_flow_test_mcp_server:start(NoList),
+    {S2, P2} = erlmcp_flow_scripted_http:start(NoList),
     ?assertMatch({error, {tools_list_failed, #{<<"message">> := <<"no tools">>}}},
-                 erlmcp_flow_mcp:register_server(<<"nolist">>, #{url => erlmcp_flow_test_mcp_server:url(P2)}, #{})),
+                 erlmcp_flow_mcp:register_server(<<"nolist">>, #{url => erlmcp_flow_scripted_http:url(P2)}, #{})),
     NotFound = fun(_, _) -> {404, [], "text/plain", <<"not here">>} end,
-    {S3, P3} = erlmcp_flow_test_mcp_server:start(NotFound),
+    {S3, P3} = erlmcp_flow_scripted_http:start(NotFound),
     ?assertEqual({error, {http_status, 404}},
-                 erlmcp_flow_mcp:register_server(<<"notfound">>, #{url => erlmcp_flow_test_mcp_server:url(P3)}, #{})),
+                 erlmcp_flow_mcp:register_server(<<"notfound">>, #{url => erlmcp_flow_scripted_http:url(P3)}, #{})),
     %% nobody listens
     {ok, L} = gen_tcp:listen(0, [{ip, {127, 0, 0, 1}}]),
     {ok, Closed} = inet:port(L),
     ok = gen_tcp:close(L),
     ?assertMatch({error, {http_error, _}},
-                 erlmcp_flow_mcp:register_server(<<"nobody">>, #{url => erlmcp_flow_test_mcp_server:url(Closed)}, #{})),
+                 erlmcp_flow_mcp:register_server(<<"nobody">>, #{url => erlmcp_flow_scripted_http:url(Closed)}, #{})),
     %% a command given by a relative path that is not there
     ?assertMatch({error, {spawn_failed, _}},
                  erlmcp_flow_mcp:register_server(<<"nocmd">>, #{command => ["./no/such/mcp-server"]}, #{})),
     %% an agent that never came up: whoever asks later is told why; a task
     %% sent to it meanwhile is refused
-    {ok, Pid} = erlmcp_flow_mcp_agent:start_link(<<"direct">>, #{url => erlmcp_flow_test_mcp_server:url(P1)}, #{}),
+    {ok, Pid} = erlmcp_flow_mcp_agent:start_link(<<"direct">>, #{url => erlmcp_flow_scripted_http:url(P1)}, #{}),
     ?assertMatch({error, {initialize_refused, _}}, erlmcp_flow_mcp_agent:await_ready(Pid, 5000)),
     ?assertMatch({error, {initialize_refused, _}}, erlmcp_flow_mcp_agent:await_ready(Pid, 5000)),
     Ref = make_ref(),
@@ -221,7 +221,7 @@ refused() ->
     exit(Pid, shutdown),
     ?assertEqual([], [X || #{id := Id} = X <- erlmcp_flow_mcp:servers(),
                            lists:member(Id, [<<"refuser">>, <<"nolist">>, <<"notfound">>, <<"nobody">>, <<"nocmd">>])]),
-    [erlmcp_flow_test_mcp_server:stop(S) || S <- [S1, S2, S3]],
+    [erlmcp_flow_scripted_http:stop(S) || S <- [S1, S2, S3]],
     ok.
 
 %% The configuration's `mcp.servers' start at boot; await_configured/1
@@ -232,12 +232,12 @@ configured_test_() ->
 
 configured() ->
     {ok, _} = application:ensure_all_started(inets),
-    {Server, Port} = erlmcp_flow_test_mcp_server:start(fun script/2),
+    {Server, Port} = erlmcp_flow_scripted_http:start(fun script/2),
     {ok, L} = gen_tcp:listen(0, [{ip, {127, 0, 0, 1}}]),
     {ok, Closed} = inet:port(L),
     ok = gen_tcp:close(L),
-    Servers = [#{id => <<"booted">>, url => erlmcp_flow_test_mcp_server:url(Port), capabilities => [<<"b">>]},
-               #{id => <<"never">>, url => list_to_binary(erlmcp_flow_test_mcp_server:url(Closed))}],
+    Servers = [#{id => <<"booted">>, url => erlmcp_flow_scripted_http:url(Port), capabilities => [<<"b">>]},
+               #{id => <<"never">>, url => list_to_binary(erlmcp_flow_scripted_http:url(Closed))}],
     erlmcp_flow_test_util:with_env(
       [{mcp, #{servers => Servers}}],
       fun() ->
@@ -246,7 +246,7 @@ configured() ->
               ?assertMatch({ok, _}, erlmcp_flow:find_agent(<<"booted">>)),
               ?assertEqual([], [S || #{id := <<"never">>} = S <- erlmcp_flow_mcp:servers()])
       end),
-    erlmcp_flow_test_mcp_server:stop(Server),
+    erlmcp_flow_scripted_http:stop(Server),
     [begin
          _ = application:load(erlmcp_flow),
          ok = application:set_env(erlmcp_flow, mcp, #{servers => Bad}),

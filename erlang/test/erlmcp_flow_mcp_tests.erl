@@ -38,7 +38,8 @@ mcp_http_test_() ->
                      fun port_server/0}},
       {timeout, 60, {"an MCP server over Streamable HTTP as an agent: this node's own /mcp",
                      fun url_server/0}},
-      {"register_server refuses bad arguments and missing commands", fun register_errors/0}]}.
+      {"register_server refuses bad arguments and missing commands", fun register_errors/0},
+      {"batches, methods and headers /mcp does not take; the router's tools", fun edges/0}]}.
 
 url() ->
     "http://127.0.0.1:" ++ integer_to_list(erlmcp_flow_transport:port(http)) ++ "/mcp".
@@ -247,6 +248,55 @@ register_errors() ->
     ?assertEqual({error, {badarg, tool}}, erlmcp_flow_mcp:declare_tool(<<"t">>, nope)),
     ?assertEqual(ok, erlmcp_flow_mcp:await_configured(100)),
     ?assertEqual([], [S || #{id := <<"x">>} = S <- erlmcp_flow_mcp:servers()]).
+
+edges() ->
+    Sid = session(),
+    H = [{"mcp-session-id", Sid}],
+    %% a batch: requests answered in a list, notifications and responses not,
+    %% an invalid item answered with its error
+    Batch = iolist_to_binary([$[, lists:join($,, [msg(10, <<"ping">>, #{}),
+                                                   note(<<"notifications/progress">>, #{}),
+                                                   <<"{\"jsonrpc\":\"2.0\",\"id\":5,\"result\":{}}">>,
+                                                   <<"{\"jsonrpc\":\"2.0\",\"id\":11}">>,
+                                                   msg(12, <<"tools/call">>, #{arguments => #{}})]), $]]),
+    {200, _, B} = post(Batch, H),
+    ?assertMatch([#{<<"id">> := 10, <<"result">> := #{}},
+                  #{<<"id">> := 11, <<"error">> := #{<<"code">> := -32600}},
+                  #{<<"id">> := 12, <<"error">> := #{<<"code">> := -32602}}],
+                 erlmcp_flow_test_json:decode(B)),
+    %% a batch of notifications only, a cancellation of nothing: 202
+    Notes = iolist_to_binary([$[, note(<<"notifications/cancelled">>, #{requestId => 999}), $,,
+                              note(<<"notifications/progress">>, #{}), $]]),
+    ?assertMatch({202, _, <<>>}, post(Notes, H)),
+    %% other methods; DELETE without a session; a foreign Origin
+    {ok, {{_, 405, _}, _, _}} = httpc:request(put, {url(), H, "application/json", <<"{}">>}, [], []),
+    {ok, {{_, 400, _}, _, _}} = httpc:request(delete, {url(), []}, [], []),
+    ?assertMatch({403, _, _}, post(msg(13, <<"ping">>, #{}), [{"origin", "http://evil.example"} | H])),
+    %% the router's tools: routing, explaining, a trace, an error as isError
+    #{<<"result">> := Routed} = call(Sid, 14, <<"tools/call">>,
+                                     #{name => <<"flow_route_task">>,
+                                       arguments => #{task => #{a => 1, b => 2},
+                                                      requirements => #{capabilities => [<<"tool:add">>]}}}),
+    ?assertMatch(#{<<"isError">> := false, <<"structuredContent">> := #{<<"agent_id">> := <<"adder">>,
+                                                                          <<"trace_id">> := _}}, Routed),
+    TraceId = maps:get(<<"trace_id">>, maps:get(<<"structuredContent">>, Routed)),
+    #{<<"result">> := Explained} = call(Sid, 15, <<"tools/call">>,
+                                        #{name => <<"flow_explain">>, arguments => #{capabilities => [<<"tool:add">>]}}),
+    ?assertMatch(#{<<"isError">> := false, <<"structuredContent">> := #{}}, Explained),
+    #{<<"result">> := Traced} = call(Sid, 16, <<"tools/call">>,
+                                     #{name => <<"flow_trace">>, arguments => #{trace_id => TraceId}}),
+    ?assertMatch(#{<<"isError">> := false}, Traced),
+    #{<<"result">> := Refused} = call(Sid, 17, <<"tools/call">>,
+                                      #{name => <<"flow_route_task">>,
+                                        arguments => #{task => #{}, requirements => #{capabilities => [<<"nobody">>]}}}),
+    ?assertMatch(#{<<"isError">> := true, <<"structuredContent">> := #{<<"error">> := _}}, Refused),
+    %% _meta that is not an object is ignored
+    #{<<"result">> := R} = call(Sid, 18, <<"tools/call">>, #{name => <<"add">>, arguments => #{a => 1, b => 2},
+                                                             '_meta' => 7}),
+    ?assertMatch(#{<<"structuredContent">> := #{<<"sum">> := 3}}, R),
+    %% a cursor that decodes to a negative offset
+    ?assertMatch(#{<<"error">> := #{<<"code">> := -32602}},
+                 call(Sid, 19, <<"tools/list">>, #{cursor => base64:encode(<<"-5">>)})).
 
 %% bin/erlmcp-flow stdio --mcp as a host runs it.
 stdio_test_() ->

@@ -107,3 +107,25 @@ methods() ->
     ?assertMatch({ok, #{agents := 1}}, h(<<"flow.stats">>, #{})),
     ok = erlmcp_flow:register_agent(<<"gone">>, echo_agent(), [<<"x">>]),
     ?assertEqual({ok, #{unregistered => true}}, h(<<"flow.unregister_agent">>, #{<<"agent_id">> => <<"gone">>})).
+
+%% A node whose application is not running answers every method with
+%% -32007 "Not started"; a quorum with fewer agents than it needs is
+%% -32021 when it must be reached, a degraded answer when best effort will do.
+stopped_and_quorum_test() ->
+    _ = application:stop(erlmcp_flow),
+    Stopped = [h(<<"flow.stats">>, #{}),
+               h(<<"flow.explain">>, #{<<"capabilities">> => [<<"x">>]}),
+               h(<<"flow.unregister_agent">>, #{<<"agent_id">> => <<"x">>}),
+               route(#{<<"capabilities">> => [<<"x">>]})],
+    [?assertMatch({error, -32007, <<"Not started">>, #{reason := <<"not_started">>}}, R) || R <- Stopped],
+    erlmcp_flow_test_util:with_env(
+      [{byzantine, #{hmac_secret => <<"a-secret-of-the-rpc-tests">>}}],
+      fun() ->
+              ok = erlmcp_flow:register_agent(<<"echo-1">>, echo_agent(), [<<"echo">>]),
+              Q = #{<<"capabilities">> => [<<"echo">>], <<"quorum">> => 1},
+              ?assertMatch({error, -32021, <<"Fewer agents than the quorum needs">>, _},
+                           route(Q#{<<"on_no_quorum">> => <<"error">>})),
+              %% best effort (the default): answered, marked degraded
+              ?assertMatch({ok, #{quorum := degraded, agent_id := <<"echo-1">>}}, route(Q)),
+              erlmcp_flow_test_util:unregister_all()
+      end).

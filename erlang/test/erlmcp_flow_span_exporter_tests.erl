@@ -141,6 +141,47 @@ unwritable_file_test() ->
                      ?assertNot(filelib:is_file(Path))
              end).
 
+%% Sinks that fail and then work again: a file whose directory appears, a
+%% collector that answers 500 and then 200. Each is retried at the next
+%% round and exports again; the exporter's own timer drives the rounds.
+recovering_sinks_test() ->
+    Blocker = tmp_path("blocked"),
+    ok = file:write_file(Blocker, <<>>),
+    Path = filename:join([Blocker, "spans.jsonl"]),
+    Calls = counters:new(1, []),
+    Collector = fun(_Export, _Headers) ->
+                        counters:add(Calls, 1, 1),
+                        case counters:get(Calls, 1) of
+                            1 -> {500, [], "text/plain", <<"collector is starting">>};
+                            _ -> {json, #{}}
+                        end
+                end,
+    {Server, Port} = erlmcp_flow_scripted_http:start(Collector),
+    Url = "http://127.0.0.1:" ++ integer_to_list(Port) ++ "/v1/traces",
+    with_env([{export, #{file => Path, url => Url, interval_ms => 3600000, batch_size => 100}}],
+             fun() ->
+                     ok = erlmcp_flow:register_agent(<<"a">>, echo_agent(), [<<"x">>]),
+                     [{ok, _, _} = erlmcp_flow:execute(#{}, #{}) || _ <- lists:seq(1, 3)],
+                     ?assertEqual(6, erlmcp_flow_span_exporter:flush()),
+                     ?assertMatch(#{spans_exported := 0, export_failures := 2}, erlmcp_flow:stats()),
+                     %% both come back
+                     ok = file:delete(Blocker),
+                     [{ok, _, _} = erlmcp_flow:execute(#{}, #{}) || _ <- lists:seq(1, 3)],
+                     ?assertEqual(6, erlmcp_flow_span_exporter:flush()),
+                     ?assertMatch(#{spans_exported := 6, export_failures := 2}, erlmcp_flow:stats()),
+                     ?assertEqual(6, length(spans_in([Path]))),
+                     ?assertEqual(2, counters:get(Calls, 1))
+             end),
+    erlmcp_flow_scripted_http:stop(Server),
+    %% the timer: spans leave without flush/0
+    Timed = tmp_path("timed.jsonl"),
+    with_env([{export, #{file => Timed, interval_ms => 20}}],
+             fun() ->
+                     ok = erlmcp_flow:register_agent(<<"a">>, echo_agent(), [<<"x">>]),
+                     [{ok, _, _} = erlmcp_flow:execute(#{}, #{}) || _ <- lists:seq(1, 3)],
+                     erlmcp_flow_test_util:wait_until(fun() -> length(spans_in([Timed])) =:= 6 end)
+             end).
+
 full_queue_test() ->
     Path = tmp_path("small_queue.jsonl"),
     with_env([{export, ?QUIET#{file => Path, queue_size => 10}}],

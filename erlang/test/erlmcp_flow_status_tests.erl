@@ -54,3 +54,23 @@ handler() ->
     {200, "application/json", _} = erlmcp_flow_status:handle(<<"/status.json">>, <<"%%%">>),
     {404, _, _} = erlmcp_flow_status:handle(<<"/status/other">>, <<>>),
     {400, _, _} = erlmcp_flow_status:handle(42, <<>>).
+
+%% Sorted by breaker, open breakers last; a stopped node answers 503.
+breaker_sort_and_stopped_test() ->
+    erlmcp_flow_test_util:with_env(
+      [{circuit_breaker, #{failure_threshold => 1, min_requests => 1}}],
+      fun() ->
+              [ok = erlmcp_flow:register_agent(Id, echo_agent(), [<<"x">>]) || Id <- [<<"a">>, <<"b">>, <<"c">>]],
+              %% one failure opens it (threshold 1)
+              allow = erlmcp_flow_circuit_breaker:allow_request(<<"a">>),
+              ok = erlmcp_flow_circuit_breaker:record_result(<<"a">>, {error, boom}),
+              ?assertEqual(open, erlmcp_flow_circuit_breaker:state(<<"a">>)),
+              Doc = erlmcp_flow_status:document(#{<<"sort">> => <<"breaker">>}),
+              ?assertEqual([<<"b">>, <<"c">>, <<"a">>], ids(Doc)),
+              ?assertMatch([#{breaker := closed}, #{breaker := closed}, #{breaker := open}],
+                           maps:get(items, maps:get(agents, Doc))),
+              erlmcp_flow_test_util:unregister_all()
+      end),
+    ?assertMatch({503, "application/json", _}, erlmcp_flow_status:handle(<<"/status.json">>, <<>>)),
+    ?assertMatch({503, "application/json", _},
+                 erlmcp_flow_status:handle(<<"/status/explain.json">>, <<"capabilities=x">>)).

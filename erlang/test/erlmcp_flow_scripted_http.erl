@@ -1,10 +1,10 @@
-%% A scripted MCP server over Streamable HTTP for tests: a real listener on
-%% loopback that answers each POSTed JSON-RPC message as the test's script
-%% says (JSON, a batch, an event stream, an HTTP error status), and reports
-%% every message it receives, with its headers, to the test process. It lets
-%% the tests play the servers that misbehave, which the packaged ones never
-%% do.
--module(erlmcp_flow_test_mcp_server).
+%% A scripted HTTP server for tests: a real listener on loopback that
+%% answers each POSTed JSON body as the test's script says (JSON, an event
+%% stream, any status), and reports every body it receives, with its
+%% headers, to the test process. The tests play with it the MCP servers
+%% (Streamable HTTP) and OTLP collectors that misbehave, which the packaged
+%% ones never do.
+-module(erlmcp_flow_scripted_http).
 
 -export([start/1, url/1, stop/1]).
 
@@ -62,7 +62,7 @@ headers(S, Owner, Script, Acc) ->
                              _ -> gen_tcp:recv(S, Len, 30000)
                          end,
             Msg = erlmcp_flow_test_json:decode(Body),
-            Owner ! {mcp_server_got, self(), Msg, Acc},
+            Owner ! {scripted_http_got, self(), Msg, Acc},
             reply(S, Script(Msg, Acc)),
             ok = inet:setopts(S, [{packet, http_bin}]),
             request(S, Owner, Script);
