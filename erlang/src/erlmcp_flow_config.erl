@@ -291,7 +291,6 @@ publish(Config) ->
 
 %% A secret's value never appears in an error (nor so in a log line).
 shown(hmac_secret, _) -> redacted;
-shown(token, _) -> redacted;
 shown(_, #{token := T} = V) when T =/= undefined -> V#{token := redacted};
 shown(_, V) -> V.
 

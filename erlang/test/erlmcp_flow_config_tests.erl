@@ -58,7 +58,10 @@ bad_values_are_named_test_() ->
              {byzantine, signature_algorithm, md5},
              {byzantine, on_no_quorum, maybe_later}, {cluster, scope, "flow"},
              {metrics, max_connections, 0}, {timeouts, execution, 0},
-             {timeouts, routing, infinity}, {timeouts, max_retry_attempts, -1}],
+             {timeouts, routing, infinity}, {timeouts, max_retry_attempts, -1},
+             {load_balancer, sample_above, 0}, {load_balancer, sample_above, many},
+             {transports, tcp, #{nagle => true}}, {transports, tcp, 42},
+             {mcp, servers, [#{id => <<"s">>, command => []}]}],
     [?_assertEqual({error, {invalid_config, {S, K}, V}},
                    erlmcp_flow_config:validate(#{S => #{K => V}}))
      || {S, K, V} <- Cases].
@@ -108,6 +111,25 @@ format_error_names_key_and_value_test() ->
     ?assertNotEqual(nomatch, string:find(Msg, "fastest")),
     ?assertNotEqual(nomatch, string:find(erlmcp_flow_config:format_error(
                                            {unknown_config_key, {timeouts, exec}}), "exec")).
+
+%% Values the checks accept at their edges; of several bad sections, the
+%% first in sorted order is named.
+edge_values_are_accepted_test() ->
+    [?assertMatch({ok, _}, erlmcp_flow_config:validate(#{S => #{K => V}}))
+     || {S, K, V} <- [{load_balancer, sample_above, infinity}, {load_balancer, sample_above, 1},
+                      {mcp, servers, [#{id => <<"s">>, command => ["srv", "--stdio"]},
+                                      #{id => <<"h">>, url => "http://127.0.0.1:1/mcp"}]}]],
+    ?assertEqual({error, {invalid_config, {circuit_breaker, timeout}, -1}},
+                 erlmcp_flow_config:validate(#{timeouts => #{routing => 0},
+                                               circuit_breaker => #{timeout => -1}})).
+
+%% export.url: an https URL is told apart from one that is no URL.
+export_url_errors_test() ->
+    Https = erlmcp_flow_config:format_error({invalid_config, {export, url}, <<"https://c:4318/v1/traces">>}),
+    ?assertNotEqual(nomatch, string:find(Https, "only http://")),
+    [?assertNotEqual(nomatch, string:find(erlmcp_flow_config:format_error({invalid_config, {export, url}, V}),
+                                          "an http:// URL with a host"))
+     || V <- [42, "http://[::1", <<"ftp://h/x">>]].
 
 bad_environment_stops_the_start_test() ->
     _ = application:stop(erlmcp_flow),

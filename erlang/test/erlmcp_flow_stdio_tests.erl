@@ -133,6 +133,17 @@ mcp_in_vm() ->
     ?assertMatch(#{<<"error">> := #{<<"code">> := -32700}}, stdout()),
     line(L, <<"[{\"jsonrpc\":\"2.0\",\"method\":\"ping\",\"id\":7},{\"jsonrpc\":\"2.0\",\"result\":1,\"id\":9}]">>),
     ?assertMatch(#{<<"id">> := 7}, stdout()),
+    %% an empty line, a cancellation of nothing, a stray message: nothing said
+    line(L, <<>>),
+    Note(<<"notifications/cancelled">>, #{requestId => 999}),
+    {Pid, Io} = L,
+    Pid ! stray,
+    no_stdout(100),
+    %% a line in pieces past the limit: -32012
+    Pid ! {Io, {data, {noeol, binary:copy(<<" ">>, 60000)}}},
+    line(L, binary:copy(<<" ">>, 60000)),
+    ?assertMatch(#{<<"error">> := #{<<"code">> := -32012, <<"data">> := #{<<"maxSize">> := 100000}}},
+                 stdout()),
     ?assertEqual(0, eof(L)),
     ok = erlmcp_flow:unregister_agent(<<"adder">>).
 
