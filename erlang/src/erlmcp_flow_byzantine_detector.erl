@@ -89,8 +89,8 @@ unblacklist(Who) ->
                                 blacklisted := boolean()}.
 reputation(AgentId) ->
     {H, D} = case call({reputation, AgentId}) of
-                 {_, _} = HD -> HD;
-                 _ -> {0, 0}
+                 {Honest, Dishonest} = HD when is_integer(Honest), is_integer(Dishonest) -> HD;
+                 _ -> {0, 0}  % not started: {error, not_started}
              end,
     #{honest => H, dishonest => D, blacklisted => is_blacklisted(AgentId)}.
 

@@ -84,8 +84,15 @@ shared_agents(Config0) ->
                                                [RemoteId, peer:call(PA, erlang, whereis, [init]), [?CAP]]])),
     %% unregistered on its node: gone everywhere
     ok = peer:call(PB, erlmcp_flow, unregister_agent, [RemoteId]),
-    Left = All -- [RemoteId],
+    Left0 = All -- [RemoteId],
+    [wait_sees(P, Left0) || {P, _} <- Peers],
+    %% unregistered from another node: its own node's registry removes it,
+    %% and so every node's view
+    [_, OtherId | _] = ids(B, 3),
+    ok = peer:call(PA, erlmcp_flow, unregister_agent, [OtherId]),
+    Left = Left0 -- [OtherId],
     [wait_sees(P, Left) || {P, _} <- Peers],
+    ?assertEqual({error, not_found}, peer:call(PB, erlmcp_flow, find_agent, [OtherId])),
     %% a node that joins now receives every agent, and its own are seen
     [{PD, D}] = start_peers(1),
     Config1 = [{peers, [{PD, D} | Peers]} | Config],

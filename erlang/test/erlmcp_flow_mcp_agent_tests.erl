@@ -152,7 +152,19 @@ scripted() ->
                        [#{tools := T}] = [S || #{id := <<"scripted">>} = S <- erlmcp_flow_mcp:servers()],
                        lists:member(<<"extra">>, T)
                end),
+    %% the caller's trace reaches the server in _meta
+    _ = received(),
+    TP = <<"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01">>,
+    {ok, _, _} = erlmcp_flow:execute(#{tool => <<"echo">>, arguments => #{}},
+                                     #{capabilities => [<<"tool:echo">>], traceparent => TP,
+                                       tracestate => <<"vendor=1">>}),
+    {Traced, _} = await_received(fun(M) -> maps:get(<<"method">>, M, none) =:= <<"tools/call">> end),
+    ?assertMatch(#{<<"params">> := #{<<"_meta">> := #{<<"tracestate">> := <<"vendor=1">>,
+                                                      <<"traceparent">> := <<"00-0af7651916cd43dd8448eb211c80319c-", _/binary>>}}},
+                 Traced),
     {ok, Pid} = erlmcp_flow:find_agent(<<"scripted">>),
+    ?assertEqual(ok, erlmcp_flow_mcp_agent:await_ready(Pid, 1000)),
+    Pid ! {cancel_task, make_ref()},
     ?assertEqual({error, unknown_call}, gen_server:call(Pid, nonsense)),
     gen_server:cast(Pid, nonsense),
     Pid ! nonsense,
@@ -219,6 +231,25 @@ refused() ->
     ?assertMatch(#{status := restarting, restarts := 1, os_pid := undefined}, erlmcp_flow_mcp_agent:info(Pid)),
     unlink(Pid),
     exit(Pid, shutdown),
+    %% a server slower to answer than the caller waits
+    Slow = fun(#{<<"method">> := <<"initialize">>} = M, H) -> timer:sleep(1000), script(M, H);
+              (M, H) -> script(M, H)
+           end,
+    {S4, P4} = erlmcp_flow_scripted_http:start(Slow),
+    ?assertEqual({error, {not_ready, timeout}},
+                 erlmcp_flow_mcp:register_server(<<"slowpoke">>, #{url => erlmcp_flow_scripted_http:url(P4)},
+                                                 #{timeout_ms => 100})),
+    %% an agent id another agent holds: the server comes up, its agent cannot
+    {S5, P5} = erlmcp_flow_scripted_http:start(fun script/2),
+    Holder = spawn(fun() -> receive stop -> ok end end),
+    ok = erlmcp_flow:register_agent(<<"held">>, Holder, [<<"x">>]),
+    {ok, Held} = erlmcp_flow_mcp_agent:start_link(<<"held">>, #{url => erlmcp_flow_scripted_http:url(P5)}, #{}),
+    ?assertEqual({error, already_registered}, erlmcp_flow_mcp_agent:await_ready(Held, 5000)),
+    ?assertEqual({ok, Holder}, erlmcp_flow:find_agent(<<"held">>)),
+    unlink(Held),
+    exit(Held, shutdown),
+    ok = erlmcp_flow:unregister_agent(<<"held">>),
+    [erlmcp_flow_scripted_http:stop(S) || S <- [S4, S5]],
     ?assertEqual([], [X || #{id := Id} = X <- erlmcp_flow_mcp:servers(),
                            lists:member(Id, [<<"refuser">>, <<"nolist">>, <<"notfound">>, <<"nobody">>, <<"nocmd">>])]),
     [erlmcp_flow_scripted_http:stop(S) || S <- [S1, S2, S3]],
@@ -254,3 +285,27 @@ configured() ->
          application:unset_env(erlmcp_flow, mcp)
      end || Bad <- [[#{id => <<"x">>}], [#{url => "http://h/"}], nope]],
     ok.
+
+%% With the application stopped, every call says so; sessions idle for an
+%% hour are swept.
+not_started_and_sweep_test() ->
+    _ = application:stop(erlmcp_flow),
+    ?assertEqual({error, not_started}, erlmcp_flow_mcp:register_server(<<"x">>, #{url => "http://127.0.0.1:1/"}, #{})),
+    ?assertEqual({error, not_started}, erlmcp_flow_mcp:declare_tool(<<"t">>, #{})),
+    ?assertEqual([], erlmcp_flow_mcp:servers()),
+    ?assertEqual(#{<<"name">> => <<"t">>, <<"inputSchema">> => #{<<"type">> => <<"object">>}},
+                 erlmcp_flow_mcp:tool(<<"t">>)),
+    erlmcp_flow_test_util:with_env(
+      [],
+      fun() ->
+              Now = erlang:monotonic_time(millisecond),
+              ets:insert(erlmcp_flow_mcp_sessions, [{<<"old">>, <<"2025-11-25">>, Now - 3600001},
+                                                   {<<"fresh">>, <<"2025-11-25">>, Now}]),
+              erlmcp_flow_mcp ! sweep,
+              ?assertEqual({error, unknown_call}, gen_server:call(erlmcp_flow_mcp, nonsense)),
+              gen_server:cast(erlmcp_flow_mcp, nonsense),
+              erlmcp_flow_mcp ! nonsense,
+              _ = sys:get_state(erlmcp_flow_mcp),
+              ?assertEqual([], ets:lookup(erlmcp_flow_mcp_sessions, <<"old">>)),
+              ?assertMatch([_], ets:lookup(erlmcp_flow_mcp_sessions, <<"fresh">>))
+      end).

@@ -210,3 +210,35 @@ agent_loop(Answer) ->
         _ ->
             agent_loop(Answer)
     end.
+
+%% The detector's answers on a stopped node, a secret file that is not
+%% there, votes of agents that are gone.
+detector_edges_test() ->
+    _ = application:stop(erlmcp_flow),
+    ?assertNot(erlmcp_flow_byzantine_detector:is_blacklisted(<<"x">>)),
+    ?assertEqual([], erlmcp_flow_byzantine_detector:blacklisted()),
+    ?assertEqual(#{honest => 0, dishonest => 0, blacklisted => false},
+                 erlmcp_flow_byzantine_detector:reputation(<<"x">>)),
+    _ = application:load(erlmcp_flow),
+    ok = application:set_env(erlmcp_flow, byzantine, #{hmac_secret_file => "/nonexistent/erlmcp_flow/secret"}),
+    try
+        {error, Reason} = application:ensure_all_started(erlmcp_flow),
+        ?assertNotEqual(nomatch, string:find(lists:flatten(io_lib:format("~p", [Reason])),
+                                             "{hmac_secret_file,enoent}"))
+    after
+        application:unset_env(erlmcp_flow, byzantine)
+    end,
+    with_env([{byzantine, #{hmac_secret => ?SECRET, min_votes => 1}}],
+             fun() ->
+                     %% an agent unregistered before its vote was recorded: its
+                     %% record counts, no node is charged for it
+                     ok = erlmcp_flow_byzantine_detector:record([{<<"ghost">>, dishonest}], []),
+                     ok = erlmcp_flow_byzantine_detector:refresh(),
+                     D = whereis(erlmcp_flow_byzantine_detector),
+                     ?assertEqual({error, unknown_call}, gen_server:call(D, nonsense)),
+                     gen_server:cast(D, nonsense),
+                     D ! nonsense,
+                     ?assertMatch(#{dishonest := 1, blacklisted := true},
+                                  erlmcp_flow_byzantine_detector:reputation(<<"ghost">>)),
+                     ?assertEqual([<<"ghost">>], erlmcp_flow_byzantine_detector:blacklisted())
+             end).
