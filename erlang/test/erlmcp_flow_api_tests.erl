@@ -41,6 +41,17 @@ before_start_test() ->
              {erlmcp_flow_q_learning, reset, []},
              {erlmcp_flow_q_learning, explain, [#{}]}],
     [?assertEqual({M, F, NotStarted}, {M, F, apply(M, F, A)}) || {M, F, A} <- Calls],
+    %% the cluster's views answer what a lone node that is not running is
+    Views = [{erlmcp_flow, nodes, [], [node()]},
+             {erlmcp_flow_cluster, peers, [], []},
+             {erlmcp_flow_cluster, unreachable, [], []},
+             {erlmcp_flow_failure_detector, phi, [node()], 0.0},
+             {erlmcp_flow_failure_detector, suspected, [], []},
+             {erlmcp_flow_failure_detector, peers, [], []},
+             {erlmcp_flow_byzantine_detector, detect_partitions, [], []},
+             {erlmcp_flow_byzantine_detector, blacklisted, [], []},
+             {erlmcp_flow_byzantine_detector, is_blacklisted, [Id], false}],
+    [?assertEqual({M, F, Expected}, {M, F, apply(M, F, A)}) || {M, F, A, Expected} <- Views],
     %% pure functions need nothing running
     ?assertMatch(<<_:32/binary>>, erlmcp_flow_correlation_tracker:generate_trace_id()),
     ?assertEqual(ok, erlmcp_flow_correlation_tracker:validate_tracestate(<<"a=1">>)).

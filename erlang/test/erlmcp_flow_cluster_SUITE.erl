@@ -36,8 +36,11 @@ end_per_suite(_Config) ->
 init_per_testcase(_Case, Config) ->
     Config.
 
-end_per_testcase(_Case, Config) ->
-    stop_peers(proplists:get_value(peers, Config, [])).
+%% A case stops its peers itself (their counts go to cover first); a case
+%% that fails takes them down with it (peer nodes stop with the process
+%% that started them).
+end_per_testcase(_Case, _Config) ->
+    ok.
 
 %%--------------------------------------------------------------------
 %% Cases
@@ -48,9 +51,8 @@ end_per_testcase(_Case, Config) ->
 %% query_agents and find_agents_by_capability include remote agents;
 %% `node => local' keeps a task on its node; a taken id is taken
 %% cluster-wide.
-shared_agents(Config0) ->
+shared_agents(_Config) ->
     Peers = start_peers(3),
-    Config = [{peers, Peers} | Config0],
     connect_all(Peers),
     [ok = peer:call(P, ?MODULE, start_agents, [ids(N, 3), ?CAP]) || {P, N} <- Peers],
     All = lists:sort(lists:append([ids(N, 3) || {_, N} <- Peers])),
@@ -95,21 +97,19 @@ shared_agents(Config0) ->
     ?assertEqual({error, not_found}, peer:call(PB, erlmcp_flow, find_agent, [OtherId])),
     %% a node that joins now receives every agent, and its own are seen
     [{PD, D}] = start_peers(1),
-    Config1 = [{peers, [{PD, D} | Peers]} | Config],
     connect_all([{PD, D} | Peers]),
     ok = peer:call(PD, ?MODULE, start_agents, [ids(D, 3), ?CAP]),
     All2 = lists:sort(Left ++ ids(D, 3)),
     [wait_sees(P, All2) || {P, _} <- [{PD, D} | Peers]],
     ?assertEqual(lists:sort([D | Nodes]), peer:call(PA, erlmcp_flow, nodes, [])),
     _ = A,
-    stop_peers(Config1).
+    stop_peers([{PD, D} | Peers]).
 
 %% A remote agent that dies mid-task fails its attempt as a local one does
 %% and the task is retried elsewhere; a node that goes away takes its agents
 %% out of routing, and its tasks in flight are retried.
-remote_death_is_retried(Config0) ->
+remote_death_is_retried(_Config) ->
     Peers = start_peers(3),
-    Config = [{peers, Peers} | Config0],
     connect_all(Peers),
     [{PA, A}, {PB, B}, {PC, C}] = Peers,
     ok = peer:call(PA, ?MODULE, start_agents, [ids(A, 1), ?CAP]),
@@ -138,16 +138,14 @@ remote_death_is_retried(Config0) ->
     ?assertNot(lists:member(B, peer:call(PA, erlmcp_flow, nodes, []))),
     ?assert(lists:member(B, peer:call(PA, erlmcp_flow_byzantine_detector, detect_partitions, []))),
     stop_peers(lists:keydelete(PB, 1, Peers)),
-    _ = Config,
     ok.
 
 %% Four nodes split 2-2: each side keeps answering every task with its own
 %% agents; both sides register the same id meanwhile. After the heal every
 %% node sees every agent again, the id held by one agent (the smaller node
 %% name's), never two.
-partition_and_heal(Config0) ->
+partition_and_heal(_Config) ->
     Peers = start_peers(4),
-    Config = [{peers, Peers} | Config0],
     connect_all(Peers),
     [ok = peer:call(P, ?MODULE, start_agents, [ids(N, 3), ?CAP]) || {P, N} <- Peers],
     All = lists:sort(lists:append([ids(N, 3) || {_, N} <- Peers])),
@@ -192,15 +190,13 @@ partition_and_heal(Config0) ->
     [?assertEqual([], peer:call(P, erlmcp_flow_byzantine_detector, detect_partitions, []))
      || {P, _} <- Peers],
     stop_peers(Peers),
-    _ = Config,
     ok.
 
 %% A node whose detector stops sending heartbeats (suspended) leaves
 %% routing on the others while its link is up, and comes back when it
 %% resumes.
-suspended_heartbeats(Config0) ->
+suspended_heartbeats(_Config) ->
     Peers = start_peers(3),
-    Config = [{peers, Peers} | Config0],
     connect_all(Peers),
     [ok = peer:call(P, ?MODULE, start_agents, [ids(N, 2), ?CAP]) || {P, N} <- Peers],
     All = lists:sort(lists:append([ids(N, 2) || {_, N} <- Peers])),
@@ -231,7 +227,6 @@ suspended_heartbeats(Config0) ->
     ?assertEqual([], peer:call(PA, erlmcp_flow_failure_detector, suspected, [])),
     [?assertEqual([], peer:call(P, erlmcp_flow_failure_detector, suspected, [])) || P <- [PB]],
     stop_peers(Peers),
-    _ = Config,
     ok.
 
 %% Four nodes, quorum tasks at F = 3 (7 agents): the caller's node has 4
@@ -239,14 +234,13 @@ suspended_heartbeats(Config0) ->
 %% another secret (its votes fail verification); one node replays an old
 %% signed vote for every new task. Every task gets the honest value, once;
 %% the liar agent and the two nodes are blacklisted.
-byzantine_quorum(Config0) ->
+byzantine_quorum(_Config) ->
     Byz = fun(Secret) -> [{byzantine, #{hmac_secret => Secret, vote_timeout => 3000}}] end,
     [{P1, N1}] = start_peers(1, Byz(?SECRET)),
     [{P2, N2}] = start_peers(1, Byz(?SECRET)),
     [{P3, N3}] = start_peers(1, Byz(<<"another-secret-entirely-000">>)),
     [{P4, N4}] = start_peers(1, Byz(?SECRET)),
     Peers = [{P1, N1}, {P2, N2}, {P3, N3}, {P4, N4}],
-    Config = [{peers, Peers} | Config0],
     connect_all(Peers),
     ok = peer:call(P1, ?MODULE, start_agents, [ids(N1, 4), <<"q">>, 42]),
     ok = peer:call(P2, ?MODULE, start_agents, [[<<"liar">>], <<"q">>, 666]),
@@ -279,7 +273,6 @@ byzantine_quorum(Config0) ->
     ?assertEqual(60, length([ok || {ok, 42, _} <- Plain])),
     ?assertEqual([], lists:usort([Id || {ok, _, #{agent_id := Id}} <- Plain]) -- ids(N1, 4)),
     stop_peers(Peers),
-    _ = Config,
     ok.
 
 %%--------------------------------------------------------------------

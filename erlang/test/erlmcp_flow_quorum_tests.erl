@@ -242,3 +242,84 @@ detector_edges_test() ->
                                   erlmcp_flow_byzantine_detector:reputation(<<"ghost">>)),
                      ?assertEqual([<<"ghost">>], erlmcp_flow_byzantine_detector:blacklisted())
              end).
+
+%% The collector against a hostile vote service that holds the key: a vote
+%% naming another node, one whose answer is not a term, one signed an hour
+%% ago, a vote under a reference it never gave, a malformed one and a
+%% failure: each refused, the honest answer still decided by F+1.
+hostile_votes_test() ->
+    with_env([{byzantine, #{hmac_secret => ?SECRET, vote_timeout => 3000}}],
+             fun() ->
+                     Key = erlmcp_flow_byzantine_detector:key(),
+                     true = erlang:unregister(erlmcp_flow_vote_service),
+                     Evil = spawn_link(fun() -> evil_vote_service(Key) end),
+                     true = erlang:register(erlmcp_flow_vote_service, Evil),
+                     Ids = [<<"good-1">>, <<"good-2">>, <<"good-3">>, <<"good-4">>,
+                            <<"wrong-node">>, <<"not-a-term">>, <<"stale">>],
+                     [ok = erlmcp_flow:register_agent(Id, agent(0), [<<"h">>]) || Id <- Ids],
+                     ?assertMatch({ok, 42, #{quorum := #{f := 3, agreeing := 4}}},
+                                  erlmcp_flow:execute(#{}, #{capabilities => [<<"h">>], quorum => 3})),
+                     %% once every vote is in, the honest ones are on record
+                     wait_until(fun() ->
+                                        lists:all(fun(G) -> maps:get(honest, erlmcp_flow_byzantine_detector:reputation(G)) =:= 1 end,
+                                                  [<<"good-1">>, <<"good-2">>, <<"good-3">>, <<"good-4">>])
+                                end),
+                     [?assertMatch(#{honest := 0, dishonest := 0}, erlmcp_flow_byzantine_detector:reputation(Id))
+                      || Id <- [<<"wrong-node">>, <<"not-a-term">>, <<"stale">>]],
+                     unlink(Evil),
+                     exit(Evil, kill)
+             end).
+
+evil_vote_service(Key) ->
+    receive
+        {flow_vote_request, Collector, VoteRef, _Task, #{trace_id := T, span_id := S}, Id, _Pid, _Timeout} ->
+            Node = atom_to_binary(node()),
+            Good = term_to_binary({ok, 42}, [deterministic]),
+            Now = os:system_time(millisecond),
+            Vote = fun(V) -> Collector ! {flow_vote, VoteRef, V, erlmcp_flow_nif:vote_sign(Key, V)} end,
+            Nonce = rand:uniform(1 bsl 62),
+            case Id of
+                <<"good-", _/binary>> -> Vote({T, S, Id, Node, Good, Now, Nonce});
+                <<"wrong-node">> -> Vote({T, S, Id, <<"elsewhere@nowhere">>, Good, Now, Nonce});
+                <<"not-a-term">> -> Vote({T, S, Id, Node, <<"not a term">>, Now, Nonce});
+                <<"stale">> ->
+                    Unasked = {T, S, Id, Node, Good, Now, Nonce + 1},
+                    Collector ! {flow_vote, make_ref(), Unasked, erlmcp_flow_nif:vote_sign(Key, Unasked)},
+                    Collector ! {flow_vote, make_ref(), {junk}, <<>>},
+                    Collector ! {flow_vote_failed, make_ref(), nothing},
+                    Vote({T, S, Id, Node, Good, Now - 3600000, Nonce})
+            end,
+            evil_vote_service(Key)
+    end.
+
+%% The vote service's own failures: an agent that dies voting, one slower
+%% than the vote timeout (told to stop), a node without the secret.
+vote_failures_test() ->
+    with_env([{byzantine, #{hmac_secret => ?SECRET, vote_timeout => 300}}],
+             fun() ->
+                     Dies = spawn(fun() -> receive {execute_task, _, _, _, _} -> exit(voting_is_hard) end end),
+                     Self = self(),
+                     Slow = spawn(fun() -> receive {execute_task, _, _, _, _} ->
+                                                       receive {cancel_task, _} = C -> Self ! C end
+                                           end end),
+                     [ok = erlmcp_flow:register_agent(Id, agent(5), [<<"v">>]) || Id <- [<<"v1">>, <<"v2">>]],
+                     ok = erlmcp_flow:register_agent(<<"dies">>, Dies, [<<"v">>, <<"d">>]),
+                     ok = erlmcp_flow:register_agent(<<"slow">>, Slow, [<<"s">>]),
+                     ok = erlmcp_flow:register_agent(<<"v3">>, agent(5), [<<"s">>]),
+                     ok = erlmcp_flow:register_agent(<<"v4">>, agent(5), [<<"s">>]),
+                     ?assertMatch({ok, 5, #{quorum := #{agreeing := 2}}},
+                                  erlmcp_flow:execute(#{}, #{capabilities => [<<"v">>], quorum => 1})),
+                     ?assertMatch({ok, 5, #{quorum := #{agreeing := 2}}},
+                                  erlmcp_flow:execute(#{}, #{capabilities => [<<"s">>], quorum => 1})),
+                     receive {cancel_task, _} -> ok after 5000 -> error(slow_voter_not_cancelled) end
+             end),
+    with_env([],
+             fun() ->
+                     Ref = make_ref(),
+                     ok = erlmcp_flow_vote_service:vote({flow_vote_request, self(), Ref, #{},
+                                                         #{trace_id => <<0:128>>, span_id => <<0:64>>},
+                                                         <<"x">>, self(), 100}),
+                     receive {flow_vote_failed, Ref, R} -> ?assertEqual(no_secret, R)
+                     after 1000 -> error(no_answer)
+                     end
+             end).

@@ -18,7 +18,9 @@ unknown_messages_test() ->
                      Swarm = start_swarm(),
                      Servers = [erlmcp_flow_registry, erlmcp_flow_bulkhead, erlmcp_flow_q_learning,
                                 erlmcp_flow_metrics, erlmcp_flow_span_exporter,
-                                erlmcp_flow_metrics_http, Swarm],
+                                erlmcp_flow_metrics_http, erlmcp_flow_cluster,
+                                erlmcp_flow_failure_detector, erlmcp_flow_byzantine_detector,
+                                erlmcp_flow_vote_service, erlmcp_flow_mcp, Swarm],
                      [begin
                           Pid = resolve(S),
                           ?assertEqual({error, unknown_call}, gen_server:call(Pid, {nonsense, 42})),
