@@ -172,6 +172,12 @@ tcp_agent_protocol_test() ->
                 {ok, B2} = erlmcp_flow_jsonrpc:encode({request, 5, <<"flow.find_agent">>, #{agent_id => <<"proto">>}}),
                 ok = gen_tcp:send(Agent, [$[, B1, $,, B2, $], $\n]),
                 ?assertMatch([#{<<"id">> := _}, #{<<"id">> := _}], recv_json(Agent)),
+                %% an empty line, a batch of notifications only: nothing said;
+                %% flow.authenticate where no token is set: yes
+                {ok, N1} = erlmcp_flow_jsonrpc:encode({notification, <<"flow.stats">>, #{}}),
+                ok = gen_tcp:send(Agent, [<<"\n">>, $[, N1, $,, N1, $], $\n]),
+                ok = gen_tcp:send(Agent, request(6, <<"flow.authenticate">>, #{token => <<"any">>})),
+                ?assertMatch(#{<<"id">> := 6, <<"result">> := #{<<"authenticated">> := true}}, recv_json(Agent)),
                 Self = self(),
                 Run = fun(Task, Req, Opts) ->
                               spawn_link(fun() -> Self ! {answer, erlmcp_flow:execute(Task, Req, Opts)} end)

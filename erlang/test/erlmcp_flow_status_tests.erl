@@ -58,16 +58,23 @@ handler() ->
 %% Sorted by breaker, open breakers last; a stopped node answers 503.
 breaker_sort_and_stopped_test() ->
     erlmcp_flow_test_util:with_env(
-      [{circuit_breaker, #{failure_threshold => 1, min_requests => 1}}],
+      [{circuit_breaker, #{failure_threshold => 1, min_requests => 1}}, {clock, manual}],
       fun() ->
               [ok = erlmcp_flow:register_agent(Id, echo_agent(), [<<"x">>]) || Id <- [<<"a">>, <<"b">>, <<"c">>]],
-              %% one failure opens it (threshold 1)
-              allow = erlmcp_flow_circuit_breaker:allow_request(<<"a">>),
-              ok = erlmcp_flow_circuit_breaker:record_result(<<"a">>, {error, boom}),
+              %% one failure opens a breaker (threshold 1); past the timeout
+              %% it is half-open
+              Open = fun(Id) ->
+                             allow = erlmcp_flow_circuit_breaker:allow_request(Id),
+                             ok = erlmcp_flow_circuit_breaker:record_result(Id, {error, boom})
+                     end,
+              Open(<<"b">>),
+              {ok, _} = erlmcp_flow_registry:advance_clock(3600 * 1000000),
+              ?assertEqual(half_open, erlmcp_flow_circuit_breaker:state(<<"b">>)),
+              Open(<<"a">>),
               ?assertEqual(open, erlmcp_flow_circuit_breaker:state(<<"a">>)),
               Doc = erlmcp_flow_status:document(#{<<"sort">> => <<"breaker">>}),
-              ?assertEqual([<<"b">>, <<"c">>, <<"a">>], ids(Doc)),
-              ?assertMatch([#{breaker := closed}, #{breaker := closed}, #{breaker := open}],
+              ?assertEqual([<<"c">>, <<"b">>, <<"a">>], ids(Doc)),
+              ?assertMatch([#{breaker := closed}, #{breaker := half_open}, #{breaker := open}],
                            maps:get(items, maps:get(agents, Doc))),
               erlmcp_flow_test_util:unregister_all()
       end),
