@@ -36,10 +36,15 @@ test-rust:
 	cargo clippy --locked --all-targets -- -D warnings
 	cargo test --locked
 
+## EUnit and Common Test run with cover: the design's gate (at least 91 % of
+## the Erlang lines) is checked on every run.
+COVER_GATE ?= 91
 test-erlang: check-otp27
 	rebar3 do compile, xref
-	rebar3 eunit
-	rebar3 ct
+	rebar3 cover --reset
+	rebar3 eunit --cover
+	rebar3 ct --cover
+	rebar3 cover --min_coverage $(COVER_GATE)
 	rebar3 dialyzer
 
 ## OTP 27 reserves `maybe` and `else` (the maybe_expr feature, on by default
@@ -67,9 +72,10 @@ fuzz: build
 ## Erlang line coverage of EUnit and Common Test together (the NIF's stub
 ## module excluded: the NIF replaces it); the table ends with the total.
 cover: build
+	rebar3 cover --reset
 	rebar3 eunit --cover
 	rebar3 ct --cover
-	rebar3 cover --verbose
+	rebar3 cover --verbose --min_coverage $(COVER_GATE)
 
 ## Rust line coverage of the core's cargo tests; needs cargo-llvm-cov and
 ## rustup's llvm-tools (not installed by setup).
