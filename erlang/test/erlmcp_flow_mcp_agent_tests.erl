@@ -94,10 +94,10 @@ received() ->
     end.
 
 await_received(Pred) ->
-    receive {scripted_http_got, _, Msg, H} = M ->
+    receive {scripted_http_got, _, Msg, H} ->
             case Pred(Msg) of
                 true -> {Msg, H};
-                false -> _ = M, await_received(Pred)
+                false -> await_received(Pred)
             end
     after 5000 -> error(not_received)
     end.
