@@ -93,6 +93,21 @@ received() ->
     after 0 -> []
     end.
 
+%% The messages received until `Enough' holds for all of them.
+received_until(Enough) ->
+    received_until(Enough, [], erlang:monotonic_time(millisecond) + 5000).
+
+received_until(Enough, Acc, Deadline) ->
+    case Enough(Acc) of
+        true ->
+            Acc;
+        false ->
+            Left = max(0, Deadline - erlang:monotonic_time(millisecond)),
+            receive {scripted_http_got, _, Msg, H} -> received_until(Enough, Acc ++ [{Msg, H}], Deadline)
+            after Left -> error({not_received, Acc})
+            end
+    end.
+
 await_received(Pred) ->
     receive {scripted_http_got, _, Msg, H} ->
             case Pred(Msg) of
@@ -119,8 +134,14 @@ scripted() ->
     [#{status := ready, tools := Tools}] = [S || #{id := <<"scripted">>} = S <- erlmcp_flow_mcp:servers()],
     ?assertEqual([<<"crash">>, <<"echo">>, <<"fail">>, <<"grow">>, <<"iserr">>, <<"odd">>, <<"slow">>],
                  lists:sort(Tools)),
-    %% its requests were answered: ping with {}, sampling refused
-    Got = received(),
+    %% its requests were answered: ping with {}, sampling refused (the
+    %% answers go out on connections of their own: wait for them)
+    Got = received_until(fun(Got) ->
+                                 Ids = [I || {#{<<"id">> := I}, _} <- Got],
+                                 Methods = [M || {#{<<"method">> := M}, _} <- Got],
+                                 lists:member(<<"s-ping">>, Ids) andalso lists:member(<<"s-sampling">>, Ids)
+                                     andalso lists:member(<<"notifications/initialized">>, Methods)
+                         end),
     [{Ping, PingH}] = [X || {#{<<"id">> := <<"s-ping">>}, _} = X <- Got],
     ?assertEqual(#{}, maps:get(<<"result">>, Ping)),
     ?assertEqual(?SESSION, proplists:get_value(<<"mcp-session-id">>, PingH)),

@@ -34,9 +34,11 @@ prop_td_update_is_the_formula() ->
              proper_types:float(0.0, 0.999)},
             close(erlmcp_flow_nif:td_update(Q, R, M, A, G), Q + A * (R + G * M - Q))).
 
-td_update_property_test() ->
-    ?assert(proper:quickcheck(prop_td_update_is_the_formula(),
-                              [{numtests, 2000}, {to_file, user}, quiet])).
+%% Property runs get a timeout of their own: a loaded machine can take
+%% longer than EUnit's default 5 s.
+td_update_property_test_() ->
+    {timeout, 120, ?_assert(proper:quickcheck(prop_td_update_is_the_formula(),
+                                              [{numtests, 2000}, {to_file, user}, quiet]))}.
 
 %% A completed task through the real router moves its cell by the formula,
 %% with max Q(s', .) the best value the (greedy) decision saw.
@@ -56,9 +58,9 @@ prop_completion_applies_the_formula() ->
                 close(After, Q + 0.1 * (Reward + 0.9 * Q - Q))
             end).
 
-completion_property_test() ->
-    ?assert(proper:quickcheck(prop_completion_applies_the_formula(),
-                              [{numtests, 300}, {to_file, user}, quiet])).
+completion_property_test_() ->
+    {timeout, 120, ?_assert(proper:quickcheck(prop_completion_applies_the_formula(),
+                                              [{numtests, 300}, {to_file, user}, quiet]))}.
 
 %% Two agents, 10 ms and 100 ms, epsilon fixed at 0.1: after 1000 episodes
 %% the better one is chosen at least 90% of the time.
