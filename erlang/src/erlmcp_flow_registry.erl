@@ -42,6 +42,7 @@
 -export([agents_table/0]).
 -export([lookup_pid/1]).
 -export([is_capability_list/1]).
+-export([capability_limits/1]).
 -export([subscribe/1]).
 -export([mirror/2]).
 -export([unmirror/2]).
@@ -299,6 +300,22 @@ is_capability_list([]) -> true;
 is_capability_list([C | Rest]) when is_binary(C), C =/= <<>> -> is_capability_list(Rest);
 is_capability_list(_) -> false.
 
+%% @private A capability list's bounds (registrations and requirements
+%% alike): at most 1 024 capabilities of at most 1 024 bytes each. `Caps'
+%% is a capability list (is_capability_list/1).
+-spec capability_limits([erlmcp_flow:capability()]) ->
+          ok | {error, {capabilities, too_many} | {capability, too_long}}.
+capability_limits(Caps) ->
+    case length(Caps) =< ?MAX_CAPABILITIES of
+        false ->
+            {error, {capabilities, too_many}};
+        true ->
+            case lists:all(fun(C) -> byte_size(C) =< ?MAX_CAPABILITY_BYTES end, Caps) of
+                true -> ok;
+                false -> {error, {capability, too_long}}
+            end
+    end.
+
 %%====================================================================
 %% gen_server callbacks
 %%====================================================================
@@ -467,14 +484,9 @@ validate(_Id, _Pid, Caps) ->
         false ->
             {error, {badarg, {capabilities, Caps}}};
         true ->
-            case length(Caps) =< ?MAX_CAPABILITIES of
-                false ->
-                    {error, {badarg, {capabilities, too_many}}};
-                true ->
-                    case lists:all(fun(C) -> byte_size(C) =< ?MAX_CAPABILITY_BYTES end, Caps) of
-                        true -> ok;
-                        false -> {error, {badarg, {capability, too_long}}}
-                    end
+            case capability_limits(Caps) of
+                ok -> ok;
+                {error, Why} -> {error, {badarg, Why}}
             end
     end.
 

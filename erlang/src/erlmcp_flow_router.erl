@@ -632,13 +632,18 @@ check(sticky_key, K) when is_binary(K), byte_size(K) > ?MAX_KEY_BYTES ->
     {error, {sticky_key, too_long}};
 check(task_class, C) when is_binary(C), byte_size(C) > ?MAX_KEY_BYTES ->
     {error, {task_class, too_long}};
+check(capabilities, Caps) ->
+    %% bounded as a registration's: no agent could hold more or longer ones
+    case erlmcp_flow_registry:is_capability_list(Caps) of
+        true -> erlmcp_flow_registry:capability_limits(Caps);
+        false -> {error, {capabilities, Caps}}
+    end;
 check(K, V) ->
     case valid(K, V) of
         true -> ok;
         false -> {error, {K, V}}
     end.
 
-valid(capabilities, Caps) -> erlmcp_flow_registry:is_capability_list(Caps);
 valid(strategy, S) -> lists:member(S, strategies());
 valid(timeout, infinity) -> true;
 valid(timeout, T) -> is_ms(T, 1);

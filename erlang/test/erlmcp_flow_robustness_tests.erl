@@ -205,6 +205,23 @@ requirements_test() ->
         ok = erlmcp_flow:register_agent(<<"a">>, echo_agent(), [<<"x">>]),
         ?assertEqual({error, {badarg, {task_class, too_long}}},
                      erlmcp_flow:execute(#{}, #{task_class => binary:copy(<<"c">>, 65537)})),
+        %% capabilities bounded as a registration's: execute, explain and
+        %% JSON-RPC say so rather than "no agent"
+        Long = #{capabilities => [binary:copy(<<"c">>, 1025)]},
+        Many = #{capabilities => [integer_to_binary(I) || I <- lists:seq(1, 1025)]},
+        ?assertEqual({error, {badarg, {capability, too_long}}}, erlmcp_flow:execute(#{}, Long)),
+        ?assertEqual({error, {badarg, {capabilities, too_many}}}, erlmcp_flow:execute(#{}, Many)),
+        ?assertEqual({error, {badarg, {capability, too_long}}}, erlmcp_flow:explain(Long)),
+        ?assertEqual({error, {badarg, {capabilities, too_many}}}, erlmcp_flow:explain(Many)),
+        %% at the limits: 1 024 capabilities of 1 024 bytes, held and asked for
+        Edge = [<<(binary:copy(<<"e">>, 1020))/binary, I:32>> || I <- lists:seq(1, 1024)],
+        ok = erlmcp_flow:register_agent(<<"edge">>, echo_agent(), Edge),
+        ?assertMatch({ok, _, #{agent_id := <<"edge">>}}, erlmcp_flow:execute(#{}, #{capabilities => Edge})),
+        ?assertMatch({error, -32602, _, _},
+                     erlmcp_flow_rpc:handle(<<"flow.route_task">>,
+                                            #{<<"task">> => #{}, <<"requirements">> =>
+                                                  #{<<"capabilities">> => [binary:copy(<<"c">>, 1025)]}},
+                                            #{transport => http})),
         %% a binary task id is the sticky key as it is
         {ok, _, #{agent_id := <<"a">>}} =
             erlmcp_flow:execute(#{id => <<"k1">>}, #{strategy => consistent_hash}),
