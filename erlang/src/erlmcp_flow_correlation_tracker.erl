@@ -38,6 +38,7 @@
 -export([generate_span_id/0]).
 -export([parse_traceparent/1]).
 -export([format_traceparent/1]).
+-export([trace_headers/1]).
 -export([validate_tracestate/1]).
 -export([get_trace_chain/1]).
 -export([lookup/1]).
@@ -83,6 +84,18 @@ format_traceparent(#{trace_id := T, span_id := S, trace_flags := F}) ->
     erlmcp_flow_nif:format_traceparent(T, S, F);
 format_traceparent(_) ->
     {error, invalid_trace_context}.
+
+%% @doc The W3C headers of an agent's context, as they go with a task to an
+%% agent in another process or language: `traceparent', and `tracestate'
+%% when the context carries one.
+-spec trace_headers(map()) -> #{traceparent := binary() | {error, invalid_trace_context},
+                                tracestate => binary()}.
+trace_headers(Ctx) ->
+    Headers = #{traceparent => format_traceparent(Ctx)},
+    case Ctx of
+        #{tracestate := TS} -> Headers#{tracestate => TS};
+        #{} -> Headers
+    end.
 
 %% @doc Checks a `tracestate' header: at most 32 comma-separated `key=value'
 %% members with the recommendation's grammar, no key twice. A valid header is

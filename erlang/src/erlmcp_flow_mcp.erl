@@ -167,9 +167,7 @@ declare_tool(Name, _Tool) when not is_binary(Name); Name =:= <<>> ->
 declare_tool(_Name, Tool) when not is_map(Tool) ->
     {error, {badarg, tool}};
 declare_tool(Name, Tool) ->
-    try gen_server:call(?MODULE, {declare, Name, Tool})
-    catch exit:_ -> {error, not_started}
-    end.
+    erlmcp_flow_call:call(?MODULE, {declare, Name, Tool}, 5000).
 
 %% @doc The MCP description of a tool (`{"type": "object"}' as its schema
 %% when none was declared).

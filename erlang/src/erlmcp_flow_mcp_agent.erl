@@ -286,8 +286,7 @@ ready(#state{id = Id, tools = Tools, caps = Extra, registered = Reg} = State) ->
 %% A task routed to this server: `tools/call'.
 execute_task(#{tool := Name} = Task, Ctx, From, Ref, #state{phase = ready} = State) when is_binary(Name) ->
     Args = maps:get(arguments, Task, #{}),
-    Meta = maps:from_list([{traceparent, erlmcp_flow_correlation_tracker:format_traceparent(Ctx)}
-                           | [{tracestate, TS} || #{tracestate := TS} <- [Ctx]]]),
+    Meta = erlmcp_flow_correlation_tracker:trace_headers(Ctx),
     State1 = request(<<"tools/call">>, #{name => Name, arguments => Args, '_meta' => Meta},
                      {task, From, Ref}, State),
     Id = State#state.next_id,

@@ -26,21 +26,14 @@
 %% @doc Runs the session until the end of input, then halts.
 -spec main() -> no_return().
 main() ->
-    _ = logger:update_handler_config(default, config, #{type => standard_error}),
-    case application:ensure_all_started(erlmcp_flow) of
-        {ok, _} ->
-            %% the servers of the configuration first: the host's first
-            %% tools/list should have their tools
-            case erlmcp_flow_mcp:await_configured(30000) of
-                ok -> ok;
-                {error, timeout} -> logger:warning("erlmcp_flow: MCP servers not ready after 30 s")
-            end,
-            Max = erlmcp_flow_config:get(transports, max_message_bytes),
-            Port = open_port({fd, 0, 1}, [binary, eof, {line, Max + 1}]),
-            erlang:halt(serve(Port, Max));
-        {error, Reason} ->
-            io:format(standard_error, "erlmcp_flow: ~p~n", [Reason]),
-            erlang:halt(1)
+    erlmcp_flow_stdio:run(fun await_servers/0, fun serve/2).
+
+%% The servers of the configuration first: the host's first tools/list
+%% should have their tools.
+await_servers() ->
+    case erlmcp_flow_mcp:await_configured(30000) of
+        ok -> ok;
+        {error, timeout} -> logger:warning("erlmcp_flow: MCP servers not ready after 30 s")
     end.
 
 %% @private One MCP session over `Io' (standard input's port, or `{sink,

@@ -128,22 +128,12 @@ requirements(Req) when is_map(Req) ->
          (K, V, {ok, Acc}) ->
               case requirement_key(K) of
                   strategy ->
-                      case [S || S <- ?STRATEGIES, atom_to_binary(S) =:= V] of
-                          [S] -> {ok, Acc#{strategy => S}};
-                          [] -> invalid_params(<<"unknown strategy">>)
-                      end;
+                      one_of(strategy, V, ?STRATEGIES, <<"unknown strategy">>, Acc);
                   node ->
-                      case V of
-                          <<"local">> -> {ok, Acc#{node => local}};
-                          <<"any">> -> {ok, Acc#{node => any}};
-                          _ -> invalid_params(<<"node is \"local\" or \"any\"">>)
-                      end;
+                      one_of(node, V, [local, any], <<"node is \"local\" or \"any\"">>, Acc);
                   on_no_quorum ->
-                      case V of
-                          <<"best_effort">> -> {ok, Acc#{on_no_quorum => best_effort}};
-                          <<"error">> -> {ok, Acc#{on_no_quorum => error}};
-                          _ -> invalid_params(<<"on_no_quorum is \"best_effort\" or \"error\"">>)
-                      end;
+                      one_of(on_no_quorum, V, [best_effort, error],
+                             <<"on_no_quorum is \"best_effort\" or \"error\"">>, Acc);
                   undefined ->
                       invalid_params(<<"unknown requirement: ", (text(K))/binary>>);
                   Key ->
@@ -152,6 +142,13 @@ requirements(Req) when is_map(Req) ->
       end, {ok, #{}}, Req);
 requirements(_) ->
     invalid_params(<<"requirements must be an object">>).
+
+%% A requirement whose JSON value names one of `Atoms': that atom.
+one_of(Key, V, Atoms, Why, Acc) ->
+    case [A || A <- Atoms, atom_to_binary(A) =:= V] of
+        [A] -> {ok, Acc#{Key => A}};
+        [] -> invalid_params(Why)
+    end.
 
 %% A JSON requirement's name as the atom execute/2 takes.
 requirement_key(<<"capabilities">>) -> capabilities;

@@ -248,8 +248,7 @@ answer({response, Id, Outcome}, #state{pending = P, by_ref = ByRef} = State) ->
 
 %% A task routed to one of this connection's agents: a request to the client.
 execute_task(Task, Ctx, From, Ref, #state{next_id = Id, pending = P, by_ref = ByRef} = State) ->
-    Trace = maps:from_list([{traceparent, erlmcp_flow_correlation_tracker:format_traceparent(Ctx)}
-                            | [{tracestate, TS} || #{tracestate := TS} <- [Ctx]]]),
+    Trace = erlmcp_flow_correlation_tracker:trace_headers(Ctx),
     Params = #{task => Task, trace => Trace, agent_id => maps:get(agent_id, Ctx, null)},
     case erlmcp_flow_jsonrpc:encode({request, Id, <<"flow.execute_task">>, Params}) of
         {ok, Bin} ->

@@ -7,19 +7,29 @@
 -module(erlmcp_flow_stdio).
 
 -export([main/0]).
+-export([run/2]).
 -export([serve/2]).
 -export([out/2]).
 
 %% @doc Runs the stdio transport until the end of input, then halts.
 -spec main() -> no_return().
 main() ->
-    %% standard output carries the protocol only
+    run(fun() -> ok end, fun serve/2).
+
+%% @private A node speaking over its standard streams (this transport, and
+%% the MCP one): the application started with its logs on standard error
+%% (standard output carries the protocol only), `Prepare' run, then
+%% `Serve(Port, MaxLineBytes)' over standard input and output; the node
+%% halts with the status it returns (1 when the application cannot start).
+-spec run(fun(() -> ok), fun((port(), pos_integer()) -> non_neg_integer())) -> no_return().
+run(Prepare, Serve) ->
     _ = logger:update_handler_config(default, config, #{type => standard_error}),
     case application:ensure_all_started(erlmcp_flow) of
         {ok, _} ->
+            ok = Prepare(),
             Max = erlmcp_flow_config:get(transports, max_message_bytes),
             Port = open_port({fd, 0, 1}, [binary, eof, {line, Max + 1}]),
-            erlang:halt(serve(Port, Max));
+            erlang:halt(Serve(Port, Max));
         {error, Reason} ->
             io:format(standard_error, "erlmcp_flow: ~p~n", [Reason]),
             erlang:halt(1)

@@ -231,9 +231,7 @@ refused() ->
     ?assertEqual({error, {http_status, 404}},
                  erlmcp_flow_mcp:register_server(<<"notfound">>, #{url => erlmcp_flow_scripted_http:url(P3)}, #{})),
     %% nobody listens
-    {ok, L} = gen_tcp:listen(0, [{ip, {127, 0, 0, 1}}]),
-    {ok, Closed} = inet:port(L),
-    ok = gen_tcp:close(L),
+    Closed = erlmcp_flow_test_util:closed_port(),
     ?assertMatch({error, {http_error, _}},
                  erlmcp_flow_mcp:register_server(<<"nobody">>, #{url => erlmcp_flow_scripted_http:url(Closed)}, #{})),
     %% a command given by a relative path that is not there
@@ -285,9 +283,7 @@ configured_test_() ->
 configured() ->
     {ok, _} = application:ensure_all_started(inets),
     {Server, Port} = erlmcp_flow_scripted_http:start(fun script/2),
-    {ok, L} = gen_tcp:listen(0, [{ip, {127, 0, 0, 1}}]),
-    {ok, Closed} = inet:port(L),
-    ok = gen_tcp:close(L),
+    Closed = erlmcp_flow_test_util:closed_port(),
     Servers = [#{id => <<"booted">>, url => erlmcp_flow_scripted_http:url(Port), capabilities => [<<"b">>]},
                #{id => <<"never">>, url => list_to_binary(erlmcp_flow_scripted_http:url(Closed))}],
     erlmcp_flow_test_util:with_env(

@@ -27,6 +27,11 @@ request(Id, Method, Params) ->
     {ok, Bin} = erlmcp_flow_jsonrpc:encode({request, Id, Method, Params}),
     [Bin, $\n].
 
+%% An agent's answer to the task request `Id'.
+respond(S, Id, Outcome) ->
+    {ok, Bin} = erlmcp_flow_jsonrpc:encode({response, Id, Outcome}),
+    gen_tcp:send(S, [Bin, $\n]).
+
 route(Id) ->
     request(Id, <<"flow.route_task">>, #{task => #{n => Id},
                                          requirements => #{capabilities => [<<"echo">>]}}).
@@ -187,8 +192,7 @@ tcp_agent_protocol_test() ->
                 %% the client answers with an error object
                 Run(#{n => 1}, Req, #{}),
                 #{<<"id">> := T1, <<"params">> := #{<<"task">> := #{<<"n">> := 1}}} = recv_json(Agent),
-                {ok, E} = erlmcp_flow_jsonrpc:encode({response, T1, {error, 42, <<"no">>, undefined}}),
-                ok = gen_tcp:send(Agent, [E, $\n]),
+                ok = respond(Agent, T1, {error, 42, <<"no">>, undefined}),
                 ?assertMatch({error, {agent_error, {rpc_error, 42, <<"no">>}}}, Answer()),
                 %% the router stops waiting: the client is told, its late answer dropped
                 TP = <<"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01">>,
@@ -200,16 +204,14 @@ tcp_agent_protocol_test() ->
                 ?assertEqual({error, execution_timeout}, Answer()),
                 ?assertMatch(#{<<"method">> := <<"flow.cancel_task">>, <<"params">> := #{<<"id">> := T2}},
                              recv_json(Agent)),
-                {ok, Late} = erlmcp_flow_jsonrpc:encode({response, T2, {ok, late}}),
-                ok = gen_tcp:send(Agent, [Late, $\n]),
+                ok = respond(Agent, T2, {ok, late}),
                 %% a task JSON cannot carry
                 Run(#{pid => self()}, Req, #{}),
                 ?assertMatch({error, {agent_error, {unencodable_task, _}}}, Answer()),
                 %% still serving; then closed from this side
                 Run(#{n => 3}, Req, #{}),
                 #{<<"id">> := T3} = recv_json(Agent),
-                {ok, Ok} = erlmcp_flow_jsonrpc:encode({response, T3, {ok, 3}}),
-                ok = gen_tcp:send(Agent, [Ok, $\n]),
+                ok = respond(Agent, T3, {ok, 3}),
                 ?assertMatch({ok, 3, #{agent_id := <<"proto">>}}, Answer()),
                 {ok, ConnPid} = erlmcp_flow:find_agent(<<"proto">>),
                 ?assertEqual({error, unknown_call}, gen_server:call(ConnPid, nonsense)),

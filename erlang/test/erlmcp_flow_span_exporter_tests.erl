@@ -107,9 +107,7 @@ collector_test() ->
 
 failing_collector_test() ->
     %% a port nobody listens on
-    {ok, L} = gen_tcp:listen(0, [{ip, {127, 0, 0, 1}}]),
-    {ok, Port} = inet:port(L),
-    ok = gen_tcp:close(L),
+    Port = erlmcp_flow_test_util:closed_port(),
     Url = "http://127.0.0.1:" ++ integer_to_list(Port) ++ "/v1/traces",
     with_env([{export, ?QUIET#{url => Url, batch_size => 8, http_timeout_ms => 500}}],
              fun() ->

@@ -6,7 +6,7 @@
 -include_lib("eunit/include/eunit.hrl").
 
 -export([capture_log/1, log/2, restart_registry/1, start_optional/2]).
--export([run_exe/2, repo_root/1]).
+-export([run_exe/2, repo_root/1, closed_port/0]).
 
 -export([start/0, stop/1, stop_drained/1, unregister_all/0, with_env/2, sync_registry/0, wait_until/1, wait_until/2, assert_clean/0,
          echo_agent/0, raw_agent/1, remote_pid/0]).
@@ -192,3 +192,10 @@ repo_root(Marker) ->
     Dir = filename:dirname(filename:absname(code:which(?MODULE))),
     Ups = [filename:join([Dir | lists:duplicate(N, "..")]) || N <- lists:seq(0, 8)],
     hd([D || D <- ["." | Ups], filelib:is_regular(filename:join(D, Marker))]).
+
+%% A loopback port nobody listens on (it was free a moment ago).
+closed_port() ->
+    {ok, L} = gen_tcp:listen(0, [{ip, {127, 0, 0, 1}}]),
+    {ok, Port} = inet:port(L),
+    ok = gen_tcp:close(L),
+    Port.
