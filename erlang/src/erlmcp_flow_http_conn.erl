@@ -98,8 +98,9 @@ handle_info({http, S, {http_request, Method, Uri, Version}}, #state{socket = S, 
             end,
     %% the query string, if any, reaches the handler as the pseudo-header
     %% `:query' (no header read from the wire starts with a colon)
-    Req = #req{method = Method, path = path(Uri), version = Version,
-               headers = [{<<":query">>, Q} || Q <- [query(Uri)], Q =/= <<>>]},
+    {Path, Query} = target(Uri),
+    Req = #req{method = Method, path = Path, version = Version,
+               headers = [{<<":query">>, Query} || Query =/= <<>>]},
     {noreply, next(State#state{req = Req})};
 handle_info({http, S, {http_header, _, Field, _, Value}}, #state{socket = S, req = #req{} = R} = State) ->
     case length(R#req.headers) < ?MAX_HEADERS of
@@ -225,21 +226,15 @@ content_length(_, _, R) ->
 header_name(F) when is_atom(F) -> string:lowercase(atom_to_binary(F));
 header_name(F) -> string:lowercase(F).
 
-path({abs_path, P}) ->
-    hd(binary:split(P, <<"?">>));
-path({absoluteURI, _, _, _, P}) ->
-    hd(binary:split(P, <<"?">>));
-path(_) ->
-    <<>>.
+%% A request target's path and query string (empty when there is none).
+target({abs_path, P}) -> split_target(P);
+target({absoluteURI, _, _, _, P}) -> split_target(P);
+target(_) -> {<<>>, <<>>}.
 
-query({abs_path, P}) -> query_of(P);
-query({absoluteURI, _, _, _, P}) -> query_of(P);
-query(_) -> <<>>.
-
-query_of(P) ->
+split_target(P) ->
     case binary:split(P, <<"?">>) of
-        [_, Q] -> Q;
-        [_] -> <<>>
+        [Path, Query] -> {Path, Query};
+        [Path] -> {Path, <<>>}
     end.
 
 reason(200) -> "OK";
