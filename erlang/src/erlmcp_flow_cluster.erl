@@ -120,7 +120,7 @@ init([]) ->
     ok = pg:join(Scope, ?GROUP, self()),
     {Ref, Members} = pg:monitor(Scope, ?GROUP),
     %% this node's changes from now on; the snapshots below read the table
-    {ok, _} = erlmcp_flow_registry:subscribe(self()),
+    ok = erlmcp_flow_registry:subscribe(self()),
     State = lists:foldl(fun add_peer/2, #state{scope = Scope, ref = Ref}, Members),
     {ok, State}.
 

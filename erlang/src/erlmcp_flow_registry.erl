@@ -122,9 +122,7 @@ register_swarm(SwarmId, CoordinatorPid, Capabilities) ->
 unregister_agent(AgentId) when is_binary(AgentId) ->
     case lookup_pid(AgentId) of
         Pid when is_pid(Pid), node(Pid) =/= node() ->
-            _ = try gen_server:call({?MODULE, node(Pid)}, {unregister, AgentId}, 5000)
-                catch exit:_ -> ok
-                end,
+            _ = erlmcp_flow_call:call({?MODULE, node(Pid)}, {unregister, AgentId}, 5000),
             call({unmirror, node(Pid), [{AgentId, Pid}]});
         _ ->
             call({unregister, AgentId})
@@ -265,8 +263,9 @@ lookup_pid(AgentId) ->
 
 %% @private The cluster process subscribes: it is told `{registry, added,
 %% [spec()]}' and `{registry, removed, [{Id, Pid}]}' for this node's own
-%% agents from now on, and gets those registered now.
--spec subscribe(pid()) -> {ok, [spec()]} | {error, not_started}.
+%% agents from now on (those registered before, it reads with
+%% local_agents/0).
+-spec subscribe(pid()) -> ok | {error, not_started}.
 subscribe(Pid) ->
     call({subscribe, Pid}).
 
@@ -358,7 +357,7 @@ handle_call({unregister, Id}, _From, State) ->
     {reply, ok, do_unregister(Id, State)};
 handle_call({subscribe, Pid}, _From, #state{subscriber = Old} = State) ->
     _ = case Old of {_, OldRef} -> erlang:demonitor(OldRef, [flush]); undefined -> ok end,
-    {reply, {ok, local_agents()}, State#state{subscriber = {Pid, erlang:monitor(process, Pid)}}};
+    {reply, ok, State#state{subscriber = {Pid, erlang:monitor(process, Pid)}}};
 handle_call({mirror, Node, Specs}, _From, State0) ->
     State = down_now(State0),
     {reply, ok, mirror_specs(Node, Specs, State)};
