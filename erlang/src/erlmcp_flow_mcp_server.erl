@@ -197,18 +197,15 @@ add_meta(Result, Routing) ->
 %% A result for a client: the term as JSON text, and as structured content
 %% when it is an object.
 text_result(Term, IsError) ->
-    Json = case erlmcp_flow_jsonrpc:encode_json(Term) of
-               {ok, B} -> B;
-               {error, _} -> iolist_to_binary(io_lib:format("~0p", [Term]))
-           end,
+    {Encoded, Json} = case erlmcp_flow_jsonrpc:encode_json(Term) of
+                          {ok, B} -> {true, B};
+                          {error, _} -> {false, iolist_to_binary(io_lib:format("~0p", [Term]))}
+                      end,
     Base = #{<<"content">> => [#{<<"type">> => <<"text">>, <<"text">> => Json}],
              <<"isError">> => IsError},
-    case is_map(Term) andalso Json =/= <<>> of
-        true ->
-            case erlmcp_flow_jsonrpc:decode_json(Json) of
-                {ok, Obj} when is_map(Obj) -> Base#{<<"structuredContent">> => Obj};
-                _ -> Base
-            end;
-        false ->
-            Base
+    %% an object JSON can carry is its own structured content (encoded with
+    %% the response, as the text above was)
+    case is_map(Term) andalso Encoded of
+        true -> Base#{<<"structuredContent">> => Term};
+        false -> Base
     end.
