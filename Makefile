@@ -52,7 +52,7 @@ test-erlang: check-otp27
 ## can enable it at compile time; the beams go to a scratch directory.
 check-otp27:
 	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
-	ERL_FLAGS="-enable-feature maybe_expr" erlc -enable-feature maybe_expr -pa "$$tmp" -o "$$tmp" erlang/src/*.erl erlang/test/*.erl benches/erlang/*.erl && \
+	ERL_FLAGS="-enable-feature maybe_expr" erlc -enable-feature maybe_expr -pa "$$tmp" -o "$$tmp" $$(find erlang/src -name "*.erl") erlang/test/*.erl benches/erlang/*.erl && \
 	echo "check-otp27: every module compiles with maybe_expr enabled"
 
 ## The W3C Trace Context validation harness (w3c/trace-context, its test/
