@@ -5,6 +5,7 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 
 ERL_PATHS = -pa _build/default/lib/*/ebin
 BENCH_EBIN = _build/bench/ebin
+EXAMPLES_EBIN = _build/examples/ebin
 
 .PHONY: all setup build demo demo-mcp test test-rust test-erlang check-otp27 w3c dialyzer bench bench-rust bench-erlang bench-load fuzz cover cover-rust clean
 
@@ -17,15 +18,19 @@ build: setup
 	rebar3 compile
 
 ## The main job: 60 agents and 5 swarms, one row per strategy.
+## The demo and its simulated agents are examples (examples/erlang), not
+## modules of the library.
 demo: build
-	erl -noshell $(ERL_PATHS) -eval 'erlmcp_flow_demo:main()'
+	mkdir -p $(EXAMPLES_EBIN)
+	erlc -pa _build/default/lib/erlmcp_flow/ebin -o $(EXAMPLES_EBIN) examples/erlang/*.erl
+	erl -noshell $(ERL_PATHS) -pa $(EXAMPLES_EBIN) -eval 'erlmcp_flow_demo:main()'
 
 ## MCP: three server-everything instances behind erlmcp_flow, one slowed, and
 ## the Python SDK calling through it while the routing table learns.
 demo-mcp: build
-	mkdir -p $(BENCH_EBIN)
-	erlc -pa _build/default/lib/erlmcp_flow/ebin -o $(BENCH_EBIN) benches/erlang/*.erl
-	erl -noshell $(ERL_PATHS) -pa $(BENCH_EBIN) -eval 'erlmcp_flow_demo_mcp:main()'
+	mkdir -p $(EXAMPLES_EBIN)
+	erlc -pa _build/default/lib/erlmcp_flow/ebin -o $(EXAMPLES_EBIN) examples/erlang/*.erl
+	erl -noshell $(ERL_PATHS) -pa $(EXAMPLES_EBIN) -eval 'erlmcp_flow_demo_mcp:main()'
 
 ## Every test: Rust (fmt, clippy, cargo test), then Erlang (xref, EUnit,
 ## Common Test, dialyzer).
@@ -52,7 +57,7 @@ test-erlang: check-otp27
 ## can enable it at compile time; the beams go to a scratch directory.
 check-otp27:
 	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
-	ERL_FLAGS="-enable-feature maybe_expr" erlc -enable-feature maybe_expr -pa "$$tmp" -o "$$tmp" $$(find erlang/src -name "*.erl") erlang/test/*.erl benches/erlang/*.erl && \
+	ERL_FLAGS="-enable-feature maybe_expr" erlc -enable-feature maybe_expr -pa "$$tmp" -o "$$tmp" $$(find erlang/src -name "*.erl") erlang/test/*.erl benches/erlang/*.erl examples/erlang/*.erl && \
 	echo "check-otp27: every module compiles with maybe_expr enabled"
 
 ## The W3C Trace Context validation harness (w3c/trace-context, its test/
