@@ -42,13 +42,14 @@ test-rust:
 	cargo test --locked
 
 ## EUnit and Common Test run with cover: the design's gate (at least 91 % of
-## the Erlang lines) is checked on every run.
+## the Erlang lines) is checked on every run. They run in ONE VM, as a user's
+## `rebar3 do eunit, ct` does: Common Test compiles again (the NIF build
+## included) inside the VM that ran EUnit with the library loaded.
 COVER_GATE ?= 91
 test-erlang: check-otp27
 	rebar3 do compile, xref
 	rebar3 cover --reset
-	rebar3 eunit --cover
-	rebar3 ct --cover
+	rebar3 do eunit --cover, ct --cover
 	rebar3 cover --min_coverage $(COVER_GATE)
 	rebar3 dialyzer
 
@@ -78,8 +79,7 @@ fuzz: build
 ## module excluded: the NIF replaces it); the table ends with the total.
 cover: build
 	rebar3 cover --reset
-	rebar3 eunit --cover
-	rebar3 ct --cover
+	rebar3 do eunit --cover, ct --cover
 	rebar3 cover --verbose --min_coverage $(COVER_GATE)
 
 ## Rust line coverage of the core's cargo tests; needs cargo-llvm-cov and
