@@ -98,9 +98,14 @@ impl<T> AppendVec<T> {
     /// This view followed by `items`: written in place when this is the
     /// newest view of its buffer and there is room, else into a new buffer
     /// of twice the length, this view's elements copied with `dup`.
+    ///
+    /// `items.len()` is only a hint: an iterator may yield fewer items than
+    /// it claimed (a safe `ExactSizeIterator` can lie), and the view returned
+    /// covers exactly the items written, never a slot left unwritten. Items
+    /// past the claimed length are not taken.
     pub fn extended(&self, items: impl ExactSizeIterator<Item = T>, dup: impl Fn(&T) -> T) -> Self {
         let k = items.len();
-        let end = self.len + k;
+        let end = self.len.saturating_add(k);
         if end <= self.buf.data.len()
             && self
                 .buf
@@ -108,27 +113,37 @@ impl<T> AppendVec<T> {
                 .compare_exchange(self.len, end, Ordering::AcqRel, Ordering::Relaxed)
                 .is_ok()
         {
-            for (i, item) in items.take(k).enumerate() {
-                // SAFETY: past every view of this buffer (we claimed
-                // `len..end`), and the caller is the table's writer.
-                unsafe { self.buf.write(self.len + i, item) };
+            let mut n = 0;
+            for item in items.take(k) {
+                // SAFETY: `self.len + n < end`, past every view of this
+                // buffer (we claimed `len..end` above, so no other call
+                // writes there), and no view reads it before we publish one.
+                unsafe { self.buf.write(self.len + n, item) };
+                n += 1;
             }
+            // Slots `len + n..end` stay claimed and unwritten when the
+            // iterator yielded less: no view covers them (this one stops at
+            // `len + n`, and a later in-place append from it fails the
+            // exchange, since `written` is `end`, and copies instead).
             return AppendVec {
                 buf: Arc::clone(&self.buf),
-                len: end,
+                len: self.len + n,
             };
         }
-        let buf = Buf::with_capacity((end * 2).max(16));
+        let buf = Buf::with_capacity(end.saturating_mul(2).max(16));
         for (i, x) in self.as_slice().iter().enumerate() {
             // SAFETY: a new buffer, no view of it yet.
             unsafe { buf.write(i, dup(x)) };
         }
-        for (i, item) in items.take(k).enumerate() {
-            // SAFETY: as above.
-            unsafe { buf.write(self.len + i, item) };
+        let mut n = 0;
+        for item in items.take(k) {
+            // SAFETY: as above; `self.len + n < end <= capacity`.
+            unsafe { buf.write(self.len + n, item) };
+            n += 1;
         }
-        buf.written.store(end, Ordering::Release);
-        AppendVec { buf, len: end }
+        let len = self.len + n;
+        buf.written.store(len, Ordering::Release);
+        AppendVec { buf, len }
     }
 }
 
@@ -182,6 +197,53 @@ mod tests {
         let e: AppendVec<u32> = AppendVec::new();
         assert!(e.is_empty());
         assert_eq!(&*e.extended(std::iter::empty(), |x| *x), &[] as &[u32]);
+    }
+
+    /// An iterator that claims more items than it yields (safe code may lie
+    /// in `ExactSizeIterator::len`).
+    struct Liar<I> {
+        inner: I,
+        claims: usize,
+    }
+
+    impl<I: Iterator> Iterator for Liar<I> {
+        type Item = I::Item;
+        fn next(&mut self) -> Option<I::Item> {
+            self.inner.next()
+        }
+        fn size_hint(&self) -> (usize, Option<usize>) {
+            (self.claims, Some(self.claims))
+        }
+    }
+
+    impl<I: Iterator> ExactSizeIterator for Liar<I> {}
+
+    #[test]
+    fn an_iterator_that_yields_less_than_it_claims_gives_a_view_of_what_it_wrote() {
+        let liar = |items: Vec<u64>, claims| Liar {
+            inner: items.into_iter(),
+            claims,
+        };
+        // copying into a new buffer: claims 5, yields 1
+        let a = AppendVec::from_iter_exact([1u64, 2].into_iter());
+        let b = a.extended(liar(vec![3], 5), |x| *x);
+        assert_eq!(&*b, &[1, 2, 3]);
+        // in place (b's buffer has room): claims 5, yields 1
+        let c = b.extended(liar(vec![4], 5), |x| *x);
+        assert!(Arc::ptr_eq(&b.buf, &c.buf), "appended in place");
+        assert_eq!(&*c, &[1, 2, 3, 4]);
+        // the claimed, unwritten slots are never covered: the next append
+        // from c copies rather than handing out a view over them
+        let d = c.extended([5].into_iter(), |x| *x);
+        assert!(!Arc::ptr_eq(&c.buf, &d.buf));
+        assert_eq!(&*d, &[1, 2, 3, 4, 5]);
+        // claims 0, yields 3: nothing is taken
+        let e = d.extended(liar(vec![9, 9, 9], 0), |x| *x);
+        assert_eq!(&*e, &[1, 2, 3, 4, 5]);
+        // claims 1, yields 0: an empty extension
+        let f = e.extended(liar(vec![], 1), |x| *x);
+        assert_eq!(&*f, &[1, 2, 3, 4, 5]);
+        assert_eq!(&*AppendVec::from_iter_exact(liar(vec![7], 4)), &[7]);
     }
 
     #[test]
