@@ -12,19 +12,29 @@
 //! - [`tracing`]: W3C trace context, the correlation store, OTLP/JSON;
 //! - [`cluster`]: signed votes for quorum tasks, and their replay guard;
 //! - [`rpc`]: the JSON-RPC 2.0 codec of the transports;
-//! - [`sim`]: the deterministic simulator;
+//! - `sim`: the deterministic simulator (the `sim` feature, on by default;
+//!   the NIF builds the core without it);
 //! - [`shared`]: the configuration and state every part of a router shares;
+//! - [`hot`]: each agent's hot cell, read by the strategies and written by
+//!   the breakers and the learner;
 //! - [`clock`]: the time seam, real or driven by tests; [`error`]: the one
 //!   error type.
+//!
+//! Imports go one way: the parts import `shared`, `hot`, `clock` and `error`
+//! (which import no part), `routing` imports `learning`, `resilience` and
+//! `tracing`, and no module imports one that imports it (`tests/layers.rs`
+//! checks it).
 
 pub mod clock;
 pub mod cluster;
 pub mod error;
+pub mod hot;
 pub mod learning;
 pub mod resilience;
 pub mod routing;
 pub mod rpc;
 pub mod shared;
+#[cfg(feature = "sim")]
 pub mod sim;
 pub mod tracing;
 

@@ -13,6 +13,17 @@ rustler::atoms! {
     stale,
     replayed,
     loaded,
+    // model files
+    truncated,
+    bad_magic,
+    unsupported_version,
+    incompatible,
+    checksum,
+    trailing_bytes,
+    non_finite,
+    not_regular,
+    io,
+    workload,
     // JSON and JSON-RPC
     null,
     true_ = "true",

@@ -3,13 +3,14 @@
 
 use std::sync::Mutex;
 
+use erlmcp_flow_core::FlowError;
 use erlmcp_flow_core::cluster::phi::PhiEstimator;
-use erlmcp_flow_core::cluster::vote::{self, ReplayGuard, Vote, VoteError};
+use erlmcp_flow_core::cluster::vote::{self, ReplayGuard, Vote};
 use rustler::{Binary, Encoder, Env, Resource, ResourceArc, Term};
 
 use crate::atoms;
-use crate::error::{NifOutcome, badarg};
-use crate::router::{binary_term, reply};
+use crate::error::{NifError, NifOutcome, badarg, reply};
+use crate::terms::binary_term;
 
 /// One peer's heartbeat history, owned by the failure detector process.
 pub struct PhiResource {
@@ -90,23 +91,13 @@ pub struct ReplayResource {
 #[rustler::resource_impl]
 impl Resource for ReplayResource {}
 
-fn vote_error<'a>(env: Env<'a>, e: VoteError) -> Term<'a> {
-    let why = match e {
-        VoteError::WeakSecret => atoms::weak_secret(),
-        VoteError::BadSignature => atoms::bad_signature(),
-        VoteError::Stale => atoms::stale(),
-        VoteError::Replayed => atoms::replayed(),
-    };
-    (atoms::error(), why).encode(env)
-}
-
 /// `vote_key(Secret) -> {ok, Key} | {error, weak_secret}`.
 #[rustler::nif]
 fn vote_key<'a>(env: Env<'a>, secret: Term<'a>) -> Term<'a> {
     let run = || -> NifOutcome<Term<'a>> {
         let bin = Binary::from_term(secret).map_err(|_| badarg("secret"))?;
         if bin.len() < vote::MIN_SECRET_BYTES {
-            return Ok(vote_error(env, VoteError::WeakSecret));
+            return Ok(NifError::Core(FlowError::WeakSecret).encode(env));
         }
         let key = ResourceArc::new(KeyResource {
             secret: bin.as_slice().into(),
@@ -168,7 +159,7 @@ fn vote_sign<'a>(env: Env<'a>, key: Term<'a>, vote_term: Term<'a>) -> Term<'a> {
         let v = VoteTerms::from_term(vote_term)?;
         Ok(match vote::sign(&key.secret, &v.vote()) {
             Ok(sig) => binary_term(env, &sig),
-            Err(e) => vote_error(env, e),
+            Err(e) => NifError::Core(e).encode(env),
         })
     };
     reply(env, run())
@@ -184,7 +175,7 @@ fn vote_verify<'a>(env: Env<'a>, key: Term<'a>, vote_term: Term<'a>, sig: Term<'
         let sig = Binary::from_term(sig).map_err(|_| badarg("signature"))?;
         Ok(match vote::verify(&key.secret, &v.vote(), sig.as_slice()) {
             Ok(()) => atoms::ok().encode(env),
-            Err(e) => vote_error(env, e),
+            Err(e) => NifError::Core(e).encode(env),
         })
     };
     reply(env, run())
@@ -218,11 +209,11 @@ fn replay_check<'a>(
         let now = ms_arg(now_ms, "now_ms")?;
         let result = match g.guard.lock() {
             Ok(mut guard) => guard.check(&v.vote(), now),
-            Err(_) => Err(VoteError::Replayed),
+            Err(_) => Err(FlowError::Replayed),
         };
         Ok(match result {
             Ok(()) => atoms::ok().encode(env),
-            Err(e) => vote_error(env, e),
+            Err(e) => NifError::Core(e).encode(env),
         })
     };
     reply(env, run())

@@ -15,6 +15,7 @@
 
 use std::fmt;
 
+use erlmcp_flow_core::FlowError;
 use erlmcp_flow_core::rpc::codec::{
     self, Decoded, ErrorObject, Id, Item, Limits, Message, RawJson, Rejected,
 };
@@ -26,8 +27,8 @@ use rustler::types::tuple::{get_tuple, make_tuple};
 use rustler::{Atom, Binary, Encoder, Env, ListIterator, MapIterator, Term, TermType};
 
 use crate::atoms;
-use crate::error::{NifOutcome, badarg};
-use crate::router::{binary_term, reply};
+use crate::error::{NifError, NifOutcome, badarg, reply};
+use crate::terms::binary_term;
 
 /// Deepest Erlang term `json_encode` follows.
 const MAX_ENCODE_DEPTH: usize = 512;
@@ -589,11 +590,7 @@ fn message_json(t: Term<'_>, in_batch: bool) -> Result<String, Unencodable> {
 fn encoded<'a>(env: Env<'a>, text: Result<String, Unencodable>) -> Term<'a> {
     match text {
         Ok(text) => (atoms::ok(), binary_term(env, text.as_bytes())).encode(env),
-        Err(Unencodable(why)) => (
-            atoms::error(),
-            (atoms::unencodable(), binary_term(env, why.as_bytes())),
-        )
-            .encode(env),
+        Err(Unencodable(why)) => NifError::Unencodable(why).encode(env),
     }
 }
 
@@ -626,11 +623,10 @@ fn json_decode<'a>(
         let l = limits(max_bytes, max_depth, 1u64.encode(env))?;
         let text = std::str::from_utf8(bin.as_slice()).ok();
         Ok(match codec::check_limits(bin.as_slice(), &l) {
-            Err(codec::ValueError::TooLarge) => (atoms::error(), atoms::too_large()).encode(env),
-            Err(codec::ValueError::TooDeep) => (atoms::error(), atoms::too_deep()).encode(env),
+            Err(e) => NifError::Core(e).encode(env),
             _ => match text.and_then(|t| json_term(env, t)) {
                 Some(t) => (atoms::ok(), t).encode(env),
-                None => (atoms::error(), atoms::parse_error()).encode(env),
+                None => NifError::Core(FlowError::ParseError).encode(env),
             },
         })
     };

@@ -3,12 +3,12 @@
 
 use erlmcp_flow_core::learning::model;
 use erlmcp_flow_core::learning::{self, State};
-use rustler::{Atom, Encoder, Env, Term};
+use rustler::{Encoder, Env, Term};
 
 use crate::atoms;
-use crate::decode::binaries;
-use crate::error::{NifOutcome, badarg};
-use crate::router::{binary_term, class_arg, reply, router_arg};
+use crate::error::{NifError, NifOutcome, badarg, reply};
+use crate::resources::{class_arg, router_arg};
+use crate::terms::{binaries, binary_term, breaker_term};
 
 fn state_term<'a>(env: Env<'a>, s: State) -> Term<'a> {
     let success = [atoms::low(), atoms::medium(), atoms::high()][s.success as usize];
@@ -82,7 +82,7 @@ fn explain<'a>(env: Env<'a>, router: Term<'a>, caps: Term<'a>, class: Term<'a>) 
                     e.ewma_latency_us.encode(env),
                     e.success_rate.encode(env),
                     e.weight.encode(env),
-                    crate::router::breaker_term(env, e.breaker),
+                    breaker_term(env, e.breaker),
                     e.softmax.encode(env),
                     match e.age_us {
                         Some(us) => (us / 1000).encode(env),
@@ -107,11 +107,6 @@ fn path_arg(term: Term<'_>) -> NifOutcome<std::path::PathBuf> {
     Ok(std::path::PathBuf::from(s))
 }
 
-fn model_error<'a>(env: Env<'a>, e: &model::ModelError) -> Term<'a> {
-    let kind = Atom::from_str(env, e.name()).unwrap_or_else(|_| atoms::error());
-    (atoms::error(), (kind, e.to_string())).encode(env)
-}
-
 /// `q_save(Router, Path) -> {ok, Bytes} | {error, {Kind, Message}}`: encodes and
 /// writes atomically (temporary file, fsync, rename).
 #[rustler::nif(schedule = "DirtyIo")]
@@ -122,7 +117,7 @@ fn q_save<'a>(env: Env<'a>, router: Term<'a>, path: Term<'a>) -> Term<'a> {
         let bytes = r.router.encode_model();
         Ok(match model::write_atomic(&path, &bytes) {
             Ok(()) => (atoms::ok(), bytes.len()).encode(env),
-            Err(e) => model_error(env, &e),
+            Err(e) => NifError::Core(e).encode(env),
         })
     };
     reply(env, run())
@@ -144,7 +139,7 @@ fn q_load<'a>(env: Env<'a>, router: Term<'a>, path: Term<'a>) -> Term<'a> {
                 r.router.apply_model(m);
                 (atoms::ok(), (atoms::loaded(), n, episodes)).encode(env)
             }
-            Err(e) => model_error(env, &e),
+            Err(e) => NifError::Core(e).encode(env),
         })
     };
     reply(env, run())

@@ -8,13 +8,14 @@
 
 mod atoms;
 mod cluster;
-mod decode;
 mod error;
 mod jsonrpc;
 mod learning;
 mod memory;
+mod resources;
 mod rng;
 mod router;
+mod terms;
 mod tracing;
 
 rustler::init!("erlmcp_flow_nif");

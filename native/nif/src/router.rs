@@ -4,74 +4,22 @@ use erlmcp_flow_core::learning::EpsilonSchedule;
 use erlmcp_flow_core::routing::ring::key_hash;
 use erlmcp_flow_core::routing::router::SpanRequest;
 
-use crate::tracing::SpanResource;
 use erlmcp_flow_core::{
-    Admission, AgentKind, AgentSpec, BreakerState, Clock, FlowError, Lease, Outcome, ProbePermit,
-    Request, Router, RouterConfig, Strategy, Transition, WindowKind,
+    Admission, AgentKind, AgentSpec, BreakerState, Clock, FlowError, Outcome, Request, Router,
+    RouterConfig, Strategy, Transition, WindowKind,
 };
 use rustler::types::tuple::make_tuple;
-use rustler::{
-    Atom, Binary, Encoder, Env, ListIterator, LocalPid, MapIterator, NewBinary, Resource,
-    ResourceArc, Term, TermType,
-};
+use rustler::{Atom, Binary, Encoder, Env, ListIterator, MapIterator, ResourceArc, Term};
 
 use crate::atoms;
-use crate::decode::{Choice, binaries, choice, nonempty_binary};
-use crate::error::{NifError, NifOutcome, badarg};
+use crate::error::{NifError, NifOutcome, badarg, reply};
+use crate::resources::{
+    AgentPid, LeaseResource, ProbeResource, RouterResource, SpanResource, class_arg, router_arg,
+};
 use crate::rng::with_rng;
-
-/// An agent's pid as the table keeps it: a pid of this node as is; another
-/// node's (a cluster's mirrored agent) in the external term format, made a
-/// term again when a decision returns it.
-#[derive(Clone)]
-pub enum AgentPid {
-    Local(LocalPid),
-    Remote(Box<[u8]>),
-}
-
-impl AgentPid {
-    fn from_term(term: Term<'_>) -> NifOutcome<Self> {
-        if let Ok(pid) = term.decode::<LocalPid>() {
-            return Ok(AgentPid::Local(pid));
-        }
-        if term.get_type() == TermType::Pid {
-            return Ok(AgentPid::Remote(term.to_binary().as_slice().into()));
-        }
-        Err(badarg("pid"))
-    }
-
-    fn is_remote(&self) -> bool {
-        matches!(self, AgentPid::Remote(_))
-    }
-}
-
-impl Encoder for AgentPid {
-    fn encode<'a>(&self, env: Env<'a>) -> Term<'a> {
-        match self {
-            AgentPid::Local(pid) => pid.encode(env),
-            AgentPid::Remote(bytes) => env
-                .binary_to_term(bytes)
-                .map_or_else(|| atoms::undefined().encode(env), |(t, _)| t),
-        }
-    }
-}
-
-/// One router per running application, owned by the registry process.
-pub struct RouterResource {
-    pub router: Router<AgentPid>,
-}
-
-#[rustler::resource_impl]
-impl Resource for RouterResource {}
-
-/// A task in flight. Dropped by the garbage collector when its holder is gone;
-/// the core's `Drop` then releases the load if nobody completed it.
-pub struct LeaseResource {
-    lease: Lease<AgentPid>,
-}
-
-#[rustler::resource_impl]
-impl Resource for LeaseResource {}
+use crate::terms::{
+    Choice, binaries, binary_term, choice, nonempty_binary, state_atom, transition_term,
+};
 
 const STRATEGIES: &[Choice<Strategy>] = &[
     (atoms::round_robin, Strategy::RoundRobin),
@@ -100,18 +48,6 @@ const SCHEDULES: &[Choice<EpsilonSchedule>] = &[
     (atoms::linear, EpsilonSchedule::Linear),
     (atoms::cosine, EpsilonSchedule::Cosine),
 ];
-
-pub fn reply<'a>(env: Env<'a>, result: NifOutcome<Term<'a>>) -> Term<'a> {
-    result.unwrap_or_else(|e| e.encode(env))
-}
-
-pub fn router_arg(term: Term<'_>) -> NifOutcome<ResourceArc<RouterResource>> {
-    term.decode().map_err(|_| badarg("router"))
-}
-
-pub fn binary_term<'a>(env: Env<'a>, bytes: &[u8]) -> Term<'a> {
-    NewBinary::from_slice(env, bytes).into()
-}
 
 /// A number option: an integer or a float, within `ok`.
 fn number(term: Term<'_>, ok: impl Fn(f64) -> bool) -> NifOutcome<f64> {
@@ -252,24 +188,6 @@ fn breaker_option(
     Ok(true)
 }
 
-fn state_atom(s: BreakerState) -> Atom {
-    match s {
-        BreakerState::Closed => atoms::closed(),
-        BreakerState::Open => atoms::open(),
-        BreakerState::HalfOpen => atoms::half_open(),
-    }
-}
-
-/// A breaker state as an atom term.
-pub fn breaker_term<'a>(env: Env<'a>, s: BreakerState) -> Term<'a> {
-    state_atom(s).encode(env)
-}
-
-/// `{breaker, From, To}`.
-pub fn transition_term<'a>(env: Env<'a>, t: Transition) -> Term<'a> {
-    (atoms::breaker(), state_atom(t.from), state_atom(t.to)).encode(env)
-}
-
 /// `none | {breaker, From, To}`.
 fn maybe_transition<'a>(env: Env<'a>, t: Option<Transition>) -> Term<'a> {
     t.map_or_else(|| atoms::none().encode(env), |t| transition_term(env, t))
@@ -301,7 +219,7 @@ fn clock_advance<'a>(env: Env<'a>, router: Term<'a>, us: Term<'a>) -> Term<'a> {
         let us: u64 = us.decode().map_err(|_| badarg("microseconds"))?;
         Ok(match r.router.clock().advance(us) {
             Some(now) => (atoms::ok(), now).encode(env),
-            None => (atoms::error(), atoms::system_clock()).encode(env),
+            None => NifError::SystemClock.encode(env),
         })
     };
     reply(env, run())
@@ -479,7 +397,9 @@ fn agent_stats<'a>(env: Env<'a>, router: Term<'a>, id: Term<'a>) -> Term<'a> {
         let r = router_arg(router)?;
         let id = nonempty_binary(id, "agent_id")?;
         let snapshot = r.router.agents().load();
-        let agent = snapshot.find(id).ok_or(NifError(FlowError::NotFound))?;
+        let agent = snapshot
+            .find(id)
+            .ok_or(NifError::Core(FlowError::NotFound))?;
         let v = agent.stats().view();
         let pct = agent.stats().latency_percentiles();
         let pct_term = |f: fn((u64, u64, u64)) -> u64| {
@@ -533,15 +453,6 @@ fn key_arg(term: Term<'_>) -> NifOutcome<Option<u64>> {
     }
     let bin = Binary::from_term(term).map_err(|_| badarg("sticky_key"))?;
     Ok(Some(key_hash(bin.as_slice())))
-}
-
-/// The task class argument: a binary (hashed into the configured classes) or `undefined`.
-pub fn class_arg(router: &Router<AgentPid>, term: Term<'_>) -> NifOutcome<u32> {
-    if Atom::from_term(term).is_ok_and(|a| a == atoms::undefined()) {
-        return Ok(0);
-    }
-    let bin = Binary::from_term(term).map_err(|_| badarg("task_class"))?;
-    Ok(router.task_class(bin.as_slice()))
 }
 
 /// `decide(Router, Capabilities, Strategy, StickyKey, TaskClass, Exclude, Kind, Span)
@@ -632,7 +543,7 @@ fn complete<'a>(env: Env<'a>, lease: Term<'a>, outcome: Term<'a>) -> Term<'a> {
                 None => (atoms::ok(), c.latency_us).encode(env),
                 Some(t) => (atoms::ok(), c.latency_us, transition_term(env, t)).encode(env),
             },
-            None => (atoms::error(), atoms::already_settled()).encode(env),
+            None => NifError::AlreadySettled.encode(env),
         })
     };
     reply(env, run())
@@ -651,16 +562,6 @@ fn lease_p95<'a>(env: Env<'a>, lease: Term<'a>) -> Term<'a> {
     };
     reply(env, run())
 }
-
-/// A half-open probe granted to an Erlang caller by `breaker_allow`. The
-/// caller keeps it until it records the call's outcome; if the caller dies
-/// first, the garbage collector drops it and the probe's slot comes back.
-pub struct ProbeResource {
-    permit: ProbePermit<AgentPid>,
-}
-
-#[rustler::resource_impl]
-impl Resource for ProbeResource {}
 
 /// `breaker_allow(Router, Id) -> {allow, call | Probe, none | {breaker, From,
 /// To}} | {deny, none | {breaker, From, To}}`. `Probe` (a resource) is one of
@@ -715,7 +616,7 @@ fn breaker_record<'a>(
             }
             match probe.permit.record(ok, latency) {
                 Some(recorded) => recorded.transition,
-                None => return Ok((atoms::error(), atoms::already_recorded()).encode(env)),
+                None => return Ok(NifError::AlreadyRecorded.encode(env)),
             }
         };
         Ok((atoms::ok(), maybe_transition(env, t)).encode(env))

@@ -1,7 +1,11 @@
-//! Decoding of NIF arguments, each failure naming the argument it refused.
+//! Conversions at the boundary: decoding of NIF arguments, each failure
+//! naming the argument it refused, and the encodings several NIF modules
+//! share.
 
-use rustler::{Atom, Binary, ListIterator, Term};
+use erlmcp_flow_core::{BreakerState, Transition};
+use rustler::{Atom, Binary, Encoder, Env, ListIterator, NewBinary, Term};
 
+use crate::atoms;
 use crate::error::{NifOutcome, badarg};
 
 /// The bytes of a non-empty binary argument.
@@ -36,4 +40,27 @@ pub fn choice<T: Copy>(term: Term<'_>, choices: &[Choice<T>], what: &'static str
         .find(|(name, _)| name() == atom)
         .map(|&(_, value)| value)
         .ok_or_else(|| badarg(what))
+}
+
+/// A binary term holding `bytes`.
+pub fn binary_term<'a>(env: Env<'a>, bytes: &[u8]) -> Term<'a> {
+    NewBinary::from_slice(env, bytes).into()
+}
+
+pub fn state_atom(s: BreakerState) -> Atom {
+    match s {
+        BreakerState::Closed => atoms::closed(),
+        BreakerState::Open => atoms::open(),
+        BreakerState::HalfOpen => atoms::half_open(),
+    }
+}
+
+/// A breaker state as an atom term.
+pub fn breaker_term<'a>(env: Env<'a>, s: BreakerState) -> Term<'a> {
+    state_atom(s).encode(env)
+}
+
+/// `{breaker, From, To}`.
+pub fn transition_term<'a>(env: Env<'a>, t: Transition) -> Term<'a> {
+    (atoms::breaker(), state_atom(t.from), state_atom(t.to)).encode(env)
 }

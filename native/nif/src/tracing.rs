@@ -1,20 +1,19 @@
 //! Trace context and the correlation store for Erlang.
 
 use erlmcp_flow_core::FlowError;
-use erlmcp_flow_core::routing::router::OpenSpan;
 use erlmcp_flow_core::tracing::context::{self as trace, TraceParent};
 use erlmcp_flow_core::tracing::correlation::{Span, SpanKind, SpanOutcome};
 use erlmcp_flow_core::tracing::otlp;
-use rustler::{Atom, Binary, Encoder, Env, Resource, ResourceArc, Term};
+use rustler::{Atom, Binary, Encoder, Env, ResourceArc, Term};
 
 use crate::atoms;
-use crate::decode::{choice, nonempty_binary};
-use crate::error::{NifError, NifOutcome, badarg};
+use crate::error::{NifError, NifOutcome, badarg, reply};
+use crate::resources::{SpanResource, router_arg};
 use crate::rng::with_rng;
-use crate::router::{binary_term, reply, router_arg};
+use crate::terms::{binary_term, choice, nonempty_binary};
 
 fn invalid<'a>(env: Env<'a>) -> Term<'a> {
-    (atoms::error(), atoms::invalid_trace_context()).encode(env)
+    NifError::InvalidTraceContext.encode(env)
 }
 
 /// A hex id argument of `N` lowercase digits, not all zero.
@@ -168,17 +167,6 @@ fn validate_tracestate<'a>(env: Env<'a>, header: Term<'a>) -> Term<'a> {
     }
 }
 
-/// An open span (a task's, or a child an agent opened), held by whoever
-/// waits for the task or makes the call. The garbage collector drops it
-/// when its holders are gone; the core then closes an unended span as
-/// abandoned.
-pub struct SpanResource {
-    pub span: OpenSpan,
-}
-
-#[rustler::resource_impl]
-impl Resource for SpanResource {}
-
 /// `span_start(Router, Traceparent | undefined, Summary) ->
 /// {ok, TraceId, SpanId, Flags, Span} | {error, invalid_trace_context}`.
 #[rustler::nif]
@@ -246,7 +234,7 @@ fn span_end<'a>(env: Env<'a>, span: Term<'a>, outcome: Term<'a>, agent: Term<'a>
         Ok(if span.span.end(o, agent) {
             atoms::ok().encode(env)
         } else {
-            (atoms::error(), atoms::already_ended()).encode(env)
+            NifError::AlreadyEnded.encode(env)
         })
     };
     reply(env, run())
@@ -358,7 +346,7 @@ fn span_lookup<'a>(env: Env<'a>, router: Term<'a>, span_id: Term<'a>) -> Term<'a
         let s = id_arg::<16>(span_id, "span_id")?;
         match r.router.shared().correlation().lookup(&s) {
             Some(span) => Ok((atoms::ok(), span_term(env, &span)?).encode(env)),
-            None => Err(NifError(FlowError::NotFound)),
+            None => Err(NifError::Core(FlowError::NotFound)),
         }
     };
     reply(env, run())

@@ -13,6 +13,8 @@
 use std::collections::{HashMap, VecDeque};
 
 use hmac::{Hmac, Mac};
+
+use crate::error::FlowError;
 use sha2::{Digest, Sha256};
 
 type HmacSha256 = Hmac<Sha256>;
@@ -36,19 +38,6 @@ pub struct Vote<'a> {
     pub nonce: u64,
 }
 
-/// Why a vote is refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum VoteError {
-    #[error("the secret is shorter than 16 bytes")]
-    WeakSecret,
-    #[error("the signature does not match")]
-    BadSignature,
-    #[error("the timestamp is outside the replay window")]
-    Stale,
-    #[error("the nonce was seen before")]
-    Replayed,
-}
-
 /// SHA-256 of an answer's bytes (the caller encodes the answer once, the
 /// same way on every node: Erlang's external term format).
 pub fn answer_digest(answer: &[u8]) -> [u8; 32] {
@@ -69,27 +58,27 @@ fn encode(vote: &Vote<'_>, mac: &mut HmacSha256) {
     mac.update(&vote.nonce.to_be_bytes());
 }
 
-fn keyed(secret: &[u8]) -> Result<HmacSha256, VoteError> {
+fn keyed(secret: &[u8]) -> Result<HmacSha256, FlowError> {
     if secret.len() < MIN_SECRET_BYTES {
-        return Err(VoteError::WeakSecret);
+        return Err(FlowError::WeakSecret);
     }
     // HMAC takes a key of any length
-    HmacSha256::new_from_slice(secret).map_err(|_| VoteError::WeakSecret)
+    HmacSha256::new_from_slice(secret).map_err(|_| FlowError::WeakSecret)
 }
 
 /// The vote's signature under `secret`.
-pub fn sign(secret: &[u8], vote: &Vote<'_>) -> Result<[u8; 32], VoteError> {
+pub fn sign(secret: &[u8], vote: &Vote<'_>) -> Result<[u8; 32], FlowError> {
     let mut mac = keyed(secret)?;
     encode(vote, &mut mac);
     Ok(mac.finalize().into_bytes().into())
 }
 
 /// Whether `signature` is the vote's under `secret`, compared in constant time.
-pub fn verify(secret: &[u8], vote: &Vote<'_>, signature: &[u8]) -> Result<(), VoteError> {
+pub fn verify(secret: &[u8], vote: &Vote<'_>, signature: &[u8]) -> Result<(), FlowError> {
     let mut mac = keyed(secret)?;
     encode(vote, &mut mac);
     mac.verify_slice(signature)
-        .map_err(|_| VoteError::BadSignature)
+        .map_err(|_| FlowError::BadSignature)
 }
 
 /// Refuses votes outside the replay window and nonces seen within it, per
@@ -114,14 +103,14 @@ impl ReplayGuard {
 
     /// Accepts a (verified) vote at `now_ms` once: `Stale` outside the
     /// window on either side, `Replayed` for a nonce its node used within it.
-    pub fn check(&mut self, vote: &Vote<'_>, now_ms: u64) -> Result<(), VoteError> {
+    pub fn check(&mut self, vote: &Vote<'_>, now_ms: u64) -> Result<(), FlowError> {
         self.expire(now_ms);
         if vote.timestamp_ms.abs_diff(now_ms) > self.window_ms {
-            return Err(VoteError::Stale);
+            return Err(FlowError::Stale);
         }
         let key = (vote.node.to_vec(), vote.nonce);
         if self.seen.contains_key(&key) {
-            return Err(VoteError::Replayed);
+            return Err(FlowError::Replayed);
         }
         // kept until the vote could no longer pass the timestamp check
         let expiry = vote.timestamp_ms.saturating_add(self.window_ms);
@@ -209,17 +198,17 @@ mod tests {
         for c in &changed {
             assert_eq!(
                 verify(SECRET, c, &sig),
-                Err(VoteError::BadSignature),
+                Err(FlowError::BadSignature),
                 "{c:?}"
             );
         }
         // another secret, a truncated signature
         assert_eq!(
             verify(b"another-secret-0123", &v, &sig),
-            Err(VoteError::BadSignature)
+            Err(FlowError::BadSignature)
         );
-        assert_eq!(verify(SECRET, &v, &sig[..31]), Err(VoteError::BadSignature));
-        assert_eq!(sign(b"short", &v), Err(VoteError::WeakSecret));
+        assert_eq!(verify(SECRET, &v, &sig[..31]), Err(FlowError::BadSignature));
+        assert_eq!(sign(b"short", &v), Err(FlowError::WeakSecret));
     }
 
     /// Fields are length-prefixed: moving bytes from one field to the next
@@ -244,7 +233,7 @@ mod tests {
         let mut g = ReplayGuard::new(30_000);
         let v = vote(b"agent-1", b"42", 100_000, 1);
         assert_eq!(g.check(&v, 100_000), Ok(()));
-        assert_eq!(g.check(&v, 100_001), Err(VoteError::Replayed));
+        assert_eq!(g.check(&v, 100_001), Err(FlowError::Replayed));
         // same nonce from another node is another vote
         assert_eq!(
             g.check(
@@ -258,11 +247,11 @@ mod tests {
         );
         assert_eq!(
             g.check(&vote(b"agent-1", b"42", 60_000, 2), 100_000),
-            Err(VoteError::Stale)
+            Err(FlowError::Stale)
         );
         assert_eq!(
             g.check(&vote(b"agent-1", b"42", 140_000, 3), 100_000),
-            Err(VoteError::Stale)
+            Err(FlowError::Stale)
         );
         // past the window the old nonces are forgotten (their votes are stale anyway)
         for i in 0..1000 {
@@ -270,7 +259,7 @@ mod tests {
             assert_eq!(g.check(&vote(b"agent-1", b"42", t, 10 + i), t), Ok(()));
         }
         assert!(g.len() <= 301, "{}", g.len());
-        assert_eq!(g.check(&v, 400_000), Err(VoteError::Stale));
+        assert_eq!(g.check(&v, 400_000), Err(FlowError::Stale));
     }
 
     proptest! {
@@ -287,7 +276,7 @@ mod tests {
             prop_assert_eq!(verify(&secret, &v, &sig), Ok(()));
             let mut other = secret.clone();
             other[0] ^= 1;
-            prop_assert_eq!(verify(&other, &v, &sig), Err(VoteError::BadSignature));
+            prop_assert_eq!(verify(&other, &v, &sig), Err(FlowError::BadSignature));
         }
     }
 }

@@ -29,7 +29,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::Path;
 
-use thiserror::Error;
+use crate::error::FlowError;
 
 use crate::learning::{IdRow, QConfig, STATES, SavedRow};
 
@@ -39,56 +39,6 @@ const HEADER: usize = 28;
 const CELL: usize = 12;
 /// Most agent rows a model file may hold.
 pub const MAX_ROWS: u32 = 1_000_000;
-
-/// Why a model file cannot be used.
-#[derive(Debug, Error, PartialEq, Eq)]
-pub enum ModelError {
-    #[error("the file ends before its content does")]
-    Truncated,
-    #[error("not a model file (bad magic)")]
-    BadMagic,
-    #[error("format version {0} is not supported")]
-    UnsupportedVersion(u16),
-    #[error(
-        "the file has {file_states} states x {file_classes} classes, this node {states} x {classes}"
-    )]
-    Incompatible {
-        file_states: u32,
-        file_classes: u32,
-        states: u32,
-        classes: u32,
-    },
-    #[error("checksum mismatch: the file is corrupt")]
-    Checksum,
-    #[error("bytes after the content")]
-    TrailingBytes,
-    #[error("a value is not a finite number: the file is corrupt")]
-    NonFinite,
-    #[error("not a regular file")]
-    NotRegular,
-    #[error("{0} bytes: more than a model of its header's dimensions can be")]
-    TooLarge(u64),
-    #[error("i/o: {0}")]
-    Io(String),
-}
-
-impl ModelError {
-    /// A short name for Erlang (`truncated`, `bad_magic`, ...).
-    pub fn name(&self) -> &'static str {
-        match self {
-            ModelError::Truncated => "truncated",
-            ModelError::BadMagic => "bad_magic",
-            ModelError::UnsupportedVersion(_) => "unsupported_version",
-            ModelError::Incompatible { .. } => "incompatible",
-            ModelError::Checksum => "checksum",
-            ModelError::TrailingBytes => "trailing_bytes",
-            ModelError::NonFinite => "non_finite",
-            ModelError::NotRegular => "not_regular",
-            ModelError::TooLarge(_) => "too_large",
-            ModelError::Io(_) => "io",
-        }
-    }
-}
 
 /// A decoded model.
 #[derive(Debug, Clone, PartialEq)]
@@ -138,14 +88,14 @@ struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], ModelError> {
-        let end = self.pos.checked_add(n).ok_or(ModelError::Truncated)?;
-        let s = self.bytes.get(self.pos..end).ok_or(ModelError::Truncated)?;
+    fn take(&mut self, n: usize) -> Result<&'a [u8], FlowError> {
+        let end = self.pos.checked_add(n).ok_or(FlowError::Truncated)?;
+        let s = self.bytes.get(self.pos..end).ok_or(FlowError::Truncated)?;
         self.pos = end;
         Ok(s)
     }
 
-    fn array<const N: usize>(&mut self) -> Result<[u8; N], ModelError> {
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], FlowError> {
         let mut a = [0u8; N];
         a.copy_from_slice(self.take(N)?);
         Ok(a)
@@ -153,21 +103,21 @@ impl<'a> Reader<'a> {
 }
 
 /// Decodes a model and checks it fits `config`.
-pub fn decode(bytes: &[u8], config: &QConfig) -> Result<Model, ModelError> {
+pub fn decode(bytes: &[u8], config: &QConfig) -> Result<Model, FlowError> {
     if bytes.len() < 4 {
-        return Err(ModelError::Truncated);
+        return Err(FlowError::Truncated);
     }
     if bytes.len() >= 4 && &bytes[..4] != MAGIC {
-        return Err(ModelError::BadMagic);
+        return Err(FlowError::BadMagic);
     }
     if bytes.len() < HEADER + 4 {
-        return Err(ModelError::Truncated);
+        return Err(FlowError::Truncated);
     }
     let (body, crc) = bytes.split_at(bytes.len() - 4);
     // The checksum first, so that a damaged header reads as damage rather
     // than as another version or other dimensions.
     if crc32fast::hash(body) != u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]) {
-        return Err(ModelError::Checksum);
+        return Err(FlowError::Checksum);
     }
     let mut r = Reader {
         bytes: body,
@@ -175,14 +125,14 @@ pub fn decode(bytes: &[u8], config: &QConfig) -> Result<Model, ModelError> {
     };
     let version = u16::from_le_bytes(r.array()?);
     if version != VERSION {
-        return Err(ModelError::UnsupportedVersion(version));
+        return Err(FlowError::UnsupportedVersion(version));
     }
     let _reserved = r.array::<2>()?;
     let file_states = u32::from_le_bytes(r.array()?);
     let file_classes = u32::from_le_bytes(r.array()?);
     let classes = config.classes();
     if file_states != STATES as u32 || file_classes != classes {
-        return Err(ModelError::Incompatible {
+        return Err(FlowError::Incompatible {
             file_states,
             file_classes,
             states: STATES as u32,
@@ -192,7 +142,7 @@ pub fn decode(bytes: &[u8], config: &QConfig) -> Result<Model, ModelError> {
     let episodes = u64::from_le_bytes(r.array()?);
     let n = u32::from_le_bytes(r.array()?);
     if n > MAX_ROWS {
-        return Err(ModelError::TooLarge(bytes.len() as u64));
+        return Err(FlowError::FileTooLarge(bytes.len() as u64));
     }
     let n = n as usize;
     let row_len = config.row_len();
@@ -212,20 +162,20 @@ pub fn decode(bytes: &[u8], config: &QConfig) -> Result<Model, ModelError> {
                 if v.is_finite() {
                     Ok((v, u32::from_le_bytes(k)))
                 } else {
-                    Err(ModelError::NonFinite)
+                    Err(FlowError::NonFinite)
                 }
             })
             .collect::<Result<_, _>>()?;
         rows.push((id, row));
     }
     if r.pos != body.len() {
-        return Err(ModelError::TrailingBytes);
+        return Err(FlowError::TrailingBytes);
     }
     Ok(Model { episodes, rows })
 }
 
-fn io_error(e: io::Error) -> ModelError {
-    ModelError::Io(e.to_string())
+fn io_error(e: io::Error) -> FlowError {
+    FlowError::Io(e.to_string())
 }
 
 /// Writes `bytes` to `path` atomically: temporary file, fsync, rename, fsync
@@ -236,13 +186,13 @@ fn io_error(e: io::Error) -> ModelError {
 /// (`NotRegular`) rather than renamed over or written through; a process
 /// running as root must not replace `/dev/zero` because it was given that
 /// path.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ModelError> {
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), FlowError> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = Path::new(&tmp);
     for p in [path, tmp] {
         match fs::symlink_metadata(p) {
-            Ok(m) if !m.file_type().is_file() => return Err(ModelError::NotRegular),
+            Ok(m) if !m.file_type().is_file() => return Err(FlowError::NotRegular),
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(io_error(e)),
@@ -287,10 +237,10 @@ fn max_size(rows: u64, config: &QConfig) -> u64 {
 
 /// Opens `path` for reading without blocking (a FIFO would block until a
 /// writer came), and only if it is a regular file.
-fn open_regular(path: &Path) -> Result<Option<File>, ModelError> {
+fn open_regular(path: &Path) -> Result<Option<File>, FlowError> {
     // `stat` first: opening a device or a FIFO may have effects of its own
     match fs::metadata(path) {
-        Ok(m) if !m.is_file() => return Err(ModelError::NotRegular),
+        Ok(m) if !m.is_file() => return Err(FlowError::NotRegular),
         Ok(_) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(io_error(e)),
@@ -311,27 +261,27 @@ fn open_regular(path: &Path) -> Result<Option<File>, ModelError> {
 
 /// Reads a model file: `Ok(None)` when there is none. Only a regular file,
 /// and no more bytes than its header's agent count allows, are read.
-pub fn read(path: &Path, config: &QConfig) -> Result<Option<Model>, ModelError> {
+pub fn read(path: &Path, config: &QConfig) -> Result<Option<Model>, FlowError> {
     let Some(mut file) = open_regular(path)? else {
         return Ok(None);
     };
     // checked again on the open file: the path may have changed since `stat`
     let meta = file.metadata().map_err(io_error)?;
     if !meta.is_file() {
-        return Err(ModelError::NotRegular);
+        return Err(FlowError::NotRegular);
     }
     let size = meta.len();
     let mut header = [0u8; HEADER];
     let got = read_up_to(&mut file, &mut header)?;
     if got >= 4 && &header[..4] != MAGIC {
-        return Err(ModelError::BadMagic);
+        return Err(FlowError::BadMagic);
     }
     if got < HEADER {
-        return Err(ModelError::Truncated);
+        return Err(FlowError::Truncated);
     }
     let rows = u32::from_le_bytes([header[24], header[25], header[26], header[27]]);
     if rows > MAX_ROWS || size > max_size(u64::from(rows), config) {
-        return Err(ModelError::TooLarge(size));
+        return Err(FlowError::FileTooLarge(size));
     }
     let mut bytes = Vec::with_capacity(size as usize);
     bytes.extend_from_slice(&header);
@@ -340,13 +290,13 @@ pub fn read(path: &Path, config: &QConfig) -> Result<Option<Model>, ModelError> 
         .read_to_end(&mut bytes)
         .map_err(io_error)?;
     if bytes.len() as u64 > size {
-        return Err(ModelError::TrailingBytes);
+        return Err(FlowError::TrailingBytes);
     }
     decode(&bytes, config).map(Some)
 }
 
 /// Reads into `buf` until it is full or the file ends; returns the bytes read.
-fn read_up_to(file: &mut File, buf: &mut [u8]) -> Result<usize, ModelError> {
+fn read_up_to(file: &mut File, buf: &mut [u8]) -> Result<usize, FlowError> {
     let mut got = 0;
     while got < buf.len() {
         match file.read(&mut buf[got..]) {
@@ -416,17 +366,17 @@ mod tests {
         };
         assert!(matches!(
             decode(&bytes, &two),
-            Err(ModelError::Incompatible { .. })
+            Err(FlowError::Incompatible { .. })
         ));
         let mut v2 = bytes.clone();
         v2[4] = 2;
         let n = v2.len() - 4;
         let crc = crc32fast::hash(&v2[..n]).to_le_bytes();
         v2[n..].copy_from_slice(&crc);
-        assert_eq!(decode(&v2, &c), Err(ModelError::UnsupportedVersion(2)));
+        assert_eq!(decode(&v2, &c), Err(FlowError::UnsupportedVersion(2)));
         assert_eq!(
             decode(b"nope-not-a-model-file-at-all-really", &c),
-            Err(ModelError::BadMagic)
+            Err(FlowError::BadMagic)
         );
     }
 
@@ -448,7 +398,7 @@ mod tests {
             let store = QStore::new(10);
             store.checkout(b"a", &c).set(3, bad, 1);
             let bytes = encode(&c, &store.rows(), 1);
-            assert_eq!(decode(&bytes, &c), Err(ModelError::NonFinite), "{bad}");
+            assert_eq!(decode(&bytes, &c), Err(FlowError::NonFinite), "{bad}");
         }
     }
 
@@ -456,17 +406,14 @@ mod tests {
     #[cfg(unix)]
     fn only_regular_files_are_read() {
         let c = QConfig::default();
-        assert_eq!(
-            read(Path::new("/dev/zero"), &c),
-            Err(ModelError::NotRegular)
-        );
-        assert_eq!(read(Path::new("/tmp"), &c), Err(ModelError::NotRegular));
+        assert_eq!(read(Path::new("/dev/zero"), &c), Err(FlowError::NotRegular));
+        assert_eq!(read(Path::new("/tmp"), &c), Err(FlowError::NotRegular));
         let dir = tempfile::tempdir().unwrap();
         let fifo = dir.path().join("fifo");
         let path = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
         // SAFETY: a valid NUL-terminated path and a mode.
         assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0);
-        assert_eq!(read(&fifo, &c), Err(ModelError::NotRegular));
+        assert_eq!(read(&fifo, &c), Err(FlowError::NotRegular));
     }
 
     #[test]
@@ -477,15 +424,15 @@ mod tests {
         let path = dir.path().join("big.model");
         bytes.resize(max_size(2, &c) as usize + 1, 0);
         fs::write(&path, &bytes).unwrap();
-        assert!(matches!(read(&path, &c), Err(ModelError::TooLarge(_))));
+        assert!(matches!(read(&path, &c), Err(FlowError::FileTooLarge(_))));
         // a header claiming more rows than any model holds
         let mut many = encode(&c, &rows, 1);
         many[24..28].copy_from_slice(&(MAX_ROWS + 1).to_le_bytes());
         fs::write(&path, &many).unwrap();
-        assert!(matches!(read(&path, &c), Err(ModelError::TooLarge(_))));
+        assert!(matches!(read(&path, &c), Err(FlowError::FileTooLarge(_))));
         // not a model at all: refused at its first bytes
         fs::write(&path, vec![0u8; 1 << 20]).unwrap();
-        assert_eq!(read(&path, &c), Err(ModelError::BadMagic));
+        assert_eq!(read(&path, &c), Err(FlowError::BadMagic));
     }
 
     #[test]
@@ -495,19 +442,16 @@ mod tests {
         let bytes = encode(&c, &rows, 1);
         assert_eq!(
             write_atomic(Path::new("/dev/null"), &bytes),
-            Err(ModelError::NotRegular)
+            Err(FlowError::NotRegular)
         );
         let dir = tempfile::tempdir().unwrap();
-        assert_eq!(
-            write_atomic(dir.path(), &bytes),
-            Err(ModelError::NotRegular)
-        );
+        assert_eq!(write_atomic(dir.path(), &bytes), Err(FlowError::NotRegular));
         let link = dir.path().join("link");
         std::os::unix::fs::symlink("/etc/hostname", &link).unwrap();
-        assert_eq!(write_atomic(&link, &bytes), Err(ModelError::NotRegular));
+        assert_eq!(write_atomic(&link, &bytes), Err(FlowError::NotRegular));
         let target = dir.path().join("m");
         std::os::unix::fs::symlink("/etc/hostname", dir.path().join("m.tmp")).unwrap();
-        assert_eq!(write_atomic(&target, &bytes), Err(ModelError::NotRegular));
+        assert_eq!(write_atomic(&target, &bytes), Err(FlowError::NotRegular));
         assert!(!target.exists());
     }
 

@@ -19,7 +19,7 @@
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
-use crate::routing::hot::Hot;
+use crate::hot::Hot;
 
 /// Breaker settings (the `circuit_breaker` configuration section).
 #[derive(Debug, Clone, PartialEq)]
@@ -546,7 +546,7 @@ impl Breaker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::routing::hot::HotRef;
+    use crate::hot::HotRef;
 
     fn setup(config: &BreakerConfig) -> (Breaker, HotRef) {
         (Breaker::new(config), HotRef::detached())

@@ -41,10 +41,10 @@ use arc_swap::{ArcSwap, Guard};
 use hashbrown::HashTable;
 
 use crate::error::FlowError;
+use crate::hot::HotCell;
 use crate::learning::{QConfig, QRow, State, StateIndexer};
 use crate::resilience::breaker::Breaker;
 use crate::routing::append::AppendVec;
-use crate::routing::hot::HotCell;
 use crate::routing::ring::Ring;
 use crate::routing::stats::AgentStats;
 use crate::shared::Shared;
@@ -168,7 +168,7 @@ impl<P> Agent<P> {
         let arc = 2 * std::mem::size_of::<usize>();
         std::mem::size_of::<Self>()
             + arc
-            + std::mem::size_of::<crate::routing::hot::Hot>()
+            + std::mem::size_of::<crate::hot::Hot>()
             + arc
             + self.id.len()
             + self

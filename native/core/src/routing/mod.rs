@@ -4,7 +4,6 @@
 
 pub mod agents;
 pub mod append;
-pub mod hot;
 pub mod latency;
 pub mod ring;
 pub mod router;

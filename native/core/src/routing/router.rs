@@ -14,11 +14,11 @@ use rand::{Rng, SeedableRng};
 
 use crate::clock::Clock;
 use crate::error::FlowError;
+use crate::hot::Hot;
 use crate::learning::State;
 use crate::resilience::breaker::{BreakerState, Permit, Transition};
 use crate::routing::agents::{Agent, AgentKind, AgentTable, Candidates, Snapshot};
-use crate::routing::hot::Hot;
-use crate::routing::strategy::{PickContext, PickError, Strategy, StrategyState, softmax_weights};
+use crate::routing::strategy::{PickContext, Strategy, StrategyState, softmax_weights};
 use crate::shared::{DECISION_SAMPLE, Outcome, RouterConfig, Shared};
 use crate::tracing::context::{self as trace, TraceParent};
 use crate::tracing::correlation::{Opened, SpanHandle, SpanKind, SpanOutcome};
@@ -750,14 +750,7 @@ impl<P> Router<P> {
             if candidates.slots.is_empty() {
                 return Err(FlowError::NoAgentsAvailable);
             }
-            let chosen = self
-                .strategies
-                .pick(req.strategy, candidates, &cx, rng)
-                .map_err(|e| match e {
-                    PickError::MissingKey => FlowError::BadArg("sticky_key"),
-                    PickError::NoneAdmitted => FlowError::Overloaded,
-                    PickError::AllBroken => FlowError::NoAgentsAvailable,
-                })?;
+            let chosen = self.strategies.pick(req.strategy, candidates, &cx, rng)?;
             Ok(snapshot.agent(chosen))
         })
     }

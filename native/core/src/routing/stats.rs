@@ -7,7 +7,7 @@
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::routing::hot::{Hot, HotRef};
+use crate::hot::{Hot, HotRef};
 use crate::routing::latency::LatencyHistogram;
 use crate::shared::Outcome;
 

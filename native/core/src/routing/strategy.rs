@@ -9,9 +9,10 @@ use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
 use rand::{Rng, RngExt};
 
+use crate::error::FlowError;
+use crate::hot::{Hot, HotCell};
 use crate::learning::StateIndexer;
 use crate::routing::agents::{Agent, Candidates, Snapshot};
-use crate::routing::hot::{Hot, HotCell};
 use crate::shared::Shared;
 
 /// The strategies a decision can use, named in configuration and requests by
@@ -131,7 +132,7 @@ impl<P> PickContext<'_, P> {
     }
 
     /// Why no candidate admits a task: all full, or all broken.
-    fn refusal(&self, candidates: &[u32]) -> PickError {
+    fn refusal(&self, candidates: &[u32]) -> FlowError {
         let config = self.shared.config();
         let some_breaker_admits = candidates.iter().any(|&s| {
             let hot = self.snapshot.hot()[s as usize].get();
@@ -142,14 +143,14 @@ impl<P> PickContext<'_, P> {
                     .admits(hot, &config.breaker, self.now_us)
         });
         if some_breaker_admits {
-            PickError::NoneAdmitted
+            FlowError::Overloaded
         } else {
-            PickError::AllBroken
+            FlowError::NoAgentsAvailable
         }
     }
 
     /// The first candidate at or after `start` (cyclically) that admits a task.
-    fn next_admitted(&self, candidates: &[u32], start: usize) -> Result<usize, PickError> {
+    fn next_admitted(&self, candidates: &[u32], start: usize) -> Result<usize, FlowError> {
         let n = candidates.len();
         (0..n)
             .map(|k| (start + k) % n)
@@ -158,12 +159,6 @@ impl<P> PickContext<'_, P> {
     }
 }
 
-/// Candidates up to which `least_connections`, `weighted` and
-/// `q_learning`'s greedy pick look at every candidate, by default (the
-/// `sample_above` setting). Past it they look at [`SAMPLE`] candidates drawn
-/// uniformly (Q-learning adds its recent winners), so that a decision among
-/// 10 000 costs about what one among 100 does.
-pub const EXACT_LIMIT: usize = 256;
 /// Candidates drawn (uniformly, with replacement) for a sampled pick.
 pub const SAMPLE: usize = 64;
 /// Recent distinct winners of Q-learning's greedy pick, added to its sample:
@@ -221,17 +216,6 @@ fn with_sample<P, R: Rng + ?Sized, T>(
     })
 }
 
-/// Why a strategy could not pick.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PickError {
-    /// Consistent hashing needs a key.
-    MissingKey,
-    /// Every candidate whose breaker admits calls is at its bulkhead limit.
-    NoneAdmitted,
-    /// Every candidate's breaker refuses calls.
-    AllBroken,
-}
-
 impl StrategyState {
     /// The slot of the chosen candidate (`cands` is never empty).
     #[inline]
@@ -241,7 +225,7 @@ impl StrategyState {
         cands: Candidates<'_>,
         cx: &PickContext<'_, P>,
         rng: &mut R,
-    ) -> Result<u32, PickError> {
+    ) -> Result<u32, FlowError> {
         let candidates = cands.slots;
         debug_assert!(!candidates.is_empty());
         // Agents whose breaker is open or whose bulkhead is full are skipped
@@ -527,7 +511,7 @@ fn admitted<P>(
     candidates: &[u32],
     cx: &PickContext<'_, P>,
     (slot, cost): (u32, f64),
-) -> Result<u32, PickError> {
+) -> Result<u32, FlowError> {
     if cost.is_finite() {
         Ok(slot)
     } else {
@@ -557,7 +541,7 @@ fn softmax_pick<P, R: Rng + ?Sized>(
     candidates: &[u32],
     cx: &PickContext<'_, P>,
     rng: &mut R,
-) -> Result<usize, PickError> {
+) -> Result<usize, FlowError> {
     thread_local! {
         static WEIGHTS: std::cell::RefCell<Vec<f64>> = const { std::cell::RefCell::new(Vec::new()) };
     }
@@ -591,8 +575,8 @@ fn softmax_pick<P, R: Rng + ?Sized>(
 /// candidate would take the task at all.
 const WALK_LIMIT: usize = 128;
 
-fn consistent_hash<P>(cands: Candidates<'_>, cx: &PickContext<'_, P>) -> Result<u32, PickError> {
-    let key = cx.key.ok_or(PickError::MissingKey)?;
+fn consistent_hash<P>(cands: Candidates<'_>, cx: &PickContext<'_, P>) -> Result<u32, FlowError> {
+    let key = cx.key.ok_or(FlowError::BadArg("sticky_key"))?;
     let candidates = cands.slots;
     let ring = cx.snapshot.ring();
     let all = cands.all;
@@ -625,7 +609,7 @@ fn p2c<P, R: Rng + ?Sized>(
     candidates: &[u32],
     cx: &PickContext<'_, P>,
     rng: &mut R,
-) -> Result<usize, PickError> {
+) -> Result<usize, FlowError> {
     let n = candidates.len();
     // Two draws among the admitted: a refused draw moves to the next admitted
     // candidate, which keeps the choice uniform enough while few are refused.

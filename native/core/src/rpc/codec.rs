@@ -16,6 +16,8 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
+use crate::error::FlowError;
+
 /// Invalid JSON.
 pub const PARSE_ERROR: i64 = -32700;
 /// Not a valid request object (or an empty batch, or past a limit).
@@ -286,30 +288,22 @@ fn depth_within(bytes: &[u8], max: usize) -> bool {
     true
 }
 
-/// Why [`decode_value`] refused its input.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ValueError {
-    TooLarge,
-    TooDeep,
-    Parse,
-}
-
 /// Whether `bytes` is within the size and depth limits (`max_batch`
 /// unused), checked before any parse.
-pub fn check_limits(bytes: &[u8], limits: &Limits) -> Result<(), ValueError> {
+pub fn check_limits(bytes: &[u8], limits: &Limits) -> Result<(), FlowError> {
     if bytes.len() > limits.max_message_bytes {
-        return Err(ValueError::TooLarge);
+        return Err(FlowError::MessageTooLarge);
     }
     if !depth_within(bytes, limits.max_depth) {
-        return Err(ValueError::TooDeep);
+        return Err(FlowError::MessageTooDeep);
     }
     Ok(())
 }
 
 /// Any JSON value, within the size and depth limits.
-pub fn decode_value(bytes: &[u8], limits: &Limits) -> Result<Value, ValueError> {
+pub fn decode_value(bytes: &[u8], limits: &Limits) -> Result<Value, FlowError> {
     check_limits(bytes, limits)?;
-    serde_json::from_slice(bytes).map_err(|_| ValueError::Parse)
+    serde_json::from_slice(bytes).map_err(|_| FlowError::ParseError)
 }
 
 /// A member present in an item, `null` included (an `Option` would read

@@ -25,7 +25,7 @@ use crate::routing::agents::AgentSpec;
 use crate::routing::router::{Lease, Request, Router};
 use crate::routing::strategy::Strategy;
 use crate::shared::{Outcome, RouterConfig};
-pub use workload::{AfterChange, AgentGroup, Phase, Workload, WorkloadError};
+pub use workload::{AfterChange, AgentGroup, Phase, Workload};
 
 /// Who routes the tasks of a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -4,6 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::error::FlowError;
+
 fn default_spread() -> f64 {
     0.3
 }
@@ -79,19 +81,10 @@ pub struct AfterChange {
     pub tasks: usize,
 }
 
-/// Why a workload cannot run.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum WorkloadError {
-    #[error("workload JSON: {0}")]
-    Json(String),
-    #[error("workload: {0}")]
-    Invalid(String),
-}
-
 impl Workload {
-    pub fn from_json(text: &str) -> Result<Workload, WorkloadError> {
+    pub fn from_json(text: &str) -> Result<Workload, FlowError> {
         let w: Workload =
-            serde_json::from_str(text).map_err(|e| WorkloadError::Json(e.to_string()))?;
+            serde_json::from_str(text).map_err(|e| FlowError::WorkloadJson(e.to_string()))?;
         w.validate()?;
         Ok(w)
     }
@@ -101,8 +94,8 @@ impl Workload {
     }
 
     /// Refuses what would make the run meaningless or loop forever.
-    pub fn validate(&self) -> Result<(), WorkloadError> {
-        let bad = |m: String| Err(WorkloadError::Invalid(m));
+    pub fn validate(&self) -> Result<(), FlowError> {
+        let bad = |m: String| Err(FlowError::InvalidWorkload(m));
         if self.tasks == 0 {
             return bad("tasks must be positive".into());
         }
@@ -314,10 +307,10 @@ mod tests {
     fn bad_workloads_are_refused_with_a_reason() {
         let mut w = Workload::builtin("shift").unwrap();
         w.phases[0].group = "zzz".into();
-        assert!(matches!(w.validate(), Err(WorkloadError::Invalid(m)) if m.contains("zzz")));
+        assert!(matches!(w.validate(), Err(FlowError::InvalidWorkload(m)) if m.contains("zzz")));
         assert!(matches!(
             Workload::from_json("{\"name\": 1}"),
-            Err(WorkloadError::Json(_))
+            Err(FlowError::WorkloadJson(_))
         ));
         let mut w = Workload::builtin("shift").unwrap();
         w.agents[0].failure_rate = 2.0;
