@@ -21,6 +21,8 @@
 -export([format_error/1]).
 -export([clock/0]).
 -export([max_ms/0]).
+-export([strategies/0]).
+-export([export_enabled/1]).
 
 -export_type([config/0, section/0, error_reason/0]).
 
@@ -174,6 +176,18 @@ aliases() ->
 -spec max_ms() -> pos_integer().
 max_ms() ->
     ?MAX_MS.
+
+%% @doc The strategies this build implements: the values
+%% `load_balancer.strategy' and a task's `strategy' may take.
+-spec strategies() -> [erlmcp_flow:strategy(), ...].
+strategies() ->
+    [round_robin, least_connections, weighted, consistent_hash, p2c_ewma, q_learning].
+
+%% @doc Whether the `export' section names a sink (a file or a collector
+%% URL): finished spans are queued for export only then.
+-spec export_enabled(#{atom() => term()}) -> boolean().
+export_enabled(#{file := undefined, url := undefined}) -> false;
+export_enabled(#{}) -> true.
 
 %% @doc Every section with its default values, and the clock.
 -spec defaults() -> config().
@@ -429,5 +443,5 @@ is_https(V) when is_binary(V); is_list(V) ->
     end;
 is_https(_) ->
     false.
-is_strategy(V) -> lists:member(V, erlmcp_flow_router:strategies()).
+is_strategy(V) -> lists:member(V, strategies()).
 one_of(Values) -> fun(V) -> lists:member(V, Values) end.

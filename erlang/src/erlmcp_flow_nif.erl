@@ -17,7 +17,8 @@
 -export([agent_remove_many/2]).
 -export([router_stats/1]).
 -export([router_memory/1]).
--export([jsonrpc_decode/4, jsonrpc_decode_dirty/4, jsonrpc_encode/1, json_encode/1, json_decode/3]).
+-export([jsonrpc_decode/4, jsonrpc_decode_dirty/4, jsonrpc_encode/1, jsonrpc_encode_dirty/1,
+         json_encode/1, json_encode_dirty/1, json_decode/3]).
 -export([agent_stats/2]).
 -export([decide/8]).
 -export([has_capacity/2]).
@@ -51,13 +52,15 @@
 -export([core_memory/0]).
 -export([release_snapshot_cache/0]).
 -export([phi_new/1, phi_heartbeat/2, phi_value/2]).
--export([vote_key/1, vote_sign/2, vote_verify/3, replay_guard/1, replay_check/3]).
+-export([vote_key/1, vote_sign/2, vote_sign_dirty/2, vote_verify/3, vote_verify_dirty/3,
+         replay_guard/1, replay_check/3]).
 
 -export_type([router/0, lease/0, probe/0, outcome/0, router_opts/0, state/0, transition/0,
               breaker_state/0, span/0, span_request/0, task_span/0]).
 
 -nifs([router_new/1, clock_advance/2, agent_insert/6, agent_insert_many/2, agent_remove/2, agent_remove_many/2, router_stats/1, router_memory/1,
-       jsonrpc_decode/4, jsonrpc_decode_dirty/4, jsonrpc_encode/1, json_encode/1, json_decode/3,
+       jsonrpc_decode/4, jsonrpc_decode_dirty/4, jsonrpc_encode/1, jsonrpc_encode_dirty/1,
+       json_encode/1, json_encode_dirty/1, json_decode/3,
        agent_stats/2, decide/8, has_capacity/2, complete/2, lease_p95/1, explain/3, q_table/1, q_save/2, q_load/2,
        q_reset/1, td_update/5, reward/4, breaker_allow/2, breaker_record/5, breaker_state/2,
        breaker_reset/2, generate_trace_id/0, generate_span_id/0, parse_traceparent/1,
@@ -66,7 +69,8 @@
        span_lookup/2, correlation_sweep/1, export_batch/3, core_memory/0,
        release_snapshot_cache/0,
        phi_new/1, phi_heartbeat/2, phi_value/2,
-       vote_key/1, vote_sign/2, vote_verify/3, replay_guard/1, replay_check/3]).
+       vote_key/1, vote_sign/2, vote_sign_dirty/2, vote_verify/3, vote_verify_dirty/3,
+       replay_guard/1, replay_check/3]).
 
 -type router() :: reference().
 %% A vote: `{TraceId, SpanId, AgentId, Node, AnswerBytes, TimestampMs, Nonce}'.
@@ -178,6 +182,14 @@ jsonrpc_encode(_Message) -> erlang:nif_error(nif_not_loaded).
 %% @doc Encodes a term as JSON.
 -spec json_encode(term()) -> {ok, binary()} | {error, {unencodable, binary()}}.
 json_encode(_Term) -> erlang:nif_error(nif_not_loaded).
+
+%% @doc `jsonrpc_encode/1' on a dirty scheduler.
+-spec jsonrpc_encode_dirty(term()) -> {ok, binary()} | {error, {unencodable, binary()}}.
+jsonrpc_encode_dirty(_Message) -> erlang:nif_error(nif_not_loaded).
+
+%% @doc `json_encode/1' on a dirty scheduler.
+-spec json_encode_dirty(term()) -> {ok, binary()} | {error, {unencodable, binary()}}.
+json_encode_dirty(_Term) -> erlang:nif_error(nif_not_loaded).
 
 %% @doc Decodes JSON within a size and a depth.
 -spec json_decode(binary(), pos_integer(), pos_integer()) ->
@@ -330,6 +342,12 @@ vote_sign(_Key, _Vote) -> erlang:nif_error(nif_not_loaded).
 
 -spec vote_verify(reference(), vote(), binary()) -> ok | {error, bad_signature} | badarg().
 vote_verify(_Key, _Vote, _Signature) -> erlang:nif_error(nif_not_loaded).
+
+-spec vote_sign_dirty(reference(), vote()) -> binary() | badarg().
+vote_sign_dirty(_Key, _Vote) -> erlang:nif_error(nif_not_loaded).
+
+-spec vote_verify_dirty(reference(), vote(), binary()) -> ok | {error, bad_signature} | badarg().
+vote_verify_dirty(_Key, _Vote, _Signature) -> erlang:nif_error(nif_not_loaded).
 
 -spec replay_guard(non_neg_integer()) -> reference() | badarg().
 replay_guard(_WindowMs) -> erlang:nif_error(nif_not_loaded).

@@ -4,8 +4,10 @@
 %% holds a reference into the old one restarts with it. The Q-learning server
 %% starts after the registry (it loads the model into the registry's router)
 %% and stops before it (it saves the model on the way out). The telemetry
-%% (metrics, span export, the `/metrics' listener) starts last and stops
-%% first, so the exporter drains the spans of the last tasks.
+%% (metrics, span export, the `/metrics' listener) starts after routing and
+%% stops before it, so the exporter drains the spans of the last tasks; the
+%% JSON-RPC transports start last and stop first: no request arrives once
+%% what it needs is stopping.
 -module(erlmcp_flow_sup).
 -behaviour(supervisor).
 
@@ -43,5 +45,8 @@ init([]) ->
                   type => supervisor},
                 #{id => erlmcp_flow_telemetry_sup,
                   start => {erlmcp_flow_telemetry_sup, start_link, []},
+                  type => supervisor},
+                #{id => erlmcp_flow_transport_sup,
+                  start => {erlmcp_flow_transport_sup, start_link, []},
                   type => supervisor}],
     {ok, {SupFlags, Children}}.

@@ -14,7 +14,9 @@ app_test_() ->
 tree() ->
     ?assertMatch({ok, _}, application:get_key(erlmcp_flow, mod)),
     Children = supervisor:which_children(erlmcp_flow_sup),
-    ?assertMatch([{erlmcp_flow_telemetry_sup, _, supervisor, _},
+    ?assertMatch([%% the JSON-RPC listeners, when configured (erlmcp_flow_rpc_*)
+                  {erlmcp_flow_transport_sup, _, supervisor, _},
+                  {erlmcp_flow_telemetry_sup, _, supervisor, _},
                   {erlmcp_flow_task_sup, _, supervisor, _},
                   {erlmcp_flow_registry, _, worker, _},
                   {erlmcp_flow_q_learning, _, worker, _},

@@ -12,7 +12,7 @@
 -export([shared_agents/1, remote_death_is_retried/1, partition_and_heal/1,
          suspended_heartbeats/1, byzantine_quorum/1]).
 %% run on the peers
--export([start_agents/2, start_agents/3, agent/2, agent/3, route_many/3, route_one/2, sees/0,
+-export([start_agents/2, start_agents/3, agent/2, agent/3, route_many/3, route_one/2, sees/0, started/1,
          start_replayer/0, replayer/1]).
 
 -define(CAP, <<"work">>).
@@ -25,9 +25,10 @@ all() -> [shared_agents, remote_death_is_retried, partition_and_heal, suspended_
 -define(SECRET, <<"the-cluster-secret-of-the-suite">>).
 
 init_per_suite(Config) ->
-    case os:find_executable("epmd") of
-        false -> {skip, "epmd is not installed: no distributed Erlang here"};
-        _ -> Config
+    case erlmcp_flow_test_util:require(epmd, fun() -> os:find_executable("epmd") =/= false end,
+                                       "epmd is not installed: no distributed Erlang here") of
+        {skip, _} = Skip -> Skip;
+        ok -> Config
     end.
 
 end_per_suite(_Config) ->
@@ -127,13 +128,18 @@ remote_death_is_retried(_Config) ->
             end,
     W1 = Async(#{capabilities => [<<"slow">>], strategy => round_robin}),
     W2 = Async(#{capabilities => [<<"slow">>], strategy => round_robin}),
-    timer:sleep(300),
+    %% round robin sends one to each: B's agent is working on its task
+    wait_until(fun() -> peer:call(PB, ?MODULE, started, [<<"slow-b">>]) >= 1 end, 10000),
     %% B goes away (its node stops): A sees noconnection, retries on C
     stop_peers([{PB, B}]),
     Answers = [receive {answer, W, Ans} -> Ans after 30000 -> error(no_answer) end || W <- [W1, W2]],
     ct:log("answers after B went away: ~p", [Answers]),
     ?assertEqual([ok, ok], [element(1, X) || X <- Answers]),
     ?assertEqual([C, C], [element(1, element(2, X)) || X <- Answers]),
+    %% the retry really happened: the task B held answered on its second
+    %% attempt, B's agent named in `tried' as down; the other on its first
+    Metas = lists:sort([{maps:get(attempts, M), maps:get(tried, M)} || {ok, _, M} <- Answers]),
+    ?assertMatch([{1, []}, {2, [#{agent_id := <<"slow-b">>, reason := {agent_down, _}}]}], Metas),
     wait_sees(PA, lists:sort(ids(A, 1) ++ [<<"slow-c">>])),
     ?assertNot(lists:member(B, peer:call(PA, erlmcp_flow, nodes, []))),
     ?assert(lists:member(B, peer:call(PA, erlmcp_flow_byzantine_detector, detect_partitions, []))),
@@ -151,9 +157,32 @@ partition_and_heal(_Config) ->
     All = lists:sort(lists:append([ids(N, 3) || {_, N} <- Peers])),
     [wait_sees(P, All) || {P, _} <- Peers],
     [{PA, A}, {PB, B}, {PC, C}, {PD, D}] = Peers,
+    %% a task of A's on C's slow agent when the split comes: it is retried
+    %% on A's side
+    %% (C's agent is the only one when the task starts; B's comes after)
+    ok = peer:call(PC, ?MODULE, start_agents, [[<<"slow-c">>], <<"slow">>]),
+    [wait_sees(P, lists:sort([<<"slow-c">> | All])) || {P, _} <- Peers],
+    Caller = self(),
+    InFlight = spawn_link(fun() ->
+                                  Caller ! {in_flight, peer:call(PA, ?MODULE, route_one,
+                                                                 [#{sleep => 500},
+                                                                  #{capabilities => [<<"slow">>]}],
+                                                                 30000)}
+                          end),
+    wait_until(fun() -> peer:call(PC, ?MODULE, started, [<<"slow-c">>]) >= 1 end, 10000),
+    ok = peer:call(PB, ?MODULE, start_agents, [[<<"slow-b">>], <<"slow">>]),
+    [wait_sees(P, lists:sort([<<"slow-b">>, <<"slow-c">> | All])) || {P, _} <- Peers],
     %% the split: A and B on one side, C and D on the other
     [true = peer:call(P, erlang, disconnect_node, [Other]) || {P, _} <- [{PA, A}, {PB, B}],
                                                               Other <- [C, D]],
+    Retried = receive {in_flight, R} -> R after 30000 -> error({no_answer, InFlight}) end,
+    ct:log("the task in flight across the split: ~p", [Retried]),
+    ?assertMatch({ok, {B, <<"slow-b">>}, #{attempts := 2,
+                                          tried := [#{agent_id := <<"slow-c">>,
+                                                      reason := {agent_down, noconnection}}]}},
+                 Retried),
+    ok = peer:call(PB, erlmcp_flow, unregister_agent, [<<"slow-b">>]),
+    ok = peer:call(PC, erlmcp_flow, unregister_agent, [<<"slow-c">>]),
     Side1 = lists:sort(ids(A, 3) ++ ids(B, 3)),
     Side2 = lists:sort(ids(C, 3) ++ ids(D, 3)),
     [wait_sees(P, Side1) || P <- [PA, PB]],
@@ -321,13 +350,38 @@ replayer(Saved) ->
     end.
 
 start_agents(Ids, Cap) ->
+    ok = started_table(),
     [ok = erlmcp_flow:register_agent(Id, spawn(?MODULE, agent, [Id, self()]), [Cap]) || Id <- Ids],
     ok.
+
+%% Tasks each agent of this node has started: a public table whose owner
+%% lives as long as the node (the test waits for an agent to hold a task
+%% instead of sleeping).
+started_table() ->
+    case ets:whereis(cluster_suite_started) of
+        undefined ->
+            Self = self(),
+            spawn(fun() ->
+                          _ = ets:new(cluster_suite_started, [named_table, public]),
+                          Self ! started_table,
+                          receive never -> ok end
+                  end),
+            receive started_table -> ok end;
+        _ ->
+            ok
+    end.
+
+started(Id) ->
+    case ets:lookup(cluster_suite_started, Id) of
+        [{Id, N}] -> N;
+        [] -> 0
+    end.
 
 %% Answers `{node(), Id}', after `sleep' ms when the task asks.
 agent(Id, _Owner) ->
     receive
         {execute_task, Task, _Ctx, From, Ref} ->
+            ets:update_counter(cluster_suite_started, Id, 1, {Id, 0}),
             _ = case Task of
                     #{sleep := Ms} -> timer:sleep(Ms);
                     _ -> ok

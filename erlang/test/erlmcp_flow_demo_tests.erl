@@ -24,7 +24,7 @@ small_run() ->
                                 end),
     #{rows := Rows, trace := Trace} =
         receive {rows, Pid, R} -> R; {'DOWN', MRef, process, Pid, Why} -> error(Why) end,
-    ?assertEqual(erlmcp_flow_router:strategies(), [S || #{strategy := S} <- Rows]),
+    ?assertEqual(erlmcp_flow_requirements:strategies(), [S || #{strategy := S} <- Rows]),
     [begin
          ?assertEqual(200, N),
          ?assert(Ok =< N andalso Ok > N div 2),

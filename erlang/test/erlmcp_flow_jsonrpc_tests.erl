@@ -107,3 +107,20 @@ large_message_test() ->
     ?assertEqual(-32012, element(3, element(2, erlmcp_flow_jsonrpc:decode(
                                                    Req, #{max_message_bytes => 65536, max_depth => 64,
                                                           max_batch => 100})))).
+
+%% Large terms encode on a dirty scheduler, to the same bytes as on a normal
+%% one; a term that has no JSON form is refused the same way by both.
+large_encode_test() ->
+    Big = #{<<"items">> => lists:seq(1, 50000)},
+    ?assert(erlang:external_size(Big) > 65536),
+    {ok, Json} = erlmcp_flow_jsonrpc:encode_json(Big),
+    ?assertEqual({ok, Json}, erlmcp_flow_nif:json_encode(Big)),
+    ?assertEqual({ok, Json}, erlmcp_flow_nif:json_encode_dirty(Big)),
+    Msg = {response, 7, {ok, Big}},
+    {ok, Resp} = erlmcp_flow_jsonrpc:encode(Msg),
+    ?assertEqual({ok, Resp}, erlmcp_flow_nif:jsonrpc_encode(Msg)),
+    ?assertMatch({single, {response, 7, {ok, #{<<"items">> := [1, 2 | _]}}}},
+                 erlmcp_flow_jsonrpc:decode(Resp)),
+    Bad = #{<<"items">> => lists:seq(1, 50000), <<"pid">> => self()},
+    ?assertMatch({error, {unencodable, _}}, erlmcp_flow_jsonrpc:encode_json(Bad)),
+    ?assertEqual(erlmcp_flow_nif:json_encode(Bad), erlmcp_flow_nif:json_encode_dirty(Bad)).

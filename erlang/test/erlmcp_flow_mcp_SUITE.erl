@@ -26,12 +26,16 @@ init_per_suite(Config) ->
     Mcp = filename:join(Root, "tests/mcp"),
     Bin = fun(N) -> filename:join([Mcp, "node_modules", ".bin", N]) end,
     Python = filename:join(Root, "_build/mcp-venv/bin/python"),
-    Missing = [F || F <- [Bin("mcp-server-everything"), Bin("mcp-server-memory"), Bin("conformance"),
-                          Bin("node"), Python], not filelib:is_file(F)],
-    case Missing of
-        [_ | _] ->
-            {skip, lists:flatten(io_lib:format("MCP packages missing (.ci/setup installs them): ~p", [Missing]))};
-        [] ->
+    Missing = fun() -> [F || F <- [Bin("mcp-server-everything"), Bin("mcp-server-memory"),
+                                   Bin("conformance"), Bin("node"), Python],
+                             not filelib:is_file(F)]
+              end,
+    Why = lists:flatten(io_lib:format("MCP packages missing (.ci/setup installs them): ~p",
+                                      [Missing()])),
+    case erlmcp_flow_test_util:require(mcp, fun() -> Missing() =:= [] end, Why) of
+        {skip, _} = Skip ->
+            Skip;
+        ok ->
             logger:set_primary_config(level, critical),
             {ok, _} = application:ensure_all_started(inets),
             _ = application:stop(erlmcp_flow),
@@ -90,7 +94,7 @@ servers_as_agents(_Config) ->
     Names = [maps:get(<<"name">>, T) || T <- erlmcp_flow_mcp_server:tools()],
     [?assert(lists:member(N, Names)) || N <- [<<"echo">>, <<"get-sum">>, <<"create_entities">>,
                                               <<"flow_route_task">>]],
-    #{<<"inputSchema">> := #{<<"properties">> := #{<<"message">> := _}}} = erlmcp_flow_mcp:tool(<<"echo">>).
+    #{<<"inputSchema">> := #{<<"properties">> := #{<<"message">> := _}}} = erlmcp_flow_mcp_tools:tool(<<"echo">>).
 
 %% The instance slowed by 300 ms a message is learned around: Q-learning
 %% sends it a small share of the calls once it has tried it.

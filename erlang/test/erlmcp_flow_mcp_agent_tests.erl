@@ -311,7 +311,7 @@ not_started_and_sweep_test() ->
     ?assertEqual({error, not_started}, erlmcp_flow_mcp:declare_tool(<<"t">>, #{})),
     ?assertEqual([], erlmcp_flow_mcp:servers()),
     ?assertEqual(#{<<"name">> => <<"t">>, <<"inputSchema">> => #{<<"type">> => <<"object">>}},
-                 erlmcp_flow_mcp:tool(<<"t">>)),
+                 erlmcp_flow_mcp_tools:tool(<<"t">>)),
     erlmcp_flow_test_util:with_env(
       [],
       fun() ->

@@ -213,13 +213,13 @@ attack() ->
                  T
              end || _ <- lists:seq(1, 20)],
     ?assert(lists:max(Times) < 1000000),
-    ?assert(erlmcp_flow_http_listener:connections(erlmcp_flow_metrics_http) =< 32),
+    ?assert(erlmcp_flow_listener:connections(erlmcp_flow_metrics_http) =< 32),
     [gen_tcp:close(S) || S <- Idle],
     [begin unlink(P), exit(P, kill) end || P <- Slow],
     %% idle and slow connections are dropped by the timeouts: nothing is
     %% left open once the attack stops
     erlmcp_flow_test_util:wait_until(
-      fun() -> erlmcp_flow_http_listener:connections(erlmcp_flow_metrics_http) =:= 0 end).
+      fun() -> erlmcp_flow_listener:connections(erlmcp_flow_metrics_http) =:= 0 end).
 
 slowloris(S, <<B, Rest/binary>>) ->
     case gen_tcp:send(S, <<B>>) of

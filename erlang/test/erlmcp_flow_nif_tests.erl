@@ -306,7 +306,7 @@ every_strategy_decides_test() ->
     [begin
          {ok, <<"a", _>>, _, L, _, none} = erlmcp_flow_nif:decide(R, [<<"x">>], S, <<"key">>, <<"class">>, [], any, undefined),
          {ok, _} = erlmcp_flow_nif:complete(L, ok)
-     end || S <- erlmcp_flow_router:strategies(), _ <- lists:seq(1, 10)],
+     end || S <- erlmcp_flow_requirements:strategies(), _ <- lists:seq(1, 10)],
     %% one sticky key, one agent
     Picks = lists:usort(
               [begin

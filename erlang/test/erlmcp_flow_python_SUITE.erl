@@ -17,10 +17,12 @@
 all() -> [tcp_protocol, routed_from_erlang, python_client_tcp_and_http, agent_killed_mid_task].
 
 init_per_suite(Config) ->
-    case os:find_executable("python3") of
-        false ->
-            {skip, "python3 is not installed"};
-        Python ->
+    case erlmcp_flow_test_util:require(python, fun() -> os:find_executable("python3") =/= false end,
+                                       "python3 is not installed") of
+        {skip, _} = Skip ->
+            Skip;
+        ok ->
+            Python = os:find_executable("python3"),
             logger:set_primary_config(level, critical),
             {ok, _} = application:ensure_all_started(inets),
             _ = application:load(erlmcp_flow),

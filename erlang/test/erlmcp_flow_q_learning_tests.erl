@@ -210,7 +210,7 @@ not_models({Dir, _Path}) ->
     ?assertMatch({error, {not_regular, _}}, erlmcp_flow_q_learning:load(Dir)),
     Fifo = filename:join(Dir, "fifo"),
     case os:find_executable("mkfifo") of
-        false -> ok;
+        false -> error({missing_test_dependency, mkfifo, "coreutils' mkfifo is not installed"});
         Mk ->
             _ = os:cmd(Mk ++ " " ++ Fifo),
             ?assertMatch({error, {not_regular, _}}, erlmcp_flow_q_learning:load(Fifo)),

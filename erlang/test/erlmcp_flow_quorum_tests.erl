@@ -79,7 +79,7 @@ single_node() ->
                      ?assertEqual(false, erlmcp_flow_byzantine_detector:is_blacklisted(<<"h1">>)),
                      %% blacklisted: no strategy picks it any more
                      Plain = [erlmcp_flow:execute(#{}, #{capabilities => [<<"q">>], strategy => S})
-                              || S <- erlmcp_flow_router:strategies(), _ <- lists:seq(1, 10)],
+                              || S <- erlmcp_flow_requirements:strategies(), _ <- lists:seq(1, 10)],
                      ?assertEqual([42], lists:usort([R || {ok, R, _} <- Plain])),
                      %% not enough agents: best effort by default, an error when asked
                      ?assertMatch({ok, 42, _}, erlmcp_flow:execute(#{}, #{capabilities => [<<"q">>],
@@ -235,8 +235,9 @@ detector_edges_test() ->
                      %% an agent unregistered before its vote was recorded: its
                      %% record counts, no node is charged for it
                      ok = erlmcp_flow_byzantine_detector:record([{<<"ghost">>, dishonest}], []),
-                     ok = erlmcp_flow_byzantine_detector:refresh(),
                      D = whereis(erlmcp_flow_byzantine_detector),
+                     %% the cluster's word that a node's agents were mirrored
+                     D ! {agents_mirrored, node()},
                      ?assertEqual({error, unknown_call}, gen_server:call(D, nonsense)),
                      gen_server:cast(D, nonsense),
                      D ! nonsense,
@@ -325,3 +326,20 @@ vote_failures_test() ->
                      after 1000 -> error(no_answer)
                      end
              end).
+
+%% A vote over a large answer is signed and verified on a dirty scheduler,
+%% with the same signature as on a normal one.
+large_vote_test() ->
+    {ok, Key} = erlmcp_flow_nif:vote_key(?SECRET),
+    Answer = term_to_binary({ok, lists:seq(1, 100000)}),
+    ?assert(byte_size(Answer) > 65536),
+    Vote = {<<"0af7651916cd43dd8448eb211c80319c">>, <<"b7ad6b7169203331">>, <<"agent">>,
+            <<"node@host">>, Answer, 1700000000000, 42},
+    Sig = erlmcp_flow_byzantine_detector:sign(Key, Vote),
+    ?assertEqual(Sig, erlmcp_flow_nif:vote_sign(Key, Vote)),
+    ?assertEqual(ok, erlmcp_flow_byzantine_detector:verify(Key, Vote, Sig)),
+    Tampered = setelement(5, Vote, <<Answer/binary, 0>>),
+    ?assertEqual({error, bad_signature}, erlmcp_flow_byzantine_detector:verify(Key, Tampered, Sig)),
+    Small = setelement(5, Vote, term_to_binary({ok, 1})),
+    ?assertEqual(ok, erlmcp_flow_byzantine_detector:verify(
+                       Key, Small, erlmcp_flow_byzantine_detector:sign(Key, Small))).

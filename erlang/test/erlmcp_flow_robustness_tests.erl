@@ -232,7 +232,7 @@ requirements_test() ->
         {ok, [#{summary := Summary} | _]} = erlmcp_flow_correlation_tracker:get_trace_chain(T),
         ?assert(byte_size(Summary) =< 129),
         ?assertMatch(#{max_ms := 4294967295, max_traceparent_bytes := 512,
-                       max_tracestate_bytes := 32768}, erlmcp_flow_router:limits()),
+                       max_tracestate_bytes := 32768}, erlmcp_flow_requirements:limits()),
         erlmcp_flow_test_util:unregister_all()
     after
         erlmcp_flow_test_util:stop(Apps)

@@ -207,7 +207,7 @@ every_strategy() ->
     [register(<<"a", (integer_to_binary(I))/binary>>, echo_agent(), [<<"x">>]) || I <- lists:seq(1, 3)],
     [?assertMatch({ok, #{n := 1}, #{agent_id := <<"a", _/binary>>}},
                   erlmcp_flow:execute(#{n => 1, id => 7}, #{strategy => S, task_class => reviews}))
-     || S <- erlmcp_flow_router:strategies(), _ <- lists:seq(1, 5)],
+     || S <- erlmcp_flow_requirements:strategies(), _ <- lists:seq(1, 5)],
     ?assertMatch(#{episodes := 30, in_flight := 0}, erlmcp_flow:stats()).
 
 sticky() ->

@@ -126,10 +126,12 @@ methods() ->
 %% examples/python/flow_client.py, run with python3 against this node:
 %% three tasks one by one and three in a batch, each answered by the agent.
 python_client() ->
-    case os:find_executable("python3") of
-        false ->
-            io:format(user, "python3 not found: the Python client was not run~n", []);
-        Python ->
+    case erlmcp_flow_test_util:require(python, fun() -> os:find_executable("python3") =/= false end,
+                                       "python3 is not installed") of
+        {skip, Why} ->
+            io:format(user, "~s: the Python client was not run~n", [Why]);
+        ok ->
+            Python = os:find_executable("python3"),
             Script = filename:join([root(), "examples", "python", "flow_client.py"]),
             Port = integer_to_list(erlmcp_flow_transport:port(http)),
             lists:foreach(

@@ -216,7 +216,8 @@ tcp_agent_protocol_test() ->
                 {ok, ConnPid} = erlmcp_flow:find_agent(<<"proto">>),
                 ?assertEqual({error, unknown_call}, gen_server:call(ConnPid, nonsense)),
                 ok = gen_server:cast(ConnPid, nonsense),
-                ok = erlmcp_flow_rpc_tcp_conn:close(ConnPid),
+                %% the listener's word to close (erlmcp_flow_listener)
+                ConnPid ! {erlmcp_flow_listener, close},
                 ?assertEqual({error, closed}, gen_tcp:recv(Agent, 0, 5000)),
                 wait_until(fun() -> {error, not_found} =:= erlmcp_flow:find_agent(<<"proto">>) end)
         end).

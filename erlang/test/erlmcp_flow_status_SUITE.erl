@@ -19,9 +19,10 @@
 all() -> [page_in_chromium, json_is_paginated_at_10000_agents].
 
 init_per_suite(Config) ->
-    case chromium() of
-        false -> {skip, "chromium is not installed (.ci/setup installs Debian's chromium)"};
-        Exe -> [{chromium, Exe} | Config]
+    case erlmcp_flow_test_util:require(chromium, fun() -> chromium() =/= false end,
+                                       "chromium is not installed (.ci/setup installs Debian's chromium)") of
+        {skip, _} = Skip -> Skip;
+        ok -> [{chromium, chromium()} | Config]
     end.
 
 end_per_suite(_Config) ->

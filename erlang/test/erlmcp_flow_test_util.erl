@@ -6,7 +6,7 @@
 -include_lib("eunit/include/eunit.hrl").
 
 -export([capture_log/1, log/2, restart_registry/1, start_optional/2]).
--export([run_exe/2, repo_root/1, closed_port/0]).
+-export([run_exe/2, repo_root/1, closed_port/0, require/3, opted_out/1]).
 
 -export([start/0, stop/1, stop_drained/1, unregister_all/0, with_env/2, sync_registry/0, wait_until/1, wait_until/2, assert_clean/0,
          echo_agent/0, raw_agent/1, remote_pid/0]).
@@ -159,19 +159,43 @@ restart_registry(Ready) ->
 
 %% The init_per_suite of a suite that needs an optional library (gproc,
 %% telemetry), which erlmcp_flow does not ship: `Config' with the library
-%% started, or the skip that says how to include the suite.
+%% started; without it the suite fails, unless it was opted out by name
+%% (`FLOW_TEST_SKIP', see require/3).
 start_optional(App, Config) ->
-    case code:which(App) of
-        non_existing ->
-            {skip, lists:flatten(
-                     io_lib:format("~s is not on the code path (erlmcp_flow does not ship it): "
-                                   "run with ERL_LIBS=<a directory holding ~s/ebin> to include "
-                                   "this suite", [App, App]))};
-        _ ->
+    Why = lists:flatten(
+            io_lib:format("~s is not on the code path (erlmcp_flow does not ship it): run with "
+                          "ERL_LIBS=<a directory holding ~s/ebin> to include this suite", [App, App])),
+    case require(App, fun() -> code:which(App) =/= non_existing end, Why) of
+        ok ->
             logger:set_primary_config(level, critical),
             {ok, _} = application:ensure_all_started(App),
-            Config
+            Config;
+        {skip, _} = Skip ->
+            Skip
     end.
+
+%% What a suite or test needs from the machine, named (`mcp', `python',
+%% `chromium', `epmd', `gproc', `telemetry', `w3c'): `ok' when `Available()'
+%% says it is there; `{skip, Why}' when it was opted out by name in the
+%% environment variable `FLOW_TEST_SKIP' (a comma-separated list, printed by
+%% `make test' in its summary); else the test FAILS with `Why'. A missing
+%% dependency is never a silent skip: `make test' installs what it needs
+%% (.ci/setup).
+require(Name, Available, Why) ->
+    case opted_out(Name) of
+        true ->
+            {skip, lists:flatten(io_lib:format("~s opted out by FLOW_TEST_SKIP (~s)", [Name, Why]))};
+        false ->
+            case Available() of
+                true -> ok;
+                false -> error({missing_test_dependency, Name, Why})
+            end
+    end.
+
+%% Whether `Name' is in `FLOW_TEST_SKIP'.
+opted_out(Name) ->
+    Names = string:lexemes(os:getenv("FLOW_TEST_SKIP", ""), ", "),
+    lists:member(atom_to_list(Name), Names).
 
 %% Runs the executable `Exe' with `Args' to its end: `{ExitStatus, Output}'
 %% (standard error included).

@@ -130,11 +130,14 @@ one_span_per_callback(Config) ->
 %% The W3C harness itself, where it is present.
 w3c_harness(Config) ->
     Python = os:getenv("PYTHON", "python3"),
-    case os:getenv("TRACE_CONTEXT_TEST") of
-        false ->
-            {skip, "TRACE_CONTEXT_TEST is not set: run make w3c TRACE_CONTEXT_TEST=<the test/ "
-                   "folder of w3c/trace-context> PYTHON=<a python with aiohttp>"};
-        Dir ->
+    Needs = "TRACE_CONTEXT_TEST is not set: run make w3c TRACE_CONTEXT_TEST=<the test/ "
+            "folder of w3c/trace-context> PYTHON=<a python with aiohttp>",
+    case erlmcp_flow_test_util:require(w3c, fun() -> os:getenv("TRACE_CONTEXT_TEST") =/= false end,
+                                       Needs) of
+        {skip, _} = Skip ->
+            Skip;
+        ok ->
+            Dir = os:getenv("TRACE_CONTEXT_TEST"),
             case os:cmd(Python ++ " -c 'import aiohttp; print(\"yes\")' 2>&1") of
                 "yes\n" ->
                     Endpoint = url(Config, service) ++ "/test",
@@ -146,6 +149,6 @@ w3c_harness(Config) ->
                     ?assertMatch({match, _}, re:run(Out, "\nOK\n")),
                     ?assertMatch({match, _}, re:run(Out, "exit 0\n$"));
                 Other ->
-                    {skip, "no aiohttp in " ++ Python ++ ": " ++ Other}
+                    error({missing_test_dependency, w3c, "no aiohttp in " ++ Python ++ ": " ++ Other})
             end
     end.

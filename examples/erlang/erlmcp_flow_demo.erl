@@ -90,7 +90,7 @@ run(#{tasks := Tasks, concurrency := Conc, timeout := Timeout}) ->
                2 * Tasks div 3]),
     Changing = [A || {?CHANGING, A} <- Agents],
     Rows = [run_strategy(S, Tasks, Conc, Timeout, Changing)
-            || S <- erlmcp_flow_router:strategies()],
+            || S <- erlmcp_flow_requirements:strategies()],
     io:put_chars(format_table(Rows)),
     Trace = traced_task(),
     print_trace(Trace),

@@ -31,7 +31,8 @@
 -export([key/0]).
 -export([replay_guard/0]).
 -export([record/2]).
--export([refresh/0]).
+-export([sign/2]).
+-export([verify/3]).
 
 -export([init/1]).
 -export([handle_call/3]).
@@ -44,6 +45,9 @@
 -define(GUARD, {?MODULE, guard}).
 -define(EXCLUDED, {?MODULE, excluded}).
 -define(TABLE, erlmcp_flow_blacklist).
+%% Votes whose answer is larger than this are signed and verified on a
+%% dirty scheduler (SHA-256 over the answer grows with it).
+-define(DIRTY_ABOVE, 65536).
 
 -record(state, {threshold :: float(),
                 min_votes :: pos_integer(),
@@ -117,16 +121,27 @@ key() ->
 replay_guard() ->
     persistent_term:get(?GUARD, undefined).
 
+%% @private The signature of a vote under `Key' (see key/0).
+-spec sign(reference(), erlmcp_flow_nif:vote()) -> binary() | {error, {badarg, atom()}}.
+sign(Key, {_, _, _, _, Answer, _, _} = Vote) when is_binary(Answer), byte_size(Answer) > ?DIRTY_ABOVE ->
+    erlmcp_flow_nif:vote_sign_dirty(Key, Vote);
+sign(Key, Vote) ->
+    erlmcp_flow_nif:vote_sign(Key, Vote).
+
+%% @private Whether `Signature' is the vote's under `Key'.
+-spec verify(reference() | undefined, term(), term()) ->
+          ok | {error, bad_signature | {badarg, atom()}}.
+verify(Key, {_, _, _, _, Answer, _, _} = Vote, Signature)
+  when is_binary(Answer), byte_size(Answer) > ?DIRTY_ABOVE ->
+    erlmcp_flow_nif:vote_verify_dirty(Key, Vote, Signature);
+verify(Key, Vote, Signature) ->
+    erlmcp_flow_nif:vote_verify(Key, Vote, Signature).
+
 %% @private A decided quorum task's verified votes, `{AgentId, honest |
 %% dishonest}', and the nodes of refused votes.
 -spec record([{binary(), honest | dishonest}], [node()]) -> ok.
 record(Votes, RefusedNodes) ->
     gen_server:cast(?MODULE, {record, Votes, RefusedNodes}).
-
-%% @private New agents of a blacklisted node: passed by from now on too.
--spec refresh() -> ok.
-refresh() ->
-    gen_server:cast(?MODULE, refresh).
 
 %%====================================================================
 %% gen_server callbacks
@@ -170,14 +185,16 @@ handle_cast({record, Votes, Refused}, State0) ->
     State = lists:foldl(fun(N, S) -> node_vote(N, refused, S) end, State2, Refused),
     publish_excluded(),
     {noreply, State};
-handle_cast(refresh, State) ->
-    publish_excluded(),
-    {noreply, State};
 handle_cast(_Msg, State) ->
     {noreply, State}.
 
 %% @private
 -spec handle_info(term(), #state{}) -> {noreply, #state{}}.
+handle_info({agents_mirrored, Node}, State) ->
+    %% new agents of a blacklisted node: passed by from now on too (the
+    %% cluster process sends this after each mirror)
+    is_blacklisted(Node) andalso publish_excluded(),
+    {noreply, State};
 handle_info(expire, State) ->
     Now = now_ms(),
     ets:select_delete(?TABLE, [{{'_', '$1'}, [{is_integer, '$1'}, {'=<', '$1', Now}], [true]}]),

@@ -236,12 +236,15 @@ peer_left(Pid, #state{peers = Peers, remote = Remote, lost = Lost, suspected = S
             State
     end.
 
-%% Mirrors a node's agents; those of a blacklisted node are excluded from
-%% routing as soon as they are known.
+%% Mirrors a node's agents. The Byzantine detector (above this module: it
+%% reads the partitions from here) is told with a message, so that a
+%% blacklisted node's new agents are passed by as soon as they are known.
 mirror(Node, Specs) ->
     _ = erlmcp_flow_registry:mirror(Node, Specs),
-    erlmcp_flow_byzantine_detector:is_blacklisted(Node) andalso
-        (ok =:= erlmcp_flow_byzantine_detector:refresh()).
+    case whereis(erlmcp_flow_byzantine_detector) of
+        undefined -> ok;
+        Detector -> Detector ! {agents_mirrored, Node}, ok
+    end.
 
 routable(Node, #state{peers = Peers, suspected = S}) ->
     is_map_key(Node, Peers) andalso not is_map_key(Node, S).

@@ -121,7 +121,7 @@ group(Votes) ->
 
 candidates(#{capabilities := Caps} = Plan) ->
     Excluded = erlmcp_flow_byzantine_detector:excluded(),
-    All = [{Id, Pid} || Id <- erlmcp_flow:query_agents(Caps),
+    All = [{Id, Pid} || Id <- erlmcp_flow_registry:query_agents(Caps),
                         not lists:member(Id, Excluded),
                         Pid <- [erlmcp_flow_registry:lookup_pid(Id)], is_pid(Pid),
                         not erlmcp_flow_byzantine_detector:is_blacklisted(node(Pid))],
@@ -256,7 +256,7 @@ verify({TraceId, Span, Id, NodeBin, Bytes, _Ts, _Nonce} = Vote, Sig, TraceId, Sp
         false ->
             {error, wrong_node};
         true ->
-            case erlmcp_flow_nif:vote_verify(erlmcp_flow_byzantine_detector:key(), Vote, Sig) of
+            case erlmcp_flow_byzantine_detector:verify(erlmcp_flow_byzantine_detector:key(), Vote, Sig) of
                 ok ->
                     case erlmcp_flow_nif:replay_check(erlmcp_flow_byzantine_detector:replay_guard(),
                                                       Vote, os:system_time(millisecond)) of

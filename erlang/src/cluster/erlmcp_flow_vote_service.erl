@@ -30,6 +30,9 @@ start_link() ->
 %% @private
 -spec init([]) -> {ok, #{}}.
 init([]) ->
+    %% the votes' processes are linked to this server: they go with it, and
+    %% their exits are messages here
+    process_flag(trap_exit, true),
     {ok, #{}}.
 
 %% @private
@@ -46,7 +49,11 @@ handle_cast(_Msg, State) ->
 -spec handle_info(term(), map()) -> {noreply, map()}.
 handle_info({flow_vote_request, ReplyTo, Ref, _Task, _Ctx, _AgentId, Pid, _Timeout} = Req, State)
   when is_pid(ReplyTo), is_reference(Ref), is_pid(Pid), node(Pid) =:= node() ->
-    _ = proc_lib:spawn(?MODULE, vote, [Req]),
+    _ = proc_lib:spawn_link(?MODULE, vote, [Req]),
+    {noreply, State};
+handle_info({'EXIT', _Voter, _Why}, State) ->
+    %% a vote's process ended (a crash is reported by proc_lib); its caller
+    %% times out on the vote it never got
     {noreply, State};
 handle_info(_Info, State) ->
     {noreply, State}.
@@ -71,7 +78,7 @@ run(Key, Ref, Task, #{trace_id := TraceId, span_id := SpanId} = Ctx, AgentId, Pi
             Vote = {TraceId, SpanId, AgentId, atom_to_binary(node()),
                     term_to_binary({ok, Result}, [deterministic]),
                     os:system_time(millisecond), rand:uniform(1 bsl 62)},
-            {flow_vote, Ref, Vote, erlmcp_flow_nif:vote_sign(Key, Vote)};
+            {flow_vote, Ref, Vote, erlmcp_flow_byzantine_detector:sign(Key, Vote)};
         {task_result, TaskRef, Other} ->
             erlang:demonitor(MRef, [flush]),
             {flow_vote_failed, Ref, {agent_error, Other}};

@@ -84,7 +84,7 @@ reset() ->
         | {error, term()}.
 %% The requirements are checked as `execute/2' checks them.
 explain(Requirements) ->
-    case erlmcp_flow_router:check_requirements(Requirements) of
+    case erlmcp_flow_requirements:check(Requirements) of
         {ok, #{capabilities := Caps} = Plan} ->
             Class = maps:get(task_class, Plan, undefined),
             erlmcp_flow_registry:with_router(

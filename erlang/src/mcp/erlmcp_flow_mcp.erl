@@ -27,17 +27,13 @@
 -export([unregister_server/1]).
 -export([servers/0]).
 -export([declare_tool/2]).
--export([tool/1]).
--export([idempotent/1]).
 -export([await_configured/1]).
--export([json_keys/1]).
 
 -export([init/1]).
 -export([handle_call/3]).
 -export([handle_cast/2]).
 -export([handle_info/2]).
 
--define(TOOLS, erlmcp_flow_mcp_tools).
 -define(READY_TIMEOUT, 30000).
 -define(SWEEP_MS, 60000).
 -define(SESSION_IDLE_MS, 3600000).
@@ -103,7 +99,7 @@ check_opts(Id, Opts) ->
         false ->
             {error, {badarg, {capabilities, Caps}}};
         true ->
-            case erlmcp_flow:find_agent(Id) of
+            case erlmcp_flow_registry:find_agent(Id) of
                 {ok, _} -> {error, already_registered};
                 _ -> ok
             end
@@ -167,36 +163,7 @@ declare_tool(Name, _Tool) when not is_binary(Name); Name =:= <<>> ->
 declare_tool(_Name, Tool) when not is_map(Tool) ->
     {error, {badarg, tool}};
 declare_tool(Name, Tool) ->
-    erlmcp_flow_call:call(?MODULE, {declare, Name, Tool}, 5000).
-
-%% @doc The MCP description of a tool (`{"type": "object"}' as its schema
-%% when none was declared).
--spec tool(binary()) -> map().
-tool(Name) ->
-    Declared = try ets:lookup(?TOOLS, Name) of
-                   [{Name, T}] -> T;
-                   [] -> #{}
-               catch error:badarg -> #{}
-               end,
-    Base = maps:merge(#{<<"inputSchema">> => #{<<"type">> => <<"object">>}}, json_keys(Declared)),
-    Base#{<<"name">> => Name}.
-
-%% @doc Whether a tool is declared idempotent (`annotations.idempotentHint'):
-%% only those are retried on another agent.
--spec idempotent(binary()) -> boolean().
-idempotent(Name) ->
-    case tool(Name) of
-        #{<<"annotations">> := #{<<"idempotentHint">> := true}} -> true;
-        _ -> false
-    end.
-
-%% @private A map's atom keys as binaries (the tools' descriptions are read
-%% with binary keys, as they come from servers).
--spec json_keys(map()) -> map().
-json_keys(M) when is_map(M) ->
-    maps:fold(fun(K, V, A) when is_atom(K) -> A#{atom_to_binary(K) => V};
-                 (K, V, A) -> A#{K => V}
-              end, #{}, M).
+    erlmcp_flow_mcp_tools:declare(Name, Tool).
 
 %%====================================================================
 %% gen_server callbacks
@@ -205,7 +172,8 @@ json_keys(M) when is_map(M) ->
 %% @private
 -spec init([]) -> {ok, map()}.
 init([]) ->
-    _ = ets:new(?TOOLS, [named_table, protected, set, {read_concurrency, true}]),
+    %% the configured servers' starters are linked to this server
+    process_flag(trap_exit, true),
     %% MCP sessions of the HTTP transport (erlmcp_flow_mcp_http): written by
     %% the connections, owned here so they outlive any one of them
     _ = ets:new(erlmcp_flow_mcp_sessions, [named_table, public, set]),
@@ -215,9 +183,6 @@ init([]) ->
 
 %% @private
 -spec handle_call(term(), gen_server:from(), map()) -> {reply, term(), map()}.
-handle_call({declare, Name, Tool}, _From, State) ->
-    ets:insert(?TOOLS, {Name, Tool}),
-    {reply, ok, State};
 handle_call(_Request, _From, State) ->
     {reply, {error, unknown_call}, State}.
 
@@ -229,7 +194,14 @@ handle_cast(_Msg, State) ->
 %% @private The servers of the configuration, started once the tree is up.
 -spec handle_info(term(), map()) -> {noreply, map()}.
 handle_info(boot, State) ->
-    [spawn(fun() -> boot(S) end) || S <- erlmcp_flow_config:get(mcp, servers)],
+    %% one starter per server, linked to this server: the starters go with
+    %% it if it stops, and an exit of theirs is a message here
+    [proc_lib:spawn_link(fun() -> boot(S) end) || S <- erlmcp_flow_config:get(mcp, servers)],
+    {noreply, State};
+handle_info({'EXIT', _Starter, normal}, State) ->
+    {noreply, State};
+handle_info({'EXIT', _Starter, Reason}, State) ->
+    logger:error("erlmcp_flow: an MCP server's starter crashed: ~0p", [Reason]),
     {noreply, State};
 handle_info(sweep, State) ->
     %% sessions idle for an hour end

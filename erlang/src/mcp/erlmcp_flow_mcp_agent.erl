@@ -268,7 +268,7 @@ list_tools(Cursor, State) ->
 %% The tools are known: the agent holds `tool:NAME' for each.
 ready(#state{id = Id, tools = Tools, caps = Extra, registered = Reg} = State) ->
     Names = [N || #{<<"name">> := N} <- Tools, is_binary(N), N =/= <<>>],
-    _ = [erlmcp_flow_mcp:declare_tool(N, T) || #{<<"name">> := N} = T <- Tools, is_binary(N)],
+    _ = [erlmcp_flow_mcp_tools:declare(N, T) || #{<<"name">> := N} = T <- Tools, is_binary(N)],
     %% `mcp_server' as well: a server with no tools (yet) is still an agent
     Caps = lists:usort([<<"mcp_server">> | [<<"tool:", N/binary>> || N <- Names] ++ Extra]),
     _ = Reg andalso (ok =:= erlmcp_flow:unregister_agent(Id)),

@@ -11,17 +11,19 @@
 %% sessions are open (503 past it); a session idle for an hour ends.
 -module(erlmcp_flow_mcp_http).
 
--export([handle/3]).
+-export([handle/4]).
 -export([sessions/0]).
 
 -define(SESSIONS, erlmcp_flow_mcp_sessions).
 %% Open sessions at most (with the requests in flight they hold).
 -define(MAX_SESSIONS, 10000).
 
--spec handle(atom() | binary(), [{binary(), binary()}], binary()) ->
+%% `Listener' says where the request came in: `ip', the listener's bind
+%% address.
+-spec handle(atom() | binary(), [{binary(), binary()}], binary(), #{ip := term()}) ->
           {pos_integer(), iodata(), binary()} | {pos_integer(), iodata(), binary(), list()}.
-handle(Method, Headers, Body) ->
-    case local_origin(Headers) of
+handle(Method, Headers, Body, #{ip := Ip}) ->
+    case local_origin(Ip, Headers) of
         true -> serve_method(Method, Headers, Body);
         false -> {403, "application/json", error_json(null, <<"Forbidden: Host or Origin is not local">>)}
     end.
@@ -29,9 +31,8 @@ handle(Method, Headers, Body) ->
 %% DNS rebinding: a listener on loopback answers only requests whose Host
 %% (and Origin, when given) name a loopback host, so that a web page from
 %% elsewhere cannot reach it through a name it made resolve to 127.0.0.1.
-local_origin(Headers) ->
-    case lists:member(maps:get(ip, erlmcp_flow_rpc_http:config()),
-                      [loopback, {127, 0, 0, 1}, {0, 0, 0, 0, 0, 0, 0, 1}]) of
+local_origin(Ip, Headers) ->
+    case lists:member(Ip, [loopback, {127, 0, 0, 1}, {0, 0, 0, 0, 0, 0, 0, 1}]) of
         true ->
             Local = fun(Url) -> lists:member(host(Url), [<<"localhost">>, <<"127.0.0.1">>, <<"[::1]">>, <<"::1">>]) end,
             Host = proplists:get_value(<<"host">>, Headers),
@@ -144,16 +145,20 @@ item(_Sid, {invalid, Id, Code, Msg, Data}) ->
 %% so that a cancellation finds it.
 run(Sid, Id, Method, Params) ->
     Self = self(),
-    {Pid, MRef} = spawn_monitor(fun() ->
-                                        receive go -> ok end,
-                                        Self ! {mcp_result, self(), erlmcp_flow_mcp_server:call(Method, Params)}
-                                end),
+    %% linked: the request goes with its connection; it traps exits, so that
+    %% a cancellation (or the connection's end) stops its wait for an agent
+    {Pid, MRef} = spawn_opt(fun() ->
+                                    process_flag(trap_exit, true),
+                                    receive go -> ok end,
+                                    Self ! {mcp_result, self(), call(Method, Params)}
+                            end, [link, monitor]),
     Key = {Sid, Id},
     ets:insert(?SESSIONS, {Key, Pid}),
     Pid ! go,
     Result = receive
                  {mcp_result, Pid, R} -> erlang:demonitor(MRef, [flush]), R;
                  {'DOWN', MRef, process, Pid, Why} ->
+                     %% killed: the result never came
                      logger:error("erlmcp_flow: MCP request ~ts crashed: ~0p", [Method, Why]),
                      {error, -32603, <<"Internal error">>, undefined}
              end,
@@ -161,6 +166,15 @@ run(Sid, Id, Method, Params) ->
     case Result of
         cancelled -> {error, -32800, <<"Request cancelled">>, undefined};
         Other -> Other
+    end.
+
+%% A request's answer, or -32603 if it crashed (logged).
+call(Method, Params) ->
+    try erlmcp_flow_mcp_server:call(Method, Params)
+    catch Class:Reason:Stack ->
+            logger:error("erlmcp_flow: MCP request ~ts crashed: ~0p:~0p~n~0p",
+                         [Method, Class, Reason, Stack]),
+            {error, -32603, <<"Internal error">>, undefined}
     end.
 
 error_reply(Status, Id, Message) ->

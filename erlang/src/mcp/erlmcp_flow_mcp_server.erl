@@ -111,8 +111,8 @@ cursor(_) ->
 %% @doc Every tool: the router's, then the agents' by name.
 -spec tools() -> [map()].
 tools() ->
-    [erlmcp_flow_mcp:json_keys(T) || T <- router_tools()]
-        ++ [erlmcp_flow_mcp:tool(Name) || Name <- tool_names()].
+    [erlmcp_flow_mcp_tools:json_keys(T) || T <- router_tools()]
+        ++ [erlmcp_flow_mcp_tools:tool(Name) || Name <- tool_names()].
 
 %% @doc The names of the tools the registered agents serve, sorted.
 -spec tool_names() -> [binary()].
@@ -149,7 +149,7 @@ call_tool(Name, Args, Meta) ->
                               #{traceparent => maps:get(<<"traceparent">>, Meta, none),
                                 tracestate => maps:get(<<"tracestate">>, Meta, none)}),
             Req = maps:merge(#{capabilities => [<<?PREFIX, Name/binary>>],
-                               idempotent => erlmcp_flow_mcp:idempotent(Name)},
+                               idempotent => erlmcp_flow_mcp_tools:idempotent(Name)},
                              maps:filter(fun(_, V) -> is_binary(V) end, Trace)),
             process_flag(trap_exit, true),
             Answer = erlmcp_flow:execute(#{tool => Name, arguments => Args}, Req,

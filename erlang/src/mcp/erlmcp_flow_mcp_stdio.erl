@@ -58,8 +58,11 @@ loop(#st{port = Port} = S) ->
         {mcp_result, Ref, Result} ->
             loop(result(Ref, Result, S));
         {'DOWN', Ref, process, _, Why} when is_map_key(Ref, S#st.workers) ->
+            %% killed: the result never came
             logger:error("erlmcp_flow: MCP request crashed: ~0p", [Why]),
             loop(result(Ref, {error, -32603, <<"Internal error">>, undefined}, S));
+        {'EXIT', _Worker, _} ->
+            loop(S);
         check_tools ->
             erlang:send_after(?CHECK_MS, self(), check_tools),
             loop(check_tools(S));
@@ -91,10 +94,13 @@ item({request, Id, _Method, _}, #st{version = undefined} = S) ->
     S;
 item({request, Id, Method, Params}, #st{inflight = In, workers = W} = S) ->
     Self = self(),
-    {Pid, Ref} = spawn_monitor(fun() ->
-                                       R = receive {go, Go} -> Go end,
-                                       Self ! {mcp_result, R, erlmcp_flow_mcp_server:call(Method, Params)}
-                               end),
+    %% linked: a request goes with its session; it traps exits, so that a
+    %% cancellation or the session's end stops its wait for an agent
+    {Pid, Ref} = spawn_opt(fun() ->
+                                   process_flag(trap_exit, true),
+                                   R = receive {go, Go} -> Go end,
+                                   Self ! {mcp_result, R, call(Method, Params)}
+                           end, [link, monitor]),
     Pid ! {go, Ref},
     S#st{inflight = In#{Id => Pid}, workers = W#{Ref => Id}};
 item({notification, <<"notifications/cancelled">>, #{<<"requestId">> := Rid}}, #st{inflight = In} = S) ->
@@ -110,6 +116,16 @@ item({response, _Id, _Outcome}, S) ->
 item({invalid, Id, Code, Msg, Data}, S) ->
     write(S, {response, Id, {error, Code, Msg, Data}}),
     S.
+
+%% A request's answer, or -32603 if it crashed (logged): a crash never
+%% takes the session down with it.
+call(Method, Params) ->
+    try erlmcp_flow_mcp_server:call(Method, Params)
+    catch Class:Reason:Stack ->
+            logger:error("erlmcp_flow: MCP request ~ts crashed: ~0p:~0p~n~0p",
+                         [Method, Class, Reason, Stack]),
+            {error, -32603, <<"Internal error">>, undefined}
+    end.
 
 result(Ref, Result, #st{workers = W, inflight = In} = S) ->
     erlang:demonitor(Ref, [flush]),

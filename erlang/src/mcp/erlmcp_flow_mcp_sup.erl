@@ -1,6 +1,7 @@
 %% @private
-%% @doc MCP servers as agents: the manager (`erlmcp_flow_mcp': the tools'
-%% descriptions, the servers of the configuration) and a supervisor of one
+%% @doc MCP servers as agents: the tools' descriptions
+%% (`erlmcp_flow_mcp_tools'), the manager (`erlmcp_flow_mcp': the servers of
+%% the configuration, the HTTP sessions) and a supervisor of one
 %% `erlmcp_flow_mcp_agent' per server (temporary: an agent restarts its own
 %% server with backoff; `unregister_server/1' stops it for good).
 -module(erlmcp_flow_mcp_sup).
@@ -21,7 +22,8 @@ start_agent_sup() ->
 -spec init(top | agents) -> {ok, {supervisor:sup_flags(), [supervisor:child_spec()]}}.
 init(top) ->
     {ok, {#{strategy => one_for_all, intensity => 5, period => 10},
-          [#{id => erlmcp_flow_mcp_agent_sup, start => {?MODULE, start_agent_sup, []},
+          [#{id => erlmcp_flow_mcp_tools, start => {erlmcp_flow_mcp_tools, start_link, []}},
+           #{id => erlmcp_flow_mcp_agent_sup, start => {?MODULE, start_agent_sup, []},
              type => supervisor},
            #{id => erlmcp_flow_mcp, start => {erlmcp_flow_mcp, start_link, []}}]}};
 init(agents) ->

@@ -40,7 +40,7 @@ start_link() ->
 check() ->
     case erlmcp_flow_config:get(metrics) of
         #{http := true, ip := Ip, port := Port} ->
-            erlmcp_flow_http_listener:probe(#{ip => Ip, port => Port, tag => metrics_http});
+            erlmcp_flow_listener:probe(#{ip => Ip, port => Port, tag => metrics_http});
         #{} ->
             ok
     end.

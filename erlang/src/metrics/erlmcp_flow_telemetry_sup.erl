@@ -1,8 +1,9 @@
 %% @private
 %% @doc Supervises what reads the router without taking part in routing:
 %% the metrics sampler, and when configured the span exporter and the
-%% `/metrics' listener. `one_for_one': a failing exporter or listener
-%% restarts alone and never takes the registry down with it.
+%% `/metrics' listener (Prometheus and the status page). `one_for_one': a
+%% failing exporter or listener restarts alone and never takes the registry
+%% down with it.
 -module(erlmcp_flow_telemetry_sup).
 -behaviour(supervisor).
 
@@ -25,17 +26,9 @@ init([]) ->
                   start => {erlmcp_flow_span_exporter, start_link, []},
                   %% the last batches go out on the way down
                   shutdown => 2 * erlmcp_flow_config:get(export, http_timeout_ms) + 1000}
-                || erlmcp_flow_span_exporter:enabled(erlmcp_flow_config:get(export))],
+                || erlmcp_flow_config:export_enabled(erlmcp_flow_config:get(export))],
     Http = [#{id => erlmcp_flow_metrics_http,
               start => {erlmcp_flow_metrics_http, start_link, []},
               type => supervisor}
             || erlmcp_flow_config:get(metrics, http)],
-    Rpc = [#{id => erlmcp_flow_rpc_http,
-             start => {erlmcp_flow_rpc_http, start_link, []},
-             type => supervisor}
-           || maps:get(enabled, erlmcp_flow_rpc_http:config())]
-          ++ [#{id => erlmcp_flow_rpc_tcp,
-                start => {erlmcp_flow_rpc_tcp, start_link, []},
-                type => supervisor}
-              || maps:get(enabled, erlmcp_flow_rpc_tcp:config())],
-    {ok, {SupFlags, [Metrics | Exporter ++ Http ++ Rpc]}}.
+    {ok, {SupFlags, [Metrics | Exporter ++ Http]}}.

@@ -56,10 +56,10 @@ reregister(Kind, Id, Caps) ->
     end.
 
 register_self(agent, Id, Caps) ->
-    case erlmcp_flow:register_agent(Id, self(), Caps) of
+    case erlmcp_flow_registry:register_agent(Id, self(), Caps) of
         %% gproc lets only the owner of a property register it
         ok -> (erlmcp_flow_registry:backend()):register_capabilities(Caps);
         {error, _} = E -> E
     end;
 register_self(swarm, Id, Caps) ->
-    erlmcp_flow:register_swarm(Id, self(), Caps).
+    erlmcp_flow_registry:register_swarm(Id, self(), Caps).

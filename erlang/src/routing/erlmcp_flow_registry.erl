@@ -464,7 +464,7 @@ router_options() ->
     Tracing = #{correlation_ttl_ms => maps:get(ttl_ms, Corr),
                 correlation_max_entries => maps:get(max_entries, Corr),
                 %% finished spans are queued for export only when a sink is set
-                export_queue => case erlmcp_flow_span_exporter:enabled(Export) of
+                export_queue => case erlmcp_flow_config:export_enabled(Export) of
                                     true -> maps:get(queue_size, Export);
                                     false -> 0
                                 end},

@@ -26,35 +26,18 @@
 %% API
 -export([execute/3]).
 -export([route_task/2]).
--export([strategies/0]).
 -export([dispatch/4]).
 -export([settle/1]).
 -export([internal_error/4]).
 -export([task_stopped/2]).
 -export([await/5]).
 -export([await/6]).
--export([limits/0]).
--export([check_requirements/1]).
 -export([end_trace/2]).
--export([class_key/1]).
 -export([meta/5]).
 
 -export_type([plan/0, answer/0, attempt/0, trace/0, error_meta/0]).
 
--type plan() :: #{capabilities := [erlmcp_flow:capability()],
-                  strategy := erlmcp_flow:strategy(),
-                  timeout => timeout(),
-                  routing_timeout := pos_integer(),
-                  max_retry_attempts := non_neg_integer(),
-                  base_retry_delay := non_neg_integer(),
-                  max_retry_delay := non_neg_integer(),
-                  sticky_key => binary(),
-                  %% encoded once by class_key/1
-                  task_class => binary(),
-                  idempotent => boolean(),
-                  reply_to => pid(),
-                  traceparent => binary(),
-                  tracestate => binary()}.
+-type plan() :: erlmcp_flow_requirements:plan().
 %% The task's span: its ids, the flags and tracestate passed on to agents.
 %% `span' ends it; if the process holding it dies first, the span closes as
 %% `abandoned' when the garbage collector frees it.
@@ -71,19 +54,6 @@
 -type attempt() :: #{agent_id := erlmcp_flow:agent_id(), reason := term(),
                      latency_us := non_neg_integer() | undefined}.
 
--define(EXECUTE_KEYS, [capabilities, timeout, strategy, sticky_key, task_class, idempotent,
-                       traceparent, tracestate, node, quorum, on_no_quorum]).
--define(ROUTE_KEYS, [reply_to | ?EXECUTE_KEYS -- [quorum, on_no_quorum]]).
--define(OPT_KEYS, [timeout, routing_timeout, max_retry_attempts, base_retry_delay,
-                   max_retry_delay, error_meta, cancellable]).
-
-%% Limits on what requirements and options may give, checked before anything
-%% is scanned or waited for (see limits/0).
--define(MAX_RETRIES, 100).
--define(MAX_KEY_BYTES, 65536).
--define(MAX_TRACEPARENT_BYTES, 512).
--define(MAX_TRACESTATE_BYTES, 32768).
-
 %% The attempt number a span records saturates here (a 16-bit field).
 -define(MAX_ATTEMPT_NO, 65535).
 %% A span's summary holds at most this much of the task's type and of its id.
@@ -92,21 +62,13 @@
 %% Adaptive timeouts: twice the agent's p95 latency, within these bounds (ms).
 -define(ADAPTIVE_MIN_MS, 1000).
 -define(ADAPTIVE_MAX_MS, 30000).
-%% The longest wait the VM allows, and so the longest time any requirement,
-%% option or setting may give (see erlmcp_flow_config:max_ms/0).
--define(MAX_MS, 4294967295).
-
-%% @doc The strategies this build implements.
--spec strategies() -> [erlmcp_flow:strategy(), ...].
-strategies() ->
-    [round_robin, least_connections, weighted, consistent_hash, p2c_ewma, q_learning].
 
 %% @doc Routes `Task' to an agent meeting `Requirements' and waits for its
 %% answer, retrying and falling back as the module doc says.
 -spec execute(erlmcp_flow:task(), erlmcp_flow:requirements(), erlmcp_flow:execute_opts()) ->
           answer().
 execute(Task, Requirements, Opts) ->
-    case plan(Task, Requirements, ?EXECUTE_KEYS, Opts) of
+    case erlmcp_flow_requirements:plan(Task, Requirements, execute, Opts) of
         {ok, #{routing_timeout := RT} = Plan} ->
             case start_trace(Task, Plan) of
                 {ok, Trace} ->
@@ -200,7 +162,7 @@ internal_error({T0, Meta}, Class, Reason, Stack) ->
           {ok, erlmcp_flow:agent_id(), erlmcp_flow_correlation_tracker:context()}
         | {error, term()}.
 route_task(Task, Requirements) ->
-    case plan(Task, Requirements, ?ROUTE_KEYS, #{}) of
+    case erlmcp_flow_requirements:plan(Task, Requirements, route, #{}) of
         {ok, Plan} ->
             case start_trace(Task, Plan) of
                 {ok, Trace} ->
@@ -381,7 +343,7 @@ failed(Task, Plan, Trace, Deadline,
     end.
 
 sleep(0) -> ok;
-sleep(Ms) when Ms =< ?MAX_MS -> receive after Ms -> ok end.
+sleep(Ms) -> receive after Ms -> ok end.
 
 %% A decision for this attempt: agents not tried yet (the same ones again
 %% when no other exists), or an untried swarm for the fallback; waiting in
@@ -539,145 +501,3 @@ attempt_timeout(_Plan, Lease) ->
         false ->
             Execution
     end.
-
-%% The key of consistent hashing: the requirement's, else the task's id.
-%% Other strategies do not hash, so they are spared the encoding.
-with_sticky_key(#{strategy := consistent_hash, sticky_key := _} = Plan, _Task) -> Plan;
-with_sticky_key(#{strategy := consistent_hash} = Plan, #{id := Id}) when is_binary(Id) ->
-    Plan#{sticky_key => Id};
-with_sticky_key(#{strategy := consistent_hash} = Plan, #{id := Id}) ->
-    Plan#{sticky_key => term_to_binary(Id)};
-with_sticky_key(Plan, _Task) -> maps:remove(sticky_key, Plan).
-
-%% @doc The key Q-learning tells task classes apart by: the requirements'
-%% `task_class' as a binary (another term is encoded), or `undefined'.
--spec class_key(map()) -> binary() | undefined.
-class_key(#{task_class := C}) when is_binary(C) -> C;
-class_key(#{task_class := C}) -> term_to_binary(C);
-class_key(#{}) -> undefined.
-
-%% `byzantine.enabled' makes a quorum the default of every task.
-with_quorum(#{quorum := _} = Plan) -> Plan;
-with_quorum(Plan) ->
-    case erlmcp_flow_config:get(byzantine, enabled) of
-        true -> Plan#{quorum => true};
-        false -> Plan
-    end.
-
-with_class_key(#{task_class := _} = Plan) -> Plan#{task_class := class_key(Plan)};
-with_class_key(Plan) -> Plan.
-
-plan(Task, _Requirements, _Allowed, _Opts) when not is_map(Task) ->
-    {error, {badarg, task}};
-plan(_Task, Requirements, _Allowed, _Opts) when not is_map(Requirements) ->
-    {error, {badarg, requirements}};
-plan(_Task, _Requirements, _Allowed, Opts) when not is_map(Opts) ->
-    {error, {badarg, opts}};
-plan(Task, Requirements, Allowed, Opts) ->
-    Timeouts = erlmcp_flow_config:get(timeouts),
-    Defaults = #{capabilities => [],
-                 strategy => erlmcp_flow_config:get(load_balancer, strategy),
-                 routing_timeout => maps:get(routing, Timeouts),
-                 max_retry_attempts => maps:get(max_retry_attempts, Timeouts),
-                 base_retry_delay => maps:get(base_retry_delay, Timeouts),
-                 max_retry_delay => maps:get(max_retry_delay, Timeouts)},
-    case unknown_key(maps:keys(Opts), ?OPT_KEYS) of
-        {ok, K} -> {error, {badarg, {unknown_option, K}}};
-        none ->
-            case unknown_key(maps:keys(Requirements), Allowed) of
-                {ok, K} -> {error, {badarg, {unknown_requirement, K}}};
-                none ->
-                    %% only what the caller gave is checked: the defaults come
-                    %% from the configuration, checked when it was loaded
-                    Given = maps:merge(Requirements, Opts),
-                    case check_values(maps:to_list(Given)) of
-                        {ok, _} ->
-                            Plan = with_quorum(maps:merge(Defaults, Given)),
-                            check_keys(with_class_key(with_sticky_key(Plan, Task)));
-                        {error, _} = E ->
-                            E
-                    end
-            end
-    end.
-
-%% The encoded keys are hashed by the core: bounded like given ones.
-check_keys(Plan) ->
-    case [K || K <- [sticky_key, task_class],
-               byte_size(maps:get(K, Plan, <<>>)) > ?MAX_KEY_BYTES] of
-        [] -> {ok, Plan};
-        [K | _] -> {error, {badarg, {K, too_long}}}
-    end.
-
-%% With several bad keys the smallest is named, whatever order the map
-%% iterates in (OTP 26 changed it for atom keys).
-unknown_key(Keys, Allowed) ->
-    case [K || K <- Keys, not lists:member(K, Allowed)] of
-        [] -> none;
-        Unknown -> {ok, lists:min(Unknown)}
-    end.
-
-check_values(Pairs) ->
-    case [Why || {K, V} <- Pairs, {error, Why} <- [check(K, V)]] of
-        [] -> {ok, maps:from_list(Pairs)};
-        Bad -> {error, {badarg, lists:min(Bad)}}
-    end.
-
-%% {Key, Value} when valid, else the reason: `{Key, Value}', or `{Key,
-%% too_long}' for a header or key past its limit (refused before any scan).
-check(tracestate, TS) when is_binary(TS), byte_size(TS) > ?MAX_TRACESTATE_BYTES ->
-    {error, {tracestate, too_long}};
-check(traceparent, TP) when is_binary(TP), byte_size(TP) > ?MAX_TRACEPARENT_BYTES ->
-    {error, {traceparent, too_long}};
-check(sticky_key, K) when is_binary(K), byte_size(K) > ?MAX_KEY_BYTES ->
-    {error, {sticky_key, too_long}};
-check(task_class, C) when is_binary(C), byte_size(C) > ?MAX_KEY_BYTES ->
-    {error, {task_class, too_long}};
-check(capabilities, Caps) ->
-    %% bounded as a registration's: no agent could hold more or longer ones
-    case erlmcp_flow_registry:is_capability_list(Caps) of
-        true -> erlmcp_flow_registry:capability_limits(Caps);
-        false -> {error, {capabilities, Caps}}
-    end;
-check(K, V) ->
-    case valid(K, V) of
-        true -> ok;
-        false -> {error, {K, V}}
-    end.
-
-valid(strategy, S) -> lists:member(S, strategies());
-valid(timeout, infinity) -> true;
-valid(timeout, T) -> is_ms(T, 1);
-valid(routing_timeout, T) -> is_ms(T, 1);
-valid(max_retry_attempts, N) -> is_integer(N) andalso N >= 0 andalso N =< ?MAX_RETRIES;
-valid(base_retry_delay, N) -> is_ms(N, 0);
-valid(max_retry_delay, N) -> is_ms(N, 0);
-valid(reply_to, P) -> is_pid(P);
-valid(sticky_key, K) -> is_binary(K);
-valid(idempotent, B) -> is_boolean(B);
-valid(node, N) -> N =:= local orelse N =:= any;
-valid(quorum, Q) -> is_boolean(Q) orelse (is_integer(Q) andalso Q >= 0 andalso Q =< 1000);
-valid(on_no_quorum, M) -> M =:= best_effort orelse M =:= error;
-valid(error_meta, B) -> is_boolean(B);
-valid(cancellable, B) -> is_boolean(B);
-valid(task_class, _) -> true;
-%% parsed when the task's span starts
-valid(traceparent, TP) -> is_binary(TP);
-valid(tracestate, TS) -> erlmcp_flow_nif:validate_tracestate(TS) =:= ok.
-
-is_ms(T, Min) -> is_integer(T) andalso T >= Min andalso T =< ?MAX_MS.
-
-%% @doc Checks `Requirements' as `execute/2' does, without routing: the
-%% plan (defaults filled in, `task_class' as the key Q-learning hashes), or
-%% the error `execute/2' would answer.
--spec check_requirements(term()) -> {ok, plan()} | {error, {badarg, term()}}.
-check_requirements(Requirements) ->
-    plan(#{}, Requirements, ?EXECUTE_KEYS, #{}).
-
-%% @doc The limits requirements and options are checked against:
-%% milliseconds (every time), retries, and the bytes of sticky keys, task
-%% classes and trace headers.
--spec limits() -> #{atom() => pos_integer()}.
-limits() ->
-    #{max_ms => ?MAX_MS, max_retry_attempts => ?MAX_RETRIES, max_key_bytes => ?MAX_KEY_BYTES,
-      max_traceparent_bytes => ?MAX_TRACEPARENT_BYTES,
-      max_tracestate_bytes => ?MAX_TRACESTATE_BYTES}.

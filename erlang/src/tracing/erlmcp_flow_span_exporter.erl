@@ -21,7 +21,6 @@
 
 %% API
 -export([start_link/0]).
--export([enabled/1]).
 -export([flush/0]).
 
 %% gen_server callbacks
@@ -50,11 +49,6 @@
 -spec start_link() -> {ok, pid()} | {error, term()}.
 start_link() ->
     gen_server:start_link({local, ?MODULE}, ?MODULE, [], []).
-
-%% @doc Whether an `export' section names a sink.
--spec enabled(#{atom() => term()}) -> boolean().
-enabled(#{file := undefined, url := undefined}) -> false;
-enabled(#{}) -> true.
 
 %% @doc Exports every span queued now; returns how many it took from the
 %% queue (written, or lost to a failing sink and counted in `spans_lost').

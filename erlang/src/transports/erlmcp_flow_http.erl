@@ -1,31 +1,25 @@
 %% @private
-%% @doc A small HTTP/1.1 listener on `gen_tcp', in ranch's shape: this
-%% supervisor (`one_for_all') over the listener (`erlmcp_flow_http_listener',
-%% which owns the listening socket and counts the connections), a supervisor
-%% of connection processes (`erlmcp_flow_http_conn', one per connection) and
-%% a supervisor of acceptors (`erlmcp_flow_http_acceptor').
+%% @doc An HTTP/1.1 listener: an `erlmcp_flow_listener' whose protocol is
+%% `erlmcp_flow_http_conn' (one process per connection, keep-alive), with a
+%% handler module answering the requests.
 %%
 %% Every limit comes from the caller's options (the `metrics' section for
 %% `/metrics'): `max_connections', `request_timeout_ms' (a request's line
 %% and headers must arrive within it) and `idle_timeout_ms' (a kept-alive
-%% connection may wait this long for its next request). At the connection
-%% limit a new connection takes the place of the oldest one still waiting for
-%% a request, so idle and slow clients cannot lock the listener out; if every
-%% connection is busy with a request, the new one is answered 503.
+%% connection may wait this long for its next request), `max_body_bytes'
+%% (1 MiB by default). At the connection limit a new connection takes the
+%% place of the oldest one still waiting for a request, so idle and slow
+%% clients cannot lock the listener out; if every connection is busy with a
+%% request, the new one is answered 503.
 %%
 %% A handler module answers requests: `Handler:handle(Method, Path, Headers,
 %% Body)' returns `{Status, ContentType, Body}', or `{Status, ContentType,
 %% Body, [{HeaderName, Value}]}' with more response headers.
 -module(erlmcp_flow_http).
--behaviour(supervisor).
 
 %% API
 -export([start_link/1]).
 -export([port/1]).
--export([conn_module/1]).
-
-%% supervisor callbacks
--export([init/1]).
 
 -export_type([opts/0, limits/0]).
 
@@ -42,60 +36,18 @@
                   ip := inet:ip_address() | any | loopback,
                   port := inet:port_number(),
                   handler := module(),
-                  limits := limits(),
-                  conn => module()}.
+                  limits := limits()}.
 
-%% Acceptors waiting in accept/1 at once.
--define(ACCEPTORS, 4).
-
-%% @doc Starts the listener `Name' (the name of its listener process).
+%% @doc Starts the HTTP listener `Name'.
 -spec start_link(opts()) -> {ok, pid()} | {error, term()}.
-start_link(#{name := Name} = Opts) ->
-    supervisor:start_link({local, sup_name(Name)}, ?MODULE, {top, Opts}).
+start_link(#{name := Name, tag := Tag, ip := Ip, port := Port, handler := Handler,
+             limits := #{max_connections := Max} = Limits}) ->
+    erlmcp_flow_listener:start_link(#{name => Name, tag => Tag, ip => Ip, port => Port,
+                                      max_connections => Max,
+                                      protocol => erlmcp_flow_http_conn,
+                                      protocol_opts => {Handler, Limits}}).
 
 %% @doc The port the listener `Name' is bound to; `undefined' if it is not running.
-%% @doc The module of the listener's connections: `erlmcp_flow_http_conn'
-%% unless `conn' names another (with the same `start_link/3', `serve/2' and
-%% `close/1', entering and leaving through `erlmcp_flow_http_listener').
--spec conn_module(opts()) -> module().
-conn_module(Opts) ->
-    maps:get(conn, Opts, erlmcp_flow_http_conn).
-
 -spec port(atom()) -> inet:port_number() | undefined.
 port(Name) ->
-    erlmcp_flow_http_listener:port(Name).
-
-%% @private
--spec init({top, opts()} | {conns, opts()} | {acceptors, opts()}) ->
-          {ok, {supervisor:sup_flags(), [supervisor:child_spec()]}}.
-init({top, Opts}) ->
-    Flags = #{strategy => one_for_all, intensity => 5, period => 10},
-    Children = [#{id => listener,
-                  start => {erlmcp_flow_http_listener, start_link, [Opts]}},
-                #{id => conns,
-                  start => {supervisor, start_link, [?MODULE, {conns, Opts}]},
-                  type => supervisor},
-                #{id => acceptors,
-                  start => {supervisor, start_link, [?MODULE, {acceptors, Opts}]},
-                  type => supervisor}],
-    {ok, {Flags, Children}};
-init({conns, Opts}) ->
-    Flags = #{strategy => simple_one_for_one, intensity => 0},
-    Conn = #{id => conn,
-             start => {conn_module(Opts), start_link, []},
-             restart => temporary,
-             shutdown => brutal_kill},
-    {ok, {Flags, [Conn]}};
-init({acceptors, #{name := Name}}) ->
-    Flags = #{strategy => one_for_one, intensity => 10, period => 10},
-    Acceptors = [#{id => {acceptor, I},
-                   start => {erlmcp_flow_http_acceptor, start_link, [Name, self_sup(Name)]}}
-                 || I <- lists:seq(1, ?ACCEPTORS)],
-    {ok, {Flags, Acceptors}}.
-
-sup_name(Name) ->
-    list_to_atom(atom_to_list(Name) ++ "_sup").
-
-%% The connections' supervisor is found through the top supervisor.
-self_sup(Name) ->
-    sup_name(Name).
+    erlmcp_flow_listener:port(Name).

@@ -13,11 +13,11 @@
 %% too.
 -module(erlmcp_flow_http_conn).
 -behaviour(gen_server).
+-behaviour(erlmcp_flow_listener).
 
 %% API
--export([start_link/3]).
+-export([start_link/2]).
 -export([serve/2]).
--export([close/1]).
 
 %% gen_server callbacks
 -export([init/1]).
@@ -42,19 +42,14 @@
                 req :: #req{} | undefined,
                 timer :: reference() | undefined}).
 
--spec start_link(atom(), module(), erlmcp_flow_http:limits()) -> {ok, pid()}.
-start_link(Name, Handler, Limits) ->
+-spec start_link(atom(), {module(), erlmcp_flow_http:limits()}) -> {ok, pid()}.
+start_link(Name, {Handler, Limits}) ->
     gen_server:start_link(?MODULE, {Name, Handler, Limits}, []).
 
 %% @doc Hands the connection its socket (after its ownership).
 -spec serve(pid(), gen_tcp:socket()) -> ok.
 serve(Pid, Socket) ->
     gen_server:cast(Pid, {serve, Socket}).
-
-%% @doc Tells the connection to close (the listener needs its place).
--spec close(pid()) -> ok.
-close(Pid) ->
-    gen_server:cast(Pid, close).
 
 %%====================================================================
 %% gen_server callbacks
@@ -75,7 +70,7 @@ handle_call(_Request, _From, State) ->
 -spec handle_cast(term(), #state{}) -> {noreply, #state{}} | {stop, normal, #state{}}.
 handle_cast({serve, Socket}, #state{name = Name} = State0) ->
     State = State0#state{socket = Socket},
-    case erlmcp_flow_http_listener:enter(Name) of
+    case erlmcp_flow_listener_server:enter(Name) of
         ok ->
             ok = inet:setopts(Socket, [{packet, http_bin}, {packet_size, ?MAX_LINE}]),
             {noreply, next(request_timer(State#state{req = undefined}))};
@@ -83,8 +78,6 @@ handle_cast({serve, Socket}, #state{name = Name} = State0) ->
             respond(State, 503, "text/plain", <<"busy: every connection is serving\n">>, close),
             {stop, normal, State}
     end;
-handle_cast(close, State) ->
-    {stop, normal, State};
 handle_cast(_Msg, State) ->
     {noreply, State}.
 
@@ -133,6 +126,9 @@ handle_info({tcp, S, Data}, #state{socket = S, req = #req{length = N, body = B} 
 handle_info({http, S, {http_error, _}}, #state{socket = S} = State) ->
     respond(State, 400, "text/plain", <<"bad request\n">>, close),
     {stop, normal, State};
+handle_info({erlmcp_flow_listener, close}, State) ->
+    %% the listener needs this connection's place
+    {stop, normal, State};
 handle_info({timeout, T, _}, #state{timer = T} = State) ->
     {stop, normal, State};
 handle_info({tcp_closed, S}, #state{socket = S} = State) ->
@@ -149,7 +145,7 @@ handle_info(_Info, State) ->
 %% A whole request: the handler answers it, then the connection waits for
 %% the next one (kept alive) or closes.
 answer(#req{method = M, path = P, headers = H, body = B, version = V}, #state{name = Name} = State) ->
-    erlmcp_flow_http_listener:busy(Name),
+    erlmcp_flow_listener_server:busy(Name),
     {Status, Type, Body, Extra} = case handle(State#state.handler, M, P, H, iolist_to_binary(B)) of
                                       {St, Ty, Bo} -> {St, Ty, Bo, []};
                                       {_, _, _, _} = Four -> Four
@@ -159,7 +155,7 @@ answer(#req{method = M, path = P, headers = H, body = B, version = V}, #state{na
             %% waiting before the answer leaves: a client that reads it and
             %% connects again at once finds this connection evictable, not
             %% busy (an eviction is handled after this response is written)
-            erlmcp_flow_http_listener:waiting(Name),
+            erlmcp_flow_listener_server:waiting(Name),
             respond(State, Status, Type, Body, keep_alive, Extra),
             ok = inet:setopts(State#state.socket, [{packet, http_bin}]),
             {noreply, next(idle_timer(State#state{req = undefined}))};

@@ -48,7 +48,8 @@
 -type limits() :: #{max_message_bytes := pos_integer(), max_depth := pos_integer(),
                     max_batch := pos_integer()}.
 
-%% Messages past this decode on a dirty scheduler.
+%% Messages past this decode, and terms past this (in external term format)
+%% encode, on a dirty scheduler: the time of both grows with the size.
 -define(DIRTY_ABOVE, 65536).
 
 %% @doc Decodes one message (one line of a stream, one HTTP body) within
@@ -80,12 +81,18 @@ valid_limits(Limits) ->
 %% @doc Encodes a request, a notification, a response or a batch of them.
 -spec encode(message()) -> {ok, binary()} | {error, {unencodable, binary()}}.
 encode(Message) ->
-    erlmcp_flow_nif:jsonrpc_encode(Message).
+    case erlang:external_size(Message) > ?DIRTY_ABOVE of
+        false -> erlmcp_flow_nif:jsonrpc_encode(Message);
+        true -> erlmcp_flow_nif:jsonrpc_encode_dirty(Message)
+    end.
 
 %% @doc Encodes any term JSON can carry.
 -spec encode_json(json()) -> {ok, binary()} | {error, {unencodable, binary()}}.
 encode_json(Term) ->
-    erlmcp_flow_nif:json_encode(Term).
+    case erlang:external_size(Term) > ?DIRTY_ABOVE of
+        false -> erlmcp_flow_nif:json_encode(Term);
+        true -> erlmcp_flow_nif:json_encode_dirty(Term)
+    end.
 
 %% @doc Decodes any JSON within the configured size and depth.
 -spec decode_json(binary()) -> {ok, json()} | {error, too_large | too_deep | parse_error

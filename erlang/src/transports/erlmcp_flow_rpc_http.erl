@@ -42,7 +42,7 @@ start_link() ->
 check() ->
     case config() of
         #{enabled := true, ip := Ip, port := Port} ->
-            erlmcp_flow_http_listener:probe(#{ip => Ip, port => Port, tag => rpc_http});
+            erlmcp_flow_listener:probe(#{ip => Ip, port => Port, tag => rpc_http});
         #{} ->
             ok
     end.
@@ -74,7 +74,7 @@ route('GET', <<"/health">>, _Headers, _Body) ->
     {ok, Json} = erlmcp_flow_jsonrpc:encode_json(#{status => ok, agents => Agents}),
     {200, "application/json", Json};
 route(Method, <<"/mcp">>, Headers, Body) ->
-    erlmcp_flow_mcp_http:handle(Method, Headers, Body);
+    erlmcp_flow_mcp_http:handle(Method, Headers, Body, #{ip => maps:get(ip, config())});
 route(_Method, Path, _Headers, _Body) when Path =:= <<"/rpc">>; Path =:= <<"/health">> ->
     {405, "text/plain", <<"method not allowed: POST /rpc, GET /health\n">>};
 route(_Method, _Path, _Headers, _Body) ->

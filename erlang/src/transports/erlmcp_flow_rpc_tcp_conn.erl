@@ -19,10 +19,10 @@
 %% `agent_down' and are retried elsewhere.
 -module(erlmcp_flow_rpc_tcp_conn).
 -behaviour(gen_server).
+-behaviour(erlmcp_flow_listener).
 
--export([start_link/3]).
+-export([start_link/2]).
 -export([serve/2]).
--export([close/1]).
 
 -export([init/1]).
 -export([handle_call/3]).
@@ -46,17 +46,13 @@
                 %% when the client last sent anything (monotonic ms)
                 last_seen = 0 :: integer()}).
 
--spec start_link(atom(), module(), map()) -> {ok, pid()}.
-start_link(Name, _Handler, Limits) ->
+-spec start_link(atom(), map()) -> {ok, pid()}.
+start_link(Name, Limits) ->
     gen_server:start_link(?MODULE, {Name, Limits}, []).
 
 -spec serve(pid(), gen_tcp:socket()) -> ok.
 serve(Pid, Socket) ->
     gen_server:cast(Pid, {serve, Socket}).
-
--spec close(pid()) -> ok.
-close(Pid) ->
-    gen_server:cast(Pid, close).
 
 -spec init({atom(), map()}) -> {ok, #state{}}.
 init({Name, Limits}) ->
@@ -71,10 +67,10 @@ handle_call(_Request, _From, State) ->
 -spec handle_cast(term(), #state{}) -> {noreply, #state{}} | {stop, normal, #state{}}.
 handle_cast({serve, Socket}, #state{name = Name} = State0) ->
     State = State0#state{socket = Socket},
-    case erlmcp_flow_http_listener:enter(Name) of
+    case erlmcp_flow_listener_server:enter(Name) of
         ok ->
             %% a long-lived connection: never the one evicted for a newcomer
-            erlmcp_flow_http_listener:busy(Name),
+            erlmcp_flow_listener_server:busy(Name),
             ok = inet:setopts(Socket, [binary, {packet, raw}, {send_timeout, 5000}, {delay_send, true},
                                        {send_timeout_close, true}, {active, once}]),
             {noreply, idle_timer(seen(State))};
@@ -82,14 +78,14 @@ handle_cast({serve, Socket}, #state{name = Name} = State0) ->
             send(State, error_line(-32000, <<"Too many connections">>)),
             {stop, normal, State}
     end;
-handle_cast(close, State) ->
-    {stop, normal, State};
 handle_cast(_Msg, State) ->
     {noreply, State}.
 
 -spec handle_info(term(), #state{}) -> {noreply, #state{}} | {stop, normal, #state{}}.
 handle_info({tcp, S, Data}, #state{socket = S, buf = Buf} = State) ->
     lines(<<Buf/binary, Data/binary>>, seen(State));
+handle_info({erlmcp_flow_listener, close}, State) ->
+    {stop, normal, State};
 handle_info({tcp_closed, S}, #state{socket = S} = State) ->
     {stop, normal, State};
 handle_info({tcp_error, S, _}, #state{socket = S} = State) ->
@@ -180,7 +176,8 @@ line(Line, #state{limits = #{codec := Codec}} = State) ->
             {ok, State1};
         true ->
             Conn = self(),
-            _ = spawn(fun() -> serve_requests(Conn, Decoded) end),
+            %% linked: a request's process goes with its connection
+            _ = spawn_link(fun() -> serve_requests(Conn, Decoded) end),
             {ok, State1#state{workers = State1#state.workers + 1}}
     end.
 

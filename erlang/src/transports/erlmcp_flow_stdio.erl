@@ -78,7 +78,8 @@ serve(<<>>) ->
     0;
 serve(Line) ->
     Self = self(),
-    _ = spawn(fun() ->
+    %% linked: a request goes with the loop that reads its input
+    _ = spawn_link(fun() ->
                       Decoded = erlmcp_flow_jsonrpc:decode(Line),
                       Handle = fun(M, P) -> erlmcp_flow_rpc:handle(M, P, #{transport => stdio}) end,
                       Out = try erlmcp_flow_jsonrpc:responses(Decoded, Handle) of

@@ -151,9 +151,21 @@ fn key_arg(term: Term<'_>) -> NifOutcome<ResourceArc<KeyResource>> {
     term.decode().map_err(|_| badarg("key"))
 }
 
-/// `vote_sign(Key, Vote) -> Signature` (32 bytes).
+/// `vote_sign(Key, Vote) -> Signature` (32 bytes). The time is that of
+/// SHA-256 over the answer: callers sign answers past 64 KiB with
+/// `vote_sign_dirty`.
 #[rustler::nif]
 fn vote_sign<'a>(env: Env<'a>, key: Term<'a>, vote_term: Term<'a>) -> Term<'a> {
+    sign(env, key, vote_term)
+}
+
+/// `vote_sign/2` on a dirty scheduler, for large answers.
+#[rustler::nif(schedule = "DirtyCpu")]
+fn vote_sign_dirty<'a>(env: Env<'a>, key: Term<'a>, vote_term: Term<'a>) -> Term<'a> {
+    sign(env, key, vote_term)
+}
+
+fn sign<'a>(env: Env<'a>, key: Term<'a>, vote_term: Term<'a>) -> Term<'a> {
     let run = || -> NifOutcome<Term<'a>> {
         let key = key_arg(key)?;
         let v = VoteTerms::from_term(vote_term)?;
@@ -166,9 +178,25 @@ fn vote_sign<'a>(env: Env<'a>, key: Term<'a>, vote_term: Term<'a>) -> Term<'a> {
 }
 
 /// `vote_verify(Key, Vote, Signature) -> ok | {error, bad_signature}`,
-/// compared in constant time.
+/// compared in constant time. As `vote_sign`: `vote_verify_dirty` past 64 KiB
+/// of answer.
 #[rustler::nif]
 fn vote_verify<'a>(env: Env<'a>, key: Term<'a>, vote_term: Term<'a>, sig: Term<'a>) -> Term<'a> {
+    verify(env, key, vote_term, sig)
+}
+
+/// `vote_verify/3` on a dirty scheduler, for large answers.
+#[rustler::nif(schedule = "DirtyCpu")]
+fn vote_verify_dirty<'a>(
+    env: Env<'a>,
+    key: Term<'a>,
+    vote_term: Term<'a>,
+    sig: Term<'a>,
+) -> Term<'a> {
+    verify(env, key, vote_term, sig)
+}
+
+fn verify<'a>(env: Env<'a>, key: Term<'a>, vote_term: Term<'a>, sig: Term<'a>) -> Term<'a> {
     let run = || -> NifOutcome<Term<'a>> {
         let key = key_arg(key)?;
         let v = VoteTerms::from_term(vote_term)?;

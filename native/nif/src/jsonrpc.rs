@@ -598,14 +598,29 @@ fn encoded<'a>(env: Env<'a>, text: Result<String, Unencodable>) -> Term<'a> {
 /// `{request, Id, Method, Params}`, `{notification, Method, Params}`,
 /// `{response, Id, {ok, Result} | {error, Code, Message, Data}}`, or
 /// `{batch, [Message]}`.
+/// The time grows with the message: callers encode large ones (past 64 KiB
+/// of external term format) with `jsonrpc_encode_dirty`.
 #[rustler::nif]
 fn jsonrpc_encode<'a>(env: Env<'a>, message: Term<'a>) -> Term<'a> {
     encoded(env, message_json(message, false))
 }
 
-/// `json_encode(Term) -> {ok, Binary} | {error, {unencodable, Why}}`.
+/// `jsonrpc_encode/1` on a dirty scheduler, for large messages.
+#[rustler::nif(schedule = "DirtyCpu")]
+fn jsonrpc_encode_dirty<'a>(env: Env<'a>, message: Term<'a>) -> Term<'a> {
+    encoded(env, message_json(message, false))
+}
+
+/// `json_encode(Term) -> {ok, Binary} | {error, {unencodable, Why}}`; large
+/// terms with `json_encode_dirty`.
 #[rustler::nif]
 fn json_encode<'a>(env: Env<'a>, term: Term<'a>) -> Term<'a> {
+    encoded(env, term_json(term))
+}
+
+/// `json_encode/1` on a dirty scheduler, for large terms.
+#[rustler::nif(schedule = "DirtyCpu")]
+fn json_encode_dirty<'a>(env: Env<'a>, term: Term<'a>) -> Term<'a> {
     encoded(env, term_json(term))
 }
 

@@ -1,6 +1,6 @@
 %% @private
-%% @doc The listening socket of an `erlmcp_flow_http' listener, and the
-%% count of its connections.
+%% @doc The listening socket of an `erlmcp_flow_listener', and the count of
+%% its connections.
 %%
 %% A connection enters when its process gets its socket. Below
 %% `max_connections' it is let in. At the limit it takes the place of the
@@ -8,7 +8,7 @@
 %% requests, or sending one too slowly), which is told to close; when every
 %% connection is busy with a request it is turned away (503). So no number of
 %% idle or slow clients can keep a quick client out.
--module(erlmcp_flow_http_listener).
+-module(erlmcp_flow_listener_server).
 -behaviour(gen_server).
 
 %% API
@@ -34,14 +34,14 @@
 -record(conn, {phase :: waiting | busy, since :: integer(), mref :: reference()}).
 -record(state, {socket :: gen_tcp:socket(),
                 port :: inet:port_number(),
-                opts :: erlmcp_flow_http:opts(),
+                opts :: erlmcp_flow_listener:opts(),
                 conns = #{} :: #{pid() => #conn{}}}).
 
 %%====================================================================
 %% API
 %%====================================================================
 
--spec start_link(erlmcp_flow_http:opts()) -> {ok, pid()} | {error, term()}.
+-spec start_link(erlmcp_flow_listener:opts()) -> {ok, pid()} | {error, term()}.
 start_link(#{name := Name} = Opts) ->
     gen_server:start_link({local, Name}, ?MODULE, Opts, []).
 
@@ -54,7 +54,7 @@ port(Name) ->
     end.
 
 %% @doc The listening socket and the options, for the acceptors.
--spec socket(atom()) -> {gen_tcp:socket(), erlmcp_flow_http:opts()}.
+-spec socket(atom()) -> {gen_tcp:socket(), erlmcp_flow_listener:opts()}.
 socket(Name) ->
     gen_server:call(Name, socket).
 
@@ -95,7 +95,7 @@ connections(Name) ->
 %%====================================================================
 
 %% @private
--spec init(erlmcp_flow_http:opts()) -> {ok, #state{}} | {stop, term()}.
+-spec init(erlmcp_flow_listener:opts()) -> {ok, #state{}} | {stop, term()}.
 init(#{ip := Ip, port := Port, tag := Tag} = Opts) ->
     case gen_tcp:listen(Port, [{ip, address(Ip)}, family(Ip) | ?LISTEN_OPTS]) of
         {ok, Socket} ->
@@ -113,8 +113,7 @@ handle_call(socket, _From, #state{socket = Socket, opts = Opts} = State) ->
     {reply, {Socket, Opts}, State};
 handle_call(connections, _From, #state{conns = Conns} = State) ->
     {reply, map_size(Conns), State};
-handle_call({enter, Pid}, _From, #state{conns = Conns, opts = #{limits := Limits}} = State) ->
-    #{max_connections := Max} = Limits,
+handle_call({enter, Pid}, _From, #state{conns = Conns, opts = #{max_connections := Max}} = State) ->
     case map_size(Conns) < Max of
         true ->
             {reply, ok, admit(Pid, State)};
@@ -156,11 +155,12 @@ admit(Pid, #state{conns = Conns} = State) ->
     State#state{conns = Conns#{Pid => C}}.
 
 %% The connection told to close is counted out at once, so that the one
-%% taking its place is never refused for it.
+%% taking its place is never refused for it. Every protocol closes on this
+%% message (the contract of `erlmcp_flow_listener').
 evict(Pid, #state{conns = Conns} = State) ->
     #{Pid := #conn{mref = MRef}} = Conns,
     erlang:demonitor(MRef, [flush]),
-    erlmcp_flow_http_conn:close(Pid),
+    Pid ! {erlmcp_flow_listener, close},
     State#state{conns = maps:remove(Pid, Conns)}.
 
 oldest_waiting(Conns) ->

@@ -1,9 +1,9 @@
 %% @private
-%% @doc One acceptor of an `erlmcp_flow_http' listener: it waits in
+%% @doc One acceptor of an `erlmcp_flow_listener': it waits in
 %% `gen_tcp:accept/1' on the listener's socket, hands each new socket to a
-%% connection process it starts under the listener's connection supervisor,
-%% and waits again.
--module(erlmcp_flow_http_acceptor).
+%% connection process of the listener's protocol, started under the
+%% listener's connection supervisor, and waits again.
+-module(erlmcp_flow_acceptor).
 
 %% API
 -export([start_link/2]).
@@ -18,19 +18,18 @@ start_link(Name, TopSup) ->
 %% @private
 -spec init(atom(), atom()) -> no_return().
 init(Name, TopSup) ->
-    {Socket, Opts} = erlmcp_flow_http_listener:socket(Name),
+    {Socket, Opts} = erlmcp_flow_listener_server:socket(Name),
     [ConnSup] = [Pid || {conns, Pid, supervisor, _} <- supervisor:which_children(TopSup)],
     loop(Socket, ConnSup, Opts).
 
-loop(Socket, ConnSup, #{name := Name, handler := Handler, limits := Limits} = Opts) ->
+loop(Socket, ConnSup, #{protocol := Protocol} = Opts) ->
     case gen_tcp:accept(Socket) of
         {ok, Client} ->
-            Mod = erlmcp_flow_http:conn_module(Opts),
-            case supervisor:start_child(ConnSup, [Name, Handler, Limits]) of
+            case supervisor:start_child(ConnSup, []) of
                 {ok, Conn} ->
                     case gen_tcp:controlling_process(Client, Conn) of
-                        ok -> Mod:serve(Conn, Client);
-                        {error, _} -> gen_tcp:close(Client), Mod:close(Conn)
+                        ok -> Protocol:serve(Conn, Client);
+                        {error, _} -> gen_tcp:close(Client), Conn ! {erlmcp_flow_listener, close}
                     end;
                 _ ->
                     gen_tcp:close(Client)

@@ -1,0 +1,176 @@
+-module(erlmcp_flow_erlmcp_tests).
+
+-include_lib("eunit/include/eunit.hrl").
+
+%% The erlmcp bridge against a stand-in registry (erlmcp_registry, test
+%% code) and MCP servers that speak exactly the message protocol the bridge
+%% expects: {mcp_message, TransportId, Json} in, {mcp_response, ServerId,
+%% Json} out.
+bridge_test_() ->
+    {foreach,
+     fun() ->
+             Apps = erlmcp_flow_test_util:start(),
+             {ok, _} = erlmcp_registry:start(),
+             Apps
+     end,
+     fun(Apps) ->
+             erlmcp_registry:stop(),
+             erlmcp_flow_test_util:unregister_all(),
+             erlmcp_flow_test_util:stop(Apps)
+     end,
+     [{"a server becomes an agent: handshake, tools/call, errors", fun one_server/0},
+      {"register_all, a server that dies, a server not found", fun all_servers/0},
+      {timeout, 30, {"handshakes refused or garbled, ids of every type, a call cancelled", fun odd_servers/0}}]}.
+
+without_erlmcp_test() ->
+    Apps = erlmcp_flow_test_util:start(),
+    try
+        ?assertEqual({error, erlmcp_not_running}, erlmcp_flow_erlmcp:register_server(fs, [<<"x">>])),
+        ?assertEqual({error, erlmcp_not_running}, erlmcp_flow_erlmcp:register_all(fun(_, _) -> [] end))
+    after
+        erlmcp_flow_test_util:stop(Apps)
+    end.
+
+%% An MCP server: answers initialize, records the initialized notification,
+%% runs tools/call (`echo' returns its arguments, `fail' a JSON-RPC error).
+server(Id, Parent) ->
+    receive
+        {mcp_message, T, Json} ->
+            case erlmcp_flow_jsonrpc:decode(Json) of
+                {single, {request, N, <<"initialize">>, #{<<"protocolVersion">> := V,
+                                                          <<"clientInfo">> := #{<<"name">> := Name}}}} ->
+                    Parent ! {initialize, Id, T, V, Name},
+                    reply(Id, T, N, {ok, #{protocolVersion => V, capabilities => #{tools => #{}},
+                                            serverInfo => #{name => name(Id)}}});
+                {single, {notification, <<"notifications/initialized">>, _}} ->
+                    Parent ! {initialized, Id};
+                {single, {request, N, <<"tools/call">>, #{<<"name">> := <<"echo">>,
+                                                          <<"arguments">> := A}}} ->
+                    reply(Id, T, N, {ok, #{content => [#{type => text, text => A}], server => name(Id)}});
+                {single, {request, N, <<"tools/call">>, #{<<"name">> := <<"fail">>}}} ->
+                    reply(Id, T, N, {error, -32001, <<"tool failed">>, undefined});
+                {single, {request, N, <<"tools/call">>, #{<<"name">> := <<"slow">>}}} ->
+                    %% answered only after the caller gave up, and once more
+                    %% under an id nobody waits for
+                    Parent ! {slow_call, Id, N};
+                {single, {notification, <<"notifications/cancelled">>, #{<<"requestId">> := N}}} ->
+                    Parent ! {cancelled, Id, N},
+                    reply(Id, T, N, {ok, #{late => true}}),
+                    reply(Id, T, N + 1000, {ok, #{stray => true}});
+                _ ->
+                    ok
+            end,
+            server(Id, Parent);
+        stop ->
+            ok
+    end.
+
+name(Id) when is_atom(Id); is_binary(Id) -> Id;
+name(Id) -> iolist_to_binary(io_lib:format("~0p", [Id])).
+
+reply(Id, T, N, Outcome) ->
+    {ok, Json} = erlmcp_flow_jsonrpc:encode({response, N, Outcome}),
+    {ok, {Proxy, _}} = maps:find(T, erlmcp_registry:transports()),
+    Proxy ! {mcp_response, Id, Json}.
+
+start_server(Id) ->
+    Self = self(),
+    Pid = spawn(fun() -> server(Id, Self) end),
+    ok = erlmcp_registry:add_server(Id, Pid, #{tools => [echo, fail]}),
+    Pid.
+
+one_server() ->
+    _ = start_server(fs),
+    {ok, Proxy} = erlmcp_flow_erlmcp:register_server(fs, [<<"tool:echo">>, <<"tool:fail">>]),
+    ?assert(is_pid(Proxy)),
+    receive {initialize, fs, T, V, Name} ->
+            ?assertEqual(<<"erlmcp_flow:fs">>, T),
+            ?assertEqual(<<"2025-11-25">>, V),
+            ?assertEqual(<<"erlmcp_flow">>, Name)
+    after 2000 -> error(no_initialize)
+    end,
+    receive {initialized, fs} -> ok after 2000 -> error(no_initialized) end,
+    ?assertEqual({ok, Proxy}, erlmcp_flow:find_agent(<<"fs">>)),
+    ?assertMatch(#{<<"erlmcp_flow:fs">> := {Proxy, #{server_id := fs}}}, erlmcp_registry:transports()),
+    {ok, Result, #{agent_id := <<"fs">>}} =
+        erlmcp_flow:execute(#{<<"tool">> => <<"echo">>, <<"arguments">> => #{<<"path">> => <<"/tmp">>}},
+                            #{capabilities => [<<"tool:echo">>]}),
+    ?assertMatch(#{<<"content">> := [#{<<"text">> := #{<<"path">> := <<"/tmp">>}}],
+                   <<"server">> := <<"fs">>}, Result),
+    ?assertEqual({error, {agent_error, {mcp_error, -32001, <<"tool failed">>}}},
+                 erlmcp_flow:execute(#{<<"tool">> => <<"fail">>}, #{capabilities => [<<"tool:fail">>],
+                                                                     idempotent => false})),
+    ?assertEqual({error, {agent_error, {badarg, task}}},
+                 erlmcp_flow:execute(#{no => tool}, #{capabilities => [<<"tool:echo">>],
+                                                      idempotent => false})),
+    %% a second proxy for the same server is refused by erlmcp's registry
+    ?assertMatch({error, _}, erlmcp_flow_erlmcp:register_server(fs, [<<"tool:echo">>])).
+
+all_servers() ->
+    A = start_server(a),
+    _ = start_server(b),
+    Results = erlmcp_flow_erlmcp:register_all(fun(Id, #{tools := Tools}) ->
+                                                      [<<"server:", (atom_to_binary(Id))/binary>>
+                                                       | [<<"tool:", (atom_to_binary(T))/binary>> || T <- Tools]]
+                                              end),
+    ?assertMatch([{a, {ok, _}}, {b, {ok, _}}], lists:sort(Results)),
+    ?assertEqual([<<"a">>, <<"b">>], erlmcp_flow:query_agents([<<"tool:echo">>])),
+    ?assertEqual({error, {server_not_found, nope}}, erlmcp_flow_erlmcp:register_server(nope, [<<"x">>])),
+    %% the server dies: its agent goes
+    {ok, ProxyA} = erlmcp_flow:find_agent(<<"a">>),
+    MRef = erlang:monitor(process, ProxyA),
+    exit(A, kill),
+    receive {'DOWN', MRef, process, ProxyA, _} -> ok after 2000 -> error(proxy_stayed) end,
+    erlmcp_flow_test_util:wait_until(fun() -> erlmcp_flow:query_agents([<<"tool:echo">>]) =:= [<<"b">>] end).
+
+%% A server whose handshake answer is `Answer' (a JSON-RPC outcome, or
+%% `garbage' for a message that is no answer at all).
+handshake_server(Id, Answer) ->
+    Pid = spawn(fun() ->
+                        receive
+                            {mcp_message, T, _Json} ->
+                                {ok, {Proxy, _}} = maps:find(T, erlmcp_registry:transports()),
+                                Bin = case Answer of
+                                          garbage -> <<"{\"jsonrpc\":\"2.0\",\"method\":\"hello\"}">>;
+                                          _ -> {ok, J} = erlmcp_flow_jsonrpc:encode({response, 1, Answer}), J
+                                      end,
+                                Proxy ! {mcp_response, Id, Bin},
+                                receive stop -> ok end
+                        end
+                end),
+    ok = erlmcp_registry:add_server(Id, Pid, #{}),
+    Pid.
+
+odd_servers() ->
+    _ = handshake_server(refuser, {error, -32602, <<"unsupported version">>, undefined}),
+    ?assertEqual({error, {mcp_initialize, -32602, <<"unsupported version">>}},
+                 erlmcp_flow_erlmcp:register_server(refuser, [<<"x">>])),
+    _ = handshake_server(garbled, garbage),
+    ?assertMatch({error, {mcp_initialize, {single, {notification, <<"hello">>, _}}}},
+                 erlmcp_flow_erlmcp:register_server(garbled, [<<"x">>])),
+    %% ids that are binaries or other terms name the agent as text
+    _ = start_server(<<"bin-server">>),
+    {ok, _} = erlmcp_flow_erlmcp:register_server(<<"bin-server">>, [<<"tool:echo">>, <<"tool:slow">>]),
+    _ = start_server({srv, 2}),
+    {ok, Proxy} = erlmcp_flow_erlmcp:register_server({srv, 2}, [<<"tool:t2">>]),
+    ?assertEqual({ok, Proxy}, erlmcp_flow:find_agent(<<"{srv,2}">>)),
+    %% an agent id already taken: the proxy does not start
+    ok = erlmcp_flow:register_agent(<<"taken">>, spawn(fun() -> receive stop -> ok end end), [<<"x">>]),
+    _ = start_server(taken),
+    ?assertEqual({error, already_registered}, erlmcp_flow_erlmcp:register_server(taken, [<<"x">>])),
+    %% a task naming its tool by an atom key
+    ?assertMatch({ok, #{<<"server">> := <<"bin-server">>}, _},
+                 erlmcp_flow:execute(#{tool => echo, arguments => #{a => 1}}, #{capabilities => [<<"tool:echo">>]})),
+    %% the caller stops waiting: the server is told; the late answers are dropped
+    ?assertEqual({error, execution_timeout},
+                 erlmcp_flow:execute(#{tool => slow}, #{capabilities => [<<"tool:slow">>], idempotent => false},
+                                     #{timeout => 100})),
+    receive {slow_call, <<"bin-server">>, N} ->
+            receive {cancelled, <<"bin-server">>, C} -> ?assertEqual(N, C) after 2000 -> error(not_cancelled) end
+    after 2000 -> error(no_call)
+    end,
+    {ok, BinProxy} = erlmcp_flow:find_agent(<<"bin-server">>),
+    ?assertEqual({error, unknown_call}, gen_server:call(BinProxy, nonsense)),
+    gen_server:cast(BinProxy, nonsense),
+    BinProxy ! nonsense,
+    ?assertMatch({ok, _, _}, erlmcp_flow:execute(#{tool => echo}, #{capabilities => [<<"tool:echo">>]})).

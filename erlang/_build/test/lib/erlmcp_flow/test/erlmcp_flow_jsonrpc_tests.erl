@@ -1,0 +1,109 @@
+-module(erlmcp_flow_jsonrpc_tests).
+
+-include_lib("eunit/include/eunit.hrl").
+
+%% tests/vectors/jsonrpc.json: the specification's examples and the limits,
+%% through the NIF codec and a server of the examples' methods; each answer
+%% compared, as JSON, with the one cargo checks.
+vectors_test_() ->
+    [{binary_to_list(maps:get(<<"name">>, Case)), fun() -> vector(Case) end}
+     || Case <- erlmcp_flow_test_json:vectors("jsonrpc.json")].
+
+vector(#{<<"request">> := Request, <<"response">> := Want} = Case) ->
+    Limits = case Case of
+                 #{<<"limits">> := L} -> maps:from_list([{binary_to_atom(K), V} || {K, V} <- maps:to_list(L)]);
+                 _ -> #{max_message_bytes => 1048576, max_depth => 64, max_batch => 100}
+             end,
+    Decoded = erlmcp_flow_jsonrpc:decode(Request, Limits),
+    case {erlmcp_flow_jsonrpc:responses(Decoded, fun call/2), Want} of
+        {noreply, null} -> ok;
+        {{reply, Bin}, _} -> ?assertEqual(Want, erlmcp_flow_test_json:decode(Bin))
+    end.
+
+%% The methods of the specification's examples.
+call(<<"subtract">>, [X, Y]) when is_integer(X), is_integer(Y) -> {ok, X - Y};
+call(<<"subtract">>, #{<<"minuend">> := X, <<"subtrahend">> := Y}) when is_integer(X), is_integer(Y) ->
+    {ok, X - Y};
+call(<<"subtract">>, _) -> {error, -32602, <<"Invalid params">>, undefined};
+call(<<"sum">>, L) when is_list(L) ->
+    case lists:all(fun is_integer/1, L) of
+        true -> {ok, lists:sum(L)};
+        false -> {error, -32602, <<"Invalid params">>, undefined}
+    end;
+call(<<"get_data">>, _) -> {ok, [<<"hello">>, 5]};
+call(_, _) -> {error, -32601, <<"Method not found">>, undefined}.
+
+%% JSON and Erlang terms, both ways.
+mapping_test() ->
+    {ok, Bin} = erlmcp_flow_jsonrpc:encode_json(#{a => [1, 2.5, <<"x">>, true, false, null, b],
+                                                  <<"k">> => #{}, n => {json_number, <<"1e300">>}}),
+    ?assertEqual({ok, #{<<"a">> => [1, 2.5, <<"x">>, true, false, null, <<"b">>],
+                        <<"k">> => #{}, <<"n">> => 1.0e300}},
+                 erlmcp_flow_jsonrpc:decode_json(Bin)),
+    %% past a float's range: a parse error, not an infinity
+    ?assertEqual({error, parse_error}, erlmcp_flow_jsonrpc:decode_json(<<"[1e400]">>)),
+    ?assertMatch({error, {unencodable, _}}, erlmcp_flow_jsonrpc:encode_json({json_number, <<"1e400">>})),
+    ?assertEqual({ok, 18446744073709551615}, erlmcp_flow_jsonrpc:decode_json(<<"18446744073709551615">>)),
+    ?assertEqual({ok, -9223372036854775808}, erlmcp_flow_jsonrpc:decode_json(<<"-9223372036854775808">>)),
+    %% what JSON cannot carry is a readable error, never a crash
+    [?assertMatch({error, {unencodable, Why}} when is_binary(Why), erlmcp_flow_jsonrpc:encode_json(T))
+     || T <- [self(), make_ref(), {a, b}, <<255>>, 1 bsl 70, [1 | 2], #{{k} => 1}, fun() -> ok end,
+              {json_number, <<"12x">>}, lists:foldl(fun(_, A) -> [A] end, [], lists:seq(1, 600))]],
+    ?assertEqual({error, parse_error}, erlmcp_flow_jsonrpc:decode_json(<<"{">>)),
+    ?assertEqual({error, too_deep}, erlmcp_flow_jsonrpc:decode_json(binary:copy(<<"[">>, 65))),
+    ?assertEqual({error, too_large},
+                 erlmcp_flow_jsonrpc:decode_json(<<"[1,2]">>, #{max_message_bytes => 3, max_depth => 5,
+                                                              max_batch => 1})),
+    ?assertEqual({error, {badarg, json}}, erlmcp_flow_jsonrpc:decode_json(not_a_binary)).
+
+%% Ids go back exactly as they came (their text: 1E400 and -0.50 too);
+%% messages of every kind encode.
+ids_and_messages_test() ->
+    Ids = [<<"1">>, <<"-0.50">>, <<"1E400">>, <<"2.5e-3">>, <<"12345678901234567890">>, <<"\"s\"">>, <<"null">>],
+    lists:foreach(
+      fun(IdText) ->
+              Req = <<"{\"jsonrpc\":\"2.0\",\"method\":\"get_data\",\"id\":", IdText/binary, "}">>,
+              {reply, Resp} = erlmcp_flow_jsonrpc:responses(erlmcp_flow_jsonrpc:decode(Req), fun call/2),
+              ?assertNotEqual(nomatch, binary:match(Resp, <<"\"id\":", IdText/binary>>))
+      end, Ids),
+    ?assertMatch({single, {request, {json_number, <<"1E400">>}, _, _}},
+                 erlmcp_flow_jsonrpc:decode(<<"{\"jsonrpc\":\"2.0\",\"method\":\"m\",\"id\":1E400}">>)),
+    ?assertMatch({single, {request, 18446744073709551615, _, _}},
+                 erlmcp_flow_jsonrpc:decode(<<"{\"jsonrpc\":\"2.0\",\"method\":\"m\",\"id\":18446744073709551615}">>)),
+    {ok, R} = erlmcp_flow_jsonrpc:encode({request, 7, <<"m">>, #{<<"a">> => 1}}),
+    ?assertMatch({single, {request, 7, <<"m">>, #{<<"a">> := 1}}}, erlmcp_flow_jsonrpc:decode(R)),
+    {ok, N} = erlmcp_flow_jsonrpc:encode({notification, m, undefined}),
+    ?assertEqual({single, {notification, <<"m">>, undefined}}, erlmcp_flow_jsonrpc:decode(N)),
+    {ok, E} = erlmcp_flow_jsonrpc:encode({response, <<"x">>, {error, -32000, <<"no">>, #{why => 1}}}),
+    ?assertEqual({single, {response, <<"x">>, {error, -32000, <<"no">>, #{<<"why">> => 1}}}},
+                 erlmcp_flow_jsonrpc:decode(E)),
+    {ok, B} = erlmcp_flow_jsonrpc:encode({batch, [{notification, m, [1]}, {response, 1, {ok, null}}]}),
+    ?assertMatch({batch, [{notification, _, [1]}, {response, 1, {ok, null}}]},
+                 erlmcp_flow_jsonrpc:decode(B)),
+    ?assertMatch({error, {unencodable, _}}, erlmcp_flow_jsonrpc:encode({request, self(), m, undefined})),
+    ?assertMatch({error, {unencodable, _}}, erlmcp_flow_jsonrpc:encode({request, 1, m, 5})),
+    ?assertMatch({error, {unencodable, _}}, erlmcp_flow_jsonrpc:encode(garbage)),
+    ?assertMatch({error, {unencodable, _}}, erlmcp_flow_jsonrpc:encode({batch, [{batch, []}]})),
+    ?assertEqual({error, {badarg, message}}, erlmcp_flow_jsonrpc:decode(not_a_binary)),
+    ?assertEqual({error, {badarg, limits}}, erlmcp_flow_jsonrpc:decode(<<"{}">>, #{max_message_bytes => 0,
+                                                                                 max_depth => 1,
+                                                                                 max_batch => 1})).
+
+%% A result JSON cannot carry is answered -32603 with the reason in data.
+unencodable_result_test() ->
+    Req = <<"{\"jsonrpc\":\"2.0\",\"method\":\"pid\",\"id\":1}">>,
+    {reply, Resp} = erlmcp_flow_jsonrpc:responses(erlmcp_flow_jsonrpc:decode(Req),
+                                                  fun(_, _) -> {ok, self()} end),
+    #{<<"error">> := #{<<"code">> := -32603, <<"data">> := #{<<"reason">> := Why}}, <<"id">> := 1} =
+        erlmcp_flow_test_json:decode(Resp),
+    ?assertNotEqual(nomatch, binary:match(Why, <<"pid">>)).
+
+%% Large messages decode on a dirty scheduler, the same way.
+large_message_test() ->
+    Params = lists:duplicate(20000, <<"abcdef">>),
+    {ok, Req} = erlmcp_flow_jsonrpc:encode({request, 1, <<"sum">>, Params}),
+    ?assert(byte_size(Req) > 65536),
+    ?assertMatch({single, {request, 1, <<"sum">>, [<<"abcdef">> | _]}}, erlmcp_flow_jsonrpc:decode(Req)),
+    ?assertEqual(-32012, element(3, element(2, erlmcp_flow_jsonrpc:decode(
+                                                   Req, #{max_message_bytes => 65536, max_depth => 64,
+                                                          max_batch => 100})))).

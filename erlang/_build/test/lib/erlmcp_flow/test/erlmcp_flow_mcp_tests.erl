@@ -1,0 +1,353 @@
+-module(erlmcp_flow_mcp_tests).
+
+-include_lib("eunit/include/eunit.hrl").
+
+
+%% erlmcp_flow as an MCP server over Streamable HTTP and over stdio, with
+%% Erlang agents serving tools (the suite erlmcp_flow_mcp_SUITE runs real
+%% MCP servers and the official Python SDK).
+
+mcp_http_test_() ->
+    {setup,
+     fun() ->
+             _ = application:stop(erlmcp_flow),
+             {ok, _} = application:ensure_all_started(inets),
+             _ = application:load(erlmcp_flow),
+             ok = application:set_env(erlmcp_flow, transports, #{http => #{enabled => true, port => 0}}),
+             Apps = erlmcp_flow_test_util:start(),
+             ok = erlmcp_flow_mcp:declare_tool(<<"add">>, #{description => <<"a + b">>,
+                                                            inputSchema => #{type => object,
+                                                                             required => [<<"a">>, <<"b">>]},
+                                                            annotations => #{idempotentHint => true}}),
+             ok = erlmcp_flow:register_agent(<<"adder">>, spawn(fun adder/0), [<<"tool:add">>]),
+             ok = erlmcp_flow:register_agent(<<"failer">>, spawn(fun failer/0), [<<"tool:fail">>]),
+             Apps
+     end,
+     fun(Apps) ->
+             erlmcp_flow_test_util:unregister_all(),
+             erlmcp_flow_test_util:stop(Apps),
+             application:unset_env(erlmcp_flow, transports)
+     end,
+     [{"initialize: a session, the version negotiated", fun initialize/0},
+      {"sessions are required, unknown ones 404, DELETE ends one, GET is 405", fun sessions/0},
+      {"tools/list: agents' tools with their schemas and the router's, paginated", fun tools_list/0},
+      {"tools/call routes to an agent, with _meta and traceparent; failures are isError", fun tools_call/0},
+      {"notifications/cancelled stops a call and cancels the agent's task", fun cancelled/0},
+      {"sessions are bounded: past 10 000 open, initialize is 503", fun bounded/0},
+      {timeout, 60, {"an MCP server over a port as an agent (a Python one, standard library only)",
+                     fun port_server/0}},
+      {timeout, 60, {"an MCP server over Streamable HTTP as an agent: this node's own /mcp",
+                     fun url_server/0}},
+      {"register_server refuses bad arguments and missing commands", fun register_errors/0},
+      {"batches, methods and headers /mcp does not take; the router's tools", fun edges/0}]}.
+
+url() ->
+    "http://127.0.0.1:" ++ integer_to_list(erlmcp_flow_transport:port(http)) ++ "/mcp".
+
+post(Json) ->
+    post(Json, []).
+
+post(Json, Headers) ->
+    {ok, {{_, Status, _}, RespHeaders, Body}} =
+        httpc:request(post, {url(), [{"accept", "application/json, text/event-stream"} | Headers],
+                             "application/json", Json}, [], [{body_format, binary}]),
+    {Status, RespHeaders, Body}.
+
+msg(Id, Method, Params) ->
+    {ok, B} = erlmcp_flow_jsonrpc:encode({request, Id, Method, Params}),
+    B.
+
+note(Method, Params) ->
+    {ok, B} = erlmcp_flow_jsonrpc:encode({notification, Method, Params}),
+    B.
+
+session() ->
+    {200, H, _} = post(msg(1, <<"initialize">>, #{protocolVersion => <<"2025-11-25">>,
+                                                   capabilities => #{},
+                                                   clientInfo => #{name => <<"t">>, version => <<"1">>}})),
+    Sid = proplists:get_value("mcp-session-id", H),
+    {202, _, <<>>} = post(note(<<"notifications/initialized">>, #{}), [{"mcp-session-id", Sid}]),
+    Sid.
+
+call(Sid, Id, Method, Params) ->
+    {200, _, Body} = post(msg(Id, Method, Params), [{"mcp-session-id", Sid},
+                                                    {"mcp-protocol-version", "2025-11-25"}]),
+    erlmcp_flow_test_json:decode(Body).
+
+initialize() ->
+    {200, H, Body} = post(msg(1, <<"initialize">>, #{protocolVersion => <<"2025-06-18">>,
+                                                      capabilities => #{},
+                                                      clientInfo => #{name => <<"t">>, version => <<"1">>}})),
+    ?assertMatch(#{<<"result">> := #{<<"protocolVersion">> := <<"2025-06-18">>,
+                                     <<"capabilities">> := #{<<"tools">> := #{<<"listChanged">> := true}},
+                                     <<"serverInfo">> := #{<<"name">> := <<"erlmcp_flow">>}}},
+                 erlmcp_flow_test_json:decode(Body)),
+    ?assertMatch([_ | _], proplists:get_value("mcp-session-id", H)),
+    %% a version this server does not speak: it answers its newest
+    {200, _, B2} = post(msg(1, <<"initialize">>, #{protocolVersion => <<"1999-01-01">>})),
+    ?assertMatch(#{<<"result">> := #{<<"protocolVersion">> := <<"2025-11-25">>}},
+                 erlmcp_flow_test_json:decode(B2)).
+
+sessions() ->
+    ?assertMatch({400, _, _}, post(msg(2, <<"tools/list">>, #{}))),
+    ?assertMatch({404, _, _}, post(msg(2, <<"tools/list">>, #{}), [{"mcp-session-id", "nope"}])),
+    Sid = session(),
+    ?assertMatch({400, _, _}, post(msg(2, <<"tools/list">>, #{}), [{"mcp-session-id", Sid},
+                                                                   {"mcp-protocol-version", "2001-01-01"}])),
+    ?assertMatch(#{<<"result">> := #{}}, call(Sid, 2, <<"ping">>, #{})),
+    ?assertMatch(#{<<"error">> := #{<<"code">> := -32601}}, call(Sid, 3, <<"resources/list">>, #{})),
+    {ok, {{_, 405, _}, _, _}} = httpc:request(get, {url(), [{"mcp-session-id", Sid}]}, [], []),
+    {ok, {{_, 200, _}, _, _}} = httpc:request(delete, {url(), [{"mcp-session-id", Sid}]}, [], []),
+    ?assertMatch({404, _, _}, post(msg(4, <<"ping">>, #{}), [{"mcp-session-id", Sid}])),
+    %% not JSON at all: a parse error
+    {400, _, Bad} = post(<<"{nope">>),
+    ?assertMatch(#{<<"error">> := #{<<"code">> := -32700}}, erlmcp_flow_test_json:decode(Bad)).
+
+tools_list() ->
+    Sid = session(),
+    #{<<"result">> := #{<<"tools">> := Tools}} = call(Sid, 2, <<"tools/list">>, #{}),
+    Names = [N || #{<<"name">> := N} <- Tools],
+    ?assertEqual([<<"flow_route_task">>, <<"flow_explain">>, <<"flow_stats">>, <<"flow_trace">>,
+                  <<"add">>, <<"fail">>], Names),
+    [Add] = [T || #{<<"name">> := <<"add">>} = T <- Tools],
+    ?assertMatch(#{<<"inputSchema">> := #{<<"required">> := [<<"a">>, <<"b">>]},
+                   <<"annotations">> := #{<<"idempotentHint">> := true},
+                   <<"description">> := <<"a + b">>}, Add),
+    [Fail] = [T || #{<<"name">> := <<"fail">>} = T <- Tools],
+    ?assertEqual(#{<<"type">> => <<"object">>}, maps:get(<<"inputSchema">>, Fail)),
+    %% 60 more tools: two pages
+    Many = [spawn(fun adder/0) || _ <- lists:seq(1, 60)],
+    [ok = erlmcp_flow:register_agent(<<"many-", (integer_to_binary(I))/binary>>, P,
+                                     [<<"tool:t", (integer_to_binary(I))/binary>>])
+     || {I, P} <- lists:zip(lists:seq(1, 60), Many)],
+    #{<<"result">> := #{<<"tools">> := P1, <<"nextCursor">> := C}} = call(Sid, 3, <<"tools/list">>, #{}),
+    #{<<"result">> := R2} = call(Sid, 4, <<"tools/list">>, #{cursor => C}),
+    ?assertEqual(50, length(P1)),
+    ?assertEqual(66, length(P1) + length(maps:get(<<"tools">>, R2))),
+    ?assertNot(is_map_key(<<"nextCursor">>, R2)),
+    ?assertMatch(#{<<"error">> := #{<<"code">> := -32602}},
+                 call(Sid, 5, <<"tools/list">>, #{cursor => <<"!!">>})),
+    [ok = erlmcp_flow:unregister_agent(<<"many-", (integer_to_binary(I))/binary>>) || I <- lists:seq(1, 60)].
+
+tools_call() ->
+    Sid = session(),
+    #{<<"result">> := R} = call(Sid, 2, <<"tools/call">>, #{name => <<"add">>,
+                                                            arguments => #{a => 2, b => 3}}),
+    ?assertMatch(#{<<"isError">> := false, <<"structuredContent">> := #{<<"sum">> := 5},
+                   <<"content">> := [#{<<"type">> := <<"text">>}],
+                   <<"_meta">> := #{<<"erlmcp_flow">> := #{<<"agent_id">> := <<"adder">>,
+                                                           <<"attempts">> := 1}}}, R),
+    %% the caller's trace joined through _meta
+    TraceId = <<"4bf92f3577b34da6a3ce929d0e0e4736">>,
+    #{<<"result">> := R2} = call(Sid, 3, <<"tools/call">>,
+                                #{name => <<"add">>, arguments => #{a => 1, b => 1},
+                                  '_meta' => #{traceparent => <<"00-", TraceId/binary, "-00f067aa0ba902b7-01">>}}),
+    ?assertMatch(#{<<"_meta">> := #{<<"erlmcp_flow">> := #{<<"trace_id">> := TraceId}}}, R2),
+    %% a tool that fails: a result with isError (not idempotent: one attempt)
+    #{<<"result">> := R3} = call(Sid, 4, <<"tools/call">>, #{name => <<"fail">>, arguments => #{}}),
+    ?assertMatch(#{<<"isError">> := true, <<"_meta">> := #{<<"erlmcp_flow">> := #{<<"attempts">> := 1}}}, R3),
+    [#{<<"text">> := Text}] = maps:get(<<"content">>, R3),
+    ?assertNotEqual(nomatch, binary:match(Text, <<"boom">>)),
+    ?assertMatch(#{<<"error">> := #{<<"code">> := -32602}},
+                 call(Sid, 5, <<"tools/call">>, #{name => <<"nope">>, arguments => #{}})),
+    ?assertMatch(#{<<"error">> := #{<<"code">> := -32602}},
+                 call(Sid, 6, <<"tools/call">>, #{name => <<"add">>, arguments => [1]})),
+    %% the router's own tools
+    #{<<"result">> := S} = call(Sid, 7, <<"tools/call">>, #{name => <<"flow_stats">>, arguments => #{}}),
+    ?assertMatch(#{<<"isError">> := false, <<"structuredContent">> := #{<<"agents">> := _}}, S).
+
+cancelled() ->
+    Self = self(),
+    ok = erlmcp_flow:register_agent(<<"sleeper">>, spawn(fun() -> sleeper(Self) end), [<<"tool:sleep">>]),
+    Sid = session(),
+    spawn_link(fun() ->
+                       Self ! {answer, call(Sid, 77, <<"tools/call">>, #{name => <<"sleep">>, arguments => #{}})}
+               end),
+    receive {sleeping, _} -> ok after 5000 -> error(no_task) end,
+    %% on a connection of its own (httpc would queue it behind the call)
+    {ok, _} = inets:start(httpc, [{profile, mcp_cancel}]),
+    {ok, {{_, 202, _}, _, _}} =
+        httpc:request(post, {url(), [{"mcp-session-id", Sid}], "application/json",
+                             note(<<"notifications/cancelled">>, #{requestId => 77, reason => <<"user">>})},
+                      [], [], mcp_cancel),
+    inets:stop(httpc, mcp_cancel),
+    receive {answer, A} -> ?assertMatch(#{<<"id">> := 77, <<"error">> := #{<<"code">> := -32800}}, A)
+    after 5000 -> error(no_answer)
+    end,
+    receive {cancelled, _} -> ok after 5000 -> error(agent_not_cancelled) end,
+    ok = erlmcp_flow:unregister_agent(<<"sleeper">>).
+
+bounded() ->
+    Open = erlmcp_flow_mcp_http:sessions(),
+    Fake = [{<<"fake-", (integer_to_binary(I))/binary>>, <<"2025-11-25">>, erlang:monotonic_time(millisecond)}
+            || I <- lists:seq(1, 10000 - Open)],
+    ets:insert(erlmcp_flow_mcp_sessions, Fake),
+    try
+        {503, _, Body} = post(msg(1, <<"initialize">>, #{protocolVersion => <<"2025-11-25">>})),
+        ?assertMatch(#{<<"error">> := #{<<"message">> := <<"Too many MCP sessions", _/binary>>}},
+                     erlmcp_flow_test_json:decode(Body))
+    after
+        [ets:delete(erlmcp_flow_mcp_sessions, Sid) || {Sid, _, _} <- Fake]
+    end,
+    ?assertMatch({200, _, _}, post(msg(1, <<"initialize">>, #{protocolVersion => <<"2025-11-25">>}))).
+
+python_server() ->
+    Script = filename:join(erlmcp_flow_test_util:repo_root("tests/mcp/conformance_tools.py"),
+                           "tests/mcp/conformance_tools.py"),
+    [os:find_executable("python3"), Script].
+
+port_server() ->
+    ok = erlmcp_flow_mcp:register_server(<<"py">>, #{command => python_server()},
+                                         #{capabilities => [<<"lang:python">>]}),
+    [#{id := <<"py">>, status := ready, tools := Tools, os_pid := OsPid}] =
+        [S || #{id := <<"py">>} = S <- erlmcp_flow_mcp:servers()],
+    ?assert(is_integer(OsPid)),
+    ?assert(lists:member(<<"test_simple_text">>, Tools)),
+    ?assertMatch([<<"lang:python">>, <<"mcp_server">> | _],
+                 lists:sort(element(4, lists:keyfind(<<"py">>, 1, erlmcp_flow_registry:list_agents())))),
+    {ok, #{<<"content">> := [#{<<"text">> := <<"This is a simple text response for testing.">>}]}, _} =
+        erlmcp_flow:execute(#{tool => <<"test_simple_text">>, arguments => #{}},
+                            #{capabilities => [<<"tool:test_simple_text">>]}),
+    ?assertMatch({error, {agent_error, {tool_error, #{<<"isError">> := true}}}},
+                 erlmcp_flow:execute(#{tool => <<"test_error_handling">>, arguments => #{}},
+                                     #{capabilities => [<<"tool:test_error_handling">>], idempotent => false})),
+    %% a task that is not a tool call
+    ?assertMatch({error, {agent_error, {bad_task, _, _}}},
+                 erlmcp_flow:execute(#{n => 1}, #{capabilities => [<<"lang:python">>], idempotent => false})),
+    ?assertEqual({error, already_registered},
+                 erlmcp_flow_mcp:register_server(<<"py">>, #{command => python_server()}, #{})),
+    ok = erlmcp_flow_mcp:unregister_server(<<"py">>),
+    ?assertEqual({error, not_found}, erlmcp_flow_mcp:unregister_server(<<"py">>)),
+    ?assertEqual({error, not_found}, erlmcp_flow:find_agent(<<"py">>)).
+
+url_server() ->
+    ok = erlmcp_flow_mcp:register_server(<<"self">>, #{url => url()}, #{}),
+    [#{status := ready, tools := Tools}] = [S || #{id := <<"self">>} = S <- erlmcp_flow_mcp:servers()],
+    ?assert(lists:member(<<"flow_stats">>, Tools)),
+    %% only the agent holds tool:flow_stats: the call goes out over HTTP and
+    %% comes back to this node's MCP front
+    {ok, #{<<"structuredContent">> := #{<<"agents">> := _}}, #{agent_id := <<"self">>}} =
+        erlmcp_flow:execute(#{tool => <<"flow_stats">>, arguments => #{}},
+                            #{capabilities => [<<"tool:flow_stats">>]}),
+    ok = erlmcp_flow_mcp:unregister_server(<<"self">>).
+
+register_errors() ->
+    Cmd = #{command => python_server()},
+    ?assertEqual({error, {badarg, {server_id, <<>>}}}, erlmcp_flow_mcp:register_server(<<>>, Cmd, #{})),
+    ?assertEqual({error, {badarg, opts}}, erlmcp_flow_mcp:register_server(<<"x">>, Cmd, [])),
+    ?assertMatch({error, {badarg, {command, _}}},
+                 erlmcp_flow_mcp:register_server(<<"x">>, #{command => [42]}, #{})),
+    ?assertMatch({error, {badarg, {url, _}}},
+                 erlmcp_flow_mcp:register_server(<<"x">>, #{url => "ftp://host/x"}, #{})),
+    ?assertMatch({error, {badarg, {spec, _}}}, erlmcp_flow_mcp:register_server(<<"x">>, #{}, #{})),
+    ?assertMatch({error, {badarg, {capabilities, _}}},
+                 erlmcp_flow_mcp:register_server(<<"x">>, Cmd, #{capabilities => [1]})),
+    ?assertMatch({error, {command_not_found, _}},
+                 erlmcp_flow_mcp:register_server(<<"x">>, #{command => ["no-such-mcp-server-here"]}, #{})),
+    ?assertEqual({error, {badarg, name}}, erlmcp_flow_mcp:declare_tool(<<>>, #{})),
+    ?assertEqual({error, {badarg, tool}}, erlmcp_flow_mcp:declare_tool(<<"t">>, nope)),
+    ?assertEqual(ok, erlmcp_flow_mcp:await_configured(100)),
+    ?assertEqual([], [S || #{id := <<"x">>} = S <- erlmcp_flow_mcp:servers()]).
+
+edges() ->
+    Sid = session(),
+    H = [{"mcp-session-id", Sid}],
+    %% a batch: requests answered in a list, notifications and responses not,
+    %% an invalid item answered with its error
+    Batch = iolist_to_binary([$[, lists:join($,, [msg(10, <<"ping">>, #{}),
+                                                   note(<<"notifications/progress">>, #{}),
+                                                   <<"{\"jsonrpc\":\"2.0\",\"id\":5,\"result\":{}}">>,
+                                                   <<"{\"jsonrpc\":\"2.0\",\"id\":11}">>,
+                                                   msg(12, <<"tools/call">>, #{arguments => #{}})]), $]]),
+    {200, _, B} = post(Batch, H),
+    ?assertMatch([#{<<"id">> := 10, <<"result">> := #{}},
+                  #{<<"id">> := 11, <<"error">> := #{<<"code">> := -32600}},
+                  #{<<"id">> := 12, <<"error">> := #{<<"code">> := -32602}}],
+                 erlmcp_flow_test_json:decode(B)),
+    %% a batch of notifications only, a cancellation of nothing: 202
+    Notes = iolist_to_binary([$[, note(<<"notifications/cancelled">>, #{requestId => 999}), $,,
+                              note(<<"notifications/progress">>, #{}), $]]),
+    ?assertMatch({202, _, <<>>}, post(Notes, H)),
+    %% other methods; DELETE without a session; a foreign Origin
+    {ok, {{_, 405, _}, _, _}} = httpc:request(put, {url(), H, "application/json", <<"{}">>}, [], []),
+    {ok, {{_, 400, _}, _, _}} = httpc:request(delete, {url(), []}, [], []),
+    ?assertMatch({403, _, _}, post(msg(13, <<"ping">>, #{}), [{"origin", "http://evil.example"} | H])),
+    %% the router's tools: routing, explaining, a trace, an error as isError
+    #{<<"result">> := Routed} = call(Sid, 14, <<"tools/call">>,
+                                     #{name => <<"flow_route_task">>,
+                                       arguments => #{task => #{a => 1, b => 2},
+                                                      requirements => #{capabilities => [<<"tool:add">>]}}}),
+    ?assertMatch(#{<<"isError">> := false, <<"structuredContent">> := #{<<"agent_id">> := <<"adder">>,
+                                                                          <<"trace_id">> := _}}, Routed),
+    TraceId = maps:get(<<"trace_id">>, maps:get(<<"structuredContent">>, Routed)),
+    #{<<"result">> := Explained} = call(Sid, 15, <<"tools/call">>,
+                                        #{name => <<"flow_explain">>, arguments => #{capabilities => [<<"tool:add">>]}}),
+    ?assertMatch(#{<<"isError">> := false, <<"structuredContent">> := #{}}, Explained),
+    #{<<"result">> := Traced} = call(Sid, 16, <<"tools/call">>,
+                                     #{name => <<"flow_trace">>, arguments => #{trace_id => TraceId}}),
+    ?assertMatch(#{<<"isError">> := false}, Traced),
+    #{<<"result">> := Refused} = call(Sid, 17, <<"tools/call">>,
+                                      #{name => <<"flow_route_task">>,
+                                        arguments => #{task => #{}, requirements => #{capabilities => [<<"nobody">>]}}}),
+    ?assertMatch(#{<<"isError">> := true, <<"structuredContent">> := #{<<"error">> := _}}, Refused),
+    %% _meta that is not an object is ignored
+    #{<<"result">> := R} = call(Sid, 18, <<"tools/call">>, #{name => <<"add">>, arguments => #{a => 1, b => 2},
+                                                             '_meta' => 7}),
+    ?assertMatch(#{<<"structuredContent">> := #{<<"sum">> := 3}}, R),
+    %% a cursor that decodes to a negative offset
+    ?assertMatch(#{<<"error">> := #{<<"code">> := -32602}},
+                 call(Sid, 19, <<"tools/list">>, #{cursor => base64:encode(<<"-5">>)})).
+
+%% bin/erlmcp-flow stdio --mcp as a host runs it.
+stdio_test_() ->
+    {timeout, 60, fun stdio/0}.
+
+stdio() ->
+    Root = erlmcp_flow_test_util:repo_root("bin/erlmcp-flow"),
+    Dir = filename:join(Root, "_build/test/mcp-stdio"),
+    ok = filelib:ensure_dir(filename:join(Dir, "x")),
+    Input = filename:join(Dir, "input"),
+    ok = file:write_file(Input, [msg(1, <<"tools/list">>, #{}), $\n,
+                                 msg(2, <<"initialize">>, #{protocolVersion => <<"2025-06-18">>}), $\n,
+                                 note(<<"notifications/initialized">>, #{}), $\n,
+                                 msg(3, <<"tools/list">>, #{}), $\n,
+                                 msg(4, <<"tools/call">>, #{name => <<"flow_stats">>, arguments => #{}}), $\n,
+                                 msg(5, <<"tools/call">>, #{name => <<"nope">>}), $\n,
+                                 <<"{oops\n">>]),
+    Cmd = lists:flatten(io_lib:format("~s stdio --mcp < ~s 2>/dev/null; echo \"exit=$?\"",
+                                      [filename:join(Root, "bin/erlmcp-flow"), Input])),
+    Lines = string:split(string:trim(os:cmd(Cmd)), "\n", all),
+    {Json, ["exit=0"]} = lists:split(length(Lines) - 1, Lines),
+    ById = maps:from_list([{maps:get(<<"id">>, A), A}
+                           || L <- Json, A <- [erlmcp_flow_test_json:decode(list_to_binary(L))]]),
+    ?assertMatch(#{<<"error">> := #{<<"code">> := -32600}}, maps:get(1, ById)),
+    ?assertMatch(#{<<"result">> := #{<<"protocolVersion">> := <<"2025-06-18">>}}, maps:get(2, ById)),
+    ?assertMatch(#{<<"result">> := #{<<"tools">> := [_, _, _, _]}}, maps:get(3, ById)),
+    ?assertMatch(#{<<"result">> := #{<<"isError">> := false}}, maps:get(4, ById)),
+    ?assertMatch(#{<<"error">> := #{<<"code">> := -32602}}, maps:get(5, ById)),
+    ?assertMatch(#{<<"error">> := #{<<"code">> := -32700}}, maps:get(null, ById)).
+
+%% Agents
+
+adder() ->
+    receive
+        {execute_task, #{tool := <<"add">>, arguments := #{<<"a">> := A, <<"b">> := B}}, _, From, Ref} ->
+            From ! {task_result, Ref, {ok, #{sum => A + B}}};
+        {execute_task, _, _, From, Ref} ->
+            From ! {task_result, Ref, {ok, #{}}}
+    end,
+    adder().
+
+failer() ->
+    receive
+        {execute_task, _, _, From, Ref} -> From ! {task_result, Ref, {error, boom}}
+    end,
+    failer().
+
+sleeper(Test) ->
+    receive
+        {execute_task, _, _, _From, Ref} ->
+            Test ! {sleeping, Ref},
+            receive {cancel_task, Ref} -> Test ! {cancelled, Ref} end
+    end,
+    sleeper(Test).
