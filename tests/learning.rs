@@ -84,7 +84,9 @@ proptest! {
         let mut rng = SmallRng::seed_from_u64(1);
         let lease = r.decide(&Request::new(&[], Strategy::RoundRobin), &mut rng).unwrap();
         let s = lease.state().index();
-        lease.agent().q_row().set(s, q, 0);
+        // a cell updated before (a cell never updated starts from its
+        // one-step estimate instead, see the next property)
+        lease.agent().q_row().set(s, q, 1);
         r.shared().learner().observe_best(0, best);
         r.clock().advance(latency_us);
         lease.complete(if ok { Outcome::Success } else { Outcome::Failure });
@@ -92,7 +94,37 @@ proptest! {
         let expected = q + alpha * (c.reward(latency_us as f64, ok) + gamma * best - q);
         let got = lease.agent().q_row().value(s);
         prop_assert!(close(got, expected), "{} != {}", got, expected);
-        prop_assert_eq!(lease.agent().q_row().visits(s), 1);
+        prop_assert_eq!(lease.agent().q_row().visits(s), 2);
+    }
+
+    /// A cell never updated starts from the best reward its state allows
+    /// plus gamma times the best next value, and moves from there.
+    #[test]
+    fn a_first_update_starts_one_step_from_the_best(
+        best in -100.0f64..100.0,
+        alpha in 0.001f64..1.0,
+        gamma in 0.0f64..0.999,
+        ok in any::<bool>(),
+        latency_us in 0u64..2_000_000,
+    ) {
+        let config = RouterConfig {
+            q: QConfig { alpha, gamma, ..QConfig::default() },
+            ..RouterConfig::default()
+        };
+        let r: Router<()> = Router::new(config, Clock::manual(0));
+        r.agents().insert(AgentSpec::new("a", (), vec![b"x".to_vec()])).unwrap();
+        let mut rng = SmallRng::seed_from_u64(1);
+        let lease = r.decide(&Request::new(&[], Strategy::RoundRobin), &mut rng).unwrap();
+        let s = lease.state().index();
+        prop_assert_eq!(lease.agent().q_row().visits(s), 0);
+        r.shared().learner().observe_best(0, best);
+        let c = r.shared().learner().config().clone();
+        let q = c.prior_reward(lease.state()) + gamma * best;
+        r.clock().advance(latency_us);
+        lease.complete(if ok { Outcome::Success } else { Outcome::Failure });
+        let expected = q + alpha * (c.reward(latency_us as f64, ok) + gamma * best - q);
+        let got = lease.agent().q_row().value(s);
+        prop_assert!(close(got, expected), "{} != {}", got, expected);
     }
 
     /// The TD step never leaves the interval between the old value and the target.

@@ -106,6 +106,68 @@ fn recovery_q_learning_and_p2c_notice_recovered_agents() {
     }
 }
 
+const LC: Contender = Contender::Strategy(Strategy::LeastConnections);
+
+/// The judgment floors, on the four situations where agents change under
+/// the learner (`comeback`: slow agents turn fast while the favourites stay
+/// acceptable; `flap`: two groups swap speeds and swap back; `fat_tail`: a
+/// fast median with a 2% tail past 300 ms, then fixed; `cascade`: 30% of
+/// the agents hang, then come back one every 2 s), seeds 1 to 3:
+///
+/// - after every change (each phase's start and end; the workload's window
+///   after it) Q-learning's mean latency is within 1.25 times the oracle's;
+/// - over the whole run and after every change it is never more than 10%
+///   worse than the better of p2c_ewma and least_connections;
+/// - it answers at least as many tasks as the better of them.
+#[test]
+fn q_learning_keeps_up_when_agents_change() {
+    for name in ["comeback", "flap", "fat_tail", "cascade"] {
+        for seed in 1..=3 {
+            let rs = results(name, seed, &[Q, P2C, LC, Contender::Oracle]);
+            let (q, p, l, o) = (
+                get(&rs, "q_learning"),
+                get(&rs, "p2c_ewma"),
+                get(&rs, "least_connections"),
+                get(&rs, "oracle"),
+            );
+            let best_other = p.all.mean_ms.min(l.all.mean_ms);
+            assert!(
+                q.all.mean_ms <= 1.10 * best_other,
+                "{name} seed {seed}: whole run {} vs p2c/least_conn {best_other}",
+                q.all.mean_ms
+            );
+            assert!(
+                q.all.success_rate >= p.all.success_rate.max(l.all.success_rate) - 1e-3,
+                "{name} seed {seed}: success {}",
+                q.all.success_rate
+            );
+            assert!(!q.after_changes.is_empty());
+            for (i, (at_s, f)) in q.after_changes.iter().enumerate() {
+                if f.tasks == 0 {
+                    continue;
+                }
+                let (oracle, other) = (
+                    o.after_changes[i].1.mean_ms,
+                    p.after_changes[i]
+                        .1
+                        .mean_ms
+                        .min(l.after_changes[i].1.mean_ms),
+                );
+                assert!(
+                    f.mean_ms <= 1.25 * oracle,
+                    "{name} seed {seed}: after the change at {at_s} s {} vs oracle {oracle}",
+                    f.mean_ms
+                );
+                assert!(
+                    f.mean_ms <= 1.10 * other,
+                    "{name} seed {seed}: after the change at {at_s} s {} vs p2c/least_conn {other}",
+                    f.mean_ms
+                );
+            }
+        }
+    }
+}
+
 /// Without aging (stale_after 0) Q-learning does not notice the recovery:
 /// the floor above is the aging's doing.
 #[test]

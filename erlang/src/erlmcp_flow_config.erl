@@ -62,7 +62,7 @@ schema() ->
           [{alpha, 0.1, fun is_unit_open_low/1},
            {gamma, 0.9, fun is_unit_open_high/1},
            {epsilon, 0.1, fun is_unit/1},
-           {epsilon_min, 0.01, fun is_unit/1},
+           {epsilon_min, 0.001, fun is_unit/1},
            {epsilon_decay, 0.995, fun is_unit_open_low/1},
            {epsilon_schedule, exponential, one_of([exponential, linear, cosine])},
            {softmax_temperature, 1.0, fun is_positive_number/1},

@@ -190,6 +190,9 @@ pub struct Shared {
     /// When the next look for agents whose news is stale is due (see
     /// `Router::age`).
     pub(crate) next_aging_us: AtomicU64,
+    /// When the last surprise came (0: none since the agents were walked);
+    /// see `Router::age`.
+    pub(crate) surprise_us: AtomicU64,
     pub(crate) correlation: CorrelationStore,
     /// Microseconds a decision took, for one decision in [`DECISION_SAMPLE`].
     pub(crate) decision_us: Mutex<Histogram<u32>>,
@@ -221,6 +224,7 @@ impl Shared {
             correlation: CorrelationStore::new(config.correlation.clone()),
             completed: AtomicU64::new(0),
             next_aging_us: AtomicU64::new(0),
+            surprise_us: AtomicU64::new(0),
             decision_us: Mutex::new(
                 Histogram::new_with_bounds(1, 60_000_000, 2).expect("constant histogram bounds"),
             ),

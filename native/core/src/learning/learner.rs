@@ -30,10 +30,21 @@
 //! sets share it; the value it adds to every target of a class is the same,
 //! which leaves the ranking of the candidates to the rewards.
 //!
-//! Every value starts at the best reward its state's buckets allow
-//! ([`QConfig::prior`]), scaled by `1 / (1 - gamma)` to match what learned
-//! values converge to: optimistic, so that a state not yet seen gets tried and
-//! corrected instead of ignored.
+//! A cell nobody updated yet is worth what one step from it would give at
+//! best ([`Learner::value`]): the best reward its state's buckets allow
+//! ([`QConfig::prior_reward`]) plus `gamma` times the best next value every
+//! learned value carries. Optimistic, so that a state not yet seen gets tried
+//! and corrected instead of ignored; and on the scale of the learned values,
+//! so that an agent entering a state it never visited (a slow agent that
+//! turned fast, whose first answers move its latency bucket) is not sunk
+//! below agents that merely stayed where they were. (A value that assumed
+//! the reward forever, `r / (1 - gamma)`, started an agent recovering into the
+//! `normal` bucket at -0.5 while steady agents sat near 5.)
+//!
+//! The learner also keeps the size of its own steps ([`Learner::noise`]): two
+//! values closer than a few steps are not told apart by learning, and the
+//! greedy choice among them is left to a measure of cost (see the
+//! strategies).
 //!
 //! # Concurrency
 //!
@@ -122,7 +133,7 @@ impl Default for QConfig {
             alpha: 0.1,
             gamma: 0.9,
             epsilon: 0.1,
-            epsilon_min: 0.01,
+            epsilon_min: 0.001,
             epsilon_decay: 0.995,
             schedule: EpsilonSchedule::Exponential,
             temperature: 1.0,
@@ -244,33 +255,47 @@ impl QConfig {
         }
     }
 
-    /// The reward of one outcome ([`reward`] with this configuration's thresholds).
-    #[inline]
-    pub fn reward(&self, latency_us: f64, ok: bool) -> f64 {
-        reward(latency_us, ok, self.fast_us, self.slow_us)
-    }
-
-    /// The starting value of a state: the reward its buckets allow at best
-    /// (the lower edge of its latency bucket, the upper edge of its success
-    /// bucket), less [`LOAD_PRIOR_PENALTY`] per load level, over `1 - gamma`
-    /// as learned values converge to.
-    ///
-    /// Optimistic for an idle agent, so that an agent or a state not yet seen
-    /// gets tried and corrected instead of ignored. Pessimistic per task in
-    /// flight, because answers arrive late: without it, an agent nobody has
-    /// measured yet would take task after task while its first ones run, and
-    /// an agent the table only knows idle would be piled on before its loaded
-    /// states are learned. Learned values replace the prior at `alpha` per visit.
-    pub fn prior(&self, state: State) -> f64 {
+    /// The best reward a state's buckets allow in one step: the reward at
+    /// the lower edge of its latency bucket, weighed by the upper edge of its
+    /// success bucket, less [`LOAD_PRIOR_PENALTY`] per load level (answers
+    /// arrive late: without it an agent nobody measured would take task after
+    /// task while its first ones run).
+    pub fn prior_reward(&self, state: State) -> f64 {
         let latency = match state.latency {
             0 => 0.0,
             1 => self.fast_us,
             _ => self.slow_us,
         };
         let p = [SUCCESS_LOW_BELOW, SUCCESS_HIGH_FROM, 1.0][state.success as usize];
-        let r = p * self.reward(latency, true) + (1.0 - p) * ERROR_REWARD
-            - LOAD_PRIOR_PENALTY * f64::from(state.load_level);
-        r / (1.0 - self.gamma)
+        p * self.reward(latency, true) + (1.0 - p) * ERROR_REWARD
+            - LOAD_PRIOR_PENALTY * f64::from(state.load_level)
+    }
+
+    /// Whether a successful answer in `latency_us` from an agent whose
+    /// condition was `known` ([`QConfig::condition`]) says the agent turned
+    /// good: it was known slow (latency bucket `slow`: slow answers, or
+    /// timeouts) and this answer is fast. The router takes the answer at its
+    /// word and as news that agents may have recovered together. (An agent
+    /// failing often but answering fast is no news when it succeeds.)
+    #[inline]
+    pub fn turned_good(&self, known: u8, latency_us: f64) -> bool {
+        known % LATENCY_BUCKETS as u8 == 2 && latency_us < self.fast_us
+    }
+
+    /// The reward of one outcome ([`reward`] with this configuration's thresholds).
+    #[inline]
+    pub fn reward(&self, latency_us: f64, ok: bool) -> f64 {
+        reward(latency_us, ok, self.fast_us, self.slow_us)
+    }
+
+    /// The stored starting value of a state: [`QConfig::prior_reward`] over
+    /// `1 - gamma`, what a value converges to if that reward came forever.
+    /// Decisions do not read it for a cell never updated (they read
+    /// [`Learner::value`]); it is what the file keeps for such cells, the
+    /// scale of the optimistic prior aging drifts toward, and the start of
+    /// `max_a' Q(s', a')` before any decision.
+    pub fn prior(&self, state: State) -> f64 {
+        self.prior_reward(state) / (1.0 - self.gamma)
     }
 
     /// The highest prior of any state: the starting `max_a' Q(s', a')`.
@@ -438,11 +463,12 @@ impl QRow {
         self.0.visits[index].store(visits, Ordering::Relaxed);
     }
 
-    /// Applies one TD step to `index` and returns the new value.
+    /// Applies one TD step from `q` (the cell's value as decisions saw it) to
+    /// `index` and returns the new value.
     #[inline]
-    fn learn(&self, index: usize, r: f64, max_next: f64, alpha: f64, gamma: f64) -> f64 {
+    fn learn(&self, index: usize, q: f64, r: f64, max_next: f64, alpha: f64, gamma: f64) -> f64 {
         let value = &self.0.values[index];
-        let new = td_update(load_f64(value), r, max_next, alpha, gamma);
+        let new = td_update(q, r, max_next, alpha, gamma);
         store_f64(value, new);
         let v = &self.0.visits[index];
         v.store(
@@ -450,6 +476,23 @@ impl QRow {
             Ordering::Relaxed,
         );
         new
+    }
+
+    /// Forgets what was learned of every state of condition `cond`
+    /// ([`QConfig::condition`]), at every load level and in every class: its
+    /// cells count as never updated again (decisions read them at
+    /// [`Learner::initial_value`]). For an agent that turned good: what it
+    /// learned in those states was learned of the agent it was before.
+    pub fn forget_condition(&self, cond: u8) {
+        let per_level = SUCCESS_BUCKETS * LATENCY_BUCKETS;
+        for start in (0..self.len()).step_by(STATES) {
+            for level in 0..LOAD_LEVELS {
+                let index = start + level * per_level + usize::from(cond);
+                if index < self.len() {
+                    self.0.visits[index].store(0, Ordering::Relaxed);
+                }
+            }
+        }
     }
 
     /// Resets every cell to its prior.
@@ -470,7 +513,16 @@ pub struct Learner {
     episodes: AtomicU64,
     /// `f64` bits of the current epsilon.
     epsilon: AtomicU64,
+    /// `f64` bits of the moving average of the size of the TD steps.
+    noise: AtomicU64,
 }
+
+/// Weight of the newest step in [`Learner::noise`]'s average.
+const NOISE_WEIGHT: f64 = 1.0 / 64.0;
+
+/// How far above the best value an aged agent's value can drift (see
+/// [`Learner::aging_target`]): about the reward of one latency bucket.
+pub const AGING_MARGIN: f64 = 0.5;
 
 impl Learner {
     pub fn new(config: QConfig) -> Learner {
@@ -480,8 +532,38 @@ impl Learner {
                 .collect(),
             episodes: AtomicU64::new(0),
             epsilon: AtomicU64::new(config.epsilon_at(0).to_bits()),
+            noise: AtomicU64::new(0f64.to_bits()),
             config,
         }
+    }
+
+    /// The value decisions see in cell `index` of `row`: what was learned,
+    /// or, for a cell never updated, the best one step from it can give
+    /// ([`Learner::initial_value`]).
+    #[inline]
+    pub fn value(&self, row: &QRow, index: usize) -> f64 {
+        if row.visits(index) == 0 {
+            self.initial_value(index)
+        } else {
+            row.value(index)
+        }
+    }
+
+    /// The estimate of a cell never updated: the best reward its state
+    /// allows plus `gamma` times the best next value now.
+    #[inline]
+    pub fn initial_value(&self, index: usize) -> f64 {
+        let state = State::from_index(index);
+        self.config.prior_reward(state) + self.config.gamma * self.best_next(state.class)
+    }
+
+    /// The typical size of one TD step lately (a moving average of
+    /// `|new - old|`): how much a learned value moves by chance between two
+    /// samples. Values closer than a few of these are not told apart by
+    /// learning.
+    #[inline]
+    pub fn noise(&self) -> f64 {
+        load_f64(&self.noise)
     }
 
     pub fn config(&self) -> &QConfig {
@@ -516,23 +598,49 @@ impl Learner {
     /// One episode: the TD step for cell `s` of `row` with reward `r`;
     /// advances the epsilon schedule. Returns the new value.
     pub fn learn(&self, row: &QRow, s: usize, r: f64) -> f64 {
-        self.learn_at(row, s, r, self.config.alpha)
+        self.learn_at(row, s, r, self.config.alpha).0
     }
 
     /// [`Learner::learn`] with learning rate `alpha`: the router raises it
     /// for an outcome that ends a long silence, which old values should not
-    /// outweigh (see `Lease::complete`).
-    pub fn learn_at(&self, row: &QRow, s: usize, r: f64, alpha: f64) -> f64 {
+    /// outweigh (see `Lease::complete`). Returns the new value and the TD
+    /// error (`r + gamma * max_next - q`, how much better the outcome was
+    /// than the value expected).
+    pub fn learn_at(&self, row: &QRow, s: usize, r: f64, alpha: f64) -> (f64, f64) {
         let c = &self.config;
         let class = (s / STATES) as u32;
-        let new = row.learn(s, r, self.best_next(class), alpha, c.gamma);
+        let q = self.value(row, s);
+        let max_next = self.best_next(class);
+        let new = row.learn(s, q, r, max_next, alpha, c.gamma);
+        let error = r + c.gamma * max_next - q;
+        // the step's size joins the average (racing updates may lose one
+        // sample of it: the average is advisory)
+        let step = (new - q).abs();
+        if step.is_finite() {
+            let old = self.noise();
+            store_f64(&self.noise, old + NOISE_WEIGHT * (step - old));
+        }
         let n = self.episodes.fetch_add(1, Ordering::Relaxed) + 1;
         // The schedule moves by less than a percent per episode: recomputing
         // it (a `powf`) every 16 episodes is as good and costs 1/16.
         if n % 16 == 0 {
             store_f64(&self.epsilon, c.epsilon_at(n));
         }
-        new
+        (new, error)
+    }
+
+    /// What an idle agent's value drifts toward while its news ages (see
+    /// `Agent::aged`): a little above the best value decisions see now, so
+    /// that a stale agent is tried again once its drift has covered the gap
+    /// between what it was learned to be worth and the best; the worse it
+    /// was learned to be, the later. (Drifting toward the optimistic prior
+    /// of an unmeasured agent, far above every learned value, had every
+    /// stale agent tried again within about one `stale_after` of the last,
+    /// slow ones included: at 400 tasks a second against agents of 8 ms,
+    /// probes of agents of 400 ms cost a third of the mean latency.)
+    #[inline]
+    pub fn aging_target(&self, class: u32) -> f64 {
+        self.best_next(class) + AGING_MARGIN
     }
 
     /// Continues the epsilon schedule from `episodes` (a loaded model).
@@ -549,6 +657,7 @@ impl Learner {
         for b in self.best_next.iter() {
             store_f64(b, self.config.best_prior());
         }
+        store_f64(&self.noise, 0.0);
         self.episodes.store(0, Ordering::Relaxed);
         store_f64(&self.epsilon, self.config.epsilon_at(0));
     }
@@ -842,7 +951,7 @@ mod tests {
                 assert!(e <= prev + 1e-12, "{schedule:?} rises at {n}");
                 prev = e;
             }
-            assert!((c.epsilon_at(100_000) - 0.01).abs() < 1e-9, "{schedule:?}");
+            assert!((c.epsilon_at(100_000) - 0.001).abs() < 1e-9, "{schedule:?}");
         }
         let flat = QConfig {
             epsilon_decay: 1.0,

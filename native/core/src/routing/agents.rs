@@ -42,7 +42,7 @@ use hashbrown::HashTable;
 
 use crate::error::FlowError;
 use crate::hot::HotCell;
-use crate::learning::{QConfig, QRow, State, StateIndexer};
+use crate::learning::{LATENCY_BUCKETS, QConfig, QRow, State, StateIndexer};
 use crate::resilience::breaker::Breaker;
 use crate::routing::append::AppendVec;
 use crate::routing::ring::Ring;
@@ -214,7 +214,9 @@ impl<P> Agent<P> {
         if class == 0 {
             self.stats.current_value()
         } else {
-            self.q.value(self.state_index(indexer))
+            self.shared
+                .learner()
+                .value(&self.q, self.state_index(indexer))
         }
     }
 
@@ -224,23 +226,55 @@ impl<P> Agent<P> {
     /// for `stale_after_us`, `1 - exp(-t / stale_after)` after `t` more. An
     /// agent nobody asked for a while is then tried again, later the worse
     /// it was learned to be (see `Router::age`).
+    ///
+    /// Each agent's clock runs at its own pace, `stale_after_us` times a
+    /// factor from 0.75 to 1.25 fixed by its `uid`: agents that went quiet
+    /// together (a group that hung at one instant) are tried again spread
+    /// over a while, not all in one instant. An agent known slow or failing
+    /// (its latency bucket `slow` or its success bucket `low`) ages
+    /// [`BAD_AGENT_PACE`] times slower: its probe costs a slow answer or a
+    /// failure (a timeout, usually), and agents that recover together are
+    /// found by the first of them to be tried anyway (see `Router::age`).
     #[inline]
     pub fn drift(&self, now_us: u64) -> f64 {
-        let stale = self.shared.config.stale_after_us;
+        let stale = self.stale_after_us();
+        if stale == 0.0 {
+            return 0.0;
+        }
         match self.stats.age_us(now_us) {
-            Some(age) if stale > 0 && age >= stale && self.stats.in_flight() == 0 => {
-                1.0 - (-((age - stale) as f64 / stale as f64)).exp()
+            Some(age) if age as f64 >= stale && self.stats.in_flight() == 0 => {
+                1.0 - (-((age as f64 - stale) / stale)).exp()
             }
             _ => 0.0,
         }
     }
 
+    /// The silence after which this agent's news counts as stale, in
+    /// microseconds: the router's `stale_after_us` at the agent's own pace
+    /// (see [`Agent::drift`]); 0 with aging off.
+    pub fn stale_after_us(&self) -> f64 {
+        let stale = self.shared.config.stale_after_us;
+        if stale == 0 {
+            return 0.0;
+        }
+        // the golden ratio spreads consecutive uids evenly over [0, 1)
+        let mut pace = 0.75 + 0.5 * (f64::from(self.uid) * 0.618_033_988_749_895).fract();
+        let cond = self.stats.condition();
+        if cond % LATENCY_BUCKETS as u8 == 2 || cond / LATENCY_BUCKETS as u8 == 0 {
+            pace *= BAD_AGENT_PACE;
+        }
+        stale as f64 * pace
+    }
+
     /// `learned` as Q-learning's decisions see it at `now_us`: moved
-    /// [`Agent::drift`] of the way up to the optimistic prior.
+    /// [`Agent::drift`] of the way up to the learner's aging target (a
+    /// little above the best value, see `Learner::aging_target`).
     #[inline]
     pub fn aged(&self, learned: f64, now_us: u64) -> f64 {
-        let prior = self.shared.learner().config().best_prior();
-        learned + (prior - learned).max(0.0) * self.drift(now_us)
+        let target = self.shared.learner().aging_target(0);
+        // the cell's drift may be ahead of the clock's (a surprise set it)
+        let drift = self.drift(now_us).max(self.stats.hot().drift());
+        learned + (target - learned).max(0.0) * drift
     }
 
     /// Refreshes the cached value after the load, the condition or the
@@ -248,9 +282,10 @@ impl<P> Agent<P> {
     /// copy lasts until the agent's next task starts or ends, and only sways
     /// the choice between candidates meanwhile.
     pub(crate) fn refresh_value(&self) {
-        let ix = self.shared.learner().config().indexer(0);
+        let learner = self.shared.learner();
+        let ix = learner.config().indexer(0);
         self.stats
-            .set_current_value(self.q.value(self.state_index(&ix)));
+            .set_current_value(learner.value(&self.q, self.state_index(&ix)));
     }
 }
 
@@ -261,6 +296,10 @@ impl<P> Drop for Agent<P> {
         self.shared.hot_arena().give(self.stats.hot_ref().clone());
     }
 }
+
+/// How many times slower an agent known slow or failing ages (see
+/// [`Agent::drift`]).
+pub const BAD_AGENT_PACE: f64 = 2.0;
 
 /// A map shared between snapshots, split into shards by a keyed hash: a
 /// change copies only the shards it touches.

@@ -129,7 +129,10 @@ impl<P> Lease<P> {
         let shared = self.agent.shared();
         let now = shared.clock.now_us();
         let latency = now.saturating_sub(self.started_us);
-        let fresh = self.release(outcome, latency, now);
+        let known = self.agent.stats().condition();
+        let turned_good = outcome == Outcome::Success
+            && shared.learner.config().turned_good(known, latency as f64);
+        let fresh = self.release(outcome, latency, now, turned_good);
         self.close_span(outcome, now);
         if outcome == Outcome::Abandoned {
             self.agent
@@ -150,6 +153,19 @@ impl<P> Lease<P> {
             r,
             config.alpha.max(fresh),
         );
+        if turned_good {
+            // an agent known to be bad answered well: what it learned of the
+            // condition it is in now dates from before it went bad (a hang
+            // that began in its fast state taught that state its timeouts),
+            // so that condition starts again from the one-step estimate;
+            // and agents that changed together (a group that recovered) are
+            // worth a look now, not one by one as each one's news ages (see
+            // `Router::age`)
+            self.agent
+                .q_row()
+                .forget_condition(self.agent.stats().condition());
+            shared.surprise_us.store(now.max(1), Ordering::Relaxed);
+        }
         self.agent.refresh_value();
         let transition = shared.count(self.agent.breaker().record(
             self.agent.stats().hot(),
@@ -166,8 +182,12 @@ impl<P> Lease<P> {
     }
 
     /// Releases the agent's load and records the outcome in its stats;
-    /// returns the outcome's freshness ([`freshness`]).
-    fn release(&self, outcome: Outcome, latency_us: u64, now_us: u64) -> f64 {
+    /// returns the outcome's freshness ([`freshness`]). An agent that
+    /// `turned_good` (known slow, now fast) has its latency average replaced
+    /// by this answer: its next decisions place it in its new bucket instead
+    /// of walking it there answer by answer (halving 400 ms toward 8 ms takes
+    /// four answers, each in a bucket it was never learned in).
+    fn release(&self, outcome: Outcome, latency_us: u64, now_us: u64, turned_good: bool) -> f64 {
         let shared = self.agent.shared();
         let stats = self.agent.stats();
         // how long the agent had been silent when this task started
@@ -182,6 +202,7 @@ impl<P> Lease<P> {
             now_us,
             shared.config.ewma_decay_us,
             fresh,
+            if turned_good { 1.0 } else { fresh },
         );
         stats.set_condition(
             shared
@@ -200,7 +221,7 @@ impl<P> Drop for Lease<P> {
         // `&mut self`: no `complete` can run concurrently, so no atomic is needed.
         if !*self.settled.get_mut() {
             let now = self.agent.shared().clock.now_us();
-            self.release(Outcome::Abandoned, 0, now);
+            self.release(Outcome::Abandoned, 0, now, false);
             self.close_span(Outcome::Abandoned, now);
             let config = &self.agent.shared().config.breaker;
             self.agent.breaker().release(config, self.permit);
@@ -398,6 +419,9 @@ fn freshness(silence: Option<u64>, stale_after_us: u64) -> f64 {
 /// Choices a decision makes before giving up on permits taken by others in
 /// the meantime.
 const DECIDE_ATTEMPTS: usize = 4;
+
+/// Agents tried at once after a surprise (see [`Router::age`]).
+const SURPRISE_PROBES: usize = 2;
 
 thread_local! {
     /// Candidate slots of the decision running on this thread.
@@ -658,12 +682,56 @@ impl<P> Router<P> {
     ///
     /// Costs every decision one load; every quarter of `stale_after_us` one
     /// decision (the one that claims the look) walks the table's agents.
+    ///
+    /// After a surprise (an agent known to be slow answered fast, see
+    /// `QConfig::turned_good`) the next decision walks the agents at once
+    /// and sets the [`SURPRISE_PROBES`] idle agents heard of least recently
+    /// (if older than a quarter of `stale_after_us`) to drift all the way:
+    /// each is tried at once (its pick makes its view fresh again). Each of
+    /// them that turned good too is another surprise: a group of agents that
+    /// got better together is found in a chain that doubles each round trip,
+    /// not each on its own clock; agents that did not change stop the chain
+    /// after a probe or two (a hung agent's probe costs a timeout).
     pub fn age(&self, now_us: u64) {
         let shared = self.shared();
         let stale = shared.config.stale_after_us;
+        if stale == 0 {
+            return;
+        }
+        let surprise = shared.surprise_us.load(Ordering::Relaxed);
+        if surprise != 0
+            && shared
+                .surprise_us
+                .compare_exchange(surprise, 0, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+        {
+            let quiet = (stale / 4).max(1_000);
+            // the stalest idle agents (those not heard of for longest)
+            type Aged<'s, P> = Option<(u64, &'s Arc<Agent<P>>)>;
+            let mut stalest: [Aged<'_, P>; SURPRISE_PROBES] = [None; SURPRISE_PROBES];
+            let snapshot = self.agents.load();
+            for agent in snapshot.agents() {
+                let stats = agent.stats();
+                let Some(age) = stats.age_us(now_us) else {
+                    continue;
+                };
+                if stats.in_flight() != 0 || age < quiet || stats.hot().drift() >= 1.0 {
+                    continue;
+                }
+                // replace the youngest of those kept (an empty place first)
+                let youngest = (0..SURPRISE_PROBES)
+                    .min_by_key(|&i| stalest[i].map_or(0, |(a, _)| a + 1))
+                    .unwrap_or(0);
+                if stalest[youngest].is_none_or(|(a, _)| age > a) {
+                    stalest[youngest] = Some((age, agent));
+                }
+            }
+            for (_, agent) in stalest.into_iter().flatten() {
+                agent.stats().hot().set_drift(1.0);
+            }
+        }
         let due = shared.next_aging_us.load(Ordering::Relaxed);
-        if stale == 0
-            || now_us < due
+        if now_us < due
             || shared
                 .next_aging_us
                 .compare_exchange(
@@ -678,8 +746,10 @@ impl<P> Router<P> {
         }
         for agent in self.agents.load().agents() {
             let d = agent.drift(now_us);
-            if d > 0.0 {
-                agent.stats().hot().set_drift(d);
+            let hot = agent.stats().hot();
+            // never lower: a surprise's full drift waits for its probe
+            if d > hot.drift() {
+                hot.set_drift(d);
             }
         }
     }
@@ -797,7 +867,7 @@ impl<P> Router<P> {
                 let agent = snapshot.agent(slot);
                 let state = agent.state(config, class);
                 let stats = agent.stats();
-                let q_value = agent.q_row().value(state.index());
+                let q_value = shared.learner.value(agent.q_row(), state.index());
                 Explained {
                     age_us: stats.age_us(now_us),
                     aged_q_value: agent.aged(q_value, now_us),
@@ -1305,10 +1375,9 @@ mod tests {
     }
 
     #[test]
-    fn stale_news_drifts_toward_the_prior_and_the_next_answer_counts_most() {
+    fn stale_news_drifts_toward_the_best_and_the_next_answer_counts_most() {
         let r = router(2);
-        let stale = r.shared().config().stale_after_us;
-        let config = r.shared().learner.config().clone();
+        let learner = &r.shared().learner;
         // agent 1 is slow (300 ms, the slow bucket), agent 0 fast
         for _ in 0..5 {
             serve(&r, 0, 5, true);
@@ -1319,10 +1388,15 @@ mod tests {
         let learned = a1.stats().current_value();
         assert!(learned < a0.stats().current_value());
         assert_eq!(a1.drift(r.clock().now_us()), 0.0);
-        // a silence of stale_after and as much again: the drift is 1 - 1/e
-        r.clock().advance(2 * stale);
+        // a slow agent's news goes stale at its own pace, twice a fast one's
+        let stale = a1.stale_after_us();
+        let own = r.shared().config().stale_after_us as f64;
+        assert!((1.5 * own..=2.5 * own).contains(&stale), "{stale}");
+        assert!((0.75 * own..=1.25 * own).contains(&a0.stale_after_us()));
+        // a silence of its stale_after and as much again: the drift is 1 - 1/e
+        r.clock().advance((2.0 * stale).ceil() as u64);
         let now = r.clock().now_us();
-        assert!((a1.drift(now) - (1.0 - (-1.0f64).exp())).abs() < 1e-9);
+        assert!((a1.drift(now) - (1.0 - (-1.0f64).exp())).abs() < 1e-6);
         // a decision makes the router look: the hot cell carries the drift,
         // the learned value is untouched
         let lease = r
@@ -1332,8 +1406,11 @@ mod tests {
         let hot = a1.stats().hot();
         assert!((hot.drift() - a1.drift(now)).abs() < 1e-4);
         assert_eq!(hot.value(), learned);
-        let aged = hot.aged_value(config.best_prior());
-        assert!(aged > learned && aged < config.best_prior());
+        // it drifts toward a little above the best value, not far past it
+        let target = learner.aging_target(0);
+        assert!(target > learner.best_next(0));
+        let aged = hot.aged_value(target);
+        assert!(aged > learned && aged < target);
         // an agent with a task in flight does not drift
         let held = a1.stats().hot().try_add_in_flight(10);
         assert!(held);
@@ -1369,9 +1446,11 @@ mod tests {
                     ))
                     .unwrap();
             }
+            // agent 1 fails: worse than agent 0 by far more than the
+            // learner's noise, so only aging brings it back
             for _ in 0..5 {
                 serve(&r, 0, 5, true);
-                serve(&r, 1, 300, true);
+                serve(&r, 1, 5, false);
             }
             let mut rng = rng();
             let mut picks = |n: usize| {
@@ -1395,5 +1474,208 @@ mod tests {
             let later = picks(5);
             assert_eq!(later.contains(&1), tried, "{stale_after_us}: {later:?}");
         }
+    }
+
+    /// A q_learning decision among the agents of `r` with epsilon at 0:
+    /// the greedy pick, its lease settled as abandoned unless kept.
+    fn greedy_pick(r: &Router<usize>, rng: &mut SmallRng) -> Lease<usize> {
+        r.decide(&Request::new(WORK, Strategy::QLearning), rng)
+            .unwrap()
+    }
+
+    fn greedy_router(n: usize, sample_above: Option<usize>) -> Router<usize> {
+        let mut config = RouterConfig::default();
+        config.q.epsilon = 0.0;
+        config.q.epsilon_min = 0.0;
+        config.sample_above = sample_above;
+        let r = Router::new(config, Clock::manual(0));
+        for i in 0..n {
+            r.agents()
+                .insert(AgentSpec::new(
+                    format!("agent-{i}"),
+                    i,
+                    vec![b"work".to_vec()],
+                ))
+                .unwrap();
+        }
+        r
+    }
+
+    #[test]
+    fn a_cell_never_updated_is_worth_one_step_from_the_best() {
+        let r = router(1);
+        let learner = &r.shared().learner;
+        let config = learner.config().clone();
+        let agent = r.agents().load().agent(0).clone();
+        // the state a recovering agent moves into: normal latency
+        let state = State {
+            load_level: 0,
+            success: 2,
+            latency: 1,
+            class: 0,
+        };
+        let i = state.index();
+        assert_eq!(agent.q_row().visits(i), 0);
+        learner.observe_best(0, 5.0);
+        let expected = config.prior_reward(state) + config.gamma * 5.0;
+        assert!((learner.value(agent.q_row(), i) - expected).abs() < 1e-12);
+        // on the scale of learned values, not the reward forever
+        assert!(learner.value(agent.q_row(), i) > 4.0);
+        assert!(config.prior(state) < 0.0);
+        // the first update starts from that estimate
+        let (new, error) = learner.learn_at(agent.q_row(), i, 1.0, config.alpha);
+        assert!(
+            (new - (expected + config.alpha * (1.0 + config.gamma * 5.0 - expected))).abs() < 1e-12
+        );
+        assert!((error - (1.0 + config.gamma * 5.0 - expected)).abs() < 1e-12);
+        assert_eq!(learner.value(agent.q_row(), i), new);
+        assert!(learner.noise() > 0.0);
+    }
+
+    #[test]
+    fn values_within_the_learners_noise_are_told_apart_by_cost() {
+        for sample_above in [None, Some(2)] {
+            let r = greedy_router(3, sample_above);
+            // the same answers, so the same learned values; agent 2 is slower
+            // within the fast bucket (40 ms against 5 ms)
+            for _ in 0..20 {
+                serve(&r, 0, 5, true);
+                serve(&r, 1, 5, true);
+                serve(&r, 2, 40, true);
+            }
+            // the learner's recent steps were large (outcomes swinging by
+            // 10 either way on some other agent): its noise band is wide
+            let learner = &r.shared().learner;
+            let scratch = crate::learning::QRow::new(learner.config());
+            for k in 0..300 {
+                let reward = if k % 2 == 0 { 5.0 } else { -5.0 };
+                learner.learn_at(&scratch, 0, reward, learner.config().alpha);
+            }
+            let snapshot = r.agents().load();
+            let v: Vec<f64> = (0..3)
+                .map(|i| snapshot.agent(i).stats().current_value())
+                .collect();
+            let band = 3.0 * learner.noise();
+            assert!((v[0] - v[2]).abs() < band, "{v:?} band {band}");
+            // agent 0 holds a task: it costs twice its latency now
+            let mut rng = rng();
+            let held = greedy_pick(&r, &mut rng);
+            let busy = *held.agent().payload();
+            let mut picks = [0usize; 3];
+            for _ in 0..50 {
+                let lease = greedy_pick(&r, &mut rng);
+                picks[*lease.agent().payload()] += 1;
+                lease.complete(Outcome::Abandoned);
+            }
+            // the idle 5 ms agent, never the 40 ms one nor the busy one
+            assert_eq!(picks[busy], 0, "{sample_above:?}: {picks:?}");
+            assert_eq!(picks[2], 0, "{sample_above:?}: {picks:?}");
+            held.complete(Outcome::Abandoned);
+        }
+    }
+
+    #[test]
+    fn a_busy_agent_silent_past_its_usual_latency_takes_no_more() {
+        for sample_above in [None, Some(2)] {
+            let r = greedy_router(3, sample_above);
+            for _ in 0..20 {
+                serve(&r, 0, 5, true);
+                serve(&r, 1, 5, true);
+                serve(&r, 2, 5, true);
+            }
+            let mut rng = rng();
+            let held = greedy_pick(&r, &mut rng);
+            let silent = *held.agent().payload();
+            // it answers in 5 ms usually; 300 ms later it has said nothing
+            r.clock().advance(300_000);
+            let stats = held.agent().stats();
+            assert_eq!(stats.silence_us(r.clock().now_us()), Some(300_000));
+            for _ in 0..30 {
+                let lease = greedy_pick(&r, &mut rng);
+                assert_ne!(*lease.agent().payload(), silent, "{sample_above:?}");
+                lease.complete(Outcome::Abandoned);
+            }
+            // when it is the only one left, it is still chosen
+            let others: Vec<Lease<usize>> =
+                (0..2 * 10).map(|_| greedy_pick(&r, &mut rng)).collect();
+            assert!(others.iter().all(|l| *l.agent().payload() != silent));
+            let last = greedy_pick(&r, &mut rng);
+            assert_eq!(*last.agent().payload(), silent);
+            drop(others);
+            drop(last);
+            held.complete(Outcome::Timeout);
+        }
+    }
+
+    #[test]
+    fn an_agent_known_slow_answering_fast_sends_the_router_to_look_at_the_stalest() {
+        let r = greedy_router(4, None);
+        // agents 1, 2 and 3 are slow (400 ms), agent 0 fast
+        for _ in 0..5 {
+            serve(&r, 0, 5, true);
+            serve(&r, 1, 400, true);
+            serve(&r, 2, 400, true);
+            serve(&r, 3, 400, true);
+        }
+        let snapshot = r.agents().load();
+        let a = |i: usize| snapshot.agent(i as u32).clone();
+        assert_eq!(a(1).stats().condition() % 3, 2, "slow bucket");
+        // a while later agent 1 answers fast: taken at its word...
+        r.clock().advance(2_000_000);
+        let known_fast = State {
+            load_level: 0,
+            success: 2,
+            latency: 0,
+            class: 0,
+        };
+        a(1).q_row().set(known_fast.index(), -3.0, 9);
+        serve(&r, 0, 5, true);
+        serve(&r, 1, 5, true);
+        assert!(a(1).stats().ewma_latency_us() < 6_000.0);
+        assert_eq!(a(1).stats().condition() % 3, 0, "fast bucket at once");
+        // ...what it learned of its fast states before is forgotten...
+        assert_eq!(a(1).q_row().visits(known_fast.index()), 0);
+        // ...and the next decision drifts the stalest idle agents all the way
+        assert_ne!(r.shared().surprise_us.load(Ordering::Relaxed), 0);
+        let lease = greedy_pick(&r, &mut rng());
+        let picked = *lease.agent().payload();
+        lease.complete(Outcome::Abandoned);
+        assert_eq!(r.shared().surprise_us.load(Ordering::Relaxed), 0);
+        // agents 2 and 3, not heard of since before agent 1's answer: one
+        // was tried at once (its pick made its view fresh), the other waits
+        // at full drift for the next decision
+        assert!(picked == 2 || picked == 3, "{picked}");
+        let other = 5 - picked;
+        assert!(a(other).stats().hot().drift() >= 1.0);
+        assert!(a(0).stats().hot().drift() < 1.0 && a(1).stats().hot().drift() < 1.0);
+    }
+
+    #[test]
+    fn a_probe_in_flight_takes_nothing_more_until_it_answers() {
+        let r = greedy_router(2, None);
+        for _ in 0..5 {
+            serve(&r, 0, 5, true);
+            serve(&r, 1, 5, true);
+        }
+        // both silent for long: whichever is tried first is a probe
+        r.clock().advance(60_000_000);
+        let mut rng = rng();
+        let probe = greedy_pick(&r, &mut rng);
+        let probed = *probe.agent().payload();
+        let stale = probe.agent().stale_after_us() as u64;
+        assert!(probe.agent().stats().probing(stale));
+        for _ in 0..10 {
+            let lease = greedy_pick(&r, &mut rng);
+            assert_ne!(*lease.agent().payload(), probed);
+            lease.complete(Outcome::Abandoned);
+        }
+        probe.complete(Outcome::Success);
+        assert!(
+            !r.agents()
+                .load()
+                .agent(probed as u32)
+                .stats()
+                .probing(stale)
+        );
     }
 }

@@ -43,6 +43,8 @@ pub struct AgentStats {
     peak_stamp_us: AtomicU64,
     /// When a task was last handed to the agent (0: never).
     last_pick_us: AtomicU64,
+    /// When the agent last went from idle to busy (its first task in flight).
+    busy_since_us: AtomicU64,
     /// When the agent last gave news of itself: an answer, an error, a
     /// timeout or its death (0: never). The age of what is known about it.
     last_outcome_us: AtomicU64,
@@ -72,6 +74,7 @@ impl AgentStats {
             peak_latency_us: AtomicU64::new(0),
             peak_stamp_us: AtomicU64::new(0),
             last_pick_us: AtomicU64::new(0),
+            busy_since_us: AtomicU64::new(0),
             last_outcome_us: AtomicU64::new(0),
             latencies: Mutex::new(LatencyHistogram::new()),
         }
@@ -224,11 +227,44 @@ impl AgentStats {
         self.mark_picked(now_us);
     }
 
-    /// Notes that a task was handed to the agent at `now_us`.
+    /// Notes that a task was handed to the agent at `now_us` (its load
+    /// already counts it).
     #[inline]
     pub(crate) fn mark_picked(&self, now_us: u64) {
         // A plain store: the newest of racing picks wins, which is the point.
         self.last_pick_us.store(now_us.max(1), Ordering::Relaxed);
+        if self.in_flight() == 1 {
+            self.busy_since_us.store(now_us.max(1), Ordering::Relaxed);
+        }
+    }
+
+    /// How long a busy agent has given no news at `now_us`: since its last
+    /// outcome or since it became busy, whichever came later; `None` while
+    /// it has nothing in flight. An agent that stopped answering shows here
+    /// long before its slow answers (or timeouts) reach its averages.
+    #[inline]
+    pub fn silence_us(&self, now_us: u64) -> Option<u64> {
+        if self.in_flight() == 0 {
+            return None;
+        }
+        let since = self
+            .last_outcome_us
+            .load(Ordering::Relaxed)
+            .max(self.busy_since_us.load(Ordering::Relaxed));
+        Some(now_us.saturating_sub(since))
+    }
+
+    /// Whether the agent is busy with a probe: it became busy after at
+    /// least `stale_us` without news, and has not answered since. What was
+    /// known of it is stale; until its first answer it should not take more.
+    #[inline]
+    pub fn probing(&self, stale_us: u64) -> bool {
+        if self.in_flight() == 0 {
+            return false;
+        }
+        let last = self.last_outcome_us.load(Ordering::Relaxed);
+        let busy = self.busy_since_us.load(Ordering::Relaxed);
+        last != 0 && busy > last && busy - last >= stale_us
     }
 
     /// Settles one task taken with [`AgentStats::acquire`]. Called exactly once
@@ -237,7 +273,9 @@ impl AgentStats {
     /// `fresh` (0 to 1) is how much of what was known this outcome replaces
     /// at least: the router passes more than the averages' usual weights for
     /// the first outcome after a long silence, so that it is taken at its
-    /// word rather than averaged with old news.
+    /// word rather than averaged with old news. `fresh_latency` is the same
+    /// for the latency average alone (an agent known slow that answered fast
+    /// is taken at its word for its speed, not for its success rate).
     pub(crate) fn release(
         &self,
         outcome: Outcome,
@@ -245,6 +283,7 @@ impl AgentStats {
         now_us: u64,
         tau_us: f64,
         fresh: f64,
+        fresh_latency: f64,
     ) {
         self.hot.get().sub_in_flight();
         let counter = match outcome {
@@ -262,7 +301,12 @@ impl AgentStats {
             Outcome::Success | Outcome::Failure | Outcome::Timeout
         ) {
             let sample = latency_us as f64;
-            ewma_update(&self.ewma_latency_us, sample, EWMA_WEIGHT.max(fresh), true);
+            ewma_update(
+                &self.ewma_latency_us,
+                sample,
+                EWMA_WEIGHT.max(fresh_latency),
+                true,
+            );
             self.observe_peak(sample, now_us, tau_us);
             self.latencies
                 .lock()
@@ -359,8 +403,8 @@ mod tests {
         s.acquire(0);
         s.acquire(0);
         assert_eq!(s.in_flight(), 2);
-        s.release(Outcome::Success, 100, 0, TAU, 0.0);
-        s.release(Outcome::AgentDown, 0, 0, TAU, 0.0);
+        s.release(Outcome::Success, 100, 0, TAU, 0.0, 0.0);
+        s.release(Outcome::AgentDown, 0, 0, TAU, 0.0, 0.0);
         let v = s.view();
         assert_eq!(v.in_flight, 0);
         assert_eq!(v.dispatched, 2);
@@ -375,7 +419,7 @@ mod tests {
         let s = AgentStats::default();
         for lat in [100, 200] {
             s.acquire(0);
-            s.release(Outcome::Success, lat, 0, TAU, 0.0);
+            s.release(Outcome::Success, lat, 0, TAU, 0.0, 0.0);
         }
         assert!((s.view().ewma_latency_us - 150.0).abs() < 1e-9);
         assert_eq!(s.view().success_rate, 1.0);
@@ -385,10 +429,10 @@ mod tests {
     fn crashes_do_not_move_latency_and_abandons_move_nothing() {
         let s = AgentStats::default();
         s.acquire(0);
-        s.release(Outcome::AgentDown, 5_000, 0, TAU, 0.0);
+        s.release(Outcome::AgentDown, 5_000, 0, TAU, 0.0, 0.0);
         assert_eq!(s.view().ewma_latency_us, 0.0);
         s.acquire(0);
-        s.release(Outcome::Abandoned, 5_000, 0, TAU, 0.0);
+        s.release(Outcome::Abandoned, 5_000, 0, TAU, 0.0, 0.0);
         assert!((s.success_rate() - 0.9).abs() < 1e-12);
     }
 
@@ -407,7 +451,7 @@ mod tests {
         assert_eq!(s.latency_percentiles(), None);
         for lat in 1..=1000u64 {
             s.acquire(0);
-            s.release(Outcome::Success, lat * 100, 0, TAU, 0.0);
+            s.release(Outcome::Success, lat * 100, 0, TAU, 0.0, 0.0);
         }
         let (p50, p95, p99) = s.latency_percentiles().unwrap();
         let near = |got: u64, want: u64| (got as f64 / want as f64 - 1.0).abs() < 0.02;
@@ -422,9 +466,9 @@ mod tests {
         let s = AgentStats::default();
         assert_eq!(s.peak_latency_us(0, TAU), None);
         s.acquire(0);
-        s.release(Outcome::Success, 1_000, 0, TAU, 0.0);
+        s.release(Outcome::Success, 1_000, 0, TAU, 0.0, 0.0);
         s.acquire(0);
-        s.release(Outcome::Timeout, 50_000, 1_000, TAU, 0.0);
+        s.release(Outcome::Timeout, 50_000, 1_000, TAU, 0.0, 0.0);
         let peak = s.peak_latency_us(1_000, TAU).unwrap();
         assert!((peak - 50_000.0).abs() < 1e-6, "{peak}");
         // one time constant later it has fallen to 1/e, without any sample
@@ -432,7 +476,14 @@ mod tests {
         assert!((later - 50_000.0 / std::f64::consts::E).abs() < 1e-6);
         // a low sample long after is averaged in with most of the weight
         s.acquire(0);
-        s.release(Outcome::Success, 1_000, 1_000 + 5 * TAU as u64, TAU, 0.0);
+        s.release(
+            Outcome::Success,
+            1_000,
+            1_000 + 5 * TAU as u64,
+            TAU,
+            0.0,
+            0.0,
+        );
         let after = s.peak_latency_us(1_000 + 5 * TAU as u64, TAU).unwrap();
         assert!(after < 1_500.0 && after > 1_000.0, "{after}");
     }

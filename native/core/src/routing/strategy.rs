@@ -11,7 +11,7 @@ use rand::{Rng, RngExt};
 
 use crate::error::FlowError;
 use crate::hot::{Hot, HotCell};
-use crate::learning::StateIndexer;
+use crate::learning::{ERROR_REWARD, StateIndexer};
 use crate::routing::agents::{Agent, Candidates, Snapshot};
 use crate::shared::Shared;
 
@@ -290,27 +290,27 @@ impl StrategyState {
                     candidates[cx.next_admitted(candidates, c % candidates.len())?]
                 } else {
                     let (slot, best) = if cx.sampled(candidates.len()) {
-                        match with_sample(cands, cx, rng, &self.elite, |s, rng| {
-                            self.greedy(s, cx, rng)
-                        }) {
+                        let sampled = with_sample(cands, cx, rng, &self.elite, |s, rng| {
+                            q_greedy(
+                                Candidates {
+                                    slots: s,
+                                    all: false,
+                                },
+                                cx,
+                                rng,
+                            )
+                        });
+                        match sampled {
                             (slot, best) if best.is_finite() => {
                                 self.remember(slot);
                                 (slot, best)
                             }
-                            _ => self.greedy_all(cands, cx, rng),
+                            _ => q_greedy(cands, cx, rng),
                         }
                     } else {
-                        self.greedy_all(cands, cx, rng)
+                        q_greedy(cands, cx, rng)
                     };
-                    let slot = admitted(candidates, cx, (slot, best))?;
-                    // the best learned value is what the next TD targets
-                    // add; a winner chosen for its aged view is a probe, and
-                    // says nothing of it
-                    let ix = cx.indexer();
-                    if -best <= cx.q_value(&ix, cx.agent(slot)) {
-                        learner.observe_best(cx.class, -best);
-                    }
-                    slot
+                    admitted(candidates, cx, (slot, best))?
                 }
             }
         })
@@ -318,46 +318,6 @@ impl StrategyState {
 }
 
 impl StrategyState {
-    /// Q-learning's greedy choice among every candidate: the slot of the
-    /// highest (aged) value, negated.
-    fn greedy_all<P, R: Rng + ?Sized>(
-        &self,
-        cands: Candidates<'_>,
-        cx: &PickContext<'_, P>,
-        rng: &mut R,
-    ) -> (u32, f64) {
-        if cx.class == 0 {
-            let prior = cx.shared.learner().config().best_prior();
-            argmin_hot(cands, cx, rng, |_, h| -h.aged_value(prior))
-        } else {
-            self.greedy(cands.slots, cx, rng)
-        }
-    }
-
-    /// Q-learning's greedy choice among `slots`.
-    fn greedy<P, R: Rng + ?Sized>(
-        &self,
-        slots: &[u32],
-        cx: &PickContext<'_, P>,
-        rng: &mut R,
-    ) -> (u32, f64) {
-        if cx.class == 0 {
-            let prior = cx.shared.learner().config().best_prior();
-            argmin_slots(slots, cx, rng, |_, h| -h.aged_value(prior))
-        } else {
-            let ix = cx.indexer();
-            let (i, best) = argmin_random_ties(slots.len(), rng, |i| {
-                let slot = slots[i];
-                if cx.admits(slot) {
-                    -cx.aged_q_value(&ix, cx.agent(slot))
-                } else {
-                    f64::INFINITY
-                }
-            });
-            (slots[i], best)
-        }
-    }
-
     /// Keeps a greedy winner in view, unless it is already.
     fn remember(&self, slot: u32) {
         if self.elite.iter().all(|e| e.load(Ordering::Relaxed) != slot) {
@@ -365,6 +325,152 @@ impl StrategyState {
             self.elite[i].store(slot, Ordering::Relaxed);
         }
     }
+}
+
+/// How many of the learner's typical steps ([`crate::learning::Learner::noise`])
+/// two learned values must be apart before Q-learning's greedy choice takes
+/// the difference for knowledge rather than chance.
+const NOISE_BAND_STEPS: f64 = 3.0;
+
+/// A busy agent that gave no news for more than this many times its usual
+/// latency is judged by its silence (see [`q_greedy`]).
+const SILENCE_FACTOR: f64 = 3.0;
+
+/// Q-learning's greedy choice among `cands` (every cell of the snapshot in
+/// all-mode, else the slots listed, repeats allowed): the slot, and the best
+/// value negated (infinity when no candidate takes a task).
+///
+/// Three passes at most, the first always, the others over few candidates:
+///
+/// 1. the best (aged) learned value among the candidates that take a task;
+/// 2. the candidates within the learner's noise of it (a few of its typical
+///    steps: the learner cannot tell them apart), each first judged by its
+///    silence: a busy agent that has given no news for more than
+///    [`SILENCE_FACTOR`] times its usual latency is valued in the state its
+///    silence puts it in (its latency bucket from the silence), so that an
+///    agent that stopped answering stops taking tasks before its first slow
+///    answer comes back. Among those still within the band, the cheapest by
+///    peak-EWMA latency times (in flight + 1), decayed with the time since
+///    its last sample (Linkerd's and Finagle's cost): what separates agents
+///    of one latency bucket that learned values cannot;
+/// 3. only when every one of them fell out by its silence: the best value
+///    of all candidates, each judged by its silence.
+///
+/// The best learned value of the first pass is what the next TD targets
+/// add ([`crate::learning::Learner::observe_best`]), unless it is an aged
+/// one (an agent nobody asked for a while: a probe, which says nothing of
+/// the values learned).
+fn q_greedy<P, R: Rng + ?Sized>(
+    cands: Candidates<'_>,
+    cx: &PickContext<'_, P>,
+    rng: &mut R,
+) -> (u32, f64) {
+    let learner = cx.shared.learner();
+    let config = learner.config();
+    let target = learner.aging_target(cx.class);
+    let ix = cx.indexer();
+    let value = |slot: u32, h: &Hot| {
+        if cx.class == 0 {
+            h.aged_value(target)
+        } else {
+            cx.aged_q_value(&ix, cx.agent(slot))
+        }
+    };
+    let (first, neg_best) = argmin_hot(cands, cx, rng, |slot, h| -value(slot, h));
+    if !neg_best.is_finite() {
+        return (first, neg_best);
+    }
+    let best = -neg_best;
+    if cx.q_value(&ix, cx.agent(first)) >= best {
+        learner.observe_best(cx.class, best);
+    }
+    let floor = best - NOISE_BAND_STEPS * learner.noise();
+    let hot = cx.snapshot.hot();
+    let max = cx.shared.config().max_concurrent;
+    let n = if cands.all {
+        hot.len()
+    } else {
+        cands.slots.len()
+    };
+    let slot_at = |i: usize| {
+        if cands.all { i as u32 } else { cands.slots[i] }
+    };
+    let takes =
+        |slot: u32, h: &Hot| h.in_flight() < max && (h.breaker() == 0 || cx.admits_hot(slot, h));
+    let stale = cx.shared.config().stale_after_us;
+    // a busy agent's value as its silence has it (never above what was
+    // learned); an agent busy with a probe (its news was stale when it took
+    // its task, and it has not answered yet) takes nothing more until it
+    // answers, but when nothing else is left
+    let judged = |slot: u32, v: f64| {
+        let agent = cx.agent(slot);
+        let stats = agent.stats();
+        if stale > 0 && stats.probing(stale) {
+            return f64::MIN;
+        }
+        match stats.silence_us(cx.now_us) {
+            Some(silence) if silence as f64 > SILENCE_FACTOR * stats.ewma_latency_us().max(1.0) => {
+                let cond = config.condition(stats.success_rate(), silence as f64);
+                let index = ix.index(stats.in_flight(), cond);
+                v.min(learner.value(agent.q_row(), index))
+            }
+            _ => v,
+        }
+    };
+    let tau = cx.shared.config().ewma_decay_us;
+    let mut chosen = None;
+    let mut cheapest = f64::INFINITY;
+    let mut ties = 0u32;
+    for i in 0..n {
+        let slot = slot_at(i);
+        let h = hot[slot as usize].get();
+        if !takes(slot, h) {
+            continue;
+        }
+        let v = value(slot, h);
+        if v < floor || judged(slot, v) < floor {
+            continue;
+        }
+        let stats = cx.agent(slot).stats();
+        let pending = f64::from(h.in_flight());
+        // a failure weighs what the learner's reward says it does: as many
+        // seconds as a failed task's reward is below zero
+        let failing = (1.0 - stats.success_rate()) * -ERROR_REWARD * 1e6;
+        let cost = failing
+            + match stats.peak_latency_us(cx.now_us, tau) {
+                Some(latency) => latency * (pending + 1.0),
+                None => pending * P2C_UNMEASURED_PENALTY_US,
+            };
+        if cost < cheapest {
+            cheapest = cost;
+            chosen = Some(slot);
+            ties = 1;
+        } else if cost == cheapest {
+            ties += 1;
+            if rng.random_range(0..ties) == 0 {
+                chosen = Some(slot);
+            }
+        }
+    }
+    if let Some(slot) = chosen {
+        return (slot, neg_best);
+    }
+    // every agent near the top has gone silent: the best of all, as their
+    // silences have them
+    let mut best_slot = first;
+    let mut best_judged = f64::NEG_INFINITY;
+    for i in 0..n {
+        let slot = slot_at(i);
+        let h = hot[slot as usize].get();
+        if takes(slot, h) {
+            let v = judged(slot, value(slot, h));
+            if v > best_judged {
+                best_judged = v;
+                best_slot = slot;
+            }
+        }
+    }
+    (best_slot, -best_judged)
 }
 
 /// The index in `0..n` of the lowest `cost(i)` and that cost, ties broken

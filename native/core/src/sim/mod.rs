@@ -123,6 +123,10 @@ pub struct RunResult {
     /// `settle` tasks (how well the contender has adapted by then), if the
     /// workload has phases.
     pub after_change: Option<Figures>,
+    /// The same window after every change (each phase's start and end, in
+    /// time order; a window stops at the next change), with the second the
+    /// change came at.
+    pub after_changes: Vec<(f64, Figures)>,
     /// The run second by second, by the arrival time of its tasks.
     #[serde(skip)]
     pub timeline: Vec<Second>,
@@ -414,6 +418,19 @@ pub fn run(
         let to = (from + window.len).min(samples.len());
         Figures::of(&samples[from..to])
     });
+    let changes = workload.change_times_s();
+    let after_changes = changes
+        .iter()
+        .enumerate()
+        .map(|(i, &at_s)| {
+            let index = |s: f64| tasks.partition_point(|t| t.arrival_us < (s * 1e6) as u64);
+            let first = index(at_s);
+            let next = changes.get(i + 1).map_or(samples.len(), |&n| index(n));
+            let from = (first + window.settle).min(next);
+            let to = (from + window.len).min(next);
+            (at_s, Figures::of(&samples[from..to]))
+        })
+        .collect();
     let seconds = tasks.last().map_or(0, |t| t.arrival_us / 1_000_000 + 1);
     let mut timeline: Vec<Second> = (0..seconds)
         .map(|s| Second {
@@ -442,6 +459,7 @@ pub fn run(
             .zip(by_group)
             .collect(),
         after_change,
+        after_changes,
     }
 }
 

@@ -50,6 +50,23 @@ pub struct Phase {
     pub load_sensitivity: Option<f64>,
 }
 
+impl Phase {
+    /// A phase of every agent of `group` from `at_s` until `until_s`, that
+    /// changes nothing yet (fill in what it changes).
+    pub fn of(at_s: f64, until_s: Option<f64>, group: &str) -> Phase {
+        Phase {
+            at_s,
+            until_s,
+            group: group.into(),
+            agents: None,
+            mean_ms: None,
+            failure_rate: None,
+            spread: None,
+            load_sensitivity: None,
+        }
+    }
+}
+
 /// A whole simulated run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -133,6 +150,18 @@ impl Workload {
             }
         }
         Ok(())
+    }
+
+    /// Every instant, in seconds, at which a phase starts or ends, in order.
+    pub fn change_times_s(&self) -> Vec<f64> {
+        let mut t: Vec<f64> = self
+            .phases
+            .iter()
+            .flat_map(|p| std::iter::once(p.at_s).chain(p.until_s))
+            .collect();
+        t.sort_by(f64::total_cmp);
+        t.dedup();
+        t
     }
 
     /// The built-in workloads, by name.
@@ -282,12 +311,120 @@ impl Workload {
                     tasks: 40_000,
                 }),
             }),
+            "comeback" => Some(Workload {
+                name: name.into(),
+                description: "30 agents: 6 favourites of 30 ms carry the load (and stay \
+                              acceptable) while 24 others answer in 400 ms; at 30 s the 24 \
+                              turn 8 ms. Nothing forces a look at them: a recovered agent's \
+                              first fast answers must raise it, not sink it"
+                    .into(),
+                tasks: 36_000,
+                arrival_rate: 400.0,
+                task_timeout_ms: 1000.0,
+                agents: vec![
+                    group("favourite", 6, 30.0, 0.3, 0.0, 0.2),
+                    group("slow", 24, 400.0, 0.3, 0.0, 0.2),
+                ],
+                phases: vec![Phase {
+                    mean_ms: Some(8.0),
+                    ..Phase::of(30.0, None, "slow")
+                }],
+                after_change: Some(AfterChange {
+                    settle: 1000,
+                    tasks: 4000,
+                }),
+            }),
+            "flap" => Some(Workload {
+                name: name.into(),
+                description: "30 agents: 15 of 8 ms and 15 of 400 ms swap speeds at 20 s and \
+                              swap back at 40 s"
+                    .into(),
+                tasks: 24_000,
+                arrival_rate: 400.0,
+                task_timeout_ms: 1000.0,
+                agents: vec![
+                    group("a", 15, 8.0, 0.3, 0.0, 0.2),
+                    group("b", 15, 400.0, 0.3, 0.0, 0.2),
+                ],
+                phases: vec![
+                    Phase {
+                        mean_ms: Some(400.0),
+                        ..Phase::of(20.0, Some(40.0), "a")
+                    },
+                    Phase {
+                        mean_ms: Some(8.0),
+                        ..Phase::of(20.0, Some(40.0), "b")
+                    },
+                ],
+                after_change: Some(AfterChange {
+                    settle: 1000,
+                    tasks: 4000,
+                }),
+            }),
+            "fat_tail" => Some(Workload {
+                name: name.into(),
+                description: "30 agents: 20 of 25 ms, and 10 whose median is 10 ms but 2% of \
+                              whose answers take over 300 ms (a mean of 40 ms); at 30 s their \
+                              tail is fixed (10 ms, no tail)"
+                    .into(),
+                tasks: 24_000,
+                arrival_rate: 400.0,
+                task_timeout_ms: 1000.0,
+                agents: vec![
+                    group("steady", 20, 25.0, 0.3, 0.0, 0.2),
+                    // log-normal: median = mean * exp(-s^2 / 2) = 10 ms, and
+                    // P(> 300 ms) = P(Z > ln(30) / 1.66) = 2%
+                    group("tailed", 10, 39.6, 1.66, 0.0, 0.2),
+                ],
+                phases: vec![Phase {
+                    mean_ms: Some(10.0),
+                    spread: Some(0.3),
+                    ..Phase::of(30.0, None, "tailed")
+                }],
+                after_change: Some(AfterChange {
+                    settle: 1000,
+                    tasks: 5000,
+                }),
+            }),
+            "cascade" => Some(Workload {
+                name: name.into(),
+                description: "30 agents of 20 ms; at 20 s 9 of them (30%) hang (tasks time \
+                              out at 1 s), then come back one every 2 s from 30 s"
+                    .into(),
+                tasks: 60_000,
+                arrival_rate: 1000.0,
+                task_timeout_ms: 1000.0,
+                agents: std::iter::once(group("steady", 21, 20.0, 0.3, 0.0, 0.2))
+                    .chain((1..=9).map(|i| group(&format!("hang{i}"), 1, 20.0, 0.3, 0.0, 0.2)))
+                    .collect(),
+                phases: (1..=9)
+                    .map(|i| Phase {
+                        mean_ms: Some(5000.0),
+                        ..Phase::of(20.0, Some(28.0 + 2.0 * f64::from(i)), &format!("hang{i}"))
+                    })
+                    .collect(),
+                // 0.4 s to adapt after each change, then the 1.6 s until
+                // the next one
+                after_change: Some(AfterChange {
+                    settle: 400,
+                    tasks: 1600,
+                }),
+            }),
             _ => None,
         }
     }
 
-    pub const BUILTIN: &'static [&'static str] =
-        &["heterogeneous", "degradation", "shift", "recovery", "large"];
+    pub const BUILTIN: &'static [&'static str] = &[
+        "heterogeneous",
+        "degradation",
+        "shift",
+        "recovery",
+        "large",
+        "comeback",
+        "flap",
+        "fat_tail",
+        "cascade",
+    ];
 }
 
 #[cfg(test)]
