@@ -32,9 +32,11 @@ init_per_testcase(_Case, Config) ->
     Built = filename:join(code:priv_dir(erlmcp_flow), "erlmcp_flow_nif.so"),
     Nif = filename:join(Priv, "erlmcp_flow_nif.so"),
     {ok, _} = file:copy(Built, Nif),
-    LibEbin = filename:dirname(code:which(erlmcp_flow)),
+    %% the application's beams as built (under cover, code:which/1 says
+    %% cover_compiled: the directory is the library's)
+    LibEbin = filename:join(code:lib_dir(erlmcp_flow), "ebin"),
     [{ok, _} = file:copy(F, filename:join(Ebin, filename:basename(F)))
-     || F <- filelib:wildcard(filename:join(LibEbin, "*"))],
+     || F <- filelib:wildcard(filename:join(LibEbin, "*.{beam,app}"))],
     [{root, Root}, {built, Built}, {nif, Nif}, {ebin, Ebin} | Config].
 
 end_per_testcase(_Case, _Config) ->
