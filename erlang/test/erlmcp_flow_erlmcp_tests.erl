@@ -100,7 +100,8 @@ one_server() ->
     ?assertEqual({error, {agent_error, {mcp_error, -32001, <<"tool failed">>}}},
                  erlmcp_flow:execute(#{<<"tool">> => <<"fail">>}, #{capabilities => [<<"tool:fail">>],
                                                                      idempotent => false})),
-    ?assertEqual({error, {agent_error, {badarg, task}}},
+    %% the caller's error: answered at once, not retried, not the server's fault
+    ?assertEqual({error, {rejected, {badarg, task}}},
                  erlmcp_flow:execute(#{no => tool}, #{capabilities => [<<"tool:echo">>],
                                                       idempotent => false})),
     %% a second proxy for the same server is refused by erlmcp's registry

@@ -153,12 +153,13 @@ scripted() ->
     %% calls: a result, an error object, a malformed answer, isError
     ?assertMatch({ok, #{<<"content">> := [#{<<"text">> := #{<<"x">> := 1}}]}, #{agent_id := <<"scripted">>}},
                  call(<<"echo">>, #{x => 1})),
-    ?assertMatch({error, {agent_error, {mcp_error, -32602, <<"bad arguments">>}}}, call(<<"fail">>, #{})),
+    %% the server refuses the call's arguments: the caller's error
+    ?assertMatch({error, {rejected, {mcp_error, -32602, <<"bad arguments">>}}}, call(<<"fail">>, #{})),
     ?assertMatch({error, {agent_error, {bad_mcp_reply, #{<<"surprise">> := true}}}}, call(<<"odd">>, #{})),
-    ?assertMatch({error, {agent_error, {tool_error, #{<<"isError">> := true}}}}, call(<<"iserr">>, #{})),
+    ?assertMatch({error, {rejected, {tool_error, #{<<"isError">> := true}}}}, call(<<"iserr">>, #{})),
     %% a task JSON cannot carry, a task that is not a tool call
-    ?assertMatch({error, {agent_error, {unencodable_task, _}}}, call(<<"echo">>, #{pid => self()})),
-    ?assertMatch({error, {agent_error, {bad_task, _, _}}},
+    ?assertMatch({error, {rejected, {unencodable_task, _}}}, call(<<"echo">>, #{pid => self()})),
+    ?assertMatch({error, {rejected, {bad_task, _, _}}},
                  erlmcp_flow:execute(#{n => 1}, #{capabilities => [<<"scripted">>], idempotent => false})),
     %% the router stops waiting: the server is told, the late answer dropped
     _ = received(),

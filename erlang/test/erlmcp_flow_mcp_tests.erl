@@ -154,7 +154,26 @@ tools_call() ->
                  call(Sid, 6, <<"tools/call">>, #{name => <<"add">>, arguments => [1]})),
     %% the router's own tools
     #{<<"result">> := S} = call(Sid, 7, <<"tools/call">>, #{name => <<"flow_stats">>, arguments => #{}}),
-    ?assertMatch(#{<<"isError">> := false, <<"structuredContent">> := #{<<"agents">> := _}}, S).
+    ?assertMatch(#{<<"isError">> := false, <<"structuredContent">> := #{<<"agents">> := _}}, S),
+    %% a server's tool error is the caller's: passed on verbatim, at once
+    %% (an idempotent tool: no retry), and ten of them leave the server in
+    %% service for every client
+    ok = erlmcp_flow_mcp:declare_tool(<<"strict">>, #{annotations => #{idempotentHint => true}}),
+    ok = erlmcp_flow:register_agent(<<"strict">>, spawn(fun strict/0), [<<"tool:strict">>]),
+    [begin
+         #{<<"result">> := E} = call(Sid, 100 + I, <<"tools/call">>,
+                                     #{name => <<"strict">>, arguments => #{n => I}}),
+         ?assertMatch(#{<<"isError">> := true,
+                        <<"content">> := [#{<<"type">> := <<"text">>, <<"text">> := <<"n must be even">>}],
+                        <<"_meta">> := #{<<"erlmcp_flow">> := #{<<"attempts">> := 1,
+                                                                <<"agent_id">> := <<"strict">>}}}, E)
+     end || I <- lists:seq(1, 21, 2)],
+    ?assertMatch({ok, #{breaker := closed, rejected := 11, failed := 0}},
+                 erlmcp_flow:agent_stats(<<"strict">>)),
+    #{<<"result">> := Good} = call(Sid, 200, <<"tools/call">>, #{name => <<"strict">>,
+                                                               arguments => #{n => 2}}),
+    ?assertMatch(#{<<"isError">> := false}, Good),
+    ok = erlmcp_flow:unregister_agent(<<"strict">>).
 
 cancelled() ->
     Self = self(),
@@ -208,11 +227,11 @@ port_server() ->
     {ok, #{<<"content">> := [#{<<"text">> := <<"This is a simple text response for testing.">>}]}, _} =
         erlmcp_flow:execute(#{tool => <<"test_simple_text">>, arguments => #{}},
                             #{capabilities => [<<"tool:test_simple_text">>]}),
-    ?assertMatch({error, {agent_error, {tool_error, #{<<"isError">> := true}}}},
+    ?assertMatch({error, {rejected, {tool_error, #{<<"isError">> := true}}}},
                  erlmcp_flow:execute(#{tool => <<"test_error_handling">>, arguments => #{}},
                                      #{capabilities => [<<"tool:test_error_handling">>], idempotent => false})),
     %% a task that is not a tool call
-    ?assertMatch({error, {agent_error, {bad_task, _, _}}},
+    ?assertMatch({error, {rejected, {bad_task, _, _}}},
                  erlmcp_flow:execute(#{n => 1}, #{capabilities => [<<"lang:python">>], idempotent => false})),
     ?assertEqual({error, already_registered},
                  erlmcp_flow_mcp:register_server(<<"py">>, #{command => python_server()}, #{})),
@@ -337,6 +356,19 @@ adder() ->
             From ! {task_result, Ref, {ok, #{}}}
     end,
     adder().
+
+%% A tool that refuses odd numbers as an MCP server would: a result with
+%% isError, refused as the caller's error.
+strict() ->
+    receive
+        {execute_task, #{arguments := #{<<"n">> := N}}, _, From, Ref} when N rem 2 =:= 1 ->
+            From ! {task_result, Ref, {reject, {tool_error, #{<<"content">> => [#{<<"type">> => <<"text">>,
+                                                                               <<"text">> => <<"n must be even">>}],
+                                                            <<"isError">> => true}}}};
+        {execute_task, _, _, From, Ref} ->
+            From ! {task_result, Ref, {ok, #{<<"content">> => [], <<"isError">> => false}}}
+    end,
+    strict().
 
 failer() ->
     receive

@@ -194,6 +194,24 @@ tcp_agent_protocol_test() ->
                 #{<<"id">> := T1, <<"params">> := #{<<"task">> := #{<<"n">> := 1}}} = recv_json(Agent),
                 ok = respond(Agent, T1, {error, 42, <<"no">>, undefined}),
                 ?assertMatch({error, {agent_error, {rpc_error, 42, <<"no">>}}}, Answer()),
+                %% invalid params: the task is the caller's error, refused
+                Run(#{n => 1}, Req, #{}),
+                #{<<"id">> := T1b} = recv_json(Agent),
+                ok = respond(Agent, T1b, {error, -32602, <<"n must be even">>, undefined}),
+                ?assertMatch({error, {rejected, {rpc_error, -32602, <<"n must be even">>}}}, Answer()),
+                %% a JSON-RPC caller gets the agent's own error, code and message
+                spawn_link(fun() ->
+                                   Self ! {answer, erlmcp_flow_rpc:handle(
+                                                     <<"flow.route_task">>,
+                                                     #{<<"task">> => #{<<"n">> => 1},
+                                                       <<"requirements">> =>
+                                                           #{<<"capabilities">> => [<<"p">>],
+                                                             <<"idempotent">> => false}},
+                                                     #{transport => http})}
+                           end),
+                #{<<"id">> := T1c} = recv_json(Agent),
+                ok = respond(Agent, T1c, {error, -32602, <<"n must be even">>, undefined}),
+                ?assertEqual({error, -32602, <<"n must be even">>, #{class => rejected}}, Answer()),
                 %% the router stops waiting: the client is told, its late answer dropped
                 TP = <<"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01">>,
                 Run(#{n => 2}, Req#{traceparent => TP, tracestate => <<"k=v">>},
@@ -207,7 +225,7 @@ tcp_agent_protocol_test() ->
                 ok = respond(Agent, T2, {ok, late}),
                 %% a task JSON cannot carry
                 Run(#{pid => self()}, Req, #{}),
-                ?assertMatch({error, {agent_error, {unencodable_task, _}}}, Answer()),
+                ?assertMatch({error, {rejected, {unencodable_task, _}}}, Answer()),
                 %% still serving; then closed from this side
                 Run(#{n => 3}, Req, #{}),
                 #{<<"id">> := T3} = recv_json(Agent),

@@ -13,13 +13,14 @@
 -include_lib("stdlib/include/assert.hrl").
 
 -export([all/0, init_per_suite/1, end_per_suite/1, init_per_testcase/2, end_per_testcase/2]).
--export([task_events/1, retried_task_events/1, failed_task_events/1, routed_task_events/1,
+-export([task_events/1, retried_task_events/1, failed_task_events/1, rejected_task_events/1,
+         routed_task_events/1,
          error_meta_matches_events/1, breaker_transition_events/1, agent_events/1,
          crashing_handler/1, internal_error_is_an_exception_event/1]).
 -export([handle_event/4]).
 
 all() ->
-    [task_events, retried_task_events, failed_task_events, routed_task_events,
+    [task_events, retried_task_events, failed_task_events, rejected_task_events, routed_task_events,
      error_meta_matches_events, breaker_transition_events, agent_events, crashing_handler,
      internal_error_is_an_exception_event].
 
@@ -102,6 +103,20 @@ failed_task_events(_Config) ->
     receive {telemetry, [erlmcp_flow, task, _], _, _} = E -> ct:fail({unexpected, E})
     after 50 -> ok
     end.
+
+%% A task the agent refused as the caller's error: the attempt and the task
+%% stop with outcome rejected, naming the refusing agent.
+rejected_task_events(_Config) ->
+    ok = erlmcp_flow:register_agent(<<"picky">>,
+                                    erlmcp_flow_test_util:raw_agent(fun(_) -> {reject, bad} end),
+                                    [<<"x">>]),
+    {error, {rejected, bad}} = erlmcp_flow:execute(#{}, #{capabilities => [<<"x">>]}),
+    {_, _} = next([erlmcp_flow, task, start]),
+    {_, Attempt} = next([erlmcp_flow, attempt, stop]),
+    ?assertMatch(#{outcome := rejected, error := {rejected, bad}, agent_id := <<"picky">>}, Attempt),
+    {_, Stop} = next([erlmcp_flow, task, stop]),
+    ?assertMatch(#{outcome := rejected, error := {rejected, bad}, agent_id := <<"picky">>,
+                   attempts := 1}, Stop).
 
 routed_task_events(_Config) ->
     ok = erlmcp_flow:register_agent(<<"a">>, erlmcp_flow_test_util:echo_agent(), [<<"x">>]),

@@ -18,6 +18,10 @@ init(bad) -> {stop, bad_args}.
 
 handle_task(#{op := echo, value := V}, _Ctx, S) -> {ok, V, S};
 handle_task(#{op := fail}, _Ctx, S) -> {error, failed, S};
+handle_task(#{op := reject, reason := R}, _Ctx, S) -> {reject, R, S};
+handle_task(#{op := reject_later, reason := R}, Ctx, S) ->
+    ok = erlmcp_flow_agent:reply(Ctx, {reject, R}),
+    {noreply, S};
 handle_task(#{op := crash}, _Ctx, _S) -> exit(crashed_on_purpose);
 handle_task(#{op := hang}, _Ctx, S) -> {noreply, S};
 handle_task(#{op := later, value := V}, Ctx, #{held := H, owner := Owner} = S) ->

@@ -80,7 +80,9 @@ handle_info({execute_task, Task, _Ctx, From, Ref}, #state{next_id = N} = State) 
                                   pending = (State#state.pending)#{N => {From, Ref}},
                                   by_ref = (State#state.by_ref)#{Ref => N}}};
         error ->
-            From ! {task_result, Ref, {error, {badarg, task}}},
+            %% a task that names no tool is the caller's error: answered at
+            %% once, never retried, never held against the server
+            From ! {task_result, Ref, {reject, {badarg, task}}},
             {noreply, State}
     end;
 handle_info({mcp_response, Id, Json}, #state{server_id = Id} = State) ->
@@ -104,7 +106,11 @@ answer({single, {response, N, Outcome}}, #state{pending = P, by_ref = ByRef} = S
     case maps:take(N, P) of
         {{From, Ref}, P1} ->
             From ! {task_result, Ref, case Outcome of
+                                          {ok, #{<<"isError">> := true} = Result} ->
+                                              {reject, {tool_error, Result}};
                                           {ok, Result} -> {ok, Result};
+                                          {error, Code, Msg, _} when Code =:= -32602; Code =:= -32600 ->
+                                              {reject, {mcp_error, Code, Msg}};
                                           {error, Code, Msg, _} -> {error, {mcp_error, Code, Msg}}
                                       end},
             State#state{pending = P1, by_ref = maps:remove(Ref, ByRef)};

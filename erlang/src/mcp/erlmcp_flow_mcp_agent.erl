@@ -242,8 +242,13 @@ answered(tools_list, Msg, State) ->
     down({tools_list_failed, maps:get(<<"error">>, Msg, Msg)}, close(State));
 answered({task, From, Ref}, Msg, #state{by_ref = ByRef} = State) ->
     Answer = case Msg of
-                 #{<<"result">> := #{<<"isError">> := true} = R} -> {error, {tool_error, R}};
+                 %% the tool's own error (bad arguments, a refusal): the
+                 %% caller's, answered as is, not the server's failure
+                 #{<<"result">> := #{<<"isError">> := true} = R} -> {reject, {tool_error, R}};
                  #{<<"result">> := R} -> {ok, R};
+                 %% the server says the call itself is malformed
+                 #{<<"error">> := #{<<"code">> := C, <<"message">> := M}}
+                   when C =:= -32602; C =:= -32600 -> {reject, {mcp_error, C, M}};
                  #{<<"error">> := #{<<"code">> := C, <<"message">> := M}} -> {error, {mcp_error, C, M}};
                  _ -> {error, {bad_mcp_reply, Msg}}
              end,
@@ -298,7 +303,7 @@ execute_task(#{tool := _}, _Ctx, From, Ref, State) ->
     From ! {task_result, Ref, {error, {server_not_ready, State#state.phase}}},
     State;
 execute_task(Task, _Ctx, From, Ref, State) ->
-    From ! {task_result, Ref, {error, {bad_task, Task, <<"an MCP server takes #{tool := Name, arguments := Args}">>}}},
+    From ! {task_result, Ref, {reject, {bad_task, Task, <<"an MCP server takes #{tool := Name, arguments := Args}">>}}},
     State.
 
 %% A request to the server; the answer comes to `For'.
@@ -310,7 +315,7 @@ request(Method, Params, For, #state{next_id = Id, pending = P} = State) ->
         {error, Why, State1} ->
             case For of
                 {task, From, Ref} ->
-                    From ! {task_result, Ref, {error, {unencodable_task, Why}}},
+                    From ! {task_result, Ref, {reject, {unencodable_task, Why}}},
                     State1#state{next_id = Id + 1};
                 _ ->
                     down(Why, State1)

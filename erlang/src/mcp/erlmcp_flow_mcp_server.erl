@@ -178,14 +178,55 @@ tool_answer({ok, Result, Meta}) ->
     end;
 tool_answer({error, {stopped, _}, _Meta}) ->
     cancelled;
+%% the server's own tool error, verbatim (`isError' included): the caller's
+%% mistake, refused by the tool, never retried
+tool_answer({error, {rejected, {tool_error, #{<<"content">> := _} = ToolResult}}, Meta}) ->
+    {ok, add_meta(ToolResult#{<<"isError">> => true}, routing(Meta))};
+%% the server refused the call's params: its JSON-RPC error, passed on
+tool_answer({error, {rejected, {mcp_error, Code, Message}}, _Meta}) when is_integer(Code) ->
+    {error, Code, Message, undefined};
 tool_answer({error, {agent_error, {tool_error, #{<<"content">> := _} = ToolResult}}, Meta}) ->
     {ok, add_meta(ToolResult#{<<"isError">> => true}, routing(Meta))};
 tool_answer({error, Reason, Meta}) ->
-    {ok, add_meta(text_result(#{error => iolist_to_binary(io_lib:format("~0p", [Reason]))}, true),
-                  routing(Meta))}.
+    {ok, add_meta(text_result(#{error => readable(Reason)}, true), routing(Meta))}.
 
+%% What went wrong, in words a host shows its user: the last attempt's own
+%% answer where there was one, never an Erlang term.
+readable({no_available_agent, [_ | _] = Attempts}) ->
+    #{agent_id := Id, reason := Last} = lists:last(Attempts),
+    iolist_to_binary([integer_to_binary(length(Attempts)), " attempts failed; the last, on ",
+                      Id, ": ", readable(Last)]);
+readable({rejected, Why}) -> readable(Why);
+readable({agent_error, Why}) -> readable(Why);
+readable({tool_error, #{<<"content">> := Content}}) -> content_text(Content);
+readable({mcp_error, _Code, Message}) when is_binary(Message) -> Message;
+readable({rpc_error, _Code, Message}) when is_binary(Message) -> Message;
+readable(execution_timeout) -> <<"the server did not answer in time">>;
+readable({agent_down, _}) -> <<"the server went away during the call">>;
+readable(no_agents_available) -> <<"no server offers this tool now">>;
+readable(overloaded) -> <<"every server of this tool is busy">>;
+readable(not_started) -> <<"the router is not running">>;
+readable({bad_agent_reply, _}) -> <<"the server's answer was not MCP">>;
+readable({bad_mcp_reply, _}) -> <<"the server's answer was not MCP">>;
+readable({internal_error, _}) -> <<"internal error">>;
+readable(R) when is_binary(R) -> R;
+readable(R) when is_atom(R) -> atom_to_binary(R);
+readable(_) -> <<"the call failed">>.
+
+content_text(Content) when is_list(Content) ->
+    iolist_to_binary(lists:join(<<" ">>, [T || #{<<"type">> := <<"text">>, <<"text">> := T} <- Content,
+                                              is_binary(T)]));
+content_text(_) ->
+    <<>>.
+
+%% Who answered: the agent of the answer, or of the last attempt.
+routing(#{agent_id := _} = Meta) ->
+    #{<<"erlmcp_flow">> => maps:with([agent_id, attempts, trace_id], Meta)};
+routing(#{tried := [_ | _] = Tried} = Meta) ->
+    #{agent_id := Last} = lists:last(Tried),
+    routing(Meta#{agent_id => Last});
 routing(Meta) ->
-    #{<<"erlmcp_flow">> => maps:with([agent_id, attempts, trace_id], Meta)}.
+    #{<<"erlmcp_flow">> => maps:with([attempts, trace_id], Meta)}.
 
 add_meta(Result, Routing) ->
     Old = case maps:get(<<"_meta">>, Result, #{}) of

@@ -36,15 +36,15 @@
 -export_type([counter/0, stats/0]).
 
 -type counter() :: retries | fallbacks | overloaded | spans_exported | export_failures
-                 | spans_lost | tasks_succeeded | tasks_failed.
+                 | spans_lost | tasks_succeeded | tasks_failed | tasks_rejected.
 -type stats() :: #{nodes => [node()], suspected => [node()], partitions => [node()],
                    phi => #{node() => float()}, atom() => number()}.
 
 -define(COUNTERS_KEY, {?MODULE, counters}).
 %% Slots of the counters array; the last holds tasks per second x 1000.
 -define(SLOTS, [retries, fallbacks, overloaded, spans_exported, export_failures, spans_lost,
-                tasks_succeeded, tasks_failed]).
--define(RATE_SLOT, 9).
+                tasks_succeeded, tasks_failed, tasks_rejected]).
+-define(RATE_SLOT, 10).
 
 -record(state, {interval :: pos_integer(),
                 completed :: non_neg_integer(),
@@ -56,7 +56,7 @@
 %% Samples kept: 5 minutes at the default interval of 1 s.
 -define(HISTORY, 300).
 %% The counters a sample keeps.
--define(RATES, [tasks_succeeded, tasks_failed, retries, fallbacks, overloaded]).
+-define(RATES, [tasks_succeeded, tasks_failed, tasks_rejected, retries, fallbacks, overloaded]).
 
 -spec start_link() -> {ok, pid()} | {error, term()}.
 start_link() ->
@@ -76,7 +76,8 @@ add(Name, N) ->
     end.
 
 %% @doc The node-wide figures: `agents', tasks `in_flight', tasks answered
-%% (`tasks_succeeded', `tasks_failed': one per task, however many attempts
+%% (`tasks_succeeded', `tasks_failed', and `tasks_rejected' for tasks an
+%% agent refused as the caller's error: one per task, however many attempts
 %% it took), attempts `completed' (a task with one retry counts 2),
 %% `tasks_per_second' (tasks answered, over the last interval), Q-learning `episodes' and
 %% `epsilon', `retries', `fallbacks', `overloaded', breaker transitions
@@ -212,7 +213,8 @@ sample(#state{completed = Before, at = At0} = State) ->
 %% Per-second rates between consecutive samples.
 rates([{T0, C0}, {T1, C1} = Next | Rest]) when T1 > T0 ->
     Per = fun(K) -> max(maps:get(K, C1) - maps:get(K, C0), 0) * 1000 / (T1 - T0) end,
-    [#{t => T1, tasks => Per(tasks_succeeded) + Per(tasks_failed), failed => Per(tasks_failed),
+    [#{t => T1, tasks => Per(tasks_succeeded) + Per(tasks_failed) + Per(tasks_rejected),
+       failed => Per(tasks_failed), rejected => Per(tasks_rejected),
        retries => Per(retries), fallbacks => Per(fallbacks), overloaded => Per(overloaded)}
      | rates([Next | Rest])];
 rates([_, Next | Rest]) ->
@@ -222,7 +224,8 @@ rates(_) ->
 
 %% Tasks answered so far.
 tasks(Ref) ->
-    counters:get(Ref, slot(tasks_succeeded)) + counters:get(Ref, slot(tasks_failed)).
+    counters:get(Ref, slot(tasks_succeeded)) + counters:get(Ref, slot(tasks_failed))
+        + counters:get(Ref, slot(tasks_rejected)).
 
 now_ms() ->
     erlang:monotonic_time(millisecond).
@@ -234,4 +237,5 @@ slot(spans_exported) -> 4;
 slot(export_failures) -> 5;
 slot(spans_lost) -> 6;
 slot(tasks_succeeded) -> 7;
-slot(tasks_failed) -> 8.
+slot(tasks_failed) -> 8;
+slot(tasks_rejected) -> 9.

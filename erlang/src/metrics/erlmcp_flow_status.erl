@@ -14,7 +14,7 @@
 %% Large nodes stay usable: agents come a page at a time, sorted and
 %% filtered by the node (query `offset', `limit' (at most 500, default 50),
 %% `sort' (`id', `node', `in_flight', `p50_us', `p99_us', `success_rate',
-%% `breaker'), `order' (`asc' | `desc'), `capability'); capabilities are
+%% `rejected', `breaker'), `order' (`asc' | `desc'), `capability'); capabilities are
 %% summarised (the 200 most held, with counts); traces are the last 10 (at
 %% most 100 with `traces'). `GET /status/explain.json?capabilities=a,b' is
 %% `explain/1' for a capability set.
@@ -30,7 +30,7 @@
 -define(TOP_CAPABILITIES, 200).
 -define(DEFAULT_TRACES, 10).
 -define(SORTS, [<<"id">>, <<"node">>, <<"in_flight">>, <<"p50_us">>, <<"p99_us">>,
-                <<"success_rate">>, <<"breaker">>]).
+                <<"success_rate">>, <<"rejected">>, <<"breaker">>]).
 
 %% @doc Answers one request of the metrics listener under `/status'.
 -spec handle(binary(), binary()) -> {pos_integer(), iodata(), binary()}.
@@ -193,6 +193,8 @@ item({Id, Pid, Kind, Caps, S}) ->
       p99_us => null_if_undefined(maps:get(p99_us, S, undefined)),
       success_rate => maps:get(success_rate, S, null),
       dispatched => maps:get(dispatched, S, 0),
+      %% refused as the callers' error: answers, not failures of the agent
+      rejected => maps:get(rejected, S, 0),
       breaker => maps:get(breaker, S, closed),
       blacklisted => erlmcp_flow_byzantine_detector:is_blacklisted(Id) orelse
                          erlmcp_flow_byzantine_detector:is_blacklisted(node(Pid))}.

@@ -25,9 +25,15 @@
 %% <ul>
 %% <li>`init(Args) -> {ok, State} | {stop, Reason}'</li>
 %% <li>`handle_task(Task, State) -> {ok, Result, State} | {error, Reason, State}
-%%   | {stop, Reason, State}': answered at once; the caller gets `{ok, Result}'
-%%   or `{error, {agent_error, Reason}}'. `{stop, Reason, State}' answers
-%%   nothing and stops the agent (its callers get `{agent_down, Reason}').</li>
+%%   | {reject, Reason, State} | {stop, Reason, State}': answered at once; the
+%%   caller gets `{ok, Result}', or `{error, {agent_error, Reason}}' for a
+%%   failure of the agent (retried elsewhere when the task is idempotent,
+%%   counted by its breaker and learned as its fault), or `{error, {rejected,
+%%   Reason}}' for a task the agent refuses as the caller's error (bad
+%%   arguments, a request it will never serve): answered as is, never
+%%   retried, never counted by the breaker, learned as an answer (its latency
+%%   counts). `{stop, Reason, State}' answers nothing and stops the agent (its
+%%   callers get `{agent_down, Reason}').</li>
 %% <li>`handle_task(Task, TaskCtx, State)': the same answers, or
 %%   `{noreply, State}' to answer later with `reply(TaskCtx, Answer)', from
 %%   this process or any other (the agent keeps taking tasks meanwhile).</li>
@@ -91,10 +97,12 @@
 -callback handle_task(Task :: erlmcp_flow:task(), State :: term()) ->
     {ok, Result :: term(), NewState :: term()}
   | {error, Reason :: term(), NewState :: term()}
+  | {reject, Reason :: term(), NewState :: term()}
   | {stop, Reason :: term(), NewState :: term()}.
 -callback handle_task(Task :: erlmcp_flow:task(), task_ctx(), State :: term()) ->
     {ok, Result :: term(), NewState :: term()}
   | {error, Reason :: term(), NewState :: term()}
+  | {reject, Reason :: term(), NewState :: term()}
   | {noreply, NewState :: term()}
   | {stop, Reason :: term(), NewState :: term()}.
 -callback handle_cancel(Ref :: reference(), State :: term()) ->
@@ -143,10 +151,11 @@ start(AgentId, Capabilities, Mod, Args) ->
     gen_server:start(?MODULE, {Mod, Args, {AgentId, Capabilities}}, []).
 
 %% @doc Answers a task that `handle_task/3' left with `{noreply, State}'.
-%% `Answer' is what `handle_task' returns without its state: `{ok, Result}'
-%% or `{error, Reason}'. Any other term `T' is a bare result, as `Result' is
-%% in `{ok, Result, State}': the caller gets `{ok, T}' (so a result that is
-%% itself `{ok, _}' or `{error, _}' must be wrapped: `{ok, {error, x}}').
+%% `Answer' is what `handle_task' returns without its state: `{ok, Result}',
+%% `{error, Reason}' or `{reject, Reason}'. Any other term `T' is a bare
+%% result, as `Result' is in `{ok, Result, State}': the caller gets `{ok, T}'
+%% (so a result that is itself one of those must be wrapped: `{ok, {error,
+%% x}}').
 -spec reply(task_ctx(), term()) -> ok | {error, {badarg, task_ctx}}.
 reply(#{from := From, ref := Ref}, Answer) when (is_pid(From) orelse is_reference(From)),
                                                 is_reference(Ref) ->
@@ -157,6 +166,7 @@ reply(_, _) ->
 
 answer({ok, _} = A) -> A;
 answer({error, _} = A) -> A;
+answer({reject, _} = A) -> A;
 answer(Result) -> {ok, Result}.
 
 %% @doc Opens a span for a call the agent makes while working on the task
@@ -270,6 +280,9 @@ handle_info({execute_task, Task, Trace, From, Ref}, #state{mod = Mod, mstate = M
             {noreply, State#state{mstate = MS1}};
         {error, Reason, MS1} ->
             send(Ctx, {error, Reason}),
+            {noreply, State#state{mstate = MS1}};
+        {reject, Reason, MS1} ->
+            send(Ctx, {reject, Reason}),
             {noreply, State#state{mstate = MS1}};
         {noreply, MS1} when State#state.arity =:= 3 ->
             {noreply, State#state{mstate = MS1}};

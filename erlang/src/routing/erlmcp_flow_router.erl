@@ -130,6 +130,10 @@ task_stopped({T0, Meta}, Answer) ->
     Outcome = case Answer of
                   {ok, _, #{agent_id := A, attempts := N}} ->
                       #{outcome => ok, agent_id => A, attempts => N};
+                  {error, {rejected, _} = Reason, [_ | _] = Failed} ->
+                      #{outcome => rejected, error => Reason,
+                        agent_id => maps:get(agent_id, lists:last(Failed)),
+                        attempts => length(Failed)};
                   {error, Reason, Failed} ->
                       #{outcome => error, error => Reason, agent_id => undefined,
                         attempts => length(Failed)};
@@ -242,6 +246,7 @@ await(Ref, Pid, Lease, Timeout, AgentId, Interruptible) ->
             case Result of
                 {ok, Value} -> {ok, Value, complete(Lease, ok, AgentId)};
                 {error, Reason} -> {error, {agent_error, Reason}, complete(Lease, error, AgentId)};
+                {reject, Reason} -> {error, {rejected, Reason}, complete(Lease, rejected, AgentId)};
                 Other -> {error, {bad_agent_reply, Other}, complete(Lease, error, AgentId)}
             end;
         {'DOWN', Ref, process, _, Reason} ->
@@ -309,6 +314,7 @@ attempt_stopped(T0, #{trace_id := TraceId}, #{span_id := SpanId}, AgentId, N, Aw
     Now = erlang:monotonic_time(),
     Outcome = case Awaited of
                   {ok, _, _} -> #{outcome => ok};
+                  {error, {rejected, _} = Reason, _} -> #{outcome => rejected, error => Reason};
                   {error, Reason, _} -> #{outcome => error, error => Reason}
               end,
     erlmcp_flow_telemetry:execute([attempt, stop], #{monotonic_time => Now, duration => Now - T0},
@@ -328,6 +334,10 @@ failed(Task, Plan, Trace, Deadline,
     #{max_retry_attempts := Max, base_retry_delay := Base, max_retry_delay := Cap} = Plan,
     if
         not Retryable, N =:= 1 ->
+            {error, Reason, lists:reverse(Failed1)};
+        element(1, Reason) =:= rejected ->
+            %% the agent refused the task as the caller's error: its own
+            %% answer, whatever the attempts before it
             {error, Reason, lists:reverse(Failed1)};
         not Retryable ->
             {error, {no_available_agent, lists:reverse(Failed1)}, lists:reverse(Failed1)};
@@ -444,9 +454,15 @@ meta(AgentId, #{trace_id := TraceId, span_id := SpanId}, Latency, N, Tried) ->
 end_trace(Trace, Answer) ->
     {Outcome, Agent} = case Answer of
                            {ok, _, #{agent_id := A}} -> {ok, A};
+                           {error, {rejected, _}, [_ | _] = Failed} ->
+                               {rejected, maps:get(agent_id, lists:last(Failed))};
                            _ -> {failed, undefined}
                        end,
-    erlmcp_flow_metrics:incr(case Outcome of ok -> tasks_succeeded; failed -> tasks_failed end),
+    erlmcp_flow_metrics:incr(case Outcome of
+                                 ok -> tasks_succeeded;
+                                 rejected -> tasks_rejected;
+                                 failed -> tasks_failed
+                             end),
     _ = erlmcp_flow_nif:span_end(maps:get(span, Trace), Outcome, Agent),
     Answer.
 

@@ -16,6 +16,10 @@
 %% <tr><td>-32007</td><td>`not_started'</td></tr>
 %% <tr><td>-32008</td><td>`flow.register_agent' on a transport that cannot reach an agent</td></tr>
 %% <tr><td>-32009</td><td>`execution_timeout' (erlmcp's request timeout)</td></tr>
+%% <tr><td>-32010</td><td>`{rejected, Reason}': the agent refused the task as the caller's
+%% error; `data' is `{"class": "rejected", "reason": Reason as JSON}' (an MCP tool's
+%% result with `isError': `{"class": "rejected", "result": Result}'); a JSON-RPC agent's
+%% own error (`-32602', `-32600') is passed on with its code and message</td></tr>
 %% <tr><td>-32020</td><td>`{byzantine, no_secret}': a quorum asked of a node without a secret</td></tr>
 %% <tr><td>-32021</td><td>`{insufficient_agents, Have, Need}' (`on_no_quorum => error')</td></tr>
 %% <tr><td>-32022</td><td>`{no_quorum, Votes}' (`on_no_quorum => error')</td></tr>
@@ -167,6 +171,15 @@ requirement_key(_) -> undefined.
 invalid_params(Why) ->
     {error, erlmcp_flow_jsonrpc:code(invalid_params), <<"Invalid params">>, #{reason => Why}}.
 
+routing_error({rejected, {rpc_error, Code, Msg}}) when is_integer(Code), is_binary(Msg) ->
+    %% a JSON-RPC agent's own answer, as it gave it
+    {error, Code, Msg, #{class => rejected}};
+routing_error({rejected, {tool_error, Result}}) ->
+    {error, error_code({rejected, tool_error}), <<"Rejected by the agent">>,
+     #{class => rejected, result => jsonable(Result)}};
+routing_error({rejected, Why}) ->
+    {error, error_code({rejected, Why}), <<"Rejected by the agent">>,
+     #{class => rejected, reason => jsonable(Why)}};
 routing_error(Reason) ->
     {error, error_code(Reason), message(Reason), #{reason => text(Reason)}}.
 
@@ -180,6 +193,8 @@ error_code({agent_error, _}) -> -32005;
 error_code({bad_agent_reply, _}) -> -32006;
 error_code(not_started) -> -32007;
 error_code(execution_timeout) -> erlmcp_flow_jsonrpc:code(request_timeout);
+error_code({rejected, {rpc_error, Code, _}}) when is_integer(Code) -> Code;
+error_code({rejected, _}) -> -32010;
 error_code({byzantine, no_secret}) -> -32020;
 error_code({insufficient_agents, _, _}) -> -32021;
 error_code({no_quorum, _}) -> -32022;

@@ -236,6 +236,10 @@ answer({response, Id, Outcome}, #state{pending = P, by_ref = ByRef} = State) ->
         {{From, Ref}, P1} ->
             From ! {task_result, Ref, case Outcome of
                                           {ok, R} -> {ok, R};
+                                          %% the client says the task itself is
+                                          %% wrong: the caller's error, not the agent's
+                                          {error, Code, Msg, _} when Code =:= -32602; Code =:= -32600 ->
+                                              {reject, {rpc_error, Code, Msg}};
                                           {error, Code, Msg, _} -> {error, {rpc_error, Code, Msg}}
                                       end},
             State#state{pending = P1, by_ref = maps:remove(Ref, ByRef)};
@@ -253,7 +257,7 @@ execute_task(Task, Ctx, From, Ref, #state{next_id = Id, pending = P, by_ref = By
             State#state{next_id = Id + 1, pending = P#{Id => {From, Ref}},
                         by_ref = ByRef#{Ref => Id}};
         {error, {unencodable, Why}} ->
-            From ! {task_result, Ref, {error, {unencodable_task, Why}}},
+            From ! {task_result, Ref, {reject, {unencodable_task, Why}}},
             State
     end.
 

@@ -21,8 +21,13 @@ use crate::tracing::correlation::{CorrelationConfig, CorrelationStore};
 pub enum Outcome {
     /// The agent answered `{ok, _}`.
     Success,
-    /// The agent answered `{error, _}` or something malformed.
+    /// The agent answered `{error, _}` or something malformed: its fault.
     Failure,
+    /// The agent refused the task as the caller's error (a tool error, bad
+    /// params, `{reject, _}`): an answer, not a failure of the agent. Its
+    /// latency counts; the breaker does not count it, the learner does not
+    /// take it for the agent's fault, and it is not retried.
+    Rejected,
     /// No answer within the execution timeout.
     Timeout,
     /// The agent died before answering.
@@ -36,6 +41,7 @@ impl Outcome {
         match self {
             Outcome::Success => "ok",
             Outcome::Failure => "error",
+            Outcome::Rejected => "rejected",
             Outcome::Timeout => "timeout",
             Outcome::AgentDown => "down",
             Outcome::Abandoned => "abandoned",
@@ -46,6 +52,7 @@ impl Outcome {
         [
             Outcome::Success,
             Outcome::Failure,
+            Outcome::Rejected,
             Outcome::Timeout,
             Outcome::AgentDown,
             Outcome::Abandoned,

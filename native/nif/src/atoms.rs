@@ -72,6 +72,7 @@ rustler::atoms! {
     timeout,
     down,
     abandoned,
+    rejected,
     // router options
     clock,
     alpha,

@@ -38,6 +38,7 @@ const KINDS: &[Choice<AgentKind>] = &[
 const OUTCOMES: &[Choice<Outcome>] = &[
     (atoms::ok, Outcome::Success),
     (atoms::error, Outcome::Failure),
+    (atoms::rejected, Outcome::Rejected),
     (atoms::timeout, Outcome::Timeout),
     (atoms::down, Outcome::AgentDown),
     (atoms::abandoned, Outcome::Abandoned),
@@ -412,6 +413,7 @@ fn agent_stats<'a>(env: Env<'a>, router: Term<'a>, id: Term<'a>) -> Term<'a> {
                 (atoms::dispatched(), v.dispatched.encode(env)),
                 (atoms::succeeded(), v.succeeded.encode(env)),
                 (atoms::failed(), v.failed.encode(env)),
+                (atoms::rejected(), v.rejected.encode(env)),
                 (atoms::timed_out(), v.timed_out.encode(env)),
                 (atoms::down(), v.down.encode(env)),
                 (atoms::abandoned(), v.abandoned.encode(env)),

@@ -43,6 +43,7 @@ fn outcome_atom(o: SpanOutcome) -> Atom {
         SpanOutcome::Down => atoms::down(),
         SpanOutcome::Abandoned => atoms::abandoned(),
         SpanOutcome::Failed => atoms::failed(),
+        SpanOutcome::Rejected => atoms::rejected(),
     }
 }
 
@@ -212,7 +213,8 @@ fn span_start<'a>(
     reply(env, run())
 }
 
-/// `span_end(Span, ok | failed, AgentId | undefined) -> ok | {error, already_ended}`.
+/// `span_end(Span, ok | failed | rejected | error, AgentId | undefined) -> ok |
+/// {error, already_ended}`.
 #[rustler::nif]
 fn span_end<'a>(env: Env<'a>, span: Term<'a>, outcome: Term<'a>, agent: Term<'a>) -> Term<'a> {
     let run = || -> NifOutcome<Term<'a>> {
@@ -223,6 +225,7 @@ fn span_end<'a>(env: Env<'a>, span: Term<'a>, outcome: Term<'a>, agent: Term<'a>
                 (atoms::ok, SpanOutcome::Ok),
                 (atoms::failed, SpanOutcome::Failed),
                 (atoms::error, SpanOutcome::Error),
+                (atoms::rejected, SpanOutcome::Rejected),
             ],
             "outcome",
         )?;

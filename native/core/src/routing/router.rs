@@ -105,6 +105,7 @@ impl<P> Lease<P> {
             let o = match outcome {
                 Outcome::Success => SpanOutcome::Ok,
                 Outcome::Failure => SpanOutcome::Error,
+                Outcome::Rejected => SpanOutcome::Rejected,
                 Outcome::Timeout => SpanOutcome::Timeout,
                 Outcome::AgentDown => SpanOutcome::Down,
                 Outcome::Abandoned => SpanOutcome::Abandoned,
@@ -120,8 +121,10 @@ impl<P> Lease<P> {
 
     /// Settles the lease with `outcome`: the task's latency and the breaker
     /// transition it caused, or `None` when it was already settled (nothing
-    /// changes). Every outcome but `Abandoned` is one learning episode and one
-    /// breaker outcome.
+    /// changes). Every outcome but `Abandoned` is one learning episode; every
+    /// one but `Abandoned` and `Rejected` one breaker outcome (a refusal of the
+    /// caller's task is learned as an answer, its latency counting, and the
+    /// breaker does not count it).
     pub fn complete(&self, outcome: Outcome) -> Option<Completion> {
         if self.settled.swap(true, Ordering::AcqRel) {
             return None;
@@ -146,7 +149,10 @@ impl<P> Lease<P> {
         shared.completed.fetch_add(1, Ordering::Relaxed);
         let learner = &shared.learner;
         let config = learner.config();
-        let r = config.reward(latency as f64, outcome == Outcome::Success);
+        // a refusal of the caller's task is an answer: its latency counts,
+        // as a success's would, and it is not the agent's fault
+        let answered = matches!(outcome, Outcome::Success | Outcome::Rejected);
+        let r = config.reward(latency as f64, answered);
         learner.learn_at(
             self.agent.q_row(),
             self.state as usize,
@@ -167,14 +173,23 @@ impl<P> Lease<P> {
             shared.surprise_us.store(now.max(1), Ordering::Relaxed);
         }
         self.agent.refresh_value();
-        let transition = shared.count(self.agent.breaker().record(
-            self.agent.stats().hot(),
-            &shared.config.breaker,
-            self.permit,
-            outcome != Outcome::Success,
-            latency,
-            now,
-        ));
+        let transition = if outcome == Outcome::Rejected {
+            // the caller's error is no news of the agent's health: its
+            // permit (a probe's slot too) goes back unrecorded
+            self.agent
+                .breaker()
+                .release(&shared.config.breaker, self.permit);
+            None
+        } else {
+            shared.count(self.agent.breaker().record(
+                self.agent.stats().hot(),
+                &shared.config.breaker,
+                self.permit,
+                outcome != Outcome::Success,
+                latency,
+                now,
+            ))
+        };
         Some(Completion {
             latency_us: latency,
             transition,
@@ -1677,5 +1692,41 @@ mod tests {
                 .stats()
                 .probing(stale)
         );
+    }
+
+    #[test]
+    fn a_refusal_of_the_callers_task_is_an_answer_not_a_failure() {
+        let mut config = RouterConfig::default();
+        config.breaker.failure_threshold = 2;
+        config.breaker.min_requests = 2;
+        let r = Router::new(config, Clock::manual(0));
+        r.agents()
+            .insert(AgentSpec::new("picky", 0usize, vec![b"work".to_vec()]))
+            .unwrap();
+        let mut rng = rng();
+        for _ in 0..20 {
+            let lease = r
+                .decide(&Request::new(WORK, Strategy::RoundRobin), &mut rng)
+                .expect("never refused by its breaker");
+            r.clock().advance(2_000);
+            let done = lease.complete(Outcome::Rejected).unwrap();
+            assert_eq!(done.transition, None);
+        }
+        let agent = r.agents().load().agent(0).clone();
+        let v = agent.stats().view();
+        assert_eq!((v.rejected, v.failed, v.succeeded), (20, 0, 0));
+        assert_eq!(v.dispatched, 20);
+        assert!(v.success_rate > 0.99, "{}", v.success_rate);
+        assert_eq!(agent.stats().hot().breaker(), 0, "closed");
+        // learned as an answer of 2 ms: a fast state's reward, not -10
+        assert!(agent.stats().current_value() > 0.0);
+        // the same agent failing twice opens
+        for _ in 0..2 {
+            let lease = r
+                .decide(&Request::new(WORK, Strategy::RoundRobin), &mut rng)
+                .unwrap();
+            lease.complete(Outcome::Failure);
+        }
+        assert_ne!(agent.stats().hot().breaker(), 0, "open");
     }
 }

@@ -30,6 +30,8 @@ pub struct AgentStats {
     hot: HotRef,
     succeeded: AtomicU64,
     failed: AtomicU64,
+    /// Tasks the agent refused as the caller's error.
+    rejected: AtomicU64,
     timed_out: AtomicU64,
     down: AtomicU64,
     abandoned: AtomicU64,
@@ -66,6 +68,7 @@ impl AgentStats {
             hot,
             succeeded: AtomicU64::new(0),
             failed: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
             timed_out: AtomicU64::new(0),
             down: AtomicU64::new(0),
             abandoned: AtomicU64::new(0),
@@ -103,6 +106,8 @@ pub struct StatsView {
     pub dispatched: u64,
     pub succeeded: u64,
     pub failed: u64,
+    /// Refused as the caller's error (not counted as failed).
+    pub rejected: u64,
     pub timed_out: u64,
     pub down: u64,
     pub abandoned: u64,
@@ -289,6 +294,7 @@ impl AgentStats {
         let counter = match outcome {
             Outcome::Success => &self.succeeded,
             Outcome::Failure => &self.failed,
+            Outcome::Rejected => &self.rejected,
             Outcome::Timeout => &self.timed_out,
             Outcome::AgentDown => &self.down,
             Outcome::Abandoned => &self.abandoned,
@@ -298,7 +304,7 @@ impl AgentStats {
         // measures nothing about it, and a timeout is recorded at the timeout.
         if matches!(
             outcome,
-            Outcome::Success | Outcome::Failure | Outcome::Timeout
+            Outcome::Success | Outcome::Failure | Outcome::Rejected | Outcome::Timeout
         ) {
             let sample = latency_us as f64;
             ewma_update(
@@ -315,7 +321,8 @@ impl AgentStats {
         }
         if outcome != Outcome::Abandoned {
             self.last_outcome_us.store(now_us.max(1), Ordering::Relaxed);
-            let ok = if outcome == Outcome::Success {
+            // a refusal of the caller's task is a proper answer
+            let ok = if matches!(outcome, Outcome::Success | Outcome::Rejected) {
                 1.0
             } else {
                 0.0
@@ -373,15 +380,23 @@ impl AgentStats {
         let in_flight = self.in_flight();
         let succeeded = self.succeeded.load(Ordering::Relaxed);
         let failed = self.failed.load(Ordering::Relaxed);
+        let rejected = self.rejected.load(Ordering::Relaxed);
         let timed_out = self.timed_out.load(Ordering::Relaxed);
         let down = self.down.load(Ordering::Relaxed);
         let abandoned = self.abandoned.load(Ordering::Relaxed);
         StatsView {
             in_flight,
             // Derived rather than counted: one atomic fewer per task.
-            dispatched: u64::from(in_flight) + succeeded + failed + timed_out + down + abandoned,
+            dispatched: u64::from(in_flight)
+                + succeeded
+                + failed
+                + rejected
+                + timed_out
+                + down
+                + abandoned,
             succeeded,
             failed,
+            rejected,
             timed_out,
             down,
             abandoned,

@@ -50,6 +50,8 @@ pub enum SpanOutcome {
     Open,
     Ok,
     Error,
+    /// The agent refused the task as the caller's error.
+    Rejected,
     Timeout,
     Down,
     Abandoned,
@@ -63,6 +65,7 @@ impl SpanOutcome {
             SpanOutcome::Open => "open",
             SpanOutcome::Ok => "ok",
             SpanOutcome::Error => "error",
+            SpanOutcome::Rejected => "rejected",
             SpanOutcome::Timeout => "timeout",
             SpanOutcome::Down => "down",
             SpanOutcome::Abandoned => "abandoned",
