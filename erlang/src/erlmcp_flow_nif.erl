@@ -81,7 +81,7 @@
 %% A half-open probe granted by `breaker_allow/2', to record with `breaker_record/5'.
 -type probe() :: reference().
 -type task_span() :: reference().
--type outcome() :: ok | error | timeout | down | abandoned.
+-type outcome() :: ok | error | rejected | timeout | down | abandoned.
 -type badarg() :: {error, {badarg, atom()}}.
 -type router_opts() :: #{clock => system | manual,
                          alpha => number(), gamma => number(), epsilon => number(),
@@ -282,7 +282,7 @@ validate_tracestate(_Header) -> erlang:nif_error(nif_not_loaded).
         | badarg().
 span_start(_Router, _Traceparent, _Summary) -> erlang:nif_error(nif_not_loaded).
 
--spec span_end(task_span(), ok | failed | error, binary() | undefined) ->
+-spec span_end(task_span(), ok | failed | rejected | error, binary() | undefined) ->
           ok | {error, already_ended} | badarg().
 span_end(_Span, _Outcome, _AgentId) -> erlang:nif_error(nif_not_loaded).
 
