@@ -336,6 +336,10 @@ const NOISE_BAND_STEPS: f64 = 3.0;
 /// latency is judged by its silence (see [`q_greedy`]).
 const SILENCE_FACTOR: f64 = 3.0;
 
+/// Members of the noise band, besides the best, whose costs Q-learning's
+/// greedy choice compares (see [`q_greedy`]).
+const TIE_SAMPLE: usize = 8;
+
 /// Q-learning's greedy choice among `cands` (every cell of the snapshot in
 /// all-mode, else the slots listed, repeats allowed): the slot, and the best
 /// value negated (infinity when no candidate takes a task).
@@ -344,7 +348,8 @@ const SILENCE_FACTOR: f64 = 3.0;
 ///
 /// 1. the best (aged) learned value among the candidates that take a task;
 /// 2. the candidates within the learner's noise of it (a few of its typical
-///    steps: the learner cannot tell them apart), each first judged by its
+///    steps: the learner cannot tell them apart), the best and up to
+///    [`TIE_SAMPLE`] more met from a random place, each first judged by its
 ///    silence: a busy agent that has given no news for more than
 ///    [`SILENCE_FACTOR`] times its usual latency is valued in the state its
 ///    silence puts it in (its latency bucket from the silence), so that an
@@ -365,23 +370,36 @@ fn q_greedy<P, R: Rng + ?Sized>(
     cx: &PickContext<'_, P>,
     rng: &mut R,
 ) -> (u32, f64) {
+    let ix = cx.indexer();
+    if cx.class == 0 {
+        // the default class: the value of each agent's current state is
+        // cached in its hot cell
+        let target = cx.shared.learner().aging_target(0);
+        q_greedy_by(cands, cx, rng, &ix, |_, h| h.aged_value(target))
+    } else {
+        q_greedy_by(cands, cx, rng, &ix, |slot, _| {
+            cx.aged_q_value(&ix, cx.agent(slot))
+        })
+    }
+}
+
+/// [`q_greedy`] with `value` the (aged) learned value of an agent's state.
+#[inline(always)]
+fn q_greedy_by<P, R: Rng + ?Sized>(
+    cands: Candidates<'_>,
+    cx: &PickContext<'_, P>,
+    rng: &mut R,
+    ix: &StateIndexer,
+    value: impl Fn(u32, &Hot) -> f64 + Copy,
+) -> (u32, f64) {
     let learner = cx.shared.learner();
     let config = learner.config();
-    let target = learner.aging_target(cx.class);
-    let ix = cx.indexer();
-    let value = |slot: u32, h: &Hot| {
-        if cx.class == 0 {
-            h.aged_value(target)
-        } else {
-            cx.aged_q_value(&ix, cx.agent(slot))
-        }
-    };
     let (first, neg_best) = argmin_hot(cands, cx, rng, |slot, h| -value(slot, h));
     if !neg_best.is_finite() {
         return (first, neg_best);
     }
     let best = -neg_best;
-    if cx.q_value(&ix, cx.agent(first)) >= best {
+    if cx.q_value(ix, cx.agent(first)) >= best {
         learner.observe_best(cx.class, best);
     }
     let floor = best - NOISE_BAND_STEPS * learner.noise();
@@ -402,7 +420,10 @@ fn q_greedy<P, R: Rng + ?Sized>(
     // learned); an agent busy with a probe (its news was stale when it took
     // its task, and it has not answered yet) takes nothing more until it
     // answers, but when nothing else is left
-    let judged = |slot: u32, v: f64| {
+    let judged = |slot: u32, h: &Hot, v: f64| {
+        if h.in_flight() == 0 {
+            return v;
+        }
         let agent = cx.agent(slot);
         let stats = agent.stats();
         if stale > 0 && stats.probing(stale) {
@@ -418,34 +439,59 @@ fn q_greedy<P, R: Rng + ?Sized>(
         }
     };
     let tau = cx.shared.config().ewma_decay_us;
-    let mut chosen = None;
-    let mut cheapest = f64::INFINITY;
-    let mut ties = 0u32;
-    for i in 0..n {
-        let slot = slot_at(i);
-        let h = hot[slot as usize].get();
-        if !takes(slot, h) {
-            continue;
-        }
-        let v = value(slot, h);
-        if v < floor || judged(slot, v) < floor {
-            continue;
-        }
+    // the cost of a candidate in the band: peak-EWMA latency x (in flight +
+    // 1), and a failure weighs what the learner's reward says it does (as
+    // many seconds as a failed task's reward is below zero)
+    let cost = |slot: u32, h: &Hot| {
         let stats = cx.agent(slot).stats();
         let pending = f64::from(h.in_flight());
-        // a failure weighs what the learner's reward says it does: as many
-        // seconds as a failed task's reward is below zero
         let failing = (1.0 - stats.success_rate()) * -ERROR_REWARD * 1e6;
-        let cost = failing
+        failing
             + match stats.peak_latency_us(cx.now_us, tau) {
                 Some(latency) => latency * (pending + 1.0),
                 None => pending * P2C_UNMEASURED_PENALTY_US,
-            };
-        if cost < cheapest {
-            cheapest = cost;
+            }
+    };
+    // the band's members looked at: the best one and up to TIE_SAMPLE more,
+    // the first met from a random place (reading an agent's figures costs a
+    // cache miss: a band of thousands of equals is sampled, as p2c samples)
+    let mut sample = [first; TIE_SAMPLE + 1];
+    let mut taken = 1;
+    let start = if n > TIE_SAMPLE {
+        rng.random_range(0..n)
+    } else {
+        0
+    };
+    for k in 0..n {
+        if taken > TIE_SAMPLE {
+            break;
+        }
+        let i = if start + k < n {
+            start + k
+        } else {
+            start + k - n
+        };
+        let slot = slot_at(i);
+        let h = hot[slot as usize].get();
+        if slot != first && takes(slot, h) && value(slot, h) >= floor {
+            sample[taken] = slot;
+            taken += 1;
+        }
+    }
+    let mut chosen = None;
+    let mut cheapest = f64::INFINITY;
+    let mut ties = 0u32;
+    for &slot in &sample[..taken] {
+        let h = hot[slot as usize].get();
+        if !takes(slot, h) || judged(slot, h, value(slot, h)) < floor {
+            continue;
+        }
+        let c = cost(slot, h);
+        if c < cheapest {
+            cheapest = c;
             chosen = Some(slot);
             ties = 1;
-        } else if cost == cheapest {
+        } else if c == cheapest {
             ties += 1;
             if rng.random_range(0..ties) == 0 {
                 chosen = Some(slot);
@@ -463,7 +509,7 @@ fn q_greedy<P, R: Rng + ?Sized>(
         let slot = slot_at(i);
         let h = hot[slot as usize].get();
         if takes(slot, h) {
-            let v = judged(slot, value(slot, h));
+            let v = judged(slot, h, value(slot, h));
             if v > best_judged {
                 best_judged = v;
                 best_slot = slot;
