@@ -120,8 +120,11 @@ register_agent(AgentId, Pid, Capabilities) ->
     erlmcp_flow_registry:register_agent(AgentId, Pid, Capabilities).
 
 %% @doc As `register_agent/3' with options: `#{weight => W}', a positive
-%% number the `weighted' strategy multiplies the agent's share by (default 1).
-%% Another key is `{error, {badarg, {unknown_option, Key}}}'.
+%% number the `weighted' strategy multiplies the agent's share by (default 1);
+%% `#{notify_unregister => true}': `Pid' is sent `{erlmcp_flow_unregistered,
+%% AgentId}' when the registration is removed other than by its death
+%% (`unregister_agent/1', or another node's holder of the id winning after a
+%% partition). Another key is `{error, {badarg, {unknown_option, Key}}}'.
 -spec register_agent(agent_id(), pid(), [capability(), ...], erlmcp_flow_registry:agent_opts()) ->
           ok | {error, already_registered | not_started | erlmcp_flow_registry:badarg()}.
 register_agent(AgentId, Pid, Capabilities, Opts) ->

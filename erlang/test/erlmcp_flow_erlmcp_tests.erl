@@ -20,7 +20,11 @@ bridge_test_() ->
      end,
      [{"a server becomes an agent: handshake, tools/call, errors", fun one_server/0},
       {"register_all, a server that dies, a server not found", fun all_servers/0},
-      {timeout, 30, {"handshakes refused or garbled, ids of every type, a call cancelled", fun odd_servers/0}}]}.
+      {timeout, 30, {"handshakes refused or garbled, ids of every type, a call cancelled", fun odd_servers/0}},
+      {"unregistered: finishes its task in flight, gives its transport back, registers again",
+       fun unregister_and_again/0},
+      {"a server that dies during initialize answers at once", fun dies_during_initialize/0},
+      {"a proxy stopped by its supervisor gives its transport back", fun supervisor_stops_proxy/0}]}.
 
 without_erlmcp_test() ->
     Apps = erlmcp_flow_test_util:start(),
@@ -31,12 +35,20 @@ without_erlmcp_test() ->
         erlmcp_flow_test_util:stop(Apps)
     end.
 
-%% An MCP server: answers initialize, records the initialized notification,
+%% An MCP server: answers initialize once (as erlmcp_server does, a second
+%% one from any transport is -32005), records the initialized notification,
 %% runs tools/call (`echo' returns its arguments, `fail' a JSON-RPC error).
 server(Id, Parent) ->
+    server(Id, Parent, false).
+
+server(Id, Parent, Initialized) ->
     receive
         {mcp_message, T, Json} ->
-            case erlmcp_flow_jsonrpc:decode(Json) of
+            Decoded = erlmcp_flow_jsonrpc:decode(Json),
+            case Decoded of
+                {single, {request, N, <<"initialize">>, _}} when Initialized ->
+                    reply(Id, T, N, {error, -32005, <<"Server already initialized. Initialize must be "
+                                                      "called only once.">>, undefined});
                 {single, {request, N, <<"initialize">>, #{<<"protocolVersion">> := V,
                                                           <<"clientInfo">> := #{<<"name">> := Name}}}} ->
                     Parent ! {initialize, Id, T, V, Name},
@@ -49,6 +61,9 @@ server(Id, Parent) ->
                     reply(Id, T, N, {ok, #{content => [#{type => text, text => A}], server => name(Id)}});
                 {single, {request, N, <<"tools/call">>, #{<<"name">> := <<"fail">>}}} ->
                     reply(Id, T, N, {error, -32001, <<"tool failed">>, undefined});
+                {single, {request, N, <<"tools/call">>, #{<<"name">> := <<"hold">>}}} ->
+                    %% answered when the test says so
+                    Parent ! {held, Id, T, N};
                 {single, {request, N, <<"tools/call">>, #{<<"name">> := <<"slow">>}}} ->
                     %% answered only after the caller gave up, and once more
                     %% under an id nobody waits for
@@ -60,10 +75,13 @@ server(Id, Parent) ->
                 _ ->
                     ok
             end,
-            server(Id, Parent);
+            server(Id, Parent, Initialized orelse is_initialize(Decoded));
         stop ->
             ok
     end.
+
+is_initialize({single, {request, _, <<"initialize">>, _}}) -> true;
+is_initialize(_) -> false.
 
 name(Id) when is_atom(Id); is_binary(Id) -> Id;
 name(Id) -> iolist_to_binary(io_lib:format("~0p", [Id])).
@@ -175,3 +193,51 @@ odd_servers() ->
     gen_server:cast(BinProxy, nonsense),
     BinProxy ! nonsense,
     ?assertMatch({ok, _, _}, erlmcp_flow:execute(#{tool => echo}, #{capabilities => [<<"tool:echo">>]})).
+
+unregister_and_again() ->
+    _ = start_server(fs),
+    {ok, Proxy} = erlmcp_flow_erlmcp:register_server(fs, [<<"tool:echo">>, <<"tool:hold">>]),
+    Self = self(),
+    Caller = spawn_link(fun() ->
+                                Self ! {answer, erlmcp_flow:execute(#{tool => hold},
+                                                                    #{capabilities => [<<"tool:hold">>],
+                                                                      idempotent => false})}
+                        end),
+    {T, N} = receive {held, fs, T0, N0} -> {T0, N0} after 2000 -> error({no_call, Caller}) end,
+    MRef = erlang:monitor(process, Proxy),
+    ok = erlmcp_flow:unregister_agent(<<"fs">>),
+    ?assertEqual({error, not_found}, erlmcp_flow:find_agent(<<"fs">>)),
+    %% told (the registry's message came before its reply): still there for
+    %% its task in flight
+    _ = sys:get_state(Proxy),
+    ?assert(is_process_alive(Proxy)),
+    ?assertMatch(#{<<"erlmcp_flow:fs">> := _}, erlmcp_registry:transports()),
+    reply(fs, T, N, {ok, #{done => true}}),
+    receive {answer, A} -> ?assertMatch({ok, #{<<"done">> := true}, #{agent_id := <<"fs">>}}, A)
+    after 2000 -> error(no_answer)
+    end,
+    receive {'DOWN', MRef, process, Proxy, Why} -> ?assertEqual(normal, Why)
+    after 2000 -> error(proxy_stayed)
+    end,
+    ?assertEqual(#{}, erlmcp_registry:transports()),
+    %% the same server again
+    {ok, Proxy2} = erlmcp_flow_erlmcp:register_server(fs, [<<"tool:echo">>]),
+    ?assertNotEqual(Proxy, Proxy2),
+    ?assertMatch({ok, _, #{agent_id := <<"fs">>}},
+                 erlmcp_flow:execute(#{tool => echo, arguments => #{}}, #{capabilities => [<<"tool:echo">>]})).
+
+dies_during_initialize() ->
+    Pid = spawn(fun() -> receive {mcp_message, _, _} -> exit(crashed) end end),
+    ok = erlmcp_registry:add_server(dying, Pid, #{}),
+    ?assertEqual({error, {mcp_initialize, {server_down, crashed}}},
+                 erlmcp_flow_erlmcp:register_server(dying, [<<"x">>])),
+    ?assertEqual(#{}, erlmcp_registry:transports()),
+    ?assertEqual({error, not_found}, erlmcp_flow:find_agent(<<"dying">>)).
+
+supervisor_stops_proxy() ->
+    _ = start_server(fs),
+    {ok, Proxy} = erlmcp_flow_erlmcp:register_server(fs, [<<"tool:echo">>]),
+    ?assertMatch(#{<<"erlmcp_flow:fs">> := {Proxy, _}}, erlmcp_registry:transports()),
+    ok = supervisor:terminate_child(erlmcp_flow_erlmcp_sup, Proxy),
+    ?assertEqual(#{}, erlmcp_registry:transports()),
+    {ok, _} = erlmcp_flow_erlmcp:register_server(fs, [<<"tool:echo">>]).

@@ -12,6 +12,7 @@ registry_test_() ->
       {"duplicate ids are refused", fun duplicates/0},
       {"bad input gets a named error", fun bad_input/0},
       {"unregister removes from every lookup and routing", fun unregister/0},
+      {"notify_unregister: told of unregister_agent/1, not of its own death", fun notify_unregister/0},
       {"a dead agent is gone everywhere", fun death/0},
       {"swarms are registered like agents", fun swarm/0},
       {"one pid may hold several ids", fun several_ids/0},
@@ -339,6 +340,10 @@ mirrored() ->
 conflicts() ->
     Local = erlmcp_flow_test_util:echo_agent(),
     ok = erlmcp_flow:register_agent(<<"dup">>, Local, [<<"c">>]),
+    %% this process registered under an id another node takes: told
+    ok = erlmcp_flow:register_agent(<<"dup2">>, self(), [<<"c">>], #{notify_unregister => true}),
+    ok = erlmcp_flow_registry:mirror('aaa@host', [{<<"dup2">>, pid_on('aaa@host'), agent, [<<"c">>], 1}]),
+    receive {erlmcp_flow_unregistered, <<"dup2">>} -> ok after 2000 -> error(not_told) end,
     %% a larger node name: this node's agent keeps the id
     ok = erlmcp_flow_registry:mirror('zzz@host', [{<<"dup">>, pid_on('zzz@host'), agent, [<<"c">>], 1}]),
     ?assertEqual({ok, Local}, erlmcp_flow:find_agent(<<"dup">>)),
@@ -347,3 +352,32 @@ conflicts() ->
     ?assertNotEqual({ok, Local}, erlmcp_flow:find_agent(<<"dup">>)),
     ?assertEqual([], [A || {A, _, _, _, _} <- erlmcp_flow_registry:local_agents(), A =:= <<"dup">>]),
     erlmcp_flow_test_util:wait_until(fun() -> erlmcp_flow:find_agent(<<"dup">>) =:= {error, not_found} end).
+
+notify_unregister() ->
+    ?assertEqual({error, {badarg, {notify_unregister, yes}}},
+                 erlmcp_flow:register_agent(<<"n0">>, self(), [<<"c">>], #{notify_unregister => yes})),
+    ok = erlmcp_flow:register_agent(<<"n1">>, self(), [<<"c">>], #{notify_unregister => true}),
+    ok = erlmcp_flow:register_agent(<<"n2">>, self(), [<<"c">>], #{notify_unregister => false}),
+    ok = erlmcp_flow:register_agent(<<"n3">>, self(), [<<"c">>]),
+    [ok = erlmcp_flow:unregister_agent(Id) || Id <- [<<"n1">>, <<"n2">>, <<"n3">>]],
+    %% sent before the registry answered: in the mailbox now, and only one
+    ?assertEqual([{erlmcp_flow_unregistered, <<"n1">>}], drain_unregistered()),
+    %% once: registered again without the option, nothing more
+    ok = erlmcp_flow:register_agent(<<"n1">>, self(), [<<"c">>]),
+    ok = erlmcp_flow:unregister_agent(<<"n1">>),
+    ?assertEqual([], drain_unregistered()),
+    %% an agent that dies is not told (nor is anyone else)
+    Dying = spawn(fun() -> receive stop -> ok end end),
+    ok = erlmcp_flow:register_agent(<<"n4">>, Dying, [<<"c">>], #{notify_unregister => true}),
+    MRef = erlang:monitor(process, Dying),
+    Dying ! stop,
+    receive {'DOWN', MRef, process, Dying, _} -> ok end,
+    erlmcp_flow_test_util:wait_until(fun() -> erlmcp_flow:find_agent(<<"n4">>) =:= {error, not_found} end),
+    ok = erlmcp_flow:register_agent(<<"n4">>, self(), [<<"c">>]),
+    ok = erlmcp_flow:unregister_agent(<<"n4">>),
+    ?assertEqual([], drain_unregistered()).
+
+drain_unregistered() ->
+    receive {erlmcp_flow_unregistered, _} = M -> [M | drain_unregistered()]
+    after 0 -> []
+    end.

@@ -5,11 +5,13 @@
 -behaviour(gen_server).
 
 -export([start_link/3]).
--export([init/1, handle_call/3, handle_cast/2, handle_info/2]).
+-export([init/1, handle_call/3, handle_cast/2, handle_info/2, terminate/2]).
 
 
 -define(PROTOCOL_VERSION, <<"2025-11-25">>).
 -define(INIT_TIMEOUT, 5000).
+%% erlmcp_server's answer to a second initialize (MCP_ERROR_NOT_INITIALIZED)
+-define(ALREADY_INITIALIZED, -32005).
 
 -record(state, {server_id :: atom() | binary(),
                 server :: pid(),
@@ -17,7 +19,10 @@
                 next_id = 2 :: pos_integer(),
                 %% tools/call requests out: JSON-RPC id => {From, Ref}
                 pending = #{} :: #{integer() => {reference() | pid(), reference()}},
-                by_ref = #{} :: #{reference() => integer()}}).
+                by_ref = #{} :: #{reference() => integer()},
+                %% unregistered: answers its tasks in flight, takes no more,
+                %% then stops
+                leaving = false :: boolean()}).
 
 -spec start_link(atom() | binary(), pid(), [binary()]) -> {ok, pid()} | {error, term()}.
 start_link(ServerId, ServerPid, Capabilities) ->
@@ -25,26 +30,34 @@ start_link(ServerId, ServerPid, Capabilities) ->
 
 -spec init({atom() | binary(), pid(), [binary()]}) -> {ok, #state{}} | {stop, term()}.
 init({ServerId, Server, Capabilities}) ->
+    %% terminate/2 runs when the supervisor stops it: the transport goes
+    process_flag(trap_exit, true),
     Transport = <<"erlmcp_flow:", (id(ServerId))/binary>>,
     case (erlmcp_flow_erlmcp:registry()):register_transport(Transport, self(), #{server_id => ServerId}) of
         ok ->
-            _ = erlang:monitor(process, Server),
+            MRef = erlang:monitor(process, Server),
             State = #state{server_id = ServerId, server = Server, transport = Transport},
-            case initialize(State) of
+            Started = case initialize(State, MRef) of
+                          ok ->
+                              erlmcp_flow:register_agent(id(ServerId), self(), Capabilities,
+                                                         #{notify_unregister => true});
+                          {error, _} = E ->
+                              E
+                      end,
+            case Started of
                 ok ->
-                    case erlmcp_flow:register_agent(id(ServerId), self(), Capabilities) of
-                        ok -> {ok, State};
-                        {error, Reason} -> {stop, Reason}
-                    end;
+                    {ok, State};
                 {error, Reason} ->
+                    unregister_transport(Transport),
                     {stop, Reason}
             end;
         {error, Reason} ->
             {stop, {register_transport, Reason}}
     end.
 
-%% MCP's handshake: initialize (id 1), its answer, then initialized.
-initialize(#state{server_id = Id} = State) ->
+%% MCP's handshake: initialize (id 1), its answer, then initialized. A
+%% server that dies meanwhile answers at once.
+initialize(#state{server_id = Id, server = Server} = State, MRef) ->
     send(State, {request, 1, <<"initialize">>,
                  #{protocolVersion => ?PROTOCOL_VERSION, capabilities => #{},
                    clientInfo => #{name => <<"erlmcp_flow">>, version => vsn()}}}),
@@ -54,11 +67,18 @@ initialize(#state{server_id = Id} = State) ->
                 {single, {response, 1, {ok, _}}} ->
                     send(State, {notification, <<"notifications/initialized">>, undefined}),
                     ok;
+                {single, {response, 1, {error, ?ALREADY_INITIALIZED, _, _}}} ->
+                    %% erlmcp_server keeps one session for every transport:
+                    %% initialized before (by an earlier proxy of this
+                    %% server, or another client), it takes calls as it is
+                    ok;
                 {single, {response, 1, {error, Code, Msg, _}}} ->
                     {error, {mcp_initialize, Code, Msg}};
                 Other ->
                     {error, {mcp_initialize, Other}}
-            end
+            end;
+        {'DOWN', MRef, process, Server, Why} ->
+            {error, {mcp_initialize, {server_down, Why}}}
     after ?INIT_TIMEOUT ->
             {error, {mcp_initialize, timeout}}
     end.
@@ -72,6 +92,11 @@ handle_cast(_Msg, State) ->
     {noreply, State}.
 
 -spec handle_info(term(), #state{}) -> {noreply, #state{}} | {stop, term(), #state{}}.
+handle_info({execute_task, _Task, _Ctx, From, Ref}, #state{leaving = true} = State) ->
+    %% decided just before the unregistration: the agent's absence, not
+    %% the caller's error (retried elsewhere)
+    From ! {task_result, Ref, {error, agent_unregistered}},
+    {noreply, State};
 handle_info({execute_task, Task, _Ctx, From, Ref}, #state{next_id = N} = State) ->
     case tool_call(Task) of
         {ok, Params} ->
@@ -86,13 +111,15 @@ handle_info({execute_task, Task, _Ctx, From, Ref}, #state{next_id = N} = State) 
             {noreply, State}
     end;
 handle_info({mcp_response, Id, Json}, #state{server_id = Id} = State) ->
-    {noreply, answer(erlmcp_flow_jsonrpc:decode(Json), State)};
+    leave_when_done(answer(erlmcp_flow_jsonrpc:decode(Json), State));
+handle_info({erlmcp_flow_unregistered, _AgentId}, State) ->
+    leave_when_done(State#state{leaving = true});
 handle_info({cancel_task, Ref}, #state{by_ref = ByRef} = State) ->
     case maps:take(Ref, ByRef) of
         {N, ByRef1} ->
             send(State, {notification, <<"notifications/cancelled">>,
                          #{requestId => N, reason => <<"the caller stopped waiting">>}}),
-            {noreply, State#state{by_ref = ByRef1, pending = maps:remove(N, State#state.pending)}};
+            leave_when_done(State#state{by_ref = ByRef1, pending = maps:remove(N, State#state.pending)});
         error ->
             {noreply, State}
     end;
@@ -100,6 +127,25 @@ handle_info({'DOWN', _, process, Server, Why}, #state{server = Server} = State) 
     {stop, {shutdown, {mcp_server_down, Why}}, State};
 handle_info(_Info, State) ->
     {noreply, State}.
+
+%% Unregistered and nothing in flight: stops (the transport goes with it).
+leave_when_done(#state{leaving = true, pending = P} = State) when map_size(P) =:= 0 ->
+    {stop, normal, State};
+leave_when_done(State) ->
+    {noreply, State}.
+
+-spec terminate(term(), #state{}) -> ok.
+terminate(_Reason, #state{transport = Transport}) ->
+    unregister_transport(Transport).
+
+%% erlmcp's registry forgets the transport (it does by itself when this
+%% process dies; a registry that is gone has nothing to forget).
+unregister_transport(Transport) ->
+    try (erlmcp_flow_erlmcp:registry()):unregister_transport(Transport) of
+        _ -> ok
+    catch
+        _:_ -> ok
+    end.
 
 answer({single, {response, N, Outcome}}, #state{pending = P, by_ref = ByRef} = State)
   when is_integer(N) ->

@@ -69,8 +69,9 @@
 -define(BACKEND_KEY, {?MODULE, backend}).
 
 -type kind() :: agent | swarm.
--type agent_opts() :: #{weight => number()}.
--type badarg() :: {badarg, {agent_id | pid | capabilities | weight | unknown_option, term()}
+-type agent_opts() :: #{weight => number(), notify_unregister => boolean()}.
+-type badarg() :: {badarg, {agent_id | pid | capabilities | weight | notify_unregister
+                             | unknown_option, term()}
                    | {agent_id | capability, too_long} | {capabilities, too_many} | opts}.
 
 -export_type([agent_opts/0, badarg/0]).
@@ -80,7 +81,10 @@
     backend :: module(),
     monitors = #{} :: #{reference() => erlmcp_flow:agent_id()},
     %% the cluster process, told of every change to this node's own agents
-    subscriber :: {pid(), reference()} | undefined
+    subscriber :: {pid(), reference()} | undefined,
+    %% agents registered with notify_unregister: told when unregister_agent/1
+    %% removes them
+    notify = #{} :: #{erlmcp_flow:agent_id() => pid()}
 }).
 
 %% A registration as the cluster passes it between nodes.
@@ -102,11 +106,20 @@ register_agent(AgentId, Pid, Capabilities) ->
     register_agent(AgentId, Pid, Capabilities, #{}).
 
 %% @doc As `register_agent/3', with options: `weight' (a positive number,
-%% default 1) for the `weighted' strategy.
+%% default 1) for the `weighted' strategy; `notify_unregister' (default
+%% false): when `unregister_agent/1' removes the registration (not when the
+%% process dies), `Pid' is sent `{erlmcp_flow_unregistered, AgentId}', so
+%% that a process standing for something else (a proxy, a connection) can
+%% finish its tasks in flight and stop.
 -spec register_agent(erlmcp_flow:agent_id(), pid(), [erlmcp_flow:capability()], agent_opts()) ->
           ok | {error, already_registered | not_started | badarg()}.
 register_agent(AgentId, Pid, Capabilities, Opts) ->
-    request_registration(AgentId, Pid, Capabilities, agent, Opts).
+    case request_registration(AgentId, Pid, Capabilities, agent, Opts) of
+        ok when is_map(Opts), map_get(notify_unregister, Opts) =:= true ->
+            call({notify_unregister, AgentId, Pid});
+        Result ->
+            Result
+    end.
 
 %% @doc Registers `CoordinatorPid' as the swarm `SwarmId'; the coordinator
 %% answers the agent protocol for the swarm's members.
@@ -355,6 +368,15 @@ handle_call({register, Id, Pid, Caps, Kind, Weight}, From, State0) ->
     {noreply, register_batch(lists:reverse(Batch), State)};
 handle_call({unregister, Id}, _From, State) ->
     {reply, ok, do_unregister(Id, State)};
+handle_call({notify_unregister, Id, Pid}, _From, #state{notify = Notify} = State) ->
+    case lookup_pid(Id) of
+        Pid ->
+            {reply, ok, State#state{notify = Notify#{Id => Pid}}};
+        _ ->
+            %% unregistered between the two calls: told now
+            Pid ! {erlmcp_flow_unregistered, Id},
+            {reply, ok, State}
+    end;
 handle_call({subscribe, Pid}, _From, #state{subscriber = Old} = State) ->
     _ = case Old of {_, OldRef} -> erlang:demonitor(OldRef, [flush]); undefined -> ok end,
     {reply, ok, State#state{subscriber = {Pid, erlang:monitor(process, Pid)}}};
@@ -429,11 +451,12 @@ request_registration(Id, Pid, Caps, Kind, Opts) ->
 weight(Opts) when not is_map(Opts) ->
     {error, {badarg, opts}};
 weight(Opts) ->
-    case lists:sort(maps:keys(maps:remove(weight, Opts))) of
+    case lists:sort(maps:keys(maps:without([weight, notify_unregister], Opts))) of
         [] ->
-            case maps:get(weight, Opts, 1) of
-                W when is_number(W), W > 0, W < 1.0e300 -> {ok, W};
-                W -> {error, {badarg, {weight, W}}}
+            case {maps:get(weight, Opts, 1), maps:get(notify_unregister, Opts, false)} of
+                {_, N} when not is_boolean(N) -> {error, {badarg, {notify_unregister, N}}};
+                {W, _} when is_number(W), W > 0, W < 1.0e300 -> {ok, W};
+                {W, _} -> {error, {badarg, {weight, W}}}
             end;
         [Unknown | _] ->
             {error, {badarg, {unknown_option, Unknown}}}
@@ -658,7 +681,28 @@ remove_all(Gone, #state{router = Router, backend = Backend} = State) ->
               _ = node(Pid) =:= node() andalso (ok =:= Backend:unregister_name(Id, Pid)),
               agent_event(unregister, Id, Pid, Kind, Caps, #{reason => Why})
       end, Rows),
-    notify(removed, [{Id, Pid} || {{Id, Pid, _, _, _, _}, _} <- Rows, node(Pid) =:= node()], State).
+    notify(removed, [{Id, Pid} || {{Id, Pid, _, _, _, _}, _} <- Rows, node(Pid) =:= node()],
+           tell_unregistered(Rows, State)).
+
+%% Agents registered with notify_unregister hear of their removal, unless
+%% by their own death.
+tell_unregistered(_Rows, #state{notify = Notify} = State) when map_size(Notify) =:= 0 ->
+    State;
+tell_unregistered(Rows, #state{notify = Notify} = State) ->
+    Notify1 = lists:foldl(
+                fun({{Id, Pid, _, _, _, _}, Why}, N) ->
+                        case maps:take(Id, N) of
+                            {Pid, N1} ->
+                                case Why of
+                                    {down, _} -> ok;
+                                    _ -> Pid ! {erlmcp_flow_unregistered, Id}
+                                end,
+                                N1;
+                            _ ->
+                                N
+                        end
+                end, Notify, Rows),
+    State#state{notify = Notify1}.
 
 agent_event(Event, Id, Pid, Kind, Caps, Extra) ->
     erlmcp_flow_telemetry:execute([agent, Event], #{monotonic_time => erlang:monotonic_time()},
