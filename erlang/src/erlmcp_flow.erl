@@ -31,6 +31,8 @@
 -export([memory/0]).
 -export([explain/1]).
 -export([nodes/0]).
+-export([drain/0]).
+-export([drain/1]).
 
 -export_type([agent_id/0, capability/0, task/0, requirements/0, execute_opts/0,
               strategy/0, meta/0, trace_context/0]).
@@ -182,10 +184,11 @@ agent_stats(AgentId) ->
 %% latency histogram, the correlation store and the span export; and the
 %% cluster as this node sees it: the `nodes' it routes to, the peers it
 %% `suspected', the `partitions' (nodes it cannot reach now) and each
-%% peer's `phi'. `{error, not_started}' when the application is not running.
+%% peer's `phi'; whether the node is `draining' (`drain/1').
+%% `{error, not_started}' when the application is not running.
 -spec stats() -> #{agents := non_neg_integer(), in_flight := non_neg_integer(),
                    episodes := non_neg_integer(), epsilon := float(),
-                   nodes => [node()], suspected => [node()], partitions => [node()],
+                   draining => boolean(), nodes => [node()], suspected => [node()], partitions => [node()],
                    phi => #{node() => float()}, atom() => number()}
                | {error, not_started}.
 stats() ->
@@ -228,3 +231,23 @@ nodes() ->
           {ok, #{candidates := [map()], top := [{agent_id(), float()}]}} | {error, term()}.
 explain(Requirements) ->
     erlmcp_flow_q_learning:explain(Requirements).
+
+%% @doc `drain(#{})': waits up to 30 s.
+-spec drain() -> ok | {error, {timeout, erlmcp_flow_drain:left()} | not_started}.
+drain() ->
+    drain(#{}).
+
+%% @doc Drains this node before it restarts (a release that changes the NIF
+%% is rolled out node by node this way): it takes no new task (`execute/2,3'
+%% and `route_task/2' answer `{error, draining}', JSON-RPC -32011), leaves
+%% routing on every node of the cluster, and returns `ok' once nothing is in
+%% flight: tasks its callers routed anywhere, tasks other nodes' callers wait
+%% for on its agents, quorum votes it runs. Nothing is cancelled. Options:
+%% `timeout' (ms or `infinity', default 30000); past it the answer is
+%% `{error, {timeout, #{in_flight := N, remote := N, votes := N}}}' and the
+%% node stays drained. A drained node takes tasks again once the application
+%% restarts (it rejoins the cluster then).
+-spec drain(erlmcp_flow_drain:opts()) ->
+          ok | {error, {timeout, erlmcp_flow_drain:left()} | not_started | {badarg, term()}}.
+drain(Opts) ->
+    erlmcp_flow_drain:drain(Opts).

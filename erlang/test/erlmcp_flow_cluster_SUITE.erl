@@ -10,16 +10,16 @@
 
 -export([all/0, init_per_suite/1, end_per_suite/1, init_per_testcase/2, end_per_testcase/2]).
 -export([shared_agents/1, remote_death_is_retried/1, partition_and_heal/1,
-         suspended_heartbeats/1, byzantine_quorum/1]).
+         suspended_heartbeats/1, byzantine_quorum/1, rolling_upgrade/1]).
 %% run on the peers
 -export([start_agents/2, start_agents/3, agent/2, agent/3, route_many/3, route_one/2, sees/0, started/1,
-         start_replayer/0, replayer/1]).
+         start_replayer/0, replayer/1, start_load/3, load_loop/4, stop_load/1]).
 
 -define(CAP, <<"work">>).
 -define(HEARTBEAT_MS, 200).
 
 all() -> [shared_agents, remote_death_is_retried, partition_and_heal, suspended_heartbeats,
-          byzantine_quorum].
+          byzantine_quorum, rolling_upgrade].
 
 -define(COOKIE, erlmcp_flow_cluster_suite).
 -define(SECRET, <<"the-cluster-secret-of-the-suite">>).
@@ -304,9 +304,101 @@ byzantine_quorum(_Config) ->
     stop_peers(Peers),
     ok.
 
+%% A new build rolled through three nodes under load, node by node:
+%% drained (erlmcp_flow:drain/1), stopped, started again under the same
+%% name from the new build (another library folder, another version),
+%% agents registered again. The load runs on a fourth node throughout,
+%% every task non-idempotent (one attempt: a task lost by a node going away
+%% would fail); none fails, and each drained node had tasks in flight.
+rolling_upgrade(Config) ->
+    Workers = start_peers(3),
+    [{PL, L}] = start_peers(1),
+    connect_all([{PL, L} | Workers]),
+    [ok = peer:call(P, ?MODULE, start_agents, [ids(N, 3), ?CAP]) || {P, N} <- Workers],
+    All = lists:sort(lists:append([ids(N, 3) || {_, N} <- Workers])),
+    [wait_sees(P, All) || {P, _} <- [{PL, L} | Workers]],
+    {NewPaths, NewVsn} = new_build(?config(priv_dir, Config)),
+    Load = peer:call(PL, ?MODULE, start_load, [8, #{capabilities => [?CAP], idempotent => false},
+                                               #{sleep => 20}]),
+    Rolled = lists:foldl(
+               fun({P, N}, Done) ->
+                       %% tasks of the load node in flight on this node now
+                       wait_until(fun() -> peer:call(PL, erlmcp_flow_router, in_flight_to, [N]) > 0 end,
+                                  10000),
+                       T0 = erlang:monotonic_time(millisecond),
+                       ok = peer:call(P, erlmcp_flow, drain, [#{timeout => 20000}]),
+                       Drained = erlang:monotonic_time(millisecond) - T0,
+                       %% out of routing everywhere before drain returned
+                       ?assertEqual([], [Id || Id <- peer:call(PL, ?MODULE, sees, []),
+                                               lists:member(Id, ids(N, 3))]),
+                       ?assertEqual(0, peer:call(PL, erlmcp_flow_router, in_flight_to, [N])),
+                       stop_peers([{P, N}]),
+                       {P2, N} = start_peer(N, NewPaths, []),
+                       [true = peer:call(P2, net_kernel, connect_node, [Other])
+                        || Other <- [L | [WN || {_, WN} <- Workers, WN =/= N]]],
+                       ok = peer:call(P2, ?MODULE, start_agents, [ids(N, 3), ?CAP]),
+                       wait_sees(PL, All, 10000),
+                       ?assertMatch({ok, NewVsn}, peer:call(P2, application, get_key, [erlmcp_flow, vsn])),
+                       ct:log("~ts drained in ~b ms, back on ~ts", [N, Drained, NewVsn]),
+                       [{P2, N} | Done]
+               end, [], Workers),
+    #{ok := Ok, failed := Failed} = peer:call(PL, ?MODULE, stop_load, [Load], 30000),
+    ct:log("load through the roll: ~b tasks answered, failures ~p", [Ok, Failed]),
+    ?assertEqual([], Failed),
+    ?assert(Ok > 100),
+    %% every node runs the new build and serves tasks
+    Results = peer:call(PL, ?MODULE, route_many, [60, #{capabilities => [?CAP]}, #{}]),
+    ?assertEqual(lists:sort([N || {_, N} <- Rolled]),
+                 lists:usort([Where || {ok, {Where, _}, _} <- Results])),
+    stop_peers([{PL, L} | Rolled]),
+    ok.
+
+%% The new build: this build's erlmcp_flow (ebin and priv) in a library
+%% folder of its own, its version `Vsn+next'; the code path with it in
+%% place of this build's.
+new_build(Dir) ->
+    Ebin = filename:dirname(code:where_is_file("erlmcp_flow.app")),
+    {ok, [{application, erlmcp_flow, Props}]} = file:consult(filename:join(Ebin, "erlmcp_flow.app")),
+    Vsn = proplists:get_value(vsn, Props) ++ "+next",
+    Lib = filename:join(Dir, "erlmcp_flow-" ++ Vsn),
+    NewEbin = filename:join(Lib, "ebin"),
+    NewPriv = filename:join(Lib, "priv"),
+    ok = filelib:ensure_path(NewEbin),
+    ok = filelib:ensure_path(NewPriv),
+    [{ok, _} = file:copy(F, filename:join(NewEbin, filename:basename(F)))
+     || F <- filelib:wildcard(filename:join(Ebin, "*.beam"))],
+    App = {application, erlmcp_flow, lists:keystore(vsn, 1, Props, {vsn, Vsn})},
+    ok = file:write_file(filename:join(NewEbin, "erlmcp_flow.app"), io_lib:format("~p.~n", [App])),
+    Nif = filename:join(code:priv_dir(erlmcp_flow), "erlmcp_flow_nif.so"),
+    {ok, _} = file:copy(Nif, filename:join(NewPriv, "erlmcp_flow_nif.so")),
+    Paths = [case P of Ebin -> NewEbin; _ -> P end || P <- build_paths()],
+    {Paths, Vsn}.
+
 %%--------------------------------------------------------------------
 %% On the peers
 %%--------------------------------------------------------------------
+
+%% `N' processes running tasks one after another until stop_load/1; each
+%% counts its answers and keeps its failures.
+start_load(N, Req, Task) ->
+    Owner = self(),
+    Pids = [spawn(?MODULE, load_loop, [Owner, Req, Task, {0, []}]) || _ <- lists:seq(1, N)],
+    {load, Pids}.
+
+load_loop(Owner, Req, Task, {Ok, Failed} = Acc) ->
+    receive
+        {stop, From} -> From ! {load_done, self(), Acc}
+    after 0 ->
+        case erlmcp_flow:execute(Task, Req, #{timeout => 10000}) of
+            {ok, _, _} -> load_loop(Owner, Req, Task, {Ok + 1, Failed});
+            Error -> load_loop(Owner, Req, Task, {Ok, [Error | Failed]})
+        end
+    end.
+
+stop_load({load, Pids}) ->
+    [P ! {stop, self()} || P <- Pids],
+    Done = [receive {load_done, P, Acc} -> Acc end || P <- Pids],
+    #{ok => lists:sum([Ok || {Ok, _} <- Done]), failed => lists:append([F || {_, F} <- Done])}.
 
 start_agents(Ids, Cap, Answer) ->
     [ok = erlmcp_flow:register_agent(Id, spawn(?MODULE, agent, [Id, self(), Answer]), [Cap])
@@ -412,24 +504,34 @@ start_peers(N) ->
     start_peers(N, []).
 
 start_peers(N, Env) ->
-    Paths = lists:append([["-pa", P] || P <- code:get_path(), string:find(P, "_build") =/= nomatch]),
-    [begin
-         {ok, Peer, Node} =
-             peer:start(#{name => peer:random_name("flow"), connection => standard_io,
-                          args => ["-setcookie", atom_to_list(?COOKIE),
-                                   "-kernel", "dist_auto_connect", "once",
-                                   "-kernel", "prevent_overlapping_partitions", "false"
-                                   | Paths]}),
-         ok = erlmcp_flow_cover_peers:attach(Node, ?COOKIE),
-         ok = peer:call(Peer, logger, set_primary_config, [level, error]),
-         ok = peer:call(Peer, application, load, [erlmcp_flow]),
-         ok = peer:call(Peer, application, set_env,
-                        [erlmcp_flow, failure_detector, #{heartbeat_interval => ?HEARTBEAT_MS,
-                                                          min_samples => 5}]),
-         [ok = peer:call(Peer, application, set_env, [erlmcp_flow, K, V]) || {K, V} <- Env],
-         {ok, _} = peer:call(Peer, application, ensure_all_started, [erlmcp_flow]),
-         {Peer, Node}
-     end || _ <- lists:seq(1, N)].
+    [start_peer(peer:random_name("flow"), build_paths(), Env) || _ <- lists:seq(1, N)].
+
+%% This build's code path (its dependencies and tests included).
+build_paths() ->
+    [P || P <- code:get_path(), string:find(P, "_build") =/= nomatch].
+
+%% A peer node `Name' (a node name, or the name part of one) running
+%% erlmcp_flow from `Paths'.
+start_peer(Name, Paths, Env) ->
+    Short = hd(string:split(to_list(Name), "@")),
+    {ok, Peer, Node} =
+        peer:start(#{name => Short, connection => standard_io,
+                     args => ["-setcookie", atom_to_list(?COOKIE),
+                              "-kernel", "dist_auto_connect", "once",
+                              "-kernel", "prevent_overlapping_partitions", "false"
+                              | lists:append([["-pa", P] || P <- Paths])]}),
+    ok = erlmcp_flow_cover_peers:attach(Node, ?COOKIE),
+    ok = peer:call(Peer, logger, set_primary_config, [level, error]),
+    ok = peer:call(Peer, application, load, [erlmcp_flow]),
+    ok = peer:call(Peer, application, set_env,
+                   [erlmcp_flow, failure_detector, #{heartbeat_interval => ?HEARTBEAT_MS,
+                                                     min_samples => 5}]),
+    [ok = peer:call(Peer, application, set_env, [erlmcp_flow, K, V]) || {K, V} <- Env],
+    {ok, _} = peer:call(Peer, application, ensure_all_started, [erlmcp_flow]),
+    {Peer, Node}.
+
+to_list(A) when is_atom(A) -> atom_to_list(A);
+to_list(S) -> S.
 
 connect_all(Peers) ->
     [true = peer:call(P, net_kernel, connect_node, [Other])

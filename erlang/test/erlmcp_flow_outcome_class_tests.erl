@@ -8,7 +8,7 @@
 
 -include_lib("eunit/include/eunit.hrl").
 
--import(erlmcp_flow_test_util, [raw_agent/1, echo_agent/0, wait_until/1]).
+-import(erlmcp_flow_test_util, [raw_agent/1, wait_until/1]).
 
 -define(FAST, #{base_retry_delay => 1, max_retry_delay => 1}).
 

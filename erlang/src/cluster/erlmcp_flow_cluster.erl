@@ -35,6 +35,7 @@
 -export([suspect/1]).
 -export([trust/1]).
 -export([unreachable/0]).
+-export([leave/0]).
 
 -export([init/1]).
 -export([handle_call/3]).
@@ -52,7 +53,13 @@
                 suspected = #{} :: #{node() => true},
                 %% nodes seen before whose process left while their node is
                 %% disconnected: unreachable until they come back
-                lost = #{} :: #{node() => true}}).
+                lost = #{} :: #{node() => true},
+                %% the cluster processes of peers that left (drained): what
+                %% they sent before is dropped
+                departed = #{} :: #{pid() => true},
+                %% this node left (it is draining): it announces nothing and
+                %% takes no peer
+                left = false :: boolean()}).
 
 %%====================================================================
 %% API
@@ -99,6 +106,22 @@ unreachable() ->
         Nodes -> Nodes
     end.
 
+%% @doc This node leaves the cluster (it is draining): it leaves the group,
+%% and every peer takes its agents out of routing before this returns (a
+%% peer that does not answer within 5 s is passed by). It announces nothing
+%% more until the application restarts.
+-spec leave() -> ok.
+leave() ->
+    case call(leave) of
+        Peers when is_list(Peers) ->
+            %% from this process, not the cluster's: two nodes leaving at
+            %% once do not wait on each other
+            lists:foreach(fun(Peer) -> erlmcp_flow_call:call(Peer, {left, node(), whereis(?MODULE)}, 5000) end,
+                          [{?MODULE, Node} || Node <- Peers]);
+        {error, not_started} ->
+            ok
+    end.
+
 %% @private The failure detector suspects `Node': its agents leave routing.
 -spec suspect(node()) -> ok.
 suspect(Node) ->
@@ -132,6 +155,21 @@ handle_call(peers, _From, #state{peers = Peers} = State) ->
     {reply, lists:sort(maps:keys(Peers)), State};
 handle_call(unreachable, _From, #state{suspected = S, lost = L} = State) ->
     {reply, lists:usort(maps:keys(S) ++ maps:keys(L)), State};
+handle_call(leave, _From, #state{left = true} = State) ->
+    {reply, [], State};
+handle_call(leave, _From, #state{scope = Scope, peers = Peers} = State) ->
+    ok = pg:leave(Scope, ?GROUP, self()),
+    {reply, maps:keys(Peers), State#state{left = true}};
+handle_call({left, Node, Pid}, _From, #state{departed = D} = State) when is_pid(Pid) ->
+    logger:notice("erlmcp_flow: node ~ts left the cluster (draining): its agents leave routing",
+                  [Node]),
+    State1 = case State#state.peers of
+                 #{Node := Peer} -> peer_left(Peer, State);
+                 #{} -> State
+             end,
+    _ = erlmcp_flow_registry:unmirror(Node, all),
+    {reply, ok, State1#state{departed = D#{Pid => true},
+                             lost = maps:remove(Node, State1#state.lost)}};
 handle_call(_Request, _From, State) ->
     {reply, {error, unknown_call}, State}.
 
@@ -159,6 +197,11 @@ handle_info({Ref, join, ?GROUP, Pids}, #state{ref = Ref} = State) ->
     {noreply, lists:foldl(fun add_peer/2, State, Pids)};
 handle_info({Ref, leave, ?GROUP, Pids}, #state{ref = Ref} = State) ->
     {noreply, lists:foldl(fun peer_left/2, State, Pids)};
+handle_info(Msg, #state{left = true} = State) when element(1, Msg) =:= flow_cluster ->
+    {noreply, State};
+handle_info({flow_cluster, snapshot, _Node, Pid, _Specs}, #state{departed = D} = State)
+  when is_map_key(Pid, D) ->
+    {noreply, State};
 handle_info({flow_cluster, snapshot, Node, Pid, Specs}, State0) ->
     %% a peer may speak before its join reaches this process
     State = add_peer(Pid, State0),
@@ -188,6 +231,8 @@ handle_info({flow_cluster, removed, Node, IdPids}, #state{remote = Remote} = Sta
                          end, Known, IdPids),
     _ = erlmcp_flow_registry:unmirror(Node, IdPids),
     {noreply, State#state{remote = Remote#{Node => Known1}}};
+handle_info({registry, _, _}, #state{left = true} = State) ->
+    {noreply, State};
 handle_info({registry, added, Specs}, #state{peers = Peers} = State) ->
     broadcast(Peers, {flow_cluster, added, node(), Specs}),
     {noreply, State};
@@ -206,6 +251,10 @@ call(Request) ->
 
 %% A peer's cluster process: it gets this node's agents now.
 add_peer(Pid, State) when Pid =:= self(); node(Pid) =:= node() ->
+    State;
+add_peer(_Pid, #state{left = true} = State) ->
+    State;
+add_peer(Pid, #state{departed = D} = State) when is_map_key(Pid, D) ->
     State;
 add_peer(Pid, #state{peers = Peers, lost = Lost} = State) ->
     Node = node(Pid),

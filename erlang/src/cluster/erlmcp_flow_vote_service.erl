@@ -17,6 +17,7 @@
 
 -export([start_link/0]).
 -export([vote/1]).
+-export([in_flight/0]).
 
 -export([init/1]).
 -export([handle_call/3]).
@@ -27,16 +28,26 @@
 start_link() ->
     gen_server:start_link({local, ?MODULE}, ?MODULE, [], []).
 
+%% @doc The votes this node is running for any node's callers.
+-spec in_flight() -> non_neg_integer().
+in_flight() ->
+    case erlmcp_flow_call:call(?MODULE, in_flight, 5000) of
+        N when is_integer(N) -> N;
+        {error, _} -> 0
+    end.
+
 %% @private
--spec init([]) -> {ok, #{}}.
+-spec init([]) -> {ok, #{voters := #{pid() => true}}}.
 init([]) ->
     %% the votes' processes are linked to this server: they go with it, and
     %% their exits are messages here
     process_flag(trap_exit, true),
-    {ok, #{}}.
+    {ok, #{voters => #{}}}.
 
 %% @private
 -spec handle_call(term(), gen_server:from(), map()) -> {reply, term(), map()}.
+handle_call(in_flight, _From, #{voters := V} = State) ->
+    {reply, map_size(V), State};
 handle_call(_Request, _From, State) ->
     {reply, {error, unknown_call}, State}.
 
@@ -49,12 +60,12 @@ handle_cast(_Msg, State) ->
 -spec handle_info(term(), map()) -> {noreply, map()}.
 handle_info({flow_vote_request, ReplyTo, Ref, _Task, _Ctx, _AgentId, Pid, _Timeout} = Req, State)
   when is_pid(ReplyTo), is_reference(Ref), is_pid(Pid), node(Pid) =:= node() ->
-    _ = proc_lib:spawn_link(?MODULE, vote, [Req]),
-    {noreply, State};
-handle_info({'EXIT', _Voter, _Why}, State) ->
+    Voter = proc_lib:spawn_link(?MODULE, vote, [Req]),
+    {noreply, State#{voters := (maps:get(voters, State))#{Voter => true}}};
+handle_info({'EXIT', Voter, _Why}, #{voters := V} = State) ->
     %% a vote's process ended (a crash is reported by proc_lib); its caller
     %% times out on the vote it never got
-    {noreply, State};
+    {noreply, State#{voters := maps:remove(Voter, V)}};
 handle_info(_Info, State) ->
     {noreply, State}.
 

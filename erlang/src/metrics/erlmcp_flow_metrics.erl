@@ -37,7 +37,7 @@
 
 -type counter() :: retries | fallbacks | overloaded | spans_exported | export_failures
                  | spans_lost | tasks_succeeded | tasks_failed | tasks_rejected.
--type stats() :: #{nodes => [node()], suspected => [node()], partitions => [node()],
+-type stats() :: #{draining => boolean(), nodes => [node()], suspected => [node()], partitions => [node()],
                    phi => #{node() => float()}, atom() => number()}.
 
 -define(COUNTERS_KEY, {?MODULE, counters}).
@@ -87,7 +87,8 @@ add(Name, N) ->
 %% `decision_samples'), the correlation store (`correlation_entries',
 %% `correlation_open', `correlation_evicted', `correlation_expired') and the span export
 %% (`spans_exported', `export_failures', `spans_lost' to failed exports,
-%% `export_dropped' for want of room in the export queue).
+%% `export_dropped' for want of room in the export queue), and whether the
+%% node is `draining' (`erlmcp_flow:drain/1').
 -spec stats() -> stats() | {error, not_started}.
 stats() ->
     case erlmcp_flow_registry:router_if_running() of
@@ -112,7 +113,8 @@ stats(Router) ->
 %% reach (suspected or disconnected).
 cluster() ->
     Peers = erlmcp_flow_failure_detector:peers(),
-    #{nodes => erlmcp_flow_cluster:nodes(),
+    #{draining => erlmcp_flow_registry:draining(),
+      nodes => erlmcp_flow_cluster:nodes(),
       suspected => [N || #{node := N, suspected := true} <- Peers],
       partitions => erlmcp_flow_byzantine_detector:detect_partitions(),
       phi => maps:from_list([{N, Phi} || #{node := N, phi := Phi} <- Peers])}.
@@ -159,6 +161,8 @@ tasks_per_second(_Before, _At0, _After, _At1) ->
 %% @private
 -spec init([]) -> {ok, #state{}}.
 init([]) ->
+    %% terminate/2 runs at shutdown: nothing of it stays in persistent_term
+    process_flag(trap_exit, true),
     Ref = counters:new(?RATE_SLOT, [write_concurrency]),
     persistent_term:put(?COUNTERS_KEY, Ref),
     Interval = erlmcp_flow_config:get(metrics, interval_ms),

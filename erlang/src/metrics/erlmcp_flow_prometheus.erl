@@ -31,6 +31,8 @@ render(Stats, Agents) ->
     G = fun(K) -> maps:get(K, Stats, 0) end,
     Node = [family(agents, gauge, "Registered agents and swarms.", [{[], G(agents)}]),
             family(in_flight, gauge, "Tasks in flight on every agent.", [{[], G(in_flight)}]),
+            family(draining, gauge, "1 while this node drains (it takes no new task).",
+                   [{[], case maps:get(draining, Stats, false) of true -> 1; false -> 0 end}]),
             family(tasks_total, counter,
                    "Tasks answered, by outcome: one per task, however many attempts it took.",
                    [{label("outcome", <<"ok">>), G(tasks_succeeded)},

@@ -23,6 +23,7 @@
 -export([handle_call/3]).
 -export([handle_cast/2]).
 -export([handle_info/2]).
+-export([terminate/2]).
 
 -define(WAITERS_KEY, {?MODULE, waiters}).
 -define(RECHECK_MS, 50).
@@ -87,17 +88,16 @@ waiting() ->
 %% @private
 -spec init([]) -> {ok, #state{}}.
 init([]) ->
-    Counter = case persistent_term:get(?WAITERS_KEY, undefined) of
-                  undefined ->
-                      C = atomics:new(1, [{signed, false}]),
-                      persistent_term:put(?WAITERS_KEY, C),
-                      C;
-                  C ->
-                      atomics:put(C, 1, 0),
-                      C
-              end,
-    _ = Counter,
+    %% terminate/2 runs at shutdown: nothing of it stays in persistent_term
+    process_flag(trap_exit, true),
+    persistent_term:put(?WAITERS_KEY, atomics:new(1, [{signed, false}])),
     {ok, #state{max = erlmcp_flow_config:get(circuit_breaker, max_waiting)}}.
+
+%% @private
+-spec terminate(term(), #state{}) -> ok.
+terminate(_Reason, _State) ->
+    _ = persistent_term:erase(?WAITERS_KEY),
+    ok.
 
 %% @private
 -spec handle_call(term(), gen_server:from(), #state{}) -> {reply, term(), #state{}}.

@@ -47,6 +47,11 @@
 -export([mirror/2]).
 -export([unmirror/2]).
 -export([local_agents/0]).
+-export([draining/0]).
+-export([set_draining/0]).
+-export([remote_task/2]).
+-export([remote_task_done/1]).
+-export([remote_tasks/1]).
 
 %% gen_server callbacks
 -export([init/1]).
@@ -67,6 +72,10 @@
 -define(MAX_CAPABILITY_BYTES, 1024).
 -define(MAX_CAPABILITIES, 1024).
 -define(BACKEND_KEY, {?MODULE, backend}).
+-define(DRAINING_KEY, {?MODULE, draining}).
+%% {Ref, Node, Caller}: each attempt this node's callers wait for on another
+%% node's agent
+-define(REMOTE_TASKS, erlmcp_flow_remote_tasks).
 
 -type kind() :: agent | swarm.
 -type agent_opts() :: #{weight => number(), notify_unregister => boolean()}.
@@ -274,6 +283,56 @@ lookup_pid(AgentId) ->
     catch error:badarg -> undefined
     end.
 
+%% @doc Whether this node is draining (`erlmcp_flow:drain/1'): it takes no
+%% new task until the application restarts.
+-spec draining() -> boolean().
+draining() ->
+    persistent_term:get(?DRAINING_KEY, false).
+
+%% @private The node takes no new task from now on (until the registry
+%% restarts with the application).
+-spec set_draining() -> ok.
+set_draining() ->
+    case draining() of
+        true -> ok;
+        false -> persistent_term:put(?DRAINING_KEY, true)
+    end.
+
+%% @private An attempt this node's caller now waits for on `Node''s agent,
+%% under the attempt's monitor reference.
+-spec remote_task(reference(), node()) -> ok.
+remote_task(Ref, Node) ->
+    try ets:insert(?REMOTE_TASKS, {Ref, Node, self()}) of
+        true -> ok
+    catch
+        error:badarg -> ok
+    end.
+
+%% @private The attempt `Ref' is settled.
+-spec remote_task_done(reference()) -> ok.
+remote_task_done(Ref) ->
+    try ets:delete(?REMOTE_TASKS, Ref) of
+        true -> ok
+    catch
+        error:badarg -> ok
+    end.
+
+%% @private The attempts this node's callers wait for on `Node''s agents
+%% (those of callers that died meanwhile are dropped).
+-spec remote_tasks(node()) -> non_neg_integer().
+remote_tasks(Node) ->
+    try ets:select(?REMOTE_TASKS, [{{'$1', Node, '$2'}, [], [{{'$1', '$2'}}]}]) of
+        Tasks ->
+            lists:foldl(fun({Ref, Caller}, N) ->
+                                case is_process_alive(Caller) of
+                                    true -> N + 1;
+                                    false -> ets:delete(?REMOTE_TASKS, Ref), N
+                                end
+                        end, 0, Tasks)
+    catch
+        error:badarg -> 0
+    end.
+
 %% @private The cluster process subscribes: it is told `{registry, added,
 %% [spec()]}' and `{registry, removed, [{Id, Pid}]}' for this node's own
 %% agents from now on (those registered before, it reads with
@@ -347,6 +406,8 @@ init([]) ->
             %% range, and adding or removing one holder costs the same however
             %% many there are
             _ = ets:new(?CAPS, [named_table, protected, ordered_set, {read_concurrency, true}]),
+            _ = ets:new(?REMOTE_TASKS, [named_table, public, set, {write_concurrency, true}]),
+            _ = persistent_term:erase(?DRAINING_KEY),
             {ok, Router} = erlmcp_flow_nif:router_new(router_options()),
             persistent_term:put(?ROUTER_KEY, Router),
             persistent_term:put(?BACKEND_KEY, Backend),
@@ -420,6 +481,7 @@ terminate(_Reason, _State) ->
     %% nothing keeps it (its agents, correlation store, learned rows) alive.
     _ = persistent_term:erase(?ROUTER_KEY),
     _ = persistent_term:erase(?BACKEND_KEY),
+    _ = persistent_term:erase(?DRAINING_KEY),
     ok.
 
 %%====================================================================
@@ -693,10 +755,10 @@ tell_unregistered(Rows, #state{notify = Notify} = State) ->
                 fun({{Id, Pid, _, _, _, _}, Why}, N) ->
                         case maps:take(Id, N) of
                             {Pid, N1} ->
-                                case Why of
-                                    {down, _} -> ok;
-                                    _ -> Pid ! {erlmcp_flow_unregistered, Id}
-                                end,
+                                _ = case Why of
+                                        {down, _} -> ok;
+                                        _ -> Pid ! {erlmcp_flow_unregistered, Id}
+                                    end,
                                 N1;
                             _ ->
                                 N

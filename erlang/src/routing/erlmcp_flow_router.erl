@@ -34,6 +34,7 @@
 -export([await/6]).
 -export([end_trace/2]).
 -export([meta/5]).
+-export([in_flight_to/1]).
 
 -export_type([plan/0, answer/0, attempt/0, trace/0, error_meta/0]).
 
@@ -68,7 +69,7 @@
 -spec execute(erlmcp_flow:task(), erlmcp_flow:requirements(), erlmcp_flow:execute_opts()) ->
           answer().
 execute(Task, Requirements, Opts) ->
-    case erlmcp_flow_requirements:plan(Task, Requirements, execute, Opts) of
+    case plan(Task, Requirements, execute, Opts) of
         {ok, #{routing_timeout := RT} = Plan} ->
             case start_trace(Task, Plan) of
                 {ok, Trace} ->
@@ -88,6 +89,13 @@ execute(Task, Requirements, Opts) ->
             end;
         {error, _} = E ->
             answer(E, none, Opts)
+    end.
+
+%% The task's plan, unless this node is draining (it takes no new task).
+plan(Task, Requirements, Mode, Opts) ->
+    case erlmcp_flow_registry:draining() of
+        false -> erlmcp_flow_requirements:plan(Task, Requirements, Mode, Opts);
+        true -> {error, draining}
     end.
 
 %% A quorum task goes to 2F+1 agents (erlmcp_flow_quorum); any other to
@@ -166,7 +174,7 @@ internal_error({T0, Meta}, Class, Reason, Stack) ->
           {ok, erlmcp_flow:agent_id(), erlmcp_flow_correlation_tracker:context()}
         | {error, term()}.
 route_task(Task, Requirements) ->
-    case erlmcp_flow_requirements:plan(Task, Requirements, route, #{}) of
+    case plan(Task, Requirements, route, #{}) of
         {ok, Plan} ->
             case start_trace(Task, Plan) of
                 {ok, Trace} ->
@@ -220,8 +228,15 @@ settle(#{task := Task, timeout := Timeout, context := Ctx, trace := Trace, agent
                erlmcp_flow:agent_id()) -> reference().
 dispatch(Pid, Task, Ctx, AgentId) ->
     Ref = erlang:monitor(process, Pid, [{alias, demonitor}]),
+    _ = node(Pid) =:= node() orelse erlmcp_flow_registry:remote_task(Ref, node(Pid)),
     Pid ! {execute_task, Task, Ctx#{agent_id => AgentId}, Ref, Ref},
     Ref.
+
+%% @doc The tasks this node's callers are waiting for on `Node''s agents (a
+%% draining node waits for them to reach none).
+-spec in_flight_to(node()) -> non_neg_integer().
+in_flight_to(Node) ->
+    erlmcp_flow_registry:remote_tasks(Node).
 
 %% @doc Waits for the answer of a dispatched task and settles its lease:
 %% `{ok, Result, LatencyUs}' or `{error, Reason, LatencyUs}'.
@@ -242,7 +257,7 @@ await(Ref, Pid, Lease, Timeout, AgentId) ->
 await(Ref, Pid, Lease, Timeout, AgentId, Interruptible) ->
     receive
         {task_result, Ref, Result} ->
-            forget(Ref),
+            forget(Ref, Pid),
             case Result of
                 {ok, Value} -> {ok, Value, complete(Lease, ok, AgentId)};
                 {error, Reason} -> {error, {agent_error, Reason}, complete(Lease, error, AgentId)};
@@ -253,22 +268,27 @@ await(Ref, Pid, Lease, Timeout, AgentId, Interruptible) ->
             %% an answer sent by another process on the agent's behalf (a
             %% swarm member) may still be here
             flush_answers(Ref),
+            untrack(Ref, Pid),
             {error, {agent_down, Reason}, complete(Lease, down, AgentId)};
         {'EXIT', _From, Why} when Interruptible ->
-            forget(Ref),
+            forget(Ref, Pid),
             Pid ! {cancel_task, Ref},
             {error, {stopped, Why}, complete(Lease, abandoned, AgentId)}
     after Timeout ->
-        forget(Ref),
+        forget(Ref, Pid),
         Pid ! {cancel_task, Ref},
         {error, execution_timeout, complete(Lease, timeout, AgentId)}
     end.
 
 %% Ends the monitor, which deactivates the alias: no answer can arrive after
 %% this. Those that arrived before (an agent answering twice) are dropped.
-forget(Ref) ->
+forget(Ref, Pid) ->
     erlang:demonitor(Ref, [flush]),
-    flush_answers(Ref).
+    flush_answers(Ref),
+    untrack(Ref, Pid).
+
+untrack(_Ref, Pid) when node(Pid) =:= node() -> ok;
+untrack(Ref, _Pid) -> erlmcp_flow_registry:remote_task_done(Ref).
 
 flush_answers(Ref) ->
     receive

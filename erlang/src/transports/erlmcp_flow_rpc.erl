@@ -20,6 +20,8 @@
 %% error; `data' is `{"class": "rejected", "reason": Reason as JSON}' (an MCP tool's
 %% result with `isError': `{"class": "rejected", "result": Result}'); a JSON-RPC agent's
 %% own error (`-32602', `-32600') is passed on with its code and message</td></tr>
+%% <tr><td>-32011</td><td>`draining': this node takes no new task (`erlmcp_flow:drain/1');
+%% send it to another node</td></tr>
 %% <tr><td>-32020</td><td>`{byzantine, no_secret}': a quorum asked of a node without a secret</td></tr>
 %% <tr><td>-32021</td><td>`{insufficient_agents, Have, Need}' (`on_no_quorum => error')</td></tr>
 %% <tr><td>-32022</td><td>`{no_quorum, Votes}' (`on_no_quorum => error')</td></tr>
@@ -195,6 +197,7 @@ error_code(not_started) -> -32007;
 error_code(execution_timeout) -> erlmcp_flow_jsonrpc:code(request_timeout);
 error_code({rejected, {rpc_error, Code, _}}) when is_integer(Code) -> Code;
 error_code({rejected, _}) -> -32010;
+error_code(draining) -> -32011;
 error_code({byzantine, no_secret}) -> -32020;
 error_code({insufficient_agents, _, _}) -> -32021;
 error_code({no_quorum, _}) -> -32022;
@@ -208,6 +211,7 @@ message({agent_down, _}) -> <<"Agent down">>;
 message({agent_error, _}) -> <<"Agent error">>;
 message({bad_agent_reply, _}) -> <<"Bad agent reply">>;
 message(not_started) -> <<"Not started">>;
+message(draining) -> <<"This node is draining: send the task to another node">>;
 message(execution_timeout) -> <<"Request timed out">>;
 message({byzantine, no_secret}) -> <<"Quorum needs byzantine.hmac_secret">>;
 message({insufficient_agents, _, _}) -> <<"Fewer agents than the quorum needs">>;
