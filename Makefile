@@ -7,7 +7,7 @@ ERL_PATHS = -pa _build/default/lib/*/ebin
 BENCH_EBIN = _build/bench/ebin
 EXAMPLES_EBIN = _build/examples/ebin
 
-.PHONY: all setup build demo demo-mcp test test-rust test-erlang check-otp27 w3c dialyzer bench bench-rust bench-erlang bench-load fuzz cover cover-rust clean
+.PHONY: all setup build demo demo-mcp test test-rust test-erlang test-asan check-otp27 w3c dialyzer bench bench-rust bench-erlang bench-load fuzz cover cover-rust clean
 
 all: build
 
@@ -34,7 +34,7 @@ demo-mcp: build
 
 ## Every test: Rust (fmt, clippy, cargo test), then Erlang (xref, EUnit,
 ## Common Test, dialyzer).
-test: setup test-rust test-erlang
+test: setup test-rust test-erlang test-asan
 
 test-rust:
 	cargo fmt --all --check
@@ -62,6 +62,14 @@ test-erlang: check-otp27
 	rebar3 cover --min_coverage $(COVER_GATE)
 	rebar3 dialyzer
 	@echo "make test: passed; opted out by name (FLOW_TEST_SKIP): $${FLOW_TEST_SKIP:-none}"
+
+## The NIF built with AddressSanitizer, and a stress run on a VM that loads
+## it: starts, stops, module reloads and NIF reloads under load
+## (native/asan-stress, erlang/test/erlmcp_flow_stress.erl).
+ASAN_ROUNDS ?= 100
+test-asan:
+	rebar3 as test compile
+	native/asan-stress $(ASAN_ROUNDS)
 
 ## OTP 27 reserves `maybe` and `else` (the maybe_expr feature, on by default
 ## there): every source, test and bench module must compile with it on. OTP 25

@@ -24,7 +24,9 @@ bridge_test_() ->
       {"unregistered: finishes its task in flight, gives its transport back, registers again",
        fun unregister_and_again/0},
       {"a server that dies during initialize answers at once", fun dies_during_initialize/0},
-      {"a proxy stopped by its supervisor gives its transport back", fun supervisor_stops_proxy/0}]}.
+      {"a proxy stopped by its supervisor gives its transport back", fun supervisor_stops_proxy/0},
+      {"erlmcp's answers to the caller's mistakes are refusals: the breaker stays closed",
+       fun callers_mistakes/0}]}.
 
 without_erlmcp_test() ->
     Apps = erlmcp_flow_test_util:start(),
@@ -68,6 +70,16 @@ server(Id, Parent, Initialized) ->
                     %% answered only after the caller gave up, and once more
                     %% under an id nobody waits for
                     Parent ! {slow_call, Id, N};
+                {single, {request, N, <<"tools/call">>, #{<<"name">> := <<"strict">>,
+                                                          <<"arguments">> := Args}}}
+                  when not is_map_key(<<"path">>, Args) ->
+                    %% erlmcp_server's answer to arguments its schema refuses
+                    reply(Id, T, N, {error, -32007, <<"Validation failed">>, undefined});
+                {single, {request, N, <<"tools/call">>, #{<<"name">> := <<"strict">>}}} ->
+                    reply(Id, T, N, {ok, #{content => [], server => name(Id)}});
+                {single, {request, N, <<"tools/call">>, #{<<"name">> := _}}} ->
+                    %% erlmcp_server's answer to a tool it does not have
+                    reply(Id, T, N, {error, -32002, <<"Tool not found">>, undefined});
                 {single, {notification, <<"notifications/cancelled">>, #{<<"requestId">> := N}}} ->
                     Parent ! {cancelled, Id, N},
                     reply(Id, T, N, {ok, #{late => true}}),
@@ -241,3 +253,19 @@ supervisor_stops_proxy() ->
     ok = supervisor:terminate_child(erlmcp_flow_erlmcp_sup, Proxy),
     ?assertEqual(#{}, erlmcp_registry:transports()),
     {ok, _} = erlmcp_flow_erlmcp:register_server(fs, [<<"tool:echo">>]).
+
+callers_mistakes() ->
+    _ = start_server(fs),
+    {ok, _} = erlmcp_flow_erlmcp:register_server(fs, [<<"tool:echo">>, <<"tool:strict">>]),
+    Unknown = fun() -> erlmcp_flow:execute(#{tool => <<"nope">>}, #{capabilities => [<<"tool:echo">>]}) end,
+    Invalid = fun() -> erlmcp_flow:execute(#{tool => <<"strict">>, arguments => #{}},
+                                           #{capabilities => [<<"tool:strict">>]}) end,
+    [?assertEqual({error, {rejected, {mcp_error, -32002, <<"Tool not found">>}}}, Unknown())
+     || _ <- lists:seq(1, 10)],
+    [?assertEqual({error, {rejected, {mcp_error, -32007, <<"Validation failed">>}}}, Invalid())
+     || _ <- lists:seq(1, 10)],
+    %% twenty refusals, each answered once (no retry): the server is as good as before
+    ?assertMatch({ok, #{breaker := closed, rejected := 20, failed := 0, dispatched := 20}},
+                 erlmcp_flow:agent_stats(<<"fs">>)),
+    ?assertMatch({ok, _, _}, erlmcp_flow:execute(#{tool => <<"strict">>, arguments => #{path => <<"/">>}},
+                                                 #{capabilities => [<<"tool:strict">>]})).

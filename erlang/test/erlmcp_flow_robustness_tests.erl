@@ -286,3 +286,19 @@ internal_error() ->
     after
         erlmcp_flow_test_util:stop_drained(Apps)
     end.
+
+%% route_task/2 while the application stops under it (its waiters'
+%% supervisor gone between the decision and the waiter's start): an error
+%% answer, not an exit of the caller; the lease taken is given back.
+route_task_while_stopping_test() ->
+    Apps = erlmcp_flow_test_util:start(),
+    try
+        ok = erlmcp_flow:register_agent(<<"a">>, echo_agent(), [<<"x">>]),
+        ok = supervisor:terminate_child(erlmcp_flow_sup, erlmcp_flow_task_sup),
+        ?assertEqual({error, not_started}, erlmcp_flow:route_task(#{}, #{capabilities => [<<"x">>]})),
+        ?assertMatch(#{in_flight := 0}, erlmcp_flow:stats()),
+        {ok, _} = supervisor:restart_child(erlmcp_flow_sup, erlmcp_flow_task_sup),
+        ?assertMatch({ok, <<"a">>, _}, erlmcp_flow:route_task(#{}, #{capabilities => [<<"x">>]}))
+    after
+        erlmcp_flow_test_util:stop_drained(Apps)
+    end.

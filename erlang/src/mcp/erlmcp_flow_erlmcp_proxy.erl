@@ -12,6 +12,14 @@
 -define(INIT_TIMEOUT, 5000).
 %% erlmcp_server's answer to a second initialize (MCP_ERROR_NOT_INITIALIZED)
 -define(ALREADY_INITIALIZED, -32005).
+%% The errors by which a server refuses the caller's tools/call rather than
+%% fails it: JSON-RPC's invalid request and params, and erlmcp_server's tool
+%% not found (MCP_ERROR_TOOL_NOT_FOUND), arguments its schema refuses
+%% (MCP_ERROR_VALIDATION_FAILED) and message too large
+%% (MCP_ERROR_MESSAGE_TOO_LARGE). Answered as is, never retried, never held
+%% against the server.
+-define(CALLERS_MISTAKE(Code), (Code =:= -32600 orelse Code =:= -32602 orelse Code =:= -32002
+                                orelse Code =:= -32007 orelse Code =:= -32012)).
 
 -record(state, {server_id :: atom() | binary(),
                 server :: pid(),
@@ -155,7 +163,7 @@ answer({single, {response, N, Outcome}}, #state{pending = P, by_ref = ByRef} = S
                                           {ok, #{<<"isError">> := true} = Result} ->
                                               {reject, {tool_error, Result}};
                                           {ok, Result} -> {ok, Result};
-                                          {error, Code, Msg, _} when Code =:= -32602; Code =:= -32600 ->
+                                          {error, Code, Msg, _} when ?CALLERS_MISTAKE(Code) ->
                                               {reject, {mcp_error, Code, Msg}};
                                           {error, Code, Msg, _} -> {error, {mcp_error, Code, Msg}}
                                       end},

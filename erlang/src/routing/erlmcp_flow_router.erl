@@ -185,8 +185,17 @@ route_task(Task, Requirements) ->
                                     context => Ctx, trace => Trace, agent_id => AgentId,
                                     pid => Pid, lease => Lease, started => Started,
                                     reply_to => maps:get(reply_to, Plan, undefined)},
-                            {ok, _} = erlmcp_flow_task_sup:start_task(Job),
-                            {ok, AgentId, Ctx};
+                            case erlmcp_flow_task_sup:start_task(Job) of
+                                {ok, _} ->
+                                    {ok, AgentId, Ctx};
+                                {error, _} ->
+                                    %% the application stops: the decision is
+                                    %% given back, nothing was sent
+                                    _ = complete(Lease, abandoned, AgentId),
+                                    E = {error, not_started},
+                                    task_stopped(Started, E),
+                                    end_trace(Trace, E)
+                            end;
                         {error, Reason} = E ->
                             Reason =:= overloaded andalso erlmcp_flow_metrics:incr(overloaded),
                             task_stopped(Started, E),

@@ -16,10 +16,14 @@
 start_link() ->
     supervisor:start_link({local, ?MODULE}, ?MODULE, []).
 
-%% @doc Starts the waiter of one dispatched-to-be task.
+%% @doc Starts the waiter of one dispatched-to-be task; `{error,
+%% not_started}' when this supervisor is not running (the application
+%% stopping under the caller).
 -spec start_task(erlmcp_flow_task:job()) -> {ok, pid()} | {error, term()}.
 start_task(Job) ->
-    supervisor:start_child(?MODULE, [Job]).
+    try supervisor:start_child(?MODULE, [Job])
+    catch exit:_ -> {error, not_started}
+    end.
 
 %% @private
 -spec init([]) -> {ok, {supervisor:sup_flags(), [supervisor:child_spec()]}}.
