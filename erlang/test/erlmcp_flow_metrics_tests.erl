@@ -280,12 +280,12 @@ keep_alive_and_bad_requests_test() ->
                      ?assertMatch({400, _}, raw_request(Port, <<"NONSENSE\r\n\r\n">>)),
                      Many = iolist_to_binary([["X-H", integer_to_binary(I), ": v\r\n"]
                                               || I <- lists:seq(1, 70)]),
-                     ?assertMatch({431, _}, raw_request(Port, <<"GET /metrics HTTP/1.1\r\n",
+                     ?assertMatch({431, _}, raw_request(Port, <<"GET /metrics HTTP/1.1\r\nHost: x\r\n",
                                                                 Many/binary, "\r\n">>)),
-                     ?assertMatch({413, _}, raw_request(Port, <<"POST /metrics HTTP/1.1\r\n"
+                     ?assertMatch({413, _}, raw_request(Port, <<"POST /metrics HTTP/1.1\r\nHost: x\r\n"
                                                                 "Content-Length: 99999999\r\n\r\n">>)),
                      %% a body within the limit is read, then answered 405
-                     ?assertMatch({405, _}, raw_request(Port, <<"POST /metrics HTTP/1.1\r\n"
+                     ?assertMatch({405, _}, raw_request(Port, <<"POST /metrics HTTP/1.1\r\nHost: x\r\n"
                                                                 "Content-Length: 3\r\n\r\nabc">>))
              end).
 

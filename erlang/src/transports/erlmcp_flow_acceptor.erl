@@ -1,6 +1,7 @@
 %% @private
-%% @doc One acceptor of an `erlmcp_flow_listener': it waits in
-%% `gen_tcp:accept/1' on the listener's socket, hands each new socket to a
+%% @doc One acceptor of an `erlmcp_flow_listener': it waits for the next
+%% connection on the listener's socket (TCP, or TLS before its handshake,
+%% which the connection's process does), hands each new socket to a
 %% connection process of the listener's protocol, started under the
 %% listener's connection supervisor, and waits again.
 -module(erlmcp_flow_acceptor).
@@ -23,16 +24,17 @@ init(Name, TopSup) ->
     loop(Socket, ConnSup, Opts).
 
 loop(Socket, ConnSup, #{protocol := Protocol} = Opts) ->
-    case gen_tcp:accept(Socket) of
+    case erlmcp_flow_socket:accept(Socket) of
         {ok, Client} ->
             case supervisor:start_child(ConnSup, []) of
                 {ok, Conn} ->
-                    case gen_tcp:controlling_process(Client, Conn) of
+                    case erlmcp_flow_socket:controlling_process(Client, Conn) of
                         ok -> Protocol:serve(Conn, Client);
-                        {error, _} -> gen_tcp:close(Client), Conn ! {erlmcp_flow_listener, close}
+                        {error, _} -> erlmcp_flow_socket:close(Client),
+                                      Conn ! {erlmcp_flow_listener, close}
                     end;
                 _ ->
-                    gen_tcp:close(Client)
+                    erlmcp_flow_socket:close(Client)
             end,
             loop(Socket, ConnSup, Opts);
         {error, closed} ->

@@ -13,8 +13,12 @@
 %% request, the new one is answered 503.
 %%
 %% A handler module answers requests: `Handler:handle(Method, Path, Headers,
-%% Body)' returns `{Status, ContentType, Body}', or `{Status, ContentType,
-%% Body, [{HeaderName, Value}]}' with more response headers.
+%% Body[, Ctx])' returns `{Status, ContentType, Body}', or `{Status,
+%% ContentType, Body, [{HeaderName, Value}]}' with more response headers (see
+%% `erlmcp_flow_http_conn'). Requests are framed by
+%% `erlmcp_flow_http_parser' (RFC 9112). With `tls' (ssl's server options)
+%% the listener speaks HTTPS; `max_waiting', `max_waiting_per_client' and
+%% `rate_limit' are the budgets of `erlmcp_flow_listener_server'.
 -module(erlmcp_flow_http).
 
 %% API
@@ -27,7 +31,10 @@
 -type limits() :: #{max_connections := pos_integer(),
                     request_timeout_ms := pos_integer(),
                     idle_timeout_ms := pos_integer(),
-                    max_body_bytes => pos_integer()}.
+                    max_body_bytes => pos_integer(),
+                    max_waiting => pos_integer(),
+                    max_waiting_per_client => pos_integer(),
+                    rate_limit => pos_integer() | infinity}.
 %% `tag' names the listener in the reason it fails to start with:
 %% `{Tag, Ip, Port, Reason}', for example `{metrics_http, {127,0,0,1}, 9464,
 %% eaddrinuse}'.
@@ -36,16 +43,20 @@
                   ip := inet:ip_address() | any | loopback,
                   port := inet:port_number(),
                   handler := module(),
-                  limits := limits()}.
+                  limits := limits(),
+                  tls => erlmcp_flow_socket:tls()}.
 
 %% @doc Starts the HTTP listener `Name'.
 -spec start_link(opts()) -> {ok, pid()} | {error, term()}.
 start_link(#{name := Name, tag := Tag, ip := Ip, port := Port, handler := Handler,
-             limits := #{max_connections := Max} = Limits}) ->
-    erlmcp_flow_listener:start_link(#{name => Name, tag => Tag, ip => Ip, port => Port,
-                                      max_connections => Max,
-                                      protocol => erlmcp_flow_http_conn,
-                                      protocol_opts => {Handler, Limits}}).
+             limits := #{max_connections := Max} = Limits} = Opts) ->
+    Listener = maps:with([tls], Opts),
+    Budgets = maps:with([max_waiting, max_waiting_per_client, rate_limit], Limits),
+    erlmcp_flow_listener:start_link(maps:merge(Budgets, Listener#{name => Name, tag => Tag, ip => Ip,
+                                                                  port => Port,
+                                                                  max_connections => Max,
+                                                                  protocol => erlmcp_flow_http_conn,
+                                                                  protocol_opts => {Handler, Limits}})).
 
 %% @doc The port the listener `Name' is bound to; `undefined' if it is not running.
 -spec port(atom()) -> inet:port_number() | undefined.

@@ -1,16 +1,31 @@
 %% @private
 %% @doc One connection of an `erlmcp_flow_http' listener: it reads requests
-%% (`{active, once}', so a fast client cannot flood it; OTP's `http_bin'
-%% packet parser for the request line and headers, lines of at most 8 KiB,
-%% 64 headers), has the handler answer each, and keeps the connection open
-%% between requests (HTTP/1.1 keep-alive) while the listener lets it.
+%% through the strict parser (`erlmcp_flow_http_parser', RFC 9112's
+%% framing), has the handler answer each in turn, and keeps the connection
+%% open between requests (HTTP/1.1 keep-alive) while the listener lets it.
 %%
-%% Timers: a request's line and headers must all arrive within
-%% `request_timeout_ms' from the connection's start (for the first request)
-%% or from its first line; a kept-alive connection waits `idle_timeout_ms'
-%% for its next request. Past either the connection is closed. A body
-%% (`Content-Length', at most 1 MiB) must arrive within the request timeout
-%% too.
+%% Reading is `{active, once}' and stops while a request is answered: a
+%% client that pipelines waits in its own TCP window, and at most one
+%% request (plus one read) is held in memory. Requests pipelined in one read
+%% are answered in order. A client that shuts down its sending side after
+%% its requests still gets their answers, then the connection closes.
+%%
+%% Timers: a request must arrive whole (line, headers and body, however
+%% slowly its bytes come) within `request_timeout_ms' from its first byte
+%% (for the first request, from the connection's start, the TLS handshake
+%% included); a kept-alive connection waits `idle_timeout_ms' for the first
+%% byte of its next request; a write blocked for 5 s (a client that does not
+%% read) closes the connection. Past a timer the connection is closed.
+%%
+%% Every request counts against the listener's per-client rate: past it the
+%% answer is 429 with a JSON-RPC overload error (-32002) and `Retry-After: 1'.
+%%
+%% A handler module answers each request: `Handler:handle(Method, Path,
+%% Headers, Body, Ctx)' if it exports it (`Ctx': `listener', `peer' (`{Ip,
+%% Port}'), `tls', `peercert' (DER, when the client sent a certificate)),
+%% else `Handler:handle(Method, Path, Headers, Body)'; the query string comes
+%% as the pseudo-header `:query'. A `HEAD' request gets the head of the GET
+%% answer, no body.
 -module(erlmcp_flow_http_conn).
 -behaviour(gen_server).
 -behaviour(erlmcp_flow_listener).
@@ -25,29 +40,27 @@
 -export([handle_cast/2]).
 -export([handle_info/2]).
 
--define(MAX_LINE, 8192).
--define(MAX_HEADERS, 64).
 -define(MAX_BODY, 1048576).
+-define(SEND_TIMEOUT, 5000).
 
--record(req, {method :: atom() | binary(),
-              path = <<>> :: binary(),
-              version = {1, 1} :: {non_neg_integer(), non_neg_integer()},
-              headers = [] :: [{binary(), binary()}],
-              length = 0 :: non_neg_integer() | infinity,
-              body = [] :: iodata()}).
 -record(state, {name :: atom(),
                 handler :: module(),
                 limits :: erlmcp_flow_http:limits(),
-                socket :: gen_tcp:socket() | undefined,
-                req :: #req{} | undefined,
-                timer :: reference() | undefined}).
+                socket :: erlmcp_flow_socket:socket() | undefined,
+                tags :: {atom(), atom(), atom()} | undefined,
+                parser :: erlmcp_flow_http_parser:parser() | undefined,
+                ctx = #{} :: map(),
+                rate = #{rate_limit => infinity} :: map(),
+                %% the request timer runs while a request is arriving, the
+                %% idle timer between requests
+                timer :: {request | idle, reference()} | undefined}).
 
 -spec start_link(atom(), {module(), erlmcp_flow_http:limits()}) -> {ok, pid()}.
 start_link(Name, {Handler, Limits}) ->
     gen_server:start_link(?MODULE, {Name, Handler, Limits}, []).
 
 %% @doc Hands the connection its socket (after its ownership).
--spec serve(pid(), gen_tcp:socket()) -> ok.
+-spec serve(pid(), erlmcp_flow_socket:socket()) -> ok.
 serve(Pid, Socket) ->
     gen_server:cast(Pid, {serve, Socket}).
 
@@ -59,7 +72,8 @@ serve(Pid, Socket) ->
 -spec init({atom(), module(), erlmcp_flow_http:limits()}) -> {ok, #state{}}.
 init({Name, Handler, Limits0}) ->
     Limits = maps:merge(#{max_body_bytes => ?MAX_BODY}, Limits0),
-    {ok, #state{name = Name, handler = Handler, limits = Limits}}.
+    Parser = erlmcp_flow_http_parser:new(#{max_body => maps:get(max_body_bytes, Limits)}),
+    {ok, #state{name = Name, handler = Handler, limits = Limits, parser = Parser}}.
 
 %% @private
 -spec handle_call(term(), gen_server:from(), #state{}) -> {reply, term(), #state{}}.
@@ -68,179 +82,217 @@ handle_call(_Request, _From, State) ->
 
 %% @private
 -spec handle_cast(term(), #state{}) -> {noreply, #state{}} | {stop, normal, #state{}}.
-handle_cast({serve, Socket}, #state{name = Name} = State0) ->
-    State = State0#state{socket = Socket},
-    case erlmcp_flow_listener_server:enter(Name) of
-        ok ->
-            ok = inet:setopts(Socket, [{packet, http_bin}, {packet_size, ?MAX_LINE}]),
-            {noreply, next(request_timer(State#state{req = undefined}))};
-        full ->
-            respond(State, 503, "text/plain", <<"busy: every connection is serving\n">>, close),
-            {stop, normal, State}
+handle_cast({serve, Socket0}, #state{name = Name, limits = #{request_timeout_ms := Ms}} = State0) ->
+    State1 = request_timer(State0),
+    case erlmcp_flow_socket:handshake(Socket0, Ms) of
+        {ok, Socket} ->
+            State = State1#state{socket = Socket, tags = erlmcp_flow_socket:tags(Socket),
+                                 ctx = ctx(Name, Socket)},
+            case erlmcp_flow_listener_server:enter(Name, ip(State), waiting) of
+                {ok, Rate} ->
+                    ok = erlmcp_flow_socket:setopts(Socket, [binary, {packet, raw},
+                                                             {send_timeout, ?SEND_TIMEOUT},
+                                                             {send_timeout_close, true}
+                                                             | half_close(Socket)]),
+                    {noreply, next(State#state{rate = Rate})};
+                full ->
+                    respond(State, 503, "text/plain", <<"busy: every connection is serving\n">>,
+                            close, []),
+                    {stop, normal, State}
+            end;
+        {error, _} ->
+            erlmcp_flow_socket:close(Socket0),
+            {stop, normal, State1}
     end;
 handle_cast(_Msg, State) ->
     {noreply, State}.
 
 %% @private
 -spec handle_info(term(), #state{}) -> {noreply, #state{}} | {stop, normal, #state{}}.
-handle_info({http, S, {http_request, Method, Uri, Version}}, #state{socket = S, req = R} = State0) ->
-    %% a kept-alive connection's next request: its own timer from now on
-    State = case R of
-                undefined -> request_timer(State0);
-                _ -> State0
-            end,
-    %% the query string, if any, reaches the handler as the pseudo-header
-    %% `:query' (no header read from the wire starts with a colon)
-    {Path, Query} = target(Uri),
-    Req = #req{method = Method, path = Path, version = Version,
-               headers = [{<<":query">>, Query} || Query =/= <<>>]},
-    {noreply, next(State#state{req = Req})};
-handle_info({http, S, {http_header, _, Field, _, Value}}, #state{socket = S, req = #req{} = R} = State) ->
-    case length(R#req.headers) < ?MAX_HEADERS of
-        true ->
-            Name = header_name(Field),
-            R1 = R#req{headers = [{Name, Value} | R#req.headers]},
-            {noreply, next(State#state{req = content_length(Name, Value, R1)})};
-        false ->
-            respond(State, 431, "text/plain", <<"too many headers\n">>, close),
-            {stop, normal, State}
-    end;
-handle_info({http, S, http_eoh}, #state{socket = S, req = #req{length = 0} = R} = State) ->
-    answer(R, State);
-handle_info({http, S, http_eoh}, #state{socket = S, req = #req{length = N}} = State)
-  when N > map_get(max_body_bytes, State#state.limits) ->
-    respond(State, 413, "text/plain", <<"body too large\n">>, close),
+handle_info({Tag, S, Data}, #state{socket = S, tags = {Tag, _, _}} = State) ->
+    feed(Data, arriving(State));
+handle_info({Tag, S}, #state{socket = S, tags = {_, Tag, _}} = State) ->
+    %% the client closed (or shut down its side) with no whole request
+    %% left unanswered: what it asked was answered as it came
     {stop, normal, State};
-handle_info({http, S, http_eoh}, #state{socket = S} = State) ->
-    ok = inet:setopts(S, [{packet, raw}]),
-    {noreply, next(State)};
-handle_info({tcp, S, Data}, #state{socket = S, req = #req{length = N, body = B} = R} = State) ->
-    Body = [B, Data],
-    case iolist_size(Body) of
-        Size when Size >= N ->
-            <<Whole:N/binary, _/binary>> = iolist_to_binary(Body),
-            answer(R#req{body = Whole}, State);
-        _ ->
-            {noreply, next(State#state{req = R#req{body = Body}})}
-    end;
-handle_info({http, S, {http_error, _}}, #state{socket = S} = State) ->
-    respond(State, 400, "text/plain", <<"bad request\n">>, close),
+handle_info({Tag, S, _}, #state{socket = S, tags = {_, _, Tag}} = State) ->
     {stop, normal, State};
 handle_info({erlmcp_flow_listener, close}, State) ->
     %% the listener needs this connection's place
     {stop, normal, State};
-handle_info({timeout, T, _}, #state{timer = T} = State) ->
-    {stop, normal, State};
-handle_info({tcp_closed, S}, #state{socket = S} = State) ->
-    {stop, normal, State};
-handle_info({tcp_error, S, _}, #state{socket = S} = State) ->
+handle_info({timeout, T, _}, #state{timer = {_, T}} = State) ->
     {stop, normal, State};
 handle_info(_Info, State) ->
     {noreply, State}.
 
 %%====================================================================
-%% Internal functions
+%% Requests
 %%====================================================================
 
-%% A whole request: the handler answers it, then the connection waits for
-%% the next one (kept alive) or closes.
-answer(#req{method = M, path = P, headers = H, body = B, version = V}, #state{name = Name} = State) ->
+%% Bytes read: every whole request among them answered in turn, then more
+%% read, or the connection closed.
+feed(Data, #state{parser = P} = State) ->
+    case erlmcp_flow_http_parser:parse(Data, P) of
+        {request, Req, P1} ->
+            State1 = done_arriving(State#state{parser = P1}),
+            case answer(Req, State1) of
+                {keep_alive, State2} -> feed(<<>>, State2);
+                close -> {stop, normal, State1}
+            end;
+        {continue, P1} ->
+            _ = erlmcp_flow_socket:send(State#state.socket, <<"HTTP/1.1 100 Continue\r\n\r\n">>),
+            feed(<<>>, State#state{parser = P1});
+        {more, P1} ->
+            State1 = State#state{parser = P1},
+            case erlmcp_flow_http_parser:started(P1) of
+                true -> {noreply, next(arriving(State1))};
+                false -> {noreply, next(idle_timer(State1))}
+            end;
+        {error, Status, Why} ->
+            respond(State, Status, "text/plain", <<Why/binary, "\n">>, close, []),
+            {stop, normal, State}
+    end.
+
+%% A whole request: rate, then the handler's answer; `{keep_alive, State}'
+%% or `close' (the answer sent).
+answer(#{method := M, path := P, query := Q, headers := H0, body := B, keep_alive := KA}, State) ->
+    #state{name = Name, handler = Handler, ctx = Ctx} = State,
     erlmcp_flow_listener_server:busy(Name),
-    {Status, Type, Body, Extra} = case handle(State#state.handler, M, P, H, iolist_to_binary(B)) of
-                                      {St, Ty, Bo} -> {St, Ty, Bo, []};
-                                      {_, _, _, _} = Four -> Four
-                                  end,
-    case keep_alive(V, H) of
+    H = [{<<":query">>, Q} || Q =/= <<>>] ++ H0,
+    {Status, Type, Body, Extra} =
+        case erlmcp_flow_listener_server:allow(State#state.rate, ip(State)) of
+            true -> handle(Handler, get_for_head(M), P, H, B, Ctx);
+            false -> overloaded()
+        end,
+    Out = case M of
+              'HEAD' -> {head, Body};
+              _ -> Body
+          end,
+    case KA of
         true ->
             %% waiting before the answer leaves: a client that reads it and
             %% connects again at once finds this connection evictable, not
             %% busy (an eviction is handled after this response is written)
             erlmcp_flow_listener_server:waiting(Name),
-            respond(State, Status, Type, Body, keep_alive, Extra),
-            ok = inet:setopts(State#state.socket, [{packet, http_bin}]),
-            {noreply, next(idle_timer(State#state{req = undefined}))};
+            case respond(State, Status, Type, Out, keep_alive, Extra) of
+                ok -> {keep_alive, State};
+                closed -> close
+            end;
         false ->
-            respond(State, Status, Type, Body, close, Extra),
-            {stop, normal, State}
+            respond(State, Status, Type, Out, close, Extra),
+            close
     end.
 
-handle(Handler, Method, Path, Headers, Body) ->
-    try Handler:handle(Method, Path, Headers, Body)
+get_for_head('HEAD') -> 'GET';
+get_for_head(M) -> M.
+
+handle(Handler, Method, Path, Headers, Body, Ctx) ->
+    try
+        case erlang:function_exported(Handler, handle, 5) of
+            true -> Handler:handle(Method, Path, Headers, Body, Ctx);
+            false -> Handler:handle(Method, Path, Headers, Body)
+        end
+    of
+        {St, Ty, Bo} -> {St, Ty, Bo, []};
+        {_, _, _, _} = Four -> Four
     catch
         Class:Reason ->
             logger:error("erlmcp_flow: HTTP handler ~p crashed: ~p:~p", [Handler, Class, Reason]),
-            {500, "text/plain", <<"internal error\n">>}
+            {500, "text/plain", <<"internal error\n">>, []}
     end.
 
+%% Past the client's rate: overload, as JSON-RPC says it.
+overloaded() ->
+    {429, "application/json",
+     <<"{\"jsonrpc\":\"2.0\",\"id\":null,\"error\":{\"code\":-32002,\"message\":\"Overloaded\","
+       "\"data\":{\"reason\":\"rate_limit\"}}}">>,
+     [{"retry-after", "1"}]}.
+
+%%====================================================================
+%% Socket, timers
+%%====================================================================
+
 next(#state{socket = S} = State) ->
-    ok = inet:setopts(S, [{active, once}]),
+    ok = erlmcp_flow_socket:setopts(S, [{active, once}]),
     State.
+
+%% Bytes of a request are arriving: its timer runs from the first of them.
+arriving(#state{timer = {request, _}} = State) -> State;
+arriving(State) -> request_timer(State).
+
+%% A request is whole: no timer until the next one begins (or the idle one).
+done_arriving(#state{timer = T} = State) ->
+    cancel(T),
+    State#state{timer = undefined}.
 
 request_timer(#state{limits = #{request_timeout_ms := Ms}} = State) ->
     timer(State, Ms, request).
 
+idle_timer(#state{timer = {idle, _}} = State) -> State;
 idle_timer(#state{limits = #{idle_timeout_ms := Ms}} = State) ->
     timer(State, Ms, idle).
 
 timer(#state{timer = Old} = State, Ms, Tag) ->
-    _ = Old =/= undefined andalso erlang:cancel_timer(Old),
-    State#state{timer = erlang:start_timer(Ms, self(), Tag)}.
+    cancel(Old),
+    State#state{timer = {Tag, erlang:start_timer(Ms, self(), Tag)}}.
 
-respond(State, Status, Type, Body, Connection) ->
-    respond(State, Status, Type, Body, Connection, []).
+cancel(undefined) -> ok;
+cancel({_, Ref}) -> _ = erlang:cancel_timer(Ref), ok.
 
-%% `Extra' are more header lines, `{Name, Value}'.
-respond(#state{socket = S}, Status, Type, Body, Connection, Extra) ->
+%% `ok' once written, `closed' when the write failed (the connection is gone).
+respond(#state{socket = S}, Status, Type, Body0, Connection, Extra) ->
+    {Body, Length} = case Body0 of
+                         {head, B} -> {<<>>, byte_size(B)};
+                         B -> {B, byte_size(B)}
+                     end,
     %% an iolist, not io_lib:format: this is on every response's path
     Head = ["HTTP/1.1 ", integer_to_binary(Status), $\s, reason(Status),
             "\r\ncontent-type: ", Type,
-            "\r\ncontent-length: ", integer_to_binary(byte_size(Body)), "\r\n",
+            "\r\ncontent-length: ", integer_to_binary(Length), "\r\n",
             [[N, ": ", V, "\r\n"] || {N, V} <- Extra],
             "connection: ", case Connection of keep_alive -> "keep-alive"; close -> "close" end,
             "\r\n\r\n"],
-    _ = gen_tcp:send(S, [Head, Body]),
+    Sent = erlmcp_flow_socket:send(S, [Head, Body]),
     case Connection of
-        close -> _ = gen_tcp:close(S), ok;
-        keep_alive -> ok
+        close -> erlmcp_flow_socket:close(S), closed;
+        keep_alive when Sent =:= ok -> ok;
+        keep_alive -> closed
     end.
 
-keep_alive({1, 1}, Headers) -> not has_token(<<"connection">>, <<"close">>, Headers);
-keep_alive(_, Headers) -> has_token(<<"connection">>, <<"keep-alive">>, Headers).
+%% A plain TCP socket stays writable after the client shuts down its side,
+%% so that a request sent before is still answered.
+half_close(S) when is_port(S) -> [{exit_on_close, false}];
+half_close(_) -> [].
 
-has_token(Name, Token, Headers) ->
-    lists:any(fun({N, V}) -> N =:= Name andalso string:lowercase(string:trim(V)) =:= Token end,
-              Headers).
+ctx(Name, Socket) ->
+    Peer = case erlmcp_flow_socket:peername(Socket) of
+               {ok, P} -> P;
+               {error, _} -> undefined
+           end,
+    Cert = case erlmcp_flow_socket:peercert(Socket) of
+               {ok, C} -> C;
+               {error, _} -> undefined
+           end,
+    #{listener => Name, peer => Peer, tls => not is_port(Socket), peercert => Cert}.
 
-content_length(<<"content-length">>, Value, R) ->
-    case string:to_integer(string:trim(Value)) of
-        {N, <<>>} when is_integer(N), N >= 0 -> R#req{length = N};
-        _ -> R#req{length = infinity}
-    end;
-content_length(_, _, R) ->
-    R.
+ip(#state{ctx = #{peer := {Ip, _}}}) -> Ip;
+ip(_) -> undefined.
 
-header_name(F) when is_atom(F) -> string:lowercase(atom_to_binary(F));
-header_name(F) -> string:lowercase(F).
-
-%% A request target's path and query string (empty when there is none).
-target({abs_path, P}) -> split_target(P);
-target({absoluteURI, _, _, _, P}) -> split_target(P);
-target(_) -> {<<>>, <<>>}.
-
-split_target(P) ->
-    case binary:split(P, <<"?">>) of
-        [Path, Query] -> {Path, Query};
-        [Path] -> {Path, <<>>}
-    end.
-
+reason(100) -> "Continue";
 reason(200) -> "OK";
 reason(204) -> "No Content";
-reason(401) -> "Unauthorized";
 reason(400) -> "Bad Request";
+reason(401) -> "Unauthorized";
+reason(403) -> "Forbidden";
 reason(404) -> "Not Found";
 reason(405) -> "Method Not Allowed";
-reason(413) -> "Payload Too Large";
+reason(413) -> "Content Too Large";
+reason(414) -> "URI Too Long";
+reason(417) -> "Expectation Failed";
+reason(429) -> "Too Many Requests";
 reason(431) -> "Request Header Fields Too Large";
 reason(500) -> "Internal Server Error";
+reason(501) -> "Not Implemented";
 reason(503) -> "Service Unavailable";
+reason(505) -> "HTTP Version Not Supported";
 reason(_) -> "".

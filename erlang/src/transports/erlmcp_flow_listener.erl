@@ -1,5 +1,5 @@
 %% @private
-%% @doc A TCP listener on `gen_tcp', in ranch's shape: this supervisor
+%% @doc A TCP or TLS listener, in ranch's shape: this supervisor
 %% (`one_for_all') over the process that owns the listening socket and counts
 %% the connections (`erlmcp_flow_listener_server'), a supervisor of
 %% connection processes (one per connection, of the listener's protocol) and
@@ -34,18 +34,27 @@
 -export_type([opts/0]).
 
 -callback start_link(Name :: atom(), ProtocolOpts :: term()) -> {ok, pid()} | {error, term()}.
--callback serve(Conn :: pid(), Socket :: gen_tcp:socket()) -> ok.
+-callback serve(Conn :: pid(), Socket :: erlmcp_flow_socket:socket()) -> ok.
 
 %% `tag' names the listener in the reason it fails to start with:
 %% `{Tag, Ip, Port, Reason}', for example `{metrics_http, {127,0,0,1}, 9464,
 %% eaddrinuse}'.
+%% `tls' (ssl's server options) makes it a TLS listener. The budgets (see
+%% `erlmcp_flow_listener_server'): `max_unauthenticated', `max_waiting',
+%% `max_waiting_per_client' (each `max_connections' by default) and
+%% `rate_limit' (requests per second per client address; `infinity').
 -type opts() :: #{name := atom(),
                   tag := atom(),
                   ip := inet:ip_address() | any | loopback,
                   port := inet:port_number(),
                   max_connections := pos_integer(),
                   protocol := module(),
-                  protocol_opts := term()}.
+                  protocol_opts := term(),
+                  tls => erlmcp_flow_socket:tls(),
+                  max_unauthenticated => pos_integer(),
+                  max_waiting => pos_integer(),
+                  max_waiting_per_client => pos_integer(),
+                  rate_limit => pos_integer() | infinity}.
 
 %% Acceptors waiting in accept/1 at once.
 -define(ACCEPTORS, 4).
