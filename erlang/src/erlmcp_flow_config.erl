@@ -125,6 +125,10 @@ schema() ->
           [{http, #{}, fun is_http_transport/1},
            {tcp, #{}, fun is_tcp_transport/1},
            {max_message_bytes, 1048576, int(1, 64 * 1048576)},
+           %% JSON-RPC requests in flight over TCP on the node (every
+           %% connection), and their bytes: past either the answer is -32002
+           {max_in_flight, 4096, int(1, ?MAX_COUNT)},
+           {max_in_flight_bytes, 67108864, int(1, 4096 * 1048576)},
            {max_depth, 64, int(1, 128)},
            {max_batch, 100, int(1, 10000)}],
       timeouts =>
@@ -145,7 +149,11 @@ schema() ->
            {port, 9464, fun is_port_number/1},
            {max_connections, 64, int(1, 65536)},
            {request_timeout_ms, 5000, ms(integer)},
-           {idle_timeout_ms, 60000, ms(integer)}],
+           {idle_timeout_ms, 60000, ms(integer)},
+           {rate_limit, 1000, fun is_rate_limit/1},
+           {tls, undefined, fun is_tls/1},
+           %% per-agent series in /metrics at most; the rest aggregated
+           {max_agent_series, 1000, int(0, ?MAX_COUNT)}],
       export =>
           [{file, undefined, fun is_optional_path/1},
            {url, undefined, fun is_optional_http_url/1},
@@ -386,18 +394,29 @@ is_positive_number(V) -> is_number(V) andalso V > 0 andalso V < 1.0e300.
 is_balance_factor(infinity) -> true;
 is_balance_factor(V) -> is_number(V) andalso V > 1.
 %% transports.http: a map of enabled, ip, port, token, max_connections,
-%% request_timeout_ms and idle_timeout_ms (defaults in erlmcp_flow_rpc_http);
-%% transports.tcp the same without request_timeout_ms (erlmcp_flow_rpc_tcp).
+%% request_timeout_ms, idle_timeout_ms, max_waiting, max_waiting_per_client,
+%% rate_limit, allowed_origins and tls (defaults in erlmcp_flow_rpc_http);
+%% transports.tcp: enabled, ip, port, token, max_connections,
+%% idle_timeout_ms, rate_limit, tls, max_unauthenticated, auth_timeout_ms,
+%% max_in_flight and max_agents (erlmcp_flow_rpc_tcp).
 is_http_transport(M) ->
-    is_transport(M, [request_timeout_ms]).
+    is_transport(M, [request_timeout_ms, max_waiting, max_waiting_per_client, allowed_origins]).
 is_tcp_transport(M) ->
-    is_transport(M, []).
+    is_transport(M, [request_timeout_ms, max_unauthenticated, auth_timeout_ms, max_in_flight,
+                     max_agents]).
 is_transport(M, Extra) when is_map(M) ->
-    Checks = maps:with([enabled, ip, port, token, max_connections, idle_timeout_ms | Extra],
+    Checks = maps:with([enabled, ip, port, token, max_connections, idle_timeout_ms, rate_limit, tls
+                        | Extra],
                        #{enabled => fun is_boolean/1, ip => fun is_ip/1,
                          port => fun is_port_number/1, token => fun is_optional_secret/1,
                          max_connections => int(1, 65536), request_timeout_ms => ms(integer),
-                         idle_timeout_ms => ms(integer)}),
+                         idle_timeout_ms => ms(integer),
+                         max_waiting => int(1, 65536), max_waiting_per_client => int(1, 65536),
+                         rate_limit => fun is_rate_limit/1,
+                         allowed_origins => fun is_origin_list/1,
+                         tls => fun is_tls/1,
+                         max_unauthenticated => int(1, 65536), auth_timeout_ms => ms(integer),
+                         max_in_flight => int(1, 65536), max_agents => int(1, ?MAX_COUNT)}),
     maps:fold(fun(K, V, Ok) ->
                       Ok andalso case Checks of
                                      #{K := Check} -> Check(V);
@@ -406,6 +425,30 @@ is_transport(M, Extra) when is_map(M) ->
               end, true, M);
 is_transport(_, _) ->
     false.
+is_rate_limit(infinity) -> true;
+is_rate_limit(V) -> is_integer(V) andalso V >= 1 andalso V =< 100000000.
+is_origin_list(L) when is_list(L) ->
+    lists:all(fun(O) -> is_binary(O) andalso O =/= <<>> andalso byte_size(O) =< 1024 end, L);
+is_origin_list(_) -> false.
+%% A listener's tls setting (translated by erlmcp_flow_tls): certfile and
+%% keyfile, and cacertfile, client_certs (none | optional | required: a
+%% cacertfile then) and versions (tlsv1.3 and tlsv1.2).
+is_tls(undefined) ->
+    true;
+is_tls(#{certfile := C, keyfile := K} = Tls) ->
+    Known = [certfile, keyfile, cacertfile, client_certs, versions],
+    Certs = maps:get(client_certs, Tls, none),
+    Versions = maps:get(versions, Tls, ['tlsv1.3', 'tlsv1.2']),
+    is_path(C) andalso is_path(K)
+        andalso maps:keys(maps:without(Known, Tls)) =:= []
+        andalso is_path(maps:get(cacertfile, Tls, "x"))
+        andalso lists:member(Certs, [none, optional, required])
+        andalso (Certs =:= none orelse maps:is_key(cacertfile, Tls))
+        andalso is_list(Versions) andalso Versions =/= []
+        andalso lists:all(fun(V) -> lists:member(V, ['tlsv1.3', 'tlsv1.2']) end, Versions);
+is_tls(_) ->
+    false.
+is_path(P) -> (is_binary(P) andalso P =/= <<>>) orelse (io_lib:char_list(P) andalso P =/= []).
 is_sample_above(infinity) -> true;
 is_sample_above(V) -> is_integer(V) andalso V >= 1 andalso V =< ?MAX_COUNT.
 is_optional_path(undefined) -> true;

@@ -295,3 +295,33 @@ raw_request(Port, Bytes) ->
     {ok, {http_response, _, Status, _}} = gen_tcp:recv(S, 0, 2000),
     gen_tcp:close(S),
     {Status, ok}.
+
+%% Past metrics.max_agent_series agents the exposition lists the busiest and
+%% adds the others up: its size does not grow with the agents.
+bounded_series_test() ->
+    with_env([{metrics, #{max_agent_series => 10}}],
+             fun() ->
+                     Agents = [begin
+                                   Id = <<"a-", (integer_to_binary(I))/binary>>,
+                                   ok = erlmcp_flow:register_agent(Id, erlmcp_flow_test_util:echo_agent(),
+                                                                   [<<"c">>]),
+                                   Id
+                               end || I <- lists:seq(1, 300)],
+                     %% one agent busier than the others: it is listed
+                     Sticky = fun() -> erlmcp_flow:execute(#{}, #{capabilities => [<<"c">>],
+                                                                  strategy => consistent_hash,
+                                                                  sticky_key => <<"k">>})
+                              end,
+                     {ok, _, #{agent_id := Busy}} = Sticky(),
+                     [{ok, _, #{agent_id := Busy}} = Sticky() || _ <- lists:seq(1, 4)],
+                     {ok, _, Samples} = erlmcp_flow_test_prometheus:parse(
+                                          iolist_to_binary(erlmcp_flow_prometheus:render())),
+                     Tasks = [{maps:get(<<"agent">>, L), V}
+                              || {<<"erlmcp_flow_agent_tasks_total">>, L, V} <- Samples],
+                     ?assertEqual(10, length(Tasks)),
+                     ?assert(lists:member({Busy, 5}, [{A, round(V)} || {A, V} <- Tasks])),
+                     One = fun(Name) -> [V] = [V || {N, _, V} <- Samples, N =:= Name], round(V) end,
+                     ?assertEqual(290, One(<<"erlmcp_flow_unlisted_agents">>)),
+                     ?assertEqual(0, One(<<"erlmcp_flow_unlisted_agents_tasks_total">>)),
+                     [ok = erlmcp_flow:unregister_agent(Id) || Id <- Agents]
+             end).

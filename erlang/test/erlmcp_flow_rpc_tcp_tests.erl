@@ -164,8 +164,10 @@ tcp_agent_protocol_test() ->
                            end,
                 ?assertMatch(#{<<"error">> := #{<<"code">> := -32602}},
                              Register(1, #{agent_id => <<"proto">>})),
-                ?assertMatch(#{<<"error">> := #{<<"message">> := <<"Registration refused">>,
-                                                <<"data">> := #{<<"reason">> := <<"already_registered">>}}},
+                %% a local agent's id: never from the network
+                ?assertMatch(#{<<"error">> := #{<<"code">> := -32013,
+                                                <<"message">> := <<"Registration refused">>,
+                                                <<"data">> := #{<<"reason">> := <<"{reserved,<<\"echo-1\">>}">>}}},
                              Register(2, #{agent_id => <<"echo-1">>, capabilities => [<<"p">>]})),
                 %% CRLF line ends are accepted
                 {ok, Reg} = erlmcp_flow_jsonrpc:encode({request, 3, <<"flow.register_agent">>,

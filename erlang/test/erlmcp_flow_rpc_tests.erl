@@ -68,8 +68,10 @@ refused() ->
     Bad(h(<<"flow.explain">>, #{<<"capabilities">> => [1]})),
     ?assertMatch({error, -32008, _, #{reason := _}}, h(<<"flow.register_agent">>, #{})),
     ?assertMatch({error, -32601, _, _}, h(<<"flow.nope">>, #{})),
-    %% params that are not an object count as none: any agent, an empty task
-    ?assertMatch({ok, #{agent_id := <<"echo-1">>, result := #{}}}, h(<<"flow.route_task">>, [1])).
+    %% params by position: no method takes them
+    [?assertMatch({error, -32602, _, #{reason := <<"params must be an object (by name)">>}},
+                  h(M, [1, 2])) || M <- [<<"flow.route_task">>, <<"flow.agents">>, <<"flow.explain">>,
+                                          <<"flow.trace">>, <<"flow.unregister_agent">>]].
 
 routing_errors() ->
     ?assertMatch({error, -32001, <<"No agents available">>, #{reason := <<"no_agents_available">>}},
@@ -106,6 +108,16 @@ methods() ->
     ?assertMatch({error, -32602, _, _}, h(<<"flow.trace">>, #{<<"trace_id">> => <<"nothex">>})),
     ?assertMatch({ok, #{agents := 1}}, h(<<"flow.stats">>, #{})),
     ok = erlmcp_flow:register_agent(<<"gone">>, echo_agent(), [<<"x">>]),
+    %% an agent of the node itself: not from HTTP or MCP, nor from a TCP
+    %% connection that did not register it; from the host of a stdio node, yes
+    [?assertMatch({error, -32013, <<"Not this connection's agent">>, _},
+                  erlmcp_flow_rpc:handle(<<"flow.unregister_agent">>, #{<<"agent_id">> => <<"gone">>}, Ctx))
+     || Ctx <- [#{transport => http}, #{transport => mcp}, #{transport => tcp, conn => self()}]],
+    ?assertMatch({ok, _}, erlmcp_flow:find_agent(<<"gone">>)),
+    ?assertEqual({ok, #{unregistered => true}},
+                 erlmcp_flow_rpc:handle(<<"flow.unregister_agent">>, #{<<"agent_id">> => <<"gone">>},
+                                        #{transport => stdio})),
+    %% unknown: as if unregistered
     ?assertEqual({ok, #{unregistered => true}}, h(<<"flow.unregister_agent">>, #{<<"agent_id">> => <<"gone">>})).
 
 %% A node whose application is not running answers every method with

@@ -6,7 +6,7 @@
 -include_lib("eunit/include/eunit.hrl").
 
 -export([capture_log/1, log/2, restart_registry/1, start_optional/2]).
--export([run_exe/2, repo_root/1, closed_port/0, require/3, opted_out/1]).
+-export([run_exe/2, repo_root/1, closed_port/0, require/3, opted_out/1, tls_files/1]).
 
 -export([start/0, stop/1, stop_drained/1, unregister_all/0, with_env/2, sync_registry/0, wait_until/1, wait_until/2, assert_clean/0,
          echo_agent/0, raw_agent/1, remote_pid/0]).
@@ -223,3 +223,34 @@ closed_port() ->
     {ok, Port} = inet:port(L),
     ok = gen_tcp:close(L),
     Port.
+
+%% A certificate authority of each side and their certificates, as PEM files
+%% in `Dir': the server's (names localhost and 127.0.0.1) and a client's.
+%% `server_cacerts' is what the server trusts (the client's CA),
+%% `client_cacerts' what the client trusts (the server's CA).
+tls_files(Dir) ->
+    ok = filelib:ensure_path(Dir),
+    San = {'Extension', {2, 5, 29, 17}, false, [{dNSName, "localhost"}, {iPAddress, [127, 0, 0, 1]}]},
+    Key = [{key, {namedCurve, secp256r1}}, {digest, sha256}],
+    #{server_config := Server, client_config := Client} =
+        public_key:pkix_test_data(#{server_chain => #{root => Key, intermediates => [],
+                                                      peer => [{extensions, [San]} | Key]},
+                                    client_chain => #{root => Key, intermediates => [], peer => Key}}),
+    Write = fun(Name, Entries) ->
+                    File = filename:join(Dir, Name),
+                    ok = file:write_file(File, public_key:pem_encode(Entries)),
+                    File
+            end,
+    Files = fun(Side, Config) ->
+                    KeyEntry = case proplists:get_value(key, Config) of
+                                   {KeyType, Der} when is_binary(Der) -> {KeyType, Der, not_encrypted};
+                                   Record -> public_key:pem_entry_encode(element(1, Record), Record)
+                               end,
+                    #{cert => Write(Side ++ "_cert.pem", [{'Certificate', proplists:get_value(cert, Config),
+                                                           not_encrypted}]),
+                      key => Write(Side ++ "_key.pem", [KeyEntry]),
+                      cacerts => Write(Side ++ "_cacerts.pem",
+                                       [{'Certificate', C, not_encrypted}
+                                        || C <- proplists:get_value(cacerts, Config)])}
+            end,
+    #{server => Files("server", Server), client => Files("client", Client)}.

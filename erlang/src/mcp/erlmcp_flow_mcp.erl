@@ -19,6 +19,12 @@
 %% The configuration section `mcp' starts servers at boot:
 %% `#{servers => [#{id => Id, command => [Exe | Args]} | #{id => Id, url =>
 %% Url}]}' (each map may also hold `capabilities' and `timeout_ms').
+%%
+%% A URL may be `https': the server's certificate is verified against the
+%% system's CA certificates (or the spec's `tls => #{cacertfile => Path}'),
+%% and its name against the URL's host; `tls' may also give `verify =>
+%% verify_none' (not advised) and `certfile' with `keyfile' for a client
+%% certificate.
 -module(erlmcp_flow_mcp).
 -behaviour(gen_server).
 
@@ -38,7 +44,10 @@
 -define(SWEEP_MS, 60000).
 -define(SESSION_IDLE_MS, 3600000).
 
--type spec() :: #{command := [string() | binary(), ...]} | #{url := string() | binary()}.
+-type spec() :: #{command := [string() | binary(), ...]}
+              | #{url := string() | binary(),
+                  tls => #{cacertfile => file:filename_all(), verify => verify_peer | verify_none,
+                           certfile => file:filename_all(), keyfile => file:filename_all()}}.
 -export_type([spec/0]).
 
 -spec start_link() -> {ok, pid()} | {error, term()}.
@@ -86,12 +95,32 @@ check(Id, Spec, Opts) ->
             end;
         {#{url := Url}, _} ->
             case is_text(Url) andalso uri_string:parse(text(Url)) of
-                #{scheme := "http", host := _} -> check_opts(Id, Opts);
+                #{scheme := Scheme, host := [_ | _]} when Scheme =:= "http"; Scheme =:= "https" ->
+                    case client_tls(maps:get(tls, Spec, #{})) of
+                        true -> check_opts(Id, Opts);
+                        false -> {error, {badarg, {tls, maps:get(tls, Spec)}}}
+                    end;
                 _ -> {error, {badarg, {url, Url}}}
             end;
         _ ->
             {error, {badarg, {spec, Spec}}}
     end.
+
+%% The client side of an https URL: `cacertfile' (default: the system's
+%% CA certificates), `verify' (`verify_peer', the default, or
+%% `verify_none'), and `certfile' with `keyfile' for a client certificate.
+client_tls(Tls) when is_map(Tls) ->
+    Path = fun(K) -> case maps:get(K, Tls, undefined) of
+                         undefined -> true;
+                         P -> is_text(P) andalso P =/= "" andalso P =/= <<>>
+                     end
+           end,
+    maps:keys(maps:without([cacertfile, verify, certfile, keyfile], Tls)) =:= []
+        andalso lists:all(Path, [cacertfile, certfile, keyfile])
+        andalso lists:member(maps:get(verify, Tls, verify_peer), [verify_peer, verify_none])
+        andalso (maps:is_key(certfile, Tls) =:= maps:is_key(keyfile, Tls));
+client_tls(_) ->
+    false.
 
 check_opts(Id, Opts) ->
     Caps = maps:get(capabilities, Opts, []),
@@ -214,7 +243,7 @@ handle_info(_Info, State) ->
     {noreply, State}.
 
 boot(#{id := Id} = S) ->
-    Spec = maps:with([command, url], S),
+    Spec = maps:with([command, url, tls], S),
     case register_server(Id, Spec, maps:with([capabilities, timeout_ms], S)) of
         ok -> ok;
         {error, Reason} -> logger:error("erlmcp_flow: MCP server ~ts did not start: ~0p", [Id, Reason])

@@ -40,7 +40,10 @@
                 waiters = [] :: [gen_server:from()],
                 backoff = ?MIN_BACKOFF :: pos_integer(),
                 restarts = 0 :: non_neg_integer(),
-                last_error :: term()}).
+                last_error :: term(),
+                %% Streamable HTTP: this agent's own httpc (its connections
+                %% and their TLS trust are never shared with another server's)
+                httpc :: pid() | undefined}).
 
 -spec start_link(binary(), map(), map()) -> {ok, pid()}.
 start_link(Id, Spec, Opts) ->
@@ -144,8 +147,12 @@ connect(#state{spec = #{command := [Exe | Args]}} = State) ->
                     down({spawn_failed, Why}, State)
             end
     end;
-connect(#state{spec = #{url := _}} = State) ->
+connect(#state{spec = #{url := _}, httpc = undefined} = State) ->
     _ = application:ensure_all_started(inets),
+    %% stand-alone, linked to this process: it goes with the agent
+    {ok, Httpc} = inets:start(httpc, [{profile, erlmcp_flow_mcp_agent}], stand_alone),
+    connect(State#state{httpc = Httpc});
+connect(#state{spec = #{url := _}} = State) ->
     initialize(State#state{session = undefined, phase = initializing}).
 
 find(Exe) ->
@@ -349,13 +356,41 @@ send(Msg, #state{spec = #{url := Url}, session = Session} = State) ->
                        {"mcp-protocol-version", binary_to_list(?VERSION)}
                        | [{"mcp-session-id", binary_to_list(Session)} || is_binary(Session)]],
             {ok, _ReqId} = httpc:request(post, {text(Url), Headers, "application/json", Bin},
-                                         [{timeout, 600000}], [{sync, false}, {body_format, binary}]),
+                                         [{timeout, 600000} | tls(State#state.spec)],
+                                         [{sync, false}, {body_format, binary}],
+                                         State#state.httpc),
             {ok, State};
         {error, Why} ->
             {error, Why, State}
     end;
 send(_Msg, State) ->
     {error, not_connected, State}.
+
+%% httpc's options for an https URL: the server's certificate verified
+%% (against the spec's cacertfile, else the system's CA certificates) and
+%% its name checked against the URL's host; a client certificate if given.
+tls(#{url := Url} = Spec) ->
+    case uri_string:parse(text(Url)) of
+        #{scheme := "https", host := Host} ->
+            Tls = maps:get(tls, Spec, #{}),
+            Verify = case maps:get(verify, Tls, verify_peer) of
+                         verify_none ->
+                             [{verify, verify_none}];
+                         verify_peer ->
+                             [{verify, verify_peer},
+                              {server_name_indication, Host},
+                              {customize_hostname_check,
+                               [{match_fun, public_key:pkix_verify_hostname_match_fun(https)}]}
+                              | case maps:get(cacertfile, Tls, undefined) of
+                                    undefined -> [{cacerts, public_key:cacerts_get()}];
+                                    F -> [{cacertfile, text(F)}]
+                                end]
+                     end,
+            Client = [{K, text(maps:get(K, Tls))} || K <- [certfile, keyfile], maps:is_key(K, Tls)],
+            [{ssl, Verify ++ Client}];
+        _ ->
+            []
+    end.
 
 %% A Streamable HTTP answer: JSON, or an event stream whose `data' lines
 %% carry messages; the session id from the first answer.

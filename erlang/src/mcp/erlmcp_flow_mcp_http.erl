@@ -19,34 +19,21 @@
 -define(MAX_SESSIONS, 10000).
 
 %% `Listener' says where the request came in: `ip', the listener's bind
-%% address.
--spec handle(atom() | binary(), [{binary(), binary()}], binary(), #{ip := term()}) ->
+%% address (and `allowed_origins'), for the Origin rule
+%% (`erlmcp_flow_http_origin'); `permit', asked before a `tools/call' (the
+%% listener's budget of requests waiting on agents: past it -32002).
+-spec handle(atom() | binary(), [{binary(), binary()}], binary(),
+             #{ip := term(), permit => fun(() -> ok | overloaded), atom() => term()}) ->
           {pos_integer(), iodata(), binary()} | {pos_integer(), iodata(), binary(), list()}.
-handle(Method, Headers, Body, #{ip := Ip}) ->
-    case local_origin(Ip, Headers) of
-        true -> serve_method(Method, Headers, Body);
-        false -> {403, "application/json", error_json(null, <<"Forbidden: Host or Origin is not local">>)}
-    end.
-
-%% DNS rebinding: a listener on loopback answers only requests whose Host
-%% (and Origin, when given) name a loopback host, so that a web page from
-%% elsewhere cannot reach it through a name it made resolve to 127.0.0.1.
-local_origin(Ip, Headers) ->
-    case lists:member(Ip, [loopback, {127, 0, 0, 1}, {0, 0, 0, 0, 0, 0, 0, 1}]) of
+handle(Method, Headers, Body, Listener) ->
+    case erlmcp_flow_http_origin:allowed(Listener, Headers) of
         true ->
-            Local = fun(Url) -> lists:member(host(Url), [<<"localhost">>, <<"127.0.0.1">>, <<"[::1]">>, <<"::1">>]) end,
-            Host = proplists:get_value(<<"host">>, Headers),
-            Origin = proplists:get_value(<<"origin">>, Headers),
-            (Host =:= undefined orelse Local(<<"http://", Host/binary>>)) andalso
-                (Origin =:= undefined orelse Local(Origin));
+            put({?MODULE, permit}, maps:get(permit, Listener, fun() -> ok end)),
+            try serve_method(Method, Headers, Body)
+            after erase({?MODULE, permit})
+            end;
         false ->
-            true
-    end.
-
-host(Url) ->
-    case catch uri_string:parse(Url) of
-        #{host := H} when is_binary(H) -> string:lowercase(H);
-        _ -> <<>>
+            {403, "application/json", error_json(null, <<"Forbidden: Host or Origin is not allowed">>)}
     end.
 
 serve_method('GET', _Headers, _Body) ->
@@ -126,6 +113,13 @@ serve(Sid, {batch, Items}) ->
         Js -> {200, "application/json", iolist_to_binary([$[, lists:join($,, Js), $]])}
     end.
 
+item(Sid, {request, Id, <<"tools/call">> = Method, Params}) ->
+    Permit = get({?MODULE, permit}),
+    case Permit() of
+        ok -> erlmcp_flow_jsonrpc:response(Id, run(Sid, Id, Method, Params));
+        overloaded -> erlmcp_flow_jsonrpc:response(Id, {error, -32002, <<"Overloaded">>,
+                                                       #{reason => <<"too many requests wait on agents">>}})
+    end;
 item(Sid, {request, Id, Method, Params}) ->
     erlmcp_flow_jsonrpc:response(Id, run(Sid, Id, Method, Params));
 item(Sid, {notification, <<"notifications/cancelled">>, #{<<"requestId">> := Rid}}) ->

@@ -9,7 +9,9 @@
 %% within `metrics.request_timeout_ms' (5 000) and a kept-alive connection
 %% is closed after `metrics.idle_timeout_ms' (60 000) without one. At the
 %% limit a new connection takes the place of the oldest one waiting for a
-%% request, so idle or slow clients cannot lock scrapes out.
+%% request, so idle or slow clients cannot lock scrapes out. `metrics.tls'
+%% serves it over HTTPS (see `erlmcp_flow_tls'); `metrics.rate_limit' (1 000
+%% requests per second per client address) answers 429 past it.
 %%
 %% If the port cannot be bound, the application does not start, with the
 %% reason `{metrics_http, Ip, Port, Why}'.
@@ -26,12 +28,14 @@
 -spec start_link() -> {ok, pid()} | {error, term()}.
 start_link() ->
     #{ip := Ip, port := Port, max_connections := Max, request_timeout_ms := Request,
-      idle_timeout_ms := Idle} = erlmcp_flow_config:get(metrics),
+      idle_timeout_ms := Idle, rate_limit := Rate, tls := Tls} = erlmcp_flow_config:get(metrics),
     erlmcp_flow_http:start_link(#{name => ?MODULE, tag => metrics_http, ip => Ip, port => Port,
                                   handler => ?MODULE,
+                                  tls => erlmcp_flow_tls:server_opts(Tls),
                                   limits => #{max_connections => Max,
                                               request_timeout_ms => Request,
-                                              idle_timeout_ms => Idle}}).
+                                              idle_timeout_ms => Idle,
+                                              rate_limit => Rate}}).
 
 %% @doc `ok' when the listener is off or its address can be bound now, else
 %% `{error, {metrics_http, Ip, Port, Why}}': the application checks this

@@ -88,7 +88,7 @@ render(Stats, Agents) ->
                     || {N, Phi} <- lists:sort(maps:to_list(maps:get(phi, Stats, #{})))]),
             family(node_suspected, gauge, "1 for a peer node the failure detector suspects.",
                    [{label("node", atom_to_binary(N)), 1} || N <- maps:get(suspected, Stats, [])])],
-    [Node, agent_families(Agents)].
+    [Node, agent_families(Agents, erlmcp_flow_config:get(metrics, max_agent_series))].
 
 %%====================================================================
 %% Internal functions
@@ -104,6 +104,32 @@ decision_latency(Stats) ->
                     {"0.99", decision_p99_us}, {"1", decision_max_us}]],
      sample([Name, "_sum"], [], seconds(G(decision_sum_us))),
      sample([Name, "_count"], [], G(decision_samples))].
+
+%% Per-agent series for `Max' agents at most (the busiest, by tasks
+%% dispatched); the others are added up in the `unlisted_agents' families,
+%% so that the exposition stays bounded whatever number registers.
+agent_families(Agents, Max) when length(Agents) =< Max ->
+    [agent_families(Agents),
+     family(unlisted_agents, gauge, "Agents whose series are left out (metrics.max_agent_series).",
+            [{[], 0}])];
+agent_families(Agents, Max) ->
+    Busiest = lists:sort(fun({_, A}, {_, B}) -> maps:get(dispatched, A, 0) >= maps:get(dispatched, B, 0) end,
+                         Agents),
+    {Listed, Others} = lists:split(Max, Busiest),
+    Sum = fun(F) -> lists:sum([F(S) || {_, S} <- Others]) end,
+    Get = fun(K) -> fun(S) -> maps:get(K, S, 0) end end,
+    [agent_families(lists:keysort(1, Listed)),
+     family(unlisted_agents, gauge, "Agents whose series are left out (metrics.max_agent_series).",
+            [{[], length(Others)}]),
+     family(unlisted_agents_in_flight, gauge, "Tasks in flight on the unlisted agents.",
+            [{[], Sum(Get(in_flight))}]),
+     family(unlisted_agents_tasks_total, counter, "Tasks dispatched to the unlisted agents.",
+            [{[], Sum(Get(dispatched))}]),
+     family(unlisted_agents_failures_total, counter,
+            "Tasks of the unlisted agents that failed, timed out or found the agent dead.",
+            [{[], Sum(fun(S) -> maps:get(failed, S, 0) + maps:get(timed_out, S, 0) + maps:get(down, S, 0) end)}]),
+     family(unlisted_agents_rejected_total, counter, "Tasks the unlisted agents refused as the caller's error.",
+            [{[], Sum(Get(rejected))}])].
 
 %% Each agent's label is rendered once, then shared by its samples.
 agent_families(Agents0) ->

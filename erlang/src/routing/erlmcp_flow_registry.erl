@@ -47,6 +47,7 @@
 -export([mirror/2]).
 -export([unmirror/2]).
 -export([local_agents/0]).
+-export([register_network_agent/4]).
 -export([draining/0]).
 -export([set_draining/0]).
 -export([remote_task/2]).
@@ -76,6 +77,9 @@
 %% {Ref, Node, Caller}: each attempt this node's callers wait for on another
 %% node's agent
 -define(REMOTE_TASKS, erlmcp_flow_remote_tasks).
+%% {Id}: every id a process of this node registered through the API (an
+%% agent, a swarm), never taken from the network
+-define(LOCAL_IDS, erlmcp_flow_local_ids).
 
 -type kind() :: agent | swarm.
 -type agent_opts() :: #{weight => number(), notify_unregister => boolean()}.
@@ -123,6 +127,21 @@ register_agent(AgentId, Pid, Capabilities) ->
 -spec register_agent(erlmcp_flow:agent_id(), pid(), [erlmcp_flow:capability()], agent_opts()) ->
           ok | {error, already_registered | not_started | badarg()}.
 register_agent(AgentId, Pid, Capabilities, Opts) ->
+    local_id(AgentId, register_with(AgentId, Pid, Capabilities, Opts)).
+
+%% @private A registration from the network (a JSON-RPC connection): as
+%% `register_agent/4', but an id a process of this node has registered
+%% through the API (now or before) is refused `{reserved, AgentId}', so
+%% that no client can take a local agent's name, even while it restarts.
+-spec register_network_agent(erlmcp_flow:agent_id(), pid(), [erlmcp_flow:capability()], agent_opts()) ->
+          ok | {error, already_registered | not_started | {reserved, binary()} | badarg()}.
+register_network_agent(AgentId, Pid, Capabilities, Opts) ->
+    case is_binary(AgentId) andalso local_id(AgentId) of
+        true -> {error, {reserved, AgentId}};
+        false -> register_with(AgentId, Pid, Capabilities, Opts)
+    end.
+
+register_with(AgentId, Pid, Capabilities, Opts) ->
     case request_registration(AgentId, Pid, Capabilities, agent, Opts) of
         ok when is_map(Opts), map_get(notify_unregister, Opts) =:= true ->
             call({notify_unregister, AgentId, Pid});
@@ -130,12 +149,24 @@ register_agent(AgentId, Pid, Capabilities, Opts) ->
             Result
     end.
 
+%% The id of a registration made through the API is remembered as local.
+local_id(Id, ok) ->
+    _ = catch ets:insert(?LOCAL_IDS, {Id}),
+    ok;
+local_id(_Id, Result) ->
+    Result.
+
+local_id(Id) ->
+    try ets:member(?LOCAL_IDS, Id)
+    catch error:badarg -> false
+    end.
+
 %% @doc Registers `CoordinatorPid' as the swarm `SwarmId'; the coordinator
 %% answers the agent protocol for the swarm's members.
 -spec register_swarm(erlmcp_flow:agent_id(), pid(), [erlmcp_flow:capability()]) ->
           ok | {error, already_registered | not_started | badarg()}.
 register_swarm(SwarmId, CoordinatorPid, Capabilities) ->
-    request_registration(SwarmId, CoordinatorPid, Capabilities, swarm, #{}).
+    local_id(SwarmId, request_registration(SwarmId, CoordinatorPid, Capabilities, swarm, #{})).
 
 %% @doc Removes an agent or swarm; unknown ids are ignored. Another node's
 %% agent is unregistered by its own node's registry (and so from every
@@ -407,6 +438,7 @@ init([]) ->
             %% many there are
             _ = ets:new(?CAPS, [named_table, protected, ordered_set, {read_concurrency, true}]),
             _ = ets:new(?REMOTE_TASKS, [named_table, public, set, {write_concurrency, true}]),
+            _ = ets:new(?LOCAL_IDS, [named_table, public, set, {write_concurrency, true}]),
             _ = persistent_term:erase(?DRAINING_KEY),
             {ok, Router} = erlmcp_flow_nif:router_new(router_options()),
             persistent_term:put(?ROUTER_KEY, Router),

@@ -50,7 +50,8 @@
                 tags :: {atom(), atom(), atom()} | undefined,
                 parser :: erlmcp_flow_http_parser:parser() | undefined,
                 ctx = #{} :: map(),
-                rate = #{rate_limit => infinity} :: map(),
+                %% the listener's budgets (erlmcp_flow_listener_server:ctx())
+                budgets = #{rate_limit => infinity} :: map(),
                 %% the request timer runs while a request is arriving, the
                 %% idle timer between requests
                 timer :: {request | idle, reference()} | undefined}).
@@ -89,12 +90,12 @@ handle_cast({serve, Socket0}, #state{name = Name, limits = #{request_timeout_ms 
             State = State1#state{socket = Socket, tags = erlmcp_flow_socket:tags(Socket),
                                  ctx = ctx(Name, Socket)},
             case erlmcp_flow_listener_server:enter(Name, ip(State), waiting) of
-                {ok, Rate} ->
+                {ok, Budgets} ->
                     ok = erlmcp_flow_socket:setopts(Socket, [binary, {packet, raw},
                                                              {send_timeout, ?SEND_TIMEOUT},
                                                              {send_timeout_close, true}
                                                              | half_close(Socket)]),
-                    {noreply, next(State#state{rate = Rate})};
+                    {noreply, next(State#state{budgets = Budgets})};
                 full ->
                     respond(State, 503, "text/plain", <<"busy: every connection is serving\n">>,
                             close, []),
@@ -160,7 +161,7 @@ answer(#{method := M, path := P, query := Q, headers := H0, body := B, keep_aliv
     erlmcp_flow_listener_server:busy(Name),
     H = [{<<":query">>, Q} || Q =/= <<>>] ++ H0,
     {Status, Type, Body, Extra} =
-        case erlmcp_flow_listener_server:allow(State#state.rate, ip(State)) of
+        case erlmcp_flow_listener_server:allow(State#state.budgets, ip(State)) of
             true -> handle(Handler, get_for_head(M), P, H, B, Ctx);
             false -> overloaded()
         end,

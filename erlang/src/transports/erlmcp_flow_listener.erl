@@ -42,7 +42,9 @@
 %% `tls' (ssl's server options) makes it a TLS listener. The budgets (see
 %% `erlmcp_flow_listener_server'): `max_unauthenticated', `max_waiting',
 %% `max_waiting_per_client' (each `max_connections' by default) and
-%% `rate_limit' (requests per second per client address; `infinity').
+%% `rate_limit' (requests per second per client address; `infinity'),
+%% `max_in_flight' and `max_in_flight_bytes' (messages served at once over
+%% every connection; `infinity').
 -type opts() :: #{name := atom(),
                   tag := atom(),
                   ip := inet:ip_address() | any | loopback,
@@ -54,7 +56,9 @@
                   max_unauthenticated => pos_integer(),
                   max_waiting => pos_integer(),
                   max_waiting_per_client => pos_integer(),
-                  rate_limit => pos_integer() | infinity}.
+                  rate_limit => pos_integer() | infinity,
+                  max_in_flight => pos_integer(),
+                  max_in_flight_bytes => pos_integer()}.
 
 %% Acceptors waiting in accept/1 at once.
 -define(ACCEPTORS, 4).

@@ -20,7 +20,10 @@
 %% one client address, so that they cannot hold every connection and starve
 %% the listener's other endpoints. Every request counts against a per-client
 %% rate, `rate_limit' requests in a one-second window per client address
-%% (`allow/2', an ETS counter: no call to this process).
+%% (`allow/2', an ETS counter: no call to this process). Messages served at
+%% once over every connection of the listener are bounded too, in number
+%% and bytes (`max_in_flight', `max_in_flight_bytes'; `acquire/2' and
+%% `release/2', atomics: no call either).
 -module(erlmcp_flow_listener_server).
 -behaviour(gen_server).
 
@@ -36,6 +39,9 @@
 -export([permit/2]).
 -export([release/1]).
 -export([allow/2]).
+-export([acquire/2]).
+-export([release/2]).
+-export([in_flight/1]).
 -export([connections/1]).
 -export([probe/1]).
 
@@ -53,8 +59,11 @@
 %% How often the rate windows past are dropped (ms).
 -define(SWEEP_MS, 1000).
 
-%% What a connection is told when it enters: the rate table and its limit.
--type ctx() :: #{rate := ets:tid(), rate_limit := pos_integer() | infinity}.
+%% What a connection is told when it enters: the rate table and its limit,
+%% the budget of messages in flight and its limits.
+-type ctx() :: #{rate := ets:tid(), rate_limit := pos_integer() | infinity,
+                 budget := atomics:atomics_ref(), max_in_flight := pos_integer() | infinity,
+                 max_in_flight_bytes := pos_integer() | infinity}.
 
 -record(conn, {phase :: waiting | busy | unauthenticated,
                since :: integer(),
@@ -69,7 +78,9 @@
                 %% requests waiting on agents: by connection, and by client
                 permits = #{} :: #{pid() => inet:ip_address() | undefined},
                 per_client = #{} :: #{inet:ip_address() | undefined => pos_integer()},
-                rate :: ets:tid()}).
+                rate :: ets:tid(),
+                %% messages in flight over every connection, and their bytes
+                budget :: atomics:atomics_ref()}).
 
 %%====================================================================
 %% API
@@ -145,6 +156,32 @@ allow(#{rate := Tab, rate_limit := Limit}, Ip) ->
     catch error:badarg -> true
     end.
 
+%% @doc One more message of `Bytes' in flight (`ok', counted until
+%% `release/2'), or `overloaded' past the listener's bounds.
+-spec acquire(ctx() | map(), non_neg_integer()) -> ok | overloaded.
+acquire(#{budget := Ref, max_in_flight := MaxN, max_in_flight_bytes := MaxB} = Ctx, Bytes) ->
+    N = atomics:add_get(Ref, 1, 1),
+    B = atomics:add_get(Ref, 2, Bytes),
+    case N =< MaxN andalso B =< MaxB of
+        true -> ok;
+        false -> release(Ctx, Bytes), overloaded
+    end;
+acquire(_, _) ->
+    ok.
+
+%% @doc A message of `Bytes' answered.
+-spec release(ctx() | map(), non_neg_integer()) -> ok.
+release(#{budget := Ref}, Bytes) ->
+    atomics:sub(Ref, 1, 1),
+    atomics:sub(Ref, 2, Bytes);
+release(_, _) ->
+    ok.
+
+%% @doc The messages in flight over the listener `Name' and their bytes.
+-spec in_flight(atom()) -> #{messages := integer(), bytes := integer()}.
+in_flight(Name) ->
+    gen_server:call(Name, in_flight).
+
 -spec connections(atom()) -> non_neg_integer().
 connections(Name) ->
     gen_server:call(Name, connections).
@@ -172,7 +209,8 @@ init(#{ip := Ip, port := Port, tag := Tag} = Opts) ->
             {ok, Bound} = erlmcp_flow_socket:port(Socket),
             Rate = ets:new(rate, [public, set, {write_concurrency, true}]),
             erlang:send_after(?SWEEP_MS, self(), sweep),
-            {ok, #state{socket = Socket, port = Bound, opts = Opts, rate = Rate}};
+            {ok, #state{socket = Socket, port = Bound, opts = Opts, rate = Rate,
+                        budget = atomics:new(2, [{signed, true}])}};
         {error, Reason} ->
             {stop, {Tag, address(Ip), Port, Reason}}
     end.
@@ -185,6 +223,8 @@ handle_call(socket, _From, #state{socket = Socket, opts = Opts} = State) ->
     {reply, {Socket, Opts}, State};
 handle_call(connections, _From, #state{conns = Conns} = State) ->
     {reply, map_size(Conns), State};
+handle_call(in_flight, _From, #state{budget = Ref} = State) ->
+    {reply, #{messages => atomics:get(Ref, 1), bytes => atomics:get(Ref, 2)}, State};
 handle_call({enter, Pid, Ip, unauthenticated}, _From, #state{unauth = N} = State) ->
     Max = opt(max_unauthenticated, State),
     State1 = case N < Max of
@@ -259,8 +299,10 @@ handle_info(_Info, State) ->
 %% Internal functions
 %%====================================================================
 
-ctx(#state{rate = Rate} = State) ->
-    #{rate => Rate, rate_limit => opt(rate_limit, State)}.
+ctx(#state{rate = Rate, budget = Budget} = State) ->
+    #{rate => Rate, rate_limit => opt(rate_limit, State), budget => Budget,
+      max_in_flight => opt(max_in_flight, State),
+      max_in_flight_bytes => opt(max_in_flight_bytes, State)}.
 
 opt(Key, #state{opts = Opts}) ->
     maps:get(Key, Opts, default(Key, Opts)).
@@ -268,7 +310,9 @@ opt(Key, #state{opts = Opts}) ->
 default(max_unauthenticated, #{max_connections := Max}) -> Max;
 default(max_waiting, #{max_connections := Max}) -> Max;
 default(max_waiting_per_client, #{max_connections := Max}) -> Max;
-default(rate_limit, _) -> infinity.
+default(rate_limit, _) -> infinity;
+default(max_in_flight, _) -> infinity;
+default(max_in_flight_bytes, _) -> infinity.
 
 %% Room in the main pool: below the limit, or the place of its oldest
 %% waiting connection.

@@ -22,6 +22,9 @@
 %% own error (`-32602', `-32600') is passed on with its code and message</td></tr>
 %% <tr><td>-32011</td><td>`draining': this node takes no new task (`erlmcp_flow:drain/1');
 %% send it to another node</td></tr>
+%% <tr><td>-32013</td><td>`flow.unregister_agent' of an agent another connection (or
+%% the node itself) registered; `flow.register_agent' of an id a local agent of the
+%% node holds or held (`{reserved, Id}')</td></tr>
 %% <tr><td>-32020</td><td>`{byzantine, no_secret}': a quorum asked of a node without a secret</td></tr>
 %% <tr><td>-32021</td><td>`{insufficient_agents, Have, Need}' (`on_no_quorum => error')</td></tr>
 %% <tr><td>-32022</td><td>`{no_quorum, Votes}' (`on_no_quorum => error')</td></tr>
@@ -33,9 +36,14 @@
 -export([handle/3]).
 -export([error_code/1]).
 
+%% `conn': the TCP connection's process (the pid its agents are registered
+%% under); `permit': asked before a task is routed (HTTP's budget of
+%% requests waiting on agents), `ok' or `overloaded'.
 -type ctx() :: #{transport := http | tcp | stdio | mcp,
                  traceparent => binary(),
-                 tracestate => binary()}.
+                 tracestate => binary(),
+                 conn => pid(),
+                 permit => fun(() -> ok | overloaded)}.
 -export_type([ctx/0]).
 
 -define(STRATEGIES, [round_robin, least_connections, weighted, consistent_hash, p2c_ewma,
@@ -44,6 +52,10 @@
 %% @doc Answers one request: `{ok, Result}' or `{error, Code, Message, Data}'.
 -spec handle(binary(), term(), ctx()) ->
           {ok, term()} | {error, integer(), binary(), term()}.
+handle(Method, Params, _Ctx) when Params =/= undefined, not is_map(Params),
+                                   Method =/= <<"flow.stats">> ->
+    %% by-position params: no method here takes them
+    invalid_params(<<"params must be an object (by name)">>);
 handle(<<"flow.route_task">>, Params, Ctx) ->
     route_task(Params, Ctx);
 handle(<<"flow.agents">>, Params, _Ctx) ->
@@ -70,10 +82,15 @@ handle(<<"flow.trace">>, #{<<"trace_id">> := TraceId}, _Ctx) when is_binary(Trac
     end;
 handle(<<"flow.trace">>, _Params, _Ctx) ->
     invalid_params(<<"flow.trace takes {\"trace_id\": \"<32 hex digits>\"}">>);
-handle(<<"flow.unregister_agent">>, #{<<"agent_id">> := Id}, _Ctx) when is_binary(Id) ->
-    case erlmcp_flow:unregister_agent(Id) of
-        ok -> {ok, #{unregistered => true}};
-        {error, Reason} -> routing_error(Reason)
+handle(<<"flow.unregister_agent">>, #{<<"agent_id">> := Id}, Ctx) when is_binary(Id) ->
+    case owner(Id, Ctx) of
+        ok ->
+            case erlmcp_flow:unregister_agent(Id) of
+                ok -> {ok, #{unregistered => true}};
+                {error, Reason} -> routing_error(Reason)
+            end;
+        {error, _, _, _} = E ->
+            E
     end;
 handle(<<"flow.unregister_agent">>, _Params, _Ctx) ->
     invalid_params(<<"flow.unregister_agent takes {\"agent_id\": \"...\"}">>);
@@ -87,8 +104,35 @@ handle(Method, _Params, _Ctx) ->
     {error, erlmcp_flow_jsonrpc:code(method_not_found), <<"Method not found">>,
      #{method => Method}}.
 
+%% Who may unregister an agent from outside the node: over TCP, the
+%% connection that registered it (and only it); over stdio, the host that
+%% launched the node; over HTTP and MCP, nobody (no request owns an agent).
+%% An unknown id is answered as unregistering it would (ok).
+owner(Id, #{transport := stdio}) ->
+    _ = Id,
+    ok;
+owner(Id, Ctx) ->
+    Conn = maps:get(conn, Ctx, none),
+    case erlmcp_flow:find_agent(Id) of
+        {ok, Conn} -> ok;
+        {error, not_found} -> ok;
+        {ok, _} -> {error, -32013, <<"Not this connection's agent">>,
+                    #{reason => <<"an agent is unregistered only over the connection that "
+                                  "registered it">>}};
+        {error, Reason} -> routing_error(Reason)
+    end.
+
 %% flow.route_task: {"task": {...}, "requirements": {...}}.
 route_task(Params, Ctx) ->
+    case maps:get(permit, Ctx, fun() -> ok end) of
+        Permit when is_function(Permit, 0) ->
+            case Permit() of
+                ok -> route_task_permitted(Params, Ctx);
+                overloaded -> routing_error(overloaded)
+            end
+    end.
+
+route_task_permitted(Params, Ctx) ->
     P = params_map(Params),
     case {maps:get(<<"task">>, P, #{}), requirements(maps:get(<<"requirements">>, P, #{}))} of
         {Task, {ok, Req0}} when is_map(Task) ->
@@ -198,6 +242,8 @@ error_code(execution_timeout) -> erlmcp_flow_jsonrpc:code(request_timeout);
 error_code({rejected, {rpc_error, Code, _}}) when is_integer(Code) -> Code;
 error_code({rejected, _}) -> -32010;
 error_code(draining) -> -32011;
+error_code({reserved, _}) -> -32013;
+error_code({too_many_agents, _}) -> erlmcp_flow_jsonrpc:code(invalid_params);
 error_code({byzantine, no_secret}) -> -32020;
 error_code({insufficient_agents, _, _}) -> -32021;
 error_code({no_quorum, _}) -> -32022;
