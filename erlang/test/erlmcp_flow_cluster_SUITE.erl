@@ -10,7 +10,7 @@
 
 -export([all/0, init_per_suite/1, end_per_suite/1, init_per_testcase/2, end_per_testcase/2]).
 -export([shared_agents/1, remote_death_is_retried/1, partition_and_heal/1,
-         suspended_heartbeats/1, byzantine_quorum/1, rolling_upgrade/1]).
+         suspended_heartbeats/1, byzantine_quorum/1, rolling_upgrade/1, tls_distribution/1]).
 %% run on the peers
 -export([start_agents/2, start_agents/3, agent/2, agent/3, route_many/3, route_one/2, sees/0, started/1,
          start_replayer/0, replayer/1, start_load/3, load_loop/4, stop_load/1]).
@@ -19,7 +19,7 @@
 -define(HEARTBEAT_MS, 200).
 
 all() -> [shared_agents, remote_death_is_retried, partition_and_heal, suspended_heartbeats,
-          byzantine_quorum, rolling_upgrade].
+          byzantine_quorum, rolling_upgrade, tls_distribution].
 
 -define(COOKIE, erlmcp_flow_cluster_suite).
 -define(SECRET, <<"the-cluster-secret-of-the-suite">>).
@@ -374,6 +374,49 @@ new_build(Dir) ->
     Paths = [case P of Ebin -> NewEbin; _ -> P end || P <- build_paths()],
     {Paths, Vsn}.
 
+%% Distributed Erlang over TLS (inet_tls_dist, each node's certificate
+%% verified by the other): three nodes share their agents and route to each
+%% other as over plain TCP; their links are TLS; a node without the
+%% certificates cannot join. (Cover is not attached: this node speaks plain
+%% distribution.)
+tls_distribution(Config) ->
+    Dir = filename:join(?config(priv_dir, Config), "tls_dist"),
+    #{server := #{cert := SC, key := SK, cacerts := SCa},
+      client := #{cert := CC, key := CK, cacerts := CCa}} = erlmcp_flow_test_util:tls_files(Dir),
+    OptFile = filename:join(Dir, "dist.conf"),
+    ok = file:write_file(OptFile, io_lib:format("~p.~n", [[{server, [{certfile, SC}, {keyfile, SK},
+                                                                     {cacertfile, SCa},
+                                                                     {verify, verify_peer},
+                                                                     {fail_if_no_peer_cert, true}]},
+                                                           {client, [{certfile, CC}, {keyfile, CK},
+                                                                     {cacertfile, CCa},
+                                                                     {verify, verify_peer}]}]])),
+    Tls = ["-proto_dist", "inet_tls", "-ssl_dist_optfile", OptFile],
+    Peers = [start_peer(peer:random_name("tls"), build_paths(), [], #{args => Tls, cover => false})
+             || _ <- lists:seq(1, 3)],
+    connect_all(Peers),
+    [ok = peer:call(P, ?MODULE, start_agents, [ids(N, 2), ?CAP]) || {P, N} <- Peers],
+    All = lists:sort(lists:append([ids(N, 2) || {_, N} <- Peers])),
+    [wait_sees(P, All) || {P, _} <- Peers],
+    Nodes = lists:sort([N || {_, N} <- Peers]),
+    [begin
+         Results = peer:call(P, ?MODULE, route_many, [30, #{capabilities => [?CAP]}, #{}]),
+         ?assertEqual(Nodes, lists:usort([Where || {ok, {Where, _}, _} <- Results]))
+     end || {P, _} <- Peers],
+    [{PA, _} | _] = Peers,
+    Protocols = [begin
+                     {ok, Info} = peer:call(PA, net_kernel, node_info, [N]),
+                     element(4, proplists:get_value(address, Info))
+                 end || {_, N} <- tl(Peers)],
+    ct:log("links of the first node: ~p", [Protocols]),
+    ?assertEqual([tls, tls], Protocols),
+    %% a node on plain distribution cannot join them
+    [{PP, PN}] = [start_peer(peer:random_name("plain"), build_paths(), [], #{cover => false})],
+    ?assertNot(peer:call(PP, net_kernel, connect_node, [element(2, hd(Peers))])),
+    [?assertNot(lists:member(PN, peer:call(P, erlang, nodes, []))) || {P, _} <- Peers],
+    [catch peer:stop(P) || {P, _} <- [{PP, PN} | Peers]],
+    ok.
+
 %%--------------------------------------------------------------------
 %% On the peers
 %%--------------------------------------------------------------------
@@ -513,14 +556,19 @@ build_paths() ->
 %% A peer node `Name' (a node name, or the name part of one) running
 %% erlmcp_flow from `Paths'.
 start_peer(Name, Paths, Env) ->
+    start_peer(Name, Paths, Env, #{}).
+
+%% With `args' (more emulator arguments) and `cover' (false: not a cover
+%% node, for peers this node cannot reach by distribution).
+start_peer(Name, Paths, Env, Opts) ->
     Short = hd(string:split(to_list(Name), "@")),
     {ok, Peer, Node} =
         peer:start(#{name => Short, connection => standard_io,
                      args => ["-setcookie", atom_to_list(?COOKIE),
                               "-kernel", "dist_auto_connect", "once",
                               "-kernel", "prevent_overlapping_partitions", "false"
-                              | lists:append([["-pa", P] || P <- Paths])]}),
-    ok = erlmcp_flow_cover_peers:attach(Node, ?COOKIE),
+                              | maps:get(args, Opts, []) ++ lists:append([["-pa", P] || P <- Paths])]}),
+    _ = maps:get(cover, Opts, true) andalso (ok =:= erlmcp_flow_cover_peers:attach(Node, ?COOKIE)),
     ok = peer:call(Peer, logger, set_primary_config, [level, error]),
     ok = peer:call(Peer, application, load, [erlmcp_flow]),
     ok = peer:call(Peer, application, set_env,

@@ -225,12 +225,18 @@ closed_port() ->
     Port.
 
 %% A certificate authority of each side and their certificates, as PEM files
-%% in `Dir': the server's (names localhost and 127.0.0.1) and a client's.
+%% in `Dir': the server's (names localhost, this host's name and 127.0.0.1)
+%% and a client's.
 %% `server_cacerts' is what the server trusts (the client's CA),
 %% `client_cacerts' what the client trusts (the server's CA).
 tls_files(Dir) ->
     ok = filelib:ensure_path(Dir),
-    San = {'Extension', {2, 5, 29, 17}, false, [{dNSName, "localhost"}, {iPAddress, [127, 0, 0, 1]}]},
+    %% the names a client may reach this machine by: localhost, and its own
+    %% host name (distributed Erlang's nodes name their host)
+    {ok, Host} = inet:gethostname(),
+    Names = lists:usort(["localhost", Host, net_adm:localhost()]),
+    San = {'Extension', {2, 5, 29, 17}, false,
+           [{dNSName, N} || N <- Names] ++ [{iPAddress, [127, 0, 0, 1]}]},
     Key = [{key, {namedCurve, secp256r1}}, {digest, sha256}],
     #{server_config := Server, client_config := Client} =
         public_key:pkix_test_data(#{server_chain => #{root => Key, intermediates => [],

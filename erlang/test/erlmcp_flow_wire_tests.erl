@@ -135,6 +135,8 @@ deaf_client() ->
                 %% the deaf ones are gone (5 s after their writes blocked)
                 eventually(fun() -> erlmcp_flow_listener:connections(erlmcp_flow_rpc_tcp) =:= 1 end, 30000),
                 [gen_tcp:close(D) || D <- Deaf],
+                %% nothing of theirs held: their requests' processes gave it back
+                eventually(fun() -> in_flight() =:= #{messages => 0, bytes => 0} end, 30000),
                 ok = gen_tcp:send(Other, route(2)),
                 ?assertMatch(#{<<"id">> := 2}, recv_json(Other)),
                 gen_tcp:close(Other)

@@ -163,8 +163,7 @@ handle_info({Tag, S, _}, #state{socket = S, tags = {_, _, Tag}} = State) ->
     {stop, normal, State};
 handle_info({erlmcp_flow_listener, close}, State) ->
     {stop, normal, State};
-handle_info({reply, Size, Bin}, #state{workers = W, out = Out} = State) ->
-    erlmcp_flow_listener_server:release(State#state.ctx, Size),
+handle_info({reply, _Size, Bin}, #state{workers = W, out = Out} = State) ->
     %% answers that arrive together leave in one write: the first asks for
     %% a flush, which comes after every message already in the mailbox
     Out1 = case Bin of
@@ -334,7 +333,13 @@ serve_line(Decoded, Size, #state{ctx = Ctx, ip = Ip} = State) ->
                 ok ->
                     Conn = self(),
                     %% linked: a request's process goes with its connection
-                    _ = spawn_link(fun() -> serve_requests(Conn, Size, Decoded) end),
+                    %% (killed with it); it gives its bytes back itself, so a
+                    %% connection gone before the answer leaves nothing held
+                    _ = spawn_link(fun() ->
+                                           try serve_requests(Conn, Size, Decoded)
+                                           after erlmcp_flow_listener_server:release(Ctx, Size)
+                                           end
+                                   end),
                     {ok, State#state{workers = State#state.workers + 1}}
             end
     end.
