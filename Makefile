@@ -88,10 +88,13 @@ w3c: build
 	TRACE_CONTEXT_TEST="$(TRACE_CONTEXT_TEST)" PYTHON="$(PYTHON)" rebar3 ct --dir erlang/test --suite erlmcp_flow_w3c_SUITE
 
 ## A long fuzz run (CI runs 4 000 calls): random and targeted terms into
-## every exported function; FUZZ_CALLS sets how many.
+## every exported function; FUZZ_CALLS sets how many. Then the HTTP parser's
+## fuzz target and properties, HTTP_FUZZ_CASES cases each.
 FUZZ_CALLS ?= 200000
+HTTP_FUZZ_CASES ?= 100000
 fuzz: build
 	FUZZ_CALLS=$(FUZZ_CALLS) rebar3 eunit --module=erlmcp_flow_fuzz_tests
+	HTTP_FUZZ_CASES=$(HTTP_FUZZ_CASES) rebar3 eunit --module=erlmcp_flow_http_parser_tests
 
 ## Erlang line coverage of EUnit and Common Test together (the NIF's stub
 ## module excluded: the NIF replaces it); the table ends with the total.
