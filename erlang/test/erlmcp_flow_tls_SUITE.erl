@@ -188,7 +188,7 @@ mcp_over_https_run(Config) ->
         ?assertMatch({error, _}, Untrusted),
         ?assertEqual({error, not_found}, erlmcp_flow:find_agent(<<"untrusted">>)),
         ?assertMatch({error, {badarg, {tls, _}}},
-                     erlmcp_flow_mcp:register_server(<<"bad">>, #{url => Url, tls => #{verify => maybe}}, #{}))
+                     erlmcp_flow_mcp:register_server(<<"bad">>, #{url => Url, tls => #{verify => sometimes}}, #{}))
     after
         {os_pid, Pid} = erlang:port_info(Server, os_pid),
         _ = os:cmd("kill " ++ integer_to_list(Pid)),
