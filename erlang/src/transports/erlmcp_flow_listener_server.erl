@@ -159,15 +159,33 @@ allow(#{rate := Tab, rate_limit := Limit}, Ip) ->
 %% @doc One more message of `Bytes' in flight (`ok', counted until
 %% `release/2'), or `overloaded' past the listener's bounds.
 -spec acquire(ctx() | map(), non_neg_integer()) -> ok | overloaded.
-acquire(#{budget := Ref, max_in_flight := MaxN, max_in_flight_bytes := MaxB} = Ctx, Bytes) ->
-    N = atomics:add_get(Ref, 1, 1),
-    B = atomics:add_get(Ref, 2, Bytes),
-    case N =< MaxN andalso B =< MaxB of
-        true -> ok;
-        false -> release(Ctx, Bytes), overloaded
+acquire(#{budget := Ref, max_in_flight := MaxN, max_in_flight_bytes := MaxB}, Bytes) ->
+    %% Compare-and-swap, so that the counters never read past their bounds
+    %% (an add that is taken back would show a moment of overshoot).
+    case take(Ref, 1, 1, MaxN) of
+        ok ->
+            case take(Ref, 2, Bytes, MaxB) of
+                ok -> ok;
+                overloaded -> atomics:sub(Ref, 1, 1), overloaded
+            end;
+        overloaded ->
+            overloaded
     end;
 acquire(_, _) ->
     ok.
+
+take(Ref, Ix, Amount, infinity) ->
+    atomics:add(Ref, Ix, Amount);
+take(Ref, Ix, Amount, Max) ->
+    take(Ref, Ix, Amount, Max, atomics:get(Ref, Ix)).
+
+take(_Ref, _Ix, Amount, Max, Old) when Old + Amount > Max ->
+    overloaded;
+take(Ref, Ix, Amount, Max, Old) ->
+    case atomics:compare_exchange(Ref, Ix, Old, Old + Amount) of
+        ok -> ok;
+        Now -> take(Ref, Ix, Amount, Max, Now)
+    end.
 
 %% @doc A message of `Bytes' answered.
 -spec release(ctx() | map(), non_neg_integer()) -> ok.
