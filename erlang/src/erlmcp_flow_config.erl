@@ -119,7 +119,11 @@ schema() ->
           [{scope, erlmcp_flow, fun is_atom/1}],
       %% MCP servers started as agents at boot (erlmcp_flow_mcp)
       mcp =>
-          [{servers, [], fun is_mcp_servers/1}],
+          [{servers, [], fun is_mcp_servers/1},
+           %% Streamable HTTP sessions open at most (past it the least
+           %% recently used idle one ends), and per client address
+           {max_sessions, 10000, int(1, 1000000)},
+           {max_sessions_per_client, 1000, int(1, 1000000)}],
       %% the JSON-RPC codec's limits (the transports to come read them too)
       transports =>
           [{http, #{}, fun is_http_transport/1},

@@ -124,7 +124,12 @@ killed_mid_call_restarts(_Config) ->
     _ = os:cmd("kill -9 " ++ integer_to_list(OsPid)),
     Answer = receive {answer, A} -> A after 20000 -> error(no_answer) end,
     ct:log("the call's answer: ~p", [Answer]),
-    ?assertMatch({error, _}, Answer),
+    %% one answer: an error, or (the tool is idempotent, its server stays
+    %% listed while it restarts) the retry's result once it came back
+    case Answer of
+        {error, _} -> ok;
+        {ok, _, #{tried := [#{reason := {agent_error, {server_down, _}}} | _]}} -> ok
+    end,
     receive {answer, Again} -> error({second_answer, Again}) after 500 -> ok end,
     erlmcp_flow_test_util:wait_until(
       fun() ->
@@ -227,7 +232,10 @@ host(Config, Args) ->
     {Status, Out} = erlmcp_flow_test_util:run_exe(?config(python, Config), [Script | Args]),
     ct:log("host.py ~p: exit ~b~n~s", [Args, Status, Out]),
     0 = Status,
-    Last = lists:last(binary:split(string:trim(Out), <<"\n">>, [global])),
+    %% the host's summary: its last line that is a JSON object (servers
+    %% behind may write to standard error too)
+    Last = lists:last([L || L <- binary:split(string:trim(Out), <<"\n">>, [global]),
+                            binary:first(<<L/binary, " ">>) =:= ${]),
     erlmcp_flow_test_json:decode(Last).
 
 conformance(Config, Args) ->

@@ -245,7 +245,7 @@ refused() ->
     ?assertMatch({error, {initialize_refused, _}}, erlmcp_flow_mcp_agent:await_ready(Pid, 5000)),
     Ref = make_ref(),
     Pid ! {execute_task, #{tool => <<"echo">>}, #{}, self(), Ref},
-    receive {task_result, Ref, R} -> ?assertMatch({error, {server_not_ready, _}}, R)
+    receive {task_result, Ref, R} -> ?assertMatch({error, {server_restarting, <<"direct">>}}, R)
     after 5000 -> error(no_answer)
     end,
     ?assertMatch(#{status := restarting, restarts := 1, os_pid := undefined}, erlmcp_flow_mcp_agent:info(Pid)),
@@ -311,14 +311,16 @@ not_started_and_sweep_test() ->
     ?assertEqual({error, not_started}, erlmcp_flow_mcp:register_server(<<"x">>, #{url => "http://127.0.0.1:1/"}, #{})),
     ?assertEqual({error, not_started}, erlmcp_flow_mcp:declare_tool(<<"t">>, #{})),
     ?assertEqual([], erlmcp_flow_mcp:servers()),
-    ?assertEqual(#{<<"name">> => <<"t">>, <<"inputSchema">> => #{<<"type">> => <<"object">>}},
+    ?assertMatch(#{<<"name">> := <<"t">>, <<"inputSchema">> := #{<<"type">> := <<"object">>},
+                   <<"description">> := <<"The tool t", _/binary>>},
                  erlmcp_flow_mcp_tools:tool(<<"t">>)),
     erlmcp_flow_test_util:with_env(
       [],
       fun() ->
               Now = erlang:monotonic_time(millisecond),
-              ets:insert(erlmcp_flow_mcp_sessions, [{<<"old">>, <<"2025-11-25">>, Now - 3600001},
-                                                   {<<"fresh">>, <<"2025-11-25">>, Now}]),
+              Info = #{level => undefined, caps => #{}},
+              ets:insert(erlmcp_flow_mcp_sessions, [{<<"old">>, <<"2025-11-25">>, Now - 3600001, undefined, Info},
+                                                   {<<"fresh">>, <<"2025-11-25">>, Now, undefined, Info}]),
               erlmcp_flow_mcp ! sweep,
               ?assertEqual({error, unknown_call}, gen_server:call(erlmcp_flow_mcp, nonsense)),
               gen_server:cast(erlmcp_flow_mcp, nonsense),

@@ -33,7 +33,8 @@ mcp_http_test_() ->
       {"tools/list: agents' tools with their schemas and the router's, paginated", fun tools_list/0},
       {"tools/call routes to an agent, with _meta and traceparent; failures are isError", fun tools_call/0},
       {"notifications/cancelled stops a call and cancels the agent's task", fun cancelled/0},
-      {"sessions are bounded: past 10 000 open, initialize is 503", fun bounded/0},
+      {timeout, 60, {"sessions are bounded per client and per node: the least recently used idle "
+                     "one ends, 503 only when all are busy", fun bounded/0}},
       {timeout, 60, {"an MCP server over a port as an agent (a Python one, standard library only)",
                      fun port_server/0}},
       {timeout, 60, {"an MCP server over Streamable HTTP as an agent: this node's own /mcp",
@@ -62,7 +63,10 @@ note(Method, Params) ->
     B.
 
 session() ->
-    {200, H, _} = post(msg(1, <<"initialize">>, #{protocolVersion => <<"2025-11-25">>,
+    session(<<"2025-11-25">>).
+
+session(Version) ->
+    {200, H, _} = post(msg(1, <<"initialize">>, #{protocolVersion => Version,
                                                    capabilities => #{},
                                                    clientInfo => #{name => <<"t">>, version => <<"1">>}})),
     Sid = proplists:get_value("mcp-session-id", H),
@@ -95,7 +99,7 @@ sessions() ->
     ?assertMatch({400, _, _}, post(msg(2, <<"tools/list">>, #{}), [{"mcp-session-id", Sid},
                                                                    {"mcp-protocol-version", "2001-01-01"}])),
     ?assertMatch(#{<<"result">> := #{}}, call(Sid, 2, <<"ping">>, #{})),
-    ?assertMatch(#{<<"error">> := #{<<"code">> := -32601}}, call(Sid, 3, <<"resources/list">>, #{})),
+    ?assertMatch(#{<<"error">> := #{<<"code">> := -32601}}, call(Sid, 3, <<"prompts/list">>, #{})),
     {ok, {{_, 405, _}, _, _}} = httpc:request(get, {url(), [{"mcp-session-id", Sid}]}, [], []),
     {ok, {{_, 200, _}, _, _}} = httpc:request(delete, {url(), [{"mcp-session-id", Sid}]}, [], []),
     ?assertMatch({404, _, _}, post(msg(4, <<"ping">>, #{}), [{"mcp-session-id", Sid}])),
@@ -197,18 +201,41 @@ cancelled() ->
     ok = erlmcp_flow:unregister_agent(<<"sleeper">>).
 
 bounded() ->
-    Open = erlmcp_flow_mcp_http:sessions(),
-    Fake = [{<<"fake-", (integer_to_binary(I))/binary>>, <<"2025-11-25">>, erlang:monotonic_time(millisecond)}
-            || I <- lists:seq(1, 10000 - Open)],
-    ets:insert(erlmcp_flow_mcp_sessions, Fake),
+    Tab = erlmcp_flow_mcp_sessions,
+    Now = erlang:monotonic_time(millisecond),
+    Row = fun(I, Client) -> {<<"fake-", (integer_to_binary(I))/binary>>, <<"2025-11-25">>,
+                             Now - 100000 + I, Client, #{level => undefined, caps => #{}}}
+          end,
+    Init = fun() -> post(msg(1, <<"initialize">>, #{protocolVersion => <<"2025-11-25">>})) end,
+    Clean = fun() -> ets:select_delete(Tab, [{{'$1', '_', '_', '_', '_'}, [{is_binary, '$1'}], [true]}]),
+                     ets:match_delete(Tab, {{'_', 1}, '_'})
+            end,
+    %% a client at its own bound (1 000 sessions): its least recently used
+    %% idle session ends, and it gets in
+    ets:insert(Tab, [Row(I, {127, 0, 0, 1}) || I <- lists:seq(1, 1000)]),
+    ?assertMatch({200, _, _}, Init()),
+    ?assertEqual([], ets:lookup(Tab, <<"fake-1">>)),
+    ?assertMatch([_], ets:lookup(Tab, <<"fake-2">>)),
+    Clean(),
+    %% the node at its bound (10 000), the sessions of another client: the
+    %% least recently used one with nothing in flight ends
+    ets:insert(Tab, [Row(I, {10, 0, 0, 1}) || I <- lists:seq(1, 10000)]),
+    ets:insert(Tab, {{<<"fake-1">>, 1}, self()}),
+    ?assertMatch({200, _, _}, Init()),
+    ?assertMatch([_], ets:lookup(Tab, <<"fake-1">>)),
+    ?assertEqual([], ets:lookup(Tab, <<"fake-2">>)),
+    ?assertEqual(10000, erlmcp_flow_mcp_http:sessions()),
+    %% every session busy: none can end, 503
+    ets:insert(Tab, [{{Sid, 1}, self()} || Sid <- ets:select(Tab, [{{'$1', '_', '_', '_', '_'},
+                                                                  [{is_binary, '$1'}], ['$1']}])]),
     try
-        {503, _, Body} = post(msg(1, <<"initialize">>, #{protocolVersion => <<"2025-11-25">>})),
+        {503, _, Body} = Init(),
         ?assertMatch(#{<<"error">> := #{<<"message">> := <<"Too many MCP sessions", _/binary>>}},
                      erlmcp_flow_test_json:decode(Body))
     after
-        [ets:delete(erlmcp_flow_mcp_sessions, Sid) || {Sid, _, _} <- Fake]
+        Clean()
     end,
-    ?assertMatch({200, _, _}, post(msg(1, <<"initialize">>, #{protocolVersion => <<"2025-11-25">>}))).
+    ?assertMatch({200, _, _}, Init()).
 
 python_server() ->
     Script = filename:join(erlmcp_flow_test_util:repo_root("tests/mcp/conformance_tools.py"),
@@ -269,7 +296,11 @@ register_errors() ->
     ?assertEqual([], [S || #{id := <<"x">>} = S <- erlmcp_flow_mcp:servers()]).
 
 edges() ->
-    Sid = session(),
+    %% batches: refused from 2025-06-18 on
+    Sid0 = session(),
+    {400, _, B0} = post(iolist_to_binary([$[, msg(10, <<"ping">>, #{}), $]]), [{"mcp-session-id", Sid0}]),
+    ?assertMatch(#{<<"id">> := null, <<"error">> := #{<<"code">> := -32600}}, erlmcp_flow_test_json:decode(B0)),
+    Sid = session(<<"2025-03-26">>),
     H = [{"mcp-session-id", Sid}],
     %% a batch: requests answered in a list, notifications and responses not,
     %% an invalid item answered with its error

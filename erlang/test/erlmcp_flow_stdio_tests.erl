@@ -59,7 +59,8 @@ in_vm_test_() ->
              erlmcp_flow_test_util:stop(Apps)
      end,
      [{"JSON-RPC: answers, notifications, errors, long lines, end of input", fun jsonrpc_in_vm/0},
-      {"MCP: lifecycle, tools, cancellation, list_changed, end of input", {timeout, 30, fun mcp_in_vm/0}}]}.
+      {"MCP: lifecycle, tools, cancellation, list_changed, end of input", {timeout, 30, fun mcp_in_vm/0}},
+      {"MCP 2025-03-26: batches answered, later fields trimmed", {timeout, 30, fun mcp_2025_03_26_in_vm/0}}]}.
 
 %% A loop under test: `Mod:serve({sink, self()}, Max)' in a process of its
 %% own; lines go to it as a port would send them.
@@ -132,7 +133,8 @@ mcp_in_vm() ->
     line(L, <<"{oops">>),
     ?assertMatch(#{<<"error">> := #{<<"code">> := -32700}}, stdout()),
     line(L, <<"[{\"jsonrpc\":\"2.0\",\"method\":\"ping\",\"id\":7},{\"jsonrpc\":\"2.0\",\"result\":1,\"id\":9}]">>),
-    ?assertMatch(#{<<"id">> := 7}, stdout()),
+    %% (batches are gone from MCP 2025-06-18 on)
+    ?assertMatch(#{<<"id">> := null, <<"error">> := #{<<"code">> := -32600}}, stdout()),
     %% an empty line, a cancellation of nothing, a stray message: nothing said
     line(L, <<>>),
     Note(<<"notifications/cancelled">>, #{requestId => 999}),
@@ -144,8 +146,33 @@ mcp_in_vm() ->
     line(L, binary:copy(<<" ">>, 60000)),
     ?assertMatch(#{<<"error">> := #{<<"code">> := -32012, <<"data">> := #{<<"maxSize">> := 100000}}},
                  stdout()),
+    %% a request past the limit: answered with its id (read from the
+    %% line's start), the rest of the line dropped as it came
+    Pid ! {Io, {data, {noeol, <<"{\"jsonrpc\":\"2.0\",\"id\":77,\"method\":\"tools/call\","
+                                "\"params\":{\"name\":\"add\",\"arguments\":{\"x\":\"">>}}},
+    [Pid ! {Io, {data, {noeol, binary:copy(<<"a">>, 50000)}}} || _ <- lists:seq(1, 10)],
+    line(L, <<"\"}}}">>),
+    ?assertMatch(#{<<"id">> := 77, <<"error">> := #{<<"code">> := -32012,
+                                                    <<"data">> := #{<<"size">> := Size}}}
+                   when Size > 500000, stdout()),
     ?assertEqual(0, eof(L)),
     ok = erlmcp_flow:unregister_agent(<<"adder">>).
+
+%% An MCP session under 2025-03-26 over stdio: batches answered; a result
+%% of a later version's shape is trimmed (no structuredContent).
+mcp_2025_03_26_in_vm() ->
+    L = start_loop(erlmcp_flow_mcp_stdio, 100000),
+    {ok, B} = erlmcp_flow_jsonrpc:encode({request, 1, <<"initialize">>, #{protocolVersion => <<"2025-03-26">>}}),
+    line(L, B),
+    ?assertMatch(#{<<"result">> := #{<<"protocolVersion">> := <<"2025-03-26">>}}, stdout()),
+    line(L, <<"[{\"jsonrpc\":\"2.0\",\"method\":\"ping\",\"id\":7}]">>),
+    ?assertMatch([#{<<"id">> := 7, <<"result">> := #{}}], stdout()),
+    {ok, C} = erlmcp_flow_jsonrpc:encode({request, 8, <<"tools/call">>,
+                                          #{name => <<"flow_stats">>, arguments => #{}}}),
+    line(L, C),
+    #{<<"id">> := 8, <<"result">> := R} = stdout(),
+    ?assertNot(is_map_key(<<"structuredContent">>, R)),
+    ?assertEqual(0, eof(L)).
 
 sleeper() ->
     receive

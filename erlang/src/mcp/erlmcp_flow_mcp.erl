@@ -34,6 +34,7 @@
 -export([servers/0]).
 -export([declare_tool/2]).
 -export([await_configured/1]).
+-export([set_log_level/1]).
 
 -export([init/1]).
 -export([handle_call/3]).
@@ -183,6 +184,23 @@ await_configured(Ids, Deadline) ->
             end
     end.
 
+%% @doc Asks every MCP server behind that declared the `logging' capability
+%% to send log messages at `Level' and above (`logging/setLevel'); the MCP
+%% fronts call it with the most verbose level a session asked for.
+-spec set_log_level(binary() | undefined) -> ok.
+set_log_level(undefined) ->
+    ok;
+set_log_level(Level) ->
+    [Pid ! {set_log_level, Level} || #{pid := Pid} <- agents()],
+    ok.
+
+agents() ->
+    case whereis(erlmcp_flow_mcp_agent_sup) of
+        undefined -> [];
+        _ -> [#{pid => Pid} || {_, Pid, _, _} <- supervisor:which_children(erlmcp_flow_mcp_agent_sup),
+                               is_pid(Pid)]
+    end.
+
 %% @doc Declares the MCP description of the tool `Name' (its
 %% `inputSchema', `description', `annotations', ...) for `tools/list'; an
 %% agent serves it by holding the capability `tool:NAME'.
@@ -236,7 +254,7 @@ handle_info(sweep, State) ->
     %% sessions idle for an hour end
     Old = erlang:monotonic_time(millisecond) - ?SESSION_IDLE_MS,
     ets:select_delete(erlmcp_flow_mcp_sessions,
-                      [{{'$1', '_', '$2'}, [{is_binary, '$1'}, {'<', '$2', Old}], [true]}]),
+                      [{{'$1', '_', '$2', '_', '_'}, [{is_binary, '$1'}, {'<', '$2', Old}], [true]}]),
     erlang:send_after(?SWEEP_MS, self(), sweep),
     {noreply, State};
 handle_info(_Info, State) ->

@@ -3,7 +3,26 @@
 %% port (newline-delimited JSON-RPC on the server's standard input and
 %% output) or its Streamable HTTP endpoint, the handshake, the tool list,
 %% the agent's registration, tasks as `tools/call', cancellation, and the
-%% server's restarts with backoff.
+%% server's restarts with backoff (its agent stays registered meanwhile, so
+%% its tools stay listed; a task that comes while it is down fails at once
+%% with `{server_restarting, Id}', retried elsewhere when the tool is
+%% idempotent).
+%%
+%% Relaying: a task from an MCP session (`#{mcp := #{relay := {Pid, Ref},
+%% progress_token := Token}}') gives the server a progress token of its own
+%% (the call's JSON-RPC id) when the caller gave one; the server's progress
+%% for it goes to `Pid' as `{mcp_relay, Ref, {notification,
+%% <<"notifications/progress">>, Params}}' with the caller's token. The
+%% server's log messages and its requests to its client (sampling,
+%% elicitation, roots; as `{mcp_relay, Ref, {request, self(), ServerId,
+%% Method, Params}}', answered by `{mcp_client_answer, ServerId, Outcome}')
+%% go to the session of the call they came with: over Streamable HTTP the
+%% call whose response stream carried them; over stdio, where the protocol
+%% does not say, the latest call in flight with a session. With no session
+%% to ask, the server's request gets -32601 (`roots/list' an empty list:
+%% servers ask for roots as they start, outside any call). A level set by `{set_log_level,
+%% Level}' is passed on as `logging/setLevel' to a server declaring
+%% `logging'.
 -module(erlmcp_flow_mcp_agent).
 -behaviour(gen_server).
 
@@ -43,7 +62,17 @@
                 last_error :: term(),
                 %% Streamable HTTP: this agent's own httpc (its connections
                 %% and their TLS trust are never shared with another server's)
-                httpc :: pid() | undefined}).
+                httpc :: pid() | undefined,
+                %% calls from MCP sessions: JSON-RPC id => where their
+                %% messages go and the caller's progress token
+                relays = #{} :: #{integer() => #{relay := {pid(), reference()}, token := term()}},
+                %% the server's requests passed to a session: its id => session
+                asked = #{} :: #{term() => {pid(), reference()}},
+                %% Streamable HTTP responses arriving: httpc's id => the
+                %% JSON-RPC id they answer, their type and bytes so far
+                streams = #{} :: #{reference() => map()},
+                server_caps = #{} :: map(),
+                log_level :: binary() | undefined}).
 
 -spec start_link(binary(), map(), map()) -> {ok, pid()}.
 start_link(Id, Spec, Opts) ->
@@ -107,14 +136,27 @@ handle_info({Port, {exit_status, Status}}, #state{port = Port} = State) ->
     {noreply, down({exit_status, Status}, State#state{port = undefined})};
 handle_info({'EXIT', Port, Reason}, #state{port = Port} = State) ->
     {noreply, down({port_exit, Reason}, State#state{port = undefined})};
-handle_info({http, {_ReqId, Result}}, State) ->
-    {noreply, http_result(Result, State)};
+handle_info({http, {ReqId, stream_start, Headers}}, State) ->
+    {noreply, stream_start(ReqId, Headers, State)};
+handle_info({http, {ReqId, stream, Part}}, State) ->
+    {noreply, stream_part(ReqId, Part, State)};
+handle_info({http, {ReqId, stream_end, _Headers}}, State) ->
+    {noreply, stream_end(ReqId, State)};
+handle_info({http, {ReqId, Result}}, #state{streams = St} = State) ->
+    {noreply, http_result(Result, State#state{streams = maps:remove(ReqId, St)})};
+handle_info({mcp_client_answer, ServerId, Outcome}, #state{asked = A} = State) ->
+    %% a session's client answered the server's request
+    State1 = State#state{asked = maps:remove(ServerId, A)},
+    {noreply, respond(ServerId, Outcome, State1)};
+handle_info({set_log_level, Level}, State) ->
+    {noreply, set_level(State#state{log_level = Level})};
 handle_info({execute_task, Task, Ctx, From, Ref}, State) ->
     {noreply, execute_task(Task, Ctx, From, Ref, State)};
 handle_info({cancel_task, Ref}, #state{by_ref = ByRef, pending = P} = State) ->
     case maps:take(Ref, ByRef) of
         {Id, ByRef1} ->
-            State1 = State#state{by_ref = ByRef1, pending = maps:remove(Id, P)},
+            State1 = State#state{by_ref = ByRef1, pending = maps:remove(Id, P),
+                                 relays = maps:remove(Id, State#state.relays)},
             {noreply, notify(<<"notifications/cancelled">>,
                              #{requestId => Id, reason => <<"the router stopped waiting">>}, State1)};
         error ->
@@ -169,8 +211,10 @@ text(T) when is_binary(T) -> binary_to_list(T);
 text(T) -> T.
 
 initialize(State) ->
+    %% what the sessions behind can be asked is relayed to them
     request(<<"initialize">>,
-            #{protocolVersion => ?VERSION, capabilities => #{},
+            #{protocolVersion => ?VERSION,
+              capabilities => #{sampling => #{}, elicitation => #{}, roots => #{}},
               clientInfo => #{name => <<"erlmcp_flow">>, version => vsn()}},
             initialize, State).
 
@@ -184,11 +228,13 @@ down(Why, #state{pending = P, id = Id, backoff = B, restarts = R} = State) ->
     maps:foreach(fun(_, {task, From, Ref}) -> From ! {task_result, Ref, {error, {server_down, Why}}};
                     (_, _) -> ok
                  end, P),
-    _ = State#state.registered andalso (ok =:= erlmcp_flow:unregister_agent(Id)),
+    %% the agent stays registered (its tools stay listed) while the server
+    %% starts again; tasks meanwhile fail at once (execute_task/5)
     logger:warning("erlmcp_flow: MCP server ~ts is down (~0p); starting it again in ~b ms",
                    [Id, Why, B]),
     erlang:send_after(B, self(), connect),
-    State1 = State#state{pending = #{}, by_ref = #{}, registered = false, phase = restarting,
+    State1 = State#state{pending = #{}, by_ref = #{}, phase = restarting, relays = #{}, asked = #{},
+                         streams = #{},
                          backoff = min(2 * B, ?MAX_BACKOFF), restarts = R + 1, last_error = Why,
                          buf = <<>>},
     case State#state.phase of
@@ -221,21 +267,84 @@ message(Line, State) ->
 handle_message(#{<<"id">> := Id} = Msg, #state{pending = P} = State)
   when not is_map_key(<<"method">>, Msg) ->
     case maps:take(Id, P) of
-        {For, P1} -> answered(For, Msg, State#state{pending = P1});
+        {For, P1} -> answered(For, Msg, State#state{pending = P1,
+                                                    relays = maps:remove(Id, State#state.relays)});
         error -> State
     end;
 handle_message(#{<<"method">> := <<"notifications/tools/list_changed">>}, #state{phase = ready} = State) ->
     list_tools(undefined, State#state{listing = []});
 handle_message(#{<<"method">> := <<"ping">>, <<"id">> := Id}, State) ->
     respond(Id, {ok, #{}}, State);
-handle_message(#{<<"method">> := Method, <<"id">> := Id}, State) ->
-    %% the server asks something of its client (sampling, roots, ...): not offered
-    respond(Id, {error, -32601, <<"Method not found">>, #{method => Method}}, State);
+handle_message(#{<<"method">> := Method, <<"id">> := Id} = Msg, #state{asked = A} = State) ->
+    %% the server asks something of its client (sampling, elicitation,
+    %% roots): the session of the call it came with is asked
+    case session(State) of
+        {Pid, Ref} = To ->
+            Pid ! {mcp_relay, Ref, {request, self(), Id, Method, maps:get(<<"params">>, Msg, #{})}},
+            State#state{asked = A#{Id => To}};
+        none when Method =:= <<"roots/list">> ->
+            %% outside a session's call: erlmcp_flow has no roots of its own
+            respond(Id, {ok, #{roots => []}}, State);
+        none ->
+            respond(Id, {error, -32601, <<"Method not found">>,
+                         #{method => Method, reason => <<"no MCP session to ask">>}}, State)
+    end;
+handle_message(#{<<"method">> := <<"notifications/progress">>,
+                 <<"params">> := #{<<"progressToken">> := Token} = Params}, #state{relays = Rs} = State) ->
+    case Rs of
+        #{Token := #{relay := {Pid, Ref}, token := Caller}} when Caller =/= undefined ->
+            Pid ! {mcp_relay, Ref, {notification, <<"notifications/progress">>,
+                                    Params#{<<"progressToken">> => Caller}}};
+        _ ->
+            ok
+    end,
+    State;
+handle_message(#{<<"method">> := <<"notifications/message">> = M, <<"params">> := Params}, State)
+  when is_map(Params) ->
+    case session(State) of
+        {Pid, Ref} -> Pid ! {mcp_relay, Ref, {notification, M, Params}};
+        none -> ok
+    end,
+    State;
+handle_message(#{<<"method">> := <<"notifications/cancelled">>,
+                 <<"params">> := #{<<"requestId">> := Rid} = Params}, #state{asked = A} = State) ->
+    %% the server gave up a request it made of the client
+    case maps:take(Rid, A) of
+        {{Pid, Ref}, A1} ->
+            Pid ! {mcp_relay, Ref, {cancelled, self(), Rid, maps:get(<<"reason">>, Params, null)}},
+            State#state{asked = A1};
+        error ->
+            State
+    end;
 handle_message(_Notification, State) ->
     State.
 
-answered(initialize, #{<<"result">> := _}, State) ->
-    State1 = notify(<<"notifications/initialized">>, #{}, State),
+%% The session a message of the server belongs to: the call whose HTTP
+%% response carries it, else the latest call in flight from a session.
+session(#state{relays = Rs}) ->
+    Call = case get(?MODULE) of
+               Id when is_map_key(Id, Rs) -> Id;
+               _ when map_size(Rs) > 0 -> lists:max(maps:keys(Rs));
+               _ -> none
+           end,
+    case Call of
+        none -> none;
+        _ -> maps:get(relay, maps:get(Call, Rs))
+    end.
+
+%% The level the sessions asked for, to a server that logs.
+set_level(#state{phase = ready, log_level = L, server_caps = #{<<"logging">> := _}} = State)
+  when is_binary(L) ->
+    request(<<"logging/setLevel">>, #{level => L}, log_level, State);
+set_level(State) ->
+    State.
+
+answered(initialize, #{<<"result">> := R}, State) ->
+    Caps = case R of
+               #{<<"capabilities">> := C} when is_map(C) -> C;
+               _ -> #{}
+           end,
+    State1 = notify(<<"notifications/initialized">>, #{}, State#state{server_caps = Caps}),
     list_tools(undefined, State1#state{phase = listing, listing = []});
 answered(initialize, #{<<"error">> := E}, State) ->
     down({initialize_refused, E}, close(State));
@@ -287,7 +396,8 @@ ready(#state{id = Id, tools = Tools, caps = Extra, registered = Reg} = State) ->
     case erlmcp_flow:register_agent(Id, self(), Caps) of
         ok ->
             [gen_server:reply(W, ok) || W <- State#state.waiters],
-            State#state{phase = ready, registered = true, waiters = [], backoff = ?MIN_BACKOFF};
+            set_level(State#state{phase = ready, registered = true, waiters = [],
+                                  backoff = ?MIN_BACKOFF});
         Other ->
             {error, Why} = Other,
             logger:error("erlmcp_flow: MCP server ~ts cannot be registered: ~0p", [Id, Why]),
@@ -298,14 +408,31 @@ ready(#state{id = Id, tools = Tools, caps = Extra, registered = Reg} = State) ->
 %% A task routed to this server: `tools/call'.
 execute_task(#{tool := Name} = Task, Ctx, From, Ref, #state{phase = ready} = State) when is_binary(Name) ->
     Args = maps:get(arguments, Task, #{}),
-    Meta = erlmcp_flow_correlation_tracker:trace_headers(Ctx),
-    State1 = request(<<"tools/call">>, #{name => Name, arguments => Args, '_meta' => Meta},
-                     {task, From, Ref}, State),
     Id = State#state.next_id,
+    {Meta, Relay} = case Task of
+                        #{mcp := #{relay := {P, R}} = Mcp} when is_pid(P) ->
+                            Token = maps:get(progress_token, Mcp, undefined),
+                            {[{progressToken, Id} || Token =/= undefined],
+                             #{relay => {P, R}, token => Token}};
+                        _ ->
+                            {[], none}
+                    end,
+    Trace = erlmcp_flow_correlation_tracker:trace_headers(Ctx),
+    State1 = request(<<"tools/call">>, #{name => Name, arguments => Args,
+                                         '_meta' => maps:merge(Trace, maps:from_list(Meta))},
+                     {task, From, Ref}, State),
     case maps:is_key(Id, State1#state.pending) of
-        true -> State1#state{by_ref = (State1#state.by_ref)#{Ref => Id}};
+        true ->
+            Relays = case Relay of
+                         none -> State1#state.relays;
+                         _ -> (State1#state.relays)#{Id => Relay}
+                     end,
+            State1#state{by_ref = (State1#state.by_ref)#{Ref => Id}, relays = Relays};
         false -> State1
     end;
+execute_task(#{tool := _}, _Ctx, From, Ref, #state{phase = restarting, id = Id} = State) ->
+    From ! {task_result, Ref, {error, {server_restarting, Id}}},
+    State;
 execute_task(#{tool := _}, _Ctx, From, Ref, State) ->
     From ! {task_result, Ref, {error, {server_not_ready, State#state.phase}}},
     State;
@@ -355,11 +482,18 @@ send(Msg, #state{spec = #{url := Url}, session = Session} = State) ->
             Headers = [{"accept", "application/json, text/event-stream"},
                        {"mcp-protocol-version", binary_to_list(?VERSION)}
                        | [{"mcp-session-id", binary_to_list(Session)} || is_binary(Session)]],
-            {ok, _ReqId} = httpc:request(post, {text(Url), Headers, "application/json", Bin},
-                                         [{timeout, 600000} | tls(State#state.spec)],
-                                         [{sync, false}, {body_format, binary}],
-                                         State#state.httpc),
-            {ok, State};
+            %% streamed: an event stream's messages are read as they come
+            %% (a server's request during a call waits for its answer)
+            {ok, ReqId} = httpc:request(post, {text(Url), Headers, "application/json", Bin},
+                                        [{timeout, 600000} | tls(State#state.spec)],
+                                        [{sync, false}, {body_format, binary}, {stream, self}],
+                                        State#state.httpc),
+            For = case Msg of
+                      {request, Id, _, _} -> Id;
+                      _ -> none
+                  end,
+            {ok, State#state{streams = (State#state.streams)#{ReqId => #{for => For, buf => <<>>,
+                                                                          sse => false}}}};
         {error, Why} ->
             {error, Why, State}
     end;
@@ -390,6 +524,78 @@ tls(#{url := Url} = Spec) ->
             [{ssl, Verify ++ Client}];
         _ ->
             []
+    end.
+
+%% A streamed Streamable HTTP answer begins: the session id, and whether it
+%% is an event stream.
+stream_start(ReqId, Headers, #state{streams = St} = State) ->
+    State1 = case proplists:get_value("mcp-session-id", Headers) of
+                 undefined -> State;
+                 Sid -> State#state{session = list_to_binary(Sid)}
+             end,
+    Sse = case proplists:get_value("content-type", Headers, "") of
+              "text/event-stream" ++ _ -> true;
+              _ -> false
+          end,
+    case St of
+        #{ReqId := S} -> State1#state{streams = St#{ReqId := S#{sse := Sse}}};
+        _ -> State1
+    end.
+
+%% More of it: each whole event's data is a message (attributed to the
+%% call the request carried); JSON waits for the end.
+stream_part(ReqId, Part, #state{streams = St} = State) ->
+    case St of
+        #{ReqId := #{sse := true, buf := Buf, for := For} = S} ->
+            {Events, Rest} = events(<<Buf/binary, Part/binary>>),
+            State1 = State#state{streams = St#{ReqId := S#{buf := Rest}}},
+            put(?MODULE, For),
+            try lists:foldl(fun message/2, State1, Events)
+            after erase(?MODULE)
+            end;
+        #{ReqId := #{buf := Buf} = S} when byte_size(Buf) + byte_size(Part) =< ?MAX_LINE ->
+            State#state{streams = St#{ReqId := S#{buf := <<Buf/binary, Part/binary>>}}};
+        #{ReqId := S} ->
+            %% past the bound: dropped
+            State#state{streams = St#{ReqId := S#{buf := <<>>}}};
+        _ ->
+            State
+    end.
+
+stream_end(ReqId, #state{streams = St} = State) ->
+    case maps:take(ReqId, St) of
+        {#{sse := false, buf := Buf, for := For}, St1} ->
+            put(?MODULE, For),
+            try message(Buf, State#state{streams = St1})
+            after erase(?MODULE)
+            end;
+        {#{buf := Buf, for := For}, St1} ->
+            %% an event the stream's end closed
+            {Events, _} = events(<<Buf/binary, "\n\n">>),
+            put(?MODULE, For),
+            try lists:foldl(fun message/2, State#state{streams = St1}, Events)
+            after erase(?MODULE)
+            end;
+        error ->
+            State
+    end.
+
+%% Whole events of an event stream (their data lines joined) and the rest.
+events(Bin0) ->
+    Bin = binary:replace(Bin0, <<"\r\n">>, <<"\n">>, [global]),
+    case binary:split(Bin, <<"\n\n">>) of
+        [Event, Rest] ->
+            {More, Left} = events(Rest),
+            Data = [D || L <- binary:split(Event, <<"\n">>, [global]),
+                         <<"data:", D0/binary>> <- [L], D <- [string:trim(D0, leading, " ")]],
+            case Data of
+                [] -> {More, Left};
+                _ -> {[iolist_to_binary(lists:join(<<"\n">>, Data)) | More], Left}
+            end;
+        [Partial] when byte_size(Partial) > ?MAX_LINE ->
+            {[], <<>>};
+        [Partial] ->
+            {[], Partial}
     end.
 
 %% A Streamable HTTP answer: JSON, or an event stream whose `data' lines

@@ -1,88 +1,159 @@
 %% @private
 %% @doc MCP's Streamable HTTP transport at `/mcp' on the transports' HTTP
-%% listener (its limits and token apply): `POST' with JSON responses,
-%% sessions by `Mcp-Session-Id' (made by `initialize', required after it:
-%% 400 without, 404 for one unknown or ended), `DELETE' ends a session, and
-%% `GET' is 405: this server offers no stream of its own. A request's
-%% `MCP-Protocol-Version' header, when given, must be a version spoken (400
-%% otherwise). Notifications and responses alone are answered 202.
-%% `notifications/cancelled' stops the named request of the same session
-%% (answered with the error -32800 instead of its result). At most 10 000
-%% sessions are open (503 past it); a session idle for an hour ends.
+%% listener (its limits and token apply).
+%%
+%% Sessions by `Mcp-Session-Id' (made by `initialize', required after it:
+%% 400 without, 404 for one unknown or ended); `DELETE' ends a session;
+%% `GET' is 405: this server offers no stream outside a request.
+%%
+%% Versions: a request's `MCP-Protocol-Version' header, when given, must be
+%% a version spoken (400 otherwise); without it the session's version
+%% applies. Batches are answered under 2025-03-26 and refused (400,
+%% -32600) from 2025-06-18 on, where JSON-RPC batching is gone.
+%%
+%% A `tools/call' answers with one JSON response, unless the server behind
+%% sends something for the caller during the call (progress for the
+%% caller's `progressToken', log messages at or above the session's
+%% `logging/setLevel', its own requests `sampling/createMessage',
+%% `elicitation/create', `roots/list', a cancellation of one of them): then
+%% the answer becomes an event stream (`text/event-stream', chunked) whose
+%% events carry those messages and, last, the response. The server's
+%% requests get ids of this session's own (`erlmcp_flow:N'); the client
+%% answers them with a POST of the response, which goes back to the server
+%% under its own id. A client that did not declare the capability (or does
+%% not accept an event stream) is not asked: the server gets the error
+%% -32601. `notifications/cancelled' stops the named request of the same
+%% session (-32800 in place of its result, or no answer on a stream).
+%%
+%% At most `mcp.max_sessions' sessions are open (10 000) and
+%% `mcp.max_sessions_per_client' per client address (1 000): past either,
+%% a new `initialize' ends the least recently used session with no request
+%% in flight (of that client when its own bound is the one reached), so a
+%% new client always gets in; 503 only when every session is busy. A session
+%% idle for an hour ends.
 -module(erlmcp_flow_mcp_http).
 
 -export([handle/4]).
 -export([sessions/0]).
 
 -define(SESSIONS, erlmcp_flow_mcp_sessions).
-%% Open sessions at most (with the requests in flight they hold).
--define(MAX_SESSIONS, 10000).
+
+%% The session rows: `{Sid, Version, LastUsed, Client, #{level, caps}}';
+%% `{{Sid, RequestId}, Worker}' while a request runs; `{{Sid, {answer,
+%% GwId}}, Agent, ServerId}' while a server's request waits for the client.
 
 %% `Listener' says where the request came in: `ip', the listener's bind
 %% address (and `allowed_origins'), for the Origin rule
 %% (`erlmcp_flow_http_origin'); `permit', asked before a `tools/call' (the
-%% listener's budget of requests waiting on agents: past it -32002).
+%% listener's budget of requests waiting on agents: past it -32002);
+%% `peer', the client's address (the per-client session bound).
 -spec handle(atom() | binary(), [{binary(), binary()}], binary(),
              #{ip := term(), permit => fun(() -> ok | overloaded), atom() => term()}) ->
-          {pos_integer(), iodata(), binary()} | {pos_integer(), iodata(), binary(), list()}.
+          {pos_integer(), iodata(), binary()} | {pos_integer(), iodata(), binary(), list()}
+          | {deferred, fun((fun()) -> term())}.
 handle(Method, Headers, Body, Listener) ->
     case erlmcp_flow_http_origin:allowed(Listener, Headers) of
         true ->
-            put({?MODULE, permit}, maps:get(permit, Listener, fun() -> ok end)),
-            try serve_method(Method, Headers, Body)
-            after erase({?MODULE, permit})
-            end;
+            Permit = maps:get(permit, Listener, fun() -> ok end),
+            serve_method(Method, Headers, Body, Listener#{permit => Permit});
         false ->
             {403, "application/json", error_json(null, <<"Forbidden: Host or Origin is not allowed">>)}
     end.
 
-serve_method('GET', _Headers, _Body) ->
-    {405, "text/plain", <<"this server offers no event stream: POST /mcp\n">>, [{"allow", "POST, DELETE"}]};
-serve_method('DELETE', Headers, _Body) ->
+serve_method('GET', _Headers, _Body, _L) ->
+    {405, "text/plain", <<"this server offers no event stream outside a request: POST /mcp\n">>,
+     [{"allow", "POST, DELETE"}]};
+serve_method('DELETE', Headers, _Body, _L) ->
     case session(Headers) of
-        {ok, Sid} -> ets:delete(?SESSIONS, Sid), {200, "application/json", <<>>};
+        {ok, {Sid, _, _}} -> end_session(Sid), {200, "application/json", <<>>};
         {error, Status, Why} -> error_reply(Status, null, Why)
     end;
-serve_method('POST', Headers, Body) ->
+serve_method('POST', Headers, Body, L) ->
     case erlmcp_flow_jsonrpc:decode(Body) of
         {single, {request, Id, <<"initialize">>, Params}} ->
-            case sessions() < ?MAX_SESSIONS of
-                true ->
-                    {ok, Result, Version} = erlmcp_flow_mcp_server:initialize(Params),
-                    Sid = new_session(Version),
-                    {200, "application/json", erlmcp_flow_jsonrpc:response(Id, {ok, Result}),
-                     [{"mcp-session-id", Sid}]};
-                false ->
-                    %% bounded: a client opening sessions without end
-                    %% cannot grow the node's memory without end
-                    error_reply(503, Id, <<"Too many MCP sessions: end some (DELETE /mcp)">>)
-            end;
+            initialize(Id, Params, L);
         {single, {invalid, Id, Code, Msg, Data}} ->
             %% not JSON-RPC at all (parse error, too deep, ...): said at once
             {400, "application/json", erlmcp_flow_jsonrpc:response(Id, {error, Code, Msg, Data})};
         Decoded ->
-            case {session(Headers), version_ok(Headers)} of
-                {{ok, Sid}, true} -> serve(Sid, Decoded);
-                {{ok, _}, false} -> error_reply(400, null, <<"Bad Request: unsupported MCP-Protocol-Version">>);
+            case {session(Headers), version(Headers)} of
+                {{ok, Session}, {ok, V}} -> serve(Session, V, Decoded, Headers, L);
+                {{ok, _}, error} -> error_reply(400, null, <<"Bad Request: unsupported MCP-Protocol-Version">>);
                 {{error, Status, Why}, _} -> error_reply(Status, null, Why)
             end
     end;
-serve_method(_Method, _Headers, _Body) ->
+serve_method(_Method, _Headers, _Body, _L) ->
     {405, "text/plain", <<"POST, DELETE /mcp\n">>, [{"allow", "POST, DELETE"}]}.
+
+%%====================================================================
+%% Sessions
+%%====================================================================
 
 %% @doc Sessions open now.
 -spec sessions() -> non_neg_integer().
 sessions() ->
-    try ets:info(?SESSIONS, size) of
-        N when is_integer(N) -> N;
-        _ -> 0
+    try ets:select_count(?SESSIONS, [{{'$1', '_', '_', '_', '_'}, [{is_binary, '$1'}], [true]}])
     catch error:badarg -> 0
     end.
 
-new_session(Version) ->
+initialize(Id, Params, L) ->
+    Client = client(L),
+    case make_room(Client) of
+        ok ->
+            {ok, Result, Version} = erlmcp_flow_mcp_server:initialize(Params),
+            Caps = case Params of
+                       #{<<"capabilities">> := C} when is_map(C) -> C;
+                       _ -> #{}
+                   end,
+            Sid = new_session(Version, Client, Caps),
+            {200, "application/json", erlmcp_flow_jsonrpc:response(Id, {ok, Result}),
+             [{"mcp-session-id", Sid}]};
+        full ->
+            %% every session has a request in flight: none can end now
+            error_reply(503, Id, <<"Too many MCP sessions, all busy: end some (DELETE /mcp)">>)
+    end.
+
+client(#{peer := {Ip, _}}) -> Ip;
+client(_) -> undefined.
+
+%% Room for one more session: past the node's bound or the client's, the
+%% least recently used idle session (the client's own for its bound) ends.
+make_room(Client) ->
+    Max = erlmcp_flow_config:get(mcp, max_sessions),
+    PerClient = erlmcp_flow_config:get(mcp, max_sessions_per_client),
+    Mine = ets:select_count(?SESSIONS, [{{'$1', '_', '_', Client, '_'}, [{is_binary, '$1'}], [true]}]),
+    case Mine >= PerClient of
+        true -> evict(Client);
+        false ->
+            case sessions() >= Max of
+                true -> evict('_');
+                false -> ok
+            end
+    end.
+
+evict(Client) ->
+    Candidates = ets:select(?SESSIONS, [{{'$1', '_', '$2', Client, '_'}, [{is_binary, '$1'}],
+                                         [{{'$2', '$1'}}]}]),
+    idle_first(lists:sort(Candidates)).
+
+idle_first([]) ->
+    full;
+idle_first([{_, Sid} | Rest]) ->
+    case ets:select_count(?SESSIONS, [{{{Sid, '_'}, '_'}, [], [true]}]) of
+        0 -> end_session(Sid), ok;
+        _ -> idle_first(Rest)
+    end.
+
+new_session(Version, Client, Caps) ->
     Sid = string:lowercase(binary:encode_hex(crypto:strong_rand_bytes(16))),
-    ets:insert(?SESSIONS, {Sid, Version, erlang:monotonic_time(millisecond)}),
+    ets:insert(?SESSIONS, {Sid, Version, erlang:monotonic_time(millisecond), Client,
+                           #{level => undefined, caps => Caps}}),
     Sid.
+
+end_session(Sid) ->
+    ets:delete(?SESSIONS, Sid),
+    ets:match_delete(?SESSIONS, {{Sid, {answer, '_'}}, '_', '_'}),
+    ok.
 
 session(Headers) ->
     case lists:keyfind(<<"mcp-session-id">>, 1, Headers) of
@@ -90,65 +161,254 @@ session(Headers) ->
             {error, 400, <<"Bad Request: no Mcp-Session-Id (initialize first)">>};
         {_, Sid} ->
             case ets:lookup(?SESSIONS, Sid) of
-                [_] -> ets:update_element(?SESSIONS, Sid, {3, erlang:monotonic_time(millisecond)}),
-                       {ok, Sid};
-                [] -> {error, 404, <<"Session not found">>}
+                [{Sid, Version, _, _, Info}] ->
+                    ets:update_element(?SESSIONS, Sid, {3, erlang:monotonic_time(millisecond)}),
+                    {ok, {Sid, Version, Info}};
+                [] ->
+                    {error, 404, <<"Session not found">>}
             end
     end.
 
-version_ok(Headers) ->
+%% The version of this request: its header's (when spoken), else the
+%% session's (`undefined' here).
+version(Headers) ->
     case lists:keyfind(<<"mcp-protocol-version">>, 1, Headers) of
-        false -> true;
-        {_, V} -> lists:member(V, erlmcp_flow_mcp_server:versions())
+        false ->
+            {ok, undefined};
+        {_, V} ->
+            case lists:member(V, erlmcp_flow_mcp_server:versions()) of
+                true -> {ok, V};
+                false -> error
+            end
     end.
 
-serve(Sid, {single, Item}) ->
-    case item(Sid, Item) of
-        none -> {202, "application/json", <<>>};
-        Json -> {200, "application/json", Json}
-    end;
-serve(Sid, {batch, Items}) ->
-    case [J || I <- Items, J <- [item(Sid, I)], J =/= none] of
-        [] -> {202, "application/json", <<>>};
-        Js -> {200, "application/json", iolist_to_binary([$[, lists:join($,, Js), $]])}
+%%====================================================================
+%% Requests
+%%====================================================================
+
+serve({Sid, SessionVersion, Info}, HeaderVersion, Decoded, Headers, L) ->
+    Version = case HeaderVersion of
+                  undefined -> SessionVersion;
+                  V -> V
+              end,
+    Session = #{sid => Sid, version => Version, info => Info, permit => maps:get(permit, L),
+                sse => accepts_stream(Headers)},
+    case Decoded of
+        {single, {request, Id, <<"tools/call">>, Params}} ->
+            {deferred, fun(Stream) -> tools_call(Session, Id, Params, Stream) end};
+        {single, Item} ->
+            case item(Session, Item) of
+                none -> {202, "application/json", <<>>};
+                Json -> {200, "application/json", Json}
+            end;
+        {batch, Items} when Version =:= <<"2025-03-26">> ->
+            case [J || I <- Items, J <- [item(Session, I)], J =/= none] of
+                [] -> {202, "application/json", <<>>};
+                Js -> {200, "application/json", iolist_to_binary([$[, lists:join($,, Js), $]])}
+            end;
+        {batch, _} ->
+            {400, "application/json",
+             erlmcp_flow_jsonrpc:response(null, {error, -32600, <<"Invalid Request">>,
+                                                 #{reason => <<"JSON-RPC batches are not part of MCP ",
+                                                               Version/binary>>}})}
     end.
 
-item(Sid, {request, Id, <<"tools/call">> = Method, Params}) ->
-    Permit = get({?MODULE, permit}),
+accepts_stream(Headers) ->
+    case lists:keyfind(<<"accept">>, 1, Headers) of
+        {_, A} -> binary:match(string:lowercase(A), <<"text/event-stream">>) =/= nomatch;
+        false -> false
+    end.
+
+item(S, {request, Id, <<"tools/call">>, Params}) ->
+    %% in a batch (2025-03-26): answered whole, nothing relayed
+    #{permit := Permit, version := V} = S,
     case Permit() of
-        ok -> erlmcp_flow_jsonrpc:response(Id, run(Sid, Id, Method, Params));
-        overloaded -> erlmcp_flow_jsonrpc:response(Id, {error, -32002, <<"Overloaded">>,
-                                                       #{reason => <<"too many requests wait on agents">>}})
+        ok -> erlmcp_flow_jsonrpc:response(Id, shaped(V, <<"tools/call">>, run(S, Id, <<"tools/call">>, Params)));
+        overloaded -> erlmcp_flow_jsonrpc:response(Id, overloaded())
     end;
-item(Sid, {request, Id, Method, Params}) ->
-    erlmcp_flow_jsonrpc:response(Id, run(Sid, Id, Method, Params));
-item(Sid, {notification, <<"notifications/cancelled">>, #{<<"requestId">> := Rid}}) ->
+item(#{sid := Sid} = S, {request, Id, <<"logging/setLevel">> = M, Params}) ->
+    case erlmcp_flow_mcp_server:log_level(Params) of
+        {ok, Level} ->
+            case ets:lookup(?SESSIONS, Sid) of
+                [{Sid, V, T, C, Info}] -> ets:insert(?SESSIONS, {Sid, V, T, C, Info#{level := Level}});
+                [] -> ok
+            end,
+            erlmcp_flow_mcp:set_log_level(most_verbose());
+        _ ->
+            ok
+    end,
+    erlmcp_flow_jsonrpc:response(Id, run(S, Id, M, Params));
+item(#{version := V} = S, {request, Id, Method, Params}) ->
+    erlmcp_flow_jsonrpc:response(Id, shaped(V, Method, run(S, Id, Method, Params)));
+item(#{sid := Sid}, {notification, <<"notifications/cancelled">>, #{<<"requestId">> := Rid}}) ->
     case ets:lookup(?SESSIONS, {Sid, Rid}) of
         [{_, Worker}] -> exit(Worker, cancelled);
         [] -> ok
     end,
     none;
-item(_Sid, {notification, _, _}) ->
+item(_S, {notification, _, _}) ->
     none;
-item(_Sid, {response, _, _}) ->
+item(#{sid := Sid}, {response, GwId, Outcome}) ->
+    %% the client's answer to a server's request: back to that server
+    case ets:take(?SESSIONS, {Sid, {answer, GwId}}) of
+        [{_, Agent, ServerId}] -> Agent ! {mcp_client_answer, ServerId, Outcome};
+        [] -> ok
+    end,
     none;
-item(_Sid, {invalid, Id, Code, Msg, Data}) ->
+item(_S, {invalid, Id, Code, Msg, Data}) ->
     erlmcp_flow_jsonrpc:response(Id, {error, Code, Msg, Data}).
 
-%% A request in a process of its own, known to the session while it runs
-%% so that a cancellation finds it.
-run(Sid, Id, Method, Params) ->
-    Self = self(),
-    %% linked: the request goes with its connection; it traps exits, so that
-    %% a cancellation (or the connection's end) stops its wait for an agent
-    {Pid, MRef} = spawn_opt(fun() ->
-                                    process_flag(trap_exit, true),
-                                    receive go -> ok end,
-                                    Self ! {mcp_result, self(), call(Method, Params)}
-                            end, [link, monitor]),
-    Key = {Sid, Id},
-    ets:insert(?SESSIONS, {Key, Pid}),
-    Pid ! go,
+%% The most verbose level any session asked for: what the servers behind
+%% are asked to send (each session still gets only its own level's).
+most_verbose() ->
+    Levels = [L || {_, _, _, _, #{level := L}} <- ets:select(?SESSIONS, [{{'$1', '_', '_', '_', '_'},
+                                                                         [{is_binary, '$1'}], ['$_']}]),
+                   L =/= undefined],
+    case [L || L <- erlmcp_flow_mcp_server:log_levels(), lists:member(L, Levels)] of
+        [First | _] -> First;
+        [] -> undefined
+    end.
+
+shaped(V, Method, {ok, Result}) -> {ok, erlmcp_flow_mcp_server:shape(V, Method, Result)};
+shaped(_V, _Method, Other) -> Other.
+
+overloaded() ->
+    {error, -32002, <<"Overloaded">>, #{reason => <<"too many requests wait on agents">>}}.
+
+%% A single `tools/call': JSON, or an event stream once the server sends
+%% something for the caller.
+tools_call(#{permit := Permit} = S, Id, Params, Stream) ->
+    case Permit() of
+        overloaded ->
+            {200, "application/json", erlmcp_flow_jsonrpc:response(Id, overloaded())};
+        ok ->
+            Ref = make_ref(),
+            {Pid, MRef} = start(S, Id, <<"tools/call">>, Params, #{relay => {self(), Ref}}),
+            relay_loop(S#{id => Id, ref => Ref, pid => Pid, mref => MRef, stream => Stream,
+                          streaming => false, asked => []})
+    end.
+
+relay_loop(#{pid := Pid, mref := MRef, ref := Ref} = R) ->
+    receive
+        {mcp_result, Pid, Result} ->
+            erlang:demonitor(MRef, [flush]),
+            finish(R, Result);
+        {'DOWN', MRef, process, Pid, Why} ->
+            logger:error("erlmcp_flow: MCP request tools/call crashed: ~0p", [Why]),
+            finish(R, {error, -32603, <<"Internal error">>, undefined});
+        {mcp_relay, Ref, Msg} ->
+            relay_loop(relay(Msg, R))
+    end.
+
+finish(#{sid := Sid, id := Id, pid := Pid, asked := Asked, version := V} = R, Result0) ->
+    ets:delete_object(?SESSIONS, {{Sid, Id}, Pid}),
+    [ets:delete(?SESSIONS, {Sid, {answer, G}}) || G <- Asked],
+    Result = case Result0 of
+                 cancelled -> {error, -32800, <<"Request cancelled">>, undefined};
+                 Other -> shaped(V, <<"tools/call">>, Other)
+             end,
+    Json = erlmcp_flow_jsonrpc:response(Id, Result),
+    case R of
+        #{streaming := false} ->
+            {200, "application/json", Json};
+        #{streaming := true, stream := Stream} when Result0 =:= cancelled ->
+            %% cancelled: no answer is due
+            _ = Stream,
+            streamed;
+        #{streaming := true, stream := Stream} ->
+            _ = Stream({chunk, event(Json)}),
+            streamed
+    end.
+
+%% One message of the server for this call.
+relay({notification, <<"notifications/message">> = M, Params}, #{info := #{level := Level}} = R) ->
+    case admits(Level, maps:get(<<"level">>, Params, <<"info">>)) of
+        true -> emit({notification, M, Params}, R);
+        false -> R
+    end;
+relay({notification, M, Params}, R) ->
+    emit({notification, M, Params}, R);
+relay({request, Agent, ServerId, Method, Params}, #{sid := Sid, info := #{caps := Caps}} = R) ->
+    case R of
+        #{sse := true} ->
+            case can_ask(Method, Caps, maps:get(version, R)) of
+                true ->
+                    GwId = <<"erlmcp_flow:", (integer_to_binary(erlang:unique_integer([positive])))/binary>>,
+                    ets:insert(?SESSIONS, {{Sid, {answer, GwId}}, Agent, ServerId}),
+                    R1 = emit({request, GwId, Method, Params}, R),
+                    R1#{asked := [GwId | maps:get(asked, R1)]};
+                false ->
+                    Agent ! {mcp_client_answer, ServerId,
+                             {error, -32601, <<"Method not found">>,
+                              #{reason => <<"the client did not declare this capability">>}}},
+                    R
+            end;
+        _ ->
+            Agent ! {mcp_client_answer, ServerId,
+                     {error, -32601, <<"Method not found">>,
+                      #{reason => <<"the client accepts no event stream: it cannot be asked">>}}},
+            R
+    end;
+relay({cancelled, Agent, ServerId, Reason}, #{sid := Sid, asked := Asked} = R) ->
+    %% the server gave up one of its requests: the client is told
+    case [G || G <- Asked, [{_, A, S}] <- [ets:lookup(?SESSIONS, {Sid, {answer, G}})],
+               A =:= Agent, S =:= ServerId] of
+        [G | _] ->
+            ets:delete(?SESSIONS, {Sid, {answer, G}}),
+            emit({notification, <<"notifications/cancelled">>,
+                  #{requestId => G, reason => Reason}}, R);
+        [] ->
+            R
+    end;
+relay(_Other, R) ->
+    R.
+
+%% What MCP lets a server ask of a client declaring `Caps' (elicitation
+%% came with 2025-06-18).
+can_ask(<<"sampling/createMessage">>, Caps, _V) -> is_map_key(<<"sampling">>, Caps);
+can_ask(<<"roots/list">>, Caps, _V) -> is_map_key(<<"roots">>, Caps);
+can_ask(<<"elicitation/create">>, _Caps, <<"2025-03-26">>) -> false;
+can_ask(<<"elicitation/create">>, Caps, _V) -> is_map_key(<<"elicitation">>, Caps);
+can_ask(<<"ping">>, _Caps, _V) -> true;
+can_ask(_, _, _) -> false.
+
+admits(undefined, _) -> true;
+admits(Threshold, Level) ->
+    Levels = erlmcp_flow_mcp_server:log_levels(),
+    index(Level, Levels) >= index(Threshold, Levels).
+
+index(X, L) -> index(X, L, 1).
+index(_, [], _) -> 0;
+index(X, [X | _], N) -> N;
+index(X, [_ | T], N) -> index(X, T, N + 1).
+
+emit(_Msg, #{sse := false} = R) ->
+    R;
+emit(Msg, #{stream := Stream, streaming := Streaming} = R) ->
+    case erlmcp_flow_jsonrpc:encode(Msg) of
+        {ok, Json} ->
+            Head = case Streaming of
+                       true -> ok;
+                       false -> Stream({head, 200, "text/event-stream", []})
+                   end,
+            case Head =:= ok andalso Stream({chunk, event(Json)}) of
+                ok -> R#{streaming := true};
+                _ ->
+                    %% the client went away: its call is stopped
+                    exit(maps:get(pid, R), cancelled),
+                    R#{streaming := true, sse := false}
+            end;
+        {error, _} ->
+            R
+    end.
+
+event(Json) ->
+    [<<"event: message\ndata: ">>, Json, <<"\n\n">>].
+
+%% A request other than a single `tools/call': in a process of its own,
+%% known to the session while it runs so that a cancellation finds it.
+run(S, Id, Method, Params) ->
+    {Pid, MRef} = start(S, Id, Method, Params, #{}),
     Result = receive
                  {mcp_result, Pid, R} -> erlang:demonitor(MRef, [flush]), R;
                  {'DOWN', MRef, process, Pid, Why} ->
@@ -156,15 +416,28 @@ run(Sid, Id, Method, Params) ->
                      logger:error("erlmcp_flow: MCP request ~ts crashed: ~0p", [Method, Why]),
                      {error, -32603, <<"Internal error">>, undefined}
              end,
-    ets:delete_object(?SESSIONS, {Key, Pid}),
+    ets:delete_object(?SESSIONS, {{maps:get(sid, S), Id}, Pid}),
     case Result of
         cancelled -> {error, -32800, <<"Request cancelled">>, undefined};
         Other -> Other
     end.
 
+start(#{sid := Sid}, Id, Method, Params, Ctx) ->
+    Self = self(),
+    %% linked: the request goes with its connection; it traps exits, so that
+    %% a cancellation (or the connection's end) stops its wait for an agent
+    {Pid, MRef} = spawn_opt(fun() ->
+                                    process_flag(trap_exit, true),
+                                    receive go -> ok end,
+                                    Self ! {mcp_result, self(), call(Method, Params, Ctx)}
+                            end, [link, monitor]),
+    ets:insert(?SESSIONS, {{Sid, Id}, Pid}),
+    Pid ! go,
+    {Pid, MRef}.
+
 %% A request's answer, or -32603 if it crashed (logged).
-call(Method, Params) ->
-    try erlmcp_flow_mcp_server:call(Method, Params)
+call(Method, Params, Ctx) ->
+    try erlmcp_flow_mcp_server:call(Method, Params, Ctx)
     catch Class:Reason:Stack ->
             logger:error("erlmcp_flow: MCP request ~ts crashed: ~0p:~0p~n~0p",
                          [Method, Class, Reason, Stack]),

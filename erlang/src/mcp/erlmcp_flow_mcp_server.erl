@@ -1,10 +1,25 @@
 %% @doc erlmcp_flow as an MCP server: the methods, whatever the transport
 %% (`bin/erlmcp-flow stdio --mcp', `POST /mcp').
 %%
-%% Protocol versions 2025-06-18 and 2025-11-25: `initialize' answers the
-%% version the client asks for when it is one of them, else the newest
-%% (the client then decides whether to go on). Capabilities: `tools' with
-%% `listChanged'.
+%% Protocol versions 2025-03-26, 2025-06-18 and 2025-11-25: `initialize'
+%% answers the version the client asks for when it is one of them, else the
+%% newest (the client then decides whether to go on). Each version keeps its
+%% own rules (`shape/3'): a 2025-03-26 session gets no `title',
+%% `outputSchema', `icons' in tools nor `structuredContent' in results (they
+%% came later), a 2025-06-18 one no `icons'; batches are refused from
+%% 2025-06-18 on (by the transports). Capabilities: `tools' with
+%% `listChanged', `logging', `resources'.
+%%
+%% Relaying: a `tools/call' made with a relay (`call/3': the session's
+%% process and the call's reference) passes the caller's
+%% `_meta.progressToken' to the server behind, whose progress, log messages
+%% and requests to the client (sampling, elicitation, roots) come back to
+%% that session (`erlmcp_flow_mcp_agent').
+%%
+%% Resources: one per tool, `erlmcp-flow://tools/NAME', the router's own
+%% knowledge of it: the agents (servers) serving it, their health (breaker,
+%% in flight, latency, success ratio) and the learned preference
+%% (`explain/1': Q-value, visits, softmax share).
 %%
 %% `tools/list' (a page of 50, `nextCursor' for the next) lists every tool
 %% the routed agents serve, an agent serving the tool `NAME' by holding the
@@ -27,9 +42,16 @@
 -export([call/2]).
 -export([tools/0]).
 -export([tool_names/0]).
+-export([call/3]).
+-export([shape/3]).
+-export([log_level/1]).
+-export([log_levels/0]).
 -export([server_info/0]).
 
--define(VERSIONS, [<<"2025-11-25">>, <<"2025-06-18">>]).
+-define(VERSIONS, [<<"2025-11-25">>, <<"2025-06-18">>, <<"2025-03-26">>]).
+-define(LEVELS, [<<"debug">>, <<"info">>, <<"notice">>, <<"warning">>, <<"error">>,
+                 <<"critical">>, <<"alert">>, <<"emergency">>]).
+-define(RESOURCE, "erlmcp-flow://tools/").
 -define(PAGE, 50).
 -define(PREFIX, "tool:").
 
@@ -56,7 +78,8 @@ initialize(Params) ->
                   false -> hd(?VERSIONS)
               end,
     {ok, #{protocolVersion => Version,
-           capabilities => #{tools => #{listChanged => true}},
+           capabilities => #{tools => #{listChanged => true}, logging => #{},
+                             resources => #{}},
            serverInfo => server_info(),
            instructions => <<"Tools are served by the agents erlmcp_flow routes to; "
                              "flow_* tools are the router's own.">>},
@@ -66,9 +89,17 @@ initialize(Params) ->
 %% Code, Message, Data}', or `cancelled' (a `tools/call' stopped by
 %% `notifications/cancelled': no answer is due).
 -spec call(binary(), term()) -> {ok, map()} | {error, integer(), binary(), term()} | cancelled.
-call(<<"ping">>, _Params) ->
+call(Method, Params) ->
+    call(Method, Params, #{}).
+
+%% @doc As `call/2', for a session that relays: `Ctx' may hold `relay =>
+%% {Pid, Ref}' (where the server's messages during a `tools/call' go, see
+%% `erlmcp_flow_mcp_agent').
+-spec call(binary(), term(), map()) ->
+          {ok, map()} | {error, integer(), binary(), term()} | cancelled.
+call(<<"ping">>, _Params, _Ctx) ->
     {ok, #{}};
-call(<<"tools/list">>, Params) ->
+call(<<"tools/list">>, Params, _Ctx) ->
     case cursor(Params) of
         {ok, Offset} ->
             All = tools(),
@@ -81,7 +112,7 @@ call(<<"tools/list">>, Params) ->
         error ->
             {error, -32602, <<"Invalid params">>, #{reason => <<"bad cursor">>}}
     end;
-call(<<"tools/call">>, #{<<"name">> := Name} = Params) when is_binary(Name) ->
+call(<<"tools/call">>, #{<<"name">> := Name} = Params, Ctx) when is_binary(Name) ->
     Args = case maps:get(<<"arguments">>, Params, #{}) of
                A when is_map(A) -> A;
                _ -> invalid
@@ -92,12 +123,100 @@ call(<<"tools/call">>, #{<<"name">> := Name} = Params) when is_binary(Name) ->
            end,
     case Args of
         invalid -> {error, -32602, <<"Invalid params">>, #{reason => <<"arguments must be an object">>}};
-        _ -> call_tool(Name, Args, Meta)
+        _ -> call_tool(Name, Args, Meta, Ctx)
     end;
-call(<<"tools/call">>, _Params) ->
+call(<<"tools/call">>, _Params, _Ctx) ->
     {error, -32602, <<"Invalid params">>, #{reason => <<"tools/call takes {\"name\", \"arguments\"?}">>}};
-call(Method, _Params) ->
+call(<<"logging/setLevel">>, Params, _Ctx) ->
+    case log_level(Params) of
+        {ok, _} -> {ok, #{}};
+        {error, _, _, _} = E -> E
+    end;
+call(<<"resources/list">>, _Params, _Ctx) ->
+    {ok, #{resources => [resource(N) || N <- tool_names()]}};
+call(<<"resources/templates/list">>, _Params, _Ctx) ->
+    {ok, #{resourceTemplates =>
+               [#{uriTemplate => <<?RESOURCE, "{name}">>, name => <<"tool">>,
+                  description => <<"What erlmcp_flow knows of a tool: its servers, their health, "
+                                   "the learned preference">>,
+                  mimeType => <<"application/json">>}]}};
+call(<<"resources/read">>, #{<<"uri">> := <<?RESOURCE, Name/binary>> = Uri}, _Ctx) ->
+    case lists:member(Name, tool_names()) of
+        true ->
+            {ok, #{contents => [#{uri => Uri, mimeType => <<"application/json">>,
+                                  text => knowledge(Name)}]}};
+        false ->
+            {error, -32002, <<"Resource not found">>, #{uri => Uri}}
+    end;
+call(<<"resources/read">>, #{<<"uri">> := Uri}, _Ctx) when is_binary(Uri) ->
+    {error, -32002, <<"Resource not found">>, #{uri => Uri}};
+call(<<"resources/read">>, _Params, _Ctx) ->
+    {error, -32602, <<"Invalid params">>, #{reason => <<"resources/read takes {\"uri\"}">>}};
+call(Method, _Params, _Ctx) ->
     {error, -32601, <<"Method not found">>, #{method => Method}}.
+
+%% @doc The levels of `logging/setLevel', most verbose first.
+-spec log_levels() -> [binary()].
+log_levels() ->
+    ?LEVELS.
+
+%% @doc The level a `logging/setLevel' asks for, or the error it gets.
+-spec log_level(term()) -> {ok, binary()} | {error, integer(), binary(), map()}.
+log_level(#{<<"level">> := L}) when is_binary(L) ->
+    case lists:member(L, ?LEVELS) of
+        true -> {ok, L};
+        false -> {error, -32602, <<"Invalid params">>, #{reason => <<"unknown level">>, level => L}}
+    end;
+log_level(_) ->
+    {error, -32602, <<"Invalid params">>, #{reason => <<"logging/setLevel takes {\"level\"}">>}}.
+
+%% @doc A result as the session's protocol version has it: what came in a
+%% later version is left out for an older client.
+-spec shape(binary(), binary(), map()) -> map().
+shape(<<"2025-11-25">>, _Method, Result) ->
+    Result;
+shape(Version, <<"tools/list">>, #{tools := Tools} = Result) ->
+    Result#{tools := [maps:without(later_tool_keys(Version), json_keys(T)) || T <- Tools]};
+shape(<<"2025-03-26">>, <<"tools/call">>, Result) ->
+    maps:without([<<"structuredContent">>, structuredContent], Result);
+shape(_Version, _Method, Result) ->
+    Result.
+
+later_tool_keys(<<"2025-03-26">>) -> [<<"title">>, <<"outputSchema">>, <<"icons">>];
+later_tool_keys(_) -> [<<"icons">>].
+
+json_keys(T) -> erlmcp_flow_mcp_tools:json_keys(T).
+
+resource(Name) ->
+    #{uri => <<?RESOURCE, Name/binary>>, name => Name,
+      description => <<"erlmcp_flow's knowledge of the tool ", Name/binary,
+                       ": its servers, their health, the learned preference">>,
+      mimeType => <<"application/json">>}.
+
+%% What the router knows of a tool, as JSON text.
+knowledge(Name) ->
+    Cap = <<?PREFIX, Name/binary>>,
+    Servers = case erlmcp_flow:query_agents([Cap]) of
+                  Ids when is_list(Ids) -> [server(Id) || Id <- Ids];
+                  {error, _} -> []
+              end,
+    Preference = case erlmcp_flow:explain(#{capabilities => [Cap]}) of
+                     {ok, #{candidates := Cs}} ->
+                         [maps:with([agent_id, q_value, visits, softmax, state], C) || C <- Cs];
+                     {error, _} ->
+                         []
+                 end,
+    {ok, Json} = erlmcp_flow_jsonrpc:encode_json(
+                   erlmcp_flow_rpc:jsonable(#{tool => Name, servers => Servers,
+                                              learned_preference => Preference})),
+    Json.
+
+server(Id) ->
+    Stats = case erlmcp_flow:agent_stats(Id) of
+                {ok, S} -> S;
+                {error, _} -> #{}
+            end,
+    Stats#{agent_id => Id}.
 
 cursor(#{<<"cursor">> := C}) when is_binary(C) ->
     try binary_to_integer(base64:decode(C)) of
@@ -136,11 +255,11 @@ router_tools() ->
        inputSchema => Obj(#{trace_id => #{type => string}}, [<<"trace_id">>]),
        annotations => #{readOnlyHint => true}}].
 
-call_tool(<<"flow_route_task">>, Args, _Meta) -> rpc(<<"flow.route_task">>, Args);
-call_tool(<<"flow_explain">>, Args, _Meta) -> rpc(<<"flow.explain">>, Args);
-call_tool(<<"flow_stats">>, Args, _Meta) -> rpc(<<"flow.stats">>, Args);
-call_tool(<<"flow_trace">>, Args, _Meta) -> rpc(<<"flow.trace">>, Args);
-call_tool(Name, Args, Meta) ->
+call_tool(<<"flow_route_task">>, Args, _Meta, _Ctx) -> rpc(<<"flow.route_task">>, Args);
+call_tool(<<"flow_explain">>, Args, _Meta, _Ctx) -> rpc(<<"flow.explain">>, Args);
+call_tool(<<"flow_stats">>, Args, _Meta, _Ctx) -> rpc(<<"flow.stats">>, Args);
+call_tool(<<"flow_trace">>, Args, _Meta, _Ctx) -> rpc(<<"flow.trace">>, Args);
+call_tool(Name, Args, Meta, Ctx) ->
     case lists:member(Name, tool_names()) of
         false ->
             {error, -32602, <<"Unknown tool: ", Name/binary>>, #{tool => Name}};
@@ -152,10 +271,23 @@ call_tool(Name, Args, Meta) ->
                                idempotent => erlmcp_flow_mcp_tools:idempotent(Name)},
                              maps:filter(fun(_, V) -> is_binary(V) end, Trace)),
             process_flag(trap_exit, true),
-            Answer = erlmcp_flow:execute(#{tool => Name, arguments => Args}, Req,
+            Answer = erlmcp_flow:execute(task(Name, Args, Meta, Ctx), Req,
                                          #{cancellable => true, error_meta => true}),
             tool_answer(Answer)
     end.
+
+%% The task an agent gets: the tool and its arguments, and (when the
+%% session relays) where the server's messages go and the caller's
+%% progress token.
+task(Name, Args, Meta, #{relay := {Pid, Ref}}) when is_pid(Pid) ->
+    Token = case maps:get(<<"progressToken">>, Meta, undefined) of
+                T when is_binary(T); is_integer(T) -> T;
+                _ -> undefined
+            end,
+    #{tool => Name, arguments => Args,
+      mcp => #{relay => {Pid, Ref}, progress_token => Token}};
+task(Name, Args, _Meta, _Ctx) ->
+    #{tool => Name, arguments => Args}.
 
 %% The router's own tools: the JSON-RPC methods, their result as JSON text
 %% and as structured content.

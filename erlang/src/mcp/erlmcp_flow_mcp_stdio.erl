@@ -6,6 +6,17 @@
 %% the host when the set of routed tools changes (checked every second). At
 %% the end of input it answers what is in flight and the node exits 0.
 %% Logs go to standard error.
+%%
+%% What a server behind sends for a call is relayed to the host as
+%% `erlmcp_flow_mcp_http' relays it: progress with the host's token, log
+%% messages at or above its `logging/setLevel', and the server's requests
+%% (sampling, elicitation, roots: asked only when the host declared the
+%% capability, under ids `erlmcp_flow:N' of this session), whose answers go
+%% back to the server. Batches are answered under 2025-03-26 (in one array,
+%% their requests one after another) and refused (-32600) from 2025-06-18
+%% on, and before `initialize'. A line past `transports.max_message_bytes'
+%% is answered -32012 with its id when its first bytes hold it, and is
+%% discarded as it is read (memory stays flat).
 -module(erlmcp_flow_mcp_stdio).
 
 -export([main/0]).
@@ -15,8 +26,12 @@
 
 -record(st, {port :: port() | {sink, pid()},
              max :: pos_integer(),
-             acc = [] :: iodata(),
+             acc = erlmcp_flow_stdio:new_line() :: erlmcp_flow_stdio:line(),
              version :: binary() | undefined,
+             caps = #{} :: map(),
+             level :: binary() | undefined,
+             %% the server's requests put to the host: our id => {agent, its id}
+             asked = #{} :: #{binary() => {pid(), term()}},
              %% request id => worker
              inflight = #{} :: #{term() => pid()},
              workers = #{} :: #{reference() => term()},
@@ -49,10 +64,12 @@ loop(#st{eof = true, workers = W}) when map_size(W) =:= 0 ->
 loop(#st{port = Port} = S) ->
     receive
         {Port, {data, {noeol, Piece}}} ->
-            loop(S#st{acc = [S#st.acc, Piece]});
+            loop(S#st{acc = erlmcp_flow_stdio:piece(Piece, S#st.acc, S#st.max)});
         {Port, {data, {eol, Piece}}} ->
-            Line = iolist_to_binary([S#st.acc, Piece]),
-            loop(line(Line, S#st{acc = []}));
+            Line = erlmcp_flow_stdio:piece(Piece, S#st.acc, S#st.max),
+            loop(line(Line, S#st{acc = erlmcp_flow_stdio:new_line()}));
+        {mcp_relay, Ref, Msg} when is_map_key(Ref, S#st.workers) ->
+            loop(relay(Msg, S));
         {Port, eof} ->
             loop(S#st{eof = true});
         {mcp_result, Ref, Result} ->
@@ -70,28 +87,54 @@ loop(#st{port = Port} = S) ->
             loop(S)
     end.
 
-line(<<>>, S) ->
+line({over, Size, Head}, #st{max = Max, port = Port} = S) ->
+    erlmcp_flow_stdio:out(Port, erlmcp_flow_jsonrpc:too_large(Max, Size, Head)),
     S;
-line(Line, #st{max = Max, port = Port} = S) when byte_size(Line) > Max ->
-    erlmcp_flow_stdio:out(Port, erlmcp_flow_jsonrpc:too_large(Max, byte_size(Line))),
+line({0, _}, S) ->
     S;
-line(Line, S) ->
-    case erlmcp_flow_jsonrpc:decode(Line) of
-        {single, Item} -> item(Item, S);
-        {batch, Items} -> lists:foldl(fun item/2, S, Items);
-        {error, _} -> S
+line({_, Pieces}, S) ->
+    case erlmcp_flow_jsonrpc:decode(iolist_to_binary(Pieces)) of
+        {single, Item} ->
+            item(Item, S);
+        {batch, Items} when S#st.version =:= <<"2025-03-26">> ->
+            batch(Items, S);
+        {batch, _} when S#st.version =:= undefined ->
+            write(S, {response, null, {error, -32600, <<"Not initialized: initialize first">>,
+                                       undefined}}),
+            S;
+        {batch, _} ->
+            write(S, {response, null, {error, -32600, <<"Invalid Request">>,
+                                       #{reason => <<"JSON-RPC batches are not part of MCP ",
+                                                     (S#st.version)/binary>>}}}),
+            S;
+        {error, _} ->
+            S
     end.
 
 item({request, Id, <<"initialize">>, Params}, S) ->
     {ok, Result, Version} = erlmcp_flow_mcp_server:initialize(Params),
     write(S, {response, Id, {ok, Result}}),
-    S#st{version = Version};
+    Caps = case Params of
+               #{<<"capabilities">> := C} when is_map(C) -> C;
+               _ -> #{}
+           end,
+    S#st{version = Version, caps = Caps};
 item({request, Id, <<"ping">>, _}, S) ->
     write(S, {response, Id, {ok, #{}}}),
     S;
 item({request, Id, _Method, _}, #st{version = undefined} = S) ->
     write(S, {response, Id, {error, -32600, <<"Not initialized: initialize first">>, undefined}}),
     S;
+item({request, Id, <<"logging/setLevel">>, Params}, S) ->
+    case erlmcp_flow_mcp_server:log_level(Params) of
+        {ok, Level} ->
+            erlmcp_flow_mcp:set_log_level(Level),
+            write(S, {response, Id, {ok, #{}}}),
+            S#st{level = Level};
+        {error, C, M, D} ->
+            write(S, {response, Id, {error, C, M, D}}),
+            S
+    end;
 item({request, Id, Method, Params}, #st{inflight = In, workers = W} = S) ->
     Self = self(),
     %% linked: a request goes with its session; it traps exits, so that a
@@ -99,10 +142,10 @@ item({request, Id, Method, Params}, #st{inflight = In, workers = W} = S) ->
     {Pid, Ref} = spawn_opt(fun() ->
                                    process_flag(trap_exit, true),
                                    R = receive {go, Go} -> Go end,
-                                   Self ! {mcp_result, R, call(Method, Params)}
+                                   Self ! {mcp_result, R, call(Method, Params, #{relay => {Self, R}})}
                            end, [link, monitor]),
     Pid ! {go, Ref},
-    S#st{inflight = In#{Id => Pid}, workers = W#{Ref => Id}};
+    S#st{inflight = In#{Id => Pid}, workers = W#{Ref => {Id, Method}}};
 item({notification, <<"notifications/cancelled">>, #{<<"requestId">> := Rid}}, #st{inflight = In} = S) ->
     case In of
         #{Rid := Pid} -> exit(Pid, cancelled);
@@ -111,16 +154,23 @@ item({notification, <<"notifications/cancelled">>, #{<<"requestId">> := Rid}}, #
     S;
 item({notification, _Method, _Params}, S) ->
     S;
-item({response, _Id, _Outcome}, S) ->
-    S;
+item({response, Id, Outcome}, #st{asked = A} = S) ->
+    %% the host's answer to a server's request: back to that server
+    case maps:take(Id, A) of
+        {{Agent, ServerId}, A1} ->
+            Agent ! {mcp_client_answer, ServerId, Outcome},
+            S#st{asked = A1};
+        error ->
+            S
+    end;
 item({invalid, Id, Code, Msg, Data}, S) ->
     write(S, {response, Id, {error, Code, Msg, Data}}),
     S.
 
 %% A request's answer, or -32603 if it crashed (logged): a crash never
 %% takes the session down with it.
-call(Method, Params) ->
-    try erlmcp_flow_mcp_server:call(Method, Params)
+call(Method, Params, Ctx) ->
+    try erlmcp_flow_mcp_server:call(Method, Params, Ctx)
     catch Class:Reason:Stack ->
             logger:error("erlmcp_flow: MCP request ~ts crashed: ~0p:~0p~n~0p",
                          [Method, Class, Reason, Stack]),
@@ -130,16 +180,83 @@ call(Method, Params) ->
 result(Ref, Result, #st{workers = W, inflight = In} = S) ->
     erlang:demonitor(Ref, [flush]),
     case maps:take(Ref, W) of
-        {Id, W1} ->
+        {{Id, Method}, W1} ->
             case Result of
                 cancelled -> ok;
-                {ok, R} -> write(S, {response, Id, {ok, R}});
+                {ok, R} -> write(S, {response, Id, {ok, erlmcp_flow_mcp_server:shape(S#st.version, Method, R)}});
                 {error, C, M, D} -> write(S, {response, Id, {error, C, M, D}})
             end,
             S#st{workers = W1, inflight = maps:remove(Id, In)};
         error ->
             S
     end.
+
+%% A batch (2025-03-26): its requests answered one after another, in one
+%% array; nothing relayed during them.
+batch(Items, S) ->
+    Answers = [batch_item(I, S) || I <- Items],
+    case [A || A <- Answers, A =/= none] of
+        [] -> ok;
+        Bins -> erlmcp_flow_stdio:out(S#st.port, iolist_to_binary([$[, lists:join($,, Bins), $]]))
+    end,
+    S.
+
+batch_item({request, Id, Method, Params}, S) when Method =/= <<"initialize">> ->
+    Outcome = case call(Method, Params, #{}) of
+                  cancelled -> {error, -32800, <<"Request cancelled">>, undefined};
+                  {ok, R} -> {ok, erlmcp_flow_mcp_server:shape(S#st.version, Method, R)};
+                  E -> E
+              end,
+    erlmcp_flow_jsonrpc:response(Id, Outcome);
+batch_item({request, Id, _, _}, _S) ->
+    erlmcp_flow_jsonrpc:response(Id, {error, -32600, <<"Invalid Request">>,
+                                      #{reason => <<"initialize cannot be batched">>}});
+batch_item({invalid, Id, Code, Msg, Data}, _S) ->
+    erlmcp_flow_jsonrpc:response(Id, {error, Code, Msg, Data});
+batch_item(_, _S) ->
+    none.
+
+%% What a server behind sends during a call of the host's.
+relay({notification, <<"notifications/message">> = M, Params}, #st{level = Level} = S) ->
+    Levels = erlmcp_flow_mcp_server:log_levels(),
+    Rank = fun(L) -> length(lists:takewhile(fun(X) -> X =/= L end, Levels)) end,
+    case Level =:= undefined orelse Rank(maps:get(<<"level">>, Params, <<"info">>)) >= Rank(Level) of
+        true -> write(S, {notification, M, Params});
+        false -> ok
+    end,
+    S;
+relay({notification, M, Params}, S) ->
+    write(S, {notification, M, Params}),
+    S;
+relay({request, Agent, ServerId, Method, Params}, #st{caps = Caps, version = V, asked = A} = S) ->
+    Allowed = case Method of
+                  <<"sampling/createMessage">> -> is_map_key(<<"sampling">>, Caps);
+                  <<"roots/list">> -> is_map_key(<<"roots">>, Caps);
+                  <<"elicitation/create">> -> V =/= <<"2025-03-26">> andalso is_map_key(<<"elicitation">>, Caps);
+                  <<"ping">> -> true;
+                  _ -> false
+              end,
+    case Allowed of
+        true ->
+            GwId = <<"erlmcp_flow:", (integer_to_binary(erlang:unique_integer([positive])))/binary>>,
+            write(S, {request, GwId, Method, Params}),
+            S#st{asked = A#{GwId => {Agent, ServerId}}};
+        false ->
+            Agent ! {mcp_client_answer, ServerId,
+                     {error, -32601, <<"Method not found">>,
+                      #{reason => <<"the client did not declare this capability">>}}},
+            S
+    end;
+relay({cancelled, Agent, ServerId, Reason}, #st{asked = A} = S) ->
+    case [G || {G, {Ag, Sv}} <- maps:to_list(A), Ag =:= Agent, Sv =:= ServerId] of
+        [G | _] ->
+            write(S, {notification, <<"notifications/cancelled">>, #{requestId => G, reason => Reason}}),
+            S#st{asked = maps:remove(G, A)};
+        [] ->
+            S
+    end;
+relay(_Other, S) ->
+    S.
 
 check_tools(#st{version = undefined} = S) ->
     S;

@@ -33,7 +33,8 @@ declare(Name, Tool) ->
     erlmcp_flow_call:call(?MODULE, {declare, Name, Tool}, 5000).
 
 %% @doc The MCP description of a tool (`{"type": "object"}' as its schema
-%% when none was declared).
+%% and a sentence naming the tool as its description when none was
+%% declared: MCP hosts show the description, and conformance asks for one).
 -spec tool(binary()) -> map().
 tool(Name) ->
     Declared = try ets:lookup(?TOOLS, Name) of
@@ -41,7 +42,10 @@ tool(Name) ->
                    [] -> #{}
                catch error:badarg -> #{}
                end,
-    Base = maps:merge(#{<<"inputSchema">> => #{<<"type">> => <<"object">>}}, json_keys(Declared)),
+    Default = #{<<"inputSchema">> => #{<<"type">> => <<"object">>},
+                <<"description">> => <<"The tool ", Name/binary,
+                                       ", served by the agents erlmcp_flow routes to">>},
+    Base = maps:merge(Default, json_keys(Declared)),
     Base#{<<"name">> => Name}.
 
 %% @doc Whether a tool is declared idempotent (`annotations.idempotentHint'):

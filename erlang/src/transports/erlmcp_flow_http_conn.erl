@@ -16,6 +16,10 @@
 %% included); a kept-alive connection waits `idle_timeout_ms' for the first
 %% byte of its next request; a write blocked for 5 s (a client that does not
 %% read) closes the connection. Past a timer the connection is closed.
+%% After an error answer (400, 413, ...) the connection closes gracefully:
+%% our side shut down, what the client still sends (the rest of a body past
+%% the limit) read and dropped for up to 5 s and 64 MiB, so that the client
+%% reads the answer instead of a reset.
 %%
 %% Every request counts against the listener's per-client rate: past it the
 %% answer is 429 with a JSON-RPC overload error (-32002) and `Retry-After: 1'.
@@ -25,7 +29,11 @@
 %% Port}'), `tls', `peercert' (DER, when the client sent a certificate)),
 %% else `Handler:handle(Method, Path, Headers, Body)'; the query string comes
 %% as the pseudo-header `:query'. A `HEAD' request gets the head of the GET
-%% answer, no body.
+%% answer, no body. A handler may answer `{deferred, Produce}': `Produce'
+%% runs in the connection's process with a stream function and returns a
+%% whole answer, or `streamed' after it called `Stream({head, Status, Type,
+%% Headers})' and `Stream({chunk, Data})' (each `ok', or `closed' once the
+%% client is gone); a streamed answer is sent chunked (MCP's event streams).
 -module(erlmcp_flow_http_conn).
 -behaviour(gen_server).
 -behaviour(erlmcp_flow_listener).
@@ -42,6 +50,10 @@
 
 -define(MAX_BODY, 1048576).
 -define(SEND_TIMEOUT, 5000).
+%% After an error answer: what the client still sends is read and dropped
+%% for at most this long and this many bytes.
+-define(LINGER_MS, 5000).
+-define(LINGER_BYTES, 67108864).
 
 -record(state, {name :: atom(),
                 handler :: module(),
@@ -150,21 +162,34 @@ feed(Data, #state{parser = P} = State) ->
                 false -> {noreply, next(idle_timer(State1))}
             end;
         {error, Status, Why} ->
-            respond(State, Status, "text/plain", <<Why/binary, "\n">>, close, []),
+            %% what the client still sends (a body past the limit) is read
+            %% and dropped after the answer, so that it reads the answer
+            %% instead of a reset
+            respond(State, Status, "text/plain", <<Why/binary, "\n">>, linger, []),
             {stop, normal, State}
     end.
 
 %% A whole request: rate, then the handler's answer; `{keep_alive, State}'
 %% or `close' (the answer sent).
-answer(#{method := M, path := P, query := Q, headers := H0, body := B, keep_alive := KA}, State) ->
+answer(#{method := M, path := P, query := Q, headers := H0, body := B} = Req, State) ->
     #state{name = Name, handler = Handler, ctx = Ctx} = State,
     erlmcp_flow_listener_server:busy(Name),
     H = [{<<":query">>, Q} || Q =/= <<>>] ++ H0,
-    {Status, Type, Body, Extra} =
-        case erlmcp_flow_listener_server:allow(State#state.budgets, ip(State)) of
-            true -> handle(Handler, get_for_head(M), P, H, B, Ctx);
-            false -> overloaded()
-        end,
+    Answer = case erlmcp_flow_listener_server:allow(State#state.budgets, ip(State)) of
+                 true -> handle(Handler, get_for_head(M), P, H, B, Ctx);
+                 false -> overloaded()
+             end,
+    case Answer of
+        {deferred, Produce} when M =/= 'HEAD' ->
+            deferred(Produce, Req, State);
+        {deferred, _} ->
+            answer_with({500, "text/plain", <<"internal error\n">>, []}, Req, State);
+        _ ->
+            answer_with(Answer, Req, State)
+    end.
+
+answer_with({Status, Type, Body, Extra}, #{method := M, keep_alive := KA}, State) ->
+    #state{name = Name} = State,
     Out = case M of
               'HEAD' -> {head, Body};
               _ -> Body
@@ -184,6 +209,54 @@ answer(#{method := M, path := P, query := Q, headers := H0, body := B, keep_aliv
             close
     end.
 
+%% A deferred answer: the handler's producer runs here and either returns a
+%% whole answer (sent as any other) or streams one, its head first, then
+%% its pieces as chunks (HTTP/1.1; an HTTP/1.0 client gets them unframed and
+%% the connection closes after them).
+deferred(Produce, #{version := V, keep_alive := KA0} = Req, #state{socket = S} = State) ->
+    Chunked = V =:= {1, 1},
+    KA = KA0 andalso Chunked,
+    Stream = fun({head, Status, Type, Extra}) ->
+                     Head = ["HTTP/1.1 ", integer_to_binary(Status), $\s, reason(Status),
+                             "\r\ncontent-type: ", Type, "\r\n",
+                             [[N, ": ", Val, "\r\n"] || {N, Val} <- Extra],
+                             case Chunked of
+                                 true -> "transfer-encoding: chunked\r\n";
+                                 false -> []
+                             end,
+                             "cache-control: no-cache\r\nconnection: ",
+                             case KA of true -> "keep-alive"; false -> "close" end, "\r\n\r\n"],
+                     sent(erlmcp_flow_socket:send(S, Head));
+                ({chunk, Data}) ->
+                     case iolist_size(Data) of
+                         0 -> ok;
+                         _ when Chunked ->
+                             sent(erlmcp_flow_socket:send(
+                                    S, [integer_to_binary(iolist_size(Data), 16), "\r\n", Data, "\r\n"]));
+                         _ ->
+                             sent(erlmcp_flow_socket:send(S, Data))
+                     end
+             end,
+    case Produce(Stream) of
+        {_, _, _, _} = Whole ->
+            answer_with(Whole, Req, State);
+        {_, _, _} = {St, Ty, Bo} ->
+            answer_with({St, Ty, Bo, []}, Req, State);
+        streamed when KA ->
+            erlmcp_flow_listener_server:waiting(State#state.name),
+            case erlmcp_flow_socket:send(S, <<"0\r\n\r\n">>) of
+                ok -> {keep_alive, State};
+                _ -> erlmcp_flow_socket:close(S), close
+            end;
+        streamed ->
+            _ = Chunked andalso erlmcp_flow_socket:send(S, <<"0\r\n\r\n">>),
+            erlmcp_flow_socket:close(S),
+            close
+    end.
+
+sent(ok) -> ok;
+sent(_) -> closed.
+
 get_for_head('HEAD') -> 'GET';
 get_for_head(M) -> M.
 
@@ -195,7 +268,8 @@ handle(Handler, Method, Path, Headers, Body, Ctx) ->
         end
     of
         {St, Ty, Bo} -> {St, Ty, Bo, []};
-        {_, _, _, _} = Four -> Four
+        {_, _, _, _} = Four -> Four;
+        {deferred, F} = Deferred when is_function(F, 1) -> Deferred
     catch
         Class:Reason ->
             logger:error("erlmcp_flow: HTTP handler ~p crashed: ~p:~p", [Handler, Class, Reason]),
@@ -251,14 +325,37 @@ respond(#state{socket = S}, Status, Type, Body0, Connection, Extra) ->
             "\r\ncontent-type: ", Type,
             "\r\ncontent-length: ", integer_to_binary(Length), "\r\n",
             [[N, ": ", V, "\r\n"] || {N, V} <- Extra],
-            "connection: ", case Connection of keep_alive -> "keep-alive"; close -> "close" end,
+            "connection: ", case Connection of keep_alive -> "keep-alive"; _ -> "close" end,
             "\r\n\r\n"],
     Sent = erlmcp_flow_socket:send(S, [Head, Body]),
     case Connection of
         close -> erlmcp_flow_socket:close(S), closed;
+        linger -> linger(S), closed;
         keep_alive when Sent =:= ok -> ok;
         keep_alive -> closed
     end.
+
+%% A graceful close after an error answer: our side shut down, then what
+%% the client still sends read and dropped (at most ?LINGER_BYTES, for at
+%% most ?LINGER_MS) until it closes, so that its unread bytes do not make
+%% the kernel reset the connection before the client read the answer.
+linger(S) ->
+    _ = erlmcp_flow_socket:shutdown(S, write),
+    _ = erlmcp_flow_socket:setopts(S, [{active, false}]),
+    discard(S, erlang:monotonic_time(millisecond) + ?LINGER_MS, ?LINGER_BYTES),
+    erlmcp_flow_socket:close(S).
+
+discard(S, Deadline, Left) when Left > 0 ->
+    case Deadline - erlang:monotonic_time(millisecond) of
+        T when T > 0 ->
+            case erlmcp_flow_socket:recv(S, 0, T) of
+                {ok, D} -> discard(S, Deadline, Left - byte_size(D));
+                {error, _} -> ok
+            end;
+        _ -> ok
+    end;
+discard(_S, _Deadline, _Left) ->
+    ok.
 
 %% A plain TCP socket stays writable after the client shuts down its side,
 %% so that a request sent before is still answered.

@@ -31,6 +31,8 @@
 -export([responses/2]).
 -export([response/2]).
 -export([too_large/2]).
+-export([too_large/3]).
+-export([head_id/1]).
 
 -export_type([id/0, item/0, message/0, limits/0]).
 
@@ -184,5 +186,99 @@ response(Id, Outcome) ->
 %% -32012 with `data: {"maxSize", "size"}', as erlmcp answers it.
 -spec too_large(pos_integer(), non_neg_integer()) -> binary().
 too_large(Max, Size) ->
-    response(null, {error, code(message_too_large), <<"Message too large">>,
-                    #{maxSize => Max, size => Size}}).
+    too_large(Max, Size, <<>>).
+
+%% @doc As `too_large/2', answered with the request's id when the message's
+%% first bytes `Head' hold it (a top-level `"id"' read as far as it goes):
+%% the caller is not left waiting for an answer it cannot match.
+-spec too_large(pos_integer(), non_neg_integer(), binary()) -> binary().
+too_large(Max, Size, Head) ->
+    response(head_id(Head), {error, code(message_too_large), <<"Message too large">>,
+                             #{maxSize => Max, size => Size}}).
+
+%% @doc The top-level `"id"' of a JSON object read from its first bytes
+%% (a number, a string or null), or `null' when they do not hold it.
+-spec head_id(binary()) -> id().
+head_id(Head) ->
+    case skip_ws(Head) of
+        <<${, Rest/binary>> -> head_members(Rest);
+        _ -> null
+    end.
+
+head_members(Bin) ->
+    case skip_ws(Bin) of
+        <<$", _/binary>> = B ->
+            case json_string(B) of
+                {ok, Key, Rest0} ->
+                    case skip_ws(Rest0) of
+                        <<$:, Rest1/binary>> when Key =:= <<"\"id\"">> ->
+                            head_value_id(skip_ws(Rest1));
+                        <<$:, Rest1/binary>> ->
+                            case skip_value(skip_ws(Rest1)) of
+                                {ok, Rest2} ->
+                                    case skip_ws(Rest2) of
+                                        <<$,, Rest3/binary>> -> head_members(Rest3);
+                                        _ -> null
+                                    end;
+                                error -> null
+                            end;
+                        _ -> null
+                    end;
+                error -> null
+            end;
+        _ -> null
+    end.
+
+head_value_id(<<$", _/binary>> = B) ->
+    case json_string(B) of
+        {ok, Quoted, _} ->
+            case decode_json(Quoted) of
+                {ok, Id} when is_binary(Id) -> Id;
+                _ -> null
+            end;
+        error -> null
+    end;
+head_value_id(B) ->
+    case re:run(B, "^-?(0|[1-9][0-9]{0,30})(?=[\\s,}])", [{capture, first, binary}]) of
+        {match, [N]} -> binary_to_integer(N);
+        nomatch -> null
+    end.
+
+skip_ws(<<C, Rest/binary>>) when C =:= $\s; C =:= $\t; C =:= $\n; C =:= $\r -> skip_ws(Rest);
+skip_ws(B) -> B.
+
+%% A JSON string at the start (quotes included) and what follows it.
+json_string(<<$", Rest/binary>>) ->
+    json_string(Rest, 1, <<$", Rest/binary>>);
+json_string(_) ->
+    error.
+
+json_string(<<$\\, _, Rest/binary>>, N, All) -> json_string(Rest, N + 2, All);
+json_string(<<$", Rest/binary>>, N, All) -> {ok, binary:part(All, 0, N + 1), Rest};
+json_string(<<_, Rest/binary>>, N, All) -> json_string(Rest, N + 1, All);
+json_string(<<>>, _, _) -> error.
+
+%% Skips one JSON value (strings, nesting); `error' when the bytes end.
+skip_value(<<$", _/binary>> = B) ->
+    case json_string(B) of
+        {ok, _, Rest} -> {ok, Rest};
+        error -> error
+    end;
+skip_value(<<C, Rest/binary>>) when C =:= ${; C =:= $[ ->
+    skip_nested(Rest, 1);
+skip_value(B) ->
+    case re:run(B, "^[^,}\\]\\s]+", [{capture, first, index}]) of
+        {match, [{0, Len}]} when Len < byte_size(B) -> {ok, binary:part(B, Len, byte_size(B) - Len)};
+        _ -> error
+    end.
+
+skip_nested(Rest, 0) -> {ok, Rest};
+skip_nested(<<$", _/binary>> = B, D) ->
+    case json_string(B) of
+        {ok, _, Rest} -> skip_nested(Rest, D);
+        error -> error
+    end;
+skip_nested(<<C, Rest/binary>>, D) when C =:= ${; C =:= $[ -> skip_nested(Rest, D + 1);
+skip_nested(<<C, Rest/binary>>, D) when C =:= $}; C =:= $] -> skip_nested(Rest, D - 1);
+skip_nested(<<_, Rest/binary>>, D) -> skip_nested(Rest, D);
+skip_nested(<<>>, _) -> error.

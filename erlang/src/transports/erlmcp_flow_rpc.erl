@@ -35,6 +35,7 @@
 
 -export([handle/3]).
 -export([error_code/1]).
+-export([jsonable/1]).
 
 %% `conn': the TCP connection's process (the pid its agents are registered
 %% under); `permit': asked before a task is routed (HTTP's budget of
@@ -268,8 +269,9 @@ message(_) -> <<"Internal error">>.
 text(B) when is_binary(B) -> B;
 text(T) -> iolist_to_binary(io_lib:format("~0p", [T])).
 
-%% A term made fit for JSON: tuples become lists, pids, references and
+%% @doc A term made fit for JSON: tuples become lists, pids, references and
 %% funs their text; maps, lists and the rest as they are.
+-spec jsonable(term()) -> term().
 jsonable(M) when is_map(M) -> maps:fold(fun(K, V, A) -> A#{K => jsonable(V)} end, #{}, M);
 jsonable(L) when is_list(L) -> [jsonable(X) || X <- L];
 jsonable(T) when is_tuple(T) -> jsonable(tuple_to_list(T));

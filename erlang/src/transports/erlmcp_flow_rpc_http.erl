@@ -79,6 +79,8 @@ handle(Method, Path, Headers, Body, Conn) ->
     case {authorized(Headers, Config), erlmcp_flow_http_origin:allowed(Config, Headers)} of
         {false, _} -> {401, "application/json", <<"{\"error\":\"unauthorized\"}">>};
         {true, false} -> {403, "application/json", <<"{\"error\":\"forbidden: Origin or Host\"}">>};
+        {true, true} when Path =:= <<"/mcp">> ->
+            route(Method, Path, Headers, Body, {permit(Conn), maps:get(peer, Conn, undefined)});
         {true, true} -> route(Method, Path, Headers, Body, permit(Conn))
     end.
 
@@ -119,11 +121,19 @@ route('POST', <<"/rpc">>, Headers, Body, Permit) ->
     after
         release()
     end;
-route(Method, <<"/mcp">>, Headers, Body, Permit) ->
-    try erlmcp_flow_mcp_http:handle(Method, Headers, Body, #{ip => maps:get(ip, config()),
-                                                              permit => Permit})
-    after
-        release()
+route(Method, <<"/mcp">>, Headers, Body, {Permit, Peer}) ->
+    Answer = try erlmcp_flow_mcp_http:handle(Method, Headers, Body,
+                                             #{ip => maps:get(ip, config()), permit => Permit,
+                                               peer => Peer})
+             catch Class:Reason:Stack -> release(), erlang:raise(Class, Reason, Stack)
+             end,
+    case Answer of
+        {deferred, Produce} ->
+            %% the permit is given back once the deferred answer is sent
+            {deferred, fun(Stream) -> try Produce(Stream) after release() end end};
+        _ ->
+            release(),
+            Answer
     end;
 route(Method, Path, Headers, Body, _Permit) ->
     route(Method, Path, Headers, Body).

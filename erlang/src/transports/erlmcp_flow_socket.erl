@@ -12,6 +12,7 @@
 -export([controlling_process/2]).
 -export([setopts/2]).
 -export([send/2]).
+-export([recv/3]).
 -export([close/1]).
 -export([shutdown/2]).
 -export([peername/1]).
@@ -57,6 +58,10 @@ send(S, Data) when is_port(S) -> gen_tcp:send(S, Data);
 send(S, Data) -> ssl:send(S, Data).
 
 -spec close(socket()) -> ok.
+-spec recv(socket(), non_neg_integer(), timeout()) -> {ok, binary()} | {error, term()}.
+recv(S, N, Timeout) when is_port(S) -> gen_tcp:recv(S, N, Timeout);
+recv(S, N, Timeout) -> ssl:recv(S, N, Timeout).
+
 close(S) when is_port(S) -> gen_tcp:close(S);
 close(S) -> _ = ssl:close(S), ok.
 

@@ -3,13 +3,24 @@
 %% writes each response as one line to standard output; logs go to standard
 %% error. Requests are served concurrently (responses carry their ids). At
 %% the end of input it answers what is in flight and the node exits 0. A
-%% line past `transports.max_message_bytes' is answered -32012 and skipped.
+%% line past `transports.max_message_bytes' is answered -32012 (with the
+%% request's id when its first bytes hold it) and discarded as it is read:
+%% only its first 64 KiB are kept, so memory stays flat whatever its length.
 -module(erlmcp_flow_stdio).
 
 -export([main/0]).
 -export([run/2]).
 -export([serve/2]).
 -export([out/2]).
+-export([new_line/0]).
+-export([piece/3]).
+
+-export_type([line/0]).
+
+-type line() :: {non_neg_integer(), iodata()} | {over, non_neg_integer(), binary()}.
+
+%% The first bytes of a line past the limit that are kept (its id is there).
+-define(HEAD, 65536).
 
 %% @doc Runs the stdio transport until the end of input, then halts.
 -spec main() -> no_return().
@@ -40,22 +51,20 @@ run(Prepare, Serve) ->
 %% `Pid' as `{stdout, Line}') until its end; returns the exit status.
 -spec serve(port() | {sink, pid()}, pos_integer()) -> non_neg_integer().
 serve(Io, Max) ->
-    loop(Io, Max, [], 0).
+    loop(Io, Max, new_line(), 0).
 
-%% `Acc': the pieces of a line longer than the port's line buffer so far;
-%% `Busy': requests being served.
+%% `Acc': the line so far (`piece/3'); `Busy': requests being served.
 loop(Port, Max, Acc, Busy) ->
     receive
         {Port, {data, {noeol, Piece}}} ->
-            loop(Port, Max, [Acc, Piece], Busy);
+            loop(Port, Max, piece(Piece, Acc, Max), Busy);
         {Port, {data, {eol, Piece}}} ->
-            Line = iolist_to_binary([Acc, Piece]),
-            case byte_size(Line) > Max of
-                true ->
-                    out(Port, erlmcp_flow_jsonrpc:too_large(Max, byte_size(Line))),
-                    loop(Port, Max, [], Busy);
-                false ->
-                    loop(Port, Max, [], Busy + serve(Line))
+            case piece(Piece, Acc, Max) of
+                {over, Size, Head} ->
+                    out(Port, erlmcp_flow_jsonrpc:too_large(Max, Size, Head)),
+                    loop(Port, Max, new_line(), Busy);
+                {_, Pieces} ->
+                    loop(Port, Max, new_line(), Busy + serve(iolist_to_binary(Pieces)))
             end;
         {reply, Bin} ->
             Bin =:= <<>> orelse out(Port, Bin),
@@ -92,6 +101,24 @@ serve(Line) ->
                       Self ! {reply, Out}
               end),
     1.
+
+%% @private A line being read: its bytes while within the limit; past it
+%% only its first bytes (where a request's id is) and its size, the rest
+%% discarded as it comes, so that memory stays flat whatever the line.
+-spec new_line() -> line().
+new_line() ->
+    {0, []}.
+
+
+%% @private One more piece of the line.
+-spec piece(binary(), line(), pos_integer()) -> line().
+piece(P, {N, Pieces}, Max) when N + byte_size(P) =< Max ->
+    {N + byte_size(P), [Pieces, P]};
+piece(P, {N, Pieces}, _Max) ->
+    All = iolist_to_binary([Pieces, binary:part(P, 0, min(byte_size(P), ?HEAD))]),
+    {over, N + byte_size(P), binary:part(All, 0, min(byte_size(All), ?HEAD))};
+piece(P, {over, N, Head}, _Max) ->
+    {over, N + byte_size(P), Head}.
 
 %% @private One line out: to standard output, or to a test's sink.
 -spec out(port() | {sink, pid()}, binary()) -> ok.
