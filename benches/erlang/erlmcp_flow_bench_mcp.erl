@@ -1,8 +1,8 @@
 %% MCP figures (BENCH_ONLY=mcp make bench-erlang): `tools/call' round trips
 %% per second from the official Python SDK client (tests/mcp/host.py, one
 %% call at a time) to @modelcontextprotocol/server-everything's `echo',
-%% directly and through erlmcp_flow, over stdio and over Streamable HTTP, in
-%% one run. Needs the MCP test packages (.ci/setup installs them).
+%% directly and through erlmcp_flow, like for like (stdio behind stdio,
+%% Streamable HTTP behind Streamable HTTP), in one run. Needs the MCP test packages (.ci/setup installs them).
 -module(erlmcp_flow_bench_mcp).
 
 -export([figures/0]).
@@ -34,23 +34,26 @@ figures() ->
             StdioFlow = rate(Python, [Host | Opts] ++ ["--stdio", filename:join(Root, "bin/erlmcp-flow"),
                                                        "stdio", "--mcp", "--config",
                                                        filename:rootname(Cfg) | Call]),
-            %% HTTP: the server's own Streamable HTTP, or erlmcp_flow's /mcp
-            %% with the server behind it over stdio
+            %% HTTP, like for like: the server's own Streamable HTTP, called
+            %% directly, or behind erlmcp_flow's /mcp (erlmcp_flow its client
+            %% over Streamable HTTP)
             {ok, _} = application:ensure_all_started(inets),
-            _ = application:stop(erlmcp_flow),
-            ok = application:set_env(erlmcp_flow, transports, #{http => #{enabled => true, port => 0}}),
-            {ok, _} = application:ensure_all_started(erlmcp_flow),
-            ok = erlmcp_flow_mcp:register_server(<<"e">>, #{command => [Node, Everything, "stdio"]}, #{}),
-            HttpFlow = rate(Python, [Host | Opts] ++ ["--http", "http://127.0.0.1:" ++
-                                                          integer_to_list(erlmcp_flow_transport:port(http)) ++ "/mcp"
-                                                      | Call]),
             Port = free_port(),
             Server = open_port({spawn_executable, Node},
                                [{args, [Everything, "streamableHttp"]}, {env, [{"PORT", integer_to_list(Port)}]},
                                 binary, exit_status]),
             wait_listening(Port, 100),
-            HttpDirect = rate(Python, [Host | Opts] ++ ["--http", "http://127.0.0.1:" ++ integer_to_list(Port) ++ "/mcp"
-                                                        | Call]),
+            Direct = "http://127.0.0.1:" ++ integer_to_list(Port) ++ "/mcp",
+            _ = application:stop(erlmcp_flow),
+            ok = application:set_env(erlmcp_flow, transports, #{http => #{enabled => true, port => 0}}),
+            {ok, _} = application:ensure_all_started(erlmcp_flow),
+            ok = erlmcp_flow_mcp:register_server(<<"e">>, #{url => Direct}, #{}),
+            Through = "http://127.0.0.1:" ++ integer_to_list(erlmcp_flow_transport:port(http)) ++ "/mcp",
+            %% alternated, twice each: this machine's neighbours move figures
+            [HttpDirect1, HttpFlow1, HttpDirect2, HttpFlow2] =
+                [rate(Python, [Host | Opts] ++ ["--http", U | Call]) || U <- [Direct, Through, Direct, Through]],
+            HttpDirect = max(HttpDirect1, HttpDirect2),
+            HttpFlow = max(HttpFlow1, HttpFlow2),
             catch port_close(Server),
             _ = os:cmd("pkill -f 'mcp-server-everything streamableHttp' 2>/dev/null"),
             io:format("~nMCP tools/call round trips, Python SDK client, one call at a time, ~b calls of "

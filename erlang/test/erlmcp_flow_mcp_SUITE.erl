@@ -14,12 +14,13 @@
 -export([all/0, init_per_suite/1, end_per_suite/1, init_per_testcase/2, end_per_testcase/2]).
 -export([servers_as_agents/1, slow_one_learned_around/1, killed_mid_call_restarts/1,
          timeout_cancels_and_tools_change/1,
-         python_host_http/1, python_host_stdio/1, conformance_server/1, conformance_client/1]).
+         python_host_http/1, python_host_stdio/1, conformance_server/1, conformance_client/1,
+         python_host_relays_http/1, python_host_relays_stdio/1]).
 
 all() ->
     [servers_as_agents, slow_one_learned_around, killed_mid_call_restarts,
-     timeout_cancels_and_tools_change, python_host_http, python_host_stdio, conformance_server,
-     conformance_client].
+     timeout_cancels_and_tools_change, python_host_http, python_host_stdio,
+     python_host_relays_http, python_host_relays_stdio, conformance_server, conformance_client].
 
 init_per_suite(Config) ->
     Root = erlmcp_flow_test_util:repo_root("tests/mcp/package.json"),
@@ -122,6 +123,9 @@ killed_mid_call_restarts(_Config) ->
                end),
     timer:sleep(500),
     _ = os:cmd("kill -9 " ++ integer_to_list(OsPid)),
+    %% its tools stay listed while it restarts (its agent stays registered)
+    ?assert(lists:member(<<"trigger-long-running-operation">>, erlmcp_flow_mcp_server:tool_names())),
+    ?assertMatch({ok, _}, erlmcp_flow:find_agent(<<"everything-1">>)),
     Answer = receive {answer, A} -> A after 20000 -> error(no_answer) end,
     ct:log("the call's answer: ~p", [Answer]),
     %% one answer: an error, or (the tool is idempotent, its server stays
@@ -183,23 +187,62 @@ python_host_http(Config) ->
     ?assertMatch(#{<<"isError">> := false, <<"text">> := <<"The sum of 2 and 3 is 5.">>}, Sum),
     ?assertMatch(#{<<"isError">> := false}, Stats).
 
+%% What server-everything sends its client during a call reaches the
+%% Python SDK's host through erlmcp_flow over Streamable HTTP: progress for
+%% its token, its sampling and elicitation requests (answered by the host,
+%% the answers back to the server); a body past the limit is answered 413
+%% and the session goes on.
+python_host_relays_http(Config) ->
+    Out = host(Config, ["--http", url()] ++ relay_calls() ++
+                   ["--call", "echo", "@big:1100000", "--call", "echo", "{\"message\": \"after\"}"]),
+    #{<<"results">> := [_, _, _, TooBig, After]} = Out,
+    check_relays(Out),
+    ?assertMatch(#{<<"exception">> := _}, TooBig),
+    ?assertMatch(#{<<"isError">> := false, <<"text">> := <<"Echo: after">>}, After).
+
+%% The same over stdio, the host launching `bin/erlmcp-flow stdio --mcp'.
+python_host_relays_stdio(Config) ->
+    Cfg = stdio_config(Config),
+    Out = host(Config, ["--stdio", filename:join(?config(root, Config), "bin/erlmcp-flow"), "stdio", "--mcp",
+                        "--config", filename:rootname(Cfg)] ++ relay_calls()),
+    check_relays(Out).
+
+relay_calls() ->
+    ["--call", "trigger-long-running-operation", "{\"duration\": 1, \"steps\": 3}",
+     "--call", "trigger-sampling-request", "{\"prompt\": \"relayed?\"}",
+     "--call", "trigger-elicitation-request", "{}"].
+
+check_relays(#{<<"results">> := [Long, Sampled, Elicited | _]} = Out) ->
+    ?assertMatch(#{<<"isError">> := false, <<"progress">> := [_, _, _ | _]}, Long),
+    ?assertMatch(#{<<"isError">> := false}, Sampled),
+    ?assertNotEqual(nomatch, binary:match(maps:get(<<"text">>, Sampled), <<"sampled by the host">>)),
+    ?assertMatch([<<"Resource trigger-sampling-request context: relayed?">>], maps:get(<<"sampling">>, Out)),
+    ?assertMatch(#{<<"isError">> := false}, Elicited),
+    ?assertMatch([_], maps:get(<<"elicitation">>, Out)),
+    ?assertNotEqual(nomatch, binary:match(maps:get(<<"text">>, Elicited), <<"blue">>)).
+
 %% The same over stdio: the host launches `bin/erlmcp-flow stdio --mcp'
 %% with a configuration that starts server-everything at boot.
 python_host_stdio(Config) ->
     Root = ?config(root, Config),
-    Dir = filename:join(Root, "_build/test/mcp-suite"),
-    ok = filelib:ensure_dir(filename:join(Dir, "x")),
-    Cfg = filename:join(Dir, "mcp.config"),
-    Bin = ?config(bin, Config),
-    ok = file:write_file(Cfg, io_lib:format("[{erlmcp_flow, [{mcp, #{servers => [#{id => <<\"e\">>, "
-                                            "command => [~p, ~p, \"stdio\"]}]}}]}].~n",
-                                            [Bin("node"), Bin("mcp-server-everything")])),
+    Cfg = stdio_config(Config),
     Out = host(Config, ["--stdio", filename:join(Root, "bin/erlmcp-flow"), "stdio", "--mcp",
                         "--config", filename:rootname(Cfg),
                         "--call", "echo", "{\"message\": \"over stdio\"}"]),
     #{<<"tools">> := Tools, <<"results">> := [Echo]} = Out,
     ?assert(lists:member(<<"echo">>, Tools)),
     ?assertMatch(#{<<"isError">> := false, <<"text">> := <<"Echo: over stdio">>}, Echo).
+
+%% A configuration that starts server-everything at boot.
+stdio_config(Config) ->
+    Dir = filename:join(?config(root, Config), "_build/test/mcp-suite"),
+    ok = filelib:ensure_dir(filename:join(Dir, "x")),
+    Cfg = filename:join(Dir, "mcp.config"),
+    Bin = ?config(bin, Config),
+    ok = file:write_file(Cfg, io_lib:format("[{erlmcp_flow, [{mcp, #{servers => [#{id => <<\"e\">>, "
+                                            "command => [~p, ~p, \"stdio\"]}]}}]}].~n",
+                                            [Bin("node"), Bin("mcp-server-everything")])),
+    Cfg.
 
 %% The conformance suite's server scenarios against POST /mcp, with a real
 %% MCP server (tests/mcp/conformance_tools.py) serving the tools they call:
