@@ -15,12 +15,13 @@
 -export([servers_as_agents/1, slow_one_learned_around/1, killed_mid_call_restarts/1,
          timeout_cancels_and_tools_change/1,
          python_host_http/1, python_host_stdio/1, conformance_server/1, conformance_client/1,
-         python_host_relays_http/1, python_host_relays_stdio/1]).
+         python_host_relays_http/1, python_host_relays_stdio/1, inspector_cli/1]).
 
 all() ->
     [servers_as_agents, slow_one_learned_around, killed_mid_call_restarts,
      timeout_cancels_and_tools_change, python_host_http, python_host_stdio,
-     python_host_relays_http, python_host_relays_stdio, conformance_server, conformance_client].
+     python_host_relays_http, python_host_relays_stdio, inspector_cli, conformance_server,
+     conformance_client].
 
 init_per_suite(Config) ->
     Root = erlmcp_flow_test_util:repo_root("tests/mcp/package.json"),
@@ -28,7 +29,7 @@ init_per_suite(Config) ->
     Bin = fun(N) -> filename:join([Mcp, "node_modules", ".bin", N]) end,
     Python = filename:join(Root, "_build/mcp-venv/bin/python"),
     Missing = fun() -> [F || F <- [Bin("mcp-server-everything"), Bin("mcp-server-memory"),
-                                   Bin("conformance"), Bin("node"), Python],
+                                   Bin("conformance"), Bin("mcp-inspector"), Bin("node"), Python],
                              not filelib:is_file(F)]
               end,
     Why = lists:flatten(io_lib:format("MCP packages missing (.ci/setup installs them): ~p",
@@ -232,6 +233,51 @@ python_host_stdio(Config) ->
     #{<<"tools">> := Tools, <<"results">> := [Echo]} = Out,
     ?assert(lists:member(<<"echo">>, Tools)),
     ?assertMatch(#{<<"isError">> := false, <<"text">> := <<"Echo: over stdio">>}, Echo).
+
+%% The MCP Inspector's CLI (@modelcontextprotocol/inspector, --cli) as the
+%% client of POST /mcp: every tool listed has a description (an Erlang
+%% agent's undeclared tool too), calls carry the routing and the trace id in
+%% _meta, logging/setLevel is accepted, the router's knowledge reads as
+%% resources, and a server's sampling request to a client that did not
+%% declare sampling comes back as the server's own tool error.
+inspector_cli(Config) ->
+    ok = erlmcp_flow:register_agent(<<"undeclared">>, erlmcp_flow_test_util:echo_agent(),
+                                    [<<"tool:undeclared_echo">>]),
+    try
+        #{<<"tools">> := Tools} = inspector(Config, ["--method", "tools/list"]),
+        [?assertMatch(#{<<"description">> := <<_, _/binary>>}, T) || T <- Tools],
+        ?assertMatch([_], [T || #{<<"name">> := <<"undeclared_echo">>} = T <- Tools]),
+        ?assertMatch(#{<<"content">> := [#{<<"text">> := <<"Echo: inspected">>}],
+                       <<"_meta">> := #{<<"erlmcp_flow">> := #{<<"trace_id">> := <<_:32/binary>>}}},
+                     inspector(Config, ["--method", "tools/call", "--tool-name", "echo",
+                                        "--tool-arg", "message=inspected"])),
+        ?assertEqual(#{}, inspector(Config, ["--method", "logging/setLevel", "--log-level", "warning"])),
+        #{<<"resources">> := Resources} = inspector(Config, ["--method", "resources/list"]),
+        ?assert(lists:member(<<"erlmcp-flow://tools/echo">>, [U || #{<<"uri">> := U} <- Resources])),
+        #{<<"contents">> := [#{<<"text">> := Knowledge}]} =
+            inspector(Config, ["--method", "resources/read", "--uri", "erlmcp-flow://tools/echo"]),
+        #{<<"tool">> := <<"echo">>, <<"servers">> := Servers, <<"learned_preference">> := _} =
+            erlmcp_flow_test_json:decode(Knowledge),
+        ?assert(lists:member(<<"everything-1">>, [Id || #{<<"agent_id">> := Id} <- Servers])),
+        ?assertMatch(#{<<"isError">> := true, <<"content">> := [#{<<"text">> := <<"MCP error -32601", _/binary>>}]},
+                     inspector(Config, ["--method", "tools/call", "--tool-name", "trigger-sampling-request",
+                                        "--tool-arg", "prompt=hi"]))
+    after
+        erlmcp_flow:unregister_agent(<<"undeclared">>)
+    end.
+
+inspector(Config, Args) ->
+    Bin = ?config(bin, Config),
+    Js = filename:join(?config(mcp, Config), "node_modules/@modelcontextprotocol/inspector/clients/launcher/build/index.js"),
+    {_Status, Out} = run(Bin("node"), [Js, "--cli", url() | Args], ?config(mcp, Config)),
+    ct:log("inspector ~p:~n~s", [Args, Out]),
+    %% its answer: the JSON object it prints first (a tool error adds a line
+    %% of its own after it)
+    erlmcp_flow_test_json:decode(first_object(binary:split(Out, <<"\n">>, [global]), [])).
+
+first_object([<<"{}">> | _], []) -> <<"{}">>;
+first_object([<<"}">> | _], Acc) -> iolist_to_binary(lists:reverse([<<"}">> | Acc]));
+first_object([Line | Rest], Acc) -> first_object(Rest, [Line | Acc]).
 
 %% A configuration that starts server-everything at boot.
 stdio_config(Config) ->

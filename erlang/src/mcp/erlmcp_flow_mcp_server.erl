@@ -202,7 +202,7 @@ knowledge(Name) ->
               end,
     Preference = case erlmcp_flow:explain(#{capabilities => [Cap]}) of
                      {ok, #{candidates := Cs}} ->
-                         [maps:with([agent_id, q_value, visits, softmax, state], C) || C <- Cs];
+                         [maps:with([id, q_value, aged_q_value, visits, softmax, state], C) || C <- Cs];
                      {error, _} ->
                          []
                  end,
