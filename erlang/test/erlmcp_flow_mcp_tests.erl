@@ -40,7 +40,10 @@ mcp_http_test_() ->
       {timeout, 60, {"an MCP server over Streamable HTTP as an agent: this node's own /mcp",
                      fun url_server/0}},
       {"register_server refuses bad arguments and missing commands", fun register_errors/0},
-      {"batches, methods and headers /mcp does not take; the router's tools", fun edges/0}]}.
+      {"batches, methods and headers /mcp does not take; the router's tools", fun edges/0},
+      {"a body past the limit: the client reads the 413, its session goes on", fun oversize_body/0},
+      {"a server's messages during a call reach the session (an Erlang MCP agent stands in)",
+       fun relayed/0}]}.
 
 url() ->
     "http://127.0.0.1:" ++ integer_to_list(erlmcp_flow_transport:port(http)) ++ "/mcp".
@@ -414,3 +417,138 @@ sleeper(Test) ->
             receive {cancel_task, Ref} -> Test ! {cancelled, Ref} end
     end,
     sleeper(Test).
+
+%% A client that sends a whole body past the limit in one write (as the
+%% Python SDK does) reads the 413 (no reset: what it sent is read and
+%% dropped after the answer), and its session serves the next call.
+oversize_body() ->
+    Sid = session(),
+    Port = erlmcp_flow_transport:port(http),
+    Max = erlmcp_flow_config:get(transports, max_message_bytes),
+    Body = iolist_to_binary([<<"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\",\"params\":{\"x\":\"">>,
+                             binary:copy(<<"x">>, 2 * Max), <<"\"}}">>]),
+    {ok, S} = gen_tcp:connect({127, 0, 0, 1}, Port, [binary, {active, false}]),
+    ok = gen_tcp:send(S, ["POST /mcp HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
+                          "accept: application/json, text/event-stream\r\nmcp-session-id: ", Sid,
+                          "\r\ncontent-length: ", integer_to_list(byte_size(Body)), "\r\n\r\n", Body]),
+    {ok, Answer} = recv_all(S, <<>>),
+    ?assertMatch(<<"HTTP/1.1 413 ", _/binary>>, Answer),
+    gen_tcp:close(S),
+    ?assertMatch(#{<<"result">> := #{}}, call(Sid, 2, <<"ping">>, #{})).
+
+recv_all(S, Acc) ->
+    case gen_tcp:recv(S, 0, 10000) of
+        {ok, D} -> recv_all(S, <<Acc/binary, D/binary>>);
+        {error, closed} -> {ok, Acc};
+        {error, Why} -> {error, Why, Acc}
+    end.
+
+%% An agent speaking for an MCP server: during the call it sends progress
+%% for the token erlmcp_flow gave, a log message, and a sampling request;
+%% the session (over Streamable HTTP, answered as an event stream) gets the
+%% progress with its own token and the log message at its level, answers
+%% the request, and the answer reaches the agent, which then answers the
+%% call.
+relayed() ->
+    Self = self(),
+    Agent = spawn(fun() -> relaying_agent(Self) end),
+    ok = erlmcp_flow:register_agent(<<"relayer">>, Agent, [<<"tool:relay">>]),
+    try
+        {200, H, _} = post(msg(1, <<"initialize">>, #{protocolVersion => <<"2025-11-25">>,
+                                                       capabilities => #{sampling => #{}},
+                                                       clientInfo => #{name => <<"t">>, version => <<"1">>}})),
+        Sid = proplists:get_value("mcp-session-id", H),
+        SH = [{"mcp-session-id", Sid}],
+        ?assertMatch(#{<<"result">> := #{}}, call(Sid, 2, <<"logging/setLevel">>, #{level => <<"warning">>})),
+        %% the call, on a connection of its own: its answer is a stream
+        Port = erlmcp_flow_transport:port(http),
+        {ok, S} = gen_tcp:connect({127, 0, 0, 1}, Port, [binary, {active, false}]),
+        Call = msg(3, <<"tools/call">>, #{name => <<"relay">>, arguments => #{},
+                                         '_meta' => #{progressToken => <<"mine">>}}),
+        ok = gen_tcp:send(S, ["POST /mcp HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
+                              "accept: application/json, text/event-stream\r\nmcp-session-id: ", Sid,
+                              "\r\ncontent-length: ", integer_to_list(byte_size(Call)), "\r\n\r\n", Call]),
+        %% the sampling request comes on the stream; answered by a POST
+        {Head, Events0} = stream_until(S, <<"sampling/createMessage">>, <<>>),
+        ?assertNotEqual(nomatch, binary:match(Head, <<"text/event-stream">>)),
+        ?assertNotEqual(nomatch, binary:match(Head, <<"transfer-encoding: chunked">>)),
+        [Progress, Warning, Ask] = [erlmcp_flow_test_json:decode(D) || D <- Events0],
+        ?assertMatch(#{<<"method">> := <<"notifications/progress">>,
+                       <<"params">> := #{<<"progressToken">> := <<"mine">>, <<"progress">> := 1}}, Progress),
+        %% the debug message was below the session's level: not sent
+        ?assertMatch(#{<<"method">> := <<"notifications/message">>,
+                       <<"params">> := #{<<"level">> := <<"warning">>}}, Warning),
+        #{<<"id">> := AskId, <<"method">> := <<"sampling/createMessage">>} = Ask,
+        {ok, Reply} = erlmcp_flow_jsonrpc:encode({response, AskId, {ok, #{role => assistant,
+                                                                         content => #{type => text, text => <<"hi">>},
+                                                                         model => <<"m">>}}}),
+        ?assertMatch({202, _, _}, post(Reply, SH)),
+        {_, [Final]} = stream_until(S, <<"\"id\":3">>, <<>>),
+        ?assertMatch(#{<<"id">> := 3, <<"result">> := #{<<"content">> := [#{<<"text">> := <<"sampled: hi">>}]}},
+                     erlmcp_flow_test_json:decode(Final)),
+        gen_tcp:close(S),
+        %% a client that did not declare sampling is not asked: the agent
+        %% gets -32601 and says so in its answer
+        %% (its log messages come first: the answer is a stream, the
+        %% response its last event)
+        Sid2 = session(),
+        {200, H2, Body2} = post(msg(4, <<"tools/call">>, #{name => <<"relay">>, arguments => #{}}),
+                                [{"mcp-session-id", Sid2}]),
+        ?assertEqual("text/event-stream", proplists:get_value("content-type", H2)),
+        {_, Datas} = events(Body2),
+        ?assertMatch([#{<<"method">> := <<"notifications/message">>},
+                      #{<<"method">> := <<"notifications/message">>},
+                      #{<<"id">> := 4, <<"result">> := #{<<"content">> := [#{<<"text">> := <<"refused: -32601">>}]}}],
+                     [erlmcp_flow_test_json:decode(D) || D <- Datas])
+    after
+        erlmcp_flow:unregister_agent(<<"relayer">>),
+        exit(Agent, kill)
+    end.
+
+%% Events read from a chunked event stream until one holds `Until': what
+%% came before the first event (the head, on the first read) and the
+%% events' data.
+stream_until(S, Until, Acc) ->
+    {ok, D} = gen_tcp:recv(S, 0, 10000),
+    All = <<Acc/binary, D/binary>>,
+    Whole = fun({Pos, _}) -> binary:match(All, <<"\n\n">>, [{scope, {Pos, byte_size(All) - Pos}}]) =/= nomatch end,
+    case binary:match(All, Until) of
+        nomatch ->
+            stream_until(S, Until, All);
+        Found ->
+            case Whole(Found) of
+                false -> stream_until(S, Until, All);
+                true -> events(All)
+            end
+    end.
+
+events(All) ->
+    Head = hd(binary:split(All, <<"event: ">>)),
+    {Head, [string:trim(Data) || L <- binary:split(All, <<"\n">>, [global]),
+                                 <<"data: ", Data/binary>> <- [L]]}.
+
+relaying_agent(_Test) ->
+    receive
+        {execute_task, #{tool := <<"relay">>} = Task, _Ctx, From, Ref} ->
+            case Task of
+                #{mcp := #{relay := {Pid, CallRef}, progress_token := Token}} ->
+                    Note = fun(M, P) -> Pid ! {mcp_relay, CallRef, {notification, M, P}} end,
+                    _ = Token =/= undefined andalso
+                        Note(<<"notifications/progress">>, #{<<"progressToken">> => Token, <<"progress">> => 1}),
+                    Note(<<"notifications/message">>, #{<<"level">> => <<"debug">>, <<"data">> => <<"quiet">>}),
+                    Note(<<"notifications/message">>, #{<<"level">> => <<"warning">>, <<"data">> => <<"loud">>}),
+                    Pid ! {mcp_relay, CallRef, {request, self(), 9, <<"sampling/createMessage">>, #{}}},
+                    Text = receive
+                               {mcp_client_answer, 9, {ok, #{<<"content">> := #{<<"text">> := T}}}} ->
+                                   <<"sampled: ", T/binary>>;
+                               {mcp_client_answer, 9, {error, Code, _, _}} ->
+                                   <<"refused: ", (integer_to_binary(Code))/binary>>
+                           after 5000 -> <<"no answer">>
+                           end,
+                    From ! {task_result, Ref, {ok, #{<<"content">> => [#{<<"type">> => <<"text">>,
+                                                                         <<"text">> => Text}]}}};
+                _ ->
+                    From ! {task_result, Ref, {ok, no_relay}}
+            end
+    end,
+    relaying_agent(_Test).
