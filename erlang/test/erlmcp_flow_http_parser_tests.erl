@@ -203,3 +203,11 @@ mutate({drop, At, Len}, B) ->
     L = min(Len, byte_size(B) - N),
     <<Pre:N/binary, _:L/binary, Post/binary>> = B,
     <<Pre/binary, Post/binary>>.
+
+%% A header value of obs-text that is not UTF-8, with whitespace around it
+%% (found by prop_mutations_answer): read as bytes, never a crash.
+obs_text_value_test() ->
+    P = erlmcp_flow_http_parser:new(#{max_body => 1024}),
+    Req = <<"GET / HTTP/1.1\r\nhost: a\r\nx-odd: \t", 172, 227, 245, " \r\n\r\n">>,
+    ?assertMatch({request, #{headers := [{<<"host">>, <<"a">>}, {<<"x-odd">>, <<172, 227, 245>>}]}, _},
+                 erlmcp_flow_http_parser:parse(Req, P)).

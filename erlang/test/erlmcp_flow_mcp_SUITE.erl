@@ -205,8 +205,14 @@ python_host_relays_http(Config) ->
 python_host_relays_stdio(Config) ->
     Cfg = stdio_config(Config),
     Out = host(Config, ["--stdio", filename:join(?config(root, Config), "bin/erlmcp-flow"), "stdio", "--mcp",
-                        "--config", filename:rootname(Cfg)] ++ relay_calls()),
-    check_relays(Out).
+                        "--config", filename:rootname(Cfg)] ++ relay_calls() ++
+                   %% a line past the limit: answered -32012 with its id (the
+                   %% SDK's call fails at once, it does not wait), then the next
+                   ["--call", "echo", "@big:1100000", "--call", "echo", "{\"message\": \"after\"}"]),
+    check_relays(Out),
+    #{<<"results">> := [_, _, _, TooBig, After]} = Out,
+    ?assertMatch(#{<<"exception">> := <<"Message too large">>}, TooBig),
+    ?assertMatch(#{<<"isError">> := false, <<"text">> := <<"Echo: after">>}, After).
 
 relay_calls() ->
     ["--call", "trigger-long-running-operation", "{\"duration\": 1, \"steps\": 3}",

@@ -587,7 +587,7 @@ events(Bin0) ->
         [Event, Rest] ->
             {More, Left} = events(Rest),
             Data = [D || L <- binary:split(Event, <<"\n">>, [global]),
-                         <<"data:", D0/binary>> <- [L], D <- [string:trim(D0, leading, " ")]],
+                         <<"data:", D0/binary>> <- [L], D <- [space_off(D0)]],
             case Data of
                 [] -> {More, Left};
                 _ -> {[iolist_to_binary(lists:join(<<"\n">>, Data)) | More], Left}
@@ -597,6 +597,10 @@ events(Bin0) ->
         [Partial] ->
             {[], Partial}
     end.
+
+%% A data line's one leading space (SSE), by bytes: the line need not be UTF-8.
+space_off(<<" ", D/binary>>) -> D;
+space_off(D) -> D.
 
 %% A Streamable HTTP answer: JSON, or an event stream whose `data' lines
 %% carry messages; the session id from the first answer.
@@ -608,7 +612,7 @@ http_result({{_, Status, _}, Headers, Body}, State) when Status >= 200, Status <
     case proplists:get_value("content-type", Headers, "") of
         "text/event-stream" ++ _ ->
             Datas = [D || L <- binary:split(Body, [<<"\r\n">>, <<"\n">>], [global]),
-                          <<"data:", D0/binary>> <- [L], D <- [string:trim(D0, leading)]],
+                          <<"data:", D0/binary>> <- [L], D <- [space_off(D0)]],
             lists:foldl(fun message/2, State1, Datas);
         _ ->
             message(Body, State1)

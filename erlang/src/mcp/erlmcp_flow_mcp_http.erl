@@ -215,7 +215,10 @@ serve({Sid, SessionVersion, Info}, HeaderVersion, Decoded, Headers, L) ->
 
 accepts_stream(Headers) ->
     case lists:keyfind(<<"accept">>, 1, Headers) of
-        {_, A} -> binary:match(string:lowercase(A), <<"text/event-stream">>) =/= nomatch;
+        {_, A} ->
+            %% bytes: a hostile value need not be UTF-8
+            Lower = << <<(case C of _ when C >= $A, C =< $Z -> C + 32; _ -> C end)>> || <<C>> <= A >>,
+            binary:match(Lower, <<"text/event-stream">>) =/= nomatch;
         false -> false
     end.
 

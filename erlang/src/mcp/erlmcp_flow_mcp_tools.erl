@@ -43,8 +43,8 @@ tool(Name) ->
                catch error:badarg -> #{}
                end,
     Default = #{<<"inputSchema">> => #{<<"type">> => <<"object">>},
-                <<"description">> => <<"The tool ", Name/binary,
-                                       ", served by the agents erlmcp_flow routes to">>},
+                <<"description">> => iolist_to_binary(["The tool ", [Name || is_binary(Name)],
+                                                       ", served by the agents erlmcp_flow routes to"])},
     Base = maps:merge(Default, json_keys(Declared)),
     Base#{<<"name">> => Name}.
 

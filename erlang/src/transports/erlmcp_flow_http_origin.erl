@@ -39,6 +39,10 @@ local(Url) ->
 
 host(Url) ->
     case catch uri_string:parse(Url) of
-        #{host := H} when is_binary(H) -> string:lowercase(H);
+        #{host := H} when is_binary(H) ->
+            case catch string:lowercase(H) of
+                L when is_binary(L) -> L;
+                _ -> <<>>
+            end;
         _ -> <<>>
     end.

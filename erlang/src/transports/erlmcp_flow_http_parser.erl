@@ -422,7 +422,19 @@ target(B) -> lists:all(fun(C) -> C > 16#20 andalso C < 16#7F end, binary_to_list
 field_value(B) -> lists:all(fun(C) -> C =:= $\t orelse (C >= 16#20 andalso C =/= 16#7F) end,
                             binary_to_list(B)).
 
-ows_trim(B) -> string:trim(B, both, " \t").
+%% Bytes, not characters: a value may hold obs-text that is not UTF-8
+%% (string:trim/3 raises on it).
+ows_trim(B) -> ows_trim_tail(ows_trim_head(B)).
+
+ows_trim_head(<<C, R/binary>>) when C =:= $\s; C =:= $\t -> ows_trim_head(R);
+ows_trim_head(B) -> B.
+
+ows_trim_tail(<<>>) -> <<>>;
+ows_trim_tail(B) ->
+    case binary:last(B) of
+        C when C =:= $\s; C =:= $\t -> ows_trim_tail(binary:part(B, 0, byte_size(B) - 1));
+        _ -> B
+    end.
 
 lowercase(B) -> << <<(if C >= $A, C =< $Z -> C + 32; true -> C end)>> || <<C>> <= B >>.
 

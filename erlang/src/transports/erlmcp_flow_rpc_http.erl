@@ -172,15 +172,20 @@ authorized(_Headers, #{token := undefined}) ->
 authorized(Headers, #{token := Token}) ->
     case lists:keyfind(<<"authorization">>, 1, Headers) of
         {_, Value} ->
-            case binary:split(string:trim(Value), <<" ">>) of
+            %% bytes, not characters: a hostile value need not be UTF-8
+            %% (the parser already took the whitespace around it)
+            case binary:split(Value, <<" ">>) of
                 [Scheme, Given] ->
-                    string:lowercase(Scheme) =:= <<"bearer">> andalso equal(string:trim(Given), Token);
+                    ascii_lower(Scheme) =:= <<"bearer">> andalso equal(Given, Token);
                 _ ->
                     false
             end;
         false ->
             false
     end.
+
+ascii_lower(B) ->
+    << <<(case C of _ when C >= $A, C =< $Z -> C + 32; _ -> C end)>> || <<C>> <= B >>.
 
 %% Constant time in the length of the token.
 equal(A, B) when byte_size(A) =:= byte_size(B) ->
