@@ -124,3 +124,29 @@ large_encode_test() ->
     Bad = #{<<"items">> => lists:seq(1, 50000), <<"pid">> => self()},
     ?assertMatch({error, {unencodable, _}}, erlmcp_flow_jsonrpc:encode_json(Bad)),
     ?assertEqual(erlmcp_flow_nif:json_encode(Bad), erlmcp_flow_nif:json_encode_dirty(Bad)).
+
+%% The id of a message past the limit, read from its first bytes: a
+%% top-level "id" only (not one nested in params), a number, a string or
+%% null; anything else, or bytes that end before it, null.
+head_id_test() ->
+    H = fun erlmcp_flow_jsonrpc:head_id/1,
+    ?assertEqual(42, H(<<"{\"jsonrpc\":\"2.0\",\"id\":42,\"method\":\"x\",\"params\":{\"a\":\"">>)),
+    ?assertEqual(<<"a\"b">>, H(<<"{\"params\":{\"id\":5,\"x\":[1,{\"id\":3}],\"s\":\"}\"},\"id\":\"a\\\"b\",">>)),
+    ?assertEqual(-7, H(<<" {\r\n\t\"id\" : -7 , ">>)),
+    ?assertEqual(9, H(<<"{\"a\":true,\"b\":null,\"c\":1.5e3,\"id\":9}">>)),
+    ?assertEqual(null, H(<<"{\"id\":null,">>)),
+    ?assertEqual(null, H(<<"{\"method\":\"tools/call\",\"params\":{\"arguments\":{\"data\":\"xxxx">>)),
+    ?assertEqual(null, H(<<"[{\"id\":1">>)),
+    ?assertEqual(null, H(<<"{\"id\":1.5,">>)),
+    ?assertEqual(null, H(<<"{\"id\":12">>)),
+    ?assertEqual(null, H(<<"{\"id\":\"unterminated">>)),
+    ?assertEqual(null, H(<<"{\"id\" 1}">>)),
+    ?assertEqual(null, H(<<"{\"a\":1 \"id\":2}">>)),
+    ?assertEqual(null, H(<<"{\"a\":\"open">>)),
+    ?assertEqual(null, H(<<"{\"a\":[1,2">>)),
+    ?assertEqual(null, H(<<"{\"a\":tru">>)),
+    ?assertEqual(null, H(<<"{3:1}">>)),
+    ?assertEqual(null, H(<<>>)),
+    ?assertMatch(#{<<"id">> := 42, <<"error">> := #{<<"code">> := -32012}},
+                 erlmcp_flow_test_json:decode(
+                   erlmcp_flow_jsonrpc:too_large(10, 100, <<"{\"id\":42,\"method\":">>))).

@@ -43,7 +43,10 @@ mcp_http_test_() ->
       {"batches, methods and headers /mcp does not take; the router's tools", fun edges/0},
       {"a body past the limit: the client reads the 413, its session goes on", fun oversize_body/0},
       {"a server's messages during a call reach the session (an Erlang MCP agent stands in)",
-       fun relayed/0}]}.
+       fun relayed/0},
+      {"the router's knowledge as resources; each version's shape of a tool", fun resources_and_versions/0},
+      {"a client without an event stream is not asked; a server's cancellation reaches the client",
+       fun relay_edges/0}]}.
 
 url() ->
     "http://127.0.0.1:" ++ integer_to_list(erlmcp_flow_transport:port(http)) ++ "/mcp".
@@ -450,8 +453,7 @@ recv_all(S, Acc) ->
 %% the request, and the answer reaches the agent, which then answers the
 %% call.
 relayed() ->
-    Self = self(),
-    Agent = spawn(fun() -> relaying_agent(Self) end),
+    Agent = spawn(fun erlmcp_flow_test_util:relaying_agent/0),
     ok = erlmcp_flow:register_agent(<<"relayer">>, Agent, [<<"tool:relay">>]),
     try
         {200, H, _} = post(msg(1, <<"initialize">>, #{protocolVersion => <<"2025-11-25">>,
@@ -527,28 +529,85 @@ events(All) ->
     {Head, [string:trim(Data) || L <- binary:split(All, <<"\n">>, [global]),
                                  <<"data: ", Data/binary>> <- [L]]}.
 
-relaying_agent(_Test) ->
-    receive
-        {execute_task, #{tool := <<"relay">>} = Task, _Ctx, From, Ref} ->
-            case Task of
-                #{mcp := #{relay := {Pid, CallRef}, progress_token := Token}} ->
-                    Note = fun(M, P) -> Pid ! {mcp_relay, CallRef, {notification, M, P}} end,
-                    _ = Token =/= undefined andalso
-                        Note(<<"notifications/progress">>, #{<<"progressToken">> => Token, <<"progress">> => 1}),
-                    Note(<<"notifications/message">>, #{<<"level">> => <<"debug">>, <<"data">> => <<"quiet">>}),
-                    Note(<<"notifications/message">>, #{<<"level">> => <<"warning">>, <<"data">> => <<"loud">>}),
-                    Pid ! {mcp_relay, CallRef, {request, self(), 9, <<"sampling/createMessage">>, #{}}},
-                    Text = receive
-                               {mcp_client_answer, 9, {ok, #{<<"content">> := #{<<"text">> := T}}}} ->
-                                   <<"sampled: ", T/binary>>;
-                               {mcp_client_answer, 9, {error, Code, _, _}} ->
-                                   <<"refused: ", (integer_to_binary(Code))/binary>>
-                           after 5000 -> <<"no answer">>
-                           end,
-                    From ! {task_result, Ref, {ok, #{<<"content">> => [#{<<"type">> => <<"text">>,
-                                                                         <<"text">> => Text}]}}};
-                _ ->
-                    From ! {task_result, Ref, {ok, no_relay}}
-            end
-    end,
-    relaying_agent(_Test).
+
+resources_and_versions() ->
+    Sid = session(),
+    {ok, _, _} = erlmcp_flow:execute(#{a => 1, b => 2}, #{capabilities => [<<"tool:add">>]}),
+    #{<<"result">> := #{<<"resources">> := Rs}} = call(Sid, 2, <<"resources/list">>, #{}),
+    ?assert(lists:member(<<"erlmcp-flow://tools/add">>, [U || #{<<"uri">> := U} <- Rs])),
+    ?assertMatch(#{<<"result">> := #{<<"resourceTemplates">> := [#{<<"uriTemplate">> := <<"erlmcp-flow://tools/{name}">>}]}},
+                 call(Sid, 3, <<"resources/templates/list">>, #{})),
+    #{<<"result">> := #{<<"contents">> := [#{<<"text">> := Text}]}} =
+        call(Sid, 4, <<"resources/read">>, #{uri => <<"erlmcp-flow://tools/add">>}),
+    ?assertMatch(#{<<"tool">> := <<"add">>, <<"servers">> := [#{<<"agent_id">> := <<"adder">>}],
+                   <<"learned_preference">> := [#{<<"id">> := <<"adder">>}]},
+                 erlmcp_flow_test_json:decode(Text)),
+    ?assertMatch(#{<<"error">> := #{<<"code">> := -32002}},
+                 call(Sid, 5, <<"resources/read">>, #{uri => <<"erlmcp-flow://tools/nope">>})),
+    ?assertMatch(#{<<"error">> := #{<<"code">> := -32002}},
+                 call(Sid, 6, <<"resources/read">>, #{uri => <<"file:///etc/passwd">>})),
+    ?assertMatch(#{<<"error">> := #{<<"code">> := -32602}}, call(Sid, 7, <<"resources/read">>, #{})),
+    %% a tool with what later versions added: each version sees its own
+    ok = erlmcp_flow_mcp:declare_tool(<<"fancy">>, #{title => <<"Fancy">>, description => <<"f">>,
+                                                     outputSchema => #{type => object},
+                                                     icons => [#{src => <<"https://x/i.png">>}]}),
+    ok = erlmcp_flow:register_agent(<<"fancy">>, erlmcp_flow_test_util:echo_agent(), [<<"tool:fancy">>]),
+    try
+        Fancy = fun(Version) ->
+                        S = session(Version),
+                        {200, _, B} = post(msg(8, <<"tools/list">>, #{}), [{"mcp-session-id", S}]),
+                        #{<<"result">> := #{<<"tools">> := Ts}} = erlmcp_flow_test_json:decode(B),
+                        hd([T || #{<<"name">> := <<"fancy">>} = T <- Ts])
+                end,
+        ?assertMatch(#{<<"title">> := _, <<"outputSchema">> := _, <<"icons">> := _}, Fancy(<<"2025-11-25">>)),
+        F18 = Fancy(<<"2025-06-18">>),
+        ?assertMatch(#{<<"title">> := _, <<"outputSchema">> := _}, F18),
+        ?assertNot(is_map_key(<<"icons">>, F18)),
+        F03 = Fancy(<<"2025-03-26">>),
+        ?assertEqual([], [K || K <- [<<"title">>, <<"outputSchema">>, <<"icons">>], is_map_key(K, F03)]),
+        %% and a result: no structuredContent under 2025-03-26
+        S03 = session(<<"2025-03-26">>),
+        {200, _, B03} = post(msg(9, <<"tools/call">>, #{name => <<"flow_stats">>, arguments => #{}}),
+                             [{"mcp-session-id", S03}]),
+        #{<<"result">> := R03} = erlmcp_flow_test_json:decode(B03),
+        ?assertNot(is_map_key(<<"structuredContent">>, R03)),
+        %% the header's version applies to its request
+        {200, _, B18} = post(msg(10, <<"tools/call">>, #{name => <<"flow_stats">>, arguments => #{}}),
+                             [{"mcp-session-id", S03}, {"mcp-protocol-version", "2025-06-18"}]),
+        ?assertMatch(#{<<"result">> := #{<<"structuredContent">> := _}}, erlmcp_flow_test_json:decode(B18))
+    after
+        erlmcp_flow:unregister_agent(<<"fancy">>)
+    end.
+
+relay_edges() ->
+    Agent = spawn(fun erlmcp_flow_test_util:relaying_agent/0),
+    ok = erlmcp_flow:register_agent(<<"relayer">>, Agent, [<<"tool:relay">>]),
+    try
+        {200, H, _} = post(msg(1, <<"initialize">>, #{protocolVersion => <<"2025-11-25">>,
+                                                       capabilities => #{sampling => #{}}})),
+        Sid = proplists:get_value("mcp-session-id", H),
+        %% a client that accepts JSON only: nothing streamed, not asked
+        {ok, {{_, 200, _}, H1, B1}} =
+            httpc:request(post, {url(), [{"accept", "application/json"}, {"mcp-session-id", Sid}],
+                                 "application/json",
+                                 msg(2, <<"tools/call">>, #{name => <<"relay">>, arguments => #{}})},
+                          [], [{body_format, binary}]),
+        ?assertEqual("application/json", proplists:get_value("content-type", H1)),
+        ?assertMatch(#{<<"id">> := 2, <<"result">> := #{<<"content">> := [#{<<"text">> := <<"refused: -32601">>}]}},
+                     erlmcp_flow_test_json:decode(B1)),
+        %% the server gives its request up: the client is told on the stream
+        {200, _, B2} = post(msg(3, <<"tools/call">>, #{name => <<"relay">>, arguments => #{cancel => true}}),
+                            [{"mcp-session-id", Sid}]),
+        {_, Datas} = events(B2),
+        Msgs = [erlmcp_flow_test_json:decode(D) || D <- Datas],
+        [#{<<"id">> := Ask}] = [M || #{<<"method">> := <<"sampling/createMessage">>} = M <- Msgs],
+        ?assertMatch([#{<<"params">> := #{<<"requestId">> := Ask}}],
+                     [M || #{<<"method">> := <<"notifications/cancelled">>} = M <- Msgs]),
+        ?assertMatch(#{<<"id">> := 3}, lists:last(Msgs)),
+        %% a client's answer to a request nobody waits for: 202, nothing
+        {ok, Late} = erlmcp_flow_jsonrpc:encode({response, Ask, {ok, #{}}}),
+        ?assertMatch({202, _, _}, post(Late, [{"mcp-session-id", Sid}]))
+    after
+        erlmcp_flow:unregister_agent(<<"relayer">>),
+        exit(Agent, kill)
+    end.

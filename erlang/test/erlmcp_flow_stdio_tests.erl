@@ -60,7 +60,9 @@ in_vm_test_() ->
      end,
      [{"JSON-RPC: answers, notifications, errors, long lines, end of input", fun jsonrpc_in_vm/0},
       {"MCP: lifecycle, tools, cancellation, list_changed, end of input", {timeout, 30, fun mcp_in_vm/0}},
-      {"MCP 2025-03-26: batches answered, later fields trimmed", {timeout, 30, fun mcp_2025_03_26_in_vm/0}}]}.
+      {"MCP 2025-03-26: batches answered, later fields trimmed", {timeout, 30, fun mcp_2025_03_26_in_vm/0}},
+      {"MCP: what a server sends during a call reaches the host, its answers go back",
+       {timeout, 30, fun mcp_relay_in_vm/0}}]}.
 
 %% A loop under test: `Mod:serve({sink, self()}, Max)' in a process of its
 %% own; lines go to it as a port would send them.
@@ -179,3 +181,77 @@ sleeper() ->
         {execute_task, _, _, _From, Ref} -> receive {cancel_task, Ref} -> ok end
     end,
     sleeper().
+
+%% Relaying over stdio, an Erlang agent standing in for the server behind
+%% (erlmcp_flow_test_util:relaying_agent/0): progress with the host's token,
+%% log messages at the host's level, a sampling request under an id of the
+%% session's and the host's answer back; a request the server gives up is
+%% cancelled at the host; a host that did not declare sampling is not asked.
+mcp_relay_in_vm() ->
+    Agent = spawn(fun erlmcp_flow_test_util:relaying_agent/0),
+    ok = erlmcp_flow:register_agent(<<"relayer">>, Agent, [<<"tool:relay">>]),
+    try
+        L = start_loop(erlmcp_flow_mcp_stdio, 100000),
+        Send = fun(Msg) -> {ok, B} = erlmcp_flow_jsonrpc:encode(Msg), line(L, B) end,
+        Send({request, 1, <<"initialize">>, #{protocolVersion => <<"2025-11-25">>,
+                                              capabilities => #{sampling => #{}}}}),
+        ?assertMatch(#{<<"id">> := 1, <<"result">> := _}, stdout()),
+        Send({request, 2, <<"logging/setLevel">>, #{level => <<"loud">>}}),
+        ?assertMatch(#{<<"id">> := 2, <<"error">> := #{<<"code">> := -32602}}, stdout()),
+        Send({request, 3, <<"logging/setLevel">>, #{level => <<"warning">>}}),
+        ?assertMatch(#{<<"id">> := 3, <<"result">> := #{}}, stdout()),
+        Send({request, 4, <<"tools/call">>, #{name => <<"relay">>, arguments => #{},
+                                              '_meta' => #{progressToken => 77}}}),
+        ?assertMatch(#{<<"method">> := <<"notifications/progress">>,
+                       <<"params">> := #{<<"progressToken">> := 77}}, stdout()),
+        ?assertMatch(#{<<"method">> := <<"notifications/message">>,
+                       <<"params">> := #{<<"level">> := <<"warning">>}}, stdout()),
+        #{<<"id">> := Ask, <<"method">> := <<"sampling/createMessage">>} = stdout(),
+        Send({response, Ask, {ok, #{role => assistant, model => <<"m">>,
+                                    content => #{type => text, text => <<"from the host">>}}}}),
+        ?assertMatch(#{<<"id">> := 4, <<"result">> := #{<<"content">> := [#{<<"text">> := <<"sampled: from the host">>}]}},
+                     stdout()),
+        %% the server gives its request up: the host is told
+        Send({request, 5, <<"tools/call">>, #{name => <<"relay">>, arguments => #{cancel => true}}}),
+        ?assertMatch(#{<<"method">> := <<"notifications/message">>}, stdout()),
+        #{<<"id">> := Ask2, <<"method">> := <<"sampling/createMessage">>} = stdout(),
+        ?assertMatch(#{<<"method">> := <<"notifications/cancelled">>,
+                       <<"params">> := #{<<"requestId">> := Ask2, <<"reason">> := <<"gave up">>}}, stdout()),
+        ?assertMatch(#{<<"id">> := 5}, stdout()),
+        %% an answer to nothing is passed by
+        Send({response, <<"erlmcp_flow:0">>, {ok, #{}}}),
+        no_stdout(100),
+        ?assertEqual(0, eof(L)),
+        %% a host that declared no sampling: the server is refused
+        L2 = start_loop(erlmcp_flow_mcp_stdio, 100000),
+        Send2 = fun(Msg) -> {ok, B} = erlmcp_flow_jsonrpc:encode(Msg), line(L2, B) end,
+        line(L2, <<"[{\"jsonrpc\":\"2.0\",\"method\":\"ping\",\"id\":7}]">>),
+        ?assertMatch(#{<<"id">> := null, <<"error">> := #{<<"code">> := -32600}}, stdout()),
+        Send2({request, 1, <<"initialize">>, #{protocolVersion => <<"2025-11-25">>}}),
+        _ = stdout(),
+        Send2({request, 2, <<"tools/call">>, #{name => <<"relay">>, arguments => #{}}}),
+        ?assertMatch(#{<<"method">> := <<"notifications/message">>, <<"params">> := #{<<"level">> := <<"debug">>}},
+                     stdout()),
+        ?assertMatch(#{<<"method">> := <<"notifications/message">>}, stdout()),
+        ?assertMatch(#{<<"id">> := 2, <<"result">> := #{<<"content">> := [#{<<"text">> := <<"refused: -32601">>}]}},
+                     stdout()),
+        ?assertEqual(0, eof(L2)),
+        %% a 2025-03-26 batch: every kind of item
+        L3 = start_loop(erlmcp_flow_mcp_stdio, 100000),
+        {ok, I3} = erlmcp_flow_jsonrpc:encode({request, 1, <<"initialize">>, #{protocolVersion => <<"2025-03-26">>}}),
+        line(L3, I3),
+        _ = stdout(),
+        line(L3, <<"[{\"jsonrpc\":\"2.0\",\"method\":\"initialize\",\"id\":2},"
+                   "{\"jsonrpc\":\"2.0\",\"method\":\"tools/list\",\"id\":3},"
+                   "{\"jsonrpc\":\"2.0\",\"method\":\"notifications/initialized\"},"
+                   "{\"jsonrpc\":\"2.0\",\"id\":4}]">>),
+        ?assertMatch([#{<<"id">> := 2, <<"error">> := #{<<"code">> := -32600}},
+                      #{<<"id">> := 3, <<"result">> := #{<<"tools">> := _}},
+                      #{<<"id">> := 4, <<"error">> := #{<<"code">> := -32600}}], stdout()),
+        line(L3, <<"[{\"jsonrpc\":\"2.0\",\"method\":\"notifications/initialized\"}]">>),
+        no_stdout(100),
+        ?assertEqual(0, eof(L3))
+    after
+        erlmcp_flow:unregister_agent(<<"relayer">>),
+        exit(Agent, kill)
+    end.

@@ -9,7 +9,7 @@
 -export([run_exe/2, repo_root/1, closed_port/0, require/3, opted_out/1, tls_files/1]).
 
 -export([start/0, stop/1, stop_drained/1, unregister_all/0, with_env/2, sync_registry/0, wait_until/1, wait_until/2, assert_clean/0,
-         echo_agent/0, raw_agent/1, remote_pid/0]).
+         echo_agent/0, raw_agent/1, remote_pid/0, relaying_agent/0]).
 
 start() ->
     %% Tests crash agents on purpose; their crash reports are expected noise.
@@ -260,3 +260,45 @@ tls_files(Dir) ->
                                         || C <- proplists:get_value(cacerts, Config)])}
             end,
     #{server => Files("server", Server), client => Files("client", Client)}.
+
+%% An agent standing in for an MCP server behind erlmcp_flow (the tool
+%% `relay'): during a call from a session it sends progress for the token it
+%% was given, a debug and a warning log message, and a sampling request
+%% (server id 9); with `arguments => #{cancel => true}' it then gives that
+%% request up (`notifications/cancelled') and answers at once, else it waits
+%% for the session's answer and answers the call with what it got:
+%% "sampled: TEXT", "refused: CODE" or "no answer".
+relaying_agent() ->
+    receive
+        {execute_task, #{tool := <<"relay">>} = Task, _Ctx, From, Ref} ->
+            Answer = case Task of
+                         #{mcp := #{relay := {Pid, CallRef}, progress_token := Token}} ->
+                             relay_call(Pid, CallRef, Token, maps:get(arguments, Task, #{}));
+                         _ ->
+                             <<"no session">>
+                     end,
+            From ! {task_result, Ref, {ok, #{<<"content">> => [#{<<"type">> => <<"text">>,
+                                                                 <<"text">> => Answer}]}}}
+    end,
+    relaying_agent().
+
+relay_call(Pid, CallRef, Token, Args) ->
+    Note = fun(M, P) -> Pid ! {mcp_relay, CallRef, {notification, M, P}} end,
+    _ = Token =/= undefined andalso
+        Note(<<"notifications/progress">>, #{<<"progressToken">> => Token, <<"progress">> => 1}),
+    Note(<<"notifications/message">>, #{<<"level">> => <<"debug">>, <<"data">> => <<"quiet">>}),
+    Note(<<"notifications/message">>, #{<<"level">> => <<"warning">>, <<"data">> => <<"loud">>}),
+    Pid ! {mcp_relay, CallRef, {request, self(), 9, <<"sampling/createMessage">>, #{}}},
+    case Args of
+        #{<<"cancel">> := true} ->
+            Pid ! {mcp_relay, CallRef, {cancelled, self(), 9, <<"gave up">>}},
+            <<"gave up">>;
+        _ ->
+            receive
+                {mcp_client_answer, 9, {ok, #{<<"content">> := #{<<"text">> := T}}}} ->
+                    <<"sampled: ", T/binary>>;
+                {mcp_client_answer, 9, {error, Code, _, _}} ->
+                    <<"refused: ", (integer_to_binary(Code))/binary>>
+            after 5000 -> <<"no answer">>
+            end
+    end.
