@@ -28,7 +28,9 @@ agent_test_() ->
      end,
      [{timeout, 60, {"a server that pages its tools, streams, asks, and fails calls", fun scripted/0}},
       {timeout, 60, {"a server that goes away mid-call is restarted and serves again", fun restarted/0}},
-      {timeout, 60, {"servers that refuse the handshake or the tool list, or are not there", fun refused/0}}]}.
+      {timeout, 60, {"servers that refuse the handshake or the tool list, or are not there", fun refused/0}},
+      {timeout, 60, {"what a Streamable HTTP server sends during a call goes to the call's session",
+                     fun relayed_over_http/0}}]}.
 
 %%--------------------------------------------------------------------
 %% The script
@@ -58,7 +60,7 @@ script(#{<<"method">> := <<"tools/list">>, <<"id">> := Id} = Msg, _Headers) ->
                    #{jsonrpc => <<"2.0">>, id => <<"s-sampling">>, method => <<"sampling/createMessage">>,
                      params => #{messages => []}},
                    result(Id, #{tools => [tool(<<"echo">>), tool(<<"fail">>), tool(<<"odd">>),
-                                          tool(<<"iserr">>), tool(<<"grow">>)],
+                                          tool(<<"iserr">>), tool(<<"grow">>), tool(<<"relay">>)],
                                 nextCursor => <<"page-2">>})]}
     end;
 script(#{<<"method">> := <<"tools/call">>, <<"id">> := Id,
@@ -77,7 +79,20 @@ script(#{<<"method">> := <<"tools/call">>, <<"id">> := Id,
             timer:sleep(1500),
             {json, result(Id, text(<<"late">>))};
         <<"crash">> ->
-            {500, [], "text/plain", <<"internal error">>}
+            {500, [], "text/plain", <<"internal error">>};
+        <<"relay">> ->
+            %% during the call, on its own stream: progress for the token
+            %% it was given, a log message, a request of its own it then
+            %% gives up, then the result
+            Token = maps:get(<<"progressToken">>, maps:get(<<"_meta">>, P, #{}), null),
+            {sse, [#{jsonrpc => <<"2.0">>, method => <<"notifications/progress">>,
+                     params => #{progressToken => Token, progress => 1, total => 2}},
+                   #{jsonrpc => <<"2.0">>, method => <<"notifications/message">>,
+                     params => #{level => <<"info">>, data => <<"working">>}},
+                   #{jsonrpc => <<"2.0">>, id => <<"s-roots">>, method => <<"roots/list">>},
+                   #{jsonrpc => <<"2.0">>, method => <<"notifications/cancelled">>,
+                     params => #{requestId => <<"s-roots">>, reason => <<"no longer needed">>}},
+                   result(Id, text(<<"relayed">>))]}
     end;
 script(_NotificationOrResponse, _Headers) ->
     accepted.
@@ -132,7 +147,8 @@ scripted() ->
                                          #{capabilities => [<<"scripted">>]}),
     %% both pages of tools
     [#{status := ready, tools := Tools}] = [S || #{id := <<"scripted">>} = S <- erlmcp_flow_mcp:servers()],
-    ?assertEqual([<<"crash">>, <<"echo">>, <<"fail">>, <<"grow">>, <<"iserr">>, <<"odd">>, <<"slow">>],
+    ?assertEqual([<<"crash">>, <<"echo">>, <<"fail">>, <<"grow">>, <<"iserr">>, <<"odd">>, <<"relay">>,
+                  <<"slow">>],
                  lists:sort(Tools)),
     %% its requests were answered: ping with {}, sampling refused (the
     %% answers go out on connections of their own: wait for them)
@@ -329,3 +345,41 @@ not_started_and_sweep_test() ->
               ?assertEqual([], ets:lookup(erlmcp_flow_mcp_sessions, <<"old">>)),
               ?assertMatch([_], ets:lookup(erlmcp_flow_mcp_sessions, <<"fresh">>))
       end).
+
+%% A call from a session (the relay in the call's context, as the MCP fronts
+%% give it) to a Streamable HTTP server that sends things on the call's
+%% stream: each reaches the session, the progress with the session's own
+%% token, the server's request under the server's id with the agent to
+%% answer, and its cancellation.
+relayed_over_http() ->
+    {Server, Port} = erlmcp_flow_scripted_http:start(fun script/2),
+    ok = erlmcp_flow_mcp:register_server(<<"relaying">>,
+                                         #{url => list_to_binary(erlmcp_flow_scripted_http:url(Port))}, #{}),
+    %% two URL servers at once, each with its own HTTP client (a second one
+    %% crashed on the first one's named tables)
+    ok = erlmcp_flow_mcp:register_server(<<"relaying-2">>,
+                                         #{url => list_to_binary(erlmcp_flow_scripted_http:url(Port))}, #{}),
+    ok = erlmcp_flow_mcp:unregister_server(<<"relaying-2">>),
+    try
+        Ref = make_ref(),
+        {ok, #{<<"content">> := [#{<<"text">> := <<"relayed">>}]}} =
+            erlmcp_flow_mcp_server:call(<<"tools/call">>,
+                                        #{<<"name">> => <<"relay">>, <<"arguments">> => #{},
+                                          <<"_meta">> => #{<<"progressToken">> => <<"caller-token">>}},
+                                        #{relay => {self(), Ref}}),
+        Relayed = fun F() -> receive {mcp_relay, Ref, M} -> [M | F()] after 0 -> [] end end,
+        [Progress, Log, {request, Agent, <<"s-roots">>, <<"roots/list">>, _},
+         {cancelled, Agent, <<"s-roots">>, <<"no longer needed">>}] = Relayed(),
+        ?assertMatch({notification, <<"notifications/progress">>,
+                      #{<<"progressToken">> := <<"caller-token">>, <<"progress">> := 1}}, Progress),
+        ?assertMatch({notification, <<"notifications/message">>, #{<<"data">> := <<"working">>}}, Log),
+        ?assert(is_pid(Agent)),
+        %% a late answer to the request the server gave up: passed on, harmless
+        Agent ! {mcp_client_answer, <<"s-roots">>, {ok, #{roots => []}}},
+        %% the level the sessions ask for reaches a server only when it logs
+        Agent ! {set_log_level, <<"debug">>},
+        ?assertMatch(#{status := ready}, erlmcp_flow_mcp_agent:info(Agent))
+    after
+        erlmcp_flow_mcp:unregister_server(<<"relaying">>),
+        erlmcp_flow_scripted_http:stop(Server)
+    end.

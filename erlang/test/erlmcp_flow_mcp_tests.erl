@@ -513,7 +513,10 @@ relayed() ->
 stream_until(S, Until, Acc) ->
     {ok, D} = gen_tcp:recv(S, 0, 10000),
     All = <<Acc/binary, D/binary>>,
-    Whole = fun({Pos, _}) -> binary:match(All, <<"\n\n">>, [{scope, {Pos, byte_size(All) - Pos}}]) =/= nomatch end,
+    %% the event that holds it read whole (the stream's last chunk is whole)
+    Whole = fun({Pos, _}) -> Until =:= <<"0\r\n\r\n">> orelse
+                                 binary:match(All, <<"\n\n">>, [{scope, {Pos, byte_size(All) - Pos}}]) =/= nomatch
+            end,
     case binary:match(All, Until) of
         nomatch ->
             stream_until(S, Until, All);
@@ -606,8 +609,63 @@ relay_edges() ->
         ?assertMatch(#{<<"id">> := 3}, lists:last(Msgs)),
         %% a client's answer to a request nobody waits for: 202, nothing
         {ok, Late} = erlmcp_flow_jsonrpc:encode({response, Ask, {ok, #{}}}),
-        ?assertMatch({202, _, _}, post(Late, [{"mcp-session-id", Sid}]))
+        ?assertMatch({202, _, _}, post(Late, [{"mcp-session-id", Sid}])),
+        %% what a client is asked: roots when it declared them, ping always,
+        %% elicitation not under 2025-03-26, nothing MCP does not name
+        {200, H3, _} = post(msg(1, <<"initialize">>, #{protocolVersion => <<"2025-03-26">>,
+                                                        capabilities => #{roots => #{}, elicitation => #{}}})),
+        Sid3 = proplists:get_value("mcp-session-id", H3),
+        Ask3 = fun(Id, Method) ->
+                       {200, _, B} = post(msg(Id, <<"tools/call">>, #{name => <<"relay">>,
+                                                                     arguments => #{ask => Method, cancel => true}}),
+                                          [{"mcp-session-id", Sid3}]),
+                       {_, Ds} = events(B),
+                       [M || D <- Ds, #{<<"method">> := M} <- [erlmcp_flow_test_json:decode(D)],
+                             M =/= <<"notifications/message">>]
+               end,
+        ?assertEqual([<<"roots/list">>, <<"notifications/cancelled">>], Ask3(4, <<"roots/list">>)),
+        ?assertEqual([<<"ping">>, <<"notifications/cancelled">>], Ask3(5, <<"ping">>)),
+        ?assertEqual([], Ask3(6, <<"elicitation/create">>)),
+        ?assertEqual([], Ask3(7, <<"tools/list">>)),
+        %% a streaming call the client cancels: the stream ends with no answer
+        Port = erlmcp_flow_transport:port(http),
+        {ok, S} = gen_tcp:connect({127, 0, 0, 1}, Port, [binary, {active, false}]),
+        Call = msg(8, <<"tools/call">>, #{name => <<"relay">>, arguments => #{}}),
+        ok = gen_tcp:send(S, ["POST /mcp HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
+                              "accept: application/json, text/event-stream\r\nmcp-session-id: ", Sid,
+                              "\r\ncontent-length: ", integer_to_list(byte_size(Call)), "\r\n\r\n", Call]),
+        {_, _} = stream_until(S, <<"sampling/createMessage">>, <<>>),
+        ?assertMatch({202, _, _}, post(note(<<"notifications/cancelled">>, #{requestId => 8}),
+                                       [{"mcp-session-id", Sid}])),
+        {_, Events} = stream_until(S, <<"0\r\n\r\n">>, <<>>),
+        ?assertEqual([], [E || E <- Events, binary:match(E, <<"\"result\"">>) =/= nomatch]),
+        gen_tcp:close(S)
     after
         erlmcp_flow:unregister_agent(<<"relayer">>),
         exit(Agent, kill)
     end.
+
+%% The words a host sees for each way a call fails.
+readable_test() ->
+    R = fun erlmcp_flow_mcp_server:readable/1,
+    ?assertEqual(<<"2 attempts failed; the last, on b: the server did not answer in time">>,
+                 R({no_available_agent, [#{agent_id => <<"a">>, reason => {agent_down, x}},
+                                         #{agent_id => <<"b">>, reason => execution_timeout}]})),
+    ?assertEqual(<<"bad a b">>, R({rejected, {tool_error, #{<<"content">> => [#{<<"type">> => <<"text">>, <<"text">> => <<"bad">>},
+                                                                               #{<<"type">> => <<"image">>},
+                                                                               #{<<"type">> => <<"text">>, <<"text">> => <<"a b">>}]}}})),
+    ?assertEqual(<<>>, R({agent_error, {tool_error, #{<<"content">> => nope}}})),
+    ?assertEqual(<<"m">>, R({agent_error, {mcp_error, -1, <<"m">>}})),
+    ?assertEqual(<<"r">>, R({rpc_error, -1, <<"r">>})),
+    ?assertEqual(<<"the server went away during the call">>, R({server_down, x})),
+    ?assertEqual(<<"the server s is restarting: try again shortly">>, R({agent_error, {server_restarting, <<"s">>}})),
+    ?assertEqual(<<"the server is not ready yet">>, R({server_not_ready, starting})),
+    ?assertEqual(<<"no server offers this tool now">>, R(no_agents_available)),
+    ?assertEqual(<<"every server of this tool is busy">>, R(overloaded)),
+    ?assertEqual(<<"the router is not running">>, R(not_started)),
+    ?assertEqual(<<"the server's answer was not MCP">>, R({bad_agent_reply, x})),
+    ?assertEqual(<<"the server's answer was not MCP">>, R({bad_mcp_reply, x})),
+    ?assertEqual(<<"internal error">>, R({internal_error, x})),
+    ?assertEqual(<<"as is">>, R(<<"as is">>)),
+    ?assertEqual(<<"draining">>, R(draining)),
+    ?assertEqual(<<"the call failed">>, R({some, 1, term})).

@@ -264,7 +264,8 @@ tls_files(Dir) ->
 %% An agent standing in for an MCP server behind erlmcp_flow (the tool
 %% `relay'): during a call from a session it sends progress for the token it
 %% was given, a debug and a warning log message, and a sampling request
-%% (server id 9); with `arguments => #{cancel => true}' it then gives that
+%% (server id 9; `arguments => #{ask => Method}' asks another thing); with
+%% `arguments => #{cancel => true}' it then gives that
 %% request up (`notifications/cancelled') and answers at once, else it waits
 %% for the session's answer and answers the call with what it got:
 %% "sampled: TEXT", "refused: CODE" or "no answer".
@@ -283,12 +284,15 @@ relaying_agent() ->
     relaying_agent().
 
 relay_call(Pid, CallRef, Token, Args) ->
+    %% answers to requests of earlier calls given up: not this call's
+    Flush = fun F() -> receive {mcp_client_answer, _, _} -> F() after 0 -> ok end end,
+    Flush(),
     Note = fun(M, P) -> Pid ! {mcp_relay, CallRef, {notification, M, P}} end,
     _ = Token =/= undefined andalso
         Note(<<"notifications/progress">>, #{<<"progressToken">> => Token, <<"progress">> => 1}),
     Note(<<"notifications/message">>, #{<<"level">> => <<"debug">>, <<"data">> => <<"quiet">>}),
     Note(<<"notifications/message">>, #{<<"level">> => <<"warning">>, <<"data">> => <<"loud">>}),
-    Pid ! {mcp_relay, CallRef, {request, self(), 9, <<"sampling/createMessage">>, #{}}},
+    Pid ! {mcp_relay, CallRef, {request, self(), 9, maps:get(<<"ask">>, Args, <<"sampling/createMessage">>), #{}}},
     case Args of
         #{<<"cancel">> := true} ->
             Pid ! {mcp_relay, CallRef, {cancelled, self(), 9, <<"gave up">>}},
@@ -297,6 +301,8 @@ relay_call(Pid, CallRef, Token, Args) ->
             receive
                 {mcp_client_answer, 9, {ok, #{<<"content">> := #{<<"text">> := T}}}} ->
                     <<"sampled: ", T/binary>>;
+                {mcp_client_answer, 9, {ok, _}} ->
+                    <<"answered">>;
                 {mcp_client_answer, 9, {error, Code, _, _}} ->
                     <<"refused: ", (integer_to_binary(Code))/binary>>
             after 5000 -> <<"no answer">>

@@ -192,10 +192,21 @@ connect(#state{spec = #{command := [Exe | Args]}} = State) ->
 connect(#state{spec = #{url := _}, httpc = undefined} = State) ->
     _ = application:ensure_all_started(inets),
     %% stand-alone, linked to this process: it goes with the agent
-    {ok, Httpc} = inets:start(httpc, [{profile, erlmcp_flow_mcp_agent}], stand_alone),
+    {ok, Httpc} = httpc_of_its_own(1),
     connect(State#state{httpc = Httpc});
 connect(#state{spec = #{url := _}} = State) ->
     initialize(State#state{session = undefined, phase = initializing}).
+
+%% A stand-alone httpc names its tables after its profile, so two agents
+%% need two profiles: the first free one of `erlmcp_flow_mcp_agent_N' (as
+%% many atoms as URL servers were ever up at once; a slot is free again
+%% when its agent goes).
+httpc_of_its_own(N) when N =< 100000 ->
+    Profile = list_to_atom("erlmcp_flow_mcp_agent_" ++ integer_to_list(N)),
+    case inets:start(httpc, [{profile, Profile}], stand_alone) of
+        {ok, Pid} -> {ok, Pid};
+        {error, _} -> httpc_of_its_own(N + 1)
+    end.
 
 find(Exe) ->
     case filename:pathtype(Exe) of

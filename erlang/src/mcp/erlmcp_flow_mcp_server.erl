@@ -46,6 +46,7 @@
 -export([shape/3]).
 -export([log_level/1]).
 -export([log_levels/0]).
+-export([readable/1]).
 -export([server_info/0]).
 
 -define(VERSIONS, [<<"2025-11-25">>, <<"2025-06-18">>, <<"2025-03-26">>]).
@@ -322,8 +323,9 @@ tool_answer({error, {agent_error, {tool_error, #{<<"content">> := _} = ToolResul
 tool_answer({error, Reason, Meta}) ->
     {ok, add_meta(text_result(#{error => readable(Reason)}, true), routing(Meta))}.
 
-%% What went wrong, in words a host shows its user: the last attempt's own
-%% answer where there was one, never an Erlang term.
+%% @doc What went wrong, in words a host shows its user: the last attempt's
+%% own answer where there was one, never an Erlang term.
+-spec readable(term()) -> binary().
 readable({no_available_agent, [_ | _] = Attempts}) ->
     #{agent_id := Id, reason := Last} = lists:last(Attempts),
     iolist_to_binary([integer_to_binary(length(Attempts)), " attempts failed; the last, on ",
@@ -335,6 +337,10 @@ readable({mcp_error, _Code, Message}) when is_binary(Message) -> Message;
 readable({rpc_error, _Code, Message}) when is_binary(Message) -> Message;
 readable(execution_timeout) -> <<"the server did not answer in time">>;
 readable({agent_down, _}) -> <<"the server went away during the call">>;
+readable({server_down, _}) -> <<"the server went away during the call">>;
+readable({server_restarting, Id}) when is_binary(Id) ->
+    <<"the server ", Id/binary, " is restarting: try again shortly">>;
+readable({server_not_ready, _}) -> <<"the server is not ready yet">>;
 readable(no_agents_available) -> <<"no server offers this tool now">>;
 readable(overloaded) -> <<"every server of this tool is busy">>;
 readable(not_started) -> <<"the router is not running">>;
