@@ -11,6 +11,8 @@
 %%   with and without the caller's traceparent and tracestate (every task is
 %%   traced: its span and its attempt's span go through the correlation
 %%   store either way);
+%% - execute/2 beside a bare alias-monitored send/receive to the same
+%%   agents (round robin by a counter), 2 callers, three alternated runs;
 %% - /metrics expositions rendered per second, at 60 agents;
 %% - registry lookups per second (erlmcp_flow:find_agent/1) beside a plain
 %%   ets:lookup/2 on a table of the same size, in the same run;
@@ -151,8 +153,35 @@ basics(Router, Agents) ->
     _ = FuseAsks,
     io:format("~nfind_agent/1 runs at ~.2f of a plain ets:lookup/2 (1 process)~n", [Ratio]),
     telemetry_cost(Execute),
-    maps:from_list([{list_to_binary(io_lib:format("~s/~b", [Name, P])), round(Ops)}
-                    || {Name, P, Ops} <- Rows]).
+    VsBare = execute_vs_bare(Agents, Execute),
+    maps:from_list([{<<"execute_vs_bare">>, VsBare} |
+                    [{list_to_binary(io_lib:format("~s/~b", [Name, P])), round(Ops)}
+                     || {Name, P, Ops} <- Rows]]).
+
+%% The VM's own reference: what a process pays to send a task to one of the
+%% same agents and wait for the answer, bare (an alias monitor, round robin
+%% by a counter), beside execute/2, 2 callers each, alternated three times
+%% in this run (the machine's neighbours move both).
+execute_vs_bare(Agents, Execute) ->
+    Pids = list_to_tuple([P || Id <- Agents, {ok, P} <- [erlmcp_flow:find_agent(Id)]]),
+    N = tuple_size(Pids),
+    C = counters:new(1, [write_concurrency]),
+    Bare = fun() ->
+                   counters:add(C, 1, 1),
+                   Pid = element(counters:get(C, 1) rem N + 1, Pids),
+                   Ref = erlang:monitor(process, Pid, [{alias, demonitor}]),
+                   Pid ! {execute_task, #{}, #{}, Ref, Ref},
+                   receive
+                       {task_result, Ref, _} -> erlang:demonitor(Ref, [flush]);
+                       {'DOWN', Ref, process, _, _} -> error(agent_down)
+                   end
+           end,
+    Runs = [{throughput(2, Bare), throughput(2, Execute)} || _ <- lists:seq(1, 3)],
+    io:format("~nexecute/2 beside a bare alias-monitored send/receive to the same ~b agents "
+              "(2 callers, 3 alternated runs):~n", [N]),
+    [io:format("  bare ~12s/s   execute/2 ~12s/s   ratio ~.2f~n",
+               [thousands(round(B)), thousands(round(E)), E / B]) || {B, E} <- Runs],
+    [#{bare => round(B), execute => round(E), ratio => E / B} || {B, E} <- Runs].
 
 %% What emitting telemetry events costs: one emission, and execute/2 (four
 %% events a task) without telemetry loaded, with it loaded and no handler

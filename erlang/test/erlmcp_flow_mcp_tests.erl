@@ -627,8 +627,19 @@ relay_edges() ->
         ?assertEqual([<<"ping">>, <<"notifications/cancelled">>], Ask3(5, <<"ping">>)),
         ?assertEqual([], Ask3(6, <<"elicitation/create">>)),
         ?assertEqual([], Ask3(7, <<"tools/list">>)),
-        %% a streaming call the client cancels: the stream ends with no answer
         Port = erlmcp_flow_transport:port(http),
+        %% an HTTP/1.0 client: the stream unframed, then the connection closes
+        {ok, S10} = gen_tcp:connect({127, 0, 0, 1}, Port, [binary, {active, false}]),
+        Call10 = msg(9, <<"tools/call">>, #{name => <<"relay">>, arguments => #{cancel => true}}),
+        ok = gen_tcp:send(S10, ["POST /mcp HTTP/1.0\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
+                                "accept: application/json, text/event-stream\r\nmcp-session-id: ", Sid,
+                                "\r\ncontent-length: ", integer_to_list(byte_size(Call10)), "\r\n\r\n", Call10]),
+        {ok, All10} = recv_all(S10, <<>>),
+        ?assertEqual(nomatch, binary:match(All10, <<"transfer-encoding">>)),
+        ?assertNotEqual(nomatch, binary:match(All10, <<"connection: close">>)),
+        {_, Datas10} = events(All10),
+        ?assertMatch(#{<<"id">> := 9, <<"result">> := _}, erlmcp_flow_test_json:decode(lists:last(Datas10))),
+        %% a streaming call the client cancels: the stream ends with no answer
         {ok, S} = gen_tcp:connect({127, 0, 0, 1}, Port, [binary, {active, false}]),
         Call = msg(8, <<"tools/call">>, #{name => <<"relay">>, arguments => #{}}),
         ok = gen_tcp:send(S, ["POST /mcp HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"

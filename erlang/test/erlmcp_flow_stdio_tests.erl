@@ -250,7 +250,32 @@ mcp_relay_in_vm() ->
                       #{<<"id">> := 4, <<"error">> := #{<<"code">> := -32600}}], stdout()),
         line(L3, <<"[{\"jsonrpc\":\"2.0\",\"method\":\"notifications/initialized\"}]">>),
         no_stdout(100),
-        ?assertEqual(0, eof(L3))
+        line(L3, <<"[{\"jsonrpc\":\"2.0\",\"method\":\"tools/call\",\"id\":5,\"params\":{\"name\":\"nope\"}}]">>),
+        ?assertMatch([#{<<"id">> := 5, <<"error">> := #{<<"code">> := -32602}}], stdout()),
+        ?assertEqual(0, eof(L3)),
+        %% what a host is asked: what it declared, ping always, nothing else
+        L4 = start_loop(erlmcp_flow_mcp_stdio, 100000),
+        Send4 = fun(Msg) -> {ok, B} = erlmcp_flow_jsonrpc:encode(Msg), line(L4, B) end,
+        Send4({request, 1, <<"initialize">>, #{protocolVersion => <<"2025-11-25">>,
+                                               capabilities => #{roots => #{}, elicitation => #{}}}}),
+        _ = stdout(),
+        Asked = fun(Id, Method) ->
+                        Send4({request, Id, <<"tools/call">>, #{name => <<"relay">>,
+                                                                arguments => #{ask => Method, cancel => true}}}),
+                        Until = fun U(Acc) ->
+                                        case stdout() of
+                                            #{<<"id">> := Id, <<"result">> := _} -> lists:reverse(Acc);
+                                            #{<<"method">> := <<"notifications/message">>} -> U(Acc);
+                                            #{<<"method">> := M} -> U([M | Acc])
+                                        end
+                                end,
+                        Until([])
+                end,
+        ?assertEqual([<<"roots/list">>, <<"notifications/cancelled">>], Asked(2, <<"roots/list">>)),
+        ?assertEqual([<<"elicitation/create">>, <<"notifications/cancelled">>], Asked(3, <<"elicitation/create">>)),
+        ?assertEqual([<<"ping">>, <<"notifications/cancelled">>], Asked(4, <<"ping">>)),
+        ?assertEqual([], Asked(5, <<"tools/list">>)),
+        ?assertEqual(0, eof(L4))
     after
         erlmcp_flow:unregister_agent(<<"relayer">>),
         exit(Agent, kill)
