@@ -118,14 +118,16 @@ plan1(_Task, Requirements, _Allowed, _Opts) when not is_map(Requirements) ->
     {error, {badarg, requirements}};
 plan1(_Task, _Requirements, _Allowed, Opts) when not is_map(Opts) ->
     {error, {badarg, opts}};
+plan1(Task, #{capabilities := Caps} = Requirements, _Allowed, Opts)
+  when map_size(Requirements) =:= 1, map_size(Opts) =:= 0 ->
+    %% the common case, capabilities alone: the same checks and plan as
+    %% below, without walking keys that are not there
+    case check(capabilities, Caps) of
+        ok -> check_keys(with_sticky_key(with_quorum((defaults())#{capabilities => Caps}), Task));
+        {error, Why} -> {error, {badarg, Why}}
+    end;
 plan1(Task, Requirements, Allowed, Opts) ->
-    Timeouts = erlmcp_flow_config:get(timeouts),
-    Defaults = #{capabilities => [],
-                 strategy => erlmcp_flow_config:get(load_balancer, strategy),
-                 routing_timeout => maps:get(routing, Timeouts),
-                 max_retry_attempts => maps:get(max_retry_attempts, Timeouts),
-                 base_retry_delay => maps:get(base_retry_delay, Timeouts),
-                 max_retry_delay => maps:get(max_retry_delay, Timeouts)},
+    Defaults = defaults(),
     case unknown_key(maps:keys(Opts), ?OPT_KEYS) of
         {ok, K} -> {error, {badarg, {unknown_option, K}}};
         none ->
@@ -144,6 +146,16 @@ plan1(Task, Requirements, Allowed, Opts) ->
                     end
             end
     end.
+
+%% What the configuration gives a task that says nothing else.
+defaults() ->
+    Timeouts = erlmcp_flow_config:get(timeouts),
+    #{capabilities => [],
+      strategy => erlmcp_flow_config:get(load_balancer, strategy),
+      routing_timeout => maps:get(routing, Timeouts),
+      max_retry_attempts => maps:get(max_retry_attempts, Timeouts),
+      base_retry_delay => maps:get(base_retry_delay, Timeouts),
+      max_retry_delay => maps:get(max_retry_delay, Timeouts)}.
 
 %% The encoded keys are hashed by the core: bounded like given ones.
 check_keys(Plan) ->
