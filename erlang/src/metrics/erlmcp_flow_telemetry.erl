@@ -34,7 +34,6 @@
 
 %% API
 -export([execute/3]).
--export([enabled/0]).
 -export([events/0]).
 
 -define(TELEMETRY, (telemetry_module())).
@@ -45,12 +44,6 @@ events() ->
     [[erlmcp_flow, task, start], [erlmcp_flow, task, stop], [erlmcp_flow, task, exception],
      [erlmcp_flow, attempt, stop], [erlmcp_flow, breaker, transition],
      [erlmcp_flow, agent, register], [erlmcp_flow, agent, unregister]].
-
-%% @doc Whether events go anywhere (the telemetry library is loaded): the
-%% task path builds an event's maps only then.
--spec enabled() -> boolean().
-enabled() ->
-    erlang:module_loaded(telemetry).
 
 %% @doc Emits `[erlmcp_flow | Event]' when telemetry is loaded; never
 %% raises (telemetry loaded but not started is no emission).

@@ -121,31 +121,19 @@ error_meta(none, _Failed) ->
 error_meta(#{trace_id := TraceId, span_id := SpanId}, Failed) ->
     #{trace_id => TraceId, span_id => SpanId, attempts => length(Failed), tried => Failed}.
 
-%% Telemetry: the task's start, with what its stop and exception reuse;
-%% nothing is built when the telemetry library is not loaded.
+%% Telemetry: the task's start, with what its stop and exception reuse.
 task_started(#{strategy := Strategy, capabilities := Caps}, #{trace_id := TraceId}) ->
+    Meta = #{trace_id => TraceId, strategy => Strategy, capabilities => Caps},
     T0 = erlang:monotonic_time(),
-    case erlmcp_flow_telemetry:enabled() of
-        true ->
-            Meta = #{trace_id => TraceId, strategy => Strategy, capabilities => Caps},
-            erlmcp_flow_telemetry:execute([task, start],
-                                          #{monotonic_time => T0, system_time => erlang:system_time()},
-                                          Meta),
-            {T0, Meta};
-        false ->
-            {T0, #{trace_id => TraceId}}
-    end.
+    erlmcp_flow_telemetry:execute([task, start],
+                                  #{monotonic_time => T0, system_time => erlang:system_time()},
+                                  Meta),
+    {T0, Meta}.
 
 %% @doc The `[erlmcp_flow, task, stop]' event of a task that began with
 %% `Started'.
 -spec task_stopped({integer(), map()}, answer()) -> ok.
-task_stopped(Started, Answer) ->
-    case erlmcp_flow_telemetry:enabled() of
-        true -> task_stop_event(Started, Answer);
-        false -> ok
-    end.
-
-task_stop_event({T0, Meta}, Answer) ->
+task_stopped({T0, Meta}, Answer) ->
     Now = erlang:monotonic_time(),
     Outcome = case Answer of
                   {ok, _, #{agent_id := A, attempts := N}} ->
@@ -351,13 +339,7 @@ attempt(Task, Plan, Trace, Deadline, #{n := N, tried := Tried, phase := Phase} =
             {error, Reason, lists:reverse(maps:get(failed, St))}
     end.
 
-attempt_stopped(T0, Trace, Ctx, AgentId, N, Awaited) ->
-    case erlmcp_flow_telemetry:enabled() of
-        true -> attempt_stop_event(T0, Trace, Ctx, AgentId, N, Awaited);
-        false -> ok
-    end.
-
-attempt_stop_event(T0, #{trace_id := TraceId}, #{span_id := SpanId}, AgentId, N, Awaited) ->
+attempt_stopped(T0, #{trace_id := TraceId}, #{span_id := SpanId}, AgentId, N, Awaited) ->
     Now = erlang:monotonic_time(),
     Outcome = case Awaited of
                   {ok, _, _} -> #{outcome => ok};
