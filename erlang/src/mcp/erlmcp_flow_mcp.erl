@@ -191,7 +191,7 @@ await_configured(Ids, Deadline) ->
 set_log_level(undefined) ->
     ok;
 set_log_level(Level) ->
-    [Pid ! {set_log_level, Level} || #{pid := Pid} <- agents()],
+    _ = [Pid ! {set_log_level, Level} || #{pid := Pid} <- agents()],
     ok.
 
 agents() ->

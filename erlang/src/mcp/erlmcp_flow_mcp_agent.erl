@@ -302,20 +302,20 @@ handle_message(#{<<"method">> := Method, <<"id">> := Id} = Msg, #state{asked = A
     end;
 handle_message(#{<<"method">> := <<"notifications/progress">>,
                  <<"params">> := #{<<"progressToken">> := Token} = Params}, #state{relays = Rs} = State) ->
-    case Rs of
-        #{Token := #{relay := {Pid, Ref}, token := Caller}} when Caller =/= undefined ->
-            Pid ! {mcp_relay, Ref, {notification, <<"notifications/progress">>,
-                                    Params#{<<"progressToken">> => Caller}}};
-        _ ->
-            ok
-    end,
+    _ = case Rs of
+            #{Token := #{relay := {Pid, Ref}, token := Caller}} when Caller =/= undefined ->
+                Pid ! {mcp_relay, Ref, {notification, <<"notifications/progress">>,
+                                        Params#{<<"progressToken">> => Caller}}};
+            _ ->
+                ok
+        end,
     State;
 handle_message(#{<<"method">> := <<"notifications/message">> = M, <<"params">> := Params}, State)
   when is_map(Params) ->
-    case session(State) of
-        {Pid, Ref} -> Pid ! {mcp_relay, Ref, {notification, M, Params}};
-        none -> ok
-    end,
+    _ = case session(State) of
+            {Pid, Ref} -> Pid ! {mcp_relay, Ref, {notification, M, Params}};
+            none -> ok
+        end,
     State;
 handle_message(#{<<"method">> := <<"notifications/cancelled">>,
                  <<"params">> := #{<<"requestId">> := Rid} = Params}, #state{asked = A} = State) ->

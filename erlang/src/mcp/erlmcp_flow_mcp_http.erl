@@ -253,10 +253,10 @@ item(_S, {notification, _, _}) ->
     none;
 item(#{sid := Sid}, {response, GwId, Outcome}) ->
     %% the client's answer to a server's request: back to that server
-    case ets:take(?SESSIONS, {Sid, {answer, GwId}}) of
-        [{_, Agent, ServerId}] -> Agent ! {mcp_client_answer, ServerId, Outcome};
-        [] -> ok
-    end,
+    _ = case ets:take(?SESSIONS, {Sid, {answer, GwId}}) of
+            [{_, Agent, ServerId}] -> Agent ! {mcp_client_answer, ServerId, Outcome};
+            [] -> ok
+        end,
     none;
 item(_S, {invalid, Id, Code, Msg, Data}) ->
     erlmcp_flow_jsonrpc:response(Id, {error, Code, Msg, Data}).

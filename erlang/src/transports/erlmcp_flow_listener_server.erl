@@ -273,12 +273,14 @@ handle_call({authenticated, Pid}, _From, #state{conns = Conns} = State) ->
     end;
 handle_call({permit, Pid, Ip}, _From, #state{permits = Permits, per_client = PerClient} = State) ->
     Held = maps:get(Ip, PerClient, 0),
+    MaxWaiting = opt(max_waiting, State),
+    MaxPerClient = opt(max_waiting_per_client, State),
     if
         is_map_key(Pid, Permits) ->
             {reply, ok, State};
-        map_size(Permits) >= map_get(max_waiting, State#state.opts) ->
+        map_size(Permits) >= MaxWaiting ->
             {reply, overloaded, State};
-        Held >= map_get(max_waiting_per_client, State#state.opts) ->
+        Held >= MaxPerClient ->
             {reply, overloaded, State};
         true ->
             {reply, ok, State#state{permits = Permits#{Pid => Ip},
