@@ -211,3 +211,16 @@ obs_text_value_test() ->
     Req = <<"GET / HTTP/1.1\r\nhost: a\r\nx-odd: \t", 172, 227, 245, " \r\n\r\n">>,
     ?assertMatch({request, #{headers := [{<<"host">>, <<"a">>}, {<<"x-odd">>, <<172, 227, 245>>}]}, _},
                  erlmcp_flow_http_parser:parse(Req, P)).
+
+%% Expect, Transfer-Encoding and Connection values that are not UTF-8: their
+%% tokens compared byte by byte, answered 417 / 501-or-400 / read, never a crash.
+obs_text_tokens_test() ->
+    P = erlmcp_flow_http_parser:new(#{max_body => 1024}),
+    ?assertMatch({error, 417, _},
+                 erlmcp_flow_http_parser:parse(<<"GET / HTTP/1.1\r\nhost: a\r\nexpect: ", 172, "\r\n\r\n">>, P)),
+    ?assertMatch({error, _, _},
+                 erlmcp_flow_http_parser:parse(<<"POST / HTTP/1.1\r\nhost: a\r\ntransfer-encoding: ", 172,
+                                                 "\r\n\r\n">>, P)),
+    ?assertMatch({request, #{keep_alive := true}, _},
+                 erlmcp_flow_http_parser:parse(<<"GET / HTTP/1.1\r\nhost: a\r\nconnection: ", 172,
+                                                 "\r\n\r\n">>, P)).

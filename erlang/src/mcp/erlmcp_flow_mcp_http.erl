@@ -216,9 +216,7 @@ serve({Sid, SessionVersion, Info}, HeaderVersion, Decoded, Headers, L) ->
 accepts_stream(Headers) ->
     case lists:keyfind(<<"accept">>, 1, Headers) of
         {_, A} ->
-            %% bytes: a hostile value need not be UTF-8
-            Lower = << <<(case C of _ when C >= $A, C =< $Z -> C + 32; _ -> C end)>> || <<C>> <= A >>,
-            binary:match(Lower, <<"text/event-stream">>) =/= nomatch;
+            binary:match(erlmcp_flow_http_parser:lowercase(A), <<"text/event-stream">>) =/= nomatch;
         false -> false
     end.
 

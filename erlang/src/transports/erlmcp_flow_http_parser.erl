@@ -36,6 +36,7 @@
 -export([parse/2]).
 -export([buffered/1]).
 -export([started/1]).
+-export([lowercase/1]).
 
 -export_type([parser/0, request/0, limits/0, result/0]).
 
@@ -233,7 +234,7 @@ framing(#p{req = #{version := V, headers := Hs0} = Req, limits = #{max_body := M
     EmptyFraming = (TE =:= [] andalso lists:keymember(<<"transfer-encoding">>, 1, Hs))
         orelse (CL =:= [] andalso lists:keymember(<<"content-length">>, 1, Hs)),
     Hosts = [H || {<<"host">>, H} <- Hs],
-    Expect = [string:lowercase(E) || {<<"expect">>, E} <- Hs],
+    Expect = [lowercase(E) || {<<"expect">>, E} <- Hs],
     Req1 = Req#{headers := Hs0},
     if
         EmptyFraming ->
@@ -249,7 +250,7 @@ framing(#p{req = #{version := V, headers := Hs0} = Req, limits = #{max_body := M
         Expect =/= [], Expect =/= [<<"100-continue">>] ->
             {error, 417, <<"only Expect: 100-continue is understood">>};
         TE =/= [] ->
-            Codings = [string:lowercase(C) || C <- TE],
+            Codings = [lowercase(C) || C <- TE],
             case {lists:last(Codings), length([C || C <- Codings, C =:= <<"chunked">>])} of
                 {<<"chunked">>, 1} when length(Codings) =:= 1 ->
                     step(P#p{phase = chunk_size, req = Req1,
@@ -436,6 +437,10 @@ ows_trim_tail(B) ->
         _ -> B
     end.
 
+%% @doc ASCII letters in lower case, byte by byte: header names and the
+%% tokens of values (a value need not be UTF-8; string:lowercase/1 raises on
+%% what is not).
+-spec lowercase(binary()) -> binary().
 lowercase(B) -> << <<(if C >= $A, C =< $Z -> C + 32; true -> C end)>> || <<C>> <= B >>.
 
 method(<<"GET">>) -> 'GET';
@@ -451,4 +456,4 @@ keep_alive({1, 1}, Headers) -> not lists:member(<<"close">>, connection(Headers)
 keep_alive({1, 0}, Headers) -> lists:member(<<"keep-alive">>, connection(Headers)).
 
 connection(Headers) ->
-    [string:lowercase(T) || T <- values(<<"connection">>, Headers)].
+    [lowercase(T) || T <- values(<<"connection">>, Headers)].

@@ -176,16 +176,13 @@ authorized(Headers, #{token := Token}) ->
             %% (the parser already took the whitespace around it)
             case binary:split(Value, <<" ">>) of
                 [Scheme, Given] ->
-                    ascii_lower(Scheme) =:= <<"bearer">> andalso equal(Given, Token);
+                    erlmcp_flow_http_parser:lowercase(Scheme) =:= <<"bearer">> andalso equal(Given, Token);
                 _ ->
                     false
             end;
         false ->
             false
     end.
-
-ascii_lower(B) ->
-    << <<(case C of _ when C >= $A, C =< $Z -> C + 32; _ -> C end)>> || <<C>> <= B >>.
 
 %% Constant time in the length of the token.
 equal(A, B) when byte_size(A) =:= byte_size(B) ->
