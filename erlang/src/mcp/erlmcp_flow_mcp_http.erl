@@ -323,31 +323,24 @@ finish(#{sid := Sid, id := Id, pid := Pid, asked := Asked, version := V} = R, Re
 
 %% One message of the server for this call.
 relay({notification, <<"notifications/message">> = M, Params}, #{info := #{level := Level}} = R) ->
-    case admits(Level, maps:get(<<"level">>, Params, <<"info">>)) of
+    case erlmcp_flow_mcp_server:admits(Level, maps:get(<<"level">>, Params, <<"info">>)) of
         true -> emit({notification, M, Params}, R);
         false -> R
     end;
 relay({notification, M, Params}, R) ->
     emit({notification, M, Params}, R);
-relay({request, Agent, ServerId, Method, Params}, #{sid := Sid, info := #{caps := Caps}} = R) ->
-    case R of
-        #{sse := true} ->
-            case can_ask(Method, Caps, maps:get(version, R)) of
-                true ->
-                    GwId = <<"erlmcp_flow:", (integer_to_binary(erlang:unique_integer([positive])))/binary>>,
-                    ets:insert(?SESSIONS, {{Sid, {answer, GwId}}, Agent, ServerId}),
-                    R1 = emit({request, GwId, Method, Params}, R),
-                    R1#{asked := [GwId | maps:get(asked, R1)]};
-                false ->
-                    Agent ! {mcp_client_answer, ServerId,
-                             {error, -32601, <<"Method not found">>,
-                              #{reason => <<"the client did not declare this capability">>}}},
-                    R
-            end;
-        _ ->
-            Agent ! {mcp_client_answer, ServerId,
-                     {error, -32601, <<"Method not found">>,
-                      #{reason => <<"the client accepts no event stream: it cannot be asked">>}}},
+relay({request, Agent, ServerId, _Method, _Params}, #{sse := false} = R) ->
+    erlmcp_flow_mcp_server:not_asked(Agent, ServerId, <<"the client accepts no event stream: it cannot be asked">>),
+    R;
+relay({request, Agent, ServerId, Method, Params}, #{sid := Sid, info := #{caps := Caps}, version := V} = R) ->
+    case erlmcp_flow_mcp_server:can_ask(Method, Caps, V) of
+        true ->
+            GwId = erlmcp_flow_mcp_server:asked_id(),
+            ets:insert(?SESSIONS, {{Sid, {answer, GwId}}, Agent, ServerId}),
+            R1 = emit({request, GwId, Method, Params}, R),
+            R1#{asked := [GwId | maps:get(asked, R1)]};
+        false ->
+            erlmcp_flow_mcp_server:not_asked(Agent, ServerId),
             R
     end;
 relay({cancelled, Agent, ServerId, Reason}, #{sid := Sid, asked := Asked} = R) ->
@@ -363,25 +356,6 @@ relay({cancelled, Agent, ServerId, Reason}, #{sid := Sid, asked := Asked} = R) -
     end;
 relay(_Other, R) ->
     R.
-
-%% What MCP lets a server ask of a client declaring `Caps' (elicitation
-%% came with 2025-06-18).
-can_ask(<<"sampling/createMessage">>, Caps, _V) -> is_map_key(<<"sampling">>, Caps);
-can_ask(<<"roots/list">>, Caps, _V) -> is_map_key(<<"roots">>, Caps);
-can_ask(<<"elicitation/create">>, _Caps, <<"2025-03-26">>) -> false;
-can_ask(<<"elicitation/create">>, Caps, _V) -> is_map_key(<<"elicitation">>, Caps);
-can_ask(<<"ping">>, _Caps, _V) -> true;
-can_ask(_, _, _) -> false.
-
-admits(undefined, _) -> true;
-admits(Threshold, Level) ->
-    Levels = erlmcp_flow_mcp_server:log_levels(),
-    index(Level, Levels) >= index(Threshold, Levels).
-
-index(X, L) -> index(X, L, 1).
-index(_, [], _) -> 0;
-index(X, [X | _], N) -> N;
-index(X, [_ | T], N) -> index(X, T, N + 1).
 
 emit(_Msg, #{sse := false} = R) ->
     R;

@@ -47,6 +47,10 @@
 -export([log_level/1]).
 -export([log_levels/0]).
 -export([readable/1]).
+-export([admits/2]).
+-export([can_ask/3]).
+-export([asked_id/0]).
+-export([not_asked/2, not_asked/3]).
 -export([server_info/0]).
 
 -define(VERSIONS, [<<"2025-11-25">>, <<"2025-06-18">>, <<"2025-03-26">>]).
@@ -170,6 +174,46 @@ log_level(#{<<"level">> := L}) when is_binary(L) ->
     end;
 log_level(_) ->
     {error, -32602, <<"Invalid params">>, #{reason => <<"logging/setLevel takes {\"level\"}">>}}.
+
+%% @doc Whether a session whose `logging/setLevel' is `Threshold' gets a log
+%% message at `Level' (every one before any setLevel; a level MCP does not
+%% name is passed on rather than judged).
+-spec admits(binary() | undefined, term()) -> boolean().
+admits(undefined, _Level) ->
+    true;
+admits(Threshold, Level) ->
+    rank(Level) >= rank(Threshold).
+
+rank(Level) ->
+    length(lists:takewhile(fun(L) -> L =/= Level end, ?LEVELS)).
+
+%% @doc Whether a server's request `Method' may be put to a client that
+%% declared `ClientCaps' under `Version' (elicitation came with 2025-06-18;
+%% ping is always allowed).
+-spec can_ask(binary(), map(), binary() | undefined) -> boolean().
+can_ask(<<"sampling/createMessage">>, Caps, _V) -> is_map_key(<<"sampling">>, Caps);
+can_ask(<<"roots/list">>, Caps, _V) -> is_map_key(<<"roots">>, Caps);
+can_ask(<<"elicitation/create">>, _Caps, <<"2025-03-26">>) -> false;
+can_ask(<<"elicitation/create">>, Caps, _V) -> is_map_key(<<"elicitation">>, Caps);
+can_ask(<<"ping">>, _Caps, _V) -> true;
+can_ask(_, _, _) -> false.
+
+%% @doc The id a server's request gets towards a client: the session's own
+%% (`erlmcp_flow:N'), so that two servers' ids never clash.
+-spec asked_id() -> binary().
+asked_id() ->
+    <<"erlmcp_flow:", (integer_to_binary(erlang:unique_integer([positive])))/binary>>.
+
+%% @doc Tells the agent `Agent' that its server's request `ServerId' was not
+%% put to the client, and why.
+-spec not_asked(pid(), term()) -> ok.
+not_asked(Agent, ServerId) ->
+    not_asked(Agent, ServerId, <<"the client did not declare this capability">>).
+
+-spec not_asked(pid(), term(), binary()) -> ok.
+not_asked(Agent, ServerId, Why) ->
+    Agent ! {mcp_client_answer, ServerId, {error, -32601, <<"Method not found">>, #{reason => Why}}},
+    ok.
 
 %% @doc A result as the session's protocol version has it: what came in a
 %% later version is left out for an older client.

@@ -218,33 +218,20 @@ batch_item(_, _S) ->
 
 %% What a server behind sends during a call of the host's.
 relay({notification, <<"notifications/message">> = M, Params}, #st{level = Level} = S) ->
-    Levels = erlmcp_flow_mcp_server:log_levels(),
-    Rank = fun(L) -> length(lists:takewhile(fun(X) -> X =/= L end, Levels)) end,
-    case Level =:= undefined orelse Rank(maps:get(<<"level">>, Params, <<"info">>)) >= Rank(Level) of
-        true -> write(S, {notification, M, Params});
-        false -> ok
-    end,
+    _ = erlmcp_flow_mcp_server:admits(Level, maps:get(<<"level">>, Params, <<"info">>)) andalso
+        write(S, {notification, M, Params}),
     S;
 relay({notification, M, Params}, S) ->
     write(S, {notification, M, Params}),
     S;
 relay({request, Agent, ServerId, Method, Params}, #st{caps = Caps, version = V, asked = A} = S) ->
-    Allowed = case Method of
-                  <<"sampling/createMessage">> -> is_map_key(<<"sampling">>, Caps);
-                  <<"roots/list">> -> is_map_key(<<"roots">>, Caps);
-                  <<"elicitation/create">> -> V =/= <<"2025-03-26">> andalso is_map_key(<<"elicitation">>, Caps);
-                  <<"ping">> -> true;
-                  _ -> false
-              end,
-    case Allowed of
+    case erlmcp_flow_mcp_server:can_ask(Method, Caps, V) of
         true ->
-            GwId = <<"erlmcp_flow:", (integer_to_binary(erlang:unique_integer([positive])))/binary>>,
+            GwId = erlmcp_flow_mcp_server:asked_id(),
             write(S, {request, GwId, Method, Params}),
             S#st{asked = A#{GwId => {Agent, ServerId}}};
         false ->
-            Agent ! {mcp_client_answer, ServerId,
-                     {error, -32601, <<"Method not found">>,
-                      #{reason => <<"the client did not declare this capability">>}}},
+            erlmcp_flow_mcp_server:not_asked(Agent, ServerId),
             S
     end;
 relay({cancelled, Agent, ServerId, Reason}, #st{asked = A} = S) ->
