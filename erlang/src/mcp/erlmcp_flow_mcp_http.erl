@@ -121,27 +121,33 @@ client(_) -> undefined.
 make_room(Client) ->
     Max = erlmcp_flow_config:get(mcp, max_sessions),
     PerClient = erlmcp_flow_config:get(mcp, max_sessions_per_client),
-    Mine = ets:select_count(?SESSIONS, [{{'$1', '_', '_', Client, '_'}, [{is_binary, '$1'}], [true]}]),
-    case Mine >= PerClient of
-        true -> evict(Client);
-        false ->
+    %% the table's size bounds both counts: below the bounds (the common
+    %% case) nothing is scanned
+    Rows = ets:info(?SESSIONS, size),
+    Mine = case Rows >= PerClient of
+               true -> ets:select_count(?SESSIONS, [{{'$1', '_', '_', Client, '_'}, [{is_binary, '$1'}], [true]}]);
+               false -> 0
+           end,
+    if
+        Mine >= PerClient -> evict(Client);
+        Rows < Max -> ok;
+        true ->
             case sessions() >= Max of
                 true -> evict('_');
                 false -> ok
             end
     end.
 
+%% The least recently used session with nothing in flight ends: the
+%% candidates and the busy sessions read in one pass each (a look per
+%% candidate made a flood of busy sessions quadratic).
 evict(Client) ->
     Candidates = ets:select(?SESSIONS, [{{'$1', '_', '$2', Client, '_'}, [{is_binary, '$1'}],
                                          [{{'$2', '$1'}}]}]),
-    idle_first(lists:sort(Candidates)).
-
-idle_first([]) ->
-    full;
-idle_first([{_, Sid} | Rest]) ->
-    case ets:select_count(?SESSIONS, [{{{Sid, '_'}, '_'}, [], [true]}]) of
-        0 -> end_session(Sid), ok;
-        _ -> idle_first(Rest)
+    Busy = maps:from_keys(ets:select(?SESSIONS, [{{{'$1', '_'}, '_'}, [{is_binary, '$1'}], ['$1']}]), true),
+    case [Sid || {_, Sid} <- lists:sort(Candidates), not is_map_key(Sid, Busy)] of
+        [Sid | _] -> end_session(Sid), ok;
+        [] -> full
     end.
 
 new_session(Version, Client, Caps) ->
