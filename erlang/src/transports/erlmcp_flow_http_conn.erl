@@ -216,17 +216,12 @@ answer_with({Status, Type, Body, Extra}, #{method := M, keep_alive := KA}, State
 deferred(Produce, #{version := V, keep_alive := KA0} = Req, #state{socket = S} = State) ->
     Chunked = V =:= {1, 1},
     KA = KA0 andalso Chunked,
+    Framing = [case Chunked of
+                   true -> "transfer-encoding: chunked\r\n";
+                   false -> []
+               end, "cache-control: no-cache\r\n"],
     Stream = fun({head, Status, Type, Extra}) ->
-                     Head = ["HTTP/1.1 ", integer_to_binary(Status), $\s, reason(Status),
-                             "\r\ncontent-type: ", Type, "\r\n",
-                             [[N, ": ", Val, "\r\n"] || {N, Val} <- Extra],
-                             case Chunked of
-                                 true -> "transfer-encoding: chunked\r\n";
-                                 false -> []
-                             end,
-                             "cache-control: no-cache\r\nconnection: ",
-                             case KA of true -> "keep-alive"; false -> "close" end, "\r\n\r\n"],
-                     sent(erlmcp_flow_socket:send(S, Head));
+                     sent(erlmcp_flow_socket:send(S, head(Status, Type, Framing, Extra, KA)));
                 ({chunk, Data}) ->
                      case iolist_size(Data) of
                          0 -> ok;
@@ -320,13 +315,8 @@ respond(#state{socket = S}, Status, Type, Body0, Connection, Extra) ->
                          {head, B} -> {<<>>, byte_size(B)};
                          B -> {B, byte_size(B)}
                      end,
-    %% an iolist, not io_lib:format: this is on every response's path
-    Head = ["HTTP/1.1 ", integer_to_binary(Status), $\s, reason(Status),
-            "\r\ncontent-type: ", Type,
-            "\r\ncontent-length: ", integer_to_binary(Length), "\r\n",
-            [[N, ": ", V, "\r\n"] || {N, V} <- Extra],
-            "connection: ", case Connection of keep_alive -> "keep-alive"; _ -> "close" end,
-            "\r\n\r\n"],
+    Head = head(Status, Type, ["content-length: ", integer_to_binary(Length), "\r\n"], Extra,
+                Connection =:= keep_alive),
     Sent = erlmcp_flow_socket:send(S, [Head, Body]),
     case Connection of
         close -> erlmcp_flow_socket:close(S), closed;
@@ -334,6 +324,15 @@ respond(#state{socket = S}, Status, Type, Body0, Connection, Extra) ->
         keep_alive when Sent =:= ok -> ok;
         keep_alive -> closed
     end.
+
+%% A response's head: status line, type, framing (`Content-Length' or
+%% chunked), the handler's headers, the connection's fate. An iolist, not
+%% io_lib:format: this is on every response's path.
+head(Status, Type, Framing, Extra, KeepAlive) ->
+    ["HTTP/1.1 ", integer_to_binary(Status), $\s, reason(Status),
+     "\r\ncontent-type: ", Type, "\r\n", Framing,
+     [[N, ": ", V, "\r\n"] || {N, V} <- Extra],
+     "connection: ", case KeepAlive of true -> "keep-alive"; false -> "close" end, "\r\n\r\n"].
 
 %% A graceful close after an error answer: our side shut down, then what
 %% the client still sends read and dropped (at most ?LINGER_BYTES, for at
