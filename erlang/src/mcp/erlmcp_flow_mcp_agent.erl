@@ -72,6 +72,9 @@
                 %% JSON-RPC id they answer, their type and bytes so far
                 streams = #{} :: #{reference() => map()},
                 server_caps = #{} :: map(),
+                %% while a Streamable HTTP answer's messages are read: the
+                %% JSON-RPC id of the call it answers
+                current = none :: integer() | none,
                 log_level :: binary() | undefined}).
 
 -spec start_link(binary(), map(), map()) -> {ok, pid()}.
@@ -332,8 +335,8 @@ handle_message(_Notification, State) ->
 
 %% The session a message of the server belongs to: the call whose HTTP
 %% response carries it, else the latest call in flight from a session.
-session(#state{relays = Rs}) ->
-    Call = case get(?MODULE) of
+session(#state{relays = Rs, current = Current}) ->
+    Call = case Current of
                Id when is_map_key(Id, Rs) -> Id;
                _ when map_size(Rs) > 0 -> lists:max(maps:keys(Rs));
                _ -> none
@@ -559,11 +562,7 @@ stream_part(ReqId, Part, #state{streams = St} = State) ->
     case St of
         #{ReqId := #{sse := true, buf := Buf, for := For} = S} ->
             {Events, Rest} = events(<<Buf/binary, Part/binary>>),
-            State1 = State#state{streams = St#{ReqId := S#{buf := Rest}}},
-            put(?MODULE, For),
-            try lists:foldl(fun message/2, State1, Events)
-            after erase(?MODULE)
-            end;
+            messages(For, Events, State#state{streams = St#{ReqId := S#{buf := Rest}}});
         #{ReqId := #{buf := Buf} = S} when byte_size(Buf) + byte_size(Part) =< ?MAX_LINE ->
             State#state{streams = St#{ReqId := S#{buf := <<Buf/binary, Part/binary>>}}};
         #{ReqId := S} ->
@@ -576,20 +575,20 @@ stream_part(ReqId, Part, #state{streams = St} = State) ->
 stream_end(ReqId, #state{streams = St} = State) ->
     case maps:take(ReqId, St) of
         {#{sse := false, buf := Buf, for := For}, St1} ->
-            put(?MODULE, For),
-            try message(Buf, State#state{streams = St1})
-            after erase(?MODULE)
-            end;
+            messages(For, [Buf], State#state{streams = St1});
         {#{buf := Buf, for := For}, St1} ->
             %% an event the stream's end closed
             {Events, _} = events(<<Buf/binary, "\n\n">>),
-            put(?MODULE, For),
-            try lists:foldl(fun message/2, State#state{streams = St1}, Events)
-            after erase(?MODULE)
-            end;
+            messages(For, Events, State#state{streams = St1});
         error ->
             State
     end.
+
+%% The messages of the answer to the call `For', read knowing which call
+%% they came with (session/1).
+messages(For, Msgs, State) ->
+    State1 = lists:foldl(fun message/2, State#state{current = For}, Msgs),
+    State1#state{current = none}.
 
 %% Whole events of an event stream (their data lines joined) and the rest.
 events(Bin0) ->
@@ -622,9 +621,8 @@ http_result({{_, Status, _}, Headers, Body}, State) when Status >= 200, Status <
              end,
     case proplists:get_value("content-type", Headers, "") of
         "text/event-stream" ++ _ ->
-            Datas = [D || L <- binary:split(Body, [<<"\r\n">>, <<"\n">>], [global]),
-                          <<"data:", D0/binary>> <- [L], D <- [space_off(D0)]],
-            lists:foldl(fun message/2, State1, Datas);
+            {Events, _} = events(<<Body/binary, "\n\n">>),
+            lists:foldl(fun message/2, State1, Events);
         _ ->
             message(Body, State1)
     end;
