@@ -410,20 +410,12 @@ start(#{sid := Sid}, Id, Method, Params, Ctx) ->
     {Pid, MRef} = spawn_opt(fun() ->
                                     process_flag(trap_exit, true),
                                     receive go -> ok end,
-                                    Self ! {mcp_result, self(), call(Method, Params, Ctx)}
+                                    Answer = erlmcp_flow_mcp_server:answer(Method, Params, Ctx),
+                                    Self ! {mcp_result, self(), Answer}
                             end, [link, monitor]),
     ets:insert(?SESSIONS, {{Sid, Id}, Pid}),
     Pid ! go,
     {Pid, MRef}.
-
-%% A request's answer, or -32603 if it crashed (logged).
-call(Method, Params, Ctx) ->
-    try erlmcp_flow_mcp_server:call(Method, Params, Ctx)
-    catch Class:Reason:Stack ->
-            logger:error("erlmcp_flow: MCP request ~ts crashed: ~0p:~0p~n~0p",
-                         [Method, Class, Reason, Stack]),
-            {error, -32603, <<"Internal error">>, undefined}
-    end.
 
 error_reply(Status, Id, Message) ->
     {Status, "application/json", error_json(Id, Message)}.

@@ -43,6 +43,7 @@
 -export([tools/0]).
 -export([tool_names/0]).
 -export([call/3]).
+-export([answer/3]).
 -export([shape/3]).
 -export([log_level/1]).
 -export([log_levels/0]).
@@ -159,6 +160,18 @@ call(<<"resources/read">>, _Params, _Ctx) ->
     {error, -32602, <<"Invalid params">>, #{reason => <<"resources/read takes {\"uri\"}">>}};
 call(Method, _Params, _Ctx) ->
     {error, -32601, <<"Method not found">>, #{method => Method}}.
+
+%% @doc As `call/3' for a front: a crash of the request is logged and
+%% answered -32603, never taking the session down with it.
+-spec answer(binary(), term(), map()) ->
+          {ok, map()} | {error, integer(), binary(), term()} | cancelled.
+answer(Method, Params, Ctx) ->
+    try call(Method, Params, Ctx)
+    catch Class:Reason:Stack ->
+            logger:error("erlmcp_flow: MCP request ~ts crashed: ~0p:~0p~n~0p",
+                         [Method, Class, Reason, Stack]),
+            {error, -32603, <<"Internal error">>, undefined}
+    end.
 
 %% @doc The levels of `logging/setLevel', most verbose first.
 -spec log_levels() -> [binary()].

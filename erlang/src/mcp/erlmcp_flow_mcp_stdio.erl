@@ -142,7 +142,9 @@ item({request, Id, Method, Params}, #st{inflight = In, workers = W} = S) ->
     {Pid, Ref} = spawn_opt(fun() ->
                                    process_flag(trap_exit, true),
                                    R = receive {go, Go} -> Go end,
-                                   Self ! {mcp_result, R, call(Method, Params, #{relay => {Self, R}})}
+                                   Answer = erlmcp_flow_mcp_server:answer(Method, Params,
+                                                                          #{relay => {Self, R}}),
+                                   Self ! {mcp_result, R, Answer}
                            end, [link, monitor]),
     Pid ! {go, Ref},
     S#st{inflight = In#{Id => Pid}, workers = W#{Ref => {Id, Method}}};
@@ -166,16 +168,6 @@ item({response, Id, Outcome}, #st{asked = A} = S) ->
 item({invalid, Id, Code, Msg, Data}, S) ->
     write(S, {response, Id, {error, Code, Msg, Data}}),
     S.
-
-%% A request's answer, or -32603 if it crashed (logged): a crash never
-%% takes the session down with it.
-call(Method, Params, Ctx) ->
-    try erlmcp_flow_mcp_server:call(Method, Params, Ctx)
-    catch Class:Reason:Stack ->
-            logger:error("erlmcp_flow: MCP request ~ts crashed: ~0p:~0p~n~0p",
-                         [Method, Class, Reason, Stack]),
-            {error, -32603, <<"Internal error">>, undefined}
-    end.
 
 result(Ref, Result, #st{workers = W, inflight = In} = S) ->
     erlang:demonitor(Ref, [flush]),
@@ -202,7 +194,7 @@ batch(Items, S) ->
     S.
 
 batch_item({request, Id, Method, Params}, S) when Method =/= <<"initialize">> ->
-    Outcome = case call(Method, Params, #{}) of
+    Outcome = case erlmcp_flow_mcp_server:answer(Method, Params, #{}) of
                   cancelled -> {error, -32800, <<"Request cancelled">>, undefined};
                   {ok, R} -> {ok, erlmcp_flow_mcp_server:shape(S#st.version, Method, R)};
                   E -> E
