@@ -397,3 +397,33 @@ eventually_loop(Fun, Deadline) ->
             timer:sleep(50),
             eventually_loop(Fun, Deadline)
     end.
+
+%% A client that keeps writing after its request was refused (a body past
+%% the limit, then more and more): it reads the 413, and the connection is
+%% closed once the grace for its unread bytes is over, whatever it sends;
+%% the listener serves others meanwhile.
+lingering_writer_test_() ->
+    {timeout, 60, fun lingering_writer/0}.
+
+lingering_writer() ->
+    http(#{},
+         fun() ->
+                 {ok, S} = gen_tcp:connect({127, 0, 0, 1}, erlmcp_flow_transport:port(http),
+                                           [binary, {active, false}]),
+                 ok = gen_tcp:send(S, ["POST /rpc HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: ",
+                                       integer_to_list(1 bsl 30), "\r\n\r\n"]),
+                 Self = self(),
+                 Writer = spawn_link(fun() -> write_forever(S, Self) end),
+                 {ok, <<"HTTP/1.1 413 ", _/binary>>} = gen_tcp:recv(S, 0, 10000),
+                 Stats = rpc_body(1, <<"flow.stats">>, #{}),
+                 ?assertMatch({200, _}, http_request("POST", "/rpc", [], Stats)),
+                 %% the writer sees the connection end (closed or reset)
+                 receive {write_ended, Writer, Why} -> ?assertNotEqual(timeout, Why) after 30000 -> error(never_closed) end,
+                 gen_tcp:close(S)
+         end).
+
+write_forever(S, Parent) ->
+    case gen_tcp:send(S, binary:copy(<<"x">>, 65536)) of
+        ok -> timer:sleep(1), write_forever(S, Parent);
+        {error, Why} -> Parent ! {write_ended, self(), Why}
+    end.
