@@ -601,15 +601,4 @@ wait_sees(Peer, Ids, Ms) ->
     wait_until(fun() -> peer:call(Peer, ?MODULE, sees, []) =:= Ids end, Ms).
 
 wait_until(Fun, Ms) ->
-    Deadline = erlang:monotonic_time(millisecond) + Ms,
-    wait_loop(Fun, Deadline).
-
-wait_loop(Fun, Deadline) ->
-    case Fun() of
-        true -> ok;
-        false ->
-            case erlang:monotonic_time(millisecond) > Deadline of
-                true -> error(timeout);
-                false -> timer:sleep(20), wait_loop(Fun, Deadline)
-            end
-    end.
+    erlmcp_flow_test_util:await(Fun, Ms).

@@ -8,7 +8,7 @@
 -export([capture_log/1, log/2, restart_registry/1, start_optional/2]).
 -export([run_exe/2, repo_root/1, closed_port/0, require/3, opted_out/1, tls_files/1]).
 
--export([start/0, stop/1, stop_drained/1, unregister_all/0, with_env/2, sync_registry/0, wait_until/1, wait_until/2, assert_clean/0,
+-export([start/0, stop/1, stop_drained/1, unregister_all/0, with_env/2, sync_registry/0, wait_until/1, wait_until/2, await/2, assert_clean/0,
          echo_agent/0, raw_agent/1, remote_pid/0, relaying_agent/0]).
 
 start() ->
@@ -74,6 +74,21 @@ wait_until(Fun, N) ->
             erlang:yield(),
             receive after 1 -> ok end,
             wait_until(Fun, N - 1)
+    end.
+
+%% Polls `Fun' every 10 ms until it holds, failing past `Ms' milliseconds
+%% (for conditions on other nodes, where this node's registry says nothing).
+await(Fun, Ms) ->
+    await_until(Fun, erlang:monotonic_time(millisecond) + Ms, Ms).
+
+await_until(Fun, Deadline, Ms) ->
+    case Fun() of
+        true -> ok;
+        false ->
+            case erlang:monotonic_time(millisecond) > Deadline of
+                true -> error({not_within_ms, Ms});
+                false -> timer:sleep(10), await_until(Fun, Deadline, Ms)
+            end
     end.
 
 %% Nothing registered, nothing in flight.

@@ -243,17 +243,7 @@ purged(Peer, Mods) ->
     wait(fun() -> lists:all(fun(M) -> peer:call(Peer, code, soft_purge, [M]) end, Mods) end, 20000).
 
 wait(Fun, Ms) ->
-    Deadline = erlang:monotonic_time(millisecond) + Ms,
-    wait_loop(Fun, Deadline).
-
-wait_loop(Fun, Deadline) ->
-    case Fun() of
-        true -> ok;
-        false ->
-            ?assert(erlang:monotonic_time(millisecond) < Deadline),
-            timer:sleep(10),
-            wait_loop(Fun, Deadline)
-    end.
+    erlmcp_flow_test_util:await(Fun, Ms).
 
 version(App) ->
     _ = application:load(App),

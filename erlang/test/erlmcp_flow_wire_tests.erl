@@ -133,10 +133,11 @@ deaf_client() ->
                 ok = gen_tcp:send(Other, route(1)),
                 ?assertMatch(#{<<"id">> := 1}, recv_json(Other)),
                 %% the deaf ones are gone (5 s after their writes blocked)
-                eventually(fun() -> erlmcp_flow_listener:connections(erlmcp_flow_rpc_tcp) =:= 1 end, 30000),
+                erlmcp_flow_test_util:await(
+                  fun() -> erlmcp_flow_listener:connections(erlmcp_flow_rpc_tcp) =:= 1 end, 30000),
                 [gen_tcp:close(D) || D <- Deaf],
                 %% nothing of theirs held: their requests' processes gave it back
-                eventually(fun() -> in_flight() =:= #{messages => 0, bytes => 0} end, 30000),
+                erlmcp_flow_test_util:await(fun() -> in_flight() =:= #{messages => 0, bytes => 0} end, 30000),
                 ok = gen_tcp:send(Other, route(2)),
                 ?assertMatch(#{<<"id">> := 2}, recv_json(Other)),
                 gen_tcp:close(Other)
@@ -382,21 +383,6 @@ http_rate_test() ->
                  [?assertMatch(#{<<"error">> := #{<<"code">> := -32002}}, erlmcp_flow_test_json:decode(B))
                   || B <- Limited]
          end).
-
-%% Polls `Fun' until true, failing past `Ms' (the event waited for is the
-%% node's own timeout: the poll only watches for it).
-eventually(Fun, Ms) ->
-    Deadline = erlang:monotonic_time(millisecond) + Ms,
-    eventually_loop(Fun, Deadline).
-
-eventually_loop(Fun, Deadline) ->
-    case Fun() of
-        true -> ok;
-        false ->
-            ?assert(erlang:monotonic_time(millisecond) < Deadline),
-            timer:sleep(50),
-            eventually_loop(Fun, Deadline)
-    end.
 
 %% A client that keeps writing after its request was refused (a body past
 %% the limit, then more and more): it reads the 413, and the connection is
