@@ -28,7 +28,6 @@ use std::hint::black_box;
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use erlmcp_flow_core::learning::{Learner, QConfig, QRow};
 use erlmcp_flow_core::routing::ring::{Ring, key_hash};
-use std::sync::Arc;
 
 use erlmcp_flow_core::routing::router::SpanRequest;
 use erlmcp_flow_core::tracing::context as trace;
@@ -36,7 +35,7 @@ use erlmcp_flow_core::tracing::correlation::{
     CorrelationConfig, CorrelationStore, Opened, SpanKind, SpanOutcome,
 };
 use erlmcp_flow_core::{
-    Admission, AgentSpec, Clock, Outcome, Request, Router, RouterConfig, Strategy,
+    Admission, AgentSpec, Clock, Name, Outcome, Request, Router, RouterConfig, Strategy,
 };
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
@@ -229,13 +228,13 @@ fn trace_ids(c: &mut Criterion) {
 }
 
 /// A span as a task's attempt opens it.
-fn span(trace_id: [u8; 32], span_id: [u8; 16], agent: &Arc<[u8]>, summary: &Arc<[u8]>) -> Opened {
+fn span(trace_id: [u8; 32], span_id: [u8; 16], agent: &Name, summary: &Name) -> Opened {
     Opened {
         trace_id,
         span_id,
         parent_span_id: Some(*b"00f067aa0ba902b7"),
-        agent_id: Some(Arc::clone(agent)),
-        summary: Some(Arc::clone(summary)),
+        agent_id: Some(agent.clone()),
+        summary: Some(summary.clone()),
         attempt: 1,
         kind: SpanKind::Attempt,
     }
@@ -257,8 +256,8 @@ fn correlation(c: &mut Criterion) {
             )
         })
         .collect();
-    let agent: Arc<[u8]> = b"agent-7".as_slice().into();
-    let summary: Arc<[u8]> = b"review 42".as_slice().into();
+    let agent = Name::new(b"agent-7");
+    let summary = Name::new(b"review 42");
     let mut now = 0u64;
     for &(t, s) in &ids[..ENTRIES] {
         now += 1;
@@ -352,8 +351,8 @@ fn traced_task(c: &mut Criterion) {
 /// A store holding `n` finished spans of the trace `trace_id`.
 fn one_trace(trace_id: [u8; 32], n: u64, rng: &mut SmallRng) -> CorrelationStore {
     let store = CorrelationStore::new(CorrelationConfig::default());
-    let agent: Arc<[u8]> = b"agent-7".as_slice().into();
-    let summary: Arc<[u8]> = b"review 42".as_slice().into();
+    let agent = Name::new(b"agent-7");
+    let summary = Name::new(b"review 42");
     for now in 0..n {
         let span_id = trace::generate_span_id(rng);
         let h = store.insert(span(trace_id, span_id, &agent, &summary), now);

@@ -198,20 +198,24 @@ stats() ->
 %% for every agent's own state (its hot cell, id, capabilities, Q row,
 %% latency histogram and breaker; `bytes_per_agent' is their mean) and
 %% `table_bytes' for the agent table's indexes, hot-cell array and hash
-%% ring. The correlation store, the Erlang processes and ETS tables are not
-%% counted here (see `erlang:memory/0'). One pass over the agents, on a
-%% dirty scheduler. `{error, not_started}' when the application is not
-%% running.
+%% ring; `correlation_bytes' for the correlation store's `spans' (its slots,
+%% indexes, queues and task summaries; `bytes_per_span' is their mean). The
+%% Erlang processes and ETS tables are not counted here (see
+%% `erlang:memory/0'). One pass over the agents and the spans, on a dirty
+%% scheduler. `{error, not_started}' when the application is not running.
 -spec memory() -> #{agents := non_neg_integer(), agents_bytes := non_neg_integer(),
-                    table_bytes := non_neg_integer(), bytes_per_agent := float()}
+                    table_bytes := non_neg_integer(), bytes_per_agent := float(),
+                    spans := non_neg_integer(), correlation_bytes := non_neg_integer(),
+                    bytes_per_span := float()}
                 | {error, not_started}.
 memory() ->
     case erlmcp_flow_registry:router_if_running() of
         undefined ->
             {error, not_started};
         Router ->
-            {ok, #{agents := N, agents_bytes := B} = M} = erlmcp_flow_nif:router_memory(Router),
-            M#{bytes_per_agent => B / max(N, 1)}
+            {ok, #{agents := N, agents_bytes := B, spans := S, correlation_bytes := C} = M} =
+                erlmcp_flow_nif:router_memory(Router),
+            M#{bytes_per_agent => B / max(N, 1), bytes_per_span => C / max(S, 1)}
     end.
 
 %% @doc The nodes whose agents this node sees and routes to: itself and

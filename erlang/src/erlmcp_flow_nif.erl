@@ -159,10 +159,12 @@ agent_remove_many(_Router, _Ids) -> erlang:nif_error(nif_not_loaded).
 -spec router_stats(router()) -> {ok, #{atom() => number()}} | badarg().
 router_stats(_Router) -> erlang:nif_error(nif_not_loaded).
 
-%% @doc What the agents and the agent table cost the core, in bytes.
+%% @doc What the agents, the agent table and the correlation store cost the
+%% core, in bytes.
 -spec router_memory(router()) ->
           {ok, #{agents := non_neg_integer(), agents_bytes := non_neg_integer(),
-                 table_bytes := non_neg_integer()}} | badarg().
+                 table_bytes := non_neg_integer(), spans := non_neg_integer(),
+                 correlation_bytes := non_neg_integer()}} | badarg().
 router_memory(_Router) -> erlang:nif_error(nif_not_loaded).
 
 %% @doc Decodes one JSON-RPC message (see `erlmcp_flow_jsonrpc').

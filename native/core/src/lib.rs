@@ -30,6 +30,7 @@ pub mod cluster;
 pub mod error;
 pub mod hot;
 pub mod learning;
+pub mod name;
 pub mod resilience;
 pub mod routing;
 pub mod rpc;
@@ -41,6 +42,7 @@ pub mod tracing;
 pub use clock::Clock;
 pub use error::FlowError;
 pub use learning::{EpsilonSchedule, QConfig, State};
+pub use name::Name;
 pub use resilience::breaker::{BreakerConfig, BreakerState, Transition, WindowKind};
 pub use routing::agents::{Agent, AgentKind, AgentSpec, AgentTable, Snapshot};
 pub use routing::router::{

@@ -92,6 +92,8 @@ rustler::atoms! {
     memory_bytes,
     agents_bytes,
     table_bytes,
+    spans,
+    correlation_bytes,
     ewma_decay_ms,
     stale_after_ms,
     age_ms,

@@ -327,19 +327,24 @@ fn map<'a>(env: Env<'a>, pairs: &[(Atom, Term<'a>)]) -> NifOutcome<Term<'a>> {
     Term::map_from_term_arrays(env, &keys, &values).map_err(|_| badarg("map"))
 }
 
-/// `router_memory(Router) -> {ok, #{agents, agents_bytes, table_bytes}}`:
-/// what the agents and the table cost the core, in bytes; one pass over the
-/// agents, hence a dirty scheduler.
+/// `router_memory(Router) -> {ok, #{agents, agents_bytes, table_bytes, spans,
+/// correlation_bytes}}`: what the agents, the table and the correlation
+/// store cost the core, in bytes; one pass over the agents and the spans,
+/// hence a dirty scheduler.
 #[rustler::nif(schedule = "DirtyCpu")]
 fn router_memory<'a>(env: Env<'a>, router: Term<'a>) -> Term<'a> {
     let run = || -> NifOutcome<Term<'a>> {
-        let m = router_arg(router)?.router.memory();
+        let r = router_arg(router)?;
+        let m = r.router.memory();
+        let store = r.router.shared().correlation();
         let map = map(
             env,
             &[
                 (atoms::agents(), m.agents.encode(env)),
                 (atoms::agents_bytes(), m.agents_bytes.encode(env)),
                 (atoms::table_bytes(), m.table_bytes.encode(env)),
+                (atoms::spans(), store.stats().entries.encode(env)),
+                (atoms::correlation_bytes(), store.memory_bytes().encode(env)),
             ],
         )?;
         Ok((atoms::ok(), map).encode(env))

@@ -43,6 +43,7 @@ use hashbrown::HashTable;
 use crate::error::FlowError;
 use crate::hot::HotCell;
 use crate::learning::{LATENCY_BUCKETS, QConfig, QRow, State, StateIndexer};
+use crate::name::Name;
 use crate::resilience::breaker::Breaker;
 use crate::routing::append::AppendVec;
 use crate::routing::ring::Ring;
@@ -102,8 +103,8 @@ impl<P> AgentSpec<P> {
 pub struct Agent<P> {
     /// First: what decisions read (see [`AgentStats`]).
     stats: AgentStats,
-    /// Shared with the spans of its tasks.
-    id: Arc<[u8]>,
+    /// Shared with the spans of its tasks and the table's id index.
+    id: Name,
     payload: P,
     capabilities: Box<[Arc<[u8]>]>,
     /// The table's ids of the capabilities, in the order of `capabilities`.
@@ -127,8 +128,8 @@ impl<P> Agent<P> {
     }
 
     /// The id, shared.
-    pub fn id_arc(&self) -> Arc<[u8]> {
-        Arc::clone(&self.id)
+    pub fn name(&self) -> Name {
+        self.id.clone()
     }
 
     pub fn payload(&self) -> &P {
@@ -169,8 +170,7 @@ impl<P> Agent<P> {
         std::mem::size_of::<Self>()
             + arc
             + std::mem::size_of::<crate::hot::Hot>()
-            + arc
-            + self.id.len()
+            + self.id.heap_bytes()
             + self
                 .capabilities
                 .iter()
@@ -410,7 +410,7 @@ pub struct Snapshot<P> {
     /// Slots in use, holes included.
     slot_count: u32,
     live: usize,
-    by_id: Index<Arc<[u8]>, u32>,
+    by_id: Index<Name, u32>,
     postings: Index<Arc<[u8]>, Arc<Posting>>,
     /// The live slots, ascending: the candidates of "no requirement".
     all: AppendVec<u32>,
@@ -640,7 +640,7 @@ impl<P> Snapshot<P> {
             added
                 .iter()
                 .zip(slots.clone())
-                .map(|(a, s)| (a.id_arc(), Some(s)))
+                .map(|(a, s)| (a.name(), Some(s)))
                 .collect(),
         );
         // each capability's new slots, appended (they are above every old one)
@@ -690,7 +690,7 @@ impl<P> Snapshot<P> {
         let mut cap_drops: Vec<(&Arc<[u8]>, u32)> = Vec::new();
         for &slot in gone {
             let agent = self.agent(slot);
-            id_edits.push((agent.id_arc(), None));
+            id_edits.push((agent.name(), None));
             cap_drops.extend(agent.capabilities.iter().map(|c| (c, slot)));
             Arc::make_mut(&mut chunks[slot as usize / CHUNK])[slot as usize % CHUNK] = None;
             hot[slot as usize] = HotCell::dead();
@@ -985,7 +985,7 @@ impl<P> AgentTable<P> {
                         .q_store()
                         .checkout(&spec.id, shared.learner().config()),
                     uid: shared.next_uid(),
-                    id: spec.id.into(),
+                    id: Name::from(spec.id),
                     payload: spec.payload,
                     capabilities: capabilities.into_boxed_slice(),
                     cap_ids_by_name: by_name,

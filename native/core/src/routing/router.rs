@@ -16,6 +16,7 @@ use crate::clock::Clock;
 use crate::error::FlowError;
 use crate::hot::Hot;
 use crate::learning::State;
+use crate::name::Name;
 use crate::resilience::breaker::{BreakerState, Permit, Transition};
 use crate::routing::agents::{Agent, AgentKind, AgentTable, Candidates, Snapshot};
 use crate::routing::strategy::{PickContext, Strategy, StrategyState, softmax_weights};
@@ -319,7 +320,7 @@ pub struct OpenSpan {
     /// its children and the calls made under it name as their parent.
     context: TraceParent,
     /// Shared by the task's span and its attempts'.
-    summary: Option<Arc<[u8]>>,
+    summary: Option<Name>,
     handle: SpanHandle,
     ended: AtomicBool,
 }
@@ -332,13 +333,19 @@ impl OpenSpan {
     /// Closes the span with the task's outcome and the agent that answered;
     /// false when it was ended already.
     pub fn end(&self, outcome: SpanOutcome, agent_id: Option<&[u8]>) -> bool {
+        self.end_named(outcome, agent_id.map(Name::new))
+    }
+
+    /// [`OpenSpan::end`] with the agent's id shared (an agent's
+    /// [`Agent::name`]) rather than copied.
+    pub fn end_named(&self, outcome: SpanOutcome, agent: Option<Name>) -> bool {
         if self.ended.swap(true, Ordering::AcqRel) {
             return false;
         }
         let now = self.shared.clock.now_us();
         self.shared
             .correlation
-            .close(&self.handle, outcome, agent_id.map(Arc::from), now)
+            .close(&self.handle, outcome, agent, now)
     }
 }
 
@@ -542,7 +549,7 @@ impl<P> Router<P> {
                         trace_id: task.trace_id,
                         span_id,
                         parent_span_id: Some(task.parent_id),
-                        agent_id: Some(agent.id_arc()),
+                        agent_id: Some(agent.name()),
                         summary: sr.task.summary.clone(),
                         attempt: sr.attempt,
                         kind: SpanKind::Attempt,
@@ -657,7 +664,7 @@ impl<P> Router<P> {
         let shared = self.agents.shared_arc();
         let now = shared.clock.now_us();
         let summary = &summary[..summary.len().min(crate::tracing::correlation::SUMMARY_MAX)];
-        let summary: Option<Arc<[u8]>> = (!summary.is_empty()).then(|| summary.into());
+        let summary = (!summary.is_empty()).then(|| Name::new(summary));
         let handle = shared.correlation.insert(
             Opened {
                 trace_id,

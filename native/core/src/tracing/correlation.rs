@@ -21,11 +21,13 @@
 //! leaves behind.
 
 use std::collections::VecDeque;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 
 use ahash::RandomState;
 use hashbrown::HashTable;
+
+use crate::name::Name;
 
 /// Most spans a store may be configured to hold.
 pub const MAX_CORRELATION_ENTRIES: usize = 10_000_000;
@@ -154,8 +156,8 @@ pub struct Opened {
     pub trace_id: [u8; 32],
     pub span_id: [u8; 16],
     pub parent_span_id: Option<[u8; 16]>,
-    pub agent_id: Option<Arc<[u8]>>,
-    pub summary: Option<Arc<[u8]>>,
+    pub agent_id: Option<Name>,
+    pub summary: Option<Name>,
     pub attempt: u16,
     pub kind: SpanKind,
 }
@@ -189,8 +191,10 @@ impl SpanHandle {
     }
 }
 
-/// What the store knows of one span. The export queue keeps clones of
-/// these (the agent and summary shared, not copied).
+/// What the store knows of one span, in 64 bytes: ids as integers, the
+/// duration in 32 bits, the agent and the summary as one-word pointers to
+/// bytes shared with the agent table and the task (`None` when absent). The
+/// export queue keeps clones of these.
 #[derive(Debug, Clone)]
 struct Record {
     trace: TraceKey,
@@ -198,15 +202,44 @@ struct Record {
     /// 0: none (an all-zero span id is invalid, so never a real parent).
     parent: u64,
     start_us: u64,
-    end_us: u64,
-    agent: Option<Arc<[u8]>>,
-    summary: Option<Arc<[u8]>>,
+    /// How long the span lasted, [`took`]-encoded (0 while open).
+    took: u32,
     attempt: u16,
     outcome: SpanOutcome,
     kind: SpanKind,
+    agent: Option<Name>,
+    summary: Option<Name>,
+}
+
+/// Durations below this many microseconds (35 minutes) are kept to the
+/// microsecond; longer ones to the millisecond, flagged by the top bit
+/// (up to 24 days; longer ones saturate there).
+const TOOK_US_LIMIT: u64 = 1 << 31;
+
+/// A span's duration in 32 bits (see [`TOOK_US_LIMIT`]).
+fn took(us: u64) -> u32 {
+    if us < TOOK_US_LIMIT {
+        us as u32
+    } else {
+        (TOOK_US_LIMIT | (us / 1000).min(TOOK_US_LIMIT - 1)) as u32
+    }
+}
+
+/// The microseconds a [`took`] value stands for.
+fn took_us(t: u32) -> u64 {
+    let t = u64::from(t);
+    if t < TOOK_US_LIMIT {
+        t
+    } else {
+        (t - TOOK_US_LIMIT) * 1000
+    }
 }
 
 impl Record {
+    fn end_us(&self) -> u64 {
+        self.start_us + took_us(self.took)
+    }
+
     fn view(&self) -> Span {
         Span {
             trace_id: trace_hex(self.trace),
@@ -215,7 +248,11 @@ impl Record {
             agent_id: self.agent.as_deref().unwrap_or_default().into(),
             summary: self.summary.as_deref().unwrap_or_default().into(),
             start_us: self.start_us,
-            end_us: self.end_us,
+            end_us: if self.outcome == SpanOutcome::Open {
+                0
+            } else {
+                self.end_us()
+            },
             outcome: self.outcome,
             attempt: self.attempt,
             kind: self.kind,
@@ -250,33 +287,55 @@ struct Shard {
     /// The spans; freed slots are reused first.
     slots: Vec<Slot>,
     free: Vec<u32>,
-    /// The first slot of each trace; its spans are linked through `next`
-    /// and `prev`, so that removing one is O(1) however long the trace.
-    /// (No index by span id: a close holds its [`SpanHandle`], and a lookup
-    /// by span id alone is for operators, so it scans.)
-    by_trace: HashTable<(TraceKey, u32)>,
-    /// Finished spans, oldest first: the eviction and expiry order. An entry
+    /// The first slot of each trace, keyed by the trace of the span in it
+    /// (4 bytes a trace); its spans are linked through `next` and `prev`, so
+    /// that removing one is O(1) however long the trace. (No index by span
+    /// id: a close holds its [`SpanHandle`], and a lookup by span id alone
+    /// is for operators, so it scans.)
+    by_trace: HashTable<u32>,
+    /// Finished spans, oldest first: the eviction and expiry order, as the
+    /// slot and the low half of the span's id (8 bytes a span). An entry
     /// whose slot holds another span by now is skipped.
-    finished: VecDeque<(u64, u64, u32)>,
+    finished: VecDeque<(u32, u32)>,
     export: VecDeque<Record>,
     /// The shard's counters, kept under its lock (global atomics would be
     /// written by every scheduler on every span); `stats` sums them.
     open: usize,
     evicted: u64,
     expired: u64,
+    /// The spans this shard is expected to hold when the store is full:
+    /// its share of the cap and a little more (see [`grow`]).
+    share: usize,
 }
 
 /// Makes room in a full vector for a quarter more (at least 64), where
-/// doubling would leave up to half of a large shard's slots unused.
-fn grow_by_a_quarter<T>(v: &mut Vec<T>) {
-    if v.len() == v.capacity() {
-        v.reserve_exact((v.len() / 4).max(64));
+/// doubling would leave up to half of a large shard's slots unused; but not
+/// past `share` while below it, so that a full store's slabs end close to
+/// its cap rather than up to a quarter above it.
+fn grow(len: usize, capacity: usize, share: usize) -> Option<usize> {
+    if len < capacity {
+        return None;
     }
+    let more = (len / 4).max(64);
+    Some(if len < share {
+        more.min(share - len)
+    } else {
+        more
+    })
+}
+
+/// A shard's share of a store capped at `max_entries`: the cap spread over
+/// the shards, plus 1/16 for the uneven spread of random trace ids and for
+/// spans in flight.
+fn shard_share(max_entries: usize) -> usize {
+    let even = max_entries.div_ceil(SHARDS);
+    even + even / 16 + 64
 }
 
 impl Shard {
-    fn new(hasher: RandomState) -> Shard {
+    fn new(hasher: RandomState, share: usize) -> Shard {
         Shard {
+            share,
             hasher,
             slots: Vec::new(),
             free: Vec::new(),
@@ -292,23 +351,30 @@ impl Shard {
     /// The first slot of `trace`'s list, or `NIL`.
     fn head(&self, trace: TraceKey) -> u32 {
         let h = self.hasher.hash_one(trace);
-        self.by_trace.find(h, |e| e.0 == trace).map_or(NIL, |e| e.1)
+        let slots = &self.slots;
+        self.by_trace
+            .find(h, |&e| slots[e as usize].rec.trace == trace)
+            .map_or(NIL, |&e| e)
     }
 
     /// Makes `slot` the first of `trace`'s list (`NIL`: the trace is gone).
+    /// Every slot an entry names holds a span of the entry's trace (the old
+    /// head while it is replaced or removed, `slot` once it is inserted).
     fn set_head(&mut self, trace: TraceKey, slot: u32) {
         let hasher = &self.hasher;
+        let slots = &self.slots;
         let h = hasher.hash_one(trace);
-        match self
-            .by_trace
-            .entry(h, |e| e.0 == trace, |e| hasher.hash_one(e.0))
-        {
+        match self.by_trace.entry(
+            h,
+            |&e| slots[e as usize].rec.trace == trace,
+            |&e| hasher.hash_one(slots[e as usize].rec.trace),
+        ) {
             hashbrown::hash_table::Entry::Occupied(e) if slot == NIL => {
                 e.remove();
             }
-            hashbrown::hash_table::Entry::Occupied(mut e) => e.get_mut().1 = slot,
+            hashbrown::hash_table::Entry::Occupied(mut e) => *e.get_mut() = slot,
             hashbrown::hash_table::Entry::Vacant(e) if slot != NIL => {
-                e.insert((trace, slot));
+                e.insert(slot);
             }
             hashbrown::hash_table::Entry::Vacant(_) => {}
         }
@@ -321,7 +387,9 @@ impl Shard {
                 i
             }
             None => {
-                grow_by_a_quarter(&mut self.slots);
+                if let Some(more) = grow(self.slots.len(), self.slots.capacity(), self.share) {
+                    self.slots.reserve_exact(more);
+                }
                 self.slots.push(slot);
                 (self.slots.len() - 1) as u32
             }
@@ -387,8 +455,8 @@ impl Shard {
 
     /// Pops the oldest finished span still in the shard; whether one went.
     fn evict_oldest(&mut self) -> bool {
-        while let Some((span, _, slot)) = self.finished.pop_front() {
-            if CorrelationStore::holds(self, slot, span) {
+        while let Some((slot, tag)) = self.finished.pop_front() {
+            if CorrelationStore::holds(self, slot, tag) {
                 self.remove(slot);
                 self.evicted += 1;
                 return true;
@@ -471,7 +539,7 @@ impl CorrelationStore {
         };
         CorrelationStore {
             shards: (0..SHARDS)
-                .map(|_| Mutex::new(Shard::new(hasher.clone())))
+                .map(|_| Mutex::new(Shard::new(hasher.clone(), shard_share(config.max_entries))))
                 .collect(),
             hasher,
             evict_next: AtomicUsize::new(0),
@@ -526,7 +594,7 @@ impl CorrelationStore {
             if s.len() <= SUMMARY_MAX {
                 s
             } else {
-                s[..SUMMARY_MAX].into()
+                Name::new(&s[..SUMMARY_MAX])
             }
         });
         let i = shard.alloc(Slot {
@@ -535,7 +603,7 @@ impl CorrelationStore {
                 span: id,
                 parent: span.parent_span_id.as_ref().map_or(0, span_key),
                 start_us: now_us,
-                end_us: 0,
+                took: 0,
                 agent: span.agent_id,
                 summary,
                 attempt: span.attempt,
@@ -587,22 +655,31 @@ impl CorrelationStore {
         0
     }
 
-    /// Whether `slot` still holds the finished span `span`.
-    fn holds(shard: &Shard, slot: u32, span: u64) -> bool {
+    /// Whether `slot` still holds the finished span whose id's low half is
+    /// `tag` (a span reusing the slot with the same low half, one in four
+    /// billion, would be taken for it: evicted or expired early).
+    fn holds(shard: &Shard, slot: u32, tag: u32) -> bool {
         let s = &shard.slots[slot as usize];
-        s.live() && s.rec.span == span && s.rec.outcome != SpanOutcome::Open
+        s.live() && s.rec.span as u32 == tag && s.rec.outcome != SpanOutcome::Open
     }
 
     /// Drops finished spans past their TTL from the front of a shard's
     /// queue; returns how many (the caller counts them out of the entries).
     fn expire_front(&self, shard: &mut Shard, now_us: u64) -> usize {
         let mut gone = 0;
-        while let Some(&(span, end, slot)) = shard.finished.front() {
-            if end.saturating_add(self.config.ttl_us) > now_us {
+        while let Some(&(slot, tag)) = shard.finished.front() {
+            let held = Self::holds(shard, slot, tag);
+            if held
+                && shard.slots[slot as usize]
+                    .rec
+                    .end_us()
+                    .saturating_add(self.config.ttl_us)
+                    > now_us
+            {
                 break;
             }
             shard.finished.pop_front();
-            if Self::holds(shard, slot, span) {
+            if held {
                 shard.remove(slot);
                 gone += 1;
             }
@@ -617,7 +694,7 @@ impl CorrelationStore {
         &self,
         handle: &SpanHandle,
         outcome: SpanOutcome,
-        agent_id: Option<Arc<[u8]>>,
+        agent_id: Option<Name>,
         now_us: u64,
     ) -> bool {
         let (i, id) = (handle.slot, handle.span);
@@ -631,18 +708,17 @@ impl CorrelationStore {
             return false;
         }
         let rec = &mut slot.rec;
-        rec.end_us = now_us.max(rec.start_us);
+        rec.took = took(now_us.saturating_sub(rec.start_us));
         rec.outcome = outcome;
         if agent_id.is_some() {
             rec.agent = agent_id;
         }
         let exported = (self.config.export_queue > 0).then(|| rec.clone());
         shard.open -= 1;
-        if shard.finished.len() == shard.finished.capacity() {
-            let more = (shard.finished.len() / 4).max(64);
+        if let Some(more) = grow(shard.finished.len(), shard.finished.capacity(), shard.share) {
             shard.finished.reserve_exact(more);
         }
-        shard.finished.push_back((id, now_us, i));
+        shard.finished.push_back((i, id as u32));
         // Open spans alone filled the store past its cap: this shard now
         // has a finished span to give back.
         let evicted =
@@ -750,12 +826,15 @@ impl CorrelationStore {
                     .iter()
                     .rev()
                     .take(SCAN_STEP)
-                    .filter(|&&(span, _, slot)| {
-                        CorrelationStore::holds(&shard, slot, span)
+                    .filter(|&&(slot, tag)| {
+                        CorrelationStore::holds(&shard, slot, tag)
                             && shard.slots[slot as usize].rec.kind == SpanKind::Task
                     })
                     .take(n)
-                    .map(|&(_, end, slot)| (end, shard.slots[slot as usize].rec.trace)),
+                    .map(|&(slot, _)| {
+                        let rec = &shard.slots[slot as usize].rec;
+                        (rec.end_us(), rec.trace)
+                    }),
             );
         }
         found.sort_unstable_by_key(|f| std::cmp::Reverse(f.0));
@@ -835,7 +914,7 @@ impl CorrelationStore {
             let mut shard = self.shard(i);
             let removed = shard.slots.iter().filter(|s| s.live()).count();
             let exporting = shard.export.len();
-            *shard = Shard::new(self.hasher.clone());
+            *shard = Shard::new(self.hasher.clone(), shard_share(self.config.max_entries));
             drop(shard);
             self.count_entries(0, removed);
             self.exporting.fetch_sub(exporting, Ordering::Relaxed);
@@ -857,6 +936,31 @@ impl CorrelationStore {
         }
         self.exporting.fetch_sub(out.len(), Ordering::Relaxed);
         out
+    }
+
+    /// What the store holds in memory, in bytes: each shard's slab of slots
+    /// (a slot is 72 bytes), its index of traces, its queues of finished and
+    /// exported spans, and the summaries (counted once, on their task's
+    /// span); agent ids are the agent table's. One shard's lock at a time.
+    pub fn memory_bytes(&self) -> usize {
+        (0..SHARDS)
+            .map(|i| {
+                let shard = self.shard(i);
+                let summaries: usize = shard
+                    .slots
+                    .iter()
+                    .filter(|s| s.live() && s.rec.kind != SpanKind::Attempt)
+                    .filter_map(|s| s.rec.summary.as_ref().map(Name::heap_bytes))
+                    .sum();
+                std::mem::size_of::<Mutex<Shard>>()
+                    + shard.slots.capacity() * std::mem::size_of::<Slot>()
+                    + shard.free.capacity() * std::mem::size_of::<u32>()
+                    + shard.by_trace.allocation_size()
+                    + shard.finished.capacity() * std::mem::size_of::<(u32, u32)>()
+                    + shard.export.capacity() * std::mem::size_of::<Record>()
+                    + summaries
+            })
+            .sum()
     }
 
     /// The store's figures: the shards' counters summed, one shard at a time.
@@ -1071,9 +1175,53 @@ mod tests {
 
     #[test]
     #[cfg(target_pointer_width = "64")]
-    fn a_slot_is_96_bytes() {
-        // the README's figure, and what the memory test measures
-        assert_eq!(std::mem::size_of::<Slot>(), 96);
+    fn a_slot_is_72_bytes() {
+        // docs/tracing.md's figure, and what memory_bytes counts
+        assert_eq!(std::mem::size_of::<Slot>(), 72);
+    }
+
+    #[test]
+    fn durations_keep_microseconds_below_35_minutes_then_milliseconds() {
+        for us in [0, 1, 999, TOOK_US_LIMIT - 1] {
+            assert_eq!(took_us(took(us)), us);
+        }
+        let long = TOOK_US_LIMIT + 1_234;
+        assert_eq!(took_us(took(long)), long / 1000 * 1000);
+        let day = 86_400_000_000;
+        assert_eq!(took_us(took(day + 999)), day);
+        // 24 days and more saturate
+        assert_eq!(took(u64::MAX), u32::MAX);
+        let s = store(10, u64::MAX / 2);
+        let h = s.insert(span(1, 1, None, 0), 5);
+        s.close(&h, SpanOutcome::Ok, None, 5 + 3 * TOOK_US_LIMIT);
+        let one = s.lookup(&hex16(1)).unwrap();
+        assert_eq!(one.end_us - 5, 3 * TOOK_US_LIMIT / 1000 * 1000);
+    }
+
+    /// A full store at its default cap: a task span and an attempt span
+    /// per task, agents' ids shared, no summary.
+    #[test]
+    fn a_full_store_averages_at_most_100_bytes_a_span() {
+        let s = CorrelationStore::new(CorrelationConfig::default());
+        let agents: Vec<Name> = (0..1000)
+            .map(|i| Name::new(format!("agent-{i}").as_bytes()))
+            .collect();
+        for i in 0..150_000u64 {
+            let mut task = span(i + 1, 2 * i + 1, None, 0);
+            task.summary = None;
+            let t = s.insert(task, i);
+            let mut attempt = span(i + 1, 2 * i + 2, Some(2 * i + 1), 1);
+            attempt.summary = None;
+            attempt.agent_id = Some(agents[(i % 1000) as usize].clone());
+            let a = s.insert(attempt, i);
+            s.close(&a, SpanOutcome::Ok, None, i + 1);
+            s.close(&t, SpanOutcome::Ok, None, i + 1);
+        }
+        let entries = s.stats().entries;
+        assert_eq!(entries, 100_000);
+        let per_span = s.memory_bytes() / entries;
+        eprintln!("a full store: {per_span} bytes a span");
+        assert!(per_span <= 100, "{per_span} bytes a span");
     }
 
     #[test]
