@@ -21,6 +21,8 @@
          json_encode/1, json_encode_dirty/1, json_decode/3]).
 -export([agent_stats/2]).
 -export([decide/8]).
+-export([task_start/9]).
+-export([task_complete/2]).
 -export([has_capacity/2]).
 -export([complete/2]).
 -export([lease_p95/1]).
@@ -61,7 +63,7 @@
 -nifs([router_new/1, clock_advance/2, agent_insert/6, agent_insert_many/2, agent_remove/2, agent_remove_many/2, router_stats/1, router_memory/1,
        jsonrpc_decode/4, jsonrpc_decode_dirty/4, jsonrpc_encode/1, jsonrpc_encode_dirty/1,
        json_encode/1, json_encode_dirty/1, json_decode/3,
-       agent_stats/2, decide/8, has_capacity/2, complete/2, lease_p95/1, explain/3, q_table/1, q_save/2, q_load/2,
+       agent_stats/2, decide/8, task_start/9, task_complete/2, has_capacity/2, complete/2, lease_p95/1, explain/3, q_table/1, q_save/2, q_load/2,
        q_reset/1, td_update/5, reward/4, breaker_allow/2, breaker_record/5, breaker_state/2,
        breaker_reset/2, generate_trace_id/0, generate_span_id/0, parse_traceparent/1,
        format_traceparent/3, validate_tracestate/1, span_start/3, span_end/3,
@@ -208,6 +210,28 @@ agent_stats(_Router, _Id) -> erlang:nif_error(nif_not_loaded).
         | {error, no_agents_available | overloaded} | badarg().
 decide(_Router, _Caps, _Strategy, _StickyKey, _TaskClass, _Exclude, _Kind, _Span) ->
     erlang:nif_error(nif_not_loaded).
+
+%% `span_start/3' and the first attempt's `decide/8' in one call: the task's
+%% span and the decision (whatever `decide/8' answers; the span stays open
+%% when the decision failed).
+-spec task_start(router(), binary() | undefined, binary(), [binary()], atom(),
+                 binary() | undefined, binary() | undefined, [binary()],
+                 any | swarm | {any | swarm, any | local}) ->
+          {ok, binary(), binary(), 0..255, task_span(),
+           {ok, binary(), pid(), lease(), binary() | undefined, none | transition()}
+           | {error, term()}}
+        | {error, invalid_trace_context} | badarg().
+task_start(_Router, _Traceparent, _Summary, _Caps, _Strategy, _StickyKey, _TaskClass, _Exclude,
+           _Kind) ->
+    erlang:nif_error(nif_not_loaded).
+
+%% `complete(Lease, ok)' and `span_end(Span, ok, AgentId)' of the lease's
+%% agent in one call (the span ends, if it had not, even when the lease was
+%% settled already).
+-spec task_complete(lease(), task_span()) ->
+          {ok, non_neg_integer()} | {ok, non_neg_integer(), transition()}
+        | {error, already_settled} | badarg().
+task_complete(_Lease, _Span) -> erlang:nif_error(nif_not_loaded).
 
 -spec has_capacity(router(), [binary()]) -> boolean() | badarg().
 has_capacity(_Router, _Caps) -> erlang:nif_error(nif_not_loaded).

@@ -32,7 +32,9 @@
 -export([task_stopped/2]).
 -export([await/5]).
 -export([await/6]).
+-export([await/7]).
 -export([end_trace/2]).
+-export([end_trace/3]).
 -export([meta/5]).
 -export([in_flight_to/1]).
 
@@ -71,11 +73,11 @@
 execute(Task, Requirements, Opts) ->
     case plan(Task, Requirements, execute, Opts) of
         {ok, #{routing_timeout := RT} = Plan} ->
-            case start_trace(Task, Plan) of
-                {ok, Trace} ->
+            case start_task(Task, Plan) of
+                {ok, Trace, First} ->
                     Deadline = erlang:monotonic_time(millisecond) + RT,
                     Started = task_started(Plan, Trace),
-                    St = #{n => 1, tried => [], failed => [], phase => agents},
+                    St = #{n => 1, tried => [], failed => [], phase => agents, first => First},
                     Answer = try quorum_or_attempt(Task, Plan, Trace, Deadline, St) of
                                  A -> A
                              catch
@@ -83,7 +85,7 @@ execute(Task, Requirements, Opts) ->
                                      internal_error(Started, Class, Reason, Stack)
                              end,
                     task_stopped(Started, Answer),
-                    answer(end_trace(Trace, Answer), Trace, Opts);
+                    answer(end_trace(Trace, Answer, span_ended(Plan, Answer)), Trace, Opts);
                 {error, _} = E ->
                     answer(E, none, Opts)
             end;
@@ -97,6 +99,41 @@ plan(Task, Requirements, Mode, Opts) ->
         false -> erlmcp_flow_requirements:plan(Task, Requirements, Mode, Opts);
         true -> {error, draining}
     end.
+
+%% The task's span and, unless it is a quorum task, its first decision,
+%% in one NIF call: `{ok, Trace, FirstDecision | none}'.
+start_task(Task, Plan) ->
+    case quorum(Plan) of
+        true ->
+            case start_trace(Task, Plan) of
+                {ok, Trace} -> {ok, Trace, none};
+                {error, _} = E -> E
+            end;
+        false ->
+            case erlmcp_flow_registry:router_if_running() of
+                undefined ->
+                    {error, not_started};
+                Router ->
+                    TP = maps:get(traceparent, Plan, undefined),
+                    {Caps, Strategy, Key, Class, Exclude, Where} = decide_args(Plan, [], any),
+                    case erlmcp_flow_nif:task_start(Router, TP, summary(Task), Caps, Strategy, Key,
+                                                    Class, Exclude, Where) of
+                        {ok, TraceId, SpanId, Flags, Span, First} ->
+                            {ok, trace(Plan, TraceId, SpanId, Flags, Span), First};
+                        {error, invalid_trace_context} ->
+                            {error, {badarg, {traceparent, TP}}}
+                    end
+            end
+    end.
+
+quorum(Plan) ->
+    maps:get(quorum, Plan, false) =/= false.
+
+%% Whether the answer's attempt closed the task's span when it settled its
+%% lease (`erlmcp_flow_nif:task_complete/2'): every answer of an agent but
+%% a quorum's.
+span_ended(Plan, {ok, _, _}) -> not quorum(Plan);
+span_ended(_Plan, _Answer) -> false.
 
 %% A quorum task goes to 2F+1 agents (erlmcp_flow_quorum); any other to
 %% one at a time.
@@ -176,10 +213,10 @@ internal_error({T0, Meta}, Class, Reason, Stack) ->
 route_task(Task, Requirements) ->
     case plan(Task, Requirements, route, #{}) of
         {ok, Plan} ->
-            case start_trace(Task, Plan) of
-                {ok, Trace} ->
+            case start_task(Task, Plan) of
+                {ok, Trace, First} ->
                     Started = task_started(Plan, Trace),
-                    case decide(Plan, Trace, 1, [], any) of
+                    case first_decision(First, Plan, Trace) of
                         {ok, AgentId, Pid, Lease, Ctx} ->
                             Job = #{task => Task, timeout => attempt_timeout(Plan, Lease),
                                     context => Ctx, trace => Trace, agent_id => AgentId,
@@ -216,7 +253,7 @@ settle(#{task := Task, timeout := Timeout, context := Ctx, trace := Trace, agent
          pid := Pid, lease := Lease, started := Started}) ->
     T0 = erlang:monotonic_time(),
     Ref = dispatch(Pid, Task, Ctx, AgentId),
-    Awaited = await(Ref, Pid, Lease, Timeout, AgentId, true),
+    Awaited = await(Ref, Pid, Lease, Timeout, AgentId, true, maps:get(span, Trace)),
     attempt_stopped(T0, Trace, Ctx, AgentId, 1, Awaited),
     Answer = case Awaited of
                  {ok, Result, Latency} -> {ok, Result, meta(AgentId, Trace, Latency, 1, [])};
@@ -225,7 +262,7 @@ settle(#{task := Task, timeout := Timeout, context := Ctx, trace := Trace, agent
                                         latency_us => Latency}]}
              end,
     task_stopped(Started, Answer),
-    case end_trace(Trace, Answer) of
+    case end_trace(Trace, Answer, element(1, Answer) =:= ok) of
         {error, Why, _} -> {error, Why};
         Other -> Other
     end.
@@ -264,11 +301,21 @@ await(Ref, Pid, Lease, Timeout, AgentId) ->
           {ok, term(), non_neg_integer() | undefined}
         | {error, term(), non_neg_integer() | undefined}.
 await(Ref, Pid, Lease, Timeout, AgentId, Interruptible) ->
+    await(Ref, Pid, Lease, Timeout, AgentId, Interruptible, none).
+
+%% @doc As `await/6'; with `TaskSpan' (the task's span, not `none'), an `ok'
+%% answer also ends the task's span, in the same NIF call that settles the
+%% lease (`erlmcp_flow_nif:task_complete/2').
+-spec await(reference(), pid(), erlmcp_flow_nif:lease(), timeout(), erlmcp_flow:agent_id(),
+            boolean(), erlmcp_flow_nif:task_span() | none) ->
+          {ok, term(), non_neg_integer() | undefined}
+        | {error, term(), non_neg_integer() | undefined}.
+await(Ref, Pid, Lease, Timeout, AgentId, Interruptible, TaskSpan) ->
     receive
         {task_result, Ref, Result} ->
             forget(Ref, Pid),
             case Result of
-                {ok, Value} -> {ok, Value, complete(Lease, ok, AgentId)};
+                {ok, Value} -> {ok, Value, succeeded(Lease, AgentId, TaskSpan)};
                 {error, Reason} -> {error, {agent_error, Reason}, complete(Lease, error, AgentId)};
                 {reject, Reason} -> {error, {rejected, Reason}, complete(Lease, rejected, AgentId)};
                 Other -> {error, {bad_agent_reply, Other}, complete(Lease, error, AgentId)}
@@ -313,13 +360,19 @@ flush_answers(Ref) ->
 %% An attempt, and those after it; an error comes with the failed attempts
 %% (oldest first), which execute/3 reports with `error_meta'.
 attempt(Task, Plan, Trace, Deadline, #{n := N, tried := Tried, phase := Phase} = St) ->
-    case decide_waiting(Plan, Trace, N, Tried, Phase, Deadline) of
+    Decision = case St of
+                   #{first := First} when First =/= none ->
+                       first_decision(First, Plan, Trace, Deadline);
+                   #{} ->
+                       decide_waiting(Plan, Trace, N, Tried, Phase, Deadline)
+               end,
+    case Decision of
         {ok, AgentId, Pid, Lease, Ctx} ->
             count_attempt(N, Phase),
             T0 = erlang:monotonic_time(),
             Ref = dispatch(Pid, Task, Ctx, AgentId),
             Awaited = await(Ref, Pid, Lease, attempt_timeout(Plan, Lease), AgentId,
-                            maps:get(cancellable, Plan, false)),
+                            maps:get(cancellable, Plan, false), maps:get(span, Trace)),
             attempt_stopped(T0, Trace, Ctx, AgentId, N, Awaited),
             case Awaited of
                 {ok, Result, Latency} ->
@@ -358,7 +411,7 @@ failed(Task, Plan, Trace, Deadline,
        #{n := N, tried := Tried, failed := Failed, phase := Phase} = St,
        #{agent_id := AgentId, reason := Reason} = Attempt) ->
     Failed1 = [Attempt | Failed],
-    Next = St#{n := N + 1, tried := [AgentId | Tried], failed := Failed1},
+    Next = St#{n := N + 1, tried := [AgentId | Tried], failed := Failed1, first => none},
     Retryable = erlmcp_flow_retry:retryable(Reason) andalso maps:get(idempotent, Plan, true),
     #{max_retry_attempts := Max, base_retry_delay := Base, max_retry_delay := Cap} = Plan,
     if
@@ -407,12 +460,34 @@ decide_waiting(#{capabilities := Caps} = Plan, Trace, N, Tried, Phase, Deadline)
 kind(agents) -> any;
 kind(fallback) -> swarm.
 
+%% The first attempt's decision, made with the task's span
+%% (`start_task/2'); waiting in the bulkhead line, then deciding again, when
+%% every candidate was full.
+first_decision(First, #{capabilities := Caps} = Plan, Trace, Deadline) ->
+    case decided(First, Trace) of
+        {error, overloaded} ->
+            case erlmcp_flow_bulkhead:wait(Caps, Deadline) of
+                ready -> decide_waiting(Plan, Trace, 1, [], agents, Deadline);
+                _ -> {error, overloaded}
+            end;
+        Other ->
+            Other
+    end.
+
+%% A routed task's one decision: no waiting for a full bulkhead.
+first_decision(First, _Plan, Trace) ->
+    decided(First, Trace).
+
 %% One decision: the agent, its lease, and the context of the attempt's span
 %% (opened by the decision as a child of the task's span).
-decide(#{capabilities := Caps, strategy := Strategy} = Plan, #{span := TaskSpan} = Trace, N,
-       Exclude, Kind) ->
-    Class = maps:get(task_class, Plan, undefined),
+decide(Plan, #{span := TaskSpan} = Trace, N, Exclude, Kind) ->
+    {Caps, Strategy, Key, Class, Excluded, Where} = decide_args(Plan, Exclude, Kind),
     Span = {TaskSpan, min(N, ?MAX_ATTEMPT_NO)},
+    decided(decide_nif(Caps, Strategy, Key, Class, Excluded, Where, Span), Trace).
+
+%% What a decision asks the core: the capabilities, strategy, sticky key,
+%% task class, agents passed by and which agents (swarms, this node's).
+decide_args(#{capabilities := Caps, strategy := Strategy} = Plan, Exclude, Kind) ->
     Where = case Plan of
                 #{node := local} -> {Kind, local};
                 #{} -> Kind
@@ -422,14 +497,14 @@ decide(#{capabilities := Caps, strategy := Strategy} = Plan, #{span := TaskSpan}
                    [] -> Exclude;
                    Black -> Black ++ Exclude
                end,
-    case decide_nif(Caps, Strategy, maps:get(sticky_key, Plan, undefined), Class, Excluded,
-                    Where, Span) of
-        {ok, AgentId, Pid, Lease, SpanId, Transition} ->
-            erlmcp_flow_circuit_breaker:log_transition(AgentId, Transition),
-            {ok, AgentId, Pid, Lease, agent_context(Trace, SpanId)};
-        Other ->
-            Other
-    end.
+    {Caps, Strategy, maps:get(sticky_key, Plan, undefined), maps:get(task_class, Plan, undefined),
+     Excluded, Where}.
+
+decided({ok, AgentId, Pid, Lease, SpanId, Transition}, Trace) ->
+    erlmcp_flow_circuit_breaker:log_transition(AgentId, Transition),
+    {ok, AgentId, Pid, Lease, agent_context(Trace, SpanId)};
+decided(Other, _Trace) ->
+    Other.
 
 %% The decision, on the running registry's router (which may have restarted
 %% since the task began: a retry then goes to the new one's agents).
@@ -452,16 +527,18 @@ start_trace(Task, Plan) ->
     TP = maps:get(traceparent, Plan, undefined),
     case span_start(TP, summary(Task)) of
         {ok, TraceId, SpanId, Flags, Span} ->
-            Trace = #{trace_id => TraceId, span_id => SpanId, trace_flags => Flags,
-                      span => Span},
-            case Plan of
-                #{tracestate := TS} -> {ok, Trace#{tracestate => TS}};
-                #{} -> {ok, Trace}
-            end;
+            {ok, trace(Plan, TraceId, SpanId, Flags, Span)};
         {error, invalid_trace_context} ->
             {error, {badarg, {traceparent, TP}}};
         {error, not_started} = E ->
             E
+    end.
+
+trace(Plan, TraceId, SpanId, Flags, Span) ->
+    Trace = #{trace_id => TraceId, span_id => SpanId, trace_flags => Flags, span => Span},
+    case Plan of
+        #{tracestate := TS} -> Trace#{tracestate => TS};
+        #{} -> Trace
     end.
 
 span_start(TP, Summary) ->
@@ -481,6 +558,16 @@ meta(AgentId, #{trace_id := TraceId, span_id := SpanId}, Latency, N, Tried) ->
 %% @doc Closes the task's span with the task's outcome; returns the answer.
 -spec end_trace(trace(), Answer) -> Answer when Answer :: answer().
 end_trace(Trace, Answer) ->
+    end_trace(Trace, Answer, false).
+
+%% @doc As `end_trace/2'; `true' when the span was closed already (by the
+%% attempt that answered, see `await/7'): the outcome is counted, the span
+%% left as it is.
+-spec end_trace(trace(), Answer, boolean()) -> Answer when Answer :: answer().
+end_trace(_Trace, {ok, _, _} = Answer, true) ->
+    erlmcp_flow_metrics:incr(tasks_succeeded),
+    Answer;
+end_trace(Trace, Answer, _Ended) ->
     {Outcome, Agent} = case Answer of
                            {ok, _, #{agent_id := A}} -> {ok, A};
                            {error, {rejected, _}, [_ | _] = Failed} ->
@@ -515,7 +602,16 @@ summary_part(_) -> <<>>.
 %% Settles a lease: the latency, the breaker transition logged, and the
 %% bulkhead line told that a permit freed.
 complete(Lease, Outcome, AgentId) ->
-    Completed = erlmcp_flow_nif:complete(Lease, Outcome),
+    settled(erlmcp_flow_nif:complete(Lease, Outcome), AgentId).
+
+%% Settles the lease of an attempt answered `ok', and ends the task's span
+%% with it when given.
+succeeded(Lease, AgentId, none) ->
+    complete(Lease, ok, AgentId);
+succeeded(Lease, AgentId, TaskSpan) ->
+    settled(erlmcp_flow_nif:task_complete(Lease, TaskSpan), AgentId).
+
+settled(Completed, AgentId) ->
     ok = erlmcp_flow_bulkhead:released(),
     case Completed of
         {ok, Latency} ->

@@ -3,6 +3,7 @@
 use erlmcp_flow_core::learning::EpsilonSchedule;
 use erlmcp_flow_core::routing::ring::key_hash;
 use erlmcp_flow_core::routing::router::SpanRequest;
+use erlmcp_flow_core::tracing::correlation::SpanOutcome;
 
 use erlmcp_flow_core::{
     Admission, AgentKind, AgentSpec, BreakerState, Clock, FlowError, Outcome, Request, Router,
@@ -462,6 +463,53 @@ fn key_arg(term: Term<'_>) -> NifOutcome<Option<u64>> {
     Ok(Some(key_hash(bin.as_slice())))
 }
 
+/// One decision's arguments decoded, its attempt's span under `task` when
+/// given, and its answer as `decide/8` returns it.
+#[allow(clippy::too_many_arguments)]
+fn decision<'a>(
+    env: Env<'a>,
+    r: &RouterResource,
+    caps: Term<'a>,
+    strategy: Term<'a>,
+    key: Term<'a>,
+    class: Term<'a>,
+    exclude: Term<'a>,
+    kind: Term<'a>,
+    span: Option<SpanRequest<'_>>,
+) -> NifOutcome<Term<'a>> {
+    let caps = binaries(caps, "capabilities")?;
+    let exclude = binaries(exclude, "exclude")?;
+    let (swarms_only, local_only) = kind_arg(kind)?;
+    let req = Request {
+        capabilities: &caps,
+        strategy: choice(strategy, STRATEGIES, "strategy")?,
+        key: key_arg(key)?,
+        class: class_arg(&r.router, class)?,
+        exclude: &exclude,
+        swarms_only,
+        local_only,
+        span,
+    };
+    let lease = with_rng(|rng| r.router.decide(&req, rng))?;
+    let agent = lease.agent().clone();
+    let transition = lease.transition();
+    let span_id = lease
+        .span_id()
+        .map_or_else(|| atoms::undefined().encode(env), |s| binary_term(env, &s));
+    let lease = ResourceArc::new(LeaseResource { lease });
+    Ok(make_tuple(
+        env,
+        &[
+            atoms::ok().encode(env),
+            binary_term(env, agent.id()),
+            agent.payload().encode(env),
+            lease.encode(env),
+            span_id,
+            maybe_transition(env, transition),
+        ],
+    ))
+}
+
 /// `decide(Router, Capabilities, Strategy, StickyKey, TaskClass, Exclude, Kind, Span)
 /// -> {ok, AgentId, Pid, Lease, SpanId | undefined, none | {breaker, open, half_open}}
 /// | {error, no_agents_available | overloaded | ...}`. `Span` is `undefined` or
@@ -485,39 +533,77 @@ fn decide<'a>(
 ) -> Term<'a> {
     let run = || -> NifOutcome<Term<'a>> {
         let r = router_arg(router)?;
-        let caps = binaries(caps, "capabilities")?;
-        let exclude = binaries(exclude, "exclude")?;
         let span = span_arg(span)?;
-        let (swarms_only, local_only) = kind_arg(kind)?;
-        let req = Request {
-            capabilities: &caps,
-            strategy: choice(strategy, STRATEGIES, "strategy")?,
-            key: key_arg(key)?,
-            class: class_arg(&r.router, class)?,
-            exclude: &exclude,
-            swarms_only,
-            local_only,
-            span: span.as_ref().map(|(task, attempt)| SpanRequest {
+        decision(
+            env,
+            &r,
+            caps,
+            strategy,
+            key,
+            class,
+            exclude,
+            kind,
+            span.as_ref().map(|(task, attempt)| SpanRequest {
                 task: &task.span,
                 attempt: *attempt,
             }),
+        )
+    };
+    reply(env, run())
+}
+
+/// `task_start(Router, Traceparent | undefined, Summary, Capabilities,
+/// Strategy, StickyKey, TaskClass, Exclude, Kind) -> {ok, TraceId, SpanId,
+/// Flags, Span, Decision} | {error, invalid_trace_context} | {error, {badarg,
+/// What}}`: `span_start/3` and the first attempt's `decide/8` in one call.
+/// `Decision` is what `decide/8` returns (a failed decision leaves the task's
+/// span open for the caller to end).
+#[rustler::nif]
+#[allow(clippy::too_many_arguments)]
+fn task_start<'a>(
+    env: Env<'a>,
+    router: Term<'a>,
+    traceparent: Term<'a>,
+    summary: Term<'a>,
+    caps: Term<'a>,
+    strategy: Term<'a>,
+    key: Term<'a>,
+    class: Term<'a>,
+    exclude: Term<'a>,
+    kind: Term<'a>,
+) -> Term<'a> {
+    let run = || -> NifOutcome<Term<'a>> {
+        let r = router_arg(router)?;
+        let Some(span) = crate::tracing::open_task_span(&r, traceparent, summary)? else {
+            return Ok(NifError::InvalidTraceContext.encode(env));
         };
-        let lease = with_rng(|rng| r.router.decide(&req, rng))?;
-        let agent = lease.agent().clone();
-        let transition = lease.transition();
-        let span_id = lease
-            .span_id()
-            .map_or_else(|| atoms::undefined().encode(env), |s| binary_term(env, &s));
-        let lease = ResourceArc::new(LeaseResource { lease });
+        let decided = decision(
+            env,
+            &r,
+            caps,
+            strategy,
+            key,
+            class,
+            exclude,
+            kind,
+            Some(SpanRequest {
+                task: &span,
+                attempt: 1,
+            }),
+        );
+        // a failed decision (a bad argument too) is the decision's answer:
+        // the caller ends the task's span with it
+        let decided = decided.unwrap_or_else(|e| e.encode(env));
+        let tp = *span.context();
         Ok(make_tuple(
             env,
             &[
                 atoms::ok().encode(env),
-                binary_term(env, agent.id()),
-                agent.payload().encode(env),
-                lease.encode(env),
-                span_id,
-                maybe_transition(env, transition),
+                binary_term(env, &tp.trace_id),
+                binary_term(env, &tp.parent_id),
+                tp.flags.encode(env),
+                ResourceArc::new(SpanResource { span }).encode(env),
+                decided,
             ],
         ))
     };
@@ -546,6 +632,30 @@ fn complete<'a>(env: Env<'a>, lease: Term<'a>, outcome: Term<'a>) -> Term<'a> {
         let lease: ResourceArc<LeaseResource> = lease.decode().map_err(|_| badarg("lease"))?;
         let outcome = choice(outcome, OUTCOMES, "outcome")?;
         Ok(match lease.lease.complete(outcome) {
+            Some(c) => match c.transition {
+                None => (atoms::ok(), c.latency_us).encode(env),
+                Some(t) => (atoms::ok(), c.latency_us, transition_term(env, t)).encode(env),
+            },
+            None => NifError::AlreadySettled.encode(env),
+        })
+    };
+    reply(env, run())
+}
+
+/// `task_complete(Lease, Span) -> {ok, LatencyUs} | {ok, LatencyUs, {breaker,
+/// From, To}} | {error, already_settled}`: `complete(Lease, ok)` and
+/// `span_end(Span, ok, AgentId)` of the lease's agent in one call, the
+/// agent's id shared with the task's span rather than copied. The span ends
+/// (if it had not) even when the lease was settled already.
+#[rustler::nif]
+fn task_complete<'a>(env: Env<'a>, lease: Term<'a>, span: Term<'a>) -> Term<'a> {
+    let run = || -> NifOutcome<Term<'a>> {
+        let lease: ResourceArc<LeaseResource> = lease.decode().map_err(|_| badarg("lease"))?;
+        let span: ResourceArc<SpanResource> = span.decode().map_err(|_| badarg("span"))?;
+        let completed = lease.lease.complete(Outcome::Success);
+        span.span
+            .end_named(SpanOutcome::Ok, Some(lease.lease.agent().name()));
+        Ok(match completed {
             Some(c) => match c.transition {
                 None => (atoms::ok(), c.latency_us).encode(env),
                 Some(t) => (atoms::ok(), c.latency_us, transition_term(env, t)).encode(env),

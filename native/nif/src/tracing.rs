@@ -8,7 +8,8 @@ use rustler::{Atom, Binary, Encoder, Env, ResourceArc, Term};
 
 use crate::atoms;
 use crate::error::{NifError, NifOutcome, badarg, reply};
-use crate::resources::{SpanResource, router_arg};
+use crate::resources::{RouterResource, SpanResource, router_arg};
+use erlmcp_flow_core::routing::router::OpenSpan;
 use crate::rng::with_rng;
 use crate::terms::{binary_term, choice, nonempty_binary};
 
@@ -168,6 +169,32 @@ fn validate_tracestate<'a>(env: Env<'a>, header: Term<'a>) -> Term<'a> {
     }
 }
 
+/// A task's span opened under `traceparent` (`undefined`: a new trace);
+/// `None` when the header is not a valid one.
+pub fn open_task_span(
+    r: &RouterResource,
+    traceparent: Term<'_>,
+    summary: Term<'_>,
+) -> NifOutcome<Option<OpenSpan>> {
+    let summary = Binary::from_term(summary).map_err(|_| badarg("summary"))?;
+    let header = if Atom::from_term(traceparent).is_ok_and(|a| a == atoms::undefined()) {
+        None
+    } else {
+        match Binary::from_term(traceparent) {
+            Ok(b) => Some(b),
+            Err(_) => return Ok(None),
+        }
+    };
+    Ok(with_rng(|rng| {
+        r.router.span_start(
+            header.as_ref().map(|b| b.as_slice()),
+            summary.as_slice(),
+            rng,
+        )
+    })
+    .ok())
+}
+
 /// `span_start(Router, Traceparent | undefined, Summary) ->
 /// {ok, TraceId, SpanId, Flags, Span} | {error, invalid_trace_context}`.
 #[rustler::nif]
@@ -179,24 +206,8 @@ fn span_start<'a>(
 ) -> Term<'a> {
     let run = || -> NifOutcome<Term<'a>> {
         let r = router_arg(router)?;
-        let summary = Binary::from_term(summary).map_err(|_| badarg("summary"))?;
-        let header = if Atom::from_term(traceparent).is_ok_and(|a| a == atoms::undefined()) {
-            None
-        } else {
-            match Binary::from_term(traceparent) {
-                Ok(b) => Some(b),
-                Err(_) => return Ok(invalid(env)),
-            }
-        };
-        let started = with_rng(|rng| {
-            r.router.span_start(
-                header.as_ref().map(|b| b.as_slice()),
-                summary.as_slice(),
-                rng,
-            )
-        });
-        Ok(match started {
-            Ok(span) => {
+        Ok(match open_task_span(&r, traceparent, summary)? {
+            Some(span) => {
                 let tp = *span.context();
                 (
                     atoms::ok(),
@@ -207,7 +218,7 @@ fn span_start<'a>(
                 )
                     .encode(env)
             }
-            Err(_) => invalid(env),
+            None => invalid(env),
         })
     };
     reply(env, run())
