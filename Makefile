@@ -121,7 +121,8 @@ bench-erlang: build
 	    -eval 'erlmcp_flow_bench:main()'
 
 ## The sustained-load benchmark (LOAD_SECONDS, LOAD_RATE, LOAD_AGENTS,
-## LOAD_AGENT_MS, LOAD_STRATEGY, LOAD_JSON; see benches/erlang/erlmcp_flow_bench_load.erl).
+## LOAD_AGENT_MS, LOAD_STRATEGY, LOAD_REPEAT, LOAD_JSON; the bare send/receive and
+## execute/2 alternated; see benches/erlang/erlmcp_flow_bench_load.erl).
 bench-load: build
 	mkdir -p $(BENCH_EBIN)
 	erlc -pa _build/default/lib/erlmcp_flow/ebin -o $(BENCH_EBIN) benches/erlang/*.erl
