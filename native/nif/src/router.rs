@@ -629,7 +629,7 @@ fn kind_arg(kind: Term<'_>) -> NifOutcome<(bool, bool)> {
 #[rustler::nif]
 fn complete<'a>(env: Env<'a>, lease: Term<'a>, outcome: Term<'a>) -> Term<'a> {
     let run = || -> NifOutcome<Term<'a>> {
-        let lease: ResourceArc<LeaseResource> = lease.decode().map_err(|_| badarg("lease"))?;
+        let lease: &LeaseResource = lease.try_get_resource().ok_or_else(|| badarg("lease"))?;
         let outcome = choice(outcome, OUTCOMES, "outcome")?;
         Ok(match lease.lease.complete(outcome) {
             Some(c) => match c.transition {
@@ -650,8 +650,8 @@ fn complete<'a>(env: Env<'a>, lease: Term<'a>, outcome: Term<'a>) -> Term<'a> {
 #[rustler::nif]
 fn task_complete<'a>(env: Env<'a>, lease: Term<'a>, span: Term<'a>) -> Term<'a> {
     let run = || -> NifOutcome<Term<'a>> {
-        let lease: ResourceArc<LeaseResource> = lease.decode().map_err(|_| badarg("lease"))?;
-        let span: ResourceArc<SpanResource> = span.decode().map_err(|_| badarg("span"))?;
+        let lease: &LeaseResource = lease.try_get_resource().ok_or_else(|| badarg("lease"))?;
+        let span: &SpanResource = span.try_get_resource().ok_or_else(|| badarg("span"))?;
         let completed = lease.lease.complete(Outcome::Success);
         span.span
             .end_named(SpanOutcome::Ok, Some(lease.lease.agent().name()));
@@ -671,7 +671,7 @@ fn task_complete<'a>(env: Env<'a>, lease: Term<'a>, span: Term<'a>) -> Term<'a> 
 #[rustler::nif]
 fn lease_p95<'a>(env: Env<'a>, lease: Term<'a>) -> Term<'a> {
     let run = || -> NifOutcome<Term<'a>> {
-        let lease: ResourceArc<LeaseResource> = lease.decode().map_err(|_| badarg("lease"))?;
+        let lease: &LeaseResource = lease.try_get_resource().ok_or_else(|| badarg("lease"))?;
         Ok(match lease.lease.agent().stats().latency_quantile(0.95) {
             Some(p95) => p95.encode(env),
             None => atoms::undefined().encode(env),

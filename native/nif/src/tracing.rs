@@ -9,9 +9,9 @@ use rustler::{Atom, Binary, Encoder, Env, ResourceArc, Term};
 use crate::atoms;
 use crate::error::{NifError, NifOutcome, badarg, reply};
 use crate::resources::{RouterResource, SpanResource, router_arg};
-use erlmcp_flow_core::routing::router::OpenSpan;
 use crate::rng::with_rng;
 use crate::terms::{binary_term, choice, nonempty_binary};
+use erlmcp_flow_core::routing::router::OpenSpan;
 
 fn invalid<'a>(env: Env<'a>) -> Term<'a> {
     NifError::InvalidTraceContext.encode(env)
@@ -229,7 +229,7 @@ fn span_start<'a>(
 #[rustler::nif]
 fn span_end<'a>(env: Env<'a>, span: Term<'a>, outcome: Term<'a>, agent: Term<'a>) -> Term<'a> {
     let run = || -> NifOutcome<Term<'a>> {
-        let span: ResourceArc<SpanResource> = span.decode().map_err(|_| badarg("span"))?;
+        let span: &SpanResource = span.try_get_resource().ok_or_else(|| badarg("span"))?;
         let o = choice(
             outcome,
             &[

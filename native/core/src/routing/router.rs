@@ -544,7 +544,7 @@ impl<P> Router<P> {
             let span = req.span.map(|sr| {
                 let span_id = trace::generate_span_id(rng);
                 let task = sr.task.context();
-                shared.correlation.insert(
+                shared.correlation.insert_after(
                     Opened {
                         trace_id: task.trace_id,
                         span_id,
@@ -555,6 +555,7 @@ impl<P> Router<P> {
                         kind: SpanKind::Attempt,
                     },
                     now_us,
+                    &sr.task.handle,
                 )
             });
             self.sample_decision(now_us);

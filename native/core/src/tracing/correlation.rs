@@ -306,6 +306,9 @@ struct Shard {
     /// The spans this shard is expected to hold when the store is full:
     /// its share of the cap and a little more (see [`grow`]).
     share: usize,
+    /// No span in `finished` ended before this (µs): the TTL check of an
+    /// insert reads no slot until the oldest could have expired.
+    ends_after: u64,
 }
 
 /// Makes room in a full vector for a quarter more (at least 64), where
@@ -336,6 +339,7 @@ impl Shard {
     fn new(hasher: RandomState, share: usize) -> Shard {
         Shard {
             share,
+            ends_after: 0,
             hasher,
             slots: Vec::new(),
             free: Vec::new(),
@@ -457,6 +461,8 @@ impl Shard {
     fn evict_oldest(&mut self) -> bool {
         while let Some((slot, tag)) = self.finished.pop_front() {
             if CorrelationStore::holds(self, slot, tag) {
+                // finished spans are queued in the order they ended
+                self.ends_after = self.ends_after.max(self.slots[slot as usize].rec.end_us());
                 self.remove(slot);
                 self.evicted += 1;
                 return true;
@@ -584,12 +590,36 @@ impl CorrelationStore {
     /// insert itself always succeeds. Span ids are random, so the store does
     /// not look for an earlier span with the same id.
     pub fn insert(&self, span: Opened, now_us: u64) -> SpanHandle {
+        self.insert_near(span, now_us, None)
+    }
+
+    /// [`CorrelationStore::insert`] of a span of the same trace as `near`
+    /// (its task's span): linked after it when it is still in the store,
+    /// which spares the look-up of the trace's first span.
+    pub fn insert_after(&self, span: Opened, now_us: u64, near: &SpanHandle) -> SpanHandle {
+        self.insert_near(span, now_us, Some(near))
+    }
+
+    fn insert_near(&self, span: Opened, now_us: u64, near: Option<&SpanHandle>) -> SpanHandle {
         let trace = trace_key(&span.trace_id);
         let id = span_key(&span.span_id);
         let shard_ix = self.shard_of(trace);
         let mut shard = self.shard(shard_ix);
         let expired = self.expire_front(&mut shard, now_us);
-        let head = shard.head(trace);
+        // where the span goes in its trace's list: after `near` when that
+        // slot still holds it, else first
+        let after = near
+            .filter(|n| n.trace == trace && n.shard as usize == shard_ix)
+            .map(|n| n.slot)
+            .filter(|&slot| {
+                shard.slots.get(slot as usize).is_some_and(|s| {
+                    s.live() && s.rec.trace == trace && near.is_some_and(|n| s.rec.span == n.span)
+                })
+            });
+        let (prev, next) = match after {
+            Some(slot) => (slot, shard.slots[slot as usize].next),
+            None => (NIL, shard.head(trace)),
+        };
         let summary = span.summary.map(|s| {
             if s.len() <= SUMMARY_MAX {
                 s
@@ -610,13 +640,17 @@ impl CorrelationStore {
                 outcome: SpanOutcome::Open,
                 kind: span.kind,
             },
-            next: head,
-            prev: NIL,
+            next,
+            prev,
         });
-        if head != NIL {
-            shard.slots[head as usize].prev = i;
+        if next != NIL {
+            shard.slots[next as usize].prev = i;
         }
-        shard.set_head(trace, i);
+        if prev == NIL {
+            shard.set_head(trace, i);
+        } else {
+            shard.slots[prev as usize].next = i;
+        }
         shard.open += 1;
         // the cap: room for this span made from the shard's oldest finished
         // ones (a few per insert, so that a store over its cap comes back
@@ -667,16 +701,18 @@ impl CorrelationStore {
     /// queue; returns how many (the caller counts them out of the entries).
     fn expire_front(&self, shard: &mut Shard, now_us: u64) -> usize {
         let mut gone = 0;
+        if shard.ends_after.saturating_add(self.config.ttl_us) > now_us {
+            // nothing can have expired yet: no slot read
+            return 0;
+        }
         while let Some(&(slot, tag)) = shard.finished.front() {
             let held = Self::holds(shard, slot, tag);
-            if held
-                && shard.slots[slot as usize]
-                    .rec
-                    .end_us()
-                    .saturating_add(self.config.ttl_us)
-                    > now_us
-            {
-                break;
+            if held {
+                let end = shard.slots[slot as usize].rec.end_us();
+                shard.ends_after = shard.ends_after.max(end);
+                if end.saturating_add(self.config.ttl_us) > now_us {
+                    break;
+                }
             }
             shard.finished.pop_front();
             if held {
@@ -1161,6 +1197,33 @@ mod tests {
         );
         assert!(s.lookup(&hex16(100)).is_none());
         assert!(s.close(&root, SpanOutcome::Ok, None, 20_000));
+    }
+
+    #[test]
+    fn spans_inserted_after_their_task_span_are_in_its_trace() {
+        let s = store(100, 10);
+        let task = s.insert(span(7, 70, None, 0), 0);
+        let a1 = s.insert_after(span(7, 71, Some(70), 1), 1, &task);
+        let a2 = s.insert_after(span(7, 72, Some(70), 2), 2, &task);
+        let chain: Vec<u16> = s.chain(&hex32(7)).iter().map(|x| x.attempt).collect();
+        assert_eq!(chain, [0, 1, 2]);
+        // each one removable, the list kept whole
+        for h in [&a1, &task, &a2] {
+            assert!(s.close(h, SpanOutcome::Ok, None, 3));
+        }
+        // the trace's spans expire; a span "after" the gone task span is
+        // the first of its trace again
+        assert_eq!(s.sweep(100), 3);
+        assert!(s.chain(&hex32(7)).is_empty());
+        let late = s.insert_after(span(7, 73, Some(70), 3), 101, &task);
+        let chain: Vec<[u8; 16]> = s.chain(&hex32(7)).iter().map(|x| x.span_id).collect();
+        assert_eq!(chain, [hex16(73)]);
+        assert!(s.close(&late, SpanOutcome::Ok, None, 102));
+        // a handle of another trace is not followed
+        let other = s.insert_after(span(8, 80, None, 0), 103, &late);
+        assert_eq!(s.chain(&hex32(8)).len(), 1);
+        assert_eq!(s.chain(&hex32(7)).len(), 1);
+        assert!(s.close(&other, SpanOutcome::Ok, None, 104));
     }
 
     #[test]
