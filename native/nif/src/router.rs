@@ -536,7 +536,7 @@ fn decide<'a>(
         let span = span_arg(span)?;
         decision(
             env,
-            &r,
+            r,
             caps,
             strategy,
             key,
@@ -574,12 +574,12 @@ fn task_start<'a>(
 ) -> Term<'a> {
     let run = || -> NifOutcome<Term<'a>> {
         let r = router_arg(router)?;
-        let Some(span) = crate::tracing::open_task_span(&r, traceparent, summary)? else {
+        let Some(span) = crate::tracing::open_task_span(r, traceparent, summary)? else {
             return Ok(NifError::InvalidTraceContext.encode(env));
         };
         let decided = decision(
             env,
-            &r,
+            r,
             caps,
             strategy,
             key,

@@ -206,7 +206,7 @@ fn span_start<'a>(
 ) -> Term<'a> {
     let run = || -> NifOutcome<Term<'a>> {
         let r = router_arg(router)?;
-        Ok(match open_task_span(&r, traceparent, summary)? {
+        Ok(match open_task_span(r, traceparent, summary)? {
             Some(span) => {
                 let tp = *span.context();
                 (
