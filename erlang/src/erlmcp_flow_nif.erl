@@ -17,6 +17,7 @@
 -export([agent_remove_many/2]).
 -export([router_stats/1]).
 -export([router_memory/1]).
+-export([ring_build/1]).
 -export([jsonrpc_decode/4, jsonrpc_decode_dirty/4, jsonrpc_encode/1, jsonrpc_encode_dirty/1,
          json_encode/1, json_encode_dirty/1, json_decode/3]).
 -export([agent_stats/2]).
@@ -60,7 +61,7 @@
 -export_type([router/0, lease/0, probe/0, outcome/0, router_opts/0, state/0, transition/0,
               breaker_state/0, span/0, span_request/0, task_span/0]).
 
--nifs([router_new/1, clock_advance/2, agent_insert/6, agent_insert_many/2, agent_remove/2, agent_remove_many/2, router_stats/1, router_memory/1,
+-nifs([router_new/1, ring_build/1, clock_advance/2, agent_insert/6, agent_insert_many/2, agent_remove/2, agent_remove_many/2, router_stats/1, router_memory/1,
        jsonrpc_decode/4, jsonrpc_decode_dirty/4, jsonrpc_encode/1, jsonrpc_encode_dirty/1,
        json_encode/1, json_encode_dirty/1, json_decode/3,
        agent_stats/2, decide/8, task_start/9, task_complete/2, has_capacity/2, complete/2, lease_p95/1, explain/3, q_table/1, q_save/2, q_load/2,
@@ -104,7 +105,7 @@
                          window_type => count | time, window_size => pos_integer(),
                          correlation_ttl_ms => pos_integer(),
                          correlation_max_entries => pos_integer(),
-                         export_queue => non_neg_integer()}.
+                         export_queue => non_neg_integer(), lazy_ring => boolean()}.
 %% The span a decision opens for its attempt: a child of the task's span
 %% (from `span_start/3'), with the attempt's number.
 -type span_request() :: {task_span(), pos_integer()}.
@@ -137,6 +138,12 @@ priv_dir() ->
 
 -spec router_new(router_opts()) -> {ok, router()} | badarg().
 router_new(_Opts) -> erlang:nif_error(nif_not_loaded).
+
+%% Builds the consistent-hash ring of a router made with `lazy_ring => true'
+%% (once; `ok' when it was built already), on a dirty scheduler: a
+%% consistent-hash decision answers `{error, ring_not_built}' before.
+-spec ring_build(router()) -> ok | badarg().
+ring_build(_Router) -> erlang:nif_error(nif_not_loaded).
 
 -spec clock_advance(router(), non_neg_integer()) ->
           {ok, non_neg_integer()} | {error, system_clock} | badarg().

@@ -29,6 +29,7 @@ router_test_() ->
       {"concurrent callers each get one answer", fun concurrent/0},
       {"every strategy routes through execute", fun every_strategy/0},
       {"consistent hashing sticks to the key or the task id", fun sticky/0},
+      {"the ring is built by the first task routed by key, then follows membership", fun lazy_ring/0},
       {"consistent hashing sends each key where cargo does (shared vectors)", fun ring_vectors/0},
       {"weights given at registration steer weighted", fun weights/0},
       {"times past the VM's limit are refused by name", fun time_bounds/0},
@@ -223,6 +224,33 @@ sticky() ->
     %% many keys spread over the agents
     Spread = lists:usort([Owner(#{}, #{sticky_key => integer_to_binary(K)}) || K <- lists:seq(1, 200)]),
     ?assert(length(Spread) >= 6).
+
+lazy_ring() ->
+    Ids = [<<"r", (integer_to_binary(I))/binary>> || I <- lists:seq(1, 50)],
+    [register(Id, echo_agent(), [<<"x">>]) || Id <- Ids],
+    %% no point of the ring is kept before a task is routed by key
+    #{table_bytes := Before} = erlmcp_flow:memory(),
+    Owner = fun(Key) ->
+                    {ok, _, #{agent_id := Id}} =
+                        erlmcp_flow:execute(#{}, #{strategy => consistent_hash, sticky_key => Key}),
+                    Id
+            end,
+    %% the first task by key here is a routed one (route_task/2)
+    {ok, First, _} = erlmcp_flow:route_task(#{}, #{strategy => consistent_hash,
+                                                  sticky_key => <<"k">>}),
+    #{table_bytes := After} = erlmcp_flow:memory(),
+    %% 150 points of 8 bytes an agent
+    ?assert(After - Before >= 50 * 150 * 8),
+    ?assertEqual(First, Owner(<<"k">>)),
+    %% an agent registered after the build is on the ring: the keys it owns
+    %% now go to it
+    register(<<"late">>, echo_agent(), [<<"x">>]),
+    Late = [K || K <- lists:seq(1, 400), Owner(integer_to_binary(K)) =:= <<"late">>],
+    ?assert(length(Late) > 0),
+    %% and one unregistered is left out
+    ok = erlmcp_flow:unregister_agent(<<"late">>),
+    sync_registry(),
+    ?assertEqual([], [K || K <- Late, Owner(integer_to_binary(K)) =:= <<"late">>]).
 
 weights() ->
     ok = erlmcp_flow:register_agent(<<"light">>, echo_agent(), [<<"x">>], #{weight => 1}),

@@ -585,8 +585,12 @@ router_options() ->
                                     true -> maps:get(queue_size, Export);
                                     false -> 0
                                 end},
+    %% the consistent-hash ring (150 points of 8 bytes an agent by default)
+    %% is built on the first task routed by key, unless that is the default
+    LazyRing = maps:get(strategy, LB) =/= consistent_hash,
     maps:merge(maps:merge(maps:with(QKeys, Q), maps:with(LBKeys, LB)),
-               maps:merge(Breaker#{clock => erlmcp_flow_config:clock()}, Tracing)).
+               maps:merge(Breaker#{clock => erlmcp_flow_config:clock(), lazy_ring => LazyRing},
+                          Tracing)).
 
 %% The first bad argument, named with its value (or `too_long' past a limit).
 validate(Id, _Pid, _Caps) when not is_binary(Id); Id =:= <<>> ->

@@ -464,7 +464,7 @@ kind(fallback) -> swarm.
 %% (`start_task/2'); waiting in the bulkhead line, then deciding again, when
 %% every candidate was full.
 first_decision(First, #{capabilities := Caps} = Plan, Trace, Deadline) ->
-    case decided(First, Trace) of
+    case first_decision(First, Plan, Trace) of
         {error, overloaded} ->
             case erlmcp_flow_bulkhead:wait(Caps, Deadline) of
                 ready -> decide_waiting(Plan, Trace, 1, [], agents, Deadline);
@@ -474,7 +474,10 @@ first_decision(First, #{capabilities := Caps} = Plan, Trace, Deadline) ->
             Other
     end.
 
-%% A routed task's one decision: no waiting for a full bulkhead.
+%% A routed task's one decision: no waiting for a full bulkhead. The first
+%% task routed by key made none: the ring is built and the decision made.
+first_decision({error, ring_not_built}, Plan, Trace) ->
+    decide(Plan, Trace, 1, [], any);
 first_decision(First, _Plan, Trace) ->
     decided(First, Trace).
 
@@ -508,10 +511,20 @@ decided(Other, _Trace) ->
 
 %% The decision, on the running registry's router (which may have restarted
 %% since the task began: a retry then goes to the new one's agents).
+%% The first decision by key builds the consistent-hash ring (on a dirty
+%% scheduler; a router that never routes by key holds none).
 decide_nif(Caps, Strategy, Key, Class, Exclude, Kind, Span) ->
     case erlmcp_flow_registry:router_if_running() of
-        undefined -> {error, not_started};
-        Router -> erlmcp_flow_nif:decide(Router, Caps, Strategy, Key, Class, Exclude, Kind, Span)
+        undefined ->
+            {error, not_started};
+        Router ->
+            case erlmcp_flow_nif:decide(Router, Caps, Strategy, Key, Class, Exclude, Kind, Span) of
+                {error, ring_not_built} ->
+                    ok = erlmcp_flow_nif:ring_build(Router),
+                    erlmcp_flow_nif:decide(Router, Caps, Strategy, Key, Class, Exclude, Kind, Span);
+                Decision ->
+                    Decision
+            end
     end.
 
 agent_context(#{trace_id := T, span_id := Parent, trace_flags := F} = Trace, SpanId) ->

@@ -26,6 +26,12 @@ pub enum FlowError {
     /// An argument was malformed; the payload names which one.
     #[error("bad argument: {0}")]
     BadArg(&'static str),
+    /// A consistent-hash decision on a table whose ring is built on first
+    /// use ([`crate::RouterConfig::lazy_ring`]) before it was: build it
+    /// ([`crate::AgentTable::build_ring`], linear in the agents) and decide
+    /// again.
+    #[error("the consistent-hash ring is not built yet")]
+    RingNotBuilt,
 
     // -- JSON messages (rpc) --
     /// A message past the size limit.

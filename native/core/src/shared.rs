@@ -68,6 +68,11 @@ pub struct RouterConfig {
     pub q: QConfig,
     /// Points per agent on the consistent-hash ring.
     pub vnodes: u32,
+    /// The consistent-hash ring is built on the first consistent-hash
+    /// decision ([`crate::FlowError::RingNotBuilt`] asks for it) rather
+    /// than kept from the start: a table that never routes by key holds no
+    /// points (150 per agent by default, 8 bytes each).
+    pub lazy_ring: bool,
     /// Bounded-load factor for consistent hashing (`None`: unbounded).
     pub hash_balance_factor: Option<f64>,
     /// Time constant of the peak-EWMA latency, microseconds.
@@ -165,6 +170,7 @@ impl Default for RouterConfig {
         RouterConfig {
             q: QConfig::default(),
             vnodes: 150,
+            lazy_ring: false,
             hash_balance_factor: None,
             ewma_decay_us: 3e6,
             stale_after_us: 3_000_000,

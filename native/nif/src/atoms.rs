@@ -93,6 +93,8 @@ rustler::atoms! {
     agents_bytes,
     table_bytes,
     spans,
+    ring_not_built,
+    lazy_ring,
     correlation_bytes,
     ewma_decay_ms,
     stale_after_ms,

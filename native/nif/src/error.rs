@@ -64,6 +64,7 @@ pub fn reason<'a>(env: Env<'a>, e: &FlowError) -> Term<'a> {
             let what = Atom::from_str(env, what).unwrap_or_else(|_| atoms::badarg());
             return (atoms::badarg(), what).encode(env);
         }
+        RingNotBuilt => atoms::ring_not_built(),
         MessageTooLarge => atoms::too_large(),
         MessageTooDeep => atoms::too_deep(),
         ParseError => atoms::parse_error(),

@@ -133,6 +133,8 @@ fn router_options(opts: Term<'_>) -> NifOutcome<(RouterConfig, bool)> {
         } else if k == atoms::export_queue() {
             c.correlation.export_queue =
                 value.decode::<u32>().map_err(|_| badarg("opts"))? as usize;
+        } else if k == atoms::lazy_ring() {
+            c.lazy_ring = value.decode::<bool>().map_err(|_| badarg("opts"))?;
         } else if k == atoms::ewma_decay_ms() {
             c.ewma_decay_us = number(value, |v| v > 0.0)? * 1000.0;
         } else if k == atoms::stale_after_ms() {
@@ -211,6 +213,18 @@ fn router_new<'a>(env: Env<'a>, opts: Term<'a>) -> Term<'a> {
         Ok((atoms::ok(), res).encode(env))
     };
     reply(env, build())
+}
+
+/// `ring_build(Router) -> ok`: builds the consistent-hash ring of a router
+/// made with `lazy_ring => true`, once (linear in the agents' points, hence a
+/// dirty scheduler).
+#[rustler::nif(schedule = "DirtyCpu")]
+fn ring_build<'a>(env: Env<'a>, router: Term<'a>) -> Term<'a> {
+    let run = || -> NifOutcome<Term<'a>> {
+        router_arg(router)?.router.agents().build_ring();
+        Ok(atoms::ok().encode(env))
+    };
+    reply(env, run())
 }
 
 /// `clock_advance(Router, Microseconds) -> {ok, NowUs} | {error, system_clock}`.

@@ -434,7 +434,7 @@ fn empty_chunk<P>() -> Chunk<P> {
 }
 
 impl<P> Snapshot<P> {
-    fn empty(vnodes: u32, hasher: RandomState) -> Self {
+    fn empty(ring: Ring, hasher: RandomState) -> Self {
         Snapshot {
             chunks: Arc::from([]),
             slot_count: 0,
@@ -443,7 +443,22 @@ impl<P> Snapshot<P> {
             postings: Index::new(hasher),
             all: AppendVec::new(),
             hot: AppendVec::new(),
-            ring: Ring::empty(vnodes),
+            ring,
+        }
+    }
+
+    /// This snapshot with `ring` in place of its own.
+    fn with_ring(&self, ring: Ring) -> Snapshot<P> {
+        Snapshot {
+            chunks: Arc::clone(&self.chunks),
+            slot_count: self.slot_count,
+            live: self.live,
+            by_id: self.by_id.clone(),
+            postings: self.postings.clone(),
+            all: self.all.clone(),
+            // the same view: the new snapshot holds the same agents
+            hot: self.hot.clone(),
+            ring,
         }
     }
 
@@ -746,7 +761,7 @@ impl<P> Snapshot<P> {
                 renumber[old as usize] = new as u32;
             }
         }
-        Snapshot::empty(self.ring.vnodes(), self.by_id.hasher.clone())
+        Snapshot::empty(Ring::empty(self.ring.vnodes()), self.by_id.hasher.clone())
             .with_added_on(&agents, self.ring.renumbered(&renumber))
     }
 }
@@ -867,7 +882,14 @@ impl<P> AgentTable<P> {
     pub fn new(shared: Arc<Shared>) -> Self {
         let hasher = RandomState::new();
         AgentTable {
-            current: ArcSwap::from_pointee(Snapshot::empty(shared.config().vnodes, hasher.clone())),
+            current: ArcSwap::from_pointee(Snapshot::empty(
+                if shared.config().lazy_ring {
+                    Ring::lazy(shared.config().vnodes)
+                } else {
+                    Ring::empty(shared.config().vnodes)
+                },
+                hasher.clone(),
+            )),
             generation: AtomicU64::new(0),
             id: NEXT_TABLE_ID.fetch_add(1, Ordering::Relaxed),
             writer: Mutex::new(Writer {
@@ -938,6 +960,25 @@ impl<P> AgentTable<P> {
             (None, Some(f)) => f(&self.current.load()),
             (None, None) => unreachable!("f runs exactly once"),
         }
+    }
+
+    /// Builds the consistent-hash ring of a table made with
+    /// [`crate::RouterConfig::lazy_ring`], from its agents, once: linear in
+    /// the agents and their points (a dirty-scheduler call from Erlang).
+    /// Whether it built it (false: built already).
+    pub fn build_ring(&self) -> bool {
+        let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let old = self.current.load();
+        if old.ring.is_built() {
+            return false;
+        }
+        let ring = Ring::empty(old.ring.vnodes()).with_agents(
+            (0..old.slot_count).filter_map(|slot| old.get(slot).map(|a| (a.id(), slot))),
+        );
+        let new = old.with_ring(ring);
+        drop(old);
+        self.swap_in(new);
+        true
     }
 
     /// Adds an agent. Fails with `AlreadyRegistered` if the id is taken and
@@ -1168,6 +1209,56 @@ mod tests {
             let want = &rest[rebuilt.lookup(k << 50).unwrap() as usize];
             assert_eq!(snap.agent(slot).id(), want.as_slice());
         }
+    }
+
+    /// A table whose ring is built on first use keeps no points until
+    /// then, and once built holds the same ring as a table that kept one
+    /// from the start, through removals, holes and compactions.
+    #[test]
+    fn a_lazy_ring_is_built_once_and_then_follows_membership() {
+        let lazy = AgentTable::<u32>::new(Arc::new(Shared::new(
+            RouterConfig {
+                lazy_ring: true,
+                ..RouterConfig::default()
+            },
+            Clock::manual(0),
+        )));
+        let eager = table();
+        for i in 0..40 {
+            lazy.insert(spec(&format!("a{i}"), &["x"])).unwrap();
+            eager.insert(spec(&format!("a{i}"), &["x"])).unwrap();
+        }
+        lazy.remove(b"a3").unwrap();
+        eager.remove(b"a3").unwrap();
+        assert!(!lazy.load().ring().is_built());
+        assert_eq!(lazy.load().ring().len(), 0);
+        assert!(lazy.load().table_bytes() < eager.load().table_bytes());
+        assert!(lazy.build_ring());
+        assert!(!lazy.build_ring());
+        let same = |at: &str| {
+            let (l, e) = (lazy.load(), eager.load());
+            for k in 0..500u64 {
+                let pick = |snap: &Snapshot<u32>| {
+                    let slot = snap
+                        .ring()
+                        .walk(k << 52, usize::MAX, |s| snap.get(s).is_some())
+                        .unwrap();
+                    snap.agent(slot).id().to_vec()
+                };
+                assert_eq!(pick(&l), pick(&e), "{at}, key {k}");
+            }
+        };
+        same("built");
+        for i in 40..60 {
+            lazy.insert(spec(&format!("a{i}"), &["x"])).unwrap();
+            eager.insert(spec(&format!("a{i}"), &["x"])).unwrap();
+        }
+        for i in 0..30 {
+            let id = format!("a{i}");
+            let _ = lazy.remove(id.as_bytes());
+            let _ = eager.remove(id.as_bytes());
+        }
+        same("after changes");
     }
 
     #[test]

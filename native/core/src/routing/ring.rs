@@ -120,6 +120,9 @@ pub struct Ring {
     /// Points added since `mid` was last merged, sorted.
     delta: Arc<[Point]>,
     vnodes: u32,
+    /// Not built: no points are kept until [`crate::AgentTable::build_ring`]
+    /// builds them (a table whose ring is built on first use).
+    lazy: bool,
 }
 
 /// The position of a key on the ring.
@@ -189,7 +192,22 @@ impl Ring {
             mid: Arc::from([]),
             delta: Arc::from([]),
             vnodes: vnodes.clamp(1, MAX_VNODES),
+            lazy: false,
         }
+    }
+
+    /// A ring not built yet: it keeps no points through membership changes
+    /// (they cost nothing) until it is built from a table's agents.
+    pub fn lazy(vnodes: u32) -> Ring {
+        Ring {
+            lazy: true,
+            ..Ring::empty(vnodes)
+        }
+    }
+
+    /// Whether the ring holds its agents' points (not [`Ring::lazy`]).
+    pub fn is_built(&self) -> bool {
+        !self.lazy
     }
 
     fn from_sorted(points: Vec<Point>, vnodes: u32) -> Ring {
@@ -198,6 +216,7 @@ impl Ring {
             mid: Arc::from([]),
             delta: Arc::from([]),
             vnodes,
+            lazy: false,
         }
     }
 
@@ -243,6 +262,9 @@ impl Ring {
 
     /// This ring plus the points of several agents.
     pub fn with_agents<'a>(&self, agents: impl Iterator<Item = (&'a [u8], u32)>) -> Ring {
+        if self.lazy {
+            return self.clone();
+        }
         let mut new: Vec<Point> = agents
             .flat_map(|(id, slot)| agent_points(id, slot, self.vnodes))
             .collect();
@@ -266,6 +288,7 @@ impl Ring {
                 mid: Arc::clone(&self.mid),
                 delta: delta.into(),
                 vnodes: self.vnodes,
+                lazy: false,
             };
         }
         let mid = merge(&self.mid, &delta);
@@ -275,6 +298,7 @@ impl Ring {
                 mid: mid.into(),
                 delta: Arc::from([]),
                 vnodes: self.vnodes,
+                lazy: false,
             }
         } else {
             Ring::from_sorted(merge(&self.base.points, &mid), self.vnodes)
@@ -285,6 +309,9 @@ impl Ring {
     /// their new slots (`renumber[old]`, `u32::MAX` for a slot that goes):
     /// one linear pass, the order kept, the delta merged in.
     pub fn renumbered(&self, renumber: &[u32]) -> Ring {
+        if self.lazy {
+            return self.clone();
+        }
         let keep = |&p: &Point| match renumber.get(slot_of(p) as usize) {
             Some(&n) if n != u32::MAX => Some(pack(p, n)),
             _ => None,

@@ -731,6 +731,9 @@ fn consistent_hash<P>(cands: Candidates<'_>, cx: &PickContext<'_, P>) -> Result<
     let key = cx.key.ok_or(FlowError::BadArg("sticky_key"))?;
     let candidates = cands.slots;
     let ring = cx.snapshot.ring();
+    if !ring.is_built() {
+        return Err(FlowError::RingNotBuilt);
+    }
     let all = cands.all;
     let cap = cx.shared.config().hash_balance_factor.map(|factor| {
         let total: u64 = candidates
