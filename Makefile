@@ -108,8 +108,9 @@ cover: build
 cover-rust:
 	cargo llvm-cov --package erlmcp_flow_core --summary-only
 
-## Figures: criterion benches of the core, then the Erlang bench driver.
-bench: bench-rust bench-erlang
+## Figures: criterion benches of the core, the Erlang bench driver, then the
+## sustained load beside the bare send/receive.
+bench: bench-rust bench-erlang bench-load
 
 bench-rust: setup
 	cargo bench --locked --bench routing

@@ -13,6 +13,9 @@
 %%   store either way);
 %% - execute/2 beside a bare alias-monitored send/receive to the same
 %%   agents (round robin by a counter), 2 callers, three alternated runs;
+%% - where a task's time goes (profile): each part of execute/2 alone in a
+%%   loop, one caller (the bare round trip, the two NIF calls, the
+%%   requirements' planning, telemetry), and the rest;
 %% - /metrics expositions rendered per second, at 60 agents;
 %% - registry lookups per second (erlmcp_flow:find_agent/1) beside a plain
 %%   ets:lookup/2 on a table of the same size, in the same run;
@@ -32,8 +35,9 @@
 %%   and the ratio;
 %% - 10 000 agents registered from 10 processes, and killed at once;
 %% - the node's memory: OS resident set above a bare start, with 1 000 and
-%%   10 000 agents (erlmcp_flow_agent processes) after traffic that fills
-%%   the correlation store to its default cap, each in a fresh VM.
+%%   10 000 agents (erlmcp_flow_agent processes) after 120 000 tasks (the
+%%   correlation store full at its default cap), each in a fresh VM, beside
+%%   the same agents after the same traffic through a bare send/receive.
 %% Each throughput at 60 agents is the median of 3 runs of 1 s; the matrix
 %% runs are one of 0.5 s each. The results also go to a JSON file
 %% (BENCH_JSON, default _build/bench/erlang.json); benches/compare.py sets
@@ -42,7 +46,7 @@
 
 -export([main/0, run/0]).
 -export([telemetry_handler/4]).
--export([memory_main/1]).
+-export([memory_main/1, memory_main/2]).
 %% for erlmcp_flow_bench_load
 -export([json/1, rss/0]).
 
@@ -82,10 +86,11 @@ run() ->
                                           erlang:system_info(schedulers_online), ?AGENTS]),
     %% BENCH_ONLY=matrix,memory runs only those parts
     Only = case os:getenv("BENCH_ONLY") of
-               false -> [basics, matrix, membership, memory, rpc, cluster, mcp];
+               false -> [basics, profile, matrix, membership, memory, rpc, cluster, mcp];
                List -> [list_to_atom(P) || P <- string:lexemes(List, ",")]
            end,
     Parts = [{basics, fun() -> basics(Router, Agents) end},
+             {profile, fun() -> profile(Router, Agents) end},
              {matrix, fun() -> matrix(Router) end},
              {membership, fun membership_at_scale/0},
              {memory, fun memory_figures/0},
@@ -182,6 +187,55 @@ execute_vs_bare(Agents, Execute) ->
     [io:format("  bare ~12s/s   execute/2 ~12s/s   ratio ~.2f~n",
                [thousands(round(B)), thousands(round(E)), E / B]) || {B, E} <- Runs],
     [#{bare => round(B), execute => round(E), ratio => E / B} || {B, E} <- Runs].
+
+%% Where a task's time goes, one caller, each part alone in a loop over the
+%% same 60 agents (ns a call): the bare round trip, the NIF calls of a task
+%% (its span, its decision and their settling, in the two calls execute/2
+%% makes), the requirements' planning, one telemetry emission (three a
+%% task), and what execute/2 costs whole; the rest is the Erlang around them
+%% (maps, the monitor and the answer's bookkeeping) and what running more
+%% code between messages costs the schedulers.
+profile(Router, Agents) ->
+    Pids = list_to_tuple([P || Id <- Agents, {ok, P} <- [erlmcp_flow:find_agent(Id)]]),
+    N = tuple_size(Pids),
+    C = counters:new(1, []),
+    Req = #{capabilities => [?CAP]},
+    Ns = fun(F) -> 1.0e9 / throughput(1, F) end,
+    Bare = Ns(fun() ->
+                      counters:add(C, 1, 1),
+                      Pid = element(counters:get(C, 1) rem N + 1, Pids),
+                      Ref = erlang:monitor(process, Pid, [{alias, demonitor}]),
+                      Pid ! {execute_task, #{}, #{}, Ref, Ref},
+                      receive {task_result, Ref, _} -> erlang:demonitor(Ref, [flush]) end
+              end),
+    Nif = Ns(fun() ->
+                     {ok, _, _, _, S, {ok, _, _, L, _, _}} =
+                         erlmcp_flow_nif:task_start(Router, undefined, <<>>, [?CAP], round_robin,
+                                                    undefined, undefined, [], any),
+                     {ok, _} = erlmcp_flow_nif:task_complete(L, S)
+             end),
+    Decision = Ns(fun() ->
+                          {ok, _, _, L, _, _} =
+                              erlmcp_flow_nif:decide(Router, [?CAP], round_robin, undefined,
+                                                     undefined, [], any, undefined),
+                          {ok, _} = erlmcp_flow_nif:complete(L, ok)
+                  end),
+    Plan = Ns(fun() -> {ok, _} = erlmcp_flow_requirements:plan(#{}, Req, execute, #{}) end),
+    Emit = Ns(fun() -> erlmcp_flow_telemetry:execute([task, start], #{}, #{}) end),
+    Execute = Ns(fun() -> {ok, _, _} = erlmcp_flow:execute(#{}, Req#{strategy => round_robin}) end),
+    Rest = Execute - Bare - Nif - Plan - 3 * Emit,
+    io:format("~nwhere a task's time goes (1 caller, round_robin, ~b agents; ns a task):~n", [N]),
+    Rows = [{"bare alias-monitored send/receive", Bare},
+            {"NIF: span, decision, settling (task_start + task_complete)", Nif},
+            {"  of which the decision and its settling alone", Decision},
+            {"  of which the task's and the attempt's spans", Nif - Decision},
+            {"requirements' planning", Plan},
+            {"telemetry, 3 emissions (not loaded)", 3 * Emit},
+            {"the rest: Erlang around them, scheduling", Rest},
+            {"execute/2 whole", Execute}],
+    [io:format("  ~-58s ~8b~n", [Name, round(V)]) || {Name, V} <- Rows],
+    #{bare_ns => Bare, nif_ns => Nif, decision_ns => Decision, spans_ns => Nif - Decision,
+      plan_ns => Plan, telemetry_ns => 3 * Emit, rest_ns => Rest, execute_ns => Execute}.
 
 %% What emitting telemetry events costs: one emission, and execute/2 (four
 %% events a task) without telemetry loaded, with it loaded and no handler
@@ -347,6 +401,9 @@ matrix(Router) ->
               ["strategy", "agents", "decide/s 1", "decide/s 2", "p50 us", "p99 us",
                "p99.9 us", "execute/s 1", "execute/s 2"]),
     #{agents := Have} = erlmcp_flow:stats(),
+    %% the matrix routes by key: its ring is kept through the growth (as on
+    %% a node whose tasks are routed by key), and registrations pay for it
+    ok = erlmcp_flow_nif:ring_build(Router),
     {_, Cells} =
         lists:foldl(
           fun(Size, {Had, Acc}) ->
@@ -504,14 +561,21 @@ memory_figures() ->
               "(each size in a fresh VM):~n"),
     Paths = lists:append([["-pa", D] || D <- code:get_path(), D =/= "."]),
     Erl = os:find_executable("erl"),
+    Child = fun(N, Path) ->
+                    Port = open_port({spawn_executable, Erl},
+                                     [{args, ["-noshell" | Paths] ++
+                                           ["-eval", io_lib:format("erlmcp_flow_bench:memory_main(~b, ~s)",
+                                                                   [N, Path])]},
+                                      exit_status, stderr_to_stdout, {line, 65536}]),
+                    memory_child(Port, undefined)
+            end,
     Figures = [begin
-                   Port = open_port({spawn_executable, Erl},
-                                    [{args, ["-noshell" | Paths] ++
-                                          ["-eval", io_lib:format("erlmcp_flow_bench:memory_main(~b)", [N])]},
-                                     exit_status, stderr_to_stdout, {line, 65536}]),
-                   Term = memory_child(Port, undefined),
-                   print_memory(N, Term),
-                   {integer_to_binary(N), Term}
+                   Term = Child(N, execute),
+                   %% the same agents and traffic through a bare send/receive:
+                   %% what the VM itself keeps after it
+                   #{rss_above_bare_mb := Bare} = Child(N, bare),
+                   print_memory(N, Term, Bare),
+                   {integer_to_binary(N), Term#{bare_traffic_rss_above_bare_mb => Bare}}
                end || N <- [1000, 10000]],
     maps:from_list(Figures).
 
@@ -532,19 +596,25 @@ memory_child(Port, Last) ->
     end.
 
 print_memory(N, #{rss_above_bare_mb := Mb, registered_mb := R, erlang_mb := E,
-                  processes_mb := P, core := #{bytes_per_agent := Per, table_bytes := T},
-                  correlation_entries := C}) ->
-    Floor = case N of 1000 -> 40; 10000 -> 150 end,
-    io:format("  ~6b agents: +~.1f MB (floor ~b MB; +~.1f MB after registering); "
-              "Erlang ~.1f MB (processes ~.1f); core ~b bytes per agent, table ~.1f MB; "
-              "~b spans in the store~n",
-              [N, Mb, Floor, R, E, P, round(Per), T / 1.0e6, C]).
+                  processes_mb := P, core := #{bytes_per_agent := Per, table_bytes := T,
+                                               bytes_per_span := PerSpan},
+                  correlation_entries := C}, BareTraffic) ->
+    Floor = case N of 1000 -> 25; 10000 -> 100 end,
+    io:format("  ~6b agents: +~.1f MB (floor ~b MB; +~.1f MB after registering; the same "
+              "traffic bare: +~.1f MB); Erlang ~.1f MB (processes ~.1f); core ~b bytes per "
+              "agent, table ~.1f MB; ~b spans in the store, ~b bytes a span~n",
+              [N, Mb, Floor, R, BareTraffic, E, P, round(Per), T / 1.0e6, C, round(PerSpan)]).
 
 %% In a fresh VM: the resident set of a bare start (the application
 %% running, nothing registered), then with `N' agents, then after traffic
 %% that fills the correlation store to its default cap; printed as one
 %% `MEMORY #{...}' line for the parent.
 memory_main(N) ->
+    memory_main(N, execute).
+
+%% `Path': the traffic through execute/2, or through a bare alias-monitored
+%% send/receive to the same agents (round robin), the VM's own reference.
+memory_main(N, Path) ->
     logger:set_primary_config(level, warning),
     {ok, _} = application:ensure_all_started(erlmcp_flow),
     Bare = settled_rss(),
@@ -552,23 +622,49 @@ memory_main(N) ->
                                        erlmcp_flow_bench_agent, #{})
      || I <- lists:seq(1, N)],
     Registered = settled_rss(),
-    {ok, #{max_entries := Cap}} = {ok, erlmcp_flow_config:get(correlation)},
-    %% two spans a task (the task's and its attempt's)
-    Tasks = Cap,
+    %% two spans a task (the task's and its attempt's): past the store's
+    %% default cap of 100 000
+    Tasks = 120000,
     Self = self(),
-    [spawn_link(fun() -> traffic(Tasks div 2), Self ! done end) || _ <- [1, 2]],
+    Traffic = case Path of
+                  execute ->
+                      fun traffic/1;
+                  bare ->
+                      Pids = list_to_tuple([P || I <- lists:seq(1, N),
+                                                 {ok, P} <- [erlmcp_flow:find_agent(iolist_to_binary(
+                                                                io_lib:format("mem-~b", [I])))]]),
+                      C = counters:new(1, [write_concurrency]),
+                      fun(K) -> bare_traffic(Pids, C, K) end
+              end,
+    [spawn_link(fun() -> Traffic(Tasks div 2), Self ! done end) || _ <- [1, 2]],
     [receive done -> ok end || _ <- [1, 2]],
     After = settled_rss(),
     #{correlation_entries := Entries} = erlmcp_flow:stats(),
     Core = erlmcp_flow:memory(),
+    io:format(standard_error, "~p traffic, ~b agents done~n", [Path, N]),
     Mb = fun(B) -> B / 1.0e6 end,
     Term = #{agents => N, bare_mb => Mb(Bare), rss_above_bare_mb => Mb(After - Bare),
              registered_mb => Mb(Registered - Bare), erlang_mb => Mb(erlang:memory(total)),
              processes_mb => Mb(erlang:memory(processes)), ets_mb => Mb(erlang:memory(ets)),
              correlation_entries => Entries, tasks => Tasks,
-             core => maps:with([agents_bytes, table_bytes, bytes_per_agent], Core)},
+             core => maps:with([agents_bytes, table_bytes, bytes_per_agent, correlation_bytes,
+                                bytes_per_span], Core)},
     io:format("MEMORY ~w~n", [Term]),
     erlang:halt(0).
+
+%% `N' tasks sent bare, each answer awaited.
+bare_traffic(_Pids, _C, 0) ->
+    ok;
+bare_traffic(Pids, C, K) ->
+    counters:add(C, 1, 1),
+    Pid = element(counters:get(C, 1) rem tuple_size(Pids) + 1, Pids),
+    Ref = erlang:monitor(process, Pid, [{alias, demonitor}]),
+    Pid ! {execute_task, #{}, #{}, Ref, Ref},
+    receive
+        {task_result, Ref, _} -> erlang:demonitor(Ref, [flush]);
+        {'DOWN', Ref, process, _, Why} -> error({agent_down, Why})
+    end,
+    bare_traffic(Pids, C, K - 1).
 
 %% `N' tasks, their answers dropped as they come.
 traffic(0) ->

@@ -207,6 +207,10 @@ nif_call() ->
            {erlmcp_flow_nif, format_traceparent, [hex_or_garbage(32), hex_or_garbage(16), fuzz_int()]},
            {erlmcp_flow_nif, validate_tracestate, [header()]},
            {erlmcp_flow_nif, span_start, [R, oneof([undefined, header()]), any_binary()]},
+           {erlmcp_flow_nif, task_start, [R, oneof([undefined, header()]), any_binary(), caps(),
+                                          strategy(), key(), key(), list(id()), kind()]},
+           {erlmcp_flow_nif, task_complete, [any_term(), any_term()]},
+           {erlmcp_flow_nif, ring_build, [R]},
            {erlmcp_flow_nif, span_end, [any_term(), outcome(), oneof([undefined, id()])]},
            {erlmcp_flow_nif, trace_chain, [R, hex_or_garbage(32)]},
            {erlmcp_flow_nif, span_lookup, [R, hex_or_garbage(16)]},
@@ -375,6 +379,7 @@ router_opts() ->
                             {max_concurrent, fuzz_int()}, {half_open_max_requests, fuzz_int()},
                             {correlation_max_entries, fuzz_int()}, {export_queue, fuzz_int()},
                             {alpha, number_term()}, {gamma, number_term()},
+                            {lazy_ring, oneof([true, false, any_term(0)])},
                             {any_term(0), any_term(0)}])),
          maps:from_list(Pairs)).
 
