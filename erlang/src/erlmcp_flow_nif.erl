@@ -214,7 +214,7 @@ agent_stats(_Router, _Id) -> erlang:nif_error(nif_not_loaded).
              [binary()], any | swarm | {any | swarm, any | local},
              span_request() | undefined) ->
           {ok, binary(), pid(), lease(), binary() | undefined, none | transition()}
-        | {error, no_agents_available | overloaded} | badarg().
+        | {error, no_agents_available | overloaded | ring_not_built} | badarg().
 decide(_Router, _Caps, _Strategy, _StickyKey, _TaskClass, _Exclude, _Kind, _Span) ->
     erlang:nif_error(nif_not_loaded).
 
