@@ -86,11 +86,12 @@ run() ->
                                           erlang:system_info(schedulers_online), ?AGENTS]),
     %% BENCH_ONLY=matrix,memory runs only those parts
     Only = case os:getenv("BENCH_ONLY") of
-               false -> [basics, profile, matrix, membership, memory, rpc, cluster, mcp];
+               false -> [basics, profile, worst, matrix, membership, memory, rpc, cluster, mcp];
                List -> [list_to_atom(P) || P <- string:lexemes(List, ",")]
            end,
     Parts = [{basics, fun() -> basics(Router, Agents) end},
              {profile, fun() -> profile(Router, Agents) end},
+             {worst, fun normal_scheduler_worst/0},
              {matrix, fun() -> matrix(Router) end},
              {membership, fun membership_at_scale/0},
              {memory, fun memory_figures/0},
@@ -236,6 +237,59 @@ profile(Router, Agents) ->
     [io:format("  ~-58s ~8b~n", [Name, round(V)]) || {Name, V} <- Rows],
     #{bare_ns => Bare, nif_ns => Nif, decision_ns => Decision, spans_ns => Nif - Decision,
       plan_ns => Plan, telemetry_ns => 3 * Emit, rest_ns => Rest, execute_ns => Execute}.
+
+%% The longest call each normal-scheduler NIF of the codec and the votes
+%% can make: its largest accepted input (16 KiB of message, 16 384 units of
+%% encoding work, 64 KiB of answer), the worst shape for it (many small
+%% elements),
+%% median and max of 200 calls in µs. One past those inputs it answers
+%% `{error, {dirty_only, Bound}}' (erlmcp_flow_jsonrpc_tests).
+normal_scheduler_worst() ->
+    Bound = 16384,
+    DecodeBound = Bound,
+    Ints = <<"[", (binary:copy(<<"1,">>, (DecodeBound - 64) div 2))/binary, "1]">>,
+    Head = <<"{\"jsonrpc\":\"2.0\",\"method\":\"m\",\"params\":">>,
+    Message = fun(Params) ->
+                      Pad = binary:copy(<<" ">>, DecodeBound - byte_size(Head) - byte_size(Params) - 1),
+                      <<Head/binary, Params/binary, Pad/binary, "}">>
+              end,
+    Many = Message(Ints),
+    Text = Message(<<"[\"", (binary:copy(<<"x">>, DecodeBound - 128))/binary, "\"]">>),
+    DecodeBound = byte_size(Many),
+    DecodeBound = byte_size(Text),
+    Limits = [1 bsl 20, 64, 100],
+    Decode = fun(Bin) -> fun() -> {single, _} = apply(erlmcp_flow_nif, jsonrpc_decode,
+                                                      [Bin | Limits]) end end,
+    %% a list's units: one for it, two an element (its cell, itself)
+    SmallInts = lists:duplicate((Bound - 1) div 2, 1),
+    Binary = binary:copy(<<"a">>, Bound - 1),
+    {ok, Key} = erlmcp_flow_nif:vote_key(binary:copy(<<"k">>, 32)),
+    Vote = {<<"0af7651916cd43dd8448eb211c80319c">>, <<"b7ad6b7169203331">>, <<"agent">>,
+            <<"node@host">>, binary:copy(<<1>>, 65536), 1700000000000, 42},
+    Sig = erlmcp_flow_nif:vote_sign(Key, Vote),
+    Rows = [{"jsonrpc_decode, 16 KiB of one string", Decode(Text)},
+            {"jsonrpc_decode, 16 KiB of small integers", Decode(Many)},
+            {"json_encode, a binary of 16 KiB", fun() -> {ok, _} = erlmcp_flow_nif:json_encode(Binary) end},
+            {"json_encode, 8 191 small integers", fun() -> {ok, _} = erlmcp_flow_nif:json_encode(SmallInts) end},
+            {"jsonrpc_encode, a response of 8 185 integers",
+             fun() -> {ok, _} = erlmcp_flow_nif:jsonrpc_encode(
+                                  {response, 1, {ok, lists:duplicate(8185, 1)}}) end},
+            {"vote_sign, an answer of 64 KiB", fun() -> <<_:32/binary>> = erlmcp_flow_nif:vote_sign(Key, Vote) end},
+            {"vote_verify, an answer of 64 KiB", fun() -> ok = erlmcp_flow_nif:vote_verify(Key, Vote, Sig) end}],
+    io:format("~nthe longest normal-scheduler NIF calls (largest accepted input, 200 calls, us):~n"),
+    maps:from_list(
+      [begin
+           F(),
+           Times = lists:sort([begin
+                                   T0 = erlang:monotonic_time(nanosecond),
+                                   F(),
+                                   erlang:monotonic_time(nanosecond) - T0
+                               end || _ <- lists:seq(1, 200)]),
+           Median = lists:nth(100, Times) / 1000,
+           Max = lists:last(Times) / 1000,
+           io:format("  ~-48s median ~8.1f   max ~8.1f~n", [Name, Median, Max]),
+           {list_to_binary(Name), #{median_us => Median, max_us => Max}}
+       end || {Name, F} <- Rows]).
 
 %% What emitting telemetry events costs: one emission, and execute/2 (four
 %% events a task) without telemetry loaded, with it loaded and no handler

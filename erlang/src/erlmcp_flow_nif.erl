@@ -85,6 +85,8 @@
 -type probe() :: reference().
 -type task_span() :: reference().
 -type outcome() :: ok | error | rejected | timeout | down | abandoned.
+%% A normal-scheduler call's input past its bound: the `_dirty' variant takes it.
+-type dirty_only() :: {error, {dirty_only, pos_integer()}}.
 -type badarg() :: {error, {badarg, atom()}}.
 -type router_opts() :: #{clock => system | manual,
                          alpha => number(), gamma => number(), epsilon => number(),
@@ -177,8 +179,11 @@ router_stats(_Router) -> erlang:nif_error(nif_not_loaded).
 router_memory(_Router) -> erlang:nif_error(nif_not_loaded).
 
 %% @doc Decodes one JSON-RPC message (see `erlmcp_flow_jsonrpc').
+%% On a normal scheduler: a message past 16 KiB is `{error, {dirty_only,
+%% 16384}}' (decode it with `jsonrpc_decode_dirty/4').
 -spec jsonrpc_decode(binary(), pos_integer(), pos_integer(), pos_integer()) ->
-          {single, erlmcp_flow_jsonrpc:item()} | {batch, [erlmcp_flow_jsonrpc:item()]} | badarg().
+          {single, erlmcp_flow_jsonrpc:item()} | {batch, [erlmcp_flow_jsonrpc:item()]}
+        | dirty_only() | badarg().
 jsonrpc_decode(_Bin, _MaxBytes, _MaxDepth, _MaxBatch) -> erlang:nif_error(nif_not_loaded).
 
 %% @doc `jsonrpc_decode/4' on a dirty scheduler.
@@ -187,11 +192,13 @@ jsonrpc_decode(_Bin, _MaxBytes, _MaxDepth, _MaxBatch) -> erlang:nif_error(nif_no
 jsonrpc_decode_dirty(_Bin, _MaxBytes, _MaxDepth, _MaxBatch) -> erlang:nif_error(nif_not_loaded).
 
 %% @doc Encodes one JSON-RPC message or batch.
--spec jsonrpc_encode(term()) -> {ok, binary()} | {error, {unencodable, binary()}}.
+%% On a normal scheduler: at most about 16 KiB of JSON, else `{error,
+%% {dirty_only, 16384}}' (encode it with `jsonrpc_encode_dirty/1').
+-spec jsonrpc_encode(term()) -> {ok, binary()} | {error, {unencodable, binary()}} | dirty_only().
 jsonrpc_encode(_Message) -> erlang:nif_error(nif_not_loaded).
 
 %% @doc Encodes a term as JSON.
--spec json_encode(term()) -> {ok, binary()} | {error, {unencodable, binary()}}.
+-spec json_encode(term()) -> {ok, binary()} | {error, {unencodable, binary()}} | dirty_only().
 json_encode(_Term) -> erlang:nif_error(nif_not_loaded).
 
 %% @doc `jsonrpc_encode/1' on a dirty scheduler.
@@ -370,10 +377,13 @@ phi_value(_Phi, _NowMs) -> erlang:nif_error(nif_not_loaded).
 -spec vote_key(binary()) -> {ok, reference()} | {error, weak_secret} | badarg().
 vote_key(_Secret) -> erlang:nif_error(nif_not_loaded).
 
--spec vote_sign(reference(), vote()) -> binary() | badarg().
+%% On a normal scheduler: an answer past 64 KiB (ids past 1 KiB) is
+%% `{error, {dirty_only, 65536}}' (`vote_sign_dirty/2', `vote_verify_dirty/3').
+-spec vote_sign(reference(), vote()) -> binary() | dirty_only() | badarg().
 vote_sign(_Key, _Vote) -> erlang:nif_error(nif_not_loaded).
 
--spec vote_verify(reference(), vote(), binary()) -> ok | {error, bad_signature} | badarg().
+-spec vote_verify(reference(), vote(), binary()) ->
+          ok | {error, bad_signature} | dirty_only() | badarg().
 vote_verify(_Key, _Vote, _Signature) -> erlang:nif_error(nif_not_loaded).
 
 -spec vote_sign_dirty(reference(), vote()) -> binary() | badarg().

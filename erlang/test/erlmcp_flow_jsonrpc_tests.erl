@@ -114,16 +114,65 @@ large_encode_test() ->
     Big = #{<<"items">> => lists:seq(1, 50000)},
     ?assert(erlang:external_size(Big) > 65536),
     {ok, Json} = erlmcp_flow_jsonrpc:encode_json(Big),
-    ?assertEqual({ok, Json}, erlmcp_flow_nif:json_encode(Big)),
+    %% the normal-scheduler call refuses what is past its bound; the dirty
+    %% one encodes it
+    ?assertEqual({error, {dirty_only, 16384}}, erlmcp_flow_nif:json_encode(Big)),
     ?assertEqual({ok, Json}, erlmcp_flow_nif:json_encode_dirty(Big)),
     Msg = {response, 7, {ok, Big}},
     {ok, Resp} = erlmcp_flow_jsonrpc:encode(Msg),
-    ?assertEqual({ok, Resp}, erlmcp_flow_nif:jsonrpc_encode(Msg)),
+    ?assertEqual({error, {dirty_only, 16384}}, erlmcp_flow_nif:jsonrpc_encode(Msg)),
+    ?assertEqual({ok, Resp}, erlmcp_flow_nif:jsonrpc_encode_dirty(Msg)),
     ?assertMatch({single, {response, 7, {ok, #{<<"items">> := [1, 2 | _]}}}},
                  erlmcp_flow_jsonrpc:decode(Resp)),
     Bad = #{<<"items">> => lists:seq(1, 50000), <<"pid">> => self()},
     ?assertMatch({error, {unencodable, _}}, erlmcp_flow_jsonrpc:encode_json(Bad)),
-    ?assertEqual(erlmcp_flow_nif:json_encode(Bad), erlmcp_flow_nif:json_encode_dirty(Bad)).
+    ?assertMatch({error, {unencodable, _}}, erlmcp_flow_nif:json_encode_dirty(Bad)).
+
+%% Every normal-scheduler NIF of the codec and the votes takes at most 16 KiB
+%% (of message; units of encoding work: about bytes of JSON) or 64 KiB (of
+%% answer to sign) and refuses more by name; the time of the largest it takes
+%% is in the bench's worst cases.
+%% A term small in external format whose JSON is not goes to the dirty
+%% scheduler through the wrappers.
+normal_scheduler_bounds_test() ->
+    Bound = 16384,
+    %% encoding: a binary of Bound - 1 bytes is Bound units (itself, and
+    %% one for the term); a list costs one unit a cell and one an element
+    Fits = binary:copy(<<"a">>, Bound - 1),
+    ?assertEqual({ok, <<$", Fits/binary, $">>}, erlmcp_flow_nif:json_encode(Fits)),
+    Past = binary:copy(<<"a">>, Bound),
+    ?assertEqual({error, {dirty_only, Bound}}, erlmcp_flow_nif:json_encode(Past)),
+    ?assertEqual({ok, <<$", Past/binary, $">>}, erlmcp_flow_jsonrpc:encode_json(Past)),
+    %% small integers: 2 bytes each in external format, 2 units each here
+    Ints = lists:duplicate(9000, 1),
+    ?assert(erlang:external_size(Ints) =< Bound * 2),
+    ?assertEqual({error, {dirty_only, Bound}}, erlmcp_flow_nif:json_encode(Ints)),
+    ?assertEqual(erlmcp_flow_nif:json_encode_dirty(Ints), erlmcp_flow_jsonrpc:encode_json(Ints)),
+    %% a batch of many small messages: each element charged before encoding
+    Batch = {batch, [{notification, <<"n">>, []} || _ <- lists:seq(1, 7000)]},
+    ?assertEqual({error, {dirty_only, Bound}}, erlmcp_flow_nif:jsonrpc_encode(Batch)),
+    ?assertEqual(erlmcp_flow_nif:jsonrpc_encode_dirty(Batch), erlmcp_flow_jsonrpc:encode(Batch)),
+    ?assertEqual({error, {unencodable, <<"a batch that is not a list">>}},
+                 erlmcp_flow_nif:jsonrpc_encode({batch, [{notification, <<"n">>, []} | x]})),
+    ?assertMatch({error, {unencodable, _}}, erlmcp_flow_nif:json_encode([1, 2 | 3])),
+    %% decoding: a message of the bound, then one byte more
+    Msg = fun(N) ->
+                  Head = <<"{\"jsonrpc\":\"2.0\",\"method\":\"m\",\"params\":[\"">>,
+                  Tail = <<"\"]}">>,
+                  Pad = binary:copy(<<"x">>, N - byte_size(Head) - byte_size(Tail)),
+                  <<Head/binary, Pad/binary, Tail/binary>>
+          end,
+    Limits = [1 bsl 20, 64, 100],
+    Decode = Bound,
+    ?assertMatch({single, {notification, <<"m">>, [_]}},
+                 apply(erlmcp_flow_nif, jsonrpc_decode, [Msg(Decode) | Limits])),
+    ?assertEqual({error, {dirty_only, Decode}},
+                 apply(erlmcp_flow_nif, jsonrpc_decode, [Msg(Decode + 1) | Limits])),
+    ?assertMatch({single, {notification, <<"m">>, [_]}},
+                 apply(erlmcp_flow_nif, jsonrpc_decode_dirty, [Msg(Decode + 1) | Limits])),
+    ?assertEqual(apply(erlmcp_flow_nif, jsonrpc_decode_dirty, [Msg(4 * Bound) | Limits]),
+                 erlmcp_flow_jsonrpc:decode(Msg(4 * Bound), #{max_message_bytes => 1 bsl 20,
+                                                          max_depth => 64, max_batch => 100})).
 
 %% The id of a message past the limit, read from its first bytes: a
 %% top-level "id" only (not one nested in params), a number, a string or

@@ -336,8 +336,22 @@ large_vote_test() ->
     Vote = {<<"0af7651916cd43dd8448eb211c80319c">>, <<"b7ad6b7169203331">>, <<"agent">>,
             <<"node@host">>, Answer, 1700000000000, 42},
     Sig = erlmcp_flow_byzantine_detector:sign(Key, Vote),
-    ?assertEqual(Sig, erlmcp_flow_nif:vote_sign(Key, Vote)),
+    %% past 64 KiB of answer the normal-scheduler calls refuse, by name
+    ?assertEqual({error, {dirty_only, 65536}}, erlmcp_flow_nif:vote_sign(Key, Vote)),
+    ?assertEqual({error, {dirty_only, 65536}}, erlmcp_flow_nif:vote_verify(Key, Vote, Sig)),
+    ?assertEqual(Sig, erlmcp_flow_nif:vote_sign_dirty(Key, Vote)),
     ?assertEqual(ok, erlmcp_flow_byzantine_detector:verify(Key, Vote, Sig)),
+    %% the largest answer they take, and ids past 1 KiB (which only a
+    %% direct caller could send) go to the dirty ones through the wrappers
+    AtBound = setelement(5, Vote, binary:copy(<<1>>, 65536)),
+    AtSig = erlmcp_flow_nif:vote_sign(Key, AtBound),
+    ?assertEqual(AtSig, erlmcp_flow_nif:vote_sign_dirty(Key, AtBound)),
+    ?assertEqual(ok, erlmcp_flow_nif:vote_verify(Key, AtBound, AtSig)),
+    LongIds = setelement(3, setelement(5, Vote, <<"small">>), binary:copy(<<"a">>, 2000)),
+    ?assertEqual({error, {dirty_only, 65536}}, erlmcp_flow_nif:vote_sign(Key, LongIds)),
+    LongSig = erlmcp_flow_byzantine_detector:sign(Key, LongIds),
+    ?assertEqual(LongSig, erlmcp_flow_nif:vote_sign_dirty(Key, LongIds)),
+    ?assertEqual(ok, erlmcp_flow_byzantine_detector:verify(Key, LongIds, LongSig)),
     Tampered = setelement(5, Vote, <<Answer/binary, 0>>),
     ?assertEqual({error, bad_signature}, erlmcp_flow_byzantine_detector:verify(Key, Tampered, Sig)),
     Small = setelement(5, Vote, term_to_binary({ok, 1})),

@@ -126,7 +126,10 @@ replay_guard() ->
 sign(Key, {_, _, _, _, Answer, _, _} = Vote) when is_binary(Answer), byte_size(Answer) > ?DIRTY_ABOVE ->
     erlmcp_flow_nif:vote_sign_dirty(Key, Vote);
 sign(Key, Vote) ->
-    erlmcp_flow_nif:vote_sign(Key, Vote).
+    case erlmcp_flow_nif:vote_sign(Key, Vote) of
+        {error, {dirty_only, _}} -> erlmcp_flow_nif:vote_sign_dirty(Key, Vote);
+        Signature -> Signature
+    end.
 
 %% @private Whether `Signature' is the vote's under `Key'.
 -spec verify(reference() | undefined, term(), term()) ->
@@ -135,7 +138,10 @@ verify(Key, {_, _, _, _, Answer, _, _} = Vote, Signature)
   when is_binary(Answer), byte_size(Answer) > ?DIRTY_ABOVE ->
     erlmcp_flow_nif:vote_verify_dirty(Key, Vote, Signature);
 verify(Key, Vote, Signature) ->
-    erlmcp_flow_nif:vote_verify(Key, Vote, Signature).
+    case erlmcp_flow_nif:vote_verify(Key, Vote, Signature) of
+        {error, {dirty_only, _}} -> erlmcp_flow_nif:vote_verify_dirty(Key, Vote, Signature);
+        Verified -> Verified
+    end.
 
 %% @private A decided quorum task's verified votes, `{AgentId, honest |
 %% dishonest}', and the nodes of refused votes.

@@ -51,8 +51,11 @@
                     max_batch := pos_integer()}.
 
 %% Messages past this decode, and terms past this (in external term format)
-%% encode, on a dirty scheduler: the time of both grows with the size.
--define(DIRTY_ABOVE, 65536).
+%% encode, on a dirty scheduler: the time of both grows with the size. The
+%% normal-scheduler NIFs refuse more themselves (`{error, {dirty_only,
+%% 16384}}': a term small in external format whose JSON is not), so that no
+%% input makes them long.
+-define(DIRTY_ABOVE, 16384).
 
 %% @doc Decodes one message (one line of a stream, one HTTP body) within
 %% the configured limits: `{single, Item}' or `{batch, [Item]}'. A message
@@ -69,7 +72,8 @@ decode(Bin, #{max_message_bytes := B, max_depth := D, max_batch := N} = Limits)
   when is_binary(Bin) ->
     case valid_limits(Limits) of
         false -> {error, {badarg, limits}};
-        true when byte_size(Bin) > ?DIRTY_ABOVE -> erlmcp_flow_nif:jsonrpc_decode_dirty(Bin, B, D, N);
+        true when byte_size(Bin) > ?DIRTY_ABOVE ->
+            erlmcp_flow_nif:jsonrpc_decode_dirty(Bin, B, D, N);
         true -> erlmcp_flow_nif:jsonrpc_decode(Bin, B, D, N)
     end;
 decode(Bin, _) when is_binary(Bin) ->
@@ -84,16 +88,28 @@ valid_limits(Limits) ->
 -spec encode(message()) -> {ok, binary()} | {error, {unencodable, binary()}}.
 encode(Message) ->
     case erlang:external_size(Message) > ?DIRTY_ABOVE of
-        false -> erlmcp_flow_nif:jsonrpc_encode(Message);
-        true -> erlmcp_flow_nif:jsonrpc_encode_dirty(Message)
+        false ->
+            %% a small term whose JSON is not (escapes, small integers):
+            %% the normal call stops at its bound and the dirty one encodes
+            case erlmcp_flow_nif:jsonrpc_encode(Message) of
+                {error, {dirty_only, _}} -> erlmcp_flow_nif:jsonrpc_encode_dirty(Message);
+                Encoded -> Encoded
+            end;
+        true ->
+            erlmcp_flow_nif:jsonrpc_encode_dirty(Message)
     end.
 
 %% @doc Encodes any term JSON can carry.
 -spec encode_json(json()) -> {ok, binary()} | {error, {unencodable, binary()}}.
 encode_json(Term) ->
     case erlang:external_size(Term) > ?DIRTY_ABOVE of
-        false -> erlmcp_flow_nif:json_encode(Term);
-        true -> erlmcp_flow_nif:json_encode_dirty(Term)
+        false ->
+            case erlmcp_flow_nif:json_encode(Term) of
+                {error, {dirty_only, _}} -> erlmcp_flow_nif:json_encode_dirty(Term);
+                Encoded -> Encoded
+            end;
+        true ->
+            erlmcp_flow_nif:json_encode_dirty(Term)
     end.
 
 %% @doc Decodes any JSON within the configured size and depth.

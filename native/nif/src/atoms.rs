@@ -94,6 +94,7 @@ rustler::atoms! {
     table_bytes,
     spans,
     ring_not_built,
+    dirty_only,
     lazy_ring,
     correlation_bytes,
     ewma_decay_ms,

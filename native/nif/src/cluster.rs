@@ -10,6 +10,7 @@ use rustler::{Binary, Encoder, Env, Resource, ResourceArc, Term};
 
 use crate::atoms;
 use crate::error::{NifError, NifOutcome, badarg, reply};
+use crate::jsonrpc::{NORMAL_SIGN_BYTES, dirty_only};
 use crate::terms::binary_term;
 
 /// One peer's heartbeat history, owned by the failure detector process.
@@ -134,6 +135,13 @@ impl<'a> VoteTerms<'a> {
         })
     }
 
+    /// Whether hashing it fits a call on a normal scheduler: an answer of up
+    /// to [`NORMAL_SIGN_BYTES`] and ids of up to 1 KiB together.
+    fn fits_normal(&self) -> bool {
+        let ids = self.trace_id.len() + self.span_id.len() + self.agent_id.len() + self.node.len();
+        self.answer.len() <= NORMAL_SIGN_BYTES && ids <= 1024
+    }
+
     fn vote(&self) -> Vote<'_> {
         Vote {
             trace_id: self.trace_id.as_slice(),
@@ -152,23 +160,27 @@ fn key_arg(term: Term<'_>) -> NifOutcome<ResourceArc<KeyResource>> {
 }
 
 /// `vote_sign(Key, Vote) -> Signature` (32 bytes). The time is that of
-/// SHA-256 over the answer: callers sign answers past 64 KiB with
+/// SHA-256 over the answer: on a normal scheduler an answer past 64 KiB (or
+/// ids past 1 KiB) is `{error, {dirty_only, 65536}}`, signed with
 /// `vote_sign_dirty`.
 #[rustler::nif]
 fn vote_sign<'a>(env: Env<'a>, key: Term<'a>, vote_term: Term<'a>) -> Term<'a> {
-    sign(env, key, vote_term)
+    sign(env, key, vote_term, true)
 }
 
-/// `vote_sign/2` on a dirty scheduler, for large answers.
+/// `vote_sign/2` on a dirty scheduler, for large answers: no bound.
 #[rustler::nif(schedule = "DirtyCpu")]
 fn vote_sign_dirty<'a>(env: Env<'a>, key: Term<'a>, vote_term: Term<'a>) -> Term<'a> {
-    sign(env, key, vote_term)
+    sign(env, key, vote_term, false)
 }
 
-fn sign<'a>(env: Env<'a>, key: Term<'a>, vote_term: Term<'a>) -> Term<'a> {
+fn sign<'a>(env: Env<'a>, key: Term<'a>, vote_term: Term<'a>, normal: bool) -> Term<'a> {
     let run = || -> NifOutcome<Term<'a>> {
         let key = key_arg(key)?;
         let v = VoteTerms::from_term(vote_term)?;
+        if normal && !v.fits_normal() {
+            return Ok(dirty_only(env, NORMAL_SIGN_BYTES));
+        }
         Ok(match vote::sign(&key.secret, &v.vote()) {
             Ok(sig) => binary_term(env, &sig),
             Err(e) => NifError::Core(e).encode(env),
@@ -178,11 +190,11 @@ fn sign<'a>(env: Env<'a>, key: Term<'a>, vote_term: Term<'a>) -> Term<'a> {
 }
 
 /// `vote_verify(Key, Vote, Signature) -> ok | {error, bad_signature}`,
-/// compared in constant time. As `vote_sign`: `vote_verify_dirty` past 64 KiB
-/// of answer.
+/// compared in constant time. As `vote_sign`: on a normal scheduler past 64
+/// KiB of answer, `{error, {dirty_only, 65536}}` (`vote_verify_dirty`).
 #[rustler::nif]
 fn vote_verify<'a>(env: Env<'a>, key: Term<'a>, vote_term: Term<'a>, sig: Term<'a>) -> Term<'a> {
-    verify(env, key, vote_term, sig)
+    verify(env, key, vote_term, sig, true)
 }
 
 /// `vote_verify/3` on a dirty scheduler, for large answers.
@@ -193,13 +205,22 @@ fn vote_verify_dirty<'a>(
     vote_term: Term<'a>,
     sig: Term<'a>,
 ) -> Term<'a> {
-    verify(env, key, vote_term, sig)
+    verify(env, key, vote_term, sig, false)
 }
 
-fn verify<'a>(env: Env<'a>, key: Term<'a>, vote_term: Term<'a>, sig: Term<'a>) -> Term<'a> {
+fn verify<'a>(
+    env: Env<'a>,
+    key: Term<'a>,
+    vote_term: Term<'a>,
+    sig: Term<'a>,
+    normal: bool,
+) -> Term<'a> {
     let run = || -> NifOutcome<Term<'a>> {
         let key = key_arg(key)?;
         let v = VoteTerms::from_term(vote_term)?;
+        if normal && !v.fits_normal() {
+            return Ok(dirty_only(env, NORMAL_SIGN_BYTES));
+        }
         let sig = Binary::from_term(sig).map_err(|_| badarg("signature"))?;
         Ok(match vote::verify(&key.secret, &v.vote(), sig.as_slice()) {
             Ok(()) => atoms::ok().encode(env),
