@@ -30,8 +30,6 @@
 -export([settle/1]).
 -export([internal_error/4]).
 -export([task_stopped/2]).
--export([await/5]).
--export([await/6]).
 -export([await/7]).
 -export([end_trace/2]).
 -export([end_trace/3]).
@@ -285,29 +283,15 @@ in_flight_to(Node) ->
     erlmcp_flow_registry:remote_tasks(Node).
 
 %% @doc Waits for the answer of a dispatched task and settles its lease:
-%% `{ok, Result, LatencyUs}' or `{error, Reason, LatencyUs}'.
--spec await(reference(), pid(), erlmcp_flow_nif:lease(), timeout(), erlmcp_flow:agent_id()) ->
-          {ok, term(), non_neg_integer() | undefined}
-        | {error, term(), non_neg_integer() | undefined}.
-await(Ref, Pid, Lease, Timeout, AgentId) ->
-    await(Ref, Pid, Lease, Timeout, AgentId, false).
-
-%% @doc As `await/5'; with `Interruptible' true, an exit signal trapped by
-%% the waiting process (`{'EXIT', From, Why}') also ends the wait: the agent
-%% is sent `{cancel_task, Ref}', the lease settles as abandoned, and the
-%% result is `{error, {stopped, Why}, LatencyUs}'.
+%% `{ok, Result, LatencyUs}' or `{error, Reason, LatencyUs}'. An `ok'
+%% answer also ends the task's span `TaskSpan', in the same NIF call that
+%% settles the lease (`erlmcp_flow_nif:task_complete/2'). With
+%% `Interruptible' true, an exit signal trapped by the waiting process
+%% (`{'EXIT', From, Why}') also ends the wait: the agent is sent
+%% `{cancel_task, Ref}', the lease settles as abandoned, and the result is
+%% `{error, {stopped, Why}, LatencyUs}'.
 -spec await(reference(), pid(), erlmcp_flow_nif:lease(), timeout(), erlmcp_flow:agent_id(),
-            boolean()) ->
-          {ok, term(), non_neg_integer() | undefined}
-        | {error, term(), non_neg_integer() | undefined}.
-await(Ref, Pid, Lease, Timeout, AgentId, Interruptible) ->
-    await(Ref, Pid, Lease, Timeout, AgentId, Interruptible, none).
-
-%% @doc As `await/6'; with `TaskSpan' (the task's span, not `none'), an `ok'
-%% answer also ends the task's span, in the same NIF call that settles the
-%% lease (`erlmcp_flow_nif:task_complete/2').
--spec await(reference(), pid(), erlmcp_flow_nif:lease(), timeout(), erlmcp_flow:agent_id(),
-            boolean(), erlmcp_flow_nif:task_span() | none) ->
+            boolean(), erlmcp_flow_nif:task_span()) ->
           {ok, term(), non_neg_integer() | undefined}
         | {error, term(), non_neg_integer() | undefined}.
 await(Ref, Pid, Lease, Timeout, AgentId, Interruptible, TaskSpan) ->
@@ -618,9 +602,7 @@ complete(Lease, Outcome, AgentId) ->
     settled(erlmcp_flow_nif:complete(Lease, Outcome), AgentId).
 
 %% Settles the lease of an attempt answered `ok', and ends the task's span
-%% with it when given.
-succeeded(Lease, AgentId, none) ->
-    complete(Lease, ok, AgentId);
+%% with it.
 succeeded(Lease, AgentId, TaskSpan) ->
     settled(erlmcp_flow_nif:task_complete(Lease, TaskSpan), AgentId).
 
