@@ -1325,6 +1325,7 @@ mod tests {
     #[derive(Debug, Clone)]
     enum Op {
         Insert { trace: u64 },
+        InsertAfter(usize),
         Close(usize),
         Sweep,
     }
@@ -1358,7 +1359,7 @@ mod tests {
                         let h = open.swap_remove(i % open.len());
                         s.close(&h, SpanOutcome::Ok, None, now);
                     }
-                    Op::Close(_) => {}
+                    Op::Close(_) | Op::InsertAfter(_) => {}
                     Op::Sweep => { s.sweep(now); }
                 }
                 let st = s.stats();
@@ -1367,6 +1368,92 @@ mod tests {
                     .sum();
                 prop_assert_eq!(st.entries, counted);
                 prop_assert!(st.entries <= cap.max(st.open), "{:?}", st);
+            }
+        }
+    }
+
+    /// Every live slot is on its trace's list, reached from the head the
+    /// trace index gives, the list's links agree both ways, and the index
+    /// names exactly the traces that have spans; `chain` returns them all.
+    fn check_lists(s: &CorrelationStore) -> Result<(), TestCaseError> {
+        for i in 0..SHARDS {
+            let shard = s.shard(i);
+            let mut traces: std::collections::HashMap<TraceKey, usize> =
+                std::collections::HashMap::new();
+            for slot in shard.slots.iter().filter(|x| x.live()) {
+                *traces.entry(slot.rec.trace).or_default() += 1;
+            }
+            prop_assert_eq!(shard.by_trace.len(), traces.len());
+            for (&trace, &count) in &traces {
+                let head = shard.head(trace);
+                prop_assert!(head != NIL);
+                prop_assert_eq!(shard.slots[head as usize].prev, NIL);
+                let (mut at, mut seen, mut prev) = (head, 0, NIL);
+                while at != NIL {
+                    let slot = &shard.slots[at as usize];
+                    prop_assert!(slot.live());
+                    prop_assert_eq!(slot.rec.trace, trace);
+                    prop_assert_eq!(slot.prev, prev);
+                    seen += 1;
+                    prop_assert!(seen <= count);
+                    prev = at;
+                    at = slot.next;
+                }
+                prop_assert_eq!(seen, count);
+            }
+            drop(shard);
+            for (&trace, &count) in &traces {
+                prop_assert_eq!(s.chain(&trace_hex(trace)).len(), count);
+            }
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+
+        /// Inserts first in a trace or after another span's handle (live,
+        /// evicted or expired), closes, evictions at the cap and expiry by
+        /// the TTL keep every trace's list and the trace index whole.
+        #[test]
+        fn trace_lists_stay_whole_under_any_sequence(
+            cap in 1usize..30,
+            ops in proptest::collection::vec(
+                prop_oneof![
+                    3 => (0u64..5).prop_map(|trace| Op::Insert { trace }),
+                    3 => (0usize..1000).prop_map(Op::InsertAfter),
+                    3 => (0usize..1000).prop_map(Op::Close),
+                    1 => Just(Op::Sweep),
+                ],
+                1..300,
+            )
+        ) {
+            let s = store(cap, 40);
+            let mut open: Vec<SpanHandle> = Vec::new();
+            let mut all: Vec<(u64, SpanHandle)> = Vec::new();
+            for (n, op) in ops.into_iter().enumerate() {
+                let now = n as u64;
+                let id = 1 + n as u64;
+                match op {
+                    Op::Insert { trace } => {
+                        let h = s.insert(span(trace, id, None, 0), now);
+                        open.push(h);
+                        all.push((trace, h));
+                    }
+                    Op::InsertAfter(i) if !all.is_empty() => {
+                        let (trace, near) = all[i % all.len()];
+                        let h = s.insert_after(span(trace, id, None, 1), now, &near);
+                        open.push(h);
+                        all.push((trace, h));
+                    }
+                    Op::Close(i) if !open.is_empty() => {
+                        let h = open.swap_remove(i % open.len());
+                        s.close(&h, SpanOutcome::Ok, None, now);
+                    }
+                    Op::Sweep => { s.sweep(now); }
+                    _ => {}
+                }
+                check_lists(&s)?;
             }
         }
     }
