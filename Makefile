@@ -7,7 +7,7 @@ ERL_PATHS = -pa _build/default/lib/*/ebin
 BENCH_EBIN = _build/bench/ebin
 EXAMPLES_EBIN = _build/examples/ebin
 
-.PHONY: all setup build demo demo-mcp test test-rust test-erlang test-asan check-otp27 w3c dialyzer bench bench-rust bench-erlang bench-load bench-wire fuzz cover cover-rust clean
+.PHONY: all setup build demo demo-mcp test test-rust test-erlang test-asan check-otp27 w3c dialyzer bench bench-rust bench-erlang bench-load bench-wire bench-scale fuzz cover cover-rust clean
 
 all: build
 
@@ -129,6 +129,15 @@ bench-load: build
 	erlc -pa _build/default/lib/erlmcp_flow/ebin -o $(BENCH_EBIN) benches/erlang/*.erl
 	erl -noshell $(ERL_PATHS) -pa $(BENCH_EBIN) \
 	    -eval 'erlmcp_flow_bench_load:main()'
+
+## A cluster of many peer nodes in today's design, each node mirroring every
+## agent (SCALE_NODES, default 8,16; SCALE_AGENTS, default 1000; see
+## benches/erlang/erlmcp_flow_bench_scale.erl).
+bench-scale: build
+	mkdir -p $(BENCH_EBIN)
+	erlc -pa _build/default/lib/erlmcp_flow/ebin -o $(BENCH_EBIN) benches/erlang/*.erl
+	erl -noshell -sname scale_bench $(ERL_PATHS) -pa $(BENCH_EBIN) \
+	    -eval 'erlmcp_flow_bench_scale:main()'
 
 ## What hostile clients make a node hold: a flood of pipelined requests,
 ## clients that never read, 100 000 agents over TCP (benches/erlang/erlmcp_flow_bench_wire.erl).

@@ -1,0 +1,194 @@
+%% What a cluster of many nodes costs each node in today's design (every
+%% node mirrors every agent of the cluster): the baseline that issue 30's
+%% two-level routing is measured against.
+%%
+%%   make bench-scale                       (8 nodes, then 16, 1 000 agents each)
+%%   make bench-scale SCALE_NODES=4,8 SCALE_AGENTS=500
+%%
+%% Each size in a fresh set of OTP peer nodes on this machine (distributed
+%% Erlang over loopback, full mesh), the first node measured:
+%% - registration: every node registers its agents at once (one process
+%%   each); the time until every node sees all of them;
+%% - memory of the first node per remote agent it mirrors: its OS resident
+%%   set, the BEAM's own memory (ETS, processes) and the Rust core's, before
+%%   the others register and after;
+%% - registration traffic: bytes the first node received over distribution
+%%   while the others registered, per remote agent (what every registration
+%%   costs every node);
+%% - a node joining late: the time until it sees every agent; a node
+%%   stopped: the time until the first node has none of its agents left;
+%% - routing to remote agents from the first node: execute/2 with 16
+%%   callers and `node => any'.
+%% The results also go to SCALE_JSON (default _build/bench/scale.json).
+-module(erlmcp_flow_bench_scale).
+
+-export([main/0]).
+%% on the peers
+-export([register_agents/2, echo/0, os_rss/0, recv_bytes/0, throughput/2]).
+
+-define(CAP, <<"scale">>).
+
+main() ->
+    Sizes = [list_to_integer(S) || S <- string:lexemes(os:getenv("SCALE_NODES", "8,16"), ",")],
+    Agents = list_to_integer(os:getenv("SCALE_AGENTS", "1000")),
+    Status = try
+                 Results = [{integer_to_binary(K), one_size(K, Agents)} || K <- Sizes],
+                 Path = os:getenv("SCALE_JSON", "_build/bench/scale.json"),
+                 ok = filelib:ensure_dir(Path),
+                 ok = file:write_file(Path, [erlmcp_flow_bench:json(maps:from_list(Results)), $\n]),
+                 io:format("results written to ~s~n", [Path]),
+                 0
+             catch C:R:S -> io:format(standard_error, "scale failed: ~p:~p~n~p~n", [C, R, S]), 1
+             end,
+    erlang:halt(Status).
+
+one_size(K, Agents) ->
+    Peers = [start_peer() || _ <- lists:seq(1, K)],
+    try
+        [true = peer:call(P, net_kernel, connect_node, [O]) || {P, N} <- Peers, {_, O} <- Peers, O > N],
+        [{First, _} | Others] = Peers,
+        ok = peer:call(First, ?MODULE, register_agents, [Agents, 0], 120000),
+        wait_agents(First, Agents, 60000),
+        Before = measure(First),
+        T0 = erlang:monotonic_time(millisecond),
+        [spawn_link(fun() -> ok = peer:call(P, ?MODULE, register_agents, [Agents, I], 300000) end)
+         || {I, {P, _}} <- lists:zip(lists:seq(1, K - 1), Others)],
+        Total = K * Agents,
+        [wait_agents(P, Total, 600000) || {P, _} <- Peers],
+        Converged = erlang:monotonic_time(millisecond) - T0,
+        After = measure(First),
+        Remote = (K - 1) * Agents,
+        Per = fun(Key) -> (maps:get(Key, After) - maps:get(Key, Before)) / Remote end,
+        %% a node joining late, then one stopped
+        {Late, _} = LatePeer = start_peer(),
+        TJ = erlang:monotonic_time(millisecond),
+        [true = peer:call(Late, net_kernel, connect_node, [N]) || {_, N} <- Peers],
+        wait_agents(Late, Total, 600000),
+        Join = erlang:monotonic_time(millisecond) - TJ,
+        {Gone, _} = lists:last(Others),
+        TL = erlang:monotonic_time(millisecond),
+        peer:stop(Gone),
+        wait_agents(First, Total - Agents, 600000, exactly),
+        Loss = erlang:monotonic_time(millisecond) - TL,
+        Rate = peer:call(First, ?MODULE, throughput, [16, 500], 300000),
+        io:format("~n~b nodes x ~b agents (peer nodes on this machine, full mesh), seen from the first:~n",
+                  [K, Agents]),
+        io:format("  registration at once on every node: all ~b agents seen everywhere after ~b ms~n",
+                  [Total, Converged]),
+        io:format("  memory per mirrored remote agent: RSS ~b B, BEAM ~b B (ETS ~b, processes ~b), "
+                  "core ~b B~n",
+                  [round(Per(rss)), round(Per(erlang_total)), round(Per(ets)), round(Per(processes)),
+                   round(Per(core))]),
+        io:format("  registration traffic into the first node: ~b bytes per remote agent "
+                  "(~.1f MB for ~b)~n",
+                  [round(Per(recv_bytes)), (maps:get(recv_bytes, After) - maps:get(recv_bytes, Before)) / 1.0e6,
+                   Remote]),
+        io:format("  a node joining late sees every agent after ~b ms; a node stopped is out of "
+                  "the first node's routing after ~b ms~n", [Join, Loss]),
+        io:format("  execute/2 from the first node, 16 callers, node => any: ~b/s (~b% remote)~n",
+                  [round(maps:get(rate, Rate)), round(100 * maps:get(remote_share, Rate))]),
+        catch peer:stop(element(1, LatePeer)),
+        #{nodes => K, agents_per_node => Agents, converged_ms => Converged,
+          rss_per_remote_agent => Per(rss), beam_per_remote_agent => Per(erlang_total),
+          ets_per_remote_agent => Per(ets), processes_per_remote_agent => Per(processes),
+          core_per_remote_agent => Per(core), recv_bytes_per_remote_agent => Per(recv_bytes),
+          join_ms => Join, loss_ms => Loss, remote_rate => maps:get(rate, Rate),
+          remote_share => maps:get(remote_share, Rate)}
+    after
+        [catch peer:stop(P) || {P, _} <- Peers]
+    end.
+
+start_peer() ->
+    Paths = lists:append([["-pa", P] || P <- code:get_path(), string:find(P, "_build") =/= nomatch]),
+    {ok, Peer, Node} = peer:start(#{name => peer:random_name("scale"), connection => standard_io,
+                                    args => ["-setcookie", "erlmcp_flow_scale" | Paths]}),
+    ok = peer:call(Peer, logger, set_primary_config, [level, error]),
+    {ok, _} = peer:call(Peer, application, ensure_all_started, [erlmcp_flow]),
+    {Peer, Node}.
+
+%% On a peer: `N' agents of this node, registered by one process that stays.
+register_agents(N, I) ->
+    Self = self(),
+    spawn(fun() ->
+                  [ok = erlmcp_flow:register_agent(iolist_to_binary(io_lib:format("n~b-a~b", [I, J])),
+                                                   spawn(?MODULE, echo, []), [?CAP])
+                   || J <- lists:seq(1, N)],
+                  Self ! registered,
+                  receive stop -> ok end
+          end),
+    receive registered -> ok end.
+
+echo() ->
+    receive
+        {execute_task, _Task, _Ctx, From, Ref} -> From ! {task_result, Ref, {ok, done}}, echo();
+        _ -> echo()
+    end.
+
+wait_agents(Peer, N, Ms) ->
+    wait_agents(Peer, N, Ms, at_least).
+
+wait_agents(Peer, N, Ms, How) ->
+    Deadline = erlang:monotonic_time(millisecond) + Ms,
+    wait_agents1(Peer, N, Deadline, How).
+
+wait_agents1(Peer, N, Deadline, How) ->
+    Have = maps:get(agents, peer:call(Peer, erlmcp_flow, stats, [])),
+    Done = case How of
+               at_least -> Have >= N;
+               exactly -> Have =:= N
+           end,
+    case Done of
+        true ->
+            ok;
+        false ->
+            erlang:monotonic_time(millisecond) < Deadline orelse error({agents, Have, N}),
+            timer:sleep(20),
+            wait_agents1(Peer, N, Deadline, How)
+    end.
+
+measure(Peer) ->
+    _ = peer:call(Peer, erlang, garbage_collect, []),
+    [peer:call(Peer, erlang, garbage_collect, [P]) || P <- peer:call(Peer, erlang, processes, [])],
+    timer:sleep(300),
+    Mem = peer:call(Peer, erlang, memory, []),
+    #{rss => peer:call(Peer, ?MODULE, os_rss, []),
+      erlang_total => proplists:get_value(total, Mem),
+      ets => proplists:get_value(ets, Mem),
+      processes => proplists:get_value(processes, Mem),
+      core => peer:call(Peer, erlmcp_flow_nif, core_memory, []),
+      recv_bytes => peer:call(Peer, ?MODULE, recv_bytes, [])}.
+
+%% On a peer: its OS resident set in bytes.
+os_rss() ->
+    {ok, Status} = file:read_file("/proc/self/status"),
+    [Kb] = [binary_to_integer(K) || <<"VmRSS:", Rest/binary>> <- binary:split(Status, <<"\n">>, [global]),
+                                    [K, <<"kB">>] <- [binary:split(string:trim(Rest), <<" ">>, [global, trim_all])]],
+    Kb * 1024.
+
+%% On a peer: bytes received over every distribution connection so far.
+recv_bytes() ->
+    lists:sum([case inet:getstat(Ctrl, [recv_oct]) of
+                   {ok, [{recv_oct, B}]} -> B;
+                   _ -> 0
+               end || {_Node, Ctrl} <- erlang:system_info(dist_ctrl), is_port(Ctrl)]).
+
+%% On a peer: execute/2 from `Callers' processes, `Each' tasks each, to any
+%% node's agents.
+throughput(Callers, Each) ->
+    Self = self(),
+    T0 = erlang:monotonic_time(microsecond),
+    Pids = [spawn_link(fun() ->
+                               Remote = lists:foldl(
+                                          fun(I, Acc) ->
+                                                  {ok, done, #{agent_id := Id}} =
+                                                      erlmcp_flow:execute(#{n => I}, #{capabilities => [?CAP]}),
+                                                  case Id of
+                                                      <<"n0-", _/binary>> -> Acc;
+                                                      _ -> Acc + 1
+                                                  end
+                                          end, 0, lists:seq(1, Each)),
+                               Self ! {done, self(), Remote}
+                       end) || _ <- lists:seq(1, Callers)],
+    Remote = lists:sum([receive {done, P, R} -> R end || P <- Pids]),
+    Secs = (erlang:monotonic_time(microsecond) - T0) / 1.0e6,
+    #{rate => Callers * Each / Secs, remote_share => Remote / (Callers * Each)}.
