@@ -54,6 +54,30 @@ plurality_test() ->
     %% a tie: the answer voted for first
     ?assertEqual({b, [<<"1">>]}, erlmcp_flow_quorum:plurality([{<<"2">>, a}, {<<"1">>, b}])).
 
+%% With `byzantine.enabled' every execute/2 is a quorum task by default;
+%% route_task/2 stays one attempt on one agent.
+route_task_with_quorum_default_test_() ->
+    {timeout, 60, fun route_task_with_quorum_default/0}.
+
+route_task_with_quorum_default() ->
+    with_env([{byzantine, #{enabled => true, hmac_secret => ?SECRET}}],
+             fun() ->
+                     [ok = erlmcp_flow:register_agent(Id, agent(42), [<<"q">>])
+                      || Id <- [<<"h1">>, <<"h2">>, <<"h3">>]],
+                     Self = self(),
+                     {ok, Id, _Ctx} = erlmcp_flow:route_task(#{n => 1}, #{capabilities => [<<"q">>],
+                                                                          reply_to => Self}),
+                     ?assert(lists:member(Id, [<<"h1">>, <<"h2">>, <<"h3">>])),
+                     receive
+                         {erlmcp_flow_result, _, Answer} ->
+                             ?assertMatch({ok, 42, #{agent_id := Id}}, Answer)
+                     after 5000 ->
+                         error(no_answer)
+                     end,
+                     ?assertMatch({ok, 42, #{quorum := _}},
+                                  erlmcp_flow:execute(#{n => 2}, #{capabilities => [<<"q">>]}))
+             end).
+
 %% One node: honest agents outvote a liar; the liar is blacklisted after
 %% min_votes; without a secret, quorum tasks are refused.
 single_node_test_() ->
