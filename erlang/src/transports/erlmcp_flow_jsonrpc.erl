@@ -87,29 +87,26 @@ valid_limits(Limits) ->
 %% @doc Encodes a request, a notification, a response or a batch of them.
 -spec encode(message()) -> {ok, binary()} | {error, {unencodable, binary()}}.
 encode(Message) ->
-    case erlang:external_size(Message) > ?DIRTY_ABOVE of
-        false ->
-            %% a small term whose JSON is not (escapes, small integers):
-            %% the normal call stops at its bound and the dirty one encodes
-            case erlmcp_flow_nif:jsonrpc_encode(Message) of
-                {error, {dirty_only, _}} -> erlmcp_flow_nif:jsonrpc_encode_dirty(Message);
-                Encoded -> Encoded
-            end;
-        true ->
-            erlmcp_flow_nif:jsonrpc_encode_dirty(Message)
-    end.
+    encoded(Message, fun erlmcp_flow_nif:jsonrpc_encode/1,
+            fun erlmcp_flow_nif:jsonrpc_encode_dirty/1).
 
 %% @doc Encodes any term JSON can carry.
 -spec encode_json(json()) -> {ok, binary()} | {error, {unencodable, binary()}}.
 encode_json(Term) ->
+    encoded(Term, fun erlmcp_flow_nif:json_encode/1, fun erlmcp_flow_nif:json_encode_dirty/1).
+
+%% A large term goes to the dirty scheduler at once; a small one whose JSON
+%% is not (escapes, small integers) after the normal call stopped at its
+%% bound.
+encoded(Term, Normal, Dirty) ->
     case erlang:external_size(Term) > ?DIRTY_ABOVE of
         false ->
-            case erlmcp_flow_nif:json_encode(Term) of
-                {error, {dirty_only, _}} -> erlmcp_flow_nif:json_encode_dirty(Term);
+            case Normal(Term) of
+                {error, {dirty_only, _}} -> Dirty(Term);
                 Encoded -> Encoded
             end;
         true ->
-            erlmcp_flow_nif:json_encode_dirty(Term)
+            Dirty(Term)
     end.
 
 %% @doc Decodes any JSON within the configured size and depth.

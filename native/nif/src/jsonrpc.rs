@@ -90,9 +90,13 @@ pub fn dirty_only(env: Env<'_>, bound: usize) -> Term<'_> {
     (atoms::error(), (atoms::dirty_only(), bound)).encode(env)
 }
 
+/// Why a walk of a list stopped short.
+const IMPROPER: &str = "an improper list";
+const PAST_BUDGET: &str = "past the normal scheduler's budget";
+
 /// The elements of a proper list, one at a time, each charged one unit of
-/// work (no walk of the whole list first); `Err` for an improper list, and
-/// when the budget runs out.
+/// work (no walk of the whole list first); `Err(err(IMPROPER))` for an
+/// improper list, `Err(err(PAST_BUDGET))` when the budget runs out.
 fn for_each_element<'a, E>(
     list: Term<'a>,
     mut f: impl FnMut(Term<'a>) -> Result<(), E>,
@@ -103,9 +107,9 @@ fn for_each_element<'a, E>(
         if rest.is_empty_list() {
             return Ok(());
         }
-        let (head, tail) = rest.list_get_cell().map_err(|_| err("an improper list"))?;
+        let (head, tail) = rest.list_get_cell().map_err(|_| err(IMPROPER))?;
         if !charge(1) {
-            return Err(err("past the normal scheduler's budget"));
+            return Err(err(PAST_BUDGET));
         }
         f(head)?;
         rest = tail;
@@ -485,7 +489,7 @@ impl Serialize for TermSer<'_> {
             return Err(S::Error::custom("a term nested more than 512 levels deep"));
         }
         if !charge(1) {
-            return Err(S::Error::custom("past the normal scheduler's budget"));
+            return Err(S::Error::custom(PAST_BUDGET));
         }
         let t = self.term;
         match t.get_type() {
@@ -507,7 +511,7 @@ impl Serialize for TermSer<'_> {
             TermType::Binary => {
                 let b = Binary::from_term(t).map_err(|_| S::Error::custom("a binary"))?;
                 if !charge(b.len()) {
-                    return Err(S::Error::custom("past the normal scheduler's budget"));
+                    return Err(S::Error::custom(PAST_BUDGET));
                 }
                 let text = std::str::from_utf8(b.as_slice())
                     .map_err(|_| S::Error::custom("a binary that is not UTF-8 text"))?;
@@ -541,7 +545,7 @@ impl Serialize for TermSer<'_> {
                 for (k, v) in iter {
                     let key = key_str(k).map_err(S::Error::custom)?;
                     if !charge(key.len()) {
-                        return Err(S::Error::custom("past the normal scheduler's budget"));
+                        return Err(S::Error::custom(PAST_BUDGET));
                     }
                     map.serialize_entry(&key, &self.child(v))?;
                 }
@@ -678,9 +682,15 @@ fn message_json(t: Term<'_>, in_batch: bool) -> Result<String, Unencodable> {
                     items.push(message_json(m, true)?);
                     Ok(())
                 },
-                |why| match why {
-                    "an improper list" => Unencodable("a batch that is not a list".into()),
-                    other => Unencodable(other.into()),
+                |why| {
+                    Unencodable(
+                        if why == IMPROPER {
+                            "a batch that is not a list"
+                        } else {
+                            why
+                        }
+                        .into(),
+                    )
                 },
             )?;
             Ok(codec::batch_json(&items))

@@ -608,15 +608,15 @@ fn task_start<'a>(
         // a failed decision (a bad argument too) is the decision's answer:
         // the caller ends the task's span with it
         let decided = decided.unwrap_or_else(|e| e.encode(env));
-        let tp = *span.context();
+        let [trace_id, span_id, flags, resource] = crate::tracing::task_span_terms(env, span);
         Ok(make_tuple(
             env,
             &[
                 atoms::ok().encode(env),
-                binary_term(env, &tp.trace_id),
-                binary_term(env, &tp.parent_id),
-                tp.flags.encode(env),
-                ResourceArc::new(SpanResource { span }).encode(env),
+                trace_id,
+                span_id,
+                flags,
+                resource,
                 decided,
             ],
         ))

@@ -4,6 +4,7 @@ use erlmcp_flow_core::FlowError;
 use erlmcp_flow_core::tracing::context::{self as trace, TraceParent};
 use erlmcp_flow_core::tracing::correlation::{Span, SpanKind, SpanOutcome};
 use erlmcp_flow_core::tracing::otlp;
+use rustler::types::tuple::make_tuple;
 use rustler::{Atom, Binary, Encoder, Env, ResourceArc, Term};
 
 use crate::atoms;
@@ -195,6 +196,18 @@ pub fn open_task_span(
     .ok())
 }
 
+/// A task's span as `span_start/3` and `task_start/9` answer it: its trace
+/// id, its own id, the flags it passes on, and the resource that holds it.
+pub fn task_span_terms(env: Env<'_>, span: OpenSpan) -> [Term<'_>; 4] {
+    let tp = *span.context();
+    [
+        binary_term(env, &tp.trace_id),
+        binary_term(env, &tp.parent_id),
+        tp.flags.encode(env),
+        ResourceArc::new(SpanResource { span }).encode(env),
+    ]
+}
+
 /// `span_start(Router, Traceparent | undefined, Summary) ->
 /// {ok, TraceId, SpanId, Flags, Span} | {error, invalid_trace_context}`.
 #[rustler::nif]
@@ -208,15 +221,11 @@ fn span_start<'a>(
         let r = router_arg(router)?;
         Ok(match open_task_span(r, traceparent, summary)? {
             Some(span) => {
-                let tp = *span.context();
-                (
-                    atoms::ok(),
-                    binary_term(env, &tp.trace_id),
-                    binary_term(env, &tp.parent_id),
-                    tp.flags,
-                    ResourceArc::new(SpanResource { span }),
+                let [trace_id, span_id, flags, resource] = task_span_terms(env, span);
+                make_tuple(
+                    env,
+                    &[atoms::ok().encode(env), trace_id, span_id, flags, resource],
                 )
-                    .encode(env)
             }
             None => invalid(env),
         })
