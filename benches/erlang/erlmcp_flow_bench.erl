@@ -48,7 +48,7 @@
 -export([telemetry_handler/4]).
 -export([memory_main/1, memory_main/2]).
 %% for erlmcp_flow_bench_load
--export([json/1, rss/0]).
+-export([json/1, rss/0, bare_call/4]).
 
 -define(AGENTS, 60).
 -define(RUN_MS, 1000).
@@ -172,16 +172,7 @@ execute_vs_bare(Agents, Execute) ->
     Pids = list_to_tuple([P || Id <- Agents, {ok, P} <- [erlmcp_flow:find_agent(Id)]]),
     N = tuple_size(Pids),
     C = counters:new(1, [write_concurrency]),
-    Bare = fun() ->
-                   counters:add(C, 1, 1),
-                   Pid = element(counters:get(C, 1) rem N + 1, Pids),
-                   Ref = erlang:monitor(process, Pid, [{alias, demonitor}]),
-                   Pid ! {execute_task, #{}, #{}, Ref, Ref},
-                   receive
-                       {task_result, Ref, _} -> erlang:demonitor(Ref, [flush]);
-                       {'DOWN', Ref, process, _, _} -> error(agent_down)
-                   end
-           end,
+    Bare = fun() -> {ok, _} = bare_call(Pids, C, #{}, infinity) end,
     Runs = [{throughput(2, Bare), throughput(2, Execute)} || _ <- lists:seq(1, 3)],
     io:format("~nexecute/2 beside a bare alias-monitored send/receive to the same ~b agents "
               "(2 callers, 3 alternated runs):~n", [N]),
@@ -202,13 +193,7 @@ profile(Router, Agents) ->
     C = counters:new(1, []),
     Req = #{capabilities => [?CAP]},
     Ns = fun(F) -> 1.0e9 / throughput(1, F) end,
-    Bare = Ns(fun() ->
-                      counters:add(C, 1, 1),
-                      Pid = element(counters:get(C, 1) rem N + 1, Pids),
-                      Ref = erlang:monitor(process, Pid, [{alias, demonitor}]),
-                      Pid ! {execute_task, #{}, #{}, Ref, Ref},
-                      receive {task_result, Ref, _} -> erlang:demonitor(Ref, [flush]) end
-              end),
+    Bare = Ns(fun() -> {ok, _} = bare_call(Pids, C, #{}, infinity) end),
     Nif = Ns(fun() ->
                      {ok, _, _, _, S, {ok, _, _, L, _, _}} =
                          erlmcp_flow_nif:task_start(Router, undefined, <<>>, [?CAP], round_robin,
@@ -710,15 +695,25 @@ memory_main(N, Path) ->
 bare_traffic(_Pids, _C, 0) ->
     ok;
 bare_traffic(Pids, C, K) ->
+    {ok, _} = bare_call(Pids, C, #{}, infinity),
+    bare_traffic(Pids, C, K - 1).
+
+%% @private The VM's own reference for a task: `Task' sent to the next of
+%% `Pids' (round robin by the counter `C') under an alias monitor, and its
+%% answer awaited: `{ok, Answer}', `{error, {agent_down, Why}}' or `{error,
+%% timeout}'.
+bare_call(Pids, C, Task, Timeout) ->
     counters:add(C, 1, 1),
     Pid = element(counters:get(C, 1) rem tuple_size(Pids) + 1, Pids),
     Ref = erlang:monitor(process, Pid, [{alias, demonitor}]),
-    Pid ! {execute_task, #{}, #{}, Ref, Ref},
+    Pid ! {execute_task, Task, #{}, Ref, Ref},
     receive
-        {task_result, Ref, _} -> erlang:demonitor(Ref, [flush]);
-        {'DOWN', Ref, process, _, Why} -> error({agent_down, Why})
-    end,
-    bare_traffic(Pids, C, K - 1).
+        {task_result, Ref, Answer} -> erlang:demonitor(Ref, [flush]), {ok, Answer};
+        {'DOWN', Ref, process, _, Why} -> {error, {agent_down, Why}}
+    after Timeout ->
+        erlang:demonitor(Ref, [flush]),
+        {error, timeout}
+    end.
 
 %% `N' tasks, their answers dropped as they come.
 traffic(0) ->

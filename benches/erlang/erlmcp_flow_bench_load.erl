@@ -143,23 +143,12 @@ pace(T0, Rate, Total, Sent, Counters, Late, Strategy) ->
 
 task(I, Counters, {bare, Pids, Next}) ->
     T0 = erlang:monotonic_time(microsecond),
-    counters:add(Next, 1, 1),
-    Pid = element(counters:get(Next, 1) rem tuple_size(Pids) + 1, Pids),
-    Ref = erlang:monitor(process, Pid, [{alias, demonitor}]),
-    Pid ! {execute_task, #{n => I}, #{}, Ref, Ref},
-    receive
-        {task_result, Ref, {ok, AgentUs}} when is_integer(AgentUs) ->
-            erlang:demonitor(Ref, [flush]),
+    case erlmcp_flow_bench:bare_call(Pids, Next, #{n => I}, 5000) of
+        {ok, {ok, AgentUs}} when is_integer(AgentUs) ->
             Overhead = erlang:monotonic_time(microsecond) - T0 - AgentUs,
             counters:add(Counters, bucket(max(Overhead, 1)), 1);
-        {task_result, Ref, _} ->
-            erlang:demonitor(Ref, [flush]),
-            counters:add(Counters, ?ERRORS, 1);
-        {'DOWN', Ref, process, _, _} ->
+        _ ->
             counters:add(Counters, ?ERRORS, 1)
-    after 5000 ->
-        erlang:demonitor(Ref, [flush]),
-        counters:add(Counters, ?ERRORS, 1)
     end,
     counters:add(Counters, ?DONE, 1);
 task(I, Counters, Strategy) ->

@@ -24,9 +24,10 @@
 
 -export([main/0]).
 %% on the peers
--export([register_agents/2, echo/0, os_rss/0, recv_bytes/0, throughput/2]).
+-export([register_agents/1, os_rss/0, recv_bytes/0]).
 
--define(CAP, <<"scale">>).
+%% the cluster bench's capability: its throughput/3 routes to it
+-define(CAP, <<"bench">>).
 
 main() ->
     Sizes = [list_to_integer(S) || S <- string:lexemes(os:getenv("SCALE_NODES", "8,16"), ",")],
@@ -47,12 +48,12 @@ one_size(K, Agents) ->
     try
         [true = peer:call(P, net_kernel, connect_node, [O]) || {P, N} <- Peers, {_, O} <- Peers, O > N],
         [{First, _} | Others] = Peers,
-        ok = peer:call(First, ?MODULE, register_agents, [Agents, 0], 120000),
+        ok = peer:call(First, ?MODULE, register_agents, [Agents], 120000),
         wait_agents(First, Agents, 60000),
         Before = measure(First),
         T0 = erlang:monotonic_time(millisecond),
-        [spawn_link(fun() -> ok = peer:call(P, ?MODULE, register_agents, [Agents, I], 300000) end)
-         || {I, {P, _}} <- lists:zip(lists:seq(1, K - 1), Others)],
+        [spawn_link(fun() -> ok = peer:call(P, ?MODULE, register_agents, [Agents], 300000) end)
+         || {P, _} <- Others],
         Total = K * Agents,
         [wait_agents(P, Total, 600000) || {P, _} <- Peers],
         Converged = erlang:monotonic_time(millisecond) - T0,
@@ -70,7 +71,7 @@ one_size(K, Agents) ->
         peer:stop(Gone),
         wait_agents(First, Total - Agents, 600000, exactly),
         Loss = erlang:monotonic_time(millisecond) - TL,
-        Rate = peer:call(First, ?MODULE, throughput, [16, 500], 300000),
+        Rate = peer:call(First, erlmcp_flow_bench_cluster, throughput, [16, 500, any], 300000),
         io:format("~n~b nodes x ~b agents (peer nodes on this machine, full mesh), seen from the first:~n",
                   [K, Agents]),
         io:format("  registration at once on every node: all ~b agents seen everywhere after ~b ms~n",
@@ -106,23 +107,20 @@ start_peer() ->
     {ok, _} = peer:call(Peer, application, ensure_all_started, [erlmcp_flow]),
     {Peer, Node}.
 
-%% On a peer: `N' agents of this node, registered by one process that stays.
-register_agents(N, I) ->
+%% On a peer: `N' agents of this node (ids `Node/J', as the cluster bench
+%% names them: its throughput tells remote ones by that), registered by one
+%% process that stays.
+register_agents(N) ->
     Self = self(),
     spawn(fun() ->
-                  [ok = erlmcp_flow:register_agent(iolist_to_binary(io_lib:format("n~b-a~b", [I, J])),
-                                                   spawn(?MODULE, echo, []), [?CAP])
+                  [ok = erlmcp_flow:register_agent(iolist_to_binary(io_lib:format("~s/~b", [node(), J])),
+                                                   spawn(erlmcp_flow_bench_cluster, echo, []),
+                                                   [?CAP])
                    || J <- lists:seq(1, N)],
                   Self ! registered,
                   receive stop -> ok end
           end),
     receive registered -> ok end.
-
-echo() ->
-    receive
-        {execute_task, _Task, _Ctx, From, Ref} -> From ! {task_result, Ref, {ok, done}}, echo();
-        _ -> echo()
-    end.
 
 wait_agents(Peer, N, Ms) ->
     wait_agents(Peer, N, Ms, at_least).
@@ -171,24 +169,3 @@ recv_bytes() ->
                    {ok, [{recv_oct, B}]} -> B;
                    _ -> 0
                end || {_Node, Ctrl} <- erlang:system_info(dist_ctrl), is_port(Ctrl)]).
-
-%% On a peer: execute/2 from `Callers' processes, `Each' tasks each, to any
-%% node's agents.
-throughput(Callers, Each) ->
-    Self = self(),
-    T0 = erlang:monotonic_time(microsecond),
-    Pids = [spawn_link(fun() ->
-                               Remote = lists:foldl(
-                                          fun(I, Acc) ->
-                                                  {ok, done, #{agent_id := Id}} =
-                                                      erlmcp_flow:execute(#{n => I}, #{capabilities => [?CAP]}),
-                                                  case Id of
-                                                      <<"n0-", _/binary>> -> Acc;
-                                                      _ -> Acc + 1
-                                                  end
-                                          end, 0, lists:seq(1, Each)),
-                               Self ! {done, self(), Remote}
-                       end) || _ <- lists:seq(1, Callers)],
-    Remote = lists:sum([receive {done, P, R} -> R end || P <- Pids]),
-    Secs = (erlang:monotonic_time(microsecond) - T0) / 1.0e6,
-    #{rate => Callers * Each / Secs, remote_share => Remote / (Callers * Each)}.
