@@ -101,7 +101,14 @@ class_key(#{task_class := C}) when is_binary(C) -> C;
 class_key(#{task_class := C}) -> term_to_binary(C);
 class_key(#{}) -> undefined.
 
-%% `byzantine.enabled' makes a quorum the default of every task.
+%% `byzantine.enabled' makes a quorum the default of every task that may
+%% have one (not a routed task: one attempt on one agent).
+with_quorum(Plan, Allowed) ->
+    case lists:member(quorum, Allowed) of
+        true -> with_quorum(Plan);
+        false -> Plan
+    end.
+
 with_quorum(#{quorum := _} = Plan) -> Plan;
 with_quorum(Plan) ->
     case erlmcp_flow_config:get(byzantine, enabled) of
@@ -118,12 +125,13 @@ plan1(_Task, Requirements, _Allowed, _Opts) when not is_map(Requirements) ->
     {error, {badarg, requirements}};
 plan1(_Task, _Requirements, _Allowed, Opts) when not is_map(Opts) ->
     {error, {badarg, opts}};
-plan1(Task, #{capabilities := Caps} = Requirements, _Allowed, Opts)
+plan1(Task, #{capabilities := Caps} = Requirements, Allowed, Opts)
   when map_size(Requirements) =:= 1, map_size(Opts) =:= 0 ->
     %% the common case, capabilities alone: the same checks and plan as
     %% below, without walking keys that are not there
     case check(capabilities, Caps) of
-        ok -> check_keys(with_sticky_key(with_quorum((defaults())#{capabilities => Caps}), Task));
+        ok -> check_keys(with_sticky_key(with_quorum((defaults())#{capabilities => Caps}, Allowed),
+                                         Task));
         {error, Why} -> {error, {badarg, Why}}
     end;
 plan1(Task, Requirements, Allowed, Opts) ->
@@ -139,7 +147,7 @@ plan1(Task, Requirements, Allowed, Opts) ->
                     Given = maps:merge(Requirements, Opts),
                     case check_values(maps:to_list(Given)) of
                         {ok, _} ->
-                            Plan = with_quorum(maps:merge(Defaults, Given)),
+                            Plan = with_quorum(maps:merge(Defaults, Given), Allowed),
                             check_keys(with_class_key(with_sticky_key(Plan, Task)));
                         {error, _} = E ->
                             E

@@ -210,10 +210,7 @@ internal_error({T0, Meta}, Class, Reason, Stack) ->
         | {error, term()}.
 route_task(Task, Requirements) ->
     case plan(Task, Requirements, route, #{}) of
-        {ok, Plan0} ->
-            %% one attempt on one agent, whatever `byzantine.enabled' makes
-            %% the default of execute/2
-            Plan = maps:remove(quorum, Plan0),
+        {ok, Plan} ->
             case start_task(Task, Plan) of
                 {ok, Trace, First} ->
                     Started = task_started(Plan, Trace),
