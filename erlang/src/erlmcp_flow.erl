@@ -64,7 +64,9 @@
                   span_id := binary(),
                   latency_us := non_neg_integer() | undefined,
                   attempts := pos_integer(),
-                  tried := [erlmcp_flow_router:attempt()]}.
+                  tried := [erlmcp_flow_router:attempt()],
+                  %% in summary mode, the node a forwarded task ran on
+                  node => node()}.
 -type trace_context() :: erlmcp_flow_correlation_tracker:context().
 
 %% @equiv execute(Task, Requirements, #{})
@@ -103,7 +105,7 @@ execute(Task, Requirements) ->
 -spec execute(task(), requirements(), execute_opts()) ->
           {ok, term(), meta()} | {error, term()} | {error, term(), map()}.
 execute(Task, Requirements, Opts) ->
-    erlmcp_flow_router:execute(Task, Requirements, Opts).
+    erlmcp_flow_forward:execute(Task, Requirements, Opts).
 
 %% @doc Routes `Task' and returns as soon as it is dispatched. The answer
 %% still settles the decision; with `reply_to => Pid' in the requirements,

@@ -116,7 +116,15 @@ schema() ->
            {hmac_secret, undefined, fun is_optional_secret/1},
            {hmac_secret_file, undefined, fun is_optional_path/1}],
       cluster =>
-          [{scope, erlmcp_flow, fun is_atom/1}],
+          [{scope, erlmcp_flow, fun is_atom/1},
+           %% mirror: every node holds every agent of the cluster; summary:
+           %% each node publishes per capability set a summary of its agents,
+           %% a task goes to a node by those and the node picks the agent
+           {mode, mirror, one_of([mirror, summary])},
+           %% summary mode: a changed summary is published at most this often
+           {summary_interval_ms, 100, ms(integer)},
+           %% summary mode: the load in a summary is refreshed this often
+           {summary_refresh_ms, 1000, ms(integer)}],
       %% MCP servers started as agents at boot (erlmcp_flow_mcp)
       mcp =>
           [{servers, [], fun is_mcp_servers/1},

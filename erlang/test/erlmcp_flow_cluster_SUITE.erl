@@ -14,6 +14,8 @@
 %% run on the peers
 -export([start_agents/2, start_agents/3, agent/2, agent/3, route_many/3, route_one/2, sees/0, started/1,
          start_replayer/0, replayer/1, start_load/3, load_loop/4, stop_load/1]).
+%% the peers' helpers, which erlmcp_flow_cluster_summary_SUITE uses too
+-export([start_peers/2, connect_all/1, stop_peers/1, ids/2, wait_until/2]).
 
 -define(CAP, <<"work">>).
 -define(HEARTBEAT_MS, 200).

@@ -25,6 +25,17 @@
 %% names) keeps it on every node, and the other node unregisters its own
 %% (a warning is logged). A task is always sent to the pid registered under
 %% the id it was decided for, so no task reaches an agent under another's id.
+%%
+%% That is `cluster.mode => mirror', the default. Under `summary' a node
+%% sends its peers a summary of its agents per capability set instead
+%% (erlmcp_flow_cluster_summary: counts, load and capacity; a changed one at
+%% most every `cluster.summary_interval_ms', the load refreshed every
+%% `cluster.summary_refresh_ms'), a task goes to a node by those summaries
+%% and that node picks the agent (erlmcp_flow_forward), and ids are kept
+%% unique by the owners of the id space (erlmcp_flow_cluster_ids): the
+%% members are this node and its routable peers, and each change of them
+%% hands every owner its ids again once the changes settle
+%% (`?RECONCILE_MS').
 -module(erlmcp_flow_cluster).
 -behaviour(gen_server).
 
@@ -36,6 +47,10 @@
 -export([trust/1]).
 -export([unreachable/0]).
 -export([leave/0]).
+-export([mode/0]).
+-export([summaries/0]).
+-export([claim/1]).
+-export([release/1]).
 
 -export([init/1]).
 -export([handle_call/3]).
@@ -43,6 +58,8 @@
 -export([handle_info/2]).
 
 -define(GROUP, erlmcp_flow_nodes).
+%% summary mode: the members' changes within this long are settled at once
+-define(RECONCILE_MS, 50).
 
 -record(state, {scope :: atom(),
                 ref :: reference(),
@@ -59,7 +76,18 @@
                 departed = #{} :: #{pid() => true},
                 %% this node left (it is draining): it announces nothing and
                 %% takes no peer
-                left = false :: boolean()}).
+                left = false :: boolean(),
+                mode = mirror :: mirror | summary,
+                %% summary mode: what each peer published last
+                summaries = #{} :: #{node() => erlmcp_flow_cluster_summary:summary()},
+                %% summary mode: this node's summary as last published, and
+                %% whether a publication is due (a timer runs)
+                published :: erlmcp_flow_cluster_summary:summary() | undefined,
+                publish_due = false :: boolean(),
+                %% summary mode: the members as claims see them, and whether
+                %% the directory's settling is due (a timer runs)
+                members = [] :: [node()],
+                reconcile_due = false :: boolean()}).
 
 %%====================================================================
 %% API
@@ -122,6 +150,31 @@ leave() ->
             ok
     end.
 
+%% @doc How this node shares its agents: `mirror' (every node holds every
+%% agent) or `summary' (`cluster.mode').
+-spec mode() -> mirror | summary.
+mode() ->
+    case erlmcp_flow_cluster_summary:enabled() of
+        true -> summary;
+        false -> mirror
+    end.
+
+%% @doc In summary mode, the summary of every routable node's agents (this
+%% node's included) as this node sees them; `#{}' in mirror mode.
+-spec summaries() -> #{node() => erlmcp_flow_cluster_summary:summary()}.
+summaries() ->
+    erlmcp_flow_cluster_summary:view().
+
+%% @private Summary mode: claims `Id' for this node (before registering it).
+-spec claim(binary()) -> ok | {error, already_registered}.
+claim(Id) ->
+    erlmcp_flow_cluster_ids:claim(Id).
+
+%% @private Summary mode: gives `Id' back (its registration was refused).
+-spec release(binary()) -> ok.
+release(Id) ->
+    erlmcp_flow_cluster_ids:release(Id).
+
 %% @private The failure detector suspects `Node': its agents leave routing.
 -spec suspect(node()) -> ok.
 suspect(Node) ->
@@ -140,12 +193,27 @@ trust(Node) ->
 -spec init([]) -> {ok, #state{}}.
 init([]) ->
     Scope = erlmcp_flow_config:get(cluster, scope),
+    Mode = erlmcp_flow_config:get(cluster, mode),
+    ok = case Mode of
+             summary ->
+                 ok = erlmcp_flow_cluster_summary:new(),
+                 ok = erlmcp_flow_cluster_ids:new(),
+                 ok = erlmcp_flow_cluster_summary:set_members([node()]),
+                 erlmcp_flow_registry:set_claim({fun ?MODULE:claim/1, fun ?MODULE:release/1});
+             mirror ->
+                 erlmcp_flow_registry:set_claim(undefined)
+         end,
     ok = pg:join(Scope, ?GROUP, self()),
     {Ref, Members} = pg:monitor(Scope, ?GROUP),
     %% this node's changes from now on; the snapshots below read the table
     ok = erlmcp_flow_registry:subscribe(self()),
-    State = lists:foldl(fun add_peer/2, #state{scope = Scope, ref = Ref}, Members),
-    {ok, State}.
+    State0 = #state{scope = Scope, ref = Ref, mode = Mode, members = [node()]},
+    State1 = case Mode of
+                 summary -> publish(refresh_timer(State0));
+                 mirror -> State0
+             end,
+    State = lists:foldl(fun add_peer/2, State1, Members),
+    {ok, members_changed(State)}.
 
 %% @private
 -spec handle_call(term(), gen_server:from(), #state{}) -> {reply, term(), #state{}}.
@@ -167,9 +235,17 @@ handle_call({left, Node, Pid}, _From, #state{departed = D} = State) when is_pid(
                  #{Node := Peer} -> peer_left(Peer, State);
                  #{} -> State
              end,
-    _ = erlmcp_flow_registry:unmirror(Node, all),
-    {reply, ok, State1#state{departed = D#{Pid => true},
-                             lost = maps:remove(Node, State1#state.lost)}};
+    ok = hide(Node, State1),
+    {reply, ok, members_changed(State1#state{departed = D#{Pid => true},
+                                             lost = maps:remove(Node, State1#state.lost)})};
+handle_call({claim, Id, Node}, _From, #state{mode = summary} = State) when is_binary(Id) ->
+    Reply = case erlmcp_flow_cluster_ids:take(Id, Node, erlmcp_flow_cluster_summary:members()) of
+                ok -> ok;
+                {conflict, _} -> {error, already_registered}
+            end,
+    {reply, Reply, State};
+handle_call({claim, _Id, _Node}, _From, State) ->
+    {reply, ok, State};
 handle_call(_Request, _From, State) ->
     {reply, {error, unknown_call}, State}.
 
@@ -180,27 +256,60 @@ handle_cast({suspect, Node}, #state{suspected = S} = State) when is_map_key(Node
 handle_cast({suspect, Node}, #state{suspected = S} = State) ->
     logger:warning("erlmcp_flow: node ~ts is suspected (phi past the threshold): "
                    "its agents leave routing", [Node]),
-    _ = erlmcp_flow_registry:unmirror(Node, all),
-    {noreply, State#state{suspected = S#{Node => true}}};
-handle_cast({trust, Node}, #state{suspected = S, remote = Remote} = State)
+    ok = hide(Node, State),
+    {noreply, members_changed(State#state{suspected = S#{Node => true}})};
+handle_cast({trust, Node}, #state{suspected = S} = State)
   when is_map_key(Node, S) ->
     logger:notice("erlmcp_flow: node ~ts is trusted again: its agents come back", [Node]),
     State1 = State#state{suspected = maps:remove(Node, S)},
-    _ = mirror(Node, maps:values(maps:get(Node, Remote, #{}))),
-    {noreply, State1};
+    ok = show(Node, State1),
+    {noreply, members_changed(State1)};
 handle_cast(_Msg, State) ->
     {noreply, State}.
 
 %% @private
 -spec handle_info(term(), #state{}) -> {noreply, #state{}}.
 handle_info({Ref, join, ?GROUP, Pids}, #state{ref = Ref} = State) ->
-    {noreply, lists:foldl(fun add_peer/2, State, Pids)};
+    {noreply, members_changed(lists:foldl(fun add_peer/2, State, Pids))};
 handle_info({Ref, leave, ?GROUP, Pids}, #state{ref = Ref} = State) ->
-    {noreply, lists:foldl(fun peer_left/2, State, Pids)};
+    {noreply, members_changed(lists:foldl(fun peer_left/2, State, Pids))};
+handle_info({flow_cluster, publish}, #state{mode = summary} = State) ->
+    {noreply, publish(State#state{publish_due = false})};
+handle_info({flow_cluster, refresh}, #state{mode = summary} = State) ->
+    {noreply, publish(refresh_timer(State))};
+handle_info({flow_cluster, reconcile}, #state{mode = summary} = State) ->
+    {noreply, reconcile(State#state{reconcile_due = false})};
 handle_info(Msg, #state{left = true} = State) when element(1, Msg) =:= flow_cluster ->
     {noreply, State};
 handle_info({flow_cluster, snapshot, _Node, Pid, _Specs}, #state{departed = D} = State)
   when is_map_key(Pid, D) ->
+    {noreply, State};
+handle_info({flow_cluster, summary, _Node, Pid, _Summary}, #state{departed = D} = State)
+  when is_map_key(Pid, D) ->
+    {noreply, State};
+handle_info({flow_cluster, summary, Node, Pid, Summary}, #state{mode = summary} = State0)
+  when node(Pid) =:= Node, is_map(Summary) ->
+    State = add_peer(Pid, State0),
+    State1 = State#state{summaries = (State#state.summaries)#{Node => Summary}},
+    ok = show(Node, State1),
+    {noreply, members_changed(State1)};
+handle_info({flow_cluster, claims, Node, Ids}, #state{mode = summary} = State) when is_list(Ids) ->
+    Losers = erlmcp_flow_cluster_ids:settle(Node, Ids, erlmcp_flow_cluster_summary:members()),
+    lists:foreach(fun({Loser, Id, Winner}) -> lost_id(Loser, Id, Winner) end, Losers),
+    {noreply, State};
+handle_info({flow_cluster, releases, Node, Ids}, #state{mode = summary} = State) when is_list(Ids) ->
+    ok = erlmcp_flow_cluster_ids:released(Node, Ids),
+    {noreply, State};
+handle_info({flow_cluster, lost_id, Id, Winner}, State) ->
+    case erlmcp_flow_registry:lookup_pid(Id) of
+        Pid when is_pid(Pid), node(Pid) =:= node() ->
+            logger:warning("erlmcp_flow: agent id ~ts was registered on ~ts and on ~ts while they "
+                           "were apart; ~ts keeps it (the smaller node name)",
+                           [Id, node(), Winner, Winner]),
+            _ = erlmcp_flow_registry:unregister_agent(Id);
+        _ ->
+            ok
+    end,
     {noreply, State};
 handle_info({flow_cluster, snapshot, Node, Pid, Specs}, State0) ->
     %% a peer may speak before its join reaches this process
@@ -233,6 +342,13 @@ handle_info({flow_cluster, removed, Node, IdPids}, #state{remote = Remote} = Sta
     {noreply, State#state{remote = Remote#{Node => Known1}}};
 handle_info({registry, _, _}, #state{left = true} = State) ->
     {noreply, State};
+handle_info({registry, added, _Specs}, #state{mode = summary} = State) ->
+    {noreply, publish_soon(State)};
+handle_info({registry, removed, IdPids}, #state{mode = summary} = State) ->
+    Members = erlmcp_flow_cluster_summary:members(),
+    maps:foreach(fun(Owner, Ids) -> to_cluster(Owner, {flow_cluster, releases, node(), Ids}) end,
+                 erlmcp_flow_cluster_ids:by_owner([Id || {Id, _} <- IdPids], Members)),
+    {noreply, publish_soon(State)};
 handle_info({registry, added, Specs}, #state{peers = Peers} = State) ->
     broadcast(Peers, {flow_cluster, added, node(), Specs}),
     {noreply, State};
@@ -262,7 +378,11 @@ add_peer(Pid, #state{peers = Peers, lost = Lost} = State) ->
         #{Node := Pid} ->
             State;
         #{} ->
-            Pid ! {flow_cluster, snapshot, node(), self(), erlmcp_flow_registry:local_agents()},
+            Pid ! case State#state.mode of
+                      mirror -> {flow_cluster, snapshot, node(), self(),
+                                 erlmcp_flow_registry:local_agents()};
+                      summary -> {flow_cluster, summary, node(), self(), State#state.published}
+                  end,
             State#state{peers = Peers#{Node => Pid}, lost = maps:remove(Node, Lost)}
     end.
 
@@ -271,11 +391,12 @@ peer_left(Pid, #state{peers = Peers, remote = Remote, lost = Lost, suspected = S
     Node = node(Pid),
     case Peers of
         #{Node := Pid} ->
-            _ = erlmcp_flow_registry:unmirror(Node, all),
+            ok = hide(Node, State),
             Connected = lists:member(Node, erlang:nodes()),
             Connected orelse logger:warning("erlmcp_flow: node ~ts is unreachable: its agents "
                                             "leave routing", [Node]),
             State#state{peers = maps:remove(Node, Peers), remote = maps:remove(Node, Remote),
+                        summaries = maps:remove(Node, State#state.summaries),
                         suspected = maps:remove(Node, S),
                         lost = case Connected of
                                    true -> Lost;
@@ -300,3 +421,95 @@ routable(Node, #state{peers = Peers, suspected = S}) ->
 
 broadcast(Peers, Msg) ->
     maps:foreach(fun(_Node, Pid) -> erlang:send(Pid, Msg, [noconnect]) end, Peers).
+
+%% A node leaves this node's routing (its process left, it is suspected or
+%% it drains).
+hide(Node, #state{mode = mirror}) ->
+    _ = erlmcp_flow_registry:unmirror(Node, all),
+    ok;
+hide(Node, #state{mode = summary}) ->
+    erlmcp_flow_cluster_summary:delete(Node).
+
+%% A routable node's agents (back) in this node's routing.
+show(Node, #state{mode = mirror, remote = Remote}) ->
+    _ = mirror(Node, maps:values(maps:get(Node, Remote, #{}))),
+    ok;
+show(Node, #state{mode = summary, summaries = Summaries} = State) ->
+    case Summaries of
+        #{Node := Summary} when is_map(Summary) ->
+            case routable(Node, State) of
+                true -> erlmcp_flow_cluster_summary:put(Node, Summary);
+                false -> ok
+            end;
+        #{} ->
+            ok
+    end.
+
+%% Summary mode: the members are this node and its routable peers; a
+%% change is seen by claims at once, and the directory is settled once the
+%% changes stop for ?RECONCILE_MS.
+members_changed(#state{mode = mirror} = State) ->
+    State;
+members_changed(#state{peers = Peers, suspected = S, members = Old} = State) ->
+    case lists:usort([node() | [N || N <- maps:keys(Peers), not is_map_key(N, S)]]) of
+        Old ->
+            State;
+        New ->
+            ok = erlmcp_flow_cluster_summary:set_members(New),
+            State1 = State#state{members = New},
+            case State1#state.reconcile_due of
+                true ->
+                    State1;
+                false ->
+                    _ = erlang:send_after(?RECONCILE_MS, self(), {flow_cluster, reconcile}),
+                    State1#state{reconcile_due = true}
+            end
+    end.
+
+%% Summary mode: every owner is handed the ids of this node it owns, and
+%% drops those it no longer keeps.
+reconcile(#state{left = true} = State) ->
+    State;
+reconcile(State) ->
+    Members = erlmcp_flow_cluster_summary:members(),
+    ok = erlmcp_flow_cluster_ids:prune(Members),
+    Ids = [Id || {Id, _, _, _, _} <- erlmcp_flow_registry:local_agents()],
+    maps:foreach(fun(Owner, Owned) -> to_cluster(Owner, {flow_cluster, claims, node(), Owned}) end,
+                 erlmcp_flow_cluster_ids:by_owner(Ids, Members)),
+    State.
+
+%% Summary mode: the loser of an id held twice unregisters its own.
+lost_id(Loser, Id, Winner) ->
+    to_cluster(Loser, {flow_cluster, lost_id, Id, Winner}).
+
+to_cluster(Node, Msg) ->
+    _ = erlang:send({?MODULE, Node}, Msg, [noconnect]),
+    ok.
+
+%% Summary mode: this node's summary, published to every peer when it
+%% changed.
+publish(#state{left = true} = State) ->
+    State;
+publish(#state{published = Old, peers = Peers} = State) ->
+    case erlmcp_flow_cluster_summary:local() of
+        Old ->
+            State;
+        New ->
+            ok = erlmcp_flow_cluster_summary:put(node(), New),
+            broadcast(Peers, {flow_cluster, summary, node(), self(), New}),
+            State#state{published = New}
+    end.
+
+%% A change of this node's agents is published within
+%% `cluster.summary_interval_ms' (changes meanwhile go with it).
+publish_soon(#state{publish_due = true} = State) ->
+    State;
+publish_soon(State) ->
+    _ = erlang:send_after(erlmcp_flow_config:get(cluster, summary_interval_ms), self(),
+                          {flow_cluster, publish}),
+    State#state{publish_due = true}.
+
+refresh_timer(State) ->
+    _ = erlang:send_after(erlmcp_flow_config:get(cluster, summary_refresh_ms), self(),
+                          {flow_cluster, refresh}),
+    State.

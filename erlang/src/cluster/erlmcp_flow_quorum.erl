@@ -127,13 +127,20 @@ candidates(#{capabilities := Caps} = Plan) ->
                         not erlmcp_flow_byzantine_detector:is_blacklisted(node(Pid))],
     case Plan of
         #{node := local} -> [C || {_, P} = C <- All, node(P) =:= node()];
-        #{} -> All
+        #{} -> All ++ node_ballots(Caps)
     end.
+
+%% In summary mode another node's agents are not known here: each node
+%% whose summary holds the capabilities is asked for one vote, by an agent
+%% it picks among its agents holding them (`{any, {node, Node, Caps}}').
+node_ballots(Caps) ->
+    [{any, {node, Node, Caps}} || {Node, _} <- erlmcp_flow_cluster_summary:nodes_for(lists:usort(Caps), [node()]),
+                            not erlmcp_flow_byzantine_detector:is_blacklisted(Node)].
 
 %% `Need' agents, as many nodes as there are first: one agent of each node
 %% in turn, in random order.
 choose(Candidates, Need) ->
-    ByNode = maps:groups_from_list(fun({_, Pid}) -> node(Pid) end, shuffle(Candidates)),
+    ByNode = maps:groups_from_list(fun({_, Where}) -> node_of(Where) end, shuffle(Candidates)),
     take_round(shuffle(maps:values(ByNode)), Need, [], []).
 
 take_round(_Lists, 0, _Next, Acc) ->
@@ -144,6 +151,9 @@ take_round([], Need, Next, Acc) ->
     take_round(lists:reverse(Next), Need, [], Acc);
 take_round([[C | Rest] | Lists], Need, Next, Acc) ->
     take_round(Lists, Need - 1, case Rest of [] -> Next; _ -> [Rest | Next] end, [C | Acc]).
+
+node_of({node, Node, _Caps}) -> Node;
+node_of(Pid) -> node(Pid).
 
 shuffle(L) ->
     [X || {_, X} <- lists:sort([{rand:uniform(), X} || X <- L])].
@@ -204,8 +214,8 @@ collect(Caller, Ref, Task, Ctx, Ballots, {F, Timeout}) ->
                      VoteRef = make_ref(),
                      Request = {flow_vote_request, self(), VoteRef, Task, Ctx#{span_id => Span},
                                 Id, Pid, Timeout},
-                     erlang:send({erlmcp_flow_vote_service, node(Pid)}, Request, [noconnect]),
-                     {VoteRef, {Id, node(Pid), Span}}
+                     erlang:send({erlmcp_flow_vote_service, node_of(Pid)}, Request, [noconnect]),
+                     {VoteRef, {Id, node_of(Pid), Span}}
                  end || {Id, Pid, Span} <- Ballots]),
     #{trace_id := TraceId} = Ctx,
     loop(#{caller => Caller, ref => Ref, f => F, trace_id => TraceId, deadline => Deadline,
@@ -233,7 +243,9 @@ check(VoteRef, Vote, Sig, #{pending := P, trace_id := TraceId} = S) ->
             S1 = S#{pending := P1},
             case verify(Vote, Sig, TraceId, Span, Id, Node) of
                 {ok, Answer} ->
-                    maybe_accept(S1#{verified := [{Id, Answer} | maps:get(verified, S1)]});
+                    %% the agent that voted (a node asked for any names its own)
+                    Voter = element(3, Vote),
+                    maybe_accept(S1#{verified := [{Voter, Answer} | maps:get(verified, S1)]});
                 {error, _Why} ->
                     S1#{refused := [Node | maps:get(refused, S1)]}
             end;
@@ -250,8 +262,8 @@ check(VoteRef, Vote, Sig, #{pending := P, trace_id := TraceId} = S) ->
             end
     end.
 
-verify({TraceId, Span, Id, NodeBin, Bytes, _Ts, _Nonce} = Vote, Sig, TraceId, Span, Id, Node)
-  when is_binary(Bytes), is_binary(Sig) ->
+verify({TraceId, Span, Id, NodeBin, Bytes, _Ts, _Nonce} = Vote, Sig, TraceId, Span, Asked, Node)
+  when is_binary(Bytes), is_binary(Sig), is_binary(Id), Asked =:= Id orelse Asked =:= any ->
     case NodeBin =:= atom_to_binary(Node) of
         false ->
             {error, wrong_node};

@@ -3,7 +3,9 @@
 %% own agents and sends the answer back as a vote signed by this node.
 %%
 %% A request `{flow_vote_request, ReplyTo, Ref, Task, Ctx, AgentId, Pid,
-%% TimeoutMs}' (from any node's caller) starts a process of its own: it sends
+%% TimeoutMs}' (from any node's caller; in summary mode `AgentId' may be
+%% `any' and `Pid' `{node, node(), Capabilities}': this node picks one of
+%% its agents holding them) starts a process of its own: it sends
 %% the agent the task as any attempt is sent, waits at most `TimeoutMs', and
 %% answers `ReplyTo' with `{flow_vote, Ref, Vote, Signature}': `Vote' is
 %% `{TraceId, SpanId, AgentId, Node, Answer, TimestampMs, Nonce}' (`Answer'
@@ -59,7 +61,8 @@ handle_cast(_Msg, State) ->
 %% @private
 -spec handle_info(term(), map()) -> {noreply, map()}.
 handle_info({flow_vote_request, ReplyTo, Ref, _Task, _Ctx, _AgentId, Pid, _Timeout} = Req, State)
-  when is_pid(ReplyTo), is_reference(Ref), is_pid(Pid), node(Pid) =:= node() ->
+  when is_pid(ReplyTo), is_reference(Ref), is_pid(Pid), node(Pid) =:= node();
+       is_pid(ReplyTo), is_reference(Ref), element(1, Pid) =:= node, element(2, Pid) =:= node() ->
     Voter = proc_lib:spawn_link(?MODULE, vote, [Req]),
     {noreply, State#{voters := (maps:get(voters, State))#{Voter => true}}};
 handle_info({'EXIT', Voter, _Why}, #{voters := V} = State) ->
@@ -72,12 +75,27 @@ handle_info(_Info, State) ->
 %% @private One vote: the task on the agent, the answer signed.
 -spec vote(tuple()) -> ok.
 vote({flow_vote_request, ReplyTo, Ref, Task, Ctx, AgentId, Pid, Timeout}) ->
-    Reply = case erlmcp_flow_byzantine_detector:key() of
-                undefined -> {flow_vote_failed, Ref, no_secret};
-                Key -> run(Key, Ref, Task, Ctx, AgentId, Pid, Timeout)
+    Reply = case {erlmcp_flow_byzantine_detector:key(), agent(AgentId, Pid)} of
+                {undefined, _} -> {flow_vote_failed, Ref, no_secret};
+                {_, none} -> {flow_vote_failed, Ref, no_agents_available};
+                {Key, {Id, Agent}} -> run(Key, Ref, Task, Ctx, Id, Agent, Timeout)
             end,
     _ = erlang:send(ReplyTo, Reply, [noconnect]),
     ok.
+
+%% The agent asked for, or (a node asked in summary mode) one of this
+%% node's agents holding the capabilities, not passed by, at random.
+agent(AgentId, Pid) when is_pid(Pid) ->
+    {AgentId, Pid};
+agent(any, {node, _Node, Caps}) ->
+    Excluded = erlmcp_flow_byzantine_detector:excluded(),
+    case [{Id, P} || Id <- erlmcp_flow_registry:query_agents(Caps), not lists:member(Id, Excluded),
+                     P <- [erlmcp_flow_registry:lookup_pid(Id)], is_pid(P), node(P) =:= node()] of
+        [] -> none;
+        Agents -> lists:nth(rand:uniform(length(Agents)), Agents)
+    end;
+agent(_AgentId, _Where) ->
+    none.
 
 run(Key, Ref, Task, #{trace_id := TraceId, span_id := SpanId} = Ctx, AgentId, Pid, Timeout) ->
     MRef = erlang:monitor(process, Pid),

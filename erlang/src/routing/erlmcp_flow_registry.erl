@@ -53,6 +53,7 @@
 -export([remote_task/2]).
 -export([remote_task_done/1]).
 -export([remote_tasks/1]).
+-export([set_claim/1]).
 
 %% gen_server callbacks
 -export([init/1]).
@@ -74,6 +75,9 @@
 -define(MAX_CAPABILITIES, 1024).
 -define(BACKEND_KEY, {?MODULE, backend}).
 -define(DRAINING_KEY, {?MODULE, draining}).
+%% {Claim, Release}: funs that claim an id cluster-wide before it is
+%% registered here, and give it back (set by the cluster in summary mode)
+-define(CLAIM_KEY, {?MODULE, claim}).
 %% {Ref, Node, Caller}: each attempt this node's callers wait for on another
 %% node's agent
 -define(REMOTE_TASKS, erlmcp_flow_remote_tasks).
@@ -387,6 +391,16 @@ mirror(Node, Specs) ->
 unmirror(Node, Which) ->
     call({unmirror, Node, Which}).
 
+%% @private The cluster's claim of ids (`{Claim, Release}', each a fun of
+%% the id run in the registering process), or `undefined': none.
+-spec set_claim({fun((binary()) -> ok | {error, already_registered}), fun((binary()) -> term())}
+                | undefined) -> ok.
+set_claim(undefined) ->
+    _ = persistent_term:erase(?CLAIM_KEY),
+    ok;
+set_claim({Claim, Release} = Funs) when is_function(Claim, 1), is_function(Release, 1) ->
+    persistent_term:put(?CLAIM_KEY, Funs).
+
 %% @private This node's own registrations.
 -spec local_agents() -> [spec()].
 local_agents() ->
@@ -535,11 +549,34 @@ request_registration(Id, Pid, Caps, Kind, Opts) ->
     case validate(Id, Pid, Caps) of
         ok ->
             case weight(Opts) of
-                {ok, W} -> call({register, Id, Pid, lists:usort(Caps), Kind, W});
+                {ok, W} -> claimed(Id, fun() -> call({register, Id, Pid, lists:usort(Caps), Kind, W}) end);
                 {error, _} = E -> E
             end;
         {error, _} = E ->
             E
+    end.
+
+%% Where the cluster keeps ids unique by claims (its summary mode), the id
+%% is claimed from the node that owns its part of the id space first, in
+%% the caller's process; a registration refused here gives the claim back,
+%% unless this node holds the id already.
+claimed(Id, Register) ->
+    case persistent_term:get(?CLAIM_KEY, undefined) of
+        undefined ->
+            Register();
+        {Claim, Release} ->
+            case Claim(Id) of
+                ok ->
+                    case Register() of
+                        ok ->
+                            ok;
+                        Refused ->
+                            _ = ets:member(?AGENTS, Id) orelse Release(Id),
+                            Refused
+                    end;
+                {error, already_registered} = E ->
+                    E
+            end
     end.
 
 weight(Opts) when not is_map(Opts) ->

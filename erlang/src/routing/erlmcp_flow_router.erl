@@ -31,6 +31,7 @@
 -export([internal_error/4]).
 -export([task_stopped/2]).
 -export([await/7]).
+-export([start_trace/2]).
 -export([end_trace/2]).
 -export([end_trace/3]).
 -export([meta/5]).
@@ -518,8 +519,9 @@ agent_context(#{trace_id := T, span_id := Parent, trace_flags := F} = Trace, Spa
         #{} -> Ctx
     end.
 
-%% The task's span: a child of the caller's `traceparent' when given, else
-%% the root of a new trace.
+%% @doc The task's span: a child of the caller's `traceparent' when given,
+%% else the root of a new trace.
+-spec start_trace(erlmcp_flow:task(), plan()) -> {ok, trace()} | {error, term()}.
 start_trace(Task, Plan) ->
     TP = maps:get(traceparent, Plan, undefined),
     case span_start(TP, summary(Task)) of

@@ -1,0 +1,171 @@
+%% @private
+%% @doc The first level of two-level routing (`cluster.mode => summary'):
+%% `execute/2,3' picks a node by the summaries its peers publish
+%% (erlmcp_flow_cluster_summary), and the node picks the agent among its
+%% own, with its own strategies, breakers, bulkheads and learning.
+%%
+%% A task for this node, or with `node => local', or a quorum task (which
+%% asks 2F+1 nodes itself, erlmcp_flow_quorum), goes to the router as in
+%% mirror mode. A task for another node is forwarded: this process opens
+%% the task's span, spawns a process on that node (`spawn_request', with a
+%% monitor) which runs the task there with `node => local' as a child of
+%% that span, and waits for its one answer, sent to an alias of this
+%% process. So the caller gets exactly one answer:
+%% - the answer, once (the alias is dropped after it: a late one is lost);
+%% - when the node goes away before answering (the monitor's `DOWN',
+%%   `noconnection'), the task is sent to another node if it is idempotent
+%%   (the default), else `{error, {node_down, Node}}';
+%% - a node that could not start it (not running erlmcp_flow, draining, or
+%%   gone before the spawn) never ran it: another node is asked;
+%% - past a guard of the plan's longest possible run, the remote process
+%%   is killed and the answer is `execution_timeout'.
+%% At most `max_retry_attempts' + 1 nodes are asked. The answer's `Meta'
+%% names the task's span on this node and the `node' that ran it.
+-module(erlmcp_flow_forward).
+
+-export([execute/3]).
+-export([serve/4]).
+
+%% the guard's margin over the plan's longest run (ms)
+-define(GUARD_MARGIN_MS, 1000).
+%% the adaptive timeout's bound (ms), as the router's
+-define(ADAPTIVE_MAX_MS, 30000).
+
+%% @doc Routes `Task' in two levels when this node runs in summary mode and
+%% knows other nodes; otherwise as `erlmcp_flow_router:execute/3'.
+-spec execute(erlmcp_flow:task(), erlmcp_flow:requirements(), erlmcp_flow:execute_opts()) ->
+          erlmcp_flow_router:answer().
+execute(Task, Requirements, Opts) ->
+    case two_level() andalso erlmcp_flow_requirements:plan(Task, Requirements, execute, Opts) of
+        {ok, #{node := local}} ->
+            erlmcp_flow_router:execute(Task, Requirements, Opts);
+        {ok, #{quorum := Q}} when Q =/= false ->
+            erlmcp_flow_router:execute(Task, Requirements, Opts);
+        {ok, Plan} ->
+            choose(Task, Requirements, Opts, Plan, [], none);
+        _ ->
+            %% one node, mirror mode, or a bad argument the router names
+            erlmcp_flow_router:execute(Task, Requirements, Opts)
+    end.
+
+%% Summary mode with a peer's summary in view.
+two_level() ->
+    erlmcp_flow_cluster_summary:enabled() andalso
+        length(erlmcp_flow_cluster_summary:members()) > 1.
+
+%% The node for the task (those asked before excluded): this one goes to
+%% the router, another is forwarded to. `Trace' is the task's span on this
+%% node once a node was asked (`none' before).
+choose(Task, Requirements, Opts, #{capabilities := Caps} = Plan, Asked, Trace) ->
+    Key = case Plan of
+              #{strategy := consistent_hash, sticky_key := K} -> K;
+              #{} -> undefined
+          end,
+    Me = node(),
+    case erlmcp_flow_cluster_summary:choose(lists:usort(Caps), Asked, Key) of
+        {ok, Me} when Trace =:= none ->
+            erlmcp_flow_router:execute(Task, Requirements, Opts);
+        {ok, Me} ->
+            %% after another node: a child of the task's span here
+            ended(Trace, erlmcp_flow_router:execute(Task, Requirements#{traceparent => traceparent(Trace)},
+                                                    Opts));
+        {ok, Node} when Trace =:= none ->
+            case erlmcp_flow_router:start_trace(Task, Plan) of
+                {ok, Trace1} -> forward(Node, Task, Requirements, Opts, Plan, Asked, Trace1);
+                {error, _} = E -> E
+            end;
+        {ok, Node} ->
+            forward(Node, Task, Requirements, Opts, Plan, Asked, Trace);
+        none when Trace =:= none ->
+            %% no node's summary holds them: the router says what it finds
+            erlmcp_flow_router:execute(Task, Requirements, Opts);
+        none ->
+            ended(Trace, {error, no_agents_available})
+    end.
+
+%% One node asked: its answer, or the next node's.
+forward(Node, Task, Requirements, Opts, Plan, Asked, Trace) ->
+    {Outcome, Answer} = run(Node, Task, Requirements, Opts, Plan, Trace),
+    Again = length(Asked) < maps:get(max_retry_attempts, Plan),
+    Next = Again andalso case Outcome of
+                            not_run -> true;
+                            lost -> maps:get(idempotent, Plan, true);
+                            answered -> false
+                        end,
+    case Next of
+        true ->
+            choose(Task, Requirements, Opts, Plan, [Node | Asked], Trace);
+        false ->
+            ended(Trace, case Answer of
+                             {ok, Result, Meta} ->
+                                 {ok, Result, Meta#{span_id => maps:get(span_id, Trace), node => Node}};
+                             Other ->
+                                 Other
+                         end)
+    end.
+
+%% The task's span here ends with the answer.
+ended(Trace, {error, Reason, Meta}) ->
+    _ = erlmcp_flow_router:end_trace(Trace, {error, Reason}),
+    {error, Reason, Meta};
+ended(Trace, Answer) ->
+    erlmcp_flow_router:end_trace(Trace, Answer).
+
+traceparent(#{trace_id := T, span_id := S, trace_flags := F}) ->
+    erlmcp_flow_nif:format_traceparent(T, S, F).
+
+%% The task on `Node': `{answered | not_run | lost, Answer}'.
+run(Node, Task, Requirements, Opts, Plan, Trace) ->
+    Alias = alias([explicit_unalias]),
+    Remote = Requirements#{node => local, traceparent => traceparent(Trace)},
+    ReqId = erlang:spawn_request(Node, ?MODULE, serve, [Alias, Task, Remote, Opts], [monitor]),
+    ok = erlmcp_flow_registry:remote_task(ReqId, Node),
+    try
+        wait(ReqId, Alias, Node, undefined, guard(Plan))
+    after
+        _ = unalias(Alias),
+        erlmcp_flow_registry:remote_task_done(ReqId)
+    end.
+
+wait(ReqId, Alias, Node, Pid, Guard) ->
+    receive
+        {spawn_reply, ReqId, ok, Started} ->
+            wait(ReqId, Alias, Node, Started, Guard);
+        {spawn_reply, ReqId, error, _Why} ->
+            {not_run, {error, {node_down, Node}}};
+        {flow_forwarded, Alias, Answer} ->
+            erlang:demonitor(ReqId, [flush]),
+            case Answer of
+                {error, Why} when Why =:= draining; Why =:= not_started -> {not_run, Answer};
+                {error, Why, _} when Why =:= draining; Why =:= not_started -> {not_run, Answer};
+                _ -> {answered, Answer}
+            end;
+        {'DOWN', ReqId, process, _, _Why} ->
+            {lost, {error, {node_down, Node}}}
+    after Guard ->
+            _ = is_pid(Pid) andalso exit(Pid, kill),
+            erlang:demonitor(ReqId, [flush]),
+            {answered, {error, execution_timeout}}
+    end.
+
+%% The longest a task of `Plan' may run on the other node: waiting for an
+%% agent, and every attempt with its backoff.
+guard(#{routing_timeout := RT, max_retry_attempts := Max, max_retry_delay := Delay} = Plan) ->
+    case maps:get(timeout, Plan, execution_timeout()) of
+        infinity -> infinity;
+        T -> RT + (Max + 2) * (T + Delay) + ?GUARD_MARGIN_MS
+    end.
+
+execution_timeout() ->
+    case erlmcp_flow_config:get(timeouts, adaptive) of
+        true -> max(?ADAPTIVE_MAX_MS, erlmcp_flow_config:get(timeouts, execution));
+        false -> erlmcp_flow_config:get(timeouts, execution)
+    end.
+
+%% @private On the node a task was forwarded to: runs it on this node's
+%% agents and sends the answer to `Alias'.
+-spec serve(reference(), erlmcp_flow:task(), erlmcp_flow:requirements(),
+            erlmcp_flow:execute_opts()) -> ok.
+serve(Alias, Task, Requirements, Opts) ->
+    Alias ! {flow_forwarded, Alias, erlmcp_flow_router:execute(Task, Requirements, Opts)},
+    ok.
