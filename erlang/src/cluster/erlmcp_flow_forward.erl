@@ -7,18 +7,18 @@
 %% A task for this node, or with `node => local', or a quorum task (which
 %% asks 2F+1 nodes itself, erlmcp_flow_quorum), goes to the router as in
 %% mirror mode. A task for another node is forwarded: this process opens
-%% the task's span, spawns a process on that node (`spawn_request', with a
-%% monitor) which runs the task there with `node => local' as a child of
+%% the task's span, monitors the node, spawns a process there
+%% (`spawn_request') which runs the task with `node => local' as a child of
 %% that span, and waits for its one answer, sent to an alias of this
 %% process. So the caller gets exactly one answer:
 %% - the answer, once (the alias is dropped after it: a late one is lost);
-%% - when the node goes away before answering (the monitor's `DOWN',
-%%   `noconnection'), the task is sent to another node if it is idempotent
-%%   (the default), else `{error, {node_down, Node}}';
+%% - when the node goes away before answering (`nodedown'), the task is
+%%   sent to another node if it is idempotent (the default), else
+%%   `{error, {node_down, Node}}';
 %% - a node that could not start it (not running erlmcp_flow, draining, or
 %%   gone before the spawn) never ran it: another node is asked;
-%% - past a guard of the plan's longest possible run, the remote process
-%%   is killed and the answer is `execution_timeout'.
+%% - past a guard of the plan's longest possible run (the other node's
+%%   router ends the task well before), `execution_timeout'.
 %% At most `max_retry_attempts' + 1 nodes are asked. The answer's `Meta'
 %% names the task's span on this node and the `node' that ran it.
 -module(erlmcp_flow_forward).
@@ -118,33 +118,37 @@ traceparent(#{trace_id := T, span_id := S, trace_flags := F}) ->
 run(Node, Task, Requirements, Opts, Plan, Trace) ->
     Alias = alias([explicit_unalias]),
     Remote = Requirements#{node => local, traceparent => traceparent(Trace)},
-    ReqId = erlang:spawn_request(Node, ?MODULE, serve, [Alias, Task, Remote, Opts], [monitor]),
+    %% the node, not the process, is watched: a monitor of the remote
+    %% process costs a signal over the link when it exits, a node monitor
+    %% none; the process itself does not fail to answer (the router never
+    %% exits its caller), and the guard covers the rest
+    true = erlang:monitor_node(Node, true),
+    ReqId = erlang:spawn_request(Node, ?MODULE, serve, [Alias, Task, Remote, Opts],
+                                 [{reply, error_only}]),
     ok = erlmcp_flow_registry:remote_task(ReqId, Node),
     try
-        wait(ReqId, Alias, Node, undefined, guard(Plan))
+        wait(ReqId, Alias, Node, guard(Plan))
     after
         _ = unalias(Alias),
+        true = erlang:monitor_node(Node, false),
+        %% this task's nodedown, come with or after the answer
+        receive {nodedown, Node} -> ok after 0 -> ok end,
         erlmcp_flow_registry:remote_task_done(ReqId)
     end.
 
-wait(ReqId, Alias, Node, Pid, Guard) ->
+wait(ReqId, Alias, Node, Guard) ->
     receive
-        {spawn_reply, ReqId, ok, Started} ->
-            wait(ReqId, Alias, Node, Started, Guard);
         {spawn_reply, ReqId, error, _Why} ->
             {not_run, {error, {node_down, Node}}};
         {flow_forwarded, Alias, Answer} ->
-            erlang:demonitor(ReqId, [flush]),
             case Answer of
                 {error, Why} when Why =:= draining; Why =:= not_started -> {not_run, Answer};
                 {error, Why, _} when Why =:= draining; Why =:= not_started -> {not_run, Answer};
                 _ -> {answered, Answer}
             end;
-        {'DOWN', ReqId, process, _, _Why} ->
+        {nodedown, Node} ->
             {lost, {error, {node_down, Node}}}
     after Guard ->
-            _ = is_pid(Pid) andalso exit(Pid, kill),
-            erlang:demonitor(ReqId, [flush]),
             {answered, {error, execution_timeout}}
     end.
 
