@@ -170,7 +170,7 @@ wait_agents(Peer, N, Ms, How) ->
     wait_agents1(Peer, N, Deadline, How).
 
 wait_agents1(Peer, N, Deadline, How) ->
-    Have = peer:call(Peer, ?MODULE, seen, []),
+    Have = peer:call(Peer, ?MODULE, seen, [], 60000),
     Done = case How of
                at_least -> Have >= N;
                exactly -> Have =:= N

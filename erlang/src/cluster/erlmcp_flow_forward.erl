@@ -36,16 +36,23 @@
 -spec execute(erlmcp_flow:task(), erlmcp_flow:requirements(), erlmcp_flow:execute_opts()) ->
           erlmcp_flow_router:answer().
 execute(Task, Requirements, Opts) ->
-    case two_level() andalso erlmcp_flow_requirements:plan(Task, Requirements, execute, Opts) of
-        {ok, #{node := local}} ->
-            erlmcp_flow_router:execute(Task, Requirements, Opts);
-        {ok, #{quorum := Q}} when Q =/= false ->
-            erlmcp_flow_router:execute(Task, Requirements, Opts);
+    case two_level() andalso plan(Task, Requirements, Opts) of
+        {ok, #{node := local} = Plan} ->
+            erlmcp_flow_router:execute_plan(Task, Plan, Opts);
+        {ok, #{quorum := Q} = Plan} when Q =/= false ->
+            erlmcp_flow_router:execute_plan(Task, Plan, Opts);
         {ok, Plan} ->
-            choose(Task, Requirements, Opts, Plan, [], none);
+            choose(Task, Opts, Plan, [], none);
         _ ->
             %% one node, mirror mode, or a bad argument the router names
             erlmcp_flow_router:execute(Task, Requirements, Opts)
+    end.
+
+%% The router's plan, unless this node is draining.
+plan(Task, Requirements, Opts) ->
+    case erlmcp_flow_registry:draining() of
+        false -> erlmcp_flow_requirements:plan(Task, Requirements, execute, Opts);
+        true -> {error, draining}
     end.
 
 %% Summary mode with a peer's summary in view.
@@ -56,7 +63,7 @@ two_level() ->
 %% The node for the task (those asked before excluded): this one goes to
 %% the router, another is forwarded to. `Trace' is the task's span on this
 %% node once a node was asked (`none' before).
-choose(Task, Requirements, Opts, #{capabilities := Caps} = Plan, Asked, Trace) ->
+choose(Task, Opts, #{capabilities := Caps} = Plan, Asked, Trace) ->
     Key = case Plan of
               #{strategy := consistent_hash, sticky_key := K} -> K;
               #{} -> undefined
@@ -64,28 +71,28 @@ choose(Task, Requirements, Opts, #{capabilities := Caps} = Plan, Asked, Trace) -
     Me = node(),
     case erlmcp_flow_cluster_summary:choose(lists:usort(Caps), Asked, Key) of
         {ok, Me} when Trace =:= none ->
-            erlmcp_flow_router:execute(Task, Requirements, Opts);
+            erlmcp_flow_router:execute_plan(Task, Plan, Opts);
         {ok, Me} ->
             %% after another node: a child of the task's span here
-            ended(Trace, erlmcp_flow_router:execute(Task, Requirements#{traceparent => traceparent(Trace)},
-                                                    Opts));
+            ended(Trace, erlmcp_flow_router:execute_plan(Task, Plan#{traceparent => traceparent(Trace)},
+                                                         Opts));
         {ok, Node} when Trace =:= none ->
             case erlmcp_flow_router:start_trace(Task, Plan) of
-                {ok, Trace1} -> forward(Node, Task, Requirements, Opts, Plan, Asked, Trace1);
+                {ok, Trace1} -> forward(Node, Task, Opts, Plan, Asked, Trace1);
                 {error, _} = E -> E
             end;
         {ok, Node} ->
-            forward(Node, Task, Requirements, Opts, Plan, Asked, Trace);
+            forward(Node, Task, Opts, Plan, Asked, Trace);
         none when Trace =:= none ->
             %% no node's summary holds them: the router says what it finds
-            erlmcp_flow_router:execute(Task, Requirements, Opts);
+            erlmcp_flow_router:execute_plan(Task, Plan, Opts);
         none ->
             ended(Trace, {error, no_agents_available})
     end.
 
 %% One node asked: its answer, or the next node's.
-forward(Node, Task, Requirements, Opts, Plan, Asked, Trace) ->
-    {Outcome, Answer} = run(Node, Task, Requirements, Opts, Plan, Trace),
+forward(Node, Task, Opts, Plan, Asked, Trace) ->
+    {Outcome, Answer} = run(Node, Task, Opts, Plan, Trace),
     Again = length(Asked) < maps:get(max_retry_attempts, Plan),
     Next = Again andalso case Outcome of
                             not_run -> true;
@@ -94,7 +101,7 @@ forward(Node, Task, Requirements, Opts, Plan, Asked, Trace) ->
                         end,
     case Next of
         true ->
-            choose(Task, Requirements, Opts, Plan, [Node | Asked], Trace);
+            choose(Task, Opts, Plan, [Node | Asked], Trace);
         false ->
             ended(Trace, case Answer of
                              {ok, Result, Meta} ->
@@ -115,9 +122,10 @@ traceparent(#{trace_id := T, span_id := S, trace_flags := F}) ->
     erlmcp_flow_nif:format_traceparent(T, S, F).
 
 %% The task on `Node': `{answered | not_run | lost, Answer}'.
-run(Node, Task, Requirements, Opts, Plan, Trace) ->
+run(Node, Task, Opts, Plan, Trace) ->
     Alias = alias([explicit_unalias]),
-    Remote = Requirements#{node => local, traceparent => traceparent(Trace)},
+    %% the plan made here, run there on its own agents
+    Remote = Plan#{node => local, traceparent => traceparent(Trace)},
     %% the node, not the process, is watched: a monitor of the remote
     %% process costs a signal over the link when it exits, a node monitor
     %% none; the process itself does not fail to answer (the router never
@@ -166,10 +174,10 @@ execution_timeout() ->
         false -> erlmcp_flow_config:get(timeouts, execution)
     end.
 
-%% @private On the node a task was forwarded to: runs it on this node's
-%% agents and sends the answer to `Alias'.
--spec serve(reference(), erlmcp_flow:task(), erlmcp_flow:requirements(),
+%% @private On the node a task was forwarded to: runs its plan on this
+%% node's agents and sends the answer to `Alias'.
+-spec serve(reference(), erlmcp_flow:task(), erlmcp_flow_router:plan(),
             erlmcp_flow:execute_opts()) -> ok.
-serve(Alias, Task, Requirements, Opts) ->
-    Alias ! {flow_forwarded, Alias, erlmcp_flow_router:execute(Task, Requirements, Opts)},
+serve(Alias, Task, Plan, Opts) ->
+    Alias ! {flow_forwarded, Alias, erlmcp_flow_router:execute_plan(Task, Plan, Opts)},
     ok.

@@ -25,6 +25,7 @@
 
 %% API
 -export([execute/3]).
+-export([execute_plan/3]).
 -export([route_task/2]).
 -export([dispatch/4]).
 -export([settle/1]).
@@ -71,7 +72,20 @@
           answer().
 execute(Task, Requirements, Opts) ->
     case plan(Task, Requirements, execute, Opts) of
-        {ok, #{routing_timeout := RT} = Plan} ->
+        {ok, Plan} -> run(Task, Plan, Opts);
+        {error, _} = E -> answer(E, none, Opts)
+    end.
+
+%% @doc As `execute/3', with the task's plan made already
+%% (`erlmcp_flow_requirements:plan/4'): a task another node forwarded.
+-spec execute_plan(erlmcp_flow:task(), plan(), erlmcp_flow:execute_opts()) -> answer().
+execute_plan(Task, Plan, Opts) ->
+    case erlmcp_flow_registry:draining() of
+        false -> run(Task, Plan, Opts);
+        true -> answer({error, draining}, none, Opts)
+    end.
+
+run(Task, #{routing_timeout := RT} = Plan, Opts) ->
             case start_task(Task, Plan) of
                 {ok, Trace, First} ->
                     Deadline = erlang:monotonic_time(millisecond) + RT,
@@ -87,10 +101,7 @@ execute(Task, Requirements, Opts) ->
                     answer(end_trace(Trace, Answer, span_ended(Plan, Answer)), Trace, Opts);
                 {error, _} = E ->
                     answer(E, none, Opts)
-            end;
-        {error, _} = E ->
-            answer(E, none, Opts)
-    end.
+            end.
 
 %% The task's plan, unless this node is draining (it takes no new task).
 plan(Task, Requirements, Mode, Opts) ->
