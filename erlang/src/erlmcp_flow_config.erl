@@ -124,7 +124,10 @@ schema() ->
            %% summary mode: a changed summary is published at most this often
            {summary_interval_ms, 100, ms(integer)},
            %% summary mode: the load in a summary is refreshed this often
-           {summary_refresh_ms, 1000, ms(integer)}],
+           {summary_refresh_ms, 1000, ms(integer)},
+           %% summary mode: agents of each node its peers mirror and route
+           %% to directly (0: every task for another node is forwarded)
+           {direct_agents, 32, int(0, 100000)}],
       %% MCP servers started as agents at boot (erlmcp_flow_mcp)
       mcp =>
           [{servers, [], fun is_mcp_servers/1},

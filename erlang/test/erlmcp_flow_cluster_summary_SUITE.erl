@@ -11,18 +11,20 @@
 -include_lib("stdlib/include/assert.hrl").
 
 -export([all/0, init_per_suite/1, end_per_suite/1]).
--export([two_level_routing/1, node_lost_between_levels/1, split_and_heal/1,
-         quorum_on_distinct_nodes/1, churn/1]).
+-export([two_level_routing/1, direct_agents/1, node_lost_between_levels/1,
+         direct_node_lost/1, split_and_heal/1, quorum_on_distinct_nodes/1, churn/1]).
 %% run on the peers
--export([agent_count/1, own_agents/0, route_many/3]).
+-export([agent_count/1, own_agents/0, mirrored/0, route_many/3]).
 
 -define(CAP, <<"work">>).
 -define(SUITE_CLUSTER, erlmcp_flow_cluster_SUITE).
 -define(SUMMARY, [{cluster, #{mode => summary, summary_interval_ms => 20}}]).
+%% every task for another node forwarded
+-define(FORWARD_ONLY, [{cluster, #{mode => summary, summary_interval_ms => 20, direct_agents => 0}}]).
 -define(SECRET, <<"the-cluster-secret-of-the-suite">>).
 
-all() -> [two_level_routing, node_lost_between_levels, split_and_heal, quorum_on_distinct_nodes,
-          churn].
+all() -> [two_level_routing, direct_agents, node_lost_between_levels, direct_node_lost,
+          split_and_heal, quorum_on_distinct_nodes, churn].
 
 init_per_suite(Config) ->
     case erlmcp_flow_test_util:require(epmd, fun() -> os:find_executable("epmd") =/= false end,
@@ -43,7 +45,7 @@ end_per_suite(_Config) ->
 %% one node is refused on another until it is given back; a node joining
 %% later is seen and sees everything.
 two_level_routing(_Config) ->
-    Peers = start_peers(3),
+    Peers = ?SUITE_CLUSTER:start_peers(3, ?FORWARD_ONLY),
     connect_all(Peers),
     [ok = peer:call(P, ?SUITE_CLUSTER, start_agents, [ids(N, 3), ?CAP]) || {P, N} <- Peers],
     [wait_count(P, 9) || {P, _} <- Peers],
@@ -91,7 +93,7 @@ two_level_routing(_Config) ->
     ok = peer:call(PA, erlmcp_flow, unregister_agent, [Taken]),
     [wait_count(P, 8) || {P, _} <- Peers],
     %% a node that joins now is seen, and sees every node
-    [{PD, D}] = start_peers(1),
+    [{PD, D}] = ?SUITE_CLUSTER:start_peers(1, ?FORWARD_ONLY),
     connect_all([{PD, D} | Peers]),
     ok = peer:call(PD, ?SUITE_CLUSTER, start_agents, [ids(D, 3), ?CAP]),
     T0 = erlang:monotonic_time(millisecond),
@@ -104,11 +106,44 @@ two_level_routing(_Config) ->
                  peer:call(PA, erlmcp_flow, register_agent, [DId, Init, [?CAP]])),
     stop_peers([{PD, D} | Peers]).
 
+%% Three nodes naming two of their three agents for direct routing: each
+%% node mirrors those of its peers (with the peer's node capability) and
+%% no other; tasks reach every node, each remote one naming its node, and
+%% the agents mirrored change with those named.
+direct_agents(_Config) ->
+    Env = [{cluster, #{mode => summary, summary_interval_ms => 20, direct_agents => 2}}],
+    Peers = ?SUITE_CLUSTER:start_peers(3, Env),
+    connect_all(Peers),
+    [ok = peer:call(P, ?SUITE_CLUSTER, start_agents, [ids(N, 3), ?CAP]) || {P, N} <- Peers],
+    [wait_count(P, 9) || {P, _} <- Peers],
+    Nodes = lists:sort([N || {_, N} <- Peers]),
+    Named = fun(N) -> lists:sublist(lists:sort(ids(N, 3)), 2) end,
+    [wait_until(fun() -> peer:call(P, ?MODULE, mirrored, []) =:=
+                             lists:sort(lists:append([Named(O) || O <- Nodes, O =/= N])) end, 5000)
+     || {P, N} <- Peers],
+    {PA, A} = hd(Peers),
+    [{_, _, _, Caps} | _] = [R || {Id, _, _, _} = R <- peer:call(PA, erlmcp_flow_registry, list_agents, []),
+                                  lists:member(Id, Named(lists:nth(2, Nodes -- [A])))],
+    ?assert(lists:member(erlmcp_flow_cluster_summary:node_capability(lists:nth(2, Nodes -- [A])), Caps)),
+    [begin
+         Results = peer:call(P, ?MODULE, route_many, [90, #{capabilities => [?CAP]}, #{}]),
+         ?assertEqual(90, length([ok || {ok, _, _} <- Results])),
+         ?assertEqual(Nodes, lists:usort([Where || {ok, {Where, _}, _} <- Results])),
+         [?assertEqual(Where, maps:get(node, Meta)) || {ok, {Where, _}, Meta} <- Results, Where =/= N]
+     end || {P, N} <- Peers],
+    %% a named agent unregistered: the next one by id is named instead
+    {PB, B} = lists:keyfind(lists:nth(2, Nodes -- [A]), 2, Peers),
+    ok = peer:call(PB, erlmcp_flow, unregister_agent, [hd(Named(B))]),
+    wait_until(fun() -> lists:member(lists:last(lists:sort(ids(B, 3))), peer:call(PA, ?MODULE, mirrored, []))
+                            andalso not lists:member(hd(Named(B)), peer:call(PA, ?MODULE, mirrored, []))
+               end, 5000),
+    stop_peers(Peers).
+
 %% A node that goes away while it runs tasks forwarded to it: the
 %% idempotent ones are run on another node, the others answer
 %% `{node_down, Node}'; no task waits past it.
 node_lost_between_levels(_Config) ->
-    Peers = start_peers(4),
+    Peers = ?SUITE_CLUSTER:start_peers(4, ?FORWARD_ONLY),
     connect_all(Peers),
     [{PA, A}, {PB, B}, {PC, C}, {PD, D}] = Peers,
     [ok = peer:call(P, ?SUITE_CLUSTER, start_agents, [[<<"slow-", (atom_to_binary(N))/binary>>], <<"slow">>])
@@ -135,6 +170,25 @@ node_lost_between_levels(_Config) ->
     ?assertEqual(3, length([ok || {ok, {W, _}, _} <- Answers2, W =:= D])),
     stop_peers([{PA, A}, {PD, D}]).
 
+%% The same with agents routed to directly: the idempotent tasks on the
+%% lost node's agents are run on another node.
+direct_node_lost(_Config) ->
+    Peers = start_peers(3),
+    connect_all(Peers),
+    [{PA, A}, {PB, B}, {PC, C}] = Peers,
+    [ok = peer:call(P, ?SUITE_CLUSTER, start_agents, [[<<"slow-", (atom_to_binary(N))/binary>>], <<"slow">>])
+     || {P, N} <- [{PB, B}, {PC, C}]],
+    [wait_count(P, 2, <<"slow">>) || {P, _} <- Peers],
+    wait_until(fun() -> length(peer:call(PA, ?MODULE, mirrored, [])) =:= 2 end, 5000),
+    W = route_async(PA, keys(3, B, [B, C]), #{capabilities => [<<"slow">>]}),
+    wait_until(fun() -> peer:call(PB, ?SUITE_CLUSTER, started, [<<"slow-", (atom_to_binary(B))/binary>>]) >= 1 end,
+               10000),
+    stop_peers([{PB, B}]),
+    Answers = collect(W),
+    ct:log("tasks after B went away: ~p", [Answers]),
+    ?assertEqual(6, length([ok || {ok, {Where, _}, #{node := N}} <- Answers, Where =:= C, N =:= C])),
+    stop_peers([{PA, A}, {PC, C}]).
+
 %% Four nodes split 2-2, each side registering the same id meanwhile:
 %% after the heal one holder is left, the node with the smaller name, and
 %% every node routes to it.
@@ -158,8 +212,12 @@ split_and_heal(_Config) ->
     Winner = min(A, C),
     Loser = max(A, C),
     {PLoser, _} = lists:keyfind(Loser, 2, Peers),
-    wait_until(fun() -> peer:call(PLoser, erlmcp_flow_registry, lookup_pid, [<<"twin">>]) =:= undefined end,
-               5000),
+    %% the loser's own twin is gone (the winner's may be mirrored there)
+    wait_until(fun() -> case peer:call(PLoser, erlmcp_flow_registry, lookup_pid, [<<"twin">>]) of
+                            Pid when is_pid(Pid) -> node(Pid) =:= Winner;
+                            undefined -> true
+                        end
+               end, 5000),
     [begin wait_count(P, 8), wait_count(P, 1, <<"twin">>) end || {P, _} <- Peers],
     ct:log("healed: one twin left, every node counts 9 agents after ~b ms",
            [erlang:monotonic_time(millisecond) - T0]),
@@ -229,7 +287,11 @@ agent_count(Cap) ->
                     {Set, N} <- Sets, lists:member(Cap, Set)]).
 
 own_agents() ->
-    lists:sort([Id || {Id, _, _, _} <- erlmcp_flow_registry:list_agents()]).
+    lists:sort([Id || {Id, Pid, _, _} <- erlmcp_flow_registry:list_agents(), node(Pid) =:= node()]).
+
+%% The other nodes' agents this node mirrors (those named for direct routing).
+mirrored() ->
+    lists:sort([Id || {Id, Pid, _, _} <- erlmcp_flow_registry:list_agents(), node(Pid) =/= node()]).
 
 route_many(N, Req, Opts) ->
     ?SUITE_CLUSTER:route_many(N, Req, Opts).

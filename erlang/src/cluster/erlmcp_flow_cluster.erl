@@ -83,6 +83,9 @@
                 %% summary mode: this node's summary as last published, and
                 %% whether a publication is due (a timer runs)
                 published :: erlmcp_flow_cluster_summary:summary() | undefined,
+                published_direct = [] :: [erlmcp_flow_registry:spec()],
+                %% summary mode: each peer's agents for direct routing
+                direct = #{} :: #{node() => [erlmcp_flow_registry:spec()]},
                 publish_due = false :: boolean(),
                 %% summary mode: the members as claims see them, and whether
                 %% the directory's settling is due (a timer runs)
@@ -284,15 +287,19 @@ handle_info(Msg, #state{left = true} = State) when element(1, Msg) =:= flow_clus
 handle_info({flow_cluster, snapshot, _Node, Pid, _Specs}, #state{departed = D} = State)
   when is_map_key(Pid, D) ->
     {noreply, State};
-handle_info({flow_cluster, summary, _Node, Pid, _Summary}, #state{departed = D} = State)
+handle_info({flow_cluster, summary, _Node, Pid, _Summary, _Direct}, #state{departed = D} = State)
   when is_map_key(Pid, D) ->
     {noreply, State};
-handle_info({flow_cluster, summary, Node, Pid, Summary}, #state{mode = summary} = State0)
+handle_info({flow_cluster, summary, Node, Pid, Summary, Direct}, #state{mode = summary} = State0)
   when node(Pid) =:= Node, is_map(Summary) ->
     State = add_peer(Pid, State0),
     State1 = State#state{summaries = (State#state.summaries)#{Node => Summary}},
-    ok = show(Node, State1),
-    {noreply, members_changed(State1)};
+    State2 = case Direct of
+                 unchanged -> State1;
+                 _ when is_list(Direct) -> direct_changed(Node, Direct, State1)
+             end,
+    ok = show_summary(Node, State2),
+    {noreply, members_changed(State2)};
 handle_info({flow_cluster, claims, Node, Ids}, #state{mode = summary} = State) when is_list(Ids) ->
     Losers = erlmcp_flow_cluster_ids:settle(Node, Ids, erlmcp_flow_cluster_summary:members()),
     lists:foreach(fun({Loser, Id, Winner}) -> lost_id(Loser, Id, Winner) end, Losers),
@@ -381,7 +388,8 @@ add_peer(Pid, #state{peers = Peers, lost = Lost} = State) ->
             Pid ! case State#state.mode of
                       mirror -> {flow_cluster, snapshot, node(), self(),
                                  erlmcp_flow_registry:local_agents()};
-                      summary -> {flow_cluster, summary, node(), self(), State#state.published}
+                      summary -> {flow_cluster, summary, node(), self(), State#state.published,
+                                  State#state.published_direct}
                   end,
             State#state{peers = Peers#{Node => Pid}, lost = maps:remove(Node, Lost)}
     end.
@@ -397,6 +405,7 @@ peer_left(Pid, #state{peers = Peers, remote = Remote, lost = Lost, suspected = S
                                             "leave routing", [Node]),
             State#state{peers = maps:remove(Node, Peers), remote = maps:remove(Node, Remote),
                         summaries = maps:remove(Node, State#state.summaries),
+                        direct = maps:remove(Node, State#state.direct),
                         suspected = maps:remove(Node, S),
                         lost = case Connected of
                                    true -> Lost;
@@ -428,13 +437,20 @@ hide(Node, #state{mode = mirror}) ->
     _ = erlmcp_flow_registry:unmirror(Node, all),
     ok;
 hide(Node, #state{mode = summary}) ->
+    _ = erlmcp_flow_registry:unmirror(Node, all),
     erlmcp_flow_cluster_summary:delete(Node).
 
 %% A routable node's agents (back) in this node's routing.
 show(Node, #state{mode = mirror, remote = Remote}) ->
     _ = mirror(Node, maps:values(maps:get(Node, Remote, #{}))),
     ok;
-show(Node, #state{mode = summary, summaries = Summaries} = State) ->
+show(Node, #state{mode = summary, direct = Direct} = State) ->
+    _ = routable(Node, State) andalso
+        mirror(Node, erlmcp_flow_cluster_summary:direct(maps:get(Node, Direct, []))),
+    show_summary(Node, State).
+
+%% A routable peer's summary (back) in this node's view.
+show_summary(Node, #state{summaries = Summaries} = State) ->
     case Summaries of
         #{Node := Summary} when is_map(Summary) ->
             case routable(Node, State) of
@@ -444,6 +460,20 @@ show(Node, #state{mode = summary, summaries = Summaries} = State) ->
         #{} ->
             ok
     end.
+
+%% Summary mode: a peer named other agents for direct routing: those
+%% gone leave this node's table, the new ones join it.
+direct_changed(Node, Specs, #state{direct = Direct} = State) ->
+    Old = maps:get(Node, Direct, []),
+    New = [S || {_, Pid, agent, _, _} = S <- Specs, is_pid(Pid), node(Pid) =:= Node],
+    _ = case routable(Node, State) of
+            true ->
+                _ = erlmcp_flow_registry:unmirror(Node, [{Id, Pid} || {Id, Pid, _, _, _} <- Old -- New]),
+                mirror(Node, erlmcp_flow_cluster_summary:direct(New -- Old));
+            false ->
+                ok
+        end,
+    State#state{direct = Direct#{Node => New}}.
 
 %% Summary mode: the members are this node and its routable peers; a
 %% change is seen by claims at once, and the directory is settled once the
@@ -490,14 +520,19 @@ to_cluster(Node, Msg) ->
 %% changed.
 publish(#state{left = true} = State) ->
     State;
-publish(#state{published = Old, peers = Peers} = State) ->
+publish(#state{published = Old, published_direct = OldDirect, peers = Peers} = State) ->
     case erlmcp_flow_cluster_summary:local() of
-        Old ->
+        {Old, OldDirect} ->
             State;
-        New ->
+        {New, Direct} ->
             ok = erlmcp_flow_cluster_summary:put(node(), New),
-            broadcast(Peers, {flow_cluster, summary, node(), self(), New}),
-            State#state{published = New}
+            %% the agents for direct routing go only when they changed
+            broadcast(Peers, {flow_cluster, summary, node(), self(), New,
+                              case Direct of
+                                  OldDirect -> unchanged;
+                                  _ -> Direct
+                              end}),
+            State#state{published = New, published_direct = Direct}
     end.
 
 %% A change of this node's agents is published within

@@ -7,9 +7,13 @@
 %% A node's summary groups its agents by capability set: how many hold each
 %% set, with the node's agents, leases in flight and capacity (agents times
 %% `circuit_breaker.max_concurrent'). Its size grows with the number of
-%% distinct capability sets, not with the agents. The table holds one row
-%% per routable node (this one included) and the members: every process
-%% reads it, only the cluster process writes it.
+%% distinct capability sets, not with the agents. It also names up to
+%% `cluster.direct_agents' of its agents (the first by id: the list changes
+%% only when they do), which its peers mirror, each with the node's own
+%% capability (`node_capability/1'), and route to directly while they have
+%% room (see erlmcp_flow_forward). The table holds one row per routable
+%% node (this one included) and the members: every process reads it, only
+%% the cluster process writes it.
 %%
 %% A task goes to a node holding agents with all its capabilities, chosen
 %% at random in proportion to those agents' count times the node's free
@@ -32,22 +36,32 @@
 -export([view/0]).
 -export([choose/3]).
 -export([nodes_for/2]).
+-export([node_capability/1]).
+-export([direct/1]).
 
 -export_type([summary/0]).
 
 -define(TAB, erlmcp_flow_cluster_summaries).
+%% {Caps, Generation, Nodes, Cumulative}: the choice among nodes of tasks
+%% needing Caps, worked out once per change of the view (every caller may
+%% write it; at most ?MAX_CHOICES kept)
+-define(CHOICES, erlmcp_flow_cluster_choices).
+-define(MAX_CHOICES, 4096).
 %% a node at capacity still gets this share of its weight
 -define(MIN_FREE, 0.05).
 
 -type summary() :: #{sets := [{[erlmcp_flow:capability()], pos_integer()}],
                      agents := non_neg_integer(), in_flight := non_neg_integer(),
-                     capacity := non_neg_integer()}.
+                     capacity := non_neg_integer(), direct := non_neg_integer()}.
 
 %% @doc Creates the view's table, owned by the calling process (the
 %% cluster's).
 -spec new() -> ok.
 new() ->
     _ = ets:new(?TAB, [named_table, protected, set, {read_concurrency, true}]),
+    true = ets:insert(?TAB, {generation, 0}),
+    _ = ets:new(?CHOICES, [named_table, public, set, {read_concurrency, true},
+                           {write_concurrency, true}]),
     ok.
 
 %% @doc Whether this node routes in two levels (its cluster runs in summary
@@ -56,10 +70,13 @@ new() ->
 enabled() ->
     ets:whereis(?TAB) =/= undefined.
 
-%% @doc This node's summary, from its registry.
--spec local() -> summary().
+%% @doc This node's summary, from its registry, and the agents it names for
+%% direct routing.
+-spec local() -> {summary(), [erlmcp_flow_registry:spec()]}.
 local() ->
     Agents = erlmcp_flow_registry:local_agents(),
+    Direct = lists:sublist(lists:sort([S || {_, _, agent, _, _} = S <- Agents]),
+                           erlmcp_flow_config:get(cluster, direct_agents)),
     Sets = lists:foldl(fun({_Id, _Pid, _Kind, Caps, _W}, M) ->
                                maps:update_with(Caps, fun(N) -> N + 1 end, 1, M)
                        end, #{}, Agents),
@@ -67,8 +84,24 @@ local() ->
                    undefined -> 0;
                    Router -> in_flight(Router)
                end,
-    #{sets => lists:sort(maps:to_list(Sets)), agents => length(Agents), in_flight => InFlight,
-      capacity => length(Agents) * erlmcp_flow_config:get(circuit_breaker, max_concurrent)}.
+    {#{sets => lists:sort(maps:to_list(Sets)), agents => length(Agents), in_flight => InFlight,
+       capacity => length(Agents) * erlmcp_flow_config:get(circuit_breaker, max_concurrent),
+       direct => length(Direct)},
+     Direct}.
+
+%% @doc The capability a peer's directly routed agents hold here besides
+%% their own: a task for that node asks for it.
+-spec node_capability(node()) -> binary().
+node_capability(Node) ->
+    <<0, "erlmcp_flow/node/", (atom_to_binary(Node))/binary>>.
+
+%% @doc A peer's agents named for direct routing, as this node mirrors them.
+-spec direct([erlmcp_flow_registry:spec()]) -> [erlmcp_flow_registry:spec()].
+direct([]) ->
+    [];
+direct([{_, Pid, _, _, _} | _] = Specs) ->
+    Cap = node_capability(node(Pid)),
+    [{Id, P, Kind, lists:usort([Cap | Caps]), W} || {Id, P, Kind, Caps, W} <- Specs].
 
 in_flight(Router) ->
     case erlmcp_flow_nif:router_stats(Router) of
@@ -80,12 +113,17 @@ in_flight(Router) ->
 -spec put(node(), summary()) -> ok.
 put(Node, Summary) ->
     true = ets:insert(?TAB, {{node, Node}, Summary}),
-    ok.
+    changed().
 
 %% @doc Takes `Node''s row out: its agents leave routing.
 -spec delete(node()) -> ok.
 delete(Node) ->
     true = ets:delete(?TAB, {node, Node}),
+    changed().
+
+%% The choices worked out before are stale.
+changed() ->
+    _ = ets:update_counter(?TAB, generation, 1),
     ok.
 
 %% @doc Sets the nodes that own the id space (this one and every routable
@@ -129,15 +167,64 @@ view() ->
     end.
 
 %% @doc The node for a task needing `Caps' (sorted, no duplicates), not one
-%% of `Exclude'; by `Key' when the task is routed by key. `none' when no
-%% routable node holds such agents.
--spec choose([erlmcp_flow:capability()], [node()], binary() | undefined) -> {ok, node()} | none.
+%% of `Exclude'; by `Key' when the task is routed by key. With the node,
+%% the capabilities that pick the agents it named for direct routing
+%% (`none' when it named none). `none' when no routable node holds such
+%% agents.
+-spec choose([erlmcp_flow:capability()], [node()], binary() | undefined) ->
+          {ok, node(), [erlmcp_flow:capability()] | none} | none.
+choose(Caps, [], undefined) ->
+    %% the common case: the weights worked out once per change of the view
+    [{generation, G}] = ets:lookup(?TAB, generation),
+    case ets:lookup(?CHOICES, Caps) of
+        [{_, G, Nodes, Cumulative}] ->
+            pick_cumulative(Nodes, Cumulative);
+        _ ->
+            {Nodes, Cumulative} = choice(Caps, []),
+            _ = ets:info(?CHOICES, size) < ?MAX_CHOICES orelse ets:delete_all_objects(?CHOICES),
+            true = ets:insert(?CHOICES, {Caps, G, Nodes, Cumulative}),
+            pick_cumulative(Nodes, Cumulative)
+    end;
 choose(Caps, Exclude, Key) ->
-    case [{W, N} || {N, W} <- nodes_for(Caps, Exclude)] of
-        [] -> none;
-        [{_, Node}] -> {ok, Node};
-        Weighted when is_binary(Key) -> {ok, owner(Key, [N || {_, N} <- Weighted])};
-        Weighted -> {ok, pick(Weighted)}
+    case choice(Caps, Exclude) of
+        {{}, _} -> none;
+        {Nodes, _} when is_binary(Key) ->
+            Node = owner(Key, [N || {N, _} <- tuple_to_list(Nodes)]),
+            {ok, Node, element(2, lists:keyfind(Node, 1, tuple_to_list(Nodes)))};
+        {Nodes, Cumulative} -> pick_cumulative(Nodes, Cumulative)
+    end.
+
+%% The nodes for `Caps' with their direct capabilities, and their
+%% cumulative weights.
+choice(Caps, Exclude) ->
+    View = view(),
+    Weighted = nodes_for(Caps, Exclude),
+    Nodes = [{N, case View of
+                     #{N := #{direct := D}} when D > 0, N =/= node() ->
+                         lists:usort([node_capability(N) | Caps]);
+                     #{} ->
+                         none
+                 end} || {N, _} <- Weighted],
+    {_, Cumulative} = lists:foldl(fun({_, W}, {Sum, Acc}) -> {Sum + W, [Sum + W | Acc]} end,
+                                  {0, []}, Weighted),
+    {list_to_tuple(Nodes), list_to_tuple(lists:reverse(Cumulative))}.
+
+pick_cumulative({}, _) ->
+    none;
+pick_cumulative({{Node, Direct}}, _) ->
+    {ok, Node, Direct};
+pick_cumulative(Nodes, Cumulative) ->
+    X = rand:uniform() * element(tuple_size(Cumulative), Cumulative),
+    {Node, Direct} = element(search(X, Cumulative, 1, tuple_size(Cumulative)), Nodes),
+    {ok, Node, Direct}.
+
+%% The first index whose cumulative weight reaches `X' (binary search).
+search(_X, _C, Lo, Lo) -> Lo;
+search(X, C, Lo, Hi) ->
+    Mid = (Lo + Hi) div 2,
+    case X =< element(Mid, C) of
+        true -> search(X, C, Lo, Mid);
+        false -> search(X, C, Mid + 1, Hi)
     end.
 
 %% @doc The routable nodes holding agents with every one of `Caps', not in
@@ -155,10 +242,3 @@ weight(#{sets := Sets, in_flight := F, capacity := C}, Caps) ->
         Count -> Count * ?MIN_FREE
     end.
 
-pick(Weighted) ->
-    X = rand:uniform() * lists:sum([W || {W, _} <- Weighted]),
-    pick(X, Weighted).
-
-pick(_X, [{_, Node}]) -> Node;
-pick(X, [{W, Node} | _]) when X =< W -> Node;
-pick(X, [{W, _} | Rest]) -> pick(X - W, Rest).

@@ -70,24 +70,60 @@ choose(Task, Opts, #{capabilities := Caps} = Plan, Asked, Trace) ->
           end,
     Me = node(),
     case erlmcp_flow_cluster_summary:choose(lists:usort(Caps), Asked, Key) of
-        {ok, Me} when Trace =:= none ->
-            erlmcp_flow_router:execute_plan(Task, Plan, Opts);
-        {ok, Me} ->
+        {ok, Me, _} when Trace =:= none ->
+            %% this node's agents (not the others' it mirrors)
+            erlmcp_flow_router:execute_plan(Task, Plan#{node => local}, Opts);
+        {ok, Me, _} ->
             %% after another node: a child of the task's span here
-            ended(Trace, erlmcp_flow_router:execute_plan(Task, Plan#{traceparent => traceparent(Trace)},
+            ended(Trace, erlmcp_flow_router:execute_plan(Task, Plan#{node => local,
+                                                                     traceparent => traceparent(Trace)},
                                                          Opts));
-        {ok, Node} when Trace =:= none ->
-            case erlmcp_flow_router:start_trace(Task, Plan) of
-                {ok, Trace1} -> forward(Node, Task, Opts, Plan, Asked, Trace1);
-                {error, _} = E -> E
+        {ok, Node, Direct} when Trace =:= none ->
+            case has_room(Direct) of
+                true -> direct(Node, Task, Opts, Plan, Direct, Asked);
+                false -> forward_traced(Node, Task, Opts, Plan, Asked)
             end;
-        {ok, Node} ->
+        {ok, Node, _} ->
             forward(Node, Task, Opts, Plan, Asked, Trace);
         none when Trace =:= none ->
             %% no node's summary holds them: the router says what it finds
             erlmcp_flow_router:execute_plan(Task, Plan, Opts);
         none ->
             ended(Trace, {error, no_agents_available})
+    end.
+
+%% Whether the node named agents for direct routing (`Direct', the
+%% capabilities that pick them) and one has room now.
+has_room(none) ->
+    false;
+has_room(Direct) ->
+    case erlmcp_flow_registry:router_if_running() of
+        undefined -> false;
+        Router -> erlmcp_flow_nif:has_capacity(Router, Direct)
+    end.
+
+%% The task on one of `Node''s agents this node mirrors, as in mirror mode
+%% (its retries among them); when none of them could answer, another node.
+direct(Node, Task, Opts, Plan, Direct, Asked) ->
+    case erlmcp_flow_router:execute_plan(Task, Plan#{capabilities := Direct}, Opts) of
+        {ok, Result, Meta} ->
+            {ok, Result, Meta#{node => Node}};
+        Error ->
+            Again = length(Asked) < maps:get(max_retry_attempts, Plan) andalso
+                maps:get(idempotent, Plan, true),
+            case element(2, Error) of
+                {no_available_agent, _} when Again ->
+                    choose(Task, Opts, Plan, [Node | Asked], none);
+                _ ->
+                    Error
+            end
+    end.
+
+%% Forwarded, under a span of its own here.
+forward_traced(Node, Task, Opts, Plan, Asked) ->
+    case erlmcp_flow_router:start_trace(Task, Plan) of
+        {ok, Trace} -> forward(Node, Task, Opts, Plan, Asked, Trace);
+        {error, _} = E -> E
     end.
 
 %% One node asked: its answer, or the next node's.
