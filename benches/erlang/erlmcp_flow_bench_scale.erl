@@ -18,6 +18,8 @@
 %%   while the others registered, per remote agent;
 %% - a node joining late: the time until it sees every agent; a node
 %%   stopped: the time until the first node routes to none of its agents;
+%%   the first node cut off from every other and reconnected: the time
+%%   until every node sees every agent again;
 %% - routing to remote agents from the first node: execute/2 with 16
 %%   callers and `node => any';
 %% - churn (largest size only, SCALE_CHURN rounds, default 3): tasks run
@@ -82,6 +84,16 @@ one_size(K, Agents, Mode, Churn) ->
         wait_agents(First, Total - Agents, 600000, exactly),
         Loss = erlang:monotonic_time(millisecond) - TL,
         catch peer:stop(element(1, LatePeer)),
+        %% the first node cut off from every other, then healed
+        Left = lists:droplast(Others),
+        FirstNode = peer:call(First, erlang, node, []),
+        [true = peer:call(First, erlang, disconnect_node, [N]) || {_, N} <- Left],
+        wait_agents(First, Agents, 600000, exactly),
+        TH = erlang:monotonic_time(millisecond),
+        [true = peer:call(First, net_kernel, connect_node, [N]) || {_, N} <- Left],
+        Healed = Total - Agents,
+        [wait_agents(P, Healed, 600000, exactly) || {P, _} <- [{First, FirstNode} | Left]],
+        Heal = erlang:monotonic_time(millisecond) - TH,
         Rate = peer:call(First, erlmcp_flow_bench_cluster, throughput, [16, 500, any], 300000),
         io:format("~n~b nodes x ~b agents, cluster.mode = ~s (peer nodes on this machine, full mesh), "
                   "seen from the first:~n", [K, Agents, Mode]),
@@ -96,7 +108,8 @@ one_size(K, Agents, Mode, Churn) ->
                   [Per(recv_bytes), (maps:get(recv_bytes, After) - maps:get(recv_bytes, Before)) / 1.0e6,
                    Remote]),
         io:format("  a node joining late sees every agent after ~b ms; a node stopped is out of "
-                  "the first node's routing after ~b ms~n", [Join, Loss]),
+                  "the first node's routing after ~b ms; the first node cut off from all and "
+                  "reconnected: every node sees every agent again after ~b ms~n", [Join, Loss, Heal]),
         io:format("  execute/2 from the first node, 16 callers, node => any: ~b/s (~b% remote)~n",
                   [round(maps:get(rate, Rate)), round(100 * maps:get(remote_share, Rate))]),
         Churned = churn(Churn, First, lists:droplast(Others), Mode, Agents, Total - Agents),
@@ -104,7 +117,8 @@ one_size(K, Agents, Mode, Churn) ->
                      rss_per_remote_agent => Per(rss), beam_per_remote_agent => Per(erlang_total),
                      ets_per_remote_agent => Per(ets), processes_per_remote_agent => Per(processes),
                      core_per_remote_agent => Per(core), recv_bytes_per_remote_agent => Per(recv_bytes),
-                     join_ms => Join, loss_ms => Loss, remote_rate => maps:get(rate, Rate),
+                     join_ms => Join, loss_ms => Loss, heal_ms => Heal,
+                     remote_rate => maps:get(rate, Rate),
                      remote_share => maps:get(remote_share, Rate)},
                    Churned)
     after
@@ -140,7 +154,11 @@ churn(Rounds, First, Others, Mode, Agents, Total) ->
 start_peer(Mode) ->
     Paths = lists:append([["-pa", P] || P <- code:get_path(), string:find(P, "_build") =/= nomatch]),
     {ok, Peer, Node} = peer:start(#{name => peer:random_name("scale"), connection => standard_io,
-                                    args => ["-setcookie", "erlmcp_flow_scale" | Paths]}),
+                                    args => ["-setcookie", "erlmcp_flow_scale",
+                                             %% a cut link stays cut until it is healed
+                                             "-kernel", "dist_auto_connect", "once",
+                                             "-kernel", "prevent_overlapping_partitions", "false"
+                                             | Paths]}),
     ok = peer:call(Peer, logger, set_primary_config, [level, error]),
     ok = peer:call(Peer, application, load, [erlmcp_flow]),
     ok = peer:call(Peer, application, set_env, [erlmcp_flow, cluster, #{mode => Mode}]),

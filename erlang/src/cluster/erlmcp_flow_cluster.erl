@@ -521,7 +521,7 @@ to_cluster(Node, Msg) ->
 publish(#state{left = true} = State) ->
     State;
 publish(#state{published = Old, published_direct = OldDirect, peers = Peers} = State) ->
-    case erlmcp_flow_cluster_summary:local() of
+    case erlmcp_flow_cluster_summary:local(OldDirect) of
         {Old, OldDirect} ->
             State;
         {New, Direct} ->

@@ -8,8 +8,9 @@
 %% set, with the node's agents, leases in flight and capacity (agents times
 %% `circuit_breaker.max_concurrent'). Its size grows with the number of
 %% distinct capability sets, not with the agents. It also names up to
-%% `cluster.direct_agents' of its agents (the first by id: the list changes
-%% only when they do), which its peers mirror, each with the node's own
+%% `cluster.direct_agents' of its agents (those named before while they
+%% stay, then the first by id: the list changes only when one leaves), which
+%% its peers mirror, each with the node's own
 %% capability (`node_capability/1'), and route to directly while they have
 %% room (see erlmcp_flow_forward). The table holds one row per routable
 %% node (this one included) and the members: every process reads it, only
@@ -26,7 +27,7 @@
 
 -export([new/0]).
 -export([enabled/0]).
--export([local/0]).
+-export([local/1]).
 -export([put/2]).
 -export([delete/1]).
 -export([set_members/1]).
@@ -71,12 +72,14 @@ enabled() ->
     ets:whereis(?TAB) =/= undefined.
 
 %% @doc This node's summary, from its registry, and the agents it names for
-%% direct routing.
--spec local() -> {summary(), [erlmcp_flow_registry:spec()]}.
-local() ->
+%% direct routing: those of `Named' still registered, then others by id.
+-spec local([erlmcp_flow_registry:spec()]) -> {summary(), [erlmcp_flow_registry:spec()]}.
+local(Named) ->
     Agents = erlmcp_flow_registry:local_agents(),
-    Direct = lists:sublist(lists:sort([S || {_, _, agent, _, _} = S <- Agents]),
-                           erlmcp_flow_config:get(cluster, direct_agents)),
+    K = erlmcp_flow_config:get(cluster, direct_agents),
+    Plain = lists:sort([S || {_, _, agent, _, _} = S <- Agents]),
+    Kept = lists:sublist(ordsets:intersection(lists:sort(Named), Plain), K),
+    Direct = lists:sort(Kept ++ lists:sublist(ordsets:subtract(Plain, Kept), K - length(Kept))),
     Sets = lists:foldl(fun({_Id, _Pid, _Kind, Caps, _W}, M) ->
                                maps:update_with(Caps, fun(N) -> N + 1 end, 1, M)
                        end, #{}, Agents),
