@@ -12,7 +12,7 @@
 
 -export([all/0, init_per_suite/1, end_per_suite/1]).
 -export([two_level_routing/1, direct_agents/1, node_lost_between_levels/1,
-         direct_node_lost/1, split_and_heal/1, quorum_on_distinct_nodes/1, churn/1]).
+         direct_node_lost/1, stale_summary/1, split_and_heal/1, quorum_on_distinct_nodes/1, churn/1]).
 %% run on the peers
 -export([agent_count/1, own_agents/0, mirrored/0, route_many/3]).
 
@@ -24,7 +24,7 @@
 -define(SECRET, <<"the-cluster-secret-of-the-suite">>).
 
 all() -> [two_level_routing, direct_agents, node_lost_between_levels, direct_node_lost,
-          split_and_heal, quorum_on_distinct_nodes, churn].
+          stale_summary, split_and_heal, quorum_on_distinct_nodes, churn].
 
 init_per_suite(Config) ->
     case erlmcp_flow_test_util:require(epmd, fun() -> os:find_executable("epmd") =/= false end,
@@ -188,6 +188,28 @@ direct_node_lost(_Config) ->
     ct:log("tasks after B went away: ~p", [Answers]),
     ?assertEqual(6, length([ok || {ok, {Where, _}, #{node := N}} <- Answers, Where =:= C, N =:= C])),
     stop_peers([{PA, A}, {PC, C}]).
+
+%% A node whose summary still names agents it no longer has: the tasks sent
+%% there are sent on to a node that has them.
+stale_summary(_Config) ->
+    Peers = ?SUITE_CLUSTER:start_peers(3, ?FORWARD_ONLY),
+    connect_all(Peers),
+    [{PA, A}, {PB, B}, {PC, C}] = Peers,
+    [ok = peer:call(P, ?SUITE_CLUSTER, start_agents, [[<<"x-", (atom_to_binary(N))/binary>>], <<"x">>])
+     || {P, N} <- [{PB, B}, {PC, C}]],
+    [wait_count(P, 2, <<"x">>) || {P, _} <- Peers],
+    %% B publishes nothing more (its cluster process suspended), and its
+    %% agent goes
+    ok = peer:call(PB, sys, suspend, [erlmcp_flow_cluster]),
+    ok = peer:call(PB, erlmcp_flow, unregister_agent, [<<"x-", (atom_to_binary(B))/binary>>]),
+    ?assertEqual(2, peer:call(PA, ?MODULE, agent_count, [<<"x">>])),
+    Results = peer:call(PA, ?MODULE, route_many, [40, #{capabilities => [<<"x">>]}, #{}]),
+    ?assertEqual([{ok, C}], lists:usort([{ok, W} || {ok, {W, _}, _} <- Results] ++
+                                          [E || {error, _} = E <- Results])),
+    ?assertEqual(40, length(Results)),
+    ok = peer:call(PB, sys, resume, [erlmcp_flow_cluster]),
+    wait_count(PA, 1, <<"x">>),
+    stop_peers([{PA, A}, {PB, B}, {PC, C}]).
 
 %% Four nodes split 2-2, each side registering the same id meanwhile:
 %% after the heal one holder is left, the node with the smaller name, and

@@ -15,8 +15,9 @@
 %% - when the node goes away before answering (`nodedown'), the task is
 %%   sent to another node if it is idempotent (the default), else
 %%   `{error, {node_down, Node}}';
-%% - a node that could not start it (not running erlmcp_flow, draining, or
-%%   gone before the spawn) never ran it: another node is asked;
+%% - a node that could not start it (not running erlmcp_flow, draining, gone
+%%   before the spawn, or without the agents its summary had) never ran it:
+%%   another node is asked;
 %% - past a guard of the plan's longest possible run (the other node's
 %%   router ends the task well before), `execution_timeout'.
 %% At most `max_retry_attempts' + 1 nodes are asked. The answer's `Meta'
@@ -109,11 +110,16 @@ direct(Node, Task, Opts, Plan, Direct, Asked) ->
         {ok, Result, Meta} ->
             {ok, Result, Meta#{node => Node}};
         Error ->
-            Again = length(Asked) < maps:get(max_retry_attempts, Plan) andalso
-                maps:get(idempotent, Plan, true),
+            More = length(Asked) < maps:get(max_retry_attempts, Plan),
             case element(2, Error) of
-                {no_available_agent, _} when Again ->
+                no_agents_available when More ->
+                    %% they left since the check: nothing ran
                     choose(Task, Opts, Plan, [Node | Asked], none);
+                {no_available_agent, _} when More ->
+                    case maps:get(idempotent, Plan, true) of
+                        true -> choose(Task, Opts, Plan, [Node | Asked], none);
+                        false -> Error
+                    end;
                 _ ->
                     Error
             end
@@ -185,10 +191,13 @@ wait(ReqId, Alias, Node, Guard) ->
         {spawn_reply, ReqId, error, _Why} ->
             {not_run, {error, {node_down, Node}}};
         {flow_forwarded, Alias, Answer} ->
-            case Answer of
-                {error, Why} when Why =:= draining; Why =:= not_started -> {not_run, Answer};
-                {error, Why, _} when Why =:= draining; Why =:= not_started -> {not_run, Answer};
-                _ -> {answered, Answer}
+            %% a node that took no decision (draining, stopped, or its
+            %% agents gone since its summary) ran nothing
+            case element(2, Answer) of
+                Why when Why =:= draining; Why =:= not_started; Why =:= no_agents_available ->
+                    {not_run, Answer};
+                _ ->
+                    {answered, Answer}
             end;
         {nodedown, Node} ->
             {lost, {error, {node_down, Node}}}
