@@ -103,6 +103,9 @@ one_size(K, Agents, Mode, Churn) ->
                   "core ~b B~n",
                   [round(Per(rss)), round(Per(erlang_total)), round(Per(ets)), round(Per(processes)),
                    round(Per(core))]),
+        _ = Mode =:= summary andalso
+            io:format("  id directory on the first node: ~b ids, ~b B each~n",
+                      [maps:get(ids, After), maps:get(ids_bytes, After) div max(1, maps:get(ids, After))]),
         io:format("  registration traffic into the first node: ~.1f bytes per remote agent "
                   "(~.3f MB for ~b)~n",
                   [Per(recv_bytes), (maps:get(recv_bytes, After) - maps:get(recv_bytes, Before)) / 1.0e6,
@@ -212,7 +215,9 @@ measure(Peer) ->
       ets => proplists:get_value(ets, Mem),
       processes => proplists:get_value(processes, Mem),
       core => peer:call(Peer, erlmcp_flow_nif, core_memory, []),
-      recv_bytes => peer:call(Peer, ?MODULE, recv_bytes, [])}.
+      recv_bytes => peer:call(Peer, ?MODULE, recv_bytes, []),
+      ids => peer:call(Peer, erlmcp_flow_cluster_ids, size, []),
+      ids_bytes => peer:call(Peer, erlmcp_flow_cluster_ids, memory, [])}.
 
 %% On a peer: the agents it routes to: in its table (mirror), or in the
 %% summaries it holds (summary).
