@@ -7,7 +7,7 @@ ERL_PATHS = -pa _build/default/lib/*/ebin
 BENCH_EBIN = _build/bench/ebin
 EXAMPLES_EBIN = _build/examples/ebin
 
-.PHONY: all setup build demo demo-mcp test test-rust test-erlang test-asan check-otp27 w3c dialyzer bench bench-rust bench-erlang bench-load bench-wire bench-scale fuzz cover cover-rust clean
+.PHONY: all setup build demo demo-mcp test test-rust test-erlang test-asan check-otp27 w3c dialyzer bench bench-rust bench-erlang bench-load bench-wire bench-scale bench-faults fuzz cover cover-rust clean
 
 all: build
 
@@ -133,6 +133,15 @@ bench-load: build
 ## A cluster of many peer nodes in today's design, each node mirroring every
 ## agent (SCALE_NODES, default 8,16; SCALE_AGENTS, default 1000; see
 ## benches/erlang/erlmcp_flow_bench_scale.erl).
+## Real network faults on a cluster of four nodes on this machine (needs root
+## and nft): latency and jitter (relays), packet loss, a one-way partition, a
+## flapping link (nftables).
+bench-faults: build
+	mkdir -p $(BENCH_EBIN)
+	erlc -pa _build/default/lib/erlmcp_flow/ebin -o $(BENCH_EBIN) benches/erlang/*.erl erlang/test/erlmcp_flow_fault_link.erl
+	erl -noshell -sname faults_bench $(ERL_PATHS) -pa $(BENCH_EBIN) \
+	    -eval 'erlmcp_flow_bench_faults:main()'
+
 bench-scale: build
 	mkdir -p $(BENCH_EBIN)
 	erlc -pa _build/default/lib/erlmcp_flow/ebin -o $(BENCH_EBIN) benches/erlang/*.erl

@@ -178,7 +178,7 @@ prune_test() ->
 app_in_summary_mode_test_() ->
     {setup,
      fun() ->
-             ok = application:load(erlmcp_flow),
+             _ = application:load(erlmcp_flow),
              Old = application:get_env(erlmcp_flow, cluster),
              ok = application:set_env(erlmcp_flow, cluster, #{mode => summary, summary_interval_ms => 10}),
              {ok, _} = application:ensure_all_started(erlmcp_flow),

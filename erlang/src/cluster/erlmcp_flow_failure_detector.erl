@@ -34,7 +34,9 @@
 
 -record(peer, {pid :: pid(),
                phi :: reference(),
-               suspected = false :: boolean()}).
+               suspected = false :: boolean(),
+               %% times this peer became suspected
+               suspicions = 0 :: non_neg_integer()}).
 
 -record(state, {scope :: atom(),
                 ref :: reference(),
@@ -69,8 +71,10 @@ suspected() ->
         Nodes -> Nodes
     end.
 
-%% @doc Every peer with its phi and whether it is suspected.
--spec peers() -> [#{node := node(), phi := float(), suspected := boolean()}].
+%% @doc Every peer with its phi, whether it is suspected, and how many
+%% times it became suspected since it was first seen.
+-spec peers() -> [#{node := node(), phi := float(), suspected := boolean(),
+                    suspicions := non_neg_integer()}].
 peers() ->
     case call(peers) of
         {error, not_started} -> [];
@@ -106,7 +110,8 @@ handle_call({phi, Node}, _From, #state{peers = Peers} = State) ->
 handle_call(suspected, _From, #state{peers = Peers} = State) ->
     {reply, lists:sort([N || {N, #peer{suspected = true}} <- maps:to_list(Peers)]), State};
 handle_call(peers, _From, #state{peers = Peers} = State) ->
-    {reply, [#{node => N, phi => phi_now(P, State), suspected => P#peer.suspected}
+    {reply, [#{node => N, phi => phi_now(P, State), suspected => P#peer.suspected,
+                suspicions => P#peer.suspicions}
              || {N, P} <- lists:sort(maps:to_list(Peers))], State};
 handle_call(_Request, _From, State) ->
     {reply, {error, unknown_call}, State}.
@@ -173,15 +178,20 @@ check(#state{peers = Peers} = State) ->
     State#state{peers = maps:map(fun(Node, P) -> verdict(Node, P, State) end, Peers)}.
 
 %% Suspected past the threshold (with enough samples), trusted below it.
-verdict(Node, #peer{phi = Phi, suspected = Was} = P, #state{threshold = Th, min_samples = Min}) ->
+verdict(Node, #peer{phi = Phi, suspected = Was, suspicions = K} = P,
+        #state{threshold = Th, min_samples = Min}) ->
     {Value, Samples} = erlmcp_flow_nif:phi_value(Phi, now_ms()),
     Now = Samples >= Min andalso Value > Th,
     case {Was, Now} of
-        {false, true} -> erlmcp_flow_cluster:suspect(Node);
-        {true, false} -> erlmcp_flow_cluster:trust(Node);
-        _ -> ok
-    end,
-    P#peer{suspected = Now}.
+        {false, true} ->
+            erlmcp_flow_cluster:suspect(Node),
+            P#peer{suspected = true, suspicions = K + 1};
+        {true, false} ->
+            erlmcp_flow_cluster:trust(Node),
+            P#peer{suspected = false};
+        _ ->
+            P
+    end.
 
 phi_now(#peer{phi = Phi}, #state{min_samples = Min}) ->
     case erlmcp_flow_nif:phi_value(Phi, now_ms()) of
