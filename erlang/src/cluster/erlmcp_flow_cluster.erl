@@ -308,15 +308,15 @@ handle_info({flow_cluster, releases, Node, Ids}, #state{mode = summary} = State)
     ok = erlmcp_flow_cluster_ids:released(Node, Ids),
     {noreply, State};
 handle_info({flow_cluster, lost_id, Id, Winner}, State) ->
-    case erlmcp_flow_registry:lookup_pid(Id) of
-        Pid when is_pid(Pid), node(Pid) =:= node() ->
-            logger:warning("erlmcp_flow: agent id ~ts was registered on ~ts and on ~ts while they "
-                           "were apart; ~ts keeps it (the smaller node name)",
-                           [Id, node(), Winner, Winner]),
-            _ = erlmcp_flow_registry:unregister_agent(Id);
-        _ ->
-            ok
-    end,
+    _ = case erlmcp_flow_registry:lookup_pid(Id) of
+            Pid when is_pid(Pid), node(Pid) =:= node() ->
+                logger:warning("erlmcp_flow: agent id ~ts was registered on ~ts and on ~ts while "
+                               "they were apart; ~ts keeps it (the smaller node name)",
+                               [Id, node(), Winner, Winner]),
+                erlmcp_flow_registry:unregister_agent(Id);
+            _ ->
+                ok
+        end,
     {noreply, State};
 handle_info({flow_cluster, snapshot, Node, Pid, Specs}, State0) ->
     %% a peer may speak before its join reaches this process
