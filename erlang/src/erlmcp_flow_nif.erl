@@ -54,7 +54,7 @@
 -export([export_batch/3]).
 -export([core_memory/0]).
 -export([release_snapshot_cache/0]).
--export([phi_new/1, phi_heartbeat/2, phi_value/2]).
+-export([phi_new/1, phi_heartbeat/2, phi_resume/2, phi_value/2]).
 -export([vote_key/1, vote_sign/2, vote_sign_dirty/2, vote_verify/3, vote_verify_dirty/3,
          replay_guard/1, replay_check/3]).
 
@@ -71,7 +71,7 @@
        span_child_start/5, trace_incoming/1, trace_chain/2, recent_traces/2,
        span_lookup/2, correlation_sweep/1, export_batch/3, core_memory/0,
        release_snapshot_cache/0,
-       phi_new/1, phi_heartbeat/2, phi_value/2,
+       phi_new/1, phi_heartbeat/2, phi_resume/2, phi_value/2,
        vote_key/1, vote_sign/2, vote_sign_dirty/2, vote_verify/3, vote_verify_dirty/3,
        replay_guard/1, replay_check/3]).
 
@@ -369,6 +369,10 @@ phi_new(_MinStdDevMs) -> erlang:nif_error(nif_not_loaded).
 
 -spec phi_heartbeat(reference(), non_neg_integer()) -> ok | badarg().
 phi_heartbeat(_Phi, _NowMs) -> erlang:nif_error(nif_not_loaded).
+
+%% A heartbeat ending a silence judged an outage: not learned as an interval.
+-spec phi_resume(reference(), non_neg_integer()) -> ok | badarg().
+phi_resume(_Phi, _NowMs) -> erlang:nif_error(nif_not_loaded).
 
 -spec phi_value(reference(), non_neg_integer()) -> {float(), non_neg_integer()} | badarg().
 phi_value(_Phi, _NowMs) -> erlang:nif_error(nif_not_loaded).

@@ -228,6 +228,7 @@ nif_call() ->
            {erlmcp_flow_nif, json_decode, [json_text(), fuzz_int(), fuzz_int()]},
            {erlmcp_flow_nif, phi_new, [number_term()]},
            {erlmcp_flow_nif, phi_heartbeat, [any_term(), fuzz_int()]},
+           {erlmcp_flow_nif, phi_resume, [any_term(), fuzz_int()]},
            {erlmcp_flow_nif, phi_value, [oneof([erlmcp_flow_nif:phi_new(50), any_term()]), fuzz_int()]},
            {erlmcp_flow_nif, vote_key, [oneof([any_binary(), any_term()])]},
            {erlmcp_flow_nif, vote_sign, [any_term(), vote_term()]},

@@ -60,6 +60,8 @@
 -define(GROUP, erlmcp_flow_nodes).
 %% summary mode: the members' changes within this long are settled at once
 -define(RECONCILE_MS, 50).
+%% summary mode: peers up to which a summary goes at the configured pace
+-define(SPREAD_PEERS, 7).
 
 -record(state, {scope :: atom(),
                 ref :: reference(),
@@ -536,15 +538,19 @@ publish(#state{published = Old, published_direct = OldDirect, peers = Peers} = S
     end.
 
 %% A change of this node's agents is published within
-%% `cluster.summary_interval_ms' (changes meanwhile go with it).
+%% `cluster.summary_interval_ms' (changes meanwhile go with it), stretched
+%% past ?SPREAD_PEERS peers in proportion to them: every node takes in at
+%% most about ?SPREAD_PEERS summaries per interval, however many nodes
+%% there are.
 publish_soon(#state{publish_due = true} = State) ->
     State;
 publish_soon(State) ->
-    _ = erlang:send_after(erlmcp_flow_config:get(cluster, summary_interval_ms), self(),
-                          {flow_cluster, publish}),
+    _ = erlang:send_after(spread(summary_interval_ms, State), self(), {flow_cluster, publish}),
     State#state{publish_due = true}.
 
 refresh_timer(State) ->
-    _ = erlang:send_after(erlmcp_flow_config:get(cluster, summary_refresh_ms), self(),
-                          {flow_cluster, refresh}),
+    _ = erlang:send_after(spread(summary_refresh_ms, State), self(), {flow_cluster, refresh}),
     State.
+
+spread(Key, #state{peers = Peers}) ->
+    erlmcp_flow_config:get(cluster, Key) * max(1, map_size(Peers)) div min(?SPREAD_PEERS, max(1, map_size(Peers))).

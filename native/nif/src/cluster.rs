@@ -60,6 +60,21 @@ fn phi_heartbeat<'a>(env: Env<'a>, phi: Term<'a>, now_ms: Term<'a>) -> Term<'a> 
     reply(env, run())
 }
 
+/// `phi_resume(Phi, NowMs) -> ok`: a heartbeat ending a silence judged an
+/// outage, not learned as an interval.
+#[rustler::nif]
+fn phi_resume<'a>(env: Env<'a>, phi: Term<'a>, now_ms: Term<'a>) -> Term<'a> {
+    let run = || -> NifOutcome<Term<'a>> {
+        let r = phi_arg(phi)?;
+        let now = ms_arg(now_ms, "now_ms")?;
+        if let Ok(mut e) = r.estimator.lock() {
+            e.resume(now);
+        }
+        Ok(atoms::ok().encode(env))
+    };
+    reply(env, run())
+}
+
 /// `phi_value(Phi, NowMs) -> {Phi :: float(), Samples}`.
 #[rustler::nif]
 fn phi_value<'a>(env: Env<'a>, phi: Term<'a>, now_ms: Term<'a>) -> Term<'a> {

@@ -74,6 +74,15 @@ impl PhiEstimator {
         self.last_ms = Some(self.last_ms.map_or(now_ms, |l| l.max(now_ms)));
     }
 
+    /// A heartbeat at `now_ms` that ends a silence judged an outage (the
+    /// node was suspected): the silence is not one of the node's intervals,
+    /// so it is not learned (learned, a 10 s partition would make every
+    /// later gap of a few seconds look normal for the next 1 000
+    /// heartbeats); the next interval counts from now.
+    pub fn resume(&mut self, now_ms: u64) {
+        self.last_ms = Some(self.last_ms.map_or(now_ms, |l| l.max(now_ms)));
+    }
+
     /// Intervals seen (the detector waits for `min_samples` before it suspects).
     pub fn samples(&self) -> usize {
         self.intervals.len()
@@ -165,6 +174,36 @@ mod tests {
         // nonsense floors are clamped, never a NaN
         assert!(PhiEstimator::with_min_std_dev(f64::NAN).phi(10).is_finite());
         assert!(PhiEstimator::with_min_std_dev(-5.0).phi(10).is_finite());
+    }
+
+    #[test]
+    fn an_outage_ended_by_resume_is_not_learned() {
+        // learned, a 10 s gap makes a later 5 s one look normal
+        let mut learned = regular(1000, 30);
+        let mut resumed = regular(1000, 30);
+        learned.heartbeat(29_000 + 10_000);
+        resumed.resume(29_000 + 10_000);
+        for i in 1..10u64 {
+            learned.heartbeat(39_000 + i * 1000);
+            resumed.heartbeat(39_000 + i * 1000);
+        }
+        let last = 39_000 + 9 * 1000;
+        assert!(
+            learned.phi(last + 5000) < 8.0,
+            "{}",
+            learned.phi(last + 5000)
+        );
+        assert!(
+            resumed.phi(last + 5000) > 8.0,
+            "{}",
+            resumed.phi(last + 5000)
+        );
+        assert_eq!(resumed.samples(), learned.samples() - 1);
+        // a first heartbeat through resume starts the clock, as heartbeat does
+        let mut fresh = PhiEstimator::new();
+        fresh.resume(7);
+        fresh.heartbeat(1007);
+        assert_eq!(fresh.samples(), 1);
     }
 
     #[test]
