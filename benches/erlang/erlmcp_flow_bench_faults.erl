@@ -20,7 +20,7 @@
 
 -export([main/0]).
 %% on the peers
--export([start_agents/0, agent/0, quorum_loop/2, load_loop/2, collect/1, suspicions/0]).
+-export([start_agents/0, quorum_loop/2, load_loop/2, collect/1, suspicions/0]).
 
 -define(CAP, <<"faults">>).
 -define(SECRET, <<"bench-faults-secret-0123456789">>).
@@ -137,25 +137,16 @@ flap(Ports) ->
 %%--------------------------------------------------------------------
 
 nft_ready() ->
-    case os:find_executable("nft") of
-        false -> error("nft not found: this bench needs nftables (apt install nftables) and root");
-        _ -> ok
-    end,
-    nft_flush(),
-    nft(["add table inet ", ?TABLE]),
-    nft(["add chain inet ", ?TABLE, " out { type filter hook output priority 0 ; }"]).
+    case erlmcp_flow_fault_link:nft_table(?TABLE) of
+        ok -> ok;
+        error -> error("nft failed: this bench needs nftables (apt install nftables) and root")
+    end.
 
 nft_flush() ->
-    _ = os:cmd("nft delete table inet " ?TABLE " 2>/dev/null"),
-    ok.
+    erlmcp_flow_fault_link:nft_drop_table(?TABLE).
 
 nft(Parts) ->
-    Cmd = lists:flatten(["nft '", Parts, "' 2>&1; echo $?"]),
-    Out = os:cmd(Cmd),
-    case lists:last(string:lexemes(Out, "\n")) of
-        "0" -> ok;
-        _ -> error({nft, lists:flatten(Parts), Out})
-    end.
+    erlmcp_flow_fault_link:nft(Parts).
 
 %% Packets the table's rules dropped so far (the flapping link's rules are
 %% flushed each time: what its last rules dropped).
@@ -165,7 +156,7 @@ dropped() ->
                                      {match, [N]} <- [re:run(L, "packets ([0-9]+)", [{capture, all_but_first, list}])]]).
 
 set(Ports) ->
-    ["{ ", lists:join(", ", [integer_to_list(P) || P <- Ports]), " }"].
+    erlmcp_flow_fault_link:ports_set(Ports).
 
 %%--------------------------------------------------------------------
 %% Peers
@@ -185,15 +176,9 @@ start_peer(I) ->
 
 start_agents() ->
     [ok = erlmcp_flow:register_agent(iolist_to_binary([atom_to_list(node()), "/", integer_to_list(I)]),
-                                     spawn(?MODULE, agent, []), [?CAP])
+                                     spawn(erlmcp_flow_bench_cluster, echo, []), [?CAP])
      || I <- lists:seq(1, 5)],
     ok.
-
-agent() ->
-    receive
-        {execute_task, _Task, _Ctx, From, Ref} -> From ! {task_result, Ref, {ok, done}}, agent();
-        _ -> agent()
-    end.
 
 %% On the first node: quorum tasks one after another until collected.
 quorum_loop(start, Callers) ->

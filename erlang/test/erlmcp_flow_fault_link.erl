@@ -17,7 +17,9 @@
 %%
 %% `set/2' sets a link's delay and jitter (milliseconds) on this node; the
 %% relay applies them to both directions of the links this node opened, so
-%% a link's round trip gains twice the delay.
+%% a link's round trip gains twice the delay. `nft_table/1', `nft/1' and
+%% `ports_set/1' are the packet filter's side, for the node that drives the
+%% faults (it needs root and nft).
 -module(erlmcp_flow_fault_link).
 
 %% the epmd module's functions
@@ -25,6 +27,8 @@
          names/0, names/1, address_please/3, listen_port_please/2]).
 %% the links' control
 -export([set/2, ports/0]).
+%% the packet filter
+-export([nft_table/1, nft_drop_table/1, nft/1, ports_set/1]).
 %% the relay's processes
 -export([relay_loop/3, reader/4, writer/2]).
 
@@ -70,6 +74,41 @@ ports() ->
         undefined -> [];
         _ -> lists:sort([{N, P} || {{relay, N}, P} <- ets:tab2list(?TAB)])
     end.
+
+%%--------------------------------------------------------------------
+%% The packet filter
+%%--------------------------------------------------------------------
+
+%% @doc A fresh nftables table `Table' (inet) with a chain `out' on the
+%% output hook (which sees loopback's packets): `ok', or `error' when nft
+%% is missing or refuses (not root).
+-spec nft_table(string()) -> ok | error.
+nft_table(Table) ->
+    ok = nft_drop_table(Table),
+    try
+        nft(["add table inet ", Table]),
+        nft(["add chain inet ", Table, " out { type filter hook output priority 0 ; }"])
+    catch error:_ -> error
+    end.
+
+-spec nft_drop_table(string()) -> ok.
+nft_drop_table(Table) ->
+    _ = os:cmd("nft delete table inet " ++ Table ++ " 2>/dev/null"),
+    ok.
+
+%% @doc Runs one nft command (an iolist); an error names it and nft's words.
+-spec nft(iodata()) -> ok.
+nft(Parts) ->
+    Out = os:cmd(lists:flatten(["nft '", Parts, "' 2>&1; echo $?"])),
+    case lists:last(string:lexemes(Out, "\n")) of
+        "0" -> ok;
+        _ -> error({nft, lists:flatten(io_lib:format("~s", [Parts])), Out})
+    end.
+
+%% @doc Ports as an nft set: `{ P1, P2 }'.
+-spec ports_set([inet:port_number()]) -> iodata().
+ports_set(Ports) ->
+    ["{ ", lists:join(", ", [integer_to_list(P) || P <- Ports]), " }"].
 
 %%--------------------------------------------------------------------
 %% The relays

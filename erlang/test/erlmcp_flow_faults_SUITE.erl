@@ -28,7 +28,7 @@ all() -> [latency_and_loss, one_way_partition, flapping_link].
 init_per_suite(Config) ->
     Ready = fun() ->
                     os:find_executable("epmd") =/= false andalso os:find_executable("nft") =/= false
-                        andalso nft_table() =:= ok
+                        andalso erlmcp_flow_fault_link:nft_table(?TABLE) =:= ok
             end,
     case erlmcp_flow_test_util:require(faults, Ready,
                                        "nft (nftables) and root are needed to drop packets between "
@@ -38,7 +38,7 @@ init_per_suite(Config) ->
     end.
 
 end_per_suite(_Config) ->
-    _ = os:cmd("nft delete table inet " ?TABLE " 2>/dev/null"),
+    ok = erlmcp_flow_fault_link:nft_drop_table(?TABLE),
     erlmcp_flow_cover_peers:stop().
 
 end_per_testcase(_Case, _Config) ->
@@ -203,20 +203,8 @@ stop(Peers) ->
 relay_ports(Peers) ->
     lists:usort([Port || {P, _} <- Peers, {_, Port} <- peer:call(P, erlmcp_flow_fault_link, ports, [])]).
 
-nft_table() ->
-    _ = os:cmd("nft delete table inet " ?TABLE " 2>/dev/null"),
-    try
-        nft(["add table inet ", ?TABLE]),
-        nft(["add chain inet ", ?TABLE, " out { type filter hook output priority 0 ; }"])
-    catch error:_ -> error
-    end.
-
 nft(Parts) ->
-    Out = os:cmd(lists:flatten(["nft '", Parts, "' 2>&1; echo $?"])),
-    case lists:last(string:lexemes(Out, "\n")) of
-        "0" -> ok;
-        _ -> error({nft, lists:flatten(Parts), Out})
-    end.
+    erlmcp_flow_fault_link:nft(Parts).
 
 set(Ports) ->
-    ["{ ", lists:join(", ", [integer_to_list(P) || P <- Ports]), " }"].
+    erlmcp_flow_fault_link:ports_set(Ports).
