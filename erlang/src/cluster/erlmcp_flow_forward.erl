@@ -22,6 +22,13 @@
 %%   router ends the task well before), `execution_timeout'.
 %% At most `max_retry_attempts' + 1 nodes are asked. The answer's `Meta'
 %% names the task's span on this node and the `node' that ran it.
+%%
+%% The node monitor is `erlang:monitor_node/2''s: its `{nodedown, Node}'
+%% carries no reference, so when the node goes away in the microseconds
+%% between a task's answer and the monitor's removal, the one message taken
+%% out of the caller's mailbox may be one of the caller's own node
+%% monitors (a process monitor of the remote process would be exact, at two
+%% more signals over the link a task).
 -module(erlmcp_flow_forward).
 
 -export([execute/3]).
