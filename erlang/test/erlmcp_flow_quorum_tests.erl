@@ -54,6 +54,16 @@ plurality_test() ->
     %% a tie: the answer voted for first
     ?assertEqual({b, [<<"1">>]}, erlmcp_flow_quorum:plurality([{<<"2">>, a}, {<<"1">>, b}])).
 
+%% One agent counts once, whatever it voted after its first vote: in
+%% summary mode a node asked for any of its agents may pick one the caller
+%% asked already (a named agent it mirrors).
+one_vote_per_agent_test() ->
+    ?assertEqual(pending, erlmcp_flow_quorum:tally([{<<"a">>, x}, {<<"a">>, x}], 1)),
+    ?assertEqual({accepted, x, [<<"a">>, <<"b">>]},
+                 erlmcp_flow_quorum:tally([{<<"b">>, x}, {<<"a">>, y}, {<<"a">>, x}], 1)),
+    ?assertEqual({x, [<<"a">>]},
+                 erlmcp_flow_quorum:plurality([{<<"a">>, y}, {<<"a">>, y}, {<<"a">>, x}])).
+
 %% With `byzantine.enabled' every execute/2 is a quorum task by default;
 %% route_task/2 stays one attempt on one agent.
 route_task_with_quorum_default_test_() ->

@@ -62,7 +62,7 @@ execute(Task, Plan, Trace) ->
     end.
 
 %% @doc The answer F+1 votes agree on, with those voters, or `pending'.
-%% Votes are `{AgentId, Answer}', at most one per agent.
+%% Votes are `{AgentId, Answer}'; an agent counts once, by its first vote.
 -spec tally([vote()], non_neg_integer()) ->
           {accepted, term(), [binary()]} | pending | {error, {badarg, votes | f}}.
 tally(_Votes, F) when not is_integer(F); F < 0 ->
@@ -110,14 +110,21 @@ is_votes(_) ->
     false.
 
 %% Answers with their voters, in the order each answer was first voted for
-%% (votes are kept newest first).
+%% (votes are kept newest first). An agent counts once, by its first vote
+%% (in summary mode a node asked for any of its agents may pick one asked
+%% already).
 group(Votes) ->
-    lists:foldl(fun({Id, Answer}, Acc) ->
-                        case lists:keyfind(Answer, 1, Acc) of
-                            {Answer, Ids} -> lists:keyreplace(Answer, 1, Acc, {Answer, Ids ++ [Id]});
-                            false -> Acc ++ [{Answer, [Id]}]
-                        end
-                end, [], lists:reverse(Votes)).
+    {Groups, _} =
+        lists:foldl(fun({Id, _}, {Acc, Seen}) when is_map_key(Id, Seen) ->
+                            {Acc, Seen};
+                       ({Id, Answer}, {Acc, Seen}) ->
+                            Acc1 = case lists:keyfind(Answer, 1, Acc) of
+                                       {Answer, Ids} -> lists:keyreplace(Answer, 1, Acc, {Answer, Ids ++ [Id]});
+                                       false -> Acc ++ [{Answer, [Id]}]
+                                   end,
+                            {Acc1, Seen#{Id => true}}
+                    end, {[], #{}}, lists:reverse(Votes)),
+    Groups.
 
 candidates(#{capabilities := Caps} = Plan) ->
     Excluded = erlmcp_flow_byzantine_detector:excluded(),
@@ -243,9 +250,14 @@ check(VoteRef, Vote, Sig, #{pending := P, trace_id := TraceId} = S) ->
             S1 = S#{pending := P1},
             case verify(Vote, Sig, TraceId, Span, Id, Node) of
                 {ok, Answer} ->
-                    %% the agent that voted (a node asked for any names its own)
+                    %% the agent that voted (a node asked for any names its
+                    %% own): counted and rated once
                     Voter = element(3, Vote),
-                    maybe_accept(S1#{verified := [{Voter, Answer} | maps:get(verified, S1)]});
+                    Verified = maps:get(verified, S1),
+                    case lists:keymember(Voter, 1, Verified) of
+                        true -> S1;
+                        false -> maybe_accept(S1#{verified := [{Voter, Answer} | Verified]})
+                    end;
                 {error, _Why} ->
                     S1#{refused := [Node | maps:get(refused, S1)]}
             end;
