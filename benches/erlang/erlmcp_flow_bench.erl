@@ -48,7 +48,7 @@
 -export([telemetry_handler/4]).
 -export([memory_main/1, memory_main/2]).
 %% for erlmcp_flow_bench_load
--export([json/1, rss/0, bare_call/4]).
+-export([json/1, rss/0, bare_call/4, poll/2]).
 
 -define(AGENTS, 60).
 -define(RUN_MS, 1000).
@@ -727,6 +727,15 @@ settled_rss() ->
     [erlang:garbage_collect(P) || P <- processes()],
     timer:sleep(500),
     rss().
+
+%% Polls `Fun' every 50 ms until it is true, for at most `Ms'.
+-spec poll(fun(() -> boolean()), non_neg_integer()) -> ok.
+poll(Fun, Ms) ->
+    case Fun() of
+        true -> ok;
+        false when Ms =< 0 -> error({not_within_ms, Ms});
+        false -> timer:sleep(50), poll(Fun, Ms - 50)
+    end.
 
 rss() ->
     {ok, Status} = file:read_file("/proc/self/status"),

@@ -31,7 +31,8 @@ figures() ->
         [true = peer:call(P, net_kernel, connect_node, [O]) || {P, N} <- Peers, {_, O} <- Peers, O > N],
         [ok = peer:call(P, ?MODULE, start_agents, [N]) || {P, N} <- Peers],
         [{PA, _} | _] = Peers,
-        wait(fun() -> length(peer:call(PA, erlmcp_flow_registry, list_agents, [])) =:= 60 end, 200),
+        erlmcp_flow_bench:poll(fun() -> length(peer:call(PA, erlmcp_flow_registry, list_agents, [])) =:= 60 end,
+                               10000),
         Quorum = peer:call(PA, ?MODULE, quorum_latency, [2000], 120000),
         Local = peer:call(PA, ?MODULE, throughput, [16, 2000, local], 120000),
         Any = peer:call(PA, ?MODULE, throughput, [16, 2000, any], 120000),
@@ -96,10 +97,3 @@ throughput(Callers, Each, Where) ->
     Remote = lists:sum([receive {done, P, R} -> R end || P <- Pids]),
     Secs = (erlang:monotonic_time(microsecond) - T0) / 1.0e6,
     #{rate => Callers * Each / Secs, remote_share => Remote / (Callers * Each)}.
-
-wait(_Fun, 0) -> error(cluster_not_formed);
-wait(Fun, K) ->
-    case Fun() of
-        true -> ok;
-        false -> timer:sleep(50), wait(Fun, K - 1)
-    end.

@@ -55,7 +55,8 @@ run(Peers, Secs) ->
     [true = peer:call(P, net_kernel, connect_node, [O]) || {P, N} <- Peers, {_, O} <- Peers,
                                                          O > N, N =/= Target, O =/= Target],
     [ok = peer:call(P, ?MODULE, start_agents, []) || {P, _} <- Peers],
-    wait(fun() -> length(peer:call(First, erlmcp_flow_registry, list_agents, [])) =:= 5 * ?NODES end),
+    erlmcp_flow_bench:poll(fun() -> length(peer:call(First, erlmcp_flow_registry, list_agents, [])) =:= 5 * ?NODES end,
+                           120000),
     %% enough heartbeats for every detector to judge
     timer:sleep(12000),
     TargetPorts = [Port || {_, Port} <- peer:call(PT, erlmcp_flow_fault_link, ports, [])],
@@ -106,8 +107,8 @@ scenario(Name, Text, Start, Stop, First, Peers, Secs) ->
     #{latencies := Lat, outcomes := QOut} = peer:call(First, ?MODULE, collect, [Q], 120000),
     #{ok := Ok, failed := Failed} = peer:call(First, ?MODULE, collect, [L], 120000),
     %% the links settle before the next scenario
-    wait(fun() -> lists:all(fun({P, _}) -> peer:call(P, erlmcp_flow_failure_detector, suspected, []) =:= [] end,
-                            Peers) end),
+    Settled = fun({P, _}) -> peer:call(P, erlmcp_flow_failure_detector, suspected, []) =:= [] end,
+    erlmcp_flow_bench:poll(fun() -> lists:all(Settled, Peers) end, 120000),
     After = lists:sum([peer:call(P, ?MODULE, suspicions, []) || {P, _} <- Peers]),
     Suspicions = After - Before,
     PeerHours = ?NODES * (?NODES - 1) * Secs / 3600,
@@ -232,13 +233,3 @@ collect({Kind, Pids}) ->
 %% On a peer: every peer's suspicions counted by this node's detector.
 suspicions() ->
     lists:sum([S || #{suspicions := S} <- erlmcp_flow_failure_detector:peers()]).
-
-wait(Fun) ->
-    wait(Fun, 1200).
-
-wait(_Fun, 0) -> error(not_settled);
-wait(Fun, K) ->
-    case Fun() of
-        true -> ok;
-        false -> timer:sleep(100), wait(Fun, K - 1)
-    end.

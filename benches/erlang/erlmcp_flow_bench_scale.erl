@@ -31,7 +31,7 @@
 
 -export([main/0]).
 %% on the peers
--export([register_agents/1, os_rss/0, recv_bytes/0, seen/0, load/2]).
+-export([register_agents/1, recv_bytes/0, seen/0, load/2]).
 
 %% the cluster bench's capability: its throughput/3 routes to it
 -define(CAP, <<"bench">>).
@@ -210,7 +210,7 @@ measure(Peer) ->
     [peer:call(Peer, erlang, garbage_collect, [P]) || P <- peer:call(Peer, erlang, processes, [])],
     timer:sleep(300),
     Mem = peer:call(Peer, erlang, memory, []),
-    #{rss => peer:call(Peer, ?MODULE, os_rss, []),
+    #{rss => peer:call(Peer, erlmcp_flow_bench, rss, []),
       erlang_total => proplists:get_value(total, Mem),
       ets => proplists:get_value(ets, Mem),
       processes => proplists:get_value(processes, Mem),
@@ -246,13 +246,6 @@ load_loop(Owner, Ok, Failed) ->
             {error, Reason} -> load_loop(Owner, Ok, [Reason | Failed])
         end
     end.
-
-%% On a peer: its OS resident set in bytes.
-os_rss() ->
-    {ok, Status} = file:read_file("/proc/self/status"),
-    [Kb] = [binary_to_integer(K) || <<"VmRSS:", Rest/binary>> <- binary:split(Status, <<"\n">>, [global]),
-                                    [K, <<"kB">>] <- [binary:split(string:trim(Rest), <<" ">>, [global, trim_all])]],
-    Kb * 1024.
 
 %% On a peer: bytes received over every distribution connection so far.
 recv_bytes() ->

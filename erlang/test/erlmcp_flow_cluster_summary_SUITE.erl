@@ -26,15 +26,12 @@
 all() -> [two_level_routing, direct_agents, node_lost_between_levels, direct_node_lost,
           stale_summary, split_and_heal, quorum_on_distinct_nodes, churn].
 
+%% the same needs as the mirror-mode suite's (epmd), the same cover peers
 init_per_suite(Config) ->
-    case erlmcp_flow_test_util:require(epmd, fun() -> os:find_executable("epmd") =/= false end,
-                                       "epmd is not installed: no distributed Erlang here") of
-        {skip, _} = Skip -> Skip;
-        ok -> Config
-    end.
+    ?SUITE_CLUSTER:init_per_suite(Config).
 
-end_per_suite(_Config) ->
-    erlmcp_flow_cover_peers:stop().
+end_per_suite(Config) ->
+    ?SUITE_CLUSTER:end_per_suite(Config).
 
 %%--------------------------------------------------------------------
 %% Cases
