@@ -20,7 +20,8 @@ agent_test_() ->
       {"reply/2 takes what handle_task returns, or a bare result", fun reply_shapes/0},
       {"handle_info/2 may answer {noreply, S}, {ok, S} or stop", fun info_returns/0},
       {"child_spec/1: an agent under the user's supervisor comes back registered",
-       fun supervised/0}]}.
+       fun supervised/0},
+      {"an idle agent hibernates and answers its next task", fun hibernates/0}]}.
 
 start(Id, Caps, Mod, Args) ->
     {ok, Pid} = erlmcp_flow_agent:start(Id, Caps, Mod, Args),
@@ -193,6 +194,13 @@ supervised() ->
                  erlmcp_flow_agent:child_spec(#{module => m, capabilities => [<<"x">>]})),
     ?assertError({badarg, {module, "m"}}, erlmcp_flow_agent:child_spec(#{module => "m"})),
     ?assertError({badarg, {opts, [{module, m}]}}, erlmcp_flow_agent:child_spec([{module, m}])),
+    ?assertMatch(#{start := {erlmcp_flow_agent, start_link,
+                             [<<"a">>, [<<"x">>], m, [], #{hibernate_after := infinity}]}},
+                 erlmcp_flow_agent:child_spec(#{module => m, agent_id => <<"a">>,
+                                                capabilities => [<<"x">>],
+                                                hibernate_after => infinity})),
+    ?assertError({badarg, {hibernate_after, -1}},
+                 erlmcp_flow_agent:child_spec(#{module => m, hibernate_after => -1})),
     {ok, Sup} = erlmcp_flow_test_sup:start(#{strategy => one_for_one, intensity => 5, period => 10},
                                            [Spec]),
     {ok, Pid} = erlmcp_flow:find_agent(<<"sup-1">>),
@@ -208,6 +216,35 @@ supervised() ->
     erlmcp_flow_test_sup:stop(Sup),
     sync_registry(),
     ?assertEqual({error, not_found}, erlmcp_flow:find_agent(<<"sup-1">>)).
+
+hibernates() ->
+    {ok, Pid} = erlmcp_flow_agent:start(<<"h">>, [<<"hib">>], erlmcp_flow_plain_agent, h,
+                                        #{hibernate_after => 0}),
+    Req = #{capabilities => [<<"hib">>]},
+    Hibernating = fun() ->
+                          process_info(Pid, current_function) =:= {current_function,
+                                                                    {erlang, hibernate, 3}}
+                  end,
+    [begin
+         wait_until(Hibernating),
+         ?assertMatch({ok, {h, N}, _}, erlmcp_flow:execute(#{input => N}, Req))
+     end || N <- [1, 2, 3]],
+    wait_until(Hibernating),
+    %% the default: a second idle; infinity: never
+    {ok, Default} = erlmcp_flow_agent:start_link(erlmcp_flow_plain_agent, d),
+    wait_until(fun() ->
+                       process_info(Default, current_function) =:=
+                           {current_function, {erlang, hibernate, 3}}
+               end),
+    ?assertMatch({ok, _}, erlmcp_flow_agent:start(<<"n">>, [<<"hib">>], erlmcp_flow_plain_agent, n,
+                                                  #{hibernate_after => infinity})),
+    ?assertError({badarg, {unknown_option, hibernate}},
+                 erlmcp_flow_agent:start(<<"x">>, [<<"hib">>], erlmcp_flow_plain_agent, x,
+                                         #{hibernate => 0})),
+    ?assertError({badarg, {opts, []}},
+                 erlmcp_flow_agent:start_link(erlmcp_flow_plain_agent, x, [])),
+    unlink(Default),
+    [stop(P) || P <- [Pid, Default, element(2, erlmcp_flow:find_agent(<<"n">>))]].
 
 flush_exits() ->
     receive {'EXIT', _, _} -> flush_exits() after 0 -> ok end.

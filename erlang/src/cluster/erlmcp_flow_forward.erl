@@ -63,9 +63,10 @@ plan(Task, Requirements, Opts) ->
         true -> {error, draining}
     end.
 
-%% Summary mode with a peer's summary in view.
+%% Summary mode with a peer's summary in view. The configuration is read
+%% first: in mirror mode (the default) a task looks up no table here.
 two_level() ->
-    erlmcp_flow_cluster_summary:enabled() andalso
+    erlmcp_flow_config:get(cluster, mode) =:= summary andalso
         length(erlmcp_flow_cluster_summary:members()) > 1.
 
 %% The node for the task (those asked before excluded): this one goes to

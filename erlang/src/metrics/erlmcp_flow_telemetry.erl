@@ -35,6 +35,7 @@
 %% API
 -export([execute/3]).
 -export([events/0]).
+-export([enabled/0]).
 
 -define(TELEMETRY, (telemetry_module())).
 
@@ -44,6 +45,13 @@ events() ->
     [[erlmcp_flow, task, start], [erlmcp_flow, task, stop], [erlmcp_flow, task, exception],
      [erlmcp_flow, attempt, stop], [erlmcp_flow, breaker, transition],
      [erlmcp_flow, agent, register], [erlmcp_flow, agent, unregister]].
+
+%% @doc Whether events are emitted: telemetry is loaded. A task's path
+%% builds an event's measurements and metadata (clock reads, maps) only
+%% then.
+-spec enabled() -> boolean().
+enabled() ->
+    erlang:module_loaded(telemetry).
 
 %% @doc Emits `[erlmcp_flow | Event]' when telemetry is loaded; never
 %% raises (telemetry loaded but not started is no emission).

@@ -38,9 +38,12 @@
 -export([meta/5]).
 -export([in_flight_to/1]).
 
--export_type([plan/0, answer/0, attempt/0, trace/0, error_meta/0]).
+-export_type([plan/0, answer/0, attempt/0, trace/0, error_meta/0, started/0]).
 
 -type plan() :: erlmcp_flow_requirements:plan().
+%% When a task started and its telemetry metadata, or `off' when telemetry
+%% was not loaded then (no event for it).
+-type started() :: {integer(), map()} | off.
 %% The task's span: its ids, the flags and tracestate passed on to agents.
 %% `span' ends it; if the process holding it dies first, the span closes as
 %% `abandoned' when the garbage collector frees it.
@@ -168,18 +171,27 @@ error_meta(none, _Failed) ->
 error_meta(#{trace_id := TraceId, span_id := SpanId}, Failed) ->
     #{trace_id => TraceId, span_id => SpanId, attempts => length(Failed), tried => Failed}.
 
-%% Telemetry: the task's start, with what its stop and exception reuse.
+%% Telemetry: the task's start, with what its stop and exception reuse;
+%% `off' (nothing read, nothing built) while telemetry is not loaded.
 task_started(#{strategy := Strategy, capabilities := Caps}, #{trace_id := TraceId}) ->
-    Meta = #{trace_id => TraceId, strategy => Strategy, capabilities => Caps},
-    T0 = erlang:monotonic_time(),
-    erlmcp_flow_telemetry:execute([task, start],
-                                  #{monotonic_time => T0, system_time => erlang:system_time()},
-                                  Meta),
-    {T0, Meta}.
+    case erlmcp_flow_telemetry:enabled() of
+        true ->
+            Meta = #{trace_id => TraceId, strategy => Strategy, capabilities => Caps},
+            T0 = erlang:monotonic_time(),
+            erlmcp_flow_telemetry:execute([task, start],
+                                          #{monotonic_time => T0,
+                                            system_time => erlang:system_time()},
+                                          Meta),
+            {T0, Meta};
+        false ->
+            off
+    end.
 
 %% @doc The `[erlmcp_flow, task, stop]' event of a task that began with
-%% `Started'.
--spec task_stopped({integer(), map()}, answer()) -> ok.
+%% `Started' (none when telemetry was not loaded then).
+-spec task_stopped(started(), answer()) -> ok.
+task_stopped(off, _Answer) ->
+    ok;
 task_stopped({T0, Meta}, Answer) ->
     Now = erlang:monotonic_time(),
     Outcome = case Answer of
@@ -201,13 +213,19 @@ task_stopped({T0, Meta}, Answer) ->
 %% @doc A crash inside erlmcp_flow while routing (a defect, never the
 %% agent's): reported as the `[erlmcp_flow, task, exception]' event and a
 %% log line; the answer is an error rather than an exception at the caller.
--spec internal_error({integer(), map()}, error | exit | throw, term(), list()) ->
+-spec internal_error(started(), error | exit | throw, term(), list()) ->
           {error, {internal_error, {error | exit | throw, term()}}}.
-internal_error({T0, Meta}, Class, Reason, Stack) ->
-    Now = erlang:monotonic_time(),
-    erlmcp_flow_telemetry:execute([task, exception],
-                                  #{monotonic_time => Now, duration => Now - T0},
-                                  Meta#{kind => Class, reason => Reason, stacktrace => Stack}),
+internal_error(Started, Class, Reason, Stack) ->
+    case Started of
+        {T0, Meta} ->
+            Now = erlang:monotonic_time(),
+            erlmcp_flow_telemetry:execute([task, exception],
+                                          #{monotonic_time => Now, duration => Now - T0},
+                                          Meta#{kind => Class, reason => Reason,
+                                                stacktrace => Stack});
+        off ->
+            ok
+    end,
     logger:error("erlmcp_flow: internal error while routing a task: ~p:~p~n~p",
                  [Class, Reason, Stack]),
     {error, {internal_error, {Class, Reason}}}.
@@ -261,7 +279,7 @@ route_task(Task, Requirements) ->
 -spec settle(erlmcp_flow_task:job()) -> answer().
 settle(#{task := Task, timeout := Timeout, context := Ctx, trace := Trace, agent_id := AgentId,
          pid := Pid, lease := Lease, started := Started}) ->
-    T0 = erlang:monotonic_time(),
+    T0 = attempt_started(),
     Ref = dispatch(Pid, Task, Ctx, AgentId),
     Awaited = await(Ref, Pid, Lease, Timeout, AgentId, true, maps:get(span, Trace)),
     attempt_stopped(T0, Trace, Ctx, AgentId, 1, Awaited),
@@ -365,7 +383,7 @@ attempt(Task, Plan, Trace, Deadline, #{n := N, tried := Tried, phase := Phase} =
     case Decision of
         {ok, AgentId, Pid, Lease, Ctx} ->
             count_attempt(N, Phase),
-            T0 = erlang:monotonic_time(),
+            T0 = attempt_started(),
             Ref = dispatch(Pid, Task, Ctx, AgentId),
             Awaited = await(Ref, Pid, Lease, attempt_timeout(Plan, Lease), AgentId,
                             maps:get(cancellable, Plan, false), maps:get(span, Trace)),
@@ -388,6 +406,16 @@ attempt(Task, Plan, Trace, Deadline, #{n := N, tried := Tried, phase := Phase} =
             {error, Reason, lists:reverse(maps:get(failed, St))}
     end.
 
+%% When an attempt began, for its `[erlmcp_flow, attempt, stop]' event;
+%% `off' while telemetry is not loaded.
+attempt_started() ->
+    case erlmcp_flow_telemetry:enabled() of
+        true -> erlang:monotonic_time();
+        false -> off
+    end.
+
+attempt_stopped(off, _Trace, _Ctx, _AgentId, _N, _Awaited) ->
+    ok;
 attempt_stopped(T0, #{trace_id := TraceId}, #{span_id := SpanId}, AgentId, N, Awaited) ->
     Now = erlang:monotonic_time(),
     Outcome = case Awaited of

@@ -21,7 +21,7 @@
                  pid := pid(),
                  lease := erlmcp_flow_nif:lease(),
                  %% when the task started, and its telemetry metadata
-                 started := {integer(), map()},
+                 started := erlmcp_flow_router:started(),
                  reply_to := pid() | undefined}.
 
 -spec start_link(job()) -> {ok, pid()}.
