@@ -612,9 +612,12 @@ memory_figures() ->
                    Term = Child(N, execute),
                    %% the same agents and traffic through a bare send/receive:
                    %% what the VM itself keeps after it
-                   #{rss_above_bare_mb := Bare} = Child(N, bare),
-                   print_memory(N, Term, Bare),
-                   {integer_to_binary(N), Term#{bare_traffic_rss_above_bare_mb => Bare}}
+                   #{rss_above_bare_mb := Bare, rss_above_bare_early_mb := BareEarly} =
+                       BareTerm = Child(N, bare),
+                   print_memory(N, Term, BareTerm),
+                   {integer_to_binary(N),
+                    Term#{bare_traffic_rss_above_bare_mb => Bare,
+                          bare_traffic_rss_above_bare_early_mb => BareEarly}}
                end || N <- [1000, 10000]],
     maps:from_list(Figures).
 
@@ -634,15 +637,19 @@ memory_child(Port, Last) ->
         error(memory_child_timeout)
     end.
 
-print_memory(N, #{rss_above_bare_mb := Mb, registered_mb := R, erlang_mb := E,
+print_memory(N, #{rss_above_bare_mb := Mb, rss_above_bare_early_mb := Early,
+                  registered_mb := R, erlang_mb := E,
                   processes_mb := P, core := #{bytes_per_agent := Per, table_bytes := T,
                                                bytes_per_span := PerSpan},
-                  correlation_entries := C}, BareTraffic) ->
+                  correlation_entries := C}, #{rss_above_bare_mb := BareTraffic,
+                                               rss_above_bare_early_mb := BareEarly}) ->
     Floor = case N of 1000 -> 25; 10000 -> 100 end,
-    io:format("  ~6b agents: +~.1f MB (floor ~b MB; +~.1f MB after registering; the same "
-              "traffic bare: +~.1f MB); Erlang ~.1f MB (processes ~.1f); core ~b bytes per "
+    io:format("  ~6b agents: +~.1f MB at rest (floor ~b MB; 0.5 s after the traffic +~.1f MB; "
+              "+~.1f MB after registering; the same traffic bare: +~.1f MB at rest, +~.1f MB "
+              "0.5 s after); Erlang ~.1f MB (processes ~.1f); core ~b bytes per "
               "agent, table ~.1f MB; ~b spans in the store, ~b bytes a span~n",
-              [N, Mb, Floor, R, BareTraffic, E, P, round(Per), T / 1.0e6, C, round(PerSpan)]).
+              [N, Mb, Floor, Early, R, BareTraffic, BareEarly, E, P, round(Per), T / 1.0e6, C,
+               round(PerSpan)]).
 
 %% In a fresh VM: the resident set of a bare start (the application
 %% running, nothing registered), then with `N' agents, then after traffic
@@ -677,12 +684,13 @@ memory_main(N, Path) ->
               end,
     [spawn_link(fun() -> Traffic(Tasks div 2), Self ! done end) || _ <- [1, 2]],
     [receive done -> ok end || _ <- [1, 2]],
-    After = settled_rss(),
+    {Early, After} = rss_at_rest(),
     #{correlation_entries := Entries} = erlmcp_flow:stats(),
     Core = erlmcp_flow:memory(),
     io:format(standard_error, "~p traffic, ~b agents done~n", [Path, N]),
     Mb = fun(B) -> B / 1.0e6 end,
     Term = #{agents => N, bare_mb => Mb(Bare), rss_above_bare_mb => Mb(After - Bare),
+             rss_above_bare_early_mb => Mb(Early - Bare),
              registered_mb => Mb(Registered - Bare), erlang_mb => Mb(erlang:memory(total)),
              processes_mb => Mb(erlang:memory(processes)), ets_mb => Mb(erlang:memory(ets)),
              correlation_entries => Entries, tasks => Tasks,
@@ -724,9 +732,26 @@ traffic(N) ->
 
 %% The OS resident set in bytes once every process has been collected.
 settled_rss() ->
+    element(2, rss_at_rest()).
+
+%% The resident set 0.5 s after every process was collected, and once the
+%% node is at rest: no reading lower by 1 % for 2 s (idle agents have
+%% hibernated and the VM's allocators have given back the carriers that
+%% traffic left empty, which they do over seconds), within 30 s.
+rss_at_rest() ->
     [erlang:garbage_collect(P) || P <- processes()],
     timer:sleep(500),
-    rss().
+    Early = rss(),
+    {Early, at_rest(Early, 0, 60)}.
+
+at_rest(Low, 4, _) -> Low;
+at_rest(Low, _, 0) -> Low;
+at_rest(Low, Steady, Left) ->
+    timer:sleep(500),
+    case rss() of
+        R when R < Low * 0.99 -> at_rest(R, 0, Left - 1);
+        R -> at_rest(min(R, Low), Steady + 1, Left - 1)
+    end.
 
 %% Polls `Fun' every 50 ms until it is true, for at most `Ms'.
 -spec poll(fun(() -> boolean()), non_neg_integer()) -> ok.
