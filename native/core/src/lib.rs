@@ -37,6 +37,7 @@ pub mod rpc;
 pub mod shared;
 #[cfg(feature = "sim")]
 pub mod sim;
+pub mod striped;
 pub mod tracing;
 
 pub use clock::Clock;

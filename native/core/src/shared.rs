@@ -14,6 +14,7 @@ use crate::clock::Clock;
 use crate::hot::HotArena;
 use crate::learning::{Learner, QConfig, QStore};
 use crate::resilience::breaker::{BreakerConfig, Transition};
+use crate::striped::StripedCounter;
 use crate::tracing::correlation::{CorrelationConfig, CorrelationStore};
 
 /// How a dispatched task ended.
@@ -192,14 +193,14 @@ pub struct Shared {
     pub(crate) hot: HotArena,
     pub(crate) clock: Clock,
     /// Leases taken and not yet settled, over every agent, removed ones included.
-    pub(crate) in_flight: AtomicU64,
+    pub(crate) in_flight: StripedCounter,
     pub(crate) learner: Learner,
     pub(crate) q_store: QStore,
     pub(crate) next_uid: AtomicU32,
     /// Breaker transitions, by the state entered: open, half-open, closed.
     pub(crate) transitions: [AtomicU64; 3],
     /// Leases settled with an answer, a timeout or a death.
-    pub(crate) completed: AtomicU64,
+    pub(crate) completed: StripedCounter,
     /// When the next look for agents whose news is stale is due (see
     /// `Router::age`).
     pub(crate) next_aging_us: AtomicU64,
@@ -235,7 +236,7 @@ impl Shared {
             .map_or(0, |d| d.as_nanos() as u64);
         Shared {
             correlation: CorrelationStore::new(config.correlation.clone()),
-            completed: AtomicU64::new(0),
+            completed: StripedCounter::new(),
             next_aging_us: AtomicU64::new(0),
             surprise_us: AtomicU64::new(0),
             decision_us: Mutex::new(
@@ -247,7 +248,7 @@ impl Shared {
             q_store: QStore::new(config.max_dormant_rows),
             config,
             clock,
-            in_flight: AtomicU64::new(0),
+            in_flight: StripedCounter::new(),
             next_uid: AtomicU32::new(0),
             transitions: Default::default(),
         }
@@ -292,7 +293,7 @@ impl Shared {
     }
 
     pub fn in_flight(&self) -> u64 {
-        self.in_flight.load(Ordering::Acquire)
+        self.in_flight.sum().max(0) as u64
     }
 
     pub fn learner(&self) -> &Learner {

@@ -60,6 +60,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
+use crate::striped::StripedCounter;
 use ahash::RandomState;
 use std::collections::BTreeMap;
 
@@ -567,7 +568,8 @@ pub struct Learner {
     /// Per task class, `f64` bits of the best value seen by the latest greedy
     /// decision: `max_a' Q(s', a')` for the next update.
     best_next: Box<[AtomicU64]>,
-    episodes: AtomicU64,
+    /// Striped: every settled task adds one, from every scheduler.
+    episodes: StripedCounter,
     /// `f64` bits of the current epsilon.
     epsilon: AtomicU64,
     /// `f64` bits of the moving average of the size of the TD steps.
@@ -587,7 +589,7 @@ impl Learner {
             best_next: (0..config.classes())
                 .map(|_| AtomicU64::new(config.best_prior().to_bits()))
                 .collect(),
-            episodes: AtomicU64::new(0),
+            episodes: StripedCounter::new(),
             epsilon: AtomicU64::new(config.epsilon_at(0).to_bits()),
             noise: AtomicU64::new(0f64.to_bits()),
             config,
@@ -628,7 +630,7 @@ impl Learner {
     }
 
     pub fn episodes(&self) -> u64 {
-        self.episodes.load(Ordering::Relaxed)
+        self.episodes.sum().max(0) as u64
     }
 
     #[inline]
@@ -677,11 +679,12 @@ impl Learner {
             let old = self.noise();
             store_f64(&self.noise, old + NOISE_WEIGHT * (step - old));
         }
-        let n = self.episodes.fetch_add(1, Ordering::Relaxed) + 1;
+        let mine = self.episodes.add(1);
         // The schedule moves by less than a percent per episode: recomputing
-        // it (a `powf`) every 16 episodes is as good and costs 1/16.
-        if n % 16 == 0 {
-            store_f64(&self.epsilon, c.epsilon_at(n));
+        // it (a `powf`, and the sum of the counter's stripes) every 16
+        // episodes of a thread is as good and costs 1/16.
+        if mine % 16 == 0 {
+            store_f64(&self.epsilon, c.epsilon_at(self.episodes()));
         }
         (new, error)
     }
@@ -702,7 +705,7 @@ impl Learner {
 
     /// Continues the epsilon schedule from `episodes` (a loaded model).
     pub fn resume(&self, episodes: u64) {
-        self.episodes.store(episodes, Ordering::Relaxed);
+        self.episodes.set(episodes.min(i64::MAX as u64) as i64);
         store_f64(&self.epsilon, self.config.epsilon_at(episodes));
     }
 
@@ -715,7 +718,7 @@ impl Learner {
             store_f64(b, self.config.best_prior());
         }
         store_f64(&self.noise, 0.0);
-        self.episodes.store(0, Ordering::Relaxed);
+        self.episodes.set(0);
         store_f64(&self.epsilon, self.config.epsilon_at(0));
     }
 }

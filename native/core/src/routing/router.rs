@@ -147,7 +147,7 @@ impl<P> Lease<P> {
                 transition: None,
             });
         }
-        shared.completed.fetch_add(1, Ordering::Relaxed);
+        shared.completed.add(1);
         let learner = &shared.learner;
         let config = learner.config();
         // a refusal of the caller's task is an answer: its latency counts,
@@ -227,7 +227,7 @@ impl<P> Lease<P> {
                 .condition(stats.success_rate(), stats.ewma_latency_us()),
         );
         self.agent.refresh_value();
-        shared.in_flight.fetch_sub(1, Ordering::AcqRel);
+        shared.in_flight.add(-1);
         fresh
     }
 }
@@ -483,7 +483,7 @@ impl<P> Router<P> {
             agents: self.agents.load().len(),
             in_flight: self.shared().in_flight(),
             episodes: self.shared().learner.episodes(),
-            completed: self.shared().completed.load(Ordering::Relaxed),
+            completed: self.shared().completed.sum().max(0) as u64,
             breaker_opened: t[BreakerState::Open as usize].load(Ordering::Relaxed),
             breaker_half_opened: t[BreakerState::HalfOpen as usize].load(Ordering::Relaxed),
             breaker_closed: t[BreakerState::Closed as usize].load(Ordering::Relaxed),
@@ -540,7 +540,7 @@ impl<P> Router<P> {
             };
             agent.stats().mark_picked(now_us);
             agent.refresh_value();
-            shared.in_flight.fetch_add(1, Ordering::AcqRel);
+            shared.in_flight.add(1);
             let span = req.span.map(|sr| {
                 let span_id = trace::generate_span_id(rng);
                 let task = sr.task.context();
@@ -623,7 +623,16 @@ impl<P> Router<P> {
             ),
         };
         let span_id = trace::generate_span_id(rng);
-        Ok(self.open_span(trace_id, span_id, parent, summary, SpanKind::Task, flags))
+        let new_trace = traceparent.is_none();
+        Ok(self.open_span_in(
+            trace_id,
+            span_id,
+            parent,
+            summary,
+            SpanKind::Task,
+            flags,
+            new_trace,
+        ))
     }
 
     /// Opens a span under `parent`'s span (an attempt's context an agent
@@ -662,22 +671,40 @@ impl<P> Router<P> {
         kind: SpanKind,
         flags: u8,
     ) -> OpenSpan {
+        self.open_span_in(trace_id, span_id, parent, summary, kind, flags, false)
+    }
+
+    /// [`Router::open_span`]; `new_trace` when the trace id was made here
+    /// at random (see [`CorrelationStore::insert_new_trace`]).
+    #[allow(clippy::too_many_arguments)]
+    fn open_span_in(
+        &self,
+        trace_id: [u8; 32],
+        span_id: [u8; 16],
+        parent: Option<[u8; 16]>,
+        summary: &[u8],
+        kind: SpanKind,
+        flags: u8,
+        new_trace: bool,
+    ) -> OpenSpan {
         let shared = self.agents.shared_arc();
         let now = shared.clock.now_us();
         let summary = &summary[..summary.len().min(crate::tracing::correlation::SUMMARY_MAX)];
         let summary = (!summary.is_empty()).then(|| Name::new(summary));
-        let handle = shared.correlation.insert(
-            Opened {
-                trace_id,
-                span_id,
-                parent_span_id: parent,
-                agent_id: None,
-                summary: summary.clone(),
-                attempt: 0,
-                kind,
-            },
-            now,
-        );
+        let opened = Opened {
+            trace_id,
+            span_id,
+            parent_span_id: parent,
+            agent_id: None,
+            summary: summary.clone(),
+            attempt: 0,
+            kind,
+        };
+        let handle = if new_trace {
+            shared.correlation.insert_new_trace(opened, now)
+        } else {
+            shared.correlation.insert(opened, now)
+        };
         OpenSpan {
             shared,
             summary,

@@ -384,6 +384,17 @@ impl Shard {
         }
     }
 
+    /// Makes `slot` the first and only span of `trace`, a trace with no
+    /// span in the store (its id new: made here at random, not given): no
+    /// look-up, which in a full store reads cold memory.
+    fn new_head(&mut self, trace: TraceKey, slot: u32) {
+        let hasher = &self.hasher;
+        let slots = &self.slots;
+        let h = hasher.hash_one(trace);
+        self.by_trace
+            .insert_unique(h, slot, |&e| hasher.hash_one(slots[e as usize].rec.trace));
+    }
+
     fn alloc(&mut self, slot: Slot) -> u32 {
         match self.free.pop() {
             Some(i) => {
@@ -470,6 +481,18 @@ impl Shard {
         }
         false
     }
+}
+
+/// Where an insert links its span in its trace's list.
+#[derive(Clone, Copy)]
+enum Near<'a> {
+    /// After this span of the trace, when the store still holds it; else
+    /// as `Search`.
+    After(&'a SpanHandle),
+    /// First, the trace looked up.
+    Search,
+    /// First and alone: the trace is new.
+    NewTrace,
 }
 
 /// The store.
@@ -590,17 +613,29 @@ impl CorrelationStore {
     /// insert itself always succeeds. Span ids are random, so the store does
     /// not look for an earlier span with the same id.
     pub fn insert(&self, span: Opened, now_us: u64) -> SpanHandle {
-        self.insert_near(span, now_us, None)
+        self.insert_near(span, now_us, Near::Search)
+    }
+
+    /// [`CorrelationStore::insert`] of the first span of a trace whose id
+    /// was just made at random (128 bits): no span of it can be in the
+    /// store, so its trace is not looked up.
+    pub fn insert_new_trace(&self, span: Opened, now_us: u64) -> SpanHandle {
+        self.insert_near(span, now_us, Near::NewTrace)
     }
 
     /// [`CorrelationStore::insert`] of a span of the same trace as `near`
     /// (its task's span): linked after it when it is still in the store,
     /// which spares the look-up of the trace's first span.
     pub fn insert_after(&self, span: Opened, now_us: u64, near: &SpanHandle) -> SpanHandle {
-        self.insert_near(span, now_us, Some(near))
+        self.insert_near(span, now_us, Near::After(near))
     }
 
-    fn insert_near(&self, span: Opened, now_us: u64, near: Option<&SpanHandle>) -> SpanHandle {
+    fn insert_near(&self, span: Opened, now_us: u64, place: Near<'_>) -> SpanHandle {
+        let (near, new_trace) = match place {
+            Near::After(n) => (Some(n), false),
+            Near::Search => (None, false),
+            Near::NewTrace => (None, true),
+        };
         let trace = trace_key(&span.trace_id);
         let id = span_key(&span.span_id);
         let shard_ix = self.shard_of(trace);
@@ -618,6 +653,7 @@ impl CorrelationStore {
             });
         let (prev, next) = match after {
             Some(slot) => (slot, shard.slots[slot as usize].next),
+            None if new_trace => (NIL, NIL),
             None => (NIL, shard.head(trace)),
         };
         let summary = span.summary.map(|s| {
@@ -646,7 +682,9 @@ impl CorrelationStore {
         if next != NIL {
             shard.slots[next as usize].prev = i;
         }
-        if prev == NIL {
+        if new_trace {
+            shard.new_head(trace, i);
+        } else if prev == NIL {
             shard.set_head(trace, i);
         } else {
             shard.slots[prev as usize].next = i;
@@ -1325,6 +1363,7 @@ mod tests {
     #[derive(Debug, Clone)]
     enum Op {
         Insert { trace: u64 },
+        InsertNewTrace,
         InsertAfter(usize),
         Close(usize),
         Sweep,
@@ -1359,7 +1398,7 @@ mod tests {
                         let h = open.swap_remove(i % open.len());
                         s.close(&h, SpanOutcome::Ok, None, now);
                     }
-                    Op::Close(_) | Op::InsertAfter(_) => {}
+                    Op::Close(_) | Op::InsertAfter(_) | Op::InsertNewTrace => {}
                     Op::Sweep => { s.sweep(now); }
                 }
                 let st = s.stats();
@@ -1412,8 +1451,8 @@ mod tests {
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(200))]
 
-        /// Inserts first in a trace or after another span's handle (live,
-        /// evicted or expired), closes, evictions at the cap and expiry by
+        /// Inserts first in a trace (one looked up, or a new one) or after
+        /// another span's handle (live, evicted or expired), closes, evictions at the cap and expiry by
         /// the TTL keep every trace's list and the trace index whole.
         #[test]
         fn trace_lists_stay_whole_under_any_sequence(
@@ -1421,6 +1460,7 @@ mod tests {
             ops in proptest::collection::vec(
                 prop_oneof![
                     3 => (0u64..5).prop_map(|trace| Op::Insert { trace }),
+                    2 => Just(Op::InsertNewTrace),
                     3 => (0usize..1000).prop_map(Op::InsertAfter),
                     3 => (0usize..1000).prop_map(Op::Close),
                     1 => Just(Op::Sweep),
@@ -1437,6 +1477,13 @@ mod tests {
                 match op {
                     Op::Insert { trace } => {
                         let h = s.insert(span(trace, id, None, 0), now);
+                        open.push(h);
+                        all.push((trace, h));
+                    }
+                    Op::InsertNewTrace => {
+                        // a trace no other op uses, as a random id is
+                        let trace = 1_000 + id;
+                        let h = s.insert_new_trace(span(trace, id, None, 0), now);
                         open.push(h);
                         all.push((trace, h));
                     }
