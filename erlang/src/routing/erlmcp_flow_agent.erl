@@ -12,8 +12,9 @@
 %%
 %% `erlmcp_flow_agent:start_link(<<"echo-1">>, [<<"echo">>], echo_agent, Args)'
 %% starts it and registers it with erlmcp_flow; `start_link(echo_agent, Args)'
-%% starts it unregistered, e.g. as a member of a swarm. Under a supervisor of
-%% your own, use `child_spec/1':
+%% starts it unregistered, e.g. as a member of a swarm. An agent idle for a
+%% second hibernates (`hibernate_after', see `start_opts()'). Under a
+%% supervisor of your own, use `child_spec/1':
 %%
 %% ```
 %% Children = [erlmcp_flow_agent:child_spec(#{agent_id => <<"echo-1">>,
@@ -240,7 +241,8 @@ end_span(ChildCtx, Outcome) ->
 %% the agent `start_link/4' starts (registered as `Id') or, without
 %% `agent_id', the unregistered one `start_link/2' starts. `id' (default
 %% `{erlmcp_flow_agent, AgentId}', or `Mod' unregistered), `restart' (default
-%% `permanent') and `shutdown' (default 5000) are the child spec's own.
+%% `permanent') and `shutdown' (default 5000) are the child spec's own;
+%% `hibernate_after' is passed to the start function (`start_link/3,5').
 %% Bad options raise `{badarg, {Key, Value}}' or `{badarg, {missing, Key}}'
 %% here, as a bad child spec would in the supervisor.
 -spec child_spec(child_opts()) -> supervisor:child_spec().
