@@ -69,7 +69,14 @@ info() ->
     Pid ! {ping, self()},
     receive {pong, Pid} -> ok end,
     ?assertEqual({error, unknown_call}, gen_server:call(Pid, anything)),
-    stop(Pid).
+    stop(Pid),
+    %% an agent without handle_info/2 ignores other messages and casts
+    Plain = start(<<"p">>, [<<"plain">>], erlmcp_flow_plain_agent, pre),
+    Plain ! unexpected,
+    gen_server:cast(Plain, unexpected),
+    ?assertMatch({ok, {pre, 1}, _}, erlmcp_flow:execute(#{input => 1},
+                                                        #{capabilities => [<<"plain">>]})),
+    stop(Plain).
 
 crash() ->
     Pid = start(<<"t">>, [<<"x">>], erlmcp_flow_test_agent, #{owner => self()}),

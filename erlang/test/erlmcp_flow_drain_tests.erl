@@ -91,6 +91,11 @@ options_and_restart() ->
     ?assertMatch(#{draining := false}, erlmcp_flow:stats()),
     ok = erlmcp_flow:drain(),
     ?assertMatch(#{draining := true}, erlmcp_flow:stats()),
+    %% a task another node forwards here is refused as a new one is
+    {ok, Plan} = erlmcp_flow_requirements:check(#{capabilities => [<<"echo">>]}),
+    ?assertEqual({error, draining}, erlmcp_flow_router:execute_plan(#{}, Plan, #{})),
+    ?assertEqual({error, draining, #{}},
+                 erlmcp_flow_router:execute_plan(#{}, Plan, #{error_meta => true})),
     ?assertMatch([_ | _], [L || L <- binary:split(iolist_to_binary(erlmcp_flow_prometheus:render()),
                                                    <<"\n">>, [global]),
                                L =:= <<"erlmcp_flow_draining 1">>]),

@@ -112,6 +112,9 @@ agent_down() ->
 
 badargs() ->
     register(<<"a">>, echo_agent(), [<<"x">>]),
+    %% a quorum task opens its span first: a bad traceparent is refused there
+    ?assertEqual({error, {badarg, {traceparent, <<"00-zz">>}}},
+                 erlmcp_flow:execute(#{}, #{quorum => true, traceparent => <<"00-zz">>})),
     Cases = [{{badarg, task}, [[not_a_map], #{}, #{}]},
              {{badarg, requirements}, [#{}, [{capabilities, []}], #{}]},
              {{badarg, opts}, [#{}, #{}, []]},

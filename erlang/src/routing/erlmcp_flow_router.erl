@@ -194,21 +194,28 @@ task_stopped(off, _Answer) ->
     ok;
 task_stopped({T0, Meta}, Answer) ->
     Now = erlang:monotonic_time(),
-    Outcome = case Answer of
-                  {ok, _, #{agent_id := A, attempts := N}} ->
-                      #{outcome => ok, agent_id => A, attempts => N};
-                  {error, {rejected, _} = Reason, [_ | _] = Failed} ->
-                      #{outcome => rejected, error => Reason,
-                        agent_id => maps:get(agent_id, lists:last(Failed)),
-                        attempts => length(Failed)};
-                  {error, Reason, Failed} ->
-                      #{outcome => error, error => Reason, agent_id => undefined,
-                        attempts => length(Failed)};
-                  {error, Reason} ->
-                      #{outcome => error, error => Reason, agent_id => undefined, attempts => 0}
-              end,
+    {Kind, Agent, Error, Attempts} = outcome(Answer),
+    Outcome = #{outcome => case Kind of failed -> error; _ -> Kind end, agent_id => Agent,
+                attempts => Attempts},
     erlmcp_flow_telemetry:execute([task, stop], #{monotonic_time => Now, duration => Now - T0},
-                                  maps:merge(Meta, Outcome)).
+                                  maps:merge(Meta, case Kind of
+                                                       ok -> Outcome;
+                                                       _ -> Outcome#{error => Error}
+                                                   end)).
+
+%% How a task ended, for its span, its counters and its stop event: `ok',
+%% `rejected' (the agent refused it as the caller's error: that agent named)
+%% or `failed'; the agent that answered, the error, and the attempts made.
+outcome({ok, _, #{agent_id := A, attempts := N}}) ->
+    {ok, A, none, N};
+outcome({error, {rejected, _} = Reason, [_ | _] = Failed}) ->
+    {rejected, maps:get(agent_id, lists:last(Failed)), Reason, length(Failed)};
+outcome({error, Reason, Failed}) when is_list(Failed) ->
+    {failed, undefined, Reason, length(Failed)};
+outcome({error, Reason, _Meta}) ->
+    {failed, undefined, Reason, 0};
+outcome({error, Reason}) ->
+    {failed, undefined, Reason, 0}.
 
 %% @doc A crash inside erlmcp_flow while routing (a defect, never the
 %% agent's): reported as the `[erlmcp_flow, task, exception]' event and a
@@ -606,12 +613,7 @@ end_trace(_Trace, {ok, _, _} = Answer, true) ->
     erlmcp_flow_metrics:incr(tasks_succeeded),
     Answer;
 end_trace(Trace, Answer, _Ended) ->
-    {Outcome, Agent} = case Answer of
-                           {ok, _, #{agent_id := A}} -> {ok, A};
-                           {error, {rejected, _}, [_ | _] = Failed} ->
-                               {rejected, maps:get(agent_id, lists:last(Failed))};
-                           _ -> {failed, undefined}
-                       end,
+    {Outcome, Agent, _, _} = outcome(Answer),
     erlmcp_flow_metrics:incr(case Outcome of
                                  ok -> tasks_succeeded;
                                  rejected -> tasks_rejected;
