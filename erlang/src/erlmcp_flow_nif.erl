@@ -25,6 +25,7 @@
 -export([task_start/9]).
 -export([task_complete/2]).
 -export([has_capacity/2]).
+-export([has_capacity/4]).
 -export([complete/2]).
 -export([lease_p95/1]).
 -export([explain/3]).
@@ -64,7 +65,7 @@
 -nifs([router_new/1, ring_build/1, clock_advance/2, agent_insert/6, agent_insert_many/2, agent_remove/2, agent_remove_many/2, router_stats/1, router_memory/1,
        jsonrpc_decode/4, jsonrpc_decode_dirty/4, jsonrpc_encode/1, jsonrpc_encode_dirty/1,
        json_encode/1, json_encode_dirty/1, json_decode/3,
-       agent_stats/2, decide/8, task_start/9, task_complete/2, has_capacity/2, complete/2, lease_p95/1, explain/3, q_table/1, q_save/2, q_load/2,
+       agent_stats/2, decide/8, task_start/9, task_complete/2, has_capacity/2, has_capacity/4, complete/2, lease_p95/1, explain/3, q_table/1, q_save/2, q_load/2,
        q_reset/1, td_update/5, reward/4, breaker_allow/2, breaker_record/5, breaker_state/2,
        breaker_reset/2, generate_trace_id/0, generate_span_id/0, parse_traceparent/1,
        format_traceparent/3, validate_tracestate/1, span_start/3, span_end/3,
@@ -249,6 +250,12 @@ task_complete(_Lease, _Span) -> erlang:nif_error(nif_not_loaded).
 
 -spec has_capacity(router(), [binary()]) -> boolean() | badarg().
 has_capacity(_Router, _Caps) -> erlang:nif_error(nif_not_loaded).
+
+%% @doc Whether a decision with `Caps', passing `Exclude' by, of `Kind' (as
+%% `decide/8''s) would find an agent with room now; nothing is taken.
+-spec has_capacity(router(), [binary()], [binary()], any | swarm | {any | swarm, any | local}) ->
+          boolean() | badarg().
+has_capacity(_Router, _Caps, _Exclude, _Kind) -> erlang:nif_error(nif_not_loaded).
 
 -spec complete(lease(), outcome()) ->
           {ok, non_neg_integer()} | {ok, non_neg_integer(), transition()}

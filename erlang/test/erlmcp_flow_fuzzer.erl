@@ -190,6 +190,7 @@ nif_call() ->
            {erlmcp_flow_nif, decide, [R, caps(), strategy(), key(), key(), list(id()), kind(),
                                       oneof([undefined, any_term()])]},
            {erlmcp_flow_nif, has_capacity, [R, caps()]},
+           {erlmcp_flow_nif, has_capacity, [R, caps(), list(id()), kind()]},
            {erlmcp_flow_nif, complete, [any_term(), outcome()]},
            {erlmcp_flow_nif, lease_p95, [any_term()]},
            {erlmcp_flow_nif, explain, [R, caps(), key()]},

@@ -98,6 +98,8 @@ garbage_gets_a_named_error_test_() ->
          {decide, fun() -> erlmcp_flow_nif:decide(R, [<<"c">>], round_robin, undefined, undefined, [], agents, undefined) end, kind},
          {capacity, fun() -> erlmcp_flow_nif:has_capacity(R, nope) end, capabilities},
          {capacity, fun() -> erlmcp_flow_nif:has_capacity(self(), []) end, router},
+         {capacity, fun() -> erlmcp_flow_nif:has_capacity(R, [], [1], any) end, exclude},
+         {capacity, fun() -> erlmcp_flow_nif:has_capacity(R, [], [], agents) end, kind},
          {breaker, fun() -> erlmcp_flow_nif:breaker_allow(R, 1) end, agent_id},
          {breaker, fun() -> erlmcp_flow_nif:breaker_allow(Lease, <<"a">>) end, router},
          {breaker, fun() -> erlmcp_flow_nif:breaker_record(R, <<"a">>, call, 'maybe', 1) end, outcome},
@@ -354,6 +356,14 @@ bulkhead_and_exclusion_test() ->
     ?assertEqual(false, erlmcp_flow_nif:has_capacity(R, [])),
     {ok, _} = erlmcp_flow_nif:complete(L1, ok),
     ?assertEqual(true, erlmcp_flow_nif:has_capacity(R, [])),
+    %% room on the swarm alone: decisions that may take it find room, one
+    %% that passes it by finds none
+    ?assertEqual(true, erlmcp_flow_nif:has_capacity(R, [], [], any)),
+    ?assertEqual(true, erlmcp_flow_nif:has_capacity(R, [], [], swarm)),
+    ?assertEqual(true, erlmcp_flow_nif:has_capacity(R, [], [], {swarm, local})),
+    ?assertEqual(false, erlmcp_flow_nif:has_capacity(R, [], [<<"s">>], any)),
+    ?assertEqual(false, erlmcp_flow_nif:has_capacity(R, [], [<<"s">>], swarm)),
+    ?assertEqual(false, erlmcp_flow_nif:has_capacity(R, [<<"y">>], [], any)),
     [{ok, _} = erlmcp_flow_nif:complete(L, ok) || L <- [L2 | Held]],
     ?assertMatch({ok, #{in_flight := 0}}, erlmcp_flow_nif:router_stats(R)).
 

@@ -23,6 +23,8 @@ resilience_test_() ->
       {"only retryable failures are retried", fun not_retryable/0},
       {"idempotent => false gets exactly one attempt", fun idempotent_false/0},
       {"a swarm is the fallback once the agents failed", fun fallback_swarm/0},
+      {"a failing fallback ends the task with every attempt", fun fallback_fails/0},
+      {"a retry finding every other agent full waits, then is overloaded", fun retry_overloaded/0},
       {"a timed-out attempt is cancelled and retried", fun timeout_retried/0},
       {"a full bulkhead makes callers wait in line, then overloaded", fun bulkhead_wait/0},
       {"the line is first come, first served", fun bulkhead_fifo/0},
@@ -88,6 +90,29 @@ idempotent_false() ->
     ?assertEqual(2, length([ok || {ok, _, #{attempts := 1}} <- Answers])),
     ?assertEqual(2, length([e || {error, {agent_error, broken}} <- Answers])),
     ?assertEqual(2, length(drain(seen))).
+
+fallback_fails() ->
+    add(<<"bad">>, raw_agent(fun(_) -> {error, broken} end)),
+    ok = erlmcp_flow:register_swarm(<<"swarm">>, raw_agent(fun(_) -> {error, down} end),
+                                    [<<"x">>]),
+    %% the agent fails, then the swarm: no agent is left to answer
+    ?assertMatch({error, {no_available_agent, [#{agent_id := <<"bad">>, reason := {agent_error, broken}},
+                                               #{agent_id := <<"swarm">>, reason := {agent_error, down}}]},
+                  #{attempts := 2}},
+                 erlmcp_flow:execute(#{}, #{capabilities => [<<"x">>]},
+                                     ?FAST#{max_retry_attempts => 0, error_meta => true})).
+
+retry_overloaded() ->
+    add(<<"busy">>, raw_agent(fun(_) -> noreply end)),
+    Holders = [spawn_caller(#{timeout => infinity}, #{}) || _ <- lists:seq(1, 10)],
+    wait_until(fun() -> erlmcp_flow:get_agent_load(<<"busy">>) =:= 10 end),
+    add(<<"bad">>, raw_agent(fun(_) -> {error, broken} end)),
+    %% the first attempt can only go to bad, which fails; its retry finds
+    %% busy full and waits out the routing timeout in the line
+    ?assertEqual({error, overloaded},
+                 erlmcp_flow:execute(#{}, #{}, ?FAST#{routing_timeout => 30})),
+    [exit(H, kill) || H <- Holders],
+    wait_until(fun() -> erlmcp_flow:get_agent_load(<<"busy">>) =:= 0 end).
 
 fallback_swarm() ->
     add(<<"bad">>, raw_agent(fun(_) -> {error, broken} end)),

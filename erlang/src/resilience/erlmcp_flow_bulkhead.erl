@@ -15,6 +15,7 @@
 %% API
 -export([start_link/0]).
 -export([wait/2]).
+-export([wait/4]).
 -export([released/0]).
 -export([waiting/0]).
 
@@ -28,7 +29,10 @@
 -define(WAITERS_KEY, {?MODULE, waiters}).
 -define(RECHECK_MS, 50).
 
--record(waiter, {ref :: reference(), pid :: pid(), caps :: [binary()], mref :: reference()}).
+-record(waiter, {ref :: reference(), pid :: pid(), caps :: [binary()],
+                 %% the agents its decision passes by, and of which kind
+                 exclude = [] :: [binary()], kind = any :: term(),
+                 mref :: reference()}).
 -record(state, {queue = queue:new() :: queue:queue(#waiter{}),
                 max :: non_neg_integer(),
                 timer = undefined :: undefined | reference()}).
@@ -45,7 +49,15 @@ start_link() ->
 %% have room, or `Deadline' (`erlang:monotonic_time(millisecond)') passes.
 -spec wait([binary()], integer()) -> ready | timeout | full.
 wait(Caps, Deadline) ->
-    case gen_server:call(?MODULE, {enqueue, self(), Caps}) of
+    wait(Caps, [], any, Deadline).
+
+%% @doc As `wait/2', for a decision that passes the agents `Exclude' by and
+%% is of `Kind' (`erlmcp_flow_nif:decide/8''s): woken only when such a
+%% decision may find room (an agent it passes by having room is no reason;
+%% a waiter woken for it would decide, find none, and wait again at once).
+-spec wait([binary()], [binary()], term(), integer()) -> ready | timeout | full.
+wait(Caps, Exclude, Kind, Deadline) ->
+    case gen_server:call(?MODULE, {enqueue, self(), {Caps, Exclude, Kind}}) of
         {ok, Ref} ->
             Remaining = max(0, Deadline - erlang:monotonic_time(millisecond)),
             receive
@@ -101,13 +113,14 @@ terminate(_Reason, _State) ->
 
 %% @private
 -spec handle_call(term(), gen_server:from(), #state{}) -> {reply, term(), #state{}}.
-handle_call({enqueue, Pid, Caps}, _From, #state{queue = Q, max = Max} = State) ->
+handle_call({enqueue, Pid, {Caps, Exclude, Kind}}, _From, #state{queue = Q, max = Max} = State) ->
     case queue:len(Q) >= Max of
         true ->
             {reply, full, State};
         false ->
             Ref = make_ref(),
-            W = #waiter{ref = Ref, pid = Pid, caps = Caps, mref = erlang:monitor(process, Pid)},
+            W = #waiter{ref = Ref, pid = Pid, caps = Caps, exclude = Exclude, kind = Kind,
+                        mref = erlang:monitor(process, Pid)},
             State1 = counted(State#state{queue = queue:in(W, Q)}),
             %% a permit may have freed between the caller's refusal and now
             {reply, {ok, Ref}, wake(arm(State1))}
@@ -141,7 +154,9 @@ handle_info(_Info, State) ->
 %% can serve now; the others keep their places.
 wake(#state{queue = Q} = State) ->
     Router = erlmcp_flow_registry:router(),
-    case take_first(fun(#waiter{caps = Caps}) -> erlmcp_flow_nif:has_capacity(Router, Caps) end,
+    case take_first(fun(#waiter{caps = Caps, exclude = Exclude, kind = Kind}) ->
+                            erlmcp_flow_nif:has_capacity(Router, Caps, Exclude, Kind) =:= true
+                    end,
                     queue:to_list(Q)) of
         {#waiter{ref = Ref, pid = Pid, mref = MRef}, Rest} ->
             erlang:demonitor(MRef, [flush]),

@@ -210,10 +210,8 @@ outcome({ok, _, #{agent_id := A, attempts := N}}) ->
     {ok, A, none, N};
 outcome({error, {rejected, _} = Reason, [_ | _] = Failed}) ->
     {rejected, maps:get(agent_id, lists:last(Failed)), Reason, length(Failed)};
-outcome({error, Reason, Failed}) when is_list(Failed) ->
+outcome({error, Reason, Failed}) ->
     {failed, undefined, Reason, length(Failed)};
-outcome({error, Reason, _Meta}) ->
-    {failed, undefined, Reason, 0};
 outcome({error, Reason}) ->
     {failed, undefined, Reason, 0}.
 
@@ -471,16 +469,17 @@ sleep(Ms) -> receive after Ms -> ok end.
 %% A decision for this attempt: agents not tried yet (the same ones again
 %% when no other exists), or an untried swarm for the fallback; waiting in
 %% the bulkhead line while every candidate is full.
-decide_waiting(#{capabilities := Caps} = Plan, Trace, N, Tried, Phase, Deadline) ->
-    Decision = case {Phase, decide(Plan, Trace, N, Tried, kind(Phase))} of
-                   {agents, {error, no_agents_available}} when Tried =/= [] ->
-                       decide(Plan, Trace, N, [], any);
-                   {_, D} ->
-                       D
-               end,
+decide_waiting(Plan, Trace, N, Tried, Phase, Deadline) ->
+    Kind = kind(Phase),
+    {Passed, Decision} = case {Phase, decide(Plan, Trace, N, Tried, Kind)} of
+                             {agents, {error, no_agents_available}} when Tried =/= [] ->
+                                 {[], decide(Plan, Trace, N, [], any)};
+                             {_, D} ->
+                                 {Tried, D}
+                         end,
     case Decision of
         {error, overloaded} ->
-            case erlmcp_flow_bulkhead:wait(Caps, Deadline) of
+            case wait_in_line(Plan, Passed, Kind, Deadline) of
                 ready -> decide_waiting(Plan, Trace, N, Tried, Phase, Deadline);
                 _ -> {error, overloaded}
             end;
@@ -488,16 +487,23 @@ decide_waiting(#{capabilities := Caps} = Plan, Trace, N, Tried, Phase, Deadline)
             Other
     end.
 
+%% Waits in the bulkhead line until the decision that found every
+%% candidate full (passing `Exclude' by, of `Kind') may find room: an agent
+%% it passes by getting room does not wake it.
+wait_in_line(#{capabilities := Caps} = Plan, Exclude, Kind, Deadline) ->
+    {_, _, _, _, Excluded, Where} = decide_args(Plan, Exclude, Kind),
+    erlmcp_flow_bulkhead:wait(Caps, Excluded, Where, Deadline).
+
 kind(agents) -> any;
 kind(fallback) -> swarm.
 
 %% The first attempt's decision, made with the task's span
 %% (`start_task/2'); waiting in the bulkhead line, then deciding again, when
 %% every candidate was full.
-first_decision(First, #{capabilities := Caps} = Plan, Trace, Deadline) ->
+first_decision(First, Plan, Trace, Deadline) ->
     case first_decision(First, Plan, Trace) of
         {error, overloaded} ->
-            case erlmcp_flow_bulkhead:wait(Caps, Deadline) of
+            case wait_in_line(Plan, [], any, Deadline) of
                 ready -> decide_waiting(Plan, Trace, 1, [], agents, Deadline);
                 _ -> {error, overloaded}
             end;

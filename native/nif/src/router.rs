@@ -788,3 +788,30 @@ fn has_capacity<'a>(env: Env<'a>, router: Term<'a>, caps: Term<'a>) -> Term<'a> 
     };
     reply(env, run())
 }
+
+/// `has_capacity(Router, Capabilities, Exclude, Kind) -> boolean()`: whether
+/// a decision with these capabilities, passing `Exclude` by, of `Kind` (as
+/// `decide/8`'s) would find an agent to take a task now.
+#[rustler::nif(name = "has_capacity")]
+fn has_capacity_for<'a>(
+    env: Env<'a>,
+    router: Term<'a>,
+    caps: Term<'a>,
+    exclude: Term<'a>,
+    kind: Term<'a>,
+) -> Term<'a> {
+    let run = || -> NifOutcome<Term<'a>> {
+        let r = router_arg(router)?;
+        let caps = binaries(caps, "capabilities")?;
+        let exclude = binaries(exclude, "exclude")?;
+        let (swarms_only, local_only) = kind_arg(kind)?;
+        let req = Request {
+            exclude: &exclude,
+            swarms_only,
+            local_only,
+            ..Request::new(&caps, Strategy::LeastConnections)
+        };
+        Ok(r.router.has_capacity_for(&req).encode(env))
+    };
+    reply(env, run())
+}

@@ -881,8 +881,23 @@ impl<P> Router<P> {
     where
         P: Send + Sync + 'static,
     {
+        self.has_capacity_for(&Request::new(capabilities, Strategy::LeastConnections))
+    }
+
+    /// Whether a decision for `req` (its capabilities, the agents it passes
+    /// by, swarms only or this node's only) would find an agent to take the
+    /// task now; its strategy, key and span play no part, nothing is taken.
+    pub fn has_capacity_for(&self, req: &Request<'_>) -> bool
+    where
+        P: Send + Sync + 'static,
+    {
         let mut rng = rand::rngs::SmallRng::seed_from_u64(0);
-        let req = Request::new(capabilities, Strategy::LeastConnections);
+        let req = Request {
+            strategy: Strategy::LeastConnections,
+            key: None,
+            span: None,
+            ..*req
+        };
         let now_us = self.shared().clock.now_us();
         self.agents
             .with_snapshot(|snapshot| self.select(snapshot, &req, now_us, &mut rng).is_ok())
