@@ -27,6 +27,10 @@ before_start_test() ->
              {erlmcp_flow, agent_stats, [Id]},
              {erlmcp_flow, stats, []},
              {erlmcp_flow, explain, [#{}]},
+             {erlmcp_flow, memory, []},
+             {erlmcp_flow_correlation_tracker, start_span,
+              [#{trace_id => binary:copy(<<"a">>, 32), span_id => binary:copy(<<"b">>, 16),
+                 trace_flags => 1}, <<"call">>]},
              {erlmcp_flow_circuit_breaker, allow_request, [Id]},
              {erlmcp_flow_circuit_breaker, record_result, [Id, {ok, x}]},
              {erlmcp_flow_circuit_breaker, record_result, [Id, {ok, x}, 10]},
@@ -54,7 +58,12 @@ before_start_test() ->
     [?assertEqual({M, F, Expected}, {M, F, apply(M, F, A)}) || {M, F, A, Expected} <- Views],
     %% pure functions need nothing running
     ?assertMatch(<<_:32/binary>>, erlmcp_flow_correlation_tracker:generate_trace_id()),
-    ?assertEqual(ok, erlmcp_flow_correlation_tracker:validate_tracestate(<<"a=1">>)).
+    ?assertEqual(ok, erlmcp_flow_correlation_tracker:validate_tracestate(<<"a=1">>)),
+    ?assertEqual(undefined, erlmcp_flow_requirements:class_key(#{})),
+    ?assertEqual(<<"c">>, erlmcp_flow_requirements:class_key(#{task_class => <<"c">>})),
+    %% every event for telemetry:attach_many/4, whether or not it is loaded
+    ?assertEqual(7, length(lists:usort(erlmcp_flow_telemetry:events()))),
+    ?assert(lists:member([erlmcp_flow, attempt, stop], erlmcp_flow_telemetry:events())).
 
 %% register_agent/3,4 and register_swarm/3 name the argument and the value.
 registration_errors_test() ->

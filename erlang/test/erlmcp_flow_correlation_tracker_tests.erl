@@ -349,6 +349,7 @@ child_spans() ->
                  ?T:start_span(Ctx#{span_id := <<"0000000000000000">>}, <<"n">>)),
     ?assertEqual({error, {badarg, outcome}}, ?T:end_span(C1, maybe_ok)),
     ?assertEqual({error, {badarg, span}}, ?T:end_span(Ctx, ok)),
+    ?assertEqual({error, {badarg, span}}, ?T:end_span(Ctx#{span => not_a_span}, ok)),
     ok = erlmcp_flow_agent:stop(Agent).
 
 abandoned_child() ->

@@ -39,6 +39,10 @@ not_started_test() ->
     ?assertEqual({error, not_started}, erlmcp_flow:agent_stats(<<"a">>)),
     ?assertEqual([], erlmcp_flow_registry:list_agents()),
     ?assertEqual({error, not_started}, erlmcp_flow:execute(#{}, #{})),
+    %% a quorum task opens its span before asking anyone: refused there
+    ?assertEqual({error, not_started}, erlmcp_flow:execute(#{}, #{quorum => true})),
+    ?assertEqual({error, not_started, #{}},
+                 erlmcp_flow:execute(#{}, #{quorum => true}, #{error_meta => true})),
     ?assertEqual({error, not_started}, erlmcp_flow:route_task(#{}, #{})).
 
 kill(Pid) ->

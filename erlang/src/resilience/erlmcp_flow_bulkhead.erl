@@ -14,7 +14,6 @@
 
 %% API
 -export([start_link/0]).
--export([wait/2]).
 -export([wait/4]).
 -export([released/0]).
 -export([waiting/0]).
@@ -45,16 +44,12 @@
 start_link() ->
     gen_server:start_link({local, ?MODULE}, ?MODULE, [], []).
 
-%% @doc Waits, in the calling process, until an agent holding `Caps' may
-%% have room, or `Deadline' (`erlang:monotonic_time(millisecond)') passes.
--spec wait([binary()], integer()) -> ready | timeout | full.
-wait(Caps, Deadline) ->
-    wait(Caps, [], any, Deadline).
-
-%% @doc As `wait/2', for a decision that passes the agents `Exclude' by and
-%% is of `Kind' (`erlmcp_flow_nif:decide/8''s): woken only when such a
-%% decision may find room (an agent it passes by having room is no reason;
-%% a waiter woken for it would decide, find none, and wait again at once).
+%% @doc Waits, in the calling process, until a decision for `Caps' that
+%% passes the agents `Exclude' by and is of `Kind'
+%% (`erlmcp_flow_nif:decide/8''s) may find room, or `Deadline'
+%% (`erlang:monotonic_time(millisecond)') passes. Room on an agent the
+%% decision passes by is no reason to wake it: it would decide, find none,
+%% and queue again at once.
 -spec wait([binary()], [binary()], term(), integer()) -> ready | timeout | full.
 wait(Caps, Exclude, Kind, Deadline) ->
     case gen_server:call(?MODULE, {enqueue, self(), {Caps, Exclude, Kind}}) of
