@@ -38,7 +38,7 @@
 -export([meta/5]).
 -export([in_flight_to/1]).
 
--export_type([plan/0, answer/0, attempt/0, trace/0, error_meta/0, started/0]).
+-export_type([plan/0, answer/0, settled/0, attempt/0, trace/0, error_meta/0, started/0]).
 
 -type plan() :: erlmcp_flow_requirements:plan().
 %% When a task started and its telemetry metadata, or `off' when telemetry
@@ -52,6 +52,10 @@
                    tracestate => binary()}.
 -type answer() :: {ok, term(), erlmcp_flow:meta()} | {error, term()}
                 | {error, term(), error_meta()}.
+%% How a task ended inside the router, before `answer/3' shapes it for the
+%% caller: a failed task with its failed attempts, oldest first.
+-type settled() :: {ok, term(), erlmcp_flow:meta()} | {error, term()}
+                 | {error, term(), [attempt()]}.
 %% With `error_meta => true': the task's trace and its failed attempts; empty
 %% when the error came before the task's span began (a bad argument).
 -type error_meta() :: #{trace_id => binary(), span_id => binary(),
@@ -189,7 +193,7 @@ task_started(#{strategy := Strategy, capabilities := Caps}, #{trace_id := TraceI
 
 %% @doc The `[erlmcp_flow, task, stop]' event of a task that began with
 %% `Started' (none when telemetry was not loaded then).
--spec task_stopped(started(), answer()) -> ok.
+-spec task_stopped(started(), settled()) -> ok.
 task_stopped(off, _Answer) ->
     ok;
 task_stopped({T0, Meta}, Answer) ->
@@ -607,14 +611,14 @@ meta(AgentId, #{trace_id := TraceId, span_id := SpanId}, Latency, N, Tried) ->
       attempts => N, tried => Tried}.
 
 %% @doc Closes the task's span with the task's outcome; returns the answer.
--spec end_trace(trace(), Answer) -> Answer when Answer :: answer().
+-spec end_trace(trace(), Answer) -> Answer when Answer :: settled().
 end_trace(Trace, Answer) ->
     end_trace(Trace, Answer, false).
 
 %% @doc As `end_trace/2'; `true' when the span was closed already (by the
 %% attempt that answered, see `await/7'): the outcome is counted, the span
 %% left as it is.
--spec end_trace(trace(), Answer, boolean()) -> Answer when Answer :: answer().
+-spec end_trace(trace(), Answer, boolean()) -> Answer when Answer :: settled().
 end_trace(_Trace, {ok, _, _} = Answer, true) ->
     erlmcp_flow_metrics:incr(tasks_succeeded),
     Answer;
