@@ -624,7 +624,7 @@ impl<P> Router<P> {
         };
         let span_id = trace::generate_span_id(rng);
         let new_trace = traceparent.is_none();
-        Ok(self.open_span_in(
+        Ok(self.open_span(
             trace_id,
             span_id,
             parent,
@@ -656,28 +656,17 @@ impl<P> Router<P> {
             name,
             SpanKind::Child,
             parent.flags & trace::KNOWN_FLAGS,
+            false,
         ))
     }
 
     /// A span put in the correlation store, open, and the guard that closes
     /// it; its summary cut to the store's limit here, once, so that the
     /// spans that share it (a task's attempts) share it as the store keeps it.
-    fn open_span(
-        &self,
-        trace_id: [u8; 32],
-        span_id: [u8; 16],
-        parent: Option<[u8; 16]>,
-        summary: &[u8],
-        kind: SpanKind,
-        flags: u8,
-    ) -> OpenSpan {
-        self.open_span_in(trace_id, span_id, parent, summary, kind, flags, false)
-    }
-
-    /// [`Router::open_span`]; `new_trace` when the trace id was made here
-    /// at random (see [`CorrelationStore::insert_new_trace`]).
+    /// `new_trace` when the trace id was made here at random (see
+    /// [`crate::tracing::correlation::CorrelationStore::insert_new_trace`]).
     #[allow(clippy::too_many_arguments)]
-    fn open_span_in(
+    fn open_span(
         &self,
         trace_id: [u8; 32],
         span_id: [u8; 16],
