@@ -208,7 +208,6 @@ deaf_client(Port, N, Conns) ->
     ok.
 
 agents_client(Port, Conns, PerConn, Token) ->
-    Self = self(),
     %% authenticated one after another (unauthenticated connections have a
     %% pool of their own, smaller than 100), then registering all at once
     Sockets = [begin
@@ -221,7 +220,6 @@ agents_client(Port, Conns, PerConn, Token) ->
                                   capabilities => [<<"w">>]})
                            || I <- lists:seq(1, PerConn)])
      || {C, S} <- lists:zip(lists:seq(1, Conns), Sockets)],
-    _ = Self,
     %% the connections stay open (their agents with them) until the peer stops
     lists:sum([length([x || _ <- lists:seq(1, PerConn),
                             {ok, L} <- [gen_tcp:recv(S, 0, 60000)],
